@@ -1,0 +1,39 @@
+# Everything a fresh Debian machine needs: `make test` and `make run` install what is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= router.toml
+
+.PHONY: test run check lint bench redis-server clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# redis-server from Debian's packages when it is not on PATH.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found; installing Debian package redis-server"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: redis-server is missing and apt-get is not available; install Redis >= 6.2 and put redis-server on PATH" >&2; exit 1; }; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null || { echo "error: could not install redis-server (need root or sudo); install it and retry" >&2; exit 1; }; \
+	}
+
+test: $(STAMP) redis-server
+	$(BIN)/python -m pytest -q
+
+run: $(STAMP) redis-server
+	@./config/run-local.sh $(CONFIG)
+
+check: $(STAMP)
+	$(BIN)/ruff check router binds tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP) redis-server
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

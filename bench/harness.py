@@ -1,0 +1,166 @@
+"""Shared pieces of the benchmarks: a private redis-server, the provider simulator,
+the daemon as a subprocess, and CPU/memory readings from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+NUMBERS = ["+16501112345", "+14082223333", "+14155552671"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """redis-server + provider simulator, stopped on exit."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sms-bench-"))
+        self.redis_port = free_port()
+        self.sim_port = free_port()
+        binary = shutil.which("redis-server")
+        if binary is None:
+            sys.exit("redis-server is not on PATH (make bench installs it)")
+        self.redis = subprocess.Popen(
+            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.sim = subprocess.Popen(
+            [sys.executable, "-m", "router", "http-sim", "--port", str(self.sim_port),
+             "--latency", str(latency)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._wait_port(self.redis_port)
+        self._wait_port(self.sim_port)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def sim_stats(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.sim_port}/stats"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return json.loads(reply.read())  # type: ignore[no-any-return]
+
+    def sim_reset(self) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.sim_port}/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def config(self, *, window: int, processing: str = "async", tps: float = 0) -> Path:
+        path = self.dir / f"router-{processing}-{window}.toml"
+        path.write_text(
+            f"""
+[router]
+redis = "{self.redis_url}"
+instance = "bench"
+log_format = "json"
+log_level = "warning"
+[queue]
+batch = 200
+[profiles.bench]
+global = true
+protocol = "http"
+processing = "{processing}"
+window = {window}
+tps = {tps}
+numbers = {json.dumps(NUMBERS)}
+[profiles.bench.http]
+url = "http://127.0.0.1:{self.sim_port}/send"
+form = {{ from = "{{from}}", to = "{{to}}", text = "{{text}}", ref = "{{id}}" }}
+message_id = "json:id"
+"""
+        )
+        return path
+
+    def close(self) -> None:
+        for proc in (self.sim, self.redis):
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _wait_port(port: int) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        sys.exit(f"nothing listens on port {port}")
+
+
+def cli(*args: str) -> str:
+    """Run an `sms-router` command; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "router", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        sys.exit(f"sms-router {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "router", "run", "-c", str(config)],
+            stdout=handle, stderr=handle,
+        )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> int:
+    proc.send_signal(how)
+    return proc.wait(60)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def write_jobs(path: Path, count: int, prefix: str) -> Path:
+    with path.open("w") as handle:
+        for i in range(count):
+            handle.write(json.dumps({"id": f"{prefix}-{i}", "to": "+447911123456",
+                                     "text": f"benchmark message {i}"}) + "\n")  # fmt: skip
+    return path
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    result["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

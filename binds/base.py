@@ -1,0 +1,92 @@
+"""The seam between the router and its transports.
+
+The router hands a bind an `OutboundMessage` that is ready to send and gets back
+one `Outcome`: `Accepted`, `Retry` or `Failed`. Nothing here knows about Redis,
+profiles or rules; these types are all that crosses the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class BindError(Exception):
+    """Base class of every error raised by a bind."""
+
+
+class BindConfigError(BindError):
+    """A bind was given settings it cannot work with (bad template, bad extractor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message, composed and addressed, ready for a bind."""
+
+    id: str
+    source: str
+    destination: str
+    text: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The provider took the message; `provider_message_id` matches later reports."""
+
+    provider_message_id: str | None
+    raw: str = ""
+    segments: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again later: throttling, a 5xx, a time-out, a broken connection.
+
+    `after` is the provider's own hint in seconds (Retry-After), if it gave one.
+    """
+
+    reason: str
+    code: str = "temporary"
+    raw: str = ""
+    after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The provider refused the message for good.
+
+    `code` is normalised (for example ``http_400``, ``invalid_destination``);
+    `raw` is what the provider said, kept beside it.
+    """
+
+    reason: str
+    code: str
+    raw: str = ""
+
+
+Outcome = Accepted | Retry | Failed
+
+
+@runtime_checkable
+class Bind(Protocol):
+    """One connection that carries messages (an SMPP session or an HTTP sender).
+
+    `window` is the most submits this bind keeps in flight at once; the bind
+    enforces it itself, callers use it to size how much work they take on.
+    """
+
+    name: str
+
+    @property
+    def window(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def submit(self, message: OutboundMessage) -> Outcome: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,212 @@
+"""Flow control shared by every bind: an in-flight window and a token-bucket rate limiter.
+
+Both are plain asyncio objects for one event loop. Neither polls: waiters sleep on
+futures that are resolved exactly when they may proceed, and both hand out
+capacity strictly in arrival order so no caller can be starved by later ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class Window:
+    """Limits how many operations are in flight at once; the limit can change at runtime.
+
+    A slot freed (or added by raising `limit`) goes to the longest-waiting caller,
+    never to a newcomer that happens to run first: the slot is counted as taken
+    when the waiter is woken, not when it gets round to running.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = _check_limit(limit)
+        self._in_flight = 0
+        self._peak = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def limit(self) -> int:
+        """The most operations allowed in flight."""
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        # Shrinking never interrupts work already in flight; new acquirers simply
+        # wait until enough of it has finished.
+        self._limit = _check_limit(value)
+        self._wake()
+
+    @property
+    def in_flight(self) -> int:
+        """Slots currently held (including ones handed to waiters not yet resumed)."""
+        return self._in_flight
+
+    @property
+    def peak(self) -> int:
+        """The highest `in_flight` ever reached."""
+        return self._peak
+
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a slot."""
+        return sum(1 for f in self._waiters if not f.done())
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in FIFO order if none is free."""
+        if not self._waiters and self._in_flight < self._limit:
+            self._take()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # The slot was handed over just before the cancellation landed:
+                # give it back or it leaks for good.
+                self.release()
+            else:
+                self._discard(fut)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back and pass it on to the next waiter."""
+        if self._in_flight <= 0:
+            raise RuntimeError("Window.release() without a matching acquire()")
+        self._in_flight -= 1
+        self._wake()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the duration of the block."""
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def _take(self) -> None:
+        self._in_flight += 1
+        if self._in_flight > self._peak:
+            self._peak = self._in_flight
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_flight < self._limit:
+            fut = self._waiters.popleft()
+            if fut.done():  # cancelled while queued
+                continue
+            self._take()
+            fut.set_result(None)
+
+    def _discard(self, fut: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+
+def _check_limit(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"window limit must be >= 1, got {value}")
+    return value
+
+
+class RateLimiter:
+    """A token bucket allowing `rate` operations per second on average.
+
+    The bucket holds at most `burst` tokens and starts full, so after a quiet
+    spell up to `burst` operations go out at once; over any one second no more
+    than about ``rate + burst`` pass. The default burst is a tenth of a second's
+    worth of tokens (at least 1): small enough that providers counting per second
+    do not see spikes, large enough that timer jitter does not lower throughput.
+    ``rate <= 0`` means unlimited.
+
+    Callers are served one at a time under a lock, in arrival order, so a caller
+    asking for many tokens is not overtaken forever by callers asking for one.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self._rate = float(rate)
+        self._burst_setting = burst
+        self._lock = asyncio.Lock()
+        self._tokens = self.burst
+        self._stamp: float | None = None  # loop.time() of the last refill
+        self._sleeper: asyncio.Future[None] | None = None
+
+    @property
+    def rate(self) -> float:
+        """Operations per second; <= 0 means unlimited."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        # Credit what was earned at the old rate before switching.
+        self._refill()
+        was_unlimited = self.unlimited
+        self._rate = float(value)
+        # Coming from unlimited, start with a full bucket as a new limiter would.
+        self._tokens = self.burst if was_unlimited else min(self._tokens, self.burst)
+        if self._sleeper is not None and not self._sleeper.done():
+            # Let the waiting caller recompute its wait at the new rate now.
+            self._sleeper.set_result(None)
+
+    @property
+    def burst(self) -> float:
+        """The bucket size: how many operations may go out back to back."""
+        if self._burst_setting is not None:
+            return max(1.0, float(self._burst_setting))
+        return max(1.0, self._rate / 10.0)
+
+    @property
+    def unlimited(self) -> bool:
+        """Whether the limiter lets everything through at once."""
+        return self._rate <= 0
+
+    async def acquire(self, n: int = 1) -> None:
+        """Wait until `n` operations may proceed and account for them."""
+        if n <= 0:
+            return
+        if self.unlimited:
+            return
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            while True:
+                if self.unlimited:
+                    return
+                self._refill()
+                # More than a full bucket can never be available at once: take what
+                # a full bucket gives and go into debt, which delays later callers.
+                need = min(float(n), self.burst)
+                if self._tokens >= need:
+                    self._tokens -= n
+                    return
+                delay = (need - self._tokens) / self._rate
+                fut: asyncio.Future[None] = loop.create_future()
+                self._sleeper = fut
+                handle = loop.call_later(delay, _resolve, fut)
+                try:
+                    await fut
+                finally:
+                    handle.cancel()
+                    self._sleeper = None
+
+    def _refill(self) -> None:
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # rate changed outside a running loop
+            return
+        if self._stamp is None or self._rate <= 0:
+            if self._rate <= 0:
+                self._tokens = self.burst
+            self._stamp = now
+            return
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

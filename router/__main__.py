@@ -1,0 +1,5 @@
+"""`python -m router` is the `sms-router` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,451 @@
+"""The `sms-router` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import keys
+from .client import Client
+from .config import ConfigError, Settings, load_settings, resolve_config_path
+from .connections import RedisUnavailable, as_text, open_redis
+from .jobs import JobError
+from .ledger import STATUSES, Ledger
+from .queue import drop_dead_letters, list_dead_letters, replay_dead_letters
+
+T = TypeVar("T")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=None,
+    metavar="PATH",
+    help="Configuration file (default: $SMS_ROUTER_CONFIG, else ./router.toml).",
+)
+
+
+def _settings(path: str | None) -> Settings:
+    try:
+        return load_settings(resolve_config_path(path))
+    except ConfigError as exc:
+        err.print("[bold red]configuration error[/]", markup=True)
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False)
+        sys.exit(1)
+
+
+def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with open_redis(settings) as redis:
+            return await work(redis)
+
+    try:
+        return asyncio.run(main())
+    except (RedisUnavailable, RedisError, OSError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sms-router")
+def main() -> None:
+    """sms-router: route SMS from Redis queues to SMPP and HTTP providers."""
+
+
+@main.command()
+@config_option
+def run(config_path: str | None) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    from .daemon import Daemon
+    from .logs import configure
+
+    settings = _settings(config_path)
+    configure(settings.router.log_format, settings.router.log_level)
+    try:
+        code = asyncio.run(Daemon(settings).run())
+    except RedisUnavailable as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@main.command("check-config")
+@click.argument("path", required=False)
+def check_config(path: str | None) -> None:
+    """Validate a configuration: OK and one line per profile, or every problem."""
+    settings = _settings(path)
+    out.print("OK")
+    for line in settings.summary_lines():
+        out.print(f"  {line}", markup=False)
+
+
+@main.command()
+@config_option
+@click.option("--profile", default=None, help="Profile (default: the global one).")
+@click.option("--to", "to", required=True, help="Destination, E.164.")
+@click.option("--text", required=True, help="Message text.")
+@click.option("--from", "sender", default=None, help="Sender number of the profile.")
+@click.option("--id", "job_id", default=None, help="Idempotency key (default: generated).")
+def send(
+    config_path: str | None,
+    profile: str | None,
+    to: str,
+    text: str,
+    sender: str | None,
+    job_id: str | None,
+) -> None:
+    """Enqueue one message and print its id."""
+    settings = _settings(config_path)
+
+    async def work(redis: Redis) -> str:
+        client = Client.from_settings(redis, settings)
+        return await client.send(to, text, profile=profile, sender=sender, id=job_id)
+
+    try:
+        out.print(_with_redis(settings, work), markup=False)
+    except JobError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--profile", default=None, help="Profile for lines that name none.")
+@click.option("--chunk", default=1000, show_default=True, help="Jobs per round trip.")
+def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int) -> None:
+    """Enqueue every job of a JSON-lines FILE (one wire-format job per line)."""
+    settings = _settings(config_path)
+    jobs, problems = _read_jobs(file, profile)
+    if problems:
+        for problem in problems[:20]:
+            err.print(problem, markup=False)
+        if len(problems) > 20:
+            err.print(f"... and {len(problems) - 20} more", markup=False)
+        err.print("nothing enqueued", markup=False)
+        sys.exit(1)
+
+    async def work(redis: Redis) -> float:
+        client = Client.from_settings(redis, settings)
+        # Validate everything before the first XADD: a bad line enqueues nothing.
+        for start in range(0, len(jobs), chunk):
+            client.validate(jobs[start : start + chunk], offset=start)
+        started = time.perf_counter()
+        with Progress(
+            TextColumn("enqueue"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>8.0f}/s"),
+            TimeElapsedColumn(),
+            console=err,
+        ) as progress:
+            task = progress.add_task("enqueue", total=len(jobs), rate=0.0)
+            for start in range(0, len(jobs), chunk):
+                part = jobs[start : start + chunk]
+                await client.send_many(part)
+                done = start + len(part)
+                rate = done / max(1e-9, time.perf_counter() - started)
+                progress.update(task, completed=done, rate=rate)
+        return time.perf_counter() - started
+
+    try:
+        elapsed = _with_redis(settings, work)
+    except JobError as exc:
+        err.print(f"error: {exc}; nothing enqueued", markup=False)
+        sys.exit(1)
+    rate = len(jobs) / max(elapsed, 1e-9)
+    out.print(f"enqueued {len(jobs)} jobs in {elapsed:.2f}s ({rate:.0f}/s)", markup=False)
+
+
+def _read_jobs(file: str, profile: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    jobs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    stream = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                job = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{file}:{number}: not JSON ({exc.msg})")
+                continue
+            if not isinstance(job, dict):
+                problems.append(f"{file}:{number}: must be a JSON object")
+                continue
+            if profile and "profile" not in job:
+                job["profile"] = profile
+            jobs.append(job)
+    return jobs, problems
+
+
+@main.command()
+@config_option
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def status(config_path: str | None, job_id: str, as_json: bool) -> None:
+    """Show one message record and its history."""
+    settings = _settings(config_path)
+
+    async def work(redis: Redis) -> dict[str, Any] | None:
+        return await _ledger(redis, settings).get(job_id)
+
+    record = _with_redis(settings, work)
+    if record is None:
+        err.print(f"no message with id {job_id!r}", markup=False)
+        sys.exit(1)
+    if as_json:
+        out.print(json.dumps(record, indent=2, sort_keys=True), markup=False)
+        return
+    record.pop("owner", None)
+    history = record.pop("history")
+    table = Table(show_header=False, box=None)
+    for name in sorted(record):
+        table.add_row(name, _show(name, record[name]))
+    out.print(table)
+    steps = Table("time", "status", "note", box=None)
+    for step in history:
+        steps.add_row(_ts(step["at"]), step["status"], step["note"])
+    out.print(steps)
+
+
+@main.command("log")
+@config_option
+@click.option("--profile", default=None)
+@click.option("--status", "wanted", type=click.Choice(STATUSES), default=None)
+@click.option("--since", default="1h", show_default=True, help="e.g. 90s, 15m, 2h, 1d")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+def log_(
+    config_path: str | None,
+    profile: str | None,
+    wanted: str | None,
+    since: str,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Messages that changed status recently, newest first (the SMS log)."""
+    settings = _settings(config_path)
+    start_ms = int((time.time() - _duration(since)) * 1000)
+
+    async def work(redis: Redis) -> list[dict[str, Any]]:
+        ledger = _ledger(redis, settings)
+        found: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        upper = "+"
+        while len(found) < limit:
+            rows = await redis.xrevrange(keys.EVENTS, upper, f"{start_ms}-0", count=1000)
+            if not rows:
+                break
+            ids = []
+            for eid, fields in rows:
+                job_id = as_text(fields.get(b"id", b""))
+                if job_id and job_id not in seen:
+                    seen.add(job_id)
+                    if profile is None or as_text(fields.get(b"profile", b"")) == profile:
+                        ids.append(job_id)
+            for record in await ledger.get_many(ids):
+                if record and (wanted is None or record.get("status") == wanted):
+                    found.append(record)
+            upper = "(" + as_text(rows[-1][0])
+        return found[:limit]
+
+    records = _with_redis(settings, work)
+    if as_json:
+        for record in records:
+            record.pop("owner", None)
+            out.print(json.dumps(record, sort_keys=True), markup=False, soft_wrap=True)
+        return
+    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error")
+    for r in records:
+        table.add_row(
+            _ts(r.get("updated_at", 0)), r.get("id", ""), r.get("profile", ""),
+            r.get("status", ""), r.get("to", ""), r.get("from", ""),
+            str(r.get("attempts", 0)), r.get("error", ""),
+        )  # fmt: skip
+    out.print(table)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, replay or drop them."""
+
+
+def _dlq_command(name: str) -> Callable[..., Any]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--profile", required=True)(fn)
+        fn = config_option(fn)
+        return dlq.command(name)(fn)
+
+    return decorate
+
+
+@_dlq_command("list")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(config_path: str | None, profile: str, limit: int, as_json: bool) -> None:
+    """List the oldest dead letters of a profile."""
+    settings = _settings(config_path)
+    letters = _with_redis(settings, lambda r: list_dead_letters(r, profile, limit))
+    rows = [
+        {
+            "entry": d.entry_id,
+            "reason": d.reason,
+            "at": float(as_text(d.fields.get("at", b"0"))),
+            "job": _job_preview(d.fields.get("job")),
+        }
+        for d in letters
+    ]
+    if as_json:
+        for row in rows:
+            out.print(json.dumps(row), markup=False, soft_wrap=True)
+        return
+    table = Table("entry", "at", "reason", "job")
+    for row in rows:
+        table.add_row(row["entry"], _ts(row["at"]), row["reason"], row["job"])
+    out.print(table)
+    out.print(f"{len(rows)} dead letter(s) shown", markup=False)
+
+
+@_dlq_command("replay")
+@click.option("--entry", "entries", multiple=True, help="Dead-letter entry id (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter of the profile.")
+def dlq_replay(
+    config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
+) -> None:
+    """Put dead letters back on the work stream (after fixing the cause)."""
+    settings = _settings(config_path)
+
+    async def work(redis: Redis) -> int:
+        ids = await _select(redis, profile, entries, everything)
+        return await replay_dead_letters(redis, profile, ids)
+
+    out.print(f"replayed {_with_redis(settings, work)}", markup=False)
+
+
+@_dlq_command("drop")
+@click.option("--entry", "entries", multiple=True, help="Dead-letter entry id (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter of the profile.")
+def dlq_drop(
+    config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
+) -> None:
+    """Delete dead letters for good."""
+    settings = _settings(config_path)
+
+    async def work(redis: Redis) -> int:
+        ids = await _select(redis, profile, entries, everything)
+        return await drop_dead_letters(redis, profile, ids)
+
+    out.print(f"dropped {_with_redis(settings, work)}", markup=False)
+
+
+async def _select(
+    redis: Redis, profile: str, entries: tuple[str, ...], everything: bool
+) -> list[str]:
+    if entries and everything:
+        raise click.UsageError("give --entry or --all, not both")
+    if entries:
+        return list(entries)
+    if not everything:
+        raise click.UsageError("give --entry ID (repeatable) or --all")
+    return [d.entry_id for d in await list_dead_letters(redis, profile, count=1_000_000)]
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def health(config_path: str | None, as_json: bool) -> None:
+    """Live router instances and their load; exit 1 when none is running."""
+    from .daemon import health_key
+
+    settings = _settings(config_path)
+
+    async def work(redis: Redis) -> list[dict[str, Any]]:
+        found = [as_text(k) async for k in redis.scan_iter(match=health_key("*"))]
+        values = [await redis.get(k) for k in found]
+        return [json.loads(v) for v in values if v]
+
+    instances = _with_redis(settings, work)
+    if as_json:
+        out.print(json.dumps(instances, indent=2), markup=False)
+    for item in [] if as_json else instances:
+        load = ", ".join(
+            f"{name} {p['in_flight']}/{p['capacity']}" for name, p in item["profiles"].items()
+        )
+        out.print(f"{item['instance']} pid {item['pid']} up "
+                  f"{time.time() - item['started_at']:.0f}s: {load}", markup=False)  # fmt: skip
+    if not instances:
+        err.print("no router instance is running", markup=False)
+        sys.exit(1)
+
+
+@main.command("http-sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8780, show_default=True)
+@click.option("--latency", default=0.0, show_default=True, help="Seconds per request.")
+@click.option("--fail-rate", default=0.0, show_default=True, help="Share answered 503.")
+def http_sim(host: str, port: int, latency: float, fail_rate: float) -> None:
+    """A local Web-URL SMS provider for demos and benchmarks."""
+    from .httpsim import serve
+
+    try:
+        asyncio.run(serve(host, port, latency=latency, fail_rate=fail_rate))
+    except KeyboardInterrupt:
+        pass
+
+
+def _ledger(redis: Redis, settings: Settings) -> Ledger:
+    queue = settings.queue
+    return Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r}: use a number with s, m, h or d (e.g. 15m)")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def _ts(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else ""
+
+
+def _show(name: str, value: Any) -> str:
+    if name in ("created_at", "updated_at"):
+        return _ts(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _job_preview(raw: bytes | None) -> str:
+    if raw is None:
+        return "(no job field)"
+    try:
+        import msgpack
+
+        data = msgpack.unpackb(raw, raw=False)
+        return json.dumps(data, default=str)[:120]
+    except Exception:  # the reason it is a dead letter may be that it is not msgpack
+        return repr(raw[:60])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""`Client`: enqueue jobs from Python.
+
+A job is one ``XADD`` of a msgpack map to the profile's work stream; this
+class adds validation, pipelining for bulk sends and idempotency: sending a job
+whose `id` already has a record creates no second message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import keys
+from .config import Settings
+from .connections import as_text
+from .jobs import JobError, decode_job, encode_job, new_job_id
+from .ledger import Ledger
+
+
+class Client:
+    """Enqueue SMS jobs on a router's Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        default_profile: str | None = None,
+        profiles: Collection[str] | None = None,
+        retention: float = 7 * 86400,
+    ) -> None:
+        self._redis = redis
+        self.default_profile = default_profile
+        self.profiles = set(profiles) if profiles is not None else None
+        self._ledger = Ledger(redis, retention=retention, events_maxlen=1_000_000)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> Client:
+        """A client that knows the configured profiles and the global one."""
+        return cls(
+            redis,
+            default_profile=settings.global_profile,
+            profiles=settings.profiles.keys(),
+            retention=settings.queue.retention,
+        )
+
+    async def send(
+        self,
+        to: str,
+        text: str,
+        *,
+        profile: str | None = None,
+        sender: str | None = None,
+        id: str | None = None,  # noqa: A002 - the wire name
+        **fields: Any,
+    ) -> str:
+        """Enqueue one message; returns its job id. Extra wire fields go in `fields`."""
+        job: dict[str, Any] = {"to": to, "text": text, **fields}
+        if sender is not None:
+            job["from"] = sender
+        if id is not None:
+            job["id"] = id
+        if profile is not None:
+            job["profile"] = profile
+        return (await self.send_many([job]))[0]
+
+    def validate(self, jobs: Iterable[Mapping[str, Any]], *, offset: int = 0) -> None:
+        """Raise `JobError` (naming the job and field) if any job is malformed."""
+        self._prepare(jobs, offset)
+
+    async def send_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Enqueue many jobs in a few round trips; returns their ids in order.
+
+        Each job is a wire map (see the README); ``profile`` picks the stream and
+        defaults to the global profile. Raises `JobError` before enqueuing anything
+        if any job is malformed.
+        """
+        prepared = self._prepare(jobs, 0)
+        fresh = await self._drop_known(prepared)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for profile, _job_id, wire, _given in fresh:
+                pipe.xadd(keys.queue(profile), {"job": encode_job(wire)})
+            entry_ids = await pipe.execute()
+        await self._ledger.create_queued(
+            [
+                (job_id, as_text(entry), profile, _record_fields(profile, wire))
+                for (profile, job_id, wire, _), entry in zip(fresh, entry_ids, strict=True)
+            ]
+        )
+        return [job_id for _profile, job_id, _wire, _given in prepared]
+
+    def _prepare(
+        self, jobs: Iterable[Mapping[str, Any]], offset: int
+    ) -> list[tuple[str, str, dict[str, Any], bool]]:
+        prepared: list[tuple[str, str, dict[str, Any], bool]] = []
+        for index, raw in enumerate(jobs, offset):
+            wire = dict(raw)
+            given = "id" in wire and wire["id"] is not None
+            if not given:
+                wire["id"] = new_job_id()
+            profile = self._profile_for(wire, index)
+            wire.pop("profile", None)
+            try:
+                job = decode_job(encode_job(wire), default_id=wire["id"])
+            except JobError as exc:
+                raise JobError(exc.field, f"job {index}: {exc}") from None
+            prepared.append((profile, job.id, job.to_wire(), given))
+        return prepared
+
+    async def _drop_known(
+        self, prepared: list[tuple[str, str, dict[str, Any], bool]]
+    ) -> list[tuple[str, str, dict[str, Any], bool]]:
+        """Leave out jobs whose producer-given id already has a record (or repeats)."""
+        given = [item for item in prepared if item[3]]
+        known: set[str] = set()
+        if given:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _profile, job_id, _wire, _ in given:
+                    pipe.exists(keys.record(job_id))
+                found = await pipe.execute()
+            known = {item[1] for item, hit in zip(given, found, strict=True) if hit}
+        fresh = []
+        for item in prepared:
+            if item[1] not in known:
+                known.add(item[1])
+                fresh.append(item)
+        return fresh
+
+    def _profile_for(self, wire: Mapping[str, Any], index: int) -> str:
+        profile = wire.get("profile") or self.default_profile
+        if not profile:
+            raise JobError("profile", f"job {index}: required (no global profile configured)")
+        if self.profiles is not None and profile not in self.profiles:
+            raise JobError("profile", f"job {index}: unknown profile {profile!r}")
+        if not isinstance(profile, str) or set(profile) - _NAME_CHARS:
+            raise JobError("profile", f"job {index}: {profile!r} is not a profile name")
+        return profile
+
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _record_fields(profile: str, wire: Mapping[str, Any]) -> dict[str, str]:
+    fields = {"profile": profile, "to": str(wire["to"])}
+    if wire.get("from"):
+        fields["from"] = str(wire["from"])
+    if wire.get("meta"):
+        fields["meta"] = json.dumps(wire["meta"], default=str)
+    return fields

@@ -1,0 +1,573 @@
+"""Typed settings from ``router.toml`` (pydantic v2), with every problem reported at once.
+
+`load_settings` reads a file, `parse_settings` a dict already parsed. Either returns
+a frozen `Settings` or raises `ConfigError` whose `problems` each read
+``path.to.key: what is wrong``. Schema checks (types, ranges, unknown keys) come
+from pydantic; checks that span sections (a number owned by two profiles, two
+global profiles, a protocol without its section...) run on the raw data so they
+are reported even when some other key is already wrong.
+
+Secrets: a value ``env:NAME`` or ``file:PATH`` (the SMPP password) and a
+``{secret:NAME}`` placeholder in an HTTP template are resolved at load, from the
+environment or from ``$CREDENTIALS_DIRECTORY/NAME`` (systemd ``LoadCredential=``).
+They are held as `SecretStr` and never appear in a problem, a repr or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from binds.base import BindConfigError
+from binds.http import HttpSpec
+
+from .numbers import normalise_e164
+
+__all__ = [
+    "Campaign",
+    "ConfigError",
+    "HttpSection",
+    "NumberDetails",
+    "Profile",
+    "QueueSettings",
+    "RouterSettings",
+    "Settings",
+    "SmppSection",
+    "load_settings",
+    "parse_settings",
+    "resolve_config_path",
+]
+
+DEFAULT_PATH = "router.toml"
+ENV_PATH = "SMS_ROUTER_CONFIG"
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SECRET_REF = re.compile(r"\{secret:([^{}]*)\}")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists each ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str = "configuration") -> None:
+        self.problems = problems
+        self.source = source
+        count = len(problems)
+        super().__init__(
+            f"{source}: {count} problem{'s' if count != 1 else ''}: " + "; ".join(problems)
+        )
+
+
+def _between(low: float, high: float) -> AfterValidator:
+    def check(value: Any) -> Any:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _at_least(low: float) -> AfterValidator:
+    def check(value: Any) -> Any:
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _e164(value: str) -> str:
+    return normalise_e164(value)
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+E164 = Annotated[str, AfterValidator(_e164)]
+CallbackUrl = Annotated[str | None, AfterValidator(_http_url)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RouterSettings(_Section):
+    """``[router]``: where Redis is, who this instance is, how it logs."""
+
+    redis: str = "embedded"
+    state_dir: Path = Path("var")
+    instance: str = ""
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    embedded_port: Annotated[int, _between(0, 65535)] = 0
+    shutdown_grace: Annotated[float, _between(0, 3600)] = 10.0
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value == "embedded":
+            return value
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError('must be "embedded" or a redis://, rediss:// or unix:// URL')
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        if not value.is_absolute() and base is not None:
+            return Path(base) / value
+        return value
+
+    @property
+    def instance_name(self) -> str:
+        """Consumer name in every consumer group: `instance`, else the host name."""
+        return self.instance or socket.gethostname()
+
+
+class QueueSettings(_Section):
+    """``[queue]``: batching, crash recovery, retries and retention."""
+
+    batch: Annotated[int, _between(1, 10_000)] = 100
+    block_ms: Annotated[int, _between(1, 60_000)] = 1000
+    claim_idle: Annotated[float, _between(0.1, 86_400)] = 60.0
+    max_deliveries: Annotated[int, _at_least(1)] = 5
+    max_attempts: Annotated[int, _at_least(1)] = 8
+    retry_base: Annotated[float, _between(0.001, 3600)] = 1.0
+    retry_max: Annotated[float, _between(0.001, 86_400)] = 300.0
+    schedule_poll: Annotated[float, _between(0.01, 60)] = 0.5
+    retention: Annotated[float, _at_least(60)] = 7 * 86_400.0
+    events_maxlen: Annotated[int, _at_least(1000)] = 1_000_000
+
+
+class Campaign(_Section):
+    """``[campaigns.ID]``: a 10DLC brand + campaign registration."""
+
+    brand: str = Field(min_length=1)
+    brand_status: Literal["Unverified", "Verified", "Vetted", "SelfDeclared"] = "Verified"
+    status: Literal["Pending", "Confirmed", "Rejected", "Suspended", "Expired"] = "Pending"
+    tier: Literal["LowVolume", "StandardVolume"] = "LowVolume"
+    daily_cap: Annotated[int, _at_least(1)] | None = None
+    use_cases: list[str] = Field(default_factory=list)
+
+
+Feature = Literal["SmsSender", "MmsSender", "InternationalSmsSender", "A2PSmsSender"]
+
+
+class NumberDetails(_Section):
+    """``[numbers."+E164"]``: capabilities of one sender number."""
+
+    features: list[Feature] = Field(default_factory=lambda: ["SmsSender"])
+    sms_enabled: bool = True
+    campaign: str | None = None
+    verified: bool = False
+
+
+class HttpSection(_Section):
+    """``[profiles.P.http]``: the Web-URL request template (see `binds.http.HttpSpec`)."""
+
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    url: str
+    form: dict[str, str] | None = None
+    json_: Any = Field(default=None, alias="json")
+    headers: dict[str, str] = Field(default_factory=dict)
+    success_status: list[Annotated[int, _between(100, 599)]] = Field(
+        default_factory=lambda: [200, 201, 202], min_length=1
+    )
+    message_id: str = ""
+    timeout: Annotated[float, _between(0.1, 600)] = 10.0
+
+
+class SmppSection(_Section):
+    """``[profiles.P.smpp]``: the SMSC and how many binds to hold."""
+
+    host: str = Field(min_length=1)
+    port: Annotated[int, _between(1, 65535)] = 2775
+    system_id: str = Field(min_length=1, max_length=15)
+    password: SecretStr
+    system_type: str = Field(default="", max_length=12)
+    bind: Literal["transmitter", "transceiver"] = "transceiver"
+    binds: Annotated[int, _between(1, 64)] = 1
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _resolve_password(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        context = info.context or {}
+        return _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
+
+
+class Profile(_Section):
+    """``[profiles.P]``: a pool of numbers, how it sends and where callbacks go."""
+
+    global_: bool = Field(default=False, alias="global")
+    protocol: Literal["http", "smpp"]
+    direction: Literal["outbound", "both"] = "outbound"
+    processing: Literal["sync", "async"] = "async"
+    window: Annotated[int, _between(1, 10_000)] = 10
+    tps: Annotated[float, _at_least(0)] = 0.0
+    numbers: list[E164] = Field(min_length=1)
+    callback_url: CallbackUrl = None
+    status_callback_url: CallbackUrl = None
+    http: HttpSection | None = None
+    smpp: SmppSection | None = None
+
+
+class Settings(_Section):
+    """The whole configuration; build it with `load_settings` or `parse_settings`."""
+
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    campaigns: dict[str, Campaign] = Field(default_factory=dict)
+    numbers: dict[str, NumberDetails] = Field(default_factory=dict)
+    profiles: dict[str, Profile]
+    # Resolved `{secret:NAME}` values; not a TOML table (parse_settings fills it).
+    secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("numbers")
+    @classmethod
+    def _normalise_keys(cls, value: dict[str, NumberDetails]) -> dict[str, NumberDetails]:
+        out: dict[str, NumberDetails] = {}
+        for key, details in value.items():
+            try:
+                out[normalise_e164(key)] = details
+            except ValueError:
+                out[key] = details  # reported by the cross-checks
+        return out
+
+    @property
+    def global_profile(self) -> str | None:
+        """The profile for jobs that name none (``global = true``), if any."""
+        return next((n for n, p in self.profiles.items() if p.global_), None)
+
+    def profile_of_number(self, number: str) -> str | None:
+        """The profile owning sender `number` (any E.164 spelling), or None."""
+        try:
+            wanted = normalise_e164(number)
+        except ValueError:
+            return None
+        return next((n for n, p in self.profiles.items() if wanted in p.numbers), None)
+
+    def summary_lines(self) -> list[str]:
+        """One line per profile for ``check-config`` and the startup log."""
+        lines = []
+        for name, p in self.profiles.items():
+            head = f"{name}: {p.protocol} {p.direction} {p.processing}"
+            head += f" window={p.window} tps={p.tps:g} numbers={len(p.numbers)}"
+            if p.global_:
+                head += " global"
+            if p.http is not None:
+                where = urlsplit(p.http.url)
+                head += f" -> {p.http.method} {where.scheme}://{where.netloc}{where.path}"
+            if p.smpp is not None:
+                s = p.smpp
+                head += f" -> {s.bind} x{s.binds} {s.host}:{s.port} system_id={s.system_id}"
+            lines.append(head)
+        return lines
+
+
+def resolve_config_path(arg: str | os.PathLike[str] | None) -> Path:
+    """The argument, else ``$SMS_ROUTER_CONFIG``, else ``./router.toml``."""
+    if arg:
+        return Path(arg)
+    return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def load_settings(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML file; relative paths inside are relative to its folder."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: file not found"], str(file)) from None
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read ({exc.strerror})"], str(file)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file}: not valid TOML: {exc}"], str(file)) from None
+    try:
+        return parse_settings(data, env=env, base_dir=file.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, str(file)) from None
+
+
+def parse_settings(
+    data: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Validate an already-parsed configuration; raises `ConfigError` listing every problem."""
+    environ = os.environ if env is None else env
+    problems: list[str] = []
+    raw = dict(data)
+    if "secrets" in raw:
+        problems.append("secrets: unknown key")
+        raw.pop("secrets")
+    secrets, secret_problems = _collect_secrets(raw, environ)
+    problems += secret_problems
+    context = {"env": environ, "base_dir": base_dir}
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(raw, context=context)
+    except ValidationError as exc:
+        problems += [_describe(error) for error in exc.errors(include_url=False)]
+    problems += _cross_check(raw, secrets)
+    problems = list(dict.fromkeys(problems))
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings.model_copy(update={"secrets": {k: SecretStr(v) for k, v in secrets.items()}})
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def _resolve_reference(value: str, env: Mapping[str, str], base_dir: Any) -> str:
+    """``env:NAME`` / ``file:PATH`` → the secret; anything else is the value itself."""
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if name not in env:
+            raise ValueError(f"environment variable {name} is not set")
+        return env[name]
+    if value.startswith("file:"):
+        path = Path(value.removeprefix("file:"))
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path} ({exc.strerror})") from None
+    return value
+
+
+def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{_key(str(key))}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _strings(value, f"{path}[{index}]")
+
+
+def _collect_secrets(raw: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Resolve every ``{secret:NAME}`` of the HTTP templates."""
+    secrets: dict[str, str] = {}
+    problems: list[str] = []
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    for name, profile in _tables(raw.get("profiles")):
+        http = profile.get("http")
+        for path, text in _strings(http, f"profiles.{_key(name)}.http"):
+            for ref in _SECRET_REF.findall(text):
+                if ref in secrets:
+                    continue
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref):
+                    problems.append(f"{path}: secret name {ref!r} must be a variable name")
+                elif ref in env:
+                    secrets[ref] = env[ref]
+                elif credentials and (Path(credentials) / ref).is_file():
+                    secrets[ref] = (Path(credentials) / ref).read_text("utf-8").rstrip("\r\n")
+                else:
+                    problems.append(
+                        f"{path}: secret {ref} is not set (environment variable {ref} "
+                        "or systemd credential)"
+                    )
+    return secrets, problems
+
+
+# ---------------------------------------------------------------- problems
+
+
+def _key(part: str) -> str:
+    return part if _IDENTIFIER.match(part) else f'"{part}"'
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    path = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + _key(str(part))
+    kind = error["type"]
+    message = str(error["msg"])
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind == "literal_error":
+        shown = error.get("input")
+        message = message.replace("Input should be", "must be")
+        if isinstance(shown, str) and len(shown) < 40:
+            message += f" (got {shown!r})"
+    else:
+        message = message.replace("Input should be", "must be")
+    return f"{path or 'configuration'}: {message}"
+
+
+def _tables(node: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            if isinstance(value, Mapping):
+                yield str(name), value
+
+
+def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:
+    """Checks spanning keys or sections, on raw data so they run whatever else failed."""
+    problems: list[str] = []
+    profiles = raw.get("profiles")
+    if not isinstance(profiles, Mapping) or not profiles:
+        if "profiles" in raw:
+            problems.append("profiles: at least one profile is required")
+        return problems
+    owner: dict[str, str] = {}
+    first_global: str | None = None
+    for name, profile in _tables(profiles):
+        where = f"profiles.{_key(name)}"
+        if not PROFILE_NAME.match(name):
+            problems.append(
+                f"{where}: a profile name uses only letters, digits, '_' and '-' (1-64)"
+            )
+        if profile.get("global") is True:
+            if first_global is not None:
+                problems.append(
+                    f"{where}.global: only one profile may be global ('{first_global}' is)"
+                )
+            else:
+                first_global = name
+        problems += _check_numbers(where, name, profile.get("numbers"), owner)
+        problems += _check_protocol(where, profile, secrets)
+    problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
+    return problems
+
+
+def _check_numbers(
+    where: str, name: str, numbers: Any, owner: dict[str, str]
+) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(numbers, list):
+        return problems
+    seen: set[str] = set()
+    for value in numbers:
+        try:
+            number = normalise_e164(value) if isinstance(value, str) else None
+        except ValueError:
+            number = None
+        if number is None:
+            continue  # the schema check reports it
+        if number in seen:
+            problems.append(f"{where}.numbers: {number} is listed twice")
+        elif number in owner and owner[number] != name:
+            problems.append(f"{where}.numbers: {number} already belongs to profile '{owner[number]}'")
+        seen.add(number)
+        owner.setdefault(number, name)
+    return problems
+
+
+def _check_protocol(where: str, profile: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    protocol = profile.get("protocol")
+    if protocol in ("http", "smpp"):
+        other = "smpp" if protocol == "http" else "http"
+        if profile.get(protocol) is None:
+            problems.append(f'{where}.{protocol}: required when protocol = "{protocol}"')
+        if profile.get(other) is not None:
+            problems.append(f'{where}.{other}: not used when protocol = "{protocol}"; remove it')
+    smpp = profile.get("smpp")
+    if profile.get("direction") == "both":
+        if isinstance(smpp, Mapping) and smpp.get("bind") == "transmitter":
+            problems.append(
+                f'{where}.smpp.bind: a transmitter cannot receive; direction = "both" '
+                'needs bind = "transceiver"'
+            )
+        if not profile.get("callback_url"):
+            problems.append(
+                f'{where}.callback_url: required when direction = "both" '
+                "(inbound messages are posted there)"
+            )
+    http = profile.get("http")
+    if protocol == "http" and isinstance(http, Mapping):
+        problems += _check_templates(where, http, secrets)
+    return problems
+
+
+def _check_templates(where: str, http: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:
+    """Let the Web-URL bind compile the templates: placeholders, braces, URL, id path."""
+    try:
+        section = HttpSection.model_validate(http)
+    except ValidationError:
+        return []  # the schema check reports it
+    # A missing secret is reported once by _collect_secrets; stand in for it here.
+    known = dict(secrets)
+    for _path, text in _strings(dict(http), "http"):
+        for ref in _SECRET_REF.findall(text):
+            known.setdefault(ref, "unset")
+    try:
+        HttpSpec(
+            method=section.method,
+            url=section.url,
+            form=section.form,
+            json=section.json_,
+            headers=section.headers,
+            success_status=tuple(section.success_status),
+            message_id=section.message_id,
+            timeout=section.timeout,
+            secrets=known,
+        )
+    except BindConfigError as exc:
+        return [f"{where}.{exc}"]
+    return []
+
+
+def _check_number_table(table: Any, campaigns: Any, owner: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    known_campaigns = set(campaigns) if isinstance(campaigns, Mapping) else set()
+    for key, details in _tables(table):
+        where = f"numbers.{_key(key)}"
+        try:
+            number = normalise_e164(key)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if number not in owner:
+            problems.append(f"{where}: {number} is in no profile's numbers")
+        campaign = details.get("campaign")
+        if isinstance(campaign, str) and campaign not in known_campaigns:
+            problems.append(f"{where}.campaign: unknown campaign {campaign!r} (no [campaigns.{campaign}])")
+        features = details.get("features")
+        if isinstance(features, list) and "MmsSender" in features and _toll_free(number):
+            problems.append(f"{where}.features: a toll-free number cannot have MmsSender")
+    return problems
+
+
+def _toll_free(number: str) -> bool:
+    parsed = phonenumbers.parse(number, None)
+    return bool(phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.TOLL_FREE)

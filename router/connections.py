@@ -1,0 +1,192 @@
+"""Redis connections: an existing server by URL, or a private embedded one.
+
+``redis = "embedded"`` runs a ``redis-server`` child with its append-only file
+and a unix socket under ``state_dir`` (no TCP port unless ``embedded_port`` is
+set). Whoever starts it holds ``state_dir/redis.lock``; another process of the
+same configuration (a CLI command next to the daemon) finds the socket and
+uses the running server instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .config import Settings
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis could not be reached or the embedded server could not start."""
+
+
+def as_text(value: Any) -> str:
+    """Redis replies come as bytes (jobs are binary); most fields are text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class EmbeddedRedis:
+    """A private ``redis-server`` child living under `state_dir`."""
+
+    def __init__(self, state_dir: Path, port: int = 0) -> None:
+        self.state_dir = state_dir.resolve()
+        self.port = port
+        self.socket = self.state_dir / "redis.sock"
+        self._lock: IO[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    async def acquire(self, *, adopt: bool, wait: float = 30.0) -> None:
+        """Use the running server, or start one. `adopt` takes over a server left
+        behind by a process that died, so it is stopped when we stop."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            alive = await self._answers()
+            if alive and not adopt:
+                return
+            if self._try_lock():
+                if not alive:
+                    await self._spawn()
+                return
+            if alive:
+                return  # another live process owns it; share it
+            if asyncio.get_running_loop().time() > deadline:
+                raise RedisUnavailable(
+                    f"embedded Redis in {self.state_dir} is locked by another process "
+                    "that does not answer; is an old sms-router still starting?"
+                )
+            await asyncio.sleep(0.1)
+
+    async def release(self) -> None:
+        """Stop the server if we started or adopted it."""
+        if self._lock is None:
+            return
+        if self._process is not None:
+            self._process.send_signal(signal.SIGTERM)  # redis flushes its AOF on TERM
+            try:
+                await asyncio.to_thread(self._process.wait, 15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        elif await self._answers():
+            with contextlib.suppress(RedisError, OSError):
+                client = Redis.from_url(self.url)
+                await client.shutdown(nosave=False)
+        self._lock.close()
+        self._lock = None
+        self._process = None
+
+    def _try_lock(self) -> bool:
+        handle = open(self.state_dir / "redis.lock", "a")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock = handle
+        return True
+
+    async def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        client = Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            return bool(await client.ping())
+        except (RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    async def _spawn(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisUnavailable(
+                "redis-server is not on PATH (embedded Redis needs it; "
+                "`make run` installs it, or: apt-get install redis-server)"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.state_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--logfile", str(self.state_dir / "redis.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,  # a Ctrl-C in the terminal goes to us, not to it
+        )
+        for _ in range(200):
+            if self._process.poll() is not None:
+                raise RedisUnavailable(
+                    f"embedded redis-server exited with {self._process.returncode}; "
+                    f"see {self.state_dir / 'redis.log'}"
+                )
+            if await self._answers():
+                return
+            await asyncio.sleep(0.05)
+        raise RedisUnavailable(f"embedded redis-server did not answer on {self.socket}")
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when we die, even by kill -9 (it then saves)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.asynccontextmanager
+async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterator[Redis]:
+    """A Redis client for the configured server, starting the embedded one if needed.
+
+    The daemon (`daemon=True`) adopts an embedded server left by a killed run;
+    a CLI command only starts one if none runs, and stops what it started.
+    """
+    embedded: EmbeddedRedis | None = None
+    url = settings.router.redis
+    if url == "embedded":
+        embedded = EmbeddedRedis(settings.router.state_dir, settings.router.embedded_port)
+        await embedded.acquire(adopt=daemon)
+        url = embedded.url
+    client = Redis.from_url(url, health_check_interval=30, max_connections=256)
+    try:
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {_safe_url(url)}: {exc}") from None
+        yield client
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await embedded.release()
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -1,0 +1,178 @@
+"""The daemon: startup, serve, shutdown.
+
+Startup opens Redis (starting the embedded server if configured), builds one
+bind set and one worker per profile, and takes back this instance's unfinished
+entries. Serve reads the work streams until a signal. Shutdown stops reading,
+gives in-flight messages `shutdown_grace` seconds, cancels what is left (it
+stays pending for the next start) and stops the embedded Redis. Signal handlers
+only set flags; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+from contextlib import AsyncExitStack
+
+import structlog
+from redis.asyncio import Redis
+
+from binds.base import Bind
+from binds.http import HttpSender, HttpSpec
+
+from .config import Profile, Settings
+from .connections import open_redis
+from .ledger import Ledger
+from .worker import ProfileWorker
+
+log = structlog.get_logger("router.daemon")
+
+HEALTH_EVERY = 5.0
+
+
+def health_key(instance: str) -> str:
+    """Where an instance publishes its health (read by `sms-router health`)."""
+    return f"sms:health:{instance}"
+
+
+def build_binds(name: str, profile: Profile, settings: Settings) -> list[Bind]:
+    """The binds of one profile (empty for a protocol this version cannot send)."""
+    if profile.protocol == "http" and profile.http is not None:
+        http = profile.http
+        spec = HttpSpec(
+            method=http.method,
+            url=http.url,
+            form=dict(http.form) if http.form is not None else None,
+            json=http.json_,
+            headers=dict(http.headers),
+            success_status=tuple(http.success_status),
+            message_id=http.message_id,
+            timeout=http.timeout,
+            window=profile.window,
+            tps=profile.tps,
+            sync=profile.processing == "sync",
+            secrets={k: v.get_secret_value() for k, v in settings.secrets.items()},
+        )
+        return [HttpSender(f"{name}/http", spec)]
+    return []
+
+
+class Daemon:
+    """One router instance."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance = settings.router.instance_name
+        self.stopping = asyncio.Event()
+        self.workers: list[ProfileWorker] = []
+        self._signals = 0
+        self._started = time.time()
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Signal handler: first time stop gracefully, second time exit at once."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting now", signal=signum)
+            os._exit(1)
+        log.info("stopping", signal=signum, grace=self.settings.router.shutdown_grace)
+        self.stopping.set()
+        for worker in self.workers:
+            worker.wake()
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Run until stopped; returns the exit code."""
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop, signum)
+        async with AsyncExitStack() as stack:
+            redis = await stack.enter_async_context(open_redis(self.settings, daemon=True))
+            await self._startup(redis, stack)
+            await self._serve(redis)
+            await self._shutdown()
+        log.info("stopped")
+        return 0
+
+    async def _startup(self, redis: Redis, stack: AsyncExitStack) -> None:
+        queue = self.settings.queue
+        ledger = Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
+        names = list(self.settings.profiles)
+        for name, profile in self.settings.profiles.items():
+            binds = build_binds(name, profile, self.settings)
+            if not binds:
+                log.warning(
+                    "profile not served: this version sends over http only; "
+                    "its jobs stay queued",
+                    profile=name,
+                    protocol=profile.protocol,
+                )
+                continue
+            for bind in binds:
+                await bind.start()
+                stack.push_async_callback(bind.close)
+            self.workers.append(
+                ProfileWorker(
+                    redis=redis, name=name, profile=profile, queue_settings=queue,
+                    binds=binds, ledger=ledger, consumer=self.instance, profiles=names,
+                )  # fmt: skip
+            )
+        for worker in self.workers:
+            await worker.start()
+        log.info(
+            "started",
+            instance=self.instance,
+            profiles=[w.name for w in self.workers],
+            redis="embedded" if self.settings.router.redis == "embedded" else "external",
+        )
+
+    async def _serve(self, redis: Redis) -> None:
+        tasks = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
+        tasks += [asyncio.create_task(w.maintain(self.stopping)) for w in self.workers]
+        tasks.append(asyncio.create_task(self._health(redis)))
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stop and t.exception() is not None]
+        for task in failed:
+            log.error("a serving task failed; stopping", error=repr(task.exception()))
+        self.stopping.set()
+        for worker in self.workers:
+            worker.wake()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and not failed:
+                log.error("serving task ended with an error", error=repr(result))
+        with_errors = [r for r in results if isinstance(r, Exception)]
+        if with_errors and not self._signals:
+            raise with_errors[0]
+
+    async def _shutdown(self) -> None:
+        grace = self.settings.router.shutdown_grace
+        left = await asyncio.gather(*(w.drain(grace) for w in self.workers))
+        if sum(left):
+            log.warning("cancelled in-flight messages at the grace limit; they stay "
+                        "pending for the next start", count=sum(left))  # fmt: skip
+
+    async def _health(self, redis: Redis) -> None:
+        """Publish a small health record every few seconds (read by `sms-router health`)."""
+        while not self.stopping.is_set():
+            body = {
+                "instance": self.instance,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started_at": self._started,
+                "at": time.time(),
+                "profiles": {
+                    w.name: {"in_flight": w.in_progress, "capacity": w.capacity}
+                    for w in self.workers
+                },
+            }
+            await redis.set(health_key(self.instance), json.dumps(body), ex=int(HEALTH_EVERY * 3))
+            try:
+                await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
+            except TimeoutError:
+                pass
+        await redis.delete(health_key(self.instance))

@@ -1,0 +1,52 @@
+"""Every Redis key the router uses, in one place.
+
+All keys of one profile share the hash tag ``{P}`` so that each multi-key step
+(defer to the schedule, dead-letter, promote) stays in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+GROUP = "router"
+EVENTS = "sms:events"
+
+
+def queue(profile: str) -> str:
+    """Work stream of a profile (consumer group `GROUP`)."""
+    return f"sms:{{{profile}}}:q"
+
+
+def schedule(profile: str) -> str:
+    """Sorted set of scheduled sends and retry back-offs, scored by due time."""
+    return f"sms:{{{profile}}}:sched"
+
+
+def dead_letters(profile: str) -> str:
+    """Dead-letter stream: the job as it came and the reason."""
+    return f"sms:{{{profile}}}:dlq"
+
+
+def round_robin(profile: str) -> str:
+    """Counter shared by every instance so sender numbers rotate globally."""
+    return f"sms:{{{profile}}}:rr"
+
+
+def stats(profile: str) -> str:
+    """Hash of counters (possible duplicates, dead letters, duplicates dropped...)."""
+    return f"sms:{{{profile}}}:stats"
+
+
+def provider_id(profile: str, provider_message_id: str) -> str:
+    """Provider message id -> job id, so delivery reports find their message."""
+    return f"sms:{{{profile}}}:pmid:{provider_message_id}"
+
+
+def record(job_id: str) -> str:
+    """Message record (hash) of one job."""
+    return f"sms:msg:{job_id}"
+
+
+def profile_of_queue(key: str) -> str | None:
+    """Inverse of `queue`: the profile name inside ``sms:{P}:q``."""
+    if key.startswith("sms:{") and key.endswith("}:q"):
+        return key[5:-3]
+    return None

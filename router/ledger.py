@@ -1,0 +1,186 @@
+"""Message records and status events.
+
+One Redis hash per job (``sms:msg:<id>``) holds its status, the history of
+every change with its time, the sender used, provider id, attempts and errors.
+Every change goes through one Lua script that also decides ownership: a record
+belongs to the stream entry that first reached it (its *owner*), so a second
+entry with the same job id is recognised as a duplicate, and a redelivered
+entry whose record is already final is acknowledged without being sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from . import keys
+from .connections import as_text
+
+FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
+STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
+
+# KEYS[1] record. ARGV: owner, now, status, ttl, mode ('' | 'replay' | 'create'), note,
+# then field/value pairs. Returns {verdict, previous status}; verdict: ok | duplicate | done.
+_TRANSITION = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'owner')
+local st, own = cur[1], cur[2]
+if st then
+  if own and own ~= ARGV[1] then return {'duplicate', st} end
+  if ARGV[5] == 'create' or st == 'sent' or st == 'delivered' or st == 'undelivered'
+     or st == 'failed' or st == 'expired' or (st == 'rejected' and ARGV[5] ~= 'replay') then
+    return {'done', st}
+  end
+else
+  st = ''
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[2])
+end
+local h = redis.call('HGET', KEYS[1], 'history')
+local hist = {}
+if h then hist = cjson.decode(h) end
+hist[#hist + 1] = {ARGV[3], tonumber(ARGV[2]), ARGV[6]}
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', ARGV[1], 'updated_at', ARGV[2],
+           'history', cjson.encode(hist))
+if ARGV[3] == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {'ok', st}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What the ledger said to a requested status change."""
+
+    verdict: str  # ok | duplicate | done
+    previous: str  # status before the change ('' for a new record)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+
+class Ledger:
+    """Records every status change of every message and publishes it as an event."""
+
+    def __init__(self, redis: Redis, *, retention: float, events_maxlen: int) -> None:
+        self._redis = redis
+        self._retention = max(1, int(retention))
+        self._events_maxlen = events_maxlen
+        self._script = redis.register_script(_TRANSITION)
+
+    async def transition(
+        self,
+        job_id: str,
+        owner: str,
+        status: str,
+        *,
+        profile: str,
+        note: str = "",
+        fields: Mapping[str, str | int | float] | None = None,
+        allow_rejected: bool = False,
+        create_only: bool = False,
+        event: Mapping[str, str] | None = None,
+    ) -> Transition:
+        """Move a record to `status` if `owner` may; publish the event if it did.
+
+        `allow_rejected` lets a replayed dead letter leave `rejected`; `create_only`
+        writes only a record that does not exist yet (a producer's `queued`).
+        """
+        now = f"{time.time():.6f}"
+        args: list[str | int | float] = [
+            owner,
+            now,
+            status,
+            self._retention,
+            "create" if create_only else "replay" if allow_rejected else "",
+            note,
+        ]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        verdict, previous = await self._script(keys=[keys.record(job_id)], args=args)
+        result = Transition(as_text(verdict), as_text(previous))
+        if result.ok:
+            await self.publish(job_id, profile, status, now, note=note, extra=event)
+        return result
+
+    async def create_queued(
+        self, items: list[tuple[str, str, str, Mapping[str, str]]]
+    ) -> list[bool]:
+        """Create `queued` records for freshly enqueued jobs, pipelined.
+
+        Each item is (job id, owner entry, profile, fields). A record that exists
+        already is left alone (the worker got there first, or it is a duplicate).
+        """
+        now = f"{time.time():.6f}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, owner, _profile, fields in items:
+                args: list[str | int] = [owner, now, "queued", self._retention, "create", ""]
+                for name, value in fields.items():
+                    args += [name, value]
+                await self._script(keys=[keys.record(job_id)], args=args, client=pipe)
+            replies = await pipe.execute()
+        created = [as_text(verdict) == "ok" for verdict, _previous in replies]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for (job_id, _owner, profile, fields), ok in zip(items, created, strict=True):
+                if ok:
+                    body = {"id": job_id, "profile": profile, "status": "queued", "at": now}
+                    body.update({k: v for k, v in fields.items() if k in ("to", "from", "meta")})
+                    pipe.xadd(keys.EVENTS, body, maxlen=self._events_maxlen, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+        return created
+
+    async def publish(
+        self,
+        job_id: str,
+        profile: str,
+        status: str,
+        at: str,
+        *,
+        note: str = "",
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        """Append one event to the event stream (history, trimmed by length)."""
+        body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": at}
+        if note:
+            body["note"] = note
+        if extra:
+            body.update({k: v for k, v in extra.items() if v})
+        await self._redis.xadd(
+            keys.EVENTS, body, maxlen=self._events_maxlen, approximate=True  # type: ignore[arg-type]
+        )
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        """The record of one job, decoded, or None."""
+        raw = await self._redis.hgetall(keys.record(job_id))
+        return decode_record(raw) if raw else None
+
+    async def get_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Records of several jobs in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.record(job_id))
+            rows = await pipe.execute()
+        return [decode_record(row) if row else None for row in rows]
+
+
+def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """A record hash as plain Python values (history and meta parsed)."""
+    record: dict[str, Any] = {as_text(k): as_text(v) for k, v in raw.items()}
+    history = json.loads(record.get("history") or "[]")
+    record["history"] = [
+        {"status": item[0], "at": float(item[1]), "note": item[2]} for item in history
+    ]
+    if "meta" in record:
+        record["meta"] = json.loads(record["meta"])
+    for name in ("attempts", "segments"):
+        if name in record:
+            record[name] = int(record[name])
+    for name in ("created_at", "updated_at"):
+        if name in record:
+            record[name] = float(record[name])
+    return record

@@ -1,0 +1,27 @@
+"""Phone numbers: E.164 parsing through libphonenumber's rules."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+def normalise_e164(value: str) -> str:
+    """Return `value` as canonical E.164 (``+14155552671``) or raise ValueError.
+
+    Accepts spaces, dashes and dots between digits, but the number must carry its
+    country code (start with ``+``): a router cannot guess the region.
+    """
+    text = value.strip()
+    if not text.startswith("+"):
+        raise ValueError(f"{value!r} is not a valid E.164 number (must start with '+')")
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError(f"{value!r} is not a valid E.164 number") from None
+    # "Possible" (right length for its country) rather than "valid": carriers hand out
+    # ranges before libphonenumber's metadata knows them, and the documented example
+    # +1 650 111 2345 would otherwise be refused.
+    known_country = phonenumbers.region_code_for_country_code(parsed.country_code) != "ZZ"
+    if not known_country or not phonenumbers.is_possible_number(parsed):
+        raise ValueError(f"{value!r} is not a valid E.164 number")
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))

@@ -1,0 +1,422 @@
+"""The worker of one profile: stream entries in, outcomes recorded, entries out.
+
+For each entry: decode and check the job, pick the sender number, record
+``sending``, submit through a bind, record the outcome, and only then
+acknowledge. Bad jobs go to the dead-letter stream; retries and scheduled
+sends go to the schedule. The worker reads only as many entries as its binds
+have free window, so unread work stays on the stream for other instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from binds.base import Accepted, Bind, Failed, OutboundMessage, Outcome, Retry
+
+from . import keys
+from .config import Profile, QueueSettings
+from .jobs import Job, JobError, decode_job, encode_job
+from .ledger import Ledger
+from .queue import Entry, WorkQueue
+from .senders import SenderPool
+
+log = structlog.get_logger("router.worker")
+
+
+class Rejection(Exception):
+    """The rules refused a well-formed job; it is recorded and dead-lettered."""
+
+
+class ProfileWorker:
+    """Consumes one profile's work stream and sends through its binds."""
+
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        name: str,
+        profile: Profile,
+        queue_settings: QueueSettings,
+        binds: Sequence[Bind],
+        ledger: Ledger,
+        consumer: str,
+        profiles: Sequence[str],
+    ) -> None:
+        self.name = name
+        self.profile = profile
+        self.settings = queue_settings
+        self.binds = list(binds)
+        self.ledger = ledger
+        self.queue = WorkQueue(redis, name, consumer)
+        self.senders = SenderPool(redis, name, profile.numbers)
+        self._redis = redis
+        self._profiles = set(profiles)
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._log = log.bind(profile=name)
+
+    @property
+    def capacity(self) -> int:
+        """Entries this worker may hold at once: the sum of its binds' windows."""
+        return sum(b.window for b in self.binds)
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._active)
+
+    def wake(self) -> None:
+        """Wake a reader waiting for window room (used when stopping)."""
+        self._slot_freed.set()
+
+    async def start(self) -> None:
+        """Create the consumer group and take back this consumer's unfinished entries."""
+        await self.queue.ensure_group()
+        after = "0"
+        while True:
+            await self._wait_for_room()
+            entries = await self.queue.read_own_pending(self._free(), after)
+            if not entries:
+                break
+            after = entries[-1].entry_id
+            self._log.info("recovering pending entries", count=len(entries))
+            await self.dispatch(entries)
+
+    async def serve(self, stopping: asyncio.Event) -> None:
+        """Read new entries until `stopping` is set."""
+        pause = _Pause()
+        while not stopping.is_set():
+            await self._wait_for_room(stopping)
+            if stopping.is_set():
+                break
+            count = min(self.settings.batch, self._free())
+            try:
+                entries = await self.queue.read_new(count, self.settings.block_ms)
+                if entries and not stopping.is_set():
+                    await self.dispatch(entries)
+                # Entries read after the stop signal stay pending for the next start.
+            except (RedisError, OSError) as exc:
+                await pause.after_error(self._log, "reading the work stream", exc, stopping)
+                continue
+            pause.reset()
+
+    async def maintain(self, stopping: asyncio.Event) -> None:
+        """Promote due scheduled jobs, claim idle entries, keep ours from being claimed."""
+        claim_every = max(1.0, self.settings.claim_idle / 4)
+        beat_every = max(1.0, self.settings.claim_idle / 3)
+        next_claim = next_beat = time.monotonic()
+        pause = _Pause()
+        while not stopping.is_set():
+            try:
+                await self.queue.promote_due()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + beat_every
+                    await self.queue.heartbeat(self._active)
+                if now >= next_claim and self._free() > 0:
+                    next_claim = now + claim_every
+                    claimed = await self.queue.autoclaim(self.settings.claim_idle, self._free())
+                    claimed = [e for e in claimed if e.entry_id not in self._active]
+                    if claimed:
+                        self._log.warning("claimed idle entries", count=len(claimed))
+                        await self.dispatch(claimed)
+            except (RedisError, OSError) as exc:
+                await pause.after_error(self._log, "queue maintenance", exc, stopping)
+                continue
+            pause.reset()
+            try:
+                await asyncio.wait_for(stopping.wait(), self.settings.schedule_poll)
+            except TimeoutError:
+                pass
+
+    async def drain(self, grace: float) -> int:
+        """Let in-flight work finish within `grace` s; cancel the rest (it stays pending)."""
+        tasks = list(self._active.values())
+        if tasks:
+            self._log.info("waiting for in-flight messages", count=len(tasks), grace=grace)
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            return len(pending)
+        return 0
+
+    async def dispatch(self, entries: list[Entry]) -> None:
+        """Decode a batch, assign sender numbers in order, and start one task each."""
+        decoded: list[tuple[Entry, Job | JobError]] = []
+        for entry in entries:
+            try:
+                job: Job | JobError = decode_job(
+                    entry.raw_job, default_id=f"{self.name}.{entry.owner}"
+                )
+            except JobError as exc:
+                job = exc
+            decoded.append((entry, job))
+        rotating = sum(1 for _, j in decoded if isinstance(j, Job) and not j.sender)
+        numbers = iter(await self.senders.assign(rotating))
+        for entry, job in decoded:
+            sender = next(numbers) if isinstance(job, Job) and not job.sender else None
+            task = asyncio.create_task(self._run(entry, job, sender))
+            self._active[entry.entry_id] = task
+
+    async def _run(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
+        try:
+            await self._handle(entry, job, sender)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Redis gone or a bug: leave the entry pending; it is retried after claim_idle.
+            self._log.exception("entry left pending after an error", entry=entry.entry_id)
+        finally:
+            self._active.pop(entry.entry_id, None)
+            self._slot_freed.set()
+
+    async def _handle(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
+        if entry.deliveries > self.settings.max_deliveries:
+            reason = (
+                f"delivered {entry.deliveries} times without an outcome "
+                f"(queue.max_deliveries = {self.settings.max_deliveries})"
+            )
+            await self._dead_letter(entry, job if isinstance(job, Job) else None, reason)
+            return
+        if isinstance(job, JobError):
+            await self._dead_letter(entry, None, str(job))
+            return
+        bound = self._log.bind(id=job.id)
+        try:
+            if job.profile and job.profile != self.name:
+                await self._forward(entry, job)
+                return
+            sender = self._check(job) or sender
+        except Rejection as exc:
+            await self._dead_letter(entry, job, str(exc))
+            return
+        assert sender is not None
+        now = time.time()
+        if job.expires_at is not None and now >= job.expires_at:
+            await self._finish(entry, job, "expired", note="validity passed before sending")
+            return
+        if job.send_at is not None and job.send_at > now + 0.5:
+            verdict = await self._record(entry, job, "scheduled", note=_when(job.send_at))
+            if verdict:
+                await self.queue.defer(
+                    entry, encode_job(job.to_wire()), entry.owner, entry.attempt, job.send_at
+                )
+                bound.info("scheduled", send_at=job.send_at)
+            return
+        await self._send(entry, job, sender, bound)
+
+    def _check(self, job: Job) -> str | None:
+        """Rules this issue enforces; returns the explicit sender when there is one."""
+        if job.text is None:
+            raise Rejection("job.template: templates are not supported yet; send 'text'")
+        if job.sender is not None:
+            if not self.senders.owns(job.sender):
+                raise Rejection(f"job.from: {job.sender} is not a number of profile {self.name!r}")
+            return job.sender
+        return None
+
+    async def _send(
+        self, entry: Entry, job: Job, sender: str, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        fields = {"from": sender, "to": job.to, "profile": self.name}
+        if job.meta:
+            fields["meta"] = json.dumps(job.meta, default=str)
+        if job.status_callback_url or self.profile.status_callback_url:
+            fields["status_callback_url"] = str(
+                job.status_callback_url or self.profile.status_callback_url
+            )
+        result = await self.ledger.transition(
+            job.id, entry.owner, "sending", profile=self.name, fields=fields,
+            allow_rejected=entry.replay, event=self._event(job, sender),
+        )  # fmt: skip
+        if not result.ok:
+            await self._skip(entry, job, result.verdict, result.previous)
+            return
+        if result.previous == "sending":
+            # The last attempt never got an outcome recorded: it may have reached the
+            # provider before a crash. Sending again is the at-least-once price; count it.
+            await self._redis.hincrby(keys.stats(self.name), "possible_duplicates", 1)
+            bound.warning("resending a message that was in flight at a crash")
+        bind = min(self.binds, key=lambda b: b.in_flight)
+        outcome = await bind.submit(
+            OutboundMessage(job.id, sender, job.to, job.text or "", job.meta)
+        )
+        await self._outcome(entry, job, sender, outcome, bound)
+
+    async def _outcome(
+        self,
+        entry: Entry,
+        job: Job,
+        sender: str,
+        outcome: Outcome,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        event = self._event(job, sender)
+        if isinstance(outcome, Accepted):
+            pmid = outcome.provider_message_id or ""
+            if pmid:
+                await self._redis.set(
+                    keys.provider_id(self.name, pmid), job.id, ex=int(self.settings.retention)
+                )
+            await self._finish(
+                entry, job, "sent", fields={"provider_message_id": pmid,
+                                            "segments": outcome.segments},
+                event={**event, "provider_message_id": pmid},
+            )  # fmt: skip
+            bound.info("sent", provider_message_id=pmid, sender=sender)
+        elif isinstance(outcome, Failed):
+            await self._finish(
+                entry, job, "failed", note=outcome.reason,
+                fields={"error_code": outcome.code, "error_raw": outcome.raw,
+                        "error": outcome.reason},
+                event={**event, "error_code": outcome.code},
+            )  # fmt: skip
+            bound.warning("failed", error_code=outcome.code, reason=outcome.reason)
+        else:
+            await self._retry(entry, job, outcome, bound)
+
+    async def _retry(
+        self, entry: Entry, job: Job, outcome: Retry, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        attempt = entry.attempt + 1
+        errors = {"error_code": outcome.code, "error_raw": outcome.raw, "error": outcome.reason}
+        if attempt >= self.settings.max_attempts:
+            note = f"gave up after {attempt} attempts: {outcome.reason}"
+            await self._finish(entry, job, "failed", note=note, fields=errors)
+            bound.warning("failed after retries", attempts=attempt, reason=outcome.reason)
+            return
+        delay = backoff(attempt, self.settings.retry_base, self.settings.retry_max)
+        if outcome.after is not None:
+            delay = max(delay, min(outcome.after, self.settings.retry_max))
+        due = time.time() + delay
+        if job.expires_at is not None and due >= job.expires_at:
+            await self._finish(entry, job, "expired", note=f"validity ends before retry: "
+                               f"{outcome.reason}", fields=errors)  # fmt: skip
+            return
+        note = f"retry {attempt} in {delay:.1f}s: {outcome.reason}"
+        if await self._record(entry, job, "queued", note=note, fields=errors):
+            await self.queue.defer(entry, encode_job(job.to_wire()), entry.owner, attempt, due)
+            bound.info("retry scheduled", attempt=attempt, delay=round(delay, 2),
+                       reason=outcome.reason)  # fmt: skip
+
+    async def _finish(
+        self,
+        entry: Entry,
+        job: Job,
+        status: str,
+        *,
+        note: str = "",
+        fields: dict[str, str | int] | None = None,
+        event: dict[str, str] | None = None,
+    ) -> None:
+        """Record a final status, then acknowledge the entry."""
+        await self._record(entry, job, status, note=note, fields=fields, event=event)
+        await self.queue.ack(entry.entry_id)
+
+    async def _record(
+        self,
+        entry: Entry,
+        job: Job,
+        status: str,
+        *,
+        note: str = "",
+        fields: dict[str, str | int] | None = None,
+        event: dict[str, str] | None = None,
+    ) -> bool:
+        """Record a status; False (and the entry acknowledged) if it is not ours to change."""
+        result = await self.ledger.transition(
+            job.id, entry.owner, status, profile=self.name, note=note, fields=fields,
+            allow_rejected=entry.replay, event=event or self._event(job, None),
+        )  # fmt: skip
+        if not result.ok:
+            await self._skip(entry, job, result.verdict, result.previous)
+        return result.ok
+
+    async def _skip(self, entry: Entry, job: Job, verdict: str, previous: str) -> None:
+        if verdict == "duplicate":
+            await self._redis.hincrby(keys.stats(self.name), "duplicates_dropped", 1)
+            self._log.info("duplicate job id dropped", id=job.id, entry=entry.entry_id)
+        else:
+            self._log.info("already final, not sent again", id=job.id, status=previous)
+        await self.queue.ack(entry.entry_id)
+
+    async def _dead_letter(self, entry: Entry, job: Job | None, reason: str) -> None:
+        if job is not None:
+            # Tell `status ID` why; a replayed job may leave `rejected` again.
+            await self.ledger.transition(
+                job.id, entry.owner, "rejected", profile=self.name, note=reason,
+                fields={"error_code": "rejected", "error": reason, "to": job.to},
+                allow_rejected=True, event=self._event(job, None),
+            )  # fmt: skip
+        await self.queue.dead_letter(entry, reason)
+        self._log.warning("dead-lettered", entry=entry.entry_id,
+                          id=job.id if job else None, reason=reason)  # fmt: skip
+
+    async def _forward(self, entry: Entry, job: Job) -> None:
+        """A job that names another profile moves to that profile's stream."""
+        if job.profile not in self._profiles:
+            raise Rejection(f"job.profile: unknown profile {job.profile!r}")
+        assert job.profile is not None
+        # Two slots, so not atomic: a crash in between leaves a second entry with the
+        # same origin, which the ledger then treats as the same job (no double send).
+        body = {"job": encode_job(job.to_wire()), "origin": entry.owner}
+        await self._redis.xadd(keys.queue(job.profile), body)  # type: ignore[arg-type]
+        await self.queue.ack(entry.entry_id)
+        self._log.info("forwarded", id=job.id, to_profile=job.profile)
+
+    def _event(self, job: Job, sender: str | None) -> dict[str, str]:
+        event = {"to": job.to}
+        if sender:
+            event["from"] = sender
+        if job.meta:
+            event["meta"] = json.dumps(job.meta, default=str)
+        return event
+
+    def _free(self) -> int:
+        return max(0, self.capacity - len(self._active))
+
+    async def _wait_for_room(self, stopping: asyncio.Event | None = None) -> None:
+        while self._free() <= 0 and not (stopping and stopping.is_set()):
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+
+class _Pause:
+    """Back-off between attempts while Redis is unreachable; logs once per outage."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def after_error(
+        self, logger: Any, doing: str, exc: Exception, stopping: asyncio.Event
+    ) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            logger.error("redis error; retrying", doing=doing, error=str(exc))
+        delay = backoff(self.failures, 0.2, 5.0)
+        try:
+            await asyncio.wait_for(stopping.wait(), delay)
+        except TimeoutError:
+            pass
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential back-off with jitter: base * 2^(attempt-1), capped, times 0.5..1."""
+    raw = min(cap, base * (2 ** max(0, attempt - 1)))
+    return raw * random.uniform(0.5, 1.0)
+
+
+def _when(at: float) -> str:
+    return "send at " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

@@ -1,0 +1,206 @@
+"""Shared fixtures: a real redis-server, a real HTTP provider, settings, a daemon.
+
+Nothing here is a fake: Redis is a `redis-server` process on a free port, the
+provider is an aiohttp server on another, and the daemon is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from router.config import Settings, parse_settings
+from router.daemon import Daemon
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the whole session, on a free port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not on PATH; run the tests through `make test`")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            break
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on an empty database; emptied again afterwards."""
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@dataclass
+class Provider:
+    """A scriptable HTTP SMS provider: records requests, counts concurrency."""
+
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    script: list[int] = field(default_factory=list)  # statuses to answer, in order
+    latency: float = 0.0
+    in_flight: int = 0
+    peak: int = 0
+    counter: int = 0
+
+    @property
+    def refs(self) -> Counter[str]:
+        return Counter(str(r.get("ref")) for r in self.requests if r["_status"] < 300)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            body = dict(await request.post())
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            status = self.script.pop(0) if self.script else 200
+            body["_status"] = status
+            self.requests.append(body)
+            if status >= 300:
+                return web.json_response({"error": "scripted"}, status=status)
+            self.counter += 1
+            return web.json_response({"id": f"p-{self.counter}"}, status=status)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    """A real aiohttp server playing the SMS provider."""
+    prov = Provider()
+    app = web.Application()
+    app.router.add_post("/send", prov.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    prov.url = f"http://127.0.0.1:{port}/send"
+    try:
+        yield prov
+    finally:
+        await runner.cleanup()
+
+
+NUMBERS = ["+16501112345", "+14082223333", "+14155552671"]
+
+
+def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, Any]:
+    """A small valid configuration: profile `alerts` (global, http) and `bulk`."""
+    alerts: dict[str, Any] = {
+        "global": True,
+        "protocol": "http",
+        "processing": "async",
+        "window": 8,
+        "numbers": NUMBERS,
+        "http": {
+            "url": provider_url,
+            "form": {"from": "{from}", "to": "{to}", "text": "{text}", "ref": "{id}"},
+            "message_id": "json:id",
+            "timeout": 5,
+        },
+    }
+    alerts.update(profile)
+    return {
+        "router": {"redis": redis_url, "instance": "test", "shutdown_grace": 5},
+        "queue": {"retry_base": 0.05, "retry_max": 0.2, "schedule_poll": 0.05,
+                  "block_ms": 100, "claim_idle": 2},
+        "profiles": {
+            "alerts": alerts,
+            "bulk": {"protocol": "http", "numbers": ["+447911123456"],
+                     "http": dict(alerts["http"])},
+        },
+    }  # fmt: skip
+
+
+@pytest.fixture
+def make_settings(
+    redis_url: str, provider: Provider, tmp_path: Path
+) -> Callable[..., Settings]:
+    def make(queue: dict[str, Any] | None = None, **profile: Any) -> Settings:
+        data = config_dict(redis_url, provider.url, **profile)
+        data["router"]["state_dir"] = str(tmp_path / "var")
+        data["queue"].update(queue or {})
+        return parse_settings(data, env={}, base_dir=tmp_path)
+
+    return make
+
+
+class RunningDaemon:
+    """A daemon running in this event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.daemon = Daemon(settings)
+        self.task = asyncio.create_task(self.daemon.run(install_signals=False))
+
+    async def stop(self) -> int:
+        self.daemon.request_stop()
+        return await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture
+async def run_daemon() -> AsyncIterator[Callable[[Settings], RunningDaemon]]:
+    started: list[RunningDaemon] = []
+
+    def start(settings: Settings) -> RunningDaemon:
+        running = RunningDaemon(settings)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if not running.task.done():
+            await running.stop()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "") -> None:
+    """Poll an async or plain predicate until it is true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
