@@ -77,7 +77,8 @@ def main() -> None:
         "provider_duplicates": duplicates,
         "elapsed_s": round(elapsed, 2),
         "lost": args.jobs - sim["unique"],
-        "ok": sim["unique"] == args.jobs and duplicates <= args.window
+        "ok": sim["unique"] == args.jobs
+        and duplicates <= args.window
         and duplicates <= counts["possible_duplicates_counted"],
     }
     print(result)

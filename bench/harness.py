@@ -39,15 +39,36 @@ class Stack:
         if binary is None:
             sys.exit("redis-server is not on PATH (make bench installs it)")
         self.redis = subprocess.Popen(
-            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.sim = subprocess.Popen(
-            [sys.executable, "-m", "router", "http-sim", "--port", str(self.sim_port),
-             "--latency", str(latency)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "router",
+                "http-sim",
+                "--port",
+                str(self.sim_port),
+                "--latency",
+                str(latency),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._wait_port(self.redis_port)
         self._wait_port(self.sim_port)
 
@@ -122,8 +143,9 @@ def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         return subprocess.Popen(
             [sys.executable, "-m", "router", "run", "-c", str(config)],
-            stdout=handle, stderr=handle,
-        )  # fmt: skip
+            stdout=handle,
+            stderr=handle,
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> int:
@@ -148,8 +170,12 @@ def peak_rss_mb(pid: int) -> float:
 def write_jobs(path: Path, count: int, prefix: str) -> Path:
     with path.open("w") as handle:
         for i in range(count):
-            handle.write(json.dumps({"id": f"{prefix}-{i}", "to": "+447911123456",
-                                     "text": f"benchmark message {i}"}) + "\n")  # fmt: skip
+            handle.write(
+                json.dumps(
+                    {"id": f"{prefix}-{i}", "to": "+447911123456", "text": f"benchmark message {i}"}
+                )
+                + "\n"
+            )
     return path
 
 

@@ -25,8 +25,10 @@ async def enqueue(url: str, count: int, prefix: str) -> None:
     redis = Redis.from_url(url)
     client = Client(redis, default_profile="bench")
     for start in range(0, count, 1000):
-        jobs = [{"id": f"{prefix}-{i}", "to": "+447911123456", "text": f"bench {i}"}
-                for i in range(start, min(count, start + 1000))]  # fmt: skip
+        jobs = [
+            {"id": f"{prefix}-{i}", "to": "+447911123456", "text": f"bench {i}"}
+            for i in range(start, min(count, start + 1000))
+        ]
         await client.send_many(jobs)
     await redis.aclose()
 
@@ -45,8 +47,12 @@ def one_run(stack: Stack, processing: str, window: int, jobs: int, tag: str) -> 
     cpu = cpu_seconds(daemon.pid) - cpu0
     rss = peak_rss_mb(daemon.pid)
     assert stop(daemon) == 0
-    return {"rate": jobs / elapsed, "cpu_per_1000": cpu / jobs * 1000, "rss_mb": rss,
-            "cpu_share": cpu / elapsed}  # fmt: skip
+    return {
+        "rate": jobs / elapsed,
+        "cpu_per_1000": cpu / jobs * 1000,
+        "rss_mb": rss,
+        "cpu_share": cpu / elapsed,
+    }
 
 
 def main() -> None:
@@ -59,17 +65,22 @@ def main() -> None:
     try:
         for processing, window in CASES:
             jobs = args.jobs // 5 if processing == "sync" else args.jobs
-            runs = [one_run(stack, processing, window, jobs, f"{processing}{window}r{r}")
-                    for r in range(args.runs)]  # fmt: skip
+            runs = [
+                one_run(stack, processing, window, jobs, f"{processing}{window}r{r}")
+                for r in range(args.runs)
+            ]
             row = {k: round(median([run[k] for run in runs]), 2) for k in runs[0]}
             row["jobs"] = jobs
             row["runs"] = args.runs
             results[f"{processing}-w{window}"] = row
-            print(f"{processing:5} window {window:3}: {row['rate']:7.0f} msg/s  "
-                  f"cpu {row['cpu_per_1000']:.2f}s/1000 msgs ({row['cpu_share']:.0%} of a core)  "
-                  f"peak rss {row['rss_mb']:.0f} MB  (median of {args.runs})", flush=True)
+            print(
+                f"{processing:5} window {window:3}: {row['rate']:7.0f} msg/s  "
+                f"cpu {row['cpu_per_1000']:.2f}s/1000 msgs ({row['cpu_share']:.0%} of a core)  "
+                f"peak rss {row['rss_mb']:.0f} MB  (median of {args.runs})",
+                flush=True,
+            )
         base = results["async-w10"]["rate"]
-        for name, row in results.items():
+        for row in results.values():
             row["ratio_to_async_w10"] = round(row["rate"] / base, 2)
     finally:
         stack.close()

@@ -8,7 +8,6 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -176,7 +175,7 @@ def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int)
 def _read_jobs(file: str, profile: str | None) -> tuple[list[dict[str, Any]], list[str]]:
     jobs: list[dict[str, Any]] = []
     problems: list[str] = []
-    stream = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    stream = sys.stdin if file == "-" else open(file, encoding="utf-8")
     with stream:
         for number, line in enumerate(stream, 1):
             if not line.strip():
@@ -250,11 +249,11 @@ def log_(
         seen: set[str] = set()
         upper = "+"
         while len(found) < limit:
-            rows = await redis.xrevrange(keys.EVENTS, upper, f"{start_ms}-0", count=1000)
+            rows: Any = await redis.xrevrange(keys.EVENTS, upper, f"{start_ms}-0", count=1000)
             if not rows:
                 break
             ids = []
-            for eid, fields in rows:
+            for _eid, fields in rows:
                 job_id = as_text(fields.get(b"id", b""))
                 if job_id and job_id not in seen:
                     seen.add(job_id)
@@ -275,10 +274,15 @@ def log_(
     table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error")
     for r in records:
         table.add_row(
-            _ts(r.get("updated_at", 0)), r.get("id", ""), r.get("profile", ""),
-            r.get("status", ""), r.get("to", ""), r.get("from", ""),
-            str(r.get("attempts", 0)), r.get("error", ""),
-        )  # fmt: skip
+            _ts(r.get("updated_at", 0)),
+            r.get("id", ""),
+            r.get("profile", ""),
+            r.get("status", ""),
+            r.get("to", ""),
+            r.get("from", ""),
+            str(r.get("attempts", 0)),
+            r.get("error", ""),
+        )
     out.print(table)
 
 
@@ -303,7 +307,7 @@ def dlq_list(config_path: str | None, profile: str, limit: int, as_json: bool) -
     """List the oldest dead letters of a profile."""
     settings = _settings(config_path)
     letters = _with_redis(settings, lambda r: list_dead_letters(r, profile, limit))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "entry": d.entry_id,
             "reason": d.reason,
@@ -388,8 +392,11 @@ def health(config_path: str | None, as_json: bool) -> None:
         load = ", ".join(
             f"{name} {p['in_flight']}/{p['capacity']}" for name, p in item["profiles"].items()
         )
-        out.print(f"{item['instance']} pid {item['pid']} up "
-                  f"{time.time() - item['started_at']:.0f}s: {load}", markup=False)  # fmt: skip
+        out.print(
+            f"{item['instance']} pid {item['pid']} up "
+            f"{time.time() - item['started_at']:.0f}s: {load}",
+            markup=False,
+        )
     if not instances:
         err.print("no router instance is running", markup=False)
         sys.exit(1)

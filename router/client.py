@@ -53,7 +53,7 @@ class Client:
         *,
         profile: str | None = None,
         sender: str | None = None,
-        id: str | None = None,  # noqa: A002 - the wire name
+        id: str | None = None,
         **fields: Any,
     ) -> str:
         """Enqueue one message; returns its job id. Extra wire fields go in `fields`."""

@@ -177,10 +177,14 @@ class Campaign(_Section):
 Feature = Literal["SmsSender", "MmsSender", "InternationalSmsSender", "A2PSmsSender"]
 
 
+def _default_features() -> list[Feature]:
+    return ["SmsSender"]
+
+
 class NumberDetails(_Section):
     """``[numbers."+E164"]``: capabilities of one sender number."""
 
-    features: list[Feature] = Field(default_factory=lambda: ["SmsSender"])
+    features: list[Feature] = Field(default_factory=_default_features)
     sms_enabled: bool = True
     campaign: str | None = None
     verified: bool = False
@@ -297,7 +301,9 @@ def resolve_config_path(arg: str | os.PathLike[str] | None) -> Path:
     return Path(os.environ.get(ENV_PATH) or DEFAULT_PATH)
 
 
-def load_settings(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+) -> Settings:
     """Read and validate a TOML file; relative paths inside are relative to its folder."""
     file = Path(path)
     try:
@@ -376,7 +382,9 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(value, f"{path}[{index}]")
 
 
-def _collect_secrets(raw: Mapping[str, Any], env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+def _collect_secrets(
+    raw: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
     """Resolve every ``{secret:NAME}`` of the HTTP templates."""
     secrets: dict[str, str] = {}
     problems: list[str] = []
@@ -469,9 +477,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
     return problems
 
 
-def _check_numbers(
-    where: str, name: str, numbers: Any, owner: dict[str, str]
-) -> list[str]:
+def _check_numbers(where: str, name: str, numbers: Any, owner: dict[str, str]) -> list[str]:
     problems: list[str] = []
     if not isinstance(numbers, list):
         return problems
@@ -486,13 +492,17 @@ def _check_numbers(
         if number in seen:
             problems.append(f"{where}.numbers: {number} is listed twice")
         elif number in owner and owner[number] != name:
-            problems.append(f"{where}.numbers: {number} already belongs to profile '{owner[number]}'")
+            problems.append(
+                f"{where}.numbers: {number} already belongs to profile '{owner[number]}'"
+            )
         seen.add(number)
         owner.setdefault(number, name)
     return problems
 
 
-def _check_protocol(where: str, profile: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:
+def _check_protocol(
+    where: str, profile: Mapping[str, Any], secrets: Mapping[str, str]
+) -> list[str]:
     problems: list[str] = []
     protocol = profile.get("protocol")
     if protocol in ("http", "smpp"):
@@ -561,7 +571,9 @@ def _check_number_table(table: Any, campaigns: Any, owner: Mapping[str, str]) ->
             problems.append(f"{where}: {number} is in no profile's numbers")
         campaign = details.get("campaign")
         if isinstance(campaign, str) and campaign not in known_campaigns:
-            problems.append(f"{where}.campaign: unknown campaign {campaign!r} (no [campaigns.{campaign}])")
+            problems.append(
+                f"{where}.campaign: unknown campaign {campaign!r} (no [campaigns.{campaign}])"
+            )
         features = details.get("features")
         if isinstance(features, list) and "MmsSender" in features and _toll_free(number):
             problems.append(f"{where}.features: a toll-free number cannot have MmsSender")

@@ -105,8 +105,7 @@ class Daemon:
             binds = build_binds(name, profile, self.settings)
             if not binds:
                 log.warning(
-                    "profile not served: this version sends over http only; "
-                    "its jobs stay queued",
+                    "profile not served: this version sends over http only; its jobs stay queued",
                     profile=name,
                     protocol=profile.protocol,
                 )
@@ -116,9 +115,15 @@ class Daemon:
                 stack.push_async_callback(bind.close)
             self.workers.append(
                 ProfileWorker(
-                    redis=redis, name=name, profile=profile, queue_settings=queue,
-                    binds=binds, ledger=ledger, consumer=self.instance, profiles=names,
-                )  # fmt: skip
+                    redis=redis,
+                    name=name,
+                    profile=profile,
+                    queue_settings=queue,
+                    binds=binds,
+                    ledger=ledger,
+                    consumer=self.instance,
+                    profiles=names,
+                )
             )
         for worker in self.workers:
             await worker.start()
@@ -153,8 +158,11 @@ class Daemon:
         grace = self.settings.router.shutdown_grace
         left = await asyncio.gather(*(w.drain(grace) for w in self.workers))
         if sum(left):
-            log.warning("cancelled in-flight messages at the grace limit; they stay "
-                        "pending for the next start", count=sum(left))  # fmt: skip
+            log.warning(
+                "cancelled in-flight messages at the grace limit; they stay "
+                "pending for the next start",
+                count=sum(left),
+            )
 
     async def _health(self, redis: Redis) -> None:
         """Publish a small health record every few seconds (read by `sms-router health`)."""

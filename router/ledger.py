@@ -145,13 +145,16 @@ class Ledger:
         extra: Mapping[str, str] | None = None,
     ) -> None:
         """Append one event to the event stream (history, trimmed by length)."""
-        body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": at}
+        body: dict[Any, Any] = {"id": job_id, "profile": profile, "status": status, "at": at}
         if note:
             body["note"] = note
         if extra:
             body.update({k: v for k, v in extra.items() if v})
         await self._redis.xadd(
-            keys.EVENTS, body, maxlen=self._events_maxlen, approximate=True  # type: ignore[arg-type]
+            keys.EVENTS,
+            body,
+            maxlen=self._events_maxlen,
+            approximate=True,
         )
 
     async def get(self, job_id: str) -> dict[str, Any] | None:

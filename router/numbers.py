@@ -21,7 +21,8 @@ def normalise_e164(value: str) -> str:
     # "Possible" (right length for its country) rather than "valid": carriers hand out
     # ranges before libphonenumber's metadata knows them, and the documented example
     # +1 650 111 2345 would otherwise be refused.
-    known_country = phonenumbers.region_code_for_country_code(parsed.country_code) != "ZZ"
+    country = parsed.country_code or 0
+    known_country = phonenumbers.region_code_for_country_code(country) != "ZZ"
     if not known_country or not phonenumbers.is_possible_number(parsed):
         raise ValueError(f"{value!r} is not a valid E.164 number")
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))

@@ -168,11 +168,9 @@ class WorkQueue:
 
     async def heartbeat(self, entry_ids: Iterable[str]) -> None:
         """Reset the idle time of entries still in progress so nobody claims them."""
-        ids = list(entry_ids)
+        ids: list[Any] = list(entry_ids)
         if ids:
-            await self._redis.xclaim(
-                self.key, keys.GROUP, self.consumer, 0, ids, justid=True
-            )
+            await self._redis.xclaim(self.key, keys.GROUP, self.consumer, 0, ids, justid=True)
 
     async def ack(self, *entry_ids: str) -> None:
         """Acknowledge and delete finished entries."""
@@ -206,7 +204,7 @@ class WorkQueue:
         return int(moved)
 
     async def _read(self, start: str, count: int, block: int | None) -> list[Entry]:
-        reply = await self._redis.xreadgroup(
+        reply: Any = await self._redis.xreadgroup(
             keys.GROUP, self.consumer, {self.key: start}, count=count, block=block
         )
         entries: list[Entry] = []
@@ -233,7 +231,7 @@ class WorkQueue:
 
 async def list_dead_letters(redis: Redis, profile: str, count: int = 100) -> list[DeadLetter]:
     """The oldest `count` dead letters of a profile."""
-    rows = await redis.xrange(keys.dead_letters(profile), count=count)
+    rows: Any = await redis.xrange(keys.dead_letters(profile), count=count)
     out = []
     for eid, raw in rows:
         fields = {as_text(k): v for k, v in raw.items()}

@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -235,9 +235,14 @@ class ProfileWorker:
                 job.status_callback_url or self.profile.status_callback_url
             )
         result = await self.ledger.transition(
-            job.id, entry.owner, "sending", profile=self.name, fields=fields,
-            allow_rejected=entry.replay, event=self._event(job, sender),
-        )  # fmt: skip
+            job.id,
+            entry.owner,
+            "sending",
+            profile=self.name,
+            fields=fields,
+            allow_rejected=entry.replay,
+            event=self._event(job, sender),
+        )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous)
             return
@@ -268,18 +273,26 @@ class ProfileWorker:
                     keys.provider_id(self.name, pmid), job.id, ex=int(self.settings.retention)
                 )
             await self._finish(
-                entry, job, "sent", fields={"provider_message_id": pmid,
-                                            "segments": outcome.segments},
+                entry,
+                job,
+                "sent",
+                fields={"provider_message_id": pmid, "segments": outcome.segments},
                 event={**event, "provider_message_id": pmid},
-            )  # fmt: skip
+            )
             bound.info("sent", provider_message_id=pmid, sender=sender)
         elif isinstance(outcome, Failed):
             await self._finish(
-                entry, job, "failed", note=outcome.reason,
-                fields={"error_code": outcome.code, "error_raw": outcome.raw,
-                        "error": outcome.reason},
+                entry,
+                job,
+                "failed",
+                note=outcome.reason,
+                fields={
+                    "error_code": outcome.code,
+                    "error_raw": outcome.raw,
+                    "error": outcome.reason,
+                },
                 event={**event, "error_code": outcome.code},
-            )  # fmt: skip
+            )
             bound.warning("failed", error_code=outcome.code, reason=outcome.reason)
         else:
             await self._retry(entry, job, outcome, bound)
@@ -299,14 +312,20 @@ class ProfileWorker:
             delay = max(delay, min(outcome.after, self.settings.retry_max))
         due = time.time() + delay
         if job.expires_at is not None and due >= job.expires_at:
-            await self._finish(entry, job, "expired", note=f"validity ends before retry: "
-                               f"{outcome.reason}", fields=errors)  # fmt: skip
+            await self._finish(
+                entry,
+                job,
+                "expired",
+                note=f"validity ends before retry: {outcome.reason}",
+                fields=errors,
+            )
             return
         note = f"retry {attempt} in {delay:.1f}s: {outcome.reason}"
         if await self._record(entry, job, "queued", note=note, fields=errors):
             await self.queue.defer(entry, encode_job(job.to_wire()), entry.owner, attempt, due)
-            bound.info("retry scheduled", attempt=attempt, delay=round(delay, 2),
-                       reason=outcome.reason)  # fmt: skip
+            bound.info(
+                "retry scheduled", attempt=attempt, delay=round(delay, 2), reason=outcome.reason
+            )
 
     async def _finish(
         self,
@@ -315,7 +334,7 @@ class ProfileWorker:
         status: str,
         *,
         note: str = "",
-        fields: dict[str, str | int] | None = None,
+        fields: Mapping[str, str | int] | None = None,
         event: dict[str, str] | None = None,
     ) -> None:
         """Record a final status, then acknowledge the entry."""
@@ -329,14 +348,20 @@ class ProfileWorker:
         status: str,
         *,
         note: str = "",
-        fields: dict[str, str | int] | None = None,
+        fields: Mapping[str, str | int] | None = None,
         event: dict[str, str] | None = None,
     ) -> bool:
         """Record a status; False (and the entry acknowledged) if it is not ours to change."""
         result = await self.ledger.transition(
-            job.id, entry.owner, status, profile=self.name, note=note, fields=fields,
-            allow_rejected=entry.replay, event=event or self._event(job, None),
-        )  # fmt: skip
+            job.id,
+            entry.owner,
+            status,
+            profile=self.name,
+            note=note,
+            fields=fields,
+            allow_rejected=entry.replay,
+            event=event or self._event(job, None),
+        )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous)
         return result.ok
@@ -353,13 +378,19 @@ class ProfileWorker:
         if job is not None:
             # Tell `status ID` why; a replayed job may leave `rejected` again.
             await self.ledger.transition(
-                job.id, entry.owner, "rejected", profile=self.name, note=reason,
+                job.id,
+                entry.owner,
+                "rejected",
+                profile=self.name,
+                note=reason,
                 fields={"error_code": "rejected", "error": reason, "to": job.to},
-                allow_rejected=True, event=self._event(job, None),
-            )  # fmt: skip
+                allow_rejected=True,
+                event=self._event(job, None),
+            )
         await self.queue.dead_letter(entry, reason)
-        self._log.warning("dead-lettered", entry=entry.entry_id,
-                          id=job.id if job else None, reason=reason)  # fmt: skip
+        self._log.warning(
+            "dead-lettered", entry=entry.entry_id, id=job.id if job else None, reason=reason
+        )
 
     async def _forward(self, entry: Entry, job: Job) -> None:
         """A job that names another profile moves to that profile's stream."""
@@ -414,7 +445,7 @@ class _Pause:
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential back-off with jitter: base * 2^(attempt-1), capped, times 0.5..1."""
-    raw = min(cap, base * (2 ** max(0, attempt - 1)))
+    raw = min(cap, base * 2.0 ** max(0, attempt - 1))
     return raw * random.uniform(0.5, 1.0)
 
 

@@ -41,10 +41,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -142,20 +154,26 @@ def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, 
     alerts.update(profile)
     return {
         "router": {"redis": redis_url, "instance": "test", "shutdown_grace": 5},
-        "queue": {"retry_base": 0.05, "retry_max": 0.2, "schedule_poll": 0.05,
-                  "block_ms": 100, "claim_idle": 2},
+        "queue": {
+            "retry_base": 0.05,
+            "retry_max": 0.2,
+            "schedule_poll": 0.05,
+            "block_ms": 100,
+            "claim_idle": 2,
+        },
         "profiles": {
             "alerts": alerts,
-            "bulk": {"protocol": "http", "numbers": ["+447911123456"],
-                     "http": dict(alerts["http"])},
+            "bulk": {
+                "protocol": "http",
+                "numbers": ["+447911123456"],
+                "http": dict(alerts["http"]),
+            },
         },
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
-def make_settings(
-    redis_url: str, provider: Provider, tmp_path: Path
-) -> Callable[..., Settings]:
+def make_settings(redis_url: str, provider: Provider, tmp_path: Path) -> Callable[..., Settings]:
     def make(queue: dict[str, Any] | None = None, **profile: Any) -> Settings:
         data = config_dict(redis_url, provider.url, **profile)
         data["router"]["state_dir"] = str(tmp_path / "var")
@@ -192,7 +210,11 @@ async def run_daemon() -> AsyncIterator[Callable[[Settings], RunningDaemon]]:
             await running.stop()
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "") -> None:
+async def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
+    what: str = "",
+) -> None:
     """Poll an async or plain predicate until it is true."""
     deadline = time.monotonic() + timeout
     while True:

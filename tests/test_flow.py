@@ -11,8 +11,7 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from router import Client
-from router import keys
+from router import Client, keys
 from router.config import Settings
 from router.ledger import Ledger
 from router.queue import WorkQueue, list_dead_letters, replay_dead_letters
@@ -192,9 +191,7 @@ async def test_bad_jobs_are_dead_lettered_while_good_ones_flow(
     good_ids = [f"good-{i}" for i in range(10)]
     await wait_for(lambda: all_final(redis, good_ids), what="good jobs sent")
     await wait_for(lambda: redis.xlen(keys.dead_letters("alerts")), what="dead letters")
-    await wait_for(
-        lambda: _dlq_len_is(redis, len(bad) + 1), what="every bad job dead-lettered"
-    )
+    await wait_for(lambda: _dlq_len_is(redis, len(bad) + 1), what="every bad job dead-lettered")
     reasons = [d.reason for d in await list_dead_letters(redis, "alerts")]
     for expected in [*bad.values(), "stream entry has no 'job' field"]:
         assert any(expected in reason for reason in reasons), (expected, reasons)

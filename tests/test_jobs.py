@@ -24,11 +24,17 @@ def test_minimal_job_gets_the_default_id() -> None:
 
 def test_full_job_round_trips() -> None:
     wire = {
-        "id": "a1", "to": "+447911123456", "text": "hi", "from": "+16501112345",
-        "profile": "alerts", "use_case": "CustomerCare", "send_at": 1_900_000_000.0,
-        "expires_at": "2030-01-01T00:00:00Z", "status_callback_url": "https://x.example/s",
+        "id": "a1",
+        "to": "+447911123456",
+        "text": "hi",
+        "from": "+16501112345",
+        "profile": "alerts",
+        "use_case": "CustomerCare",
+        "send_at": 1_900_000_000.0,
+        "expires_at": "2030-01-01T00:00:00Z",
+        "status_callback_url": "https://x.example/s",
         "meta": {"user": 7},
-    }  # fmt: skip
+    }
     job = decode(wire)
     assert job.sender == "+16501112345"
     assert job.expires_at == 1893456000.0
@@ -47,16 +53,27 @@ def test_full_job_round_trips() -> None:
         (msgpack.packb({"to": 447911123456, "text": "x"}), "job.to: must be a string"),
         (msgpack.packb({"to": "+1555", "text": "x"}), "job.to: '+1555' is not a valid E.164"),
         (msgpack.packb({"to": "447911123456", "text": "x"}), "must start with '+'"),
-        (msgpack.packb({"to": "+447911123456", "text": "x", "send_at": "soon"}),
-         "job.send_at: 'soon' is not unix seconds"),
-        (msgpack.packb({"to": "+447911123456", "text": "x", "send_at": "2030-01-01T00:00"}),
-         "has no time zone"),
-        (msgpack.packb({"to": "+447911123456", "text": "x", "meta": [1]}), "job.meta: must be a map"),
+        (
+            msgpack.packb({"to": "+447911123456", "text": "x", "send_at": "soon"}),
+            "job.send_at: 'soon' is not unix seconds",
+        ),
+        (
+            msgpack.packb({"to": "+447911123456", "text": "x", "send_at": "2030-01-01T00:00"}),
+            "has no time zone",
+        ),
+        (
+            msgpack.packb({"to": "+447911123456", "text": "x", "meta": [1]}),
+            "job.meta: must be a map",
+        ),
         (msgpack.packb({"to": "+447911123456", "text": "x", "id": "a b"}), "job.id:"),
-        (msgpack.packb({"to": "+447911123456", "text": "x", "status_callback_url": "ftp://x"}),
-         "job.status_callback_url: must be an http"),
-        (msgpack.packb({"to": "+447911123456", "text": "x", "priority": 1}),
-         "job.priority: unknown field"),
+        (
+            msgpack.packb({"to": "+447911123456", "text": "x", "status_callback_url": "ftp://x"}),
+            "job.status_callback_url: must be an http",
+        ),
+        (
+            msgpack.packb({"to": "+447911123456", "text": "x", "priority": 1}),
+            "job.priority: unknown field",
+        ),
         (None, "no 'job' field"),
     ],
 )

@@ -50,19 +50,30 @@ async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
     handle = log.open("ab")
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router", "run", "-c", str(config),
-            stdout=handle, stderr=handle,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "router",
+            "run",
+            "-c",
+            str(config),
+            stdout=handle,
+            stderr=handle,
+        )
     finally:
         handle.close()
 
 
 async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "router",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -165,15 +176,18 @@ async def test_cli_against_embedded_redis(provider: Provider, tmp_path: Path) ->
     data["router"]["state_dir"] = str(tmp_path / "var")
     config = str(write_config(tmp_path / "router.toml", data))
 
-    code, out, err = await cli("send", "-c", config, "--to", "+447911123456",
-                               "--text", "hi", "--id", "cli-1")  # fmt: skip
+    code, out, err = await cli(
+        "send", "-c", config, "--to", "+447911123456", "--text", "hi", "--id", "cli-1"
+    )
     assert code == 0, err
     assert out.strip() == "cli-1"
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text("".join(
-        json.dumps({"id": f"bulk-{i}", "to": "+447911123456", "text": f"b{i}"}) + "\n"
-        for i in range(50)
-    ))  # fmt: skip
+    jobs.write_text(
+        "".join(
+            json.dumps({"id": f"bulk-{i}", "to": "+447911123456", "text": f"b{i}"}) + "\n"
+            for i in range(50)
+        )
+    )
     code, out, err = await cli("enqueue", "-c", config, str(jobs))
     assert code == 0, err
     assert "enqueued 50 jobs" in out
@@ -207,8 +221,9 @@ async def test_cli_against_embedded_redis(provider: Provider, tmp_path: Path) ->
     assert "bad.jsonl:2: not JSON" in err
 
 
-async def test_dead_letter_cli(redis: Redis, redis_url: str, provider: Provider,
-                               tmp_path: Path) -> None:  # fmt: skip
+async def test_dead_letter_cli(
+    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path
+) -> None:
     data = config_dict(redis_url, provider.url)
     config = str(write_config(tmp_path / "router.toml", data))
     await redis.xadd(keys.dead_letters("alerts"), {"reason": "job.to: required", "job": b"\x80"})
@@ -225,7 +240,7 @@ async def test_dead_letter_cli(redis: Redis, redis_url: str, provider: Provider,
 
 
 async def _socket_answers(path: Path) -> bool:
-    if not path.exists():
+    if not path.exists():  # noqa: ASYNC240 - a stat of a local socket
         return False
     client = Redis(unix_socket_path=str(path), socket_connect_timeout=0.5)
     try:
