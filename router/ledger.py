@@ -24,9 +24,19 @@ from .connections import as_text
 FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
 STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
 
-# KEYS[1] record. ARGV: owner, now, status, ttl, mode ('' | 'replay' | 'create'), note,
-# then field/value pairs. Returns {verdict, previous status}; verdict: ok | duplicate | done.
+# One round trip per status change, and atomic: the record, its event and (for a final
+# status) the acknowledgement of the work entry happen together or not at all.
+# KEYS: record, event stream, [work stream to ack], [provider-id index key].
+# ARGV: owner, now, status, ttl, mode ('' | 'replay' | 'create'), note, events maxlen,
+# field count, event count, ack group ('' = no ack), ack entry, index value,
+# then field pairs, then event pairs. Returns {verdict, previous status};
+# verdict: ok | duplicate | done. The ack happens whatever the verdict: a duplicate
+# or an already-final record has nothing left to do either.
 _TRANSITION = """
+if ARGV[10] ~= '' then
+  redis.call('XACK', KEYS[3], ARGV[10], ARGV[11])
+  redis.call('XDEL', KEYS[3], ARGV[11])
+end
 local cur = redis.call('HMGET', KEYS[1], 'status', 'owner')
 local st, own = cur[1], cur[2]
 if st then
@@ -46,10 +56,25 @@ hist[#hist + 1] = {ARGV[3], tonumber(ARGV[2]), ARGV[6]}
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', ARGV[1], 'updated_at', ARGV[2],
            'history', cjson.encode(hist))
 if ARGV[3] == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local first = 13
+local nfields, nevent = tonumber(ARGV[8]), tonumber(ARGV[9])
+for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[12] ~= '' then redis.call('SET', KEYS[4], ARGV[12], 'EX', ARGV[4]) end
+local ev = {}
+for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ev))
 return {'ok', st}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A work entry to acknowledge and delete in the same step as a status change."""
+
+    stream: str
+    group: str
+    entry_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,28 +110,32 @@ class Ledger:
         allow_rejected: bool = False,
         create_only: bool = False,
         event: Mapping[str, str] | None = None,
+        ack: Ack | None = None,
+        index: str | None = None,
     ) -> Transition:
-        """Move a record to `status` if `owner` may; publish the event if it did.
+        """Move a record to `status` if `owner` may, and publish the event, atomically.
 
         `allow_rejected` lets a replayed dead letter leave `rejected`; `create_only`
         writes only a record that does not exist yet (a producer's `queued`).
+        `ack` acknowledges and deletes a work entry in the same step (whatever the
+        verdict); `index` is a key set to the job id with the record's retention
+        (the provider-id lookup of delivery reports).
         """
-        now = f"{time.time():.6f}"
-        args: list[str | int | float] = [
+        script_keys, args = self._call(
+            job_id,
             owner,
-            now,
             status,
-            self._retention,
-            "create" if create_only else "replay" if allow_rejected else "",
+            profile,
             note,
-        ]
-        for name, value in (fields or {}).items():
-            args += [name, value]
-        verdict, previous = await self._script(keys=[keys.record(job_id)], args=args)
-        result = Transition(as_text(verdict), as_text(previous))
-        if result.ok:
-            await self.publish(job_id, profile, status, now, note=note, extra=event)
-        return result
+            fields,
+            allow_rejected,
+            create_only,
+            event,
+            ack,
+            index,
+        )
+        verdict, previous = await self._script(keys=script_keys, args=args)
+        return Transition(as_text(verdict), as_text(previous))
 
     async def create_queued(
         self, items: list[tuple[str, str, str, Mapping[str, str]]]
@@ -116,46 +145,57 @@ class Ledger:
         Each item is (job id, owner entry, profile, fields). A record that exists
         already is left alone (the worker got there first, or it is a duplicate).
         """
-        now = f"{time.time():.6f}"
         async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id, owner, _profile, fields in items:
-                args: list[str | int] = [owner, now, "queued", self._retention, "create", ""]
-                for name, value in fields.items():
-                    args += [name, value]
-                await self._script(keys=[keys.record(job_id)], args=args, client=pipe)
+            for job_id, owner, profile, fields in items:
+                event = {k: v for k, v in fields.items() if k in ("to", "from", "meta")}
+                script_keys, args = self._call(
+                    job_id, owner, "queued", profile, "", fields, False, True, event, None, None
+                )
+                await self._script(keys=script_keys, args=args, client=pipe)
             replies = await pipe.execute()
-        created = [as_text(verdict) == "ok" for verdict, _previous in replies]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for (job_id, _owner, profile, fields), ok in zip(items, created, strict=True):
-                if ok:
-                    body = {"id": job_id, "profile": profile, "status": "queued", "at": now}
-                    body.update({k: v for k, v in fields.items() if k in ("to", "from", "meta")})
-                    pipe.xadd(keys.EVENTS, body, maxlen=self._events_maxlen, approximate=True)  # type: ignore[arg-type]
-            await pipe.execute()
-        return created
+        return [as_text(verdict) == "ok" for verdict, _previous in replies]
 
-    async def publish(
+    def _call(
         self,
         job_id: str,
-        profile: str,
+        owner: str,
         status: str,
-        at: str,
-        *,
-        note: str = "",
-        extra: Mapping[str, str] | None = None,
-    ) -> None:
-        """Append one event to the event stream (history, trimmed by length)."""
-        body: dict[Any, Any] = {"id": job_id, "profile": profile, "status": status, "at": at}
+        profile: str,
+        note: str,
+        fields: Mapping[str, str | int | float] | None,
+        allow_rejected: bool,
+        create_only: bool,
+        event: Mapping[str, str] | None,
+        ack: Ack | None,
+        index: str | None,
+    ) -> tuple[list[str], list[str | int | float]]:
+        now = f"{time.time():.6f}"
+        body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": now}
         if note:
             body["note"] = note
-        if extra:
-            body.update({k: v for k, v in extra.items() if v})
-        await self._redis.xadd(
-            keys.EVENTS,
-            body,
-            maxlen=self._events_maxlen,
-            approximate=True,
-        )
+        body.update({k: v for k, v in (event or {}).items() if v})
+        pairs = list((fields or {}).items())
+        script_keys = [keys.record(job_id), keys.EVENTS]
+        script_keys += [ack.stream if ack else keys.EVENTS, index or keys.EVENTS]
+        args: list[str | int | float] = [
+            owner,
+            now,
+            status,
+            self._retention,
+            "create" if create_only else "replay" if allow_rejected else "",
+            note,
+            self._events_maxlen,
+            len(pairs),
+            len(body),
+            ack.group if ack else "",
+            ack.entry_id if ack else "",
+            job_id if index else "",
+        ]
+        for name, value in pairs:
+            args += [name, value]
+        for name, text in body.items():
+            args += [name, text]
+        return script_keys, args
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         """The record of one job, decoded, or None."""

@@ -25,7 +25,7 @@ from binds.base import Accepted, Bind, Failed, OutboundMessage, Outcome, Retry
 from . import keys
 from .config import Profile, QueueSettings
 from .jobs import Job, JobError, decode_job, encode_job
-from .ledger import Ledger
+from .ledger import Ack, Ledger
 from .queue import Entry, WorkQueue
 from .senders import SenderPool
 
@@ -268,16 +268,13 @@ class ProfileWorker:
         event = self._event(job, sender)
         if isinstance(outcome, Accepted):
             pmid = outcome.provider_message_id or ""
-            if pmid:
-                await self._redis.set(
-                    keys.provider_id(self.name, pmid), job.id, ex=int(self.settings.retention)
-                )
             await self._finish(
                 entry,
                 job,
                 "sent",
                 fields={"provider_message_id": pmid, "segments": outcome.segments},
                 event={**event, "provider_message_id": pmid},
+                index=keys.provider_id(self.name, pmid) if pmid else None,
             )
             bound.info("sent", provider_message_id=pmid, sender=sender)
         elif isinstance(outcome, Failed):
@@ -336,10 +333,24 @@ class ProfileWorker:
         note: str = "",
         fields: Mapping[str, str | int] | None = None,
         event: dict[str, str] | None = None,
+        index: str | None = None,
     ) -> None:
-        """Record a final status, then acknowledge the entry."""
-        await self._record(entry, job, status, note=note, fields=fields, event=event)
-        await self.queue.ack(entry.entry_id)
+        """Record a final status and acknowledge the entry, in one atomic step."""
+        ack = Ack(self.queue.key, keys.GROUP, entry.entry_id)
+        result = await self.ledger.transition(
+            job.id,
+            entry.owner,
+            status,
+            profile=self.name,
+            note=note,
+            fields=fields,
+            allow_rejected=entry.replay,
+            event=event or self._event(job, None),
+            ack=ack,
+            index=index,
+        )
+        if not result.ok:
+            await self._skip(entry, job, result.verdict, result.previous, acked=True)
 
     async def _record(
         self,
@@ -366,13 +377,16 @@ class ProfileWorker:
             await self._skip(entry, job, result.verdict, result.previous)
         return result.ok
 
-    async def _skip(self, entry: Entry, job: Job, verdict: str, previous: str) -> None:
+    async def _skip(
+        self, entry: Entry, job: Job, verdict: str, previous: str, *, acked: bool = False
+    ) -> None:
         if verdict == "duplicate":
             await self._redis.hincrby(keys.stats(self.name), "duplicates_dropped", 1)
             self._log.info("duplicate job id dropped", id=job.id, entry=entry.entry_id)
         else:
             self._log.info("already final, not sent again", id=job.id, status=previous)
-        await self.queue.ack(entry.entry_id)
+        if not acked:
+            await self.queue.ack(entry.entry_id)
 
     async def _dead_letter(self, entry: Entry, job: Job | None, reason: str) -> None:
         if job is not None:

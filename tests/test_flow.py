@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -60,6 +61,10 @@ async def test_job_reaches_provider_and_is_recorded_sent(
     seen = [(e[b"id"].decode(), e[b"status"].decode()) for _, e in events]
     assert seen == [(job_id, "queued"), (job_id, "sending"), (job_id, "sent")]
     assert events[-1][1][b"provider_message_id"] == b"p-1"
+    assert all(json.loads(e[b"meta"]) == {"k": "v"} for _, e in events)
+    # The delivery-report lookup is written with the final status, same retention.
+    assert await redis.get(keys.provider_id("alerts", "p-1")) == job_id.encode()
+    assert 0 < await redis.ttl(keys.provider_id("alerts", "p-1")) <= settings.queue.retention
     # Acknowledged work leaves the stream.
     assert await redis.xlen(keys.queue("alerts")) == 0
 
