@@ -271,7 +271,9 @@ def log_(
             record.pop("owner", None)
             out.print(json.dumps(record, sort_keys=True), markup=False, soft_wrap=True)
         return
-    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error")
+    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error", box=None)
+    for column in table.columns[:6]:
+        column.no_wrap = True  # ids and numbers must stay copyable
     for r in records:
         table.add_row(
             _ts(r.get("updated_at", 0)),

@@ -200,7 +200,7 @@ class Ledger:
     async def get(self, job_id: str) -> dict[str, Any] | None:
         """The record of one job, decoded, or None."""
         raw = await self._redis.hgetall(keys.record(job_id))
-        return decode_record(raw) if raw else None
+        return {"id": job_id, **decode_record(raw)} if raw else None
 
     async def get_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
         """Records of several jobs in one round trip."""
@@ -208,7 +208,10 @@ class Ledger:
             for job_id in job_ids:
                 pipe.hgetall(keys.record(job_id))
             rows = await pipe.execute()
-        return [decode_record(row) if row else None for row in rows]
+        return [
+            {"id": job_id, **decode_record(row)} if row else None
+            for job_id, row in zip(job_ids, rows, strict=True)
+        ]
 
 
 def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:

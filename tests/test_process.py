@@ -207,7 +207,11 @@ async def test_cli_against_embedded_redis(provider: Provider, tmp_path: Path) ->
         await asyncio.sleep(0.2)
         code, out, _ = await cli("log", "-c", config, "--json", "--status", "sent")
         assert code == 0
-        assert len(out.strip().splitlines()) == 51
+        lines = [json.loads(line) for line in out.strip().splitlines()]
+        assert len(lines) == 51
+        assert {r["id"] for r in lines} == {"cli-1"} | {f"bulk-{i}" for i in range(50)}
+        code, out, _ = await cli("log", "-c", config, "--limit", "5")
+        assert code == 0 and "bulk-49" in out  # newest first, ids readable
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-2000:]
