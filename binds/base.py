@@ -38,6 +38,9 @@ class Accepted:
     provider_message_id: str | None
     raw: str = ""
     segments: int = 1
+    # Every part's id, in order, when the provider took a long message in parts
+    # (SMPP): delivery reports come per part and are rolled up by the router.
+    part_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

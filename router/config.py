@@ -206,7 +206,7 @@ class HttpSection(_Section):
 
 
 class SmppSection(_Section):
-    """``[profiles.P.smpp]``: the SMSC and how many binds to hold."""
+    """``[profiles.P.smpp]``: the SMSC, the sessions to hold and how to encode."""
 
     host: str = Field(min_length=1)
     port: Annotated[int, _between(1, 65535)] = 2775
@@ -215,6 +215,28 @@ class SmppSection(_Section):
     system_type: str = Field(default="", max_length=12)
     bind: Literal["transmitter", "transceiver"] = "transceiver"
     binds: Annotated[int, _between(1, 64)] = 1
+    addr_ton: Annotated[int, _between(0, 255)] = 0
+    addr_npi: Annotated[int, _between(0, 255)] = 0
+    address_range: str = Field(default="", max_length=40)
+    # None = automatic: TON 1 / NPI 1 for numbers, TON 5 / NPI 0 for alphanumeric senders.
+    source_ton: Annotated[int, _between(0, 255)] | None = None
+    source_npi: Annotated[int, _between(0, 255)] | None = None
+    dest_ton: Annotated[int, _between(0, 255)] = 1
+    dest_npi: Annotated[int, _between(0, 255)] = 1
+    service_type: str = Field(default="", max_length=5)
+    registered_delivery: Annotated[int, _between(0, 255)] = 1
+    encoding: Literal["auto", "gsm", "ucs2", "latin1"] = "auto"
+    gsm_data_coding: Literal[0, 1] = 0
+    long_messages: Literal["udh8", "udh16", "payload", "sar"] = "udh8"
+    message_id_format: Literal["as-is", "hex", "decimal"] = "as-is"
+    vendor_status: dict[str, Literal["retry", "fail"]] = Field(default_factory=dict)
+    enquire_link: Annotated[float, _between(1, 3600)] = 30.0
+    response_timeout: Annotated[float, _between(0.1, 300)] = 10.0
+    connect_timeout: Annotated[float, _between(0.1, 300)] = 10.0
+    reconnect_max: Annotated[float, _between(0.1, 3600)] = 60.0
+    bind_retry: Annotated[float, _between(0.1, 3600)] = 60.0
+    max_pdu_size: Annotated[int, _between(1024, 1_048_576)] = 65_536
+    reassembly_timeout: Annotated[float, _between(1, 86_400)] = 300.0
 
     @field_validator("password", mode="before")
     @classmethod
@@ -222,7 +244,26 @@ class SmppSection(_Section):
         if not isinstance(value, str):
             return value
         context = info.context or {}
-        return _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
+        secret = _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
+        if len(secret) > 8:
+            raise ValueError("must be at most 8 characters (SMPP 3.4 password field)")
+        return secret
+
+    @field_validator("vendor_status")
+    @classmethod
+    def _status_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            try:
+                code = int(key, 0)
+            except ValueError:
+                raise ValueError(f"{key!r} is not a status code (write 0x0401)") from None
+            if not 0 < code <= 0xFFFFFFFF:
+                raise ValueError(f"{key!r} is not a status code (write 0x0401)")
+        return value
+
+    def vendor_codes(self) -> dict[int, Literal["retry", "fail"]]:
+        """`vendor_status` with integer keys."""
+        return {int(key, 0): action for key, action in self.vendor_status.items()}
 
 
 class Profile(_Section):

@@ -50,3 +50,23 @@ def profile_of_queue(key: str) -> str | None:
     if key.startswith("sms:{") and key.endswith("}:q"):
         return key[5:-3]
     return None
+
+
+def early_reports(profile: str) -> str:
+    """Hash of delivery reports that arrived before their message was recorded sent."""
+    return f"sms:{{{profile}}}:early"
+
+
+def inbound(profile: str) -> str:
+    """Stream of inbound messages waiting to be posted to the profile's callback_url."""
+    return f"sms:{{{profile}}}:in"
+
+
+def inbound_parts(profile: str, source: str, reference: int) -> str:
+    """Hash of the parts received so far of one concatenated inbound message."""
+    return f"sms:{{{profile}}}:parts:{source}:{reference}"
+
+
+def inbound_partial(profile: str) -> str:
+    """Sorted set of incomplete concatenated messages, scored by their deadline."""
+    return f"sms:{{{profile}}}:partial"

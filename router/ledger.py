@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +24,27 @@ from .connections import as_text
 FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
 STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
 
+# Shared by both scripts: append one step to a record's history and set its status.
+_SET_STATUS = """
+local function set_status(key, status, now, note)
+  local h = redis.call('HGET', key, 'history')
+  local hist = {}
+  if h then hist = cjson.decode(h) end
+  hist[#hist + 1] = {status, tonumber(now), note}
+  redis.call('HSET', key, 'status', status, 'updated_at', now, 'history', cjson.encode(hist))
+end
+"""
+
 # One round trip per status change, and atomic: the record, its event and (for a final
 # status) the acknowledgement of the work entry happen together or not at all.
-# KEYS: record, event stream, [work stream to ack], [provider-id index key].
+# KEYS: record, event stream, work stream to ack (or a placeholder), then index keys
+# (provider message ids) each set to the job id with the record's retention.
 # ARGV: owner, now, status, ttl, mode ('' | 'replay' | 'create'), note, events maxlen,
-# field count, event count, ack group ('' = no ack), ack entry, index value,
+# field count, event count, ack group ('' = no ack), ack entry, job id,
 # then field pairs, then event pairs. Returns {verdict, previous status};
 # verdict: ok | duplicate | done. The ack happens whatever the verdict: a duplicate
 # or an already-final record has nothing left to do either.
-_TRANSITION = """
+_TRANSITION = _SET_STATUS + """
 if ARGV[10] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[10], ARGV[11])
   redis.call('XDEL', KEYS[3], ARGV[11])
@@ -49,22 +61,53 @@ else
   st = ''
   redis.call('HSET', KEYS[1], 'created_at', ARGV[2])
 end
-local h = redis.call('HGET', KEYS[1], 'history')
-local hist = {}
-if h then hist = cjson.decode(h) end
-hist[#hist + 1] = {ARGV[3], tonumber(ARGV[2]), ARGV[6]}
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'owner', ARGV[1], 'updated_at', ARGV[2],
-           'history', cjson.encode(hist))
+set_status(KEYS[1], ARGV[3], ARGV[2], ARGV[6])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 if ARGV[3] == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 local first = 13
 local nfields, nevent = tonumber(ARGV[8]), tonumber(ARGV[9])
 for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if ARGV[12] ~= '' then redis.call('SET', KEYS[4], ARGV[12], 'EX', ARGV[4]) end
+for k = 4, #KEYS do redis.call('SET', KEYS[k], ARGV[12], 'EX', ARGV[4]) end
 local ev = {}
 for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ev))
 return {'ok', st}
+"""
+
+# A delivery report for one part of a sent message. The record's final status comes
+# when every part has reported: delivered if all were, else undelivered with the
+# first failing part's stat and err. KEYS: record, event stream.
+# ARGV: part id, part outcome (delivered | undelivered), stat, err, now, events maxlen,
+# then event pairs. Returns {verdict, status}; verdict: ok (final status written) |
+# partial (waiting for other parts) | early (not sent yet) | unknown | done.
+_REPORT = _SET_STATUS + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'unknown', ''} end
+if st == 'delivered' or st == 'undelivered' or st == 'failed' or st == 'expired'
+   or st == 'rejected' then return {'done', st} end
+if st ~= 'sent' then return {'early', st} end
+redis.call('HSET', KEYS[1], 'dlr:' .. ARGV[1], cjson.encode({ARGV[2], ARGV[3], ARGV[4]}))
+local ids = redis.call('HGET', KEYS[1], 'part_ids')
+local parts = {ARGV[1]}
+if ids then parts = cjson.decode(ids) end
+local final, stat, err = 'delivered', ARGV[3], ARGV[4]
+for _, part in ipairs(parts) do
+  local r = redis.call('HGET', KEYS[1], 'dlr:' .. part)
+  if not r then return {'partial', st} end
+  r = cjson.decode(r)
+  if r[1] ~= 'delivered' and final == 'delivered' then final, stat, err = r[1], r[2], r[3] end
+end
+set_status(KEYS[1], final, ARGV[5], 'stat ' .. stat .. ' err ' .. err)
+redis.call('HSET', KEYS[1], 'dlr_stat', stat, 'dlr_err', err)
+if final ~= 'delivered' then
+  redis.call('HSET', KEYS[1], 'error_code', 'dlr_' .. string.lower(stat), 'error_raw',
+             'stat:' .. stat .. ' err:' .. err)
+end
+local ev = {'status', final, 'at', ARGV[5], 'stat', stat, 'err', err}
+for i = 7, #ARGV do ev[#ev + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(ev))
+return {'ok', final}
 """
 
 
@@ -97,6 +140,7 @@ class Ledger:
         self._retention = max(1, int(retention))
         self._events_maxlen = events_maxlen
         self._script = redis.register_script(_TRANSITION)
+        self._report = redis.register_script(_REPORT)
 
     async def transition(
         self,
@@ -111,14 +155,14 @@ class Ledger:
         create_only: bool = False,
         event: Mapping[str, str] | None = None,
         ack: Ack | None = None,
-        index: str | None = None,
+        indexes: Sequence[str] = (),
     ) -> Transition:
         """Move a record to `status` if `owner` may, and publish the event, atomically.
 
         `allow_rejected` lets a replayed dead letter leave `rejected`; `create_only`
         writes only a record that does not exist yet (a producer's `queued`).
         `ack` acknowledges and deletes a work entry in the same step (whatever the
-        verdict); `index` is a key set to the job id with the record's retention
+        verdict); each of `indexes` is a key set to the job id with the record's retention
         (the provider-id lookup of delivery reports).
         """
         script_keys, args = self._call(
@@ -132,10 +176,36 @@ class Ledger:
             create_only,
             event,
             ack,
-            index,
+            indexes,
         )
         verdict, previous = await self._script(keys=script_keys, args=args)
         return Transition(as_text(verdict), as_text(previous))
+
+    async def report(
+        self,
+        job_id: str,
+        part_id: str,
+        outcome: str,
+        *,
+        profile: str,
+        stat: str,
+        err: str,
+        event: Mapping[str, str] | None = None,
+    ) -> Transition:
+        """Record one part's delivery report; the final status once every part reported.
+
+        `outcome` is ``delivered`` or ``undelivered``. The verdict says what happened:
+        ``ok`` (final status written; `previous` holds it), ``partial``, ``early``
+        (the record is not `sent` yet: keep the report), ``unknown`` or ``done``.
+        """
+        now = f"{time.time():.6f}"
+        body = {"id": job_id, "profile": profile, "provider_message_id": part_id}
+        body.update({k: v for k, v in (event or {}).items() if v})
+        args: list[str | int] = [part_id, outcome, stat, err, now, self._events_maxlen]
+        for name, value in body.items():
+            args += [name, value]
+        verdict, status = await self._report(keys=[keys.record(job_id), keys.EVENTS], args=args)
+        return Transition(as_text(verdict), as_text(status))
 
     async def create_queued(
         self, items: list[tuple[str, str, str, Mapping[str, str]]]
@@ -149,7 +219,7 @@ class Ledger:
             for job_id, owner, profile, fields in items:
                 event = {k: v for k, v in fields.items() if k in ("to", "from", "meta")}
                 script_keys, args = self._call(
-                    job_id, owner, "queued", profile, "", fields, False, True, event, None, None
+                    job_id, owner, "queued", profile, "", fields, False, True, event, None, ()
                 )
                 await self._script(keys=script_keys, args=args, client=pipe)
             replies = await pipe.execute()
@@ -167,7 +237,7 @@ class Ledger:
         create_only: bool,
         event: Mapping[str, str] | None,
         ack: Ack | None,
-        index: str | None,
+        indexes: Sequence[str],
     ) -> tuple[list[str], list[str | int | float]]:
         now = f"{time.time():.6f}"
         body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": now}
@@ -176,7 +246,7 @@ class Ledger:
         body.update({k: v for k, v in (event or {}).items() if v})
         pairs = list((fields or {}).items())
         script_keys = [keys.record(job_id), keys.EVENTS]
-        script_keys += [ack.stream if ack else keys.EVENTS, index or keys.EVENTS]
+        script_keys += [ack.stream if ack else keys.EVENTS, *indexes]
         args: list[str | int | float] = [
             owner,
             now,
@@ -189,7 +259,7 @@ class Ledger:
             len(body),
             ack.group if ack else "",
             ack.entry_id if ack else "",
-            job_id if index else "",
+            job_id,
         ]
         for name, value in pairs:
             args += [name, value]

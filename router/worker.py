@@ -274,7 +274,7 @@ class ProfileWorker:
                 "sent",
                 fields={"provider_message_id": pmid, "segments": outcome.segments},
                 event={**event, "provider_message_id": pmid},
-                index=keys.provider_id(self.name, pmid) if pmid else None,
+                indexes=[keys.provider_id(self.name, pmid)] if pmid else (),
             )
             bound.info("sent", provider_message_id=pmid, sender=sender)
         elif isinstance(outcome, Failed):
@@ -333,7 +333,7 @@ class ProfileWorker:
         note: str = "",
         fields: Mapping[str, str | int] | None = None,
         event: dict[str, str] | None = None,
-        index: str | None = None,
+        indexes: Sequence[str] = (),
     ) -> None:
         """Record a final status and acknowledge the entry, in one atomic step."""
         ack = Ack(self.queue.key, keys.GROUP, entry.entry_id)
@@ -347,7 +347,7 @@ class ProfileWorker:
             allow_rejected=entry.replay,
             event=event or self._event(job, None),
             ack=ack,
-            index=index,
+            indexes=indexes,
         )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous, acked=True)
