@@ -228,7 +228,7 @@ class SmppSection(_Section):
     encoding: Literal["auto", "gsm", "ucs2", "latin1"] = "auto"
     gsm_data_coding: Literal[0, 1] = 0
     long_messages: Literal["udh8", "udh16", "payload", "sar"] = "udh8"
-    message_id_format: Literal["as-is", "hex", "decimal"] = "as-is"
+    message_id_format: Literal["as-is", "hex", "decimal", "hex-resp", "hex-receipt"] = "as-is"
     vendor_status: dict[str, Literal["retry", "fail"]] = Field(default_factory=dict)
     enquire_link: Annotated[float, _between(1, 3600)] = 30.0
     response_timeout: Annotated[float, _between(0.1, 300)] = 10.0

@@ -23,10 +23,14 @@ from redis.asyncio import Redis
 
 from binds.base import Bind
 from binds.http import HttpSender, HttpSpec
+from binds.smpp import DeliverHandler, SmppBind, SmppSpec
+from binds.smpp.pdu import ShortMessage
 
 from .config import Profile, Settings
 from .connections import open_redis
+from .inbound import CallbackPoster, Inbound
 from .ledger import Ledger
+from .reports import Reports
 from .worker import ProfileWorker
 
 log = structlog.get_logger("router.daemon")
@@ -39,8 +43,10 @@ def health_key(instance: str) -> str:
     return f"sms:health:{instance}"
 
 
-def build_binds(name: str, profile: Profile, settings: Settings) -> list[Bind]:
-    """The binds of one profile (empty for a protocol this version cannot send)."""
+def build_binds(
+    name: str, profile: Profile, settings: Settings, on_deliver: DeliverHandler | None = None
+) -> list[Bind]:
+    """The binds of one profile: one HTTP sender, or `smpp.binds` SMPP sessions."""
     if profile.protocol == "http" and profile.http is not None:
         http = profile.http
         spec = HttpSpec(
@@ -58,7 +64,51 @@ def build_binds(name: str, profile: Profile, settings: Settings) -> list[Bind]:
             secrets={k: v.get_secret_value() for k, v in settings.secrets.items()},
         )
         return [HttpSender(f"{name}/http", spec)]
+    if profile.protocol == "smpp" and profile.smpp is not None:
+        smpp = profile.smpp
+        session = SmppSpec(
+            host=smpp.host,
+            port=smpp.port,
+            system_id=smpp.system_id,
+            password=smpp.password.get_secret_value(),
+            system_type=smpp.system_type,
+            mode=smpp.bind,
+            addr_ton=smpp.addr_ton,
+            addr_npi=smpp.addr_npi,
+            address_range=smpp.address_range,
+            source_ton=smpp.source_ton,
+            source_npi=smpp.source_npi,
+            dest_ton=smpp.dest_ton,
+            dest_npi=smpp.dest_npi,
+            window=profile.window,
+            sync=profile.processing == "sync",
+            tps=profile.tps,
+            enquire_link=smpp.enquire_link,
+            response_timeout=smpp.response_timeout,
+            connect_timeout=smpp.connect_timeout,
+            reconnect_max=smpp.reconnect_max,
+            bind_retry=smpp.bind_retry,
+            max_pdu_size=smpp.max_pdu_size,
+            registered_delivery=smpp.registered_delivery,
+            service_type=smpp.service_type,
+            encoding=smpp.encoding,
+            gsm_data_coding=smpp.gsm_data_coding,
+            long_mode=smpp.long_messages,
+            vendor_status=smpp.vendor_codes(),
+        )
+        return [SmppBind(f"{name}/smpp{i}", session, on_deliver) for i in range(smpp.binds)]
     return []
+
+
+def _deliver_handler(reports: Reports, inbound: Inbound) -> DeliverHandler:
+    """What a session does with a deliver_sm: a receipt or an inbound message."""
+
+    async def on_deliver(bind: str, message: ShortMessage) -> int:
+        if message.is_receipt:
+            return await reports.handle(message)
+        return await inbound.handle(message)
+
+    return on_deliver
 
 
 class Daemon:
@@ -69,6 +119,7 @@ class Daemon:
         self.instance = settings.router.instance_name
         self.stopping = asyncio.Event()
         self.workers: list[ProfileWorker] = []
+        self.posters: list[CallbackPoster] = []
         self._signals = 0
         self._started = time.time()
 
@@ -102,14 +153,34 @@ class Daemon:
         ledger = Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
         names = list(self.settings.profiles)
         for name, profile in self.settings.profiles.items():
-            binds = build_binds(name, profile, self.settings)
-            if not binds:
-                log.warning(
-                    "profile not served: this version sends over http only; its jobs stay queued",
-                    profile=name,
-                    protocol=profile.protocol,
+            reports: Reports | None = None
+            handler: DeliverHandler | None = None
+            if profile.smpp is not None:
+                reports = Reports(
+                    redis,
+                    ledger,
+                    name,
+                    id_format=profile.smpp.message_id_format,
+                    retention=queue.retention,
                 )
-                continue
+                inbound = Inbound(
+                    redis,
+                    name,
+                    forward=profile.direction == "both",
+                    reassembly_timeout=profile.smpp.reassembly_timeout,
+                )
+                handler = _deliver_handler(reports, inbound)
+                if profile.callback_url and profile.direction == "both":
+                    self.posters.append(
+                        CallbackPoster(
+                            redis,
+                            name,
+                            profile.callback_url,
+                            consumer=self.instance,
+                            inbound=inbound,
+                        )
+                    )
+            binds = build_binds(name, profile, self.settings, handler)
             for bind in binds:
                 await bind.start()
                 stack.push_async_callback(bind.close)
@@ -123,6 +194,7 @@ class Daemon:
                     ledger=ledger,
                     consumer=self.instance,
                     profiles=names,
+                    reports=reports,
                 )
             )
         for worker in self.workers:
@@ -137,6 +209,7 @@ class Daemon:
     async def _serve(self, redis: Redis) -> None:
         tasks = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
         tasks += [asyncio.create_task(w.maintain(self.stopping)) for w in self.workers]
+        tasks += [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
         tasks.append(asyncio.create_task(self._health(redis)))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -176,6 +249,14 @@ class Daemon:
                 "profiles": {
                     w.name: {"in_flight": w.in_progress, "capacity": w.capacity}
                     for w in self.workers
+                },
+                "binds": {
+                    b.name: {
+                        "state": getattr(b, "state", "ready"),
+                        "error": getattr(b, "last_error", None),
+                    }
+                    for w in self.workers
+                    for b in w.binds
                 },
             }
             await redis.set(health_key(self.instance), json.dumps(body), ex=int(HEALTH_EVERY * 3))

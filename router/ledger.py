@@ -44,7 +44,9 @@ end
 # then field pairs, then event pairs. Returns {verdict, previous status};
 # verdict: ok | duplicate | done. The ack happens whatever the verdict: a duplicate
 # or an already-final record has nothing left to do either.
-_TRANSITION = _SET_STATUS + """
+_TRANSITION = (
+    _SET_STATUS
+    + """
 if ARGV[10] ~= '' then
   redis.call('XACK', KEYS[3], ARGV[10], ARGV[11])
   redis.call('XDEL', KEYS[3], ARGV[11])
@@ -74,6 +76,7 @@ for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] =
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ev))
 return {'ok', st}
 """
+)
 
 # A delivery report for one part of a sent message. The record's final status comes
 # when every part has reported: delivered if all were, else undelivered with the
@@ -81,7 +84,9 @@ return {'ok', st}
 # ARGV: part id, part outcome (delivered | undelivered), stat, err, now, events maxlen,
 # then event pairs. Returns {verdict, status}; verdict: ok (final status written) |
 # partial (waiting for other parts) | early (not sent yet) | unknown | done.
-_REPORT = _SET_STATUS + """
+_REPORT = (
+    _SET_STATUS
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'unknown', ''} end
 if st == 'delivered' or st == 'undelivered' or st == 'failed' or st == 'expired'
@@ -109,6 +114,7 @@ for i = 7, #ARGV do ev[#ev + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(ev))
 return {'ok', final}
 """
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from .config import Profile, QueueSettings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger
 from .queue import Entry, WorkQueue
+from .reports import Reports
 from .senders import SenderPool
 
 log = structlog.get_logger("router.worker")
@@ -50,8 +51,10 @@ class ProfileWorker:
         ledger: Ledger,
         consumer: str,
         profiles: Sequence[str],
+        reports: Reports | None = None,
     ) -> None:
         self.name = name
+        self.reports = reports
         self.profile = profile
         self.settings = queue_settings
         self.binds = list(binds)
@@ -267,16 +270,28 @@ class ProfileWorker:
     ) -> None:
         event = self._event(job, sender)
         if isinstance(outcome, Accepted):
-            pmid = outcome.provider_message_id or ""
+            ids = list(outcome.part_ids) or [outcome.provider_message_id or ""]
+            if self.reports is not None:
+                ids = [self.reports.normalise(i) for i in ids if i]
+            ids = [i for i in ids if i]
+            pmid = ids[0] if ids else ""
+            fields: dict[str, str | int] = {
+                "provider_message_id": pmid,
+                "segments": outcome.segments,
+            }
+            if len(ids) > 1:
+                fields["part_ids"] = json.dumps(ids)
             await self._finish(
                 entry,
                 job,
                 "sent",
-                fields={"provider_message_id": pmid, "segments": outcome.segments},
+                fields=fields,
                 event={**event, "provider_message_id": pmid},
-                indexes=[keys.provider_id(self.name, pmid)] if pmid else (),
+                indexes=[keys.provider_id(self.name, i) for i in ids],
             )
-            bound.info("sent", provider_message_id=pmid, sender=sender)
+            bound.info("sent", provider_message_id=pmid, sender=sender, segments=outcome.segments)
+            if self.reports is not None:
+                await self.reports.replay_early(ids)
         elif isinstance(outcome, Failed):
             await self._finish(
                 entry,

@@ -1,0 +1,274 @@
+"""Inbound messages: store durably (reassembling long ones), then post to callback_url.
+
+`Inbound.handle` runs before the deliver_sm_resp goes back, so an acknowledged
+message is always in Redis: a single part goes straight onto ``sms:{P}:in``; a
+part of a concatenated message goes into a hash per (source, reference) and the
+Lua script that adds the last part also moves the whole message onto the stream,
+in one step. Parts still missing after `reassembly_timeout` are delivered flagged
+``incomplete``. `CallbackPoster` then POSTs each message as JSON to the profile's
+``callback_url`` until it answers 2xx, across restarts (a consumer group on the
+stream keeps what was not acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+from redis.asyncio import Redis
+
+from binds.smpp.codec import decode_text, split_udh
+from binds.smpp.pdu import (
+    ESM_UDHI,
+    ESME_ROK,
+    TAG_SAR_MSG_REF_NUM,
+    TAG_SAR_SEGMENT_SEQNUM,
+    TAG_SAR_TOTAL_SEGMENTS,
+    ShortMessage,
+)
+
+from . import keys
+from .connections import as_text
+
+log = structlog.get_logger("router.inbound")
+GROUP = "callbacks"
+
+# KEYS: parts hash, partial zset, inbound stream. ARGV: seq, part (JSON), total,
+# deadline, ttl, message fields (JSON). Adds a part; when all `total` are there, moves
+# the message (parts in order) onto the stream and forgets them. Returns 1 if complete.
+_ADD_PART = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[4], KEYS[1])
+local total = tonumber(ARGV[3])
+if redis.call('HLEN', KEYS[1]) < total then return 0 end
+local parts = {}
+for i = 1, total do
+  local p = redis.call('HGET', KEYS[1], tostring(i))
+  if not p then return 0 end
+  parts[i] = cjson.decode(p)
+end
+local msg = cjson.decode(ARGV[6])
+redis.call('XADD', KEYS[3], '*', 'message', ARGV[6], 'parts', cjson.encode(parts),
+           'incomplete', '0')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1
+"""
+
+# KEYS: parts hash, partial zset, inbound stream. ARGV: message fields (JSON).
+# Gives up waiting: whatever parts arrived go on the stream flagged incomplete.
+_FLUSH = """
+if redis.call('ZREM', KEYS[2], KEYS[1]) == 0 then return 0 end
+local all = redis.call('HGETALL', KEYS[1])
+local seqs = {}
+for i = 1, #all, 2 do seqs[#seqs + 1] = tonumber(all[i]) end
+table.sort(seqs)
+local parts = {}
+for _, s in ipairs(seqs) do
+  parts[#parts + 1] = cjson.decode(redis.call('HGET', KEYS[1], tostring(s)))
+end
+if #parts == 0 then return 0 end
+redis.call('XADD', KEYS[3], '*', 'message', ARGV[1], 'parts', cjson.encode(parts),
+           'incomplete', '1')
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class Inbound:
+    """Stores the inbound messages of one profile."""
+
+    def __init__(
+        self, redis: Redis, profile: str, *, forward: bool, reassembly_timeout: float
+    ) -> None:
+        self._redis = redis
+        self.profile = profile
+        self.forward = forward
+        self.timeout = reassembly_timeout
+        self._add = redis.register_script(_ADD_PART)
+        self._flush = redis.register_script(_FLUSH)
+
+    async def handle(self, message: ShortMessage) -> int:
+        """Store one deliver_sm (not a receipt); returns the deliver_sm_resp status."""
+        if not self.forward:
+            log.info(
+                "inbound message not forwarded: profile direction is outbound",
+                profile=self.profile,
+                source=message.source,
+            )
+            return ESME_ROK
+        data = message.text_bytes
+        concat: tuple[int, int, int] | None = None
+        if message.esm_class & ESM_UDHI:
+            info, data = split_udh(data)
+            if info is not None:
+                concat = (info.reference, info.total, info.seq)
+        elif TAG_SAR_MSG_REF_NUM in message.tlvs:
+            concat = (
+                message.tlv_int(TAG_SAR_MSG_REF_NUM) or 0,
+                message.tlv_int(TAG_SAR_TOTAL_SEGMENTS) or 1,
+                message.tlv_int(TAG_SAR_SEGMENT_SEQNUM) or 1,
+            )
+        head = {
+            "from": _e164(message.source, message.source_ton),
+            "to": _e164(message.destination, message.dest_ton),
+            "data_coding": message.data_coding,
+            "received_at": round(time.time(), 3),
+        }
+        part = base64.b64encode(data).decode()
+        stream = keys.inbound(self.profile)
+        if concat is None or concat[1] <= 1:
+            await self._redis.xadd(
+                stream,
+                {"message": json.dumps(head), "parts": json.dumps([part]), "incomplete": "0"},
+            )
+            return ESME_ROK
+        reference, total, seq = concat
+        if not 1 <= seq <= total:
+            log.warning(
+                "inbound part out of range stored alone", profile=self.profile, seq=seq, total=total
+            )
+            seq = total
+        parts_key = keys.inbound_parts(self.profile, str(head["from"]), reference)
+        await self._add(
+            keys=[parts_key, keys.inbound_partial(self.profile), stream],
+            args=[
+                seq,
+                json.dumps(part),
+                total,
+                time.time() + self.timeout,
+                int(self.timeout * 4) + 60,
+                json.dumps(head),
+            ],
+        )
+        return ESME_ROK
+
+    async def flush_expired(self) -> int:
+        """Deliver (flagged incomplete) the long messages whose parts stopped coming."""
+        due = await self._redis.zrangebyscore(keys.inbound_partial(self.profile), 0, time.time())
+        flushed = 0
+        for raw_key in due:
+            key = as_text(raw_key)
+            head = {"from": key.rsplit(":", 2)[-2], "received_at": round(time.time(), 3)}
+            done = await self._flush(
+                keys=[key, keys.inbound_partial(self.profile), keys.inbound(self.profile)],
+                args=[json.dumps(head)],
+            )
+            flushed += int(done)
+        return flushed
+
+
+def _e164(address: str, ton: int) -> str:
+    if ton == 1 and address.isdigit():
+        return "+" + address
+    return address
+
+
+def render(entry_id: str, profile: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The JSON body posted to callback_url for one stored inbound message."""
+    head = json.loads(fields["message"])
+    parts = [base64.b64decode(p) for p in json.loads(fields["parts"])]
+    coding = int(head.get("data_coding", 0))
+    text, binary = decode_text(b"".join(parts), coding)
+    return {
+        "id": f"in-{entry_id}",
+        "profile": profile,
+        "from": head.get("from", ""),
+        "to": head.get("to", ""),
+        "text": text,
+        "binary": binary,
+        "data_coding": coding,
+        "parts": len(parts),
+        "incomplete": fields.get("incomplete") == "1",
+        "received_at": head.get("received_at"),
+    }
+
+
+class CallbackPoster:
+    """Posts a profile's inbound messages to its callback_url until each is taken."""
+
+    def __init__(
+        self, redis: Redis, profile: str, url: str, *, consumer: str, inbound: Inbound | None
+    ) -> None:
+        self._redis = redis
+        self.profile = profile
+        self.url = url
+        self.consumer = consumer
+        self._inbound = inbound
+        self.posted = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        stream = keys.inbound(self.profile)
+        try:
+            await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except Exception as exc:  # BUSYGROUP: it exists
+            if "BUSYGROUP" not in str(exc):
+                raise
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            failures = 0
+            start = "0"  # our own pending entries first (a restart), then new ones
+            while not stopping.is_set():
+                if self._inbound is not None:
+                    await self._inbound.flush_expired()
+                reply: Any = await self._redis.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    {stream: start},
+                    count=50,
+                    block=None if start == "0" else 500,
+                )
+                rows = reply[0][1] if reply else []
+                if start == "0" and not rows:
+                    start = ">"
+                    continue
+                for entry_id, raw in rows:
+                    fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
+                    if not fields:
+                        await self._ack(stream, as_text(entry_id))
+                        continue
+                    body = render(as_text(entry_id), self.profile, fields)
+                    if await self._post(session, body):
+                        await self._ack(stream, as_text(entry_id))
+                        failures = 0
+                    else:
+                        failures += 1
+                        start = "0"  # keep order: retry from our pending entries
+                        delay = min(60.0, 0.5 * 2 ** min(failures, 7)) * random.uniform(0.5, 1)
+                        try:
+                            await asyncio.wait_for(stopping.wait(), delay)
+                        except TimeoutError:
+                            pass
+                        break
+
+    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> bool:
+        try:
+            async with session.post(self.url, json=body) as response:
+                if 200 <= response.status < 300:
+                    self.posted += 1
+                    log.info("inbound posted", profile=self.profile, id=body["id"])
+                    return True
+                log.warning(
+                    "callback refused", profile=self.profile, id=body["id"], status=response.status
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "callback unreachable",
+                profile=self.profile,
+                id=body["id"],
+                error=type(exc).__name__,
+            )
+        return False
+
+    async def _ack(self, stream: str, entry_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            await pipe.execute()
