@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -399,9 +400,25 @@ def health(config_path: str | None, as_json: bool) -> None:
             f"{time.time() - item['started_at']:.0f}s: {load}",
             markup=False,
         )
+        for name, bind in item.get("binds", {}).items():
+            problem = f" ({bind['error']})" if bind.get("error") else ""
+            out.print(f"  bind {name}: {bind['state']}{problem}", markup=False)
     if not instances:
         err.print("no router instance is running", markup=False)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--count", default=1000, show_default=True, help="Sample messages to send.")
+@click.option("--window", default=32, show_default=True, help="SMPP window of the session.")
+@click.option("--limit", default=300.0, show_default=True, help="Seconds before giving up.")
+def demo(count: int, window: int, limit: float) -> None:
+    """Embedded Redis + SMSC simulator + daemon: send samples, wait for every report."""
+    from .demo import run_demo
+    from .logs import configure
+
+    configure("json", "error")
+    sys.exit(asyncio.run(run_demo(count, window, limit, out)))
 
 
 @main.command("http-sim")
@@ -417,6 +434,56 @@ def http_sim(host: str, port: int, latency: float, fail_rate: float) -> None:
         asyncio.run(serve(host, port, latency=latency, fail_rate=fail_rate))
     except KeyboardInterrupt:
         pass
+
+
+@main.command("smsc-sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2775, show_default=True)
+@click.option("--http-port", default=8781, show_default=True, help="Control API; -1 = none.")
+@click.option("--system-id", default="smppclient1", show_default=True)
+@click.option("--password", default="password", help="Password clients must bind with.")
+@click.option("--delivered-ratio", default=1.0, show_default=True)
+@click.option("--receipt-delay", default=0.05, show_default=True, help="Seconds.")
+@click.option("--date-digits", type=click.Choice(["10", "12"]), default="10", show_default=True)
+@click.option("--throttle-ratio", default=0.0, show_default=True)
+@click.option("--drop-ratio", default=0.0, show_default=True, help="Share never answered.")
+@click.option("--response-delay", default=0.0, show_default=True, help="Seconds.")
+@click.option("--disconnect-every", default=0, show_default=True, help="PDUs; 0 = never.")
+@click.option("--report-before-response", is_flag=True)
+@click.option("--seed", type=int, default=None)
+def smsc_sim(
+    host: str,
+    port: int,
+    http_port: int,
+    system_id: str,
+    password: str,
+    delivered_ratio: float,
+    receipt_delay: float,
+    date_digits: str,
+    throttle_ratio: float,
+    drop_ratio: float,
+    response_delay: float,
+    disconnect_every: int,
+    report_before_response: bool,
+    seed: int | None,
+) -> None:
+    """A local SMPP SMSC for demos, benchmarks and fault tests."""
+    from .smscsim import SimConfig, serve
+
+    config = SimConfig(
+        accounts={system_id: password},
+        delivered_ratio=delivered_ratio,
+        receipt_delay=receipt_delay,
+        date_digits=int(date_digits),
+        throttle_ratio=throttle_ratio,
+        drop_response_ratio=drop_ratio,
+        response_delay=response_delay,
+        disconnect_every=disconnect_every,
+        report_before_response=report_before_response,
+        seed=seed,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, host, port, None if http_port < 0 else http_port))
 
 
 def _ledger(redis: Redis, settings: Settings) -> Ledger:

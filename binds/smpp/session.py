@@ -102,6 +102,7 @@ class SmppBind:
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
+        self._logged: tuple[str, str | None] = ("", None)
         self._log = log.bind(bind=name)
 
     # -- Bind interface -------------------------------------------------------
@@ -310,9 +311,12 @@ class SmppBind:
         self._pending.clear()
 
     def _set_state(self, state: str, error: str | None = None, **details: object) -> None:
-        changed = state != self.state or error != self.last_error
         self.state, self.last_error = state, error
-        if changed:
+        if state in ("connecting", "binding"):
+            return  # steps of an attempt; its result is what gets logged
+        # Once per change: a session that keeps failing the same way logs it once.
+        if (state, error) != self._logged:
+            self._logged = (state, error)
             level = self._log.warning if error else self._log.info
             level("session " + state, error=error, **details)
 

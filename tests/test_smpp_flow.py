@@ -1,0 +1,183 @@
+"""End to end over SMPP: the real daemon, a real Redis, our SMSC simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from router import Client, keys
+from router.config import Settings, parse_settings
+from router.ledger import Ledger
+from router.smscsim import SimConfig, SmscSimulator
+
+from .conftest import NUMBERS, RunningDaemon, free_port, wait_for
+
+Start = Callable[[Settings], RunningDaemon]
+FINAL = {"delivered", "undelivered", "failed"}
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[SmscSimulator]:
+    sim = SmscSimulator(SimConfig(seed=1, receipt_delay=0.01))
+    sim.port = await sim.start()  # type: ignore[attr-defined]
+    yield sim
+    await sim.close()
+
+
+class Inbox:
+    """A real aiohttp server standing in for the application's callback_url."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.refuse = 0
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.refuse > 0:
+            self.refuse -= 1
+            return web.Response(status=503)
+        self.messages.append(await request.json())
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def inbox() -> AsyncIterator[Inbox]:
+    box = Inbox()
+    app = web.Application()
+    app.router.add_post("/inbound", box.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    box.url = f"http://127.0.0.1:{port}/inbound"
+    yield box
+    await runner.cleanup()
+
+
+def smpp_settings(
+    redis_url: str, tmp: Path, port: int, *, callback: str = "", **profile: Any
+) -> Settings:
+    smpp = {"host": "127.0.0.1", "port": port, "system_id": "smppclient1",
+            "password": "password", "response_timeout": 1, "enquire_link": 5,
+            "reconnect_max": 0.5, **profile.pop("smpp", {})}  # fmt: skip
+    demo: dict[str, Any] = {"global": True, "protocol": "smpp", "window": 10,
+                            "numbers": NUMBERS, "smpp": smpp, **profile}  # fmt: skip
+    if callback:
+        demo.update(direction="both", callback_url=callback)
+    data = {
+        "router": {"redis": redis_url, "instance": "test", "shutdown_grace": 5,
+                   "state_dir": str(tmp / "var")},
+        "queue": {"retry_base": 0.05, "retry_max": 0.2, "schedule_poll": 0.05, "block_ms": 100,
+                  "claim_idle": 2},
+        "profiles": {"sms": demo},
+    }  # fmt: skip
+    return parse_settings(data, env={})
+
+
+async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
+    ledger = Ledger(redis, retention=3600, events_maxlen=1000)
+    return Counter(r["status"] if r else "missing" for r in await ledger.get_many(ids))
+
+
+async def all_in(redis: Redis, ids: list[str], wanted: set[str]) -> bool:
+    found = await statuses(redis, ids)
+    return sum(n for s, n in found.items() if s in wanted) == len(ids)
+
+
+@pytest.mark.parametrize("processing", ["sync", "async"])
+async def test_messages_reach_delivered_with_reports(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start,
+    processing: str,
+) -> None:  # fmt: skip
+    settings = smpp_settings(redis_url, tmp_path, smsc.port, processing=processing)  # type: ignore[attr-defined]
+    client = Client.from_settings(redis, settings)
+    texts = ["plain", "Grüße ✓", "long " * 60]
+    ids = await client.send_many([{"to": "+447911123456", "text": t} for t in texts * 10])
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered"}), 20, "delivered")
+    limit = 1 if processing == "sync" else 10
+    assert 1 <= smsc.stats()["max_outstanding"] <= limit
+    if processing == "async":
+        assert smsc.stats()["max_outstanding"] > 1
+    record = await Ledger(redis, retention=60, events_maxlen=10).get(ids[2])
+    assert record is not None and record["segments"] == 2
+    assert [h["status"] for h in record["history"]][-2:] == ["sent", "delivered"]
+    codings = {s["data_coding"] for s in smsc.submits}
+    assert codings == {0, 8}
+    long_parts = [s for s in smsc.submits if s["esm_class"] & 0x40]
+    assert len(long_parts) == 20
+
+
+async def test_undelivered_report_and_report_before_response(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.delivered_ratio = 0.0
+    smsc.config.report_before_response = True
+    settings = smpp_settings(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"m{i}"} for i in range(20)]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"undelivered"}), 20, "undelivered")
+    record = await Ledger(redis, retention=60, events_maxlen=10).get(ids[0])
+    assert record is not None
+    assert record["dlr_stat"] == "UNDELIV" and record["error_code"] == "dlr_undeliv"
+    assert not await redis.hlen(keys.early_reports("sms"))
+
+
+async def test_throttling_and_disconnects_lose_nothing(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.throttle_ratio = 0.2
+    smsc.config.disconnect_every = 37
+    settings = smpp_settings(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"m{i}"} for i in range(150)]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, FINAL), 60, "final statuses")
+    found = await statuses(redis, ids)
+    assert found["delivered"] == 150, found
+    assert smsc.stats()["throttled"] > 0 and smsc.stats()["disconnects"] > 0
+
+
+async def test_wrong_password_shows_in_bind_state_and_jobs_wait(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    settings = smpp_settings(redis_url, tmp_path, smsc.port,  # type: ignore[attr-defined]
+                             smpp={"password": "wrong"})  # fmt: skip
+    job = await Client.from_settings(redis, settings).send("+447911123456", "hi")
+    running = run_daemon(settings)
+    await wait_for(lambda: smsc.stats()["bind_rejected"] >= 1, 10, "bind rejected")
+    await asyncio.sleep(0.3)
+    binds = running.daemon.workers[0].binds
+    assert getattr(binds[0], "state") == "bind_failed"
+    assert "ESME_RINVPASWD" in str(getattr(binds[0], "last_error"))
+    assert (await statuses(redis, [job]))["delivered"] == 0
+
+
+async def test_inbound_long_message_out_of_order_reaches_callback(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start,
+    inbox: Inbox,
+) -> None:  # fmt: skip
+    inbox.refuse = 2  # the application is down for a moment: retried, not lost
+    settings = smpp_settings(redis_url, tmp_path, smsc.port, callback=inbox.url)  # type: ignore[attr-defined]
+    run_daemon(settings)
+    await wait_for(lambda: smsc.stats()["sessions"] == 1, 10, "bound")
+    text = "Привет! " * 25  # UCS2, 200 units: 3 parts
+    await smsc.inject("+447911123456", NUMBERS[0], text, parts=3, order=[2, 0, 1])
+    await smsc.inject("+447911123457", NUMBERS[1], "short one")
+    await wait_for(lambda: len(inbox.messages) == 2, 20, "two inbound posts")
+    by_text = {m["text"]: m for m in inbox.messages}
+    assert set(by_text) == {text, "short one"}
+    assert by_text[text]["parts"] == 3 and by_text[text]["from"] == "+447911123456"
+    assert by_text[text]["incomplete"] is False and by_text[text]["to"] == NUMBERS[0]
+    assert smsc.stats()["inbound_acked"] == 4
+    assert await redis.xlen(keys.inbound("sms")) == 0
