@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= router.toml
 
-.PHONY: test run check lint bench redis-server clean
+.PHONY: test demo run check lint bench redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ redis-server:
 
 test: $(STAMP) redis-server
 	$(BIN)/python -m pytest -q
+
+demo: $(STAMP) redis-server
+	$(BIN)/sms-router demo
 
 run: $(STAMP) redis-server
 	@./config/run-local.sh $(CONFIG)

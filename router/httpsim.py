@@ -28,6 +28,7 @@ class ProviderSimulator:
         self.requests = 0
         self.in_flight = 0
         self.peak = 0
+        self.inbound_count = 0
         self._ids = itertools.count(1)
 
     def app(self) -> web.Application:
@@ -35,7 +36,15 @@ class ProviderSimulator:
         app.router.add_route("*", "/send", self.send)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/reset", self.reset)
+        app.router.add_post("/inbound", self.inbound)
         return app
+
+    async def inbound(self, request: web.Request) -> web.Response:
+        """Plays an application's callback_url: prints each inbound message it is given."""
+        body = await request.json()
+        self.inbound_count += 1
+        print(json.dumps({"inbound": body}, ensure_ascii=False), flush=True)
+        return web.Response(status=204)
 
     async def send(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -63,6 +72,7 @@ class ProviderSimulator:
                 "unique": len(self.received),
                 "duplicates": twice,
                 "peak_in_flight": self.peak,
+                "inbound": self.inbound_count,
             }
         )
 
