@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= router.toml
 
-.PHONY: test demo run check lint bench redis-server clean
+.PHONY: test demo run check lint bench redis-server node clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,22 @@ redis-server:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null || { echo "error: could not install redis-server (need root or sudo); install it and retry" >&2; exit 1; }; \
 	}
 
-test: $(STAMP) redis-server
+# The SMPP peer we did not write: npm `smpp` 0.5.1 (tests/peers), with node from Debian if missing.
+NODE_STAMP := tests/peers/node_modules/.installed
+
+node:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "node/npm not found; installing Debian packages nodejs and npm"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: node and npm are missing and apt-get is not available; install Node.js >= 18" >&2; exit 1; }; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null || { echo "error: could not install nodejs and npm (need root or sudo)" >&2; exit 1; }; \
+	}
+
+$(NODE_STAMP): tests/peers/package-lock.json | node
+	cd tests/peers && npm ci --silent --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+test: $(STAMP) redis-server $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) redis-server

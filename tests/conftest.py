@@ -25,6 +25,8 @@ from redis.asyncio import Redis
 from router.config import Settings, parse_settings
 from router.daemon import Daemon
 
+from .peers.peer import node_smsc  # noqa: F401 - the npm SMPP peer fixture
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -158,8 +158,8 @@ async def test_wrong_password_shows_in_bind_state_and_jobs_wait(
     await wait_for(lambda: smsc.stats()["bind_rejected"] >= 1, 10, "bind rejected")
     await asyncio.sleep(0.3)
     binds = running.daemon.workers[0].binds
-    assert getattr(binds[0], "state") == "bind_failed"
-    assert "ESME_RINVPASWD" in str(getattr(binds[0], "last_error"))
+    assert binds[0].state == "bind_failed"
+    assert "ESME_RINVPASWD" in str(binds[0].last_error)
     assert (await statuses(redis, [job]))["delivered"] == 0
 
 
