@@ -181,3 +181,59 @@ async def test_inbound_long_message_out_of_order_reaches_callback(
     assert by_text[text]["incomplete"] is False and by_text[text]["to"] == NUMBERS[0]
     assert smsc.stats()["inbound_acked"] == 4
     assert await redis.xlen(keys.inbound("sms")) == 0
+
+
+async def test_dropped_responses_and_12_digit_dates_still_end_delivered(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.drop_response_ratio = 0.1
+    smsc.config.date_digits = 12
+    settings = smpp_settings(redis_url, tmp_path, smsc.port,  # type: ignore[attr-defined]
+                             smpp={"response_timeout": 0.3})  # fmt: skip
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"m{i}"} for i in range(60)]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered"}), 40, "delivered")
+    assert smsc.stats()["dropped"] > 0
+
+
+async def test_vendor_status_codes_follow_the_profile_table(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.vendor_ratio = 1.0
+    smsc.config.vendor_status = 0x401
+    settings = smpp_settings(redis_url, tmp_path, smsc.port,  # type: ignore[attr-defined]
+                             smpp={"vendor_status": {"0x0401": "retry"}})  # fmt: skip
+    job = await Client.from_settings(redis, settings).send("+447911123456", "vendor")
+    run_daemon(settings)
+    await wait_for(lambda: smsc.stats()["vendor"] >= 2, 10, "retried after a vendor status")
+    smsc.config.vendor_ratio = 0.0
+    await wait_for(lambda: all_in(redis, [job], {"delivered"}), 10, "delivered after retry")
+
+
+async def test_unmapped_vendor_status_fails_with_its_code(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.vendor_ratio = 1.0
+    smsc.config.vendor_status = 0x4A1
+    settings = smpp_settings(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    job = await Client.from_settings(redis, settings).send("+447911123456", "vendor")
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, [job], {"failed"}), 10, "failed")
+    record = await Ledger(redis, retention=60, events_maxlen=10).get(job)
+    assert record is not None
+    assert record["error_code"] == "vendor_0x04A1" and record["error_raw"] == "0x000004A1"
+
+
+async def test_async_window_fills_but_never_overflows(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.response_delay = 0.05
+    settings = smpp_settings(redis_url, tmp_path, smsc.port, window=7)  # type: ignore[attr-defined]
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"m{i}"} for i in range(80)]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered"}), 30, "delivered")
+    assert smsc.stats()["max_outstanding"] == 7
