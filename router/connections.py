@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from .config import Settings
+
+MAX_CONNECTIONS = 128  # per process; Redis' default maxclients is 10,000
 
 
 class RedisUnavailable(RuntimeError):
@@ -181,7 +183,12 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
         embedded = EmbeddedRedis(settings.router.state_dir, settings.router.embedded_port)
         await embedded.acquire(adopt=daemon)
         url = embedded.url
-    client = Redis.from_url(url, health_check_interval=30, max_connections=256)
+    # A bounded pool that makes callers wait for a connection rather than fail: a burst
+    # of delivery reports must slow down, not be refused.
+    pool = BlockingConnectionPool.from_url(
+        url, health_check_interval=30, max_connections=MAX_CONNECTIONS, timeout=60
+    )
+    client = Redis(connection_pool=pool)
     try:
         try:
             await client.ping()

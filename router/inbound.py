@@ -105,14 +105,15 @@ class Inbound:
             )
             return ESME_ROK
         data = message.text_bytes
-        concat: tuple[int, int, int] | None = None
+        # The reference names its kind too: an 8-bit 7 and a 16-bit 7 are different messages.
+        concat: tuple[str, int, int] | None = None
         if message.esm_class & ESM_UDHI:
             info, data = split_udh(data)
             if info is not None:
-                concat = (info.reference, info.total, info.seq)
+                concat = (f"u{info.ref_bits}-{info.reference}", info.total, info.seq)
         elif TAG_SAR_MSG_REF_NUM in message.tlvs:
             concat = (
-                message.tlv_int(TAG_SAR_MSG_REF_NUM) or 0,
+                f"sar-{message.tlv_int(TAG_SAR_MSG_REF_NUM) or 0}",
                 message.tlv_int(TAG_SAR_TOTAL_SEGMENTS) or 1,
                 message.tlv_int(TAG_SAR_SEGMENT_SEQNUM) or 1,
             )

@@ -62,7 +62,7 @@ def inbound(profile: str) -> str:
     return f"sms:{{{profile}}}:in"
 
 
-def inbound_parts(profile: str, source: str, reference: int) -> str:
+def inbound_parts(profile: str, source: str, reference: str) -> str:
     """Hash of the parts received so far of one concatenated inbound message."""
     return f"sms:{{{profile}}}:parts:{source}:{reference}"
 

@@ -84,7 +84,8 @@ class SmscSimulator:
         self._runner: web.AppRunner | None = None
         self._sessions: set[_Session] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._next_id = 0
+        # Ids differ from one simulator run to the next, as a real SMSC's do not repeat soon.
+        self._next_id = int(time.time() * 1000) % 10**12 * 1000
         self._count = 0
         # deliver_sm not acknowledged when their session ended, by system_id: sent again
         # when it binds again, as an SMSC keeps receipts for a client that went away.
@@ -241,8 +242,8 @@ class SmscSimulator:
             kind, message = session.waiting.pop(frame.sequence, ("", ShortMessage()))
             if kind and frame.status == 0:
                 self.counters["receipts_acked" if kind == "receipt" else "inbound_acked"] += 1
-            elif kind:  # refused for now: offer it again later
-                self._held.setdefault(session.system_id, []).append((kind, message))
+            elif kind:  # refused for now: offer it again a little later
+                asyncio.get_running_loop().call_later(0.5, self._again, session, kind, message)
         elif frame.is_response:
             pass
         elif command == pdu.SUBMIT_SM:
@@ -375,6 +376,12 @@ class SmscSimulator:
             self._held.setdefault(session.system_id, []).append(("receipt", receipt))
         else:
             self._deliver(target, "receipt", receipt)
+
+    def _again(self, session: _Session, kind: str, message: ShortMessage) -> None:
+        if session in self._sessions and not session.writer.is_closing():
+            self._deliver(session, kind, message)
+        else:
+            self._held.setdefault(session.system_id, []).append((kind, message))
 
     def _deliver(self, session: _Session, kind: str, message: ShortMessage) -> None:
         sequence = session.next_sequence()

@@ -1,10 +1,11 @@
 """Delivery receipts (SMPP 3.4 Appendix B), read tolerantly.
 
 ``id:IIIIIIIIII sub:SSS dlvrd:DDD submit date:YYMMDDhhmm done date:YYMMDDhhmm
-stat:DDDDDDD err:E text:...`` — carriers vary it: keys in any case and order,
-12-digit dates with seconds, fields missing, ``err`` that is not a number. This
-parser never raises. (aiosmpplib 0.7.4's ``DeliverSm.parse_receipt`` fails on
-12-digit dates and non-numeric ``err``.)
+stat:DDDDDDD err:E text:...`` is only a convention, and carriers vary it: keys in
+any case and order, extra spaces, ``submit_date``, dates with seconds, fields
+missing, an ``err`` that is not a number. This parser accepts all of that and never
+raises; aiosmpplib 0.7.4's ``DeliverSm.parse_receipt`` raises on 12-digit dates and
+non-numeric ``err`` and loses fields after a double space (see the regression tests).
 """
 
 from __future__ import annotations
@@ -12,29 +13,40 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 __all__ = ["IdFormat", "Receipt", "normalise_message_id", "parse_receipt"]
 
-_FIELD = re.compile(r"(?i)\b(id|sub|dlvrd|submit[ _]date|done[ _]date|stat|err|text)\s*:\s*")
-_DELIVERED = {"DELIVRD", "DELIVERED"}
-_PENDING = {"", "ACCEPTD", "ENROUTE", "SCHEDULED", "BUFFRED", "BUFFERED"}
+# A key is a known name not glued to a preceding letter or digit ("msgid:" is no key).
+_FIELD: Final = re.compile(
+    r"(?i)(?<![a-z0-9_])(id|sub|dlvrd|submit[\s_]*date|done[\s_]*date|stat|err|text)\s*:\s*"
+)
+_DIGITS: Final = re.compile(r"[0-9]+")
+_SPACE: Final = re.compile(r"[\s_]+")
+
+_DELIVERED: Final = frozenset({"DELIVRD", "DELIVERED"})
+# Intermediate states: the message is not final yet. BUFFRED is what several SMSCs
+# send while retrying; treating it as a failure would end the message too early.
+_PENDING: Final = frozenset({"", "ACCEPTD", "ENROUTE", "SCHEDULED", "BUFFRED", "BUFFERED"})
 
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
+    """One delivery receipt. Text fields are "" when the receipt leaves them out."""
+
     message_id: str
-    stat: str = ""
-    err: str = ""
+    stat: str = ""  # upper-cased
+    err: str = ""  # as written: "000", "0x0B", "ABC"
     sub: str = ""
     dlvrd: str = ""
-    submit_date: datetime | None = None
+    submit_date: datetime | None = None  # naive, as the SMSC wrote it (normally UTC)
     done_date: datetime | None = None
     text: str = ""
 
     @property
     def status(self) -> Literal["delivered", "undelivered", "pending"]:
-        """What the receipt means for the message."""
+        """DELIVRD: delivered; ACCEPTD, ENROUTE, SCHEDULED, BUFFRED or no stat: pending;
+        anything else (EXPIRED, DELETED, UNDELIV, REJECTD, UNKNOWN, ...): undelivered."""
         if self.stat in _DELIVERED:
             return "delivered"
         if self.stat in _PENDING:
@@ -43,66 +55,106 @@ class Receipt:
 
 
 def _date(value: str) -> datetime | None:
-    digits = value.strip()[:12]
-    try:
-        if len(digits) == 12:
-            return datetime.strptime(digits, "%y%m%d%H%M%S")
-        if len(digits) >= 10:
-            return datetime.strptime(digits[:10], "%y%m%d%H%M")
-    except ValueError:
+    """YYMMDDhhmm, YYMMDDhhmmss or YYYYMMDDhhmmss; None for anything else."""
+    match = _DIGITS.match(value)
+    digits = match.group() if match else ""
+    if len(digits) == 14:
+        digits = digits[2:]  # a four-digit year: keep the two we read below
+    if len(digits) not in (10, 12):
         return None
-    return None
+    fields = [int(digits[i : i + 2]) for i in range(0, len(digits), 2)]
+    year, month, day, hour, minute = fields[:5]
+    second = fields[5] if len(fields) == 6 else 0
+    try:
+        return datetime(2000 + year, month, day, hour, minute, second)
+    except ValueError:  # month 13, minute 61, ...
+        return None
+
+
+def _token(value: str) -> str:
+    """The first word of a field (what follows belongs to no known key)."""
+    words = value.split()
+    return words[0].strip("\0") if words else ""
 
 
 def parse_receipt(text: str) -> Receipt | None:
-    """The receipt in `text`, or None when it has no message id. Never raises."""
-    try:
-        matches = list(_FIELD.finditer(text))
-        fields: dict[str, str] = {}
-        for i, match in enumerate(matches):
-            key = match.group(1).lower().replace("_", " ")
-            end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-            value = text[match.end() : end]
-            fields.setdefault(key, value if key == "text" else value.strip())
-        message_id = fields.get("id", "").split(" ")[0].strip("\0 ")
-        if not message_id:
-            return None
-        return Receipt(
-            message_id=message_id,
-            stat=fields.get("stat", "").split(" ")[0].upper(),
-            err=fields.get("err", "").split(" ")[0],
-            sub=fields.get("sub", ""),
-            dlvrd=fields.get("dlvrd", ""),
-            submit_date=_date(fields.get("submit date", "")),
-            done_date=_date(fields.get("done date", "")),
-            text=fields.get("text", ""),
-        )
-    except Exception:
+    """The receipt in `text`, or None when it names no message id. Never raises."""
+    starts: list[tuple[str, int, int]] = []  # (key, key start, value start)
+    seen: set[str] = set()
+    for match in _FIELD.finditer(text):
+        key = _SPACE.sub(" ", match.group(1).lower())
+        # The first occurrence wins. "text" is last by convention, so a key inside
+        # it that we have already read is part of the text (a message saying
+        # "stat: ok"); a key not seen yet is a field a carrier put after the text.
+        if key in seen:
+            continue
+        seen.add(key)
+        starts.append((key, match.start(), match.end()))
+    fields: dict[str, str] = {}
+    for index, (key, _, value_start) in enumerate(starts):
+        end = starts[index + 1][1] if index + 1 < len(starts) else len(text)
+        fields[key] = text[value_start:end]
+    message_id = _token(fields.get("id", ""))
+    if not message_id:
         return None
+    return Receipt(
+        message_id=message_id,
+        stat=_token(fields.get("stat", "")).upper(),
+        err=_token(fields.get("err", "")),
+        sub=_token(fields.get("sub", "")),
+        dlvrd=_token(fields.get("dlvrd", "")),
+        submit_date=_date(fields.get("submit date", "")),
+        done_date=_date(fields.get("done date", "")),
+        text=fields.get("text", "").strip("\0").rstrip(),
+    )
 
 
 IdFormat = Literal["as-is", "hex", "decimal", "hex-resp", "hex-receipt"]
 
+_HEX_LETTERS: Final = frozenset("abcdefABCDEF")
 
-def normalise_message_id(value: str, style: IdFormat, side: Literal["resp", "receipt"]) -> str:
+
+def _number(text: str, base: int) -> int | None:
+    """`text` as a non-negative number in `base` ("0x" allowed in hex), else None."""
+    if base == 16 and text[:2].lower() == "0x":
+        text = text[2:]
+    allowed = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
+    if not text or any(char not in allowed for char in text):
+        return None  # int() would also take "+1", "1_0" and non-ASCII digits
+    return int(text, base)
+
+
+def normalise_message_id(
+    value: str, style: IdFormat, side: Literal["resp", "receipt"] = "resp"
+) -> str:
     """The form in which a submit_sm_resp id and a receipt id compare equal.
 
-    Carriers disagree on how they write the same id (Kannel's ``msg-id-type``):
-    ``as-is`` trims spaces and NULs only; ``hex`` / ``decimal`` say both sides
-    write the number in that base; ``hex-resp`` = submit_sm_resp in hex, receipts
-    in decimal; ``hex-receipt`` = the other way. Numbers come out in decimal
-    without leading zeros, so ``000A`` (hex) and ``10`` compare equal. An id that is
-    not a number in its base is returned trimmed and lower-cased.
+    Apply it to both ids with the profile's style (`side` says which id this is;
+    only the ``hex-resp`` / ``hex-receipt`` styles look at it). Every style first
+    strips whitespace and NULs from both ends; an id that is not a number in the
+    base a style expects comes back stripped and lower-cased.
+
+    * ``as-is``: only that strip; case is kept.
+    * ``hex``: both sides write hex: lower-case hex without leading zeros, ``0x``
+      dropped (``"000A1B"`` -> ``"a1b"``; a decimal-looking ``"0010"`` -> ``"10"``).
+    * ``decimal``: both sides should write decimal, but some carriers write one side
+      in hex: an id containing a-f (or starting ``0x``) is read as hex, an all-digit
+      id as decimal, and both come out as decimal without leading zeros
+      (``"0A1B"`` -> ``"2587"``, ``"002587"`` -> ``"2587"``). An all-digit hex id
+      cannot be told apart; use ``hex-resp`` / ``hex-receipt`` for such carriers.
+    * ``hex-resp``: submit_sm_resp ids are hex, receipt ids decimal (Kannel's
+      msg-id-type 1); ``hex-receipt``: the other way round (msg-id-type 2). Both
+      come out as decimal without leading zeros.
     """
     text = value.strip().strip("\0").strip()
     if style == "as-is" or not text:
         return text
-    hexadecimal = (
-        style == "hex"
-        or (style == "hex-resp" and side == "resp")
-        or (style == "hex-receipt" and side == "receipt")
-    )
-    try:
-        return str(int(text, 16 if hexadecimal else 10))
-    except ValueError:
-        return text.lower()
+    if style == "hex":
+        number = _number(text, 16)
+        return text.lower() if number is None else format(number, "x")
+    if style == "decimal":
+        hexadecimal = text[:2].lower() == "0x" or any(c in _HEX_LETTERS for c in text)
+    else:
+        hexadecimal = (style == "hex-resp") == (side == "resp")
+    number = _number(text, 16 if hexadecimal else 10)
+    return text.lower() if number is None else str(number)

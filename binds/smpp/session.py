@@ -32,6 +32,7 @@ log = structlog.get_logger("binds.smpp")
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 RETRY_STATUSES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
 RECOVER_AFTER = 50  # OK responses in a row before a slowed-down session grows by one slot
+MAX_DELIVERING = 64  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
 PART_RETRIES = 3  # retries of a later part: earlier parts already reached the SMSC
 
 
@@ -96,6 +97,7 @@ class SmppBind:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._children: set[asyncio.Task[None]] = set()
+        self._delivering = asyncio.Semaphore(MAX_DELIVERING)
         self._messages = 0
         self._ok_streak = 0
         self._timeouts = 0
@@ -399,6 +401,8 @@ class SmppBind:
                 return
             self._last_received = loop.time()
             for frame in decoder.feed(data):
+                if frame.command_id == pdu.DELIVER_SM:
+                    await self._delivering.acquire()  # released when the handler is done
                 self._dispatch(frame)
 
     def _dispatch(self, frame: Pdu) -> None:
@@ -432,6 +436,12 @@ class SmppBind:
 
     async def _deliver(self, frame: Pdu) -> None:
         """Answer a deliver_sm only once the router has stored what it carries."""
+        try:
+            await self._deliver_one(frame)
+        finally:
+            self._delivering.release()
+
+    async def _deliver_one(self, frame: Pdu) -> None:
         try:
             message = pdu.decode_short_message(frame.body)
         except PduError as exc:
