@@ -78,41 +78,45 @@ return {'ok', st}
 """
 )
 
-# A delivery report for one part of a sent message. The record's final status comes
-# when every part has reported: delivered if all were, else undelivered with the
-# first failing part's stat and err. KEYS: record, event stream.
-# ARGV: part id, part outcome (delivered | undelivered), stat, err, now, events maxlen,
-# then event pairs. Returns {verdict, status}; verdict: ok (final status written) |
-# partial (waiting for other parts) | early (not sent yet) | unknown | done.
+# A delivery report for one part of a sent message, found through the provider-id index
+# in the same step. The record's final status comes when every part has reported:
+# delivered if all were, else undelivered with the first failing part's stat and err.
+# KEYS: provider-id index, event stream. ARGV: part id, part outcome (delivered |
+# undelivered), stat, err, now, events maxlen, record key prefix, then event pairs.
+# Returns {verdict, status, job id}; verdict: ok (final status written) | partial
+# (waiting for other parts) | early (not sent yet) | unknown (no such id) | done.
 _REPORT = (
     _SET_STATUS
     + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'unknown', ''} end
+local job = redis.call('GET', KEYS[1])
+if not job then return {'unknown', '', ''} end
+local rec = ARGV[7] .. job
+local st = redis.call('HGET', rec, 'status')
+if not st then return {'unknown', '', job} end
 if st == 'delivered' or st == 'undelivered' or st == 'failed' or st == 'expired'
-   or st == 'rejected' then return {'done', st} end
-if st ~= 'sent' then return {'early', st} end
-redis.call('HSET', KEYS[1], 'dlr:' .. ARGV[1], cjson.encode({ARGV[2], ARGV[3], ARGV[4]}))
-local ids = redis.call('HGET', KEYS[1], 'part_ids')
+   or st == 'rejected' then return {'done', st, job} end
+if st ~= 'sent' then return {'early', st, job} end
+redis.call('HSET', rec, 'dlr:' .. ARGV[1], cjson.encode({ARGV[2], ARGV[3], ARGV[4]}))
+local ids = redis.call('HGET', rec, 'part_ids')
 local parts = {ARGV[1]}
 if ids then parts = cjson.decode(ids) end
 local final, stat, err = 'delivered', ARGV[3], ARGV[4]
 for _, part in ipairs(parts) do
-  local r = redis.call('HGET', KEYS[1], 'dlr:' .. part)
-  if not r then return {'partial', st} end
+  local r = redis.call('HGET', rec, 'dlr:' .. part)
+  if not r then return {'partial', st, job} end
   r = cjson.decode(r)
   if r[1] ~= 'delivered' and final == 'delivered' then final, stat, err = r[1], r[2], r[3] end
 end
-set_status(KEYS[1], final, ARGV[5], 'stat ' .. stat .. ' err ' .. err)
-redis.call('HSET', KEYS[1], 'dlr_stat', stat, 'dlr_err', err)
+set_status(rec, final, ARGV[5], 'stat ' .. stat .. ' err ' .. err)
+redis.call('HSET', rec, 'dlr_stat', stat, 'dlr_err', err)
 if final ~= 'delivered' then
-  redis.call('HSET', KEYS[1], 'error_code', 'dlr_' .. string.lower(stat), 'error_raw',
+  redis.call('HSET', rec, 'error_code', 'dlr_' .. string.lower(stat), 'error_raw',
              'stat:' .. stat .. ' err:' .. err)
 end
-local ev = {'status', final, 'at', ARGV[5], 'stat', stat, 'err', err}
-for i = 7, #ARGV do ev[#ev + 1] = ARGV[i] end
+local ev = {'id', job, 'status', final, 'at', ARGV[5], 'stat', stat, 'err', err}
+for i = 8, #ARGV do ev[#ev + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(ev))
-return {'ok', final}
+return {'ok', final, job}
 """
 )
 
@@ -189,29 +193,37 @@ class Ledger:
 
     async def report(
         self,
-        job_id: str,
+        index: str,
         part_id: str,
         outcome: str,
         *,
         profile: str,
         stat: str,
         err: str,
-        event: Mapping[str, str] | None = None,
-    ) -> Transition:
+    ) -> tuple[Transition, str]:
         """Record one part's delivery report; the final status once every part reported.
 
-        `outcome` is ``delivered`` or ``undelivered``. The verdict says what happened:
-        ``ok`` (final status written; `previous` holds it), ``partial``, ``early``
-        (the record is not `sent` yet: keep the report), ``unknown`` or ``done``.
+        `index` is the provider-id key naming the job. `outcome` is ``delivered`` or
+        ``undelivered``. Returns the verdict — ``ok`` (final status written;
+        `previous` holds it), ``partial``, ``early`` (the record is not `sent` yet:
+        keep the report), ``unknown`` or ``done`` — and the job id ('' if unknown).
         """
         now = f"{time.time():.6f}"
-        body = {"id": job_id, "profile": profile, "provider_message_id": part_id}
-        body.update({k: v for k, v in (event or {}).items() if v})
-        args: list[str | int] = [part_id, outcome, stat, err, now, self._events_maxlen]
-        for name, value in body.items():
-            args += [name, value]
-        verdict, status = await self._report(keys=[keys.record(job_id), keys.EVENTS], args=args)
-        return Transition(as_text(verdict), as_text(status))
+        args: list[str | int] = [
+            part_id,
+            outcome,
+            stat,
+            err,
+            now,
+            self._events_maxlen,
+            keys.record(""),
+            "profile",
+            profile,
+            "provider_message_id",
+            part_id,
+        ]
+        verdict, status, job = await self._report(keys=[index, keys.EVENTS], args=args)
+        return Transition(as_text(verdict), as_text(status)), as_text(job)
 
     async def create_queued(
         self, items: list[tuple[str, str, str, Mapping[str, str]]]

@@ -21,7 +21,6 @@ from binds.smpp.pdu import ESME_ROK, TAG_MESSAGE_STATE, TAG_RECEIPTED_MESSAGE_ID
 from binds.smpp.receipt import IdFormat, normalise_message_id, parse_receipt
 
 from . import keys
-from .connections import as_text
 from .ledger import Ledger
 
 log = structlog.get_logger("router.reports")
@@ -117,12 +116,13 @@ class Reports:
 
     async def _try(self, provider_id: str, outcome: str, stat: str, err: str) -> bool:
         """True once the report is applied (or can never apply: message already final)."""
-        job_id = await self._redis.get(keys.provider_id(self.profile, provider_id))
-        if job_id is None:
-            return False
-        job = as_text(job_id)
-        result = await self._ledger.report(
-            job, provider_id, outcome, profile=self.profile, stat=stat, err=err
+        result, job = await self._ledger.report(
+            keys.provider_id(self.profile, provider_id),
+            provider_id,
+            outcome,
+            profile=self.profile,
+            stat=stat,
+            err=err,
         )
         if result.verdict == "ok":
             log.info(result.previous, id=job, profile=self.profile, stat=stat, err=err)
