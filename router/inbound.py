@@ -43,11 +43,11 @@ GROUP = "callbacks"
 # deadline, ttl, message fields (JSON). Adds a part; when all `total` are there, moves
 # the message (parts in order) onto the stream and forgets them. Returns 1 if complete.
 _ADD_PART = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'head', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[4], KEYS[1])
 local total = tonumber(ARGV[3])
-if redis.call('HLEN', KEYS[1]) < total then return 0 end
+if redis.call('HLEN', KEYS[1]) - 1 < total then return 0 end
 local parts = {}
 for i = 1, total do
   local p = redis.call('HGET', KEYS[1], tostring(i))
@@ -62,20 +62,23 @@ redis.call('ZREM', KEYS[2], KEYS[1])
 return 1
 """
 
-# KEYS: parts hash, partial zset, inbound stream. ARGV: message fields (JSON).
-# Gives up waiting: whatever parts arrived go on the stream flagged incomplete.
+# KEYS: parts hash, partial zset, inbound stream. Gives up waiting: whatever parts
+# arrived go on the stream, in order, flagged incomplete.
 _FLUSH = """
 if redis.call('ZREM', KEYS[2], KEYS[1]) == 0 then return 0 end
 local all = redis.call('HGETALL', KEYS[1])
 local seqs = {}
-for i = 1, #all, 2 do seqs[#seqs + 1] = tonumber(all[i]) end
+for i = 1, #all, 2 do
+  if all[i] ~= 'head' then seqs[#seqs + 1] = tonumber(all[i]) end
+end
 table.sort(seqs)
 local parts = {}
 for _, s in ipairs(seqs) do
   parts[#parts + 1] = cjson.decode(redis.call('HGET', KEYS[1], tostring(s)))
 end
 if #parts == 0 then return 0 end
-redis.call('XADD', KEYS[3], '*', 'message', ARGV[1], 'parts', cjson.encode(parts),
+local head = redis.call('HGET', KEYS[1], 'head') or '{}'
+redis.call('XADD', KEYS[3], '*', 'message', head, 'parts', cjson.encode(parts),
            'incomplete', '1')
 redis.call('DEL', KEYS[1])
 return 1
@@ -157,10 +160,8 @@ class Inbound:
         flushed = 0
         for raw_key in due:
             key = as_text(raw_key)
-            head = {"from": key.rsplit(":", 2)[-2], "received_at": round(time.time(), 3)}
             done = await self._flush(
-                keys=[key, keys.inbound_partial(self.profile), keys.inbound(self.profile)],
-                args=[json.dumps(head)],
+                keys=[key, keys.inbound_partial(self.profile), keys.inbound(self.profile)]
             )
             flushed += int(done)
         return flushed

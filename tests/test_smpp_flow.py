@@ -64,20 +64,42 @@ async def inbox() -> AsyncIterator[Inbox]:
 def smpp_settings(
     redis_url: str, tmp: Path, port: int, *, callback: str = "", **profile: Any
 ) -> Settings:
-    smpp = {"host": "127.0.0.1", "port": port, "system_id": "smppclient1",
-            "password": "password", "response_timeout": 1, "enquire_link": 5,
-            "reconnect_max": 0.5, **profile.pop("smpp", {})}  # fmt: skip
-    demo: dict[str, Any] = {"global": True, "protocol": "smpp", "window": 10,
-                            "numbers": NUMBERS, "smpp": smpp, **profile}  # fmt: skip
+    smpp = {
+        "host": "127.0.0.1",
+        "port": port,
+        "system_id": "smppclient1",
+        "password": "password",
+        "response_timeout": 1,
+        "enquire_link": 5,
+        "reconnect_max": 0.5,
+        **profile.pop("smpp", {}),
+    }
+    demo: dict[str, Any] = {
+        "global": True,
+        "protocol": "smpp",
+        "window": 10,
+        "numbers": NUMBERS,
+        "smpp": smpp,
+        **profile,
+    }
     if callback:
         demo.update(direction="both", callback_url=callback)
     data = {
-        "router": {"redis": redis_url, "instance": "test", "shutdown_grace": 5,
-                   "state_dir": str(tmp / "var")},
-        "queue": {"retry_base": 0.05, "retry_max": 0.2, "schedule_poll": 0.05, "block_ms": 100,
-                  "claim_idle": 2},
+        "router": {
+            "redis": redis_url,
+            "instance": "test",
+            "shutdown_grace": 5,
+            "state_dir": str(tmp / "var"),
+        },
+        "queue": {
+            "retry_base": 0.05,
+            "retry_max": 0.2,
+            "schedule_poll": 0.05,
+            "block_ms": 100,
+            "claim_idle": 2,
+        },
         "profiles": {"sms": demo},
-    }  # fmt: skip
+    }
     return parse_settings(data, env={})
 
 
@@ -93,9 +115,13 @@ async def all_in(redis: Redis, ids: list[str], wanted: set[str]) -> bool:
 
 @pytest.mark.parametrize("processing", ["sync", "async"])
 async def test_messages_reach_delivered_with_reports(
-    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start,
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Start,
     processing: str,
-) -> None:  # fmt: skip
+) -> None:
     settings = smpp_settings(redis_url, tmp_path, smsc.port, processing=processing)  # type: ignore[attr-defined]
     client = Client.from_settings(redis, settings)
     texts = ["plain", "Grüße ✓", "long " * 60]
@@ -151,8 +177,12 @@ async def test_throttling_and_disconnects_lose_nothing(
 async def test_wrong_password_shows_in_bind_state_and_jobs_wait(
     redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
 ) -> None:
-    settings = smpp_settings(redis_url, tmp_path, smsc.port,  # type: ignore[attr-defined]
-                             smpp={"password": "wrong"})  # fmt: skip
+    settings = smpp_settings(
+        redis_url,
+        tmp_path,
+        smsc.port,  # type: ignore[attr-defined]
+        smpp={"password": "wrong"},
+    )
     job = await Client.from_settings(redis, settings).send("+447911123456", "hi")
     running = run_daemon(settings)
     await wait_for(lambda: smsc.stats()["bind_rejected"] >= 1, 10, "bind rejected")
@@ -164,9 +194,13 @@ async def test_wrong_password_shows_in_bind_state_and_jobs_wait(
 
 
 async def test_inbound_long_message_out_of_order_reaches_callback(
-    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start,
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Start,
     inbox: Inbox,
-) -> None:  # fmt: skip
+) -> None:
     inbox.refuse = 2  # the application is down for a moment: retried, not lost
     settings = smpp_settings(redis_url, tmp_path, smsc.port, callback=inbox.url)  # type: ignore[attr-defined]
     run_daemon(settings)
@@ -188,8 +222,12 @@ async def test_dropped_responses_and_12_digit_dates_still_end_delivered(
 ) -> None:
     smsc.config.drop_response_ratio = 0.1
     smsc.config.date_digits = 12
-    settings = smpp_settings(redis_url, tmp_path, smsc.port,  # type: ignore[attr-defined]
-                             smpp={"response_timeout": 0.3})  # fmt: skip
+    settings = smpp_settings(
+        redis_url,
+        tmp_path,
+        smsc.port,  # type: ignore[attr-defined]
+        smpp={"response_timeout": 0.3},
+    )
     ids = await Client.from_settings(redis, settings).send_many(
         [{"to": "+447911123456", "text": f"m{i}"} for i in range(60)]
     )
@@ -203,8 +241,12 @@ async def test_vendor_status_codes_follow_the_profile_table(
 ) -> None:
     smsc.config.vendor_ratio = 1.0
     smsc.config.vendor_status = 0x401
-    settings = smpp_settings(redis_url, tmp_path, smsc.port,  # type: ignore[attr-defined]
-                             smpp={"vendor_status": {"0x0401": "retry"}})  # fmt: skip
+    settings = smpp_settings(
+        redis_url,
+        tmp_path,
+        smsc.port,  # type: ignore[attr-defined]
+        smpp={"vendor_status": {"0x0401": "retry"}},
+    )
     job = await Client.from_settings(redis, settings).send("+447911123456", "vendor")
     run_daemon(settings)
     await wait_for(lambda: smsc.stats()["vendor"] >= 2, 10, "retried after a vendor status")
@@ -237,3 +279,30 @@ async def test_async_window_fills_but_never_overflows(
     run_daemon(settings)
     await wait_for(lambda: all_in(redis, ids, {"delivered"}), 30, "delivered")
     assert smsc.stats()["max_outstanding"] == 7
+
+
+async def test_inbound_parts_missing_after_timeout_arrive_flagged_incomplete(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Start,
+    inbox: Inbox,
+) -> None:
+    settings = smpp_settings(
+        redis_url,
+        tmp_path,
+        smsc.port,
+        callback=inbox.url,  # type: ignore[attr-defined]
+        smpp={"reassembly_timeout": 1},
+    )
+    run_daemon(settings)
+    await wait_for(lambda: smsc.stats()["sessions"] == 1, 10, "bound")
+    text = "part " * 80  # GSM, 400 septets: 3 parts
+    await smsc.inject("+447911123456", NUMBERS[0], text, parts=3, order=[0, 2])
+    await wait_for(lambda: len(inbox.messages) == 1, 15, "incomplete message posted")
+    message = inbox.messages[0]
+    assert message["incomplete"] is True and message["parts"] == 2
+    assert message["from"] == "+447911123456" and message["to"] == NUMBERS[0]
+    assert message["text"].startswith("part part") and len(message["text"]) < len(text)
+    assert await redis.zcard(keys.inbound_partial("sms")) == 0
