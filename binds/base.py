@@ -54,6 +54,9 @@ class Retry:
     code: str = "temporary"
     raw: str = ""
     after: float | None = None
+    # The request may have reached the provider (a time-out, a connection lost after
+    # sending): sending again may deliver twice. The router counts such retries.
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,12 +155,18 @@ class HttpSender:
                 retry_after = response.headers.get("Retry-After")
                 charset = response.charset or "utf-8"
         except TimeoutError:  # includes aiohttp.ServerTimeoutError
-            return Retry(reason=f"timed out after {self.spec.timeout:g}s", code="timeout")
+            return Retry(
+                reason=f"timed out after {self.spec.timeout:g}s", code="timeout", maybe_sent=True
+            )
         except aiohttp.InvalidURL:
             return Failed(reason="invalid url", code="invalid_url")
         except (aiohttp.ClientConnectionError, OSError) as exc:
             # Only the class name: str() of aiohttp errors can carry the URL and its secrets.
-            return Retry(reason=f"connection error: {type(exc).__name__}", code="connection")
+            return Retry(
+                reason=f"connection error: {type(exc).__name__}",
+                code="connection",
+                maybe_sent=isinstance(exc, aiohttp.ServerDisconnectedError),
+            )
         except aiohttp.ClientError as exc:
             return Retry(reason=f"http error: {type(exc).__name__}", code="http_error")
         return self._outcome(status, _decode(payload, charset), retry_after)

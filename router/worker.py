@@ -313,6 +313,9 @@ class ProfileWorker:
         self, entry: Entry, job: Job, outcome: Retry, bound: structlog.typing.FilteringBoundLogger
     ) -> None:
         attempt = entry.attempt + 1
+        if outcome.maybe_sent:
+            # It may have reached the provider; the next attempt may deliver it twice.
+            await self._redis.hincrby(keys.stats(self.name), "possible_duplicates", 1)
         errors = {"error_code": outcome.code, "error_raw": outcome.raw, "error": outcome.reason}
         if attempt >= self.settings.max_attempts:
             note = f"gave up after {attempt} attempts: {outcome.reason}"

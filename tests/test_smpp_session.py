@@ -109,6 +109,7 @@ async def test_oversized_pdu_drops_the_connection_and_outstanding_submit_retries
     try:
         outcome = await bind.submit(OutboundMessage("j", "+16501112345", "+447911123456", "hi"))
         assert isinstance(outcome, Retry) and outcome.code == "connection_lost"
+        assert outcome.maybe_sent  # it was on the wire: the router counts the resend
         await wait_for(lambda: peer.connections >= 2, 5, "reconnected")
         await wait_for(lambda: bind.state == "bound", 5, "bound again")
     finally:
@@ -127,7 +128,7 @@ async def test_unanswered_submit_times_out_as_retry(
     await bind.start()
     try:
         outcome = await bind.submit(OutboundMessage("j", "ACME", "+447911123456", "hi"))
-        assert isinstance(outcome, Retry) and outcome.code == "timeout"
+        assert isinstance(outcome, Retry) and outcome.code == "timeout" and outcome.maybe_sent
     finally:
         await bind.close()
 

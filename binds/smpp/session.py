@@ -74,6 +74,10 @@ class SmppSpec:
 class _Lost(Exception):
     """The connection went away while a request waited for its response."""
 
+    def __init__(self, why: str, *, sent: bool = True) -> None:
+        super().__init__(why)
+        self.sent = sent  # False: the request never left (no connection to write to)
+
 
 class _BindRejected(Exception):
     pass
@@ -238,11 +242,15 @@ class SmppBind:
                     self._log.warning("three responses timed out in a row; reconnecting")
                     self._drop("response timeouts")
                 return Retry(
-                    f"no submit_sm_resp within {self.spec.response_timeout:g}s", code="timeout"
+                    f"no submit_sm_resp within {self.spec.response_timeout:g}s",
+                    code="timeout",
+                    maybe_sent=True,
                 )
             except _Lost as exc:
                 return Retry(
-                    f"connection lost before submit_sm_resp: {exc}", code="connection_lost"
+                    f"connection lost before submit_sm_resp: {exc}",
+                    code="connection_lost",
+                    maybe_sent=exc.sent,
                 )
         self._timeouts = 0
         status = response.status
@@ -287,7 +295,7 @@ class SmppBind:
     async def _request(self, command_id: int, body: bytes, limit: float) -> Pdu:
         writer = self._writer
         if writer is None:
-            raise _Lost("not connected")
+            raise _Lost("not connected", sent=False)
         sequence = self._sequence.next()
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
         self._pending[sequence] = future
