@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -20,12 +21,19 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import settings
 from redis.asyncio import Redis
 
 from router.config import Settings, parse_settings
 from router.daemon import Daemon
 
 from .peers.peer import node_smsc  # noqa: F401 - the npm SMPP peer fixture
+
+# CI must not fail on a different random draw or a slow shared machine: property tests
+# run the same examples every time (HYPOTHESIS_PROFILE=explore searches afresh).
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def free_port() -> int:
