@@ -17,6 +17,7 @@ from typing import Literal
 import structlog
 from redis.asyncio import Redis
 
+from binds.smpp.codec import decode_text
 from binds.smpp.pdu import ESME_ROK, TAG_MESSAGE_STATE, TAG_RECEIPTED_MESSAGE_ID, ShortMessage
 from binds.smpp.receipt import IdFormat, normalise_message_id, parse_receipt
 
@@ -57,7 +58,10 @@ class Reports:
     async def handle(self, message: ShortMessage) -> int:
         """A deliver_sm that is a receipt; returns the deliver_sm_resp status (always OK:
         a receipt we cannot use is logged, never refused, or the SMSC would resend it)."""
-        text = message.text_bytes.decode("latin-1", errors="replace")
+        # Receipts come in the SMSC's coding of choice; UCS2 ones exist.
+        text, binary = decode_text(message.text_bytes, message.data_coding)
+        if binary:
+            text = message.text_bytes.decode("latin-1")
         receipt = parse_receipt(text)
         provider_id = message.tlv_text(TAG_RECEIPTED_MESSAGE_ID) or (
             receipt.message_id if receipt else ""

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from binds.smpp.pdu import ShortMessage
 from router import Client, keys
 from router.config import Settings, parse_settings
 from router.ledger import Ledger
@@ -308,3 +309,30 @@ async def test_inbound_parts_missing_after_timeout_arrive_flagged_incomplete(
     assert message["from"] == "+447911123456" and message["to"] == NUMBERS[0]
     assert message["text"].startswith("part part") and len(message["text"]) < len(text)
     assert await redis.zcard(keys.inbound_partial("sms")) == 0
+
+
+async def test_receipt_text_in_ucs2_without_tlvs_is_understood(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    from router.reports import Reports
+
+    settings = smpp_settings(redis_url, tmp_path, 1)
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+    client = Client.from_settings(redis, settings)
+    job = await client.send("+447911123456", "hi", id="ucs2-receipt")
+    owner = (await redis.hget(keys.record(job), "owner") or b"").decode()
+    for status in ("sending", "sent"):
+        await ledger.transition(
+            job,
+            owner,
+            status,
+            profile="sms",
+            indexes=[keys.provider_id("sms", "a1")] if status == "sent" else (),
+        )
+    reports = Reports(redis, ledger, "sms", id_format="as-is", retention=60)
+    text = (
+        "id:a1 sub:001 dlvrd:001 submit date:2311231010 done date:2311231011 stat:DELIVRD err:000"
+    )
+    receipt = ShortMessage(esm_class=0x04, data_coding=8, short_message=text.encode("utf-16-be"))
+    assert await reports.handle(receipt) == 0
+    assert (await ledger.get(job) or {})["status"] == "delivered"
