@@ -148,4 +148,6 @@ def _record_fields(profile: str, wire: Mapping[str, Any]) -> dict[str, str]:
         fields["from"] = str(wire["from"])
     if wire.get("meta"):
         fields["meta"] = json.dumps(wire["meta"], default=str)
+    if wire.get("status_callback_url"):
+        fields["status_callback_url"] = str(wire["status_callback_url"])
     return fields

@@ -26,6 +26,7 @@ from binds.http import HttpSender, HttpSpec
 from binds.smpp import DeliverHandler, SmppBind, SmppSpec
 from binds.smpp.pdu import ShortMessage
 
+from .callbacks import StatusPoster
 from .config import Profile, Settings
 from .connections import open_redis
 from .inbound import CallbackPoster, Inbound
@@ -119,7 +120,7 @@ class Daemon:
         self.instance = settings.router.instance_name
         self.stopping = asyncio.Event()
         self.workers: list[ProfileWorker] = []
-        self.posters: list[CallbackPoster] = []
+        self.posters: list[CallbackPoster | StatusPoster] = []
         self._signals = 0
         self._started = time.time()
 
@@ -152,6 +153,7 @@ class Daemon:
         queue = self.settings.queue
         ledger = Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
         names = list(self.settings.profiles)
+        self.posters.append(StatusPoster(redis, consumer=self.instance))
         for name, profile in self.settings.profiles.items():
             reports: Reports | None = None
             handler: DeliverHandler | None = None

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 GROUP = "router"
 EVENTS = "sms:events"
+# Status changes of messages that have a status_callback_url, waiting to be POSTed.
+CALLBACKS = "sms:callbacks"
+CALLBACK_DEAD_LETTERS = "sms:callbacks:dlq"
 
 
 def queue(profile: str) -> str:

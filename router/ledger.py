@@ -33,6 +33,16 @@ local function set_status(key, status, now, note)
   hist[#hist + 1] = {status, tonumber(now), note}
   redis.call('HSET', key, 'status', status, 'updated_at', now, 'history', cjson.encode(hist))
 end
+-- A message with a status_callback_url also gets the event on the callbacks stream
+-- (with the url, which stays out of the event stream: it may carry a token).
+local function to_callbacks(key, stream, ev)
+  local url = redis.call('HGET', key, 'status_callback_url')
+  if url then
+    local body = {'url', url}
+    for i = 1, #ev do body[#body + 1] = ev[i] end
+    redis.call('XADD', stream, '*', unpack(body))
+  end
+end
 """
 
 # One round trip per status change, and atomic: the record, its event and (for a final
@@ -40,8 +50,8 @@ end
 # KEYS: record, event stream, work stream to ack (or a placeholder), then index keys
 # (provider message ids) each set to the job id with the record's retention.
 # ARGV: owner, now, status, ttl, mode ('' | 'replay' | 'create'), note, events maxlen,
-# field count, event count, ack group ('' = no ack), ack entry, job id,
-# then field pairs, then event pairs. Returns {verdict, previous status};
+# field count, event count, ack group ('' = no ack), ack entry, job id, callbacks
+# stream, then field pairs, then event pairs. Returns {verdict, previous status};
 # verdict: ok | duplicate | done. The ack happens whatever the verdict: a duplicate
 # or an already-final record has nothing left to do either.
 _TRANSITION = (
@@ -66,7 +76,7 @@ end
 set_status(KEYS[1], ARGV[3], ARGV[2], ARGV[6])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 if ARGV[3] == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-local first = 13
+local first = 14
 local nfields, nevent = tonumber(ARGV[8]), tonumber(ARGV[9])
 for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -74,6 +84,7 @@ for k = 4, #KEYS do redis.call('SET', KEYS[k], ARGV[12], 'EX', ARGV[4]) end
 local ev = {}
 for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ev))
+to_callbacks(KEYS[1], ARGV[13], ev)
 return {'ok', st}
 """
 )
@@ -82,7 +93,8 @@ return {'ok', st}
 # in the same step. The record's final status comes when every part has reported:
 # delivered if all were, else undelivered with the first failing part's stat and err.
 # KEYS: provider-id index, event stream. ARGV: part id, part outcome (delivered |
-# undelivered), stat, err, now, events maxlen, record key prefix, then event pairs.
+# undelivered), stat, err, now, events maxlen, record key prefix, callbacks stream,
+# then event pairs.
 # Returns {verdict, status, job id}; verdict: ok (final status written) | partial
 # (waiting for other parts) | early (not sent yet) | unknown (no such id) | done.
 _REPORT = (
@@ -114,8 +126,13 @@ if final ~= 'delivered' then
              'stat:' .. stat .. ' err:' .. err)
 end
 local ev = {'id', job, 'status', final, 'at', ARGV[5], 'stat', stat, 'err', err}
-for i = 8, #ARGV do ev[#ev + 1] = ARGV[i] end
+for i = 9, #ARGV do ev[#ev + 1] = ARGV[i] end
+for _, name in ipairs({'to', 'from', 'meta'}) do
+  local value = redis.call('HGET', rec, name)
+  if value then ev[#ev + 1] = name; ev[#ev + 1] = value end
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(ev))
+to_callbacks(rec, ARGV[8], ev)
 return {'ok', final, job}
 """
 )
@@ -217,6 +234,7 @@ class Ledger:
             now,
             self._events_maxlen,
             keys.record(""),
+            keys.CALLBACKS,
             "profile",
             profile,
             "provider_message_id",
@@ -278,6 +296,7 @@ class Ledger:
             ack.group if ack else "",
             ack.entry_id if ack else "",
             job_id,
+            keys.CALLBACKS,
         ]
         for name, value in pairs:
             args += [name, value]

@@ -37,6 +37,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.statuses: list[tuple[str, dict[str, Any]]] = []
         self.refuse = 0
         self.url = ""
 
@@ -47,12 +48,20 @@ class Inbox:
         self.messages.append(await request.json())
         return web.Response(status=204)
 
+    async def status(self, request: web.Request) -> web.Response:
+        if self.refuse > 0:
+            self.refuse -= 1
+            return web.Response(status=500)
+        self.statuses.append((request.match_info["app"], await request.json()))
+        return web.Response(status=200)
+
 
 @pytest.fixture
 async def inbox() -> AsyncIterator[Inbox]:
     box = Inbox()
     app = web.Application()
     app.router.add_post("/inbound", box.handle)
+    app.router.add_post("/status/{app}", box.status)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -336,3 +345,44 @@ async def test_receipt_text_in_ucs2_without_tlvs_is_understood(
     receipt = ShortMessage(esm_class=0x04, data_coding=8, short_message=text.encode("utf-16-be"))
     assert await reports.handle(receipt) == 0
     assert (await ledger.get(job) or {})["status"] == "delivered"
+
+
+async def test_status_changes_reach_status_callback_urls(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Start,
+    inbox: Inbox,
+) -> None:
+    base = inbox.url.replace("/inbound", "/status")
+    settings = smpp_settings(
+        redis_url,
+        tmp_path,
+        smsc.port,  # type: ignore[attr-defined]
+        status_callback_url=f"{base}/profile",
+    )
+    client = Client.from_settings(redis, settings)
+    first = await client.send("+447911123456", "one", meta={"order": 7})
+    second = await client.send("+447911123456", "two", status_callback_url=f"{base}/job")
+    inbox.refuse = 1  # the application fails once: retried, not lost
+    run_daemon(settings)
+    await wait_for(lambda: len(inbox.statuses) == 7, 20, "seven status callbacks")
+    seen = {(app, body["id"], body["status"]) for app, body in inbox.statuses}
+    # The profile's url is known from `sending` on; a job's own from `queued`.
+    assert seen == {
+        ("profile", first, "sending"),
+        ("profile", first, "sent"),
+        ("profile", first, "delivered"),
+        ("job", second, "queued"),
+        ("job", second, "sending"),
+        ("job", second, "sent"),
+        ("job", second, "delivered"),
+    }
+    delivered = next(
+        b for _, b in inbox.statuses if b["status"] == "delivered" and b["id"] == first
+    )
+    assert delivered["meta"] == {"order": 7} and delivered["stat"] == "DELIVRD"
+    assert "url" not in delivered
+    events = await redis.xrange(keys.EVENTS)
+    assert not any(b"url" in fields for _, fields in events)
