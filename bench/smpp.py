@@ -220,8 +220,12 @@ def main() -> None:
     finally:
         stack.close()
     previous = RESULTS / "smpp.json"
-    if args.only_big and previous.exists():  # keep the window cases of the last full run
-        results["cases"] = json.loads(previous.read_text()).get("cases", {})
+    if previous.exists():  # keep what this run skipped from the last run that did it
+        before = json.loads(previous.read_text())
+        if args.only_big:
+            results["cases"] = before.get("cases", {})
+        if not args.big and "endurance" in before:
+            results["endurance"] = before["endurance"]
     print("written", save("smpp", results))
 
 

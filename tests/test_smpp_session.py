@@ -135,3 +135,25 @@ async def test_unanswered_submit_times_out_as_retry(
 
 def test_password_is_not_in_repr() -> None:
     assert "sekret" not in repr(SmppSpec(host="h", port=1, system_id="s", password="sekret"))
+
+
+async def test_idle_session_sends_enquire_link_and_reconnects_when_unanswered(
+    peer_factory: Callable[[Script], Awaitable[Peer]],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, seen: list[Pdu]) -> None:
+        await bind_ok(r, w)
+        link = await read_pdu(r)
+        seen.append(link)
+        if len(seen) == 1:  # answer the first one only
+            w.write(Pdu(pdu.ENQUIRE_LINK | pdu.RESPONSE, 0, link.sequence).encode())
+            seen.append(await read_pdu(r))  # the next one, left unanswered
+        await r.read()
+
+    peer = await peer_factory(script)
+    bind = SmppBind("t", spec(peer.port, enquire_link=0.2))
+    await bind.start()
+    try:
+        await wait_for(lambda: peer.connections >= 2, 5, "reconnect after a silent peer")
+        assert [p.command_id for p in peer.seen[:2]] == [pdu.ENQUIRE_LINK, pdu.ENQUIRE_LINK]
+    finally:
+        await bind.close()

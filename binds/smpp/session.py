@@ -389,6 +389,7 @@ class SmppBind:
                 self._set_state("bind_failed", f"bind rejected: {name}")
                 raise _BindRejected(name)
             self._timeouts = 0
+            self._last_received = asyncio.get_running_loop().time()
             self._set_state("bound", None, mode=self.spec.mode)
             self._bound.set()
             keeper = asyncio.create_task(self._enquire_links())
