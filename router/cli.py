@@ -22,9 +22,8 @@ from . import keys
 from .client import Client
 from .config import ConfigError, Settings, load_settings, resolve_config_path
 from .connections import RedisUnavailable, as_text, open_redis
-from .jobs import JobError
 from .ledger import STATUSES, Ledger
-from .queue import drop_dead_letters, list_dead_letters, replay_dead_letters
+from .queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
 
 T = TypeVar("T")
 out = Console(highlight=False, soft_wrap=True)
@@ -86,10 +85,13 @@ def run(config_path: str | None) -> None:
 
 
 @main.command("check-config")
+@config_option
 @click.argument("path", required=False)
-def check_config(path: str | None) -> None:
+def check_config(config_path: str | None, path: str | None) -> None:
     """Validate a configuration: OK and one line per profile, or every problem."""
-    settings = _settings(path)
+    if config_path and path and config_path != path:
+        raise click.UsageError("give the configuration once: -c PATH or PATH")
+    settings = _settings(config_path or path)
     out.print("OK")
     for line in settings.summary_lines():
         out.print(f"  {line}", markup=False)
@@ -112,16 +114,20 @@ def send(
 ) -> None:
     """Enqueue one message and print its id."""
     settings = _settings(config_path)
-
-    async def work(redis: Redis) -> str:
-        client = Client.from_settings(redis, settings)
-        return await client.send(to, text, profile=profile, sender=sender, id=job_id)
-
-    try:
-        out.print(_with_redis(settings, work), markup=False)
-    except JobError as exc:
+    _known_profile(settings, profile)
+    job: dict[str, Any] = {"to": to, "text": text}
+    for name, value in (("from", sender), ("id", job_id), ("profile", profile)):
+        if value is not None:
+            job[name] = value
+    # Checked before Redis is touched: a bad `--from` fails at once.
+    for _index, exc in Client.from_settings(Redis(), settings).problems([job]):
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
+
+    async def work(redis: Redis) -> str:
+        return (await Client.from_settings(redis, settings).send_many([job]))[0]
+
+    out.print(_with_redis(settings, work), markup=False)
 
 
 @main.command()
@@ -132,20 +138,22 @@ def send(
 def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int) -> None:
     """Enqueue every job of a JSON-lines FILE (one wire-format job per line)."""
     settings = _settings(config_path)
-    jobs, problems = _read_jobs(file, profile)
+    _known_profile(settings, profile)
+    lines, problems = _read_jobs(file, profile)
+    jobs = [job for _line, job in lines]
+    # Validate everything before the first XADD: a bad line enqueues nothing.
+    checker = Client.from_settings(Redis(), settings)  # validation never touches Redis
+    for index, exc in checker.problems(jobs):
+        problems.append((lines[index][0], str(exc).removeprefix("job.")))
     if problems:
-        for problem in problems[:20]:
-            err.print(problem, markup=False)
-        if len(problems) > 20:
-            err.print(f"... and {len(problems) - 20} more", markup=False)
-        err.print("nothing enqueued", markup=False)
+        for number, why in sorted(problems):
+            err.print(f"{file}:{number}: {why}", markup=False)
+        err.print(f"{len(problems)} bad line(s); nothing enqueued", markup=False)
         sys.exit(1)
 
-    async def work(redis: Redis) -> float:
+    async def work(redis: Redis) -> tuple[float, int]:
         client = Client.from_settings(redis, settings)
-        # Validate everything before the first XADD: a bad line enqueues nothing.
-        for start in range(0, len(jobs), chunk):
-            client.validate(jobs[start : start + chunk], offset=start)
+        dropped = 0
         started = time.perf_counter()
         with Progress(
             TextColumn("enqueue"),
@@ -159,23 +167,26 @@ def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int)
             for start in range(0, len(jobs), chunk):
                 part = jobs[start : start + chunk]
                 await client.send_many(part)
+                dropped += client.dropped
                 done = start + len(part)
                 rate = done / max(1e-9, time.perf_counter() - started)
                 progress.update(task, completed=done, rate=rate)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, dropped
 
-    try:
-        elapsed = _with_redis(settings, work)
-    except JobError as exc:
-        err.print(f"error: {exc}; nothing enqueued", markup=False)
-        sys.exit(1)
+    elapsed, dropped = _with_redis(settings, work)
     rate = len(jobs) / max(elapsed, 1e-9)
-    out.print(f"enqueued {len(jobs)} jobs in {elapsed:.2f}s ({rate:.0f}/s)", markup=False)
+    fresh = len(jobs) - dropped
+    out.print(f"enqueued {fresh} jobs in {elapsed:.2f}s ({rate:.0f}/s)", markup=False)
+    if dropped:
+        out.print(f"{dropped} dropped as duplicates (their id was already known)", markup=False)
 
 
-def _read_jobs(file: str, profile: str | None) -> tuple[list[dict[str, Any]], list[str]]:
-    jobs: list[dict[str, Any]] = []
-    problems: list[str] = []
+def _read_jobs(
+    file: str, profile: str | None
+) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
+    """The jobs of a JSON-lines file and the unreadable lines, with 1-based line numbers."""
+    jobs: list[tuple[int, dict[str, Any]]] = []
+    problems: list[tuple[int, str]] = []
     stream = sys.stdin if file == "-" else open(file, encoding="utf-8")
     with stream:
         for number, line in enumerate(stream, 1):
@@ -184,14 +195,14 @@ def _read_jobs(file: str, profile: str | None) -> tuple[list[dict[str, Any]], li
             try:
                 job = json.loads(line)
             except json.JSONDecodeError as exc:
-                problems.append(f"{file}:{number}: not JSON ({exc.msg})")
+                problems.append((number, f"not JSON ({exc.msg})"))
                 continue
             if not isinstance(job, dict):
-                problems.append(f"{file}:{number}: must be a JSON object")
+                problems.append((number, "must be a JSON object"))
                 continue
             if profile and "profile" not in job:
                 job["profile"] = profile
-            jobs.append(job)
+            jobs.append((number, job))
     return jobs, problems
 
 
@@ -242,6 +253,7 @@ def log_(
 ) -> None:
     """Messages that changed status recently, newest first (the SMS log)."""
     settings = _settings(config_path)
+    _known_profile(settings, profile)
     start_ms = int((time.time() - _duration(since)) * 1000)
 
     async def work(redis: Redis) -> list[dict[str, Any]]:
@@ -273,8 +285,12 @@ def log_(
             out.print(json.dumps(record, sort_keys=True), markup=False, soft_wrap=True)
         return
     table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error", box=None)
-    for column in table.columns[:6]:
-        column.no_wrap = True  # ids and numbers must stay copyable
+    widest = max((len(r.get("id", "")) for r in records), default=2)
+    for column in table.columns:
+        column.overflow = "fold"  # narrow terminals wrap other columns, never cut them
+    # Ids must stay whole and copyable at any width; the other columns give way.
+    table.columns[1].no_wrap = True
+    table.columns[1].min_width = widest
     for r in records:
         table.add_row(
             _ts(r.get("updated_at", 0)),
@@ -294,38 +310,45 @@ def dlq() -> None:
     """Dead letters: list, replay or drop them."""
 
 
-def _dlq_command(name: str) -> Callable[..., Any]:
+def _dlq_command(name: str, *, profile_required: bool = True) -> Callable[..., Any]:
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn = click.option("--profile", required=True)(fn)
+        help_text = "Profile." if profile_required else "Profile (default: every profile)."
+        fn = click.option("--profile", required=profile_required, help=help_text)(fn)
         fn = config_option(fn)
         return dlq.command(name)(fn)
 
     return decorate
 
 
-@_dlq_command("list")
-@click.option("--limit", default=100, show_default=True)
+@_dlq_command("list", profile_required=False)
+@click.option("--limit", default=100, show_default=True, help="Per profile.")
 @click.option("--json", "as_json", is_flag=True)
-def dlq_list(config_path: str | None, profile: str, limit: int, as_json: bool) -> None:
-    """List the oldest dead letters of a profile."""
+def dlq_list(config_path: str | None, profile: str | None, limit: int, as_json: bool) -> None:
+    """List the oldest dead letters of one profile, or of every profile."""
     settings = _settings(config_path)
-    letters = _with_redis(settings, lambda r: list_dead_letters(r, profile, limit))
+    _known_profile(settings, profile)
+    names = [profile] if profile else sorted(settings.profiles)
+
+    async def work(redis: Redis) -> list[tuple[str, DeadLetter]]:
+        return [(name, d) for name in names for d in await list_dead_letters(redis, name, limit)]
+
     rows: list[dict[str, Any]] = [
         {
+            "profile": name,
             "entry": d.entry_id,
             "reason": d.reason,
             "at": float(as_text(d.fields.get("at", b"0"))),
             "job": _job_preview(d.fields.get("job")),
         }
-        for d in letters
+        for name, d in _with_redis(settings, work)
     ]
     if as_json:
         for row in rows:
             out.print(json.dumps(row), markup=False, soft_wrap=True)
         return
-    table = Table("entry", "at", "reason", "job")
+    table = Table("profile", "entry", "at", "reason", "job")
     for row in rows:
-        table.add_row(row["entry"], _ts(row["at"]), row["reason"], row["job"])
+        table.add_row(row["profile"], row["entry"], _ts(row["at"]), row["reason"], row["job"])
     out.print(table)
     out.print(f"{len(rows)} dead letter(s) shown", markup=False)
 
@@ -338,6 +361,7 @@ def dlq_replay(
 ) -> None:
     """Put dead letters back on the work stream (after fixing the cause)."""
     settings = _settings(config_path)
+    _known_profile(settings, profile)
 
     async def work(redis: Redis) -> int:
         ids = await _select(redis, profile, entries, everything)
@@ -354,6 +378,7 @@ def dlq_drop(
 ) -> None:
     """Delete dead letters for good."""
     settings = _settings(config_path)
+    _known_profile(settings, profile)
 
     async def work(redis: Redis) -> int:
         ids = await _select(redis, profile, entries, everything)
@@ -484,6 +509,14 @@ def smsc_sim(
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, host, port, None if http_port < 0 else http_port))
+
+
+def _known_profile(settings: Settings, profile: str | None) -> None:
+    """Exit 1 with one line when `profile` is given but not configured."""
+    if profile is not None and profile not in settings.profiles:
+        known = ", ".join(sorted(settings.profiles))
+        err.print(f"error: unknown profile {profile!r} (configured: {known})", markup=False)
+        sys.exit(1)
 
 
 def _ledger(redis: Redis, settings: Settings) -> Ledger:

@@ -30,10 +30,15 @@ class Client:
         default_profile: str | None = None,
         profiles: Collection[str] | None = None,
         retention: float = 7 * 86400,
+        numbers: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self._redis = redis
         self.default_profile = default_profile
         self.profiles = set(profiles) if profiles is not None else None
+        # Each profile's sender numbers, when known: a `from` outside them fails here,
+        # at once, instead of becoming a dead letter later.
+        self._numbers = {p: frozenset(n) for p, n in (numbers or {}).items()}
+        self.dropped = 0  # jobs left out by the last `send_many`: their id was known
         self._ledger = Ledger(redis, retention=retention, events_maxlen=1_000_000)
 
     @classmethod
@@ -44,6 +49,7 @@ class Client:
             default_profile=settings.global_profile,
             profiles=settings.profiles.keys(),
             retention=settings.queue.retention,
+            numbers={name: p.numbers for name, p in settings.profiles.items()},
         )
 
     async def send(
@@ -70,6 +76,16 @@ class Client:
         """Raise `JobError` (naming the job and field) if any job is malformed."""
         self._prepare(jobs, offset)
 
+    def problems(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[int, JobError]]:
+        """Every malformed job, as (index, error naming the field); empty when all are good."""
+        found: list[tuple[int, JobError]] = []
+        for index, raw in enumerate(jobs):
+            try:
+                self._prepare_one(raw)
+            except JobError as exc:
+                found.append((index, exc))
+        return found
+
     async def send_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Enqueue many jobs in a few round trips; returns their ids in order.
 
@@ -79,6 +95,7 @@ class Client:
         """
         prepared = self._prepare(jobs, 0)
         fresh = await self._drop_known(prepared)
+        self.dropped = len(prepared) - len(fresh)
         async with self._redis.pipeline(transaction=False) as pipe:
             for profile, _job_id, wire, _given in fresh:
                 pipe.xadd(keys.queue(profile), {"job": encode_job(wire)})
@@ -96,18 +113,26 @@ class Client:
     ) -> list[tuple[str, str, dict[str, Any], bool]]:
         prepared: list[tuple[str, str, dict[str, Any], bool]] = []
         for index, raw in enumerate(jobs, offset):
-            wire = dict(raw)
-            given = "id" in wire and wire["id"] is not None
-            if not given:
-                wire["id"] = new_job_id()
-            profile = self._profile_for(wire, index)
-            wire.pop("profile", None)
             try:
-                job = decode_job(encode_job(wire), default_id=wire["id"])
+                prepared.append(self._prepare_one(raw))
             except JobError as exc:
-                raise JobError(exc.field, f"job {index}: {exc}") from None
-            prepared.append((profile, job.id, job.to_wire(), given))
+                numbered = JobError("", f"job {index}: {exc}")
+                numbered.field = exc.field
+                raise numbered from None
         return prepared
+
+    def _prepare_one(self, raw: Mapping[str, Any]) -> tuple[str, str, dict[str, Any], bool]:
+        wire = dict(raw)
+        given = "id" in wire and wire["id"] is not None
+        if not given:
+            wire["id"] = new_job_id()
+        profile = self._profile_for(wire)
+        wire.pop("profile", None)
+        job = decode_job(encode_job(wire), default_id=wire["id"])
+        pool = self._numbers.get(profile)
+        if job.sender is not None and pool is not None and job.sender not in pool:
+            raise JobError("from", f"{job.sender} is not a number of profile {profile!r}")
+        return profile, job.id, job.to_wire(), given
 
     async def _drop_known(
         self, prepared: list[tuple[str, str, dict[str, Any], bool]]
@@ -128,14 +153,14 @@ class Client:
                 fresh.append(item)
         return fresh
 
-    def _profile_for(self, wire: Mapping[str, Any], index: int) -> str:
+    def _profile_for(self, wire: Mapping[str, Any]) -> str:
         profile = wire.get("profile") or self.default_profile
         if not profile:
-            raise JobError("profile", f"job {index}: required (no global profile configured)")
-        if self.profiles is not None and profile not in self.profiles:
-            raise JobError("profile", f"job {index}: unknown profile {profile!r}")
+            raise JobError("profile", "required (no global profile configured)")
         if not isinstance(profile, str) or set(profile) - _NAME_CHARS:
-            raise JobError("profile", f"job {index}: {profile!r} is not a profile name")
+            raise JobError("profile", f"{profile!r} is not a profile name")
+        if self.profiles is not None and profile not in self.profiles:
+            raise JobError("profile", f"unknown profile {profile!r}")
         return profile
 
 
