@@ -28,33 +28,60 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class RedisServer:
+    """A private redis-server on a free port; can be killed and started again on the
+    same port and files (with `appendonly`, what it acknowledged survives a kill -9
+    but the last second)."""
+
+    def __init__(self, *, appendonly: bool = False, folder: Path | None = None) -> None:
+        self.dir = folder or Path(tempfile.mkdtemp(prefix="sms-bench-"))
+        self.port = free_port()
+        self.appendonly = appendonly
+        binary = shutil.which("redis-server")
+        if binary is None:
+            sys.exit("redis-server is not on PATH (make bench installs it)")
+        self.binary = binary
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        durable = ["--appendonly", "yes", "--appendfsync", "everysec"]
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + (durable if self.appendonly else ["--appendonly", "no"])
+            + ["--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        Stack._wait_port(self.port)
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush anything."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Stack:
     """redis-server + provider simulator, stopped on exit."""
 
     def __init__(self, latency: float = 0.0) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="sms-bench-"))
-        self.redis_port = free_port()
+        self.server = RedisServer(folder=self.dir)
+        self.redis_port = self.server.port
         self.sim_port = free_port()
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server is not on PATH (make bench installs it)")
-        self.redis = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
         self.sim = subprocess.Popen(
             [
                 sys.executable,
@@ -69,7 +96,6 @@ class Stack:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._wait_port(self.redis_port)
         self._wait_port(self.sim_port)
 
     @property
@@ -112,10 +138,9 @@ message_id = "json:id"
         return path
 
     def close(self) -> None:
-        for proc in (self.sim, self.redis):
-            proc.terminate()
-            proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.sim.terminate()
+        self.sim.wait(10)
+        self.server.close()
 
     @staticmethod
     def _wait_port(port: int) -> None:
