@@ -231,7 +231,11 @@ async def enqueue_good(url: str, smpp_jobs: int, http_jobs: int) -> list[str]:
         tail = "with a tail long enough that some messages need two or three parts " * 4
         ids += await client.send_many(
             [
-                {"id": f"good-{i}", "to": "+447911123456", "text": f"chaos {i} {tail}"[: 60 + i % 300]}
+                {
+                    "id": f"good-{i}",
+                    "to": "+447911123456",
+                    "text": f"chaos {i} {tail}"[: 60 + i % 300],
+                }
                 for i in part
             ]
         )
