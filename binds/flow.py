@@ -225,13 +225,18 @@ class AdaptiveRate:
       ``max(1, increase * rate)``; past the ceiling it returns to the ceiling
       (or to unlimited once it doubles the rate first measured).
 
+    Unlimited, a throttle ends the interval early (after a fifth of it): an
+    unpaced session would otherwise be refused hundreds of times in one interval.
+
     Some peers refuse a share of submits whatever the rate (random throttling).
-    Lowering the rate then only lowers what gets through, so the interval after
-    each decrease is checked: if the refused share stayed and the accepted rate
-    fell with the rate, the decrease is undone and throttles are ignored for a
-    while (8 intervals, doubling up to 64 while the pattern persists). A peer
-    that throttles because of our rate shows the opposite: fewer refusals, the
-    same accepted rate, so the decrease stands.
+    Lowering the rate then only lowers what gets through, so the two intervals
+    after each decrease are checked: if in both the share accepted did not improve
+    and the accepted rate fell with the rate, the decrease is undone and throttles are
+    ignored for a while (8 intervals, doubling up to 64 while the pattern
+    persists). A peer that throttles because of our rate shows the opposite
+    (refusals gone, or a clearly larger share accepted), so the decrease
+    stands; two intervals rather than one, because a peer that was just
+    refusing may refuse a few more while its queue drains.
     """
 
     CALM_MIN = 8
@@ -261,8 +266,8 @@ class AdaptiveRate:
         self._throttled = 0
         self._waited = False
         self._unlimited_at = 0.0  # with no ceiling: the rate from which we go unlimited again
-        # (rate before, accepted rate, refused share) of the last decrease, checked once.
-        self._probe: tuple[float, float, float] | None = None
+        # (rate before, accepted rate, refused share, intervals since) of the last decrease.
+        self._probe: tuple[float, float, float, int] | None = None
         self._calm_until = 0.0
         self._calm = self.CALM_MIN
         self.decreases = 0
@@ -305,15 +310,18 @@ class AdaptiveRate:
 
     def throttled(self) -> None:
         """The peer refused one operation as too fast (it will be retried)."""
-        self._tick(asyncio.get_running_loop().time())
         self._throttled += 1
+        if self._bucket.unlimited and self._start is not None:
+            now = asyncio.get_running_loop().time()
+            if now - self._start >= self.interval / 5:
+                self._tick(now, early=True)
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, *, early: bool = False) -> None:
         if self._start is None:
             self._start = now
             return
         span = now - self._start
-        if span < self.interval:
+        if span < self.interval and not early:
             return
         accepted, throttled, waited = self._accepted, self._throttled, self._waited
         self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
@@ -323,9 +331,14 @@ class AdaptiveRate:
 
     def _close(self, now: float, accept_rate: float, share: float, waited: bool) -> None:
         probe, self._probe = self._probe, None
-        if share > 0 and probe is not None:
-            before_rate, before_accept, before_share = probe
-            if share >= 0.5 * before_share and accept_rate < 0.85 * before_accept:
+        if probe is not None:
+            before_rate, before_accept, before_share, since = probe
+            # The accepted fraction of what was sent did not improve (and less got through).
+            same = share > 0 and (1 - share) <= 1.25 * (1 - before_share)
+            if same and accept_rate < 0.9 * before_accept:
+                if since == 1:
+                    self._probe = (before_rate, before_accept, before_share, 2)
+                    return  # perhaps the tail of the old rate: look once more
                 # Slower sending cut what got through, not what was refused: the peer
                 # refuses regardless of our rate, so slowing down only hurts.
                 self.reverts += 1
@@ -333,16 +346,14 @@ class AdaptiveRate:
                 self._calm = min(self.CALM_MAX, self._calm * 2)
                 self._set(before_rate)
                 return
-            self._calm = self.CALM_MIN
-        elif probe is not None:
-            self._calm = self.CALM_MIN  # the decrease stopped the refusals: it was right
+            self._calm = self.CALM_MIN  # the decrease cut the refusals: it was right
         if share > 0:
             if now < self._calm_until:
                 return
             base = accept_rate if self._bucket.unlimited else min(self.rate, accept_rate)
             if self._bucket.unlimited and self.ceiling <= 0:
                 self._unlimited_at = max(2 * accept_rate, 10 * self.floor)
-            self._probe = (self.rate, accept_rate, share)
+            self._probe = (self.rate, accept_rate, share, 1)
             self.decreases += 1
             self._set(max(self.floor, base * self._decrease))
         elif waited and self.limited:
