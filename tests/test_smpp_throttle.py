@@ -25,6 +25,7 @@ from .conftest import wait_for
 from .test_smpp_flow import FINAL, Start, all_in, smpp_settings, statuses
 
 LONG = "three parts " * 30  # 360 GSM characters: 3 segments
+SLOW_OK = {"response_timeout": 10}  # a slow machine must not cause resends (segments are counted)
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def test_queue_full_smsc_gets_every_part_of_every_message(
     # tps = 0 sent unpaced, every refusal used one of max_attempts (3 here) and a
     # refused later part got 3 quick retries, so messages ended failed or partial.
     smsc.config.max_rate = 20
-    settings = with_attempts(smpp_settings(redis_url, tmp_path, smsc.port), 3)  # type: ignore[attr-defined]
+    settings = with_attempts(smpp_settings(redis_url, tmp_path, smsc.port, smpp=SLOW_OK), 3)  # type: ignore[attr-defined]
     jobs = [
         {"to": "+447911123456", "text": LONG if i % 5 == 0 else f"short {i}"} for i in range(200)
     ]
@@ -72,7 +73,7 @@ async def test_random_throttling_keeps_the_window_and_a_useful_rate(
     # halved on every throttle and needed 50 OKs in a row to grow by one: it sat at 1.
     smsc.config.throttle_ratio = 0.3
     smsc.config.response_delay = 0.05  # so that the window matters
-    settings = with_attempts(smpp_settings(redis_url, tmp_path, smsc.port), 2)  # type: ignore[attr-defined]
+    settings = with_attempts(smpp_settings(redis_url, tmp_path, smsc.port, smpp=SLOW_OK), 2)  # type: ignore[attr-defined]
     ids = await Client.from_settings(redis, settings).send_many(
         [{"to": "+447911123456", "text": f"m{i}"} for i in range(600)]
     )
