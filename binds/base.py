@@ -29,6 +29,9 @@ class OutboundMessage:
     destination: str
     text: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # Unix time after which the message must not be sent: a bind holding it (throttled)
+    # gives it back to the router before then.
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,9 @@ class Retry:
     # The request may have reached the provider (a time-out, a connection lost after
     # sending): sending again may deliver twice. The router counts such retries.
     maybe_sent: bool = False
+    # False: the provider never saw it (no bound session, held while throttled): the
+    # router does not count it against the message's attempts.
+    attempted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,12 @@ class Bind(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether a submit can go out now (an SMPP session is bound); the router reads
+        new work only while some bind is ready, so an outage holds messages unread."""
+        ...
 
     async def start(self) -> None: ...
 

@@ -210,3 +210,160 @@ class RateLimiter:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class AdaptiveRate:
+    """A token bucket whose rate follows what the peer accepts: AIMD once per `interval`.
+
+    The bind reports every answer: `accepted()` or `throttled()` (the peer said
+    "too fast" or "queue full"). At the end of each interval:
+
+    * throttles seen: the rate drops to ``decrease`` times the rate the peer
+      accepted over that interval (never below `floor`). Starting unlimited
+      (``ceiling <= 0``), the first throttle switches to this measured mode.
+    * none seen, and callers had to wait for tokens: the rate grows by
+      ``max(1, increase * rate)``; past the ceiling it returns to the ceiling
+      (or to unlimited once it doubles the rate first measured).
+
+    Unlimited, a throttle ends the interval early (after a fifth of it): an
+    unpaced session would otherwise be refused hundreds of times in one interval.
+
+    Some peers refuse a share of submits whatever the rate (random throttling).
+    Lowering the rate then only lowers what gets through, so the two intervals
+    after each decrease are checked: if in both the share accepted did not improve
+    and the accepted rate fell with the rate, the decrease is undone and throttles are
+    ignored for a while (8 intervals, doubling up to 64 while the pattern
+    persists). A peer that throttles because of our rate shows the opposite
+    (refusals gone, or a clearly larger share accepted), so the decrease
+    stands; two intervals rather than one, because a peer that was just
+    refusing may refuse a few more while its queue drains.
+    """
+
+    CALM_MIN = 8
+    CALM_MAX = 64
+
+    def __init__(
+        self,
+        ceiling: float,
+        *,
+        floor: float = 1.0,
+        interval: float = 1.0,
+        decrease: float = 0.7,
+        increase: float = 0.1,
+    ) -> None:
+        if floor <= 0:
+            raise ValueError(f"floor must be > 0, got {floor}")
+        if not 0 < decrease < 1:
+            raise ValueError(f"decrease must be between 0 and 1, got {decrease}")
+        self.ceiling = max(0.0, float(ceiling))
+        self.floor = min(float(floor), self.ceiling) if self.ceiling > 0 else float(floor)
+        self.interval = interval
+        self._decrease = decrease
+        self._increase = increase
+        self._bucket = RateLimiter(self.ceiling)
+        self._start: float | None = None
+        self._accepted = 0
+        self._throttled = 0
+        self._waited = False
+        self._unlimited_at = 0.0  # with no ceiling: the rate from which we go unlimited again
+        # (rate before, accepted rate, refused share, intervals since) of the last decrease.
+        self._probe: tuple[float, float, float, int] | None = None
+        self._calm_until = 0.0
+        self._calm = self.CALM_MIN
+        self.decreases = 0
+        self.reverts = 0
+
+    @property
+    def rate(self) -> float:
+        """The current rate in operations per second; 0 means unlimited."""
+        return self._bucket.rate
+
+    @property
+    def limited(self) -> bool:
+        return not self._bucket.unlimited
+
+    def pause(self) -> float:
+        """How long a throttled operation should wait before going again (before jitter).
+
+        A limited bucket paces the retry itself; the pause only spreads retries
+        so that they do not all queue for the same token.
+        """
+        if self.limited:
+            return min(0.5, 1.0 / self.rate)
+        return 0.01
+
+    async def acquire(self) -> None:
+        """Wait for a token at the current rate."""
+        loop = asyncio.get_running_loop()
+        self._tick(loop.time())
+        if self._bucket.unlimited:
+            return
+        began = loop.time()
+        await self._bucket.acquire(1)
+        if loop.time() - began > 0.0005:
+            self._waited = True
+
+    def accepted(self) -> None:
+        """The peer took one operation."""
+        self._tick(asyncio.get_running_loop().time())
+        self._accepted += 1
+
+    def throttled(self) -> None:
+        """The peer refused one operation as too fast (it will be retried)."""
+        self._throttled += 1
+        if self._bucket.unlimited and self._start is not None:
+            now = asyncio.get_running_loop().time()
+            if now - self._start >= self.interval / 5:
+                self._tick(now, early=True)
+
+    def _tick(self, now: float, *, early: bool = False) -> None:
+        if self._start is None:
+            self._start = now
+            return
+        span = now - self._start
+        if span < self.interval and not early:
+            return
+        accepted, throttled, waited = self._accepted, self._throttled, self._waited
+        self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
+        if span > 3 * max(self.interval, 1.0 / self.rate if self.limited else 0.0):
+            return  # an idle spell, not a measurement: rates over it mean nothing
+        self._close(now, accepted / span, throttled / max(1, accepted + throttled), waited)
+
+    def _close(self, now: float, accept_rate: float, share: float, waited: bool) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            before_rate, before_accept, before_share, since = probe
+            # The accepted fraction of what was sent did not improve (and less got through).
+            same = share > 0 and (1 - share) <= 1.25 * (1 - before_share)
+            if same and accept_rate < 0.9 * before_accept:
+                if since == 1:
+                    self._probe = (before_rate, before_accept, before_share, 2)
+                    return  # perhaps the tail of the old rate: look once more
+                # Slower sending cut what got through, not what was refused: the peer
+                # refuses regardless of our rate, so slowing down only hurts.
+                self.reverts += 1
+                self._calm_until = now + self._calm * self.interval
+                self._calm = min(self.CALM_MAX, self._calm * 2)
+                self._set(before_rate)
+                return
+            self._calm = self.CALM_MIN  # the decrease cut the refusals: it was right
+        if share > 0:
+            if now < self._calm_until:
+                return
+            base = accept_rate if self._bucket.unlimited else min(self.rate, accept_rate)
+            if self._bucket.unlimited and self.ceiling <= 0:
+                self._unlimited_at = max(2 * accept_rate, 10 * self.floor)
+            self._probe = (self.rate, accept_rate, share, 1)
+            self.decreases += 1
+            self._set(max(self.floor, base * self._decrease))
+        elif waited and self.limited:
+            grown = self.rate + max(1.0, self._increase * self.rate)
+            if self.ceiling > 0:
+                grown = min(grown, self.ceiling)
+            elif grown >= self._unlimited_at:
+                grown = 0.0
+            self._set(grown)
+
+    def _set(self, rate: float) -> None:
+        if rate != self._bucket.rate:
+            self._bucket.rate = rate

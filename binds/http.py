@@ -91,6 +91,11 @@ class HttpSender:
         """Requests holding a window slot now."""
         return self._window.in_flight
 
+    @property
+    def ready(self) -> bool:
+        """Always: every request opens (or reuses) its own connection."""
+        return True
+
     async def start(self) -> None:
         """Open the connection pool, unless a session was passed in."""
         if self._session is not None:

@@ -471,6 +471,12 @@ def http_sim(host: str, port: int, latency: float, fail_rate: float) -> None:
 @click.option("--receipt-delay", default=0.05, show_default=True, help="Seconds.")
 @click.option("--date-digits", type=click.Choice(["10", "12"]), default="10", show_default=True)
 @click.option("--throttle-ratio", default=0.0, show_default=True)
+@click.option(
+    "--max-rate",
+    default=0.0,
+    show_default=True,
+    help="Submits/s taken; beyond, ESME_RMSGQFUL (queue full). 0 = no limit.",
+)
 @click.option("--drop-ratio", default=0.0, show_default=True, help="Share never answered.")
 @click.option("--response-delay", default=0.0, show_default=True, help="Seconds.")
 @click.option("--disconnect-every", default=0, show_default=True, help="PDUs; 0 = never.")
@@ -486,6 +492,7 @@ def smsc_sim(
     receipt_delay: float,
     date_digits: str,
     throttle_ratio: float,
+    max_rate: float,
     drop_ratio: float,
     response_delay: float,
     disconnect_every: int,
@@ -501,6 +508,7 @@ def smsc_sim(
         receipt_delay=receipt_delay,
         date_digits=int(date_digits),
         throttle_ratio=throttle_ratio,
+        max_rate=max_rate,
         drop_response_ratio=drop_ratio,
         response_delay=response_delay,
         disconnect_every=disconnect_every,

@@ -237,6 +237,10 @@ class SmppSection(_Section):
     bind_retry: Annotated[float, _between(0.1, 3600)] = 60.0
     max_pdu_size: Annotated[int, _between(1024, 1_048_576)] = 65_536
     reassembly_timeout: Annotated[float, _between(1, 86_400)] = 300.0
+    # Throttling: the session never paces itself below this many submits/s, and
+    # holds a throttled submit (re-sending it) this long before handing it back.
+    throttle_floor: Annotated[float, _between(0.01, 100_000)] = 1.0
+    throttle_hold: Annotated[float, _between(1, 86_400)] = 120.0
 
     @field_validator("password", mode="before")
     @classmethod

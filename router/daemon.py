@@ -96,6 +96,8 @@ def build_binds(
             gsm_data_coding=smpp.gsm_data_coding,
             long_mode=smpp.long_messages,
             vendor_status=smpp.vendor_codes(),
+            throttle_floor=smpp.throttle_floor,
+            throttle_hold=smpp.throttle_hold,
         )
         return [SmppBind(f"{name}/smpp{i}", session, on_deliver) for i in range(smpp.binds)]
     return []
@@ -252,6 +254,7 @@ class Daemon:
                     w.name: {"in_flight": w.in_progress, "capacity": w.capacity}
                     for w in self.workers
                 },
+                "backlog": {w.name: await w.backlog() for w in self.workers},
                 "binds": {
                     b.name: {
                         "state": getattr(b, "state", "ready"),

@@ -3,9 +3,11 @@
 It checks credentials, answers submit_sm with message ids, sends delivery
 receipts (a configurable share undelivered, after a delay, with 10- or 12-digit
 dates), injects inbound messages, and injects faults on demand: throttling,
-dropped or delayed responses, a disconnect every N PDUs, receipts before their
-submit_sm_resp, vendor status codes. Everything it sees is counted at the SMSC
-side (`stats`), including the most submit_sm ever outstanding on one session.
+a capacity limit (a queue that drains at `max_rate` submits/s and answers
+ESME_RMSGQFUL while full), dropped or delayed responses, a disconnect every N
+PDUs, receipts before their submit_sm_resp, vendor status codes. Everything it
+sees is counted at the SMSC side (`stats`), including the most submit_sm ever
+outstanding on one session.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class SimConfig:
     receipt_delay: float = 0.05
     date_digits: int = 10
     throttle_ratio: float = 0.0
+    max_rate: float = 0.0  # submits/s taken; beyond, ESME_RMSGQFUL (0 = no limit)
     drop_response_ratio: float = 0.0
     response_delay: float = 0.0
     disconnect_every: int = 0
@@ -90,6 +93,9 @@ class SmscSimulator:
         # deliver_sm not acknowledged when their session ended, by system_id: sent again
         # when it binds again, as an SMSC keeps receipts for a client that went away.
         self._held: dict[str, list[tuple[str, ShortMessage]]] = {}
+        # The capacity limit: a queue of max_rate places draining at max_rate/s.
+        self._room = 0.0
+        self._room_at = 0.0
         self.submits: deque[dict[str, Any]] = deque(maxlen=1000)
         self.reset()
 
@@ -102,6 +108,7 @@ class SmscSimulator:
                 "submits",
                 "segments",
                 "throttled",
+                "queue_full",
                 "dropped",
                 "vendor",
                 "receipts_sent",
@@ -313,6 +320,10 @@ class SmscSimulator:
             if self._random.random() < config.drop_response_ratio:
                 self.counters["dropped"] += 1
                 return
+            if not self._take_room():
+                self.counters["queue_full"] += 1
+                session.send(pdu.SUBMIT_SM | pdu.RESPONSE, pdu.ESME_RMSGQFUL, sequence)
+                return
             if self._random.random() < config.throttle_ratio:
                 self.counters["throttled"] += 1
                 session.send(pdu.SUBMIT_SM | pdu.RESPONSE, pdu.ESME_RTHROTTLED, sequence)
@@ -340,6 +351,18 @@ class SmscSimulator:
         finally:
             if not answered:
                 session.outstanding -= 1
+
+    def _take_room(self) -> bool:
+        rate = self.config.max_rate
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        self._room = min(rate, self._room + (now - self._room_at) * rate)
+        self._room_at = now
+        if self._room < 1:
+            return False
+        self._room -= 1
+        return True
 
     def _receipt(self, session: _Session, message_id: str, submitted: ShortMessage) -> None:
         delivered = self._random.random() < self.config.delivered_ratio

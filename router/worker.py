@@ -32,6 +32,8 @@ from .senders import SenderPool
 
 log = structlog.get_logger("router.worker")
 
+BIND_POLL = 0.2  # seconds between looks at the binds while none is ready
+
 
 class Rejection(Exception):
     """The rules refused a well-formed job; it is recorded and dead-lettered."""
@@ -76,6 +78,25 @@ class ProfileWorker:
     def in_progress(self) -> int:
         return len(self._active)
 
+    @property
+    def ready(self) -> bool:
+        """Whether some bind can send now (an SMPP session is bound)."""
+        return any(b.ready for b in self.binds)
+
+    async def backlog(self) -> dict[str, int]:
+        """Messages waiting for this profile: on the stream (of which `pending` are read
+        and not finished) and in the schedule (send-at and retries). Shown in health."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.queue.key)
+            pipe.xpending(self.queue.key, keys.GROUP)
+            pipe.zcard(keys.schedule(self.name))
+            stream, pending, scheduled = await pipe.execute(raise_on_error=False)
+        return {
+            "stream": stream if isinstance(stream, int) else 0,
+            "pending": int(pending["pending"]) if isinstance(pending, dict) else 0,
+            "scheduled": scheduled if isinstance(scheduled, int) else 0,
+        }
+
     def wake(self) -> None:
         """Wake a reader waiting for window room (used when stopping)."""
         self._slot_freed.set()
@@ -98,6 +119,7 @@ class ProfileWorker:
         pause = _Pause()
         while not stopping.is_set():
             await self._wait_for_room(stopping)
+            await self._wait_for_bind(stopping)
             if stopping.is_set():
                 break
             count = min(self.settings.batch, self._free())
@@ -254,9 +276,9 @@ class ProfileWorker:
             # provider before a crash. Sending again is the at-least-once price; count it.
             await self._redis.hincrby(keys.stats(self.name), "possible_duplicates", 1)
             bound.warning("resending a message that was in flight at a crash")
-        bind = min(self.binds, key=lambda b: b.in_flight)
+        bind = min([b for b in self.binds if b.ready] or self.binds, key=lambda b: b.in_flight)
         outcome = await bind.submit(
-            OutboundMessage(job.id, sender, job.to, job.text or "", job.meta)
+            OutboundMessage(job.id, sender, job.to, job.text or "", job.meta, job.expires_at)
         )
         await self._outcome(entry, job, sender, outcome, bound)
 
@@ -312,17 +334,25 @@ class ProfileWorker:
     async def _retry(
         self, entry: Entry, job: Job, outcome: Retry, bound: structlog.typing.FilteringBoundLogger
     ) -> None:
-        attempt = entry.attempt + 1
+        # A submit the provider never saw (no bound session, held while throttled) is
+        # not an attempt: an SMSC outage or a throttling storm must not use up
+        # max_attempts. It comes back after a short pause; while no bind is ready,
+        # `serve` leaves it unread on the stream.
+        attempt = entry.attempt + 1 if outcome.attempted else entry.attempt
         if outcome.maybe_sent:
             # It may have reached the provider; the next attempt may deliver it twice.
             await self._redis.hincrby(keys.stats(self.name), "possible_duplicates", 1)
         errors = {"error_code": outcome.code, "error_raw": outcome.raw, "error": outcome.reason}
-        if attempt >= self.settings.max_attempts:
+        if outcome.attempted and attempt >= self.settings.max_attempts:
             note = f"gave up after {attempt} attempts: {outcome.reason}"
             await self._finish(entry, job, "failed", note=note, fields=errors)
             bound.warning("failed after retries", attempts=attempt, reason=outcome.reason)
             return
-        delay = backoff(attempt, self.settings.retry_base, self.settings.retry_max)
+        delay = backoff(
+            max(1, attempt) if outcome.attempted else 1,
+            self.settings.retry_base,
+            self.settings.retry_max,
+        )
         if outcome.after is not None:
             delay = max(delay, min(outcome.after, self.settings.retry_max))
         due = time.time() + delay
@@ -335,7 +365,11 @@ class ProfileWorker:
                 fields=errors,
             )
             return
-        note = f"retry {attempt} in {delay:.1f}s: {outcome.reason}"
+        note = (
+            f"retry {attempt} in {delay:.1f}s: {outcome.reason}"
+            if outcome.attempted
+            else f"held, not sent ({delay:.1f}s): {outcome.reason}"
+        )
         if await self._record(entry, job, "queued", note=note, fields=errors):
             await self.queue.defer(entry, encode_job(job.to_wire()), entry.owner, attempt, due)
             bound.info(
@@ -446,6 +480,14 @@ class ProfileWorker:
 
     def _free(self) -> int:
         return max(0, self.capacity - len(self._active))
+
+    async def _wait_for_bind(self, stopping: asyncio.Event) -> None:
+        """Leave new work on the stream while no bind can send (an SMSC outage)."""
+        while not self.ready and not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), BIND_POLL)
+            except TimeoutError:
+                pass
 
     async def _wait_for_room(self, stopping: asyncio.Event | None = None) -> None:
         while self._free() <= 0 and not (stopping and stopping.is_set()):

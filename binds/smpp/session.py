@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -20,7 +21,7 @@ from typing import Any, Literal, cast
 import structlog
 
 from ..base import Accepted, Failed, OutboundMessage, Outcome, Retry
-from ..flow import RateLimiter, Window
+from ..flow import AdaptiveRate, Window
 from . import pdu
 from .codec import EncodeError, Encoding, LongMode, Segment, encode_text
 from .pdu import FrameDecoder, FramingError, Pdu, PduError, SequenceNumbers, ShortMessage
@@ -31,9 +32,10 @@ log = structlog.get_logger("binds.smpp")
 
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 RETRY_STATUSES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
-RECOVER_AFTER = 50  # OK responses in a row before a slowed-down session grows by one slot
 MAX_DELIVERING = 64  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
-PART_RETRIES = 3  # retries of a later part: earlier parts already reached the SMSC
+# Retries of a later part lost to a time-out or a dropped connection (throttled parts
+# wait like any throttled submit): earlier parts already reached the SMSC.
+PART_RETRIES = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +71,8 @@ class SmppSpec:
     gsm_data_coding: int = 0
     long_mode: LongMode = "udh8"
     vendor_status: Mapping[int, Literal["retry", "fail"]] = field(default_factory=dict)
+    throttle_floor: float = 1.0
+    throttle_hold: float = 120.0
 
 
 class _Lost(Exception):
@@ -83,6 +87,14 @@ class _BindRejected(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Throttled:
+    """The SMSC refused a submit for now (throttled, queue full, a vendor "retry" code)."""
+
+    name: str
+    raw: str
+
+
 class SmppBind:
     """One SMPP session kept bound, usable as a `Bind`."""
 
@@ -92,7 +104,8 @@ class SmppBind:
         self._on_deliver = on_deliver
         self._limit = 1 if spec.sync else spec.window
         self._window = Window(self._limit)
-        self._rate = RateLimiter(spec.tps)
+        # Paces submits at the rate the SMSC accepts; the window stays as configured.
+        self._rate = AdaptiveRate(spec.tps, floor=spec.throttle_floor)
         self._sequence = SequenceNumbers()
         self._reference = random.randrange(65536)
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
@@ -103,7 +116,6 @@ class SmppBind:
         self._children: set[asyncio.Task[None]] = set()
         self._delivering = asyncio.Semaphore(MAX_DELIVERING)
         self._messages = 0
-        self._ok_streak = 0
         self._timeouts = 0
         self._last_received = 0.0
         self.state = "disconnected"
@@ -122,6 +134,15 @@ class SmppBind:
         return self._messages
 
     @property
+    def ready(self) -> bool:
+        return self._bound.is_set()
+
+    @property
+    def rate(self) -> float:
+        """The submit rate the session paces itself to now; 0 = unlimited."""
+        return self._rate.rate
+
+    @property
     def peak_outstanding(self) -> int:
         """Most submit_sm ever outstanding at once on this bind."""
         return self._window.peak
@@ -138,8 +159,12 @@ class SmppBind:
 
     async def submit(self, message: OutboundMessage) -> Outcome:
         if not self._bound.is_set() and not await self.wait_bound(self.spec.response_timeout):
+            # Not sent at all: the router holds it for a bind without counting an attempt.
             return Retry(
-                f"session not bound: {self.state}", code="not_bound", raw=self.last_error or ""
+                f"session not bound: {self.state}",
+                code="not_bound",
+                raw=self.last_error or "",
+                attempted=False,
             )
         try:
             self._reference = (self._reference + 1) % 65536
@@ -178,15 +203,24 @@ class SmppBind:
     async def _submit_parts(
         self, message: OutboundMessage, coding: int, segments: tuple[Segment, ...]
     ) -> Outcome:
+        loop = asyncio.get_running_loop()
+        hold = self.spec.throttle_hold
+        if message.expires_at is not None:
+            hold = min(hold, message.expires_at - time.time())
+        deadline = loop.time() + hold
         ids: list[str] = []
         for index, segment in enumerate(segments):
             body = self._body(message, coding, segment)
-            outcome = await self._submit_one(body)
+            outcome = await self._submit_held(body, deadline)
             tries = 0
             while index > 0 and isinstance(outcome, Retry) and tries < PART_RETRIES:
+                # A later part lost to a time-out or a dropped connection: the SMSC has
+                # the earlier ones, so try again here (after the session is back)
+                # rather than hand the whole message back to be sent twice.
                 tries += 1
-                await asyncio.sleep(0.2 * 2**tries)
-                outcome = await self._submit_one(body)
+                await asyncio.sleep(0.5 * 2**tries)
+                await self.wait_bound(max(0.0, deadline - loop.time()))
+                outcome = await self._submit_held(body, deadline)
             if isinstance(outcome, str):
                 ids.append(outcome)
                 continue
@@ -230,10 +264,33 @@ class SmppBind:
             )
         )
 
-    async def _submit_one(self, body: bytes) -> str | Retry | Failed:
+    async def _submit_held(self, body: bytes, deadline: float) -> str | Retry | Failed:
+        """One submit_sm, sent again while the SMSC throttles it, until `deadline`.
+
+        Throttled submits stay here rather than go back to the router: the SMSC
+        never took them, so they must not use up the message's attempts, and the
+        rate controller already slows the session to what the SMSC accepts.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            outcome = await self._submit_one(body)
+            if not isinstance(outcome, _Throttled):
+                return outcome
+            pause = self._rate.pause() * random.uniform(0.5, 1.5)
+            if self._closing or loop.time() + pause > deadline:
+                return Retry(
+                    f"SMSC answered {outcome.name} for {loop.time() - began:.0f}s",
+                    code=outcome.name,
+                    raw=outcome.raw,
+                    attempted=False,
+                )
+            await asyncio.sleep(pause)
+
+    async def _submit_one(self, body: bytes) -> str | Retry | Failed | _Throttled:
         """One submit_sm: the SMSC's message id, or why not."""
         async with self._window.slot():
-            await self._rate.acquire(1)
+            await self._rate.acquire()
             try:
                 response = await self._request(pdu.SUBMIT_SM, body, self.spec.response_timeout)
             except TimeoutError:
@@ -251,11 +308,12 @@ class SmppBind:
                     f"connection lost before submit_sm_resp: {exc}",
                     code="connection_lost",
                     maybe_sent=exc.sent,
+                    attempted=exc.sent,
                 )
         self._timeouts = 0
         status = response.status
         if status == pdu.ESME_ROK and response.command_id != pdu.GENERIC_NACK:
-            self._recover()
+            self._rate.accepted()
             try:
                 message_id, _ = pdu.read_c_string(response.body, 0, "message_id", 65)
             except PduError:
@@ -264,31 +322,21 @@ class SmppBind:
         name = pdu.status_name(status)
         raw = f"0x{status:08X}"
         action = self.spec.vendor_status.get(status)
-        if status in RETRY_STATUSES:
-            self._slow_down(name)
-            return Retry(f"SMSC answered {name}", code=name, raw=raw)
-        if action == "retry":
-            return Retry(f"SMSC answered {name}", code=name, raw=raw)
+        if status in RETRY_STATUSES or action == "retry":
+            before = self._rate.rate
+            self._rate.throttled()
+            self._log_rate(before, name)
+            return _Throttled(name, raw)
         return Failed(f"SMSC answered {name}", code=name, raw=raw)
 
-    def _slow_down(self, why: str) -> None:
-        self._ok_streak = 0
-        old = self._window.limit
-        self._window.limit = max(1, old // 2)
-        if not self._rate.unlimited:
-            self._rate.rate = max(1.0, self._rate.rate / 2)
-        if old != self._window.limit:
-            self._log.warning("slowing down", reason=why, window=self._window.limit)
-
-    def _recover(self) -> None:
-        self._ok_streak += 1
-        if self._ok_streak < RECOVER_AFTER:
+    def _log_rate(self, before: float, why: str) -> None:
+        after = self._rate.rate
+        if after == before:
             return
-        self._ok_streak = 0
-        if self._window.limit < self._limit:
-            self._window.limit += 1
-        if not self._rate.unlimited and self._rate.rate < self.spec.tps:
-            self._rate.rate = min(self.spec.tps, self._rate.rate * 1.25)
+        if after and (not before or after < before):
+            self._log.warning("slowing down", reason=why, rate=round(after, 1))
+        else:
+            self._log.info("speeding up again", rate=round(after, 1) or "unlimited")
 
     # -- the connection -----------------------------------------------------------
 
