@@ -167,6 +167,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self.hang_up)
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(open_redis(self.settings, daemon=True))
+            self.outages.redis = redis
             self.lease = Lease(redis, self.instance, HEALTH_EVERY * 3)
             await self.lease.acquire()
             stack.push_async_callback(self._release_lease)

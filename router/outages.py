@@ -10,11 +10,13 @@ Only Redis errors are paused on: any other exception is a bug and ends the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from typing import Any
 
 import structlog
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,10 +45,25 @@ def describe(exc: BaseException) -> str:
 class RedisOutages:
     """Whether Redis answers, as seen by all loops of one daemon; counted for health."""
 
-    def __init__(self) -> None:
+    def __init__(self, redis: Redis | None = None) -> None:
         self.count = 0
         self.down_since: float | None = None  # wall clock, for the health record
         self._down_mono = 0.0
+        self.redis = redis
+        self._dropping: asyncio.Task[None] | None = None
+
+    def _drop_idle(self) -> None:
+        """Close the pool's idle connections: after a restart of the server their sockets
+        are dead, and each would fail one call later (a false second outage)."""
+        if self.redis is None or (self._dropping is not None and not self._dropping.done()):
+            return
+        pool = self.redis.connection_pool
+
+        async def drop() -> None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pool.disconnect(inuse_connections=False)
+
+        self._dropping = asyncio.get_running_loop().create_task(drop())
 
     def down(self, doing: str, exc: BaseException) -> bool:
         """Note a failure; True (and one warning) if it starts a new outage."""
@@ -56,6 +73,7 @@ class RedisOutages:
         self.down_since = time.time()
         self._down_mono = time.monotonic()
         log.warning("redis unreachable; pausing until it answers", doing=doing, error=describe(exc))
+        self._drop_idle()
         return True
 
     def up(self) -> None:
@@ -64,6 +82,7 @@ class RedisOutages:
             return
         lasted = time.monotonic() - self._down_mono
         self.down_since = None
+        self._drop_idle()
         log.info("redis answers again; resuming", outage_seconds=round(lasted, 1))
 
     def health(self) -> dict[str, Any]:
