@@ -88,7 +88,7 @@ class StatusPoster:
     async def _read(self, session: aiohttp.ClientSession, stopping: asyncio.Event) -> None:
         pause = Pause(self.outages)
         ready = False
-        start = "0"  # this consumer's unfinished entries first (a restart)
+        start = "0"  # this consumer's unfinished entries first (a restart), then new ones
         while not stopping.is_set():
             while len(self._tasks) >= BACKLOG and not stopping.is_set():
                 self._room.clear()
@@ -105,18 +105,16 @@ class StatusPoster:
                     self.consumer,
                     {keys.CALLBACKS: start},
                     count=100,
-                    block=None if start == "0" else 500,
+                    block=None if start != ">" else 500,
                 )
             except REDIS_ERRORS as exc:
                 await pause.after_error("reading status callbacks", exc, stopping)
                 continue
             pause.reset()
             rows = reply[0][1] if reply else []
-            if start == "0" and not rows:
-                start = ">"
-                continue
-            if start == "0":
-                start = as_text(rows[-1][0])  # page through our own pending entries
+            if start != ">":
+                # Paging through our own pending entries, until there are no more.
+                start = as_text(rows[-1][0]) if rows else ">"
             for raw_id, raw in rows:
                 entry_id = as_text(raw_id)
                 if entry_id in self._tasks:

@@ -74,8 +74,9 @@ class RedisServer:
         )
         deadline = time.monotonic() + 20
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), 0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
             ):
                 return
             if time.monotonic() > deadline or self.proc.poll() is not None:
