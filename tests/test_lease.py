@@ -27,9 +27,9 @@ async def _holder(redis: Redis) -> dict[str, object]:
 
 
 async def _running(redis: Redis, pid: int) -> bool:
-    """The daemon `pid` holds the lease and has published its health (it has started)."""
-    holder = await _holder(redis)
-    return holder.get("pid") == pid and bool(await redis.exists(health_key("test")))
+    """The daemon `pid` has started: it publishes its health record."""
+    raw = await redis.get(health_key("test"))
+    return bool(raw) and json.loads(raw).get("pid") == pid
 
 
 async def _stop(proc: asyncio.subprocess.Process, log: Path) -> None:
@@ -96,6 +96,7 @@ async def test_restart_after_kill_9_takes_over_the_dead_daemons_lease(
     second = await start_daemon(config, log)
     try:
         await wait_for(lambda: _running(redis, second.pid), 30, "restarted daemon took over")
+        assert (await _holder(redis))["pid"] == second.pid
     finally:
         await _stop(second, log)
 
