@@ -26,9 +26,15 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from binds.smpp.pdu import ESME_ROK, ESME_RX_T_APPN, ShortMessage
 from router import Client, keys
-from router.config import parse_settings
-from router.daemon import health_key
+from router.config import ConfigError, parse_settings
+from router.daemon import _deliver_handler, health_key
+from router.inbound import Inbound
+from router.lease import lease_key
+from router.ledger import Ledger
+from router.outages import RedisOutages
+from router.reports import Reports
 
 from .conftest import Provider, config_dict, free_port, wait_for
 from .test_flow import statuses
@@ -187,6 +193,9 @@ async def test_daemon_survives_redis_kill_for_3_s_and_30_s(
             "a `sent` status callback for every job",
         )
         assert proc.returncode is None, log.read_text()[-3000:]
+        # The lease lapsed during the 30 s outage and was taken again.
+        holder = json.loads(await redis.get(lease_key("test")) or "{}")
+        assert holder.get("pid") == proc.pid
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -206,3 +215,59 @@ async def test_daemon_survives_redis_kill_for_3_s_and_30_s(
     assert len(ended) == len(started)
     assert not [x for x in lines if "exception" in x], "a traceback was logged"
     await redis.aclose()
+
+
+async def test_deliver_sm_during_an_outage_is_refused_for_resend_and_logged_once(
+    own_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    redis = Redis.from_url(own_redis.url, socket_connect_timeout=2)
+    ledger = Ledger(redis, retention=60, events_maxlen=1000)
+    reports = Reports(redis, ledger, "alerts", id_format="as-is", retention=60)
+    inbound = Inbound(redis, "alerts", forward=True, reassembly_timeout=5)
+    outages = RedisOutages()
+    on_deliver = _deliver_handler(reports, inbound, outages)
+    receipt = ShortMessage(
+        esm_class=0x04,
+        short_message=b"id:a1 sub:001 dlvrd:001 submit date:2311231010 "
+        b"done date:2311231011 stat:DELIVRD err:000",
+    )
+    message = ShortMessage(source="447911123456", source_ton=1, short_message=b"hi")
+    own_redis.kill()
+    for _ in range(5):
+        assert await on_deliver("alerts/smpp0", receipt) == ESME_RX_T_APPN
+        assert await on_deliver("alerts/smpp0", message) == ESME_RX_T_APPN
+    assert outages.count == 1 and outages.down_since is not None
+    own_redis.start()
+
+    async def stored() -> bool:
+        try:
+            return await on_deliver("alerts/smpp0", message) == ESME_ROK
+        except (RedisError, OSError):
+            return False
+
+    await wait_for(stored, 30, "inbound message stored once Redis is back")
+    assert await redis.xlen(keys.inbound("alerts")) == 1
+    out = capsys.readouterr().out
+    assert out.count("redis unreachable") == 1, out
+    assert "Traceback" not in out
+    await redis.aclose()
+
+
+def test_socket_timeout_must_outlast_a_blocking_read(redis_url: str) -> None:
+    data = config_dict(redis_url, "http://127.0.0.1:1/send")
+    data["queue"]["block_ms"] = 30_000
+    data["router"]["redis_socket_timeout"] = 20
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data, env={})
+    assert any(
+        p.startswith("router.redis_socket_timeout: must be more") for p in caught.value.problems
+    )
+    data["router"].update(redis_socket_timeout=0, redis_connect_timeout=-1)
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data, env={})
+    assert {p.split(":")[0] for p in caught.value.problems} >= {
+        "router.redis_socket_timeout",
+        "router.redis_connect_timeout",
+    }
+    data["router"].update(redis_socket_timeout=40, redis_connect_timeout=5)
+    assert parse_settings(data, env={}).router.redis_socket_timeout == 40
