@@ -171,8 +171,15 @@ class Daemon:
             self.lease = Lease(redis, self.instance, HEALTH_EVERY * 3)
             await self.lease.acquire()
             stack.push_async_callback(self._release_lease)
-            await self._startup(redis, stack)
-            await self._serve(redis)
+            # The beat renews the lease from now on: recovering many pending entries
+            # at start-up may take longer than its TTL.
+            health = asyncio.create_task(self._health(redis))
+            try:
+                await self._startup(redis, stack)
+            except BaseException:
+                health.cancel()
+                raise
+            await self._serve(health)
         log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
 
@@ -255,10 +262,10 @@ class Daemon:
             redis="embedded" if self.settings.router.redis == "embedded" else "external",
         )
 
-    async def _serve(self, redis: Redis) -> None:
+    async def _serve(self, health: asyncio.Task[None]) -> None:
         loops = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
         loops += [asyncio.create_task(w.maintain(self.stopping)) for w in self.workers]
-        loops.append(asyncio.create_task(self._health(redis)))
+        loops.append(health)
         posters = [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
         tasks = loops + posters
         stop = asyncio.create_task(self.stopping.wait())

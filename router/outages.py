@@ -49,6 +49,7 @@ class RedisOutages:
         self.count = 0
         self.down_since: float | None = None  # wall clock, for the health record
         self._down_mono = 0.0
+        self.last_seconds: float | None = None
         self.redis = redis
         self._dropping: asyncio.Task[None] | None = None
 
@@ -81,12 +82,17 @@ class RedisOutages:
         if self.down_since is None:
             return
         lasted = time.monotonic() - self._down_mono
+        self.last_seconds = round(lasted, 1)
         self.down_since = None
         self._drop_idle()
         log.info("redis answers again; resuming", outage_seconds=round(lasted, 1))
 
     def health(self) -> dict[str, Any]:
-        return {"redis_outages": self.count, "redis_down_since": self.down_since}
+        return {
+            "redis_outages": self.count,
+            "redis_down_since": self.down_since,
+            "redis_last_outage_seconds": self.last_seconds,
+        }
 
 
 class Pause:
