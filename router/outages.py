@@ -26,8 +26,9 @@ log = structlog.get_logger("router.outages")
 # What a loop waits out: Redis unreachable, slow, loading, or answering with an error.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 # What one message's handling waits out and then retries: the server is not there.
-# (A ResponseError there is not an outage: the entry is left pending instead.)
-REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# redis-py wraps socket errors in these; a bare OSError or a ResponseError there is
+# not taken for an outage (the entry is left pending instead of resent in a loop).
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

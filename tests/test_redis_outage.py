@@ -30,7 +30,7 @@ from binds.smpp.pdu import ESME_ROK, ESME_RX_T_APPN, ShortMessage
 from router import Client, keys
 from router.config import ConfigError, parse_settings
 from router.daemon import _deliver_handler, health_key
-from router.inbound import Inbound
+from router.inbound import CallbackPoster, Inbound
 from router.lease import lease_key
 from router.ledger import Ledger
 from router.outages import RedisOutages
@@ -206,6 +206,7 @@ async def test_daemon_survives_redis_kill_for_3_s_and_30_s(
     assert set(refs) == set(ids), "lost jobs"
     twice = sum(n - 1 for n in refs.values() if n > 1)
     counted = int(await redis.hget(keys.stats("alerts"), "possible_duplicates") or 0)
+    print(f"outage figures: jobs={jobs} provider_duplicates={twice} possible_duplicates={counted}")
     assert twice <= counted, (twice, counted)
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     started = [x for x in lines if x["event"].startswith("redis unreachable")]
@@ -271,3 +272,38 @@ def test_socket_timeout_must_outlast_a_blocking_read(redis_url: str) -> None:
     }
     data["router"].update(redis_socket_timeout=40, redis_connect_timeout=5)
     assert parse_settings(data, env={}).router.redis_socket_timeout == 40
+
+
+async def test_inbound_callback_poster_waits_out_an_outage(
+    own_redis: RedisServer, status_inbox: StatusInbox
+) -> None:
+    """The inbound poster keeps running through a kill -9 of Redis and posts what
+    arrives after it (the status inbox stands in for the profile's callback_url)."""
+    redis = Redis.from_url(own_redis.url, socket_connect_timeout=2)
+    inbound = Inbound(redis, "alerts", forward=True, reassembly_timeout=5)
+    outages = RedisOutages(redis)
+    poster = CallbackPoster(
+        redis, "alerts", status_inbox.url, consumer="t", inbound=inbound, outages=outages
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(poster.run(stopping))
+    message = ShortMessage(source="447911123456", source_ton=1, short_message=b"hi")
+    assert await inbound.handle(message) == ESME_ROK
+    await wait_for(lambda: poster.posted == 1, 20, "first message posted")
+    own_redis.kill()
+    await asyncio.sleep(3)
+    assert not task.done() and outages.count == 1
+    own_redis.start()
+
+    async def stored() -> bool:
+        try:
+            return await inbound.handle(message) == ESME_ROK
+        except (RedisError, OSError):
+            return False
+
+    await wait_for(stored, 30, "second message stored once Redis is back")
+    await wait_for(lambda: poster.posted == 2, 30, "second message posted")
+    assert outages.count == 1 and outages.down_since is None
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    await redis.aclose()
