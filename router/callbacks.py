@@ -6,15 +6,22 @@ it (only for messages with a ``status_callback_url``, the job's or its profile's
 instances share the work and a restart resumes where it stopped. Each change is
 tried a few times with back-off; one that still is not taken goes to
 ``sms:callbacks:dlq`` with the reason, never silently dropped.
+
+Posts run independently of each other and of the reading: at most `PER_HOST` at a
+time to one destination host and `CONCURRENCY` in all, so one application that
+hangs slows only its own callbacks. On shutdown, posts still running when the grace
+ends are cancelled; their entries stay pending and are posted after the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -23,11 +30,14 @@ from redis.exceptions import ResponseError
 
 from . import keys
 from .connections import as_text
+from .outages import REDIS_ERRORS, Pause, RedisOutages
 
 log = structlog.get_logger("router.callbacks")
 GROUP = "posters"
 ATTEMPTS = 6  # about 30 s of trying with the back-off below
-CONCURRENCY = 32
+CONCURRENCY = 32  # posts in flight in all
+PER_HOST = 8  # posts in flight to one destination host
+BACKLOG = 5000  # entries read and not yet done; reading waits beyond this
 
 
 def body_of(fields: dict[str, str]) -> dict[str, Any]:
@@ -45,56 +55,116 @@ def body_of(fields: dict[str, str]) -> dict[str, Any]:
 class StatusPoster:
     """Posts status changes to the applications that asked for them."""
 
-    def __init__(self, redis: Redis, *, consumer: str, base_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        consumer: str,
+        base_delay: float = 0.5,
+        timeout: float = 10.0,
+        grace: float = 10.0,
+        outages: RedisOutages | None = None,
+    ) -> None:
         self._redis = redis
         self.consumer = consumer
         self.base_delay = base_delay
+        self.timeout = timeout
+        self.grace = grace
+        self.outages = outages or RedisOutages()
         self.posted = 0
         self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._room = asyncio.Event()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-            await self._redis.xgroup_create(keys.CALLBACKS, GROUP, id="0", mkstream=True)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            start = "0"  # this consumer's unfinished entries first (a restart)
-            while not stopping.is_set():
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                await self._read(session, stopping)
+            finally:
+                await self._wind_down()
+
+    async def _read(self, session: aiohttp.ClientSession, stopping: asyncio.Event) -> None:
+        pause = Pause(self.outages)
+        ready = False
+        start = "0"  # this consumer's unfinished entries first (a restart), then new ones
+        while not stopping.is_set():
+            while len(self._tasks) >= BACKLOG and not stopping.is_set():
+                self._room.clear()
+                await _first(self._room.wait(), stopping.wait())
+            try:
+                if not ready:
+                    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                        await self._redis.xgroup_create(
+                            keys.CALLBACKS, GROUP, id="0", mkstream=True
+                        )
+                    ready = True
                 reply: Any = await self._redis.xreadgroup(
                     GROUP,
                     self.consumer,
                     {keys.CALLBACKS: start},
                     count=100,
-                    block=None if start == "0" else 500,
+                    block=None if start != ">" else 500,
                 )
-                rows = reply[0][1] if reply else []
-                if start == "0" and not rows:
-                    start = ">"
+            except REDIS_ERRORS as exc:
+                await pause.after_error("reading status callbacks", exc, stopping)
+                continue
+            pause.reset()
+            rows = reply[0][1] if reply else []
+            if start != ">":
+                # Paging through our own pending entries, until there are no more.
+                start = as_text(rows[-1][0]) if rows else ">"
+            for raw_id, raw in rows:
+                entry_id = as_text(raw_id)
+                if entry_id in self._tasks:
                     continue
-                tasks = [
-                    asyncio.create_task(self._deliver(session, as_text(entry_id), raw or {}))
-                    for entry_id, raw in rows
-                ]
-                if tasks:
-                    await asyncio.gather(*tasks)
+                task = asyncio.create_task(self._deliver(session, entry_id, raw or {}, stopping))
+                self._tasks[entry_id] = task
+                task.add_done_callback(functools.partial(self._forget, entry_id))
+
+    def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(entry_id, None)
+        self._room.set()
+
+    async def _wind_down(self) -> None:
+        """Posts in flight get the grace; the rest are cancelled and stay pending."""
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.info("status callbacks left pending for the next start", count=len(pending))
 
     async def _deliver(
-        self, session: aiohttp.ClientSession, entry_id: str, raw: dict[Any, Any]
+        self,
+        session: aiohttp.ClientSession,
+        entry_id: str,
+        raw: dict[Any, Any],
+        stopping: asyncio.Event,
     ) -> None:
         fields = {as_text(k): as_text(v) for k, v in raw.items()}
         url = fields.get("url", "")
         reason = "entry without a url"
         if url:
             body = body_of(fields)
-            async with self._slots:
+            host = self._hosts.setdefault(urlsplit(url).netloc, asyncio.Semaphore(PER_HOST))
+            async with host, self._slots:
                 for attempt in range(ATTEMPTS):
+                    if stopping.is_set() and attempt:
+                        return  # stays pending: tried again after the restart
                     reason = await self._post(session, url, body)
                     if not reason:
                         self.posted += 1
-                        await self._done(entry_id, None, fields)
+                        await self._done(entry_id, None, fields, stopping)
                         return
                     delay = self.base_delay * 2**attempt * random.uniform(0.5, 1.0)
                     await asyncio.sleep(delay)
         log.warning("status callback given up", id=fields.get("id"), reason=reason)
-        await self._done(entry_id, reason, fields)
+        await self._done(entry_id, reason, fields, stopping)
 
     async def _post(self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
         """'' when the application took it, else why not."""
@@ -106,11 +176,35 @@ class StatusPoster:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return type(exc).__name__  # never str(exc): it can carry the url and its token
 
-    async def _done(self, entry_id: str, reason: str | None, fields: dict[str, str]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if reason is not None:
-                letter: dict[Any, Any] = {**fields, "reason": reason}
-                pipe.xadd(keys.CALLBACK_DEAD_LETTERS, letter)
-            pipe.xack(keys.CALLBACKS, GROUP, entry_id)
-            pipe.xdel(keys.CALLBACKS, entry_id)
-            await pipe.execute()
+    async def _done(
+        self, entry_id: str, reason: str | None, fields: dict[str, str], stopping: asyncio.Event
+    ) -> None:
+        """Acknowledge (and dead-letter if refused), waiting out a Redis outage; if the
+        daemon stops first the entry stays pending and is posted again after the restart."""
+        pause = Pause(self.outages)
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    if reason is not None:
+                        letter: dict[Any, Any] = {**fields, "reason": reason}
+                        pipe.xadd(keys.CALLBACK_DEAD_LETTERS, letter)
+                    pipe.xack(keys.CALLBACKS, GROUP, entry_id)
+                    pipe.xdel(keys.CALLBACKS, entry_id)
+                    await pipe.execute()
+            except REDIS_ERRORS as exc:
+                if stopping.is_set():
+                    return
+                await pause.after_error("acknowledging status callbacks", exc, stopping)
+                continue
+            pause.reset()
+            return
+
+
+async def _first(*waits: Any) -> None:
+    """Wait until the first of some coroutines returns; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -72,13 +72,14 @@ def main() -> None:
 def run(config_path: str | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     from .daemon import Daemon
+    from .lease import InstanceTaken
     from .logs import configure
 
     settings = _settings(config_path)
     configure(settings.router.log_format, settings.router.log_level)
     try:
         code = asyncio.run(Daemon(settings).run())
-    except RedisUnavailable as exc:
+    except (RedisUnavailable, InstanceTaken) as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
     sys.exit(code)

@@ -124,6 +124,12 @@ class RouterSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     embedded_port: Annotated[int, _between(0, 65535)] = 0
     shutdown_grace: Annotated[float, _between(0, 3600)] = 10.0
+    # redis-py's defaults turn a slow second into an exception; our loops wait out
+    # outages themselves, so these only bound how long one call may hang.
+    redis_connect_timeout: Annotated[float, _between(0.1, 300)] = 5.0
+    redis_socket_timeout: Annotated[float, _between(1, 3600)] = 30.0
+    redis_health_check: Annotated[float, _between(0, 3600)] = 15.0
+    callback_timeout: Annotated[float, _between(0.1, 600)] = 10.0
 
     @field_validator("redis")
     @classmethod
@@ -389,6 +395,13 @@ def parse_settings(
     except ValidationError as exc:
         problems += [_describe(error) for error in exc.errors(include_url=False)]
     problems += _cross_check(raw, secrets)
+    if settings is not None:
+        block = settings.queue.block_ms / 1000
+        if settings.router.redis_socket_timeout <= block + 1:
+            problems.append(
+                f"router.redis_socket_timeout: must be more than queue.block_ms plus 1 s "
+                f"({block + 1:g} s): a blocking read waits that long for an answer"
+            )
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:
         raise ConfigError(problems)

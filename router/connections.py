@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .config import Settings
@@ -185,8 +187,17 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
         url = embedded.url
     # A bounded pool that makes callers wait for a connection rather than fail: a burst
     # of delivery reports must slow down, not be refused.
+    # No retries inside redis-py (Retry(..., 0)): a failed call raises at once and the
+    # caller's loop waits the outage out (router/outages.py), logging it once.
+    router = settings.router
     pool = BlockingConnectionPool.from_url(
-        url, health_check_interval=30, max_connections=MAX_CONNECTIONS, timeout=60
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=60,
+        socket_connect_timeout=router.redis_connect_timeout,
+        socket_timeout=router.redis_socket_timeout,
+        health_check_interval=router.redis_health_check,
+        retry=Retry(NoBackoff(), 0),
     )
     client = Redis(connection_pool=pool)
     try:

@@ -5,7 +5,11 @@ bind set and one worker per profile, and takes back this instance's unfinished
 entries. Serve reads the work streams until a signal. Shutdown stops reading,
 gives in-flight messages `shutdown_grace` seconds, cancels what is left (it
 stays pending for the next start) and stops the embedded Redis. Signal handlers
-only set flags; a second signal exits at once.
+only set flags; a second signal exits at once; SIGHUP is logged and ignored.
+
+Every serving loop waits out Redis outages (router/outages.py); a serving task
+that still fails met a bug, and the daemon stops with exit code 1. So does a
+daemon whose instance lease (router/lease.py) was taken by another one.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from redis.asyncio import Redis
 from binds.base import Bind
 from binds.http import HttpSender, HttpSpec
 from binds.smpp import DeliverHandler, SmppBind, SmppSpec
-from binds.smpp.pdu import ShortMessage
+from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 
 from .callbacks import StatusPoster
 from .config import Profile, Settings
 from .connections import open_redis
 from .inbound import CallbackPoster, Inbound
+from .lease import Lease
 from .ledger import Ledger
+from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages
 from .reports import Reports
 from .worker import ProfileWorker
 
@@ -103,13 +109,18 @@ def build_binds(
     return []
 
 
-def _deliver_handler(reports: Reports, inbound: Inbound) -> DeliverHandler:
+def _deliver_handler(reports: Reports, inbound: Inbound, outages: RedisOutages) -> DeliverHandler:
     """What a session does with a deliver_sm: a receipt or an inbound message."""
 
     async def on_deliver(bind: str, message: ShortMessage) -> int:
-        if message.is_receipt:
-            return await reports.handle(message)
-        return await inbound.handle(message)
+        try:
+            if message.is_receipt:
+                return await reports.handle(message)
+            return await inbound.handle(message)
+        except REDIS_DOWN as exc:
+            # Not stored: the SMSC resends it later. The outage is logged once, not per PDU.
+            outages.down(f"storing deliver_sm of {bind}", exc)
+            return ESME_RX_T_APPN
 
     return on_deliver
 
@@ -125,6 +136,10 @@ class Daemon:
         self.posters: list[CallbackPoster | StatusPoster] = []
         self._signals = 0
         self._started = time.time()
+        self.outages = RedisOutages()
+        self.exit_code = 0
+        self.lease: Lease | None = None
+        self.hangups = 0
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: first time stop gracefully, second time exit at once."""
@@ -137,25 +152,61 @@ class Daemon:
         for worker in self.workers:
             worker.wake()
 
+    def hang_up(self) -> None:
+        """SIGHUP: until configuration reload exists, say so and keep running."""
+        self.hangups += 1
+        log.warning("SIGHUP ignored: reload is not supported yet")
+
     async def run(self, *, install_signals: bool = True) -> int:
-        """Run until stopped; returns the exit code."""
+        """Run until stopped; returns the exit code.
+
+        Raises `InstanceTaken` (before touching any entry) when another live daemon
+        holds this instance name."""
         if install_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop, signum)
+            loop.add_signal_handler(signal.SIGHUP, self.hang_up)
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(open_redis(self.settings, daemon=True))
-            await self._startup(redis, stack)
-            await self._serve(redis)
-            await self._shutdown()
-        log.info("stopped")
-        return 0
+            self.outages.redis = redis
+            self.lease = Lease(redis, self.instance, HEALTH_EVERY * 3)
+            await self.lease.acquire()
+            stack.push_async_callback(self._release_lease)
+            # The beat renews the lease from now on: recovering many pending entries
+            # at start-up may take longer than its TTL.
+            health = asyncio.create_task(self._health(redis))
+            try:
+                await self._startup(redis, stack)
+            except BaseException:
+                health.cancel()
+                raise
+            await self._serve(health)
+        log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    async def _release_lease(self) -> None:
+        if self.lease is None:
+            return
+        try:
+            await self.lease.release()
+        except REDIS_ERRORS:
+            pass  # Redis is away: the lease runs out by itself
 
     async def _startup(self, redis: Redis, stack: AsyncExitStack) -> None:
         queue = self.settings.queue
         ledger = Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
         names = list(self.settings.profiles)
-        self.posters.append(StatusPoster(redis, consumer=self.instance))
+        router = self.settings.router
+        self.posters.append(
+            StatusPoster(
+                redis,
+                consumer=self.instance,
+                timeout=router.callback_timeout,
+                grace=router.shutdown_grace,
+                outages=self.outages,
+            )
+        )
         for name, profile in self.settings.profiles.items():
             reports: Reports | None = None
             handler: DeliverHandler | None = None
@@ -173,7 +224,7 @@ class Daemon:
                     forward=profile.direction == "both",
                     reassembly_timeout=profile.smpp.reassembly_timeout,
                 )
-                handler = _deliver_handler(reports, inbound)
+                handler = _deliver_handler(reports, inbound, self.outages)
                 if profile.callback_url and profile.direction == "both":
                     self.posters.append(
                         CallbackPoster(
@@ -182,6 +233,8 @@ class Daemon:
                             profile.callback_url,
                             consumer=self.instance,
                             inbound=inbound,
+                            timeout=router.callback_timeout,
+                            outages=self.outages,
                         )
                     )
             binds = build_binds(name, profile, self.settings, handler)
@@ -199,6 +252,7 @@ class Daemon:
                     consumer=self.instance,
                     profiles=names,
                     reports=reports,
+                    outages=self.outages,
                 )
             )
         for worker in self.workers:
@@ -210,20 +264,31 @@ class Daemon:
             redis="embedded" if self.settings.router.redis == "embedded" else "external",
         )
 
-    async def _serve(self, redis: Redis) -> None:
-        tasks = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
-        tasks += [asyncio.create_task(w.maintain(self.stopping)) for w in self.workers]
-        tasks += [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
-        tasks.append(asyncio.create_task(self._health(redis)))
+    async def _serve(self, health: asyncio.Task[None]) -> None:
+        loops = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
+        loops += [asyncio.create_task(w.maintain(self.stopping)) for w in self.workers]
+        loops.append(health)
+        posters = [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
+        tasks = loops + posters
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop and t.exception() is not None]
         for task in failed:
-            log.error("a serving task failed; stopping", error=repr(task.exception()))
+            # Redis errors are waited out inside the loops: this is a bug.
+            log.error(
+                "a serving task failed; stopping",
+                error=repr(task.exception()),
+                exc_info=task.exception(),
+            )
         self.stopping.set()
         for worker in self.workers:
             worker.wake()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        # Readers stop first (nothing new is dispatched), then in-flight messages and
+        # status callbacks share one grace period.
+        results = list(await asyncio.gather(*loops, return_exceptions=True))
+        drained = asyncio.create_task(self._shutdown())
+        results += await asyncio.gather(*posters, return_exceptions=True)
+        await drained
         for result in results:
             if isinstance(result, Exception) and not failed:
                 log.error("serving task ended with an error", error=repr(result))
@@ -242,31 +307,61 @@ class Daemon:
             )
 
     async def _health(self, redis: Redis) -> None:
-        """Publish a small health record every few seconds (read by `sms-router health`)."""
+        """Publish a small health record every few seconds (read by `sms-router health`)
+        and renew the instance lease; both wait out Redis outages."""
+        pause = Pause(self.outages)
         while not self.stopping.is_set():
-            body = {
-                "instance": self.instance,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "started_at": self._started,
-                "at": time.time(),
-                "profiles": {
-                    w.name: {"in_flight": w.in_progress, "capacity": w.capacity}
-                    for w in self.workers
-                },
-                "backlog": {w.name: await w.backlog() for w in self.workers},
-                "binds": {
-                    b.name: {
-                        "state": getattr(b, "state", "ready"),
-                        "error": getattr(b, "last_error", None),
-                    }
-                    for w in self.workers
-                    for b in w.binds
-                },
-            }
-            await redis.set(health_key(self.instance), json.dumps(body), ex=int(HEALTH_EVERY * 3))
+            try:
+                await self._beat(redis)
+            except REDIS_ERRORS as exc:
+                await pause.after_error("writing health", exc, self.stopping)
+                continue
+            pause.reset()
             try:
                 await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
             except TimeoutError:
                 pass
-        await redis.delete(health_key(self.instance))
+        try:
+            await redis.delete(health_key(self.instance))
+        except REDIS_ERRORS:
+            pass  # it expires by itself
+
+    async def _beat(self, redis: Redis) -> None:
+        if self.lease is not None:
+            renewed = await self.lease.renew()
+            if renewed == 0:
+                holder = await self.lease.holder()
+                log.error(
+                    "instance lease taken by another daemon while Redis was away; stopping",
+                    instance=self.instance,
+                    other_host=holder.get("host"),
+                    other_pid=holder.get("pid"),
+                )
+                self.exit_code = 1
+                self.stopping.set()
+                for worker in self.workers:
+                    worker.wake()
+                return
+            if renewed == 2:
+                log.warning("instance lease had lapsed (Redis outage); taken again")
+        body = {
+            "instance": self.instance,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": self._started,
+            "at": time.time(),
+            **self.outages.health(),
+            "profiles": {
+                w.name: {"in_flight": w.in_progress, "capacity": w.capacity} for w in self.workers
+            },
+            "backlog": {w.name: await w.backlog() for w in self.workers},
+            "binds": {
+                b.name: {
+                    "state": getattr(b, "state", "ready"),
+                    "error": getattr(b, "last_error", None),
+                }
+                for w in self.workers
+                for b in w.binds
+            },
+        }
+        await redis.set(health_key(self.instance), json.dumps(body), ex=int(HEALTH_EVERY * 3))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import aiohttp
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from binds.smpp.codec import decode_text, split_udh
 from binds.smpp.pdu import (
@@ -35,6 +37,7 @@ from binds.smpp.pdu import (
 
 from . import keys
 from .connections import as_text
+from .outages import REDIS_ERRORS, Pause, RedisOutages
 
 log = structlog.get_logger("router.inbound")
 GROUP = "callbacks"
@@ -197,58 +200,78 @@ class CallbackPoster:
     """Posts a profile's inbound messages to its callback_url until each is taken."""
 
     def __init__(
-        self, redis: Redis, profile: str, url: str, *, consumer: str, inbound: Inbound | None
+        self,
+        redis: Redis,
+        profile: str,
+        url: str,
+        *,
+        consumer: str,
+        inbound: Inbound | None,
+        timeout: float = 10.0,
+        outages: RedisOutages | None = None,
     ) -> None:
         self._redis = redis
         self.profile = profile
         self.url = url
         self.consumer = consumer
         self._inbound = inbound
+        self.timeout = timeout
+        self.outages = outages or RedisOutages()
         self.posted = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
         stream = keys.inbound(self.profile)
-        try:
-            await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        except Exception as exc:  # BUSYGROUP: it exists
-            if "BUSYGROUP" not in str(exc):
-                raise
-        timeout = aiohttp.ClientTimeout(total=10)
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        pause = Pause(self.outages)
+        ready = False
         async with aiohttp.ClientSession(timeout=timeout) as session:
             failures = 0
             start = "0"  # our own pending entries first (a restart), then new ones
             while not stopping.is_set():
-                if self._inbound is not None:
-                    await self._inbound.flush_expired()
-                reply: Any = await self._redis.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    {stream: start},
-                    count=50,
-                    block=None if start == "0" else 500,
-                )
-                rows = reply[0][1] if reply else []
-                if start == "0" and not rows:
-                    start = ">"
-                    continue
-                for entry_id, raw in rows:
-                    fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
-                    if not fields:
-                        await self._ack(stream, as_text(entry_id))
+                try:
+                    if not ready:
+                        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                            await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                        ready = True
+                    if self._inbound is not None:
+                        await self._inbound.flush_expired()
+                    reply: Any = await self._redis.xreadgroup(
+                        GROUP,
+                        self.consumer,
+                        {stream: start},
+                        count=50,
+                        block=None if start == "0" else 500,
+                    )
+                    rows = reply[0][1] if reply else []
+                    if start == "0" and not rows:
+                        start = ">"
                         continue
-                    body = render(as_text(entry_id), self.profile, fields)
-                    if await self._post(session, body):
-                        await self._ack(stream, as_text(entry_id))
-                        failures = 0
-                    else:
-                        failures += 1
-                        start = "0"  # keep order: retry from our pending entries
-                        delay = min(60.0, 0.5 * 2 ** min(failures, 7)) * random.uniform(0.5, 1)
-                        try:
-                            await asyncio.wait_for(stopping.wait(), delay)
-                        except TimeoutError:
-                            pass
-                        break
+                    for entry_id, raw in rows:
+                        fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
+                        if not fields:
+                            await self._ack(stream, as_text(entry_id))
+                            continue
+                        body = render(as_text(entry_id), self.profile, fields)
+                        if await self._post(session, body):
+                            await self._ack(stream, as_text(entry_id))
+                            failures = 0
+                        else:
+                            failures += 1
+                            start = "0"  # keep order: retry from our pending entries
+                            delay = min(60.0, 0.5 * 2 ** min(failures, 7)) * random.uniform(0.5, 1)
+                            try:
+                                await asyncio.wait_for(stopping.wait(), delay)
+                            except TimeoutError:
+                                pass
+                            break
+                except REDIS_ERRORS as exc:
+                    # A message posted but not acknowledged is posted again (at least once).
+                    start = "0"
+                    await pause.after_error(
+                        f"posting {self.profile}'s inbound messages", exc, stopping
+                    )
+                    continue
+                pause.reset()
 
     async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> bool:
         try:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -26,6 +24,7 @@ from . import keys
 from .config import Profile, QueueSettings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger
+from .outages import REDIS_DOWN, Pause, RedisOutages, backoff
 from .queue import Entry, WorkQueue
 from .reports import Reports
 from .senders import SenderPool
@@ -54,8 +53,10 @@ class ProfileWorker:
         consumer: str,
         profiles: Sequence[str],
         reports: Reports | None = None,
+        outages: RedisOutages | None = None,
     ) -> None:
         self.name = name
+        self.outages = outages or RedisOutages()
         self.reports = reports
         self.profile = profile
         self.settings = queue_settings
@@ -116,7 +117,7 @@ class ProfileWorker:
 
     async def serve(self, stopping: asyncio.Event) -> None:
         """Read new entries until `stopping` is set."""
-        pause = _Pause()
+        pause = Pause(self.outages)
         while not stopping.is_set():
             await self._wait_for_room(stopping)
             await self._wait_for_bind(stopping)
@@ -129,7 +130,7 @@ class ProfileWorker:
                     await self.dispatch(entries)
                 # Entries read after the stop signal stay pending for the next start.
             except (RedisError, OSError) as exc:
-                await pause.after_error(self._log, "reading the work stream", exc, stopping)
+                await pause.after_error(f"reading {self.name}'s work stream", exc, stopping)
                 continue
             pause.reset()
 
@@ -138,7 +139,7 @@ class ProfileWorker:
         claim_every = max(1.0, self.settings.claim_idle / 4)
         beat_every = max(1.0, self.settings.claim_idle / 3)
         next_claim = next_beat = time.monotonic()
-        pause = _Pause()
+        pause = Pause(self.outages)
         while not stopping.is_set():
             try:
                 await self.queue.promote_due()
@@ -154,7 +155,7 @@ class ProfileWorker:
                         self._log.warning("claimed idle entries", count=len(claimed))
                         await self.dispatch(claimed)
             except (RedisError, OSError) as exc:
-                await pause.after_error(self._log, "queue maintenance", exc, stopping)
+                await pause.after_error(f"maintaining {self.name}'s queue", exc, stopping)
                 continue
             pause.reset()
             try:
@@ -193,12 +194,23 @@ class ProfileWorker:
             self._active[entry.entry_id] = task
 
     async def _run(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
+        pause = Pause(self.outages)
         try:
-            await self._handle(entry, job, sender)
+            while True:
+                try:
+                    await self._handle(entry, job, sender)
+                except REDIS_DOWN as exc:
+                    # Redis went away mid-entry: wait for it, then handle the entry again
+                    # (the ledger knows how far it got; a resend is counted as a possible
+                    # duplicate). The outage is logged once, by `RedisOutages`.
+                    await pause.after_error(f"handling {self.name}'s entries", exc)
+                    continue
+                pause.reset()
+                return
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Redis gone or a bug: leave the entry pending; it is retried after claim_idle.
+            # A bug: leave the entry pending; it is retried after claim_idle.
             self._log.exception("entry left pending after an error", entry=entry.entry_id)
         finally:
             self._active.pop(entry.entry_id, None)
@@ -493,34 +505,6 @@ class ProfileWorker:
         while self._free() <= 0 and not (stopping and stopping.is_set()):
             self._slot_freed.clear()
             await self._slot_freed.wait()
-
-
-class _Pause:
-    """Back-off between attempts while Redis is unreachable; logs once per outage."""
-
-    def __init__(self) -> None:
-        self.failures = 0
-
-    def reset(self) -> None:
-        self.failures = 0
-
-    async def after_error(
-        self, logger: Any, doing: str, exc: Exception, stopping: asyncio.Event
-    ) -> None:
-        self.failures += 1
-        if self.failures == 1:
-            logger.error("redis error; retrying", doing=doing, error=str(exc))
-        delay = backoff(self.failures, 0.2, 5.0)
-        try:
-            await asyncio.wait_for(stopping.wait(), delay)
-        except TimeoutError:
-            pass
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Exponential back-off with jitter: base * 2^(attempt-1), capped, times 0.5..1."""
-    raw = min(cap, base * 2.0 ** max(0, attempt - 1))
-    return raw * random.uniform(0.5, 1.0)
 
 
 def _when(at: float) -> str:

@@ -69,7 +69,7 @@ async def test_enqueue_names_every_bad_line_once_with_its_field(
         )
         + "\n"
     )
-    code, out, err = await cli("enqueue", "-c", config, str(bad))
+    code, _, err = await cli("enqueue", "-c", config, str(bad))
     assert code == 1
     lines = err.strip().splitlines()
     assert lines == [
