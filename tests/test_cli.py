@@ -104,9 +104,7 @@ async def test_enqueue_counts_duplicates_apart(
     assert await redis.xlen(keys.queue("alerts")) == 10
 
 
-async def test_send_from_outside_the_pool_fails_at_once(
-    tmp_path: Path, provider: Provider
-) -> None:
+async def test_send_from_outside_the_pool_fails_at_once(tmp_path: Path, provider: Provider) -> None:
     # No Redis answers on this port: the check must not need one.
     config = _config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", provider)
     code, out, err = await cli(
