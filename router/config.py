@@ -203,6 +203,8 @@ class HttpSection(_Section):
     )
     message_id: str = ""
     timeout: Annotated[float, _between(0.1, 600)] = 10.0
+    # A provider's answer is read up to this many bytes; the rest is never read.
+    max_response_bytes: Annotated[int, _between(1024, 67_108_864)] = 65_536
 
 
 class SmppSection(_Section):
