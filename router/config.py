@@ -277,6 +277,9 @@ class Profile(_Section):
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
     tps: Annotated[float, _at_least(0)] = 0.0
+    # Longest text accepted, in SMS parts; longer jobs are rejected before sending.
+    # 255 is what concatenation can number.
+    max_segments: Annotated[int, _between(1, 255)] = 255
     numbers: list[E164] = Field(min_length=1)
     callback_url: CallbackUrl = None
     status_callback_url: CallbackUrl = None
