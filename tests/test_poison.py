@@ -181,3 +181,20 @@ def test_max_segments_is_validated() -> None:
     for bad in (0, 256):
         with pytest.raises(ConfigError, match=r"profiles\.p\.max_segments: must be between 1"):
             profile_settings(protocol="http", max_segments=bad)
+
+
+async def test_an_origin_that_is_not_utf8_does_not_stop_the_daemon(
+    redis: Redis, provider: Provider, make_settings: Callable[..., Settings], run_daemon: Start
+) -> None:
+    # Reading the entry's owner raised UnicodeDecodeError in the reader: the daemon exited.
+    settings = make_settings(queue={"claim_idle": 600})
+    job = msgpack.packb({**GOOD, "id": "odd-origin"})
+    await redis.xadd(keys.queue("alerts"), {"job": job, "origin": b"\xff\xfe"})
+    await redis.xadd(keys.queue("alerts"), {"job": msgpack.packb({**GOOD, "id": "after"})})
+    running = run_daemon(settings)
+
+    async def both_sent() -> bool:
+        return [await status_of(redis, i) for i in ("odd-origin", "after")] == ["sent", "sent"]
+
+    await wait_for(both_sent, what="both jobs sent")
+    assert not running.task.done()
