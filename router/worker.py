@@ -194,13 +194,21 @@ class ProfileWorker:
         # output, so the reason carries only the exception's type.
         self._log.exception("dead-lettering after an error", entry=entry.entry_id)
         try:
+            pending = await self._redis.xpending_range(
+                self.queue.key, keys.GROUP, entry.entry_id, entry.entry_id, 1
+            )
+            if not pending:
+                return  # the outcome was recorded and acknowledged before the error
             await self._dead_letter(entry, job if isinstance(job, Job) else None, reason)
         except (RedisError, OSError):
             self._log.warning("entry left pending: redis error while dead-lettering")
         except Exception:
             # Recording `rejected` failed too (the record or event cannot be written):
             # still move the entry, or max_deliveries would hit the same wall forever.
-            await self.queue.dead_letter(entry, reason)
+            try:
+                await self.queue.dead_letter(entry, reason)
+            except (RedisError, OSError):
+                self._log.warning("entry left pending: redis error while dead-lettering")
 
     async def _handle(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
         if entry.deliveries > self.settings.max_deliveries:
