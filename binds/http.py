@@ -11,8 +11,11 @@ from __future__ import annotations
 import json as jsonlib
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -45,6 +48,8 @@ class HttpSpec:
     (the group named ``id``, else the only group, else the whole match) or ``""``.
     With `sync` the bind keeps one request in flight whatever `window` says.
     A ``GET`` sends `form` fields, if any, in the query string.
+    At most `max_response_bytes` of an answer are read; a longer one is judged by
+    its status (and whatever id the first bytes hold), the rest is never read.
     """
 
     url: str
@@ -55,6 +60,7 @@ class HttpSpec:
     success_status: tuple[int, ...] = (200, 201, 202)
     message_id: str = ""
     timeout: float = 10.0
+    max_response_bytes: int = 65_536
     window: int = 10
     tps: float = 0.0
     sync: bool = False
@@ -155,10 +161,10 @@ class HttpSender:
                 # better to report the 3xx than to lose the body.
                 allow_redirects=False,
             ) as response:
-                payload = await response.read()
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
                 charset = response.charset or "utf-8"
+                payload, cut = await _read_capped(response, self.spec.max_response_bytes)
         except TimeoutError:  # includes aiohttp.ServerTimeoutError
             return Retry(
                 reason=f"timed out after {self.spec.timeout:g}s", code="timeout", maybe_sent=True
@@ -174,13 +180,17 @@ class HttpSender:
             )
         except aiohttp.ClientError as exc:
             return Retry(reason=f"http error: {type(exc).__name__}", code="http_error")
-        return self._outcome(status, _decode(payload, charset), retry_after)
+        return self._outcome(status, _decode(payload, charset), retry_after, cut=cut)
 
-    def _outcome(self, status: int, text: str, retry_after: str | None) -> Outcome:
+    def _outcome(
+        self, status: int, text: str, retry_after: str | None, *, cut: bool = False
+    ) -> Outcome:
         spec = self.spec
         # Redact before truncating, so a secret cut in half at the limit cannot slip out.
         body = self.redact(text)
         raw = body[:RAW_LIMIT]
+        if cut:
+            raw = f"[answer cut at {spec.max_response_bytes} bytes] " + raw
         if status in spec.success_status:
             extract = spec._compiled.extract
             if extract is None:
@@ -273,6 +283,8 @@ def _compile_spec(spec: HttpSpec) -> _Compiled:
         raise BindConfigError("http.window: must be an integer >= 1")
     if not spec.timeout > 0:
         raise BindConfigError("http.timeout: must be > 0")
+    if not isinstance(spec.max_response_bytes, int) or spec.max_response_bytes < 1:
+        raise BindConfigError("http.max_response_bytes: must be an integer >= 1")
     if not spec.success_status or not all(
         isinstance(s, int) and 100 <= s <= 599 for s in spec.success_status
     ):
@@ -479,14 +491,39 @@ def _redactions(secrets: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(found, key=len, reverse=True))
 
 
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, and whether there was more.
+
+    A provider (or anything posing as one) may answer with megabytes; reading it whole
+    once took RSS to 700 MB. aiohttp buffers only a little ahead of what is read, and a
+    body left unread makes it close the connection rather than reuse it.
+    """
+    buffer = bytearray()
+    while len(buffer) <= limit:
+        chunk = await response.content.read(limit + 1 - len(buffer))
+        if not chunk:
+            return bytes(buffer), False
+        buffer += chunk
+    response.close()
+    return bytes(buffer[:limit]), True
+
+
 def _seconds(value: str | None) -> float | None:
-    """A numeric Retry-After in seconds; None for absent, dates or nonsense."""
+    """Retry-After in seconds from now: delay-seconds or an HTTP-date (RFC 9110 10.2.3);
+    None for absent or nonsense. A date in the past means now (0)."""
     if value is None:
         return None
+    text = value.strip()
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return None
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:  # "-0000": the date is UTC, says RFC 5322
+            moment = moment.replace(tzinfo=UTC)
+        return max(0.0, moment.timestamp() - time.time())
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 

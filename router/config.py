@@ -209,6 +209,8 @@ class HttpSection(_Section):
     )
     message_id: str = ""
     timeout: Annotated[float, _between(0.1, 600)] = 10.0
+    # A provider's answer is read up to this many bytes; the rest is never read.
+    max_response_bytes: Annotated[int, _between(1024, 67_108_864)] = 65_536
 
 
 class SmppSection(_Section):
@@ -285,6 +287,9 @@ class Profile(_Section):
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
     tps: Annotated[float, _at_least(0)] = 0.0
+    # Longest text accepted, in SMS parts; longer jobs are rejected before sending.
+    # 255 is what concatenation can number.
+    max_segments: Annotated[int, _between(1, 255)] = 255
     numbers: list[E164] = Field(min_length=1)
     callback_url: CallbackUrl = None
     status_callback_url: CallbackUrl = None

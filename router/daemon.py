@@ -65,6 +65,7 @@ def build_binds(
             success_status=tuple(http.success_status),
             message_id=http.message_id,
             timeout=http.timeout,
+            max_response_bytes=http.max_response_bytes,
             window=profile.window,
             tps=profile.tps,
             sync=profile.processing == "sync",

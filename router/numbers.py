@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
+
+# One '+', then (after optional spaces or an opening parenthesis) a digit, then only
+# digits and the usual separators. libphonenumber alone is lenient: it strips extra
+# leading '+' and '-', and reads "x5" or ";ext=5" as an extension, none of which an
+# SMS can be sent to.
+_SHAPE = re.compile(r"\+[\s(]*\d[\d\s().\-/]*")
 
 
 def normalise_e164(value: str) -> str:
     """Return `value` as canonical E.164 (``+14155552671``) or raise ValueError.
 
-    Accepts spaces, dashes and dots between digits, but the number must carry its
-    country code (start with ``+``): a router cannot guess the region.
+    Accepts spaces, dashes, dots, slashes and parentheses between digits, but the
+    number must carry its country code (start with ``+``): a router cannot guess the
+    region. Anything else (``++44...``, ``+-44...``, an extension) is refused.
     """
     text = value.strip()
     if not text.startswith("+"):
         raise ValueError(f"{value!r} is not a valid E.164 number (must start with '+')")
+    if not _SHAPE.fullmatch(text):
+        raise ValueError(f"{value!r} is not a valid E.164 number")
     try:
         parsed = phonenumbers.parse(text, None)
     except phonenumbers.NumberParseException:

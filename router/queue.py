@@ -96,7 +96,9 @@ class Entry:
     def owner(self) -> str:
         """The entry that first carried this job; records belong to it."""
         origin = self.fields.get("origin")
-        return origin.decode() if origin else self.entry_id
+        # Any producer can write this field: bytes that are not UTF-8 must not raise
+        # here (that stopped the daemon), they only need to name the same owner each time.
+        return origin.decode(errors="backslashreplace") if origin else self.entry_id
 
     @property
     def attempt(self) -> int:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from binds.base import Accepted, Bind, Failed, OutboundMessage, Outcome, Retry
 
 from . import keys
+from .checks import text_problem
 from .config import Profile, QueueSettings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger
@@ -209,12 +210,41 @@ class ProfileWorker:
                 return
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A bug: leave the entry pending; it is retried after claim_idle.
+        except (RedisError, OSError):
+            # A Redis error that is not an outage (a refused script, a bare socket
+            # error): the entry stays pending, comes back after claim_idle and is
+            # dead-lettered after max_deliveries.
             self._log.exception("entry left pending after an error", entry=entry.entry_id)
+        except Exception as exc:
+            # Anything else fails the same way on every redelivery (a poison job, or a
+            # bug it triggers), so the entry goes to the dead letters, named, at once.
+            await self._give_up(entry, job, exc)
         finally:
             self._active.pop(entry.entry_id, None)
             self._slot_freed.set()
+
+    async def _give_up(self, entry: Entry, job: Job | JobError, exc: Exception) -> None:
+        what = str(exc) if isinstance(exc, JobError) else type(exc).__name__
+        reason = f"failed while handling the job: {what}"
+        # The traceback is for whoever fixes the bug; the message may hold provider
+        # output, so the reason carries only the exception's type.
+        self._log.exception("dead-lettering after an error", entry=entry.entry_id)
+        try:
+            pending = await self._redis.xpending_range(
+                self.queue.key, keys.GROUP, entry.entry_id, entry.entry_id, 1
+            )
+            if not pending:
+                return  # the outcome was recorded and acknowledged before the error
+            await self._dead_letter(entry, job if isinstance(job, Job) else None, reason)
+        except (RedisError, OSError):
+            self._log.warning("entry left pending: redis error while dead-lettering")
+        except Exception:
+            # Recording `rejected` failed too (the record or event cannot be written):
+            # still move the entry, or max_deliveries would hit the same wall forever.
+            try:
+                await self.queue.dead_letter(entry, reason)
+            except (RedisError, OSError):
+                self._log.warning("entry left pending: redis error while dead-lettering")
 
     async def _handle(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
         if entry.deliveries > self.settings.max_deliveries:
@@ -255,6 +285,9 @@ class ProfileWorker:
         """Rules this issue enforces; returns the explicit sender when there is one."""
         if job.text is None:
             raise Rejection("job.template: templates are not supported yet; send 'text'")
+        problem = text_problem(job.text, self.profile)
+        if problem is not None:
+            raise Rejection(problem)
         if job.sender is not None:
             if not self.senders.owns(job.sender):
                 raise Rejection(f"job.from: {job.sender} is not a number of profile {self.name!r}")

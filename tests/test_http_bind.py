@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
+import email.utils
 import json
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,7 +302,8 @@ def answering(status: int, text: str = "", headers: dict[str, str] | None = None
     ("status", "headers", "after"),
     [
         (503, {"Retry-After": "7"}, 7.0),
-        (500, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None),
+        (500, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a past date: now
+        (503, {"Retry-After": "soon"}, None),
         (429, {"Retry-After": "1.5"}, 1.5),
         (502, {}, None),
     ],
@@ -316,6 +321,99 @@ async def test_throttling_and_server_errors_retry(
     assert outcome == Retry(
         reason=f"http {status}", code=f"http_{status}", raw="busy, try later", after=after
     )
+
+
+async def test_retry_after_as_an_http_date_is_honoured(
+    provider: Provider, senders: Callable[..., Awaitable[HttpSender]]
+) -> None:
+    # RFC 9110 allows an HTTP-date; it used to be ignored (the retry came too early).
+    when = email.utils.format_datetime(
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=120), usegmt=True
+    )
+    provider.handler = answering(429, "slow down", {"Retry-After": when})
+    sender = await senders(url=provider.base + "/send", form=FORM)
+    outcome = await sender.submit(msg())
+    assert isinstance(outcome, Retry) and outcome.after is not None
+    assert 100 < outcome.after <= 120
+
+
+HUGE = 50 * 2**20
+
+
+def streaming(status: int, head: bytes) -> Handler:
+    """Answer `head` then spaces up to 50 MB, streamed: the test never holds 50 MB."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status)
+        response.content_type = "application/json"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b" " * 65536
+        sent = len(head)
+        with contextlib.suppress(ConnectionError):  # the bind hangs up early: good
+            await response.write(head)
+            while sent < HUGE:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+        return response
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("status", "extractor", "expected"),
+    [
+        # JSON cut short cannot be parsed: accepted on the status, without an id.
+        (200, "json:id", Accepted),
+        # A regex finds the id in the bytes that were read.
+        (200, 'regex:"id": *"([^"]+)"', Accepted),
+        (503, "json:id", Retry),
+        (400, "json:id", Failed),
+    ],
+)
+async def test_huge_answers_are_read_only_up_to_the_cap(
+    provider: Provider,
+    senders: Callable[..., Awaitable[HttpSender]],
+    status: int,
+    extractor: str,
+    expected: type,
+) -> None:
+    # A 50 MB answer once took the daemon's RSS to 701 MB: it was read whole.
+    provider.handler = streaming(status, b'{"id": "prov-big", "padding": "')
+    sender = await senders(url=provider.base + "/send", form=FORM, message_id=extractor)
+    tracemalloc.start()
+    try:
+        outcome = await asyncio.wait_for(sender.submit(msg()), 60)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.1f} MiB while reading a 50 MB answer"
+    assert isinstance(outcome, expected)
+    assert "[answer cut at 65536 bytes] " in outcome.raw
+    assert len(outcome.raw) < 600
+    if isinstance(outcome, Accepted):
+        found = "prov-big" if extractor.startswith("regex") else None
+        assert outcome.provider_message_id == found
+    # The half-read connection is dropped, not reused: the next request works.
+    provider.handler = ok_json
+    again = await sender.submit(msg())
+    assert isinstance(again, Accepted) and again.provider_message_id == "prov-1"
+
+
+async def test_answer_cap_is_configurable(
+    provider: Provider, senders: Callable[..., Awaitable[HttpSender]]
+) -> None:
+    answer = '{"id": "prov-7", "pad": "' + "x" * 5000 + '"}'
+    provider.handler = answering(200, answer)
+    small = await senders(
+        url=provider.base + "/send", form=FORM, message_id="json:id", max_response_bytes=1024
+    )
+    outcome = await small.submit(msg())
+    assert isinstance(outcome, Accepted) and outcome.provider_message_id is None
+    assert outcome.raw.startswith("[message id not found by json:id] [answer cut at 1024 bytes]")
+    whole = await senders(url=provider.base + "/send", form=FORM, message_id="json:id")
+    assert await whole.submit(msg()) == Accepted(provider_message_id="prov-7", raw=answer[:500])
 
 
 @pytest.mark.parametrize(
