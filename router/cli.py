@@ -213,11 +213,11 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
     if as_json:
         out.print(json.dumps(record, indent=2, sort_keys=True), markup=False)
         return
-    record.pop("owner", None)
     history = record.pop("history")
     table = Table(show_header=False, box=None)
     for name in sorted(record):
-        table.add_row(name, _show(name, record[name]))
+        if not _internal(name):
+            table.add_row(name, _show(name, record[name]))
     out.print(table)
     steps = Table("time", "status", "note", box=None)
     for step in history:
@@ -272,7 +272,7 @@ def log_(
             record.pop("owner", None)
             out.print(json.dumps(record, sort_keys=True), markup=False, soft_wrap=True)
         return
-    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error", box=None)
+    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "note", box=None)
     for column in table.columns[:6]:
         column.no_wrap = True  # ids and numbers must stay copyable
     for r in records:
@@ -284,7 +284,7 @@ def log_(
             r.get("to", ""),
             r.get("from", ""),
             str(r.get("attempts", 0)),
-            r.get("error", ""),
+            r.get("error") or _last_note(r),
         )
     out.print(table)
 
@@ -501,6 +501,22 @@ def _duration(text: str) -> float:
 
 def _ts(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else ""
+
+
+def _last_note(record: dict[str, Any]) -> str:
+    """The note of the latest status change (e.g. ``no delivery report``)."""
+    history = record.get("history") or []
+    return str(history[-1]["note"] or "") if history else ""
+
+
+def _internal(name: str) -> bool:
+    """Record fields the router keeps for itself (shown by ``status --json`` only): the
+    owning stream entry, each part's raw report, flags, and the status callback URL,
+    which may carry a token."""
+    return name in _INTERNAL or name.startswith("dlr:")
+
+
+_INTERNAL = frozenset({"owner", "status_callback_url", "report_timeout"})
 
 
 def _show(name: str, value: Any) -> str:
