@@ -162,31 +162,34 @@ async def test_repeated_job_id_is_enqueued_once(redis: Redis) -> None:
     assert client.duplicates_dropped == 2
 
 
+@pytest.mark.parametrize("store_text", [True, False])
 async def test_text_is_stored_unless_the_profile_opts_out(
-    redis: Redis, make_settings: Callable[..., Settings], run_daemon: Start, provider: Provider
+    redis: Redis,
+    make_settings: Callable[..., Settings],
+    run_daemon: Start,
+    provider: Provider,
+    store_text: bool,
 ) -> None:
-    for store_text in (True, False):
-        await redis.flushdb()
-        settings = make_settings(store_text=store_text)
-        client = Client.from_settings(redis, settings)
-        queued = await client.send("+447911123456", "secret code 1234")
-        # A producer's plain XADD: the worker records the text when sending.
-        plain = f"plain-{store_text}"
-        wire = {"id": plain, "to": "+447911123456", "text": "plain text"}
-        await redis.xadd(keys.queue("alerts"), {"job": msgpack.packb(wire)})
-        before = await ledger_of(redis).get(queued)
-        assert before is not None
-        assert before.get("text") == ("secret code 1234" if store_text else None)
-        running = run_daemon(settings)
-        await wait_for(lambda: all_status(redis, [queued, plain], "sent"), 20, "sent")
-        assert await running.stop() == 0
-        first, second = await records(redis, [queued, plain])
-        if store_text:
-            assert (first["text"], second["text"]) == ("secret code 1234", "plain text")
-        else:
-            assert "text" not in first and "text" not in second
-            events = await redis.xrange(keys.EVENTS)
-            assert not any(b"secret" in v for _, f in events for v in f.values())
+    settings = make_settings(store_text=store_text)
+    client = Client.from_settings(redis, settings)
+    queued = await client.send("+447911123456", "secret code 1234")
+    # A producer's plain XADD: the worker records the text when sending.
+    plain = "plain-1"
+    wire = {"id": plain, "to": "+447911123456", "text": "plain text"}
+    await redis.xadd(keys.queue("alerts"), {"job": msgpack.packb(wire)})
+    before = await ledger_of(redis).get(queued)
+    assert before is not None
+    assert before.get("text") == ("secret code 1234" if store_text else None)
+    running = run_daemon(settings)
+    await wait_for(lambda: all_status(redis, [queued, plain], "sent"), 20, "sent")
+    assert await running.stop() == 0
+    first, second = await records(redis, [queued, plain])
+    if store_text:
+        assert (first["text"], second["text"]) == ("secret code 1234", "plain text")
+    else:
+        assert "text" not in first and "text" not in second
+        events = await redis.xrange(keys.EVENTS)
+        assert not any(b"secret" in v for _, f in events for v in f.values())
 
 
 # --- 3. delivery reports that never come -------------------------------------------------
