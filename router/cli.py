@@ -154,7 +154,6 @@ def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int)
 
     async def work(redis: Redis) -> tuple[float, int]:
         client = Client.from_settings(redis, settings)
-        dropped = 0
         started = time.perf_counter()
         with Progress(
             TextColumn("enqueue"),
@@ -168,11 +167,10 @@ def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int)
             for start in range(0, len(jobs), chunk):
                 part = jobs[start : start + chunk]
                 await client.send_many(part)
-                dropped += client.dropped
                 done = start + len(part)
                 rate = done / max(1e-9, time.perf_counter() - started)
                 progress.update(task, completed=done, rate=rate)
-        return time.perf_counter() - started, dropped
+        return time.perf_counter() - started, client.duplicates_dropped
 
     elapsed, dropped = _with_redis(settings, work)
     rate = len(jobs) / max(elapsed, 1e-9)
@@ -225,11 +223,11 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
     if as_json:
         out.print(json.dumps(record, indent=2, sort_keys=True), markup=False)
         return
-    record.pop("owner", None)
     history = record.pop("history")
     table = Table(show_header=False, box=None)
     for name in sorted(record):
-        table.add_row(name, _show(name, record[name]))
+        if not _internal(name):
+            table.add_row(name, _show(name, record[name]))
     out.print(table)
     steps = Table("time", "status", "note", box=None)
     for step in history:
@@ -285,7 +283,7 @@ def log_(
             record.pop("owner", None)
             out.print(json.dumps(record, sort_keys=True), markup=False, soft_wrap=True)
         return
-    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "error", box=None)
+    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "note", box=None)
     widest = max((len(r.get("id", "")) for r in records), default=2)
     for column in table.columns:
         column.overflow = "fold"  # narrow terminals wrap other columns, never cut them
@@ -301,7 +299,7 @@ def log_(
             r.get("to", ""),
             r.get("from", ""),
             str(r.get("attempts", 0)),
-            r.get("error", ""),
+            r.get("error") or _last_note(r),
         )
     out.print(table)
 
@@ -543,6 +541,22 @@ def _duration(text: str) -> float:
 
 def _ts(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else ""
+
+
+def _last_note(record: dict[str, Any]) -> str:
+    """The note of the latest status change (e.g. ``no delivery report``)."""
+    history = record.get("history") or []
+    return str(history[-1]["note"] or "") if history else ""
+
+
+def _internal(name: str) -> bool:
+    """Record fields the router keeps for itself (shown by ``status --json`` only): the
+    owning stream entry, each part's raw report, flags, and the status callback URL,
+    which may carry a token."""
+    return name in _INTERNAL or name.startswith("dlr:")
+
+
+_INTERNAL = frozenset({"owner", "status_callback_url", "report_timeout"})
 
 
 def _show(name: str, value: Any) -> str:

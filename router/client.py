@@ -1,8 +1,9 @@
 """`Client`: enqueue jobs from Python.
 
 A job is one ``XADD`` of a msgpack map to the profile's work stream; this
-class adds validation, pipelining for bulk sends and idempotency: sending a job
-whose `id` already has a record creates no second message.
+class adds validation, pipelining for bulk sends, a `queued` record written in the
+same step as the ``XADD`` (so a record's history starts with `queued`), and
+idempotency: sending a job whose `id` already has a record creates no second message.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import keys
 from .config import Settings
-from .connections import as_text
 from .jobs import JobError, decode_job, encode_job, new_job_id
 from .ledger import Ledger
 
@@ -30,15 +29,19 @@ class Client:
         default_profile: str | None = None,
         profiles: Collection[str] | None = None,
         retention: float = 7 * 86400,
+        store_text: Collection[str] = (),
         numbers: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self._redis = redis
         self.default_profile = default_profile
         self.profiles = set(profiles) if profiles is not None else None
+        # Profiles whose records keep the text from `queued` on. Any other profile's
+        # text is recorded by the worker when sending, if its `store_text` allows.
+        self.store_text = set(store_text)
+        self.duplicates_dropped = 0
         # Each profile's sender numbers, when known: a `from` outside them fails here,
         # at once, instead of becoming a dead letter later.
         self._numbers = {p: frozenset(n) for p, n in (numbers or {}).items()}
-        self.dropped = 0  # jobs left out by the last `send_many`: their id was known
         self._ledger = Ledger(redis, retention=retention, events_maxlen=1_000_000)
 
     @classmethod
@@ -49,6 +52,7 @@ class Client:
             default_profile=settings.global_profile,
             profiles=settings.profiles.keys(),
             retention=settings.queue.retention,
+            store_text=[name for name, p in settings.profiles.items() if p.store_text],
             numbers={name: p.numbers for name, p in settings.profiles.items()},
         )
 
@@ -87,31 +91,27 @@ class Client:
         return found
 
     async def send_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Enqueue many jobs in a few round trips; returns their ids in order.
+        """Enqueue many jobs in one round trip; returns their ids in order.
 
         Each job is a wire map (see the README); ``profile`` picks the stream and
         defaults to the global profile. Raises `JobError` before enqueuing anything
-        if any job is malformed.
+        if any job is malformed. A job whose id has a record already is left out and
+        counted in `duplicates_dropped`.
         """
         prepared = self._prepare(jobs, 0)
-        fresh = await self._drop_known(prepared)
-        self.dropped = len(prepared) - len(fresh)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for profile, _job_id, wire, _given in fresh:
-                pipe.xadd(keys.queue(profile), {"job": encode_job(wire)})
-            entry_ids = await pipe.execute()
-        await self._ledger.create_queued(
+        enqueued = await self._ledger.enqueue(
             [
-                (job_id, as_text(entry), profile, _record_fields(profile, wire))
-                for (profile, job_id, wire, _), entry in zip(fresh, entry_ids, strict=True)
+                (job_id, profile, encode_job(wire), self._record_fields(profile, wire))
+                for profile, job_id, wire in prepared
             ]
         )
-        return [job_id for _profile, job_id, _wire, _given in prepared]
+        self.duplicates_dropped += enqueued.count(False)
+        return [job_id for _profile, job_id, _wire in prepared]
 
     def _prepare(
         self, jobs: Iterable[Mapping[str, Any]], offset: int
-    ) -> list[tuple[str, str, dict[str, Any], bool]]:
-        prepared: list[tuple[str, str, dict[str, Any], bool]] = []
+    ) -> list[tuple[str, str, dict[str, Any]]]:
+        prepared: list[tuple[str, str, dict[str, Any]]] = []
         for index, raw in enumerate(jobs, offset):
             try:
                 prepared.append(self._prepare_one(raw))
@@ -121,10 +121,9 @@ class Client:
                 raise numbered from None
         return prepared
 
-    def _prepare_one(self, raw: Mapping[str, Any]) -> tuple[str, str, dict[str, Any], bool]:
+    def _prepare_one(self, raw: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
         wire = dict(raw)
-        given = "id" in wire and wire["id"] is not None
-        if not given:
+        if wire.get("id") is None:
             wire["id"] = new_job_id()
         profile = self._profile_for(wire)
         wire.pop("profile", None)
@@ -132,26 +131,7 @@ class Client:
         pool = self._numbers.get(profile)
         if job.sender is not None and pool is not None and job.sender not in pool:
             raise JobError("from", f"{job.sender} is not a number of profile {profile!r}")
-        return profile, job.id, job.to_wire(), given
-
-    async def _drop_known(
-        self, prepared: list[tuple[str, str, dict[str, Any], bool]]
-    ) -> list[tuple[str, str, dict[str, Any], bool]]:
-        """Leave out jobs whose producer-given id already has a record (or repeats)."""
-        given = [item for item in prepared if item[3]]
-        known: set[str] = set()
-        if given:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for _profile, job_id, _wire, _ in given:
-                    pipe.exists(keys.record(job_id))
-                found = await pipe.execute()
-            known = {item[1] for item, hit in zip(given, found, strict=True) if hit}
-        fresh = []
-        for item in prepared:
-            if item[1] not in known:
-                known.add(item[1])
-                fresh.append(item)
-        return fresh
+        return profile, job.id, job.to_wire()
 
     def _profile_for(self, wire: Mapping[str, Any]) -> str:
         profile = wire.get("profile") or self.default_profile
@@ -163,16 +143,17 @@ class Client:
             raise JobError("profile", f"unknown profile {profile!r}")
         return profile
 
+    def _record_fields(self, profile: str, wire: Mapping[str, Any]) -> dict[str, str]:
+        fields = {"profile": profile, "to": str(wire["to"])}
+        if wire.get("text") is not None and profile in self.store_text:
+            fields["text"] = str(wire["text"])
+        if wire.get("from"):
+            fields["from"] = str(wire["from"])
+        if wire.get("meta"):
+            fields["meta"] = json.dumps(wire["meta"], default=str)
+        if wire.get("status_callback_url"):
+            fields["status_callback_url"] = str(wire["status_callback_url"])
+        return fields
+
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-def _record_fields(profile: str, wire: Mapping[str, Any]) -> dict[str, str]:
-    fields = {"profile": profile, "to": str(wire["to"])}
-    if wire.get("from"):
-        fields["from"] = str(wire["from"])
-    if wire.get("meta"):
-        fields["meta"] = json.dumps(wire["meta"], default=str)
-    if wire.get("status_callback_url"):
-        fields["status_callback_url"] = str(wire["status_callback_url"])
-    return fields

@@ -236,7 +236,12 @@ class SmppSection(_Section):
     encoding: Literal["auto", "gsm", "ucs2", "latin1"] = "auto"
     gsm_data_coding: Literal[0, 1] = 0
     long_messages: Literal["udh8", "udh16", "payload", "sar"] = "udh8"
-    message_id_format: Literal["as-is", "hex", "decimal", "hex-resp", "hex-receipt"] = "as-is"
+    message_id_format: Literal["auto", "as-is", "hex", "decimal", "hex-resp", "hex-receipt"] = (
+        "auto"
+    )
+    # Seconds a `sent` message waits for its delivery report before it is noted as
+    # missing (only when registered_delivery asks for reports); 0 = never noted.
+    report_timeout: Annotated[float, _between(0, 366 * 86_400)] = 172_800.0
     vendor_status: dict[str, Literal["retry", "fail"]] = Field(default_factory=dict)
     enquire_link: Annotated[float, _between(1, 3600)] = 30.0
     response_timeout: Annotated[float, _between(0.1, 300)] = 10.0
@@ -273,6 +278,15 @@ class SmppSection(_Section):
                 raise ValueError(f"{key!r} is not a status code (write 0x0401)")
         return value
 
+    @property
+    def report_wait(self) -> float:
+        """Seconds a sent message waits for its delivery report; 0 when none is due.
+
+        SMPP 3.4 registered_delivery bits 1-0: 01 = a receipt for every final
+        outcome. 10 asks only for failures, so a silent delivered message is normal.
+        """
+        return self.report_timeout if self.registered_delivery & 0b11 == 1 else 0.0
+
     def vendor_codes(self) -> dict[int, Literal["retry", "fail"]]:
         """`vendor_status` with integer keys."""
         return {int(key, 0): action for key, action in self.vendor_status.items()}
@@ -293,6 +307,9 @@ class Profile(_Section):
     numbers: list[E164] = Field(min_length=1)
     callback_url: CallbackUrl = None
     status_callback_url: CallbackUrl = None
+    # Keep the message text in the record (`sms-router status` shows it); false for
+    # privacy: the text then lives only in the work stream until it is sent.
+    store_text: bool = True
     http: HttpSection | None = None
     smpp: SmppSection | None = None
 

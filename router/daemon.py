@@ -217,7 +217,7 @@ class Daemon:
                     ledger,
                     name,
                     id_format=profile.smpp.message_id_format,
-                    retention=queue.retention,
+                    report_timeout=profile.smpp.report_wait,
                 )
                 inbound = Inbound(
                     redis,

@@ -55,9 +55,14 @@ def profile_of_queue(key: str) -> str | None:
     return None
 
 
-def early_reports(profile: str) -> str:
-    """Hash of delivery reports that arrived before their message was recorded sent."""
-    return f"sms:{{{profile}}}:early"
+def early_report(profile: str, provider_message_id: str) -> str:
+    """A delivery report that arrived before its message was recorded sent (own TTL)."""
+    return f"sms:{{{profile}}}:early:{provider_message_id}"
+
+
+def awaiting_reports(profile: str) -> str:
+    """Sorted set of sent messages (job ids) waiting for a delivery report, by deadline."""
+    return f"sms:{{{profile}}}:awaiting"
 
 
 def inbound(profile: str) -> str:

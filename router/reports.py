@@ -3,28 +3,52 @@
 The provider id -> job id index lives in Redis (written with the `sent` status),
 so a report for a message sent before a restart, or by another instance, still
 matches. A report that arrives before its message is recorded `sent` (the SMSC
-answered the submit_sm with the receipt first) is kept in ``sms:{P}:early`` and
-applied when the worker records the message; each side writes first and reads
-the other's key second, so one of them always sees the other.
+answered the submit_sm with the receipt first) is kept in its own key
+``sms:{P}:early:<provider id>`` with its own expiry (`EARLY_TTL`: after that its
+message was sent again under another id, or never will be) and applied when the
+worker records the message; each side writes first and reads the other's key
+second, so one of them always sees the other.
+
+Ids: with ``message_id_format = "auto"`` a receipt's id is looked up in each form the
+SMSC may have written the submit_sm_resp id in (`message_id_candidates`), in the
+same script call, so the lookup stays one round trip.
+
+Sent messages that expect a report wait in ``sms:{P}:awaiting`` (joined in the same
+step as `sent`, left in the same step as the final report); `sweep` gives the
+overdue ones a ``no delivery report`` note and event.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Literal
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final, Literal
 
 import structlog
 from redis.asyncio import Redis
 
 from binds.smpp.codec import decode_text
 from binds.smpp.pdu import ESME_ROK, TAG_MESSAGE_STATE, TAG_RECEIPTED_MESSAGE_ID, ShortMessage
-from binds.smpp.receipt import IdFormat, normalise_message_id, parse_receipt
+from binds.smpp.receipt import (
+    IdFormat,
+    message_id_candidates,
+    normalise_message_id,
+    parse_receipt,
+)
 
 from . import keys
 from .ledger import Ledger
 
 log = structlog.get_logger("router.reports")
+
+# How long an early report waits for its message to be recorded sent. That normally
+# takes milliseconds; a message not recorded within response_timeout is sent again
+# (under a new id), so after this the report can only be an orphan.
+EARLY_TTL: Final = 600
+MISSING_NOTE: Final = "no delivery report"
+# Seconds between two looks at the awaiting set (the maintenance loop runs faster).
+SWEEP_EVERY: Final = 1.0
 
 
 # message_state TLV values (SMPP 3.4 section 5.2.28) that end a message.
@@ -43,13 +67,23 @@ class Reports:
     """Delivery reports of one profile."""
 
     def __init__(
-        self, redis: Redis, ledger: Ledger, profile: str, *, id_format: IdFormat, retention: float
+        self,
+        redis: Redis,
+        ledger: Ledger,
+        profile: str,
+        *,
+        id_format: IdFormat,
+        report_timeout: float = 0.0,
+        early_ttl: float = EARLY_TTL,
     ) -> None:
         self._redis = redis
         self._ledger = ledger
         self.profile = profile
         self.id_format: IdFormat = id_format
-        self._retention = int(retention)
+        self._early_ttl = max(1, int(early_ttl))
+        self._next_sweep = 0.0
+        # Sent messages join the awaiting set in the ledger's `sent` step.
+        ledger.expect_reports(profile, report_timeout)
 
     def normalise(self, provider_id: str, side: Literal["resp", "receipt"] = "resp") -> str:
         """The form both submit_sm_resp ids and receipt ids are compared in."""
@@ -82,51 +116,75 @@ class Reports:
                 "intermediate receipt", profile=self.profile, provider_id=provider_id, stat=stat
             )
             return ESME_ROK
-        await self.apply(self.normalise(provider_id, "receipt"), outcome, stat, err or "000")
+        await self.apply(self.candidates(provider_id), outcome, stat, err or "000")
         return ESME_ROK
 
-    async def apply(self, provider_id: str, outcome: str, stat: str, err: str) -> None:
-        """Apply one part's report now, or keep it until its message is recorded sent."""
-        if await self._try(provider_id, outcome, stat, err):
+    def candidates(self, receipt_id: str) -> list[str]:
+        """Forms of a receipt's id to look up, best first (several only in ``auto``)."""
+        return message_id_candidates(self.normalise(receipt_id, "receipt"), self.id_format)
+
+    async def apply(self, candidates: Sequence[str], outcome: str, stat: str, err: str) -> None:
+        """Apply one part's report now, or keep it until its message is recorded sent.
+
+        `candidates` are the forms of its id to look up, best first (`candidates`).
+        """
+        if not candidates or await self._try(candidates, outcome, stat, err):
             return
-        early = keys.early_reports(self.profile)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(early, provider_id, json.dumps([outcome, stat, err]))
-            pipe.expire(early, self._retention)
-            await pipe.execute()
+        early = keys.early_report(self.profile, candidates[0])
+        await self._redis.set(early, json.dumps([outcome, stat, err]), ex=self._early_ttl)
         # Written first, read second: the worker does the opposite (see module docstring).
-        if await self._try(provider_id, outcome, stat, err):
-            await self._redis.hdel(early, provider_id)
-        else:
+        if not await self._try(candidates, outcome, stat, err, early=early):
             log.info(
                 "report kept until its message is sent",
                 profile=self.profile,
-                provider_id=provider_id,
+                provider_id=candidates[0],
                 stat=stat,
             )
 
     async def replay_early(self, provider_ids: Iterable[str]) -> None:
-        """Apply reports that came in before these ids were recorded (called after `sent`)."""
-        ids = list(provider_ids)
-        if not ids:
-            return
-        found = await self._redis.hmget(keys.early_reports(self.profile), ids)
-        for provider_id, raw in zip(ids, found, strict=True):
-            if raw is None:
-                continue
-            outcome, stat, err = json.loads(raw)
-            if await self._try(provider_id, outcome, stat, err):
-                await self._redis.hdel(keys.early_reports(self.profile), provider_id)
+        """Apply reports that came in before these ids were recorded (called after `sent`).
 
-    async def _try(self, provider_id: str, outcome: str, stat: str, err: str) -> bool:
-        """True once the report is applied (or can never apply: message already final)."""
-        result, job = await self._ledger.report(
-            keys.provider_id(self.profile, provider_id),
-            provider_id,
-            outcome,
-            profile=self.profile,
-            stat=stat,
-            err=err,
+        One MGET covers every part and every form of its id; only a report found
+        costs a further call (which also deletes it).
+        """
+        wanted = [
+            (part, form)
+            for part in provider_ids
+            if part
+            for form in message_id_candidates(part, self.id_format)
+        ]
+        if not wanted:
+            return
+        early = [keys.early_report(self.profile, c) for _, c in wanted]
+        found = await self._redis.mget(early)
+        done: set[str] = set()
+        for (provider_id, _), key, raw in zip(wanted, early, found, strict=True):
+            if raw is None or provider_id in done:
+                continue
+            done.add(provider_id)
+            outcome, stat, err = json.loads(raw)
+            await self._try([provider_id], outcome, stat, err, early=key)
+
+    async def sweep(self) -> int:
+        """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.
+        Returns how many were noted."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + SWEEP_EVERY
+        noted = await self._ledger.note_missing_reports(self.profile, note=MISSING_NOTE)
+        if noted:
+            log.warning(
+                "sent messages without a delivery report", profile=self.profile, count=noted
+            )
+        return noted
+
+    async def _try(
+        self, candidates: Sequence[str], outcome: str, stat: str, err: str, *, early: str = ""
+    ) -> bool:
+        """True once the report is used (applied, or its message is final already)."""
+        result, job, _part = await self._ledger.report(
+            candidates, outcome, profile=self.profile, stat=stat, err=err, early=early
         )
         if result.verdict == "ok":
             log.info(result.previous, id=job, profile=self.profile, stat=stat, err=err)

@@ -42,6 +42,9 @@ class SimConfig:
 
     accounts: dict[str, str] = field(default_factory=lambda: {"smppclient1": "password"})
     message_id_style: str = "hex"
+    # How receipts write the id, as SMSCs differ from their submit_sm_resp: "same",
+    # "decimal" (10-digit zero-padded), "hex" (upper case) or "padded" (leading zeros).
+    receipt_id_style: str = "same"
     receipts: bool = True
     delivered_ratio: float = 1.0
     receipt_delay: float = 0.05
@@ -364,7 +367,19 @@ class SmscSimulator:
         self._room -= 1
         return True
 
+    def _receipt_id(self, message_id: str) -> str:
+        style = self.config.receipt_id_style
+        number = int(message_id, 16 if self.config.message_id_style == "hex" else 10)
+        if style == "decimal":
+            return str(number).zfill(10)
+        if style == "hex":
+            return format(number, "X")
+        if style == "padded":
+            return message_id.zfill(len(message_id) + 4)
+        return message_id
+
     def _receipt(self, session: _Session, message_id: str, submitted: ShortMessage) -> None:
+        message_id = self._receipt_id(message_id)
         delivered = self._random.random() < self.config.delivered_ratio
         stat, err, state = ("DELIVRD", "000", 2) if delivered else ("UNDELIV", "001", 5)
         stamp = time.strftime("%y%m%d%H%M%S" if self.config.date_digits == 12 else "%y%m%d%H%M")

@@ -144,6 +144,8 @@ class ProfileWorker:
         while not stopping.is_set():
             try:
                 await self.queue.promote_due()
+                if self.reports is not None:
+                    await self.reports.sweep()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + beat_every
@@ -298,6 +300,8 @@ class ProfileWorker:
         self, entry: Entry, job: Job, sender: str, bound: structlog.typing.FilteringBoundLogger
     ) -> None:
         fields = {"from": sender, "to": job.to, "profile": self.name}
+        if self.profile.store_text and job.text is not None:
+            fields["text"] = job.text
         if job.meta:
             fields["meta"] = json.dumps(job.meta, default=str)
         if job.status_callback_url or self.profile.status_callback_url:

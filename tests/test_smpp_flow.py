@@ -165,7 +165,7 @@ async def test_undelivered_report_and_report_before_response(
     record = await Ledger(redis, retention=60, events_maxlen=10).get(ids[0])
     assert record is not None
     assert record["dlr_stat"] == "UNDELIV" and record["error_code"] == "dlr_undeliv"
-    assert not await redis.hlen(keys.early_reports("sms"))
+    assert not [k async for k in redis.scan_iter(match=keys.early_report("sms", "*"))]
 
 
 async def test_throttling_and_disconnects_lose_nothing(
@@ -338,7 +338,7 @@ async def test_receipt_text_in_ucs2_without_tlvs_is_understood(
             profile="sms",
             indexes=[keys.provider_id("sms", "a1")] if status == "sent" else (),
         )
-    reports = Reports(redis, ledger, "sms", id_format="as-is", retention=60)
+    reports = Reports(redis, ledger, "sms", id_format="as-is")
     text = (
         "id:a1 sub:001 dlvrd:001 submit date:2311231010 done date:2311231011 stat:DELIVRD err:000"
     )

@@ -10,7 +10,7 @@ from aiosmpplib.protocol import DeliverSm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binds.smpp.receipt import normalise_message_id, parse_receipt
+from binds.smpp.receipt import message_id_candidates, normalise_message_id, parse_receipt
 
 STANDARD = (
     "id:0123456789 sub:001 dlvrd:001 submit date:2311231010 done date:2311231011 "
@@ -207,6 +207,51 @@ def test_ids_written_in_either_base_compare_equal(number: int) -> None:
     )
     if any(c in "ABCDEF" for c in hex_id):  # the only hex ids "decimal" can recognise
         assert normalise_message_id(hex_id, "decimal") == normalise_message_id(dec_id, "decimal")
+
+
+def candidates(value: str) -> list[str]:
+    return message_id_candidates(normalise_message_id(value, "auto"), "auto")
+
+
+def test_auto_candidates() -> None:
+    assert normalise_message_id(" 000A1B\0", "auto") == "a1b"
+    assert normalise_message_id("0x0A1B", "auto") == "a1b"
+    assert normalise_message_id("0000", "auto") == "0"
+    assert normalise_message_id("Ab-Cz", "auto") == "Ab-Cz"  # not a number: case kept
+    assert candidates("0A1B") == ["a1b", "2587"]
+    assert candidates("0000002587") == ["2587", "a1b", "9607"]
+    assert candidates("msg-7") == ["msg-7"]
+    assert candidates("") == [""]
+    for style in ("as-is", "hex", "decimal", "hex-resp", "hex-receipt"):
+        assert message_id_candidates("2587", style) == ["2587"]
+
+
+ID_STYLES = {
+    "decimal": lambda n: str(n),
+    "decimal-10": lambda n: str(n).zfill(10),
+    "hex-upper": lambda n: format(n, "X"),
+    "hex-lower": lambda n: format(n, "x"),
+    "hex-padded": lambda n: format(n, "016X"),
+    "hex-0x": lambda n: f"0x{n:x}",
+    "zeros": lambda n: "000" + str(n),
+}
+
+
+@given(
+    number=st.integers(0, 2**64),
+    resp=st.sampled_from(sorted(ID_STYLES)),
+    receipt=st.sampled_from(sorted(ID_STYLES)),
+)
+def test_auto_matches_ids_written_in_any_style_on_either_side(
+    number: int, resp: str, receipt: str
+) -> None:
+    """The resp id's indexed form is among the receipt's candidates (lookup), and the
+    receipt's own form among the resp's (an early report found at replay)."""
+    resp_id = normalise_message_id(ID_STYLES[resp](number), "auto")
+    receipt_id = normalise_message_id(ID_STYLES[receipt](number), "auto")
+    assert resp_id in message_id_candidates(receipt_id, "auto")
+    assert receipt_id in message_id_candidates(resp_id, "auto")
+    assert message_id_candidates(receipt_id, "auto")[0] == receipt_id  # exact form first
 
 
 # --- aiosmpplib 0.7.4 defects this module works around ---------------------------------

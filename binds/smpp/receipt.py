@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-__all__ = ["IdFormat", "Receipt", "normalise_message_id", "parse_receipt"]
+__all__ = ["IdFormat", "Receipt", "message_id_candidates", "normalise_message_id", "parse_receipt"]
 
 # A key is a known name not glued to a preceding letter or digit ("msgid:" is no key).
 _FIELD: Final = re.compile(
@@ -109,7 +109,7 @@ def parse_receipt(text: str) -> Receipt | None:
     )
 
 
-IdFormat = Literal["as-is", "hex", "decimal", "hex-resp", "hex-receipt"]
+IdFormat = Literal["auto", "as-is", "hex", "decimal", "hex-resp", "hex-receipt"]
 
 _HEX_LETTERS: Final = frozenset("abcdefABCDEF")
 
@@ -134,6 +134,10 @@ def normalise_message_id(
     strips whitespace and NULs from both ends; an id that is not a number in the
     base a style expects comes back stripped and lower-cased.
 
+    * ``auto`` (the default): no base is assumed. A hex-looking id (digits and a-f,
+      optionally ``0x``) comes out lower-cased without leading zeros (``"000A1B"`` ->
+      ``"a1b"``, ``"0042"`` -> ``"42"``); anything else only stripped. The other
+      base's reading is tried at lookup time (`message_id_candidates`).
     * ``as-is``: only that strip; case is kept.
     * ``hex``: both sides write hex: lower-case hex without leading zeros, ``0x``
       dropped (``"000A1B"`` -> ``"a1b"``; a decimal-looking ``"0010"`` -> ``"10"``).
@@ -149,6 +153,8 @@ def normalise_message_id(
     text = value.strip().strip("\0").strip()
     if style == "as-is" or not text:
         return text
+    if style == "auto":
+        return _canonical(text)
     if style == "hex":
         number = _number(text, 16)
         return text.lower() if number is None else format(number, "x")
@@ -158,3 +164,38 @@ def normalise_message_id(
         hexadecimal = (style == "hex-resp") == (side == "resp")
     number = _number(text, 16 if hexadecimal else 10)
     return text.lower() if number is None else str(number)
+
+
+def _canonical(text: str) -> str:
+    """`auto`'s form: a hex-looking id lower-cased without ``0x`` and leading zeros
+    (which base it is in stays open); any other id as it is."""
+    digits = text[2:] if text[:2].lower() == "0x" else text
+    if not digits or any(char not in _HEX_DIGITS for char in digits):
+        return text
+    return digits.lstrip("0").lower() or "0"
+
+
+_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
+
+
+def message_id_candidates(normalised: str, style: IdFormat) -> list[str]:
+    """The ids, best first, under which the other side may have written `normalised`
+    (an id already passed through `normalise_message_id` with the same `style`).
+
+    Only ``auto`` has more than one: the id itself, then — when it is all digits —
+    the same number in hex (resp in hex, receipt in decimal: the common mismatch),
+    then — when it is hex-looking — the same number read as hex, in decimal (resp in
+    decimal, receipt in hex). The relation is symmetric: if a receipt id's list holds
+    a resp id, that resp id's list holds the receipt id, so an early report stored
+    under its own id is found from the resp side too. An all-digit id that one side
+    writes in hex and the other in decimal may match another message's id first (the
+    exact form wins); such SMSCs need an explicit style.
+    """
+    if style != "auto" or not normalised:
+        return [normalised]
+    found = [normalised]
+    if normalised.isascii() and normalised.isdecimal():
+        found.append(format(int(normalised), "x"))
+    if all(char in _HEX_DIGITS for char in normalised):
+        found.append(str(int(normalised, 16)))
+    return list(dict.fromkeys(found))

@@ -1,0 +1,317 @@
+"""Message records and their interop with SMSCs: early reports that expire on their own,
+histories in order, the message text (and its opt-out), `status` output, receipts that
+never come, and receipt ids written in another style than the submit_sm_resp.
+
+Real Redis, the real daemon, our SMSC simulator; the CLI as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from redis.asyncio import Redis
+
+from router import Client, keys
+from router.config import Settings, parse_settings
+from router.ledger import Ledger
+from router.reports import Reports
+from router.smscsim import SimConfig, SmscSimulator
+
+from .conftest import NUMBERS, Provider, RunningDaemon, config_dict, wait_for
+from .test_process import cli, start_daemon, write_config
+
+Start = Callable[[Settings], RunningDaemon]
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[SmscSimulator]:
+    sim = SmscSimulator(SimConfig(seed=3, receipt_delay=0.01))
+    sim.port = await sim.start()  # type: ignore[attr-defined]
+    yield sim
+    await sim.close()
+
+
+def smpp_config(redis_url: str, tmp: Path, port: int, **profile: Any) -> dict[str, Any]:
+    """A configuration with one SMPP profile `sms` (global) on the simulator."""
+    smpp = {
+        "host": "127.0.0.1",
+        "port": port,
+        "system_id": "smppclient1",
+        "password": "password",
+        "response_timeout": 1,
+        "enquire_link": 5,
+        "reconnect_max": 0.5,
+        **profile.pop("smpp", {}),
+    }
+    sms = {"global": True, "protocol": "smpp", "window": 10, "numbers": NUMBERS, "smpp": smpp}
+    return {
+        "router": {
+            "redis": redis_url,
+            "instance": "test",
+            "shutdown_grace": 5,
+            "state_dir": str(tmp / "var"),
+        },
+        "queue": {"schedule_poll": 0.05, "block_ms": 100, "claim_idle": 2, "retry_base": 0.05},
+        "profiles": {"sms": {**sms, **profile}},
+    }
+
+
+def ledger_of(redis: Redis) -> Ledger:
+    return Ledger(redis, retention=3600, events_maxlen=10_000)
+
+
+async def records(redis: Redis, ids: list[str]) -> list[dict[str, Any]]:
+    found = await ledger_of(redis).get_many(ids)
+    assert all(found)
+    return [r for r in found if r]
+
+
+async def all_status(redis: Redis, ids: list[str], status: str) -> bool:
+    return all(r and r["status"] == status for r in await ledger_of(redis).get_many(ids))
+
+
+# --- 1. early reports expire on their own -------------------------------------------------
+
+
+async def test_orphan_early_report_expires_while_other_early_reports_keep_arriving(
+    redis: Redis,
+) -> None:
+    """Each early report has its own expiry: steady traffic no longer keeps an orphan
+    (the old single hash had its TTL refreshed on every write, so it never expired)."""
+    reports = Reports(redis, ledger_of(redis), "sms", id_format="auto", early_ttl=1)
+    await reports.apply(reports.candidates("0A0A"), "delivered", "DELIVRD", "000")
+    orphan = keys.early_report("sms", "a0a")
+    assert await redis.exists(orphan)
+    assert 0 < await redis.ttl(orphan) <= 1
+    arriving = 0
+    deadline = time.monotonic() + 20
+    while await redis.exists(orphan):
+        assert time.monotonic() < deadline, "the orphan early report never expired"
+        arriving += 1
+        await reports.apply([f"later{arriving}"], "delivered", "DELIVRD", "000")
+        await asyncio.sleep(0.05)
+    assert arriving > 5 and await redis.exists(keys.early_report("sms", f"later{arriving}"))
+
+
+async def test_early_report_is_applied_and_deleted_when_its_message_is_sent(
+    redis: Redis,
+) -> None:
+    ledger = ledger_of(redis)
+    ids = await Client(redis, default_profile="sms").send_many(
+        [{"to": "+447911123456", "text": "early"}]
+    )
+    reports = Reports(redis, ledger, "sms", id_format="auto")
+    # The receipt (decimal, padded) comes before the submit_sm_resp (hex) is recorded.
+    await reports.apply(reports.candidates("0000004096"), "delivered", "DELIVRD", "000")
+    assert await redis.exists(keys.early_report("sms", "4096"))
+    owner = (await redis.hget(keys.record(ids[0]), "owner") or b"").decode()
+    await ledger.transition(ids[0], owner, "sending", profile="sms")
+    resp = reports.normalise("1000")
+    await ledger.transition(
+        ids[0], owner, "sent", profile="sms", indexes=[keys.provider_id("sms", resp)]
+    )
+    await reports.replay_early([resp])
+    record = await ledger.get(ids[0])
+    assert record is not None and record["status"] == "delivered"
+    assert not await redis.exists(keys.early_report("sms", "4096"))
+
+
+# --- 2. history order, text, status output -------------------------------------------------
+
+
+async def test_history_starts_with_queued_for_jobs_sent_through_client(
+    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path
+) -> None:
+    """A daemon (its own process) is already reading when a batch arrives. Before the
+    fix the client's XADDs came first and its `queued` records after, so the worker's
+    `sending` beat them: histories without `queued`, or with `queued` timed after
+    `sending`."""
+    data = config_dict(redis_url, provider.url, window=50)
+    config = write_config(tmp_path / "router.toml", data)
+    settings = parse_settings(data, env={}, base_dir=tmp_path)
+    proc = await start_daemon(config, tmp_path / "daemon.log")
+    try:
+        await wait_for(lambda: redis.exists("sms:health:test"), 30, "daemon up")
+        client = Client.from_settings(redis, settings)
+        jobs = [{"to": "+447911123456", "text": f"h{i}"} for i in range(2000)]
+        ids = await client.send_many(jobs)
+        await wait_for(lambda: all_status(redis, ids, "sent"), 60, "sent")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    for record in await records(redis, ids):
+        steps = [h["status"] for h in record["history"]]
+        assert steps == ["queued", "sending", "sent"], (record["id"], steps)
+        times = [h["at"] for h in record["history"]]
+        assert times == sorted(times), (record["id"], record["history"])
+
+
+async def test_repeated_job_id_is_enqueued_once(redis: Redis) -> None:
+    client = Client(redis, default_profile="sms")
+    job = {"id": "once", "to": "+447911123456", "text": "x"}
+    await client.send_many([job, job])
+    await client.send_many([job])
+    assert await redis.xlen(keys.queue("sms")) == 1
+    assert client.duplicates_dropped == 2
+
+
+@pytest.mark.parametrize("store_text", [True, False])
+async def test_text_is_stored_unless_the_profile_opts_out(
+    redis: Redis,
+    make_settings: Callable[..., Settings],
+    run_daemon: Start,
+    provider: Provider,
+    store_text: bool,
+) -> None:
+    settings = make_settings(store_text=store_text)
+    client = Client.from_settings(redis, settings)
+    queued = await client.send("+447911123456", "secret code 1234")
+    # A producer's plain XADD: the worker records the text when sending.
+    plain = "plain-1"
+    wire = {"id": plain, "to": "+447911123456", "text": "plain text"}
+    await redis.xadd(keys.queue("alerts"), {"job": msgpack.packb(wire)})
+    before = await ledger_of(redis).get(queued)
+    assert before is not None
+    assert before.get("text") == ("secret code 1234" if store_text else None)
+    running = run_daemon(settings)
+    await wait_for(lambda: all_status(redis, [queued, plain], "sent"), 20, "sent")
+    assert await running.stop() == 0
+    first, second = await records(redis, [queued, plain])
+    if store_text:
+        assert (first["text"], second["text"]) == ("secret code 1234", "plain text")
+    else:
+        assert "text" not in first and "text" not in second
+        events = await redis.xrange(keys.EVENTS)
+        assert not any(b"secret" in v for _, f in events for v in f.values())
+
+
+# --- 3. delivery reports that never come -------------------------------------------------
+
+
+async def test_sent_without_delivery_report_gets_a_final_note_event_and_count(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    smsc.config.receipts = False  # the SMSC loses every receipt
+    data = smpp_config(redis_url, tmp_path, smsc.port, smpp={"report_timeout": 1})  # type: ignore[attr-defined]
+    settings = parse_settings(data, env={})
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"lost {i}"} for i in range(5)]
+    )
+    started = time.time()
+    run_daemon(settings)
+
+    async def noted() -> bool:
+        return all(r.get("report_timeout") == "1" for r in await records(redis, ids))
+
+    await wait_for(noted, 30, "every message noted")
+    assert time.time() - started >= 1
+    for record in await records(redis, ids):
+        assert record["status"] == "sent"
+        last = record["history"][-1]
+        assert (last["status"], last["note"]) == ("sent", "no delivery report")
+        assert [h["status"] for h in record["history"]] == ["queued", "sending", "sent", "sent"]
+    assert await redis.hget(keys.stats("sms"), "reports_missing") == b"5"
+    assert await redis.zcard(keys.awaiting_reports("sms")) == 0
+    events = [f for _, f in await redis.xrange(keys.EVENTS) if f.get(b"report_timeout")]
+    assert sorted(f[b"id"].decode() for f in events) == sorted(ids)
+    assert {f[b"note"] for f in events} == {b"no delivery report"}
+
+    # `sms-router log` lists them by that change, with the note.
+    config = str(write_config(tmp_path / "router.toml", data))
+    code, out, err = await cli("log", "-c", config, "--since", "5m")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if any(i in line for i in ids)]
+    assert len(lines) == 5 and all("no delivery report" in line for line in lines)
+
+    # A receipt that still comes later applies: the message ends delivered.
+    record = (await records(redis, ids[:1]))[0]
+    reports = Reports(redis, ledger_of(redis), "sms", id_format="auto")
+    late = reports.candidates(record["provider_message_id"])
+    await reports.apply(late, "delivered", "DELIVRD", "000")
+    after = (await records(redis, ids[:1]))[0]
+    assert after["status"] == "delivered"
+    assert [h["status"] for h in after["history"]][-2:] == ["sent", "delivered"]
+
+
+async def test_awaiting_set_empties_as_reports_arrive_and_stays_empty_without_requests(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    data = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    settings = parse_settings(data, env={})
+    assert settings.profiles["sms"].smpp is not None
+    assert settings.profiles["sms"].smpp.report_timeout == 172_800
+    client = Client.from_settings(redis, settings)
+    ids = await client.send_many([{"to": "+447911123456", "text": f"r{i}"} for i in range(20)])
+    running = run_daemon(settings)
+    await wait_for(lambda: all_status(redis, ids, "delivered"), 20, "delivered")
+    assert await redis.zcard(keys.awaiting_reports("sms")) == 0
+    assert await running.stop() == 0
+
+    # registered_delivery = 0 asks for no report: nothing waits for one.
+    smsc.config.receipts = False
+    data["profiles"]["sms"]["smpp"].update(registered_delivery=0, report_timeout=1)
+    settings = parse_settings(data, env={})
+    ids = await client.send_many([{"to": "+447911123456", "text": f"n{i}"} for i in range(5)])
+    run_daemon(settings)
+    await wait_for(lambda: all_status(redis, ids, "sent"), 20, "sent")
+    assert await redis.zcard(keys.awaiting_reports("sms")) == 0
+    assert not await redis.hget(keys.stats("sms"), "reports_missing")
+
+
+# --- 2 (cont.). status output; 4. receipt id styles end to end -------------------------
+
+
+@pytest.mark.parametrize(
+    ("resp_style", "receipt_style", "early"),
+    [
+        ("hex", "decimal", False),
+        ("hex", "decimal", True),
+        ("decimal", "hex", False),
+        ("hex", "padded", False),
+        ("decimal", "padded", True),
+    ],
+)
+async def test_receipt_ids_in_another_style_match_with_the_default_format(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Start,
+    resp_style: str,
+    receipt_style: str,
+    early: bool,
+) -> None:
+    smsc.config.message_id_style = resp_style
+    smsc.config.receipt_id_style = receipt_style
+    smsc.config.report_before_response = early
+    data = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    settings = parse_settings(data, env={})
+    assert settings.profiles["sms"].smpp is not None
+    assert settings.profiles["sms"].smpp.message_id_format == "auto"
+    texts = ["short", "long " * 60]
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": t} for t in texts * 3]
+    )
+    running = run_daemon(settings)
+    await wait_for(lambda: all_status(redis, ids, "delivered"), 20, "delivered")
+    assert await running.stop() == 0
+    assert not [k async for k in redis.scan_iter(match=keys.early_report("sms", "*"))]
+    if (resp_style, receipt_style, early) != ("hex", "decimal", False):
+        return
+    # `status`: the text and the history; internal fields only with --json.
+    config = str(write_config(tmp_path / "router.toml", data))
+    code, out, err = await cli("status", "-c", config, ids[1])
+    assert code == 0, err
+    assert "long long" in out and "delivered" in out and "queued" in out
+    assert "owner" not in out and "dlr:" not in out
+    code, out, err = await cli("status", "-c", config, ids[1], "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert "owner" in record and any(name.startswith("dlr:") for name in record)
