@@ -223,7 +223,7 @@ async def test_deliver_sm_during_an_outage_is_refused_for_resend_and_logged_once
 ) -> None:
     redis = Redis.from_url(own_redis.url, socket_connect_timeout=2)
     ledger = Ledger(redis, retention=60, events_maxlen=1000)
-    reports = Reports(redis, ledger, "alerts", id_format="as-is", retention=60)
+    reports = Reports(redis, ledger, "alerts", id_format="as-is")
     inbound = Inbound(redis, "alerts", forward=True, reassembly_timeout=5)
     outages = RedisOutages()
     on_deliver = _deliver_handler(reports, inbound, outages)
