@@ -407,12 +407,18 @@ def health(config_path: str | None, as_json: bool) -> None:
 
     settings = _settings(config_path)
 
-    async def work(redis: Redis) -> list[dict[str, Any]]:
+    async def work(redis: Redis) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
         found = [as_text(k) async for k in redis.scan_iter(match=health_key("*"))]
         values = [await redis.get(k) for k in found]
-        return [json.loads(v) for v in values if v]
+        stats = {
+            name: {
+                as_text(k): as_text(v) for k, v in (await redis.hgetall(keys.stats(name))).items()
+            }
+            for name in settings.profiles
+        }
+        return [json.loads(v) for v in values if v], stats
 
-    instances = _with_redis(settings, work)
+    instances, stats = _with_redis(settings, work)
     if as_json:
         out.print(json.dumps(instances, indent=2), markup=False)
     for item in [] if as_json else instances:
@@ -424,9 +430,22 @@ def health(config_path: str | None, as_json: bool) -> None:
             f"{time.time() - item['started_at']:.0f}s: {load}",
             markup=False,
         )
+        if item.get("redis_outages"):
+            down = " (down now)" if item.get("redis_down_since") else ""
+            out.print(f"  redis outages: {item['redis_outages']}{down}", markup=False)
         for name, bind in item.get("binds", {}).items():
             problem = f" ({bind['error']})" if bind.get("error") else ""
             out.print(f"  bind {name}: {bind['state']}{problem}", markup=False)
+    if not as_json and instances:
+        backlog = instances[0].get("backlog", {})
+        for name in sorted(settings.profiles):
+            waiting = backlog.get(name, {})
+            counted = stats.get(name, {})
+            parts = [
+                f"{k} {waiting[k]}" for k in ("stream", "pending", "scheduled") if k in waiting
+            ]
+            parts += [f"{k.replace('_', ' ')} {v}" for k, v in sorted(counted.items())]
+            out.print(f"profile {name}: " + (", ".join(parts) or "idle"), markup=False)
     if not instances:
         err.print("no router instance is running", markup=False)
         sys.exit(1)

@@ -6,14 +6,15 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 from router import Client, keys
-from router.config import parse_settings
+from router.config import Settings, parse_settings
 
-from .conftest import Provider, config_dict, free_port
+from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
 from .test_process import write_config
 
 
@@ -153,3 +154,23 @@ async def test_dlq_list_without_profile_lists_every_profile(
         code, _, err = await cli(*command, "-c", config, "--profile", "nope", *extra)
         assert code == 1, command
         assert "unknown profile 'nope'" in err, command
+
+
+async def test_health_shows_backlog_and_counters_per_profile(
+    tmp_path: Path,
+    redis_url: str,
+    provider: Provider,
+    redis: Redis,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    data = config_dict(redis_url, provider.url)
+    config = str(write_config(tmp_path / "router.toml", data))
+    await redis.hset(keys.stats("bulk"), "reports_missing", 3)
+    running = run_daemon(parse_settings(data, env={}, base_dir=tmp_path))
+    await wait_for(lambda: redis.exists("sms:health:test"), 20, "the first health beat")
+    code, out, err = await cli("health", "-c", config)
+    await running.stop()
+    assert code == 0, err
+    assert "test pid" in out
+    assert "profile alerts: stream 0, pending 0, scheduled 0" in out
+    assert "profile bulk: stream 0, pending 0, scheduled 0, reports missing 3" in out
