@@ -25,7 +25,6 @@ import asyncio
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from typing import Any
 import msgpack
 import redis
 from aiohttp import web
-from harness import RedisServer, Stack, free_port, peak_rss_mb, save, start_daemon, stop
+from harness import RedisServer, free_port, peak_rss_mb, save, smsc_sim, start_daemon, stop
 
 from router import Client, keys
 
@@ -101,36 +100,6 @@ class Peers:
         self.hanging += 1
         await asyncio.sleep(3600)
         return web.Response(status=204)
-
-
-def smsc_sim() -> tuple[subprocess.Popen[bytes], int, int]:
-    port, http = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "router",
-            "smsc-sim",
-            "--port",
-            str(port),
-            "--http-port",
-            str(http),
-            "--receipt-delay",
-            "0.05",
-            "--throttle-ratio",
-            "0.3",
-            "--drop-ratio",
-            "0.05",
-            "--disconnect-every",
-            "1000",
-            "--seed",
-            "7",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    Stack._wait_port(port)
-    return proc, port, http
 
 
 def write_config(path: Path, redis_url: str, smsc_port: int, peers: Peers) -> Path:
@@ -276,7 +245,17 @@ def main() -> None:
 
     server = RedisServer(appendonly=True)
     peers = Peers()
-    sim, smsc_port, sim_http = smsc_sim()
+    sim, smsc_port, sim_http = smsc_sim(
+        "--throttle-ratio",
+        "0.3",
+        "--drop-ratio",
+        "0.05",
+        "--disconnect-every",
+        "1000",
+        "--seed",
+        "7",
+        receipt_delay=0.05,
+    )
     config = write_config(server.dir / "chaos.toml", server.url, smsc_port, peers)
     log = server.dir / "daemon.log"
     daemon = start_daemon(config, log)

@@ -154,6 +154,22 @@ message_id = "json:id"
         sys.exit(f"nothing listens on port {port}")
 
 
+def smsc_sim(*flags: str, receipt_delay: float = 0.01) -> tuple[subprocess.Popen[bytes], int, int]:
+    """`sms-router smsc-sim` on free ports with extra `flags`: (process, SMPP port, HTTP port)."""
+    port, http = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "router", "smsc-sim"),
+            *("--port", str(port), "--http-port", str(http)),
+            *("--receipt-delay", str(receipt_delay), *flags),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    Stack._wait_port(port)
+    return proc, port, http
+
+
 def cli(*args: str) -> str:
     """Run an `sms-router` command; its stdout."""
     done = subprocess.run(

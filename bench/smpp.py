@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -26,10 +24,10 @@ from harness import (
     RESULTS,
     Stack,
     cpu_seconds,
-    free_port,
     median,
     peak_rss_mb,
     save,
+    smsc_sim,
     start_daemon,
     stop,
 )
@@ -38,29 +36,6 @@ from redis.asyncio import Redis
 from router import Client, keys
 
 FINAL = (b"delivered", b"undelivered", b"failed")
-
-
-def smsc(disconnect_every: int) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, http = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "router",
-            "smsc-sim",
-            "--port",
-            str(port),
-            "--http-port",
-            str(http),
-            "--receipt-delay",
-            "0.01",
-            "--disconnect-every",
-            str(disconnect_every),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    Stack._wait_port(port)
-    return proc, port, http
 
 
 def smsc_stats(http: int) -> dict[str, Any]:
@@ -138,7 +113,7 @@ def one_run(
     disconnect_every: int = 0,
     limit: float = 600,
 ) -> dict[str, Any]:
-    sim, port, http = smsc(disconnect_every)
+    sim, port, http = smsc_sim("--disconnect-every", str(disconnect_every))
     daemon = start_daemon(config(stack, port, window, processing), stack.dir / "daemon.log")
     try:
         time.sleep(1.5)

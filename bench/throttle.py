@@ -17,40 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
-import sys
 import time
 from typing import Any
 
-from harness import Stack, free_port, median, save, start_daemon, stop
+from harness import Stack, median, save, smsc_sim, start_daemon, stop
 from redis.asyncio import Redis
 from smpp import FINAL, config, finished, smsc_stats
 
 from router import Client
 
 LONG = "A long message in three parts. " * 12  # 372 GSM characters: 3 segments
-
-
-def smsc(*flags: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, http = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "router",
-            "smsc-sim",
-            "--port",
-            str(port),
-            "--http-port",
-            str(http),
-            "--receipt-delay",
-            "0.01",
-            *flags,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    Stack._wait_port(port)
-    return proc, port, http
 
 
 async def enqueue(url: str, count: int, prefix: str, long_every: int) -> list[str]:
@@ -74,7 +50,7 @@ async def enqueue(url: str, count: int, prefix: str, long_every: int) -> list[st
 def one_run(
     stack: Stack, jobs: int, tag: str, flags: list[str], long_every: int = 0, limit: float = 1800
 ) -> dict[str, Any]:
-    sim, port, http = smsc(*flags)
+    sim, port, http = smsc_sim(*flags)
     daemon = start_daemon(config(stack, port, 10, "async"), stack.dir / "daemon.log")
     try:
         time.sleep(1.5)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,23 +12,7 @@ from router import Client, keys
 from router.config import Settings, parse_settings
 
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
-from .test_process import write_config
-
-
-async def cli(*args: str, columns: int = 200) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "router",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": str(columns)},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from .test_process import cli, write_config
 
 
 def _config(tmp_path: Path, redis_url: str, provider: Provider) -> str:

@@ -63,7 +63,7 @@ async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
         handle.close()
 
 
-async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+async def cli(*args: str, stdin: bytes | None = None, columns: int = 200) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -72,7 +72,7 @@ async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     assert proc.returncode is not None
