@@ -232,15 +232,24 @@ class AdaptiveRate:
     Lowering the rate then only lowers what gets through, so the two intervals
     after each decrease are checked: if in both the share accepted did not improve
     and the accepted rate fell with the rate, the decrease is undone and throttles are
-    ignored for a while (8 intervals, doubling up to 64 while the pattern
+    ignored for a while (8 measurements, doubling up to 64 while the pattern
     persists). A peer that throttles because of our rate shows the opposite
     (refusals gone, or a clearly larger share accepted), so the decrease
     stands; two intervals rather than one, because a peer that was just
-    refusing may refuse a few more while its queue drains.
+    refusing may refuse a few more while its queue drains. While throttles are
+    ignored the rate grows as if there were none, so a rate that was driven down
+    (an outage, a burst of refusals) recovers instead of staying at the floor.
+
+    A measurement needs `MIN_ANSWERS` answers (an interval is stretched up to
+    `MAX_STRETCH` intervals to get them): at a few messages per second one
+    interval holds one or two answers, and a share of refused ones measured on
+    so few is noise that would push the rate down to the floor and keep it there.
     """
 
     CALM_MIN = 8
     CALM_MAX = 64
+    MIN_ANSWERS = 10
+    MAX_STRETCH = 10
 
     def __init__(
         self,
@@ -262,14 +271,16 @@ class AdaptiveRate:
         self._increase = increase
         self._bucket = RateLimiter(self.ceiling)
         self._start: float | None = None
+        self._last = 0.0  # loop time of the last event (an acquire or an answer)
         self._accepted = 0
         self._throttled = 0
         self._waited = False
         self._unlimited_at = 0.0  # with no ceiling: the rate from which we go unlimited again
         # (rate before, accepted rate, refused share, intervals since) of the last decrease.
         self._probe: tuple[float, float, float, int] | None = None
-        self._calm_until = 0.0
+        self._calm_left = 0  # measurements left in which throttles are ignored
         self._calm = self.CALM_MIN
+        self._at_floor = 0  # intervals in a row refused while already at the floor
         self.decreases = 0
         self.reverts = 0
 
@@ -317,17 +328,26 @@ class AdaptiveRate:
                 self._tick(now, early=True)
 
     def _tick(self, now: float, *, early: bool = False) -> None:
-        if self._start is None:
-            self._start = now
+        if self._start is None or now - self._last > self._idle_gap():
+            # The start, or an idle spell: rates over it mean nothing, measure afresh.
+            self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
+            self._last = now
             return
+        self._last = now
         span = now - self._start
-        if span < self.interval and not early:
+        answers = self._accepted + self._throttled
+        if not early and (
+            span < self.interval
+            or (answers < self.MIN_ANSWERS and span < self.MAX_STRETCH * self.interval)
+        ):
             return
         accepted, throttled, waited = self._accepted, self._throttled, self._waited
         self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
-        if span > 3 * max(self.interval, 1.0 / self.rate if self.limited else 0.0):
-            return  # an idle spell, not a measurement: rates over it mean nothing
         self._close(now, accepted / span, throttled / max(1, accepted + throttled), waited)
+
+    def _idle_gap(self) -> float:
+        """Longer than this between two events is a pause in the traffic, not a rate."""
+        return 3 * max(self.interval, 1.0 / self.rate if self.limited else 0.0)
 
     def _close(self, now: float, accept_rate: float, share: float, waited: bool) -> None:
         probe, self._probe = self._probe, None
@@ -342,27 +362,47 @@ class AdaptiveRate:
                 # Slower sending cut what got through, not what was refused: the peer
                 # refuses regardless of our rate, so slowing down only hurts.
                 self.reverts += 1
-                self._calm_until = now + self._calm * self.interval
-                self._calm = min(self.CALM_MAX, self._calm * 2)
+                self._calm_down()
                 self._set(before_rate)
                 return
             self._calm = self.CALM_MIN  # the decrease cut the refusals: it was right
+        calm = self._calm_left > 0
+        if calm:
+            self._calm_left -= 1
+            share = 0.0  # refusals that do not depend on our rate: grow as if none came
         if share > 0:
-            if now < self._calm_until:
-                return
             base = accept_rate if self._bucket.unlimited else min(self.rate, accept_rate)
+            target = max(self.floor, base * self._decrease)
+            if self.limited and target >= self.rate:
+                # Already at the floor: no slower rate can show whether the refusals
+                # come from our rate. Refused here twice running, they do not (or the
+                # peer takes less than the floor, which the floor says to ignore).
+                self._at_floor += 1
+                if self._at_floor >= 2:
+                    self._at_floor = 0
+                    self._calm_down()
+                return
+            self._at_floor = 0
             if self._bucket.unlimited and self.ceiling <= 0:
                 self._unlimited_at = max(2 * accept_rate, 10 * self.floor)
             self._probe = (self.rate, accept_rate, share, 1)
             self.decreases += 1
-            self._set(max(self.floor, base * self._decrease))
+            self._set(target)
         elif waited and self.limited:
-            grown = self.rate + max(1.0, self._increase * self.rate)
+            # Calm: the refusals are known not to come from our rate, so win back
+            # quickly what a misread spell took (slow start), else probe gently.
+            step = self.rate * 0.5 if calm else self._increase * self.rate
+            grown = self.rate + max(1.0, step)
             if self.ceiling > 0:
                 grown = min(grown, self.ceiling)
             elif grown >= self._unlimited_at:
                 grown = 0.0
             self._set(grown)
+
+    def _calm_down(self) -> None:
+        """Ignore throttles for some measurements (more each time the pattern returns)."""
+        self._calm_left = self._calm
+        self._calm = min(self.CALM_MAX, self._calm * 2)
 
     def _set(self, rate: float) -> None:
         if rate != self._bucket.rate:
