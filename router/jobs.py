@@ -140,7 +140,7 @@ def _decode(raw: bytes | None, default_id: str) -> Job:
     if raw is None:
         raise JobError("", "stream entry has no 'job' field")
     if len(raw) > MAX_JOB_BYTES:
-        raise JobError("", f"job is {len(raw)} bytes, more than {MAX_JOB_BYTES}")
+        raise JobError("", f"job: {len(raw)} bytes, more than the {MAX_JOB_BYTES} a job may take")
     try:
         data = msgpack.unpackb(
             raw,

@@ -141,7 +141,7 @@ def test_meta_is_made_json_safe() -> None:
 def test_oversized_jobs_and_fields_are_refused() -> None:
     whole = msgpack.packb({**GOOD, "meta": {f"k{i}": "x" * 100 for i in range(700)}})
     assert len(whole) > 65536
-    assert refused(whole) == f"job is {len(whole)} bytes, more than 65536"
+    assert refused(whole) == f"job: {len(whole)} bytes, more than the 65536 a job may take"
     url = "https://x.example/" + "a" * 2048
     assert refused({**GOOD, "status_callback_url": url}) == (
         "job.status_callback_url: longer than 2048 characters"
