@@ -50,6 +50,7 @@ class Peers:
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.hang_port = free_port()
         self.callbacks: set[tuple[str, str]] = set()  # (job id, status) posted to the good app
         self.provider_requests = 0
         self.hanging = 0
@@ -69,8 +70,11 @@ class Peers:
         app.router.add_post("/hang", self._hang)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
-        self._loop.run_until_complete(site.start())
+        # The hanging application is another server (its own port): a destination that
+        # hangs may hold its own connection slots, not those of everyone else.
+        for port in (self.port, self.hang_port):
+            site = web.TCPSite(runner, "127.0.0.1", port)
+            self._loop.run_until_complete(site.start())
         self._ready.set()
         self._loop.run_forever()
 
@@ -133,7 +137,7 @@ enquire_link = 5
 protocol = "http"
 window = 4
 numbers = ["+16505550100"]
-status_callback_url = "{peers.url("/hang")}"
+status_callback_url = "http://127.0.0.1:{peers.hang_port}/hang"
 [profiles.hostile.http]
 url = "{peers.url("/send")}"
 form = {{ from = "{{from}}", to = "{{to}}", text = "{{text}}" }}

@@ -38,6 +38,7 @@ from binds.smpp.receipt import (
 )
 
 from . import keys
+from .connections import as_text
 from .ledger import Ledger
 
 log = structlog.get_logger("router.reports")
@@ -164,6 +165,16 @@ class Reports:
             done.add(provider_id)
             outcome, stat, err = json.loads(raw)
             await self._try([provider_id], outcome, stat, err, early=key)
+
+    async def replay_early_of(self, job_id: str) -> None:
+        """`replay_early` for a message recorded `sent` earlier, whose replay may not have
+        run (Redis went away between the two steps): its entry comes back, finds the
+        record final, and calls this before it is acknowledged."""
+        pmid, parts = await self._redis.hmget(
+            keys.record(job_id), ["provider_message_id", "part_ids"]
+        )
+        ids = json.loads(parts) if parts else [as_text(pmid)] if pmid else []
+        await self.replay_early(ids)
 
     async def sweep(self) -> int:
         """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.

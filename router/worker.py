@@ -486,6 +486,8 @@ class ProfileWorker:
             self._log.info("duplicate job id dropped", id=job.id, entry=entry.entry_id)
         else:
             self._log.info("already final, not sent again", id=job.id, status=previous)
+            if previous == "sent" and self.reports is not None:
+                await self.reports.replay_early_of(job.id)
         if not acked:
             await self.queue.ack(entry.entry_id)
 

@@ -315,3 +315,32 @@ async def test_receipt_ids_in_another_style_match_with_the_default_format(
     assert code == 0, err
     record = json.loads(out)
     assert "owner" in record and any(name.startswith("dlr:") for name in record)
+
+
+async def test_early_report_replayed_when_the_entry_comes_back_after_sent(
+    redis: Redis, redis_url: str, smsc: SmscSimulator, run_daemon: Start, tmp_path: Path
+) -> None:
+    """Redis went away between recording `sent` and replaying the early report (found by
+    bench/chaos.py): the entry comes back, finds its record final, and must still apply
+    the report it holds, or the message stays `sent` until report_timeout."""
+    ledger = ledger_of(redis)
+    client = Client(redis, default_profile="sms")
+    [job_id] = await client.send_many([{"to": "+447911123456", "text": "early, then a blip"}])
+    reports = Reports(redis, ledger, "sms", id_format="auto")
+    await reports.apply(reports.candidates("77"), "delivered", "DELIVRD", "000")
+    owner = (await redis.hget(keys.record(job_id), "owner") or b"").decode()
+    await ledger.transition(job_id, owner, "sending", profile="sms")
+    await ledger.transition(
+        job_id,
+        owner,
+        "sent",
+        profile="sms",
+        fields={"provider_message_id": "77"},
+        indexes=[keys.provider_id("sms", "77")],
+    )
+    assert (await redis.hget(keys.record(job_id), "status")) == b"sent"
+    data = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    run_daemon(parse_settings(data, env={}, base_dir=tmp_path))
+    await wait_for(lambda: all_status(redis, [job_id], "delivered"), 20, "the early report applied")
+    assert not await redis.exists(keys.early_report("sms", "77"))
+    assert not smsc.submits, "a message recorded sent must not be sent again"
