@@ -38,6 +38,7 @@ import redis
 from aiohttp import web
 from harness import RedisServer, free_port, peak_rss_mb, save, smsc_sim, start_daemon, stop
 
+from binds.smpp.codec import count_segments
 from router import Client, keys
 
 SMPP_FINAL = {"delivered", "undelivered", "failed", "expired", "rejected"}
@@ -198,19 +199,26 @@ def poison_jobs(count: int) -> list[tuple[str, bytes, str]]:
     return jobs
 
 
+TAIL = "with a tail long enough that some messages need two or three parts " * 4
+
+
+def good_text(i: int) -> str:
+    """1 to 3 SMS parts."""
+    return f"chaos {i} {TAIL}"[: 60 + i % 300]
+
+
 async def enqueue_good(url: str, smpp_jobs: int, http_jobs: int) -> list[str]:
     client_redis = redis.asyncio.Redis.from_url(url)
     client = Client(client_redis, default_profile="smsc", profiles=["smsc", "hostile"])
     ids: list[str] = []
     for start in range(0, smpp_jobs, 2000):
         part = range(start, min(smpp_jobs, start + 2000))
-        tail = "with a tail long enough that some messages need two or three parts " * 4
         ids += await client.send_many(
             [
                 {
                     "id": f"good-{i}",
                     "to": "+447911123456",
-                    "text": f"chaos {i} {tail}"[: 60 + i % 300],
+                    "text": good_text(i),
                 }
                 for i in part
             ]
@@ -318,6 +326,8 @@ def main() -> None:
         stats = {k.decode(): int(v) for k, v in sync.hgetall(keys.stats("smsc")).items()}
         health = sync.get("sms:health:chaos")
         smsc_stats = get_json(f"http://127.0.0.1:{sim_http}/stats")
+        # Parts the SMSC took more than once: on the wire at a drop, a timeout or an outage.
+        expected = sum(count_segments(good_text(i)) for i in range(args.jobs))
         # Status callbacks trail the records: give the good application's a while.
         good_smpp = {i: now[i] for i in ids if i.startswith("good-")}
         waited = time.monotonic()
@@ -343,6 +353,8 @@ def main() -> None:
                 "poison_misnamed": len(misnamed),
                 "misnamed_examples": misnamed[:5],
                 "stats": stats,
+                "segments_expected": expected,
+                "segments_taken_twice": smsc_stats.get("segments", 0) - expected,
                 "final_callbacks_missing": missing,
                 "callbacks_lag_s": round(callbacks_lag, 1),
                 "hanging_callback_requests": peers.hanging,
