@@ -9,13 +9,8 @@ counted, the outages visible in health and logged once each.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import shutil
 import signal
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,74 +31,14 @@ from router.ledger import Ledger
 from router.outages import RedisOutages
 from router.reports import Reports
 
-from .conftest import Provider, config_dict, free_port, wait_for
+from .conftest import Provider, RedisServer, config_dict, free_port, wait_for
 from .test_flow import statuses
 from .test_process import start_daemon, write_config
 
 
-class RedisServer:
-    """A redis-server the test may kill -9 and start again on the same port and files."""
-
-    def __init__(self, workdir: Path, port: int) -> None:
-        self.workdir = workdir
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not on PATH; run the tests through `make test`")
-        # A short sync start of a child process before the test goes on.
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.workdir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
-                return
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.proc.kill()
-                pytest.fail(f"redis-server did not start on port {self.port}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Any:
-    server = RedisServer(tmp_path / "redis", free_port())
+    server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
     server.start()
     yield server
     server.stop()
