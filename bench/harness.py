@@ -35,6 +35,7 @@ class RedisServer:
 
     def __init__(self, *, appendonly: bool = False, folder: Path | None = None) -> None:
         self.dir = folder or Path(tempfile.mkdtemp(prefix="sms-bench-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
         binary = shutil.which("redis-server")
