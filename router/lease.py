@@ -92,7 +92,10 @@ class Lease:
                 continue
             seen = raw.decode() if isinstance(raw, bytes) else str(raw)
             holder = _holder(seen)
-            if holder.get("host") == self.host and not _pid_alive(int(holder.get("pid", -1))):
+            pid = int(holder.get("pid", -1))
+            # Our own pid in a lease we did not write: a predecessor that died and whose
+            # pid we were given again (a container's pid 1 after a restart).
+            if holder.get("host") == self.host and (pid == os.getpid() or not _pid_alive(pid)):
                 if await self._take_over(keys=[self.key], args=[seen, self.value, self.ttl_ms]):
                     return
                 continue

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from router import Client
 from router.config import parse_settings
 from router.daemon import health_key
-from router.lease import lease_key
+from router.lease import InstanceTaken, Lease, lease_key
 
 from .conftest import Provider, config_dict, wait_for
 from .test_flow import all_final
@@ -116,3 +118,17 @@ async def test_lease_taken_by_another_daemon_stops_this_one_with_exit_1(
     assert "instance lease taken by another daemon" in text
     assert '"other_host": "elsewhere"' in text and '"other_pid": 4242' in text
     assert (await _holder(redis)) == other, "the other daemon's lease is left alone"
+
+
+async def test_a_lease_holding_our_own_pid_is_a_dead_predecessors(redis: Redis) -> None:
+    """In a container a restarted daemon often gets its predecessor's pid (1): a lease on
+    this host naming our own pid was left by a process that is gone, not a live twin."""
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": 1.0}
+    await redis.set(lease_key("twin"), json.dumps(mine), px=60_000)
+    lease = Lease(redis, "twin", ttl=15)
+    await lease.acquire()
+    assert json.loads(await redis.get(lease_key("twin")) or b"{}")["started_at"] != 1.0
+    other = {"host": socket.gethostname(), "pid": os.getppid(), "started_at": 2.0}
+    await redis.set(lease_key("live"), json.dumps(other), px=60_000)
+    with pytest.raises(InstanceTaken, match=f"pid {os.getppid()}"):
+        await Lease(redis, "live", ttl=15).acquire()
