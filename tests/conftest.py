@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from router.config import Settings, parse_settings
 from router.daemon import Daemon
+from router.smscsim import SimConfig, SmscSimulator
 
 from .peers.peer import node_smsc  # noqa: F401 - the npm SMPP peer fixture
 
@@ -225,6 +226,15 @@ def make_settings(redis_url: str, provider: Provider, tmp_path: Path) -> Callabl
         return parse_settings(data, env={}, base_dir=tmp_path)
 
     return make
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[SmscSimulator]:
+    """Our SMSC simulator on a free port (`smsc.port`)."""
+    sim = SmscSimulator(SimConfig(seed=1, receipt_delay=0.01))
+    sim.port = await sim.start()  # type: ignore[attr-defined]
+    yield sim
+    await sim.close()
 
 
 class RunningDaemon:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +22,13 @@ from router import Client, keys
 from router.config import Settings, parse_settings
 from router.ledger import Ledger
 from router.reports import Reports
-from router.smscsim import SimConfig, SmscSimulator
+from router.smscsim import SmscSimulator
 
-from .conftest import NUMBERS, Provider, RunningDaemon, config_dict, wait_for
+from .conftest import Provider, RunningDaemon, config_dict, wait_for
 from .test_process import cli, start_daemon, write_config
+from .test_smpp_flow import smpp_config
 
 Start = Callable[[Settings], RunningDaemon]
-
-
-@pytest.fixture
-async def smsc() -> AsyncIterator[SmscSimulator]:
-    sim = SmscSimulator(SimConfig(seed=3, receipt_delay=0.01))
-    sim.port = await sim.start()  # type: ignore[attr-defined]
-    yield sim
-    await sim.close()
-
-
-def smpp_config(redis_url: str, tmp: Path, port: int, **profile: Any) -> dict[str, Any]:
-    """A configuration with one SMPP profile `sms` (global) on the simulator."""
-    smpp = {
-        "host": "127.0.0.1",
-        "port": port,
-        "system_id": "smppclient1",
-        "password": "password",
-        "response_timeout": 1,
-        "enquire_link": 5,
-        "reconnect_max": 0.5,
-        **profile.pop("smpp", {}),
-    }
-    sms = {"global": True, "protocol": "smpp", "window": 10, "numbers": NUMBERS, "smpp": smpp}
-    return {
-        "router": {
-            "redis": redis_url,
-            "instance": "test",
-            "shutdown_grace": 5,
-            "state_dir": str(tmp / "var"),
-        },
-        "queue": {"schedule_poll": 0.05, "block_ms": 100, "claim_idle": 2, "retry_base": 0.05},
-        "profiles": {"sms": {**sms, **profile}},
-    }
 
 
 def ledger_of(redis: Redis) -> Ledger:

@@ -16,20 +16,12 @@ from binds.smpp.pdu import ShortMessage
 from router import Client, keys
 from router.config import Settings, parse_settings
 from router.ledger import Ledger
-from router.smscsim import SimConfig, SmscSimulator
+from router.smscsim import SmscSimulator
 
 from .conftest import NUMBERS, RunningDaemon, free_port, wait_for
 
 Start = Callable[[Settings], RunningDaemon]
 FINAL = {"delivered", "undelivered", "failed"}
-
-
-@pytest.fixture
-async def smsc() -> AsyncIterator[SmscSimulator]:
-    sim = SmscSimulator(SimConfig(seed=1, receipt_delay=0.01))
-    sim.port = await sim.start()  # type: ignore[attr-defined]
-    yield sim
-    await sim.close()
 
 
 class Inbox:
@@ -71,9 +63,10 @@ async def inbox() -> AsyncIterator[Inbox]:
     await runner.cleanup()
 
 
-def smpp_settings(
+def smpp_config(
     redis_url: str, tmp: Path, port: int, *, callback: str = "", **profile: Any
-) -> Settings:
+) -> dict[str, Any]:
+    """A configuration with one SMPP profile `sms` (global) on the simulator at `port`."""
     smpp = {
         "host": "127.0.0.1",
         "port": port,
@@ -94,7 +87,7 @@ def smpp_settings(
     }
     if callback:
         demo.update(direction="both", callback_url=callback)
-    data = {
+    return {
         "router": {
             "redis": redis_url,
             "instance": "test",
@@ -110,7 +103,12 @@ def smpp_settings(
         },
         "profiles": {"sms": demo},
     }
-    return parse_settings(data, env={})
+
+
+def smpp_settings(
+    redis_url: str, tmp: Path, port: int, *, callback: str = "", **profile: Any
+) -> Settings:
+    return parse_settings(smpp_config(redis_url, tmp, port, callback=callback, **profile), env={})
 
 
 async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
