@@ -50,7 +50,7 @@ end
 # KEYS: record, event stream, work stream to ack (or a placeholder), the profile's
 # awaiting-reports set (or a placeholder), then index keys (provider message ids) each
 # set to the job id with the record's retention.
-# ARGV: owner, now, status, ttl, mode ('' | 'replay' | 'create'), note, events maxlen,
+# ARGV: owner, now, status, ttl, mode ('' | 'replay'), note, events maxlen,
 # field count, event count, ack group ('' = no ack), ack entry, job id, callbacks
 # stream, report deadline ('' = none: the message joins the awaiting set only when the
 # change is made), then field pairs, then event pairs. Returns {verdict, previous status};
@@ -67,7 +67,7 @@ local cur = redis.call('HMGET', KEYS[1], 'status', 'owner')
 local st, own = cur[1], cur[2]
 if st then
   if own and own ~= ARGV[1] then return {'duplicate', st} end
-  if ARGV[5] == 'create' or st == 'sent' or st == 'delivered' or st == 'undelivered'
+  if st == 'sent' or st == 'delivered' or st == 'undelivered'
      or st == 'failed' or st == 'expired' or (st == 'rejected' and ARGV[5] ~= 'replay') then
     return {'done', st}
   end
@@ -264,15 +264,13 @@ class Ledger:
         note: str = "",
         fields: Mapping[str, str | int | float] | None = None,
         allow_rejected: bool = False,
-        create_only: bool = False,
         event: Mapping[str, str] | None = None,
         ack: Ack | None = None,
         indexes: Sequence[str] = (),
     ) -> Transition:
         """Move a record to `status` if `owner` may, and publish the event, atomically.
 
-        `allow_rejected` lets a replayed dead letter leave `rejected`; `create_only`
-        writes only a record that does not exist yet (a producer's `queued`).
+        `allow_rejected` lets a replayed dead letter leave `rejected`.
         `ack` acknowledges and deletes a work entry in the same step (whatever the
         verdict); each of `indexes` is a key set to the job id with the record's retention
         (the provider-id lookup of delivery reports).
@@ -285,7 +283,6 @@ class Ledger:
             note,
             fields,
             allow_rejected,
-            create_only,
             event,
             ack,
             indexes,
@@ -396,7 +393,6 @@ class Ledger:
         note: str,
         fields: Mapping[str, str | int | float] | None,
         allow_rejected: bool,
-        create_only: bool,
         event: Mapping[str, str] | None,
         ack: Ack | None,
         indexes: Sequence[str],
@@ -415,7 +411,7 @@ class Ledger:
             now,
             status,
             self._retention,
-            "create" if create_only else "replay" if allow_rejected else "",
+            "replay" if allow_rejected else "",
             note,
             self._events_maxlen,
             len(pairs),
