@@ -7,7 +7,7 @@ profiles or rules; these types are all that crosses the boundary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -79,6 +79,8 @@ class Failed:
 
 
 Outcome = Accepted | Retry | Failed
+# Called once per message with its outcome (see `Bind.send`).
+Done = Callable[[Outcome], None]
 
 
 @runtime_checkable
@@ -105,6 +107,15 @@ class Bind(Protocol):
 
     async def start(self) -> None: ...
 
-    async def submit(self, message: OutboundMessage) -> Outcome: ...
+    async def submit(self, message: OutboundMessage) -> Outcome:
+        """Send one message and wait for its outcome."""
+        ...
+
+    def send(self, message: OutboundMessage, done: Done) -> None:
+        """Queue one message without waiting: `done` is called exactly once, on the event
+        loop, with its outcome (possibly before `send` returns). Never raises for the
+        message's sake. The router's hot path uses this, so a bind can carry thousands
+        of messages a second without a task or a future per message."""
+        ...
 
     async def close(self) -> None: ...
