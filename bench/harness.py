@@ -209,6 +209,14 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a live process now (peak_rss_mb is its high-water mark)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def write_jobs(path: Path, count: int, prefix: str) -> Path:
     with path.open("w") as handle:
         for i in range(count):
