@@ -7,7 +7,8 @@ profiles or rules; these types are all that crosses the boundary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -79,8 +80,18 @@ class Failed:
 
 
 Outcome = Accepted | Retry | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """Not the provider's answer: the bind raised while sending (a bug, or a message
+    that triggers one). The router dead-letters the message naming the error."""
+
+    error: Exception
+
+
 # Called once per message with its outcome (see `Bind.send`).
-Done = Callable[[Outcome], None]
+Done = Callable[[Outcome | Crashed], None]
 
 
 @runtime_checkable
@@ -119,3 +130,44 @@ class Bind(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class TaskSends:
+    """`Bind.send` for a bind whose natural form is the coroutine `submit` (an HTTP
+    request costs far more than the task that waits for it): one task per message,
+    kept until it ends, cancelled by `cancel_all` when the bind closes."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(
+        self,
+        submit: Callable[[OutboundMessage], Awaitable[Outcome]],
+        message: OutboundMessage,
+        done: Done,
+    ) -> None:
+        task = asyncio.create_task(self._run(submit, message, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _run(
+        submit: Callable[[OutboundMessage], Awaitable[Outcome]],
+        message: OutboundMessage,
+        done: Done,
+    ) -> None:
+        outcome: Outcome
+        try:
+            outcome = await submit(message)
+        except asyncio.CancelledError:
+            done(Retry("the bind closed while sending", code="closed", maybe_sent=True))
+            raise
+        except Exception as exc:
+            done(Crashed(exc))
+            return
+        done(outcome)

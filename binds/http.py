@@ -22,7 +22,17 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 from yarl import URL
 
-from .base import Accepted, BindConfigError, BindError, Failed, OutboundMessage, Outcome, Retry
+from .base import (
+    Accepted,
+    BindConfigError,
+    BindError,
+    Done,
+    Failed,
+    OutboundMessage,
+    Outcome,
+    Retry,
+    TaskSends,
+)
 from .flow import RateLimiter, Window
 
 __all__ = ["HttpSender", "HttpSpec"]
@@ -86,6 +96,7 @@ class HttpSender:
         self._window = Window(1 if spec.sync else spec.window)
         self._limiter = RateLimiter(spec.tps)
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout)
+        self._sends = TaskSends()
 
     @property
     def window(self) -> int:
@@ -111,8 +122,13 @@ class HttpSender:
         self._session = aiohttp.ClientSession(connector=connector)
         self._owns_session = True
 
+    def send(self, message: OutboundMessage, done: Done) -> None:
+        """`submit` in a task of its own (see `TaskSends`)."""
+        self._sends.send(self.submit, message, done)
+
     async def close(self) -> None:
-        """Close the pool if this sender opened it."""
+        """Cancel sends in progress; close the pool if this sender opened it."""
+        await self._sends.cancel_all()
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()

@@ -55,9 +55,15 @@ def profile_of_queue(key: str) -> str | None:
     return None
 
 
-def early_report(profile: str, provider_message_id: str) -> str:
-    """A delivery report that arrived before its message was recorded sent (own TTL)."""
-    return f"sms:{{{profile}}}:early:{provider_message_id}"
+def early_reports(profile: str) -> str:
+    """Hash: provider id -> a delivery report that arrived before its message was
+    recorded sent (applied by the step that records `sent`)."""
+    return f"sms:{{{profile}}}:early"
+
+
+def early_deadlines(profile: str) -> str:
+    """Sorted set: the early reports' provider ids, scored by when each is dropped."""
+    return f"sms:{{{profile}}}:early:due"
 
 
 def awaiting_reports(profile: str) -> str:

@@ -3,11 +3,12 @@
 The provider id -> job id index lives in Redis (written with the `sent` status),
 so a report for a message sent before a restart, or by another instance, still
 matches. A report that arrives before its message is recorded `sent` (the SMSC
-answered the submit_sm with the receipt first) is kept in its own key
-``sms:{P}:early:<provider id>`` with its own expiry (`EARLY_TTL`: after that its
-message was sent again under another id, or never will be) and applied when the
-worker records the message; each side writes first and reads the other's key
-second, so one of them always sees the other.
+sent the receipt before the submit_sm_resp, or the worker has not flushed the
+outcome yet: with a fast SMSC that is most reports) is kept in the profile's
+early-report hash ``sms:{P}:early`` with its own deadline in ``sms:{P}:early:due``
+(`EARLY_TTL`: after that its message was sent again under another id, or never will
+be), and applied by the script that records `sent`; both steps are Lua scripts, so
+one of them always sees the other.
 
 Ids: with ``message_id_format = "auto"`` a receipt's id is looked up in each form the
 SMSC may have written the submit_sm_resp id in (`message_id_candidates`), in the
@@ -20,9 +21,8 @@ overdue ones a ``no delivery report`` note and event.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final, Literal
 
 import structlog
@@ -37,8 +37,6 @@ from binds.smpp.receipt import (
     parse_receipt,
 )
 
-from . import keys
-from .connections import as_text
 from .ledger import Ledger
 
 log = structlog.get_logger("router.reports")
@@ -120,6 +118,10 @@ class Reports:
         await self.apply(self.candidates(provider_id), outcome, stat, err or "000")
         return ESME_ROK
 
+    def forms(self, provider_id: str) -> list[str]:
+        """Forms of a normalised submit_sm_resp id an early report may be kept under."""
+        return message_id_candidates(provider_id, self.id_format)
+
     def candidates(self, receipt_id: str) -> list[str]:
         """Forms of a receipt's id to look up, best first (several only in ``auto``)."""
         return message_id_candidates(self.normalise(receipt_id, "receipt"), self.id_format)
@@ -129,52 +131,25 @@ class Reports:
 
         `candidates` are the forms of its id to look up, best first (`candidates`).
         """
-        if not candidates or await self._try(candidates, outcome, stat, err):
+        if not candidates:
             return
-        early = keys.early_report(self.profile, candidates[0])
-        await self._redis.set(early, json.dumps([outcome, stat, err]), ex=self._early_ttl)
-        # Written first, read second: the worker does the opposite (see module docstring).
-        if not await self._try(candidates, outcome, stat, err, early=early):
-            log.info(
+        result, job, _part = await self._ledger.report(
+            candidates,
+            outcome,
+            profile=self.profile,
+            stat=stat,
+            err=err,
+            keep_for=self._early_ttl,
+        )
+        if result.verdict == "ok":
+            log.debug(result.previous, id=job, profile=self.profile, stat=stat, err=err)
+        elif result.verdict == "early":
+            log.debug(
                 "report kept until its message is sent",
                 profile=self.profile,
                 provider_id=candidates[0],
                 stat=stat,
             )
-
-    async def replay_early(self, provider_ids: Iterable[str]) -> None:
-        """Apply reports that came in before these ids were recorded (called after `sent`).
-
-        One MGET covers every part and every form of its id; only a report found
-        costs a further call (which also deletes it).
-        """
-        wanted = [
-            (part, form)
-            for part in provider_ids
-            if part
-            for form in message_id_candidates(part, self.id_format)
-        ]
-        if not wanted:
-            return
-        early = [keys.early_report(self.profile, c) for _, c in wanted]
-        found = await self._redis.mget(early)
-        done: set[str] = set()
-        for (provider_id, _), key, raw in zip(wanted, early, found, strict=True):
-            if raw is None or provider_id in done:
-                continue
-            done.add(provider_id)
-            outcome, stat, err = json.loads(raw)
-            await self._try([provider_id], outcome, stat, err, early=key)
-
-    async def replay_early_of(self, job_id: str) -> None:
-        """`replay_early` for a message recorded `sent` earlier, whose replay may not have
-        run (Redis went away between the two steps): its entry comes back, finds the
-        record final, and calls this before it is acknowledged."""
-        pmid, parts = await self._redis.hmget(
-            keys.record(job_id), ["provider_message_id", "part_ids"]
-        )
-        ids = json.loads(parts) if parts else [as_text(pmid)] if pmid else []
-        await self.replay_early(ids)
 
     async def sweep(self) -> int:
         """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.
@@ -183,20 +158,12 @@ class Reports:
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + SWEEP_EVERY
+        dropped = await self._ledger.drop_early_reports(self.profile)
+        if dropped:
+            log.info("early reports dropped unused", profile=self.profile, count=dropped)
         noted = await self._ledger.note_missing_reports(self.profile, note=MISSING_NOTE)
         if noted:
             log.warning(
                 "sent messages without a delivery report", profile=self.profile, count=noted
             )
         return noted
-
-    async def _try(
-        self, candidates: Sequence[str], outcome: str, stat: str, err: str, *, early: str = ""
-    ) -> bool:
-        """True once the report is used (applied, or its message is final already)."""
-        result, job, _part = await self._ledger.report(
-            candidates, outcome, profile=self.profile, stat=stat, err=err, early=early
-        )
-        if result.verdict == "ok":
-            log.info(result.previous, id=job, profile=self.profile, stat=stat, err=err)
-        return result.verdict in ("ok", "partial", "done")

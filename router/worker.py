@@ -1,10 +1,12 @@
 """The worker of one profile: stream entries in, outcomes recorded, entries out.
 
-For each entry: decode and check the job, pick the sender number, record
-``sending``, submit through a bind, record the outcome, and only then
-acknowledge. Bad jobs go to the dead-letter stream; retries and scheduled
-sends go to the schedule. The worker reads only as many entries as its binds
-have free window, so unread work stays on the stream for other instances.
+It reads a batch, decodes and checks it, assigns sender numbers for the batch,
+and hands the entries that are ready to send to the `Pipeline` (record
+``sending``, submit, record the outcome and acknowledge, in batches). The rest
+take the per-entry path here: bad jobs go to the dead-letter stream; retries
+and scheduled sends go to the schedule; duplicates are acknowledged. The worker
+reads only as many entries as its binds have free window, so unread work stays
+on the stream for other instances.
 """
 
 from __future__ import annotations
@@ -12,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from binds.base import Accepted, Bind, Failed, OutboundMessage, Outcome, Retry
+from binds.base import Bind, Retry
 
 from . import keys
 from .checks import text_problem
 from .config import Profile, QueueSettings
 from .jobs import Job, JobError, decode_job, encode_job
-from .ledger import Ack, Ledger
+from .ledger import Ack, Ledger, Transition
 from .outages import REDIS_DOWN, Pause, RedisOutages, backoff
+from .pipeline import Pipeline, Ready
 from .queue import Entry, WorkQueue
 from .reports import Reports
 from .senders import SenderPool
@@ -67,9 +71,24 @@ class ProfileWorker:
         self.senders = SenderPool(redis, name, profile.numbers)
         self._redis = redis
         self._profiles = set(profiles)
-        self._active: dict[str, asyncio.Task[None]] = {}
+        # Entries held: a task on the per-entry path, or a `Ready` in the pipeline.
+        self._active: dict[str, asyncio.Task[None] | Ready] = {}
         self._slot_freed = asyncio.Event()
         self._log = log.bind(profile=name)
+        self.pipeline = Pipeline(
+            profile=name,
+            stream=self.queue.key,
+            ledger=ledger,
+            binds=self.binds,
+            reports=reports,
+            outages=self.outages,
+            store_text=profile.store_text,
+            handoff=self,
+        )
+        self._idle = asyncio.Event()  # set by `drain`: the pipeline's flusher may end
+        self._closed = False  # after `drain`: late outcomes leave their entries pending
+        self._flusher: asyncio.Task[None] | None = None
+        self._no_stop = asyncio.Event()
 
     @property
     def capacity(self) -> int:
@@ -106,6 +125,9 @@ class ProfileWorker:
     async def start(self) -> None:
         """Create the consumer group and take back this consumer's unfinished entries."""
         await self.queue.ensure_group()
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self.pipeline.run(self._idle))
+            self._flusher.add_done_callback(lambda _: self._slot_freed.set())
         after = "0"
         while True:
             await self._wait_for_room()
@@ -122,13 +144,14 @@ class ProfileWorker:
         while not stopping.is_set():
             await self._wait_for_room(stopping)
             await self._wait_for_bind(stopping)
+            self._check_flusher()
             if stopping.is_set():
                 break
             count = min(self.settings.batch, self._free())
             try:
                 entries = await self.queue.read_new(count, self.settings.block_ms)
                 if entries and not stopping.is_set():
-                    await self.dispatch(entries)
+                    await self.dispatch(entries, stopping)
                 # Entries read after the stop signal stay pending for the next start.
             except (RedisError, OSError) as exc:
                 await pause.after_error(f"reading {self.name}'s work stream", exc, stopping)
@@ -167,19 +190,32 @@ class ProfileWorker:
                 pass
 
     async def drain(self, grace: float) -> int:
-        """Let in-flight work finish within `grace` s; cancel the rest (it stays pending)."""
-        tasks = list(self._active.values())
-        if tasks:
-            self._log.info("waiting for in-flight messages", count=len(tasks), grace=grace)
-            _done, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            return len(pending)
-        return 0
+        """Let in-flight work finish within `grace` s; cancel the rest (it stays pending).
+        Returns how many entries were left unfinished."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._active:
+            self._log.info("waiting for in-flight messages", count=len(self._active), grace=grace)
+        while self._active and loop.time() < deadline and not self._flusher_dead():
+            self._slot_freed.clear()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        left = len(self._active)
+        self._closed = True
+        tasks = [t for t in self._active.values() if isinstance(t, asyncio.Task)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._idle.set()
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        return left
 
-    async def dispatch(self, entries: list[Entry]) -> None:
-        """Decode a batch, assign sender numbers in order, and start one task each."""
+    async def dispatch(self, entries: list[Entry], stopping: asyncio.Event | None = None) -> None:
+        """Decode a batch, assign sender numbers in order, and send what is ready to send
+        through the pipeline; every other entry takes the per-entry path."""
         decoded: list[tuple[Entry, Job | JobError]] = []
         for entry in entries:
             try:
@@ -191,17 +227,74 @@ class ProfileWorker:
             decoded.append((entry, job))
         rotating = sum(1 for _, j in decoded if isinstance(j, Job) and not j.sender)
         numbers = iter(await self.senders.assign(rotating))
+        ready: list[Ready] = []
         for entry, job in decoded:
             sender = next(numbers) if isinstance(job, Job) and not job.sender else None
-            task = asyncio.create_task(self._run(entry, job, sender))
-            self._active[entry.entry_id] = task
+            item = self._ready(entry, job, sender)
+            if item is not None:
+                ready.append(item)
+                self._active[entry.entry_id] = item
+            else:
+                self._spawn(entry, partial(self._handle, entry, job, sender))
+        if ready:
+            await self.pipeline.send(ready, stopping or self._no_stop)
 
-    async def _run(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
+    def _ready(self, entry: Entry, job: Job | JobError, sender: str | None) -> Ready | None:
+        """The entry as a `Ready` if it is to be sent now; None for the per-entry path
+        (a bad or forwarded job, a rejection, expired, scheduled, too many deliveries)."""
+        if isinstance(job, JobError) or entry.deliveries > self.settings.max_deliveries:
+            return None
+        if job.profile and job.profile != self.name:
+            return None
+        try:
+            sender = self._check(job) or sender
+        except Rejection:
+            return None
+        now = time.time()
+        if job.expires_at is not None and now >= job.expires_at:
+            return None
+        if job.send_at is not None and job.send_at > now + 0.5:
+            return None
+        assert sender is not None
+        url = job.status_callback_url or self.profile.status_callback_url
+        return Ready(entry, job, sender, str(url) if url else "")
+
+    # -- the pipeline's handoff (see `pipeline.Handoff`) -------------------------------
+
+    def retry(self, ready: Ready, outcome: Retry) -> None:
+        """A Retry outcome from a bind: the next attempt is scheduled per entry."""
+        self._spawn(ready.entry, lambda: self._retry(ready.entry, ready.job, outcome))
+
+    def skip(self, ready: Ready, result: Transition) -> None:
+        """Not sent (a duplicate job id, or already final): acknowledged per entry."""
+        self._spawn(
+            ready.entry,
+            lambda: self._skip(ready.entry, ready.job, result.verdict, result.previous),
+        )
+
+    def fail(self, ready: Ready, exc: Exception) -> None:
+        """A non-Redis error while recording this entry: dead-lettered, named."""
+        self._spawn(ready.entry, lambda: self._give_up(ready.entry, ready.job, exc))
+
+    def release(self, entries: Sequence[Entry]) -> None:
+        """These entries are done with."""
+        for entry in entries:
+            self._active.pop(entry.entry_id, None)
+        self._slot_freed.set()
+
+    def _spawn(self, entry: Entry, step: Callable[[], Awaitable[None]]) -> None:
+        if self._closed:
+            self._active.pop(entry.entry_id, None)  # left pending for the next start
+            return
+        task = asyncio.create_task(self._run(entry, step))
+        self._active[entry.entry_id] = task
+
+    async def _run(self, entry: Entry, step: Callable[[], Awaitable[None]]) -> None:
         pause = Pause(self.outages)
         try:
             while True:
                 try:
-                    await self._handle(entry, job, sender)
+                    await step()
                 except REDIS_DOWN as exc:
                     # Redis went away mid-entry: wait for it, then handle the entry again
                     # (the ledger knows how far it got; a resend is counted as a possible
@@ -220,9 +313,11 @@ class ProfileWorker:
         except Exception as exc:
             # Anything else fails the same way on every redelivery (a poison job, or a
             # bug it triggers), so the entry goes to the dead letters, named, at once.
+            job = _job_of(entry, self.name)
             await self._give_up(entry, job, exc)
         finally:
-            self._active.pop(entry.entry_id, None)
+            if self._active.get(entry.entry_id) is asyncio.current_task():
+                del self._active[entry.entry_id]
             self._slot_freed.set()
 
     async def _give_up(self, entry: Entry, job: Job | JobError, exc: Exception) -> None:
@@ -259,7 +354,6 @@ class ProfileWorker:
         if isinstance(job, JobError):
             await self._dead_letter(entry, None, str(job))
             return
-        bound = self._log.bind(id=job.id)
         try:
             if job.profile and job.profile != self.name:
                 await self._forward(entry, job)
@@ -279,9 +373,13 @@ class ProfileWorker:
                 await self.queue.defer(
                     entry, encode_job(job.to_wire()), entry.owner, entry.attempt, job.send_at
                 )
-                bound.info("scheduled", send_at=job.send_at)
+                self._log.debug("scheduled", id=job.id, send_at=job.send_at)
             return
-        await self._send(entry, job, sender, bound)
+        # Ready after all (`_ready` said otherwise a moment ago): the pipeline takes it.
+        url = job.status_callback_url or self.profile.status_callback_url
+        ready = Ready(entry, job, sender, str(url) if url else "")
+        self._active[entry.entry_id] = ready
+        await self.pipeline.send([ready], self._no_stop)
 
     def _check(self, job: Job) -> str | None:
         """Rules this issue enforces; returns the explicit sender when there is one."""
@@ -296,93 +394,7 @@ class ProfileWorker:
             return job.sender
         return None
 
-    async def _send(
-        self, entry: Entry, job: Job, sender: str, bound: structlog.typing.FilteringBoundLogger
-    ) -> None:
-        fields = {"from": sender, "to": job.to, "profile": self.name}
-        if self.profile.store_text and job.text is not None:
-            fields["text"] = job.text
-        if job.meta:
-            fields["meta"] = json.dumps(job.meta, default=str)
-        if job.status_callback_url or self.profile.status_callback_url:
-            fields["status_callback_url"] = str(
-                job.status_callback_url or self.profile.status_callback_url
-            )
-        result = await self.ledger.transition(
-            job.id,
-            entry.owner,
-            "sending",
-            profile=self.name,
-            fields=fields,
-            allow_rejected=entry.replay,
-            event=self._event(job, sender),
-        )
-        if not result.ok:
-            await self._skip(entry, job, result.verdict, result.previous)
-            return
-        if result.previous == "sending":
-            # The last attempt never got an outcome recorded: it may have reached the
-            # provider before a crash. Sending again is the at-least-once price; count it.
-            await self._redis.hincrby(keys.stats(self.name), "possible_duplicates", 1)
-            bound.warning("resending a message that was in flight at a crash")
-        bind = min([b for b in self.binds if b.ready] or self.binds, key=lambda b: b.in_flight)
-        outcome = await bind.submit(
-            OutboundMessage(job.id, sender, job.to, job.text or "", job.meta, job.expires_at)
-        )
-        await self._outcome(entry, job, sender, outcome, bound)
-
-    async def _outcome(
-        self,
-        entry: Entry,
-        job: Job,
-        sender: str,
-        outcome: Outcome,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        event = self._event(job, sender)
-        if isinstance(outcome, Accepted):
-            ids = list(outcome.part_ids) or [outcome.provider_message_id or ""]
-            if self.reports is not None:
-                ids = [self.reports.normalise(i) for i in ids if i]
-            ids = [i for i in ids if i]
-            pmid = ids[0] if ids else ""
-            fields: dict[str, str | int] = {
-                "provider_message_id": pmid,
-                "segments": outcome.segments,
-            }
-            if len(ids) > 1:
-                fields["part_ids"] = json.dumps(ids)
-            await self._finish(
-                entry,
-                job,
-                "sent",
-                fields=fields,
-                event={**event, "provider_message_id": pmid},
-                indexes=[keys.provider_id(self.name, i) for i in ids],
-            )
-            bound.info("sent", provider_message_id=pmid, sender=sender, segments=outcome.segments)
-            if self.reports is not None:
-                await self.reports.replay_early(ids)
-        elif isinstance(outcome, Failed):
-            await self._finish(
-                entry,
-                job,
-                "failed",
-                note=outcome.reason,
-                fields={
-                    "error_code": outcome.code,
-                    "error_raw": outcome.raw,
-                    "error": outcome.reason,
-                },
-                event={**event, "error_code": outcome.code},
-            )
-            bound.warning("failed", error_code=outcome.code, reason=outcome.reason)
-        else:
-            await self._retry(entry, job, outcome, bound)
-
-    async def _retry(
-        self, entry: Entry, job: Job, outcome: Retry, bound: structlog.typing.FilteringBoundLogger
-    ) -> None:
+    async def _retry(self, entry: Entry, job: Job, outcome: Retry) -> None:
         # A submit the provider never saw (no bound session, held while throttled) is
         # not an attempt: an SMSC outage or a throttling storm must not use up
         # max_attempts. It comes back after a short pause; while no bind is ready,
@@ -395,7 +407,9 @@ class ProfileWorker:
         if outcome.attempted and attempt >= self.settings.max_attempts:
             note = f"gave up after {attempt} attempts: {outcome.reason}"
             await self._finish(entry, job, "failed", note=note, fields=errors)
-            bound.warning("failed after retries", attempts=attempt, reason=outcome.reason)
+            self._log.warning(
+                "failed after retries", id=job.id, attempts=attempt, reason=outcome.reason
+            )
             return
         delay = backoff(
             max(1, attempt) if outcome.attempted else 1,
@@ -421,8 +435,12 @@ class ProfileWorker:
         )
         if await self._record(entry, job, "queued", note=note, fields=errors):
             await self.queue.defer(entry, encode_job(job.to_wire()), entry.owner, attempt, due)
-            bound.info(
-                "retry scheduled", attempt=attempt, delay=round(delay, 2), reason=outcome.reason
+            self._log.debug(
+                "retry scheduled",
+                id=job.id,
+                attempt=attempt,
+                delay=round(delay, 2),
+                reason=outcome.reason,
             )
 
     async def _finish(
@@ -486,8 +504,6 @@ class ProfileWorker:
             self._log.info("duplicate job id dropped", id=job.id, entry=entry.entry_id)
         else:
             self._log.info("already final, not sent again", id=job.id, status=previous)
-            if previous == "sent" and self.reports is not None:
-                await self.reports.replay_early_of(job.id)
         if not acked:
             await self.queue.ack(entry.entry_id)
 
@@ -529,6 +545,16 @@ class ProfileWorker:
             event["meta"] = json.dumps(job.meta, default=str)
         return event
 
+    def _flusher_dead(self) -> bool:
+        return self._flusher is not None and self._flusher.done()
+
+    def _check_flusher(self) -> None:
+        """The outcome flusher ending on its own is a bug: end serving with it."""
+        if self._flusher_dead() and not self._idle.is_set():
+            assert self._flusher is not None
+            error = None if self._flusher.cancelled() else self._flusher.exception()
+            raise RuntimeError(f"the outcome flusher of {self.name} ended: {error!r}")
+
     def _free(self) -> int:
         return max(0, self.capacity - len(self._active))
 
@@ -542,8 +568,16 @@ class ProfileWorker:
 
     async def _wait_for_room(self, stopping: asyncio.Event | None = None) -> None:
         while self._free() <= 0 and not (stopping and stopping.is_set()):
+            self._check_flusher()
             self._slot_freed.clear()
             await self._slot_freed.wait()
+
+
+def _job_of(entry: Entry, profile: str) -> Job | JobError:
+    try:
+        return decode_job(entry.raw_job, default_id=f"{profile}.{entry.owner}")
+    except JobError as exc:
+        return exc
 
 
 def _when(at: float) -> str:

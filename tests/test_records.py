@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from router import Client, keys
 from router.config import Settings, parse_settings
-from router.ledger import Ledger
+from router.ledger import Finished, Ledger, Sending
 from router.reports import Reports
 from router.smscsim import SmscSimulator
 
@@ -51,21 +51,47 @@ async def all_status(redis: Redis, ids: list[str], status: str) -> bool:
 async def test_orphan_early_report_expires_while_other_early_reports_keep_arriving(
     redis: Redis,
 ) -> None:
-    """Each early report has its own expiry: steady traffic no longer keeps an orphan
-    (the old single hash had its TTL refreshed on every write, so it never expired)."""
-    reports = Reports(redis, ledger_of(redis), "sms", id_format="auto", early_ttl=1)
+    """Each early report has its own deadline: steady traffic does not keep an orphan
+    (a single hash with one TTL refreshed on every write would never expire)."""
+    ledger = ledger_of(redis)
+    reports = Reports(redis, ledger, "sms", id_format="auto", early_ttl=1)
     await reports.apply(reports.candidates("0A0A"), "delivered", "DELIVRD", "000")
-    orphan = keys.early_report("sms", "a0a")
-    assert await redis.exists(orphan)
-    assert 0 < await redis.ttl(orphan) <= 1
+    early = keys.early_reports("sms")
+    assert await redis.hexists(early, "a0a")
     arriving = 0
     deadline = time.monotonic() + 20
-    while await redis.exists(orphan):
+    while await redis.hexists(early, "a0a"):
         assert time.monotonic() < deadline, "the orphan early report never expired"
         arriving += 1
         await reports.apply([f"later{arriving}"], "delivered", "DELIVRD", "000")
+        await ledger.drop_early_reports("sms")
         await asyncio.sleep(0.05)
-    assert arriving > 5 and await redis.exists(keys.early_report("sms", f"later{arriving}"))
+    assert arriving > 5 and await redis.hexists(early, f"later{arriving}")
+    assert await redis.zcard(keys.early_deadlines("sms")) == await redis.hlen(early)
+
+
+def sending_item(job_id: str, owner: str) -> Sending:
+    return (job_id, owner, "", "+16501112345", "+447911123456", "", "", "")
+
+
+def sent_item(job_id: str, entry: str, step: int, ids: list[str], forms: list[str]) -> Finished:
+    return (job_id, entry, step + 1, "sent", "", "", "+447911123456", "+16501112345", "",
+            len(ids), "", "", "", ids, forms)  # fmt: skip
+
+
+async def record_sent(
+    redis: Redis, reports: Reports, job_id: str, resp: str, *, stream: str = ""
+) -> None:
+    """What the pipeline does: `sending`, then `sent` with the early-report forms.
+    A `stream` other than the job's acknowledges nothing there (the entry stays)."""
+    ledger = ledger_of(redis)
+    owner = (await redis.hget(keys.record(job_id), "owner") or b"").decode()
+    [result] = await ledger.sending("sms", [sending_item(job_id, owner)])
+    assert result.ok, result
+    pmid = reports.normalise(resp)
+    forms = [x for form in reports.forms(pmid) for x in (pmid, form)]
+    item = sent_item(job_id, owner, result.step, [pmid], forms)
+    await ledger.finish("sms", stream or keys.queue("sms"), [item])
 
 
 async def test_early_report_is_applied_and_deleted_when_its_message_is_sent(
@@ -78,17 +104,13 @@ async def test_early_report_is_applied_and_deleted_when_its_message_is_sent(
     reports = Reports(redis, ledger, "sms", id_format="auto")
     # The receipt (decimal, padded) comes before the submit_sm_resp (hex) is recorded.
     await reports.apply(reports.candidates("0000004096"), "delivered", "DELIVRD", "000")
-    assert await redis.exists(keys.early_report("sms", "4096"))
-    owner = (await redis.hget(keys.record(ids[0]), "owner") or b"").decode()
-    await ledger.transition(ids[0], owner, "sending", profile="sms")
-    resp = reports.normalise("1000")
-    await ledger.transition(
-        ids[0], owner, "sent", profile="sms", indexes=[keys.provider_id("sms", resp)]
-    )
-    await reports.replay_early([resp])
+    assert await redis.hexists(keys.early_reports("sms"), "4096")
+    await record_sent(redis, reports, ids[0], "1000")
     record = await ledger.get(ids[0])
     assert record is not None and record["status"] == "delivered"
-    assert not await redis.exists(keys.early_report("sms", "4096"))
+    assert [h["status"] for h in record["history"]] == ["queued", "sending", "sent", "delivered"]
+    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
+    assert await redis.xlen(keys.queue("sms")) == 0, "the entry is acknowledged and deleted"
 
 
 # --- 2. history order, text, status output -------------------------------------------------
@@ -270,7 +292,7 @@ async def test_receipt_ids_in_another_style_match_with_the_default_format(
     running = run_daemon(settings)
     await wait_for(lambda: all_status(redis, ids, "delivered"), 20, "delivered")
     assert await running.stop() == 0
-    assert not [k async for k in redis.scan_iter(match=keys.early_report("sms", "*"))]
+    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
     if (resp_style, receipt_style, early) != ("hex", "decimal", False):
         return
     # `status`: the text and the history; internal fields only with --json.
@@ -285,30 +307,26 @@ async def test_receipt_ids_in_another_style_match_with_the_default_format(
     assert "owner" in record and any(name.startswith("dlr:") for name in record)
 
 
-async def test_early_report_replayed_when_the_entry_comes_back_after_sent(
+async def test_entry_back_after_sent_is_not_sent_again_and_its_early_report_applied(
     redis: Redis, redis_url: str, smsc: SmscSimulator, run_daemon: Start, tmp_path: Path
 ) -> None:
-    """Redis went away between recording `sent` and replaying the early report (found by
-    bench/chaos.py): the entry comes back, finds its record final, and must still apply
-    the report it holds, or the message stays `sent` until report_timeout."""
+    """A report kept while its message is `sending` is applied in the step that records
+    `sent` (there is no second step that a Redis blip could skip); an entry that comes
+    back after that step finds its record final and is not sent again."""
     ledger = ledger_of(redis)
     client = Client(redis, default_profile="sms")
     [job_id] = await client.send_many([{"to": "+447911123456", "text": "early, then a blip"}])
     reports = Reports(redis, ledger, "sms", id_format="auto")
     await reports.apply(reports.candidates("77"), "delivered", "DELIVRD", "000")
-    owner = (await redis.hget(keys.record(job_id), "owner") or b"").decode()
-    await ledger.transition(job_id, owner, "sending", profile="sms")
-    await ledger.transition(
-        job_id,
-        owner,
-        "sent",
-        profile="sms",
-        fields={"provider_message_id": "77"},
-        indexes=[keys.provider_id("sms", "77")],
-    )
-    assert (await redis.hget(keys.record(job_id), "status")) == b"sent"
+    # Acknowledge elsewhere: the entry stays on the stream, as if the ack were lost.
+    await record_sent(redis, reports, job_id, "77", stream="sms:{sms}:elsewhere")
+    assert (await redis.hget(keys.record(job_id), "status")) == b"delivered"
     data = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
     run_daemon(parse_settings(data, env={}, base_dir=tmp_path))
-    await wait_for(lambda: all_status(redis, [job_id], "delivered"), 20, "the early report applied")
-    assert not await redis.exists(keys.early_report("sms", "77"))
+
+    async def acked() -> bool:
+        return int(await redis.xlen(keys.queue("sms"))) == 0
+
+    await wait_for(acked, 20, "the entry acknowledged")
+    assert (await redis.hget(keys.record(job_id), "status")) == b"delivered"
     assert not smsc.submits, "a message recorded sent must not be sent again"

@@ -163,7 +163,7 @@ async def test_undelivered_report_and_report_before_response(
     record = await Ledger(redis, retention=60, events_maxlen=10).get(ids[0])
     assert record is not None
     assert record["dlr_stat"] == "UNDELIV" and record["error_code"] == "dlr_undeliv"
-    assert not [k async for k in redis.scan_iter(match=keys.early_report("sms", "*"))]
+    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
 
 
 async def test_throttling_and_disconnects_lose_nothing(

@@ -1,0 +1,323 @@
+"""The hot path of one profile: batches recorded `sending`, sent, recorded again.
+
+    ready batch ──► ledger.sending (one call) ──► bind.send per message (no task)
+      ──► outcomes collected by callback ──► ledger.finish (one call per flush:
+          records, events, provider-id index, early reports, acks)
+
+The worker decides which entries are ready to send (decoded, checked, due, sender
+assigned) and hands them over as `Ready`; everything else (dead letters, schedules,
+retries, duplicates) stays on the worker's per-entry path, which this module calls
+back through `Handoff`. A flush takes whatever outcomes arrived while the previous
+one was in flight, so batches grow with load and a lone message is not delayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol, TypeVar
+
+import structlog
+
+from binds.base import Accepted, Bind, Crashed, Failed, OutboundMessage, Outcome, Retry
+
+from .jobs import Job
+from .ledger import Finished, Ledger, Sending, Transition
+from .outages import REDIS_DOWN, Pause, RedisOutages
+from .queue import Entry
+from .reports import Reports
+
+log = structlog.get_logger("router.pipeline")
+
+T = TypeVar("T")
+
+FLUSH_MAX = 500  # outcomes per finish call (bounds one script's time inside Redis)
+
+
+@dataclass(slots=True)
+class Ready:
+    """One entry ready to send: decoded, checked, due, with its sender number."""
+
+    entry: Entry
+    job: Job
+    sender: str
+    url: str  # status_callback_url ('' for none)
+    step: int = 0  # history index of its `sending` step
+
+
+class Handoff(Protocol):
+    """What the pipeline hands back to the worker's per-entry path."""
+
+    def retry(self, ready: Ready, outcome: Retry) -> None:
+        """A Retry outcome: schedule the next attempt (or give up)."""
+
+    def skip(self, ready: Ready, result: Transition) -> None:
+        """Not sent: a duplicate job id, or a record already final."""
+
+    def fail(self, ready: Ready, exc: Exception) -> None:
+        """A non-Redis error while recording this entry: dead-letter it, named."""
+
+    def release(self, entries: Sequence[Entry]) -> None:
+        """These entries are done (recorded and acknowledged, or left pending)."""
+
+
+class Pipeline:
+    """Records and sends batches for one profile (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        profile: str,
+        stream: str,
+        ledger: Ledger,
+        binds: Sequence[Bind],
+        reports: Reports | None,
+        outages: RedisOutages,
+        store_text: bool,
+        handoff: Handoff,
+    ) -> None:
+        self.profile = profile
+        self._stream = stream
+        self._ledger = ledger
+        self._binds = list(binds)
+        self._reports = reports
+        self._outages = outages
+        self._store_text = store_text
+        self._handoff = handoff
+        self._outbox: list[tuple[Ready, Accepted | Failed]] = []
+        self._wake = asyncio.Event()
+        self._flushing = 0  # outcomes taken by the flush in progress
+
+    @property
+    def waiting(self) -> int:
+        """Outcomes not yet recorded (in the outbox or being flushed)."""
+        return len(self._outbox) + self._flushing
+
+    async def send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
+        """Record `sending` for `batch` in one call, then hand each message to a bind."""
+        items: list[Sending] = [self._sending_item(r) for r in batch]
+        results = await self._record(
+            "recording sending", lambda: self._ledger.sending(self.profile, items), stopping
+        )
+        if results is None:
+            # Stopping while Redis is away: the entries stay pending for the next start.
+            self._handoff.release([r.entry for r in batch])
+            return
+        if isinstance(results, Exception):
+            await self._one_by_one_sending(batch, stopping)
+            return
+        self._dispatch(batch, results)
+
+    async def run(self, idle: asyncio.Event) -> None:
+        """Record outcomes as they come, until `idle` is set and nothing is waiting.
+
+        `idle` means no entry is left in flight (the worker's drain is over)."""
+        while True:
+            if not self._outbox:
+                if idle.is_set():
+                    return
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                stop = asyncio.ensure_future(idle.wait())
+                await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stop.cancel()
+                continue
+            taken, self._outbox = self._outbox[:FLUSH_MAX], self._outbox[FLUSH_MAX:]
+            self._flushing = len(taken)
+            try:
+                await self._flush(taken)
+            finally:
+                self._flushing = 0
+
+    # -- recording ------------------------------------------------------------------
+
+    def _sending_item(self, r: Ready) -> Sending:
+        job = r.job
+        return (
+            job.id,
+            r.entry.owner,
+            "1" if r.entry.replay else "",
+            r.sender,
+            job.to,
+            job.text or "" if self._store_text else "",
+            json.dumps(job.meta, default=str) if job.meta else "",
+            r.url,
+        )
+
+    def _dispatch(self, batch: Sequence[Ready], results: Sequence[Transition]) -> None:
+        resent = 0
+        for ready, result in zip(batch, results, strict=True):
+            if not result.ok:
+                self._handoff.skip(ready, result)
+                continue
+            if result.previous == "sending":
+                resent += 1
+            ready.step = result.step
+            job = ready.job
+            message = OutboundMessage(
+                job.id, ready.sender, job.to, job.text or "", job.meta, job.expires_at
+            )
+            self._bind().send(message, _Collect(self, ready))
+        if resent:
+            log.warning(
+                "resending messages that were in flight at a crash (counted as possible "
+                "duplicates)",
+                profile=self.profile,
+                count=resent,
+            )
+
+    def _bind(self) -> Bind:
+        binds = self._binds
+        if len(binds) == 1:
+            return binds[0]
+        return min([b for b in binds if b.ready] or binds, key=lambda b: b.in_flight)
+
+    def collect(self, ready: Ready, outcome: Outcome | Crashed) -> None:
+        """A bind's outcome for one message (called by the bind, on the loop)."""
+        if isinstance(outcome, Crashed):
+            self._handoff.fail(ready, outcome.error)
+            return
+        if isinstance(outcome, Retry):
+            self._handoff.retry(ready, outcome)
+            return
+        self._outbox.append((ready, outcome))
+        self._wake.set()
+
+    async def _flush(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
+        items = [self._finished_item(r, o) for r, o in taken]
+        applied = await self._record(
+            "recording outcomes",
+            lambda: self._ledger.finish(self.profile, self._stream, items),
+            None,  # outcomes are recorded even while stopping: the grace bounds it
+        )
+        if isinstance(applied, Exception):
+            await self._one_by_one_finish(taken, items)
+            return
+        failed = [o for _, o in taken if isinstance(o, Failed)]
+        if failed:
+            log.warning(
+                "messages refused by the provider",
+                profile=self.profile,
+                count=len(failed),
+                first=failed[0].reason,
+                code=failed[0].code,
+            )
+        self._handoff.release([r.entry for r, _ in taken])
+
+    def _finished_item(self, r: Ready, outcome: Accepted | Failed) -> Finished:
+        job = r.job
+        meta = json.dumps(job.meta, default=str) if job.meta else ""
+        if isinstance(outcome, Failed):
+            return (
+                job.id,
+                r.entry.entry_id,
+                r.step + 1,
+                "failed",
+                outcome.reason,
+                r.url,
+                job.to,
+                r.sender,
+                meta,
+                0,
+                outcome.code,
+                outcome.raw,
+                outcome.reason,
+                [],
+                [],
+            )
+        ids = list(outcome.part_ids) or [outcome.provider_message_id or ""]
+        forms: list[str] = []
+        if self._reports is not None:
+            ids = [self._reports.normalise(i) for i in ids if i]
+            for part in ids:
+                for form in self._reports.forms(part):
+                    forms += (part, form)
+        ids = [i for i in ids if i]
+        return (
+            job.id,
+            r.entry.entry_id,
+            r.step + 1,
+            "sent",
+            "",
+            r.url,
+            job.to,
+            r.sender,
+            meta,
+            outcome.segments,
+            "",
+            "",
+            "",
+            ids,
+            forms,
+        )
+
+    async def _record(
+        self,
+        doing: str,
+        call: Callable[[], Awaitable[T]],
+        stopping: asyncio.Event | None,
+    ) -> T | Exception | None:
+        """Run a ledger call, waiting out Redis outages (logged once, by `RedisOutages`).
+
+        Returns the result, the exception for a non-Redis failure (the caller retries
+        item by item to find the culprit), or None when `stopping` is set meanwhile."""
+        pause = Pause(self._outages)
+        while True:
+            try:
+                result = await call()
+            except REDIS_DOWN as exc:
+                if stopping is not None and stopping.is_set():
+                    return None
+                await pause.after_error(f"{doing} for {self.profile}", exc, stopping)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return exc
+            pause.reset()
+            return result
+
+    async def _one_by_one_sending(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
+        for ready in batch:
+            item = [self._sending_item(ready)]
+            result = await self._record(
+                "recording sending", partial(self._ledger.sending, self.profile, item), stopping
+            )
+            if result is None:
+                self._handoff.release([ready.entry])
+            elif isinstance(result, Exception):
+                self._handoff.fail(ready, result)
+            else:
+                self._dispatch([ready], result)
+
+    async def _one_by_one_finish(
+        self, taken: list[tuple[Ready, Accepted | Failed]], items: list[Finished]
+    ) -> None:
+        for (ready, _), item in zip(taken, items, strict=True):
+            result = await self._record(
+                "recording outcomes",
+                partial(self._ledger.finish, self.profile, self._stream, [item]),
+                None,
+            )
+            if isinstance(result, Exception):
+                self._handoff.fail(ready, result)
+            else:
+                self._handoff.release([ready.entry])
+
+
+class _Collect:
+    """The `done` callback of one message: cheaper than a closure per message to read
+    in a profile, and names what it is."""
+
+    __slots__ = ("pipeline", "ready")
+
+    def __init__(self, pipeline: Pipeline, ready: Ready) -> None:
+        self.pipeline = pipeline
+        self.ready = ready
+
+    def __call__(self, outcome: Outcome | Crashed) -> None:
+        self.pipeline.collect(self.ready, outcome)
