@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import phonenumbers
 
@@ -13,6 +14,8 @@ import phonenumbers
 _SHAPE = re.compile(r"\+[\s(]*\d[\d\s().\-/]*")
 
 
+# Parsing costs tens of microseconds; many destinations and every sender repeat.
+@lru_cache(maxsize=16384)
 def normalise_e164(value: str) -> str:
     """Return `value` as canonical E.164 (``+14155552671``) or raise ValueError.
 

@@ -92,8 +92,12 @@ class ProfileWorker:
 
     @property
     def capacity(self) -> int:
-        """Entries this worker may hold at once: the sum of its binds' windows."""
-        return sum(b.window for b in self.binds)
+        """Entries this worker may hold at once: twice its binds' windows, plus one.
+
+        One window's worth is on the wire while the next is being read and recorded
+        `sending` and the last one's outcomes are being recorded: with only one
+        window's worth, the window would run dry at every batch boundary."""
+        return 2 * sum(b.window for b in self.binds) + 1
 
     @property
     def in_progress(self) -> int:
