@@ -62,6 +62,11 @@ Finished = tuple[
 ]
 
 
+# One part's delivery report: outcome (delivered | undelivered), stat, err, and the
+# provider ids it may be indexed under, best first.
+Report = tuple[str, str, str, list[str]]
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """What the ledger said to a requested status change."""
@@ -137,49 +142,45 @@ class Ledger:
         verdict, previous = await self._script(keys=script_keys, args=args)
         return Transition(as_text(verdict), as_text(previous))
 
-    async def report(
-        self,
-        candidates: Sequence[str],
-        outcome: str,
-        *,
-        profile: str,
-        stat: str,
-        err: str,
-        keep_for: float,
-    ) -> tuple[Transition, str, str]:
-        """Record one part's delivery report; the final status once every part reported.
+    async def reports(
+        self, profile: str, batch: Sequence[Report], *, keep_for: float
+    ) -> list[tuple[Transition, str, str]]:
+        """Record a batch of delivery reports in one call (report.lua); each is one
+        part's, the final status written once every part reported.
 
-        `candidates` are the provider ids the part may be indexed under, best first
-        (the first with an index names the job). `outcome` is ``delivered`` or
-        ``undelivered``. A report whose message is not recorded `sent` yet is kept for
-        `keep_for` seconds and applied by the step that records `sent` (`finish`).
-        Returns the verdict — ``ok`` (final status written; `previous` holds it),
-        ``partial``, ``early`` (kept) or ``done`` (final already) — the job id ('' if
-        unknown) and the candidate that matched.
+        A report whose message is not recorded `sent` yet is kept for `keep_for`
+        seconds and applied by the step that records `sent` (`finish`). For each report:
+        the verdict — ``ok`` (final status written; `previous` holds it), ``partial``,
+        ``early`` (kept) or ``done`` (final already) — the job id ('' if unknown) and
+        the candidate id that matched.
         """
         now = time.time()
-        args: list[str | int] = [
-            outcome,
-            stat,
-            err,
-            f"{now:.6f}",
-            self._events_maxlen,
-            keys.record(""),
-            keys.CALLBACKS,
-            profile,
-            f"{now + keep_for:.3f}",
-            len(candidates),
-            *candidates,
-        ]
-        script_keys = [
-            keys.EVENTS,
-            keys.awaiting_reports(profile),
-            keys.early_reports(profile),
-            keys.early_deadlines(profile),
-        ]
-        script_keys += [keys.provider_id(profile, c) for c in candidates]
-        verdict, status, job, part = await self._report(keys=script_keys, args=args)
-        return Transition(as_text(verdict), as_text(status)), as_text(job), as_text(part)
+        payload = msgpack.packb(
+            [
+                f"{now:.6f}",
+                self._events_maxlen,
+                keys.record(""),
+                keys.provider_id(profile, ""),
+                profile,
+                f"{now + keep_for:.3f}",
+                batch,
+            ]
+        )
+        reply = await self._report(
+            keys=[
+                keys.EVENTS,
+                keys.awaiting_reports(profile),
+                keys.early_reports(profile),
+                keys.early_deadlines(profile),
+                keys.CALLBACKS,
+            ],
+            args=[payload],
+        )
+        return [
+            (Transition(as_text(reply[i]), as_text(reply[i + 1])), as_text(reply[i + 2]),
+             as_text(reply[i + 3]))
+            for i in range(0, len(reply), 4)
+        ]  # fmt: skip
 
     async def drop_early_reports(self, profile: str, batch: int = 1000) -> int:
         """Drop kept early reports whose time is up; returns how many."""

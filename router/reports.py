@@ -21,6 +21,7 @@ overdue ones a ``no delivery report`` note and event.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Final, Literal
@@ -37,7 +38,7 @@ from binds.smpp.receipt import (
     parse_receipt,
 )
 
-from .ledger import Ledger
+from .ledger import Ledger, Report
 
 log = structlog.get_logger("router.reports")
 
@@ -48,6 +49,7 @@ EARLY_TTL: Final = 600
 MISSING_NOTE: Final = "no delivery report"
 # Seconds between two looks at the awaiting set (the maintenance loop runs faster).
 SWEEP_EVERY: Final = 1.0
+BATCH: Final = 500  # reports per script call
 
 
 # message_state TLV values (SMPP 3.4 section 5.2.28) that end a message.
@@ -81,6 +83,8 @@ class Reports:
         self.id_format: IdFormat = id_format
         self._early_ttl = max(1, int(early_ttl))
         self._next_sweep = 0.0
+        self._waiting: list[tuple[Report, asyncio.Future[None]]] = []
+        self._flushing = False
         # Sent messages join the awaiting set in the ledger's `sent` step.
         ledger.expect_reports(profile, report_timeout)
 
@@ -130,26 +134,46 @@ class Reports:
         """Apply one part's report now, or keep it until its message is recorded sent.
 
         `candidates` are the forms of its id to look up, best first (`candidates`).
-        """
+        Reports that arrive while a call is in flight go together in the next one, so
+        a burst of receipts costs one script call per batch, not one each."""
         if not candidates:
             return
-        result, job, _part = await self._ledger.report(
-            candidates,
-            outcome,
-            profile=self.profile,
-            stat=stat,
-            err=err,
-            keep_for=self._early_ttl,
-        )
-        if result.verdict == "ok":
-            log.debug(result.previous, id=job, profile=self.profile, stat=stat, err=err)
-        elif result.verdict == "early":
-            log.debug(
-                "report kept until its message is sent",
-                profile=self.profile,
-                provider_id=candidates[0],
-                stat=stat,
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((outcome, stat, err, list(candidates)), done))
+        if not self._flushing:
+            self._flushing = True
+            try:
+                while self._waiting:
+                    taken, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
+                    await self._flush(taken)
+            finally:
+                self._flushing = False
+                # Cancelled (shutting down) with reports still waiting: nobody will
+                # flush them, so their deliver_sm are answered "try later".
+                for _, future in self._waiting:
+                    if not future.done():
+                        future.set_exception(RuntimeError("reports not stored: stopping"))
+                self._waiting.clear()
+        await done
+
+    async def _flush(self, taken: list[tuple[Report, asyncio.Future[None]]]) -> None:
+        try:
+            results = await self._ledger.reports(
+                self.profile, [r for r, _ in taken], keep_for=self._early_ttl
             )
+        except BaseException as exc:
+            # Each waiting deliver_sm is answered "try later"; the SMSC sends it again.
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        for (report, future), (result, job, _part) in zip(taken, results, strict=True):
+            if result.verdict == "ok":
+                log.debug(result.previous, id=job, profile=self.profile, stat=report[1])
+            if not future.done():
+                future.set_result(None)
 
     async def sweep(self) -> int:
         """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.

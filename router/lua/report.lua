@@ -1,37 +1,49 @@
--- A delivery report for one part of a sent message, found through the provider-id index
--- in the same step. The record's final status comes when every part has reported:
--- delivered if all were, else undelivered with the first failing part's stat and err.
--- A report whose message is not recorded `sent` yet (the SMSC sent it before its
--- submit_sm_resp, or the worker has not flushed the outcome) is kept in the profile's
--- early-report hash, with its own deadline in the early zset; finish.lua applies it
--- in the step that records `sent`. Both steps are scripts, so one sees the other.
--- KEYS: event stream, awaiting-reports set, early hash, early zset, then the candidate
--- provider-id index keys, best first (the first that exists names the job).
--- ARGV: part outcome (delivered | undelivered), stat, err, now, events maxlen, record
--- key prefix, callbacks stream, profile, early deadline, candidate count, the candidate
--- ids (same order as their keys).
--- Returns {verdict, status, job id, matched id}; verdict: ok (final status written) |
--- partial (waiting for other parts) | early (kept) | done (message final already).
-local ncand = tonumber(ARGV[10])
-local job, part
-for i = 1, ncand do
-  job = redis.call('GET', KEYS[4 + i])
-  if job then part = ARGV[10 + i]; break end
+-- Delivery reports, a batch in one call. Each report is for one part of a message, found
+-- through the provider-id index in the same step. The record's final status comes when
+-- every part has reported: delivered if all were, else undelivered with the first
+-- failing part's stat and err. A report whose message is not recorded `sent` yet (the
+-- SMSC sent it before its submit_sm_resp, or the worker has not flushed the outcome) is
+-- kept in the profile's early-report hash, with its own deadline in the early zset;
+-- finish.lua applies it in the step that records `sent`. Both steps are scripts, so
+-- one sees the other.
+-- KEYS: event stream, awaiting-reports set, early hash, early zset, callbacks stream.
+-- ARGV[1]: msgpack {now, events maxlen, record prefix, index prefix, profile, early
+-- deadline, reports}; each report {outcome (delivered | undelivered), stat, err,
+-- {candidate ids, best first: the first with an index names the job}}.
+-- Returns a flat array, 4 per report: verdict, status, job id, matched id; verdict: ok
+-- (final status written) | partial (waiting for other parts) | early (kept) | done
+-- (message final already).
+local args = cmsgpack.unpack(ARGV[1])
+local now, maxlen, prefix, index, profile, keep_until = args[1], args[2], args[3], args[4],
+  args[5], args[6]
+local out = {}
+local function answer(verdict, st, job, part)
+  out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = job; out[#out + 1] = part
 end
-local st = nil
-if job then st = redis.call('HGET', ARGV[6] .. job, 'status') end
-if not st or st == 'queued' or st == 'scheduled' or st == 'sending' then
-  redis.call('HSET', KEYS[3], ARGV[11], cjson.encode({ARGV[1], ARGV[2], ARGV[3]}))
-  redis.call('ZADD', KEYS[4], ARGV[9], ARGV[11])
-  return {'early', st or '', job or '', ARGV[11]}
+for _, r in ipairs(args[7]) do
+  local outcome, stat, err, cands = r[1], r[2], r[3], r[4]
+  local job, part
+  for i = 1, #cands do
+    job = redis.call('GET', index .. cands[i])
+    if job then part = cands[i]; break end
+  end
+  local st = nil
+  if job then st = redis.call('HGET', prefix .. job, 'status') end
+  if not st or st == 'queued' or st == 'scheduled' or st == 'sending' then
+    redis.call('HSET', KEYS[3], cands[1], cjson.encode({outcome, stat, err}))
+    redis.call('ZADD', KEYS[4], keep_until, cands[1])
+    answer('early', st or '', job or '', cands[1])
+  elseif st ~= 'sent' then
+    answer('done', st, job, part)
+  else
+    local rec = prefix .. job
+    local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta', 'status_callback_url')
+    local parts = {part}
+    if info[1] then parts = cjson.decode(info[1]) end
+    local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
+                               {info[2] or '', info[3] or '', info[4] or '', info[5] or ''},
+                               profile, KEYS[1], maxlen, KEYS[5], KEYS[2])
+    if final then answer('ok', final, job, part) else answer('partial', st, job, part) end
+  end
 end
-if st ~= 'sent' then return {'done', st, job, part} end
-local rec = ARGV[6] .. job
-local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta', 'status_callback_url')
-local parts = {part}
-if info[1] then parts = cjson.decode(info[1]) end
-local final = apply_report(rec, job, part, ARGV[1], ARGV[2], ARGV[3], ARGV[4], parts,
-                           {info[2] or '', info[3] or '', info[4] or '', info[5] or ''},
-                           ARGV[8], KEYS[1], ARGV[5], ARGV[7], KEYS[2])
-if not final then return {'partial', st, job, part} end
-return {'ok', final, job, part}
+return out
