@@ -8,10 +8,11 @@ import json
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -24,6 +25,8 @@ from .config import ConfigError, Settings, load_settings, resolve_config_path
 from .connections import RedisUnavailable, as_text, open_redis
 from .ledger import STATUSES, Ledger
 from .queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
+
+log = structlog.get_logger("router.cli")
 
 T = TypeVar("T")
 out = Console(highlight=False, soft_wrap=True)
@@ -78,11 +81,23 @@ def run(config_path: str | None) -> None:
     settings = _settings(config_path)
     configure(settings.router.log_format, settings.router.log_level)
     try:
-        code = asyncio.run(Daemon(settings).run())
+        code = _run_loop(Daemon(settings).run(), uvloop=settings.router.uvloop)
     except (RedisUnavailable, InstanceTaken) as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
     sys.exit(code)
+
+
+def _run_loop(main: Coroutine[Any, Any, int], *, uvloop: bool) -> int:
+    """Run the daemon on uvloop's event loop when asked for (and installed)."""
+    if uvloop:
+        try:
+            import uvloop as loops
+        except ImportError:
+            log.warning("uvloop is not installed; using asyncio's event loop")
+        else:
+            return loops.run(main)
+    return asyncio.run(main)
 
 
 @main.command("check-config")

@@ -130,6 +130,9 @@ class RouterSettings(_Section):
     redis_socket_timeout: Annotated[float, _between(1, 3600)] = 30.0
     redis_health_check: Annotated[float, _between(0, 3600)] = 15.0
     callback_timeout: Annotated[float, _between(0.1, 600)] = 10.0
+    # uvloop's event loop (a dependency) runs the hot path markedly cheaper than
+    # asyncio's; false falls back to asyncio's own loop.
+    uvloop: bool = True
 
     @field_validator("redis")
     @classmethod
