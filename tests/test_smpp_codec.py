@@ -19,7 +19,11 @@ from binds.smpp.codec import (
     Concat,
     Encoded,
     EncodeError,
+    Encoding,
     LongMode,
+    Segment,
+    _plan,
+    _short,
     count_segments,
     decode_text,
     encode_text,
@@ -324,3 +328,34 @@ def test_aiosmpplib_defect_split_sms_uses_254_octet_limit() -> None:
     (part,) = aiosmpp_utils.split_sms("a" * 200, "gsm0338")
     assert part == b"\xc8" + b"a" * 200
     assert count_segments("a" * 200, long_mode="sar") == 2
+
+
+def _planned(text: str, encoding: Encoding, coding: int) -> Encoded | None:
+    """What encode_text gave before its one-message shortcut: `_plan` for any text."""
+    try:
+        alphabet, units, whole, parts = _plan(text, encoding, "udh8")
+    except EncodeError:
+        return None
+    if parts is not None:
+        return None
+    data_coding = coding if alphabet == "gsm" else {"ucs2": 8, "latin1": 3}[alphabet]
+    return Encoded(data_coding, alphabet, (Segment(whole),), units)
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(gsm_text.map(lambda t: t[:170]), any_text, bmp_text, astral_text),
+    st.sampled_from(["auto", "gsm", "ucs2"]),
+)
+@example("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./:;<=>?¡ÄÖÑÜ§¿äöñüà", "auto")
+@example("^{}\\[~]|€\x0c", "gsm")
+@example("\ud800", "ucs2")
+def test_one_message_shortcut_gives_what_the_planner_gives(text: str, encoding: Encoding) -> None:
+    """The str.translate/str.encode shortcut for one-message texts agrees with the
+    character-by-character planner wherever it answers, and answers for ordinary text."""
+    shortcut = _short(text, encoding, 0)
+    if shortcut is not None:
+        assert shortcut == _planned(text, encoding, 0)
+    else:
+        planned = _planned(text, encoding, 0)
+        assert planned is None or planned.units > (160 if planned.alphabet == "gsm" else 70)

@@ -186,6 +186,9 @@ def encode_text(
     Raises EncodeError for a character outside a forced alphabet or a text needing
     more than 255 parts (or, in payload mode, more than 65535 octets).
     """
+    short = _short(text, encoding, gsm_data_coding)
+    if short is not None:
+        return short
     alphabet, total_units, whole, parts = _plan(text, encoding, long_mode)
     coding = gsm_data_coding if alphabet == "gsm" else _CODING[alphabet]
     if parts is None:
@@ -209,6 +212,50 @@ def encode_text(
             udh = bytes((5, 0x00, 3, reference % 256, total, seq))
             segments.append(Segment(udh + chunk, udhi=True))
     return Encoded(coding, alphabet, tuple(segments), total_units)
+
+
+class _NotGsm(Exception):
+    pass
+
+
+class _GsmTable(dict[int, str]):
+    """str.translate table: a character to its septet(s) as latin-1 code points;
+    any character outside GSM 03.38 raises (translate would keep it as it is)."""
+
+    def __missing__(self, key: int) -> str:
+        raise _NotGsm
+
+
+_GSM_TABLE: Final = _GsmTable(
+    {ord(c): chr(v) for c, v in GSM_BASIC_ENCODE_MAP.items()}
+    | {ord(c): "\x1b" + chr(v) for c, v in GSM_EXTENDED_ENCODE_MAP.items()}
+)
+
+
+def _short(text: str, encoding: Encoding, gsm_data_coding: int) -> Encoded | None:
+    """A text that fits in one message, encoded in C (str.translate, str.encode) rather
+    than character by character; None when `_plan` must look (long, other alphabets,
+    a character the alphabet lacks). Gives what `_plan` would: tests compare them."""
+    if encoding in ("auto", "gsm"):
+        try:
+            septets = text.translate(_GSM_TABLE).encode("latin-1")
+        except _NotGsm:
+            septets = None
+        if septets is not None:
+            if len(septets) > _LIMITS["gsm"][0]:
+                return None
+            return Encoded(gsm_data_coding, "gsm", (Segment(septets),), len(septets))
+        if encoding == "gsm":
+            return None
+    if encoding in ("auto", "ucs2"):
+        try:
+            units = text.encode("utf-16-be")
+        except UnicodeEncodeError:
+            return None
+        if len(units) // 2 > _LIMITS["ucs2"][0]:
+            return None
+        return Encoded(_CODING["ucs2"], "ucs2", (Segment(units),), len(units) // 2)
+    return None
 
 
 def count_segments(text: str, *, encoding: Encoding = "auto", long_mode: LongMode = "udh8") -> int:
