@@ -232,6 +232,10 @@ _GSM_TABLE: Final = _GsmTable(
 )
 
 
+# Septets whose GSM 03.38 character is the ASCII character of the same code.
+_GSM_AS_ASCII: Final = bytes(v for c, v in GSM_BASIC_ENCODE_MAP.items() if ord(c) == v)
+
+
 def _short(text: str, encoding: Encoding, gsm_data_coding: int) -> Encoded | None:
     """A text that fits in one message, encoded in C (str.translate, str.encode) rather
     than character by character; None when `_plan` must look (long, other alphabets,
@@ -335,6 +339,9 @@ def decode_text(data: bytes, data_coding: int) -> tuple[str, bool]:
     alphabet = _inbound_alphabet(data_coding)
     try:
         if alphabet == "gsm":
+            if not data.translate(None, _GSM_AS_ASCII):
+                # Only septets that mean their ASCII character (receipts, most texts).
+                return data.decode("ascii"), False
             return str(_GSM.decode(data, "replace")[0]), False
         if alphabet == "ucs2":
             return str(_UCS2.decode(data, "replace")[0]), False
