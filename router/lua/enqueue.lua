@@ -1,24 +1,41 @@
--- A producer's job: its `queued` record first, then the stream entry, in one step, so
--- no worker can record `sending` before `queued` exists, and a job id that has a record
--- already (a repeat) is not enqueued again. The new entry owns the record.
--- KEYS: record, event stream, work stream. ARGV: now, ttl, events maxlen, callbacks
--- stream, job id, encoded job, field count, then field pairs, then event pairs.
--- Returns {verdict, entry id}; verdict: ok | duplicate.
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'duplicate', ''} end
-local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[6])
-local name, value = step(1, 'queued', ARGV[1], '')
-local fields = {'created_at', ARGV[1], 'owner', entry, 'status', 'queued',
-                'updated_at', ARGV[1], 'n', 1, name, value}
-local nfields = tonumber(ARGV[7])
-for i = 8, 7 + 2 * nfields do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-local ev = {}
-for i = 8 + 2 * nfields, #ARGV do ev[#ev + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ev))
-local url = nil
-for i = 8, 7 + 2 * nfields, 2 do
-  if ARGV[i] == 'status_callback_url' then url = ARGV[i + 1] end
+-- Producers' jobs, a batch in one call: for each, its `queued` record first, then the
+-- stream entry, so no worker can record `sending` before `queued` exists, and a job
+-- id that has a record already (a repeat) is not enqueued again. The new entry owns
+-- the record.
+-- KEYS: event stream, callbacks stream.
+-- ARGV[1]: msgpack {now, ttl, events maxlen, record prefix, items}; each item {job id,
+-- work stream, encoded job, {record field, value, ...}, profile}; the fields `to`, `from`,
+-- `meta` also go on the event, `status_callback_url` names where it is posted.
+-- Returns a flat array: verdict (ok | duplicate), entry id ('' for a duplicate).
+local args = cmsgpack.unpack(ARGV[1])
+local now, ttl, maxlen, prefix = args[1], args[2], args[3], args[4]
+local out = {}
+for _, it in ipairs(args[5]) do
+  local rec = prefix .. it[1]
+  if redis.call('EXISTS', rec) == 1 then
+    out[#out + 1] = 'duplicate'; out[#out + 1] = ''
+  else
+    local entry = redis.call('XADD', it[2], '*', 'job', it[3])
+    local name, value = step(1, 'queued', now, '')
+    local fields = {'created_at', now, 'owner', entry, 'status', 'queued',
+                    'updated_at', now, 'n', 1, name, value}
+    local ev = {'id', it[1], 'profile', it[5], 'status', 'queued', 'at', now}
+    local url = nil
+    local given = it[4]
+    for i = 1, #given, 2 do
+      local field, v = given[i], given[i + 1]
+      fields[#fields + 1] = field; fields[#fields + 1] = v
+      if field == 'to' or field == 'from' or field == 'meta' then
+        ev[#ev + 1] = field; ev[#ev + 1] = v
+      elseif field == 'status_callback_url' then
+        url = v
+      end
+    end
+    redis.call('HSET', rec, unpack(fields))
+    redis.call('EXPIRE', rec, ttl)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
+    post(KEYS[2], url, ev)
+    out[#out + 1] = 'ok'; out[#out + 1] = entry
+  end
 end
-post(ARGV[4], url, ev)
-return {'ok', entry}
+return out
