@@ -36,6 +36,7 @@ from binds.smpp.pdu import (
 )
 
 from . import keys
+from .batching import Batcher
 from .connections import as_text
 from .outages import REDIS_ERRORS, Pause, RedisOutages
 
@@ -88,8 +89,14 @@ return 1
 """
 
 
+# One store: the inbound stream, and either the fields of a whole message or a part's
+# (keys, args) for _ADD_PART.
+_Store = tuple[str, dict[str, str], tuple[list[str], list[Any]] | None]
+
+
 class Inbound:
-    """Stores the inbound messages of one profile."""
+    """Stores the inbound messages of one profile; stores that arrive while one is in
+    flight go to Redis together (`Batcher`)."""
 
     def __init__(
         self, redis: Redis, profile: str, *, forward: bool, reassembly_timeout: float
@@ -100,6 +107,7 @@ class Inbound:
         self.timeout = reassembly_timeout
         self._add = redis.register_script(_ADD_PART)
         self._flush = redis.register_script(_FLUSH)
+        self._stores: Batcher[_Store, None] = Batcher(self._store)
 
     async def handle(self, message: ShortMessage) -> int:
         """Store one deliver_sm (not a receipt); returns the deliver_sm_resp status."""
@@ -132,10 +140,8 @@ class Inbound:
         part = base64.b64encode(data).decode()
         stream = keys.inbound(self.profile)
         if concat is None or concat[1] <= 1:
-            await self._redis.xadd(
-                stream,
-                {"message": json.dumps(head), "parts": json.dumps([part]), "incomplete": "0"},
-            )
+            fields = {"message": json.dumps(head), "parts": json.dumps([part]), "incomplete": "0"}
+            await self._stores.submit((stream, fields, None))
             return ESME_ROK
         reference, total, seq = concat
         if not 1 <= seq <= total:
@@ -144,18 +150,30 @@ class Inbound:
             )
             seq = total
         parts_key = keys.inbound_parts(self.profile, str(head["from"]), reference)
-        await self._add(
-            keys=[parts_key, keys.inbound_partial(self.profile), stream],
-            args=[
-                seq,
-                json.dumps(part),
-                total,
-                time.time() + self.timeout,
-                int(self.timeout * 4) + 60,
-                json.dumps(head),
-            ],
+        args = [
+            seq,
+            json.dumps(part),
+            total,
+            time.time() + self.timeout,
+            int(self.timeout * 4) + 60,
+            json.dumps(head),
+        ]
+        await self._stores.submit(
+            (stream, {}, ([parts_key, keys.inbound_partial(self.profile)], args))
         )
         return ESME_ROK
+
+    async def _store(self, batch: list[_Store]) -> list[None]:
+        """Every store that arrived meanwhile, pipelined: one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, fields, part in batch:
+                if part is None:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                else:
+                    part_keys, args = part
+                    await self._add(keys=[*part_keys, stream], args=args, client=pipe)
+            await pipe.execute()
+        return [None] * len(batch)
 
     async def flush_expired(self) -> int:
         """Deliver (flagged incomplete) the long messages whose parts stopped coming."""

@@ -21,7 +21,6 @@ overdue ones a ``no delivery report`` note and event.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Final, Literal
@@ -38,7 +37,8 @@ from binds.smpp.receipt import (
     parse_receipt,
 )
 
-from .ledger import Ledger, Report
+from .batching import Batcher
+from .ledger import Ledger, Report, Transition
 
 log = structlog.get_logger("router.reports")
 
@@ -83,8 +83,7 @@ class Reports:
         self.id_format: IdFormat = id_format
         self._early_ttl = max(1, int(early_ttl))
         self._next_sweep = 0.0
-        self._waiting: list[tuple[Report, asyncio.Future[None]]] = []
-        self._flushing = False
+        self._batcher: Batcher[Report, tuple[Transition, str, str]] = Batcher(self._store, BATCH)
         # Sent messages join the awaiting set in the ledger's `sent` step.
         ledger.expect_reports(profile, report_timeout)
 
@@ -138,42 +137,12 @@ class Reports:
         a burst of receipts costs one script call per batch, not one each."""
         if not candidates:
             return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(((outcome, stat, err, list(candidates)), done))
-        if not self._flushing:
-            self._flushing = True
-            try:
-                while self._waiting:
-                    taken, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
-                    await self._flush(taken)
-            finally:
-                self._flushing = False
-                # Cancelled (shutting down) with reports still waiting: nobody will
-                # flush them, so their deliver_sm are answered "try later".
-                for _, future in self._waiting:
-                    if not future.done():
-                        future.set_exception(RuntimeError("reports not stored: stopping"))
-                self._waiting.clear()
-        await done
+        result, job, _part = await self._batcher.submit((outcome, stat, err, list(candidates)))
+        if result.verdict == "ok":
+            log.debug(result.previous, id=job, profile=self.profile, stat=stat)
 
-    async def _flush(self, taken: list[tuple[Report, asyncio.Future[None]]]) -> None:
-        try:
-            results = await self._ledger.reports(
-                self.profile, [r for r, _ in taken], keep_for=self._early_ttl
-            )
-        except BaseException as exc:
-            # Each waiting deliver_sm is answered "try later"; the SMSC sends it again.
-            for _, future in taken:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, Exception):
-                return
-            raise
-        for (report, future), (result, job, _part) in zip(taken, results, strict=True):
-            if result.verdict == "ok":
-                log.debug(result.previous, id=job, profile=self.profile, stat=report[1])
-            if not future.done():
-                future.set_result(None)
+    async def _store(self, batch: list[Report]) -> list[tuple[Transition, str, str]]:
+        return await self._ledger.reports(self.profile, batch, keep_for=self._early_ttl)
 
     async def sweep(self) -> int:
         """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.
