@@ -70,6 +70,7 @@ PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench-peers"
 SINK_PORT = 27775
 CASES = ("drain", "live", "latency5", "sync", "dlr")
 WINDOW = 100
+PROCESSES = 1  # router daemons per run (--processes)
 LATENCY_MS = 5.0
 # Outcomes a record can end in once its delivery report is applied.
 REPORTED = frozenset({"delivered", "undelivered", "failed", "rejected", "expired"})
@@ -219,6 +220,7 @@ class Rig:
         self.config = router_config(scratch / f"router-{tag}.toml", self.server.url, **config)
         self.stats = scratch / f"sink-{tag}.json"
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.more: list[subprocess.Popen[bytes]] = []  # daemons 2..PROCESSES
         self.sink: subprocess.Popen[bytes] | None = None
 
     @property
@@ -231,10 +233,19 @@ class Rig:
 
     def pids(self) -> dict[str, int]:
         """The processes whose CPU a run reports."""
-        return {"router": self.router_pid, "redis": self.server.proc.pid if self.server.proc else 0}
+        more = {f"router{i}": d.pid for i, d in enumerate(self.more, 2)}
+        redis = self.server.proc.pid if self.server.proc else 0
+        return {"router": self.router_pid, **more, "redis": redis}
 
     def start_daemon(self) -> None:
         self.daemon = start_daemon(self.config, self.scratch / f"router-{self.tag}.log")
+        # More daemons of the same profile: same consumer group, their own instance
+        # names (and binds), as several hosts would run it.
+        for i in range(2, PROCESSES + 1):
+            config = self.scratch / f"router-{self.tag}-{i}.toml"
+            text = self.config.read_text().replace('instance = "versus"', f'instance = "versus{i}"')
+            config.write_text(text)
+            self.more.append(start_daemon(config, self.scratch / f"router-{self.tag}-{i}.log"))
 
     def start_sink(self, *, latency_ms: float = 0.0, dlr: str = "off") -> None:
         self.stats.unlink(missing_ok=True)
@@ -251,6 +262,8 @@ class Rig:
             time.sleep(0.05)
 
     def close(self) -> None:
+        for daemon in self.more:
+            stop(daemon)
         if self.daemon is not None:
             stop(self.daemon)
         if self.sink is not None:
@@ -428,7 +441,7 @@ def router_live(n: int, scratch: Path, tag: str, batch: int) -> dict[str, Any]:
             "cpu_pct": {
                 k: round(100 * v["cpu_s"] / span, 1) if span > 0 else 0.0
                 for k, v in cpu.items()
-                if k in ("router", "redis", "producer")
+                if k.startswith("router") or k in ("redis", "producer")
             },
             "rss_mb": round(peak_rss_mb(rig.router_pid), 1),
         }
@@ -709,6 +722,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--sync-n", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="router daemons sharing the profile's queue"
+    )
     parser.add_argument("--cases", help=f"comma-separated, of {','.join(CASES)} (default: all)")
     parser.add_argument("--live-batch", type=int, default=500, help="jobs per send_many, live")
     parser.add_argument(
@@ -723,6 +739,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="maximum rate for --latency (else measured)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     args = parser.parse_args()
+    global PROCESSES
+    PROCESSES = args.processes
     opt_in = args.endurance is not None or args.latency
     cases = args.cases.split(",") if args.cases else ([] if opt_in else list(CASES))
     if unknown := set(cases) - set(CASES):
