@@ -69,7 +69,7 @@ from router.ledger import Ledger
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench-peers"
 SINK_PORT = 27775
 CASES = ("drain", "live", "latency5", "sync", "dlr")
-WINDOW = 100
+WINDOW = int(os.environ.get("BENCH_WINDOW", "100"))
 PROCESSES = 1  # router daemons per run (--processes)
 LATENCY_MS = 5.0
 # Outcomes a record can end in once its delivery report is applied.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +36,7 @@ log = structlog.get_logger("router.pipeline")
 T = TypeVar("T")
 
 FLUSH_MAX = 500  # outcomes per finish call (bounds one script's time inside Redis)
+AHEAD = 64  # least messages recorded `sending` ahead of the gate (see `Pipeline.ahead`)
 
 
 @dataclass(slots=True)
@@ -90,14 +92,42 @@ class Pipeline:
         self._outbox: list[tuple[Ready, Accepted | Failed]] = []
         self._wake = asyncio.Event()
         self._flushing = 0  # outcomes taken by the flush in progress
+        # Recorded `sending`, waiting for the gate (never sent if the process dies now).
+        self._queue: deque[Ready] = deque()
+        # Handed to a bind, outcome not recorded yet: if the process dies now, these may
+        # reach the provider twice. Kept within the binds' windows: that is the bound
+        # on duplicates per crash.
+        self._unsettled = 0
+        self._room = asyncio.Event()
 
     @property
     def waiting(self) -> int:
         """Outcomes not yet recorded (in the outbox or being flushed)."""
         return len(self._outbox) + self._flushing
 
+    @property
+    def windows(self) -> int:
+        return sum(b.window for b in self._binds)
+
+    @property
+    def ahead(self) -> int:
+        """Messages recorded `sending` ahead of the gate at most: what a crash can leave
+        counted as possible duplicates though never sent. A window's worth (at least
+        `AHEAD`) keeps the windows fed while the next call is made."""
+        return max(self.windows, AHEAD)
+
     async def send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
-        """Record `sending` for `batch` in one call, then hand each message to a bind."""
+        """Record `sending` in one call per chunk, then queue the messages for the
+        gate (`_pump`); a chunk waits while too many are recorded ahead."""
+        size = self.ahead
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            while self._queue and len(self._queue) + len(chunk) > size:
+                self._room.clear()
+                await self._room.wait()
+            await self._send(chunk, stopping)
+
+    async def _send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
         items: list[Sending] = [self._sending_item(r) for r in batch]
         results = await self._record(
             "recording sending", lambda: self._ledger.sending(self.profile, items), stopping
@@ -110,6 +140,25 @@ class Pipeline:
             await self._one_by_one_sending(batch, stopping)
             return
         self._dispatch(batch, results)
+
+    def _pump(self) -> None:
+        """Hand queued messages to the binds while fewer than the windows are unsettled
+        (sent, outcome not recorded)."""
+        queue, limit = self._queue, self.windows
+        while queue and self._unsettled < limit:
+            ready = queue.popleft()
+            self._unsettled += 1
+            job = ready.job
+            message = OutboundMessage(
+                job.id, ready.sender, job.to, job.text or "", job.meta, job.expires_at
+            )
+            self._bind().send(message, _Collect(self, ready))
+        self._room.set()
+
+    def _settled(self, count: int) -> None:
+        """`count` sent messages have their outcome recorded (or handed on)."""
+        self._unsettled -= count
+        self._pump()
 
     async def run(self, idle: asyncio.Event) -> None:
         """Record outcomes as they come, until `idle` is set and nothing is waiting.
@@ -157,11 +206,8 @@ class Pipeline:
             if result.previous == "sending":
                 resent += 1
             ready.step = result.step
-            job = ready.job
-            message = OutboundMessage(
-                job.id, ready.sender, job.to, job.text or "", job.meta, job.expires_at
-            )
-            self._bind().send(message, _Collect(self, ready))
+            self._queue.append(ready)
+        self._pump()
         if resent:
             log.warning(
                 "resending messages that were in flight at a crash (counted as possible "
@@ -180,9 +226,13 @@ class Pipeline:
         """A bind's outcome for one message (called by the bind, on the loop)."""
         if isinstance(outcome, Crashed):
             self._handoff.fail(ready, outcome.error)
+            self._settled(1)
             return
         if isinstance(outcome, Retry):
+            # The retry path records it: a message the provider may have taken (a
+            # time-out) is counted as a possible duplicate there.
             self._handoff.retry(ready, outcome)
+            self._settled(1)
             return
         self._outbox.append((ready, outcome))
         self._wake.set()
@@ -196,7 +246,9 @@ class Pipeline:
         )
         if isinstance(applied, Exception):
             await self._one_by_one_finish(taken, items)
+            self._settled(len(taken))
             return
+        self._settled(len(taken))
         failed = [o for _, o in taken if isinstance(o, Failed)]
         if failed:
             log.warning(

@@ -28,7 +28,7 @@ from .checks import text_problem
 from .config import Profile, QueueSettings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger, Transition
-from .outages import REDIS_DOWN, Pause, RedisOutages, backoff
+from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages, backoff
 from .pipeline import Pipeline, Ready
 from .queue import Entry, WorkQueue
 from .reports import Reports
@@ -37,6 +37,7 @@ from .senders import SenderPool
 log = structlog.get_logger("router.worker")
 
 BIND_POLL = 0.2  # seconds between looks at the binds while none is ready
+MAX_DISPATCHING = 3  # batches being decoded and recorded `sending` at once
 
 
 class Rejection(Exception):
@@ -71,8 +72,9 @@ class ProfileWorker:
         self.senders = SenderPool(redis, name, profile.numbers)
         self._redis = redis
         self._profiles = set(profiles)
-        # Entries held: a task on the per-entry path, or a `Ready` in the pipeline.
-        self._active: dict[str, asyncio.Task[None] | Ready] = {}
+        # Entries held: read (being dispatched), a task on the per-entry path, or a
+        # `Ready` in the pipeline.
+        self._active: dict[str, Entry | asyncio.Task[None] | Ready] = {}
         self._slot_freed = asyncio.Event()
         self._log = log.bind(profile=name)
         self.pipeline = Pipeline(
@@ -89,15 +91,18 @@ class ProfileWorker:
         self._closed = False  # after `drain`: late outcomes leave their entries pending
         self._flusher: asyncio.Task[None] | None = None
         self._no_stop = asyncio.Event()
+        self._dispatching: set[asyncio.Task[None]] = set()
+        self._dispatch_errors: list[BaseException] = []
 
     @property
     def capacity(self) -> int:
-        """Entries this worker may hold at once: twice its binds' windows, plus one.
+        """Entries this worker may hold at once: its binds' windows plus two reads.
 
-        One window's worth is on the wire while the next is being read and recorded
-        `sending` and the last one's outcomes are being recorded: with only one
-        window's worth, the window would run dry at every batch boundary."""
-        return 2 * sum(b.window for b in self.binds) + 1
+        While one window's worth is on the wire, the next batches are being read
+        and recorded `sending` and the last outcomes are being recorded: each of
+        those steps is a Redis round trip, and with only a window's worth the
+        window would run dry at every batch boundary."""
+        return sum(b.window for b in self.binds) + 2 * self.settings.batch
 
     @property
     def in_progress(self) -> int:
@@ -154,13 +159,54 @@ class ProfileWorker:
             count = min(self.settings.batch, self._free())
             try:
                 entries = await self.queue.read_new(count, self.settings.block_ms)
-                if entries and not stopping.is_set():
-                    await self.dispatch(entries, stopping)
-                # Entries read after the stop signal stay pending for the next start.
             except (RedisError, OSError) as exc:
                 await pause.after_error(f"reading {self.name}'s work stream", exc, stopping)
                 continue
             pause.reset()
+            if entries and not stopping.is_set():
+                # Decoding and recording `sending` take a round trip of their own: the
+                # next read does not wait for them (at most MAX_DISPATCHING at once).
+                for entry in entries:
+                    self._active[entry.entry_id] = entry
+                await self._start_dispatch(entries, stopping)
+            # Entries read after the stop signal stay pending for the next start.
+        await self._wait_dispatching()
+
+    async def _start_dispatch(self, entries: list[Entry], stopping: asyncio.Event) -> None:
+        while len(self._dispatching) >= MAX_DISPATCHING:
+            await asyncio.wait(self._dispatching, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_dispatch_errors()
+        task = asyncio.create_task(self._dispatch_batch(entries, stopping))
+        self._dispatching.add(task)
+        task.add_done_callback(self._dispatch_done)
+
+    def _dispatch_done(self, task: asyncio.Task[None]) -> None:
+        self._dispatching.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._dispatch_errors.append(task.exception())  # type: ignore[arg-type]
+        self._slot_freed.set()
+
+    def _raise_dispatch_errors(self) -> None:
+        if self._dispatch_errors:
+            raise self._dispatch_errors[0]
+
+    async def _wait_dispatching(self) -> None:
+        if self._dispatching:
+            await asyncio.wait(set(self._dispatching))
+        self._raise_dispatch_errors()
+
+    async def _dispatch_batch(self, entries: list[Entry], stopping: asyncio.Event) -> None:
+        """`dispatch`, waiting out Redis outages (the entries stay ours meanwhile)."""
+        pause = Pause(self.outages)
+        while True:
+            try:
+                await self.dispatch(entries, stopping)
+                return
+            except REDIS_ERRORS as exc:
+                if stopping.is_set():
+                    self.release(entries)  # pending for the next start
+                    return
+                await pause.after_error(f"assigning {self.name}'s senders", exc, stopping)
 
     async def maintain(self, stopping: asyncio.Event) -> None:
         """Promote due scheduled jobs, claim idle entries, keep ours from being claimed."""
@@ -209,6 +255,7 @@ class ProfileWorker:
         left = len(self._active)
         self._closed = True
         tasks = [t for t in self._active.values() if isinstance(t, asyncio.Task)]
+        tasks += self._dispatching
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -219,7 +266,9 @@ class ProfileWorker:
 
     async def dispatch(self, entries: list[Entry], stopping: asyncio.Event | None = None) -> None:
         """Decode a batch, assign sender numbers in order, and send what is ready to send
-        through the pipeline; every other entry takes the per-entry path."""
+        through the pipeline; every other entry takes the per-entry path. The sender
+        assignment is the only Redis call before the entries are handed on: a Redis
+        error there leaves the batch for the caller to try again."""
         decoded: list[tuple[Entry, Job | JobError]] = []
         for entry in entries:
             try:
@@ -553,7 +602,9 @@ class ProfileWorker:
         return self._flusher is not None and self._flusher.done()
 
     def _check_flusher(self) -> None:
-        """The outcome flusher ending on its own is a bug: end serving with it."""
+        """The outcome flusher ending on its own is a bug: end serving with it (and so
+        is a batch's dispatch failing for anything but Redis)."""
+        self._raise_dispatch_errors()
         if self._flusher_dead() and not self._idle.is_set():
             assert self._flusher is not None
             error = None if self._flusher.cancelled() else self._flusher.exception()

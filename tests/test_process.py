@@ -137,9 +137,9 @@ async def test_kill_9_mid_run_loses_nothing_and_counts_possible_duplicates(
     assert len(twice) <= window
     counted = int(await redis.hget(keys.stats("alerts"), "possible_duplicates") or 0)
     # Every real duplicate is counted. The count may also hold messages recorded
-    # `sending` that were still waiting for the window (the worker reads ahead a
-    # second window so the first never runs dry): at most twice the window, plus one.
-    assert len(twice) <= counted <= 2 * window + 1
+    # `sending` that were still waiting for the window (recorded a window's worth,
+    # at least 64, ahead so the window never runs dry).
+    assert len(twice) <= counted <= window + max(window, 64)
 
 
 async def test_check_config_lists_every_mistake(tmp_path: Path) -> None:
