@@ -84,6 +84,8 @@ class TinySmsc:
     outstanding: int = 0
     max_outstanding: int = 0
     connections: list[asyncio.Transport] = field(default_factory=list)
+    protocols: list[_TinyConnection] = field(default_factory=list)
+    deliver_answers: list[tuple[int, int]] = field(default_factory=list)  # (sequence, status)
     server: asyncio.Server | None = None
 
     async def start(self, port: int = 0) -> int:
@@ -110,10 +112,11 @@ class _TinyConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.smsc.connections.append(transport)
+        self.smsc.protocols.append(self)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
-        for command_id, _, sequence, body in self.decoder.split(data):
+        for command_id, status, sequence, body in self.decoder.split(data):
             if command_id in (pdu.BIND_TRANSCEIVER, pdu.BIND_TRANSMITTER, pdu.ENQUIRE_LINK):
                 reply = b"tiny\0" if command_id != pdu.ENQUIRE_LINK else b""
                 self.write(command_id | pdu.RESPONSE, 0, sequence, reply)
@@ -122,6 +125,13 @@ class _TinyConnection(asyncio.Protocol):
                 self.transport.close()
             elif command_id == pdu.SUBMIT_SM:
                 self.submit(sequence, pdu.decode_short_message(body))
+            elif command_id == pdu.DELIVER_SM | pdu.RESPONSE:
+                self.smsc.deliver_answers.append((sequence, status))
+
+    def deliver(self, sequence: int, text: str) -> None:
+        inbound = ShortMessage(source="447911123456", destination="16501112345",
+                               short_message=text.encode())  # fmt: skip
+        self.write(pdu.DELIVER_SM, 0, sequence, pdu.encode_short_message(inbound))
 
     def submit(self, sequence: int, message: ShortMessage) -> None:
         smsc = self.smsc
@@ -406,6 +416,42 @@ async def test_a_paced_session_keeps_to_its_rate(
     # A bucket of 10 (a tenth of a second's worth), then 100/s: 50 more need 0.5 s.
     assert 0.45 <= took < 2.0, took
     assert all(isinstance(o, Accepted) for o in outcomes.by_id.values())
+
+
+async def test_deliver_sm_beyond_64_at_once_waits_for_a_handler(tiny: TinySmsc) -> None:
+    """Inbound messages are answered only once stored; at most 64 are being stored at once
+    and reading waits beyond that (the SMSC's window does the rest)."""
+    gate = asyncio.Event()
+    running: list[str] = []
+    most = 0
+
+    async def store(bind: str, message: ShortMessage) -> int:
+        nonlocal most
+        running.append(message.short_message.decode())
+        most = max(most, len(running))
+        await gate.wait()
+        running.remove(message.short_message.decode())
+        return pdu.ESME_ROK
+
+    bind = SmppBind("t", spec(tiny.port), on_deliver=store)
+    await bind.start()
+    try:
+        assert await bind.wait_bound(5)
+        for i in range(100):
+            tiny.protocols[0].deliver(1000 + i, f"in {i}")
+        await wait_for(lambda: len(running) == 64, 5, "64 handlers")
+        await asyncio.sleep(0.2)
+        assert len(running) == 64 and not tiny.deliver_answers  # the rest wait unread
+        outcome = asyncio.create_task(bind.submit(message(0)))  # its answer queues behind
+        await asyncio.sleep(0.2)
+        assert not outcome.done()
+        gate.set()
+        await wait_for(lambda: len(tiny.deliver_answers) == 100, 5, "100 answers")
+        assert sorted(tiny.deliver_answers) == [(1000 + i, 0) for i in range(100)]
+        assert most == 64
+        assert isinstance(await asyncio.wait_for(outcome, 5), Accepted)
+    finally:
+        await bind.close()
 
 
 async def test_take_paces_without_waiting() -> None:
