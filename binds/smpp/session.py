@@ -213,14 +213,14 @@ class SmppBind:
         self._sweep_every = min(1.0, spec.response_timeout / 4)
         self._pump_soon = False
         self._peak = 0
-        self._writer: asyncio.StreamWriter | None = None
-        self._transport: asyncio.WriteTransport | None = None
+        self._transport: asyncio.Transport | None = None
+        self._wire: _Wire | None = None
         self._bound = asyncio.Event()
         self._unbound_at = 0.0  # loop time the session was last lost
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._children: set[asyncio.Task[None]] = set()
-        self._delivering = asyncio.Semaphore(MAX_DELIVERING)
+        self._delivering = 0  # deliver_sm handlers running (at most MAX_DELIVERING)
         self._messages = 0
         self._timeouts = 0  # submits timed out since the last answer to one
         self._answer_at = 0.0  # loop time of the last answer to a submit
@@ -637,21 +637,21 @@ class SmppBind:
     # -- the connection -----------------------------------------------------------
 
     async def _request(self, command_id: int, body: bytes, limit: float) -> Pdu:
-        writer = self._writer
-        if writer is None:
+        transport = self._transport
+        if transport is None:
             raise _Lost("not connected", sent=False)
         sequence = self._sequence.next()
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
         self._pending[sequence] = future
         try:
-            writer.write(Pdu(command_id, 0, sequence, body).encode())
+            transport.write(Pdu(command_id, 0, sequence, body).encode())
             return await asyncio.wait_for(future, limit)
         finally:
             self._pending.pop(sequence, None)
 
     def _send(self, command_id: int, status: int, sequence: int, body: bytes = b"") -> None:
-        if self._writer is not None:
-            self._writer.write(Pdu(command_id, status, sequence, body).encode())
+        if self._transport is not None:
+            self._transport.write(Pdu(command_id, status, sequence, body).encode())
 
     def _drop(self, why: str) -> None:
         """Close the connection; every request still waiting gets `_Lost`, every submit
@@ -662,9 +662,9 @@ class SmppBind:
             # failed attempt after it, or they might wait for ever).
             self._unbound_at = asyncio.get_running_loop().time()
         self._bound.clear()
-        writer, self._writer, self._transport = self._writer, None, None
-        if writer is not None:
-            writer.close()
+        transport, self._transport, self._wire = self._transport, None, None
+        if transport is not None:
+            transport.close()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(_Lost(why))
@@ -717,13 +717,13 @@ class SmppBind:
 
     async def _session(self) -> None:
         self._set_state("connecting", self.last_error)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.spec.host, self.spec.port), self.spec.connect_timeout
-        )
-        self._writer = writer
-        self._transport = writer.transport
+        loop = asyncio.get_running_loop()
         decoder = FrameDecoder(self.spec.max_pdu_size)
-        reading = asyncio.create_task(self._read(reader, decoder))
+        transport, wire = await asyncio.wait_for(
+            loop.create_connection(lambda: _Wire(self, decoder), self.spec.host, self.spec.port),
+            self.spec.connect_timeout,
+        )
+        self._transport, self._wire = transport, wire
         try:
             self._set_state("binding", self.last_error)
             sequence = self._sequence.next()
@@ -737,74 +737,77 @@ class SmppBind:
                 addr_npi=self.spec.addr_npi,
                 address_range=self.spec.address_range,
             )
-            future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Pdu] = loop.create_future()
             self._pending[sequence] = future
-            writer.write(bind)
+            transport.write(bind)
             done, _ = await asyncio.wait(
-                {cast(asyncio.Future[Any], future), reading},
+                {cast(asyncio.Future[Any], future), wire.closed},
                 timeout=self.spec.response_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if future not in done:
-                raise _Lost("no bind response") if reading in done else TimeoutError("bind")
+                raise _Lost("no bind response") if wire.closed in done else TimeoutError("bind")
             response = future.result()
             if response.status != pdu.ESME_ROK:
                 name = pdu.status_name(response.status)
                 self._set_state("bind_failed", f"bind rejected: {name}")
                 raise _BindRejected(name)
             self._timeouts = 0
-            self._last_received = asyncio.get_running_loop().time()
+            self._last_received = loop.time()
             self._set_state("bound", None, mode=self.spec.mode)
             self._bound.set()
             self._pump()  # what waited for a session goes now
             keeper = asyncio.create_task(self._enquire_links())
             try:
-                await reading
+                await wire.closed  # None at the peer's EOF; the error that ended it otherwise
             finally:
                 keeper.cancel()
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
+            if wire.closed.done() and not wire.closed.cancelled():
+                wire.closed.exception()  # seen (raised above, or superseded by another error)
 
-    async def _read(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            self._last_received = loop.time()
-            accepted = 0
-            for frame in decoder.split(data):
-                command_id, status, sequence, body = frame
-                if command_id == SUBMIT_SM_RESP:
-                    # Looked up afresh: `_drop` (a peer's unbind, a time-out) swaps it.
-                    job = self._outstanding.pop(sequence, None)
-                    if job is not None:
-                        if status == 0 and job.index + 1 == len(job.bodies) == 1:
-                            # The common case, inline: a one-part message accepted.
-                            accepted += 1
-                            message_id = submit_resp_id(body)
-                            self._messages -= 1
-                            _call(
-                                job.done,
-                                Accepted(message_id, "ESME_ROK", 1, (message_id,)),
-                                self._log,
-                            )
-                        else:
-                            if accepted:
-                                self._accepted(accepted)
-                                accepted = 0
-                            self._answered(job, command_id, status, body)
-                        continue
-                elif command_id == pdu.DELIVER_SM:
-                    await self._delivering.acquire()  # released when the handler is done
-                self._dispatch(frame)
-            if accepted:
-                self._accepted(accepted)
-            if decoder.broken is not None:
-                raise decoder.broken
-            self._pump()
+    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int) -> None:
+        """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
+        for deliver_sm handlers); then write what the answers made room for."""
+        submit_sm_resp = SUBMIT_SM_RESP
+        accepted = 0
+        for index in range(start, len(frames)):
+            frame = frames[index]
+            command_id, status, sequence, body = frame
+            if command_id == submit_sm_resp:
+                # Looked up afresh: `_drop` (a peer's unbind, a time-out) swaps it.
+                job = self._outstanding.pop(sequence, None)
+                if job is not None:
+                    if status == 0 and len(job.bodies) == 1:
+                        # The common case, inline: a one-part message accepted.
+                        accepted += 1
+                        end = body.find(b"\0", 0, 66)
+                        message_id = (
+                            body[:end].decode("latin-1") if end >= 0 else submit_resp_id(body)
+                        )
+                        self._messages -= 1
+                        try:
+                            job.done(Accepted(message_id, "ESME_ROK", 1, (message_id,)))
+                        except Exception:
+                            self._log.exception("outcome callback failed")
+                    else:
+                        if accepted:
+                            self._accepted(accepted)
+                            accepted = 0
+                        self._answered(job, command_id, status, body)
+                    continue
+            elif command_id == pdu.DELIVER_SM:
+                if self._delivering >= MAX_DELIVERING:
+                    # Back-pressure: read nothing more until a handler is done.
+                    wire.stall(frames, index)
+                    break
+                self._delivering += 1  # one less when its handler is done
+            self._dispatch(frame)
+        else:
+            wire.check()
+        if accepted:
+            self._accepted(accepted)
+        self._pump()
 
     def _accepted(self, count: int) -> None:
         self._timeouts = 0
@@ -850,7 +853,12 @@ class SmppBind:
         try:
             await self._deliver_one(frame)
         finally:
-            self._delivering.release()
+            self._delivering -= 1
+            wire = self._wire
+            if wire is not None and wire.stalled is not None:
+                frames, start = wire.stalled
+                wire.resume()
+                self._received(wire, frames, start)
 
     async def _deliver_one(self, frame: Pdu) -> None:
         try:
@@ -882,3 +890,49 @@ class SmppBind:
                 self._log.warning("enquire_link unanswered; reconnecting")
                 self._drop("enquire_link unanswered")
                 return
+
+
+class _Wire(asyncio.Protocol):
+    """One connection of a session: each chunk read is cut into frames and handed to the
+    bind at once (no reader task, no buffer copies); `closed` ends with the connection."""
+
+    def __init__(self, bind: SmppBind, decoder: FrameDecoder) -> None:
+        self._bind = bind
+        self._decoder = decoder
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Frames read but not acted on while deliver_sm handlers are all busy: (frames, from).
+        self.stalled: tuple[list[pdu.Frame], int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        bind = self._bind
+        bind._last_received = asyncio.get_running_loop().time()
+        bind._received(self, self._decoder.split(data), 0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            if exc is None:
+                self.closed.set_result(None)
+            else:
+                self.closed.set_exception(exc)
+
+    def stall(self, frames: list[pdu.Frame], start: int) -> None:
+        self.stalled = (frames, start)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        self.stalled = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def check(self) -> None:
+        """After a chunk's frames: a bad command_length ends the connection."""
+        broken = self._decoder.broken
+        if broken is not None and not self.closed.done():
+            self.closed.set_exception(broken)
+            if self._transport is not None:
+                self._transport.abort()
