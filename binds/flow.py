@@ -193,6 +193,19 @@ class RateLimiter:
                     handle.cancel()
                     self._sleeper = None
 
+    def take(self) -> float:
+        """Take a token without waiting: 0.0 when one was taken, else the seconds until
+        one will be there (nothing taken). For callers that keep their own queue and
+        arm one timer for its head instead of a waiting future per operation; do not
+        mix with `acquire` on one limiter (waiters there would be overtaken)."""
+        if self._rate <= 0:
+            return 0.0
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
     def _refill(self) -> None:
         try:
             now = asyncio.get_running_loop().time()
@@ -314,10 +327,19 @@ class AdaptiveRate:
         if loop.time() - began > 0.0005:
             self._waited = True
 
-    def accepted(self) -> None:
-        """The peer took one operation."""
+    def take(self) -> float:
+        """`acquire` without waiting: 0.0 when the operation may go now (counted), else
+        the seconds to wait before asking again."""
         self._tick(asyncio.get_running_loop().time())
-        self._accepted += 1
+        wait = self._bucket.take()
+        if wait > 0.0:
+            self._waited = True  # callers had to wait: a reason to grow the rate
+        return wait
+
+    def accepted(self, count: int = 1) -> None:
+        """The peer took one operation (or `count` answered at the same moment)."""
+        self._tick(asyncio.get_running_loop().time())
+        self._accepted += count
 
     def throttled(self) -> None:
         """The peer refused one operation as too fast (it will be retried)."""

@@ -26,17 +26,21 @@ from aiosmpplib.state import NPI, TON, SmppCommandStatus
 __all__ = [
     "HEADER",
     "MAX_PDU_SIZE",
+    "Frame",
     "FrameDecoder",
     "FramingError",
     "Pdu",
     "PduError",
     "SequenceNumbers",
     "ShortMessage",
+    "SubmitEncoder",
     "bind_pdu",
     "decode_short_message",
     "encode_short_message",
     "read_c_string",
     "status_name",
+    "submit_resp_id",
+    "tlv",
 ]
 
 
@@ -50,6 +54,7 @@ class FramingError(PduError):
 
 HEADER = struct.Struct("!IIII")
 MAX_PDU_SIZE = 64 * 1024
+_HEADER_FROM = HEADER.unpack_from
 
 # Command ids (SMPP 3.4 section 5.1.2.1).
 GENERIC_NACK = 0x80000000
@@ -124,6 +129,10 @@ class Pdu:
         )
 
 
+# One frame as the session reads it: (command_id, command_status, sequence_number, body).
+Frame = tuple[int, int, int, bytes]
+
+
 class FrameDecoder:
     """Cuts a TCP byte stream into PDUs by ``command_length``.
 
@@ -134,21 +143,43 @@ class FrameDecoder:
 
     def __init__(self, max_size: int = MAX_PDU_SIZE) -> None:
         self.max_size = max_size
-        self._buffer = bytearray()
+        self._rest = b""  # the start of a frame whose end has not arrived yet
+        # Set by `split` at a bad command_length: the frames before it were returned.
+        self.broken: FramingError | None = None
 
     def feed(self, data: bytes) -> Iterator[Pdu]:
-        self._buffer += data
-        while len(self._buffer) >= HEADER.size:
-            length, command_id, status, sequence = HEADER.unpack_from(self._buffer)
-            if length < HEADER.size or length > self.max_size:
-                raise FramingError(
+        frames = self.split(data)
+        for command_id, status, sequence, body in frames:
+            yield Pdu(command_id, status, sequence, body)
+        if self.broken is not None:
+            raise self.broken
+
+    def split(self, data: bytes) -> list[Frame]:
+        """The whole frames `data` completes, as tuples (no object per frame beyond its
+        body); after a bad command_length, the frames before it and `broken` set."""
+        if self.broken is not None:
+            return []
+        if self._rest:
+            data = self._rest + data
+        frames: list[Frame] = []
+        size = len(data)
+        offset = 0
+        unpack = _HEADER_FROM
+        limit = self.max_size
+        while size - offset >= 16:
+            length, command_id, status, sequence = unpack(data, offset)
+            if length < 16 or length > limit:
+                self.broken = FramingError(
                     f"command_length {length} outside {HEADER.size}..{self.max_size}"
                 )
-            if len(self._buffer) < length:
-                return
-            body = bytes(self._buffer[HEADER.size : length])
-            del self._buffer[:length]
-            yield Pdu(command_id, status, sequence, body)
+                break
+            end = offset + length
+            if end > size:
+                break
+            frames.append((command_id, status, sequence, data[offset + 16 : end]))
+            offset = end
+        self._rest = data[offset:] if offset < size else b""
+        return frames
 
 
 class SequenceNumbers:
@@ -189,6 +220,15 @@ def bind_pdu(
         address_range=address_range,
     )
     return bytes(message.pdu())
+
+
+def submit_resp_id(body: bytes) -> str:
+    """The message_id of a submit_sm_resp body: up to 65 octets before the NUL; an SMSC
+    that leaves out the NUL gets its body (less trailing NULs) taken as the id."""
+    end = body.find(b"\0", 0, 66)
+    if end < 0:
+        return body.rstrip(b"\0").decode("latin-1")
+    return body[:end].decode("latin-1")
 
 
 def read_c_string(body: bytes, index: int, name: str, limit: int = 256) -> tuple[str, int]:
@@ -270,6 +310,65 @@ def encode_short_message(message: ShortMessage) -> bytes:
     for tag, value in message.tlvs.items():
         out += struct.pack("!HH", tag, len(value)) + value
     return bytes(out)
+
+
+# The destination_addr's NUL, esm_class, protocol_id, priority_flag,
+# schedule_delivery_time and validity_period (both empty: one NUL each), registered_delivery,
+# replace_if_present_flag, data_coding, sm_default_msg_id, sm_length (NULs as pad bytes).
+_SUBMIT_MIDDLE = struct.Struct("!xBBBxxBBBBB")
+_TON_NPI = struct.Struct("!BB")
+_TLV_HEAD = struct.Struct("!HH")
+
+
+class SubmitEncoder:
+    """submit_sm bodies for one bind, cheaply: what every submit of the bind shares
+    (service_type, destination TON/NPI, registered_delivery) is encoded once, each
+    body is one join of ready pieces. Gives the same octets as `encode_short_message`
+    with empty schedule_delivery_time and validity_period (the router sets neither)."""
+
+    def __init__(
+        self, *, service_type: str, dest_ton: int, dest_npi: int, registered_delivery: int
+    ) -> None:
+        self._service = service_type.encode("latin-1") + b"\0"
+        self._dest = _TON_NPI.pack(dest_ton, dest_npi)
+        self._registered = registered_delivery
+
+    @staticmethod
+    def address(ton: int, npi: int, address: str) -> bytes:
+        """An address field with its TON and NPI octets, ready for `body`."""
+        return _TON_NPI.pack(ton, npi) + address.encode("latin-1") + b"\0"
+
+    def body(
+        self,
+        source: bytes,
+        destination: str,
+        esm_class: int,
+        data_coding: int,
+        short_message: bytes,
+        tlvs: bytes = b"",
+    ) -> bytes:
+        """`source` from `address`; `tlvs` from `tlv`. Raises PduError for a
+        short_message over 254 octets, UnicodeEncodeError for a destination
+        outside latin-1."""
+        length = len(short_message)
+        if length > 254:
+            raise PduError("short_message: longer than 254 octets; use message_payload")
+        return b"".join(
+            (
+                self._service,
+                source,
+                self._dest,
+                destination.encode("latin-1"),
+                _SUBMIT_MIDDLE.pack(esm_class, 0, 0, self._registered, 0, data_coding, 0, length),
+                short_message,
+                tlvs,
+            )
+        )
+
+
+def tlv(tag: int, value: bytes) -> bytes:
+    """One optional parameter, encoded."""
+    return _TLV_HEAD.pack(tag, len(value)) + value
 
 
 def decode_short_message(body: bytes) -> ShortMessage:

@@ -1,30 +1,51 @@
 """Our SMPP 3.4 ESME session: one TCP connection, bound, with a send window.
 
 aiosmpplib's own ESME is not used (no send window; it mis-correlates responses
-under load). Here every request gets a sequence number and a future; a response
-resolves the future with the same number, whatever order responses come in.
-`SmppBind` keeps one session up (connect, bind, enquire_link, reconnect with
-back-off) and implements `binds.base.Bind`: `submit` turns a message into its
-submit_sm segments and returns one outcome.
+under load). Every request gets a sequence number and a response is matched to
+it by that number, whatever order responses come in. `SmppBind` keeps one
+session up (connect, bind, enquire_link, reconnect with back-off) and implements
+`binds.base.Bind`: `send` turns a message into its submit_sm segments and calls
+back once with one outcome; `submit` awaits the same.
+
+submit_sm is the hot path and costs no task, future or timer per message: a
+message is a `_Job` in a FIFO queue; a pump writes the queue's head while the
+window and the rate allow (one write for all it can send, one timer for the head
+when the rate says wait); responses are read in chunks and matched by sequence
+number; one periodic sweep per bind times out unanswered submits and messages
+waiting too long for a bound session. The rare PDUs (bind, unbind, enquire_link)
+keep a future each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import structlog
 
-from ..base import Accepted, Done, Failed, OutboundMessage, Outcome, Retry, TaskSends
-from ..flow import AdaptiveRate, Window
+from ..base import Accepted, Crashed, Done, Failed, OutboundMessage, Outcome, Retry
+from ..flow import AdaptiveRate
 from . import pdu
-from .codec import EncodeError, Encoding, LongMode, Segment, encode_text
-from .pdu import FrameDecoder, FramingError, Pdu, PduError, SequenceNumbers, ShortMessage
+from .codec import Encoding, LongMode, encode_text
+from .pdu import (
+    HEADER,
+    FrameDecoder,
+    FramingError,
+    Pdu,
+    PduError,
+    SequenceNumbers,
+    ShortMessage,
+    SubmitEncoder,
+    submit_resp_id,
+)
 
 __all__ = ["DeliverHandler", "SmppBind", "SmppSpec"]
 
@@ -36,6 +57,27 @@ MAX_DELIVERING = 64  # deliver_sm being stored at once; beyond, reading waits (b
 # Retries of a later part lost to a time-out or a dropped connection (throttled parts
 # wait like any throttled submit): earlier parts already reached the SMSC.
 PART_RETRIES = 3
+SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
+SOURCES_CACHED = 256  # encoded source address fields kept (a profile has a few numbers)
+
+
+def _gsm_from_latin1() -> tuple[bytes, bytes]:
+    """A bytes.translate table from latin-1 octets to GSM 03.38 septets, and the octets it
+    holds: the latin-1 characters in GSM's basic table (one septet each). Taken from the
+    codec itself, so a text of only these (up to 160) is encoded here exactly as
+    `encode_text` would, without its per-character work."""
+    table = bytearray(range(256))
+    basic = bytearray()
+    for code in range(256):
+        encoded = encode_text(chr(code))
+        septets = encoded.segments[0].short_message
+        if encoded.alphabet == "gsm" and len(septets) == 1:
+            table[code] = septets[0]
+            basic.append(code)
+    return bytes(table), bytes(basic)
+
+
+_GSM_TABLE, _GSM_BASIC = _gsm_from_latin1()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,12 +129,56 @@ class _BindRejected(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class _Throttled:
-    """The SMSC refused a submit for now (throttled, queue full, a vendor "retry" code)."""
+class _Job:
+    """One message on its way: its submit_sm bodies (one per part) and where it is."""
 
-    name: str
-    raw: str
+    __slots__ = (
+        "began",
+        "bodies",
+        "cancelled",
+        "deadline",
+        "done",
+        "ids",
+        "index",
+        "message",
+        "sent_at",
+        "since",
+        "tries",
+    )
+
+    def __init__(
+        self, message: OutboundMessage, done: Done, bodies: list[bytes], deadline: float, now: float
+    ) -> None:
+        self.message = message
+        self.done = done
+        self.bodies = bodies
+        self.deadline = deadline  # loop time: hold a throttled part no longer than this
+        self.began = now  # when the current part was first tried (throttle reasons say since)
+        self.since = now  # when it last entered the queue (for "not bound" time-outs)
+        self.sent_at = 0.0  # when its current part was written
+        self.index = 0  # the part being sent
+        self.tries = 0  # retries of the current (later) part after a time-out or lost session
+        self.ids: list[str] = []
+        self.cancelled = False  # its submit() was cancelled: write nothing more of it
+
+
+def _call(done: Done, outcome: Outcome, logger: Any) -> None:
+    # A caller's callback that raises must not take the session (or the other messages
+    # of the chunk being read) with it.
+    try:
+        done(outcome)
+    except Exception:
+        logger.exception("outcome callback failed")
+
+
+def _not_connected() -> Retry:
+    # What a message never written gets when it cannot be (closing): the SMSC never saw it.
+    return Retry(
+        "connection lost before submit_sm_resp: not connected",
+        code="connection_lost",
+        maybe_sent=False,
+        attempted=False,
+    )
 
 
 class SmppBind:
@@ -103,21 +189,41 @@ class SmppBind:
         self.spec = spec
         self._on_deliver = on_deliver
         self._limit = 1 if spec.sync else spec.window
-        self._window = Window(self._limit)
         # Paces submits at the rate the SMSC accepts; the window stays as configured.
         self._rate = AdaptiveRate(spec.tps, floor=spec.throttle_floor)
         self._sequence = SequenceNumbers()
         self._reference = random.randrange(65536)
+        self._encoder = SubmitEncoder(
+            service_type=spec.service_type,
+            dest_ton=spec.dest_ton,
+            dest_npi=spec.dest_npi,
+            registered_delivery=spec.registered_delivery,
+        )
+        self._sources: dict[str, bytes] = {}
+        self._gsm_fast = spec.encoding in ("auto", "gsm")
+        # bind, unbind, enquire_link: a future each. submit_sm: the structures below.
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
-        self._writer: asyncio.StreamWriter | None = None
+        self._queue: deque[_Job] = deque()  # waiting for the window (and the rate), in order
+        self._outstanding: dict[int, _Job] = {}  # written, by sequence number, in send order
+        self._held: list[tuple[float, int, _Job, bool]] = []  # heap: due, order, job, new try
+        self._holds = itertools.count()
+        self._held_timer: asyncio.TimerHandle | None = None
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = min(1.0, spec.response_timeout / 4)
+        self._pump_soon = False
+        self._peak = 0
+        self._transport: asyncio.Transport | None = None
+        self._wire: _Wire | None = None
         self._bound = asyncio.Event()
+        self._unbound_at = 0.0  # loop time the session was last lost
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._children: set[asyncio.Task[None]] = set()
-        self._delivering = asyncio.Semaphore(MAX_DELIVERING)
-        self._sends = TaskSends()
+        self._delivering = 0  # deliver_sm handlers running (at most MAX_DELIVERING)
         self._messages = 0
-        self._timeouts = 0
+        self._timeouts = 0  # submits timed out since the last answer to one
+        self._answer_at = 0.0  # loop time of the last answer to a submit
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
@@ -132,6 +238,7 @@ class SmppBind:
 
     @property
     def in_flight(self) -> int:
+        """Messages taken by `send` whose outcome is not out yet."""
         return self._messages
 
     @property
@@ -146,11 +253,12 @@ class SmppBind:
     @property
     def peak_outstanding(self) -> int:
         """Most submit_sm ever outstanding at once on this bind."""
-        return self._window.peak
+        return self._peak
 
     async def start(self) -> None:
-        """Start connecting in the background; `submit` waits for the bind."""
+        """Start connecting in the background; messages sent meanwhile wait for the bind."""
         if self._task is None:
+            self._unbound_at = asyncio.get_running_loop().time()
             self._task = asyncio.create_task(self._keep_bound(), name=f"smpp {self.name}")
 
     async def wait_bound(self, within: float) -> bool:
@@ -159,37 +267,33 @@ class SmppBind:
         return self._bound.is_set()
 
     async def submit(self, message: OutboundMessage) -> Outcome:
-        if not self._bound.is_set() and not await self.wait_bound(self.spec.response_timeout):
-            # Not sent at all: the router holds it for a bind without counting an attempt.
-            return Retry(
-                f"session not bound: {self.state}",
-                code="not_bound",
-                raw=self.last_error or "",
-                attempted=False,
-            )
+        """`send`, awaited. Cancelled, the part being written still gets its answer (and
+        is dropped); nothing more of the message is written."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome | Crashed) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, Crashed):
+                future.set_exception(outcome.error)
+            else:
+                future.set_result(outcome)
+
+        job = self._take(message, done)
         try:
-            self._reference = (self._reference + 1) % 65536
-            encoded = encode_text(
-                message.text,
-                encoding=self.spec.encoding,
-                gsm_data_coding=self.spec.gsm_data_coding,
-                long_mode=self.spec.long_mode,
-                reference=self._reference,
-            )
-        except EncodeError as exc:
-            return Failed(str(exc), code="encoding")
-        self._messages += 1
-        try:
-            return await self._submit_parts(message, encoded.data_coding, encoded.segments)
-        finally:
-            self._messages -= 1
+            return await future
+        except asyncio.CancelledError:
+            if job is not None:
+                job.cancelled = True
+            raise
 
     def send(self, message: OutboundMessage, done: Done) -> None:
-        """Interim: `submit` in a task (the windowed send path replaces it)."""
-        self._sends.send(self.submit, message, done)
+        """Queue `message`; `done` gets its outcome once (see `binds.base.Bind.send`)."""
+        self._take(message, done)
 
     async def close(self) -> None:
-        """Unbind (briefly waiting for unbind_resp), close the socket, stop reconnecting."""
+        """Unbind (briefly waiting for unbind_resp), close the socket, stop reconnecting;
+        every message still here gets its outcome."""
         self._closing = True
         if self._bound.is_set():
             with contextlib.suppress(Exception):
@@ -201,129 +305,170 @@ class SmppBind:
         self._drop("closed")
         for child in list(self._children):
             child.cancel()
+        for timer in (self._held_timer, self._rate_timer, self._sweeper):
+            if timer is not None:
+                timer.cancel()
+        self._held_timer = self._rate_timer = self._sweeper = None
+        waiting = [*self._queue, *(job for _, _, job, _ in self._held)]
+        self._queue.clear()
+        self._held.clear()
+        for job in waiting:
+            self._part_failed(job, _not_connected())  # never written, or refused: not taken
         self.state = "closed"
 
     # -- sending ----------------------------------------------------------------
 
-    async def _submit_parts(
-        self, message: OutboundMessage, coding: int, segments: tuple[Segment, ...]
-    ) -> Outcome:
+    def _take(self, message: OutboundMessage, done: Done) -> _Job | None:
+        """Encode `message` and queue it; None when its outcome is already out."""
+        if self._closing:
+            _call(done, self._not_bound(), self._log)
+            return None
+        try:
+            bodies = self._bodies(message)
+        except ValueError as exc:  # EncodeError, PduError, an address outside latin-1
+            _call(done, Failed(str(exc), code="encoding"), self._log)
+            return None
         loop = asyncio.get_running_loop()
+        now = loop.time()
         hold = self.spec.throttle_hold
         if message.expires_at is not None:
             hold = min(hold, message.expires_at - time.time())
-        deadline = loop.time() + hold
-        ids: list[str] = []
-        for index, segment in enumerate(segments):
-            body = self._body(message, coding, segment)
-            outcome = await self._submit_held(body, deadline)
-            tries = 0
-            while index > 0 and isinstance(outcome, Retry) and tries < PART_RETRIES:
-                # A later part lost to a time-out or a dropped connection: the SMSC has
-                # the earlier ones, so try again here (after the session is back)
-                # rather than hand the whole message back to be sent twice.
-                tries += 1
-                await asyncio.sleep(0.5 * 2**tries)
-                await self.wait_bound(max(0.0, deadline - loop.time()))
-                outcome = await self._submit_held(body, deadline)
-            if isinstance(outcome, str):
-                ids.append(outcome)
-                continue
-            if index == 0:
-                return outcome
-            return Failed(
-                f"part {index + 1} of {len(segments)} not accepted ({outcome.reason}); "
-                f"parts 1-{index} were",
-                code="partial",
-                raw=" ".join(ids),
-            )
-        return Accepted(ids[0], raw="ESME_ROK", segments=len(segments), part_ids=tuple(ids))
+        job = _Job(message, done, bodies, now + hold, now)
+        self._messages += 1
+        self._queue.append(job)
+        if not self._pump_soon:
+            # One pump for all messages handed over in this turn of the loop: one write.
+            self._pump_soon = True
+            loop.call_soon(self._pump_later)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+        return job
 
-    def _body(self, message: OutboundMessage, coding: int, segment: Segment) -> bytes:
-        source = message.source
+    def _bodies(self, message: OutboundMessage) -> list[bytes]:
+        """The submit_sm body of every part of `message`."""
+        self._reference = (self._reference + 1) % 65536
+        source = self._sources.get(message.source)
+        if source is None:
+            source = self._source(message.source)
+        destination = message.destination.lstrip("+")
+        text = message.text
+        if self._gsm_fast and len(text) <= 160:
+            try:
+                octets: bytes | None = text.encode("latin-1")
+            except UnicodeEncodeError:
+                octets = None
+            if octets is not None and not octets.translate(None, _GSM_BASIC):
+                # One GSM segment, as encode_text makes it (see _gsm_from_latin1).
+                septets = octets.translate(_GSM_TABLE)
+                coding = self.spec.gsm_data_coding
+                return [self._encoder.body(source, destination, 0, coding, septets)]
+        encoded = encode_text(
+            text,
+            encoding=self.spec.encoding,
+            gsm_data_coding=self.spec.gsm_data_coding,
+            long_mode=self.spec.long_mode,
+            reference=self._reference,
+        )
+        bodies = []
+        for segment in encoded.segments:
+            tlvs = b""
+            if segment.message_payload is not None:
+                tlvs += pdu.tlv(pdu.TAG_MESSAGE_PAYLOAD, segment.message_payload)
+            if segment.sar is not None:
+                reference, total, seq = segment.sar
+                tlvs += pdu.tlv(pdu.TAG_SAR_MSG_REF_NUM, pdu.tlv_int(reference, 2))
+                tlvs += pdu.tlv(pdu.TAG_SAR_TOTAL_SEGMENTS, pdu.tlv_int(total, 1))
+                tlvs += pdu.tlv(pdu.TAG_SAR_SEGMENT_SEQNUM, pdu.tlv_int(seq, 1))
+            bodies.append(
+                self._encoder.body(
+                    source,
+                    destination,
+                    pdu.ESM_UDHI if segment.udhi else 0,
+                    encoded.data_coding,
+                    segment.short_message,
+                    tlvs,
+                )
+            )
+        return bodies
+
+    def _source(self, source: str) -> bytes:
+        """The source address field: numbers as international, names alphanumeric."""
         numeric = source.lstrip("+").isdigit()
         ton = self.spec.source_ton if self.spec.source_ton is not None else (1 if numeric else 5)
         npi = self.spec.source_npi if self.spec.source_npi is not None else (1 if numeric else 0)
-        tlvs: dict[int, bytes] = {}
-        if segment.message_payload is not None:
-            tlvs[pdu.TAG_MESSAGE_PAYLOAD] = segment.message_payload
-        if segment.sar is not None:
-            reference, total, seq = segment.sar
-            tlvs[pdu.TAG_SAR_MSG_REF_NUM] = pdu.tlv_int(reference, 2)
-            tlvs[pdu.TAG_SAR_TOTAL_SEGMENTS] = pdu.tlv_int(total, 1)
-            tlvs[pdu.TAG_SAR_SEGMENT_SEQNUM] = pdu.tlv_int(seq, 1)
-        return pdu.encode_short_message(
-            ShortMessage(
-                service_type=self.spec.service_type,
-                source=source.lstrip("+") if numeric else source[:11],
-                source_ton=ton,
-                source_npi=npi,
-                destination=message.destination.lstrip("+"),
-                dest_ton=self.spec.dest_ton,
-                dest_npi=self.spec.dest_npi,
-                esm_class=pdu.ESM_UDHI if segment.udhi else 0,
-                registered_delivery=self.spec.registered_delivery,
-                data_coding=coding,
-                short_message=segment.short_message,
-                tlvs=tlvs,
-            )
-        )
+        field = SubmitEncoder.address(ton, npi, source.lstrip("+") if numeric else source[:11])
+        if len(self._sources) >= SOURCES_CACHED:
+            self._sources.clear()
+        self._sources[source] = field
+        return field
 
-    async def _submit_held(self, body: bytes, deadline: float) -> str | Retry | Failed:
-        """One submit_sm, sent again while the SMSC throttles it, until `deadline`.
+    def _pump_later(self) -> None:
+        self._pump_soon = False
+        self._pump()
 
-        Throttled submits stay here rather than go back to the router: the SMSC
-        never took them, so they must not use up the message's attempts, and the
-        rate controller already slows the session to what the SMSC accepts.
-        """
+    def _pump(self) -> None:
+        """Write queued submits while the window has room and the rate allows: one write."""
+        queue = self._queue
+        transport = self._transport
+        if not queue or transport is None or self._rate_timer is not None:
+            return
+        outstanding = self._outstanding
+        room = self._limit - len(outstanding)
+        if room <= 0 or self._closing or not self._bound.is_set():
+            return
+        rate = self._rate
+        limited = rate.limited
+        if not limited:
+            rate.take()  # the controller watches for idle spells
         loop = asyncio.get_running_loop()
-        began = loop.time()
-        while True:
-            outcome = await self._submit_one(body)
-            if not isinstance(outcome, _Throttled):
-                return outcome
-            pause = self._rate.pause() * random.uniform(0.5, 1.5)
-            if self._closing or loop.time() + pause > deadline:
-                return Retry(
-                    f"SMSC answered {outcome.name} for {loop.time() - began:.0f}s",
-                    code=outcome.name,
-                    raw=outcome.raw,
-                    attempted=False,
-                )
-            await asyncio.sleep(pause)
+        now = loop.time()
+        sequences = self._sequence
+        pack = HEADER.pack
+        chunks: list[bytes] = []
+        while queue and room:
+            job = queue[0]
+            if job.cancelled:
+                queue.popleft()
+                self._finish(job, _not_connected())
+                continue
+            if limited:
+                wait = rate.take()
+                if wait > 0.0:
+                    self._rate_timer = loop.call_later(wait, self._rate_ready)
+                    break
+            queue.popleft()
+            sequence = sequences.next()
+            body = job.bodies[job.index]
+            chunks.append(pack(16 + len(body), pdu.SUBMIT_SM, 0, sequence))
+            chunks.append(body)
+            job.sent_at = now
+            outstanding[sequence] = job
+            room -= 1
+        if chunks:
+            transport.write(b"".join(chunks))
+            if len(outstanding) > self._peak:
+                self._peak = len(outstanding)
 
-    async def _submit_one(self, body: bytes) -> str | Retry | Failed | _Throttled:
-        """One submit_sm: the SMSC's message id, or why not."""
-        async with self._window.slot():
-            await self._rate.acquire()
-            try:
-                response = await self._request(pdu.SUBMIT_SM, body, self.spec.response_timeout)
-            except TimeoutError:
-                self._timeouts += 1
-                if self._timeouts >= 3:
-                    self._log.warning("three responses timed out in a row; reconnecting")
-                    self._drop("response timeouts")
-                return Retry(
-                    f"no submit_sm_resp within {self.spec.response_timeout:g}s",
-                    code="timeout",
-                    maybe_sent=True,
-                )
-            except _Lost as exc:
-                return Retry(
-                    f"connection lost before submit_sm_resp: {exc}",
-                    code="connection_lost",
-                    maybe_sent=exc.sent,
-                    attempted=exc.sent,
-                )
+    def _rate_ready(self) -> None:
+        self._rate_timer = None
+        self._pump()
+
+    def _rate_changed(self, before: float) -> None:
+        """A new rate: the head's timer was set for the old one; the next pump asks again."""
+        if self._rate.rate != before and self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _answered(self, job: _Job, command_id: int, status: int, body: bytes) -> None:
+        """The response to `job`'s current part (anything but the common plain OK)."""
         self._timeouts = 0
-        status = response.status
-        if status == pdu.ESME_ROK and response.command_id != pdu.GENERIC_NACK:
+        self._answer_at = asyncio.get_running_loop().time()
+        if status == pdu.ESME_ROK and command_id != pdu.GENERIC_NACK:
+            before = self._rate.rate
             self._rate.accepted()
-            try:
-                message_id, _ = pdu.read_c_string(response.body, 0, "message_id", 65)
-            except PduError:
-                message_id = response.body.rstrip(b"\0").decode("latin-1")
-            return message_id
+            self._rate_changed(before)
+            self._part_accepted(job, submit_resp_id(body))
+            return
         name = pdu.status_name(status)
         raw = f"0x{status:08X}"
         action = self.spec.vendor_status.get(status)
@@ -331,8 +476,158 @@ class SmppBind:
             before = self._rate.rate
             self._rate.throttled()
             self._log_rate(before, name)
-            return _Throttled(name, raw)
-        return Failed(f"SMSC answered {name}", code=name, raw=raw)
+            self._rate_changed(before)
+            # Held here rather than handed back to the router: the SMSC never took it, so
+            # it must not use up the message's attempts, and the rate controller already
+            # slows the session to what the SMSC accepts.
+            pause = self._rate.pause() * random.uniform(0.5, 1.5)
+            now = asyncio.get_running_loop().time()
+            if self._closing or now + pause > job.deadline:
+                self._part_failed(
+                    job,
+                    Retry(
+                        f"SMSC answered {name} for {now - job.began:.0f}s",
+                        code=name,
+                        raw=raw,
+                        attempted=False,
+                    ),
+                )
+            else:
+                self._hold(job, now + pause, new_try=False)
+            return
+        self._part_failed(job, Failed(f"SMSC answered {name}", code=name, raw=raw))
+
+    def _part_accepted(self, job: _Job, message_id: str) -> None:
+        job.ids.append(message_id)
+        job.index += 1
+        parts = len(job.bodies)
+        if job.index == parts:
+            ids = job.ids
+            self._finish(job, Accepted(ids[0], raw="ESME_ROK", segments=parts, part_ids=tuple(ids)))
+            return
+        now = asyncio.get_running_loop().time()
+        job.tries = 0
+        job.began = job.since = now
+        self._queue.append(job)  # the next part waits its turn like any submit
+
+    def _part_failed(self, job: _Job, outcome: Retry | Failed) -> None:
+        """A part not taken: the message's outcome, or (a later part) another try."""
+        index = job.index
+        if index == 0 or job.cancelled:
+            self._finish(job, outcome)
+            return
+        if isinstance(outcome, Retry) and job.tries < PART_RETRIES and not self._closing:
+            # A later part lost to a time-out or a dropped connection: the SMSC has the
+            # earlier ones, so try again here (once the session is back) rather than hand
+            # the whole message back to be sent twice.
+            job.tries += 1
+            due = asyncio.get_running_loop().time() + 0.5 * 2**job.tries
+            self._hold(job, due, new_try=True)
+            return
+        self._finish(
+            job,
+            Failed(
+                f"part {index + 1} of {len(job.bodies)} not accepted ({outcome.reason}); "
+                f"parts 1-{index} were",
+                code="partial",
+                raw=" ".join(job.ids),
+            ),
+        )
+
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
+        self._messages -= 1
+        _call(job.done, outcome, self._log)
+
+    def _not_bound(self) -> Retry:
+        # Not sent at all: the router holds it for a bind without counting an attempt.
+        return Retry(
+            f"session not bound: {self.state}",
+            code="not_bound",
+            raw=self.last_error or "",
+            attempted=False,
+        )
+
+    def _hold(self, job: _Job, due: float, *, new_try: bool) -> None:
+        """Put `job` aside until `due` (loop time), then back in the queue."""
+        heapq.heappush(self._held, (due, next(self._holds), job, new_try))
+        if self._held[0][2] is job:
+            if self._held_timer is not None:
+                self._held_timer.cancel()
+            self._held_timer = asyncio.get_running_loop().call_at(due, self._release)
+
+    def _release(self) -> None:
+        self._held_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        held = self._held
+        while held and held[0][0] <= now + 0.001:
+            _, _, job, new_try = heapq.heappop(held)
+            if job.cancelled:
+                self._finish(job, _not_connected())
+                continue
+            if new_try:
+                job.began = now
+            job.since = now
+            self._queue.append(job)
+        if held:
+            self._held_timer = loop.call_at(held[0][0], self._release)
+        self._pump()
+
+    def _sweep(self) -> None:
+        """Every `_sweep_every` s while messages are here: time out unanswered submits,
+        and messages that waited too long for a bound session."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.spec.response_timeout
+        outstanding = self._outstanding
+        expired = []
+        for sequence, job in outstanding.items():  # in send order
+            if job.sent_at + timeout > now:
+                break
+            expired.append(sequence)
+        for sequence in expired:
+            found = outstanding.pop(sequence, None)
+            if found is None:
+                continue  # lost with the connection meanwhile: has its outcome
+            if found.sent_at + timeout >= self._answer_at:
+                # Timed out after the last answer: in a row. (One that timed out before
+                # it was followed by an answer: the session still answers.)
+                self._timeouts += 1
+            if self._timeouts >= 3:
+                self._log.warning("three responses timed out in a row; reconnecting")
+                self._drop("response timeouts")
+                outstanding = self._outstanding
+            self._part_failed(
+                found,
+                Retry(f"no submit_sm_resp within {timeout:g}s", code="timeout", maybe_sent=True),
+            )
+        if self._queue and not self._bound.is_set():
+            self._expire_unbound(now, timeout)
+        if expired:
+            self._pump()
+        if self._messages > 0 and self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+
+    def _expire_unbound(self, now: float, timeout: float) -> None:
+        """Without a bound session: a message not sent at all goes back to the router after
+        `timeout`; a later part waits until its deadline, then counts as a try."""
+        keep: deque[_Job] = deque()
+        late: list[_Job] = []
+        for job in self._queue:
+            if job.index == 0:
+                gone = now - max(job.since, self._unbound_at) >= timeout
+            else:
+                gone = now >= job.deadline
+            (late if gone else keep).append(job)
+        if not late:
+            return
+        self._queue = keep
+        for job in late:
+            if job.index == 0:
+                self._finish(job, self._not_bound())
+            else:
+                self._part_failed(job, _not_connected())
 
     def _log_rate(self, before: float, why: str) -> None:
         after = self._rate.rate
@@ -346,32 +641,51 @@ class SmppBind:
     # -- the connection -----------------------------------------------------------
 
     async def _request(self, command_id: int, body: bytes, limit: float) -> Pdu:
-        writer = self._writer
-        if writer is None:
+        transport = self._transport
+        if transport is None:
             raise _Lost("not connected", sent=False)
         sequence = self._sequence.next()
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
         self._pending[sequence] = future
         try:
-            writer.write(Pdu(command_id, 0, sequence, body).encode())
+            transport.write(Pdu(command_id, 0, sequence, body).encode())
             return await asyncio.wait_for(future, limit)
         finally:
             self._pending.pop(sequence, None)
 
     def _send(self, command_id: int, status: int, sequence: int, body: bytes = b"") -> None:
-        if self._writer is not None:
-            self._writer.write(Pdu(command_id, status, sequence, body).encode())
+        if self._transport is not None:
+            self._transport.write(Pdu(command_id, status, sequence, body).encode())
 
     def _drop(self, why: str) -> None:
-        """Close the connection; every request still waiting gets `_Lost`."""
+        """Close the connection; every request still waiting gets `_Lost`, every submit
+        written and unanswered its outcome (a later part another try). Messages queued
+        and never written stay queued for the next session."""
+        if self._bound.is_set():
+            # Messages waiting for a session get the time-out from here on (not from each
+            # failed attempt after it, or they might wait for ever).
+            self._unbound_at = asyncio.get_running_loop().time()
         self._bound.clear()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+        transport, self._transport, self._wire = self._transport, None, None
+        if transport is not None:
+            transport.close()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(_Lost(why))
         self._pending.clear()
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+        lost, self._outstanding = self._outstanding, {}
+        for job in lost.values():
+            self._part_failed(
+                job,
+                Retry(
+                    f"connection lost before submit_sm_resp: {why}",
+                    code="connection_lost",
+                    maybe_sent=True,
+                ),
+            )
 
     def _set_state(self, state: str, error: str | None = None, **details: object) -> None:
         self.state, self.last_error = state, error
@@ -407,12 +721,13 @@ class SmppBind:
 
     async def _session(self) -> None:
         self._set_state("connecting", self.last_error)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self.spec.host, self.spec.port), self.spec.connect_timeout
-        )
-        self._writer = writer
+        loop = asyncio.get_running_loop()
         decoder = FrameDecoder(self.spec.max_pdu_size)
-        reading = asyncio.create_task(self._read(reader, decoder))
+        transport, wire = await asyncio.wait_for(
+            loop.create_connection(lambda: _Wire(self, decoder), self.spec.host, self.spec.port),
+            self.spec.connect_timeout,
+        )
+        self._transport, self._wire = transport, wire
         try:
             self._set_state("binding", self.last_error)
             sequence = self._sequence.next()
@@ -426,82 +741,128 @@ class SmppBind:
                 addr_npi=self.spec.addr_npi,
                 address_range=self.spec.address_range,
             )
-            future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Pdu] = loop.create_future()
             self._pending[sequence] = future
-            writer.write(bind)
+            transport.write(bind)
             done, _ = await asyncio.wait(
-                {cast(asyncio.Future[Any], future), reading},
+                {cast(asyncio.Future[Any], future), wire.closed},
                 timeout=self.spec.response_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if future not in done:
-                raise _Lost("no bind response") if reading in done else TimeoutError("bind")
+                raise _Lost("no bind response") if wire.closed in done else TimeoutError("bind")
             response = future.result()
             if response.status != pdu.ESME_ROK:
                 name = pdu.status_name(response.status)
                 self._set_state("bind_failed", f"bind rejected: {name}")
                 raise _BindRejected(name)
             self._timeouts = 0
-            self._last_received = asyncio.get_running_loop().time()
+            self._last_received = loop.time()
             self._set_state("bound", None, mode=self.spec.mode)
             self._bound.set()
+            self._pump()  # what waited for a session goes now
             keeper = asyncio.create_task(self._enquire_links())
             try:
-                await reading
+                await wire.closed  # None at the peer's EOF; the error that ended it otherwise
             finally:
                 keeper.cancel()
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
+            if wire.closed.done() and not wire.closed.cancelled():
+                wire.closed.exception()  # seen (raised above, or superseded by another error)
 
-    async def _read(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await reader.read(65536)
-            if not data:
+    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int) -> None:
+        """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
+        for deliver_sm handlers); then write what the answers made room for."""
+        submit_sm_resp = SUBMIT_SM_RESP
+        accepted = 0
+        for index in range(start, len(frames)):
+            frame = frames[index]
+            command_id, status, sequence, body = frame
+            if command_id == submit_sm_resp:
+                # Looked up afresh: `_drop` (a peer's unbind, a time-out) swaps it.
+                job = self._outstanding.pop(sequence, None)
+                if job is not None:
+                    if status == 0 and len(job.bodies) == 1:
+                        # The common case, inline: a one-part message accepted.
+                        accepted += 1
+                        end = body.find(b"\0", 0, 66)
+                        message_id = (
+                            body[:end].decode("latin-1") if end >= 0 else submit_resp_id(body)
+                        )
+                        self._messages -= 1
+                        try:
+                            job.done(Accepted(message_id, "ESME_ROK", 1, (message_id,)))
+                        except Exception:
+                            self._log.exception("outcome callback failed")
+                    else:
+                        if accepted:
+                            self._accepted(accepted)
+                            accepted = 0
+                        self._answered(job, command_id, status, body)
+                    continue
+            elif command_id == pdu.DELIVER_SM:
+                if self._delivering >= MAX_DELIVERING:
+                    # Back-pressure: read nothing more until a handler is done.
+                    wire.stall(frames, index)
+                    break
+                self._delivering += 1  # one less when its handler is done
+            self._dispatch(frame)
+        else:
+            wire.check()
+        if accepted:
+            self._accepted(accepted)
+        self._pump()
+
+    def _accepted(self, count: int) -> None:
+        self._timeouts = 0
+        self._answer_at = asyncio.get_running_loop().time()
+        before = self._rate.rate
+        self._rate.accepted(count)
+        self._rate_changed(before)
+
+    def _dispatch(self, frame: pdu.Frame) -> None:
+        command_id, status, sequence, body = frame
+        if command_id & pdu.RESPONSE:
+            job = self._outstanding.pop(sequence, None)
+            if job is not None:
+                self._answered(job, command_id, status, body)
                 return
-            self._last_received = loop.time()
-            for frame in decoder.feed(data):
-                if frame.command_id == pdu.DELIVER_SM:
-                    await self._delivering.acquire()  # released when the handler is done
-                self._dispatch(frame)
-
-    def _dispatch(self, frame: Pdu) -> None:
-        if frame.is_response:
-            future = self._pending.get(frame.sequence)
+            future = self._pending.get(sequence)
             if future is not None and not future.done():
-                future.set_result(frame)
-            elif frame.command_id == pdu.GENERIC_NACK:
-                self._log.warning(
-                    "generic_nack", status=pdu.status_name(frame.status), sequence=frame.sequence
-                )
+                future.set_result(Pdu(command_id, status, sequence, body))
+            elif command_id == pdu.GENERIC_NACK:
+                self._log.warning("generic_nack", status=pdu.status_name(status), sequence=sequence)
             else:
                 self._log.info(
                     "response to no pending request",
-                    sequence=frame.sequence,
-                    command_id=f"0x{frame.command_id:08X}",
+                    sequence=sequence,
+                    command_id=f"0x{command_id:08X}",
                 )
             return
-        if frame.command_id == pdu.ENQUIRE_LINK:
-            self._send(pdu.ENQUIRE_LINK | pdu.RESPONSE, 0, frame.sequence)
-        elif frame.command_id == pdu.UNBIND:
-            self._send(pdu.UNBIND | pdu.RESPONSE, 0, frame.sequence)
+        if command_id == pdu.ENQUIRE_LINK:
+            self._send(pdu.ENQUIRE_LINK | pdu.RESPONSE, 0, sequence)
+        elif command_id == pdu.UNBIND:
+            self._send(pdu.UNBIND | pdu.RESPONSE, 0, sequence)
             self._log.info("peer unbound")
             self._drop("peer unbound")
-        elif frame.command_id == pdu.DELIVER_SM:
-            task = asyncio.create_task(self._deliver(frame))
+        elif command_id == pdu.DELIVER_SM:
+            task = asyncio.create_task(self._deliver(Pdu(command_id, status, sequence, body)))
             self._children.add(task)
             task.add_done_callback(self._children.discard)
         else:
-            self._send(pdu.GENERIC_NACK, pdu.ESME_RINVCMDID, frame.sequence)
+            self._send(pdu.GENERIC_NACK, pdu.ESME_RINVCMDID, sequence)
 
     async def _deliver(self, frame: Pdu) -> None:
         """Answer a deliver_sm only once the router has stored what it carries."""
         try:
             await self._deliver_one(frame)
         finally:
-            self._delivering.release()
+            self._delivering -= 1
+            wire = self._wire
+            if wire is not None and wire.stalled is not None:
+                frames, start = wire.stalled
+                wire.resume()
+                self._received(wire, frames, start)
 
     async def _deliver_one(self, frame: Pdu) -> None:
         try:
@@ -533,3 +894,49 @@ class SmppBind:
                 self._log.warning("enquire_link unanswered; reconnecting")
                 self._drop("enquire_link unanswered")
                 return
+
+
+class _Wire(asyncio.Protocol):
+    """One connection of a session: each chunk read is cut into frames and handed to the
+    bind at once (no reader task, no buffer copies); `closed` ends with the connection."""
+
+    def __init__(self, bind: SmppBind, decoder: FrameDecoder) -> None:
+        self._bind = bind
+        self._decoder = decoder
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Frames read but not acted on while deliver_sm handlers are all busy: (frames, from).
+        self.stalled: tuple[list[pdu.Frame], int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        bind = self._bind
+        bind._last_received = asyncio.get_running_loop().time()
+        bind._received(self, self._decoder.split(data), 0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            if exc is None:
+                self.closed.set_result(None)
+            else:
+                self.closed.set_exception(exc)
+
+    def stall(self, frames: list[pdu.Frame], start: int) -> None:
+        self.stalled = (frames, start)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        self.stalled = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def check(self) -> None:
+        """After a chunk's frames: a bad command_length ends the connection."""
+        broken = self._decoder.broken
+        if broken is not None and not self.closed.done():
+            self.closed.set_exception(broken)
+            if self._transport is not None:
+                self._transport.abort()
