@@ -14,6 +14,8 @@ from .config import Profile
 # The most characters one SMS part carries in any alphabet (a single GSM message).
 # A text longer than max_segments times this cannot fit, whatever its characters.
 _MOST_CHARS_PER_PART = 160
+# The fewest units one part of a long message carries (UCS2 with a 16-bit reference).
+_FEWEST_UNITS_PER_PART = 66
 
 
 def text_problem(text: str, profile: Profile) -> str | None:
@@ -28,6 +30,19 @@ def text_problem(text: str, profile: Profile) -> str | None:
             f"can carry (at most {limit * _MOST_CHARS_PER_PART})"
         )
     encoding: Encoding = "auto"
+    if profile.smpp is not None:
+        encoding = profile.smpp.encoding
+    # Every character is at most 2 units (a GSM escape pair, a UTF-16 surrogate pair)
+    # and a part holds at least 66 units: a text within that bound fits without
+    # counting, in the automatic alphabet, once it holds no lone surrogate (which
+    # UTF-16 cannot carry; str.encode finds one in C).
+    if encoding == "auto" and -(-2 * len(text) // _FEWEST_UNITS_PER_PART) <= limit:
+        try:
+            text.encode("utf-16-be")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return None
     long_mode: LongMode = "udh8"  # HTTP providers: the GSM/UCS2 rule, 160/153 and 70/67
     if profile.smpp is not None:
         encoding = profile.smpp.encoding

@@ -157,12 +157,13 @@ def _decode(raw: bytes | None, default_id: str) -> Job:
         raise JobError("", f"not msgpack ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise JobError("", f"must be a msgpack map, got {type(data).__name__}")
-    unknown = sorted(str(k)[:64] for k in data if k not in KNOWN_FIELDS)
-    if unknown:
+    if not KNOWN_FIELDS.issuperset(data):
+        unknown = sorted(str(k)[:64] for k in data if k not in KNOWN_FIELDS)
         raise JobError(unknown[0], "unknown field")
 
     job_id = _opt_str(data, "id") or default_id
-    if len(job_id) > MAX_ID_LENGTH or any(c.isspace() for c in job_id):
+    # split() cuts at exactly the characters isspace() names, in C.
+    if len(job_id) > MAX_ID_LENGTH or job_id.split() != [job_id]:
         raise JobError("id", f"must be at most {MAX_ID_LENGTH} characters without spaces")
     to = _opt_str(data, "to")
     if not to:

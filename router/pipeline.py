@@ -36,6 +36,7 @@ log = structlog.get_logger("router.pipeline")
 T = TypeVar("T")
 
 FLUSH_MAX = 500  # outcomes per finish call (bounds one script's time inside Redis)
+FLUSHES = 2  # outcome flushes in flight at once (see `Pipeline.run`)
 AHEAD = 64  # least messages recorded `sending` ahead of the gate (see `Pipeline.ahead`)
 
 
@@ -163,24 +164,39 @@ class Pipeline:
     async def run(self, idle: asyncio.Event) -> None:
         """Record outcomes as they come, until `idle` is set and nothing is waiting.
 
-        `idle` means no entry is left in flight (the worker's drain is over)."""
+        `idle` means no entry is left in flight (the worker's drain is over). A second
+        flush starts while one is in flight once a quarter of the windows waits: the
+        window slots of sent messages are only freed when their outcome is recorded,
+        so the wait for a flush is what limits the rate."""
+        flushes: set[asyncio.Task[None]] = set()
         while True:
-            if not self._outbox:
-                if idle.is_set():
+            ready = bool(self._outbox) and (
+                not flushes
+                or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.windows // 4))
+            )
+            if not ready:
+                if idle.is_set() and not self._outbox and not flushes:
                     return
                 self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())
                 stop = asyncio.ensure_future(idle.wait())
-                await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([waiter, stop, *flushes], return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 stop.cancel()
+                for task in [t for t in flushes if t.done()]:
+                    flushes.discard(task)
+                    task.result()  # a bug in a flush ends the flusher (and the daemon)
                 continue
             taken, self._outbox = self._outbox[:FLUSH_MAX], self._outbox[FLUSH_MAX:]
-            self._flushing = len(taken)
-            try:
-                await self._flush(taken)
-            finally:
-                self._flushing = 0
+            flushes.add(asyncio.create_task(self._flush_counted(taken)))
+
+    async def _flush_counted(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
+        self._flushing += len(taken)
+        try:
+            await self._flush(taken)
+        finally:
+            self._flushing -= len(taken)
+            self._wake.set()
 
     # -- recording ------------------------------------------------------------------
 

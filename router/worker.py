@@ -37,7 +37,7 @@ from .senders import SenderPool
 log = structlog.get_logger("router.worker")
 
 BIND_POLL = 0.2  # seconds between looks at the binds while none is ready
-MAX_DISPATCHING = 3  # batches being decoded and recorded `sending` at once
+MAX_DISPATCHING = 1  # batches being decoded and recorded `sending` while the next is read
 
 
 class Rejection(Exception):
