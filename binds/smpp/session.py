@@ -53,7 +53,7 @@ log = structlog.get_logger("binds.smpp")
 
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 RETRY_STATUSES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
-MAX_DELIVERING = 64  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
+MAX_DELIVERING = 512  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
 # Retries of a later part lost to a time-out or a dropped connection (throttled parts
 # wait like any throttled submit): earlier parts already reached the SMSC.
 PART_RETRIES = 3

@@ -29,25 +29,34 @@ end
 
 -- One part's delivery report on a `sent` record. `parts` lists every part's id (one
 -- for a short message). Returns the final status once every part has reported (the
--- record, its event and callback written), else nil.
--- info: {to, from, meta, url} of the message ('' where absent).
+-- record, its event and callback written), else nil. `n` is the record's history
+-- length when the caller knows it (finish.lua just wrote it), else nil.
+-- info: {to, from, meta, url} of the message ('' where absent); awaiting: the
+-- awaiting-reports set, or '' when the profile has none.
 local function apply_report(rec, job, part, outcome, stat, err, now, parts, info,
-                            profile, events, maxlen, callbacks, awaiting)
-  redis.call('HSET', rec, 'dlr:' .. part, cjson.encode({outcome, stat, err}))
-  local final, fstat, ferr = 'delivered', stat, err
-  for _, p in ipairs(parts) do
-    local r = redis.call('HGET', rec, 'dlr:' .. p)
-    if not r then return nil end
-    r = cjson.decode(r)
-    if r[1] ~= 'delivered' and final == 'delivered' then final, fstat, ferr = r[1], r[2], r[3] end
+                            profile, events, maxlen, callbacks, awaiting, n)
+  local mine = cjson.encode({outcome, stat, err})
+  local final, fstat, ferr = outcome, stat, err
+  if #parts > 1 then
+    redis.call('HSET', rec, 'dlr:' .. part, mine)
+    final = 'delivered'
+    for _, p in ipairs(parts) do
+      local r = redis.call('HGET', rec, 'dlr:' .. p)
+      if not r then return nil end
+      r = cjson.decode(r)
+      if r[1] ~= 'delivered' and final == 'delivered' then final, fstat, ferr = r[1], r[2], r[3] end
+    end
   end
-  redis.call('ZREM', awaiting, job)
-  set_status(rec, final, now, 'stat ' .. fstat .. ' err ' .. ferr)
-  redis.call('HSET', rec, 'dlr_stat', fstat, 'dlr_err', ferr)
+  if awaiting ~= '' then redis.call('ZREM', awaiting, job) end
+  if n then n = n + 1 else n = redis.call('HINCRBY', rec, 'n', 1) end
+  local name, value = step(n, final, now, 'stat ' .. fstat .. ' err ' .. ferr)
+  local f = {'status', final, 'updated_at', now, 'n', n, name, value,
+             'dlr_stat', fstat, 'dlr_err', ferr, 'dlr:' .. part, mine}
   if final ~= 'delivered' then
-    redis.call('HSET', rec, 'error_code', 'dlr_' .. string.lower(fstat), 'error_raw',
-               'stat:' .. fstat .. ' err:' .. ferr)
+    f[#f + 1] = 'error_code'; f[#f + 1] = 'dlr_' .. string.lower(fstat)
+    f[#f + 1] = 'error_raw'; f[#f + 1] = 'stat:' .. fstat .. ' err:' .. ferr
   end
+  redis.call('HSET', rec, unpack(f))
   local ev = {'id', job, 'status', final, 'at', now, 'stat', fstat, 'err', ferr,
               'provider_message_id', part, 'profile', profile}
   if info[1] ~= '' then ev[#ev + 1] = 'to'; ev[#ev + 1] = info[1] end

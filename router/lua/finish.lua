@@ -57,7 +57,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   end
   if #wanted > 0 then
     local found = redis.call('HMGET', KEYS[5], unpack(wanted))
-    local done = {}
+    local done, applied_to = {}, {}
     for w = 1, #wanted do
       local raw = found[w]
       local i, part = owners[w][1], owners[w][2]
@@ -67,8 +67,13 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
         local r = cjson.decode(raw)
         local ids = it[14]
         if #ids == 0 then ids = {part} end
+        local n = nil
+        if not applied_to[i] then n = it[3] end  -- a second part's report: read n
+        applied_to[i] = true
+        local awaiting = ''
+        if deadline ~= '' then awaiting = KEYS[4] end
         apply_report(prefix .. it[1], it[1], part, r[1], r[2], r[3], now, ids,
-                     {it[7], it[8], it[9], it[6]}, profile, KEYS[1], maxlen, KEYS[2], KEYS[4])
+                     {it[7], it[8], it[9], it[6]}, profile, KEYS[1], maxlen, KEYS[2], awaiting, n)
         applied = applied + 1
       end
       if raw then

@@ -42,7 +42,7 @@ for _, r in ipairs(args[7]) do
     if info[1] then parts = cjson.decode(info[1]) end
     local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
                                {info[2] or '', info[3] or '', info[4] or '', info[5] or ''},
-                               profile, KEYS[1], maxlen, KEYS[5], KEYS[2])
+                               profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil)
     if final then answer('ok', final, job, part) else answer('partial', st, job, part) end
   end
 end
