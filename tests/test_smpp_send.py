@@ -19,6 +19,7 @@ from binds.flow import AdaptiveRate
 from binds.smpp import SmppBind, SmppSpec, pdu
 from binds.smpp.codec import encode_text
 from binds.smpp.pdu import FrameDecoder, ShortMessage
+from binds.smpp.session import MAX_DELIVERING
 from router.smscsim import SmscSimulator
 
 from .conftest import free_port, wait_for
@@ -418,9 +419,11 @@ async def test_a_paced_session_keeps_to_its_rate(
     assert all(isinstance(o, Accepted) for o in outcomes.by_id.values())
 
 
-async def test_deliver_sm_beyond_64_at_once_waits_for_a_handler(tiny: TinySmsc) -> None:
-    """Inbound messages are answered only once stored; at most 64 are being stored at once
-    and reading waits beyond that (the SMSC's window does the rest)."""
+async def test_deliver_sm_beyond_the_limit_at_once_waits_for_a_handler(tiny: TinySmsc) -> None:
+    """Inbound messages are answered only once stored; at most MAX_DELIVERING are being
+    stored at once and reading waits beyond that (the SMSC's window does the rest)."""
+    limit = MAX_DELIVERING
+    total = limit + 36
     gate = asyncio.Event()
     running: list[str] = []
     most = 0
@@ -437,18 +440,18 @@ async def test_deliver_sm_beyond_64_at_once_waits_for_a_handler(tiny: TinySmsc) 
     await bind.start()
     try:
         assert await bind.wait_bound(5)
-        for i in range(100):
+        for i in range(total):
             tiny.protocols[0].deliver(1000 + i, f"in {i}")
-        await wait_for(lambda: len(running) == 64, 5, "64 handlers")
+        await wait_for(lambda: len(running) == limit, 5, "a full set of handlers")
         await asyncio.sleep(0.2)
-        assert len(running) == 64 and not tiny.deliver_answers  # the rest wait unread
+        assert len(running) == limit and not tiny.deliver_answers  # the rest wait unread
         outcome = asyncio.create_task(bind.submit(message(0)))  # its answer queues behind
         await asyncio.sleep(0.2)
         assert not outcome.done()
         gate.set()
-        await wait_for(lambda: len(tiny.deliver_answers) == 100, 5, "100 answers")
-        assert sorted(tiny.deliver_answers) == [(1000 + i, 0) for i in range(100)]
-        assert most == 64
+        await wait_for(lambda: len(tiny.deliver_answers) == total, 5, "every answer")
+        assert sorted(tiny.deliver_answers) == [(1000 + i, 0) for i in range(total)]
+        assert most == limit
         assert isinstance(await asyncio.wait_for(outcome, 5), Accepted)
     finally:
         await bind.close()
