@@ -170,6 +170,9 @@ class Pipeline:
         so the wait for a flush is what limits the rate."""
         flushes: set[asyncio.Task[None]] = set()
         while True:
+            for task in [t for t in flushes if t.done()]:
+                flushes.discard(task)
+                task.result()  # a bug in a flush ends the flusher (and the daemon)
             ready = bool(self._outbox) and (
                 not flushes
                 or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.windows // 4))
@@ -178,17 +181,16 @@ class Pipeline:
                 if idle.is_set() and not self._outbox and not flushes:
                     return
                 self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                stop = asyncio.ensure_future(idle.wait())
-                await asyncio.wait([waiter, stop, *flushes], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stop.cancel()
-                for task in [t for t in flushes if t.done()]:
-                    flushes.discard(task)
-                    task.result()  # a bug in a flush ends the flusher (and the daemon)
+                await self._wake.wait()
                 continue
             taken, self._outbox = self._outbox[:FLUSH_MAX], self._outbox[FLUSH_MAX:]
-            flushes.add(asyncio.create_task(self._flush_counted(taken)))
+            task = asyncio.create_task(self._flush_counted(taken))
+            task.add_done_callback(lambda _: self._wake.set())
+            flushes.add(task)
+
+    def wake(self) -> None:
+        """Have `run` look again (the worker set `idle`)."""
+        self._wake.set()
 
     async def _flush_counted(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
         self._flushing += len(taken)
@@ -196,7 +198,6 @@ class Pipeline:
             await self._flush(taken)
         finally:
             self._flushing -= len(taken)
-            self._wake.set()
 
     # -- recording ------------------------------------------------------------------
 

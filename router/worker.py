@@ -260,6 +260,7 @@ class ProfileWorker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._idle.set()
+        self.pipeline.wake()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         return left
