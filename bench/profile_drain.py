@@ -46,12 +46,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30_000)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--dlr", action="store_true")
+    parser.add_argument("--sync", action="store_true", help="processing = sync, window 1")
     parser.add_argument("--out", type=Path, default=Path("/tmp/drain.raw"))
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="sms-profile-"))
     server = RedisServer(appendonly=True, folder=scratch / "redis")
     config = router_config(
-        scratch / "router.toml", server.url, registered_delivery=1 if args.dlr else 0
+        scratch / "router.toml",
+        server.url,
+        registered_delivery=1 if args.dlr else 0,
+        **({"window": 1, "processing": "sync"} if args.sync else {}),
     )
     asyncio.run(preload(server.url, args.n, "p"))
     daemon = start_daemon(config, scratch / "router.log")

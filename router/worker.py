@@ -623,7 +623,15 @@ class ProfileWorker:
                 pass
 
     async def _wait_for_room(self, stopping: asyncio.Event | None = None) -> None:
-        while self._free() <= 0 and not (stopping and stopping.is_set()):
+        """Until a read is worth its round trip: a quarter of the capacity (at most a
+        batch) is free, or the work in hand is down to what the windows hold."""
+        while not (stopping and stopping.is_set()):
+            free = self._free()
+            if free > 0 and (
+                free >= min(self.settings.batch, self.capacity // 4)
+                or len(self._active) <= sum(b.window for b in self.binds)
+            ):
+                return
             self._check_flusher()
             self._slot_freed.clear()
             await self._slot_freed.wait()
