@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 FLUSH_MAX = 500  # outcomes per finish call (bounds one script's time inside Redis)
 FLUSHES = 2  # outcome flushes in flight at once (see `Pipeline.run`)
+# Messages per `sending` call: Redis runs one script at a time, and outcome flushes
+# queued behind a long one wait (measured: 32 drains ~15 % faster than 100).
+SENDING_CHUNK = 32
 AHEAD = 64  # least messages recorded `sending` ahead of the gate (see `Pipeline.ahead`)
 
 
@@ -120,10 +123,10 @@ class Pipeline:
     async def send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
         """Record `sending` in one call per chunk, then queue the messages for the
         gate (`_pump`); a chunk waits while too many are recorded ahead."""
-        size = self.ahead
+        size = min(self.ahead, SENDING_CHUNK)
         for start in range(0, len(batch), size):
             chunk = batch[start : start + size]
-            while self._queue and len(self._queue) + len(chunk) > size:
+            while self._queue and len(self._queue) + len(chunk) > self.ahead:
                 self._room.clear()
                 await self._room.wait()
             await self._send(chunk, stopping)
