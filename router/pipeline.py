@@ -36,7 +36,7 @@ log = structlog.get_logger("router.pipeline")
 T = TypeVar("T")
 
 FLUSH_MAX = 500  # outcomes per finish call (bounds one script's time inside Redis)
-FLUSHES = 2  # outcome flushes in flight at once (see `Pipeline.run`)
+FLUSHES = 3  # outcome flushes in flight at once (see `Pipeline.run`)
 # Messages per `sending` call: Redis runs one script at a time, and outcome flushes
 # queued behind a long one wait (measured: 32 drains ~15 % faster than 100).
 SENDING_CHUNK = 32
@@ -168,7 +168,7 @@ class Pipeline:
         """Record outcomes as they come, until `idle` is set and nothing is waiting.
 
         `idle` means no entry is left in flight (the worker's drain is over). A second
-        flush starts while one is in flight once a quarter of the windows waits: the
+        flush starts while others are in flight once an eighth of the windows waits: the
         window slots of sent messages are only freed when their outcome is recorded,
         so the wait for a flush is what limits the rate."""
         flushes: set[asyncio.Task[None]] = set()
@@ -178,7 +178,7 @@ class Pipeline:
                 task.result()  # a bug in a flush ends the flusher (and the daemon)
             ready = bool(self._outbox) and (
                 not flushes
-                or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.windows // 4))
+                or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.windows // 8))
             )
             if not ready:
                 if idle.is_set() and not self._outbox and not flushes:
