@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
 import structlog
@@ -61,23 +61,47 @@ SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
 SOURCES_CACHED = 256  # encoded source address fields kept (a profile has a few numbers)
 
 
-def _gsm_from_latin1() -> tuple[bytes, bytes]:
-    """A bytes.translate table from latin-1 octets to GSM 03.38 septets, and the octets it
-    holds: the latin-1 characters in GSM's basic table (one septet each). Taken from the
-    codec itself, so a text of only these (up to 160) is encoded here exactly as
-    `encode_text` would, without its per-character work."""
-    table = bytearray(range(256))
-    basic = bytearray()
+def _gsm_from_latin1() -> bytes:
+    """A bytes.translate table from latin-1 octets to GSM 03.38 septets for the latin-1
+    characters in GSM's basic table (one septet each); 0x80 (no septet) for the others.
+    Taken from the codec itself, so a text of only these (up to 160) is encoded here
+    exactly as `encode_text` would, without its per-character work."""
+    table = bytearray(b"\x80" * 256)
     for code in range(256):
         encoded = encode_text(chr(code))
         septets = encoded.segments[0].short_message
         if encoded.alphabet == "gsm" and len(septets) == 1:
             table[code] = septets[0]
-            basic.append(code)
-    return bytes(table), bytes(basic)
+    return bytes(table)
 
 
-_GSM_TABLE, _GSM_BASIC = _gsm_from_latin1()
+_GSM_TABLE = _gsm_from_latin1()
+_NOT_GSM = 0x80
+
+
+def _accepted_maker() -> Callable[[str], Accepted]:
+    """Accepted(message_id, "ESME_ROK", 1, (message_id,)) for a one-part message, at half
+    the cost: a frozen dataclass's __init__ sets each field through object.__setattr__,
+    which is dear on the hot path; this sets its slots directly. Used only while Accepted
+    has exactly these fields and no __post_init__ (checked here), else the plain call."""
+    names = ("provider_message_id", "raw", "segments", "part_ids")
+    if tuple(f.name for f in fields(Accepted)) != names or hasattr(Accepted, "__post_init__"):
+        return lambda message_id: Accepted(message_id, "ESME_ROK", 1, (message_id,))
+    new = object.__new__
+    set_id, set_raw, set_segments, set_parts = (vars(Accepted)[n].__set__ for n in names)
+
+    def accepted(message_id: str) -> Accepted:
+        outcome = new(Accepted)
+        set_id(outcome, message_id)
+        set_raw(outcome, "ESME_ROK")
+        set_segments(outcome, 1)
+        set_parts(outcome, (message_id,))
+        return outcome
+
+    return accepted
+
+
+_accepted_one = _accepted_maker()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,7 +182,7 @@ class _Job:
         self.sent_at = 0.0  # when its current part was written
         self.index = 0  # the part being sent
         self.tries = 0  # retries of the current (later) part after a time-out or lost session
-        self.ids: list[str] = []
+        self.ids: list[str] | None = None  # the SMSC's ids of the parts taken so far
         self.cancelled = False  # its submit() was cancelled: write nothing more of it
 
 
@@ -199,8 +223,12 @@ class SmppBind:
             dest_npi=spec.dest_npi,
             registered_delivery=spec.registered_delivery,
         )
-        self._sources: dict[str, bytes] = {}
+        self._heads: dict[str, bytes] = {}  # by source: see SubmitEncoder.head
         self._gsm_fast = spec.encoding in ("auto", "gsm")
+        # The middle of a one-part GSM body, by text length (the fast path in `_bodies`).
+        self._gsm_middles = [
+            self._encoder.middle(0, spec.gsm_data_coding, length) for length in range(161)
+        ]
         # bind, unbind, enquire_link: a future each. submit_sm: the structures below.
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
         self._queue: deque[_Job] = deque()  # waiting for the window (and the rate), in order
@@ -211,8 +239,12 @@ class SmppBind:
         self._rate_timer: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = min(1.0, spec.response_timeout / 4)
+        self._hold_for = spec.throttle_hold
         self._pump_soon = False
         self._peak = 0
+        # The loop, once known: asyncio.get_running_loop() makes a getpid() system call on
+        # Python 3.11, too dear for every message.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._wire: _Wire | None = None
         self._bound = asyncio.Event()
@@ -258,7 +290,8 @@ class SmppBind:
     async def start(self) -> None:
         """Start connecting in the background; messages sent meanwhile wait for the bind."""
         if self._task is None:
-            self._unbound_at = asyncio.get_running_loop().time()
+            self._loop = asyncio.get_running_loop()
+            self._unbound_at = self._loop.time()
             self._task = asyncio.create_task(self._keep_bound(), name=f"smpp {self.name}")
 
     async def wait_bound(self, within: float) -> bool:
@@ -324,9 +357,11 @@ class SmppBind:
         except ValueError as exc:  # EncodeError, PduError, an address outside latin-1
             _call(done, Failed(str(exc), code="encoding"), self._log)
             return None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        hold = self.spec.throttle_hold
+        hold = self._hold_for
         if message.expires_at is not None:
             hold = min(hold, message.expires_at - time.time())
         job = _Job(message, done, bodies, now + hold, now)
@@ -342,22 +377,23 @@ class SmppBind:
 
     def _bodies(self, message: OutboundMessage) -> list[bytes]:
         """The submit_sm body of every part of `message`."""
-        self._reference = (self._reference + 1) % 65536
-        source = self._sources.get(message.source)
-        if source is None:
-            source = self._source(message.source)
-        destination = message.destination.lstrip("+")
+        source = message.source
+        head = self._heads.get(source)
+        if head is None:
+            head = self._head(source)
+        destination = message.destination.lstrip("+").encode("latin-1")
         text = message.text
         if self._gsm_fast and len(text) <= 160:
             try:
-                octets: bytes | None = text.encode("latin-1")
+                septets = text.encode("latin-1").translate(_GSM_TABLE)
             except UnicodeEncodeError:
-                octets = None
-            if octets is not None and not octets.translate(None, _GSM_BASIC):
-                # One GSM segment, as encode_text makes it (see _gsm_from_latin1).
-                septets = octets.translate(_GSM_TABLE)
-                coding = self.spec.gsm_data_coding
-                return [self._encoder.body(source, destination, 0, coding, septets)]
+                pass
+            else:
+                if _NOT_GSM not in septets:
+                    # One GSM segment, as encode_text makes it (see _gsm_from_latin1).
+                    middle = self._gsm_middles[len(septets)]
+                    return [b"".join((head, destination, middle, septets))]
+        self._reference = (self._reference + 1) % 65536  # one per message that may be long
         encoded = encode_text(
             text,
             encoding=self.spec.encoding,
@@ -377,7 +413,7 @@ class SmppBind:
                 tlvs += pdu.tlv(pdu.TAG_SAR_SEGMENT_SEQNUM, pdu.tlv_int(seq, 1))
             bodies.append(
                 self._encoder.body(
-                    source,
+                    head,
                     destination,
                     pdu.ESM_UDHI if segment.udhi else 0,
                     encoded.data_coding,
@@ -387,16 +423,16 @@ class SmppBind:
             )
         return bodies
 
-    def _source(self, source: str) -> bytes:
-        """The source address field: numbers as international, names alphanumeric."""
+    def _head(self, source: str) -> bytes:
+        """The start of a body from `source`: numbers as international, names alphanumeric."""
         numeric = source.lstrip("+").isdigit()
         ton = self.spec.source_ton if self.spec.source_ton is not None else (1 if numeric else 5)
         npi = self.spec.source_npi if self.spec.source_npi is not None else (1 if numeric else 0)
-        field = SubmitEncoder.address(ton, npi, source.lstrip("+") if numeric else source[:11])
-        if len(self._sources) >= SOURCES_CACHED:
-            self._sources.clear()
-        self._sources[source] = field
-        return field
+        head = self._encoder.head(ton, npi, source.lstrip("+") if numeric else source[:11])
+        if len(self._heads) >= SOURCES_CACHED:
+            self._heads.clear()
+        self._heads[source] = head
+        return head
 
     def _pump_later(self) -> None:
         self._pump_soon = False
@@ -416,27 +452,28 @@ class SmppBind:
         limited = rate.limited
         if not limited:
             rate.take()  # the controller watches for idle spells
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
-        sequences = self._sequence
+        next_sequence = self._sequence.next
         pack = HEADER.pack
+        take = queue.popleft
         chunks: list[bytes] = []
+        add = chunks.append
         while queue and room:
-            job = queue[0]
+            job = take()
             if job.cancelled:
-                queue.popleft()
                 self._finish(job, _not_connected())
                 continue
             if limited:
                 wait = rate.take()
                 if wait > 0.0:
+                    queue.appendleft(job)  # still the head
                     self._rate_timer = loop.call_later(wait, self._rate_ready)
                     break
-            queue.popleft()
-            sequence = sequences.next()
+            sequence = next_sequence()
             body = job.bodies[job.index]
-            chunks.append(pack(16 + len(body), pdu.SUBMIT_SM, 0, sequence))
-            chunks.append(body)
+            add(pack(16 + len(body), pdu.SUBMIT_SM, 0, sequence))
+            add(body)
             job.sent_at = now
             outstanding[sequence] = job
             room -= 1
@@ -494,6 +531,8 @@ class SmppBind:
         self._part_failed(job, Failed(f"SMSC answered {name}", code=name, raw=raw))
 
     def _part_accepted(self, job: _Job, message_id: str) -> None:
+        if job.ids is None:
+            job.ids = []
         job.ids.append(message_id)
         job.index += 1
         parts = len(job.bodies)
@@ -526,7 +565,7 @@ class SmppBind:
                 f"part {index + 1} of {len(job.bodies)} not accepted ({outcome.reason}); "
                 f"parts 1-{index} were",
                 code="partial",
-                raw=" ".join(job.ids),
+                raw=" ".join(job.ids or ()),
             ),
         )
 
@@ -770,13 +809,13 @@ class SmppBind:
         """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
         for deliver_sm handlers); then write what the answers made room for."""
         submit_sm_resp = SUBMIT_SM_RESP
+        accepted_one = _accepted_one
         accepted = 0
-        for index in range(start, len(frames)):
-            frame = frames[index]
+        answer = self._outstanding.pop  # taken again after anything that may `_drop`
+        for index, frame in enumerate(frames[start:] if start else frames, start):
             command_id, status, sequence, body = frame
             if command_id == submit_sm_resp:
-                # Looked up afresh: `_drop` (a peer's unbind, a time-out) swaps it.
-                job = self._outstanding.pop(sequence, None)
+                job = answer(sequence, None)
                 if job is not None:
                     if status == 0 and len(job.bodies) == 1:
                         # The common case, inline: a one-part message accepted.
@@ -787,7 +826,7 @@ class SmppBind:
                         )
                         self._messages -= 1
                         try:
-                            job.done(Accepted(message_id, "ESME_ROK", 1, (message_id,)))
+                            job.done(accepted_one(message_id))
                         except Exception:
                             self._log.exception("outcome callback failed")
                     else:
@@ -795,6 +834,7 @@ class SmppBind:
                             self._accepted(accepted)
                             accepted = 0
                         self._answered(job, command_id, status, body)
+                        answer = self._outstanding.pop
                     continue
             elif command_id == pdu.DELIVER_SM:
                 if self._delivering >= MAX_DELIVERING:
@@ -803,6 +843,7 @@ class SmppBind:
                     break
                 self._delivering += 1  # one less when its handler is done
             self._dispatch(frame)
+            answer = self._outstanding.pop  # a peer's unbind swaps it
         else:
             wire.check()
         if accepted:
@@ -811,7 +852,7 @@ class SmppBind:
 
     def _accepted(self, count: int) -> None:
         self._timeouts = 0
-        self._answer_at = asyncio.get_running_loop().time()
+        self._answer_at = self._last_received
         before = self._rate.rate
         self._rate.accepted(count)
         self._rate_changed(before)
@@ -909,7 +950,7 @@ class _Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         bind = self._bind
-        bind._last_received = asyncio.get_running_loop().time()
+        bind._last_received = (bind._loop or asyncio.get_running_loop()).time()
         bind._received(self, self._decoder.split(data), 0)
 
     def connection_lost(self, exc: Exception | None) -> None:
