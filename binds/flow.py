@@ -193,24 +193,27 @@ class RateLimiter:
                     handle.cancel()
                     self._sleeper = None
 
-    def take(self) -> float:
+    def take(self, now: float | None = None) -> float:
         """Take a token without waiting: 0.0 when one was taken, else the seconds until
         one will be there (nothing taken). For callers that keep their own queue and
         arm one timer for its head instead of a waiting future per operation; do not
-        mix with `acquire` on one limiter (waiters there would be overtaken)."""
+        mix with `acquire` on one limiter (waiters there would be overtaken). `now`:
+        the loop's time, when the caller has it (asking the loop costs a system call
+        on Python 3.11)."""
         if self._rate <= 0:
             return 0.0
-        self._refill()
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self._rate
 
-    def _refill(self) -> None:
-        try:
-            now = asyncio.get_running_loop().time()
-        except RuntimeError:  # rate changed outside a running loop
-            return
+    def _refill(self, now: float | None = None) -> None:
+        if now is None:
+            try:
+                now = asyncio.get_running_loop().time()
+            except RuntimeError:  # rate changed outside a running loop
+                return
         if self._stamp is None or self._rate <= 0:
             if self._rate <= 0:
                 self._tokens = self.burst
@@ -327,18 +330,20 @@ class AdaptiveRate:
         if loop.time() - began > 0.0005:
             self._waited = True
 
-    def take(self) -> float:
+    def take(self, now: float | None = None) -> float:
         """`acquire` without waiting: 0.0 when the operation may go now (counted), else
-        the seconds to wait before asking again."""
-        self._tick(asyncio.get_running_loop().time())
-        wait = self._bucket.take()
+        the seconds to wait before asking again. `now`: the loop's time, if known."""
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        self._tick(now)
+        wait = self._bucket.take(now)
         if wait > 0.0:
             self._waited = True  # callers had to wait: a reason to grow the rate
         return wait
 
-    def accepted(self, count: int = 1) -> None:
-        """The peer took one operation (or `count` answered at the same moment)."""
-        self._tick(asyncio.get_running_loop().time())
+    def accepted(self, count: int = 1, now: float | None = None) -> None:
+        """The peer took one operation (or `count` answered at the same moment, `now`)."""
+        self._tick(asyncio.get_running_loop().time() if now is None else now)
         self._accepted += count
 
     def throttled(self) -> None:

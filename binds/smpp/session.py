@@ -450,10 +450,10 @@ class SmppBind:
             return
         rate = self._rate
         limited = rate.limited
-        if not limited:
-            rate.take()  # the controller watches for idle spells
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
+        if not limited:
+            rate.take(now)  # the controller watches for idle spells
         next_sequence = self._sequence.next
         pack = HEADER.pack
         take = queue.popleft
@@ -465,7 +465,7 @@ class SmppBind:
                 self._finish(job, _not_connected())
                 continue
             if limited:
-                wait = rate.take()
+                wait = rate.take(now)
                 if wait > 0.0:
                     queue.appendleft(job)  # still the head
                     self._rate_timer = loop.call_later(wait, self._rate_ready)
@@ -805,7 +805,7 @@ class SmppBind:
             if wire.closed.done() and not wire.closed.cancelled():
                 wire.closed.exception()  # seen (raised above, or superseded by another error)
 
-    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int) -> None:
+    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> None:
         """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
         for deliver_sm handlers); then write what the answers made room for."""
         submit_sm_resp = SUBMIT_SM_RESP
@@ -831,7 +831,7 @@ class SmppBind:
                             self._log.exception("outcome callback failed")
                     else:
                         if accepted:
-                            self._accepted(accepted)
+                            self._accepted(accepted, now)
                             accepted = 0
                         self._answered(job, command_id, status, body)
                         answer = self._outstanding.pop
@@ -847,14 +847,14 @@ class SmppBind:
         else:
             wire.check()
         if accepted:
-            self._accepted(accepted)
+            self._accepted(accepted, now)
         self._pump()
 
-    def _accepted(self, count: int) -> None:
+    def _accepted(self, count: int, now: float) -> None:
         self._timeouts = 0
-        self._answer_at = self._last_received
+        self._answer_at = now
         before = self._rate.rate
-        self._rate.accepted(count)
+        self._rate.accepted(count, now)
         self._rate_changed(before)
 
     def _dispatch(self, frame: pdu.Frame) -> None:
@@ -899,7 +899,7 @@ class SmppBind:
             if wire is not None and wire.stalled is not None:
                 frames, start = wire.stalled
                 wire.resume()
-                self._received(wire, frames, start)
+                self._received(wire, frames, start, asyncio.get_running_loop().time())
 
     async def _deliver_one(self, frame: Pdu) -> None:
         try:
@@ -950,8 +950,8 @@ class _Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         bind = self._bind
-        bind._last_received = (bind._loop or asyncio.get_running_loop()).time()
-        bind._received(self, self._decoder.split(data), 0)
+        now = bind._last_received = (bind._loop or asyncio.get_running_loop()).time()
+        bind._received(self, self._decoder.split(data), 0, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
