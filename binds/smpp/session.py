@@ -367,8 +367,14 @@ class SmppBind:
         job = _Job(message, done, bodies, now + hold, now)
         self._messages += 1
         self._queue.append(job)
-        if not self._pump_soon:
+        if (
+            not self._pump_soon
+            and len(self._outstanding) < self._limit
+            and self._rate_timer is None
+        ):
             # One pump for all messages handed over in this turn of the loop: one write.
+            # (A full window or a rate timer pumps by itself when it can take more, and so
+            # does reading answers, when the message comes from an outcome's callback.)
             self._pump_soon = True
             loop.call_soon(self._pump_later)
         if self._sweeper is None:
@@ -807,7 +813,20 @@ class SmppBind:
 
     def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> None:
         """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
-        for deliver_sm handlers); then write what the answers made room for."""
+        for deliver_sm handlers); then write what the answers made room for, and what the
+        outcomes' callbacks sent meanwhile (in the same write, not a pump of their own)."""
+        scheduled, self._pump_soon = self._pump_soon, True
+        try:
+            accepted = self._act(wire, frames, start, now)
+        finally:
+            self._pump_soon = scheduled
+        if accepted:
+            self._accepted(accepted, now)
+        self._pump()
+
+    def _act(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> int:
+        """`_received`'s loop; the count of one-part messages accepted whose answers the
+        rate controller is still to hear of."""
         submit_sm_resp = SUBMIT_SM_RESP
         accepted_one = _accepted_one
         accepted = 0
@@ -840,15 +859,12 @@ class SmppBind:
                 if self._delivering >= MAX_DELIVERING:
                     # Back-pressure: read nothing more until a handler is done.
                     wire.stall(frames, index)
-                    break
+                    return accepted
                 self._delivering += 1  # one less when its handler is done
             self._dispatch(frame)
             answer = self._outstanding.pop  # a peer's unbind swaps it
-        else:
-            wire.check()
-        if accepted:
-            self._accepted(accepted, now)
-        self._pump()
+        wire.check()
+        return accepted
 
     def _accepted(self, count: int, now: float) -> None:
         self._timeouts = 0
