@@ -6,7 +6,7 @@ Usage: PYTHONPATH=. python bench/smpp_bind.py [--n 100000] [--sync-n 20000] [--r
 Each round (rounds interleaved, a fresh sink for every run, as its README asks):
 - bind w100: `SmppBind.send` (or `submit`, `--via submit`) with window 100 carries N
   single-part messages to ../shared/bench-peers/smsc_sink.py; the driver keeps two
-  windows' worth handed to the bind, as the router's batch pipeline does.
+  windows' worth handed to the bind, topping up from the outcome callback.
 - pump w100: ../shared/bench-peers/smpp_blast.py --window 100, N messages.
 - bind sync: the same bind with ``sync = true`` (one submit outstanding), sync-N messages.
 - pump w1: smpp_blast.py --window 1, sync-N messages.
@@ -78,26 +78,26 @@ async def drive(port: int, n: int, window: int, sync: bool, via: str, hold: bool
         await loop.run_in_executor(None, sys.stdin.readline)
     ahead = 2 * bind.window
     handed = completed = 0
-    refill_armed = False
+    refilling = False
 
     def done(outcome: Outcome) -> None:
-        nonlocal completed, refill_armed
+        nonlocal completed
         completed += 1
         if outcome.__class__ is not Accepted:
             others.append(outcome)
         if completed == n:
             finished.set_result(None)
-        elif not refill_armed:
-            refill_armed = True  # one refill per burst of outcomes, as a batch reader would
-            loop.call_soon(refill)
+        elif not refilling:
+            refill()  # at once, as the pump tops its window up (send may call back inside)
 
     def refill() -> None:
-        nonlocal handed, refill_armed
-        refill_armed = False
+        nonlocal handed, refilling
+        refilling = True
         while handed < n and handed - completed < ahead:
             message = messages[handed]
             handed += 1
             bind.send(message, done)
+        refilling = False
 
     async def worker() -> None:
         nonlocal handed
