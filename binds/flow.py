@@ -286,6 +286,8 @@ class AdaptiveRate:
         self._decrease = decrease
         self._increase = increase
         self._bucket = RateLimiter(self.ceiling)
+        self._gap_rate = -1.0  # the rate `_gap_value` is for (never a real one at first)
+        self._gap_value = 0.0
         self._start: float | None = None
         self._last = 0.0  # loop time of the last event (an acquire or an answer)
         self._accepted = 0
@@ -303,11 +305,11 @@ class AdaptiveRate:
     @property
     def rate(self) -> float:
         """The current rate in operations per second; 0 means unlimited."""
-        return self._bucket.rate
+        return self._bucket._rate
 
     @property
     def limited(self) -> bool:
-        return not self._bucket.unlimited
+        return self._bucket._rate > 0
 
     def pause(self) -> float:
         """How long a throttled operation should wait before going again (before jitter).
@@ -336,6 +338,8 @@ class AdaptiveRate:
         if now is None:
             now = asyncio.get_running_loop().time()
         self._tick(now)
+        if self._bucket._rate <= 0:
+            return 0.0
         wait = self._bucket.take(now)
         if wait > 0.0:
             self._waited = True  # callers had to wait: a reason to grow the rate
@@ -355,7 +359,7 @@ class AdaptiveRate:
                 self._tick(now, early=True)
 
     def _tick(self, now: float, *, early: bool = False) -> None:
-        if self._start is None or now - self._last > self._idle_gap():
+        if self._start is None or now - self._last > self._gap:
             # The start, or an idle spell: rates over it mean nothing, measure afresh.
             self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
             self._last = now
@@ -375,6 +379,15 @@ class AdaptiveRate:
     def _idle_gap(self) -> float:
         """Longer than this between two events is a pause in the traffic, not a rate."""
         return 3 * max(self.interval, 1.0 / self.rate if self.limited else 0.0)
+
+    @property
+    def _gap(self) -> float:
+        # `_idle_gap` for the rate it was last worked out for: a tick happens for every
+        # answer a bind reads, the rate changes about once a second at most.
+        if self._gap_rate != self._bucket._rate:
+            self._gap_rate = self._bucket._rate
+            self._gap_value = self._idle_gap()
+        return self._gap_value
 
     def _close(self, now: float, accept_rate: float, share: float, waited: bool) -> None:
         probe, self._probe = self._probe, None
