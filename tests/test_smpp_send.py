@@ -401,6 +401,31 @@ async def test_close_gives_everything_held_an_outcome(
     assert isinstance(after.by_id["m9"], Retry) and after.by_id["m9"].code == "not_bound"
 
 
+@pytest.mark.parametrize(("lost", "reconnects"), [((0, 1, 2), True), ((0, 25, 50), False)])
+async def test_three_time_outs_in_a_row_reconnect_but_not_apart(
+    tiny: TinySmsc,
+    bind_on: Callable[[SmppSpec], SmppBind],
+    lost: tuple[int, ...],
+    reconnects: bool,
+) -> None:
+    """Three submits unanswered one after the other: the session is taken for dead.
+    Three with answers to others in between (paced at 100/s, each times out 0.3 s
+    later, after answers that came meanwhile): it is alive, it stays."""
+    tiny.answer = lambda n, m: None if n in lost else pdu.ESME_ROK
+    bind = bind_on(spec(tiny.port, window=10, tps=100, response_timeout=0.3))
+    await bind.start()
+    assert await bind.wait_bound(5)
+    outcomes = Outcomes()
+    for i in range(60):
+        bind.send(message(i), outcomes.done_for(f"m{i}"))
+    await wait_for(lambda: len(outcomes.by_id) == 60, 20, "60 outcomes")
+    kinds = outcomes.kinds()
+    assert kinds["Retry timeout"] == 3, kinds
+    # Reconnecting loses what is outstanding at that moment (answered at once here: little).
+    assert set(kinds) <= {"Accepted", "Retry timeout", "Retry connection_lost"}, kinds
+    assert (len(tiny.connections) > 1) is reconnects
+
+
 async def test_a_paced_session_keeps_to_its_rate(
     tiny: TinySmsc, bind_on: Callable[[SmppSpec], SmppBind]
 ) -> None:

@@ -58,7 +58,7 @@ MAX_DELIVERING = 64  # deliver_sm being stored at once; beyond, reading waits (b
 # wait like any throttled submit): earlier parts already reached the SMSC.
 PART_RETRIES = 3
 SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
-SOURCES_CACHED = 256  # encoded source address fields kept (a profile has a few numbers)
+SOURCES_CACHED = 256  # body heads kept, one per source (a profile has a few numbers)
 
 
 def _gsm_from_latin1() -> bytes:
@@ -254,8 +254,10 @@ class SmppBind:
         self._children: set[asyncio.Task[None]] = set()
         self._delivering = 0  # deliver_sm handlers running (at most MAX_DELIVERING)
         self._messages = 0
-        self._timeouts = 0  # submits timed out since the last answer to one
-        self._answer_at = 0.0  # loop time of the last answer to a submit
+        self._timeouts = 0  # submits timed out in a row (no answer to any between them)
+        # Loop times of answers to submits since the last sweep (one per chunk read): the
+        # sweep finds time-outs late, and replays them among these to count "in a row".
+        self._answers: list[float] = []
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
@@ -500,8 +502,7 @@ class SmppBind:
 
     def _answered(self, job: _Job, command_id: int, status: int, body: bytes) -> None:
         """The response to `job`'s current part (anything but the common plain OK)."""
-        self._timeouts = 0
-        self._answer_at = asyncio.get_running_loop().time()
+        self._answers.append(asyncio.get_running_loop().time())
         if status == pdu.ESME_ROK and command_id != pdu.GENERIC_NACK:
             before = self._rate.rate
             self._rate.accepted()
@@ -627,14 +628,18 @@ class SmppBind:
             if job.sent_at + timeout > now:
                 break
             expired.append(sequence)
+        answers, self._answers = self._answers, []
+        heard = 0  # answers replayed so far: those before the time-out at hand
         for sequence in expired:
             found = outstanding.pop(sequence, None)
             if found is None:
                 continue  # lost with the connection meanwhile: has its outcome
-            if found.sent_at + timeout >= self._answer_at:
-                # Timed out after the last answer: in a row. (One that timed out before
-                # it was followed by an answer: the session still answers.)
-                self._timeouts += 1
+            expiry = found.sent_at + timeout
+            if heard < len(answers) and answers[heard] <= expiry:
+                self._timeouts = 0  # an answer came between the last time-out and this one
+                while heard < len(answers) and answers[heard] <= expiry:
+                    heard += 1
+            self._timeouts += 1
             if self._timeouts >= 3:
                 self._log.warning("three responses timed out in a row; reconnecting")
                 self._drop("response timeouts")
@@ -643,6 +648,8 @@ class SmppBind:
                 found,
                 Retry(f"no submit_sm_resp within {timeout:g}s", code="timeout", maybe_sent=True),
             )
+        if heard < len(answers):
+            self._timeouts = 0  # answered since the last time-out
         if self._queue and not self._bound.is_set():
             self._expire_unbound(now, timeout)
         if expired:
@@ -867,8 +874,7 @@ class SmppBind:
         return accepted
 
     def _accepted(self, count: int, now: float) -> None:
-        self._timeouts = 0
-        self._answer_at = now
+        self._answers.append(now)
         before = self._rate.rate
         self._rate.accepted(count, now)
         self._rate_changed(before)
