@@ -249,9 +249,14 @@ def frame_name(frame: str) -> str:
 
 
 def where_cpu_goes(raw: Path, top: int = 18) -> dict[str, Any]:
-    """py-spy raw samples → the share of samples per leaf function and per function on
-    the stack (inclusive), our code and the loop's alike."""
+    """py-spy raw samples → the share of samples per leaf function, per file of the leaf
+    function, and per function on the stack (inclusive), our code and the loop's alike.
+
+    py-spy samples the running thread at wall-clock intervals: a frame that made a system
+    call waking the sink (a socket write) keeps being sampled while the sink has the CPU,
+    so socket writes and the loop's select weigh more here than in CPU time."""
     leaf: Counter[str] = Counter()
+    files: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
@@ -262,14 +267,28 @@ def where_cpu_goes(raw: Path, top: int = 18) -> dict[str, Any]:
         total += count
         frames = [frame_name(f) for f in stack.split(";")]
         leaf[frames[-1]] += count
+        files[frames[-1].rpartition(" (")[2].rstrip(")")] += count
         for frame in set(frames):
             inclusive[frame] += count
     share = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
     return {
         "samples": total,
         "self_pct": {name: share(c) for name, c in leaf.most_common(top)},
+        "self_by_file_pct": {name: share(c) for name, c in files.most_common(top)},
         "inclusive_pct": {name: share(c) for name, c in inclusive.most_common(top + 12)},
     }
+
+
+def show(profile: dict[str, Any]) -> None:
+    print(f"\nwhere the bind's CPU goes ({profile['samples']} py-spy samples), self %:")
+    for name, pct in profile["self_pct"].items():
+        print(f"  {pct:5.1f}  {name}")
+    print("self % by file:")
+    for name, pct in profile["self_by_file_pct"].items():
+        print(f"  {pct:5.1f}  {name}")
+    print("inclusive %:")
+    for name, pct in profile["inclusive_pct"].items():
+        print(f"  {pct:5.1f}  {name}")
 
 
 def main() -> None:
@@ -282,6 +301,7 @@ def main() -> None:
     parser.add_argument("--label", default="after", help="results key prefix (before/after)")
     parser.add_argument("--profile", default="", help="directory for one py-spy run (raw)")
     parser.add_argument("--cases", default="w100,sync")
+    parser.add_argument("--summarize", default="", help="only summarize this py-spy raw file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=100, help=argparse.SUPPRESS)
@@ -290,6 +310,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.summarize:
+        show(where_cpu_goes(Path(args.summarize)))
         return
     cases = args.cases.split(",")
     loop = "uvloop" if args.uvloop else "asyncio"
@@ -343,12 +366,7 @@ def main() -> None:
                 f"{table[ours]['cpu_vs_pump']}x its CPU per message"
             )
     if profile is not None:
-        print(f"\nwhere the bind's CPU goes ({profile['samples']} samples), self %:")
-        for name, pct in profile["self_pct"].items():
-            print(f"  {pct:5.1f}  {name}")
-        print("inclusive %:")
-        for name, pct in profile["inclusive_pct"].items():
-            print(f"  {pct:5.1f}  {name}")
+        show(profile)
     path = RESULTS / "smpp_bind.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     variants = dict(previous.get("variants", {}))
