@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -487,6 +488,28 @@ async def test_take_paces_without_waiting() -> None:
     await asyncio.sleep(waits[5] + 0.002)
     assert rate.take() == 0.0
     assert AdaptiveRate(0).take() == 0.0
+
+
+def test_frames_split_across_chunks_and_the_good_ones_before_a_bad_length_come_out() -> None:
+    good = [
+        pdu.Pdu(pdu.SUBMIT_SM | pdu.RESPONSE, 0, n, f"id{n}\0".encode()).encode() for n in (1, 2)
+    ]
+    stream = b"".join(good)
+    decoder = FrameDecoder()
+    assert decoder.split(stream[:18]) == []  # the first frame is 20 octets
+    assert decoder.split(stream[18:]) == [
+        (pdu.SUBMIT_SM | pdu.RESPONSE, 0, 1, b"id1\0"),
+        (pdu.SUBMIT_SM | pdu.RESPONSE, 0, 2, b"id2\0"),
+    ]
+    bad = struct.pack("!IIII", 8, pdu.ENQUIRE_LINK, 0, 3)
+    frames = decoder.split(good[0] + bad + good[1])
+    assert [f[2] for f in frames] == [1] and decoder.broken is not None
+    assert decoder.split(good[1]) == []  # nothing more from a stream that cannot be framed
+    feeding = FrameDecoder().feed(good[0] + bad)
+    assert next(feeding).sequence == 1
+    with pytest.raises(pdu.FramingError, match="command_length 8"):
+        next(feeding)
+    assert pdu.submit_resp_id(b"abc\0") == "abc" and pdu.submit_resp_id(b"abc") == "abc"
 
 
 def reference_bodies(bind: SmppBind, message: OutboundMessage, reference: int) -> list[bytes]:
