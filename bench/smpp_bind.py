@@ -6,7 +6,7 @@ Usage: PYTHONPATH=. python bench/smpp_bind.py [--n 100000] [--sync-n 20000] [--r
 Each round (rounds interleaved, a fresh sink for every run, as its README asks):
 - bind w100: `SmppBind.send` (or `submit`, `--via submit`) with window 100 carries N
   single-part messages to ../shared/bench-peers/smsc_sink.py; the driver keeps two
-  windows' worth handed to the bind, as the router's batch pipeline does.
+  windows' worth handed to the bind, topping up from the outcome callback.
 - pump w100: ../shared/bench-peers/smpp_blast.py --window 100, N messages.
 - bind sync: the same bind with ``sync = true`` (one submit outstanding), sync-N messages.
 - pump w1: smpp_blast.py --window 1, sync-N messages.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import statistics
@@ -66,7 +67,10 @@ async def drive(port: int, n: int, window: int, sync: bool, via: str, hold: bool
     if not await bind.wait_bound(10):
         raise SystemExit(f"no bind to the sink on port {port}: {bind.last_error}")
     messages = [OutboundMessage(f"m{i}", "12345", f"+4915100{i:06d}", TEXT) for i in range(n)]
-    outcomes: Counter[str] = Counter()
+    # The router makes each message just before sending it; made all up front here, they
+    # must not make every full collection of the garbage collector walk them.
+    gc.freeze()
+    others: list[Outcome] = []  # anything but Accepted (none expected)
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
     if hold:  # the parent attaches a profiler now: only the sending is sampled
@@ -74,25 +78,26 @@ async def drive(port: int, n: int, window: int, sync: bool, via: str, hold: bool
         await loop.run_in_executor(None, sys.stdin.readline)
     ahead = 2 * bind.window
     handed = completed = 0
-    refill_armed = False
+    refilling = False
 
     def done(outcome: Outcome) -> None:
-        nonlocal completed, refill_armed
+        nonlocal completed
         completed += 1
-        outcomes[type(outcome).__name__ if isinstance(outcome, Accepted) else repr(outcome)] += 1
+        if outcome.__class__ is not Accepted:
+            others.append(outcome)
         if completed == n:
             finished.set_result(None)
-        elif not refill_armed:
-            refill_armed = True  # one refill per burst of outcomes, as a batch reader would
-            loop.call_soon(refill)
+        elif not refilling:
+            refill()  # at once, as the pump tops its window up (send may call back inside)
 
     def refill() -> None:
-        nonlocal handed, refill_armed
-        refill_armed = False
+        nonlocal handed, refilling
+        refilling = True
         while handed < n and handed - completed < ahead:
             message = messages[handed]
             handed += 1
             bind.send(message, done)
+        refilling = False
 
     async def worker() -> None:
         nonlocal handed
@@ -116,7 +121,10 @@ async def drive(port: int, n: int, window: int, sync: bool, via: str, hold: bool
         "cpu_us_per_msg": round(1e6 * cpu / n, 2),
         "cpu_s": round(cpu, 3),
         "peak_outstanding": peak,
-        "outcomes": dict(outcomes),
+        "outcomes": {
+            "Accepted": n - len(others),
+            **Counter(f"{type(o).__name__} {getattr(o, 'code', '')}" for o in others),
+        },
         "loop": type(loop).__module__,
     }
 
@@ -196,7 +204,7 @@ def run_bind(
             recorder = subprocess.Popen(
                 [
                     *(str(PY_SPY), "record", "--pid", str(proc.pid), "-f", "raw"),
-                    *("-o", str(spy), "--rate", "500", "--nonblocking"),
+                    *("-o", str(spy), "--rate", "1000", "--nonblocking"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -241,9 +249,14 @@ def frame_name(frame: str) -> str:
 
 
 def where_cpu_goes(raw: Path, top: int = 18) -> dict[str, Any]:
-    """py-spy raw samples → the share of samples per leaf function and per function on
-    the stack (inclusive), our code and the loop's alike."""
+    """py-spy raw samples → the share of samples per leaf function, per file of the leaf
+    function, and per function on the stack (inclusive), our code and the loop's alike.
+
+    py-spy samples the running thread at wall-clock intervals: a frame that made a system
+    call waking the sink (a socket write) keeps being sampled while the sink has the CPU,
+    so socket writes and the loop's select weigh more here than in CPU time."""
     leaf: Counter[str] = Counter()
+    files: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
@@ -254,14 +267,28 @@ def where_cpu_goes(raw: Path, top: int = 18) -> dict[str, Any]:
         total += count
         frames = [frame_name(f) for f in stack.split(";")]
         leaf[frames[-1]] += count
+        files[frames[-1].rpartition(" (")[2].rstrip(")")] += count
         for frame in set(frames):
             inclusive[frame] += count
     share = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
     return {
         "samples": total,
         "self_pct": {name: share(c) for name, c in leaf.most_common(top)},
+        "self_by_file_pct": {name: share(c) for name, c in files.most_common(top)},
         "inclusive_pct": {name: share(c) for name, c in inclusive.most_common(top + 12)},
     }
+
+
+def show(profile: dict[str, Any]) -> None:
+    print(f"\nwhere the bind's CPU goes ({profile['samples']} py-spy samples), self %:")
+    for name, pct in profile["self_pct"].items():
+        print(f"  {pct:5.1f}  {name}")
+    print("self % by file:")
+    for name, pct in profile["self_by_file_pct"].items():
+        print(f"  {pct:5.1f}  {name}")
+    print("inclusive %:")
+    for name, pct in profile["inclusive_pct"].items():
+        print(f"  {pct:5.1f}  {name}")
 
 
 def main() -> None:
@@ -274,6 +301,7 @@ def main() -> None:
     parser.add_argument("--label", default="after", help="results key prefix (before/after)")
     parser.add_argument("--profile", default="", help="directory for one py-spy run (raw)")
     parser.add_argument("--cases", default="w100,sync")
+    parser.add_argument("--summarize", default="", help="only summarize this py-spy raw file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--window", type=int, default=100, help=argparse.SUPPRESS)
@@ -282,6 +310,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.summarize:
+        show(where_cpu_goes(Path(args.summarize)))
         return
     cases = args.cases.split(",")
     loop = "uvloop" if args.uvloop else "asyncio"
@@ -335,12 +366,7 @@ def main() -> None:
                 f"{table[ours]['cpu_vs_pump']}x its CPU per message"
             )
     if profile is not None:
-        print(f"\nwhere the bind's CPU goes ({profile['samples']} samples), self %:")
-        for name, pct in profile["self_pct"].items():
-            print(f"  {pct:5.1f}  {name}")
-        print("inclusive %:")
-        for name, pct in profile["inclusive_pct"].items():
-            print(f"  {pct:5.1f}  {name}")
+        show(profile)
     path = RESULTS / "smpp_bind.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     variants = dict(previous.get("variants", {}))

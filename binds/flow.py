@@ -193,24 +193,27 @@ class RateLimiter:
                     handle.cancel()
                     self._sleeper = None
 
-    def take(self) -> float:
+    def take(self, now: float | None = None) -> float:
         """Take a token without waiting: 0.0 when one was taken, else the seconds until
         one will be there (nothing taken). For callers that keep their own queue and
         arm one timer for its head instead of a waiting future per operation; do not
-        mix with `acquire` on one limiter (waiters there would be overtaken)."""
+        mix with `acquire` on one limiter (waiters there would be overtaken). `now`:
+        the loop's time, when the caller has it (asking the loop costs a system call
+        on Python 3.11)."""
         if self._rate <= 0:
             return 0.0
-        self._refill()
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self._rate
 
-    def _refill(self) -> None:
-        try:
-            now = asyncio.get_running_loop().time()
-        except RuntimeError:  # rate changed outside a running loop
-            return
+    def _refill(self, now: float | None = None) -> None:
+        if now is None:
+            try:
+                now = asyncio.get_running_loop().time()
+            except RuntimeError:  # rate changed outside a running loop
+                return
         if self._stamp is None or self._rate <= 0:
             if self._rate <= 0:
                 self._tokens = self.burst
@@ -283,6 +286,8 @@ class AdaptiveRate:
         self._decrease = decrease
         self._increase = increase
         self._bucket = RateLimiter(self.ceiling)
+        self._gap_rate = -1.0  # the rate `_gap_value` is for (never a real one at first)
+        self._gap_value = 0.0
         self._start: float | None = None
         self._last = 0.0  # loop time of the last event (an acquire or an answer)
         self._accepted = 0
@@ -300,11 +305,11 @@ class AdaptiveRate:
     @property
     def rate(self) -> float:
         """The current rate in operations per second; 0 means unlimited."""
-        return self._bucket.rate
+        return self._bucket._rate
 
     @property
     def limited(self) -> bool:
-        return not self._bucket.unlimited
+        return self._bucket._rate > 0
 
     def pause(self) -> float:
         """How long a throttled operation should wait before going again (before jitter).
@@ -327,18 +332,22 @@ class AdaptiveRate:
         if loop.time() - began > 0.0005:
             self._waited = True
 
-    def take(self) -> float:
+    def take(self, now: float | None = None) -> float:
         """`acquire` without waiting: 0.0 when the operation may go now (counted), else
-        the seconds to wait before asking again."""
-        self._tick(asyncio.get_running_loop().time())
-        wait = self._bucket.take()
+        the seconds to wait before asking again. `now`: the loop's time, if known."""
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        self._tick(now)
+        if self._bucket._rate <= 0:
+            return 0.0
+        wait = self._bucket.take(now)
         if wait > 0.0:
             self._waited = True  # callers had to wait: a reason to grow the rate
         return wait
 
-    def accepted(self, count: int = 1) -> None:
-        """The peer took one operation (or `count` answered at the same moment)."""
-        self._tick(asyncio.get_running_loop().time())
+    def accepted(self, count: int = 1, now: float | None = None) -> None:
+        """The peer took one operation (or `count` answered at the same moment, `now`)."""
+        self._tick(asyncio.get_running_loop().time() if now is None else now)
         self._accepted += count
 
     def throttled(self) -> None:
@@ -350,7 +359,7 @@ class AdaptiveRate:
                 self._tick(now, early=True)
 
     def _tick(self, now: float, *, early: bool = False) -> None:
-        if self._start is None or now - self._last > self._idle_gap():
+        if self._start is None or now - self._last > self._gap:
             # The start, or an idle spell: rates over it mean nothing, measure afresh.
             self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
             self._last = now
@@ -370,6 +379,15 @@ class AdaptiveRate:
     def _idle_gap(self) -> float:
         """Longer than this between two events is a pause in the traffic, not a rate."""
         return 3 * max(self.interval, 1.0 / self.rate if self.limited else 0.0)
+
+    @property
+    def _gap(self) -> float:
+        # `_idle_gap` for the rate it was last worked out for: a tick happens for every
+        # answer a bind reads, the rate changes about once a second at most.
+        if self._gap_rate != self._bucket._rate:
+            self._gap_rate = self._bucket._rate
+            self._gap_value = self._idle_gap()
+        return self._gap_value
 
     def _close(self, now: float, accept_rate: float, share: float, waited: bool) -> None:
         probe, self._probe = self._probe, None

@@ -322,9 +322,11 @@ _TLV_HEAD = struct.Struct("!HH")
 
 class SubmitEncoder:
     """submit_sm bodies for one bind, cheaply: what every submit of the bind shares
-    (service_type, destination TON/NPI, registered_delivery) is encoded once, each
-    body is one join of ready pieces. Gives the same octets as `encode_short_message`
-    with empty schedule_delivery_time and validity_period (the router sets neither)."""
+    (service_type, destination TON/NPI, registered_delivery) is encoded once, and a body
+    is one join of ready pieces: `head` (per source, worth caching), the destination,
+    `middle`, the short message and the optional parameters. The octets are those of
+    `encode_short_message` with empty schedule_delivery_time and validity_period (the
+    router sets neither)."""
 
     def __init__(
         self, *, service_type: str, dest_ton: int, dest_npi: int, registered_delivery: int
@@ -333,37 +335,32 @@ class SubmitEncoder:
         self._dest = _TON_NPI.pack(dest_ton, dest_npi)
         self._registered = registered_delivery
 
-    @staticmethod
-    def address(ton: int, npi: int, address: str) -> bytes:
-        """An address field with its TON and NPI octets, ready for `body`."""
-        return _TON_NPI.pack(ton, npi) + address.encode("latin-1") + b"\0"
+    def head(self, ton: int, npi: int, source: str) -> bytes:
+        """service_type, the source address with its TON and NPI, the destination's TON and
+        NPI: how every body for `source` starts."""
+        return b"".join(
+            (self._service, _TON_NPI.pack(ton, npi), source.encode("latin-1"), b"\0", self._dest)
+        )
+
+    def middle(self, esm_class: int, data_coding: int, length: int) -> bytes:
+        """From the destination's NUL to sm_length, for a short message of `length` octets."""
+        if length > 254:
+            raise PduError("short_message: longer than 254 octets; use message_payload")
+        return _SUBMIT_MIDDLE.pack(esm_class, 0, 0, self._registered, 0, data_coding, 0, length)
 
     def body(
         self,
-        source: bytes,
-        destination: str,
+        head: bytes,
+        destination: bytes,
         esm_class: int,
         data_coding: int,
         short_message: bytes,
         tlvs: bytes = b"",
     ) -> bytes:
-        """`source` from `address`; `tlvs` from `tlv`. Raises PduError for a
-        short_message over 254 octets, UnicodeEncodeError for a destination
-        outside latin-1."""
-        length = len(short_message)
-        if length > 254:
-            raise PduError("short_message: longer than 254 octets; use message_payload")
-        return b"".join(
-            (
-                self._service,
-                source,
-                self._dest,
-                destination.encode("latin-1"),
-                _SUBMIT_MIDDLE.pack(esm_class, 0, 0, self._registered, 0, data_coding, 0, length),
-                short_message,
-                tlvs,
-            )
-        )
+        """A whole body: `head` from `head`, the destination address encoded (latin-1),
+        `tlvs` from `tlv`. PduError for a short_message over 254 octets."""
+        middle = self.middle(esm_class, data_coding, len(short_message))
+        return b"".join((head, destination, middle, short_message, tlvs))
 
 
 def tlv(tag: int, value: bytes) -> bytes:

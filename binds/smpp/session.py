@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, cast
 
 import structlog
@@ -58,26 +58,50 @@ MAX_DELIVERING = 512  # deliver_sm being stored at once; beyond, reading waits (
 # wait like any throttled submit): earlier parts already reached the SMSC.
 PART_RETRIES = 3
 SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
-SOURCES_CACHED = 256  # encoded source address fields kept (a profile has a few numbers)
+SOURCES_CACHED = 256  # body heads kept, one per source (a profile has a few numbers)
 
 
-def _gsm_from_latin1() -> tuple[bytes, bytes]:
-    """A bytes.translate table from latin-1 octets to GSM 03.38 septets, and the octets it
-    holds: the latin-1 characters in GSM's basic table (one septet each). Taken from the
-    codec itself, so a text of only these (up to 160) is encoded here exactly as
-    `encode_text` would, without its per-character work."""
-    table = bytearray(range(256))
-    basic = bytearray()
+def _gsm_from_latin1() -> bytes:
+    """A bytes.translate table from latin-1 octets to GSM 03.38 septets for the latin-1
+    characters in GSM's basic table (one septet each); 0x80 (no septet) for the others.
+    Taken from the codec itself, so a text of only these (up to 160) is encoded here
+    exactly as `encode_text` would, without its per-character work."""
+    table = bytearray(b"\x80" * 256)
     for code in range(256):
         encoded = encode_text(chr(code))
         septets = encoded.segments[0].short_message
         if encoded.alphabet == "gsm" and len(septets) == 1:
             table[code] = septets[0]
-            basic.append(code)
-    return bytes(table), bytes(basic)
+    return bytes(table)
 
 
-_GSM_TABLE, _GSM_BASIC = _gsm_from_latin1()
+_GSM_TABLE = _gsm_from_latin1()
+_NOT_GSM = 0x80
+
+
+def _accepted_maker() -> Callable[[str], Accepted]:
+    """Accepted(message_id, "ESME_ROK", 1, (message_id,)) for a one-part message, at half
+    the cost: a frozen dataclass's __init__ sets each field through object.__setattr__,
+    which is dear on the hot path; this sets its slots directly. Used only while Accepted
+    has exactly these fields and no __post_init__ (checked here), else the plain call."""
+    names = ("provider_message_id", "raw", "segments", "part_ids")
+    if tuple(f.name for f in fields(Accepted)) != names or hasattr(Accepted, "__post_init__"):
+        return lambda message_id: Accepted(message_id, "ESME_ROK", 1, (message_id,))
+    new = object.__new__
+    set_id, set_raw, set_segments, set_parts = (vars(Accepted)[n].__set__ for n in names)
+
+    def accepted(message_id: str) -> Accepted:
+        outcome = new(Accepted)
+        set_id(outcome, message_id)
+        set_raw(outcome, "ESME_ROK")
+        set_segments(outcome, 1)
+        set_parts(outcome, (message_id,))
+        return outcome
+
+    return accepted
+
+
+_accepted_one = _accepted_maker()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,7 +182,7 @@ class _Job:
         self.sent_at = 0.0  # when its current part was written
         self.index = 0  # the part being sent
         self.tries = 0  # retries of the current (later) part after a time-out or lost session
-        self.ids: list[str] = []
+        self.ids: list[str] | None = None  # the SMSC's ids of the parts taken so far
         self.cancelled = False  # its submit() was cancelled: write nothing more of it
 
 
@@ -199,8 +223,12 @@ class SmppBind:
             dest_npi=spec.dest_npi,
             registered_delivery=spec.registered_delivery,
         )
-        self._sources: dict[str, bytes] = {}
+        self._heads: dict[str, bytes] = {}  # by source: see SubmitEncoder.head
         self._gsm_fast = spec.encoding in ("auto", "gsm")
+        # The middle of a one-part GSM body, by text length (the fast path in `_bodies`).
+        self._gsm_middles = [
+            self._encoder.middle(0, spec.gsm_data_coding, length) for length in range(161)
+        ]
         # bind, unbind, enquire_link: a future each. submit_sm: the structures below.
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
         self._queue: deque[_Job] = deque()  # waiting for the window (and the rate), in order
@@ -211,8 +239,12 @@ class SmppBind:
         self._rate_timer: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = min(1.0, spec.response_timeout / 4)
+        self._hold_for = spec.throttle_hold
         self._pump_soon = False
         self._peak = 0
+        # The loop, once known: asyncio.get_running_loop() makes a getpid() system call on
+        # Python 3.11, too dear for every message.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._wire: _Wire | None = None
         self._bound = asyncio.Event()
@@ -222,8 +254,10 @@ class SmppBind:
         self._children: set[asyncio.Task[None]] = set()
         self._delivering = 0  # deliver_sm handlers running (at most MAX_DELIVERING)
         self._messages = 0
-        self._timeouts = 0  # submits timed out since the last answer to one
-        self._answer_at = 0.0  # loop time of the last answer to a submit
+        self._timeouts = 0  # submits timed out in a row (no answer to any between them)
+        # Loop times of answers to submits since the last sweep (one per chunk read): the
+        # sweep finds time-outs late, and replays them among these to count "in a row".
+        self._answers: list[float] = []
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
@@ -258,7 +292,8 @@ class SmppBind:
     async def start(self) -> None:
         """Start connecting in the background; messages sent meanwhile wait for the bind."""
         if self._task is None:
-            self._unbound_at = asyncio.get_running_loop().time()
+            self._loop = asyncio.get_running_loop()
+            self._unbound_at = self._loop.time()
             self._task = asyncio.create_task(self._keep_bound(), name=f"smpp {self.name}")
 
     async def wait_bound(self, within: float) -> bool:
@@ -328,16 +363,24 @@ class SmppBind:
         except ValueError as exc:  # EncodeError, PduError, an address outside latin-1
             _call(done, Failed(str(exc), code="encoding"), self._log)
             return None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        hold = self.spec.throttle_hold
+        hold = self._hold_for
         if message.expires_at is not None:
             hold = min(hold, message.expires_at - time.time())
         job = _Job(message, done, bodies, now + hold, now)
         self._messages += 1
         self._queue.append(job)
-        if not self._pump_soon:
+        if (
+            not self._pump_soon
+            and len(self._outstanding) < self._limit
+            and self._rate_timer is None
+        ):
             # One pump for all messages handed over in this turn of the loop: one write.
+            # (A full window or a rate timer pumps by itself when it can take more, and so
+            # does reading answers, when the message comes from an outcome's callback.)
             self._pump_soon = True
             loop.call_soon(self._pump_later)
         if self._sweeper is None:
@@ -346,22 +389,23 @@ class SmppBind:
 
     def _bodies(self, message: OutboundMessage) -> list[bytes]:
         """The submit_sm body of every part of `message`."""
-        self._reference = (self._reference + 1) % 65536
-        source = self._sources.get(message.source)
-        if source is None:
-            source = self._source(message.source)
-        destination = message.destination.lstrip("+")
+        source = message.source
+        head = self._heads.get(source)
+        if head is None:
+            head = self._head(source)
+        destination = message.destination.lstrip("+").encode("latin-1")
         text = message.text
         if self._gsm_fast and len(text) <= 160:
             try:
-                octets: bytes | None = text.encode("latin-1")
+                septets = text.encode("latin-1").translate(_GSM_TABLE)
             except UnicodeEncodeError:
-                octets = None
-            if octets is not None and not octets.translate(None, _GSM_BASIC):
-                # One GSM segment, as encode_text makes it (see _gsm_from_latin1).
-                septets = octets.translate(_GSM_TABLE)
-                coding = self.spec.gsm_data_coding
-                return [self._encoder.body(source, destination, 0, coding, septets)]
+                pass
+            else:
+                if _NOT_GSM not in septets:
+                    # One GSM segment, as encode_text makes it (see _gsm_from_latin1).
+                    middle = self._gsm_middles[len(septets)]
+                    return [b"".join((head, destination, middle, septets))]
+        self._reference = (self._reference + 1) % 65536  # one per message that may be long
         encoded = encode_text(
             text,
             encoding=self.spec.encoding,
@@ -381,7 +425,7 @@ class SmppBind:
                 tlvs += pdu.tlv(pdu.TAG_SAR_SEGMENT_SEQNUM, pdu.tlv_int(seq, 1))
             bodies.append(
                 self._encoder.body(
-                    source,
+                    head,
                     destination,
                     pdu.ESM_UDHI if segment.udhi else 0,
                     encoded.data_coding,
@@ -391,16 +435,16 @@ class SmppBind:
             )
         return bodies
 
-    def _source(self, source: str) -> bytes:
-        """The source address field: numbers as international, names alphanumeric."""
+    def _head(self, source: str) -> bytes:
+        """The start of a body from `source`: numbers as international, names alphanumeric."""
         numeric = source.lstrip("+").isdigit()
         ton = self.spec.source_ton if self.spec.source_ton is not None else (1 if numeric else 5)
         npi = self.spec.source_npi if self.spec.source_npi is not None else (1 if numeric else 0)
-        field = SubmitEncoder.address(ton, npi, source.lstrip("+") if numeric else source[:11])
-        if len(self._sources) >= SOURCES_CACHED:
-            self._sources.clear()
-        self._sources[source] = field
-        return field
+        head = self._encoder.head(ton, npi, source.lstrip("+") if numeric else source[:11])
+        if len(self._heads) >= SOURCES_CACHED:
+            self._heads.clear()
+        self._heads[source] = head
+        return head
 
     def _pump_later(self) -> None:
         self._pump_soon = False
@@ -418,29 +462,30 @@ class SmppBind:
             return
         rate = self._rate
         limited = rate.limited
-        if not limited:
-            rate.take()  # the controller watches for idle spells
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
-        sequences = self._sequence
+        if not limited:
+            rate.take(now)  # the controller watches for idle spells
+        next_sequence = self._sequence.next
         pack = HEADER.pack
+        take = queue.popleft
         chunks: list[bytes] = []
+        add = chunks.append
         while queue and room:
-            job = queue[0]
+            job = take()
             if job.cancelled:
-                queue.popleft()
                 self._finish(job, _not_connected())
                 continue
             if limited:
-                wait = rate.take()
+                wait = rate.take(now)
                 if wait > 0.0:
+                    queue.appendleft(job)  # still the head
                     self._rate_timer = loop.call_later(wait, self._rate_ready)
                     break
-            queue.popleft()
-            sequence = sequences.next()
+            sequence = next_sequence()
             body = job.bodies[job.index]
-            chunks.append(pack(16 + len(body), pdu.SUBMIT_SM, 0, sequence))
-            chunks.append(body)
+            add(pack(16 + len(body), pdu.SUBMIT_SM, 0, sequence))
+            add(body)
             job.sent_at = now
             outstanding[sequence] = job
             room -= 1
@@ -461,8 +506,7 @@ class SmppBind:
 
     def _answered(self, job: _Job, command_id: int, status: int, body: bytes) -> None:
         """The response to `job`'s current part (anything but the common plain OK)."""
-        self._timeouts = 0
-        self._answer_at = asyncio.get_running_loop().time()
+        self._answers.append(asyncio.get_running_loop().time())
         if status == pdu.ESME_ROK and command_id != pdu.GENERIC_NACK:
             before = self._rate.rate
             self._rate.accepted()
@@ -498,6 +542,8 @@ class SmppBind:
         self._part_failed(job, Failed(f"SMSC answered {name}", code=name, raw=raw))
 
     def _part_accepted(self, job: _Job, message_id: str) -> None:
+        if job.ids is None:
+            job.ids = []
         job.ids.append(message_id)
         job.index += 1
         parts = len(job.bodies)
@@ -530,7 +576,7 @@ class SmppBind:
                 f"part {index + 1} of {len(job.bodies)} not accepted ({outcome.reason}); "
                 f"parts 1-{index} were",
                 code="partial",
-                raw=" ".join(job.ids),
+                raw=" ".join(job.ids or ()),
             ),
         )
 
@@ -586,14 +632,18 @@ class SmppBind:
             if job.sent_at + timeout > now:
                 break
             expired.append(sequence)
+        answers, self._answers = self._answers, []
+        heard = 0  # answers replayed so far: those before the time-out at hand
         for sequence in expired:
             found = outstanding.pop(sequence, None)
             if found is None:
                 continue  # lost with the connection meanwhile: has its outcome
-            if found.sent_at + timeout >= self._answer_at:
-                # Timed out after the last answer: in a row. (One that timed out before
-                # it was followed by an answer: the session still answers.)
-                self._timeouts += 1
+            expiry = found.sent_at + timeout
+            if heard < len(answers) and answers[heard] <= expiry:
+                self._timeouts = 0  # an answer came between the last time-out and this one
+                while heard < len(answers) and answers[heard] <= expiry:
+                    heard += 1
+            self._timeouts += 1
             if self._timeouts >= 3:
                 self._log.warning("three responses timed out in a row; reconnecting")
                 self._drop("response timeouts")
@@ -602,6 +652,8 @@ class SmppBind:
                 found,
                 Retry(f"no submit_sm_resp within {timeout:g}s", code="timeout", maybe_sent=True),
             )
+        if heard < len(answers):
+            self._timeouts = 0  # answered since the last time-out
         if self._queue and not self._bound.is_set():
             self._expire_unbound(now, timeout)
         if expired:
@@ -770,17 +822,30 @@ class SmppBind:
             if wire.closed.done() and not wire.closed.cancelled():
                 wire.closed.exception()  # seen (raised above, or superseded by another error)
 
-    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int) -> None:
+    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> None:
         """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
-        for deliver_sm handlers); then write what the answers made room for."""
+        for deliver_sm handlers); then write what the answers made room for, and what the
+        outcomes' callbacks sent meanwhile (in the same write, not a pump of their own)."""
+        scheduled, self._pump_soon = self._pump_soon, True
+        try:
+            accepted = self._act(wire, frames, start, now)
+        finally:
+            self._pump_soon = scheduled
+        if accepted:
+            self._accepted(accepted, now)
+        self._pump()
+
+    def _act(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> int:
+        """`_received`'s loop; the count of one-part messages accepted whose answers the
+        rate controller is still to hear of."""
         submit_sm_resp = SUBMIT_SM_RESP
+        accepted_one = _accepted_one
         accepted = 0
-        for index in range(start, len(frames)):
-            frame = frames[index]
+        answer = self._outstanding.pop  # taken again after anything that may `_drop`
+        for index, frame in enumerate(frames[start:] if start else frames, start):
             command_id, status, sequence, body = frame
             if command_id == submit_sm_resp:
-                # Looked up afresh: `_drop` (a peer's unbind, a time-out) swaps it.
-                job = self._outstanding.pop(sequence, None)
+                job = answer(sequence, None)
                 if job is not None:
                     if status == 0 and len(job.bodies) == 1:
                         # The common case, inline: a one-part message accepted.
@@ -791,33 +856,31 @@ class SmppBind:
                         )
                         self._messages -= 1
                         try:
-                            job.done(Accepted(message_id, "ESME_ROK", 1, (message_id,)))
+                            job.done(accepted_one(message_id))
                         except Exception:
                             self._log.exception("outcome callback failed")
                     else:
                         if accepted:
-                            self._accepted(accepted)
+                            self._accepted(accepted, now)
                             accepted = 0
                         self._answered(job, command_id, status, body)
+                        answer = self._outstanding.pop
                     continue
             elif command_id == pdu.DELIVER_SM:
                 if self._delivering >= MAX_DELIVERING:
                     # Back-pressure: read nothing more until a handler is done.
                     wire.stall(frames, index)
-                    break
+                    return accepted
                 self._delivering += 1  # one less when its handler is done
             self._dispatch(frame)
-        else:
-            wire.check()
-        if accepted:
-            self._accepted(accepted)
-        self._pump()
+            answer = self._outstanding.pop  # a peer's unbind swaps it
+        wire.check()
+        return accepted
 
-    def _accepted(self, count: int) -> None:
-        self._timeouts = 0
-        self._answer_at = asyncio.get_running_loop().time()
+    def _accepted(self, count: int, now: float) -> None:
+        self._answers.append(now)
         before = self._rate.rate
-        self._rate.accepted(count)
+        self._rate.accepted(count, now)
         self._rate_changed(before)
 
     def _dispatch(self, frame: pdu.Frame) -> None:
@@ -862,7 +925,7 @@ class SmppBind:
             if wire is not None and wire.stalled is not None:
                 frames, start = wire.stalled
                 wire.resume()
-                self._received(wire, frames, start)
+                self._received(wire, frames, start, asyncio.get_running_loop().time())
 
     async def _deliver_one(self, frame: Pdu) -> None:
         try:
@@ -913,8 +976,8 @@ class _Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         bind = self._bind
-        bind._last_received = asyncio.get_running_loop().time()
-        bind._received(self, self._decoder.split(data), 0)
+        now = bind._last_received = (bind._loop or asyncio.get_running_loop()).time()
+        bind._received(self, self._decoder.split(data), 0, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
