@@ -196,19 +196,21 @@ class Ledger:
             if dropped < batch:
                 return total
 
+    def _head(self, profile: str) -> list[str | int]:
+        """What sending.lua and finish.lua both take first: now, profile, retention,
+        events maxlen, record key prefix."""
+        return [
+            f"{time.time():.6f}",
+            profile,
+            self._retention,
+            self._events_maxlen,
+            keys.record(""),
+        ]
+
     async def sending(self, profile: str, items: Sequence[Sending]) -> list[Transition]:
         """Record `sending` for a batch in one call (sending.lua); one `Transition` per
         item, its `step` the history index the outcome's step follows."""
-        payload = msgpack.packb(
-            [
-                f"{time.time():.6f}",
-                profile,
-                self._retention,
-                self._events_maxlen,
-                keys.record(""),
-                items,
-            ]
-        )
+        payload = msgpack.packb([*self._head(profile), items])
         reply = await self._sending(
             keys=[keys.EVENTS, keys.CALLBACKS, keys.stats(profile)], args=[payload]
         )
@@ -224,11 +226,7 @@ class Ledger:
         wait = self._report_waits.get(profile, 0.0)
         payload = msgpack.packb(
             [
-                f"{time.time():.6f}",
-                profile,
-                self._retention,
-                self._events_maxlen,
-                keys.record(""),
+                *self._head(profile),
                 keys.provider_id(profile, ""),
                 keys.GROUP,
                 f"{time.time() + wait:.3f}" if wait else "",

@@ -10,6 +10,7 @@ from aiosmpplib.protocol import DeliverSm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from binds.smpp import receipt as receipt_module
 from binds.smpp.receipt import message_id_candidates, normalise_message_id, parse_receipt
 
 STANDARD = (
@@ -287,3 +288,33 @@ def test_aiosmpplib_defect_receipt_extra_space_and_underscore_keys() -> None:
     ours = parse_receipt("id:1  stat:DELIVRD submit_date:2311231010")
     assert ours is not None and ours.status == "delivered"
     assert ours.submit_date == datetime(2023, 11, 23, 10, 10)
+
+
+_TOKEN = st.text(alphabet="0123456789abcdefABCDEF:\0_-xX", max_size=12)
+
+
+@settings(max_examples=400)
+@given(
+    st.tuples(*[_TOKEN] * 7),
+    st.one_of(st.none(), st.text(max_size=40)),
+    st.sampled_from(["Text:", "text:"]),
+    st.sampled_from(["dlvrd", "dlvr"]),
+)
+def test_standard_layout_shortcut_reads_what_the_tolerant_reader_reads(
+    values: tuple[str, ...], body: str | None, text_key: str, dlvrd: str
+) -> None:
+    """Receipts in Appendix B's layout take a one-match shortcut; whatever the values
+    hold (colons, NULs, keys glued to them), the result is the tolerant reader's."""
+    names = ["id", "sub", dlvrd, "submit date", "done date", "stat", "err"]
+    raw = " ".join(f"{n}:{v}" for n, v in zip(names, values, strict=True))
+    if body is not None:
+        raw += f" {text_key}{body}"
+    fast, slow = parse_receipt(raw), receipt_module._parse_tolerantly(raw)
+    if ":" not in "".join(values) and values[0]:
+        assert receipt_module._STANDARD.fullmatch(raw), raw  # the shortcut was taken
+    if slow is None:
+        assert fast is None
+        return
+    assert fast is not None
+    for name in ("message_id", "stat", "err", "sub", "dlvrd", "submit_date", "done_date", "text"):
+        assert getattr(fast, name) == getattr(slow, name), (name, raw)

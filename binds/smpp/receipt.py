@@ -19,8 +19,10 @@ __all__ = ["IdFormat", "Receipt", "message_id_candidates", "normalise_message_id
 
 # A key is a known name not glued to a preceding letter or digit ("msgid:" is no key).
 _FIELD: Final = re.compile(
-    r"(?i)(?<![a-z0-9_])(id|sub|dlvrd|submit[\s_]*date|done[\s_]*date|stat|err|text)\s*:\s*"
+    r"(?i)(?<![a-z0-9_])(id|sub|dlvrd?|submit[\s_]*date|done[\s_]*date|stat|err|text)\s*:\s*"
 )
+# The usual spellings of keys, normalised without a regex ("dlvr" is a common variant).
+_KEYS: Final = {"submit date": "submit date", "done date": "done date", "dlvr": "dlvrd"}
 _DIGITS: Final = re.compile(r"[0-9]+")
 _SPACE: Final = re.compile(r"[\s_]+")
 
@@ -39,9 +41,19 @@ class Receipt:
     err: str = ""  # as written: "000", "0x0B", "ABC"
     sub: str = ""
     dlvrd: str = ""
-    submit_date: datetime | None = None  # naive, as the SMSC wrote it (normally UTC)
-    done_date: datetime | None = None
+    # The dates as written; read on demand (routing needs only id, stat and err).
+    submit_date_text: str = ""
+    done_date_text: str = ""
     text: str = ""
+
+    @property
+    def submit_date(self) -> datetime | None:
+        """Naive, as the SMSC wrote it (normally UTC); None if unreadable."""
+        return _date(self.submit_date_text)
+
+    @property
+    def done_date(self) -> datetime | None:
+        return _date(self.done_date_text)
 
     @property
     def status(self) -> Literal["delivered", "undelivered", "pending"]:
@@ -77,12 +89,42 @@ def _token(value: str) -> str:
     return words[0].strip("\0") if words else ""
 
 
+# SMPP 3.4 Appendix B's layout, exactly, with values free of ':' (so no key can hide
+# in one): read with one match. Anything else goes to the tolerant reader below;
+# tests compare the two.
+_STANDARD: Final = re.compile(
+    r"id:([^\s:]+) sub:([^\s:]*) dlvrd?:([^\s:]*) submit date:([^\s:]*) "
+    r"done date:([^\s:]*) stat:([^\s:]*) err:([^\s:]*)(?: [Tt]ext:\s*(.*))?",
+    re.S,
+)
+
+
 def parse_receipt(text: str) -> Receipt | None:
     """The receipt in `text`, or None when it names no message id. Never raises."""
+    match = _STANDARD.fullmatch(text)
+    if match is not None:
+        message_id, sub, dlvrd, submit, done, stat, err, body = match.groups()
+        message_id = message_id.strip("\0")
+        if message_id:
+            return Receipt(
+                message_id=message_id,
+                stat=stat.strip("\0").upper(),
+                err=err.strip("\0"),
+                sub=sub.strip("\0"),
+                dlvrd=dlvrd.strip("\0"),
+                submit_date_text=submit,
+                done_date_text=done,
+                text=(body or "").strip("\0").rstrip(),
+            )
+    return _parse_tolerantly(text)
+
+
+def _parse_tolerantly(text: str) -> Receipt | None:
     starts: list[tuple[str, int, int]] = []  # (key, key start, value start)
     seen: set[str] = set()
     for match in _FIELD.finditer(text):
-        key = _SPACE.sub(" ", match.group(1).lower())
+        name = match.group(1).lower()
+        key = _KEYS.get(name) or _SPACE.sub(" ", name)
         # The first occurrence wins. "text" is last by convention, so a key inside
         # it that we have already read is part of the text (a message saying
         # "stat: ok"); a key not seen yet is a field a carrier put after the text.
@@ -103,8 +145,8 @@ def parse_receipt(text: str) -> Receipt | None:
         err=_token(fields.get("err", "")),
         sub=_token(fields.get("sub", "")),
         dlvrd=_token(fields.get("dlvrd", "")),
-        submit_date=_date(fields.get("submit date", "")),
-        done_date=_date(fields.get("done date", "")),
+        submit_date_text=fields.get("submit date", ""),
+        done_date_text=fields.get("done date", ""),
         text=fields.get("text", "").strip("\0").rstrip(),
     )
 
