@@ -246,6 +246,7 @@ class SmppBind:
         # Python 3.11, too dear for every message.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
+        self._replies: list[bytes] = []  # responses waiting for this loop turn's write
         self._wire: _Wire | None = None
         self._bound = asyncio.Event()
         self._unbound_at = 0.0  # loop time the session was last lost
@@ -706,8 +707,18 @@ class SmppBind:
             self._pending.pop(sequence, None)
 
     def _send(self, command_id: int, status: int, sequence: int, body: bytes = b"") -> None:
-        if self._transport is not None:
-            self._transport.write(Pdu(command_id, status, sequence, body).encode())
+        """A response (deliver_sm_resp, enquire_link_resp, ...): written with the others
+        made in the same loop turn, one write for a burst of receipts."""
+        if self._transport is None:
+            return
+        self._replies.append(Pdu(command_id, status, sequence, body).encode())
+        if len(self._replies) == 1:
+            (self._loop or asyncio.get_running_loop()).call_soon(self._write_replies)
+
+    def _write_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        if replies and self._transport is not None:
+            self._transport.write(b"".join(replies))
 
     def _drop(self, why: str) -> None:
         """Close the connection; every request still waiting gets `_Lost`, every submit
@@ -718,6 +729,7 @@ class SmppBind:
             # failed attempt after it, or they might wait for ever).
             self._unbound_at = asyncio.get_running_loop().time()
         self._bound.clear()
+        self._write_replies()  # an unbind_resp goes out before the socket closes
         transport, self._transport, self._wire = self._transport, None, None
         if transport is not None:
             transport.close()
