@@ -457,6 +457,8 @@ class SmppBind:
         transport = self._transport
         if not queue or transport is None or self._rate_timer is not None:
             return
+        if transport.is_closing():
+            return  # the connection is going; what is queued waits for the next one
         outstanding = self._outstanding
         room = self._limit - len(outstanding)
         if room <= 0 or self._closing or not self._bound.is_set():
@@ -695,7 +697,7 @@ class SmppBind:
 
     async def _request(self, command_id: int, body: bytes, limit: float) -> Pdu:
         transport = self._transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             raise _Lost("not connected", sent=False)
         sequence = self._sequence.next()
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
@@ -717,8 +719,11 @@ class SmppBind:
 
     def _write_replies(self) -> None:
         replies, self._replies = self._replies, []
-        if replies and self._transport is not None:
-            self._transport.write(b"".join(replies))
+        transport = self._transport
+        # uvloop raises on a write to a closing transport (asyncio's only warns); the
+        # SMSC resends what it does not see answered.
+        if replies and transport is not None and not transport.is_closing():
+            transport.write(b"".join(replies))
 
     def _drop(self, why: str) -> None:
         """Close the connection; every request still waiting gets `_Lost`, every submit
