@@ -102,6 +102,7 @@ class Pipeline:
         # reach the provider twice. Kept within the binds' windows: that is the bound
         # on duplicates per crash.
         self._unsettled = 0
+        self._recording = 0  # in `sending` calls right now
         self._room = asyncio.Event()
 
     @property
@@ -122,14 +123,25 @@ class Pipeline:
 
     async def send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
         """Record `sending` in one call per chunk, then queue the messages for the
-        gate (`_pump`); a chunk waits while too many are recorded ahead."""
+        gate (`_pump`). The chunks that fit within `ahead` go out together (one round
+        trip, not one after the other); the rest wait for room."""
         size = min(self.ahead, SENDING_CHUNK)
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            while self._queue and len(self._queue) + len(chunk) > self.ahead:
+        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        while chunks:
+            room = self.ahead - len(self._queue) - self._recording
+            wave: list[Sequence[Ready]] = []
+            while chunks and (len(chunks[0]) <= room or not (wave or self._queue)):
+                room -= len(chunks[0])
+                wave.append(chunks.pop(0))
+            if not wave:
                 self._room.clear()
                 await self._room.wait()
-            await self._send(chunk, stopping)
+                continue
+            self._recording += sum(len(c) for c in wave)
+            try:
+                await asyncio.gather(*(self._send(c, stopping) for c in wave))
+            finally:
+                self._recording -= sum(len(c) for c in wave)
 
     async def _send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
         items: list[Sending] = [self._sending_item(r) for r in batch]
