@@ -170,12 +170,20 @@ class ProfileWorker:
                     self._active[entry.entry_id] = entry
                 await self._start_dispatch(entries, stopping)
             # Entries read after the stop signal stay pending for the next start.
-        await self._wait_dispatching()
+        # A batch still dispatching (waiting for window room, say) is the drain's to
+        # wait for, within the grace: serving ends now.
+        self._raise_dispatch_errors()
 
     async def _start_dispatch(self, entries: list[Entry], stopping: asyncio.Event) -> None:
-        while len(self._dispatching) >= MAX_DISPATCHING:
-            await asyncio.wait(self._dispatching, return_when=asyncio.FIRST_COMPLETED)
+        # Woken when a dispatch ends and when stopping (`wake`): the entries of a batch
+        # not started then stay pending for the next start.
+        while len(self._dispatching) >= MAX_DISPATCHING and not stopping.is_set():
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
             self._raise_dispatch_errors()
+        if stopping.is_set():
+            self.release(entries)
+            return
         task = asyncio.create_task(self._dispatch_batch(entries, stopping))
         self._dispatching.add(task)
         task.add_done_callback(self._dispatch_done)
@@ -189,11 +197,6 @@ class ProfileWorker:
     def _raise_dispatch_errors(self) -> None:
         if self._dispatch_errors:
             raise self._dispatch_errors[0]
-
-    async def _wait_dispatching(self) -> None:
-        if self._dispatching:
-            await asyncio.wait(set(self._dispatching))
-        self._raise_dispatch_errors()
 
     async def _dispatch_batch(self, entries: list[Entry], stopping: asyncio.Event) -> None:
         """`dispatch`, waiting out Redis outages (the entries stay ours meanwhile)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -384,3 +385,25 @@ async def test_status_changes_reach_status_callback_urls(
     assert "url" not in delivered
     events = await redis.xrange(keys.EVENTS)
     assert not any(b"url" in fields for _, fields in events)
+
+
+async def test_stop_while_the_smsc_answers_nothing_ends_within_the_grace(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    """The window full of unanswered submits, more batches recorded and waiting for
+    room: SIGTERM still ends the daemon after the grace (serving does not wait for a
+    batch stuck behind the window), and nothing is lost."""
+    smsc.config.drop_response_ratio = 1.0
+    data = smpp_config(redis_url, tmp_path, smsc.port, window=5)  # type: ignore[attr-defined]
+    data["router"]["shutdown_grace"] = 1
+    settings = parse_settings(data, env={})
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"stuck {i}"} for i in range(300)]
+    )
+    running = run_daemon(settings)
+    await wait_for(lambda: len(smsc.submits) >= 5, 20, "the window filled")
+    began = time.monotonic()
+    assert await running.stop() == 0
+    assert time.monotonic() - began < 8
+    counts = await statuses(redis, ids)
+    assert sum(counts.values()) == 300 and counts["missing"] == 0
