@@ -103,6 +103,7 @@ class Pipeline:
         # on duplicates per crash.
         self._unsettled = 0
         self._recording = 0  # in `sending` calls right now
+        self._flushes: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
 
     @property
@@ -183,7 +184,7 @@ class Pipeline:
         flush starts while others are in flight once an eighth of the windows waits: the
         window slots of sent messages are only freed when their outcome is recorded,
         so the wait for a flush is what limits the rate."""
-        flushes: set[asyncio.Task[None]] = set()
+        flushes = self._flushes
         while True:
             for task in [t for t in flushes if t.done()]:
                 flushes.discard(task)
@@ -206,6 +207,13 @@ class Pipeline:
     def wake(self) -> None:
         """Have `run` look again (the worker set `idle`)."""
         self._wake.set()
+
+    async def cancel_flushes(self) -> None:
+        """Cancel flushes still waiting (for Redis, at the end of the grace): their
+        entries stay pending and are handled again at the next start."""
+        for task in list(self._flushes):
+            task.cancel()
+        await asyncio.gather(*self._flushes, return_exceptions=True)
 
     async def _flush_counted(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
         self._flushing += len(taken)

@@ -265,6 +265,12 @@ class ProfileWorker:
         self._idle.set()
         self.pipeline.wake()
         if self._flusher is not None:
+            # Outcomes still being recorded get what is left of the grace (at least a
+            # second); a flush waiting for Redis after that is given up (left pending).
+            await asyncio.wait({self._flusher}, timeout=max(1.0, deadline - loop.time()))
+            if not self._flusher.done():
+                self._flusher.cancel()
+                await self.pipeline.cancel_flushes()
             await asyncio.gather(self._flusher, return_exceptions=True)
         return left
 

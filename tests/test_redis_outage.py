@@ -242,3 +242,33 @@ async def test_inbound_callback_poster_waits_out_an_outage(
     stopping.set()
     await asyncio.wait_for(task, 10)
     await redis.aclose()
+
+
+async def test_sigterm_during_an_outage_ends_after_the_grace(
+    own_redis: RedisServer, provider: Provider, tmp_path: Path
+) -> None:
+    """Outcomes waiting for Redis when SIGTERM comes get the grace, then are given up
+    (left pending): the daemon exits instead of waiting for Redis for ever."""
+    data = config_dict(own_redis.url, provider.url, window=8)
+    data["router"]["state_dir"] = str(tmp_path / "var")
+    data["router"]["shutdown_grace"] = 2
+    config = write_config(tmp_path / "router.toml", data)
+    settings = parse_settings(data, env={}, base_dir=tmp_path)
+    redis = Redis.from_url(own_redis.url)
+    await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"t{i}"} for i in range(2000)]
+    )
+    await redis.aclose()
+    provider.latency = 0.02
+    proc = await start_daemon(config, tmp_path / "daemon.log")
+    try:
+        await wait_for(lambda: len(provider.requests) >= 100, 60, "sending")
+        own_redis.kill()
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        own_redis.start()
+    assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
