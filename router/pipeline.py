@@ -14,7 +14,6 @@ one was in flight, so batches grow with load and a lone message is not delayed.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ class Ready:
     job: Job
     sender: str
     url: str  # status_callback_url ('' for none)
+    meta: str  # the job's meta as JSON ('' for none), made once for both records
     step: int = 0  # history index of its `sending` step
 
 
@@ -95,7 +95,6 @@ class Pipeline:
         self._handoff = handoff
         self._outbox: list[tuple[Ready, Accepted | Failed]] = []
         self._wake = asyncio.Event()
-        self._flushing = 0  # outcomes taken by the flush in progress
         # Recorded `sending`, waiting for the gate (never sent if the process dies now).
         self._queue: deque[Ready] = deque()
         # Handed to a bind, outcome not recorded yet: if the process dies now, these may
@@ -105,11 +104,6 @@ class Pipeline:
         self._recording = 0  # in `sending` calls right now
         self._flushes: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
-
-    @property
-    def waiting(self) -> int:
-        """Outcomes not yet recorded (in the outbox or being flushed)."""
-        return len(self._outbox) + self._flushing
 
     @property
     def windows(self) -> int:
@@ -200,7 +194,7 @@ class Pipeline:
                 await self._wake.wait()
                 continue
             taken, self._outbox = self._outbox[:FLUSH_MAX], self._outbox[FLUSH_MAX:]
-            task = asyncio.create_task(self._flush_counted(taken))
+            task = asyncio.create_task(self._flush(taken))
             task.add_done_callback(lambda _: self._wake.set())
             flushes.add(task)
 
@@ -215,13 +209,6 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    async def _flush_counted(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
-        self._flushing += len(taken)
-        try:
-            await self._flush(taken)
-        finally:
-            self._flushing -= len(taken)
-
     # -- recording ------------------------------------------------------------------
 
     def _sending_item(self, r: Ready) -> Sending:
@@ -232,8 +219,8 @@ class Pipeline:
             "1" if r.entry.replay else "",
             r.sender,
             job.to,
-            job.text or "" if self._store_text else "",
-            json.dumps(job.meta, default=str) if job.meta else "",
+            (job.text or "") if self._store_text else "",
+            r.meta,
             r.url,
         )
 
@@ -301,51 +288,23 @@ class Pipeline:
         self._handoff.release([r.entry for r, _ in taken])
 
     def _finished_item(self, r: Ready, outcome: Accepted | Failed) -> Finished:
-        job = r.job
-        meta = json.dumps(job.meta, default=str) if job.meta else ""
-        if isinstance(outcome, Failed):
-            return (
-                job.id,
-                r.entry.entry_id,
-                r.step + 1,
-                "failed",
-                outcome.reason,
-                r.url,
-                job.to,
-                r.sender,
-                meta,
-                0,
-                outcome.code,
-                outcome.raw,
-                outcome.reason,
-                [],
-                [],
-            )
-        ids = list(outcome.part_ids) or [outcome.provider_message_id or ""]
+        ids: list[str] = []
         forms: list[str] = []
-        if self._reports is not None:
-            ids = [self._reports.normalise(i) for i in ids if i]
-            for part in ids:
-                for form in self._reports.forms(part):
-                    forms += (part, form)
-        ids = [i for i in ids if i]
-        return (
-            job.id,
-            r.entry.entry_id,
-            r.step + 1,
-            "sent",
-            "",
-            r.url,
-            job.to,
-            r.sender,
-            meta,
-            outcome.segments,
-            "",
-            "",
-            "",
-            ids,
-            forms,
-        )
+        if isinstance(outcome, Failed):
+            status, note, segments = "failed", outcome.reason, 0
+            error = (outcome.code, outcome.raw, outcome.reason)
+        else:
+            status, note, segments = "sent", "", outcome.segments
+            error = ("", "", "")
+            ids = [i for i in outcome.part_ids or (outcome.provider_message_id,) if i]
+            if self._reports is not None:
+                ids = [n for n in map(self._reports.normalise, ids) if n]
+                for part in ids:
+                    for form in self._reports.forms(part):
+                        forms += (part, form)
+        job = r.job
+        return (job.id, r.entry.entry_id, r.step + 1, status, note, r.url, job.to, r.sender,
+                r.meta, segments, *error, ids, forms)  # fmt: skip
 
     async def _record(
         self,

@@ -5,8 +5,8 @@ and hands the entries that are ready to send to the `Pipeline` (record
 ``sending``, submit, record the outcome and acknowledge, in batches). The rest
 take the per-entry path here: bad jobs go to the dead-letter stream; retries
 and scheduled sends go to the schedule; duplicates are acknowledged. The worker
-reads only as many entries as its binds have free window, so unread work stays
-on the stream for other instances.
+holds at most its binds' windows plus two batches (`capacity`), so unread work
+stays on the stream for other instances.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class ProfileWorker:
         and recorded `sending` and the last outcomes are being recorded: each of
         those steps is a Redis round trip, and with only a window's worth the
         window would run dry at every batch boundary."""
-        return sum(b.window for b in self.binds) + 2 * self.settings.batch
+        return self.pipeline.windows + 2 * self.settings.batch
 
     @property
     def in_progress(self) -> int:
@@ -279,15 +279,7 @@ class ProfileWorker:
         through the pipeline; every other entry takes the per-entry path. The sender
         assignment is the only Redis call before the entries are handed on: a Redis
         error there leaves the batch for the caller to try again."""
-        decoded: list[tuple[Entry, Job | JobError]] = []
-        for entry in entries:
-            try:
-                job: Job | JobError = decode_job(
-                    entry.raw_job, default_id=f"{self.name}.{entry.owner}"
-                )
-            except JobError as exc:
-                job = exc
-            decoded.append((entry, job))
+        decoded = [(entry, _job_of(entry, self.name)) for entry in entries]
         rotating = sum(1 for _, j in decoded if isinstance(j, Job) and not j.sender)
         numbers = iter(await self.senders.assign(rotating))
         ready: list[Ready] = []
@@ -319,8 +311,12 @@ class ProfileWorker:
         if job.send_at is not None and job.send_at > now + 0.5:
             return None
         assert sender is not None
+        return self._to_ready(entry, job, sender)
+
+    def _to_ready(self, entry: Entry, job: Job, sender: str) -> Ready:
         url = job.status_callback_url or self.profile.status_callback_url
-        return Ready(entry, job, sender, str(url) if url else "")
+        meta = json.dumps(job.meta, default=str) if job.meta else ""
+        return Ready(entry, job, sender, str(url) if url else "", meta)
 
     # -- the pipeline's handoff (see `pipeline.Handoff`) -------------------------------
 
@@ -439,8 +435,7 @@ class ProfileWorker:
                 self._log.debug("scheduled", id=job.id, send_at=job.send_at)
             return
         # Ready after all (`_ready` said otherwise a moment ago): the pipeline takes it.
-        url = job.status_callback_url or self.profile.status_callback_url
-        ready = Ready(entry, job, sender, str(url) if url else "")
+        ready = self._to_ready(entry, job, sender)
         self._active[entry.entry_id] = ready
         await self.pipeline.send([ready], self._no_stop)
 
@@ -514,8 +509,6 @@ class ProfileWorker:
         *,
         note: str = "",
         fields: Mapping[str, str | int] | None = None,
-        event: dict[str, str] | None = None,
-        indexes: Sequence[str] = (),
     ) -> None:
         """Record a final status and acknowledge the entry, in one atomic step."""
         ack = Ack(self.queue.key, keys.GROUP, entry.entry_id)
@@ -527,9 +520,8 @@ class ProfileWorker:
             note=note,
             fields=fields,
             allow_rejected=entry.replay,
-            event=event or self._event(job, None),
+            event=self._event(job),
             ack=ack,
-            indexes=indexes,
         )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous, acked=True)
@@ -542,7 +534,6 @@ class ProfileWorker:
         *,
         note: str = "",
         fields: Mapping[str, str | int] | None = None,
-        event: dict[str, str] | None = None,
     ) -> bool:
         """Record a status; False (and the entry acknowledged) if it is not ours to change."""
         result = await self.ledger.transition(
@@ -553,7 +544,7 @@ class ProfileWorker:
             note=note,
             fields=fields,
             allow_rejected=entry.replay,
-            event=event or self._event(job, None),
+            event=self._event(job),
         )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous)
@@ -581,7 +572,7 @@ class ProfileWorker:
                 note=reason,
                 fields={"error_code": "rejected", "error": reason, "to": job.to},
                 allow_rejected=True,
-                event=self._event(job, None),
+                event=self._event(job),
             )
         await self.queue.dead_letter(entry, reason)
         self._log.warning(
@@ -600,10 +591,9 @@ class ProfileWorker:
         await self.queue.ack(entry.entry_id)
         self._log.info("forwarded", id=job.id, to_profile=job.profile)
 
-    def _event(self, job: Job, sender: str | None) -> dict[str, str]:
+    def _event(self, job: Job) -> dict[str, str]:
+        """The job's part of a per-entry status event (the sender is on the record)."""
         event = {"to": job.to}
-        if sender:
-            event["from"] = sender
         if job.meta:
             event["meta"] = json.dumps(job.meta, default=str)
         return event
@@ -638,7 +628,7 @@ class ProfileWorker:
             free = self._free()
             if free > 0 and (
                 free >= min(self.settings.batch, self.capacity // 4)
-                or len(self._active) <= sum(b.window for b in self.binds)
+                or len(self._active) <= self.pipeline.windows
             ):
                 return
             self._check_flusher()

@@ -229,9 +229,15 @@ def make_settings(redis_url: str, provider: Provider, tmp_path: Path) -> Callabl
 
 
 @pytest.fixture
-async def smsc() -> AsyncIterator[SmscSimulator]:
+def smsc_seed() -> int:
+    """The simulator's random seed; a test module overrides this fixture for its own."""
+    return 1
+
+
+@pytest.fixture
+async def smsc(smsc_seed: int) -> AsyncIterator[SmscSimulator]:
     """Our SMSC simulator on a free port (`smsc.port`)."""
-    sim = SmscSimulator(SimConfig(seed=1, receipt_delay=0.01))
+    sim = SmscSimulator(SimConfig(seed=smsc_seed, receipt_delay=0.01))
     sim.port = await sim.start()  # type: ignore[attr-defined]
     yield sim
     await sim.close()

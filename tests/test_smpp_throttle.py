@@ -9,7 +9,6 @@ timeouts do, and they are generous.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from binds.smpp import SmppBind
 from router import Client
 from router.config import Settings
 from router.ledger import Ledger
-from router.smscsim import SimConfig, SmscSimulator
+from router.smscsim import SmscSimulator
 
 from .conftest import wait_for
 from .test_smpp_flow import FINAL, Start, all_in, smpp_settings, statuses
@@ -29,11 +28,9 @@ SLOW_OK = {"response_timeout": 10}  # a slow machine must not cause resends (seg
 
 
 @pytest.fixture
-async def smsc() -> AsyncIterator[SmscSimulator]:
-    sim = SmscSimulator(SimConfig(seed=7, receipt_delay=0.01))
-    sim.port = await sim.start()  # type: ignore[attr-defined]
-    yield sim
-    await sim.close()
+def smsc_seed() -> int:
+    """This module runs the simulator with seed 7 (its own throttling pattern)."""
+    return 7
 
 
 def with_attempts(settings: Settings, max_attempts: int) -> Settings:
