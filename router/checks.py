@@ -45,7 +45,6 @@ def text_problem(text: str, profile: Profile) -> str | None:
             return None
     long_mode: LongMode = "udh8"  # HTTP providers: the GSM/UCS2 rule, 160/153 and 70/67
     if profile.smpp is not None:
-        encoding = profile.smpp.encoding
         mode = profile.smpp.long_messages
         # message_payload is one PDU, but the SMSC still cuts (and bills) it in parts.
         long_mode = "udh8" if mode == "payload" else mode
