@@ -51,6 +51,7 @@ __all__ = [
     "RouterSettings",
     "Settings",
     "SmppSection",
+    "Template",
     "load_settings",
     "parse_settings",
     "resolve_config_path",
@@ -199,6 +200,44 @@ class NumberDetails(_Section):
     verified: bool = False
 
 
+def _prefix(value: str) -> str:
+    if not re.fullmatch(r"\+\d{1,15}", value):
+        raise ValueError(f"{value!r} is not a number or prefix ('+' then 1-15 digits)")
+    return value
+
+
+NumberPrefix = Annotated[str, AfterValidator(_prefix)]
+SenderStrategy = Literal["round_robin", "sticky", "geomatch", "sticky+geomatch"]
+_LANG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+
+
+class Template(_Section):
+    """``[templates.NAME]``: one message text per language, with ``{placeholders}``."""
+
+    text: dict[str, str] = Field(min_length=1)
+    default_lang: str = "en"
+    description: str = ""
+
+    @field_validator("text")
+    @classmethod
+    def _texts(cls, value: dict[str, str]) -> dict[str, str]:
+        from .compose import TemplateError, placeholders
+
+        for lang, text in value.items():
+            if not _LANG.match(lang):
+                raise ValueError(f"{lang!r} is not a language tag (en, es, pt-BR...)")
+            if not text:
+                raise ValueError(f"text.{lang} must not be empty")
+            try:
+                placeholders(text)
+            except TemplateError as exc:
+                raise ValueError(f"text.{lang}: {exc}") from None
+        return value
+
+
+_DEFAULT_NUMBER = NumberDetails()
+
+
 class HttpSection(_Section):
     """``[profiles.P.http]``: the Web-URL request template (see `binds.http.HttpSpec`)."""
 
@@ -313,6 +352,24 @@ class Profile(_Section):
     # Keep the message text in the record (`sms-router status` shows it); false for
     # privacy: the text then lives only in the work stream until it is sent.
     store_text: bool = True
+    # Which number sends: round_robin | sticky | geomatch | sticky+geomatch.
+    sender: SenderStrategy = "round_robin"
+    sticky_ttl: Annotated[float, _between(60, 10 * 366 * 86_400)] = 365 * 86_400.0
+    default_use_case: str | None = None
+    # A campaign at its daily cap: "reject" the job, or "defer" it to the next UTC day.
+    over_cap: Literal["reject", "defer"] = "reject"
+    template: str | None = None  # for jobs that carry neither text nor template
+    smart_encoding: bool = False  # look-alikes (curly quotes, dashes...) -> GSM 03.38
+    stop_keywords: list[str] = Field(
+        default_factory=lambda: ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"]
+    )
+    start_keywords: list[str] = Field(default_factory=lambda: ["START", "YES", "UNSTOP"])
+    help_keywords: list[str] = Field(default_factory=lambda: ["HELP", "INFO"])
+    help_text: str | None = None
+    stop_text: str | None = None
+    start_text: str | None = None
+    blocklist: list[NumberPrefix] = Field(default_factory=list)
+    allowlist: list[NumberPrefix] = Field(default_factory=list)
     http: HttpSection | None = None
     smpp: SmppSection | None = None
 
@@ -324,6 +381,7 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     campaigns: dict[str, Campaign] = Field(default_factory=dict)
     numbers: dict[str, NumberDetails] = Field(default_factory=dict)
+    templates: dict[str, Template] = Field(default_factory=dict)
     profiles: dict[str, Profile]
     # Resolved `{secret:NAME}` values; not a TOML table (parse_settings fills it).
     secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True, repr=False)
@@ -343,6 +401,10 @@ class Settings(_Section):
     def global_profile(self) -> str | None:
         """The profile for jobs that name none (``global = true``), if any."""
         return next((n for n, p in self.profiles.items() if p.global_), None)
+
+    def number(self, number: str) -> NumberDetails:
+        """The ``[numbers]`` entry of a sender number, or the defaults when it has none."""
+        return self.numbers.get(number) or _DEFAULT_NUMBER
 
     def profile_of_number(self, number: str) -> str | None:
         """The profile owning sender `number` (any E.164 spelling), or None."""
@@ -556,7 +618,59 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
                 first_global = name
         problems += _check_numbers(where, name, profile.get("numbers"), owner)
         problems += _check_protocol(where, profile, secrets)
+        problems += _check_rules(where, profile, raw)
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
+    for name, template in _tables(raw.get("templates")):
+        texts = template.get("text")
+        lang = template.get("default_lang", "en")
+        if isinstance(texts, Mapping) and texts and lang not in texts:
+            problems.append(
+                f"templates.{_key(name)}.default_lang: no text.{lang} (have "
+                + ", ".join(sorted(map(str, texts)))
+                + ")"
+            )
+    return problems
+
+
+def _check_rules(where: str, profile: Mapping[str, Any], raw: Mapping[str, Any]) -> list[str]:
+    """A profile's rule keys against the templates, campaigns and each other."""
+    problems: list[str] = []
+    template = profile.get("template")
+    templates = raw.get("templates")
+    known = set(templates) if isinstance(templates, Mapping) else set()
+    if isinstance(template, str) and template not in known:
+        problems.append(
+            f"{where}.template: unknown template {template!r} (no [templates.{template}])"
+        )
+    seen: dict[str, str] = {}
+    for kind in ("stop_keywords", "start_keywords", "help_keywords"):
+        words = profile.get(kind)
+        if not isinstance(words, list):
+            continue
+        for word in words:
+            if not isinstance(word, str):
+                continue
+            folded = word.strip().upper()
+            if not folded:
+                problems.append(f"{where}.{kind}: a keyword must not be empty")
+            elif folded in seen and seen[folded] != kind:
+                problems.append(f"{where}.{kind}: {word!r} is also in {seen[folded]}")
+            seen.setdefault(folded, kind)
+    use_case = profile.get("default_use_case")
+    campaigns = raw.get("campaigns")
+    table = raw.get("numbers")
+    if isinstance(use_case, str) and isinstance(campaigns, Mapping) and isinstance(table, Mapping):
+        numbers = profile.get("numbers")
+        for number in numbers if isinstance(numbers, list) else []:
+            details = table.get(number)
+            campaign = details.get("campaign") if isinstance(details, Mapping) else None
+            spec = campaigns.get(campaign) if isinstance(campaign, str) else None
+            allowed = spec.get("use_cases") if isinstance(spec, Mapping) else None
+            if isinstance(allowed, list) and use_case not in allowed:
+                problems.append(
+                    f"{where}.default_use_case: {use_case!r} is not among campaign "
+                    f"{campaign!r}'s use_cases (number {number})"
+                )
     return problems
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "count_segments",
     "decode_text",
     "encode_text",
+    "is_gsm",
     "split_udh",
 ]
 
@@ -104,6 +105,11 @@ class Concat:
     total: int
     seq: int
     ref_bits: int
+
+
+def is_gsm(text: str) -> bool:
+    """Whether every character of `text` is in GSM 03.38 (basic or extension table)."""
+    return bool(_GSM.is_gsm_text(text))
 
 
 def _alphabet(text: str, encoding: Encoding) -> Alphabet:
