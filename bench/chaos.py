@@ -36,7 +36,17 @@ from typing import Any
 import msgpack
 import redis
 from aiohttp import web
-from harness import RedisServer, free_port, peak_rss_mb, save, smsc_sim, start_daemon, stop
+from harness import (
+    NUMBERS,
+    RedisServer,
+    campaign_toml,
+    free_port,
+    peak_rss_mb,
+    save,
+    smsc_sim,
+    start_daemon,
+    stop,
+)
 
 from binds.smpp.codec import count_segments
 from router import Client, keys
@@ -124,7 +134,7 @@ retry_max = 5
 global = true
 protocol = "smpp"
 window = 50
-numbers = ["+16501112345", "+14082223333", "+14155552671"]
+numbers = {json.dumps(NUMBERS)}
 status_callback_url = "{peers.url("/callback")}"
 [profiles.smsc.smpp]
 host = "127.0.0.1"
@@ -144,7 +154,7 @@ url = "{peers.url("/send")}"
 form = {{ from = "{{from}}", to = "{{to}}", text = "{{text}}" }}
 message_id = "json:id"
 timeout = 10
-"""
+{campaign_toml([*NUMBERS, "+16505550100"])}"""
     )
     return path
 

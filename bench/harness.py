@@ -134,7 +134,7 @@ numbers = {json.dumps(NUMBERS)}
 url = "http://127.0.0.1:{self.sim_port}/send"
 form = {{ from = "{{from}}", to = "{{to}}", text = "{{text}}", ref = "{{id}}" }}
 message_id = "json:id"
-"""
+{campaign_toml(NUMBERS)}"""
         )
         return path
 
@@ -240,3 +240,12 @@ def save(name: str, result: dict[str, Any]) -> Path:
     result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def campaign_toml(numbers: list[str]) -> str:
+    """TOML giving US long codes the Confirmed 10DLC campaign they need to send."""
+    lines = ["[campaigns.bench]", 'brand = "Bench"', 'status = "Confirmed"']
+    lines.append('tier = "StandardVolume"')
+    for number in numbers:
+        lines += [f'[numbers."{number}"]', 'campaign = "bench"', ""]
+    return "\n".join(lines) + "\n"

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    NUMBERS,
     RESULTS,
     Stack,
+    campaign_toml,
     cpu_seconds,
     median,
     peak_rss_mb,
@@ -61,7 +63,7 @@ direction = "both"
 callback_url = "http://127.0.0.1:9/unused"
 processing = "{processing}"
 window = {window}
-numbers = ["+16501112345", "+14082223333", "+14155552671"]
+numbers = {json.dumps(NUMBERS)}
 [profiles.bench.smpp]
 host = "127.0.0.1"
 port = {port}
@@ -71,7 +73,7 @@ bind = "transceiver"
 binds = 1
 response_timeout = 5
 reconnect_max = 1
-"""
+{campaign_toml(NUMBERS)}"""
     )
     return path
 

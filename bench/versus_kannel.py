@@ -51,9 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    NUMBERS,
     RESULTS,
     RedisServer,
     Stack,
+    campaign_toml,
     cpu_seconds,
     peak_rss_mb,
     rss_mb,
@@ -196,7 +198,7 @@ global = true
 protocol = "smpp"
 processing = "{processing}"
 window = {window}
-numbers = ["+16501112345", "+14082223333", "+14155552671"]
+numbers = {json.dumps(NUMBERS)}
 [profiles.bench.smpp]
 host = "127.0.0.1"
 port = {SINK_PORT}
@@ -205,7 +207,7 @@ password = "bench"
 bind = "transceiver"
 registered_delivery = {registered_delivery}
 reconnect_max = 1
-"""
+{campaign_toml(NUMBERS)}"""
     )
     return path
 

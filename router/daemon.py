@@ -198,7 +198,6 @@ class Daemon:
     async def _startup(self, redis: Redis, stack: AsyncExitStack) -> None:
         queue = self.settings.queue
         ledger = Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
-        names = list(self.settings.profiles)
         router = self.settings.router
         self.posters.append(
             StatusPoster(
@@ -247,12 +246,10 @@ class Daemon:
                 ProfileWorker(
                     redis=redis,
                     name=name,
-                    profile=profile,
-                    queue_settings=queue,
+                    settings=self.settings,
                     binds=binds,
                     ledger=ledger,
                     consumer=self.instance,
-                    profiles=names,
                     reports=reports,
                     outages=self.outages,
                 )

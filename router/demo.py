@@ -53,6 +53,9 @@ def demo_settings(state_dir: Path, smsc_port: int, window: int) -> Settings:
             "log_level": "warning",
         },
         "queue": {"batch": 200, "schedule_poll": 0.1, "block_ms": 200, "retry_base": 0.2},
+        # US long codes send only on a Confirmed 10DLC campaign.
+        "campaigns": {"demo": {"brand": "Demo", "status": "Confirmed", "tier": "StandardVolume"}},
+        "numbers": {number: {"campaign": "demo"} for number in NUMBERS},
         "profiles": {
             "demo": {
                 "global": True,

@@ -170,8 +170,9 @@ def _decode(raw: bytes | None, default_id: str) -> Job:
         raise JobError("to", "required")
     text = _opt_str(data, "text")
     template = _opt_str(data, "template")
-    if text is None and template is None:
-        raise JobError("text", "required (or 'template')")
+    # Neither is a job for the profile's default template (the worker checks there is one).
+    if text is not None and template is not None:
+        raise JobError("template", "give 'text' or 'template', not both")
     if text is not None and not text:
         raise JobError("text", "must not be empty")
     sender = _opt_str(data, "from")

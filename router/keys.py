@@ -84,3 +84,15 @@ def inbound_parts(profile: str, source: str, reference: str) -> str:
 def inbound_partial(profile: str) -> str:
     """Sorted set of incomplete concatenated messages, scored by their deadline."""
     return f"sms:{{{profile}}}:partial"
+
+
+def sticky(profile: str, recipient: str) -> str:
+    """The sender number a recipient keeps getting (``sticky`` strategy), with a TTL."""
+    return f"sms:{{{profile}}}:sticky:{recipient}"
+
+
+def campaign_counts(day: str) -> str:
+    """Hash of one UTC day (YYYYMMDD): campaign id -> messages counted against its cap.
+    One key for every campaign (a campaign's numbers may span profiles), so a batch's
+    caps are one single-slot script call."""
+    return f"sms:{{caps}}:{day}"

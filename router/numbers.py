@@ -111,3 +111,55 @@ def _parse(value: str) -> str:
     if not known_country or not phonenumbers.is_possible_number(parsed):
         raise ValueError(f"{value!r} is not a valid E.164 number")
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def country_of(number: str) -> str:
+    """The country a canonical E.164 number belongs to, as rules compare them: the
+    region (``US``, ``CA``, ``JM``...) for the North American plan, whose countries
+    share +1 and differ by area code; the calling code (``44``) elsewhere."""
+    if number.startswith("+1"):
+        return _nanp_region(number[2:5], number)
+    digits = number[1:]
+    for size in (1, 2, 3):
+        if digits[:size] in _CODES:
+            return digits[:size]
+    return digits[:3]
+
+
+def area_code(number: str) -> str | None:
+    """The NANP area code (NPA) of a +1 number, else None."""
+    return number[2:5] if number.startswith("+1") else None
+
+
+def is_toll_free(number: str) -> bool:
+    """Whether libphonenumber's metadata says `number` is toll-free."""
+    return _toll_free(number)
+
+
+@lru_cache(maxsize=4096)
+def _toll_free(number: str) -> bool:
+    parsed = phonenumbers.parse(number, None)
+    return bool(phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.TOLL_FREE)
+
+
+_NPA_REGIONS: dict[str, str] = {}
+
+
+def _nanp_region(npa: str, number: str) -> str:
+    """The region of a NANP area code, learnt once per code. The number itself may be
+    a test number libphonenumber calls invalid (+1 650 111 2345): then two ordinary
+    numbers of the same area code decide."""
+    region = _NPA_REGIONS.get(npa)
+    if region is None:
+        for candidate in (number, f"+1{npa}5550100", f"+1{npa}2345678"):
+            try:
+                found = phonenumbers.region_code_for_number(phonenumbers.parse(candidate, None))
+            except phonenumbers.NumberParseException:
+                found = None
+            if found:
+                region = found
+                break
+        else:
+            return "US"  # an area code no region claims: the plan's main country
+        _NPA_REGIONS[npa] = region
+    return region

@@ -1,38 +1,186 @@
-"""Sender selection: which of a profile's numbers sends the next message."""
+"""Sender selection: which of a profile's numbers sends each message of a batch.
+
+Strategies (``sender`` of a profile): ``round_robin`` rotates over the numbers that
+may send the message; ``geomatch`` prefers a number of the recipient's area code,
+then of its country, then any; ``sticky`` gives a recipient the number it had
+before (kept in Redis for `sticky_ttl`), choosing a new one with the other strategy
+when there is none or it may no longer send; ``sticky+geomatch`` combines them. An
+explicit ``from`` wins when the rules allow it. Numbers of a capped campaign are
+skipped once the campaign's day is full (caps.lua, atomic across instances).
+
+Per batch: one round trip for the rotation counter and the sticky mappings (the
+caller may add its own reads to it, see `commands`), then one for the caps and the
+new sticky mappings, only when there are any.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from . import keys
+from .config import Profile
+from .connections import as_text
+from .rules import Capable, Refusal, SenderRules
+
+__all__ = ["SenderPool", "Want"]
+
+_CAPS = (resources.files(__package__) / "lua" / "caps.lua").read_text()
+_DAY = 86_400
+
+
+@dataclass(slots=True)
+class Want:
+    """A message that needs a sender: its recipient, use case and explicit ``from``."""
+
+    to: str
+    use_case: str | None = None
+    sender: str | None = None
+    refused: Refusal | None = None  # screened out before choosing (opt-out, lists)
 
 
 class SenderPool:
-    """Round-robin over a profile's numbers, shared by every router instance.
+    """The numbers of one profile and its strategy, shared by every router instance.
 
-    One ``INCRBY`` per batch reserves a run of positions in the rotation, so
-    over any stretch of messages each number is used equally often (300
-    messages over 3 numbers: 100 each) whichever instance sends them.
+    Over any stretch of messages that every number may send, round robin uses each
+    equally often (300 messages over 3 numbers: 100 each) whichever instance sends:
+    one ``INCRBY`` per batch reserves a run of positions in the rotation.
     """
 
-    def __init__(self, redis: Redis, profile: str, numbers: Sequence[str]) -> None:
-        if not numbers:
-            raise ValueError(f"profile {profile!r} has no sender numbers")
+    def __init__(self, redis: Redis, name: str, profile: Profile, rules: SenderRules) -> None:
+        if not profile.numbers:
+            raise ValueError(f"profile {name!r} has no sender numbers")
         self._redis = redis
-        self._key = keys.round_robin(profile)
-        self.numbers = tuple(numbers)
-        self._owned = frozenset(numbers)
+        self.name = name
+        self.numbers = tuple(profile.numbers)
+        self._owned = frozenset(self.numbers)
+        self.rules = rules
+        self.sticky = profile.sender.startswith("sticky")
+        self.geomatch = profile.sender.endswith("geomatch")
+        self._ttl = int(profile.sticky_ttl)
+        self._rr = keys.round_robin(name)
+        self._caps = rules.caps()
+        self._caps_script = redis.register_script(_CAPS)
 
     def owns(self, number: str) -> bool:
         """Whether `number` is one of this profile's sender numbers."""
         return number in self._owned
 
-    async def assign(self, count: int) -> list[str]:
-        """The next `count` numbers of the rotation."""
-        if count <= 0:
-            return []
-        end = int(await self._redis.incrby(self._key, count))
-        size = len(self.numbers)
-        return [self.numbers[i % size] for i in range(end - count, end)]
+    def commands(self, pipe: Pipeline, wants: Sequence[Want]) -> int:
+        """Queue this batch's reads on `pipe` (the caller's round trip); returns how many."""
+        pipe.incrby(self._rr, len(wants))
+        if self.sticky:
+            pipe.mget([keys.sticky(self.name, w.to) for w in wants])
+            return 2
+        return 1
+
+    async def choose(self, wants: Sequence[Want], replies: Sequence[Any]) -> list[str | Refusal]:
+        """A number or a `Refusal` per want, given the replies of `commands`."""
+        end = int(replies[0])
+        mapped: list[str | None] = (
+            [as_text(v) if v else None for v in replies[1]] if self.sticky else [None] * len(wants)
+        )
+        start = end - len(wants)
+        choices: list[list[str] | Refusal] = []
+        for i, want in enumerate(wants):
+            capable = self.rules.capable(want.to, want.use_case)
+            choices.append(
+                self._candidates(want, capable, start + i, mapped[i] if self.sticky else None)
+            )
+        return await self._pick(wants, choices, mapped)
+
+    def _candidates(
+        self, want: Want, capable: Capable, position: int, mapped: str | None
+    ) -> list[str] | Refusal:
+        """The numbers that may send `want`, best first."""
+        if want.refused is not None:
+            return want.refused
+        if want.sender is not None:
+            refusal = capable.refusals.get(want.sender)
+            return refusal if refusal is not None else [want.sender]
+        if capable.refusal is not None:
+            return capable.refusal
+        if self.geomatch:
+            order = [n for tier in capable.tiers for n in _rotated(tier, position)]
+        else:
+            order = _rotated(capable.numbers, position)
+        if mapped is not None and mapped != order[0] and mapped in order:
+            order.remove(mapped)
+            order.insert(0, mapped)
+        return order
+
+    async def _pick(
+        self,
+        wants: Sequence[Want],
+        choices: list[list[str] | Refusal],
+        mapped: list[str | None],
+    ) -> list[str | Refusal]:
+        """The first candidate of each want, or the first whose campaign has room today."""
+        capped = [
+            isinstance(c, list) and c[0] in self._capped(wants[i]) for i, c in enumerate(choices)
+        ]
+        counted: list[int] = []
+        if any(capped):
+            args: list[Any] = [2 * _DAY, len(self._caps)]
+            for campaign, cap in self._caps.items():
+                args += [campaign, cap]
+            for i, choice in enumerate(choices):
+                if capped[i]:
+                    assert isinstance(choice, list)
+                    campaigns = self._capped(wants[i])
+                    row = []
+                    for number in choice:
+                        row.append(campaigns.get(number, ""))
+                        if row[-1] == "":
+                            break  # always has room: the rest are never reached
+                    args += [len(row), *row]
+            counted = await self._caps_script(keys=[keys.campaign_counts(_today())], args=args)
+        results = iter(counted)
+        picks: list[str | Refusal] = []
+        remember: list[tuple[str, str]] = []
+        for i, choice in enumerate(choices):
+            if isinstance(choice, Refusal):
+                picks.append(choice)
+                continue
+            index = int(next(results)) if capped[i] else 1
+            if index == 0:
+                picks.append(self._full(wants[i], choice))
+                continue
+            number = choice[index - 1]
+            picks.append(number)
+            if self.sticky and wants[i].sender is None and number != mapped[i]:
+                remember.append((wants[i].to, number))
+        if remember:
+            # A new or changed mapping (none before, or the old number may not send).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for to, number in remember:
+                    pipe.set(keys.sticky(self.name, to), number, ex=self._ttl)
+                await pipe.execute()
+        return picks
+
+    def _capped(self, want: Want) -> dict[str, str]:
+        return self.rules.capable(want.to, want.use_case).campaign
+
+    def _full(self, want: Want, choice: list[str]) -> Refusal:
+        campaigns = self._capped(want)
+        full = sorted({campaigns[n] for n in choice if n in campaigns})
+        caps = ", ".join(f"{c} ({self._caps[c]} a day)" for c in full)
+        return Refusal(
+            "daily_cap_reached",
+            f"campaign {caps} reached its daily cap; numbers {', '.join(choice)}",
+        )
+
+
+def _rotated(numbers: Sequence[str], position: int) -> list[str]:
+    k = position % len(numbers)
+    return [*numbers[k:], *numbers[:k]]
+
+
+def _today() -> str:
+    return time.strftime("%Y%m%d", time.gmtime())

@@ -1,10 +1,14 @@
 """The worker of one profile: stream entries in, outcomes recorded, entries out.
 
-It reads a batch, decodes and checks it, assigns sender numbers for the batch,
-and hands the entries that are ready to send to the `Pipeline` (record
-``sending``, submit, record the outcome and acknowledge, in batches). The rest
-take the per-entry path here: bad jobs go to the dead-letter stream; retries
-and scheduled sends go to the schedule; duplicates are acknowledged. The worker
+It reads a batch and moves it through the stages: decode and check, compose
+(template, language, smart encoding: `compose`), screen the recipients (opt-out,
+block and allow lists: `audience`), pick sender numbers under the profile's
+rules and daily caps (`senders`, `rules`); the entries ready to send go to the
+`Pipeline` (record ``sending``, submit, record the outcome and acknowledge, in
+batches). The rest take the per-entry path here: bad jobs go to the dead-letter
+stream; jobs the rules refuse are recorded ``rejected`` with their code; retries,
+scheduled sends and jobs deferred past a full cap go to the schedule; duplicates
+are acknowledged. The worker
 holds at most its binds' windows plus two batches (`capacity`), so unread work
 stays on the stream for other instances.
 """
@@ -24,15 +28,18 @@ from redis.exceptions import RedisError
 from binds.base import Bind, Retry
 
 from . import keys
+from .audience import KEYWORD_REPLY_PREFIX, Audience
 from .checks import text_problem
-from .config import Profile, QueueSettings
+from .compose import TemplateError, pick_text, render, smart_encode
+from .config import Settings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger, Transition
 from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages, backoff
 from .pipeline import Pipeline, Ready
 from .queue import Entry, WorkQueue
 from .reports import Reports
-from .senders import SenderPool
+from .rules import Refusal, SenderRules
+from .senders import SenderPool, Want
 
 log = structlog.get_logger("router.worker")
 
@@ -41,7 +48,14 @@ MAX_DISPATCHING = 1  # batches being decoded and recorded `sending` while the ne
 
 
 class Rejection(Exception):
-    """The rules refused a well-formed job; it is recorded and dead-lettered."""
+    """A job that cannot be sent as it is (a bad field, a template it does not fill);
+    it is recorded ``rejected`` and dead-lettered, to be replayed once fixed."""
+
+
+# What the per-entry path does with an entry (`_handle`), worked out by `_plan`.
+DEAD, FORWARD, EXPIRED, SCHEDULE, SEND, REFUSE, DEFER = (
+    "dead", "forward", "expired", "schedule", "send", "refuse", "defer"
+)  # fmt: skip
 
 
 class ProfileWorker:
@@ -52,26 +66,28 @@ class ProfileWorker:
         *,
         redis: Redis,
         name: str,
-        profile: Profile,
-        queue_settings: QueueSettings,
+        settings: Settings,
         binds: Sequence[Bind],
         ledger: Ledger,
         consumer: str,
-        profiles: Sequence[str],
         reports: Reports | None = None,
         outages: RedisOutages | None = None,
     ) -> None:
         self.name = name
         self.outages = outages or RedisOutages()
         self.reports = reports
+        profile = settings.profiles[name]
         self.profile = profile
-        self.settings = queue_settings
+        self.settings = settings.queue
+        self._templates = settings.templates
         self.binds = list(binds)
         self.ledger = ledger
         self.queue = WorkQueue(redis, name, consumer)
-        self.senders = SenderPool(redis, name, profile.numbers)
+        self.rules = SenderRules(name, profile.numbers, settings)
+        self.senders = SenderPool(redis, name, profile, self.rules)
+        self.audience = Audience(redis, name, profile)
         self._redis = redis
-        self._profiles = set(profiles)
+        self._profiles = set(settings.profiles)
         # Entries held: read (being dispatched), a task on the per-entry path, or a
         # `Ready` in the pipeline.
         self._active: dict[str, Entry | asyncio.Task[None] | Ready] = {}
@@ -275,43 +291,111 @@ class ProfileWorker:
         return left
 
     async def dispatch(self, entries: list[Entry], stopping: asyncio.Event | None = None) -> None:
-        """Decode a batch, assign sender numbers in order, and send what is ready to send
-        through the pipeline; every other entry takes the per-entry path. The sender
-        assignment is the only Redis call before the entries are handed on: a Redis
-        error there leaves the batch for the caller to try again."""
-        decoded = [(entry, _job_of(entry, self.name)) for entry in entries]
-        rotating = sum(1 for _, j in decoded if isinstance(j, Job) and not j.sender)
-        numbers = iter(await self.senders.assign(rotating))
+        """Move a batch through the stages: plan each entry (decode, check, compose), then
+        for those to send now screen the recipients and pick sender numbers in one
+        round trip (two when caps or new sticky mappings are involved). What is ready
+        goes to the pipeline; every other entry takes the per-entry path. A Redis error
+        before the hand-on leaves the batch for the caller to try again."""
+        plans = [self._plan(entry) for entry in entries]
+        sends = [(entry, job) for entry, job, kind, _ in plans if kind == SEND]
+        refused: dict[str, Refusal] = {}
         ready: list[Ready] = []
-        for entry, job in decoded:
-            sender = next(numbers) if isinstance(job, Job) and not job.sender else None
-            item = self._ready(entry, job, sender)
-            if item is not None:
-                ready.append(item)
-                self._active[entry.entry_id] = item
-            else:
-                self._spawn(entry, partial(self._handle, entry, job, sender))
+        if sends:
+            jobs = [job for _, job in sends]
+            assert all(isinstance(job, Job) for job in jobs)
+            picks = await self._pick([job for job in jobs if isinstance(job, Job)])
+            for (entry, job), pick in zip(sends, picks, strict=True):
+                assert isinstance(job, Job)
+                if isinstance(pick, Refusal):
+                    refused[entry.entry_id] = pick
+                else:
+                    item = self._to_ready(entry, job, pick)
+                    ready.append(item)
+                    self._active[entry.entry_id] = item
+        for entry, job, kind, reason in plans:
+            if kind == SEND:
+                refusal = refused.get(entry.entry_id)
+                if refusal is None:
+                    continue
+                later = refusal.code == "daily_cap_reached" and self.profile.over_cap == "defer"
+                kind, reason = (DEFER if later else REFUSE), refusal
+            self._spawn(entry, partial(self._handle, entry, job, kind, reason))
         if ready:
             await self.pipeline.send(ready, stopping or self._no_stop)
 
-    def _ready(self, entry: Entry, job: Job | JobError, sender: str | None) -> Ready | None:
-        """The entry as a `Ready` if it is to be sent now; None for the per-entry path
-        (a bad or forwarded job, a rejection, expired, scheduled, too many deliveries)."""
-        if isinstance(job, JobError) or entry.deliveries > self.settings.max_deliveries:
-            return None
+    def _plan(self, entry: Entry) -> tuple[Entry, Job | JobError, str, str]:
+        """What to do with one entry: (entry, job, kind, reason). Composes the text of
+        a job to send (so the rules and the record see what is sent)."""
+        job = _job_of(entry, self.name)
+        if entry.deliveries > self.settings.max_deliveries:
+            reason = (
+                f"delivered {entry.deliveries} times without an outcome "
+                f"(queue.max_deliveries = {self.settings.max_deliveries})"
+            )
+            return entry, job, DEAD, reason
+        if isinstance(job, JobError):
+            return entry, job, DEAD, str(job)
         if job.profile and job.profile != self.name:
-            return None
+            return entry, job, FORWARD, ""
         try:
-            sender = self._check(job) or sender
-        except Rejection:
-            return None
+            self._compose(job)
+        except Rejection as exc:
+            return entry, job, DEAD, str(exc)
         now = time.time()
         if job.expires_at is not None and now >= job.expires_at:
-            return None
+            return entry, job, EXPIRED, "validity passed before sending"
         if job.send_at is not None and job.send_at > now + 0.5:
-            return None
-        assert sender is not None
-        return self._to_ready(entry, job, sender)
+            return entry, job, SCHEDULE, _when(job.send_at)
+        return entry, job, SEND, ""
+
+    async def _pick(self, jobs: Sequence[Job]) -> list[str | Refusal]:
+        """Screen the recipients and choose a sender for each job (or say why not)."""
+        default_use_case = self.profile.default_use_case
+        wants = [Want(job.to, job.use_case or default_use_case, job.sender) for job in jobs]
+        recipients = [job.to for job in jobs]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            count = self.senders.commands(pipe, wants)
+            self.audience.commands(pipe, recipients)
+            replies = await pipe.execute()
+        verdicts = await self.audience.verdicts(recipients, replies[count:])
+        for job, want, verdict in zip(jobs, wants, verdicts, strict=True):
+            if verdict is None:
+                continue
+            code, reason = verdict
+            if code == "opted_out" and job.id.startswith(KEYWORD_REPLY_PREFIX):
+                continue  # the answer to the STOP itself reaches who sent it
+            want.refused = Refusal(code, reason)
+        return await self.senders.choose(wants, replies[:count])
+
+    def _compose(self, job: Job) -> None:
+        """Compose the text (template, language, smart encoding) and check it fits the
+        profile; raises `Rejection` naming the field. The composed text replaces the
+        template on the job: it is what is recorded, sent and retried."""
+        if job.text is None:
+            name = job.template or self.profile.template
+            if name is None:
+                raise Rejection(
+                    f"job.text: required (or 'template'; profile {self.name!r} has no "
+                    "default template)"
+                )
+            template = self._templates.get(name)
+            if template is None:
+                raise Rejection(f"job.template: unknown template {name!r}")
+            text = pick_text(template.text, template.default_lang, job.lang)
+            try:
+                job.text = render(text, job.vars, job.meta)
+            except TemplateError as exc:
+                raise Rejection(f"job.vars: {exc} (template {name!r})") from None
+            if not job.text:
+                raise Rejection(f"job.text: template {name!r} rendered an empty text")
+            job.template = None
+        if self.profile.smart_encoding:
+            job.text = smart_encode(job.text)
+        problem = text_problem(job.text, self.profile)
+        if problem is not None:
+            raise Rejection(problem)
+        if job.sender is not None and not self.senders.owns(job.sender):
+            raise Rejection(f"job.from: {job.sender} is not a number of profile {self.name!r}")
 
     def _to_ready(self, entry: Entry, job: Job, sender: str) -> Ready:
         url = job.status_callback_url or self.profile.status_callback_url
@@ -402,55 +486,61 @@ class ProfileWorker:
             except (RedisError, OSError):
                 self._log.warning("entry left pending: redis error while dead-lettering")
 
-    async def _handle(self, entry: Entry, job: Job | JobError, sender: str | None) -> None:
-        if entry.deliveries > self.settings.max_deliveries:
-            reason = (
-                f"delivered {entry.deliveries} times without an outcome "
-                f"(queue.max_deliveries = {self.settings.max_deliveries})"
-            )
-            await self._dead_letter(entry, job if isinstance(job, Job) else None, reason)
-            return
-        if isinstance(job, JobError):
-            await self._dead_letter(entry, None, str(job))
-            return
-        try:
-            if job.profile and job.profile != self.name:
+    async def _handle(
+        self, entry: Entry, job: Job | JobError, kind: str, reason: str | Refusal
+    ) -> None:
+        """The per-entry path: what `_plan` (or the rules) decided for this entry."""
+        if kind == DEAD or isinstance(job, JobError):
+            await self._dead_letter(entry, job if isinstance(job, Job) else None, str(reason))
+        elif kind == FORWARD:
+            try:
                 await self._forward(entry, job)
-                return
-            sender = self._check(job) or sender
-        except Rejection as exc:
-            await self._dead_letter(entry, job, str(exc))
-            return
-        assert sender is not None
-        now = time.time()
-        if job.expires_at is not None and now >= job.expires_at:
-            await self._finish(entry, job, "expired", note="validity passed before sending")
-            return
-        if job.send_at is not None and job.send_at > now + 0.5:
-            verdict = await self._record(entry, job, "scheduled", note=_when(job.send_at))
-            if verdict:
+            except Rejection as exc:
+                await self._dead_letter(entry, job, str(exc))
+        elif kind == EXPIRED:
+            await self._finish(entry, job, "expired", note=str(reason))
+        elif kind == SCHEDULE:
+            if await self._record(entry, job, "scheduled", note=str(reason)):
+                assert job.send_at is not None
                 await self.queue.defer(
                     entry, encode_job(job.to_wire()), entry.owner, entry.attempt, job.send_at
                 )
                 self._log.debug("scheduled", id=job.id, send_at=job.send_at)
-            return
-        # Ready after all (`_ready` said otherwise a moment ago): the pipeline takes it.
-        ready = self._to_ready(entry, job, sender)
-        self._active[entry.entry_id] = ready
-        await self.pipeline.send([ready], self._no_stop)
+        elif kind == REFUSE:
+            assert isinstance(reason, Refusal)
+            await self._refuse(entry, job, reason)
+        elif kind == DEFER:
+            assert isinstance(reason, Refusal)
+            due = _next_utc_day()
+            note = f"deferred to {_when(due).removeprefix('send at ')}: {reason.reason}"
+            fields = {"error_code": reason.code, "error": reason.reason}
+            if await self._record(entry, job, "scheduled", note=note, fields=fields):
+                await self.queue.defer(
+                    entry, encode_job(job.to_wire()), entry.owner, entry.attempt, due
+                )
+                self._log.info("deferred past the daily cap", id=job.id, until=due)
 
-    def _check(self, job: Job) -> str | None:
-        """Rules this issue enforces; returns the explicit sender when there is one."""
-        if job.text is None:
-            raise Rejection("job.template: templates are not supported yet; send 'text'")
-        problem = text_problem(job.text, self.profile)
-        if problem is not None:
-            raise Rejection(problem)
-        if job.sender is not None:
-            if not self.senders.owns(job.sender):
-                raise Rejection(f"job.from: {job.sender} is not a number of profile {self.name!r}")
-            return job.sender
-        return None
+    async def _refuse(self, entry: Entry, job: Job, refusal: Refusal) -> None:
+        """The rules said no: `rejected` with the normalised code, acknowledged. Not a
+        dead letter: the job is well formed, and replaying it would meet the same rule."""
+        fields = {"error_code": refusal.code, "error": refusal.reason, "to": job.to}
+        ack = Ack(self.queue.key, keys.GROUP, entry.entry_id)
+        result = await self.ledger.transition(
+            job.id,
+            entry.owner,
+            "rejected",
+            profile=self.name,
+            note=refusal.reason,
+            fields=fields,
+            allow_rejected=entry.replay,
+            event={**self._event(job), "error_code": refusal.code},
+            ack=ack,
+        )
+        if not result.ok:
+            await self._skip(entry, job, result.verdict, result.previous, acked=True)
+            return
+        await self._redis.hincrby(keys.stats(self.name), f"rejected_{refusal.code}", 1)
+        self._log.info("rejected", id=job.id, code=refusal.code, reason=refusal.reason)
 
     async def _retry(self, entry: Entry, job: Job, outcome: Retry) -> None:
         # A submit the provider never saw (no bound session, held while throttled) is
@@ -641,6 +731,11 @@ def _job_of(entry: Entry, profile: str) -> Job | JobError:
         return decode_job(entry.raw_job, default_id=f"{profile}.{entry.owner}")
     except JobError as exc:
         return exc
+
+
+def _next_utc_day() -> float:
+    """The start of the next UTC day (daily caps start again then)."""
+    return (time.time() // 86_400 + 1) * 86_400
 
 
 def _when(at: float) -> str:

@@ -179,6 +179,15 @@ async def provider() -> AsyncIterator[Provider]:
 
 
 NUMBERS = ["+16501112345", "+14082223333", "+14155552671"]
+# US long codes send only on a Confirmed 10DLC campaign; the tests' +44 number sends
+# to the US numbers the tests use, so it may send abroad.
+NUMBER_TABLES: dict[str, Any] = {
+    "campaigns": {"test": {"brand": "Test", "status": "Confirmed", "tier": "StandardVolume"}},
+    "numbers": {
+        **{number: {"campaign": "test"} for number in NUMBERS},
+        "+447911123456": {"features": ["SmsSender", "InternationalSmsSender"]},
+    },
+}
 
 
 def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, Any]:
@@ -206,6 +215,7 @@ def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, 
             "block_ms": 100,
             "claim_idle": 2,
         },
+        **NUMBER_TABLES,
         "profiles": {
             "alerts": alerts,
             "bulk": {
