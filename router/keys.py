@@ -84,3 +84,23 @@ def inbound_parts(profile: str, source: str, reference: str) -> str:
 def inbound_partial(profile: str) -> str:
     """Sorted set of incomplete concatenated messages, scored by their deadline."""
     return f"sms:{{{profile}}}:partial"
+
+
+def opt_outs(profile: str) -> str:
+    """Set of the E.164 numbers that opted out of the profile (STOP)."""
+    return f"sms:{{{profile}}}:optout"
+
+
+def block_list(profile: str) -> str:
+    """Set of numbers or prefixes the profile never sends to (besides its config)."""
+    return f"sms:{{{profile}}}:block"
+
+
+def allow_list(profile: str) -> str:
+    """Set of numbers or prefixes the profile only sends to (besides its config)."""
+    return f"sms:{{{profile}}}:allow"
+
+
+def lists_version(profile: str) -> str:
+    """Counter INCR'd by every change of the block/allow sets, so readers reload them."""
+    return f"sms:{{{profile}}}:lists:ver"
