@@ -35,6 +35,7 @@ from .callbacks import StatusPoster
 from .config import Profile, Settings
 from .connections import open_redis
 from .inbound import CallbackPoster, Inbound
+from .keywords import Keywords
 from .lease import Lease
 from .ledger import Ledger
 from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages
@@ -224,6 +225,7 @@ class Daemon:
                     name,
                     forward=profile.direction == "both",
                     reassembly_timeout=profile.smpp.reassembly_timeout,
+                    keywords=Keywords(name, profile, ledger),
                 )
                 handler = _deliver_handler(reports, inbound, self.outages)
                 if profile.callback_url and profile.direction == "both":

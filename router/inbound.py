@@ -8,6 +8,11 @@ in one step. Parts still missing after `reassembly_timeout` are delivered flagge
 ``incomplete``. `CallbackPoster` then POSTs each message as JSON to the profile's
 ``callback_url`` until it answers 2xx, across restarts (a consumer group on the
 stream keeps what was not acknowledged).
+
+Keywords (STOP, START, HELP... see `router.keywords`): a single-part keyword changes
+the opt-out set and enqueues its reply in the same MULTI as the XADD of the message;
+a concatenated one, when the poster renders the whole message. Either way the post
+carries ``"opt_out": "stop" | "start" | "help"``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from binds.smpp.pdu import (
 from . import keys
 from .batching import Batcher
 from .connections import as_text
+from .keywords import KeywordHit, Keywords
 from .outages import REDIS_ERRORS, Pause, RedisOutages
 
 log = structlog.get_logger("router.inbound")
@@ -90,8 +96,8 @@ return 1
 
 
 # One store: the inbound stream, and either the fields of a whole message or a part's
-# (keys, args) for _ADD_PART.
-_Store = tuple[str, dict[str, str], tuple[list[str], list[Any]] | None]
+# (keys, args) for _ADD_PART; and the keyword a whole message is, if any.
+_Store = tuple[str, dict[str, str], tuple[list[str], list[Any]] | None, KeywordHit | None]
 
 
 class Inbound:
@@ -99,12 +105,19 @@ class Inbound:
     flight go to Redis together (`Batcher`)."""
 
     def __init__(
-        self, redis: Redis, profile: str, *, forward: bool, reassembly_timeout: float
+        self,
+        redis: Redis,
+        profile: str,
+        *,
+        forward: bool,
+        reassembly_timeout: float,
+        keywords: Keywords | None = None,
     ) -> None:
         self._redis = redis
         self.profile = profile
         self.forward = forward
         self.timeout = reassembly_timeout
+        self.keywords = keywords
         self._add = redis.register_script(_ADD_PART)
         self._flush = redis.register_script(_FLUSH)
         self._stores: Batcher[_Store, None] = Batcher(self._store)
@@ -131,17 +144,27 @@ class Inbound:
                 message.tlv_int(TAG_SAR_TOTAL_SEGMENTS) or 1,
                 message.tlv_int(TAG_SAR_SEGMENT_SEQNUM) or 1,
             )
+        source = _e164(message.source, message.source_ton)
+        destination = _e164(message.destination, message.dest_ton)
+        received_at = round(time.time(), 3)
         head = {
-            "from": _e164(message.source, message.source_ton),
-            "to": _e164(message.destination, message.dest_ton),
+            "from": source,
+            "to": destination,
             "data_coding": message.data_coding,
-            "received_at": round(time.time(), 3),
+            "received_at": received_at,
         }
         part = base64.b64encode(data).decode()
         stream = keys.inbound(self.profile)
         if concat is None or concat[1] <= 1:
             fields = {"message": json.dumps(head), "parts": json.dumps([part]), "incomplete": "0"}
-            await self._stores.submit((stream, fields, None))
+            hit = None
+            if self.keywords is not None:
+                text, binary = decode_text(data, message.data_coding)
+                if not binary:
+                    hit = self.keywords.match(source, destination, received_at, text)
+                if hit is not None:
+                    fields["opt_out"] = hit.kind
+            await self._stores.submit((stream, fields, None, hit))
             return ESME_ROK
         reference, total, seq = concat
         if not 1 <= seq <= total:
@@ -149,7 +172,7 @@ class Inbound:
                 "inbound part out of range stored alone", profile=self.profile, seq=seq, total=total
             )
             seq = total
-        parts_key = keys.inbound_parts(self.profile, str(head["from"]), reference)
+        parts_key = keys.inbound_parts(self.profile, source, reference)
         args = [
             seq,
             json.dumps(part),
@@ -159,20 +182,26 @@ class Inbound:
             json.dumps(head),
         ]
         await self._stores.submit(
-            (stream, {}, ([parts_key, keys.inbound_partial(self.profile)], args))
+            (stream, {}, ([parts_key, keys.inbound_partial(self.profile)], args), None)
         )
         return ESME_ROK
 
     async def _store(self, batch: list[_Store]) -> list[None]:
-        """Every store that arrived meanwhile, pipelined: one round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream, fields, part in batch:
+        """Every store that arrived meanwhile, in one MULTI: one round trip, and a
+        keyword's opt-out change and reply are written with its message or not at all."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for stream, fields, part, hit in batch:
                 if part is None:
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
                 else:
                     part_keys, args = part
                     await self._add(keys=[*part_keys, stream], args=args, client=pipe)
+                if hit is not None and self.keywords is not None:
+                    await self.keywords.queue(pipe, hit)
             await pipe.execute()
+        for _stream, _fields, _part, hit in batch:
+            if hit is not None and self.keywords is not None:
+                self.keywords.applied(hit)
         return [None] * len(batch)
 
     async def flush_expired(self) -> int:
@@ -211,6 +240,7 @@ def render(entry_id: str, profile: str, fields: dict[str, str]) -> dict[str, Any
         "parts": len(parts),
         "incomplete": fields.get("incomplete") == "1",
         "received_at": head.get("received_at"),
+        **({"opt_out": fields["opt_out"]} if fields.get("opt_out") else {}),
     }
 
 
@@ -270,6 +300,7 @@ class CallbackPoster:
                             await self._ack(stream, as_text(entry_id))
                             continue
                         body = render(as_text(entry_id), self.profile, fields)
+                        await self._keyword(body)
                         if await self._post(session, body):
                             await self._ack(stream, as_text(entry_id))
                             failures = 0
@@ -290,6 +321,29 @@ class CallbackPoster:
                     )
                     continue
                 pause.reset()
+
+    async def _keyword(self, body: dict[str, Any]) -> None:
+        """Apply a keyword that arrived in parts (a single part's was applied when it
+        was stored); applying it again when the post is retried changes nothing."""
+        keywords = self._inbound.keywords if self._inbound is not None else None
+        if (
+            keywords is None
+            or "opt_out" in body
+            or body["parts"] <= 1
+            or body["incomplete"]
+            or body["binary"]
+        ):
+            return
+        hit = keywords.match(
+            str(body["from"]), str(body["to"]), float(body["received_at"] or 0), body["text"]
+        )
+        if hit is None:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await keywords.queue(pipe, hit)
+            await pipe.execute()
+        keywords.applied(hit)
+        body["opt_out"] = hit.kind
 
     async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> bool:
         try:

@@ -96,3 +96,21 @@ def campaign_counts(day: str) -> str:
     One key for every campaign (a campaign's numbers may span profiles), so a batch's
     caps are one single-slot script call."""
     return f"sms:{{caps}}:{day}"
+def opt_outs(profile: str) -> str:
+    """Set of the E.164 numbers that opted out of the profile (STOP)."""
+    return f"sms:{{{profile}}}:optout"
+
+
+def block_list(profile: str) -> str:
+    """Set of numbers or prefixes the profile never sends to (besides its config)."""
+    return f"sms:{{{profile}}}:block"
+
+
+def allow_list(profile: str) -> str:
+    """Set of numbers or prefixes the profile only sends to (besides its config)."""
+    return f"sms:{{{profile}}}:allow"
+
+
+def lists_version(profile: str) -> str:
+    """Counter INCR'd by every change of the block/allow sets, so readers reload them."""
+    return f"sms:{{{profile}}}:lists:ver"

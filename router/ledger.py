@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from . import keys
 from .connections import as_text
@@ -280,23 +281,31 @@ class Ledger:
         # round trip.
         async with self._redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(items), 500):
-                payload = msgpack.packb(
-                    [
-                        f"{time.time():.6f}",
-                        self._retention,
-                        self._events_maxlen,
-                        keys.record(""),
-                        [
-                            (job_id, keys.queue(profile), job,
-                             [x for kv in fields.items() for x in kv], profile)
-                            for job_id, profile, job, fields in items[start : start + 500]
-                        ],
-                    ],
-                    use_bin_type=False,  # Redis' cmsgpack reads no bin type: jobs go as raw
-                )  # fmt: skip
-                await self._enqueue(keys=[keys.EVENTS, keys.CALLBACKS], args=[payload], client=pipe)
+                await self.enqueue_in(pipe, items[start : start + 500])
             replies = await pipe.execute()
         return [as_text(r[i]) == "ok" for r in replies for i in range(0, len(r), 2)]
+
+    async def enqueue_in(
+        self, pipe: Pipeline, items: Sequence[tuple[str, str, bytes, Mapping[str, str]]]
+    ) -> None:
+        """Queue one `enqueue` call for `items` on the caller's pipeline (so it can share
+        a MULTI with other writes). Its reply is a flat list: verdict (ok | duplicate),
+        entry id, per item."""
+        payload = msgpack.packb(
+            [
+                f"{time.time():.6f}",
+                self._retention,
+                self._events_maxlen,
+                keys.record(""),
+                [
+                    (job_id, keys.queue(profile), job,
+                     [x for kv in fields.items() for x in kv], profile)
+                    for job_id, profile, job, fields in items
+                ],
+            ],
+            use_bin_type=False,  # Redis' cmsgpack reads no bin type: jobs go as raw
+        )  # fmt: skip
+        await self._enqueue(keys=[keys.EVENTS, keys.CALLBACKS], args=[payload], client=pipe)
 
     def _call(
         self,
