@@ -312,7 +312,8 @@ class ProfileWorker:
                     item = self._to_ready(entry, job, pick)
                     ready.append(item)
                     self._active[entry.entry_id] = item
-        for entry, job, kind, reason in plans:
+        for entry, job, kind, note in plans:
+            reason: str | Refusal = note
             if kind == SEND:
                 refusal = refused.get(entry.entry_id)
                 if refusal is None:

@@ -179,15 +179,19 @@ async def provider() -> AsyncIterator[Provider]:
 
 
 NUMBERS = ["+16501112345", "+14082223333", "+14155552671"]
-# US long codes send only on a Confirmed 10DLC campaign; the tests' +44 number sends
-# to the US numbers the tests use, so it may send abroad.
-NUMBER_TABLES: dict[str, Any] = {
-    "campaigns": {"test": {"brand": "Test", "status": "Confirmed", "tier": "StandardVolume"}},
-    "numbers": {
-        **{number: {"campaign": "test"} for number in NUMBERS},
-        "+447911123456": {"features": ["SmsSender", "InternationalSmsSender"]},
-    },
-}
+
+
+def number_tables(numbers: list[str]) -> dict[str, Any]:
+    """``campaigns`` and ``numbers`` tables for `numbers`: US long codes send only on a
+    Confirmed 10DLC campaign, and the tests send between US and UK numbers, so every
+    number may send abroad."""
+    table: dict[str, Any] = {}
+    for number in numbers:
+        table[number] = {"features": ["SmsSender", "InternationalSmsSender"]}
+        if number.startswith("+1"):
+            table[number]["campaign"] = "test"
+    campaign = {"brand": "Test", "status": "Confirmed", "tier": "StandardVolume"}
+    return {"campaigns": {"test": campaign}, "numbers": table}
 
 
 def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, Any]:
@@ -215,7 +219,7 @@ def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, 
             "block_ms": 100,
             "claim_idle": 2,
         },
-        **NUMBER_TABLES,
+        **number_tables([*alerts["numbers"], "+447911123456"]),
         "profiles": {
             "alerts": alerts,
             "bulk": {

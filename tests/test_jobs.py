@@ -48,7 +48,10 @@ def test_full_job_round_trips() -> None:
         (b"\xc1", "not msgpack"),
         (msgpack.packb([1, 2]), "must be a msgpack map"),
         (msgpack.packb({"text": "x"}), "job.to: required"),
-        (msgpack.packb({"to": "+447911123456"}), "job.text: required"),
+        (
+            msgpack.packb({"to": "+447911123456", "text": "x", "template": "otp"}),
+            "job.template: give 'text' or 'template', not both",
+        ),
         (msgpack.packb({"to": "+447911123456", "text": ""}), "job.text: must not be empty"),
         (msgpack.packb({"to": 447911123456, "text": "x"}), "job.to: must be a string"),
         (msgpack.packb({"to": "+1555", "text": "x"}), "job.to: '+1555' is not a valid E.164"),

@@ -19,7 +19,7 @@ from router.config import Settings, parse_settings
 from router.ledger import Ledger
 from router.smscsim import SmscSimulator
 
-from .conftest import NUMBER_TABLES, NUMBERS, RunningDaemon, free_port, wait_for
+from .conftest import NUMBERS, RunningDaemon, free_port, number_tables, wait_for
 
 Start = Callable[[Settings], RunningDaemon]
 FINAL = {"delivered", "undelivered", "failed"}
@@ -102,7 +102,7 @@ def smpp_config(
             "block_ms": 100,
             "claim_idle": 2,
         },
-        **NUMBER_TABLES,
+        **number_tables(demo["numbers"]),
         "profiles": {"sms": demo},
     }
 
