@@ -26,6 +26,7 @@ _SENDING = frozenset({"SmsSender", "A2PSmsSender"})
 _GOOD_BRANDS = frozenset({"Verified", "Vetted"})
 # When every number refuses for different reasons, the job's code is the first of
 # these that some number gave (the most specific), else no_capable_sender.
+_MAX_KINDS = 20_000  # destination kinds remembered (countries x area codes x use cases)
 _CODE_ORDER = ("use_case_not_allowed", "international_not_enabled", "campaign_not_confirmed")
 
 
@@ -87,6 +88,8 @@ class SenderRules:
         key = (country, area, use_case)
         found = self._cache.get(key)
         if found is None:
+            if len(self._cache) >= _MAX_KINDS:
+                self._cache.clear()  # use cases are the producers' strings: stay bounded
             found = self._cache[key] = self._work_out(to, country, area, use_case)
         return found
 
