@@ -165,7 +165,7 @@ async def test_management_functions_validate_and_sort(redis: Redis) -> None:
     ]
     assert await audience.remove_opt_out(redis, "alerts", "+447911123457")
     assert not await audience.remove_opt_out(redis, "alerts", "+447911123457")
-    with pytest.raises(ValueError, match="not a valid E.164|must start"):
+    with pytest.raises(ValueError, match=r"'07911123456' is not a valid E\.164 number"):
         await audience.add_opt_out(redis, "alerts", "07911123456")
     for bad in ("44", "+", "+4420x", "+1234567890123456", "+44 20"):
         with pytest.raises(ValueError, match=r"is not a number or prefix \('\+' then 1-15"):
