@@ -6,7 +6,7 @@ A profile's audience rules live in Redis, shared by every router instance:
 - ``sms:{P}:block`` / ``sms:{P}:allow``: numbers or prefixes added at run time
   (``sms-router lists``), on top of the profile's configured `blocklist` and
   `allowlist`;
-- ``sms:{P}:lists:ver``: INCR'd with every list change, in the same MULTI, so an
+- ``sms:{P}:lists:ver``: INCR'd with every list change, in the same step, so an
   `Audience` reloads its cached lists only when they changed.
 
 `Audience` answers for a batch of recipients in the caller's own pipeline
@@ -197,17 +197,22 @@ async def remove_list_entry(redis: Redis, profile: str, which: ListName, entry: 
     return await _change(redis, profile, which, check_entry(entry), add=False)
 
 
+# KEYS: the list set, its version counter. ARGV: SADD | SREM, the entry. The version
+# moves in the same step as the set (so no reader caches the change under the old
+# version), and only when the set did change.
+_CHANGE = """
+local changed = redis.call(ARGV[1], KEYS[1], ARGV[2])
+if changed == 1 then redis.call('INCR', KEYS[2]) end
+return changed
+"""
+
+
 async def _change(redis: Redis, profile: str, which: ListName, entry: str, *, add: bool) -> bool:
-    key = _list_key(profile, which)
-    # The version moves in the same step, so no reader caches the change under the
-    # old version.
-    async with redis.pipeline(transaction=True) as pipe:
-        if add:
-            pipe.sadd(key, entry)
-        else:
-            pipe.srem(key, entry)
-        pipe.incr(keys.lists_version(profile))
-        changed, _version = await pipe.execute()
+    script = redis.register_script(_CHANGE)
+    changed = await script(
+        keys=[_list_key(profile, which), keys.lists_version(profile)],
+        args=["SADD" if add else "SREM", entry],
+    )
     return bool(changed)
 
 

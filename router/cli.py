@@ -19,11 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import keys
+from . import audience, keys
 from .client import Client
 from .config import ConfigError, Settings, load_settings, resolve_config_path
 from .connections import RedisUnavailable, as_text, open_redis
 from .ledger import STATUSES, Ledger
+from .numbers import normalise_e164
 from .queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
 
 log = structlog.get_logger("router.cli")
@@ -411,6 +412,137 @@ async def _select(
     if not everything:
         raise click.UsageError("give --entry ID (repeatable) or --all")
     return [d.entry_id for d in await list_dead_letters(redis, profile, count=1_000_000)]
+
+
+@main.group()
+def optout() -> None:
+    """Numbers that opted out of a profile (STOP): list, add or remove them."""
+
+
+def _profile_command(group: click.Group, name: str) -> Callable[..., Any]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--profile", required=True, help="Profile.")(fn)
+        fn = config_option(fn)
+        return group.command(name)(fn)
+
+    return decorate
+
+
+def _e164_argument(number: str) -> str:
+    try:
+        return normalise_e164(number)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NUMBER") from None
+
+
+@_profile_command(optout, "list")
+def optout_list(config_path: str | None, profile: str) -> None:
+    """Every opted-out number of the profile, sorted."""
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+    numbers = _with_redis(settings, lambda redis: audience.list_opt_outs(redis, profile))
+    for number in numbers:
+        out.print(number, markup=False)
+    err.print(f"{len(numbers)} opted-out number(s) in profile {profile}", markup=False)
+
+
+@_profile_command(optout, "add")
+@click.argument("number")
+def optout_add(config_path: str | None, profile: str, number: str) -> None:
+    """Opt NUMBER out of the profile (as if it had texted STOP)."""
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+    number = _e164_argument(number)
+    added = _with_redis(settings, lambda redis: audience.add_opt_out(redis, profile, number))
+    done = "opted out of" if added else "was already opted out of"
+    out.print(f"{number} {done} profile {profile}", markup=False)
+
+
+@_profile_command(optout, "remove")
+@click.argument("number")
+def optout_remove(config_path: str | None, profile: str, number: str) -> None:
+    """Opt NUMBER back in (as if it had texted START)."""
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+    number = _e164_argument(number)
+    removed = _with_redis(settings, lambda redis: audience.remove_opt_out(redis, profile, number))
+    done = "opted back in to" if removed else "was not opted out of"
+    out.print(f"{number} {done} profile {profile}", markup=False)
+
+
+@main.group("lists")
+def lists_() -> None:
+    """A profile's block and allow lists (numbers or prefixes) kept in Redis."""
+
+
+def _which(block: bool, allow: bool) -> audience.ListName:
+    if block == allow:
+        raise click.UsageError("give --block or --allow (one of them)")
+    return "block" if block else "allow"
+
+
+def _entry_argument(entry: str) -> str:
+    try:
+        return audience.check_entry(entry)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NUMBER_OR_PREFIX") from None
+
+
+def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--allow", is_flag=True, help="The allowlist: send only there.")(fn)
+    return click.option("--block", is_flag=True, help="The blocklist: never send there.")(fn)
+
+
+@_profile_command(lists_, "show")
+def lists_show(config_path: str | None, profile: str) -> None:
+    """The configured lists and the Redis lists of the profile."""
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+    rules = settings.profiles[profile]
+    kept = _with_redis(settings, lambda redis: audience.show_lists(redis, profile))
+    for label, entries in (
+        ("blocklist (config)", sorted(rules.blocklist)),
+        ("blocklist (redis)", kept["block"]),
+        ("allowlist (config)", sorted(rules.allowlist)),
+        ("allowlist (redis)", kept["allow"]),
+    ):
+        out.print(f"{label}: " + (" ".join(entries) or "-"), markup=False)
+
+
+@_profile_command(lists_, "add")
+@_list_options
+@click.argument("entry", metavar="NUMBER_OR_PREFIX")
+def lists_add(config_path: str | None, profile: str, block: bool, allow: bool, entry: str) -> None:
+    """Add a number or prefix to the profile's Redis blocklist or allowlist."""
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+    which = _which(block, allow)
+    entry = _entry_argument(entry)
+    added = _with_redis(
+        settings, lambda redis: audience.add_list_entry(redis, profile, which, entry)
+    )
+    done = "added to" if added else "already on"
+    out.print(f"{entry} {done} profile {profile}'s {which}list", markup=False)
+
+
+@_profile_command(lists_, "remove")
+@_list_options
+@click.argument("entry", metavar="NUMBER_OR_PREFIX")
+def lists_remove(
+    config_path: str | None, profile: str, block: bool, allow: bool, entry: str
+) -> None:
+    """Remove a number or prefix from the profile's Redis blocklist or allowlist."""
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+    which = _which(block, allow)
+    entry = _entry_argument(entry)
+    removed = _with_redis(
+        settings, lambda redis: audience.remove_list_entry(redis, profile, which, entry)
+    )
+    done = "removed from" if removed else "was not on"
+    out.print(f"{entry} {done} profile {profile}'s {which}list", markup=False)
+    if not removed and entry in getattr(settings.profiles[profile], f"{which}list"):
+        err.print(f"({entry} is in the configuration: edit router.toml)", markup=False)
 
 
 @main.command()
