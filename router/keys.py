@@ -96,6 +96,8 @@ def campaign_counts(day: str) -> str:
     One key for every campaign (a campaign's numbers may span profiles), so a batch's
     caps are one single-slot script call."""
     return f"sms:{{caps}}:{day}"
+
+
 def opt_outs(profile: str) -> str:
     """Set of the E.164 numbers that opted out of the profile (STOP)."""
     return f"sms:{{{profile}}}:optout"

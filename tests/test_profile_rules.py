@@ -171,14 +171,18 @@ async def test_smart_encoding_sends_gsm_look_alikes(
     settings = rules_config(redis_url, provider, tmp_path, smart_encoding=True)
     ids = await Client.from_settings(redis, settings).send_many(
         [
-            {"id": "quotes", "to": "+12125550123", "text": "It’s “done” — ok…"},
-            {"id": "emoji", "to": "+12125550123", "text": "It’s done 🎉"},
+            {
+                "id": "quotes",
+                "to": "+12125550123",
+                "text": "It\u2019s \u201cdone\u201d \u2014 ok\u2026",
+            },
+            {"id": "emoji", "to": "+12125550123", "text": "It\u2019s done \U0001f389"},
         ]
     )
     run_daemon(settings)
     await wait_for(lambda: settled(redis, ids), 20, "settled")
     sent = {r["ref"]: r["text"] for r in provider.requests}
-    assert sent == {"quotes": 'It\'s "done" - ok...', "emoji": "It’s done 🎉"}
+    assert sent == {"quotes": 'It\'s "done" - ok...', "emoji": "It\u2019s done \U0001f389"}
     found = {r["id"]: r for r in await records(redis, ids)}
     assert found["quotes"]["text"] == 'It\'s "done" - ok...'
 

@@ -22,7 +22,7 @@ def settings_for(
     numbers: list[str], *, sender: str = "round_robin", campaign: dict[str, Any] | None = None
 ) -> Settings:
     table = {n: {"campaign": "c", "features": INTL} if n.startswith("+1") else {"features": INTL}
-             for n in numbers}  # fmt: skip
+             for n in numbers}
     spec = {"brand": "B", "status": "Confirmed", "tier": "StandardVolume", **(campaign or {})}
     return parse_settings(
         {
@@ -139,7 +139,7 @@ async def test_low_volume_cap_is_exact_across_numbers_and_concurrent_instances(
 
     async def run(senders: SenderPool) -> list[str | Refusal]:
         picks: list[str | Refusal] = []
-        for i in range(31):
+        for _ in range(31):
             picks += await choose(senders, [Want(f"+1212555{j:04d}") for j in range(100)])
         return picks
 
@@ -167,7 +167,7 @@ async def test_a_full_campaign_falls_over_to_a_number_without_a_cap(redis: Redis
                     "status": "Confirmed",
                     "daily_cap": 3,
                     "tier": "StandardVolume",
-                },  # fmt: skip
+                },
                 "free": {"brand": "B", "status": "Confirmed", "tier": "StandardVolume"},
             },
             "numbers": {A: {"campaign": "small"}, B: {"campaign": "free"}},
@@ -176,7 +176,7 @@ async def test_a_full_campaign_falls_over_to_a_number_without_a_cap(redis: Redis
                     "protocol": "http",
                     "numbers": [A, B],
                     "http": {"url": "http://127.0.0.1:9/send"},
-                }  # fmt: skip
+                }
             },
         },
         env={},
