@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from binds.smpp.pdu import ESM_UDHI, ESME_ROK, ShortMessage
-from router import keys
+from router import Client, keys
 from router.audience import KEYWORD_REPLY_PREFIX
 from router.config import Settings
 from router.connections import as_text
@@ -212,12 +212,20 @@ async def test_keywords_end_to_end_over_smpp(
     await wait_for(lambda: reply_delivered("You are unsubscribed."), 20, "stop_text delivered")
     record = await reply_delivered("You are unsubscribed.")
     assert record is not None and (record["to"], record["from"]) == (PERSON, NUMBERS[1])
+    # A send to them now is rejected, with the code.
+    client = Client.from_settings(redis, settings)
+    blocked = await client.send(PERSON, "offer", id="after-stop")
+    await wait_for(lambda: _status(ledger, blocked, "rejected"), 20, "rejected")
+    record = await ledger.get(blocked)
+    assert record is not None and record["error_code"] == "opted_out"
 
     await smsc.inject(PERSON, NUMBERS[0], "  yes ")
     await wait_for(lambda: len(inbox.messages) == 2, 20, "START posted")
     assert inbox.messages[1]["opt_out"] == "start"
     assert not await redis.sismember(opt_outs, PERSON)
     await wait_for(lambda: reply_delivered("Welcome back."), 20, "start_text delivered")
+    allowed = await client.send(PERSON, "offer", id="after-start")
+    await wait_for(lambda: _status(ledger, allowed, "delivered"), 20, "delivered after START")
 
     await smsc.inject(PERSON, NUMBERS[0], "info")
     await smsc.inject(PERSON, NUMBERS[0], "information please")
@@ -227,3 +235,8 @@ async def test_keywords_end_to_end_over_smpp(
     assert "opt_out" not in by_text["information please"]
     await wait_for(lambda: reply_delivered("Help: x"), 20, "help_text delivered")
     assert not await redis.sismember(opt_outs, PERSON)
+
+
+async def _status(ledger: Ledger, job_id: str, wanted: str) -> bool:
+    record = await ledger.get(job_id)
+    return record is not None and record["status"] == wanted
