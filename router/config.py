@@ -42,6 +42,8 @@ from binds.http import HttpSpec
 from .numbers import normalise_e164
 
 __all__ = [
+    "ApiKey",
+    "ApiSettings",
     "Campaign",
     "ConfigError",
     "HttpSection",
@@ -374,11 +376,79 @@ class Profile(_Section):
     smpp: SmppSection | None = None
 
 
+def _secret_field(value: Any, info: ValidationInfo) -> Any:
+    """``env:NAME`` / ``file:PATH`` resolved (at load, never logged), else the value."""
+    if not isinstance(value, str):
+        return value
+    context = info.context or {}
+    return _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
+
+
+Scope = Literal["send", "read", "admin"]
+
+
+class ApiKey(_Section):
+    """``[api.keys.NAME]``: one bearer token and what it may do."""
+
+    token: SecretStr
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        secret = _secret_field(value, info)
+        if isinstance(secret, str) and len(secret) < 16:
+            raise ValueError("must be at least 16 characters")
+        return secret
+
+
+class TwilioApi(_Section):
+    """``[api.twilio]``: the Twilio-compatible submission endpoint's credentials."""
+
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    auth_token: SecretStr
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return _secret_field(value, info)
+
+
+class ApiSettings(_Section):
+    """``[api]``: the daemon's HTTP surface (off unless `listen` is set)."""
+
+    listen: str | None = None
+    # Where callers reach this API from outside (providers' status callbacks point
+    # here); default: http://<listen>.
+    public_url: CallbackUrl = None
+    max_body: Annotated[int, _between(1024, 64 * 1_048_576)] = 2_097_152
+    keys: dict[str, ApiKey] = Field(default_factory=dict)
+    twilio: TwilioApi | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of `listen`; IPv6 hosts may be written in brackets."""
+        assert self.listen is not None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class Settings(_Section):
     """The whole configuration; build it with `load_settings` or `parse_settings`."""
 
     router: RouterSettings = Field(default_factory=RouterSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     campaigns: dict[str, Campaign] = Field(default_factory=dict)
     numbers: dict[str, NumberDetails] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)

@@ -31,7 +31,9 @@ from binds.http import HttpSender, HttpSpec
 from binds.smpp import DeliverHandler, SmppBind, SmppSpec
 from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 
+from .api import ApiContext, ApiServer
 from .callbacks import StatusPoster
+from .client import Client
 from .config import Profile, Settings
 from .connections import open_redis
 from .inbound import CallbackPoster, Inbound
@@ -143,6 +145,7 @@ class Daemon:
         self.exit_code = 0
         self.lease: Lease | None = None
         self.hangups = 0
+        self.api: ApiServer | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: first time stop gracefully, second time exit at once."""
@@ -258,6 +261,17 @@ class Daemon:
             )
         for worker in self.workers:
             await worker.start()
+        if self.settings.api.listen is not None:
+            context = ApiContext(
+                settings=self.settings,
+                redis=redis,
+                ledger=ledger,
+                client=Client.from_settings(redis, self.settings),
+                workers=self.workers,
+            )
+            self.api = ApiServer(context)
+            await self.api.start()
+            stack.push_async_callback(self.api.stop)
         # What start-up built (configuration, libphonenumber's metadata, codecs, the
         # binds) lives as long as the process: keep it out of the collector's full
         # passes, which otherwise stall the loop for tens of milliseconds at a time.
