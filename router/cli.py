@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -82,7 +85,8 @@ def run(config_path: str | None) -> None:
     settings = _settings(config_path)
     configure(settings.router.log_format, settings.router.log_level)
     try:
-        code = _run_loop(Daemon(settings).run(), uvloop=settings.router.uvloop)
+        daemon = Daemon(settings, resolve_config_path(config_path))
+        code = _run_loop(daemon.run(), uvloop=settings.router.uvloop)
     except (RedisUnavailable, InstanceTaken) as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
@@ -543,6 +547,35 @@ def lists_remove(
     out.print(f"{entry} {done} profile {profile}'s {which}list", markup=False)
     if not removed and entry in getattr(settings.profiles[profile], f"{which}list"):
         err.print(f"({entry} is in the configuration: edit router.toml)", markup=False)
+
+
+@main.command()
+@config_option
+def reload(config_path: str | None) -> None:
+    """Check the configuration, then ask the running daemon (this instance, on this
+    host) to reload it: SIGHUP to the pid it publishes in its health record."""
+    from .daemon import health_key
+
+    settings = _settings(config_path)  # a broken file stops here, with its problems
+    instance = settings.router.instance_name
+
+    async def work(redis: Redis) -> dict[str, Any] | None:
+        raw = await redis.get(health_key(instance))
+        return json.loads(raw) if raw else None
+
+    found = _with_redis(settings, work)
+    if found is None:
+        err.print(f"error: no running daemon for instance {instance!r}", markup=False)
+        sys.exit(1)
+    if found.get("host") != socket.gethostname():
+        err.print(
+            f"error: instance {instance!r} runs on host {found.get('host')}; "
+            "run `sms-router reload` there",
+            markup=False,
+        )
+        sys.exit(1)
+    os.kill(int(found["pid"]), signal.SIGHUP)
+    out.print(f"reload asked of {instance} (pid {found['pid']})", markup=False)
 
 
 @main.command()

@@ -22,6 +22,7 @@ import signal
 import socket
 import time
 from contextlib import AsyncExitStack
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -29,19 +30,17 @@ from redis.asyncio import Redis
 from binds.base import Bind
 from binds.http import HttpSender, HttpSpec
 from binds.smpp import DeliverHandler, SmppBind, SmppSpec
-from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 
 from .api import ApiContext, ApiServer
 from .callbacks import StatusPoster
 from .client import Client
-from .config import Profile, Settings
+from .config import ConfigError, Profile, Settings, load_settings
 from .connections import open_redis
-from .inbound import CallbackPoster, Inbound
-from .keywords import Keywords
 from .lease import Lease
 from .ledger import Ledger
-from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages
-from .reports import Reports
+from .outages import REDIS_ERRORS, Pause, RedisOutages
+from .reload import Reloader
+from .runtime import ProfileRuntime, Shared, build
 from .worker import ProfileWorker
 
 log = structlog.get_logger("router.daemon")
@@ -114,31 +113,22 @@ def build_binds(
     return []
 
 
-def _deliver_handler(reports: Reports, inbound: Inbound, outages: RedisOutages) -> DeliverHandler:
-    """What a session does with a deliver_sm: a receipt or an inbound message."""
-
-    async def on_deliver(bind: str, message: ShortMessage) -> int:
-        try:
-            if message.is_receipt:
-                return await reports.handle(message)
-            return await inbound.handle(message)
-        except REDIS_DOWN as exc:
-            # Not stored: the SMSC resends it later. The outage is logged once, not per PDU.
-            outages.down(f"storing deliver_sm of {bind}", exc)
-            return ESME_RX_T_APPN
-
-    return on_deliver
-
-
 class Daemon:
     """One router instance."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, config_path: str | os.PathLike[str] | None = None
+    ) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.instance = settings.router.instance_name
         self.stopping = asyncio.Event()
-        self.workers: list[ProfileWorker] = []
-        self.posters: list[CallbackPoster | StatusPoster] = []
+        self.runtimes: dict[str, ProfileRuntime] = {}
+        self.posters: list[StatusPoster] = []
+        self.reloads = 0
+        self._reload = asyncio.Event()
+        self._shared: Shared | None = None
+        self._api_context: ApiContext | None = None
         self._signals = 0
         self._started = time.time()
         self.outages = RedisOutages()
@@ -154,14 +144,22 @@ class Daemon:
             log.warning("second signal: exiting now", signal=signum)
             os._exit(1)
         log.info("stopping", signal=signum, grace=self.settings.router.shutdown_grace)
+        self._stop_all()
+
+    @property
+    def workers(self) -> list[ProfileWorker]:
+        """The workers of the profiles running now."""
+        return [runtime.worker for runtime in self.runtimes.values()]
+
+    def _stop_all(self) -> None:
         self.stopping.set()
-        for worker in self.workers:
-            worker.wake()
+        for runtime in self.runtimes.values():
+            runtime.request_stop()
 
     def hang_up(self) -> None:
-        """SIGHUP: until configuration reload exists, say so and keep running."""
+        """SIGHUP: reload the configuration (done by the serving loop, not here)."""
         self.hangups += 1
-        log.warning("SIGHUP ignored: reload is not supported yet")
+        self._reload.set()
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until stopped; returns the exit code.
@@ -212,55 +210,12 @@ class Daemon:
                 outages=self.outages,
             )
         )
-        for name, profile in self.settings.profiles.items():
-            reports: Reports | None = None
-            handler: DeliverHandler | None = None
-            if profile.smpp is not None:
-                reports = Reports(
-                    redis,
-                    ledger,
-                    name,
-                    id_format=profile.smpp.message_id_format,
-                    report_timeout=profile.smpp.report_wait,
-                )
-                inbound = Inbound(
-                    redis,
-                    name,
-                    forward=profile.direction == "both",
-                    reassembly_timeout=profile.smpp.reassembly_timeout,
-                    keywords=Keywords(name, profile, ledger),
-                )
-                handler = _deliver_handler(reports, inbound, self.outages)
-                if profile.callback_url and profile.direction == "both":
-                    self.posters.append(
-                        CallbackPoster(
-                            redis,
-                            name,
-                            profile.callback_url,
-                            consumer=self.instance,
-                            inbound=inbound,
-                            timeout=router.callback_timeout,
-                            outages=self.outages,
-                        )
-                    )
-            binds = build_binds(name, profile, self.settings, handler)
-            for bind in binds:
-                await bind.start()
-                stack.push_async_callback(bind.close)
-            self.workers.append(
-                ProfileWorker(
-                    redis=redis,
-                    name=name,
-                    settings=self.settings,
-                    binds=binds,
-                    ledger=ledger,
-                    consumer=self.instance,
-                    reports=reports,
-                    outages=self.outages,
-                )
+        self._shared = Shared(redis, ledger, self.instance, self.outages)
+        stack.push_async_callback(self._close_binds)
+        for name in self.settings.profiles:
+            self.runtimes[name] = await build(
+                name, self.settings, self._shared, make_binds=build_binds
             )
-        for worker in self.workers:
-            await worker.start()
         if self.settings.api.listen is not None:
             context = ApiContext(
                 settings=self.settings,
@@ -269,6 +224,7 @@ class Daemon:
                 client=Client.from_settings(redis, self.settings),
                 workers=self.workers,
             )
+            self._api_context = context
             self.api = ApiServer(context)
             await self.api.start()
             stack.push_async_callback(self.api.stop)
@@ -285,14 +241,26 @@ class Daemon:
         )
 
     async def _serve(self, health: asyncio.Task[None]) -> None:
-        loops = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
-        loops += [asyncio.create_task(w.maintain(self.stopping)) for w in self.workers]
-        loops.append(health)
+        for runtime in self.runtimes.values():
+            runtime.run()
         posters = [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
-        tasks = loops + posters
         stop = asyncio.create_task(self.stopping.wait())
-        done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stop and t.exception() is not None]
+        failed: list[asyncio.Task[Any]] = []
+        while not failed and not self.stopping.is_set():
+            reload = asyncio.create_task(self._reload.wait())
+            serving = [t for t in [health, *posters, *self._serving()] if not t.done()]
+            done, _ = await asyncio.wait(
+                [stop, reload, *serving], return_when=asyncio.FIRST_COMPLETED
+            )
+            reload.cancel()
+            failed = [
+                t
+                for t in done
+                if t not in (stop, reload) and not t.cancelled() and t.exception() is not None
+            ]
+            if self._reload.is_set() and not failed and not self.stopping.is_set():
+                self._reload.clear()
+                await self.reload()
         for task in failed:
             # Redis errors are waited out inside the loops: this is a bug.
             log.error(
@@ -300,11 +268,10 @@ class Daemon:
                 error=repr(task.exception()),
                 exc_info=task.exception(),
             )
-        self.stopping.set()
-        for worker in self.workers:
-            worker.wake()
+        self._stop_all()
         # Readers stop first (nothing new is dispatched), then in-flight messages and
         # status callbacks share one grace period.
+        loops = [*self._serving(), health]
         results = list(await asyncio.gather(*loops, return_exceptions=True))
         drained = asyncio.create_task(self._shutdown())
         results += await asyncio.gather(*posters, return_exceptions=True)
@@ -316,6 +283,9 @@ class Daemon:
         if with_errors and not self._signals:
             raise with_errors[0]
 
+    def _serving(self) -> list[asyncio.Task[None]]:
+        return [task for runtime in self.runtimes.values() for task in runtime.all_tasks()]
+
     async def _shutdown(self) -> None:
         grace = self.settings.router.shutdown_grace
         left = await asyncio.gather(*(w.drain(grace) for w in self.workers))
@@ -325,6 +295,32 @@ class Daemon:
                 "pending for the next start",
                 count=sum(left),
             )
+
+    async def _close_binds(self) -> None:
+        binds = [bind for runtime in self.runtimes.values() for bind in runtime.binds]
+        await asyncio.gather(*(bind.close() for bind in binds), return_exceptions=True)
+
+    async def reload(self) -> bool:
+        """Read the configuration file again and apply it (SIGHUP). A file with problems
+        is logged and changes nothing. Returns whether the new one was applied."""
+        if self.config_path is None:
+            log.warning("reload asked for, but the daemon was not started from a file")
+            return False
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused: the configuration has problems; keeping the old one",
+                      problems=exc.problems)  # fmt: skip
+            return False
+        assert self._shared is not None
+        reloader = Reloader(self.settings, new, self.runtimes, self._shared, build_binds)
+        await reloader.apply()
+        self.settings = reloader.settings
+        if self._api_context is not None:
+            self._api_context.settings = reloader.settings
+            self._api_context.workers = self.workers
+        self.reloads += 1
+        return True
 
     async def _health(self, redis: Redis) -> None:
         """Publish a small health record every few seconds (read by `sms-router health`)
@@ -358,9 +354,7 @@ class Daemon:
                     other_pid=holder.get("pid"),
                 )
                 self.exit_code = 1
-                self.stopping.set()
-                for worker in self.workers:
-                    worker.wake()
+                self._stop_all()
                 return
             if renewed == 2:
                 log.warning("instance lease had lapsed (Redis outage); taken again")

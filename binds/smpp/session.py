@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, cast
 
 import structlog
@@ -289,6 +289,16 @@ class SmppBind:
     def peak_outstanding(self) -> int:
         """Most submit_sm ever outstanding at once on this bind."""
         return self._peak
+
+    def adjust(self, *, window: int, tps: float, sync: bool) -> None:
+        """Take a new window, rate ceiling and processing mode without dropping the
+        session (a configuration reload). A smaller window lets what is outstanding
+        finish; a new rate ceiling starts a fresh rate measurement."""
+        self.spec = replace(self.spec, window=window, tps=tps, sync=sync)
+        self._limit = 1 if sync else window
+        if tps != self._rate.ceiling:
+            self._rate = AdaptiveRate(tps, floor=self.spec.throttle_floor)
+        self._pump_later()
 
     async def start(self) -> None:
         """Start connecting in the background; messages sent meanwhile wait for the bind."""
