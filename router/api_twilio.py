@@ -169,7 +169,8 @@ async def create_message(request: web.Request) -> web.Response:
     resource = message_resource(
         record, twilio.account_sid, body=job["text"], messaging_service_sid=messaging_service
     )
-    if job.get("send_at") is not None and job["send_at"] > time.time():
+    # SendAt passed the job's validation above, so it parses.
+    if "send_at" in job and datetime.fromisoformat(job["send_at"]).timestamp() > time.time():
         resource["status"] = "scheduled"  # as Twilio answers a scheduled message at once
     log.info("twilio api: enqueued", id=sid, profile=job.get("profile"))
     return json_response(resource, 201)
