@@ -234,6 +234,8 @@ async def test_sdk_raises_twilio_errors(bare_api: str) -> None:
         ),
         ({"to": UK, "from_": NUMBERS[0], "body": "x", "send_at": "soon"}, 35114, "SendAt"),
         ({"to": UK, "from_": NUMBERS[0], "body": "x", "schedule_type": "fixed"}, 35111, "SendAt"),
+        ({**good, "schedule_type": "daily", "send_at": "2030-01-01T00:00:00Z"}, 35126, "fixed"),
+        ({**good, "media_url": ["https://example.com/a.png"]}, 21619, "MediaUrl"),
     ]
     for kwargs, code, words in cases:
         error = await sdk_error(lambda kwargs=kwargs: create(**kwargs))  # type: ignore[misc]
