@@ -172,7 +172,7 @@ async def create_message(request: web.Request) -> web.Response:
     # SendAt passed the job's validation above, so it parses.
     if "send_at" in job and datetime.fromisoformat(job["send_at"]).timestamp() > time.time():
         resource["status"] = "scheduled"  # as Twilio answers a scheduled message at once
-    log.info("twilio api: enqueued", id=sid, profile=job.get("profile"))
+    log.debug("twilio api: enqueued", id=sid, profile=job.get("profile"))
     return json_response(resource, 201)
 
 
