@@ -181,6 +181,9 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from . import api_twilio  # here, not at the top: api_twilio imports this module
+
+    api_twilio.add_routes(app)
     return app
 
 
