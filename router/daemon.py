@@ -210,6 +210,9 @@ class Daemon:
                 timeout=router.callback_timeout,
                 grace=router.shutdown_grace,
                 outages=self.outages,
+                signing={
+                    n: p.webhook_key for n, p in self.settings.profiles.items() if p.webhook_key
+                },
             )
         )
         for name, profile in self.settings.profiles.items():
@@ -229,6 +232,7 @@ class Daemon:
                     forward=profile.direction == "both",
                     reassembly_timeout=profile.smpp.reassembly_timeout,
                     keywords=Keywords(name, profile, ledger),
+                    events_maxlen=queue.events_maxlen,
                 )
                 handler = _deliver_handler(reports, inbound, self.outages)
                 if profile.callback_url and profile.direction == "both":
@@ -241,6 +245,7 @@ class Daemon:
                             inbound=inbound,
                             timeout=router.callback_timeout,
                             outages=self.outages,
+                            webhook_key=profile.webhook_key,
                         )
                     )
             binds = build_binds(name, profile, self.settings, handler)
