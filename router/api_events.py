@@ -151,13 +151,18 @@ async def latest_id(redis: Redis) -> str:
     return as_text(rows[0][0]) if rows else "0-0"
 
 
-async def last_dropped(redis: Redis) -> str:
-    """The newest event id the stream has dropped (trimmed to its length), or "0-0"."""
+async def first_kept(redis: Redis) -> tuple[int, int]:
+    """The oldest event id still held once the stream has dropped some (it is trimmed
+    from its head to `queue.events_maxlen`), else (0, 0). Readers positioned before it
+    may have missed events (exactly: unless their last event was the last dropped)."""
     try:
         info: Any = await redis.xinfo_stream(keys.EVENTS)
     except ResponseError:  # no stream yet: nothing was dropped
-        return "0-0"
-    return as_text(info.get("max-deleted-entry-id") or "0-0")
+        return (0, 0)
+    first = info.get("first-entry")
+    if not first or int(info.get("entries-added", 0)) <= int(info.get("length", 0)):
+        return (0, 0)
+    return _order(as_text(first[0]))
 
 
 class EventHub:
@@ -239,7 +244,7 @@ class _Subscriber:
         self.redis = redis
         self.hub = hub
         self.last = "0-0"
-        self.floor = (0, 0)  # what the stream had dropped when the client subscribed
+        self.floor = (0, 0)  # the stream's first kept event when the client subscribed
         self.sent_at = time.monotonic()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -263,7 +268,7 @@ class _Subscriber:
                     self.last = await latest_id(self.redis)
                 else:
                     self.last = sub.start if "-" in sub.start else f"{sub.start}-0"
-                self.floor = _order(await last_dropped(self.redis))
+                self.floor = await first_kept(self.redis)
                 break
             except REDIS_ERRORS as exc:
                 await self._pause(pause, exc)
@@ -289,8 +294,8 @@ class _Subscriber:
     async def _check_behind(self) -> None:
         """Close if the stream dropped events this client has not seen yet (beyond the
         gap it was told about when it subscribed)."""
-        dropped = _order(await last_dropped(self.redis))
-        if dropped > _order(self.last) and dropped > self.floor:
+        kept = await first_kept(self.redis)
+        if kept > _order(self.last) and kept > self.floor:
             raise _Closed(TOO_SLOW, f"too slow: events after {self.last} were dropped")
 
     async def pump(self, sub: Subscription) -> None:

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,14 +20,14 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from binds.smpp.pdu import ESM_UDHI, ShortMessage
-from router import Client, keys
+from router import Client, api_events, keys
 from router.api import ApiContext, build_app
 from router.config import ConfigError, Settings
 from router.inbound import CallbackPoster, Inbound
 from router.ledger import Ledger
 from router.webhooks import secret_key, sign
 
-from .conftest import NUMBERS, Provider, RunningDaemon, free_port, wait_for
+from .conftest import NUMBERS, Provider, RedisServer, RunningDaemon, free_port, wait_for
 from .test_api import TOKENS, api_settings
 
 MakeSettings = Callable[..., Settings]
@@ -320,3 +321,90 @@ async def test_auth_and_bad_subscriptions(daemon_api: str) -> None:
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert ws.close_code == 4400 and says in msg.extra
+
+
+# -- resilience: Redis outages, slow clients, trimmed history ------------------------
+
+
+async def _add_events(redis: Redis, start: int, count: int, pad: int = 0) -> list[str]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(start, start + count):
+            fields = {"id": f"e-{i}", "profile": "alerts", "status": "sent", "at": "1.5"}
+            if pad:
+                fields["note"] = "x" * pad
+            pipe.xadd(keys.EVENTS, fields)  # type: ignore[arg-type]
+        return [entry.decode() for entry in await pipe.execute()]
+
+
+@pytest.fixture
+async def own_redis_api(tmp_path: Path, make_settings: MakeSettings) -> AsyncIterator[Any]:
+    """A redis-server of the test's own (append-only) and the API app on it."""
+    server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
+    server.start()
+    redis = Redis.from_url(server.url)
+    settings = api_settings(make_settings)
+    context = ApiContext(
+        settings=settings,
+        redis=redis,
+        ledger=Ledger(redis, retention=60, events_maxlen=1000),
+        client=Client.from_settings(redis, settings),
+    )
+    runner = web.AppRunner(build_app(context), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield server, redis, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+    await redis.aclose()
+    server.stop()
+
+
+async def test_a_redis_outage_keeps_the_socket_and_resumes_after_the_last_event(
+    own_redis_api: Any,
+) -> None:
+    server, redis, base = own_redis_api
+    async with aiohttp.ClientSession() as http:
+        ws = await _subscribe(http, base, heartbeat=1)
+        before = await _add_events(redis, 0, 5)
+        got = [await _next_event(ws) for _ in range(5)]
+        await asyncio.sleep(1.5)  # the append-only file has them (fsync every second)
+        server.kill()
+        beats = [await ws.receive_json(timeout=5) for _ in range(2)]  # still open
+        assert {b["type"] for b in beats} == {"heartbeat"}
+        assert beats[-1]["last_event_id"] == before[-1]
+        server.start()
+        after = await _add_events(Redis.from_url(server.url), 5, 5)
+        got += [await _next_event(ws, 20) for _ in range(5)]
+        await ws.close()
+    assert [e["event_id"] for e in got] == before + after
+    assert [e["id"] for e in got] == [f"e-{i}" for i in range(10)]
+
+
+async def test_a_client_that_takes_nothing_is_closed_and_memory_stays_bounded(
+    redis: Redis, bare_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_events, "SEND_STALL", 1.0)
+    async with aiohttp.ClientSession() as http:
+        ws = await _subscribe(http, bare_api, **{"from": "0"})
+        await _add_events(redis, 0, 20_000, pad=2000)  # ~40 MB: more than the sockets hold
+        await asyncio.sleep(4)  # the client reads nothing meanwhile
+        received = 0
+        while True:
+            msg = await ws.receive(timeout=10)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            received += 1
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == api_events.TOO_SLOW and "too slow" in msg.extra
+        assert 0 < received < 20_000
+
+
+async def test_resuming_from_a_trimmed_id_says_so(redis: Redis, bare_api: str) -> None:
+    ids = await _add_events(redis, 0, 10)
+    await redis.xtrim(keys.EVENTS, maxlen=4, approximate=False)
+    async with aiohttp.ClientSession() as http:
+        ws = await _subscribe(http, bare_api, **{"from": ids[0]})
+        assert await ws.receive_json(timeout=5) == {"type": "gap", "after": ids[0]}
+        got = [await _next_event(ws) for _ in range(4)]
+        await ws.close()
+    assert [e["event_id"] for e in got] == ids[6:]
