@@ -408,3 +408,20 @@ async def test_resuming_from_a_trimmed_id_says_so(redis: Redis, bare_api: str) -
         got = [await _next_event(ws) for _ in range(4)]
         await ws.close()
     assert [e["event_id"] for e in got] == ids[6:]
+
+
+async def test_stopping_the_daemon_closes_subscribers_with_1001(
+    make_settings: MakeSettings, provider: Provider, run_daemon: Start
+) -> None:
+    running = run_daemon(api_settings(make_settings))
+    await wait_for(lambda: running.daemon.api is not None and running.daemon.api.port, 10)
+    assert running.daemon.api is not None
+    base = f"http://127.0.0.1:{running.daemon.api.port}"
+    async with aiohttp.ClientSession() as http:
+        ws = await _subscribe(http, base, heartbeat=300)
+        started = time.monotonic()
+        stopping = asyncio.create_task(running.stop())
+        msg = await ws.receive(timeout=15)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+        assert await stopping == 0
+        assert time.monotonic() - started < 10
