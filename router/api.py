@@ -181,9 +181,11 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    from . import api_twilio  # here, not at the top: api_twilio imports this module
+    # The endpoint modules import this one: loaded here, once it is complete.
+    from . import api_events, api_twilio
 
-    api_twilio.add_routes(app)
+    for group in (api_twilio, api_events):
+        group.add_routes(app)
     return app
 
 

@@ -7,6 +7,9 @@ instances share the work and a restart resumes where it stopped. Each change is
 tried a few times with back-off; one that still is not taken goes to
 ``sms:callbacks:dlq`` with the reason, never silently dropped.
 
+A profile with a ``webhook_secret`` gets its posts signed (`router.webhooks`); the
+``webhook-id`` is ``status-<entry id>``, the same on every retry and after a restart.
+
 Posts run independently of each other and of the reading: at most `PER_HOST` at a
 time to one destination host and `CONCURRENCY` in all, so one application that
 hangs slows only its own callbacks. On shutdown, posts still running when the grace
@@ -19,7 +22,8 @@ import asyncio
 import contextlib
 import functools
 import json
-import random
+import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,9 +32,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import keys
+from . import keys, webhooks
 from .connections import as_text
-from .outages import REDIS_ERRORS, Pause, RedisOutages
+from .outages import REDIS_ERRORS, Pause, RedisOutages, backoff
 
 log = structlog.get_logger("router.callbacks")
 GROUP = "posters"
@@ -64,9 +68,12 @@ class StatusPoster:
         timeout: float = 10.0,
         grace: float = 10.0,
         outages: RedisOutages | None = None,
+        signing: Mapping[str, bytes] | None = None,
     ) -> None:
+        """`signing`: profile name -> webhook key; other profiles' posts go unsigned."""
         self._redis = redis
         self.consumer = consumer
+        self.signing = dict(signing or {})
         self.base_delay = base_delay
         self.timeout = timeout
         self.grace = grace
@@ -150,26 +157,29 @@ class StatusPoster:
         url = fields.get("url", "")
         reason = "entry without a url"
         if url:
-            body = body_of(fields)
+            body = webhooks.encode(body_of(fields))
+            key = self.signing.get(fields.get("profile", ""))
             host = self._hosts.setdefault(urlsplit(url).netloc, asyncio.Semaphore(PER_HOST))
             async with host, self._slots:
                 for attempt in range(ATTEMPTS):
                     if stopping.is_set() and attempt:
                         return  # stays pending: tried again after the restart
-                    reason = await self._post(session, url, body)
+                    sent = webhooks.headers(key, f"status-{entry_id}", int(time.time()), body)
+                    reason = await self._post(session, url, body, sent)
                     if not reason:
                         self.posted += 1
                         await self._done(entry_id, None, fields, stopping)
                         return
-                    delay = self.base_delay * 2**attempt * random.uniform(0.5, 1.0)
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(backoff(attempt + 1, self.base_delay, 60.0))
         log.warning("status callback given up", id=fields.get("id"), reason=reason)
         await self._done(entry_id, reason, fields, stopping)
 
-    async def _post(self, session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    ) -> str:
         """'' when the application took it, else why not."""
         try:
-            async with session.post(url, json=body) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 if 200 <= response.status < 300:
                     return ""
                 return f"http {response.status}"

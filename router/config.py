@@ -40,6 +40,7 @@ from binds.base import BindConfigError
 from binds.http import HttpSpec
 
 from .numbers import normalise_e164
+from .webhooks import secret_key
 
 __all__ = [
     "ApiKey",
@@ -351,6 +352,9 @@ class Profile(_Section):
     numbers: list[E164] = Field(min_length=1)
     callback_url: CallbackUrl = None
     status_callback_url: CallbackUrl = None
+    # Signs this profile's status and inbound callbacks (Standard Webhooks):
+    # "whsec_<base64>" or a raw string of 16+ bytes; env:/file: references resolved.
+    webhook_secret: SecretStr | None = None
     # Keep the message text in the record (`sms-router status` shows it); false for
     # privacy: the text then lives only in the work stream until it is sent.
     store_text: bool = True
@@ -374,6 +378,21 @@ class Profile(_Section):
     allowlist: list[NumberPrefix] = Field(default_factory=list)
     http: HttpSection | None = None
     smpp: SmppSection | None = None
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _resolve_webhook_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        secret = _secret_field(value, info)
+        if isinstance(secret, str):
+            secret_key(secret)  # ValueError names what is wrong (never the value)
+        return secret
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key callbacks are signed with, or None (unsigned)."""
+        if self.webhook_secret is None:
+            return None
+        return secret_key(self.webhook_secret.get_secret_value())
 
 
 def _secret_field(value: Any, info: ValidationInfo) -> Any:

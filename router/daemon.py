@@ -113,6 +113,11 @@ def build_binds(
     return []
 
 
+def _signing(settings: Settings) -> dict[str, bytes]:
+    """Profile -> webhook key, for the profiles whose callbacks are signed."""
+    return {n: p.webhook_key for n, p in settings.profiles.items() if p.webhook_key}
+
+
 class Daemon:
     """One router instance."""
 
@@ -208,6 +213,7 @@ class Daemon:
                 timeout=router.callback_timeout,
                 grace=router.shutdown_grace,
                 outages=self.outages,
+                signing=_signing(self.settings),
             )
         )
         self._shared = Shared(redis, ledger, self.instance, self.outages)
@@ -316,6 +322,8 @@ class Daemon:
         reloader = Reloader(self.settings, new, self.runtimes, self._shared, build_binds)
         await reloader.apply()
         self.settings = reloader.settings
+        for poster in self.posters:
+            poster.signing = _signing(self.settings)
         if self._api_context is not None:
             self._api_context.settings = reloader.settings
             self._api_context.workers = self.workers

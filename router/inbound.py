@@ -13,6 +13,11 @@ Keywords (STOP, START, HELP... see `router.keywords`): a single-part keyword cha
 the opt-out set and enqueues its reply in the same MULTI as the XADD of the message;
 a concatenated one, when the poster renders the whole message. Either way the post
 carries ``"opt_out": "stop" | "start" | "help"``.
+
+Every stored message is also published on the event stream (``sms:events``, type
+``inbound``) by the same step that puts it on ``sms:{P}:in``, so event subscribers
+(``GET /v1/events``) see inbound messages next to status changes. Posts of a profile
+with a ``webhook_secret`` are signed (`router.webhooks`), ``webhook-id`` = the body's id.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import random
 import time
 from typing import Any
 
@@ -40,19 +44,46 @@ from binds.smpp.pdu import (
     ShortMessage,
 )
 
-from . import keys
+from . import keys, webhooks
 from .batching import Batcher
 from .connections import as_text
 from .keywords import KeywordHit, Keywords
-from .outages import REDIS_ERRORS, Pause, RedisOutages
+from .outages import REDIS_ERRORS, Pause, RedisOutages, backoff
 
 log = structlog.get_logger("router.inbound")
 GROUP = "callbacks"
 
-# KEYS: parts hash, partial zset, inbound stream. ARGV: seq, part (JSON), total,
-# deadline, ttl, message fields (JSON). Adds a part; when all `total` are there, moves
-# the message (parts in order) onto the stream and forgets them. Returns 1 if complete.
-_ADD_PART = """
+# Shared by the store scripts: publish a stored message (its entry `id` on the inbound
+# stream) as an `inbound` event, capped like the ledger's events.
+_PUBLISH = """
+local function publish(events, maxlen, profile, id, message, parts, incomplete, opt_out)
+  local ev = {'type', 'inbound', 'id', 'in-' .. id, 'profile', profile, 'message', message,
+              'parts', parts, 'incomplete', incomplete}
+  if opt_out and opt_out ~= '' then ev[#ev + 1] = 'opt_out'; ev[#ev + 1] = opt_out end
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev))
+end
+"""
+
+# KEYS: inbound stream, events. ARGV: events maxlen, profile, message, parts,
+# incomplete, opt_out ('' = none). One whole message: stored and published.
+_STORE_ONE = (
+    _PUBLISH
+    + """
+local f = {'message', ARGV[3], 'parts', ARGV[4], 'incomplete', ARGV[5]}
+if ARGV[6] ~= '' then f[#f + 1] = 'opt_out'; f[#f + 1] = ARGV[6] end
+local id = redis.call('XADD', KEYS[1], '*', unpack(f))
+publish(KEYS[2], ARGV[1], ARGV[2], id, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+return id
+"""
+)
+
+# KEYS: parts hash, partial zset, inbound stream, events. ARGV: seq, part (JSON),
+# total, deadline, ttl, message fields (JSON), events maxlen, profile. Adds a part; when
+# all `total` are there, moves the message (parts in order) onto the stream (and
+# publishes it) and forgets the parts. Returns 1 if complete.
+_ADD_PART = (
+    _PUBLISH
+    + """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'head', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], 'NX', ARGV[4], KEYS[1])
@@ -64,17 +95,21 @@ for i = 1, total do
   if not p then return 0 end
   parts[i] = cjson.decode(p)
 end
-local msg = cjson.decode(ARGV[6])
-redis.call('XADD', KEYS[3], '*', 'message', ARGV[6], 'parts', cjson.encode(parts),
-           'incomplete', '0')
+local encoded = cjson.encode(parts)
+local id = redis.call('XADD', KEYS[3], '*', 'message', ARGV[6], 'parts', encoded,
+                      'incomplete', '0')
+publish(KEYS[4], ARGV[7], ARGV[8], id, ARGV[6], encoded, '0', '')
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], KEYS[1])
 return 1
 """
+)
 
-# KEYS: parts hash, partial zset, inbound stream. Gives up waiting: whatever parts
-# arrived go on the stream, in order, flagged incomplete.
-_FLUSH = """
+# KEYS: parts hash, partial zset, inbound stream, events. ARGV: events maxlen, profile.
+# Gives up waiting: whatever parts arrived go on the stream, in order, flagged incomplete.
+_FLUSH = (
+    _PUBLISH
+    + """
 if redis.call('ZREM', KEYS[2], KEYS[1]) == 0 then return 0 end
 local all = redis.call('HGETALL', KEYS[1])
 local seqs = {}
@@ -88,11 +123,13 @@ for _, s in ipairs(seqs) do
 end
 if #parts == 0 then return 0 end
 local head = redis.call('HGET', KEYS[1], 'head') or '{}'
-redis.call('XADD', KEYS[3], '*', 'message', head, 'parts', cjson.encode(parts),
-           'incomplete', '1')
+local encoded = cjson.encode(parts)
+local id = redis.call('XADD', KEYS[3], '*', 'message', head, 'parts', encoded, 'incomplete', '1')
+publish(KEYS[4], ARGV[1], ARGV[2], id, head, encoded, '1', '')
 redis.call('DEL', KEYS[1])
 return 1
 """
+)
 
 
 # One store: the inbound stream, and either the fields of a whole message or a part's
@@ -112,14 +149,17 @@ class Inbound:
         forward: bool,
         reassembly_timeout: float,
         keywords: Keywords | None = None,
+        events_maxlen: int = 1_000_000,
     ) -> None:
         self._redis = redis
         self.profile = profile
+        self.events_maxlen = events_maxlen
         self.forward = forward
         self.timeout = reassembly_timeout
         self.keywords = keywords
         self._add = redis.register_script(_ADD_PART)
         self._flush = redis.register_script(_FLUSH)
+        self._one = redis.register_script(_STORE_ONE)
         self._stores: Batcher[_Store, None] = Batcher(self._store)
 
     async def handle(self, message: ShortMessage) -> int:
@@ -180,9 +220,16 @@ class Inbound:
             time.time() + self.timeout,
             int(self.timeout * 4) + 60,
             json.dumps(head),
+            self.events_maxlen,
+            self.profile,
         ]
         await self._stores.submit(
-            (stream, {}, ([parts_key, keys.inbound_partial(self.profile)], args), None)
+            (
+                stream,
+                {},
+                ([parts_key, keys.inbound_partial(self.profile), stream, keys.EVENTS], args),
+                None,
+            )
         )
         return ESME_ROK
 
@@ -192,10 +239,12 @@ class Inbound:
         async with self._redis.pipeline(transaction=True) as pipe:
             for stream, fields, part, hit in batch:
                 if part is None:
-                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                    one: list[Any] = [self.events_maxlen, self.profile, fields["message"]]
+                    one += [fields["parts"], fields["incomplete"], fields.get("opt_out", "")]
+                    await self._one(keys=[stream, keys.EVENTS], args=one, client=pipe)
                 else:
-                    part_keys, args = part
-                    await self._add(keys=[*part_keys, stream], args=args, client=pipe)
+                    part_keys, part_args = part
+                    await self._add(keys=part_keys, args=part_args, client=pipe)
                 if hit is not None and self.keywords is not None:
                     await self.keywords.queue(pipe, hit)
             await pipe.execute()
@@ -208,10 +257,12 @@ class Inbound:
         """Deliver (flagged incomplete) the long messages whose parts stopped coming."""
         due = await self._redis.zrangebyscore(keys.inbound_partial(self.profile), 0, time.time())
         flushed = 0
+        events = keys.EVENTS
         for raw_key in due:
             key = as_text(raw_key)
             done = await self._flush(
-                keys=[key, keys.inbound_partial(self.profile), keys.inbound(self.profile)]
+                keys=[key, keys.inbound_partial(self.profile), keys.inbound(self.profile), events],
+                args=[self.events_maxlen, self.profile],
             )
             flushed += int(done)
         return flushed
@@ -257,10 +308,12 @@ class CallbackPoster:
         inbound: Inbound | None,
         timeout: float = 10.0,
         outages: RedisOutages | None = None,
+        webhook_key: bytes | None = None,
     ) -> None:
         self._redis = redis
         self.profile = profile
         self.url = url
+        self.webhook_key = webhook_key
         self.consumer = consumer
         self._inbound = inbound
         self.timeout = timeout
@@ -307,7 +360,7 @@ class CallbackPoster:
                         else:
                             failures += 1
                             start = "0"  # keep order: retry from our pending entries
-                            delay = min(60.0, 0.5 * 2 ** min(failures, 7)) * random.uniform(0.5, 1)
+                            delay = backoff(failures + 1, 0.5, 60.0)
                             try:
                                 await asyncio.wait_for(stopping.wait(), delay)
                             except TimeoutError:
@@ -346,8 +399,10 @@ class CallbackPoster:
         body["opt_out"] = hit.kind
 
     async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> bool:
+        data = webhooks.encode(body)
+        sent = webhooks.headers(self.webhook_key, str(body["id"]), int(time.time()), data)
         try:
-            async with session.post(self.url, json=body) as response:
+            async with session.post(self.url, data=data, headers=sent) as response:
                 if 200 <= response.status < 300:
                     self.posted += 1
                     log.info("inbound posted", profile=self.profile, id=body["id"])

@@ -150,6 +150,7 @@ async def build(
                 forward=profile.direction == "both",
                 reassembly_timeout=profile.smpp.reassembly_timeout,
                 keywords=Keywords(name, profile, shared.ledger),
+                events_maxlen=settings.queue.events_maxlen,
             )
             handler = deliver_handler(reports, inbound, shared.outages)
         binds = make_binds(name, profile, settings, handler)
@@ -165,6 +166,7 @@ async def build(
             inbound=inbound,
             timeout=router.callback_timeout,
             outages=shared.outages,
+            webhook_key=profile.webhook_key,
         )
     worker = ProfileWorker(
         redis=shared.redis,

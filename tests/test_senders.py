@@ -21,8 +21,10 @@ INTL = ["SmsSender", "InternationalSmsSender"]
 def settings_for(
     numbers: list[str], *, sender: str = "round_robin", campaign: dict[str, Any] | None = None
 ) -> Settings:
-    table = {n: {"campaign": "c", "features": INTL} if n.startswith("+1") else {"features": INTL}
-             for n in numbers}
+    table = {
+        n: {"campaign": "c", "features": INTL} if n.startswith("+1") else {"features": INTL}
+        for n in numbers
+    }
     spec = {"brand": "B", "status": "Confirmed", "tier": "StandardVolume", **(campaign or {})}
     return parse_settings(
         {
