@@ -151,6 +151,8 @@ async def read_json(request: web.Request) -> Any:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body: not valid JSON ({exc})") from None
+    except RecursionError:  # json gives up on deep nesting this way, not ValueError
+        raise ApiError(400, "body: nested too deeply") from None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -181,6 +183,10 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from . import api_messages, api_profiles  # they import this module
+
+    api_messages.add_routes(app)
+    api_profiles.add_routes(app)
     return app
 
 

@@ -98,6 +98,11 @@ class Client:
         if any job is malformed. A job whose id has a record already is left out and
         counted in `duplicates_dropped`.
         """
+        return [job_id for job_id, _queued in await self.send_each(jobs)]
+
+    async def send_each(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+        """`send_many`, telling for each job its id and whether it was enqueued (False:
+        its id had a record already, so nothing new will be sent)."""
         prepared = self._prepare(jobs, 0)
         enqueued = await self._ledger.enqueue(
             [
@@ -106,7 +111,10 @@ class Client:
             ]
         )
         self.duplicates_dropped += enqueued.count(False)
-        return [job_id for _profile, job_id, _wire in prepared]
+        return [
+            (job_id, queued)
+            for (_profile, job_id, _wire), queued in zip(prepared, enqueued, strict=True)
+        ]
 
     def _prepare(
         self, jobs: Iterable[Mapping[str, Any]], offset: int
