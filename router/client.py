@@ -135,7 +135,7 @@ class Client:
             wire["id"] = new_job_id()
         profile = self._profile_for(wire)
         wire.pop("profile", None)
-        job = decode_job(encode_job(wire), default_id=wire["id"])
+        job = decode_job(_encode(wire), default_id=wire["id"])
         pool = self._numbers.get(profile)
         if job.sender is not None and pool is not None and job.sender not in pool:
             raise JobError("from", f"{job.sender} is not a number of profile {profile!r}")
@@ -162,6 +162,20 @@ class Client:
         if wire.get("status_callback_url"):
             fields["status_callback_url"] = str(wire["status_callback_url"])
         return fields
+
+
+def _encode(wire: dict[str, Any]) -> bytes:
+    """`encode_job`, or JobError naming the field msgpack cannot carry (an integer
+    beyond 64 bits, an object)."""
+    try:
+        return encode_job(wire)
+    except (OverflowError, TypeError, ValueError) as exc:
+        for name, value in wire.items():
+            try:
+                encode_job({name: value})
+            except (OverflowError, TypeError, ValueError):
+                raise JobError(name, f"cannot be encoded ({exc})") from None
+        raise JobError("", f"job cannot be encoded ({exc})") from None
 
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
