@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .api import CONTEXT, ApiError, Handler, json_response, scoped
-from .config import Scope
+from .config import Scope, Settings
 
 __all__ = [
     "OPERATIONS",
@@ -66,6 +66,7 @@ class Operation:
     query: type[BaseModel] | None = None
     body: Any = None  # a model or a union of models (the request's JSON)
     tag: str = "messages"
+    examples: Mapping[str, Any] = field(default_factory=dict)  # request bodies, by name
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -150,15 +151,17 @@ def problem(exc: ValidationError, where: str = "") -> str:
 
 async def _openapi(request: web.Request) -> web.Response:
     operations: list[Operation] = request.app[OPERATIONS]
-    return json_response(openapi_document(operations, request.app[CONTEXT].settings.api.public_url))
+    return json_response(openapi_document(operations, request.app[CONTEXT].settings))
 
 
-def openapi_document(operations: Sequence[Operation], server: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of `operations`."""
+def openapi_document(operations: Sequence[Operation], settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `operations` on a router configured by `settings`
+    (a ``profile`` parameter lists the configured profiles)."""
     components: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
+    profiles = {"type": "string", "enum": sorted(settings.profiles)}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components)
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, components, profiles)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -173,12 +176,14 @@ def openapi_document(operations: Sequence[Operation], server: str | None = None)
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
-    if server:
-        document["servers"] = [{"url": server.rstrip("/")}]
+    if settings.api.public_url:
+        document["servers"] = [{"url": settings.api.public_url.rstrip("/")}]
     return document
 
 
-def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    op: Operation, components: dict[str, Any], profiles: dict[str, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "operationId": f"{op.method.lower()}{_camel(op.path)}",
         "summary": op.summary,
@@ -187,16 +192,27 @@ def _operation(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     if op.description:
         out["description"] = op.description
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": profiles if name == "profile" else {"type": "string"},
+        }
         for name in _PATH_PARAM.findall(op.path)
     ]
     if op.query is not None:
         params += _query_params(op.query)
+    for param in params:
+        if param["name"] == "profile":
+            param["schema"] = profiles
     if params:
         out["parameters"] = params
     if op.body is not None:
         schema = _schema(op.body, "validation", components)
-        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        content: dict[str, Any] = {"schema": schema}
+        if op.examples:
+            content["examples"] = {k: {"value": v} for k, v in op.examples.items()}
+        out["requestBody"] = {"required": True, "content": {"application/json": content}}
     replies = dict(op.replies)
     if op.scope is not None:
         out["security"] = [{"bearer": []}]
