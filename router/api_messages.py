@@ -4,7 +4,7 @@ A request body is checked twice, by the same rules every producer meets: first i
 shape by the pydantic model the OpenAPI document shows, then each job by the wire
 decoder (`router.jobs.decode_job`, through `Client`), so a job is refused here for
 exactly what a job on the Redis stream would be dead-lettered for. Errors name the
-field: ``{"error": "messages[3].to: '12' is not a valid E.164 number"}``. Jobs are
+field: ``{"error": "messages[3].to: '+1' is not a valid E.164 number"}``. Jobs are
 enqueued with `Client.send_each` (one round trip per batch); an id that already has a
 record is answered ``duplicate`` and never sent twice.
 """
