@@ -151,6 +151,8 @@ async def read_json(request: web.Request) -> Any:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body: not valid JSON ({exc})") from None
+    except RecursionError:  # json gives up on deep nesting this way, not ValueError
+        raise ApiError(400, "body: nested too deeply") from None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -182,9 +184,9 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     # The endpoint modules import this one: loaded here, once it is complete.
-    from . import api_events, api_twilio
+    from . import api_events, api_messages, api_profiles, api_twilio
 
-    for group in (api_twilio, api_events):
+    for group in (api_messages, api_profiles, api_twilio, api_events):
         group.add_routes(app)
     return app
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -29,6 +28,7 @@ from .connections import RedisUnavailable, as_text, open_redis
 from .ledger import STATUSES, Ledger
 from .numbers import normalise_e164
 from .queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
+from .smslog import message_log, parse_since
 
 log = structlog.get_logger("router.cli")
 
@@ -259,7 +259,9 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
 @config_option
 @click.option("--profile", default=None)
 @click.option("--status", "wanted", type=click.Choice(STATUSES), default=None)
-@click.option("--since", default="1h", show_default=True, help="e.g. 90s, 15m, 2h, 1d")
+@click.option(
+    "--since", default="1h", show_default=True, help="e.g. 90s, 15m, 2h, 1d or an ISO time"
+)
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 def log_(
@@ -273,29 +275,21 @@ def log_(
     """Messages that changed status recently, newest first (the SMS log)."""
     settings = _settings(config_path)
     _known_profile(settings, profile)
-    start_ms = int((time.time() - _duration(since)) * 1000)
+    try:
+        start = parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
 
     async def work(redis: Redis) -> list[dict[str, Any]]:
-        ledger = _ledger(redis, settings)
-        found: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        upper = "+"
-        while len(found) < limit:
-            rows: Any = await redis.xrevrange(keys.EVENTS, upper, f"{start_ms}-0", count=1000)
-            if not rows:
-                break
-            ids = []
-            for _eid, fields in rows:
-                job_id = as_text(fields.get(b"id", b""))
-                if job_id and job_id not in seen:
-                    seen.add(job_id)
-                    if profile is None or as_text(fields.get(b"profile", b"")) == profile:
-                        ids.append(job_id)
-            for record in await ledger.get_many(ids):
-                if record and (wanted is None or record.get("status") == wanted):
-                    found.append(record)
-            upper = "(" + as_text(rows[-1][0])
-        return found[:limit]
+        page = await message_log(
+            redis,
+            _ledger(redis, settings),
+            since=start,
+            limit=limit,
+            profile=profile,
+            status=wanted,
+        )
+        return page.records
 
     records = _with_redis(settings, work)
     if as_json:
@@ -728,14 +722,6 @@ def _known_profile(settings: Settings, profile: str | None) -> None:
 def _ledger(redis: Redis, settings: Settings) -> Ledger:
     queue = settings.queue
     return Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
-
-
-def _duration(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not match:
-        raise click.BadParameter(f"{text!r}: use a number with s, m, h or d (e.g. 15m)")
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * scale
 
 
 def _ts(at: float) -> str:

@@ -98,6 +98,11 @@ class Client:
         if any job is malformed. A job whose id has a record already is left out and
         counted in `duplicates_dropped`.
         """
+        return [job_id for job_id, _queued in await self.send_each(jobs)]
+
+    async def send_each(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+        """`send_many`, telling for each job its id and whether it was enqueued (False:
+        its id had a record already, so nothing new will be sent)."""
         prepared = self._prepare(jobs, 0)
         enqueued = await self._ledger.enqueue(
             [
@@ -106,7 +111,10 @@ class Client:
             ]
         )
         self.duplicates_dropped += enqueued.count(False)
-        return [job_id for _profile, job_id, _wire in prepared]
+        return [
+            (job_id, queued)
+            for (_profile, job_id, _wire), queued in zip(prepared, enqueued, strict=True)
+        ]
 
     def _prepare(
         self, jobs: Iterable[Mapping[str, Any]], offset: int
@@ -127,7 +135,7 @@ class Client:
             wire["id"] = new_job_id()
         profile = self._profile_for(wire)
         wire.pop("profile", None)
-        job = decode_job(encode_job(wire), default_id=wire["id"])
+        job = decode_job(_encode(wire), default_id=wire["id"])
         pool = self._numbers.get(profile)
         if job.sender is not None and pool is not None and job.sender not in pool:
             raise JobError("from", f"{job.sender} is not a number of profile {profile!r}")
@@ -154,6 +162,20 @@ class Client:
         if wire.get("status_callback_url"):
             fields["status_callback_url"] = str(wire["status_callback_url"])
         return fields
+
+
+def _encode(wire: dict[str, Any]) -> bytes:
+    """`encode_job`, or JobError naming the field msgpack cannot carry (an integer
+    beyond 64 bits, an object)."""
+    try:
+        return encode_job(wire)
+    except (OverflowError, TypeError, ValueError) as exc:
+        for name, value in wire.items():
+            try:
+                encode_job({name: value})
+            except (OverflowError, TypeError, ValueError):
+                raise JobError(name, f"cannot be encoded ({exc})") from None
+        raise JobError("", f"job cannot be encoded ({exc})") from None
 
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
