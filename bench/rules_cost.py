@@ -1,7 +1,7 @@
 """What issue 8's rules cost: the router's drain (bench/versus_kannel.py) with the rules
 off and on, rounds interleaved (off, on, off, on, ...).
 
-Usage: python bench/rules_cost.py [--n 20000] [--rounds 3]
+Usage: python bench/rules_cost.py [--n 20000] [--rounds 3] [--breakdown]
 
 Both runs: one SMPP transceiver to the peer kit's sink (../shared/bench-peers), window
 100, N jobs queued while the sink is down, then drained; rate = the sink's first to
@@ -18,8 +18,11 @@ spread over four area codes (caps count only US/CA destinations).
   has a curly apostrophe), and half the jobs a template with vars and lang (es, or
   pt-BR falling back to the default en).
 
-Kannel is not needed. Prints each round, the medians and the ratio on/off (median of
-the per-round ratios); writes bench/results/rules_cost.json.
+`--breakdown` also runs, each round, every rule but one group (sender: sticky+geomatch;
+caps: the daily cap; audience: opt-outs and blocklist; compose: templates, smart
+encoding, use cases) to show what each costs. Kannel is not needed. Prints each round,
+the medians and the ratio on/off (median of the per-round ratios); writes
+bench/results/rules_cost.json.
 """
 
 from __future__ import annotations
@@ -38,25 +41,30 @@ from redis.asyncio import Redis
 from versus_kannel import SINK_PORT, WINDOW, Rig, ensure_tools, read_records, waited, waiter
 
 from router import Client, keys
+from router.summary import today
 
 AREAS = ("650", "408", "415", "212")
 TEXT = "Hello from the bench, it\u2019s your daily update"
 OPTED_OUT = 10_000
+# The rules in four groups, so --breakdown can leave each out in turn.
+GROUPS = ("sender", "caps", "audience", "compose")
+ALL = frozenset(GROUPS)
 
 
-def config_text(redis_url: str, *, rules: bool) -> str:
-    """The bench profile with the rules off (today's) or all on."""
+def config_text(redis_url: str, rules: frozenset[str]) -> str:
+    """The bench profile with the given rule groups on (none: today's configuration)."""
     profile = ""
     campaign = 'tier = "StandardVolume"\n'
     templates = ""
-    if rules:
-        profile = (
-            'sender = "sticky+geomatch"\n'
-            'default_use_case = "ACCOUNT_NOTIFICATION"\n'
-            "smart_encoding = true\n"
-            'blocklist = ["+1900", "+1976", "+4490"]\n'
-        )
-        campaign += 'daily_cap = 10000000\nuse_cases = ["2FA", "ACCOUNT_NOTIFICATION"]\n'
+    if "sender" in rules:
+        profile += 'sender = "sticky+geomatch"\n'
+    if "caps" in rules:
+        campaign += "daily_cap = 10000000\n"
+    if "audience" in rules:
+        profile += 'blocklist = ["+1900", "+1976", "+4490"]\n'
+    if "compose" in rules:
+        profile += 'default_use_case = "ACCOUNT_NOTIFICATION"\nsmart_encoding = true\n'
+        campaign += 'use_cases = ["2FA", "ACCOUNT_NOTIFICATION"]\n'
         templates = (
             "[templates.code]\n"
             'text.en = "Hi {name}, your code is {code}"\n'
@@ -102,11 +110,11 @@ def recipient(i: int) -> str:
     return f"+1{AREAS[i % len(AREAS)]}{2_000_000 + i // len(AREAS):07d}"
 
 
-def jobs(tag: str, start: int, stop: int, *, rules: bool) -> list[dict[str, Any]]:
+def jobs(tag: str, start: int, stop: int, *, rules: frozenset[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(start, stop):
         job: dict[str, Any] = {"id": f"{tag}-{i}", "to": recipient(i)}
-        if rules and i % 2:
+        if "compose" in rules and i % 2:
             job.update(
                 template="code",
                 vars={"name": f"user{i}", "code": f"{i % 1_000_000:06d}"},
@@ -119,10 +127,10 @@ def jobs(tag: str, start: int, stop: int, *, rules: bool) -> list[dict[str, Any]
     return out
 
 
-async def preload(url: str, n: int, tag: str, *, rules: bool, batch: int = 2000) -> None:
-    """The opt-out set (rules on), then `n` jobs through `Client.send_many`."""
+async def preload(url: str, n: int, tag: str, *, rules: frozenset[str], batch: int = 2000) -> None:
+    """The opt-out set (audience rules on), then `n` jobs through `Client.send_many`."""
     redis = Redis.from_url(url)
-    if rules:
+    if "audience" in rules:
         # Numbers of an area code no recipient has: none of them is ever sent to.
         opted = [f"+1303{5_000_000 + i:07d}" for i in range(OPTED_OUT)]
         await redis.sadd(keys.opt_outs("bench"), *opted)
@@ -132,10 +140,21 @@ async def preload(url: str, n: int, tag: str, *, rules: bool, batch: int = 2000)
     await redis.aclose()
 
 
-def drain(n: int, scratch: Path, tag: str, *, rules: bool) -> dict[str, Any]:
+async def rules_state(url: str) -> tuple[int, int]:
+    """Proof the rules ran: today's count of the campaign and the sticky mappings made."""
+    redis = Redis.from_url(url)
+    try:
+        counted = await redis.hget(keys.campaign_counts(today()), "bench")
+        mappings = [k async for k in redis.scan_iter(match=keys.sticky("bench", "*"), count=1000)]
+    finally:
+        await redis.aclose()
+    return int(counted or 0), len(mappings)
+
+
+def drain(n: int, scratch: Path, tag: str, rules: frozenset[str]) -> dict[str, Any]:
     """versus_kannel's router drain with this configuration; checks every job was sent."""
     rig = Rig(scratch, tag)
-    rig.config.write_text(config_text(rig.url, rules=rules))
+    rig.config.write_text(config_text(rig.url, rules))
     try:
         asyncio.run(preload(rig.url, n, tag, rules=rules))
         rig.start_daemon()
@@ -157,9 +176,16 @@ def drain(n: int, scratch: Path, tag: str, *, rules: bool) -> dict[str, Any]:
         sample = asyncio.run(read_records(rig.url, [f"{tag}-{i}" for i in range(8)]))
         row["sample_statuses"] = sorted({str((r or {}).get("status")) for r in sample})
         row["sample_texts"] = [str((r or {}).get("text", "")) for r in sample[:2]]
+        row["counted"], row["sticky_mappings"] = asyncio.run(rules_state(rig.url))
     finally:
         rig.close()
     return row
+
+
+def ratio(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> float | None:
+    """Median of the per-round ratios on/off (the runs of a round were made side by side)."""
+    pairs = [b["rate"] / a["rate"] for a, b in zip(off, on, strict=True) if a["rate"]]
+    return round(statistics.median(pairs), 3) if pairs else None
 
 
 def main() -> None:
@@ -168,27 +194,38 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also run, each round, all rules but one group (" + ", ".join(GROUPS) + ")",
+    )
     args = parser.parse_args()
     ensure_tools(kannel=False)
     scratch = Path(tempfile.mkdtemp(prefix="sms-rules-"))
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    variants: dict[str, frozenset[str]] = {"off": frozenset(), "on": ALL}
+    if args.breakdown:
+        variants |= {f"on-{g}": ALL - {g} for g in GROUPS}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for r in range(args.rounds):
-        for name in ("off", "on"):
-            row = drain(args.n, scratch, f"{name}{r}", rules=name == "on")
+        for name, rules in variants.items():
+            row = drain(args.n, scratch, f"{name}{r}", rules)
             runs[name].append(row)
             print(
                 f"round {r + 1}: rules {name} {row['rate']:,.0f} msg/s "
                 f"(complete {row['complete']}, cpu {row['cpu_pct']}, "
-                f"sample {row['sample_statuses']})",
+                f"sample {row['sample_statuses']}, counted {row['counted']}, "
+                f"sticky {row['sticky_mappings']})",
                 flush=True,
             )
-    off = statistics.median(x["rate"] for x in runs["off"])
-    on = statistics.median(x["rate"] for x in runs["on"])
-    ratios = [
-        b["rate"] / a["rate"] for a, b in zip(runs["off"], runs["on"], strict=True) if a["rate"]
-    ]
-    ratio = round(statistics.median(ratios), 3) if ratios else None
-    print(f"\nrules off {off:,.0f} msg/s, rules on {on:,.0f} msg/s, on/off {ratio}")
+    rates = {name: statistics.median(x["rate"] for x in rows) for name, rows in runs.items()}
+    ratios = {name: ratio(runs["off"], rows) for name, rows in runs.items() if name != "off"}
+    print(
+        f"\nrules off {rates['off']:,.0f} msg/s, rules on {rates['on']:,.0f} msg/s, "
+        f"on/off {ratios['on']}"
+    )
+    for name in variants:
+        if name.startswith("on-"):
+            print(f"all rules but {name[3:]}: {rates[name]:,.0f} msg/s, /off {ratios[name]}")
     print(f"sample texts (on): {runs['on'][-1]['sample_texts']}")
     path = save(
         "rules_cost",
@@ -196,10 +233,12 @@ def main() -> None:
             "n": args.n,
             "rounds": args.rounds,
             "window": WINDOW,
-            "off_rate": off,
-            "on_rate": on,
-            "ratio": ratio,
-            "complete": all(x["complete"] for x in runs["off"] + runs["on"]),
+            "off_rate": rates["off"],
+            "on_rate": rates["on"],
+            "ratio": ratios["on"],
+            "rates": rates,
+            "ratios": ratios,
+            "complete": all(x["complete"] for rows in runs.values() for x in rows),
             "runs": runs,
         },
     )
