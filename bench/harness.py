@@ -243,9 +243,11 @@ def save(name: str, result: dict[str, Any]) -> Path:
 
 
 def campaign_toml(numbers: list[str]) -> str:
-    """TOML giving US long codes the Confirmed 10DLC campaign they need to send."""
+    """TOML giving US long codes the Confirmed 10DLC campaign they need to send, and the
+    InternationalSmsSender feature: the benchmarks send to UK and German numbers."""
     lines = ["[campaigns.bench]", 'brand = "Bench"', 'status = "Confirmed"']
     lines.append('tier = "StandardVolume"')
+    features = 'features = ["SmsSender", "InternationalSmsSender"]'
     for number in numbers:
-        lines += [f'[numbers."{number}"]', 'campaign = "bench"', ""]
+        lines += [f'[numbers."{number}"]', 'campaign = "bench"', features, ""]
     return "\n".join(lines) + "\n"

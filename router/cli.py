@@ -109,13 +109,66 @@ def _run_loop(main: Coroutine[Any, Any, int], *, uvloop: bool) -> int:
 @config_option
 @click.argument("path", required=False)
 def check_config(config_path: str | None, path: str | None) -> None:
-    """Validate a configuration: OK and one line per profile, or every problem."""
+    """Validate a configuration: OK and a summary per profile (strategy, numbers that
+    can send and why others cannot, campaigns and caps, templates), or every problem."""
+    from .summary import config_lines
+
     if config_path and path and config_path != path:
         raise click.UsageError("give the configuration once: -c PATH or PATH")
     settings = _settings(config_path or path)
     out.print("OK")
-    for line in settings.summary_lines():
+    for line in config_lines(settings):
         out.print(f"  {line}", markup=False)
+
+
+@main.command()
+@config_option
+@click.option("--profile", required=True, help="Profile.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per number.")
+def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
+    """Each number of a profile: features, campaign, whether it can send, today's count
+    against its campaign's daily cap (UTC day) and the sticky mappings pointing at it.
+    Counting the mappings scans the profile's sticky keys (SCAN): fine for an operator,
+    slow on a very large keyspace."""
+    from .summary import number_rows
+
+    settings = _settings(config_path)
+    _known_profile(settings, profile)
+
+    async def work(redis: Redis) -> list[dict[str, Any]]:
+        return await number_rows(redis, settings, profile)
+
+    rows = _with_redis(settings, work)
+    if as_json:
+        for row in rows:
+            out.print(json.dumps(row, sort_keys=True), markup=False, soft_wrap=True)
+        return
+    table = Table("number", "features", "campaign", "can send", "today / cap", "sticky", box=None)
+    for column in table.columns:
+        column.overflow = "fold"
+    table.columns[0].no_wrap = True
+    for r in rows:
+        table.add_row(*_number_cells(r))
+    out.print(table)
+
+
+def _number_cells(r: dict[str, Any]) -> list[str]:
+    features = ", ".join(r["features"])
+    if not r["sms_enabled"]:
+        features += " (sms_enabled = false)"
+    if r["toll_free"]:
+        features += " (toll-free, " + ("verified)" if r["verified"] else "not verified)")
+    campaign = "-"
+    if r["campaign"]:
+        campaign = f"{r['campaign']} ({r['campaign_status'] or 'not configured'}"
+        campaign += f", {r['tier']})" if r["tier"] else ")"
+    can = "yes" if r["can_send"] else f"no: {r['code']}: {r['why']}"
+    if r["today"] is None:
+        count = "-"
+    else:
+        cap = "no cap" if r["daily_cap"] is None else f"{r['daily_cap']:,}"
+        count = f"{r['today']:,} / {cap}"
+    return [r["number"], features, campaign, can, count, str(r["sticky"])]
 
 
 @main.command()
@@ -313,7 +366,7 @@ def log_(
             r.get("to", ""),
             r.get("from", ""),
             str(r.get("attempts", 0)),
-            r.get("error") or _last_note(r),
+            _why(r),
         )
     out.print(table)
 
@@ -726,6 +779,16 @@ def _ledger(redis: Redis, settings: Settings) -> Ledger:
 
 def _ts(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else ""
+
+
+def _why(record: dict[str, Any]) -> str:
+    """The log's note: ``code: error`` (a rule's refusal, a provider's status), else the
+    last history note."""
+    error = str(record.get("error") or "")
+    code = str(record.get("error_code") or "")
+    if code and not error.startswith(code):
+        return f"{code}: {error}" if error else code
+    return error or _last_note(record)
 
 
 def _last_note(record: dict[str, Any]) -> str:

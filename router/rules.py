@@ -133,6 +133,10 @@ class SenderRules:
         why = "; ".join(r.reason for r in refusals.values())
         return Refusal(code, f"no number of profile {self.name!r} may send to {to}: {why}")
 
+    def static_refusal(self, number: str) -> Refusal | None:
+        """What rules out `number` (of this profile) whatever the message, or None."""
+        return self._static[number]
+
     def _static_refusal(self, number: str) -> Refusal | None:
         """What rules out `number` whatever the message."""
         details: NumberDetails = self._details[number]
