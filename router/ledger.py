@@ -51,9 +51,10 @@ class Ack:
 
 
 # One message of a `sending` batch: job id, owner (entry), replay ('1' | ''), from, to,
-# text ('' unless stored), meta (JSON or ''), status_callback_url (or ''). Plain tuples:
-# msgpack packs them in C, and sending.lua unpacks them with cmsgpack.
-Sending = tuple[str, str, str, str, str, str, str, str]
+# text ('' unless stored), meta (JSON or ''), status_callback_url (or ''), sticky
+# mapping key (or ''), its TTL in seconds. Plain tuples: msgpack packs them in C, and
+# sending.lua unpacks them with cmsgpack.
+Sending = tuple[str, str, str, str, str, str, str, str, str, int]
 # One outcome of a `finish` batch: job id, entry id, history index, status (sent |
 # failed), note, status_callback_url, to, from, meta, segments, error code, error raw,
 # error, the parts' provider ids, then (part id, id form) pairs flattened: the forms an

@@ -52,6 +52,10 @@ class Ready:
     url: str  # status_callback_url ('' for none)
     meta: str  # the job's meta as JSON ('' for none), made once for both records
     step: int = 0  # history index of its `sending` step
+    # A new sticky mapping (recipient -> sender) to write with the `sending` record:
+    # its key and TTL in seconds ('' and 0 for none).
+    sticky_key: str = ""
+    sticky_ttl: int = 0
 
 
 class Handoff(Protocol):
@@ -222,6 +226,8 @@ class Pipeline:
             (job.text or "") if self._store_text else "",
             r.meta,
             r.url,
+            r.sticky_key,
+            r.sticky_ttl,
         )
 
     def _dispatch(self, batch: Sequence[Ready], results: Sequence[Transition]) -> None:

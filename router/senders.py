@@ -63,7 +63,7 @@ class SenderPool:
         self.rules = rules
         self.sticky = profile.sender.startswith("sticky")
         self.geomatch = profile.sender.endswith("geomatch")
-        self._ttl = int(profile.sticky_ttl)
+        self.sticky_ttl = int(profile.sticky_ttl)
         self._rr = keys.round_robin(name)
         self._caps = rules.caps()
         self._caps_script = redis.register_script(_CAPS)
@@ -81,18 +81,41 @@ class SenderPool:
         return 1
 
     async def choose(self, wants: Sequence[Want], replies: Sequence[Any]) -> list[str | Refusal]:
-        """A number or a `Refusal` per want, given the replies of `commands`."""
+        """A number or a `Refusal` per want, given the replies of `commands`; new sticky
+        mappings are written before it returns."""
+        picks, remember = await self.pick(wants, replies)
+        if remember:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in remember:
+                    number = picks[i]
+                    assert isinstance(number, str)
+                    pipe.set(keys.sticky(self.name, wants[i].to), number, ex=self.sticky_ttl)
+                await pipe.execute()
+        return picks
+
+    async def pick(
+        self, wants: Sequence[Want], replies: Sequence[Any]
+    ) -> tuple[list[str | Refusal], list[int]]:
+        """A number or a `Refusal` per want, and which picks are new sticky mappings for
+        the caller to write (the pipeline writes them with the `sending` record: no
+        round trip of their own)."""
         end = int(replies[0])
-        mapped: list[str | None] = (
-            [as_text(v) if v else None for v in replies[1]] if self.sticky else [None] * len(wants)
-        )
+        mapped: list[str | None] = [None] * len(wants)
+        if self.sticky:
+            mapped = [as_text(v) if v else None for v in replies[1]]
+        first: dict[str, int] = {}
         start = end - len(wants)
         choices: list[list[str] | Refusal] = []
         for i, want in enumerate(wants):
             capable = self.rules.capable(want.to, want.use_case)
-            choices.append(
-                self._candidates(want, capable, start + i, mapped[i] if self.sticky else None)
-            )
+            sticky_to = mapped[i]
+            if self.sticky and sticky_to is None and want.sender is None:
+                # A recipient twice in one batch keeps the number its first message gets.
+                earlier = choices[first[want.to]] if want.to in first else None
+                first.setdefault(want.to, i)
+                if isinstance(earlier, list):
+                    sticky_to = earlier[0]
+            choices.append(self._candidates(want, capable, start + i, sticky_to))
         return await self._pick(wants, choices, mapped)
 
     def _candidates(
@@ -120,8 +143,9 @@ class SenderPool:
         wants: Sequence[Want],
         choices: list[list[str] | Refusal],
         mapped: list[str | None],
-    ) -> list[str | Refusal]:
-        """The first candidate of each want, or the first whose campaign has room today."""
+    ) -> tuple[list[str | Refusal], list[int]]:
+        """The first candidate of each want, or the first whose campaign has room today;
+        and the wants whose pick is a new sticky mapping."""
         capped = [
             isinstance(c, list) and c[0] in self._capped(wants[i]) for i, c in enumerate(choices)
         ]
@@ -143,7 +167,8 @@ class SenderPool:
             counted = await self._caps_script(keys=[keys.campaign_counts(_today())], args=args)
         results = iter(counted)
         picks: list[str | Refusal] = []
-        remember: list[tuple[str, str]] = []
+        remember: list[int] = []
+        known: dict[str, str] = {}  # recipient -> number remembered in this batch
         for i, choice in enumerate(choices):
             if isinstance(choice, Refusal):
                 picks.append(choice)
@@ -154,15 +179,12 @@ class SenderPool:
                 continue
             number = choice[index - 1]
             picks.append(number)
+            to = wants[i].to
             if self.sticky and wants[i].sender is None and number != mapped[i]:
-                remember.append((wants[i].to, number))
-        if remember:
-            # A new or changed mapping (none before, or the old number may not send).
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for to, number in remember:
-                    pipe.set(keys.sticky(self.name, to), number, ex=self._ttl)
-                await pipe.execute()
-        return picks
+                if known.get(to) != number:
+                    known[to] = number
+                    remember.append(i)
+        return picks, remember
 
     def _capped(self, want: Want) -> dict[str, str]:
         return self.rules.capable(want.to, want.use_case).campaign

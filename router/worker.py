@@ -303,15 +303,18 @@ class ProfileWorker:
         if sends:
             jobs = [job for _, job in sends]
             assert all(isinstance(job, Job) for job in jobs)
-            picks = await self._pick([job for job in jobs if isinstance(job, Job)])
-            for (entry, job), pick in zip(sends, picks, strict=True):
+            picks, remember = await self._pick([job for job in jobs if isinstance(job, Job)])
+            for index, ((entry, job), pick) in enumerate(zip(sends, picks, strict=True)):
                 assert isinstance(job, Job)
                 if isinstance(pick, Refusal):
                     refused[entry.entry_id] = pick
-                else:
-                    item = self._to_ready(entry, job, pick)
-                    ready.append(item)
-                    self._active[entry.entry_id] = item
+                    continue
+                item = self._to_ready(entry, job, pick)
+                if index in remember:
+                    item.sticky_key = keys.sticky(self.name, job.to)
+                    item.sticky_ttl = self.senders.sticky_ttl
+                ready.append(item)
+                self._active[entry.entry_id] = item
         for entry, job, kind, note in plans:
             reason: str | Refusal = note
             if kind == SEND:
@@ -349,8 +352,9 @@ class ProfileWorker:
             return entry, job, SCHEDULE, _when(job.send_at)
         return entry, job, SEND, ""
 
-    async def _pick(self, jobs: Sequence[Job]) -> list[str | Refusal]:
-        """Screen the recipients and choose a sender for each job (or say why not)."""
+    async def _pick(self, jobs: Sequence[Job]) -> tuple[list[str | Refusal], set[int]]:
+        """Screen the recipients and choose a sender for each job (or say why not); and
+        which picks are new sticky mappings (written with the `sending` record)."""
         default_use_case = self.profile.default_use_case
         wants = [Want(job.to, job.use_case or default_use_case, job.sender) for job in jobs]
         recipients = [job.to for job in jobs]
@@ -366,7 +370,8 @@ class ProfileWorker:
             if code == "opted_out" and job.id.startswith(KEYWORD_REPLY_PREFIX):
                 continue  # the answer to the STOP itself reaches who sent it
             want.refused = Refusal(code, reason)
-        return await self.senders.choose(wants, replies[:count])
+        picks, remember = await self.senders.pick(wants, replies[:count])
+        return picks, set(remember)
 
     def _compose(self, job: Job) -> None:
         """Compose the text (template, language, smart encoding) and check it fits the

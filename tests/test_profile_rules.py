@@ -213,3 +213,24 @@ async def test_opted_out_recipient_is_rejected_until_opted_in(
     await wait_for(lambda: settled(redis, [again]), 20, "settled")
     assert (await records(redis, [again]))[0]["status"] == "sent"
     assert await running.stop() == 0
+
+
+async def test_sticky_mappings_are_written_with_the_sending_record_and_kept(
+    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path, run_daemon: Start
+) -> None:
+    settings = rules_config(redis_url, provider, tmp_path, sender="sticky", sticky_ttl=3600)
+    client = Client.from_settings(redis, settings)
+    recipients = [f"+1212555{i:04d}" for i in range(20)]
+    running = run_daemon(settings)
+    first = await client.send_many([{"to": to, "text": "one"} for to in recipients])
+    await wait_for(lambda: settled(redis, first), 20, "first round")
+    chosen = {r["to"]: r["from"] for r in await records(redis, first)}
+    assert set(chosen.values()) == {A, B}
+    for to in recipients:
+        assert (await redis.get(keys.sticky("alerts", to))).decode() == chosen[to]
+        assert 3500 < await redis.ttl(keys.sticky("alerts", to)) <= 3600
+    assert await running.stop() == 0
+    run_daemon(settings)  # a restart: the mappings hold
+    again = await client.send_many([{"to": to, "text": "two"} for to in reversed(recipients)])
+    await wait_for(lambda: settled(redis, again), 20, "second round")
+    assert {r["to"]: r["from"] for r in await records(redis, again)} == chosen

@@ -71,7 +71,7 @@ async def test_orphan_early_report_expires_while_other_early_reports_keep_arrivi
 
 
 def sending_item(job_id: str, owner: str) -> Sending:
-    return (job_id, owner, "", "+16501112345", "+447911123456", "", "", "")
+    return (job_id, owner, "", "+16501112345", "+447911123456", "", "", "", "", 0)
 
 
 def sent_item(job_id: str, entry: str, step: int, ids: list[str], forms: list[str]) -> Finished:

@@ -185,3 +185,12 @@ async def test_a_full_campaign_falls_over_to_a_number_without_a_cap(redis: Redis
     )
     picks = await choose(pool(redis, settings), [Want("+12125550123")] * 12)
     assert Counter(picks) == {A: 3, B: 9}
+
+
+async def test_a_new_recipient_twice_in_one_batch_gets_one_number(redis: Redis) -> None:
+    senders = pool(redis, settings_for([A, B, C], sender="sticky"))
+    picks = await choose(senders, [Want("+12125550123"), Want("+12125550999")] * 3)
+    assert len(set(picks[0::2])) == 1 and len(set(picks[1::2])) == 1
+    assert picks[0] != picks[1]  # two recipients, two rotation positions
+    mapped = await redis.get(keys.sticky("p", "+12125550123"))
+    assert mapped is not None and mapped.decode() == picks[0]
