@@ -181,6 +181,9 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from . import api_providers  # here: it imports this module
+
+    api_providers.add_routes(app)
     return app
 
 

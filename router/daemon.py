@@ -30,8 +30,10 @@ from binds.base import Bind
 from binds.http import HttpSender, HttpSpec
 from binds.smpp import DeliverHandler, SmppBind, SmppSpec
 from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
+from binds.twilio import TwilioSender, TwilioSpec
 
 from .api import ApiContext, ApiServer
+from .api_providers import PROVIDERS, ProviderHooks, status_callback_url
 from .callbacks import StatusPoster
 from .client import Client
 from .config import Profile, Settings
@@ -55,9 +57,29 @@ def health_key(instance: str) -> str:
 
 
 def build_binds(
-    name: str, profile: Profile, settings: Settings, on_deliver: DeliverHandler | None = None
+    name: str,
+    profile: Profile,
+    settings: Settings,
+    on_deliver: DeliverHandler | None = None,
+    *,
+    status_callback: str | None = None,
 ) -> list[Bind]:
-    """The binds of one profile: one HTTP sender, or `smpp.binds` SMPP sessions."""
+    """The binds of one profile: one HTTP sender, one Twilio sender (its StatusCallback
+    `status_callback`), or `smpp.binds` SMPP sessions."""
+    if profile.protocol == "twilio" and profile.twilio is not None:
+        twilio = profile.twilio
+        twilio_spec = TwilioSpec(
+            account_sid=twilio.account_sid,
+            auth_token=twilio.auth_token.get_secret_value(),
+            messaging_service_sid=twilio.messaging_service_sid,
+            base_url=twilio.base_url,
+            status_callback=status_callback,
+            timeout=twilio.timeout,
+            window=profile.window,
+            tps=profile.tps,
+            sync=profile.processing == "sync",
+        )
+        return [TwilioSender(f"{name}/twilio", twilio_spec)]
     if profile.protocol == "http" and profile.http is not None:
         http = profile.http
         spec = HttpSpec(
@@ -146,6 +168,8 @@ class Daemon:
         self.lease: Lease | None = None
         self.hangups = 0
         self.api: ApiServer | None = None
+        # Profiles whose provider reports back over HTTP (router/api_providers.py).
+        self.providers: dict[str, ProviderHooks] = {}
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: first time stop gracefully, second time exit at once."""
@@ -212,9 +236,23 @@ class Daemon:
                 outages=self.outages,
             )
         )
+        if self.settings.api.listen is not None:
+            # Before the binds: a Twilio bind's StatusCallback names the bound port.
+            context = ApiContext(
+                settings=self.settings,
+                redis=redis,
+                ledger=ledger,
+                client=Client.from_settings(redis, self.settings),
+                workers=self.workers,  # filled below; readiness reads it per request
+                extras={PROVIDERS: self.providers},
+            )
+            self.api = ApiServer(context)
+            await self.api.start()
+            stack.push_async_callback(self.api.stop)
         for name, profile in self.settings.profiles.items():
             reports: Reports | None = None
             handler: DeliverHandler | None = None
+            status_callback: str | None = None
             if profile.smpp is not None:
                 reports = Reports(
                     redis,
@@ -243,7 +281,18 @@ class Daemon:
                             outages=self.outages,
                         )
                     )
-            binds = build_binds(name, profile, self.settings, handler)
+            if profile.twilio is not None or (
+                profile.http is not None and profile.http.reports is not None
+            ):
+                port = self.api.port if self.api is not None else None
+                if profile.twilio is not None and self.api is not None:
+                    status_callback = status_callback_url(self.settings, name, port)
+                reports, poster = self._provider_hooks(redis, ledger, name, profile, port)
+                if poster is not None:
+                    self.posters.append(poster)
+            binds = build_binds(
+                name, profile, self.settings, handler, status_callback=status_callback
+            )
             for bind in binds:
                 await bind.start()
                 stack.push_async_callback(bind.close)
@@ -261,17 +310,6 @@ class Daemon:
             )
         for worker in self.workers:
             await worker.start()
-        if self.settings.api.listen is not None:
-            context = ApiContext(
-                settings=self.settings,
-                redis=redis,
-                ledger=ledger,
-                client=Client.from_settings(redis, self.settings),
-                workers=self.workers,
-            )
-            self.api = ApiServer(context)
-            await self.api.start()
-            stack.push_async_callback(self.api.stop)
         # What start-up built (configuration, libphonenumber's metadata, codecs, the
         # binds) lives as long as the process: keep it out of the collector's full
         # passes, which otherwise stall the loop for tens of milliseconds at a time.
@@ -283,6 +321,41 @@ class Daemon:
             profiles=[w.name for w in self.workers],
             redis="embedded" if self.settings.router.redis == "embedded" else "external",
         )
+
+    def _provider_hooks(
+        self, redis: Redis, ledger: Ledger, name: str, profile: Profile, port: int | None
+    ) -> tuple[Reports, CallbackPoster | None]:
+        """Reports (and, for Twilio, inbound messages) of a profile whose provider
+        reports over HTTP; registered for the API's provider webhooks."""
+        router = self.settings.router
+        # Twilio reports every message it was given a StatusCallback for.
+        wait = 0.0
+        if profile.twilio is not None and port is not None:
+            wait = profile.twilio.report_timeout
+        reports = Reports(redis, ledger, name, id_format="as-is", report_timeout=wait)
+        inbound: Inbound | None = None
+        poster: CallbackPoster | None = None
+        if profile.twilio is not None:
+            both = profile.direction == "both"
+            inbound = Inbound(
+                redis,
+                name,
+                forward=both,
+                reassembly_timeout=300.0,  # unused: Twilio delivers whole messages
+                keywords=Keywords(name, profile, ledger),
+            )
+            if both and profile.callback_url:
+                poster = CallbackPoster(
+                    redis,
+                    name,
+                    profile.callback_url,
+                    consumer=self.instance,
+                    inbound=inbound,
+                    timeout=router.callback_timeout,
+                    outages=self.outages,
+                )
+        self.providers[name] = ProviderHooks(reports, inbound)
+        return reports, poster
 
     async def _serve(self, health: asyncio.Task[None]) -> None:
         loops = [asyncio.create_task(w.serve(self.stopping)) for w in self.workers]
