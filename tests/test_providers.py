@@ -32,10 +32,19 @@ from twilio.request_validator import RequestValidator
 from binds.base import Accepted, Failed, OutboundMessage, Retry
 from binds.twilio import TwilioSender, TwilioSpec
 from router import keys
-from router.api_providers import twilio_signature, verify_twilio
+from router.api import ApiContext, build_app
+from router.api_providers import (
+    ProviderHooks,
+    providers_of,
+    status_callback_url,
+    twilio_signature,
+    verify_twilio,
+)
 from router.client import Client
 from router.config import ConfigError, Settings, parse_settings
+from router.inbound import Inbound
 from router.ledger import Ledger
+from router.reports import Reports
 
 from . import test_smpp_flow
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
@@ -411,6 +420,52 @@ async def test_web_reports_with_an_hmac_of_the_form_body(router: Router) -> None
 
 
 # ---------------------------------------------------------------- pieces
+
+
+async def test_behind_a_proxy_the_signature_covers_public_url(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Twilio signs the URL it called: [api] public_url + path + query, not ours."""
+    data = providers_config(redis_url, "http://127.0.0.1:9/", "http://127.0.0.1:9", "", tmp_path)
+    data["api"]["public_url"] = "https://sms.example.com/base/"
+    data["profiles"]["tw"]["direction"] = "outbound"
+    del data["profiles"]["tw"]["callback_url"]
+    settings = parse_settings(data, env=ENV, base_dir=tmp_path)
+    public = "https://sms.example.com/base/v1/providers/tw/status"
+    assert status_callback_url(settings, "tw", 4321) == public
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+    context = ApiContext(settings, redis, ledger, Client.from_settings(redis, settings))
+    providers_of(context)["tw"] = ProviderHooks(
+        Reports(redis, ledger, "tw", id_format="as-is"),
+        Inbound(redis, "tw", forward=False, reassembly_timeout=1),
+    )
+    runner = web.AppRunner(build_app(context))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    local = f"http://127.0.0.1:{port}/v1/providers/tw/status?attempt=2"
+    params = {"MessageSid": "SM" + "1" * 32, "MessageStatus": "sent"}
+    sdk = RequestValidator(TOKEN)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for signed_url, status in ((public + "?attempt=2", 200), (local, 403)):
+                headers = {"X-Twilio-Signature": sdk.compute_signature(signed_url, params)}
+                async with http.post(local, data=params, headers=headers) as answer:
+                    assert answer.status == status, signed_url
+            # Outbound only: Twilio's inbound is acknowledged, not stored or posted.
+            inbound = local.replace("status", "inbound")
+            params = {"From": PERSON, "To": TW_NUMBER, "Body": "STOP"}
+            signed = sdk.compute_signature(
+                inbound.replace(local[: local.index("/v1")], "https://sms.example.com/base"), params
+            )
+            async with http.post(
+                inbound, data=params, headers={"X-Twilio-Signature": signed}
+            ) as answer:
+                assert answer.status == 200
+        assert not await redis.exists(keys.inbound("tw"), keys.opt_outs("tw"))
+    finally:
+        await runner.cleanup()
 
 
 @given(
