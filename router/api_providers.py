@@ -206,7 +206,7 @@ async def twilio_status(request: web.Request) -> web.Response:
         return web.Response(status=200)
     error = params.get("ErrorCode") or ""
     await hooks.reports.apply([sid], outcome, status, error or "0")
-    log.info("twilio status applied", profile=name, sid=sid, status=status, error=error)
+    log.debug("twilio status applied", profile=name, sid=sid, status=status, error=error)
     return web.Response(status=200)
 
 
@@ -306,7 +306,7 @@ async def web_report(request: web.Request) -> web.Response:
         return json_response({"status": "ok", "applied": False})
     error = _pick(data, spec.error_field, "error_field", required=False) if spec.error_field else ""
     await hooks.reports.apply([provider_id], ours, value, error or "0")
-    log.info("web report applied", profile=name, provider_id=provider_id, status=ours)
+    log.debug("web report applied", profile=name, provider_id=provider_id, status=ours)
     return json_response({"status": "ok", "applied": True})
 
 
