@@ -55,6 +55,8 @@ __all__ = [
     "Settings",
     "SmppSection",
     "Template",
+    "TwilioSection",
+    "WebhookReports",
     "load_settings",
     "parse_settings",
     "resolve_config_path",
@@ -241,6 +243,34 @@ class Template(_Section):
 _DEFAULT_NUMBER = NumberDetails()
 
 
+ReportStatus = Literal["delivered", "undelivered", "failed", "sent"]
+
+
+class WebhookReports(_Section):
+    """``[profiles.P.http.reports]``: how a Web-URL provider's delivery-report webhook
+    (``POST /v1/providers/P/report``) reads, and how it is authenticated."""
+
+    # Where the provider's message id and status are: a form field, or a dotted path
+    # into a JSON body (``data.id``; numeric segments index lists).
+    id_field: str = Field(min_length=1)
+    status_field: str = Field(min_length=1)
+    # The provider's status value -> ours; a value not listed is refused (400).
+    statuses: dict[str, ReportStatus] = Field(min_length=1)
+    error_field: str | None = None
+    # "token": header X-Webhook-Token equals `secret`; "hmac-sha256": header
+    # X-Signature is the hex HMAC-SHA256 of the raw body keyed with `secret`.
+    check: Literal["token", "hmac-sha256"] = "token"
+    secret: SecretStr
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        secret = _secret_field(value, info)
+        if isinstance(secret, str) and len(secret) < 16:
+            raise ValueError("must be at least 16 characters")
+        return secret
+
+
 class HttpSection(_Section):
     """``[profiles.P.http]``: the Web-URL request template (see `binds.http.HttpSpec`)."""
 
@@ -256,6 +286,7 @@ class HttpSection(_Section):
     timeout: Annotated[float, _between(0.1, 600)] = 10.0
     # A provider's answer is read up to this many bytes; the rest is never read.
     max_response_bytes: Annotated[int, _between(1024, 67_108_864)] = 65_536
+    reports: WebhookReports | None = None
 
 
 class SmppSection(_Section):
@@ -337,11 +368,39 @@ class SmppSection(_Section):
         return {int(key, 0): action for key, action in self.vendor_status.items()}
 
 
+class TwilioSection(_Section):
+    """``[profiles.P.twilio]``: send through Twilio's Messages API; delivery reports
+    and inbound messages come back to this daemon's API (router/api_providers.py)."""
+
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    auth_token: SecretStr
+    # Set: Twilio picks the sender from the service's pool (MessagingServiceSid is
+    # sent instead of From).
+    messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
+    base_url: str = "https://api.twilio.com"
+    timeout: Annotated[float, _between(0.1, 600)] = 10.0
+    # Seconds a sent message waits for its status callback before it is noted as
+    # missing; 0 = never noted.
+    report_timeout: Annotated[float, _between(0, 366 * 86_400)] = 172_800.0
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return _secret_field(value, info)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        checked = _http_url(value)
+        assert checked is not None
+        return checked.rstrip("/")
+
+
 class Profile(_Section):
     """``[profiles.P]``: a pool of numbers, how it sends and where callbacks go."""
 
     global_: bool = Field(default=False, alias="global")
-    protocol: Literal["http", "smpp"]
+    protocol: Literal["http", "smpp", "twilio"]
     direction: Literal["outbound", "both"] = "outbound"
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
@@ -378,6 +437,7 @@ class Profile(_Section):
     allowlist: list[NumberPrefix] = Field(default_factory=list)
     http: HttpSection | None = None
     smpp: SmppSection | None = None
+    twilio: TwilioSection | None = None
 
     @field_validator("webhook_secret", mode="before")
     @classmethod
@@ -517,6 +577,8 @@ class Settings(_Section):
             if p.smpp is not None:
                 s = p.smpp
                 head += f" -> {s.bind} x{s.binds} {s.host}:{s.port} system_id={s.system_id}"
+            if p.twilio is not None:
+                head += f" -> twilio {p.twilio.base_url} account={p.twilio.account_sid}"
             lines.append(head)
         return lines
 
@@ -707,6 +769,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
                 first_global = name
         problems += _check_numbers(where, name, profile.get("numbers"), owner)
         problems += _check_protocol(where, profile, secrets)
+        problems += _check_webhooks(where, profile, raw.get("api"))
         problems += _check_rules(where, profile, raw)
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
     for name, template in _tables(raw.get("templates")):
@@ -791,12 +854,14 @@ def _check_protocol(
 ) -> list[str]:
     problems: list[str] = []
     protocol = profile.get("protocol")
-    if protocol in ("http", "smpp"):
-        other = "smpp" if protocol == "http" else "http"
+    if protocol in _PROTOCOLS:
         if profile.get(protocol) is None:
             problems.append(f'{where}.{protocol}: required when protocol = "{protocol}"')
-        if profile.get(other) is not None:
-            problems.append(f'{where}.{other}: not used when protocol = "{protocol}"; remove it')
+        for other in _PROTOCOLS:
+            if other != protocol and profile.get(other) is not None:
+                problems.append(
+                    f'{where}.{other}: not used when protocol = "{protocol}"; remove it'
+                )
     smpp = profile.get("smpp")
     if profile.get("direction") == "both":
         if isinstance(smpp, Mapping) and smpp.get("bind") == "transmitter":
@@ -815,10 +880,35 @@ def _check_protocol(
     return problems
 
 
+_PROTOCOLS = ("http", "smpp", "twilio")
+
+
+def _check_webhooks(where: str, profile: Mapping[str, Any], api: Any) -> list[str]:
+    """Provider webhooks (Twilio inbound, Web-URL reports) arrive on the API: it must
+    listen."""
+    listen = isinstance(api, Mapping) and bool(api.get("listen"))
+    if listen:
+        return []
+    problems: list[str] = []
+    if profile.get("protocol") == "twilio" and profile.get("direction") == "both":
+        problems.append(
+            f'{where}.direction: "both" with protocol = "twilio" needs [api] listen '
+            "(Twilio posts inbound messages to /v1/providers/<profile>/inbound there)"
+        )
+    http = profile.get("http")
+    if isinstance(http, Mapping) and http.get("reports") is not None:
+        problems.append(
+            f"{where}.http.reports: needs [api] listen (reports arrive on "
+            "/v1/providers/<profile>/report there)"
+        )
+    return problems
+
+
 def _check_templates(where: str, http: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:
     """Let the Web-URL bind compile the templates: placeholders, braces, URL, id path."""
     try:
-        section = HttpSection.model_validate(http)
+        # Without `reports`: its secret resolves against the real environment here.
+        section = HttpSection.model_validate({k: v for k, v in http.items() if k != "reports"})
     except ValidationError:
         return []  # the schema check reports it
     # A missing secret is reported once by _collect_secrets; stand in for it here.

@@ -30,8 +30,10 @@ from redis.asyncio import Redis
 from binds.base import Bind
 from binds.http import HttpSender, HttpSpec
 from binds.smpp import DeliverHandler, SmppBind, SmppSpec
+from binds.twilio import TwilioSender, TwilioSpec
 
 from .api import ApiContext, ApiServer
+from .api_providers import PROVIDERS, ProviderHooks
 from .callbacks import StatusPoster
 from .client import Client
 from .config import ConfigError, Profile, Settings, load_settings
@@ -54,9 +56,29 @@ def health_key(instance: str) -> str:
 
 
 def build_binds(
-    name: str, profile: Profile, settings: Settings, on_deliver: DeliverHandler | None = None
+    name: str,
+    profile: Profile,
+    settings: Settings,
+    on_deliver: DeliverHandler | None = None,
+    *,
+    status_callback: str | None = None,
 ) -> list[Bind]:
-    """The binds of one profile: one HTTP sender, or `smpp.binds` SMPP sessions."""
+    """The binds of one profile: one HTTP sender, one Twilio sender (its StatusCallback
+    `status_callback`), or `smpp.binds` SMPP sessions."""
+    if profile.protocol == "twilio" and profile.twilio is not None:
+        twilio = profile.twilio
+        twilio_spec = TwilioSpec(
+            account_sid=twilio.account_sid,
+            auth_token=twilio.auth_token.get_secret_value(),
+            messaging_service_sid=twilio.messaging_service_sid,
+            base_url=twilio.base_url,
+            status_callback=status_callback,
+            timeout=twilio.timeout,
+            window=profile.window,
+            tps=profile.tps,
+            sync=profile.processing == "sync",
+        )
+        return [TwilioSender(f"{name}/twilio", twilio_spec)]
     if profile.protocol == "http" and profile.http is not None:
         http = profile.http
         spec = HttpSpec(
@@ -141,6 +163,8 @@ class Daemon:
         self.lease: Lease | None = None
         self.hangups = 0
         self.api: ApiServer | None = None
+        # Profiles whose provider reports back over HTTP (router/api_providers.py).
+        self.providers: dict[str, ProviderHooks] = {}
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: first time stop gracefully, second time exit at once."""
@@ -216,24 +240,29 @@ class Daemon:
                 signing=_signing(self.settings),
             )
         )
-        self._shared = Shared(redis, ledger, self.instance, self.outages)
+        self._shared = Shared(redis, ledger, self.instance, self.outages, self.providers)
         stack.push_async_callback(self._close_binds)
-        for name in self.settings.profiles:
-            self.runtimes[name] = await build(
-                name, self.settings, self._shared, make_binds=build_binds
-            )
         if self.settings.api.listen is not None:
+            # Before the binds: a Twilio bind's StatusCallback names the bound port.
             context = ApiContext(
                 settings=self.settings,
                 redis=redis,
                 ledger=ledger,
                 client=Client.from_settings(redis, self.settings),
-                workers=self.workers,
+                workers=self.workers,  # filled below; readiness reads it per request
+                extras={PROVIDERS: self.providers},
             )
             self._api_context = context
             self.api = ApiServer(context)
             await self.api.start()
             stack.push_async_callback(self.api.stop)
+            self._shared.api_port = self.api.port
+        for name in self.settings.profiles:
+            self.runtimes[name] = await build(
+                name, self.settings, self._shared, make_binds=build_binds
+            )
+        if self._api_context is not None:
+            self._api_context.workers = self.workers
         # What start-up built (configuration, libphonenumber's metadata, codecs, the
         # binds) lives as long as the process: keep it out of the collector's full
         # passes, which otherwise stall the loop for tens of milliseconds at a time.

@@ -52,6 +52,7 @@ from .outages import REDIS_ERRORS, Pause, RedisOutages, backoff
 
 log = structlog.get_logger("router.inbound")
 GROUP = "callbacks"
+UCS2_CODING = 8  # data_coding of messages stored from decoded text (`handle_text`)
 
 # Shared by the store scripts: publish a stored message (its entry `id` on the inbound
 # stream) as an `inbound` event, capped like the ledger's events.
@@ -193,19 +194,11 @@ class Inbound:
             "data_coding": message.data_coding,
             "received_at": received_at,
         }
+        if concat is None or concat[1] <= 1:
+            await self._store_whole(head, data)
+            return ESME_ROK
         part = base64.b64encode(data).decode()
         stream = keys.inbound(self.profile)
-        if concat is None or concat[1] <= 1:
-            fields = {"message": json.dumps(head), "parts": json.dumps([part]), "incomplete": "0"}
-            hit = None
-            if self.keywords is not None:
-                text, binary = decode_text(data, message.data_coding)
-                if not binary:
-                    hit = self.keywords.match(source, destination, received_at, text)
-                if hit is not None:
-                    fields["opt_out"] = hit.kind
-            await self._stores.submit((stream, fields, None, hit))
-            return ESME_ROK
         reference, total, seq = concat
         if not 1 <= seq <= total:
             log.warning(
@@ -232,6 +225,44 @@ class Inbound:
             )
         )
         return ESME_ROK
+
+    async def handle_text(self, source: str, destination: str, text: str) -> None:
+        """Store one inbound message that arrived already decoded (a provider's webhook,
+        e.g. Twilio's), with the same keyword handling and callback posting as a
+        deliver_sm. Returns once it is in Redis."""
+        if not self.forward:
+            log.info(
+                "inbound message not forwarded: profile direction is outbound",
+                profile=self.profile,
+                source=source,
+            )
+            return
+        head = {
+            "from": source,
+            "to": destination,
+            # UCS2 (UTF-16BE) holds any text, emoji included, and decodes as SMPP's would.
+            "data_coding": UCS2_CODING,
+            "received_at": round(time.time(), 3),
+        }
+        await self._store_whole(head, text.encode("utf-16-be"))
+
+    async def _store_whole(self, head: dict[str, Any], data: bytes) -> None:
+        """Store a message that is complete in itself, its keyword applied with it."""
+        fields = {
+            "message": json.dumps(head),
+            "parts": json.dumps([base64.b64encode(data).decode()]),
+            "incomplete": "0",
+        }
+        hit = None
+        if self.keywords is not None:
+            text, binary = decode_text(data, int(head["data_coding"]))
+            if not binary:
+                hit = self.keywords.match(
+                    str(head["from"]), str(head["to"]), float(head["received_at"]), text
+                )
+            if hit is not None:
+                fields["opt_out"] = hit.kind
+        await self._stores.submit((keys.inbound(self.profile), fields, None, hit))
 
     async def _store(self, batch: list[_Store]) -> list[None]:
         """Every store that arrived meanwhile, in one MULTI: one round trip, and a

@@ -57,6 +57,7 @@ class Reloader:
         for name in [n for n in self.runtimes if n not in new.profiles]:
             runtime = self.runtimes.pop(name)
             left = await runtime.retire(grace, close_binds=True)
+            self.shared.providers.pop(name, None)
             log.info("reload: profile removed", profile=name, left_pending=left)
         for name, profile in new.profiles.items():
             current = self.runtimes.get(name)

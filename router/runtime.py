@@ -9,8 +9,8 @@ SMPP sessions stay bound (`reusable_binds`); shutdown retires them all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -19,6 +19,7 @@ from binds.base import Bind
 from binds.smpp import DeliverHandler, SmppBind
 from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 
+from .api_providers import ProviderHooks, status_callback_url
 from .config import Profile, Settings
 from .inbound import CallbackPoster, Inbound
 from .keywords import Keywords
@@ -29,8 +30,19 @@ from .worker import ProfileWorker
 
 log = structlog.get_logger("router.runtime")
 
-# Builds a profile's binds (router/daemon.py `build_binds`).
-BindFactory = Callable[[str, Profile, Settings, DeliverHandler | None], list[Bind]]
+
+class BindFactory(Protocol):
+    """Builds a profile's binds (router/daemon.py `build_binds`)."""
+
+    def __call__(
+        self,
+        name: str,
+        profile: Profile,
+        settings: Settings,
+        on_deliver: DeliverHandler | None = None,
+        *,
+        status_callback: str | None = None,
+    ) -> list[Bind]: ...
 
 
 @dataclass
@@ -41,6 +53,9 @@ class Shared:
     ledger: Ledger
     instance: str
     outages: RedisOutages
+    # Profile -> what its provider's webhooks feed (the API's `PROVIDERS`).
+    providers: dict[str, ProviderHooks] = field(default_factory=dict)
+    api_port: int | None = None  # the API's bound port, once it listens
 
 
 @dataclass
@@ -104,6 +119,34 @@ def deliver_handler(reports: Reports, inbound: Inbound, outages: RedisOutages) -
     return on_deliver
 
 
+def _provider_side(
+    name: str, settings: Settings, shared: Shared
+) -> tuple[Reports, Inbound | None, str | None]:
+    """Reports (and, for Twilio, inbound messages) of a profile whose provider reports
+    over HTTP, registered for the API's provider webhooks; and the StatusCallback URL a
+    Twilio bind gives (None without the API)."""
+    profile = settings.profiles[name]
+    twilio = profile.twilio
+    callback = None
+    if twilio is not None and shared.api_port is not None:
+        callback = status_callback_url(settings, name, shared.api_port)
+    # Twilio reports every message it was given a StatusCallback for.
+    wait = twilio.report_timeout if twilio is not None and callback is not None else 0.0
+    reports = Reports(shared.redis, shared.ledger, name, id_format="as-is", report_timeout=wait)
+    inbound: Inbound | None = None
+    if twilio is not None:
+        inbound = Inbound(
+            shared.redis,
+            name,
+            forward=profile.direction == "both",
+            reassembly_timeout=300.0,  # unused: Twilio delivers whole messages
+            keywords=Keywords(name, profile, shared.ledger),
+            events_maxlen=settings.queue.events_maxlen,
+        )
+    shared.providers[name] = ProviderHooks(reports, inbound)
+    return reports, inbound, callback
+
+
 def reusable_binds(old: Profile, new: Profile) -> bool:
     """Whether `new` can keep `old`'s binds: same protocol and the same connection and
     encoding settings (`window`, `tps` and `processing` are adjusted in place)."""
@@ -153,7 +196,10 @@ async def build(
                 events_maxlen=settings.queue.events_maxlen,
             )
             handler = deliver_handler(reports, inbound, shared.outages)
-        binds = make_binds(name, profile, settings, handler)
+        status_callback: str | None = None
+        if profile.twilio is not None or (profile.http is not None and profile.http.reports):
+            reports, inbound, status_callback = _provider_side(name, settings, shared)
+        binds = make_binds(name, profile, settings, handler, status_callback=status_callback)
         for bind in binds:
             await bind.start()
     poster = None

@@ -92,7 +92,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("profiles/a/http", _DELETE, 'profiles.a.http: required when protocol = "http"'),
     ("profiles/b/http", {"url": "https://x.example/"}, "profiles.b.http: not used when protocol"),
     ("profiles/a/processing", "asap", "profiles.a.processing: must be 'sync' or 'async'"),
-    ("profiles/a/protocol", "ftp", "profiles.a.protocol: must be 'http' or 'smpp'"),
+    ("profiles/a/protocol", "ftp", "profiles.a.protocol: must be 'http', 'smpp' or 'twilio'"),
     ("profiles/a/window", 0, "profiles.a.window: must be between 1 and 10000"),
     ("profiles/a/http/url", "https://x/{bad}", "profiles.a.http.url: unknown placeholder {bad}"),
     ("profiles/a/http/form", {"t": "{to"}, "profiles.a.http.form.t: unmatched '{'"),
