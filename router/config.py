@@ -265,10 +265,7 @@ class WebhookReports(_Section):
     @field_validator("secret", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        secret = _secret_field(value, info)
-        if isinstance(secret, str) and len(secret) < 16:
-            raise ValueError("must be at least 16 characters")
-        return secret
+        return _long_secret(value, info)
 
 
 class HttpSection(_Section):
@@ -463,6 +460,14 @@ def _secret_field(value: Any, info: ValidationInfo) -> Any:
     return _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
 
 
+def _long_secret(value: Any, info: ValidationInfo) -> Any:
+    """`_secret_field`, refusing a secret shorter than 16 characters (guessable)."""
+    secret = _secret_field(value, info)
+    if isinstance(secret, str) and len(secret) < 16:
+        raise ValueError("must be at least 16 characters")
+    return secret
+
+
 Scope = Literal["send", "read", "admin"]
 
 
@@ -475,10 +480,7 @@ class ApiKey(_Section):
     @field_validator("token", mode="before")
     @classmethod
     def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        secret = _secret_field(value, info)
-        if isinstance(secret, str) and len(secret) < 16:
-            raise ValueError("must be at least 16 characters")
-        return secret
+        return _long_secret(value, info)
 
 
 class TwilioApi(_Section):

@@ -24,12 +24,13 @@ from redis.exceptions import RedisError
 from binds.smpp.pdu import ESME_ROK, ESME_RX_T_APPN, ShortMessage
 from router import Client, keys
 from router.config import ConfigError, parse_settings
-from router.daemon import _deliver_handler, health_key
+from router.daemon import health_key
 from router.inbound import CallbackPoster, Inbound
 from router.lease import lease_key
 from router.ledger import Ledger
 from router.outages import RedisOutages
 from router.reports import Reports
+from router.runtime import deliver_handler
 
 from .conftest import Provider, RedisServer, config_dict, free_port, wait_for
 from .test_flow import statuses
@@ -161,7 +162,7 @@ async def test_deliver_sm_during_an_outage_is_refused_for_resend_and_logged_once
     reports = Reports(redis, ledger, "alerts", id_format="as-is")
     inbound = Inbound(redis, "alerts", forward=True, reassembly_timeout=5)
     outages = RedisOutages()
-    on_deliver = _deliver_handler(reports, inbound, outages)
+    on_deliver = deliver_handler(reports, inbound, outages)
     receipt = ShortMessage(
         esm_class=0x04,
         short_message=b"id:a1 sub:001 dlvrd:001 submit date:2311231010 "
