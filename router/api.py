@@ -181,6 +181,9 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from . import api_metrics  # it imports this module
+
+    api_metrics.add_routes(app)
     return app
 
 

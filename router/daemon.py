@@ -32,6 +32,7 @@ from binds.smpp import DeliverHandler, SmppBind, SmppSpec
 from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 
 from .api import ApiContext, ApiServer
+from .api_metrics import METRICS_KEY
 from .callbacks import StatusPoster
 from .client import Client
 from .config import Profile, Settings
@@ -40,8 +41,10 @@ from .inbound import CallbackPoster, Inbound
 from .keywords import Keywords
 from .lease import Lease
 from .ledger import Ledger
+from .metrics import Metrics
 from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages
 from .reports import Reports
+from .systemd import Notifier
 from .worker import ProfileWorker
 
 log = structlog.get_logger("router.daemon")
@@ -146,6 +149,9 @@ class Daemon:
         self.lease: Lease | None = None
         self.hangups = 0
         self.api: ApiServer | None = None
+        self.metrics = Metrics(self.instance, settings)
+        self.notify = Notifier()  # systemd (no-op unless NOTIFY_SOCKET is set)
+        self._serving = False
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: first time stop gracefully, second time exit at once."""
@@ -163,6 +169,44 @@ class Daemon:
         self.hangups += 1
         log.warning("SIGHUP ignored: reload is not supported yet")
 
+    def notify_reloading(self) -> None:
+        """Tell systemd a reload began (RELOADING=1); `notify_ready` when it is over."""
+        self.notify.reloading()
+
+    def notify_ready(self) -> None:
+        """Tell systemd the daemon serves (READY=1 and the current status)."""
+        self.notify.ready(self._status_text())
+
+    def _status_text(self) -> str:
+        """The STATUS= line: what the daemon does now."""
+        binds = [b for w in self.workers for b in w.binds]
+        text = (
+            f"serving {len(self.workers)} profiles; "
+            f"binds ready {sum(1 for b in binds if b.ready)}/{len(binds)}"
+        )
+        down = self.outages.down_since
+        if down is not None:
+            since = time.strftime("%H:%M:%SZ", time.gmtime(down))
+            text += f"; Redis unreachable since {since}, waiting"
+        return text
+
+    async def _systemd(self) -> None:
+        """WATCHDOG=1 every half of WATCHDOG_USEC, and STATUS= when it changes. Runs on
+        the event loop: a loop that blocks stops the pings, and systemd restarts us."""
+        notify = self.notify
+        if not notify.enabled:
+            return
+        tick = min(1.0, notify.interval or 1.0)
+        next_ping = 0.0
+        while True:
+            now = time.monotonic()
+            if notify.interval is not None and now >= next_ping:
+                notify.watchdog()
+                next_ping = now + notify.interval
+            if self._serving and not self.stopping.is_set():
+                notify.status(self._status_text())
+            await asyncio.sleep(tick)
+
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until stopped; returns the exit code.
 
@@ -173,6 +217,16 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop, signum)
             loop.add_signal_handler(signal.SIGHUP, self.hang_up)
+        self.notify.status("starting: connecting to Redis")
+        systemd = asyncio.create_task(self._systemd())
+        try:
+            return await self._run()
+        finally:
+            systemd.cancel()
+            await asyncio.gather(systemd, return_exceptions=True)
+            self.notify.close()
+
+    async def _run(self) -> int:
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(open_redis(self.settings, daemon=True))
             self.outages.redis = redis
@@ -183,10 +237,13 @@ class Daemon:
             # at start-up may take longer than its TTL.
             health = asyncio.create_task(self._health(redis))
             try:
+                self.notify.status("starting: binds and workers")
                 await self._startup(redis, stack)
             except BaseException:
                 health.cancel()
                 raise
+            self._serving = True
+            self.notify_ready()
             await self._serve(health)
         log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
@@ -222,6 +279,7 @@ class Daemon:
                     name,
                     id_format=profile.smpp.message_id_format,
                     report_timeout=profile.smpp.report_wait,
+                    metrics=self.metrics.profile(name),
                 )
                 inbound = Inbound(
                     redis,
@@ -257,8 +315,10 @@ class Daemon:
                     consumer=self.instance,
                     reports=reports,
                     outages=self.outages,
+                    metrics=self.metrics.profile(name),
                 )
             )
+        self.metrics.watch(self.workers, self.outages, redis)
         for worker in self.workers:
             await worker.start()
         if self.settings.api.listen is not None:
@@ -268,6 +328,7 @@ class Daemon:
                 ledger=ledger,
                 client=Client.from_settings(redis, self.settings),
                 workers=self.workers,
+                extras={METRICS_KEY: self.metrics},
             )
             self.api = ApiServer(context)
             await self.api.start()
@@ -292,6 +353,9 @@ class Daemon:
         tasks = loops + posters
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        self._serving = False
+        grace = self.settings.router.shutdown_grace
+        self.notify.stopping(f"stopping: finishing in-flight messages (grace {grace:g}s)")
         failed = [t for t in done if t is not stop and t.exception() is not None]
         for task in failed:
             # Redis errors are waited out inside the loops: this is a bug.
