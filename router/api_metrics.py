@@ -9,7 +9,6 @@ bearer token with the ``read`` scope. Redis is read at scrape time (bounded by
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from .api import CONTEXT, ApiError, Handler, scoped
 from .metrics import Metrics
@@ -18,13 +17,14 @@ METRICS_KEY = "metrics"  # ApiContext.extras[METRICS_KEY]: the daemon's `Metrics
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    """The text exposition format, version 0.0.4."""
+    """Prometheus' text format (or OpenMetrics when the Accept header asks for it)."""
     found = request.app[CONTEXT].extras.get(METRICS_KEY)
     if not isinstance(found, Metrics):
         raise ApiError(404, "metrics: not collected by this server")
     await found.refresh()
-    response = web.Response(body=found.render())
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    body, content_type = found.render(request.headers.get("Accept", ""))
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
     return response
 
 

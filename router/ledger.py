@@ -220,9 +220,7 @@ class Ledger:
             for i in range(0, len(reply), 3)
         ]
 
-    async def finish(
-        self, profile: str, stream: str, items: Sequence[Finished]
-    ) -> dict[str, int]:
+    async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> dict[str, int]:
         """Record a batch's outcomes (`sent` or `failed`), their events and provider-id
         index, apply early reports, and acknowledge the entries, in one call
         (finish.lua). Returns the final statuses the early reports wrote, counted

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -202,9 +203,11 @@ class Metrics:
             self._snapshot = None
             return False
 
-    def render(self) -> bytes:
-        """The text exposition format (after `refresh`)."""
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition (after `refresh`) and its content type: the format the
+        `accept` header asks for (Prometheus' text format by default, or OpenMetrics)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
     async def _read(self, redis: Redis) -> _Snapshot:
         names = list(self.profiles)
@@ -314,9 +317,7 @@ class _Collector(Collector):
         yield latency
 
     def _binds(self, workers: Sequence[WorkerView]) -> Iterator[Metric]:
-        binds = GaugeMetricFamily(
-            f"{PREFIX}_binds", "Binds by state.", labels=["profile", "state"]
-        )
+        binds = GaugeMetricFamily(f"{PREFIX}_binds", "Binds by state.", labels=["profile", "state"])
         ready = GaugeMetricFamily(
             f"{PREFIX}_binds_ready", "Binds that can send now.", labels=["profile"]
         )
