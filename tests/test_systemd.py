@@ -160,7 +160,7 @@ async def test_the_embedded_redis_does_not_inherit_notify_socket(
     await wait_for(lambda: listener.index("READY=1") >= 0, 30, "READY=1")
     children = [pid for pid in _redis_servers() if str(state) in _cmdline(pid)]
     assert len(children) == 1
-    environ = Path(f"/proc/{children[0]}/environ").read_bytes().split(b"\0")
+    environ = _environ(children[0])
     assert not any(v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_")) for v in environ)
     assert "NOTIFY_SOCKET" in os.environ and "NOTIFY_SOCKET" not in child_environment()
     assert await running.stop() == 0
@@ -172,6 +172,10 @@ def _redis_servers() -> list[int]:
         for p in Path("/proc").iterdir()
         if p.name.isdigit() and "redis-server" in _cmdline(int(p.name))
     ]
+
+
+def _environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
 
 def _cmdline(pid: int) -> str:
