@@ -171,7 +171,7 @@ class Metrics:
         }
         self.started = time.time()
         self.workers: Sequence[WorkerView] = ()
-        self.outages: RedisOutages | None = None
+        self.outages = RedisOutages()  # the daemon's, from `watch`
         self.redis: Redis | None = None
         self._snapshot: _Snapshot | None = None
         self.registry.register(_Collector(self))
@@ -362,20 +362,19 @@ class _Collector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_redis_up", "Whether Redis answered this scrape.", 0 if snap is None else 1
         )
-        if m.outages is not None:
-            yield CounterMetricFamily(
-                f"{PREFIX}_redis_errors",
-                "Redis errors this instance's loops met (each waited out).",
-                m.outages.errors,
-            )
-            yield CounterMetricFamily(
-                f"{PREFIX}_redis_outages", "Redis outages since start.", m.outages.count
-            )
-            yield GaugeMetricFamily(
-                f"{PREFIX}_redis_down",
-                "1 while this instance sees Redis unreachable.",
-                0 if m.outages.down_since is None else 1,
-            )
+        yield CounterMetricFamily(
+            f"{PREFIX}_redis_errors",
+            "Redis errors this instance's loops met (each waited out).",
+            m.outages.errors,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_redis_outages", "Redis outages since start.", m.outages.count
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_redis_down",
+            "1 while this instance sees Redis unreachable.",
+            0 if m.outages.down_since is None else 1,
+        )
         if snap is None:
             return
         yield from _queues(snap)

@@ -3,6 +3,8 @@ prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ from router.metrics import Latency, Metrics
 
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
 
+DASHBOARD = Path(__file__).parent.parent / "config" / "grafana-dashboard.json"
 STUCK = "+447911123457"  # the SMPP profile's sender number
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -244,3 +247,25 @@ def test_latency_buckets_are_cumulative_and_inclusive() -> None:
         latency.observe(seconds)
     assert latency.buckets() == [("0.01", 2), ("0.1", 3), ("1.0", 4), ("+Inf", 5)]
     assert latency.count == 5 and latency.sum == pytest.approx(5.565)
+
+
+async def test_the_dashboard_uses_only_metrics_the_router_exports(
+    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path
+) -> None:
+    settings = metrics_settings(redis_url, provider, tmp_path)
+    metrics = Metrics("dash", settings)
+    metrics.redis = redis
+    assert await metrics.refresh()
+    body, _ = metrics.render()
+    exported: set[str] = set()
+    for family in text_string_to_metric_families(body.decode()):
+        exported.add(family.name)
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+        exported.update(family.name + s for s in suffixes.get(family.type, []))
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {name for expr in exprs for name in re.findall(r"sms_router_\w+", expr)}
+    assert used and used <= exported, used - exported
+    # Every panel reads the Prometheus data source the dashboard asks for on import.
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {"${datasource}"}
