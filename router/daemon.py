@@ -10,6 +10,10 @@ only set flags; a second signal exits at once; SIGHUP is logged and ignored.
 Every serving loop waits out Redis outages (router/outages.py); a serving task
 that still fails met a bug, and the daemon stops with exit code 1. So does a
 daemon whose instance lease (router/lease.py) was taken by another one.
+
+Under systemd (router/systemd.py) it sends READY=1 once started, STATUS= lines,
+STOPPING=1 when shutdown begins and WATCHDOG=1 from the event loop. Its metrics
+(router/metrics.py) are handed to every worker and served at GET /metrics.
 """
 
 from __future__ import annotations
