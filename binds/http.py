@@ -97,6 +97,7 @@ class HttpSender:
         self._limiter = RateLimiter(spec.tps)
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout)
         self._sends = TaskSends()
+        self.throttles = 0  # answers 429 Too Many Requests (metrics)
 
     @property
     def window(self) -> int:
@@ -220,6 +221,8 @@ class HttpSender:
             return Accepted(provider_message_id=found, raw=raw)
         code = f"http_{status}"
         if status == 429 or 500 <= status <= 599:
+            if status == 429:
+                self.throttles += 1
             return Retry(reason=f"http {status}", code=code, raw=raw, after=_seconds(retry_after))
         short = " ".join(body.split())
         if len(short) > REASON_BODY_LIMIT:

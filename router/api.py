@@ -184,9 +184,17 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     # The endpoint modules import this one: loaded here, once it is complete.
-    from . import api_events, api_messages, api_profiles, api_providers, api_twilio
+    from . import (
+        api_events,
+        api_messages,
+        api_metrics,
+        api_profiles,
+        api_providers,
+        api_twilio,
+    )
 
-    for group in (api_messages, api_profiles, api_twilio, api_providers, api_events):
+    groups = (api_messages, api_profiles, api_twilio, api_providers, api_events, api_metrics)
+    for group in groups:
         group.add_routes(app)
     return app
 

@@ -505,6 +505,8 @@ class ApiSettings(_Section):
     max_body: Annotated[int, _between(1024, 64 * 1_048_576)] = 2_097_152
     keys: dict[str, ApiKey] = Field(default_factory=dict)
     twilio: TwilioApi | None = None
+    # GET /metrics needs a key with the `read` scope (default: open, like /healthz).
+    metrics_auth: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .config import Settings
+from .systemd import child_environment
 
 MAX_CONNECTIONS = 128  # per process; Redis' default maxclients is 10,000
 
@@ -151,6 +152,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            env=child_environment(),  # not NOTIFY_SOCKET: we alone talk to systemd
             start_new_session=True,  # a Ctrl-C in the terminal goes to us, not to it
         )
         for _ in range(200):

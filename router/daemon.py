@@ -10,6 +10,10 @@ only set flags; a second signal exits at once; SIGHUP is logged and ignored.
 Every serving loop waits out Redis outages (router/outages.py); a serving task
 that still fails met a bug, and the daemon stops with exit code 1. So does a
 daemon whose instance lease (router/lease.py) was taken by another one.
+
+Under systemd (router/systemd.py) it sends READY=1 once started, STATUS= lines,
+STOPPING=1 when shutdown begins and WATCHDOG=1 from the event loop. Its metrics
+(router/metrics.py) are handed to every worker and served at GET /metrics.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from binds.smpp import DeliverHandler, SmppBind, SmppSpec
 from binds.twilio import TwilioSender, TwilioSpec
 
 from .api import ApiContext, ApiServer
+from .api_metrics import METRICS_KEY
 from .api_providers import PROVIDERS, ProviderHooks
 from .callbacks import StatusPoster
 from .client import Client
@@ -40,9 +45,11 @@ from .config import ConfigError, Profile, Settings, load_settings
 from .connections import open_redis
 from .lease import Lease
 from .ledger import Ledger
+from .metrics import Metrics
 from .outages import REDIS_ERRORS, Pause, RedisOutages
 from .reload import Reloader
 from .runtime import ProfileRuntime, Shared, build
+from .systemd import Notifier
 from .worker import ProfileWorker
 
 log = structlog.get_logger("router.daemon")
@@ -165,6 +172,9 @@ class Daemon:
         self.api: ApiServer | None = None
         # Profiles whose provider reports back over HTTP (router/api_providers.py).
         self.providers: dict[str, ProviderHooks] = {}
+        self.metrics = Metrics(self.instance, settings)
+        self.notify = Notifier()  # systemd (no-op unless NOTIFY_SOCKET is set)
+        self._up = False  # serving (STATUS= lines are sent)
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: first time stop gracefully, second time exit at once."""
@@ -190,6 +200,44 @@ class Daemon:
         self.hangups += 1
         self._reload.set()
 
+    def notify_reloading(self) -> None:
+        """Tell systemd a reload began (RELOADING=1); `notify_ready` when it is over."""
+        self.notify.reloading()
+
+    def notify_ready(self) -> None:
+        """Tell systemd the daemon serves (READY=1 and the current status)."""
+        self.notify.ready(self._status_text())
+
+    def _status_text(self) -> str:
+        """The STATUS= line: what the daemon does now."""
+        binds = [b for w in self.workers for b in w.binds]
+        text = (
+            f"serving {len(self.workers)} profiles; "
+            f"binds ready {sum(1 for b in binds if b.ready)}/{len(binds)}"
+        )
+        down = self.outages.down_since
+        if down is not None:
+            since = time.strftime("%H:%M:%SZ", time.gmtime(down))
+            text += f"; Redis unreachable since {since}, waiting"
+        return text
+
+    async def _systemd(self) -> None:
+        """WATCHDOG=1 every half of WATCHDOG_USEC, and STATUS= when it changes. Runs on
+        the event loop: a loop that blocks stops the pings, and systemd restarts us."""
+        notify = self.notify
+        if not notify.enabled:
+            return
+        tick = min(1.0, notify.interval or 1.0)
+        next_ping = 0.0
+        while True:
+            now = time.monotonic()
+            if notify.interval is not None and now >= next_ping:
+                notify.watchdog()
+                next_ping = now + notify.interval
+            if self._up and not self.stopping.is_set():
+                notify.status(self._status_text())
+            await asyncio.sleep(tick)
+
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until stopped; returns the exit code.
 
@@ -200,6 +248,16 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop, signum)
             loop.add_signal_handler(signal.SIGHUP, self.hang_up)
+        self.notify.status("starting: connecting to Redis")
+        systemd = asyncio.create_task(self._systemd())
+        try:
+            return await self._run()
+        finally:
+            systemd.cancel()
+            await asyncio.gather(systemd, return_exceptions=True)
+            self.notify.close()
+
+    async def _run(self) -> int:
         async with AsyncExitStack() as stack:
             redis = await stack.enter_async_context(open_redis(self.settings, daemon=True))
             self.outages.redis = redis
@@ -210,10 +268,13 @@ class Daemon:
             # at start-up may take longer than its TTL.
             health = asyncio.create_task(self._health(redis))
             try:
+                self.notify.status("starting: binds and workers")
                 await self._startup(redis, stack)
             except BaseException:
                 health.cancel()
                 raise
+            self._up = True
+            self.notify_ready()
             await self._serve(health)
         log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
@@ -240,7 +301,9 @@ class Daemon:
                 signing=_signing(self.settings),
             )
         )
-        self._shared = Shared(redis, ledger, self.instance, self.outages, self.providers)
+        self._shared = Shared(
+            redis, ledger, self.instance, self.outages, self.providers, metrics=self.metrics
+        )
         stack.push_async_callback(self._close_binds)
         if self.settings.api.listen is not None:
             # Before the binds: a Twilio bind's StatusCallback names the bound port.
@@ -250,7 +313,7 @@ class Daemon:
                 ledger=ledger,
                 client=Client.from_settings(redis, self.settings),
                 workers=self.workers,  # filled below; readiness reads it per request
-                extras={PROVIDERS: self.providers},
+                extras={PROVIDERS: self.providers, METRICS_KEY: self.metrics},
             )
             self._api_context = context
             self.api = ApiServer(context)
@@ -263,6 +326,7 @@ class Daemon:
             )
         if self._api_context is not None:
             self._api_context.workers = self.workers
+        self.metrics.watch(self.workers, self.outages, redis)
         # What start-up built (configuration, libphonenumber's metadata, codecs, the
         # binds) lives as long as the process: keep it out of the collector's full
         # passes, which otherwise stall the loop for tens of milliseconds at a time.
@@ -296,6 +360,9 @@ class Daemon:
             if self._reload.is_set() and not failed and not self.stopping.is_set():
                 self._reload.clear()
                 await self.reload()
+        self._up = False
+        grace = self.settings.router.shutdown_grace
+        self.notify.stopping(f"stopping: finishing in-flight messages (grace {grace:g}s)")
         for task in failed:
             # Redis errors are waited out inside the loops: this is a bug.
             log.error(
@@ -348,8 +415,13 @@ class Daemon:
                       problems=exc.problems)  # fmt: skip
             return False
         assert self._shared is not None
+        self.notify_reloading()
         reloader = Reloader(self.settings, new, self.runtimes, self._shared, build_binds)
-        await reloader.apply()
+        try:
+            await reloader.apply()
+        finally:
+            self.metrics.watch(self.workers, self.outages, self._shared.redis)
+            self.notify_ready()
         self.settings = reloader.settings
         for poster in self.posters:
             poster.signing = _signing(self.settings)

@@ -221,10 +221,11 @@ class Ledger:
             for i in range(0, len(reply), 3)
         ]
 
-    async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> int:
+    async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> dict[str, int]:
         """Record a batch's outcomes (`sent` or `failed`), their events and provider-id
         index, apply early reports, and acknowledge the entries, in one call
-        (finish.lua). Returns how many early reports were applied."""
+        (finish.lua). Returns the final statuses the early reports wrote, counted
+        (``{"delivered": 3}``; empty when none was applied)."""
         wait = self._report_waits.get(profile, 0.0)
         payload = msgpack.packb(
             [
@@ -235,7 +236,7 @@ class Ledger:
                 items,
             ]
         )
-        applied = await self._finish(
+        finals = await self._finish(
             keys=[
                 keys.EVENTS,
                 keys.CALLBACKS,
@@ -246,7 +247,7 @@ class Ledger:
             ],
             args=[payload],
         )
-        return int(applied)
+        return {as_text(finals[i]): int(finals[i + 1]) for i in range(0, len(finals), 2)}
 
     async def note_missing_reports(self, profile: str, *, note: str, batch: int = 500) -> int:
         """Note every overdue sent message of `profile` (see missing.lua); returns how many

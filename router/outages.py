@@ -48,6 +48,7 @@ class RedisOutages:
 
     def __init__(self, redis: Redis | None = None) -> None:
         self.count = 0
+        self.errors = 0  # Redis errors noticed by the loops (metrics: redis errors)
         self.down_since: float | None = None  # wall clock, for the health record
         self._down_mono = 0.0
         self.last_seconds: float | None = None
@@ -69,6 +70,7 @@ class RedisOutages:
 
     def down(self, doing: str, exc: BaseException) -> bool:
         """Note a failure; True (and one warning) if it starts a new outage."""
+        self.errors += 1
         if self.down_since is not None:
             return False
         self.count += 1

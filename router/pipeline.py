@@ -14,6 +14,7 @@ one was in flight, so batches grow with load and a lone message is not delayed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from binds.base import Accepted, Bind, Crashed, Failed, OutboundMessage, Outcome
 
 from .jobs import Job
 from .ledger import Finished, Ledger, Sending, Transition
+from .metrics import ProfileMetrics
 from .outages import REDIS_DOWN, Pause, RedisOutages
 from .queue import Entry
 from .reports import Reports
@@ -56,6 +58,7 @@ class Ready:
     # its key and TTL in seconds ('' and 0 for none).
     sticky_key: str = ""
     sticky_ttl: int = 0
+    handed_at: float = 0.0  # monotonic time it went to a bind (metrics: submit latency)
 
 
 class Handoff(Protocol):
@@ -88,8 +91,10 @@ class Pipeline:
         outages: RedisOutages,
         store_text: bool,
         handoff: Handoff,
+        metrics: ProfileMetrics | None = None,
     ) -> None:
         self.profile = profile
+        self._metrics = metrics
         self._stream = stream
         self._ledger = ledger
         self._binds = list(binds)
@@ -160,8 +165,11 @@ class Pipeline:
         """Hand queued messages to the binds while fewer than the windows are unsettled
         (sent, outcome not recorded)."""
         queue, limit = self._queue, self.windows
+        # One clock read per pump: the messages it hands over go out together.
+        now = time.monotonic() if self._metrics is not None and queue else 0.0
         while queue and self._unsettled < limit:
             ready = queue.popleft()
+            ready.handed_at = now
             self._unsettled += 1
             job = ready.job
             message = OutboundMessage(
@@ -257,6 +265,8 @@ class Pipeline:
 
     def collect(self, ready: Ready, outcome: Outcome | Crashed) -> None:
         """A bind's outcome for one message (called by the bind, on the loop)."""
+        if self._metrics is not None and ready.handed_at:
+            self._metrics.latency.observe(time.monotonic() - ready.handed_at)
         if isinstance(outcome, Crashed):
             self._handoff.fail(ready, outcome.error)
             self._settled(1)
@@ -272,17 +282,22 @@ class Pipeline:
 
     async def _flush(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
         items = [self._finished_item(r, o) for r, o in taken]
-        applied = await self._record(
+        finals = await self._record(
             "recording outcomes",
             lambda: self._ledger.finish(self.profile, self._stream, items),
             None,  # outcomes are recorded even while stopping: the grace bounds it
         )
-        if isinstance(applied, Exception):
+        if isinstance(finals, Exception):
             await self._one_by_one_finish(taken, items)
             self._settled(len(taken))
             return
         self._settled(len(taken))
         failed = [o for _, o in taken if isinstance(o, Failed)]
+        if self._metrics is not None and finals is not None:
+            self._metrics.count("sent", len(taken) - len(failed))
+            self._metrics.count("failed", len(failed))
+            for status, count in finals.items():  # early delivery reports applied
+                self._metrics.count(status, count)
         if failed:
             log.warning(
                 "messages refused by the provider",
@@ -363,6 +378,10 @@ class Pipeline:
             if isinstance(result, Exception):
                 self._handoff.fail(ready, result)
             else:
+                if self._metrics is not None and result is not None:
+                    self._metrics.count(item[3])
+                    for status, count in result.items():
+                        self._metrics.count(status, count)
                 self._handoff.release([ready.entry])
 
 

@@ -39,6 +39,7 @@ from binds.smpp.receipt import (
 
 from .batching import Batcher
 from .ledger import Ledger, Report, Transition
+from .metrics import ProfileMetrics
 
 log = structlog.get_logger("router.reports")
 
@@ -76,8 +77,10 @@ class Reports:
         id_format: IdFormat,
         report_timeout: float = 0.0,
         early_ttl: float = EARLY_TTL,
+        metrics: ProfileMetrics | None = None,
     ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._ledger = ledger
         self.profile = profile
         self.id_format: IdFormat = id_format
@@ -142,7 +145,12 @@ class Reports:
             log.debug(result.previous, id=job, profile=self.profile, stat=stat)
 
     async def _store(self, batch: list[Report]) -> list[tuple[Transition, str, str]]:
-        return await self._ledger.reports(self.profile, batch, keep_for=self._early_ttl)
+        results = await self._ledger.reports(self.profile, batch, keep_for=self._early_ttl)
+        if self._metrics is not None:
+            for result, _job, _part in results:
+                if result.verdict == "ok":  # a final status written: `previous` holds it
+                    self._metrics.count(result.previous)
+        return results
 
     async def sweep(self) -> int:
         """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.

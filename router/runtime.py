@@ -24,6 +24,7 @@ from .config import Profile, Settings
 from .inbound import CallbackPoster, Inbound
 from .keywords import Keywords
 from .ledger import Ledger
+from .metrics import Metrics
 from .outages import REDIS_DOWN, RedisOutages
 from .reports import Reports
 from .worker import ProfileWorker
@@ -56,6 +57,7 @@ class Shared:
     # Profile -> what its provider's webhooks feed (the API's `PROVIDERS`).
     providers: dict[str, ProviderHooks] = field(default_factory=dict)
     api_port: int | None = None  # the API's bound port, once it listens
+    metrics: Metrics | None = None
 
 
 @dataclass
@@ -132,7 +134,15 @@ def _provider_side(
         callback = status_callback_url(settings, name, shared.api_port)
     # Twilio reports every message it was given a StatusCallback for.
     wait = twilio.report_timeout if twilio is not None and callback is not None else 0.0
-    reports = Reports(shared.redis, shared.ledger, name, id_format="as-is", report_timeout=wait)
+    metrics = shared.metrics.profile(name) if shared.metrics is not None else None
+    reports = Reports(
+        shared.redis,
+        shared.ledger,
+        name,
+        id_format="as-is",
+        report_timeout=wait,
+        metrics=metrics,
+    )
     inbound: Inbound | None = None
     if twilio is not None:
         inbound = Inbound(
@@ -165,6 +175,7 @@ async def build(
     `handed`, its binds (and their receipt and inbound handlers) carry on."""
     profile = settings.profiles[name]
     router = settings.router
+    metrics = shared.metrics.profile(name) if shared.metrics is not None else None
     reports: Reports | None = None
     inbound: Inbound | None = None
     if handed is not None:
@@ -186,6 +197,7 @@ async def build(
                 name,
                 id_format=profile.smpp.message_id_format,
                 report_timeout=profile.smpp.report_wait,
+                metrics=metrics,
             )
             inbound = Inbound(
                 shared.redis,
@@ -223,6 +235,7 @@ async def build(
         consumer=shared.instance,
         reports=reports,
         outages=shared.outages,
+        metrics=metrics,
     )
     runtime = ProfileRuntime(name, profile, binds, worker, reports, inbound, poster)
     await worker.start()

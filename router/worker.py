@@ -34,6 +34,7 @@ from .compose import TemplateError, pick_text, render, smart_encode
 from .config import Settings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger, Transition
+from .metrics import ProfileMetrics
 from .outages import REDIS_DOWN, REDIS_ERRORS, Pause, RedisOutages, backoff
 from .pipeline import Pipeline, Ready
 from .queue import Entry, WorkQueue
@@ -72,8 +73,10 @@ class ProfileWorker:
         consumer: str,
         reports: Reports | None = None,
         outages: RedisOutages | None = None,
+        metrics: ProfileMetrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics
         self.outages = outages or RedisOutages()
         self.reports = reports
         profile = settings.profiles[name]
@@ -102,6 +105,7 @@ class ProfileWorker:
             outages=self.outages,
             store_text=profile.store_text,
             handoff=self,
+            metrics=metrics,
         )
         self._idle = asyncio.Event()  # set by `drain`: the pipeline's flusher may end
         self._closed = False  # after `drain`: late outcomes leave their entries pending
@@ -546,6 +550,8 @@ class ProfileWorker:
             await self._skip(entry, job, result.verdict, result.previous, acked=True)
             return
         await self._redis.hincrby(keys.stats(self.name), f"rejected_{refusal.code}", 1)
+        if self.metrics is not None:
+            self.metrics.count("rejected")
         self._log.info("rejected", id=job.id, code=refusal.code, reason=refusal.reason)
 
     async def _retry(self, entry: Entry, job: Job, outcome: Retry) -> None:
@@ -554,6 +560,8 @@ class ProfileWorker:
         # max_attempts. It comes back after a short pause; while no bind is ready,
         # `serve` leaves it unread on the stream.
         attempt = entry.attempt + 1 if outcome.attempted else entry.attempt
+        if self.metrics is not None:
+            self.metrics.retry(outcome.code)
         if outcome.maybe_sent:
             # It may have reached the provider; the next attempt may deliver it twice.
             await self._redis.hincrby(keys.stats(self.name), "possible_duplicates", 1)
@@ -621,6 +629,8 @@ class ProfileWorker:
         )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous, acked=True)
+        elif self.metrics is not None:
+            self.metrics.count(status)
 
     async def _record(
         self,
@@ -644,6 +654,8 @@ class ProfileWorker:
         )
         if not result.ok:
             await self._skip(entry, job, result.verdict, result.previous)
+        elif self.metrics is not None and status != "queued":  # a retry: counted apart
+            self.metrics.count(status)
         return result.ok
 
     async def _skip(
@@ -660,7 +672,7 @@ class ProfileWorker:
     async def _dead_letter(self, entry: Entry, job: Job | None, reason: str) -> None:
         if job is not None:
             # Tell `status ID` why; a replayed job may leave `rejected` again.
-            await self.ledger.transition(
+            result = await self.ledger.transition(
                 job.id,
                 entry.owner,
                 "rejected",
@@ -670,6 +682,8 @@ class ProfileWorker:
                 allow_rejected=True,
                 event=self._event(job),
             )
+            if self.metrics is not None and result.ok:
+                self.metrics.count("rejected")
         await self.queue.dead_letter(entry, reason)
         self._log.warning(
             "dead-lettered", entry=entry.entry_id, id=job.id if job else None, reason=reason

@@ -262,6 +262,7 @@ class SmppBind:
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
+        self.throttles = 0  # submits the SMSC answered "throttled" or "queue full" (metrics)
         self._logged: tuple[str, str | None] = ("", None)
         self._log = log.bind(bind=name)
 
@@ -531,6 +532,7 @@ class SmppBind:
         action = self.spec.vendor_status.get(status)
         if status in RETRY_STATUSES or action == "retry":
             before = self._rate.rate
+            self.throttles += 1
             self._rate.throttled()
             self._log_rate(before, name)
             self._rate_changed(before)

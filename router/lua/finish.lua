@@ -9,7 +9,8 @@
 -- ack group, report deadline ('' = none), items}; each item {job id, entry id, history
 -- index, status, note, status_callback_url, to, from, meta, segments, error code, error
 -- raw, error, {provider ids of the parts}, {part id, id form, ...}: the forms an early
--- report may be kept under}. Returns how many early reports were applied.
+-- report may be kept under}. Returns the final statuses early reports wrote, as a flat
+-- list {status, count, ...}.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile, ttl, maxlen = args[1], args[2], args[3], args[4]
 local prefix, index, group, deadline = args[5], args[6], args[7], args[8]
@@ -45,7 +46,7 @@ for _, it in ipairs(items) do
   post(KEYS[2], it[6], ev)
 end
 -- Early reports: one look per batch while none is kept (the usual case without them).
-local applied = 0
+local finals = {}
 if redis.call('EXISTS', KEYS[5]) == 1 then
   local wanted, owners = {}, {}
   for i, it in ipairs(items) do
@@ -72,9 +73,10 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
         applied_to[i] = true
         local awaiting = ''
         if deadline ~= '' then awaiting = KEYS[4] end
-        apply_report(prefix .. it[1], it[1], part, r[1], r[2], r[3], now, ids,
-                     {it[7], it[8], it[9], it[6]}, profile, KEYS[1], maxlen, KEYS[2], awaiting, n)
-        applied = applied + 1
+        local final = apply_report(prefix .. it[1], it[1], part, r[1], r[2], r[3], now, ids,
+                                   {it[7], it[8], it[9], it[6]}, profile, KEYS[1], maxlen,
+                                   KEYS[2], awaiting, n)
+        if final then finals[final] = (finals[final] or 0) + 1 end
       end
       if raw then
         redis.call('HDEL', KEYS[5], wanted[w])
@@ -87,4 +89,9 @@ if #entries > 0 then
   redis.call('XACK', KEYS[3], group, unpack(entries))
   redis.call('XDEL', KEYS[3], unpack(entries))
 end
-return applied
+local out = {}
+for status, count in pairs(finals) do
+  out[#out + 1] = status
+  out[#out + 1] = count
+end
+return out
