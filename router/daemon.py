@@ -420,6 +420,7 @@ class Daemon:
         try:
             await reloader.apply()
         finally:
+            self.metrics.configure(reloader.settings)
             self.metrics.watch(self.workers, self.outages, self._shared.redis)
             self.notify_ready()
         self.settings = reloader.settings

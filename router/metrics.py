@@ -163,12 +163,9 @@ class Metrics:
     def __init__(self, instance: str, settings: Settings) -> None:
         self.instance = instance
         self.registry = CollectorRegistry(auto_describe=False)
-        self.profiles = {name: ProfileMetrics(name) for name in settings.profiles}
-        self.caps = {
-            cid: cap
-            for cid, campaign in settings.campaigns.items()
-            if (cap := daily_cap(campaign)) is not None
-        }
+        self.profiles: dict[str, ProfileMetrics] = {}
+        self.caps: dict[str, int] = {}
+        self.configure(settings)
         self.started = time.time()
         self.workers: Sequence[WorkerView] = ()
         self.outages = RedisOutages()  # the daemon's, from `watch`
@@ -176,6 +173,17 @@ class Metrics:
         self._snapshot: _Snapshot | None = None
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
+
+    def configure(self, settings: Settings) -> None:
+        """Take the profiles and campaign caps of `settings` (at start and on a reload;
+        counters of a profile that went away are kept: they only ever grow)."""
+        for name in settings.profiles:
+            self.profile(name)
+        self.caps = {
+            cid: cap
+            for cid, campaign in settings.campaigns.items()
+            if (cap := daily_cap(campaign)) is not None
+        }
 
     def profile(self, name: str) -> ProfileMetrics:
         """The counters of profile `name` (handed to its worker, pipeline and reports)."""
