@@ -263,3 +263,10 @@ async def _socket_answers(path: Path) -> bool:
         return False
     finally:
         await client.aclose()
+
+
+async def test_the_demo_reaches_delivery_reports() -> None:
+    """The README's first command: embedded Redis, the simulator, the daemon."""
+    code, out, err = await cli("demo", "--count", "40", "--limit", "60")
+    assert code == 0, out + err
+    assert "delivered" in out and "rejected" not in out
