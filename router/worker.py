@@ -297,19 +297,16 @@ class ProfileWorker:
     async def dispatch(self, entries: list[Entry], stopping: asyncio.Event | None = None) -> None:
         """Move a batch through the stages: plan each entry (decode, check, compose), then
         for those to send now screen the recipients and pick sender numbers in one
-        round trip (two when caps or new sticky mappings are involved). What is ready
+        round trip (two when a capped campaign is involved). What is ready
         goes to the pipeline; every other entry takes the per-entry path. A Redis error
         before the hand-on leaves the batch for the caller to try again."""
         plans = [self._plan(entry) for entry in entries]
-        sends = [(entry, job) for entry, job, kind, _ in plans if kind == SEND]
+        sends = [(e, j) for e, j, kind, _ in plans if kind == SEND and isinstance(j, Job)]
         refused: dict[str, Refusal] = {}
         ready: list[Ready] = []
         if sends:
-            jobs = [job for _, job in sends]
-            assert all(isinstance(job, Job) for job in jobs)
-            picks, remember = await self._pick([job for job in jobs if isinstance(job, Job)])
+            picks, remember = await self._pick([job for _, job in sends])
             for index, ((entry, job), pick) in enumerate(zip(sends, picks, strict=True)):
-                assert isinstance(job, Job)
                 if isinstance(pick, Refusal):
                     refused[entry.entry_id] = pick
                     continue
@@ -319,7 +316,7 @@ class ProfileWorker:
                     item.sticky_ttl = self.senders.sticky_ttl
                 ready.append(item)
                 self._active[entry.entry_id] = item
-        for entry, job, kind, note in plans:
+        for entry, planned, kind, note in plans:
             reason: str | Refusal = note
             if kind == SEND:
                 refusal = refused.get(entry.entry_id)
@@ -327,7 +324,7 @@ class ProfileWorker:
                     continue
                 later = refusal.code == "daily_cap_reached" and self.profile.over_cap == "defer"
                 kind, reason = (DEFER if later else REFUSE), refusal
-            self._spawn(entry, partial(self._handle, entry, job, kind, reason))
+            self._spawn(entry, partial(self._handle, entry, planned, kind, reason))
         if ready:
             await self.pipeline.send(ready, stopping or self._no_stop)
 
