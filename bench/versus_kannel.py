@@ -167,6 +167,9 @@ def kannel(n: int, scratch: Path, mode: str = "drain", latency_ms: float = 0.0) 
         cpu["producer"] = loader
     return {
         "rate": result.get("e2e_rate" if mode == "live" else "sink_rate", 0.0),
+        # live: the rate sendsms answered the loader at (HTTP 202s / load time)
+        "http_rate": result.get("http_rate") or 0.0,
+        "foreign_cpu_pct": result.get("foreign_cpu_pct"),  # other load on the machine
         "complete": result.get("complete", False),
         "cpu_pct": cpu,
     }

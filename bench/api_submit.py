@@ -1,0 +1,314 @@
+"""The API's submit throughput (`POST /v1/messages`) beside Kannel's sendsms.
+
+Usage: python bench/api_submit.py [--n 20000] [--rounds 3] [--batch 1000]
+           [--batch-clients 4] [--concurrency 50]
+
+Rounds interleaved (Kannel, router batches, router single requests, ...), the same
+SMPP sink, one transceiver, window 100, N messages each run:
+- kannel: the peer kit's live mode (`run_kannel.sh` through versus_kannel's helpers):
+  the kit's raw keep-alive loader sends N sendsms requests (50 in flight, one
+  message each) while Kannel (file store) forwards them.
+- batch: the daemon with `[api] listen` and a `send` key on Redis with an append-only
+  file, bound to the sink; `--batch-clients` connections each POST
+  ``{"messages": [...]}`` of `--batch` jobs, one request in flight per connection.
+- single: the same daemon, one job per POST, `--concurrency` keep-alive connections
+  with one request in flight each (Kannel's loader does the same).
+Two rates per run: accepted = messages answered 202 / (last answer - first request);
+end-to-end = N / (N-th submit at the sink - first request), as the live case of
+versus_kannel.py. The client is the kit's raw HTTP/1.1 protocol (loadgen.RawHTTP) on
+uvloop, in this process; its CPU is reported over its own load time, so a reader sees
+whether the loader was the bottleneck. Router, Redis and Kannel CPU over the
+end-to-end window (from the kit's loader sampling /proc).
+
+Ratios are router / Kannel, the median of per-round ratios; single requests against
+sendsms is the like-for-like pair (one message per HTTP request on both sides).
+Writes bench/results/api_submit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import Stack, free_port, save
+from versus_kannel import (
+    PEERS,
+    Rig,
+    ensure_tools,
+    jobs,
+    kannel,
+    median,
+    sink_stats,
+    waited,
+    waiter,
+)
+
+CASES = ("kannel", "batch", "single")
+
+
+def _raw_http() -> Any:
+    """The peer kit's minimal keep-alive HTTP/1.1 client protocol (loadgen.RawHTTP)."""
+    spec = importlib.util.spec_from_file_location("loadgen", PEERS / "loadgen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RawHTTP
+
+
+def api_toml(port: int, token_file: Path) -> str:
+    """The `[api]` tables: a listener on `port`, one key with the `send` scope."""
+    return (
+        f'\n[api]\nlisten = "127.0.0.1:{port}"\n'
+        f'[api.keys.bench]\ntoken = "file:{token_file}"\nscopes = ["send"]\n'
+    )
+
+
+def requests(tag: str, n: int, per: int, port: int, token: str) -> list[bytes]:
+    """N jobs as HTTP requests of `per` jobs each (per = 1: a bare job, else a batch).
+    Built before the clock starts: the client's cost is the sending, as with Kannel's
+    loader formatting a URL."""
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    )
+    built: list[bytes] = []
+    for start in range(0, n, per):
+        chunk = jobs(tag, start, min(n, start + per))
+        body = json.dumps(chunk[0] if per == 1 else {"messages": chunk}).encode()
+        built.append(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return built
+
+
+async def load(port: int, built: list[bytes], connections: int, per: int) -> dict[str, Any]:
+    """Send `built` over `connections` keep-alive connections, one request in flight
+    each; count messages accepted (202, all of a batch queued)."""
+    raw_http = _raw_http()
+    loop = asyncio.get_running_loop()
+    counts = {"ok": 0, "messages": 0, "fail": 0}
+    statuses: dict[str, int] = {}
+    samples: dict[str, str] = {}
+    last = [0.0]
+
+    def done(status: Any, body: bytes) -> None:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+        last[0] = time.time()
+        if status != 202:
+            counts["fail"] += 1
+            samples.setdefault(str(status), body[:200].decode(errors="replace"))
+            return
+        counts["ok"] += 1
+        # a batch is all or none: its `queued` says none was a duplicate
+        counts["messages"] += json.loads(body)["queued"] if per > 1 else 1
+
+    shared: dict[str, Any] = {
+        "next": 0,
+        "n": len(built),
+        "make": built.__getitem__,
+        "done": done,
+    }
+
+    async def connection() -> None:
+        while shared["next"] < shared["n"]:
+            try:
+                _transport, proto = await loop.create_connection(
+                    lambda: raw_http(shared), "127.0.0.1", port
+                )
+            except OSError as exc:
+                done(type(exc).__name__, b"")
+                await asyncio.sleep(0.05)
+                continue
+            await proto.closed
+
+    cpu0, t0 = os.times(), time.time()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    cpu1 = os.times()
+    t1 = last[0] or time.time()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {
+        "t0": t0,
+        "load_s": t1 - t0,
+        "requests_ok": counts["ok"],
+        "accepted": counts["messages"],
+        "failed": counts["fail"],
+        "statuses": statuses,
+        "errors": samples,
+        "client_cpu_s": cpu,
+    }
+
+
+def run_client(main: Callable[[], Any]) -> Any:
+    """Run the client on uvloop (as the kit's loader runs with --uvloop)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def router_api(n: int, scratch: Path, tag: str, per: int, connections: int) -> dict[str, Any]:
+    """One run: daemon with the API bound to a fresh sink; N jobs through the API."""
+    rig = Rig(scratch, tag)
+    port, token = free_port(), secrets.token_urlsafe(24)
+    token_file = scratch / f"token-{tag}"
+    token_file.write_text(token)
+    with rig.config.open("a") as handle:
+        handle.write(api_toml(port, token_file))
+    built = requests(tag, n, per, port, token)
+    try:
+        rig.start_sink()
+        rig.start_daemon()
+        rig.wait_bound()
+        Stack._wait_port(port)
+        time.sleep(0.5)  # the worker is reading its stream
+        wait = waiter(n, rig.stats, tag, {**rig.pids(), "client": os.getpid()})
+        time.sleep(0.3)  # loadgen has its first CPU readings
+        got = run_client(lambda: load(port, built, connections, per))
+        result = waited(wait)
+        last = sink_stats(rig.stats).get("last_ts")
+        span = last - got["t0"] if last else 0.0
+        cpu = result.get("cpu", {})
+        row: dict[str, Any] = {
+            "rate": round(n / span, 1) if span > 0 else 0.0,
+            "http_rate": round(got["accepted"] / got["load_s"], 1) if got["load_s"] else 0.0,
+            "requests_per_s": round(got["requests_ok"] / got["load_s"], 1)
+            if got["load_s"]
+            else 0.0,
+            "accepted": got["accepted"],
+            "failed": got["failed"],
+            "statuses": got["statuses"],
+            "complete": result.get("complete", False) and got["accepted"] == n,
+            "foreign_cpu_pct": result.get("foreign_cpu_pct"),  # other load on the machine
+            # over the end-to-end window, as the Kannel side reports
+            "cpu_pct": {
+                k: round(100 * v["cpu_s"] / span, 1) if span > 0 else 0.0
+                for k, v in cpu.items()
+                if k in ("router", "redis")
+            },
+            # the loader over its own load time: near 100 % would make it the limit
+            "client_cpu_pct": round(100 * got["client_cpu_s"] / got["load_s"], 1),
+            "client_us_per_request": round(1e6 * got["client_cpu_s"] / max(1, len(built)), 1),
+        }
+        if got["errors"]:
+            row["errors"] = got["errors"]
+    finally:
+        rig.close()
+    return row
+
+
+def kannel_live(n: int, scratch: Path) -> dict[str, Any]:
+    """Kannel's live run; its loader's CPU over the load time like the router's client."""
+    row = kannel(n, scratch, "live")
+    # kannel() gives the loader's CPU over the end-to-end window; the load ends first,
+    # so the share over the load time is at least this.
+    row["client_cpu_pct"] = row["cpu_pct"].pop("producer", 0.0)
+    return row
+
+
+def ratio(peer: list[dict[str, Any]], ours: list[dict[str, Any]], key: str) -> float | None:
+    """Median of per-round ratios (each round's runs were made side by side)."""
+    pairs = [o[key] / p[key] for p, o in zip(peer, ours, strict=False) if p.get(key)]
+    return round(statistics.median(pairs), 3) if pairs else None
+
+
+def cpu_median(rows: list[dict[str, Any]]) -> dict[str, float]:
+    names = [k for k in rows[0]["cpu_pct"] if k not in ("sink", "sink_self")]
+    return {k: round(statistics.median(r["cpu_pct"].get(k, 0.0) for r in rows), 1) for k in names}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1000, help="jobs per batch request")
+    parser.add_argument("--batch-clients", type=int, default=4, help="batch connections")
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="single requests in flight (Kannel's: 50)"
+    )
+    parser.add_argument("--cases", help=f"comma-separated, of {','.join(CASES)} (default: all)")
+    args = parser.parse_args()
+    cases = args.cases.split(",") if args.cases else list(CASES)
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    ensure_tools(kannel="kannel" in cases)
+    scratch = Path(tempfile.mkdtemp(prefix="sms-apisubmit-"))
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
+    try:
+        for r in range(args.rounds):
+            line = [f"round {r + 1}:"]
+            for case in cases:
+                if case == "kannel":
+                    row = kannel_live(args.n, scratch)
+                elif case == "batch":
+                    row = router_api(args.n, scratch, f"b{r}", args.batch, args.batch_clients)
+                else:
+                    row = router_api(args.n, scratch, f"s{r}", 1, args.concurrency)
+                runs[case].append(row)
+                line.append(
+                    f"{case} {row['http_rate']:.0f} accepted / {row['rate']:.0f} e2e"
+                    f" (foreign CPU {row.get('foreign_cpu_pct') or 0:.0f} %)"
+                )
+            print(" ".join(line[:1]) + " " + "; ".join(line[1:]) + " msg/s")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    table: dict[str, Any] = {}
+    print(
+        "\n| case | accepted msg/s | end-to-end msg/s | accepted / Kannel | e2e / Kannel "
+        "| gateway CPU % | client CPU % | foreign CPU % | complete |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    labels = {
+        "kannel": "Kannel sendsms (1 msg/request, 50 in flight)",
+        "batch": f"router batches ({args.batch}/request, {args.batch_clients} clients)",
+        "single": f"router single (1 msg/request, {args.concurrency} in flight)",
+    }
+    for case in cases:
+        rows = runs[case]
+        entry: dict[str, Any] = {
+            "label": labels[case],
+            "accepted_rate": median(rows, "http_rate"),
+            "e2e_rate": median(rows, "rate"),
+            "cpu_pct": cpu_median(rows),
+            "client_cpu_pct": median(rows, "client_cpu_pct"),
+            "complete": all(r["complete"] for r in rows),
+            # CPU of other work on the machine during the runs (100 = one core)
+            "foreign_cpu_pct": statistics.median(r.get("foreign_cpu_pct") or 0.0 for r in rows),
+        }
+        if "kannel" in runs and case != "kannel":
+            entry["accepted_ratio"] = ratio(runs["kannel"], rows, "http_rate")
+            entry["e2e_ratio"] = ratio(runs["kannel"], rows, "rate")
+        table[case] = entry
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in entry["cpu_pct"].items())
+        print(
+            f"| {entry['label']} | {entry['accepted_rate']:,.0f} | {entry['e2e_rate']:,.0f} "
+            f"| {entry.get('accepted_ratio', '-')} | {entry.get('e2e_ratio', '-')} | {cpu} "
+            f"| {entry['client_cpu_pct']:.0f} | {entry['foreign_cpu_pct']:.0f} "
+            f"| {entry['complete']} |"
+        )
+    result = {
+        "n": args.n,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "batch_clients": args.batch_clients,
+        "concurrency": args.concurrency,
+        "cases": table,
+        "runs": runs,
+    }
+    print("written", save("api_submit", result))
+
+
+if __name__ == "__main__":
+    main()
