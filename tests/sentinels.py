@@ -131,15 +131,15 @@ class SentinelSet:
                     return int(address[1])
         raise RuntimeError("no sentinel names a master")
 
-    async def wait_failover(self, old_port: int, timeout: float = 30) -> float:
+    async def wait_failover(self, old_port: int, within: float = 30) -> float:
         """Wait until the sentinels name a new master that answers as one; seconds taken."""
         began = time.monotonic()
-        while time.monotonic() - began < timeout:
+        while time.monotonic() - began < within:
             port = await asyncio.to_thread(self.master_port)
             if port != old_port and await _role(port) == "master":
                 return time.monotonic() - began
             await asyncio.sleep(0.1)
-        raise AssertionError(f"no fail-over within {timeout} s")
+        raise AssertionError(f"no fail-over within {within} s")
 
     def rejoin(self, node: RedisServer) -> None:
         """Start a killed node again as a replica of the current master (what an
