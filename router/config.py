@@ -661,6 +661,12 @@ def parse_settings(
                 f"router.redis_socket_timeout: must be more than queue.block_ms plus 1 s "
                 f"({block + 1:g} s): a blocking read waits that long for an answer"
             )
+        if settings.router.replicas_ack and settings.router.redis == "embedded":
+            problems.append(
+                "router.replicas_ack: the embedded Redis has no replicas (every step would "
+                "wait out replicas_ack_timeout_ms); set 0, or point redis at a server with "
+                "replicas"
+            )
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:
         raise ConfigError(problems)

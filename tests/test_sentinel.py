@@ -62,7 +62,7 @@ def test_sentinel_url_is_parsed() -> None:
     assert parse_sentinel_url("redis+sentinel://h:1/svc").db == 0
     settings = parse_settings(
         router_config(redis=url, replicas_ack=1, replicas_ack_timeout_ms=250), env={}
-    )
+    )  # fmt: skip
     assert settings.router.redis == url
     assert (settings.router.replicas_ack, settings.router.replicas_ack_timeout_ms) == (1, 250)
     defaults = parse_settings(router_config(), env={}).router
@@ -114,8 +114,16 @@ def test_password_stays_out_of_the_url_and_of_problems() -> None:
     ],
 )
 def test_replicas_ack_out_of_range_is_named(key: str, value: Any) -> None:
-    found = problems(router_config(**{key: value}))
+    found = problems(router_config(redis="redis://127.0.0.1:1/0", **{key: value}))
     assert len(found) == 1 and found[0].startswith(f"router.{key}: "), found
+
+
+def test_replicas_ack_needs_a_server_with_replicas() -> None:
+    found = problems(router_config(replicas_ack=1))
+    assert found == [
+        "router.replicas_ack: the embedded Redis has no replicas (every step would wait out "
+        "replicas_ack_timeout_ms); set 0, or point redis at a server with replicas"
+    ]
 
 
 async def test_unreachable_sentinels_name_the_url_without_secrets(tmp_path: Path) -> None:
