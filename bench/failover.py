@@ -11,6 +11,8 @@ it received by job id.
    sentinels' switch time, the daemon's outage and the time until every job is sent.
 2. Cost: drain `--drain` jobs with `replicas_ack` 0 and 1 (the replica attached in
    both), `--runs` times each alternately; medians of messages per second.
+3. Cost per step: median time of one outcome flush (`Ledger.finish`, 32 outcomes)
+   without and with ``WAIT 1``.
 
 Usage: python bench/failover.py [--jobs 20000] [--drain 20000] [--runs 3]
 Writes bench/results/failover.json.
@@ -47,6 +49,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(ROOT))
 from router import keys
 from router.daemon import health_key
+from router.ledger import Ledger
 from tests.sentinels import SentinelSet
 
 
@@ -196,6 +199,32 @@ def drain(
     return jobs / elapsed
 
 
+async def step_latency(port: int, steps: int, items: int) -> dict[str, float]:
+    """Median milliseconds of one `Ledger.finish` of `items` outcomes, without and with
+    ``WAIT 1`` (the replica attached): what replicas_ack adds to each flush."""
+    redis = Redis(port=port)
+    stream = keys.queue("step")
+    await redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+    out: dict[str, float] = {}
+    try:
+        for ack in (0, 1, 0, 1):  # twice each, alternately; the second pair is kept
+            ledger = Ledger(redis, retention=60, events_maxlen=1000, replicas_ack=ack)
+            times: list[float] = []
+            for n in range(steps):
+                batch = [
+                    (f"s{ack}-{n}-{i}", "0-1", 2, "sent", "", "", "+447911123456",
+                     "+16501112345", "", 1, "", "", "", [f"p{ack}-{n}-{i}"], [])
+                    for i in range(items)
+                ]  # fmt: skip
+                began = time.perf_counter()
+                await ledger.finish("step", stream, batch)
+                times.append((time.perf_counter() - began) * 1000)
+            out[f"replicas_ack_{ack}_ms"] = round(median(times), 3)
+    finally:
+        await redis.aclose()
+    return out
+
+
 async def _flush(port: int) -> None:
     redis = Redis(port=port)
     await redis.flushall()
@@ -239,6 +268,13 @@ def main() -> None:
             "cost_pct": round(100 * (1 - one / zero), 1) if zero else None,
         }
         print(result["drain"])
+        asyncio.run(_flush(topology.master_port()))
+        result["finish_step"] = {
+            "items": 32,
+            "steps": 500,
+            **asyncio.run(step_latency(topology.master_port(), 500, 32)),
+        }
+        print(result["finish_step"])
     finally:
         topology.stop()
         provider.close()
