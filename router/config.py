@@ -40,6 +40,7 @@ from binds.base import BindConfigError
 from binds.http import HttpSpec
 
 from .numbers import normalise_e164
+from .redis_url import is_sentinel_url, parse_sentinel_url
 from .webhooks import secret_key
 
 __all__ = [
@@ -135,6 +136,12 @@ class RouterSettings(_Section):
     redis_connect_timeout: Annotated[float, _between(0.1, 300)] = 5.0
     redis_socket_timeout: Annotated[float, _between(1, 3600)] = 30.0
     redis_health_check: Annotated[float, _between(0, 3600)] = 15.0
+    # The Redis servers' password (a sentinel URL holds none): env:NAME / file:PATH.
+    redis_password: SecretStr | None = None
+    # After each step that records an outcome and acknowledges its work entry, WAIT for
+    # this many replicas (0: no WAIT, no cost); fewer in time is counted, not an error.
+    replicas_ack: Annotated[int, _between(0, 100)] = 0
+    replicas_ack_timeout_ms: Annotated[int, _between(1, 60_000)] = 100
     callback_timeout: Annotated[float, _between(0.1, 600)] = 10.0
     # uvloop's event loop (a dependency) runs the hot path markedly cheaper than
     # asyncio's; false falls back to asyncio's own loop.
@@ -145,9 +152,19 @@ class RouterSettings(_Section):
     def _redis_url(cls, value: str) -> str:
         if value == "embedded":
             return value
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)  # ValueError says what is wrong
+            return value
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError('must be "embedded" or a redis://, rediss:// or unix:// URL')
+            raise ValueError(
+                'must be "embedded" or a redis://, rediss://, unix:// or redis+sentinel:// URL'
+            )
         return value
+
+    @field_validator("redis_password", mode="before")
+    @classmethod
+    def _resolve_redis_password(cls, value: Any, info: ValidationInfo) -> Any:
+        return _secret_field(value, info)
 
     @field_validator("state_dir")
     @classmethod
@@ -643,6 +660,12 @@ def parse_settings(
             problems.append(
                 f"router.redis_socket_timeout: must be more than queue.block_ms plus 1 s "
                 f"({block + 1:g} s): a blocking read waits that long for an answer"
+            )
+        if settings.router.replicas_ack and settings.router.redis == "embedded":
+            problems.append(
+                "router.replicas_ack: the embedded Redis has no replicas (every step would "
+                "wait out replicas_ack_timeout_ms); set 0, or point redis at a server with "
+                "replicas"
             )
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:

@@ -22,10 +22,12 @@ from typing import IO, Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .config import Settings
+from .redis_url import is_sentinel_url, parse_sentinel_url
 from .systemd import child_environment
 
 MAX_CONNECTIONS = 128  # per process; Redis' default maxclients is 10,000
@@ -174,34 +176,65 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (asks the sentinels where the master is at each new connection,
+    drops connections to a demoted master) that makes callers wait for a free
+    connection, like the URL path's `BlockingConnectionPool`."""
+
+
 @contextlib.asynccontextmanager
 async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterator[Redis]:
     """A Redis client for the configured server, starting the embedded one if needed.
 
     The daemon (`daemon=True`) adopts an embedded server left by a killed run;
     a CLI command only starts one if none runs, and stops what it started.
+    A ``redis+sentinel://`` URL gives a client of the master the sentinels name: after
+    a fail-over its next connections go to the new master (the loops wait out the
+    switch as an outage, see router/outages.py).
     """
     embedded: EmbeddedRedis | None = None
+    sentinel: Sentinel | None = None
     url = settings.router.redis
     if url == "embedded":
         embedded = EmbeddedRedis(settings.router.state_dir, settings.router.embedded_port)
         await embedded.acquire(adopt=daemon)
         url = embedded.url
+    router = settings.router
     # A bounded pool that makes callers wait for a connection rather than fail: a burst
     # of delivery reports must slow down, not be refused.
     # No retries inside redis-py (Retry(..., 0)): a failed call raises at once and the
     # caller's loop waits the outage out (router/outages.py), logging it once.
-    router = settings.router
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=MAX_CONNECTIONS,
-        timeout=60,
-        socket_connect_timeout=router.redis_connect_timeout,
-        socket_timeout=router.redis_socket_timeout,
-        health_check_interval=router.redis_health_check,
-        retry=Retry(NoBackoff(), 0),
-    )
-    client = Redis(connection_pool=pool)
+    options: dict[str, Any] = {
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": 60,
+        "socket_connect_timeout": router.redis_connect_timeout,
+        "socket_timeout": router.redis_socket_timeout,
+        "health_check_interval": router.redis_health_check,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if router.redis_password is not None:
+        options["password"] = router.redis_password.get_secret_value()
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels),
+            # A sentinel answers "where is the master" at once or is skipped for the
+            # next one: short time-outs, no retries.
+            sentinel_kwargs={
+                "socket_connect_timeout": router.redis_connect_timeout,
+                "socket_timeout": router.redis_connect_timeout,
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
+        client = sentinel.master_for(
+            target.service,
+            connection_pool_class=BlockingSentinelPool,
+            db=target.db,
+            check_connection=True,  # PING a new connection: a dead address fails there
+            **options,
+        )
+    else:
+        client = Redis(connection_pool=BlockingConnectionPool.from_url(url, **options))
     try:
         try:
             await client.ping()
@@ -210,6 +243,8 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
         yield client
     finally:
         await client.aclose()
+        if sentinel is not None:
+            await sentinel.aclose()
         if embedded is not None:
             await embedded.release()
 

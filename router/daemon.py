@@ -289,8 +289,14 @@ class Daemon:
 
     async def _startup(self, redis: Redis, stack: AsyncExitStack) -> None:
         queue = self.settings.queue
-        ledger = Ledger(redis, retention=queue.retention, events_maxlen=queue.events_maxlen)
         router = self.settings.router
+        ledger = Ledger(
+            redis,
+            retention=queue.retention,
+            events_maxlen=queue.events_maxlen,
+            replicas_ack=router.replicas_ack,
+            replicas_ack_timeout_ms=router.replicas_ack_timeout_ms,
+        )
         self.posters.append(
             StatusPoster(
                 redis,

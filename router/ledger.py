@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 
 from . import keys
 from .connections import as_text
+from .replicas import ReplicaWait
 
 FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
 STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
@@ -85,8 +86,17 @@ class Transition:
 class Ledger:
     """Records every status change of every message and publishes it as an event."""
 
-    def __init__(self, redis: Redis, *, retention: float, events_maxlen: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention: float,
+        events_maxlen: int,
+        replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = 100,
+    ) -> None:
         self._redis = redis
+        self._replicas = ReplicaWait(redis, replicas_ack, replicas_ack_timeout_ms)
         self._retention = max(1, int(retention))
         self._events_maxlen = events_maxlen
         self._script = redis.register_script(_lua("transition"))
@@ -126,7 +136,8 @@ class Ledger:
 
         `allow_rejected` lets a replayed dead letter leave `rejected`.
         `ack` acknowledges and deletes a work entry in the same step (whatever the
-        verdict); each of `indexes` is a key set to the job id with the record's retention
+        verdict; with `replicas_ack`, the step is followed by a WAIT for replicas); each
+        of `indexes` is a key set to the job id with the record's retention
         (the provider-id lookup of delivery reports).
         """
         script_keys, args = self._call(
@@ -141,7 +152,12 @@ class Ledger:
             ack,
             indexes,
         )
-        verdict, previous = await self._script(keys=script_keys, args=args)
+        if ack is None or not self._replicas.wanted:
+            verdict, previous = await self._script(keys=script_keys, args=args)
+        else:
+            verdict, previous = await self._replicas.run(
+                self._script, script_keys, args, profile=profile, messages=1
+            )
         return Transition(as_text(verdict), as_text(previous))
 
     async def reports(
@@ -224,7 +240,8 @@ class Ledger:
     async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> dict[str, int]:
         """Record a batch's outcomes (`sent` or `failed`), their events and provider-id
         index, apply early reports, and acknowledge the entries, in one call
-        (finish.lua). Returns the final statuses the early reports wrote, counted
+        (finish.lua), followed by a WAIT for replicas when `replicas_ack` asks for it.
+        Returns the final statuses the early reports wrote, counted
         (``{"delivered": 3}``; empty when none was applied)."""
         wait = self._report_waits.get(profile, 0.0)
         payload = msgpack.packb(
@@ -236,17 +253,20 @@ class Ledger:
                 items,
             ]
         )
-        finals = await self._finish(
-            keys=[
-                keys.EVENTS,
-                keys.CALLBACKS,
-                stream,
-                keys.awaiting_reports(profile),
-                keys.early_reports(profile),
-                keys.early_deadlines(profile),
-            ],
-            args=[payload],
-        )
+        script_keys = [
+            keys.EVENTS,
+            keys.CALLBACKS,
+            stream,
+            keys.awaiting_reports(profile),
+            keys.early_reports(profile),
+            keys.early_deadlines(profile),
+        ]
+        if self._replicas.wanted:
+            finals = await self._replicas.run(
+                self._finish, script_keys, [payload], profile=profile, messages=len(items)
+            )
+        else:
+            finals = await self._finish(keys=script_keys, args=[payload])
         return {as_text(finals[i]): int(finals[i + 1]) for i in range(0, len(finals), 2)}
 
     async def note_missing_reports(self, profile: str, *, note: str, batch: int = 500) -> int:

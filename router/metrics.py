@@ -68,6 +68,7 @@ STATS = {
     "possible_duplicates": "Messages sent again that the provider may have taken.",
     "duplicates_dropped": "Jobs dropped as duplicates of a job id already recorded.",
     "reports_missing": "Sent messages whose delivery report did not come in time.",
+    "replica_ack_short": "Messages recorded final with fewer replica acks than replicas_ack.",
 }
 REJECTED_PREFIX = "rejected_"
 

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MasterDownError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger("router.outages")
@@ -28,7 +28,17 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 # What one message's handling waits out and then retries: the server is not there.
 # redis-py wraps socket errors in these; a bare OSError or a ResponseError there is
 # not taken for an outage (the entry is left pending instead of resent in a loop).
-REDIS_DOWN: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+# A Sentinel fail-over shows as these too: the master's connections break
+# (ConnectionError), the sentinels name no master for a while (MasterNotFoundError, a
+# ConnectionError), a demoted master answers writes with READONLY (ReadOnlyError; the
+# sentinel pool turns it into a ConnectionError, a plain URL through a moved address
+# does not), a replica cut from its master answers MASTERDOWN.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    MasterDownError,
+)
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -49,10 +49,18 @@ class RedisServer:
     the same port and files (with `appendonly`, what it acknowledged survives but the
     last second)."""
 
-    def __init__(self, workdir: Path, port: int, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        *,
+        appendonly: bool = False,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.port = port
         self.appendonly = appendonly
+        self.extra = extra  # more redis-server arguments (--replicaof for a replica)
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -79,6 +87,7 @@ class RedisServer:
                 "",
                 "--appendonly",
                 *durable,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,0 +1,96 @@
+"""``[router] replicas_ack``: WAIT for replicas after each record-then-acknowledge step.
+
+Redis replicates asynchronously: a master that dies (and is replaced by its replica
+in a Sentinel fail-over) loses the writes it acknowledged but had not passed on yet.
+For the steps that record an outcome and acknowledge the work entry, that loss
+would make the new master resend a message the provider already took. With
+``replicas_ack = N`` such a step runs as ``EVALSHA ...; WAIT N timeout`` in one round
+trip, so the pipeline moves on only once N replicas hold it (or the time-out passed).
+Fewer acknowledgements are counted (``replica_ack_short`` in the profile's stats,
+in messages) and logged once per spell, never an error: the message was recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from . import keys
+
+log = structlog.get_logger("router.replicas")
+
+SHORT_FIELD = "replica_ack_short"  # field of keys.stats(profile)
+
+
+class ReplicaWait:
+    """Runs a script followed by ``WAIT replicas timeout`` on the same connection."""
+
+    def __init__(self, redis: Redis, replicas: int, timeout_ms: int) -> None:
+        self._redis = redis
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+        self.short_steps = 0  # steps of this process acknowledged by too few replicas
+        self._short_since: float | None = None  # monotonic start of the current spell
+
+    @property
+    def wanted(self) -> bool:
+        """Whether steps wait for replicas at all (False costs nothing)."""
+        return self.replicas > 0
+
+    async def run(
+        self,
+        script: AsyncScript,
+        script_keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        profile: str,
+        messages: int,
+    ) -> Any:
+        """The script's reply, once `replicas` replicas acknowledged it or the time-out
+        passed (then `messages` are counted short for `profile`)."""
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+                pipe.wait(self.replicas, self.timeout_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 0:
+                # A new master after a fail-over has an empty script cache (so has one
+                # whose cache was flushed): load the script and run the step again.
+                await self._redis.script_load(script.script)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception):
+                raise acked
+            await self._note(int(acked), profile, messages)
+            return reply
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _note(self, acked: int, profile: str, messages: int) -> None:
+        if acked >= self.replicas:
+            if self._short_since is not None:
+                log.info(
+                    "replicas acknowledge again",
+                    wanted=self.replicas,
+                    short_seconds=round(time.monotonic() - self._short_since, 1),
+                )
+                self._short_since = None
+            return
+        self.short_steps += 1
+        await self._redis.hincrby(keys.stats(profile), SHORT_FIELD, messages)
+        if self._short_since is None:
+            self._short_since = time.monotonic()
+            log.warning(
+                "fewer replicas acknowledged a step than replicas_ack asks; "
+                "counting them (replica_ack_short) until they catch up",
+                profile=profile,
+                wanted=self.replicas,
+                acknowledged=acked,
+                timeout_ms=self.timeout_ms,
+            )
