@@ -22,6 +22,7 @@ from pydantic.config import JsonDict
 
 from .api import CONTEXT, ApiError, json_response, read_json
 from .api_spec import Operation, Reply, add_operations, validate
+from .client import Client
 from .jobs import MAX_ID_LENGTH, MAX_JOB_BYTES, MAX_LENGTHS, MAX_URL_LENGTH, JobError
 from .ledger import STATUSES
 from .numbers import normalise_e164
@@ -177,22 +178,28 @@ async def post_messages(request: web.Request) -> web.Response:
     """Enqueue one job or a batch."""
     body = await read_json(request)
     client = request.app[CONTEXT].client
-    batch = isinstance(body, dict) and "messages" in body
-    if batch:
-        validate(Batch, body)
-        # The wire decoder gets the jobs as sent, not as the model parsed them.
-        jobs: list[dict[str, Any]] = body["messages"]
-    else:
-        validate(Job, body)
-        jobs = [body]
+    if isinstance(body, dict) and "messages" in body:
+        return await _post_batch(client, body)
+    validate(Job, body)
+    try:
+        # Concurrent single-job requests share one Redis call.
+        job_id, queued = await client.send_coalesced(body)
+    except JobError as exc:
+        raise ApiError(400, _job_problem(exc, "")) from None
+    one = Accepted(id=job_id, status="queued" if queued else "duplicate")
+    return json_response(one.model_dump(), 202)
+
+
+async def _post_batch(client: Client, body: dict[str, Any]) -> web.Response:
+    validate(Batch, body)
+    # The wire decoder gets the jobs as sent, not as the model parsed them.
+    jobs: list[dict[str, Any]] = body["messages"]
     try:
         taken = await client.send_each(jobs)
     except JobError:
-        index, exc = client.problems(jobs)[0]
-        raise ApiError(400, _job_problem(exc, f"messages[{index}]" if batch else "")) from None
-    accepted = [Accepted(id=i, status="queued" if queued else "duplicate") for i, queued in taken]
-    if not batch:
-        return json_response(accepted[0].model_dump(), 202)
+        index, problem = client.problems(jobs)[0]
+        raise ApiError(400, _job_problem(problem, f"messages[{index}]")) from None
+    accepted = [Accepted(id=i, status="queued" if ok else "duplicate") for i, ok in taken]
     queued = sum(1 for a in accepted if a.status == "queued")
     answer = BatchAccepted(messages=accepted, queued=queued, duplicates=len(accepted) - queued)
     return json_response(answer.model_dump(), 202)

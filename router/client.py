@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .batching import Batcher
 from .config import Settings
 from .jobs import JobError, decode_job, encode_job, new_job_id
 from .ledger import Ledger
@@ -43,6 +44,9 @@ class Client:
         # at once, instead of becoming a dead letter later.
         self._numbers = {p: frozenset(n) for p, n in (numbers or {}).items()}
         self._ledger = Ledger(redis, retention=retention, events_maxlen=1_000_000)
+        self._coalesced: Batcher[tuple[str, str, dict[str, Any]], tuple[str, bool]] = Batcher(
+            self._enqueue
+        )
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> Client:
@@ -103,7 +107,17 @@ class Client:
     async def send_each(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
         """`send_many`, telling for each job its id and whether it was enqueued (False:
         its id had a record already, so nothing new will be sent)."""
-        prepared = self._prepare(jobs, 0)
+        return await self._enqueue(self._prepare(jobs, 0))
+
+    async def send_coalesced(self, job: Mapping[str, Any]) -> tuple[str, bool]:
+        """`send_each` of one job, sharing its Redis call with the jobs other callers
+        send meanwhile (`Batcher`): many concurrent single-job requests (the HTTP API)
+        cost Redis one call per batch. A malformed job raises JobError for itself only."""
+        return await self._coalesced.submit(self._prepare_one(job))
+
+    async def _enqueue(
+        self, prepared: list[tuple[str, str, dict[str, Any]]]
+    ) -> list[tuple[str, bool]]:
         enqueued = await self._ledger.enqueue(
             [
                 (job_id, profile, encode_job(wire), self._record_fields(profile, wire))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -399,3 +400,25 @@ async def test_openapi_lists_every_endpoint(api: Api) -> None:
     assert params == {"profile", "status", "to", "since", "limit", "cursor"}
     job = doc["components"]["schemas"]["Job"]
     assert job["required"] == ["to"] and "from" in job["properties"]
+
+
+async def test_concurrent_single_requests_share_calls_and_keep_their_own_answers(
+    api: Api, redis: Redis
+) -> None:
+    """Single-job requests in flight together are enqueued in shared Redis calls; a bad
+    one is refused alone and a repeated id is a duplicate, each request told its own."""
+    bodies: list[dict[str, Any]] = [
+        {"id": f"c{i}", "to": "+447911123456", "text": f"m{i}"} for i in range(150)
+    ]
+    bodies[40] = {"id": "bad", "to": "+1", "text": "x"}
+    bodies[90] = {"id": "c10", "to": "+447911123456", "text": "again"}
+    answers = await asyncio.gather(
+        *(api.call("POST", "/v1/messages", json=body) for body in bodies)
+    )
+    statuses = Counter(status for status, _ in answers)
+    assert statuses == {202: 149, 400: 1}
+    assert answers[40][1]["error"].startswith("to: ")
+    by_id = Counter((doc["id"], doc["status"]) for status, doc in answers if status == 202)
+    assert by_id[("c10", "queued")] + by_id[("c10", "duplicate")] == 2
+    assert by_id[("c10", "duplicate")] == 1
+    assert await redis.exists(*[f"sms:msg:c{i}" for i in range(150) if i not in (40, 90)]) == 148
