@@ -1,11 +1,13 @@
 """The daemon: startup, serve, shutdown.
 
-Startup opens Redis (starting the embedded server if configured), builds one
-bind set and one worker per profile, and takes back this instance's unfinished
-entries. Serve reads the work streams until a signal. Shutdown stops reading,
-gives in-flight messages `shutdown_grace` seconds, cancels what is left (it
-stays pending for the next start) and stops the embedded Redis. Signal handlers
-only set flags; a second signal exits at once; SIGHUP is logged and ignored.
+Startup opens Redis (starting the embedded server if configured), starts the HTTP
+API when `[api] listen` is set, builds each profile's binds and worker
+(router/runtime.py) and takes back this instance's unfinished entries. Serve reads
+the work streams until a signal. Shutdown stops reading, gives in-flight messages
+`shutdown_grace` seconds, cancels what is left (it stays pending for the next
+start) and stops the embedded Redis. Signal handlers only set flags; a second
+signal exits at once; SIGHUP reloads the configuration (router/reload.py) from
+the serving loop.
 
 Every serving loop waits out Redis outages (router/outages.py); a serving task
 that still fails met a bug, and the daemon stops with exit code 1. So does a
