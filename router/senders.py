@@ -9,8 +9,9 @@ explicit ``from`` wins when the rules allow it. Numbers of a capped campaign are
 skipped once the campaign's day is full (caps.lua, atomic across instances).
 
 Per batch: one round trip for the rotation counter and the sticky mappings (the
-caller may add its own reads to it, see `commands`), then one for the caps and the
-new sticky mappings, only when there are any.
+caller may add its own reads to it, see `commands`), then one for the caps, only when
+a capped campaign is involved. New sticky mappings are returned by `pick` for the
+pipeline to write with the `sending` record (sending.lua).
 """
 
 from __future__ import annotations
@@ -80,19 +81,6 @@ class SenderPool:
             return 2
         return 1
 
-    async def choose(self, wants: Sequence[Want], replies: Sequence[Any]) -> list[str | Refusal]:
-        """A number or a `Refusal` per want, given the replies of `commands`; new sticky
-        mappings are written before it returns."""
-        picks, remember = await self.pick(wants, replies)
-        if remember:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for i in remember:
-                    number = picks[i]
-                    assert isinstance(number, str)
-                    pipe.set(keys.sticky(self.name, wants[i].to), number, ex=self.sticky_ttl)
-                await pipe.execute()
-        return picks
-
     async def pick(
         self, wants: Sequence[Want], replies: Sequence[Any]
     ) -> tuple[list[str | Refusal], list[int]]:
@@ -106,8 +94,10 @@ class SenderPool:
         first: dict[str, int] = {}
         start = end - len(wants)
         choices: list[list[str] | Refusal] = []
+        capped: list[dict[str, str]] = []  # per want: capable number -> its capped campaign
         for i, want in enumerate(wants):
             capable = self.rules.capable(want.to, want.use_case)
+            capped.append(capable.campaign)
             sticky_to = mapped[i]
             if self.sticky and sticky_to is None and want.sender is None:
                 # A recipient twice in one batch keeps the number its first message gets.
@@ -116,7 +106,7 @@ class SenderPool:
                 if isinstance(earlier, list):
                     sticky_to = earlier[0]
             choices.append(self._candidates(want, capable, start + i, sticky_to))
-        return await self._pick(wants, choices, mapped)
+        return await self._pick(wants, choices, mapped, capped)
 
     def _candidates(
         self, want: Want, capable: Capable, position: int, mapped: str | None
@@ -143,12 +133,12 @@ class SenderPool:
         wants: Sequence[Want],
         choices: list[list[str] | Refusal],
         mapped: list[str | None],
+        campaigns: list[dict[str, str]],
     ) -> tuple[list[str | Refusal], list[int]]:
         """The first candidate of each want, or the first whose campaign has room today;
-        and the wants whose pick is a new sticky mapping."""
-        capped = [
-            isinstance(c, list) and c[0] in self._capped(wants[i]) for i, c in enumerate(choices)
-        ]
+        and the wants whose pick is a new sticky mapping. `campaigns`: per want, its
+        capable numbers' capped campaigns."""
+        capped = [isinstance(c, list) and c[0] in campaigns[i] for i, c in enumerate(choices)]
         counted: list[int] = []
         if any(capped):
             args: list[Any] = [2 * _DAY, len(self._caps)]
@@ -157,10 +147,9 @@ class SenderPool:
             for i, choice in enumerate(choices):
                 if capped[i]:
                     assert isinstance(choice, list)
-                    campaigns = self._capped(wants[i])
                     row = []
                     for number in choice:
-                        row.append(campaigns.get(number, ""))
+                        row.append(campaigns[i].get(number, ""))
                         if row[-1] == "":
                             break  # always has room: the rest are never reached
                     args += [len(row), *row]
@@ -175,7 +164,7 @@ class SenderPool:
                 continue
             index = int(next(results)) if capped[i] else 1
             if index == 0:
-                picks.append(self._full(wants[i], choice))
+                picks.append(self._full(campaigns[i], choice))
                 continue
             number = choice[index - 1]
             picks.append(number)
@@ -186,11 +175,7 @@ class SenderPool:
                     remember.append(i)
         return picks, remember
 
-    def _capped(self, want: Want) -> dict[str, str]:
-        return self.rules.capable(want.to, want.use_case).campaign
-
-    def _full(self, want: Want, choice: list[str]) -> Refusal:
-        campaigns = self._capped(want)
+    def _full(self, campaigns: dict[str, str], choice: list[str]) -> Refusal:
         full = sorted({campaigns[n] for n in choice if n in campaigns})
         caps = ", ".join(f"{c} ({self._caps[c]} a day)" for c in full)
         return Refusal(

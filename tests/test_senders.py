@@ -50,10 +50,17 @@ def pool(redis: Redis, settings: Settings) -> SenderPool:
 
 
 async def choose(senders: SenderPool, wants: list[Want]) -> list[str | Refusal]:
+    """One batch's picks; the new sticky mappings written as the pipeline's sending.lua
+    writes them (SET with the TTL), so the next batch sees them."""
     async with senders._redis.pipeline(transaction=False) as pipe:
         senders.commands(pipe, wants)
         replies = await pipe.execute()
-    return await senders.choose(wants, replies)
+    picks, remember = await senders.pick(wants, replies)
+    async with senders._redis.pipeline(transaction=False) as pipe:
+        for i in remember:
+            pipe.set(keys.sticky("p", wants[i].to), str(picks[i]), ex=senders.sticky_ttl)
+        await pipe.execute()
+    return picks
 
 
 async def test_round_robin_300_over_3_is_100_each_across_two_instances(redis: Redis) -> None:
