@@ -249,7 +249,8 @@ def statuses(client: redis.Redis, ids: list[str]) -> dict[str, str]:
         pipe = client.pipeline(transaction=False)
         chunk = ids[start : start + 5000]
         for job_id in chunk:
-            pipe.hget(keys.record(job_id), "status")
+            profile = "hostile" if job_id.startswith("http-") else "smsc"
+            pipe.hget(keys.record(profile, job_id), "status")
         for job_id, status in zip(chunk, pipe.execute(), strict=True):
             out[job_id] = status.decode() if status else "missing"
     return out

@@ -26,7 +26,7 @@ async def final_counts(url: str, ids: list[str]) -> dict[str, int]:
     for start in range(0, len(ids), 2000):
         async with redis.pipeline(transaction=False) as pipe:
             for job_id in ids[start : start + 2000]:
-                pipe.hget(keys.record(job_id), "status")
+                pipe.hget(keys.record("bench", job_id), "status")
             for status in await pipe.execute():
                 name = status.decode() if status else "missing"
                 counts[name] = counts.get(name, 0) + 1

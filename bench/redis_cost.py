@@ -44,7 +44,7 @@ async def delivered(url: str, n: int, tag: str) -> int:
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(n):
-                pipe.hget(keys.record(f"{tag}-{i}"), "status")
+                pipe.hget(keys.record("bench", f"{tag}-{i}"), "status")
             rows = await pipe.execute()
     finally:
         await redis.aclose()

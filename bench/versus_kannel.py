@@ -331,7 +331,7 @@ async def read_records(url: str, ids: list[str]) -> list[dict[str, Any] | None]:
     found: list[dict[str, Any] | None] = []
     try:
         for chunk in chunked(ids, 1000):
-            found += await ledger.get_many(chunk)
+            found += await ledger.find(chunk)
     finally:
         await redis.aclose()
     return found
@@ -354,7 +354,7 @@ async def wait_reported(url: str, ids: list[str], stall: float = 30.0) -> tuple[
                 continue
             still: list[str] = []
             for chunk in chunked(pending, 1000):
-                for job_id, record in zip(chunk, await ledger.get_many(chunk), strict=True):
+                for job_id, record in zip(chunk, await ledger.find(chunk), strict=True):
                     at = first_at(record, REPORTED)
                     if at is None:
                         still.append(job_id)

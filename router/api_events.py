@@ -1,19 +1,24 @@
 """``GET /v1/events``: status changes and inbound messages, live, over a websocket.
 
-The source is the Redis event stream (``sms:events``): the ledger adds every status
-change, `router.inbound` every stored inbound message. Protocol (README "Events"):
+The source is each profile's event stream (``sms:{P}:events``): the ledger adds every
+status change, `router.inbound` every stored inbound message; a subscriber gets them
+merged. Protocol (README "Events"):
 
 1. Connect with ``Authorization: Bearer <token>`` (scope ``read``); no or a wrong
    token is answered 401/403 before the upgrade.
 2. Send one subscribe message, within `SUBSCRIBE_WITHIN` seconds, every key optional:
    ``{"profile": "alerts" | [...], "status": ["delivered", "inbound", ...],
-   "ids": ["job-1", ...], "from": "$" | "0" | "<event id>", "heartbeat": 15}``.
-   ``from`` "$" (the default) is only what happens from now on; an event id resumes
-   right after it (nothing in between is missed while the stream still holds it).
-3. The server answers ``{"type": "subscribed", "from": "<event id>"}``, then sends
-   each matching event as JSON: ``{"type": "status" | "inbound", "event_id": ...}``
-   plus the event's fields; and ``{"type": "heartbeat", "last_event_id": ...}``
-   after `heartbeat` seconds without a message (websocket pings run too).
+   "ids": ["job-1", ...], "from": "$" | "0" | "<event id>" | {"<profile>": "<event
+   id>", ...}, "heartbeat": 15}``. ``from`` "$" (the default) is only what happens from
+   now on; an event id starts every profile's stream right after it; a position (the
+   last event id of each profile, as heartbeats give it) resumes each stream right
+   after its own (nothing in between is missed while the stream still holds it; a
+   profile the position does not name starts from its first event).
+3. The server answers ``{"type": "subscribed", "from": ..., "position": {...}}``, then
+   sends each matching event as JSON: ``{"type": "status" | "inbound", "event_id":
+   ...}`` plus the event's fields (``profile`` among them); and ``{"type":
+   "heartbeat", "last_event_id": ..., "position": {...}}`` after `heartbeat` seconds
+   without a message (websocket pings run too).
 
 Memory stays bounded whatever the client does: events are read from Redis a batch at
 a time and only as fast as the client takes them. A client whose socket takes nothing
@@ -23,9 +28,10 @@ message closes with 4400 naming the field; none in time, 4408. During a Redis ou
 the socket stays open (heartbeats go on) and reading resumes after the last event
 sent once Redis answers.
 
-One `EventHub` per application watches the stream with a single blocking read and
-wakes the subscribers, which then read from their own positions without blocking:
-idle subscribers hold no Redis connection.
+One `EventHub` per application watches the streams with one blocking read per
+profile and wakes the subscribers, which then read from their own positions without
+blocking: idle subscribers hold no Redis connection. Events of one profile come in
+their order; events of different profiles are merged by id, batch by batch.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +82,7 @@ class Subscription:
     profiles: frozenset[str] = frozenset()
     statuses: frozenset[str] = frozenset()
     ids: frozenset[str] = frozenset()
-    start: str = "$"
+    start: str | dict[str, str] = "$"
     heartbeat: float = HEARTBEAT
 
     def matches(self, event: dict[str, Any]) -> bool:
@@ -116,8 +122,15 @@ def parse_subscription(data: Any) -> Subscription:
     if wrong:
         raise ValueError(f"status: unknown {wrong[0]!r} (one of {', '.join(sorted(KINDS))})")
     start = data.get("from", "$")
-    if not isinstance(start, str) or not (start == "$" or _EVENT_ID.match(start)):
-        raise ValueError('from: must be "$" or an event id like "1700000000000-0"')
+    if isinstance(start, dict):
+        for profile, at in start.items():
+            if not isinstance(at, str) or not _EVENT_ID.match(at):
+                raise ValueError(f'from.{profile}: must be an event id like "1700000000000-0"')
+    elif not isinstance(start, str) or not (start == "$" or _EVENT_ID.match(start)):
+        raise ValueError(
+            'from: must be "$", an event id like "1700000000000-0", or a position '
+            '{"<profile>": "<event id>", ...}'
+        )
     heartbeat = data.get("heartbeat", HEARTBEAT)
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float):
         raise ValueError("heartbeat: must be a number of seconds")
@@ -145,18 +158,24 @@ def _order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def latest_id(redis: Redis) -> str:
-    """The id of the newest event, or "0-0" when there is none."""
-    rows: Any = await redis.xrevrange(keys.EVENTS, count=1)
-    return as_text(rows[0][0]) if rows else "0-0"
+async def latest_ids(redis: Redis, profiles: Sequence[str]) -> dict[str, str]:
+    """Each profile's newest event id ("0-0" when it has none), in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for profile in profiles:
+            pipe.xrevrange(keys.events(profile), count=1)
+        replies: list[Any] = await pipe.execute()
+    return {
+        p: as_text(rows[0][0]) if rows else "0-0" for p, rows in zip(profiles, replies, strict=True)
+    }
 
 
-async def first_kept(redis: Redis) -> tuple[int, int]:
-    """The oldest event id still held once the stream has dropped some (it is trimmed
-    from its head to `queue.events_maxlen`), else (0, 0). Readers positioned before it
-    may have missed events (exactly: unless their last event was the last dropped)."""
+async def first_kept(redis: Redis, profile: str) -> tuple[int, int]:
+    """The oldest event id the profile's stream still holds once it has dropped some
+    (it is trimmed from its head to `queue.events_maxlen`), else (0, 0). Readers
+    positioned before it may have missed events (exactly: unless their last event was
+    the last dropped)."""
     try:
-        info: Any = await redis.xinfo_stream(keys.EVENTS)
+        info: Any = await redis.xinfo_stream(keys.events(profile))
     except ResponseError:  # no stream yet: nothing was dropped
         return (0, 0)
     first = info.get("first-entry")
@@ -166,12 +185,16 @@ async def first_kept(redis: Redis) -> tuple[int, int]:
 
 
 class EventHub:
-    """One blocking read on the event stream for the whole application; each new batch
-    wakes every subscriber (`wait`)."""
+    """Watches every profile's event stream (one blocking read each: a read cannot span
+    Redis Cluster slots) for the whole application; each new batch wakes every
+    subscriber (`wait`)."""
 
-    def __init__(self, redis: Redis, outages: RedisOutages) -> None:
+    def __init__(
+        self, redis: Redis, outages: RedisOutages, profiles: Callable[[], Collection[str]]
+    ) -> None:
         self._redis = redis
         self.outages = outages
+        self.profiles = profiles  # the profiles configured now (a reload changes them)
         self.generation = 0
         self.stopping = asyncio.Event()
         self._next: asyncio.Future[None] | None = None
@@ -184,7 +207,7 @@ class EventHub:
         self._next = None
 
     async def wait(self, seen: int, timeout: float) -> None:  # noqa: ASYNC109
-        """Return when the stream moved since generation `seen`, or after `timeout`."""
+        """Return when a stream moved since generation `seen`, or after `timeout`."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         if self.generation != seen or self.stopping.is_set():
@@ -195,22 +218,39 @@ class EventHub:
             await asyncio.wait_for(asyncio.shield(self._next), timeout)
 
     async def _run(self) -> None:
+        """One watcher per configured profile, following reloads."""
+        watchers: dict[str, asyncio.Task[None]] = {}
+        try:
+            while not self.stopping.is_set():
+                wanted = set(self.profiles())
+                for name in wanted - watchers.keys():
+                    watchers[name] = asyncio.create_task(self._watch(name))
+                for name in watchers.keys() - wanted:
+                    watchers.pop(name).cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), POLL)
+        finally:
+            for task in watchers.values():
+                task.cancel()
+            await asyncio.gather(*watchers.values(), return_exceptions=True)
+
+    async def _watch(self, profile: str) -> None:
         pause = Pause(self.outages)
+        key = keys.events(profile)
         last: str | None = None
         while not self.stopping.is_set():
             try:
                 if last is None:
-                    last = await latest_id(self._redis)
-                reply: Any = await self._redis.xread({keys.EVENTS: last}, count=1, block=1000)
+                    last = (await latest_ids(self._redis, [profile]))[profile]
+                reply: Any = await self._redis.xread({key: last}, count=1, block=1000)
                 if reply:
                     # Jump to the newest: the subscribers read the events themselves.
-                    last = max(
-                        as_text(reply[0][1][-1][0]), await latest_id(self._redis), key=_order
-                    )
+                    newest = (await latest_ids(self._redis, [profile]))[profile]
+                    last = max(as_text(reply[0][1][-1][0]), newest, key=_order)
                     self._notify()
             except REDIS_ERRORS as exc:
                 self._notify()  # the subscribers find out and wait it out themselves
-                await pause.after_error("watching the event stream", exc, self.stopping)
+                await pause.after_error("watching the event streams", exc, self.stopping)
                 continue
             pause.reset()
 
@@ -237,14 +277,17 @@ class _Closed(Exception):
 
 
 class _Subscriber:
-    """Sends one client the events it subscribed to, from its own position."""
+    """Sends one client the events it subscribed to, from its own position: the last
+    event id it was sent of each profile."""
 
     def __init__(self, ws: web.WebSocketResponse, redis: Redis, hub: EventHub) -> None:
         self.ws = ws
         self.redis = redis
         self.hub = hub
-        self.last = "0-0"
-        self.floor = (0, 0)  # the stream's first kept event when the client subscribed
+        self.last = "0-0"  # the id of the last event sent (any profile)
+        self.position: dict[str, str] = {}  # profile -> last event id sent or skipped
+        self.floor: dict[str, tuple[int, int]] = {}  # first kept event when subscribing
+        self.start_at = "0-0"  # where profiles the subscription did not name start
         self.sent_at = time.monotonic()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -259,22 +302,42 @@ class _Subscriber:
             raise _Closed(1006, "gone") from None
         self.sent_at = time.monotonic()
 
+    def _profiles(self, sub: Subscription) -> list[str]:
+        return sorted(sub.profiles or self.hub.profiles())
+
+    async def _join(self, profiles: Sequence[str], start: str | dict[str, str]) -> list[str]:
+        """Position the new profiles; returns the profiles with a gap (their stream has
+        dropped events after the position)."""
+        if start == "$":
+            self.position.update(await latest_ids(self.redis, profiles))
+        else:
+            for profile in profiles:
+                at = start.get(profile, "0") if isinstance(start, dict) else start
+                self.position[profile] = at if "-" in at else f"{at}-0"
+        gaps = []
+        for profile in profiles:
+            self.floor[profile] = await first_kept(self.redis, profile)
+            if self.floor[profile] > _order(self.position[profile]):
+                gaps.append(profile)
+        return gaps
+
     async def start(self, sub: Subscription) -> None:
-        """Resolve where to start ("$" -> the newest event) and confirm the subscription."""
+        """Resolve where to start ("$" -> the newest events) and confirm the
+        subscription."""
         pause = Pause(self.hub.outages)
         while True:
             try:
-                if sub.start == "$":
-                    self.last = await latest_id(self.redis)
-                else:
-                    self.last = sub.start if "-" in sub.start else f"{sub.start}-0"
-                self.floor = await first_kept(self.redis)
+                gaps = await self._join(self._profiles(sub), sub.start)
                 break
             except REDIS_ERRORS as exc:
                 await self._pause(pause, exc)
-        await self.send({"type": "subscribed", "from": self.last})
-        if self.floor > _order(self.last):
-            await self.send({"type": "gap", "after": self.last})
+        if isinstance(sub.start, str):
+            self.last = max(self.position.values(), key=_order, default="0-0")
+        started = sub.start if isinstance(sub.start, str) else "position"
+        await self.send({"type": "subscribed", "from": self.last if started == "$" else started,
+                         "position": dict(self.position)})  # fmt: skip
+        for profile in gaps:
+            await self.send({"type": "gap", "after": self.position[profile], "profile": profile})
 
     async def _pause(self, pause: Pause, exc: BaseException) -> None:
         await pause.after_error("reading the event stream for a websocket", exc, self.hub.stopping)
@@ -289,14 +352,35 @@ class _Subscriber:
 
     async def heartbeat_if_quiet(self, every: float) -> None:
         if time.monotonic() - self.sent_at >= every:
-            await self.send({"type": "heartbeat", "last_event_id": self.last})
+            await self.send(
+                {"type": "heartbeat", "last_event_id": self.last, "position": dict(self.position)}
+            )
 
-    async def _check_behind(self) -> None:
+    async def _check_behind(self, profile: str) -> None:
         """Close if the stream dropped events this client has not seen yet (beyond the
         gap it was told about when it subscribed)."""
-        kept = await first_kept(self.redis)
-        if kept > _order(self.last) and kept > self.floor:
-            raise _Closed(TOO_SLOW, f"too slow: events after {self.last} were dropped")
+        kept = await first_kept(self.redis, profile)
+        if kept > _order(self.position[profile]) and kept > self.floor.get(profile, (0, 0)):
+            raise _Closed(
+                TOO_SLOW,
+                f"too slow: events of {profile} after {self.position[profile]} were dropped",
+            )
+
+    async def _read(self, profiles: Sequence[str]) -> list[tuple[str, Any, Any]]:
+        """The next events of every profile (a batch each, one round trip), merged in
+        id order: (profile, event id, fields)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for profile in profiles:
+                pipe.xread({keys.events(profile): self.position[profile]}, count=BATCH)
+            replies: list[Any] = await pipe.execute()
+        rows = []
+        for profile, reply in zip(profiles, replies, strict=True):
+            got = reply[0][1] if reply else []
+            if len(got) == BATCH:
+                await self._check_behind(profile)
+            rows += [(profile, raw_id, raw) for raw_id, raw in got]
+        rows.sort(key=lambda r: (_order(as_text(r[1])), r[0]))
+        return rows
 
     async def pump(self, sub: Subscription) -> None:
         """Send matching events until the client goes or the server stops."""
@@ -306,10 +390,11 @@ class _Subscriber:
             await self.heartbeat_if_quiet(sub.heartbeat)
             seen = self.hub.generation
             try:
-                reply: Any = await self.redis.xread({keys.EVENTS: self.last}, count=BATCH)
-                rows: Sequence[Any] = reply[0][1] if reply else []
-                if len(rows) == BATCH:
-                    await self._check_behind()
+                profiles = self._profiles(sub)
+                new = [p for p in profiles if p not in self.position]
+                if new:  # a reload added profiles: their events from the start
+                    await self._join(new, "0")
+                rows = await self._read(profiles)
             except REDIS_ERRORS as exc:
                 await self._pause(pause, exc)
                 continue
@@ -318,13 +403,14 @@ class _Subscriber:
                 quiet = sub.heartbeat - (time.monotonic() - self.sent_at)
                 await self.hub.wait(seen, max(0.05, min(POLL, quiet)))
                 continue
-            for raw_id, raw in rows:
+            for profile, raw_id, raw in rows:
                 event = event_json(
                     as_text(raw_id), {as_text(k): as_text(v) for k, v in raw.items()}
                 )
                 if sub.matches(event):
                     await self.send(event)
                 self.last = event["event_id"]
+                self.position[profile] = event["event_id"]
 
 
 async def _first_message(ws: web.WebSocketResponse) -> Subscription:
@@ -385,7 +471,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def _on_startup(app: web.Application) -> None:
-    app[HUB] = EventHub(app[CONTEXT].redis, RedisOutages())
+    context = app[CONTEXT]
+    app[HUB] = EventHub(context.redis, RedisOutages(), lambda: context.settings.profiles)
 
 
 async def _on_shutdown(app: web.Application) -> None:

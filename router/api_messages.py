@@ -217,7 +217,8 @@ def _job_problem(exc: JobError, where: str) -> str:
 async def get_message(request: web.Request) -> web.Response:
     """One message record with its history."""
     job_id = request.match_info["id"]
-    record = await request.app[CONTEXT].ledger.get(job_id)
+    context = request.app[CONTEXT]
+    record = await context.ledger.get(job_id, profiles=list(context.settings.profiles))
     if record is None:
         raise ApiError(404, f"id: no message {job_id!r}")
     return json_response(_record(record))
@@ -253,6 +254,7 @@ async def list_messages(request: web.Request) -> web.Response:
     page = await message_log(
         context.redis,
         context.ledger,
+        profiles=list(context.settings.profiles),
         since=since,
         limit=query.limit,
         profile=query.profile,
@@ -265,7 +267,7 @@ async def list_messages(request: web.Request) -> web.Response:
     return json_response({"messages": [_record(r) for r in page.records], "next_cursor": cursor})
 
 
-_CURSOR = re.compile(r"(\d{1,20}-\d{1,20})\|(\d{1,20}(?:\.\d{1,6})?)")
+_CURSOR = re.compile(r"(\d{1,20}-\d{1,20}@[^|]{1,200})\|(\d{1,20}(?:\.\d{1,6})?)")
 
 
 def _cursor(event_id: str, since: float) -> str:

@@ -164,7 +164,10 @@ async def create_message(request: web.Request) -> web.Response:
         sid = await context.client.send(**job)
     except JobError as exc:
         raise _job_error(exc) from None
-    record = await context.ledger.get(sid) or {"id": sid, "status": "queued"}
+    record = await context.ledger.get(sid, profile=job.get("profile")) or {
+        "id": sid,
+        "status": "queued",
+    }
     twilio = _credentials(request)
     resource = message_resource(
         record, twilio.account_sid, body=job["text"], messaging_service_sid=messaging_service
@@ -180,7 +183,8 @@ async def fetch_message(request: web.Request) -> web.Response:
     """One message's resource, from its record."""
     context = request.app[CONTEXT]
     sid = request.match_info["sid"]
-    record = await context.ledger.get(sid) if sid.startswith("SM") else None
+    profiles = list(context.settings.profiles)
+    record = await context.ledger.get(sid, profiles=profiles) if sid.startswith("SM") else None
     if record is None:
         raise TwilioError(404, 20404, f"The requested resource {request.path} was not found")
     meta = record.get("meta") or {}

@@ -1,14 +1,15 @@
 """Status callbacks: POST each status change of a message to its status_callback_url.
 
-The ledger puts the change on ``sms:callbacks`` in the same atomic step that records
-it (only for messages with a ``status_callback_url``, the job's or its profile's).
-`StatusPoster` reads that stream in the consumer group ``posters``, so several
-instances share the work and a restart resumes where it stopped. Each change is
-tried a few times with back-off; one that still is not taken goes to
-``sms:callbacks:dlq`` with the reason, never silently dropped.
+The ledger puts the change on the profile's ``sms:{P}:callbacks`` in the same atomic
+step that records it (only for messages with a ``status_callback_url``, the job's or
+its profile's). `StatusPoster` reads each profile's stream in the consumer group
+``posters``, so several instances share the work and a restart resumes where it
+stopped. Each change is tried a few times with back-off; one that still is not taken
+goes to ``sms:{P}:callbacks:dlq`` with the reason, never silently dropped.
 
 A profile with a ``webhook_secret`` gets its posts signed (`router.webhooks`); the
-``webhook-id`` is ``status-<entry id>``, the same on every retry and after a restart.
+``webhook-id`` is ``status-<profile>-<entry id>``, the same on every retry and after a
+restart.
 
 Posts run independently of each other and of the reading: at most `PER_HOST` at a
 time to one destination host and `CONCURRENCY` in all, so one application that
@@ -23,7 +24,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,9 +70,13 @@ class StatusPoster:
         grace: float = 10.0,
         outages: RedisOutages | None = None,
         signing: Mapping[str, bytes] | None = None,
+        profiles: Collection[str] = (),
     ) -> None:
-        """`signing`: profile name -> webhook key; other profiles' posts go unsigned."""
+        """`signing`: profile name -> webhook key; other profiles' posts go unsigned.
+        `profiles`: whose streams are read (`serve` changes them while running)."""
         self._redis = redis
+        self.profiles = frozenset(profiles)
+        self._changed = asyncio.Event()
         self.consumer = consumer
         self.signing = dict(signing or {})
         self.base_delay = base_delay
@@ -81,18 +86,39 @@ class StatusPoster:
         self.posted = 0
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._hosts: dict[str, asyncio.Semaphore] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._room = asyncio.Event()
+
+    def serve(self, profiles: Collection[str]) -> None:
+        """Read these profiles' streams from now on (a reload added or removed some; a
+        removed profile's entries wait for its return)."""
+        self.profiles = frozenset(profiles)
+        self._changed.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
+        readers: dict[str, asyncio.Task[None]] = {}
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
-                await self._read(session, stopping)
+                # One reader per profile: each stream is in its profile's slot, and one
+                # read cannot span slots on Redis Cluster.
+                while not stopping.is_set():
+                    for name in self.profiles - readers.keys():
+                        readers[name] = asyncio.create_task(self._read(session, name, stopping))
+                    for name in readers.keys() - self.profiles:
+                        readers.pop(name).cancel()
+                    self._changed.clear()
+                    await _first(self._changed.wait(), stopping.wait())
             finally:
+                for task in readers.values():
+                    task.cancel()
+                await asyncio.gather(*readers.values(), return_exceptions=True)
                 await self._wind_down()
 
-    async def _read(self, session: aiohttp.ClientSession, stopping: asyncio.Event) -> None:
+    async def _read(
+        self, session: aiohttp.ClientSession, profile: str, stopping: asyncio.Event
+    ) -> None:
+        stream = keys.callbacks(profile)
         pause = Pause(self.outages)
         ready = False
         start = "0"  # this consumer's unfinished entries first (a restart), then new ones
@@ -103,14 +129,12 @@ class StatusPoster:
             try:
                 if not ready:
                     with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                        await self._redis.xgroup_create(
-                            keys.CALLBACKS, GROUP, id="0", mkstream=True
-                        )
+                        await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
                     ready = True
                 reply: Any = await self._redis.xreadgroup(
                     GROUP,
                     self.consumer,
-                    {keys.CALLBACKS: start},
+                    {stream: start},
                     count=100,
                     block=None if start != ">" else 500,
                 )
@@ -123,15 +147,15 @@ class StatusPoster:
                 # Paging through our own pending entries, until there are no more.
                 start = as_text(rows[-1][0]) if rows else ">"
             for raw_id, raw in rows:
-                entry_id = as_text(raw_id)
-                if entry_id in self._tasks:
+                entry = (profile, as_text(raw_id))
+                if entry in self._tasks:
                     continue
-                task = asyncio.create_task(self._deliver(session, entry_id, raw or {}, stopping))
-                self._tasks[entry_id] = task
-                task.add_done_callback(functools.partial(self._forget, entry_id))
+                task = asyncio.create_task(self._deliver(session, entry, raw or {}, stopping))
+                self._tasks[entry] = task
+                task.add_done_callback(functools.partial(self._forget, entry))
 
-    def _forget(self, entry_id: str, _task: asyncio.Task[None]) -> None:
-        self._tasks.pop(entry_id, None)
+    def _forget(self, entry: tuple[str, str], _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(entry, None)
         self._room.set()
 
     async def _wind_down(self) -> None:
@@ -149,30 +173,33 @@ class StatusPoster:
     async def _deliver(
         self,
         session: aiohttp.ClientSession,
-        entry_id: str,
+        entry: tuple[str, str],
         raw: dict[Any, Any],
         stopping: asyncio.Event,
     ) -> None:
+        profile, entry_id = entry
         fields = {as_text(k): as_text(v) for k, v in raw.items()}
         url = fields.get("url", "")
         reason = "entry without a url"
         if url:
             body = webhooks.encode(body_of(fields))
-            key = self.signing.get(fields.get("profile", ""))
+            key = self.signing.get(profile)
             host = self._hosts.setdefault(urlsplit(url).netloc, asyncio.Semaphore(PER_HOST))
             async with host, self._slots:
                 for attempt in range(ATTEMPTS):
                     if stopping.is_set() and attempt:
                         return  # stays pending: tried again after the restart
-                    sent = webhooks.headers(key, f"status-{entry_id}", int(time.time()), body)
+                    sent = webhooks.headers(
+                        key, f"status-{profile}-{entry_id}", int(time.time()), body
+                    )
                     reason = await self._post(session, url, body, sent)
                     if not reason:
                         self.posted += 1
-                        await self._done(entry_id, None, fields, stopping)
+                        await self._done(entry, None, fields, stopping)
                         return
                     await asyncio.sleep(backoff(attempt + 1, self.base_delay, 60.0))
         log.warning("status callback given up", id=fields.get("id"), reason=reason)
-        await self._done(entry_id, reason, fields, stopping)
+        await self._done(entry, reason, fields, stopping)
 
     async def _post(
         self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
@@ -187,19 +214,25 @@ class StatusPoster:
             return type(exc).__name__  # never str(exc): it can carry the url and its token
 
     async def _done(
-        self, entry_id: str, reason: str | None, fields: dict[str, str], stopping: asyncio.Event
+        self,
+        entry: tuple[str, str],
+        reason: str | None,
+        fields: dict[str, str],
+        stopping: asyncio.Event,
     ) -> None:
         """Acknowledge (and dead-letter if refused), waiting out a Redis outage; if the
         daemon stops first the entry stays pending and is posted again after the restart."""
+        profile, entry_id = entry
+        stream = keys.callbacks(profile)
         pause = Pause(self.outages)
         while True:
             try:
                 async with self._redis.pipeline(transaction=True) as pipe:
                     if reason is not None:
                         letter: dict[Any, Any] = {**fields, "reason": reason}
-                        pipe.xadd(keys.CALLBACK_DEAD_LETTERS, letter)
-                    pipe.xack(keys.CALLBACKS, GROUP, entry_id)
-                    pipe.xdel(keys.CALLBACKS, entry_id)
+                        pipe.xadd(keys.callback_dead_letters(profile), letter)
+                    pipe.xack(stream, GROUP, entry_id)
+                    pipe.xdel(stream, entry_id)
                     await pipe.execute()
             except REDIS_ERRORS as exc:
                 if stopping.is_set():

@@ -287,7 +287,7 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
     settings = _settings(config_path)
 
     async def work(redis: Redis) -> dict[str, Any] | None:
-        return await _ledger(redis, settings).get(job_id)
+        return await _ledger(redis, settings).get(job_id, profiles=list(settings.profiles))
 
     record = _with_redis(settings, work)
     if record is None:
@@ -337,6 +337,7 @@ def log_(
         page = await message_log(
             redis,
             _ledger(redis, settings),
+            profiles=list(settings.profiles),
             since=start,
             limit=limit,
             profile=profile,

@@ -307,6 +307,7 @@ class Daemon:
                 grace=router.shutdown_grace,
                 outages=self.outages,
                 signing=_signing(self.settings),
+                profiles=self.settings.profiles,
             )
         )
         self._shared = Shared(
@@ -434,6 +435,7 @@ class Daemon:
         self.settings = reloader.settings
         for poster in self.posters:
             poster.signing = _signing(self.settings)
+            poster.serve(self.settings.profiles)
         if self._api_context is not None:
             self._api_context.settings = reloader.settings
             self._api_context.workers = self.workers

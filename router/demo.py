@@ -110,7 +110,7 @@ async def run_demo(count: int, window: int, limit: float, console: Console) -> i
             with Progress(*columns, console=console) as progress:
                 task = progress.add_task("final", total=count, rate=0.0)
                 while time.perf_counter() - began < limit:
-                    records = await ledger.get_many(ids)
+                    records = await ledger.get_many([("demo", i) for i in ids])
                     statuses = Counter(r["status"] if r else "missing" for r in records)
                     segments = sum(int(r.get("segments", 0)) for r in records if r)
                     done = sum(n for s, n in statuses.items() if s in FINAL)

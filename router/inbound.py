@@ -14,7 +14,7 @@ the opt-out set and enqueues its reply in the same MULTI as the XADD of the mess
 a concatenated one, when the poster renders the whole message. Either way the post
 carries ``"opt_out": "stop" | "start" | "help"``.
 
-Every stored message is also published on the event stream (``sms:events``, type
+Every stored message is also published on the event stream (``sms:{P}:events``, type
 ``inbound``) by the same step that puts it on ``sms:{P}:in``, so event subscribers
 (``GET /v1/events``) see inbound messages next to status changes. Posts of a profile
 with a ``webhook_secret`` are signed (`router.webhooks`), ``webhook-id`` = the body's id.
@@ -220,7 +220,15 @@ class Inbound:
             (
                 stream,
                 {},
-                ([parts_key, keys.inbound_partial(self.profile), stream, keys.EVENTS], args),
+                (
+                    [
+                        parts_key,
+                        keys.inbound_partial(self.profile),
+                        stream,
+                        keys.events(self.profile),
+                    ],
+                    args,
+                ),
                 None,
             )
         )
@@ -272,7 +280,7 @@ class Inbound:
                 if part is None:
                     one: list[Any] = [self.events_maxlen, self.profile, fields["message"]]
                     one += [fields["parts"], fields["incomplete"], fields.get("opt_out", "")]
-                    await self._one(keys=[stream, keys.EVENTS], args=one, client=pipe)
+                    await self._one(keys=[stream, keys.events(self.profile)], args=one, client=pipe)
                 else:
                     part_keys, part_args = part
                     await self._add(keys=part_keys, args=part_args, client=pipe)
@@ -288,7 +296,7 @@ class Inbound:
         """Deliver (flagged incomplete) the long messages whose parts stopped coming."""
         due = await self._redis.zrangebyscore(keys.inbound_partial(self.profile), 0, time.time())
         flushed = 0
-        events = keys.EVENTS
+        events = keys.events(self.profile)
         for raw_key in due:
             key = as_text(raw_key)
             done = await self._flush(

@@ -89,7 +89,7 @@ class Keywords:
             pipe.srem(keys.opt_outs(self.name), hit.sender)
         if hit.reply is not None:
             job_id, job, fields = hit.reply
-            await self._ledger.enqueue_in(pipe, [(job_id, self.name, job, fields)])
+            await self._ledger.enqueue_in(pipe, self.name, [(job_id, job, fields)])
 
     def applied(self, hit: KeywordHit) -> None:
         """Log a hit once its writes are in Redis."""

@@ -1,8 +1,8 @@
 """Message records and status events.
 
-One Redis hash per job (``sms:msg:<id>``) holds its status, the history of
-every change with its time (one field per step), the sender used, provider id,
-attempts and errors. Every change goes through a Lua script (``router/lua``) that
+One Redis hash per job (``sms:{P}:msg:<id>``, in its profile's slot) holds its
+status, the history of every change with its time (one field per step), the sender
+used, provider id, attempts and errors. Every change goes through a Lua script (``router/lua``) that
 also decides ownership: a record belongs to the stream entry that first reached
 it (its *owner*), so a second entry with the same job id is recognised as a
 duplicate, and a redelivered entry whose record is already final is acknowledged
@@ -11,7 +11,10 @@ without being sent again.
 The hot path writes in batches: `sending` records a batch in one call, `finish`
 records a batch's outcomes, events, provider-id index and acknowledgements in
 another. The other changes (scheduled, retries, rejections) go one by one through
-`transition`.
+`transition`. Every script's keys are one profile's and passed in KEYS, so each runs
+on Redis Cluster. A record is found by job id alone through its locator
+(``sms:loc:<id>``, written when the job is enqueued), else by looking in each
+configured profile.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from . import keys
 from .connections import as_text
@@ -172,33 +176,57 @@ class Ledger:
         ``early`` (kept) or ``done`` (final already) — the job id ('' if unknown) and
         the candidate id that matched.
         """
+        answers: list[tuple[Transition, str, str] | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        # The record's key comes from the index, so the index is read first; a report
+        # whose index changed in between (its `sent` was just recorded) goes again.
+        for _attempt in range(5):
+            index = [keys.provider_id(profile, c) for i in todo for c in batch[i][3]]
+            found = iter(await self._redis.mget(index) if index else [])
+            jobs = []
+            for i in todo:
+                named = [as_text(j) for j in (next(found) for _ in batch[i][3]) if j]
+                jobs.append(named[0] if named else "")
+            reply = await self._reports_call(profile, [batch[i] for i in todo], jobs, keep_for)
+            again = []
+            for n, i in enumerate(todo):
+                verdict, previous, job, part = (as_text(x) for x in reply[4 * n : 4 * n + 4])
+                if verdict == "retry":
+                    again.append(i)
+                else:
+                    answers[i] = (Transition(verdict, previous), job, part)
+            todo = again
+            if not todo:
+                break
+        else:
+            raise RuntimeError(f"delivery reports of {profile}: the index kept changing")
+        return [a for a in answers if a is not None]
+
+    async def _reports_call(
+        self, profile: str, batch: Sequence[Report], jobs: Sequence[str], keep_for: float
+    ) -> Any:
         now = time.time()
+        early = keys.early_reports(profile)
+        script_keys = [
+            keys.events(profile),
+            keys.awaiting_reports(profile),
+            early,
+            keys.early_deadlines(profile),
+            keys.callbacks(profile),
+        ]
+        for report, job in zip(batch, jobs, strict=True):
+            script_keys += [keys.provider_id(profile, c) for c in report[3]]
+            script_keys.append(keys.record(profile, job) if job else early)
         payload = msgpack.packb(
             [
                 f"{now:.6f}",
                 self._events_maxlen,
-                keys.record(""),
-                keys.provider_id(profile, ""),
                 profile,
                 f"{now + keep_for:.3f}",
-                batch,
+                [(*report, job) for report, job in zip(batch, jobs, strict=True)],
             ]
         )
-        reply = await self._report(
-            keys=[
-                keys.EVENTS,
-                keys.awaiting_reports(profile),
-                keys.early_reports(profile),
-                keys.early_deadlines(profile),
-                keys.CALLBACKS,
-            ],
-            args=[payload],
-        )
-        return [
-            (Transition(as_text(reply[i]), as_text(reply[i + 1])), as_text(reply[i + 2]),
-             as_text(reply[i + 3]))
-            for i in range(0, len(reply), 4)
-        ]  # fmt: skip
+        return await self._report(keys=script_keys, args=[payload])
 
     async def drop_early_reports(self, profile: str, batch: int = 1000) -> int:
         """Drop kept early reports whose time is up; returns how many."""
@@ -216,22 +244,18 @@ class Ledger:
 
     def _head(self, profile: str) -> list[str | int]:
         """What sending.lua and finish.lua both take first: now, profile, retention,
-        events maxlen, record key prefix."""
-        return [
-            f"{time.time():.6f}",
-            profile,
-            self._retention,
-            self._events_maxlen,
-            keys.record(""),
-        ]
+        events maxlen."""
+        return [f"{time.time():.6f}", profile, self._retention, self._events_maxlen]
 
     async def sending(self, profile: str, items: Sequence[Sending]) -> list[Transition]:
         """Record `sending` for a batch in one call (sending.lua); one `Transition` per
         item, its `step` the history index the outcome's step follows."""
         payload = msgpack.packb([*self._head(profile), items])
-        reply = await self._sending(
-            keys=[keys.EVENTS, keys.CALLBACKS, keys.stats(profile)], args=[payload]
-        )
+        record = keys.record(profile, "")
+        script_keys = [keys.events(profile), keys.callbacks(profile), keys.stats(profile)]
+        script_keys += [record + it[0] for it in items]
+        script_keys += [it[8] for it in items if it[8]]
+        reply = await self._sending(keys=script_keys, args=[payload])
         return [
             Transition(as_text(reply[i]), as_text(reply[i + 1]), int(reply[i + 2]))
             for i in range(0, len(reply), 3)
@@ -247,20 +271,22 @@ class Ledger:
         payload = msgpack.packb(
             [
                 *self._head(profile),
-                keys.provider_id(profile, ""),
                 keys.GROUP,
                 f"{time.time() + wait:.3f}" if wait else "",
                 items,
             ]
         )
+        record, index = keys.record(profile, ""), keys.provider_id(profile, "")
         script_keys = [
-            keys.EVENTS,
-            keys.CALLBACKS,
+            keys.events(profile),
+            keys.callbacks(profile),
             stream,
             keys.awaiting_reports(profile),
             keys.early_reports(profile),
             keys.early_deadlines(profile),
         ]
+        script_keys += [record + it[0] for it in items]
+        script_keys += [index + part for it in items if it[3] == "sent" for part in it[13]]
         if self._replicas.wanted:
             finals = await self._replicas.run(
                 self._finish, script_keys, [payload], profile=profile, messages=len(items)
@@ -273,72 +299,98 @@ class Ledger:
         """Note every overdue sent message of `profile` (see missing.lua); returns how many
         records got the note. Runs in batches so one call never blocks Redis long."""
         total = 0
+        awaiting = keys.awaiting_reports(profile)
         while True:
             now = f"{time.time():.6f}"
-            taken, noted = await self._missing(
-                keys=[keys.awaiting_reports(profile), keys.EVENTS, keys.stats(profile)],
-                args=[
-                    now,
-                    batch,
-                    keys.record(""),
-                    self._events_maxlen,
-                    keys.CALLBACKS,
-                    profile,
-                    note,
-                ],
+            due = [
+                as_text(j) for j in await self._redis.zrangebyscore(awaiting, "-inf", now, 0, batch)
+            ]
+            if not due:
+                return total
+            total += int(
+                await self._missing(
+                    keys=[
+                        awaiting,
+                        keys.events(profile),
+                        keys.stats(profile),
+                        keys.callbacks(profile),
+                        *(keys.record(profile, job) for job in due),
+                    ],
+                    args=[now, self._events_maxlen, profile, note, *due],
+                )
             )
-            total += int(noted)
-            if int(taken) < batch:
+            if len(due) < batch:
                 return total
 
     async def enqueue(
         self, items: Sequence[tuple[str, str, bytes, Mapping[str, str]]]
     ) -> list[bool]:
-        """Record `queued` and add each job to its work stream, atomically, in one call.
+        """Record `queued` and add each job to its work stream, atomically per profile,
+        in one round trip, with each job's locator.
 
         Each item is (job id, profile, encoded job, record fields). A job whose id has
-        a record already is not enqueued (False in the answer).
+        a record already is not enqueued (False in the answer). A job id is unique
+        within its profile; the locator names the first profile that used it.
         """
-        # 500 jobs per call bound how long one call holds Redis. One call goes straight
-        # (EVALSHA); several share a pipeline's round trip. (A pipeline holding a script
-        # costs a SCRIPT EXISTS round trip first: per request on the HTTP API, that was
-        # a third of its cost.)
-        if len(items) <= 500:
-            reply = await self._enqueue(
-                keys=[keys.EVENTS, keys.CALLBACKS], args=[self._enqueue_payload(items)]
-            )
-            replies = [reply]
-        else:
+        groups = _by_profile(items)
+        calls = [
+            self._enqueue_call(profile, [(items[i][0], items[i][2], items[i][3]) for i in chunk])
+            for profile, chunk in groups
+        ]
+        ttl = self._retention
+        for attempt in range(2):
+            # A pipeline holding a Script object costs a SCRIPT EXISTS round trip first
+            # (per request on the HTTP API, that was a third of its cost): EVALSHA
+            # straight, loading the script only when Redis says it has not got it.
             async with self._redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(items), 500):
-                    await self.enqueue_in(pipe, items[start : start + 500])
-                replies = await pipe.execute()
-        return [as_text(r[i]) == "ok" for r in replies for i in range(0, len(r), 2)]
+                for script_keys, args in calls:
+                    pipe.evalsha(self._enqueue.sha, len(script_keys), *script_keys, *args)
+                for job_id, profile, _job, _fields in items:
+                    pipe.set(keys.locator(job_id), profile, nx=True, ex=ttl)
+                replies = await pipe.execute(raise_on_error=False)
+            replies = replies[: len(calls)]
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                await self._redis.script_load(self._enqueue.script)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            break
+        verdicts = [False] * len(items)
+        for (_profile, chunk), reply in zip(groups, replies, strict=True):
+            for n, i in enumerate(chunk):
+                verdicts[i] = as_text(reply[2 * n]) == "ok"
+        return verdicts
 
     async def enqueue_in(
-        self, pipe: Pipeline, items: Sequence[tuple[str, str, bytes, Mapping[str, str]]]
+        self, pipe: Pipeline, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
     ) -> None:
-        """Queue one `enqueue` call for `items` on the caller's pipeline (so it can share
-        a MULTI with other writes). Its reply is a flat list: verdict (ok | duplicate),
-        entry id, per item."""
-        payload = self._enqueue_payload(items)
-        await self._enqueue(keys=[keys.EVENTS, keys.CALLBACKS], args=[payload], client=pipe)
+        """Queue one `enqueue` call for `items` (job id, encoded job, record fields) of
+        `profile` on the caller's pipeline (so it can share a MULTI with other writes of
+        the profile). Its reply is a flat list: verdict (ok | duplicate), entry id, per
+        item. No locator is written (it lives in another slot): the record is found by
+        looking in the profile."""
+        script_keys, args = self._enqueue_call(profile, items)
+        await self._enqueue(keys=script_keys, args=args, client=pipe)
 
-    def _enqueue_payload(self, items: Sequence[tuple[str, str, bytes, Mapping[str, str]]]) -> bytes:
-        return msgpack.packb(  # type: ignore[no-any-return]
+    def _enqueue_call(
+        self, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
+    ) -> tuple[list[str], list[bytes]]:
+        record = keys.record(profile, "")
+        script_keys = [keys.events(profile), keys.callbacks(profile), keys.queue(profile)]
+        script_keys += [record + job_id for job_id, _job, _fields in items]
+        payload = msgpack.packb(
             [
                 f"{time.time():.6f}",
                 self._retention,
                 self._events_maxlen,
-                keys.record(""),
-                [
-                    (job_id, keys.queue(profile), job,
-                     [x for kv in fields.items() for x in kv], profile)
-                    for job_id, profile, job, fields in items
-                ],
+                profile,
+                [(job_id, job, [x for kv in fields.items() for x in kv])
+                 for job_id, job, fields in items],
             ],
             use_bin_type=False,  # Redis' cmsgpack reads no bin type: jobs go as raw
         )  # fmt: skip
+        return script_keys, [payload]
 
     def _call(
         self,
@@ -360,8 +412,10 @@ class Ledger:
         body.update({k: v for k, v in (event or {}).items() if v})
         pairs = list((fields or {}).items())
         wait = self._report_waits.get(profile, 0.0) if status == "sent" else 0.0
-        script_keys = [keys.record(job_id), keys.EVENTS, ack.stream if ack else keys.EVENTS]
-        script_keys += [keys.awaiting_reports(profile) if wait else keys.EVENTS, *indexes]
+        events = keys.events(profile)
+        script_keys = [keys.record(profile, job_id), events, ack.stream if ack else events]
+        script_keys += [keys.awaiting_reports(profile) if wait else events]
+        script_keys += [keys.callbacks(profile), *indexes]
         args: list[str | int | float] = [
             owner,
             now,
@@ -375,7 +429,7 @@ class Ledger:
             ack.group if ack else "",
             ack.entry_id if ack else "",
             job_id,
-            keys.CALLBACKS,
+            "",
             f"{time.time() + wait:.3f}" if wait else "",
         ]
         for name, value in pairs:
@@ -384,21 +438,61 @@ class Ledger:
             args += [name, text]
         return script_keys, args
 
-    async def get(self, job_id: str) -> dict[str, Any] | None:
-        """The record of one job, decoded, or None."""
-        raw = await self._redis.hgetall(keys.record(job_id))
-        return {"id": job_id, **decode_record(raw)} if raw else None
+    async def get(
+        self, job_id: str, *, profile: str | None = None, profiles: Sequence[str] = ()
+    ) -> dict[str, Any] | None:
+        """The record of one job, decoded, or None; without `profile`, found as `find`
+        finds it."""
+        if profile is not None:
+            raw = await self._redis.hgetall(keys.record(profile, job_id))
+            return {"id": job_id, **decode_record(raw)} if raw else None
+        return (await self.find([job_id], profiles=profiles))[0]
 
-    async def get_many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
-        """Records of several jobs in one round trip."""
+    async def find(
+        self, job_ids: Sequence[str], *, profiles: Sequence[str] = ()
+    ) -> list[dict[str, Any] | None]:
+        """Records of jobs known by id alone: each job's locator names its profile; a
+        job without one (enqueued by a plain XADD, or a keyword reply) is looked for in
+        each of `profiles`. Two or three round trips whatever the number of jobs."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(keys.record(job_id))
+                pipe.get(keys.locator(job_id))
+            located = await pipe.execute()
+        pairs = [(as_text(p), j) for j, p in zip(job_ids, located, strict=True) if p is not None]
+        found = {j: r for (_p, j), r in zip(pairs, await self.get_many(pairs), strict=True) if r}
+        unknown = [j for j in job_ids if j not in found]
+        if unknown and profiles:
+            probes = [(p, j) for j in unknown for p in profiles]
+            for (_p, j), r in zip(probes, await self.get_many(probes), strict=True):
+                if r is not None:
+                    found.setdefault(j, r)
+        return [found.get(j) for j in job_ids]
+
+    async def get_many(self, jobs: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """Records of several jobs, each given as (profile, job id), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for profile, job_id in jobs:
+                pipe.hgetall(keys.record(profile, job_id))
             rows = await pipe.execute()
         return [
             {"id": job_id, **decode_record(row)} if row else None
-            for job_id, row in zip(job_ids, rows, strict=True)
+            for (_profile, job_id), row in zip(jobs, rows, strict=True)
         ]
+
+
+def _by_profile(
+    items: Sequence[tuple[str, str, bytes, Mapping[str, str]]],
+) -> list[tuple[str, list[int]]]:
+    """The jobs' positions grouped by profile (one script call each: a profile's keys
+    share a slot), 500 per call at most, so one call never holds Redis long."""
+    groups: dict[str, list[int]] = {}
+    for i, (_job_id, profile, _job, _fields) in enumerate(items):
+        groups.setdefault(profile, []).append(i)
+    return [
+        (profile, chunk[start : start + 500])
+        for profile, chunk in groups.items()
+        for start in range(0, len(chunk), 500)
+    ]
 
 
 def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:

@@ -231,8 +231,8 @@ class Metrics:
                 pipe.xlen(keys.dead_letters(name))
                 pipe.xlen(keys.inbound(name))
                 pipe.hgetall(keys.stats(name))
-            pipe.xlen(keys.CALLBACKS)
-            pipe.xlen(keys.CALLBACK_DEAD_LETTERS)
+                pipe.xlen(keys.callbacks(name))
+                pipe.xlen(keys.callback_dead_letters(name))
             pipe.hgetall(keys.campaign_counts(day))
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
@@ -240,8 +240,12 @@ class Metrics:
             if isinstance(reply, Exception) and not _no_group(reply):
                 raise reply
         queues: dict[str, _Queue] = {}
+        callbacks = callback_dead = 0
         for i, name in enumerate(names):
-            depth, pending, first, scheduled, dead, inbound, stats = replies[i * 7 : i * 7 + 7]
+            row = replies[i * 9 : i * 9 + 9]
+            depth, pending, first, scheduled, dead, inbound, stats, posts, given_up = row
+            callbacks += int(posts)
+            callback_dead += int(given_up)
             oldest = None
             if isinstance(first, list) and first:
                 oldest = int(as_text(first[0][0]).split("-", 1)[0])
@@ -254,12 +258,12 @@ class Metrics:
                 inbound=int(inbound),
                 stats={as_text(k): int(v) for k, v in stats.items()},
             )
-        callbacks, callback_dead, caps = replies[len(names) * 7 :]
+        caps = replies[-1]
         return _Snapshot(
             at=time.time(),
             queues=queues,
-            callbacks=int(callbacks),
-            callback_dead_letters=int(callback_dead),
+            callbacks=callbacks,
+            callback_dead_letters=callback_dead,
             caps_used={as_text(k): int(v) for k, v in caps.items()},
         )
 
@@ -390,12 +394,12 @@ class _Collector(Collector):
         yield from _stats(snap)
         yield GaugeMetricFamily(
             f"{PREFIX}_callbacks_pending",
-            "Status callbacks waiting to be posted (sms:callbacks).",
+            "Status callbacks waiting to be posted (sms:{P}:callbacks).",
             snap.callbacks,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_callbacks_dead_letters",
-            "Status callbacks given up on (sms:callbacks:dlq).",
+            "Status callbacks given up on (sms:{P}:callbacks:dlq).",
             snap.callback_dead_letters,
         )
         used = GaugeMetricFamily(

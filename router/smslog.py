@@ -1,6 +1,7 @@
 """The SMS log: message records that changed status recently, newest first.
 
-The log is read from the event stream (``sms:events``), newest event first. A record
+The log is read from the profiles' event streams (``sms:{P}:events``), merged newest
+event first. A record
 is listed at its *latest* event only (the event whose status and time are the
 record's own), so a record appears once however many events it has, and a page that
 ends at an event can be continued below it without repeating or skipping anything.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,8 +34,9 @@ _SCALE = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 @dataclass(frozen=True, slots=True)
 class LogPage:
-    """Records of one page, newest first, and where the next page starts (an event id
-    to continue below, exclusive), or None when the log has no more."""
+    """Records of one page, newest first, and where the next page starts (a position
+    ``<event id>@<profile>`` to continue below, exclusive), or None when the log has no
+    more."""
 
     records: list[dict[str, Any]]
     next: str | None
@@ -65,6 +68,7 @@ async def message_log(
     redis: Redis,
     ledger: Ledger,
     *,
+    profiles: Sequence[str],
     since: float,
     limit: int,
     profile: str | None = None,
@@ -74,40 +78,26 @@ async def message_log(
     scan: int | None = None,
 ) -> LogPage:
     """Up to `limit` records whose latest change is at or after `since` (unix
-    seconds) and below event `before` (exclusive; ``+`` for the top), matching the
-    filters (`to` is compared as given: pass it in E.164).
+    seconds) and below position `before` (exclusive; ``+`` for the top), matching the
+    filters (`to` is compared as given: pass it in E.164). The events of `profiles`
+    (only `profile`'s when given) are merged newest first.
 
     `scan` bounds the events read (so a narrow filter cannot make one call read the
     whole stream): a page may then hold fewer than `limit` records and still have a
     `next`.
     """
     start = f"{max(0, int(since * 1000))}-0"
-    upper = before if before == "+" else f"({before}"
     found: list[dict[str, Any]] = []
     scanned = 0
+    streams = [_Stream(p, before) for p in ([profile] if profile is not None else profiles)]
     while True:
         count = _CHUNK if scan is None else max(1, min(_CHUNK, scan - scanned))
-        rows: Any = await redis.xrevrange(keys.EVENTS, upper, start, count=count)
-        scanned += len(rows)
-        events: list[tuple[str, str, str, str]] = []  # event id, job id, status, at
-        for eid, fields in rows:
-            job_id = as_text(fields.get(b"id", b""))
-            if not job_id:
-                continue
-            if profile is not None and as_text(fields.get(b"profile", b"")) != profile:
-                continue
-            events.append(
-                (
-                    as_text(eid),
-                    job_id,
-                    as_text(fields.get(b"status", b"")),
-                    as_text(fields.get(b"at", b"")),
-                )
-            )
-        ids = list(dict.fromkeys(job_id for _e, job_id, _s, _a in events))
-        records = dict(zip(ids, await ledger.get_many(ids), strict=True)) if ids else {}
-        for eid, job_id, event_status, at in events:
-            record = records.get(job_id)
+        events = await _merged(redis, streams, start, count)
+        scanned += len(events)
+        pairs = list(dict.fromkeys((p, job_id) for _o, p, job_id, _s, _a in events))
+        records = dict(zip(pairs, await ledger.get_many(pairs), strict=True)) if pairs else {}
+        for order, name, job_id, event_status, at in events:
+            record = records.get((name, job_id))
             if record is None or not _latest(record, event_status, at):
                 continue
             if status is not None and record.get("status") != status:
@@ -116,12 +106,74 @@ async def message_log(
                 continue
             found.append(record)
             if len(found) == limit:
-                return LogPage(found, eid)
-        if len(rows) < count:
-            return LogPage(found, None)  # reached `since` or the stream's start
-        upper = "(" + as_text(rows[-1][0])
+                return LogPage(found, _position(order, name))
+        if len(events) < count:
+            return LogPage(found, None)  # reached `since` or the streams' start
         if scan is not None and scanned >= scan:
-            return LogPage(found, as_text(rows[-1][0]))
+            order, name = events[-1][0], events[-1][1]
+            return LogPage(found, _position(order, name))
+
+
+# An event's place in the merged log: (event id as numbers, profile), newest highest;
+# a position names the last event returned: "<event id>@<profile>".
+_Order = tuple[int, int]
+_Event = tuple[_Order, str, str, str, str]  # order, profile, job id, status, at
+
+
+def _order(event_id: str) -> _Order:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _position(order: _Order, profile: str) -> str:
+    return f"{order[0]}-{order[1]}@{profile}"
+
+
+class _Stream:
+    """One profile's events, read newest first a chunk at a time."""
+
+    def __init__(self, profile: str, before: str) -> None:
+        self.profile = profile
+        self.key = keys.events(profile)
+        self.buffer: list[_Event] = []
+        self.done = False
+        self.upper = "+"
+        if before != "+":
+            event_id, _, after = before.partition("@")
+            # Events at the same id sort by profile: this stream's event at exactly
+            # `event_id` comes after the position when its profile sorts lower.
+            self.upper = event_id if profile < after else f"({event_id}"
+
+    async def fill(self, redis: Redis, start: str, count: int) -> None:
+        rows: Any = await redis.xrevrange(self.key, self.upper, start, count=count)
+        if len(rows) < count:
+            self.done = True
+        if rows:
+            self.upper = "(" + as_text(rows[-1][0])
+        for eid, fields in rows:
+            job_id = as_text(fields.get(b"id", b""))
+            if job_id and as_text(fields.get(b"profile", b"")) == self.profile:
+                self.buffer.append(
+                    (_order(as_text(eid)), self.profile, job_id,
+                     as_text(fields.get(b"status", b"")), as_text(fields.get(b"at", b"")))
+                )  # fmt: skip
+        self.buffer.reverse()  # oldest last read first: pop() takes the newest
+
+
+async def _merged(redis: Redis, streams: list[_Stream], start: str, count: int) -> list[_Event]:
+    """Up to `count` events, newest first, merged over the streams (each refilled when
+    it runs dry, so the order is exact)."""
+    out: list[_Event] = []
+    while len(out) < count:
+        for stream in streams:
+            if not stream.buffer and not stream.done:
+                await stream.fill(redis, start, _CHUNK)
+        heads = [s for s in streams if s.buffer]
+        if not heads:
+            break
+        newest = max(heads, key=lambda s: (s.buffer[-1][0], s.profile))
+        out.append(newest.buffer.pop())
+    return out
 
 
 def _latest(record: dict[str, Any], status: str, at: str) -> bool:

@@ -421,4 +421,9 @@ async def test_concurrent_single_requests_share_calls_and_keep_their_own_answers
     by_id = Counter((doc["id"], doc["status"]) for status, doc in answers if status == 202)
     assert by_id[("c10", "queued")] + by_id[("c10", "duplicate")] == 2
     assert by_id[("c10", "duplicate")] == 1
-    assert await redis.exists(*[f"sms:msg:c{i}" for i in range(150) if i not in (40, 90)]) == 148
+    assert (
+        await redis.exists(
+            *[keys.record("alerts", f"c{i}") for i in range(150) if i not in (40, 90)]
+        )
+        == 148
+    )

@@ -99,7 +99,7 @@ async def test_a_hanging_status_callback_url_delays_neither_others_nor_shutdown(
     assert await running.stop() == 0
     assert time.monotonic() - started < grace + 3
     # The hanging application's changes were not lost: they stay pending for the restart.
-    pending = await redis.xpending(keys.CALLBACKS, GROUP)
+    pending = await redis.xpending(keys.callbacks("alerts"), GROUP)
     assert pending["pending"] >= PER_HOST
-    assert await redis.xlen(keys.CALLBACK_DEAD_LETTERS) == 0
+    assert await redis.xlen(keys.callback_dead_letters("alerts")) == 0
     assert len(slow_ids) == 30

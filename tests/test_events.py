@@ -295,7 +295,7 @@ async def test_resume_from_the_last_event_id_misses_nothing(
         )
         await ws.close()
     seen = [e["event_id"] for e in [*first, *rest]]
-    rows: Any = await redis.xrange(keys.EVENTS, min=seen[0])
+    rows: Any = await redis.xrange(keys.events("alerts"), min=seen[0])
     assert seen == [r[0].decode() for r in rows][: len(seen)]
     assert len(seen) == 600
 
@@ -332,7 +332,7 @@ async def _add_events(redis: Redis, start: int, count: int, pad: int = 0) -> lis
             fields = {"id": f"e-{i}", "profile": "alerts", "status": "sent", "at": "1.5"}
             if pad:
                 fields["note"] = "x" * pad
-            pipe.xadd(keys.EVENTS, fields)  # type: ignore[arg-type]
+            pipe.xadd(keys.events("alerts"), fields)  # type: ignore[arg-type]
         return [entry.decode() for entry in await pipe.execute()]
 
 
@@ -401,10 +401,14 @@ async def test_a_client_that_takes_nothing_is_closed_and_memory_stays_bounded(
 
 async def test_resuming_from_a_trimmed_id_says_so(redis: Redis, bare_api: str) -> None:
     ids = await _add_events(redis, 0, 10)
-    await redis.xtrim(keys.EVENTS, maxlen=4, approximate=False)
+    await redis.xtrim(keys.events("alerts"), maxlen=4, approximate=False)
     async with aiohttp.ClientSession() as http:
         ws = await _subscribe(http, bare_api, **{"from": ids[0]})
-        assert await ws.receive_json(timeout=5) == {"type": "gap", "after": ids[0]}
+        assert await ws.receive_json(timeout=5) == {
+            "type": "gap",
+            "after": ids[0],
+            "profile": "alerts",
+        }
         got = [await _next_event(ws) for _ in range(4)]
         await ws.close()
     assert [e["event_id"] for e in got] == ids[6:]

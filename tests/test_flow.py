@@ -24,7 +24,9 @@ Start = Callable[[Settings], RunningDaemon]
 
 async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
     ledger = Ledger(redis, retention=3600, events_maxlen=1000)
-    return Counter(r["status"] if r else "missing" for r in await ledger.get_many(ids))
+    return Counter(
+        r["status"] if r else "missing" for r in await ledger.find(ids, profiles=("alerts", "bulk"))
+    )
 
 
 async def all_final(redis: Redis, ids: list[str], status: str = "sent") -> bool:
@@ -57,7 +59,7 @@ async def test_job_reaches_provider_and_is_recorded_sent(
     assert [h["status"] for h in record["history"]] == ["queued", "sending", "sent"]
     assert record["meta"] == {"k": "v"}
 
-    events = await redis.xrange(keys.EVENTS)
+    events = await redis.xrange(keys.events("alerts"))
     seen = [(e[b"id"].decode(), e[b"status"].decode()) for _, e in events]
     assert seen == [(job_id, "queued"), (job_id, "sending"), (job_id, "sent")]
     assert events[-1][1][b"provider_message_id"] == b"p-1"
@@ -218,7 +220,7 @@ async def test_job_naming_another_profile_is_forwarded(
     run_daemon(settings)
     await wait_for(lambda: all_final(redis, ["fwd-1"]))
     assert provider.requests[0]["from"] == "+447911123456"  # bulk's only number
-    record = await Ledger(redis, retention=60, events_maxlen=10).get("fwd-1")
+    record = await Ledger(redis, retention=60, events_maxlen=10).get("fwd-1", profile="bulk")
     assert record is not None and record["profile"] == "bulk"
 
 

@@ -85,7 +85,7 @@ async def test_stop_start_help_change_the_opt_out_set_and_enqueue_one_reply_each
         "You are unsubscribed.",
         "alerts",
     )
-    record = await Ledger(redis, retention=60, events_maxlen=10).get(stop.id)
+    record = await Ledger(redis, retention=60, events_maxlen=10).get(stop.id, profile="alerts")
     assert record is not None and record["status"] == "queued" and record["to"] == PERSON
 
     assert await inbound.handle(_message("start")) == ESME_ROK
@@ -199,8 +199,9 @@ async def test_keywords_end_to_end_over_smpp(
     opt_outs = keys.opt_outs("sms")
 
     async def reply_delivered(text: str) -> dict[str, Any] | None:
-        for key in [as_text(k) async for k in redis.scan_iter(match="sms:msg:keyword-reply.*")]:
-            record = await ledger.get(key.removeprefix("sms:msg:"))
+        prefix = keys.record("sms", "")
+        for key in [as_text(k) async for k in redis.scan_iter(match=f"{prefix}keyword-reply.*")]:
+            record = await ledger.get(key.removeprefix(prefix), profile="sms")
             if record and record.get("text") == text and record["status"] == "delivered":
                 return record
         return None

@@ -152,7 +152,7 @@ async def test_rule_refusal_shows_its_code_in_log_status_and_events(
         await wait_for(lambda: len(provider.requests) >= 1, 20, "the allowed job sent")
 
         async def refused_recorded() -> bool:
-            return await redis.hget(keys.record(refused), "status") == b"rejected"
+            return await redis.hget(keys.record("alerts", refused), "status") == b"rejected"
 
         await wait_for(refused_recorded, 20, "the refused job recorded")
     finally:
@@ -175,7 +175,7 @@ async def test_rule_refusal_shows_its_code_in_log_status_and_events(
     assert code == 0, err
     assert "use_case_not_allowed" in out
 
-    events = await redis.xrange(keys.EVENTS)
+    events = await redis.xrange(keys.events("alerts"))
     mine = [f for _, f in events if as_text(f.get(b"id", b"")) == refused]
     assert [as_text(f[b"status"]) for f in mine][-1] == "rejected"
     assert as_text(mine[-1][b"error_code"]) == "use_case_not_allowed"

@@ -49,7 +49,8 @@ async def dead_letter_reasons(redis: Redis, profile: str = "alerts") -> dict[str
 
 
 async def status_of(redis: Redis, job_id: str) -> str | None:
-    record = await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
+    ledger = Ledger(redis, retention=60, events_maxlen=10)
+    record = await ledger.get(job_id, profiles=("alerts", "bulk"))
     return None if record is None else str(record["status"])
 
 

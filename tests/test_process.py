@@ -143,6 +143,47 @@ async def test_kill_9_mid_run_loses_nothing_and_counts_possible_duplicates(
     assert len(twice) <= counted <= window + max(window, 64)
 
 
+async def test_two_instances_one_killed_the_other_claims_its_work(
+    redis: Redis, provider: Provider, redis_url: str, tmp_path: Path
+) -> None:
+    """Two instances share a profile; one is killed with SIGKILL and never comes back:
+    the other claims its pending entries once they are `claim_idle` old and finishes
+    every job. Nothing is lost; a message sent twice can only be one the killed
+    instance had on the wire (at most its window), and each is counted."""
+    jobs, window = 1500, 16
+    configs = []
+    for name in ("one", "two"):
+        data = config_dict(redis_url, provider.url, window=window)
+        data["router"].update(instance=name, shutdown_grace=10)
+        configs.append(write_config(tmp_path / f"{name}.toml", data))
+    settings = parse_settings(data, env={}, base_dir=tmp_path)
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"k{i}"} for i in range(jobs)]
+    )
+    provider.latency = 0.005
+    log = tmp_path / "daemons.log"
+    one = await start_daemon(configs[0], log)
+    two = await start_daemon(configs[1], log)
+    try:
+        await wait_for(lambda: len(provider.requests) >= jobs // 4, 60, "a quarter sent")
+        one.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(one.wait(), 30) == -signal.SIGKILL
+        assert len(provider.requests) < jobs, "killed too late to prove anything"
+        await wait_for(lambda: all_final(redis, ids), 90, "every job sent by the survivor")
+    finally:
+        two.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(two.wait(), 30) == 0, log.read_text()[-3000:]
+    refs = provider.refs
+    assert set(refs) == set(ids)
+    twice = [ref for ref, n in refs.items() if n > 1]
+    assert max(refs.values()) <= 2 and len(twice) <= window
+    counted = int(await redis.hget(keys.stats("alerts"), "possible_duplicates") or 0)
+    assert len(twice) <= counted
+    # The survivor took the dead instance's entries over: none is left pending.
+    pending = await redis.xpending(keys.queue("alerts"), keys.GROUP)
+    assert pending["pending"] == 0
+
+
 async def test_check_config_lists_every_mistake(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

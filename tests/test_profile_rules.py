@@ -54,7 +54,7 @@ def rules_config(
 
 
 async def records(redis: Redis, ids: list[str]) -> list[dict[str, Any]]:
-    found = await Ledger(redis, retention=3600, events_maxlen=1000).get_many(ids)
+    found = await Ledger(redis, retention=3600, events_maxlen=1000).find(ids)
     return [r or {} for r in found]
 
 
@@ -85,7 +85,9 @@ async def test_low_volume_stops_at_exactly_6000_across_two_numbers_and_two_insta
     assert await redis.hget(keys.stats("alerts"), "rejected_daily_cap_reached") == b"50"
     # Rejected by a rule: acknowledged, not dead-lettered, and an event with the code.
     assert await list_dead_letters(redis, "alerts") == []
-    events = [f for _, f in await redis.xrange(keys.EVENTS) if f.get(b"status") == b"rejected"]
+    events = [
+        f for _, f in await redis.xrange(keys.events("alerts")) if f.get(b"status") == b"rejected"
+    ]
     assert len(events) == 50 and {f[b"error_code"] for f in events} == {b"daily_cap_reached"}
 
 

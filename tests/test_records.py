@@ -36,13 +36,16 @@ def ledger_of(redis: Redis) -> Ledger:
 
 
 async def records(redis: Redis, ids: list[str]) -> list[dict[str, Any]]:
-    found = await ledger_of(redis).get_many(ids)
+    found = await ledger_of(redis).find(ids, profiles=("alerts", "bulk", "sms"))
     assert all(found)
     return [r for r in found if r]
 
 
 async def all_status(redis: Redis, ids: list[str], status: str) -> bool:
-    return all(r and r["status"] == status for r in await ledger_of(redis).get_many(ids))
+    return all(
+        r and r["status"] == status
+        for r in await ledger_of(redis).find(ids, profiles=("alerts", "bulk", "sms"))
+    )
 
 
 # --- 1. early reports expire on their own -------------------------------------------------
@@ -85,7 +88,7 @@ async def record_sent(
     """What the pipeline does: `sending`, then `sent` with the early-report forms.
     A `stream` other than the job's acknowledges nothing there (the entry stays)."""
     ledger = ledger_of(redis)
-    owner = (await redis.hget(keys.record(job_id), "owner") or b"").decode()
+    owner = (await redis.hget(keys.record("sms", job_id), "owner") or b"").decode()
     [result] = await ledger.sending("sms", [sending_item(job_id, owner)])
     assert result.ok, result
     pmid = reports.normalise(resp)
@@ -178,7 +181,7 @@ async def test_text_is_stored_unless_the_profile_opts_out(
         assert (first["text"], second["text"]) == ("secret code 1234", "plain text")
     else:
         assert "text" not in first and "text" not in second
-        events = await redis.xrange(keys.EVENTS)
+        events = await redis.xrange(keys.events("sms"))
         assert not any(b"secret" in v for _, f in events for v in f.values())
 
 
@@ -209,7 +212,7 @@ async def test_sent_without_delivery_report_gets_a_final_note_event_and_count(
         assert [h["status"] for h in record["history"]] == ["queued", "sending", "sent", "sent"]
     assert await redis.hget(keys.stats("sms"), "reports_missing") == b"5"
     assert await redis.zcard(keys.awaiting_reports("sms")) == 0
-    events = [f for _, f in await redis.xrange(keys.EVENTS) if f.get(b"report_timeout")]
+    events = [f for _, f in await redis.xrange(keys.events("sms")) if f.get(b"report_timeout")]
     assert sorted(f[b"id"].decode() for f in events) == sorted(ids)
     assert {f[b"note"] for f in events} == {b"no delivery report"}
 
@@ -320,7 +323,7 @@ async def test_entry_back_after_sent_is_not_sent_again_and_its_early_report_appl
     await reports.apply(reports.candidates("77"), "delivered", "DELIVRD", "000")
     # Acknowledge elsewhere: the entry stays on the stream, as if the ack were lost.
     await record_sent(redis, reports, job_id, "77", stream="sms:{sms}:elsewhere")
-    assert (await redis.hget(keys.record(job_id), "status")) == b"delivered"
+    assert (await redis.hget(keys.record("sms", job_id), "status")) == b"delivered"
     data = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
     run_daemon(parse_settings(data, env={}, base_dir=tmp_path))
 
@@ -328,5 +331,5 @@ async def test_entry_back_after_sent_is_not_sent_again_and_its_early_report_appl
         return int(await redis.xlen(keys.queue("sms"))) == 0
 
     await wait_for(acked, 20, "the entry acknowledged")
-    assert (await redis.hget(keys.record(job_id), "status")) == b"delivered"
+    assert (await redis.hget(keys.record("sms", job_id), "status")) == b"delivered"
     assert not smsc.submits, "a message recorded sent must not be sent again"

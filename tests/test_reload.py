@@ -44,7 +44,7 @@ def two_profiles(
 
 async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
     ledger = Ledger(redis, retention=3600, events_maxlen=1000)
-    return Counter(r["status"] if r else "missing" for r in await ledger.get_many(ids))
+    return Counter(r["status"] if r else "missing" for r in await ledger.find(ids))
 
 
 @pytest.fixture

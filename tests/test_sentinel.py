@@ -168,12 +168,12 @@ async def test_replicas_ack_waits_for_the_replica_and_counts_a_short_ack(
         )
         await record_and_finish(master, ledger, "a1")
         # WAIT returned: the replica holds the record already, no polling needed.
-        assert await replica.hget(keys.record("a1"), "status") == b"sent"
+        assert await replica.hget(keys.record("alerts", "a1"), "status") == b"sent"
         assert await master.hget(keys.stats("alerts"), SHORT_FIELD) is None
         # A new master after a fail-over knows no scripts: loaded, and the step runs.
         await master.script_flush()
         await record_and_finish(master, ledger, "a2")
-        assert await replica.hget(keys.record("a2"), "status") == b"sent"
+        assert await replica.hget(keys.record("alerts", "a2"), "status") == b"sent"
 
         short = Ledger(
             alone, retention=60, events_maxlen=1000, replicas_ack=1, replicas_ack_timeout_ms=50
@@ -181,7 +181,7 @@ async def test_replicas_ack_waits_for_the_replica_and_counts_a_short_ack(
         began = time.monotonic()
         await record_and_finish(alone, short, "b1")
         assert time.monotonic() - began >= 0.05  # it did wait for the missing replica
-        assert await alone.hget(keys.record("b1"), "status") == b"sent"
+        assert await alone.hget(keys.record("alerts", "b1"), "status") == b"sent"
         assert await alone.hget(keys.stats("alerts"), SHORT_FIELD) == b"1"
         # replicas_ack = 0: no WAIT, nothing counted.
         plain = Ledger(alone, retention=60, events_maxlen=1000)

@@ -115,7 +115,7 @@ def smpp_settings(
 
 async def statuses(redis: Redis, ids: list[str]) -> Counter[str]:
     ledger = Ledger(redis, retention=3600, events_maxlen=1000)
-    return Counter(r["status"] if r else "missing" for r in await ledger.get_many(ids))
+    return Counter(r["status"] if r else "missing" for r in await ledger.find(ids))
 
 
 async def all_in(redis: Redis, ids: list[str], wanted: set[str]) -> bool:
@@ -329,7 +329,7 @@ async def test_receipt_text_in_ucs2_without_tlvs_is_understood(
     ledger = Ledger(redis, retention=60, events_maxlen=100)
     client = Client.from_settings(redis, settings)
     job = await client.send("+447911123456", "hi", id="ucs2-receipt")
-    owner = (await redis.hget(keys.record(job), "owner") or b"").decode()
+    owner = (await redis.hget(keys.record("sms", job), "owner") or b"").decode()
     for status in ("sending", "sent"):
         await ledger.transition(
             job,
@@ -384,7 +384,7 @@ async def test_status_changes_reach_status_callback_urls(
     )
     assert delivered["meta"] == {"order": 7} and delivered["stat"] == "DELIVRD"
     assert "url" not in delivered
-    events = await redis.xrange(keys.EVENTS)
+    events = await redis.xrange(keys.events("sms"))
     assert not any(b"url" in fields for _, fields in events)
 
 

@@ -56,7 +56,7 @@ async def test_queue_full_smsc_gets_every_part_of_every_message(
     assert found["delivered"] == 200, found
     assert smsc.stats()["queue_full"] > 0  # the SMSC did refuse: the test tested something
     assert smsc.stats()["segments"] == 160 + 40 * 3  # every part once, no partial message
-    records = await Ledger(redis, retention=60, events_maxlen=10).get_many(ids)
+    records = await Ledger(redis, retention=60, events_maxlen=10).find(ids)
     # Held in the session, never handed back: no record shows a retry.
     assert not [
         r["id"] for r in records if r and any(h["status"] == "queued" for h in r["history"][1:])

@@ -4,22 +4,24 @@
 -- sending.lua (nothing else writes a record while it is `sending`). Delivery reports
 -- that came before `sent` (kept by report.lua) are applied here, in the same step.
 -- KEYS: event stream, callbacks stream, work stream, awaiting-reports set, early hash,
--- early zset.
--- ARGV[1]: msgpack {now, profile, retention, events maxlen, record prefix, index prefix,
--- ack group, report deadline ('' = none), items}; each item {job id, entry id, history
+-- early zset, then each item's record, then the provider-id index key of every part of
+-- every `sent` item, in item order.
+-- ARGV[1]: msgpack {now, profile, retention, events maxlen, ack group, report deadline
+-- ('' = none), items}; each item {job id, entry id, history
 -- index, status, note, status_callback_url, to, from, meta, segments, error code, error
 -- raw, error, {provider ids of the parts}, {part id, id form, ...}: the forms an early
 -- report may be kept under}. Returns the final statuses early reports wrote, as a flat
 -- list {status, count, ...}.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile, ttl, maxlen = args[1], args[2], args[3], args[4]
-local prefix, index, group, deadline = args[5], args[6], args[7], args[8]
-local items = args[9]
+local group, deadline = args[5], args[6]
+local items = args[7]
+local index = 6 + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
-for _, it in ipairs(items) do
+for i, it in ipairs(items) do
   local job, status, note, ids = it[1], it[4], it[5], it[14]
   entries[#entries + 1] = it[2]
-  local rec = prefix .. job
+  local rec = KEYS[6 + i]
   local name, value = step(it[3], status, now, note)
   local f = {'status', status, 'updated_at', now, 'n', it[3], name, value}
   local ev = {'id', job, 'profile', profile, 'status', status, 'at', now}
@@ -33,7 +35,10 @@ for _, it in ipairs(items) do
     f[#f + 1] = 'segments'; f[#f + 1] = it[10]
     if #ids > 1 then f[#f + 1] = 'part_ids'; f[#f + 1] = cjson.encode(ids) end
     ev[#ev + 1] = 'provider_message_id'; ev[#ev + 1] = pmid
-    for _, id in ipairs(ids) do redis.call('SET', index .. id, job, 'EX', ttl) end
+    for _ = 1, #ids do
+      index = index + 1
+      redis.call('SET', KEYS[index], job, 'EX', ttl)
+    end
     if deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, job) end
   elseif it[11] ~= '' then
     f[#f + 1] = 'error_code'; f[#f + 1] = it[11]
@@ -73,7 +78,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
         applied_to[i] = true
         local awaiting = ''
         if deadline ~= '' then awaiting = KEYS[4] end
-        local final = apply_report(prefix .. it[1], it[1], part, r[1], r[2], r[3], now, ids,
+        local final = apply_report(KEYS[6 + i], it[1], part, r[1], r[2], r[3], now, ids,
                                    {it[7], it[8], it[9], it[6]}, profile, KEYS[1], maxlen,
                                    KEYS[2], awaiting, n)
         if final then finals[final] = (finals[final] or 0) + 1 end

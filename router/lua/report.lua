@@ -6,44 +6,57 @@
 -- kept in the profile's early-report hash, with its own deadline in the early zset;
 -- finish.lua applies it in the step that records `sent`. Both steps are scripts, so
 -- one sees the other.
--- KEYS: event stream, awaiting-reports set, early hash, early zset, callbacks stream.
--- ARGV[1]: msgpack {now, events maxlen, record prefix, index prefix, profile, early
--- deadline, reports}; each report {outcome (delivered | undelivered), stat, err,
--- {candidate ids, best first: the first with an index names the job}}.
+-- The caller read the index first (the record's key comes from it, and every key a
+-- script touches is passed in KEYS); the index is read again here: a report whose
+-- message the index names differently now (its `sent` was recorded in between) is
+-- answered `retry`, and the caller runs it again.
+-- KEYS: event stream, awaiting-reports set, early hash, early zset, callbacks stream,
+-- then per report: its candidates' index keys, then the record of the job the index
+-- named (the early hash when it named none).
+-- ARGV[1]: msgpack {now, events maxlen, profile, early deadline, reports}; each report
+-- {outcome (delivered | undelivered), stat, err, {candidate ids, best first: the first
+-- with an index names the job}, the job id the caller found ('' = none)}.
 -- Returns a flat array, 4 per report: verdict, status, job id, matched id; verdict: ok
 -- (final status written) | partial (waiting for other parts) | early (kept) | done
--- (message final already).
+-- (message final already) | retry.
 local args = cmsgpack.unpack(ARGV[1])
-local now, maxlen, prefix, index, profile, keep_until = args[1], args[2], args[3], args[4],
-  args[5], args[6]
+local now, maxlen, profile, keep_until = args[1], args[2], args[3], args[4]
 local out = {}
 local function answer(verdict, st, job, part)
   out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = job; out[#out + 1] = part
 end
-for _, r in ipairs(args[7]) do
-  local outcome, stat, err, cands = r[1], r[2], r[3], r[4]
+local k = 5  -- KEYS index of the last key taken
+for _, r in ipairs(args[5]) do
+  local outcome, stat, err, cands, expected = r[1], r[2], r[3], r[4], r[5]
   local job, part
   for i = 1, #cands do
-    job = redis.call('GET', index .. cands[i])
-    if job then part = cands[i]; break end
+    if not job then
+      job = redis.call('GET', KEYS[k + i])
+      if job then part = cands[i] end
+    end
   end
-  local st = nil
-  if job then st = redis.call('HGET', prefix .. job, 'status') end
-  if not st or st == 'queued' or st == 'scheduled' or st == 'sending' then
-    redis.call('HSET', KEYS[3], cands[1], cjson.encode({outcome, stat, err}))
-    redis.call('ZADD', KEYS[4], keep_until, cands[1])
-    answer('early', st or '', job or '', cands[1])
-  elseif st ~= 'sent' then
-    answer('done', st, job, part)
+  local rec = KEYS[k + #cands + 1]
+  k = k + #cands + 1
+  if (job or '') ~= expected then
+    answer('retry', '', job or '', part or '')
   else
-    local rec = prefix .. job
-    local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta', 'status_callback_url')
-    local parts = {part}
-    if info[1] then parts = cjson.decode(info[1]) end
-    local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
-                               {info[2] or '', info[3] or '', info[4] or '', info[5] or ''},
-                               profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil)
-    if final then answer('ok', final, job, part) else answer('partial', st, job, part) end
+    local st = nil
+    if job then st = redis.call('HGET', rec, 'status') end
+    if not st or st == 'queued' or st == 'scheduled' or st == 'sending' then
+      redis.call('HSET', KEYS[3], cands[1], cjson.encode({outcome, stat, err}))
+      redis.call('ZADD', KEYS[4], keep_until, cands[1])
+      answer('early', st or '', job or '', cands[1])
+    elseif st ~= 'sent' then
+      answer('done', st, job, part)
+    else
+      local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta', 'status_callback_url')
+      local parts = {part}
+      if info[1] then parts = cjson.decode(info[1]) end
+      local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
+                                 {info[2] or '', info[3] or '', info[4] or '', info[5] or ''},
+                                 profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil)
+      if final then answer('ok', final, job, part) else answer('partial', st, job, part) end
+    end
   end
 end
 return out

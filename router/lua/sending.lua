@@ -2,18 +2,23 @@
 -- For each message the record's owner decides: a record owned by another entry is a
 -- duplicate job id, a final one is not sent again; otherwise the step is one HMGET,
 -- one HSET and the event.
--- KEYS: event stream, callbacks stream, stats hash.
--- ARGV[1]: msgpack {now, profile, retention, events maxlen, record prefix, items}; each
--- item {job id, owner, replay ('1' | ''), from, to, text, meta, status_callback_url,
--- sticky key, sticky ttl} ('' where absent): a sticky key is set to `from` (the
--- recipient's number from now on, `sticky` strategies), in the same step. Returns a flat array: verdict, previous status, history index of
--- the step (0 unless ok) for each item; verdict: ok | duplicate | done.
+-- KEYS: event stream, callbacks stream, stats hash, then each item's record, then the
+-- sticky keys of the items that have one, in item order.
+-- ARGV[1]: msgpack {now, profile, retention, events maxlen, items}; each item {job id,
+-- owner, replay ('1' | ''), from, to, text, meta, status_callback_url, sticky key, sticky
+-- ttl} ('' where absent): a sticky key is set to `from` (the recipient's number from now
+-- on, `sticky` strategies), in the same step. Returns a flat array: verdict, previous
+-- status, history index of the step (0 unless ok) for each item; verdict: ok |
+-- duplicate | done.
 local args = cmsgpack.unpack(ARGV[1])
-local now, profile, ttl, maxlen, prefix = args[1], args[2], args[3], args[4], args[5]
+local now, profile, ttl, maxlen = args[1], args[2], args[3], args[4]
+local items = args[5]
+local sticky = 3 + #items  -- KEYS index of the last sticky key taken
 local out = {}
-for _, it in ipairs(args[6]) do
+for i, it in ipairs(items) do
   local job, owner, replay = it[1], it[2], it[3]
-  local rec = prefix .. job
+  local rec = KEYS[3 + i]
+  if it[9] ~= '' then sticky = sticky + 1 end
   local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'attempts')
   local st, own = cur[1], cur[2]
   local verdict = 'ok'
@@ -38,7 +43,7 @@ for _, it in ipairs(args[6]) do
     if it[8] ~= '' then f[#f + 1] = 'status_callback_url'; f[#f + 1] = it[8] end
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end
     redis.call('HSET', rec, unpack(f))
-    if it[9] ~= '' then redis.call('SET', it[9], it[4], 'EX', it[10]) end
+    if it[9] ~= '' then redis.call('SET', KEYS[sticky], it[4], 'EX', it[10]) end
     if not st then redis.call('EXPIRE', rec, ttl) end
     if st == 'sending' then
       -- The last attempt never got an outcome recorded: it may have reached the

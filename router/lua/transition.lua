@@ -2,11 +2,11 @@
 -- expiry): the record, its event and (for a final status) the acknowledgement of the
 -- work entry, atomically. The hot path uses sending.lua and finish.lua instead.
 -- KEYS: record, event stream, work stream to ack (or a placeholder), the profile's
--- awaiting-reports set (or a placeholder), then index keys (provider message ids) each
--- set to the job id with the record's retention.
+-- awaiting-reports set (or a placeholder), callbacks stream, then index keys (provider
+-- message ids) each set to the job id with the record's retention.
 -- ARGV: owner, now, status, ttl, mode ('' | 'replay'), note, events maxlen,
--- field count, event count, ack group ('' = no ack), ack entry, job id, callbacks
--- stream, report deadline ('' = none), then field pairs, then event pairs.
+-- field count, event count, ack group ('' = no ack), ack entry, job id, (unused),
+-- report deadline ('' = none), then field pairs, then event pairs.
 -- Returns {verdict, previous status}; verdict: ok | duplicate | done. The ack happens
 -- whatever the verdict: a duplicate or an already-final record has nothing left to do.
 if ARGV[10] ~= '' then
@@ -32,10 +32,10 @@ local first = 15
 local nfields, nevent = tonumber(ARGV[8]), tonumber(ARGV[9])
 for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-for k = 5, #KEYS do redis.call('SET', KEYS[k], ARGV[12], 'EX', ARGV[4]) end
+for k = 6, #KEYS do redis.call('SET', KEYS[k], ARGV[12], 'EX', ARGV[4]) end
 if ARGV[14] ~= '' then redis.call('ZADD', KEYS[4], ARGV[14], ARGV[12]) end
 local ev = {}
 for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ev))
-to_callbacks(KEYS[1], ARGV[13], ev)
+to_callbacks(KEYS[1], KEYS[5], ev)
 return {'ok', st}
