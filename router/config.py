@@ -40,7 +40,7 @@ from binds.base import BindConfigError
 from binds.http import HttpSpec
 
 from .numbers import normalise_e164
-from .redis_url import is_sentinel_url, parse_sentinel_url
+from .redis_url import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 from .webhooks import secret_key
 
 __all__ = [
@@ -155,9 +155,13 @@ class RouterSettings(_Section):
         if is_sentinel_url(value):
             parse_sentinel_url(value)  # ValueError says what is wrong
             return value
+        if is_cluster_url(value):
+            parse_cluster_url(value)
+            return value
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError(
-                'must be "embedded" or a redis://, rediss://, unix:// or redis+sentinel:// URL'
+                'must be "embedded" or a redis://, rediss://, unix://, redis+cluster:// '
+                "or redis+sentinel:// URL"
             )
         return value
 
@@ -666,6 +670,13 @@ def parse_settings(
                 "router.replicas_ack: the embedded Redis has no replicas (every step would "
                 "wait out replicas_ack_timeout_ms); set 0, or point redis at a server with "
                 "replicas"
+            )
+        if settings.router.replicas_ack and is_cluster_url(settings.router.redis):
+            # WAIT names no key: a cluster client would send it to some node, not to the
+            # one that ran the step's script, and count that node's replicas.
+            problems.append(
+                "router.replicas_ack: not supported with a redis+cluster:// URL (WAIT "
+                "would not reach the node that ran the step); set 0"
             )
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:

@@ -1,4 +1,5 @@
-"""Redis connections: an existing server by URL, or a private embedded one.
+"""Redis connections: an existing server by URL, a Sentinel-watched master, a Redis
+Cluster, or a private embedded server.
 
 ``redis = "embedded"`` runs a ``redis-server`` child with its append-only file
 and a unix socket under ``state_dir`` (no TCP port unless ``embedded_port`` is
@@ -18,19 +19,31 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.typing import EncodableT
 
-from .config import Settings
-from .redis_url import is_sentinel_url, parse_sentinel_url
+from .config import RouterSettings, Settings
+from .redis_url import (
+    ClusterUrl,
+    is_cluster_url,
+    is_sentinel_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 from .systemd import child_environment
 
 MAX_CONNECTIONS = 128  # per process; Redis' default maxclients is 10,000
+# A cluster node's connections beyond the commands in flight: the client's own topology
+# refresh (CLUSTER SLOTS, COMMAND) may run on a node while a command waits there.
+CLUSTER_SPARE_CONNECTIONS = 4
 
 
 class RedisUnavailable(RuntimeError):
@@ -182,6 +195,75 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     connection, like the URL path's `BlockingConnectionPool`."""
 
 
+class ClusterUnreachable(RedisConnectionError):
+    """No seed or known cluster node gave a usable slot map (none answered, or they
+    leave slots uncovered or disagree): an outage, like a refused connection."""
+
+
+class RouterCluster(RedisCluster):
+    """redis-py's cluster client with the single-server pool's manners.
+
+    Callers wait for a connection rather than fail: redis-py's cluster nodes raise
+    MaxConnectionsError when their pool is full, so at most `in_flight` commands and
+    pipelines run at once (each holds at most one connection per node). A missing slot
+    map raises `ClusterUnreachable` (a ConnectionError, which the loops wait out)
+    instead of redis-py's RedisClusterException, which is also raised for bugs.
+    """
+
+    def __init__(self, *, in_flight: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.in_flight = asyncio.Semaphore(in_flight)
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> RedisCluster:
+        try:
+            return await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        except RedisClusterException as exc:
+            raise ClusterUnreachable(f"no usable cluster slot map: {exc}") from exc
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        async with self.in_flight:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is not supported in cluster mode")
+        # redis-py's typing declares `_event_dispatcher` on the commands protocol, which
+        # ClusterPipeline never sets (nor reads): mypy takes the class for abstract.
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _WaitingPipeline(ClusterPipeline):
+    """A cluster pipeline that waits for its turn like a command (`RouterCluster`)."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        client = cast(RouterCluster, self.cluster_client)
+        async with client.in_flight:
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+def _cluster_client(target: ClusterUrl, router: RouterSettings) -> RouterCluster:
+    """A cluster client on the seed nodes with the single-server client's time-outs."""
+    return RouterCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        in_flight=MAX_CONNECTIONS,
+        max_connections=MAX_CONNECTIONS + CLUSTER_SPARE_CONNECTIONS,  # per node
+        # No retries inside redis-py: a failed call raises at once (after the client
+        # marks its slot map for a refresh) and the caller's loop waits the outage out.
+        # MOVED/ASK/TRYAGAIN redirections are still followed: they are not failures.
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=router.redis_connect_timeout,
+        socket_timeout=router.redis_socket_timeout,
+        health_check_interval=router.redis_health_check,
+        password=(
+            router.redis_password.get_secret_value() if router.redis_password is not None else None
+        ),
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterator[Redis]:
     """A Redis client for the configured server, starting the embedded one if needed.
@@ -190,7 +272,9 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
     a CLI command only starts one if none runs, and stops what it started.
     A ``redis+sentinel://`` URL gives a client of the master the sentinels name: after
     a fail-over its next connections go to the new master (the loops wait out the
-    switch as an outage, see router/outages.py).
+    switch as an outage, see router/outages.py). A ``redis+cluster://`` URL gives a
+    `RouterCluster` typed as `Redis`: it offers the part of the API the router uses, and
+    every script and transaction keeps its keys in one slot (the profile's hash tag).
     """
     embedded: EmbeddedRedis | None = None
     sentinel: Sentinel | None = None
@@ -214,7 +298,12 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
     }
     if router.redis_password is not None:
         options["password"] = router.redis_password.get_secret_value()
-    if is_sentinel_url(url):
+    client: Redis
+    if is_cluster_url(url):
+        # RedisCluster is no subclass of Redis but offers the commands, scripts and
+        # pipelines the router calls on `Redis`; one cast here keeps every user's typing.
+        client = cast(Redis, _cluster_client(parse_cluster_url(url), router))
+    elif is_sentinel_url(url):
         target = parse_sentinel_url(url)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels),
@@ -238,7 +327,7 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
     try:
         try:
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise RedisUnavailable(f"cannot reach Redis at {_safe_url(url)}: {exc}") from None
         yield client
     finally:

@@ -17,14 +17,26 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MasterDownError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = structlog.get_logger("router.outages")
 
 # What a loop waits out: Redis unreachable, slow, loading, or answering with an error.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+# SlotNotCoveredError is redis-py's cluster client finding no node for a slot; it is
+# no RedisError (its base, RedisClusterException, also means bugs: keys of several
+# slots in one script or transaction, which are not waited out).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, SlotNotCoveredError, OSError)
 # What one message's handling waits out and then retries: the server is not there.
 # redis-py wraps socket errors in these; a bare OSError or a ResponseError there is
 # not taken for an outage (the entry is left pending instead of resent in a loop).
@@ -33,11 +45,21 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 # ConnectionError), a demoted master answers writes with READONLY (ReadOnlyError; the
 # sentinel pool turns it into a ConnectionError, a plain URL through a moved address
 # does not), a replica cut from its master answers MASTERDOWN.
+# A Redis Cluster losing a master shows as these for its slots (the node's connections
+# fail) and then as CLUSTERDOWN (ClusterDownError, a ClusterError) for every slot until
+# a replica takes over or the master is back; no usable slot map is ClusterUnreachable
+# (router/connections.py, a ConnectionError) or SlotNotCoveredError. Resharding shows
+# as TRYAGAIN, and as MOVED/ASK (AskError) or ClusterError("TTL exhausted") when the
+# redirections outrun redis-py's own following of them.
 REDIS_DOWN: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ReadOnlyError,
     MasterDownError,
+    ClusterError,
+    TryAgainError,
+    AskError,
+    SlotNotCoveredError,
 )
 
 
@@ -70,11 +92,16 @@ class RedisOutages:
         are dead, and each would fail one call later (a false second outage)."""
         if self.redis is None or (self._dropping is not None and not self._dropping.done()):
             return
-        pool = self.redis.connection_pool
+        redis: Redis | RedisCluster = self.redis
 
         async def drop() -> None:
             with contextlib.suppress(*REDIS_ERRORS):
-                await pool.disconnect(inuse_connections=False)
+                if isinstance(redis, RedisCluster):
+                    # No single pool: each node has its own idle connections.
+                    for node in redis.get_nodes():
+                        await node.disconnect_free_connections()
+                else:
+                    await redis.connection_pool.disconnect(inuse_connections=False)
 
         self._dropping = asyncio.get_running_loop().create_task(drop())
 

@@ -1,8 +1,10 @@
-"""``[router] redis`` URLs for Redis Sentinel: ``redis+sentinel://h1:26379,h2:26379/svc/0``.
+"""``[router] redis`` URLs for Redis Sentinel and Redis Cluster.
 
-The sentinels' addresses, the monitored service's name and the database number. No
-password in the URL: it would show wherever the URL is logged; the data nodes'
-password is ``[router] redis_password`` (``env:NAME`` / ``file:PATH``).
+``redis+sentinel://h1:26379,h2:26379/svc/0``: the sentinels' addresses, the monitored
+service's name and the database number. ``redis+cluster://h1:7000,h2:7001``: seed
+nodes of a Redis Cluster (any one that answers names the others; a cluster has only
+database 0). No password in either URL: it would show wherever the URL is logged; the
+data nodes' password is ``[router] redis_password`` (``env:NAME`` / ``file:PATH``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +40,51 @@ def parse_sentinel_url(value: str) -> SentinelUrl:
     if "@" in hosts:
         # Said without echoing the URL: it holds a password.
         raise ValueError("must not hold a password; set router.redis_password instead")
-    sentinels: list[tuple[str, int]] = []
-    for address in hosts.split(","):
-        host, colon, port = address.rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"sentinel address {address!r} must be host:port")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = _addresses(hosts, "sentinel")
     parts = path.split("/") if path else []
     if not parts or not parts[0]:
         raise ValueError("must name the service after the addresses: .../mymaster/0")
     if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
         raise ValueError("must end with /<service> or /<service>/<db number>")
     db = int(parts[1]) if len(parts) == 2 else 0
-    return SentinelUrl(tuple(sentinels), parts[0], db)
+    return SentinelUrl(sentinels, parts[0], db)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterUrl:
+    """Seed nodes of a Redis Cluster: the client asks them for the slot map."""
+
+    nodes: tuple[tuple[str, int], ...]
+
+
+def is_cluster_url(value: str) -> bool:
+    """Whether `value` names a Redis Cluster."""
+    return value.startswith(f"{CLUSTER_SCHEME}://")
+
+
+def parse_cluster_url(value: str) -> ClusterUrl:
+    """Parse a ``redis+cluster://`` URL; ValueError says what is wrong (never a secret)."""
+    if not is_cluster_url(value):
+        raise ValueError(f"must start with {CLUSTER_SCHEME}://")
+    rest = value.removeprefix(f"{CLUSTER_SCHEME}://")
+    if "?" in rest or "#" in rest:
+        raise ValueError("takes no query or fragment (the password is router.redis_password)")
+    hosts, slash, path = rest.partition("/")
+    if "@" in hosts:
+        # Said without echoing the URL: it holds a password.
+        raise ValueError("must not hold a password; set router.redis_password instead")
+    nodes = _addresses(hosts, "cluster node")
+    if slash and path not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0: end with the addresses or /0")
+    return ClusterUrl(nodes)
+
+
+def _addresses(hosts: str, what: str) -> tuple[tuple[str, int], ...]:
+    """``h1:p1,h2:p2,[::1]:p3`` as (host, port) pairs; ValueError names the bad one."""
+    found: list[tuple[str, int]] = []
+    for address in hosts.split(","):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{what} address {address!r} must be host:port")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
