@@ -1,16 +1,15 @@
 """Every Redis key the router uses, in one place.
 
 All keys of one profile share the hash tag ``{P}`` so that each multi-key step
-(defer to the schedule, dead-letter, promote) stays in one Redis Cluster slot.
+(record and publish, defer to the schedule, dead-letter, promote) stays in one Redis
+Cluster slot; every key a script touches is passed to it in KEYS. The exceptions
+stand alone: the daily caps (one key, ``{caps}``), the job id locator, the health and
+lease records of instances.
 """
 
 from __future__ import annotations
 
 GROUP = "router"
-EVENTS = "sms:events"
-# Status changes of messages that have a status_callback_url, waiting to be POSTed.
-CALLBACKS = "sms:callbacks"
-CALLBACK_DEAD_LETTERS = "sms:callbacks:dlq"
 
 
 def queue(profile: str) -> str:
@@ -43,9 +42,33 @@ def provider_id(profile: str, provider_message_id: str) -> str:
     return f"sms:{{{profile}}}:pmid:{provider_message_id}"
 
 
-def record(job_id: str) -> str:
-    """Message record (hash) of one job."""
-    return f"sms:msg:{job_id}"
+def record(profile: str, job_id: str) -> str:
+    """Message record (hash) of one job of `profile`."""
+    return f"sms:{{{profile}}}:msg:{job_id}"
+
+
+def locator(job_id: str) -> str:
+    """Job id -> the profile whose record it is (so a record is found by id alone);
+    written with the record's first step, with the record's retention. Not hash-tagged:
+    it is read and written on its own, never inside a profile's script."""
+    return f"sms:loc:{job_id}"
+
+
+def events(profile: str) -> str:
+    """The profile's event stream: its status changes and inbound messages (trimmed by
+    length). A view over every profile is a merge of these (router/streams.py)."""
+    return f"sms:{{{profile}}}:events"
+
+
+def callbacks(profile: str) -> str:
+    """Status changes of the profile's messages that have a status_callback_url,
+    waiting to be POSTed (consumer group ``posters``)."""
+    return f"sms:{{{profile}}}:callbacks"
+
+
+def callback_dead_letters(profile: str) -> str:
+    """Status callbacks given up, with the reason."""
+    return f"sms:{{{profile}}}:callbacks:dlq"
 
 
 def profile_of_queue(key: str) -> str | None:
