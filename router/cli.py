@@ -26,6 +26,7 @@ from .client import Client
 from .config import ConfigError, Settings, load_settings, resolve_config_path
 from .connections import RedisUnavailable, as_text, open_redis
 from .ledger import STATUSES, Ledger
+from .migrate import MigrationReport, migrate_keys
 from .numbers import normalise_e164
 from .queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
 from .smslog import message_log, parse_since
@@ -677,6 +678,50 @@ def health(config_path: str | None, as_json: bool) -> None:
     if not instances:
         err.print("no router instance is running", markup=False)
         sys.exit(1)
+
+
+@main.command("migrate-keys")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
+def migrate_keys_(config_path: str | None, dry_run: bool) -> None:
+    """Move the keys of the old layout (sms:msg:<id>, sms:events, sms:callbacks...) to
+    the per-profile one. Stop every instance first; running it twice is harmless."""
+    settings = _settings(config_path)
+
+    async def work(redis: Redis) -> MigrationReport:
+        with err.status("migrating keys") as status:
+
+            def progress(stage: str, done: int) -> None:
+                status.update(f"migrating keys: {stage} {done:,}")
+
+            return await migrate_keys(redis, dry_run=dry_run, progress=progress)
+
+    for line in _migration_lines(_with_redis(settings, work)):
+        out.print(line, markup=False)
+
+
+def _migration_lines(report: MigrationReport) -> list[str]:
+    """The counts of a `MigrationReport`, one per line (never a record's contents)."""
+    moved = "would move" if report.dry_run else "moved"
+    events = ", ".join(f"{p} {n}" for p, n in sorted(report.events_moved.items())) or "0"
+    kept = "kept" if report.event_ids_preserved else "new ids (newer entries were there)"
+    kept_cb = "kept" if report.callback_ids_preserved else "new ids (newer entries were there)"
+    lines = ["dry run: nothing changed"] if report.dry_run else []
+    lines += [
+        f"records {moved}: {report.records_moved} "
+        f"(of which placed by their events: {report.records_resolved_from_events})",
+        f"records moved by an earlier run (old key dropped): {report.records_already_moved}",
+        f"records without a profile, left under sms:msg:<id>: {report.records_unresolved}"
+        + (f" (e.g. {', '.join(report.unresolved_ids)})" if report.unresolved_ids else ""),
+        f"events {moved}: {events} (ids {kept})",
+        f"callbacks {moved}: {report.callbacks_moved} (ids {kept_cb})",
+        f"callback dead letters {moved}: {report.callback_dead_letters_moved}",
+    ]
+    for stream, count in sorted(report.left_behind.items()):
+        lines.append(f"{stream} kept: {count} entries name no profile")
+    if not report.changed and not report.dry_run:
+        lines.append("nothing to move: the keys are in the new layout")
+    return lines
 
 
 @main.command()
