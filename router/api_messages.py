@@ -26,7 +26,7 @@ from .client import Client
 from .jobs import MAX_ID_LENGTH, MAX_JOB_BYTES, MAX_LENGTHS, MAX_URL_LENGTH, JobError
 from .ledger import STATUSES
 from .numbers import normalise_e164
-from .smslog import message_log, parse_since
+from .smslog import message_log, parse_position, parse_since
 
 __all__ = ["add_routes"]
 
@@ -267,13 +267,13 @@ async def list_messages(request: web.Request) -> web.Response:
     return json_response({"messages": [_record(r) for r in page.records], "next_cursor": cursor})
 
 
-_CURSOR = re.compile(r"(\d{1,20}-\d{1,20}@[^|]{1,200})\|(\d{1,20}(?:\.\d{1,6})?)")
+_CURSOR = re.compile(r"([^|]{1,20000})\|(\d{1,20}(?:\.\d{1,6})?)")
 
 
-def _cursor(event_id: str, since: float) -> str:
+def _cursor(position: str, since: float) -> str:
     """Opaque to callers: where the page ended and the `since` it was asked with
     (a duration must not slide between pages)."""
-    raw = f"{event_id}|{since:.3f}".encode()
+    raw = f"{position}|{since:.3f}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -283,8 +283,12 @@ def _read_cursor(cursor: str) -> tuple[str, float]:
     except (binascii.Error, ValueError):
         raw = ""
     match = _CURSOR.fullmatch(raw)
-    if match is None:
-        raise ApiError(400, "cursor: not a next_cursor of this API")
+    try:
+        if match is None:
+            raise ValueError(raw)
+        parse_position(match.group(1))
+    except ValueError:
+        raise ApiError(400, "cursor: not a next_cursor of this API") from None
     return match.group(1), float(match.group(2))
 
 

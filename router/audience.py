@@ -23,7 +23,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from . import keys
+from . import keys, pipelines
 from .config import Profile
 from .connections import as_text
 from .numbers import normalise_e164
@@ -128,11 +128,15 @@ class Audience:
 
     async def _reload(self) -> None:
         # One snapshot: the version read with the sets it describes.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(keys.lists_version(self.name))
-            pipe.smembers(keys.block_list(self.name))
-            pipe.smembers(keys.allow_list(self.name))
-            version, block, allow = await pipe.execute()
+        version, block, allow = await pipelines.execute(
+            self._redis,
+            [
+                ("GET", keys.lists_version(self.name)),
+                ("SMEMBERS", keys.block_list(self.name)),
+                ("SMEMBERS", keys.allow_list(self.name)),
+            ],
+            transaction=True,
+        )
         self._block = self._static_block | {as_text(v) for v in block}
         self._allow = self._static_allow | {as_text(v) for v in allow}
         self._version = version
@@ -218,10 +222,11 @@ async def _change(redis: Redis, profile: str, which: ListName, entry: str, *, ad
 
 async def show_lists(redis: Redis, profile: str) -> dict[ListName, list[str]]:
     """The profile's Redis lists (not the configured ones), each sorted."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.smembers(keys.block_list(profile))
-        pipe.smembers(keys.allow_list(profile))
-        block, allow = await pipe.execute()
+    block, allow = await pipelines.execute(
+        redis,
+        [("SMEMBERS", keys.block_list(profile)), ("SMEMBERS", keys.allow_list(profile))],
+        transaction=True,
+    )
     return {
         "block": sorted(as_text(v) for v in block),
         "allow": sorted(as_text(v) for v in allow),

@@ -33,7 +33,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import keys, webhooks
+from . import keys, pipelines, webhooks
 from .connections import as_text
 from .outages import REDIS_ERRORS, Pause, RedisOutages, backoff
 
@@ -227,13 +227,12 @@ class StatusPoster:
         pause = Pause(self.outages)
         while True:
             try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    if reason is not None:
-                        letter: dict[Any, Any] = {**fields, "reason": reason}
-                        pipe.xadd(keys.callback_dead_letters(profile), letter)
-                    pipe.xack(stream, GROUP, entry_id)
-                    pipe.xdel(stream, entry_id)
-                    await pipe.execute()
+                commands: list[pipelines.Command] = []
+                if reason is not None:
+                    letter = [x for kv in {**fields, "reason": reason}.items() for x in kv]
+                    commands.append(("XADD", keys.callback_dead_letters(profile), "*", *letter))
+                commands += [("XACK", stream, GROUP, entry_id), ("XDEL", stream, entry_id)]
+                await pipelines.execute(self._redis, commands, transaction=True)
             except REDIS_ERRORS as exc:
                 if stopping.is_set():
                     return

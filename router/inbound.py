@@ -44,7 +44,7 @@ from binds.smpp.pdu import (
     ShortMessage,
 )
 
-from . import keys, webhooks
+from . import keys, pipelines, webhooks
 from .batching import Batcher
 from .connections import as_text
 from .keywords import KeywordHit, Keywords
@@ -273,20 +273,24 @@ class Inbound:
         await self._stores.submit((keys.inbound(self.profile), fields, None, hit))
 
     async def _store(self, batch: list[_Store]) -> list[None]:
-        """Every store that arrived meanwhile, in one MULTI: one round trip, and a
-        keyword's opt-out change and reply are written with its message or not at all."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for stream, fields, part, hit in batch:
-                if part is None:
-                    one: list[Any] = [self.events_maxlen, self.profile, fields["message"]]
-                    one += [fields["parts"], fields["incomplete"], fields.get("opt_out", "")]
-                    await self._one(keys=[stream, keys.events(self.profile)], args=one, client=pipe)
-                else:
-                    part_keys, part_args = part
-                    await self._add(keys=part_keys, args=part_args, client=pipe)
-                if hit is not None and self.keywords is not None:
-                    await self.keywords.queue(pipe, hit)
-            await pipe.execute()
+        """Every store that arrived meanwhile, in one MULTI (one round trip, one slot):
+        a keyword's opt-out change and reply are written with its message. (Should Redis
+        have lost its scripts, the commands that found none run in a second MULTI.)"""
+        commands: list[pipelines.Command] = []
+        scripts = [self._one, self._add]
+        for stream, fields, part, hit in batch:
+            if part is None:
+                one: list[Any] = [self.events_maxlen, self.profile, fields["message"]]
+                one += [fields["parts"], fields["incomplete"], fields.get("opt_out", "")]
+                commands.append(
+                    pipelines.evalsha(self._one, [stream, keys.events(self.profile)], one)
+                )
+            else:
+                commands.append(pipelines.evalsha(self._add, *part))
+            if hit is not None and self.keywords is not None:
+                commands += self.keywords.commands(hit)
+                scripts += self.keywords.scripts
+        await pipelines.execute(self._redis, commands, scripts, transaction=True)
         for _stream, _fields, _part, hit in batch:
             if hit is not None and self.keywords is not None:
                 self.keywords.applied(hit)
@@ -431,9 +435,9 @@ class CallbackPoster:
         )
         if hit is None:
             return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            await keywords.queue(pipe, hit)
-            await pipe.execute()
+        await pipelines.execute(
+            self._redis, keywords.commands(hit), keywords.scripts, transaction=True
+        )
         keywords.applied(hit)
         body["opt_out"] = hit.kind
 
@@ -459,7 +463,8 @@ class CallbackPoster:
         return False
 
     async def _ack(self, stream: str, entry_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(stream, GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
-            await pipe.execute()
+        await pipelines.execute(
+            self._redis,
+            [("XACK", stream, GROUP, entry_id), ("XDEL", stream, entry_id)],
+            transaction=True,
+        )

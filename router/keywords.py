@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 
-from . import keys
+from . import keys, pipelines
 from .audience import KEYWORD_REPLY_PREFIX, Keyword, classify
 from .config import Profile
 from .jobs import encode_job
@@ -79,17 +79,24 @@ class Keywords:
             reply = self._reply(kind, sender, destination, received_at, reply_text)
         return KeywordHit(kind, sender, reply)
 
-    async def queue(self, pipe: Pipeline, hit: KeywordHit) -> None:
-        """Queue the hit's writes on `pipe` (a MULTI pipeline the caller executes)."""
+    def commands(self, hit: KeywordHit) -> list[pipelines.Command]:
+        """The hit's writes, for a MULTI the caller executes (with `scripts`)."""
         if hit.sender is None:
-            return
+            return []
+        commands: list[pipelines.Command] = []
         if hit.kind == "stop":
-            pipe.sadd(keys.opt_outs(self.name), hit.sender)
+            commands.append(("SADD", keys.opt_outs(self.name), hit.sender))
         elif hit.kind == "start":
-            pipe.srem(keys.opt_outs(self.name), hit.sender)
+            commands.append(("SREM", keys.opt_outs(self.name), hit.sender))
         if hit.reply is not None:
             job_id, job, fields = hit.reply
-            await self._ledger.enqueue_in(pipe, self.name, [(job_id, job, fields)])
+            commands.append(self._ledger.enqueue_command(self.name, [(job_id, job, fields)]))
+        return commands
+
+    @property
+    def scripts(self) -> list[AsyncScript]:
+        """The scripts `commands` may run."""
+        return [self._ledger.enqueue_script]
 
     def applied(self, hit: KeywordHit) -> None:
         """Log a hit once its writes are in Redis."""

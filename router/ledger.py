@@ -28,10 +28,9 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
+from redis.commands.core import AsyncScript
 
-from . import keys
+from . import keys, pipelines
 from .connections import as_text
 from .replicas import ReplicaWait
 
@@ -338,40 +337,32 @@ class Ledger:
             for profile, chunk in groups
         ]
         ttl = self._retention
-        for attempt in range(2):
-            # A pipeline holding a Script object costs a SCRIPT EXISTS round trip first
-            # (per request on the HTTP API, that was a third of its cost): EVALSHA
-            # straight, loading the script only when Redis says it has not got it.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script_keys, args in calls:
-                    pipe.evalsha(self._enqueue.sha, len(script_keys), *script_keys, *args)
-                for job_id, profile, _job, _fields in items:
-                    pipe.set(keys.locator(job_id), profile, nx=True, ex=ttl)
-                replies = await pipe.execute(raise_on_error=False)
-            replies = replies[: len(calls)]
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                await self._redis.script_load(self._enqueue.script)
-                continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            break
+        commands = [pipelines.evalsha(self._enqueue, k, a) for k, a in calls]
+        commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
+                     for job_id, profile, _job, _fields in items]  # fmt: skip
+        replies = await pipelines.execute(self._redis, commands, [self._enqueue])
         verdicts = [False] * len(items)
-        for (_profile, chunk), reply in zip(groups, replies, strict=True):
+        for (_profile, chunk), reply in zip(groups, replies[: len(calls)], strict=True):
             for n, i in enumerate(chunk):
                 verdicts[i] = as_text(reply[2 * n]) == "ok"
         return verdicts
 
-    async def enqueue_in(
-        self, pipe: Pipeline, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
-    ) -> None:
-        """Queue one `enqueue` call for `items` (job id, encoded job, record fields) of
-        `profile` on the caller's pipeline (so it can share a MULTI with other writes of
-        the profile). Its reply is a flat list: verdict (ok | duplicate), entry id, per
-        item. No locator is written (it lives in another slot): the record is found by
-        looking in the profile."""
+    def enqueue_command(
+        self, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
+    ) -> pipelines.Command:
+        """The command of one `enqueue` call for `items` (job id, encoded job, record
+        fields) of `profile`, for the caller's pipeline (so it can share a MULTI with
+        other writes of the profile; `enqueue_script` must be among its scripts). Its
+        reply is a flat list: verdict (ok | duplicate), entry id, per item. No locator is
+        written (it lives in another slot): the record is found by looking in the
+        profile."""
         script_keys, args = self._enqueue_call(profile, items)
-        await self._enqueue(keys=script_keys, args=args, client=pipe)
+        return pipelines.evalsha(self._enqueue, script_keys, args)
+
+    @property
+    def enqueue_script(self) -> AsyncScript:
+        """The script `enqueue_command` runs."""
+        return self._enqueue
 
     def _enqueue_call(
         self, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]

@@ -29,7 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import keys
+from . import keys, pipelines
 from .connections import as_text
 
 # The old layout's names (gone from router/keys.py).
@@ -323,15 +323,21 @@ class _Step:
         """XADD the entries and advance the cursor in one transaction (one slot)."""
         if self.dry_run:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for entry_id, fields in todo:
-                pipe.xadd(new, fields, id=entry_id if copy.preserve else "*")
-            pipe.set(_cursor(profile, name), todo[-1][0])
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-        problems = [r for r in results if isinstance(r, Exception)]
-        if problems:
+        commands: list[pipelines.Command] = [
+            (
+                "XADD",
+                new,
+                entry_id if copy.preserve else "*",
+                *[x for kv in fields.items() for x in kv],
+            )
+            for entry_id, fields in todo
+        ]
+        commands.append(("SET", _cursor(profile, name), todo[-1][0]))
+        try:
+            await pipelines.execute(self.redis, commands, transaction=True)
+        except ResponseError as exc:
             # Is an instance of the new version running? The migration needs them stopped.
-            raise MigrationError(f"copying to {new} failed: {problems[0]}")
+            raise MigrationError(f"copying to {new} failed: {exc}") from None
         copy.after = todo[-1][0]
 
     async def finish(self, old: str, split: _Split, report: MigrationReport) -> None:

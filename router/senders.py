@@ -77,7 +77,9 @@ class SenderPool:
         """Queue this batch's reads on `pipe` (the caller's round trip); returns how many."""
         pipe.incrby(self._rr, len(wants))
         if self.sticky:
-            pipe.mget([keys.sticky(self.name, w.to) for w in wants])
+            # MGET as a plain command: a cluster pipeline refuses the `mget` method (the
+            # keys share the profile's slot, so one node answers it).
+            pipe.execute_command("MGET", *[keys.sticky(self.name, w.to) for w in wants])
             return 2
         return 1
 

@@ -25,7 +25,7 @@ from . import keys
 from .connections import as_text
 from .ledger import Ledger
 
-__all__ = ["LogPage", "message_log", "parse_since"]
+__all__ = ["LogPage", "message_log", "parse_position", "parse_since"]
 
 _CHUNK = 1000  # events read per round trip
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
@@ -35,8 +35,8 @@ _SCALE = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 @dataclass(frozen=True, slots=True)
 class LogPage:
     """Records of one page, newest first, and where the next page starts (a position
-    ``<event id>@<profile>`` to continue below, exclusive), or None when the log has no
-    more."""
+    ``<profile>=<event id>,...``: each profile's stream continues below its event), or
+    None when the log has no more."""
 
     records: list[dict[str, Any]]
     next: str | None
@@ -80,25 +80,27 @@ async def message_log(
     """Up to `limit` records whose latest change is at or after `since` (unix
     seconds) and below position `before` (exclusive; ``+`` for the top), matching the
     filters (`to` is compared as given: pass it in E.164). The events of `profiles`
-    (only `profile`'s when given) are merged newest first.
+    (only `profile`'s when given) are merged newest change first.
 
     `scan` bounds the events read (so a narrow filter cannot make one call read the
     whole stream): a page may then hold fewer than `limit` records and still have a
-    `next`.
+    `next`. Raises ValueError for a `before` that is no position.
     """
     start = f"{max(0, int(since * 1000))}-0"
     found: list[dict[str, Any]] = []
     scanned = 0
-    streams = [_Stream(p, before) for p in ([profile] if profile is not None else profiles)]
+    after = parse_position(before)
+    names = [profile] if profile is not None else list(profiles)
+    streams = [_Stream(name, after.get(name)) for name in names]
     while True:
         count = _CHUNK if scan is None else max(1, min(_CHUNK, scan - scanned))
         events = await _merged(redis, streams, start, count)
         scanned += len(events)
-        pairs = list(dict.fromkeys((p, job_id) for _o, p, job_id, _s, _a in events))
+        pairs = list(dict.fromkeys((e.profile, e.job_id) for e in events))
         records = dict(zip(pairs, await ledger.get_many(pairs), strict=True)) if pairs else {}
-        for order, name, job_id, event_status, at in events:
-            record = records.get((name, job_id))
-            if record is None or not _latest(record, event_status, at):
+        for n, event in enumerate(events):
+            record = records.get((event.profile, event.job_id))
+            if record is None or not _latest(record, event.status, event.at):
                 continue
             if status is not None and record.get("status") != status:
                 continue
@@ -106,43 +108,59 @@ async def message_log(
                 continue
             found.append(record)
             if len(found) == limit:
-                return LogPage(found, _position(order, name))
+                return LogPage(found, _position(streams, events[: n + 1]))
         if len(events) < count:
             return LogPage(found, None)  # reached `since` or the streams' start
         if scan is not None and scanned >= scan:
-            order, name = events[-1][0], events[-1][1]
-            return LogPage(found, _position(order, name))
+            return LogPage(found, _position(streams, events))
 
 
-# An event's place in the merged log: (event id as numbers, profile), newest highest;
-# a position names the last event returned: "<event id>@<profile>".
-_Order = tuple[int, int]
-_Event = tuple[_Order, str, str, str, str]  # order, profile, job id, status, at
+def parse_position(text: str) -> dict[str, str]:
+    """A position (``+``, or ``<profile>=<event id>,...``: each profile's last event
+    listed) as profile -> event id; ValueError when it is not one."""
+    if text == "+":
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        name, _, event_id = part.rpartition("=")
+        if not name or not _EVENT_ID.fullmatch(event_id):
+            raise ValueError(f"{text!r} is not a log position")
+        out[name] = event_id
+    return out
 
 
-def _order(event_id: str) -> _Order:
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq or 0)
+_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
-def _position(order: _Order, profile: str) -> str:
-    return f"{order[0]}-{order[1]}@{profile}"
+@dataclass(frozen=True, slots=True)
+class _Event:
+    order: tuple[float, int, int]  # the change's time, then the event id
+    event_id: str
+    profile: str
+    job_id: str
+    status: str
+    at: str
+
+
+def _position(streams: list[_Stream], taken: list[_Event]) -> str:
+    """Where a page that listed `taken` (the last of the merged events it read) ends:
+    each stream below its last event taken, or where it started."""
+    last = {s.profile: s.start_after for s in streams if s.start_after}
+    for event in taken:
+        last[event.profile] = event.event_id
+    return ",".join(f"{name}={event_id}" for name, event_id in sorted(last.items()))
 
 
 class _Stream:
     """One profile's events, read newest first a chunk at a time."""
 
-    def __init__(self, profile: str, before: str) -> None:
+    def __init__(self, profile: str, start_after: str | None) -> None:
         self.profile = profile
         self.key = keys.events(profile)
+        self.start_after = start_after
         self.buffer: list[_Event] = []
         self.done = False
-        self.upper = "+"
-        if before != "+":
-            event_id, _, after = before.partition("@")
-            # Events at the same id sort by profile: this stream's event at exactly
-            # `event_id` comes after the position when its profile sorts lower.
-            self.upper = event_id if profile < after else f"({event_id}"
+        self.upper = f"({start_after}" if start_after else "+"
 
     async def fill(self, redis: Redis, start: str, count: int) -> None:
         rows: Any = await redis.xrevrange(self.key, self.upper, start, count=count)
@@ -152,17 +170,24 @@ class _Stream:
             self.upper = "(" + as_text(rows[-1][0])
         for eid, fields in rows:
             job_id = as_text(fields.get(b"id", b""))
-            if job_id and as_text(fields.get(b"profile", b"")) == self.profile:
-                self.buffer.append(
-                    (_order(as_text(eid)), self.profile, job_id,
-                     as_text(fields.get(b"status", b"")), as_text(fields.get(b"at", b"")))
-                )  # fmt: skip
+            if not job_id or as_text(fields.get(b"profile", b"")) != self.profile:
+                continue  # an inbound message's event
+            event_id, at = as_text(eid), as_text(fields.get(b"at", b""))
+            ms, _, seq = event_id.partition("-")
+            try:
+                when = float(at)
+            except ValueError:
+                when = 0.0
+            self.buffer.append(
+                _Event((when, int(ms), int(seq or 0)), event_id, self.profile, job_id,
+                       as_text(fields.get(b"status", b"")), at)
+            )  # fmt: skip
         self.buffer.reverse()  # oldest last read first: pop() takes the newest
 
 
 async def _merged(redis: Redis, streams: list[_Stream], start: str, count: int) -> list[_Event]:
-    """Up to `count` events, newest first, merged over the streams (each refilled when
-    it runs dry, so the order is exact)."""
+    """Up to `count` events, newest change first, merged over the streams (each
+    refilled when it runs dry, so no stream's event is passed over)."""
     out: list[_Event] = []
     while len(out) < count:
         for stream in streams:
@@ -171,7 +196,7 @@ async def _merged(redis: Redis, streams: list[_Stream], start: str, count: int) 
         heads = [s for s in streams if s.buffer]
         if not heads:
             break
-        newest = max(heads, key=lambda s: (s.buffer[-1][0], s.profile))
+        newest = max(heads, key=lambda s: (s.buffer[-1].order, s.profile))
         out.append(newest.buffer.pop())
     return out
 

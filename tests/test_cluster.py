@@ -1,0 +1,181 @@
+"""The router on a real 3-master Redis Cluster, with two instances sharing the work.
+
+Every process is real: three ``redis-server --cluster-enabled yes`` masters on
+loopback (tests/cluster.py), our SMSC simulator answering submits and sending a
+delivery receipt for each, and two daemons (instances ``one`` and ``two``) serving
+the same two profiles, whose keys live on different masters. Every multi-key step is
+a script or MULTI of one profile's slot: a key of another slot would be refused here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from router import Client, keys
+from router.config import Settings, parse_settings
+from router.connections import open_redis
+from router.ledger import Ledger
+from router.smscsim import SmscSimulator
+
+from .cluster import RedisClusterSet, cluster_unsupported
+from .conftest import NUMBERS, RunningDaemon, number_tables, wait_for
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(cluster_unsupported() is not None, reason=str(cluster_unsupported())),
+]
+
+PROFILES = ("otp", "promo")  # slots 3408 and 9726: on different masters
+PERSON = "+447911123456"
+QUITTER = "+447911000001"  # texts STOP (not PERSON: the messages to PERSON would stop)
+# The order a message's statuses may be recorded in (`sending` again after a retry).
+ORDER = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    nodes = RedisClusterSet(tmp_path / "cluster")
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def cluster_settings(url: str, port: int, instance: str, tmp: Path) -> Settings:
+    profiles: dict[str, Any] = {}
+    for i, name in enumerate(PROFILES):
+        profiles[name] = {
+            "global": i == 0,
+            "protocol": "smpp",
+            "window": 50,
+            "direction": "both",
+            "callback_url": "http://127.0.0.1:1/inbound",  # nobody: posts are retried
+            "numbers": [NUMBERS[i]],
+            "smpp": {
+                "host": "127.0.0.1",
+                "port": port,
+                "system_id": "smppclient1",
+                "password": "password",
+                "response_timeout": 2,
+                "reconnect_max": 0.5,
+            },
+        }
+    data = {
+        "router": {
+            "redis": url,
+            "instance": instance,
+            "shutdown_grace": 5,
+            "state_dir": str(tmp / instance),
+        },
+        "queue": {"batch": 200, "schedule_poll": 0.05, "block_ms": 100, "claim_idle": 5},
+        **number_tables(NUMBERS[:2]),
+        "profiles": profiles,
+    }
+    return parse_settings(data, env={})
+
+
+async def counts(ledger: Ledger, ids: list[str]) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for start in range(0, len(ids), 2000):
+        chunk = ids[start : start + 2000]
+        found.update(r["status"] if r else "missing" for r in await ledger.find(chunk))
+    return found
+
+
+async def in_lifecycle_order(redis: Redis, profile: str) -> tuple[int, list[str]]:
+    """Reads the profile's event stream: how many events, and the jobs whose events
+    went backwards (a status recorded before one it follows)."""
+    last: dict[str, int] = {}
+    wrong: list[str] = []
+    seen = 0
+    start = "-"
+    while True:
+        rows: Any = await redis.xrange(keys.events(profile), start, "+", count=5000)
+        for event_id, fields in rows:
+            start = "(" + event_id.decode()
+            if fields.get(b"type") == b"inbound":
+                continue
+            seen += 1
+            job, status = fields[b"id"].decode(), fields[b"status"].decode()
+            rank = ORDER[status]
+            if rank < last.get(job, -1) and not (status == "sending" and last[job] == 1):
+                wrong.append(job)
+            last[job] = max(rank, last.get(job, -1))
+        if len(rows) < 5000:
+            return seen, wrong
+
+
+async def test_two_instances_on_a_cluster_send_every_message_once(
+    cluster: RedisClusterSet, smsc: SmscSimulator, tmp_path: Path
+) -> None:
+    n = int(os.environ.get("CLUSTER_TEST_N", "20000"))
+    port: int = smsc.port  # type: ignore[attr-defined]
+    settings = [cluster_settings(cluster.url, port, name, tmp_path) for name in ("one", "two")]
+    # The two profiles' slots are served by different masters: a script touching both
+    # would fail on either.
+    assert cluster.index_of(keys.queue("otp")) != cluster.index_of(keys.queue("promo"))
+    async with open_redis(settings[0]) as redis:
+        client = Client.from_settings(redis, settings[0])
+        ids: list[str] = []
+        for start in range(0, n, 2000):
+            ids += await client.send_many(
+                [
+                    {"to": PERSON, "text": f"m{i}", "profile": PROFILES[i % 2], "id": f"c-{i}"}
+                    for i in range(start, start + 2000)
+                ]
+            )
+        daemons = [RunningDaemon(s) for s in settings]
+        ledger = Ledger(redis, retention=3600, events_maxlen=1_000_000)
+        began = time.monotonic()
+        try:
+            # An inbound STOP on the cluster: stored, opt-out applied, reply enqueued, in
+            # one MULTI of the profile's slot.
+            await wait_for(lambda: smsc.stats()["sessions"] >= 4, 20, "both instances bound")
+            await smsc.inject(QUITTER, NUMBERS[1], "STOP")
+
+            async def all_delivered() -> bool:
+                return (await counts(ledger, ids))["delivered"] == n
+
+            try:
+                await wait_for(all_delivered, 300, "every message delivered")
+            except AssertionError:
+                raise AssertionError(f"not all delivered: {await counts(ledger, ids)}") from None
+            elapsed = time.monotonic() - began
+            await wait_for(
+                lambda: redis.sismember(keys.opt_outs("promo"), QUITTER), 20, "STOP applied"
+            )
+        finally:
+            codes = [await d.stop() for d in daemons]
+        assert codes == [0, 0]
+        # None lost, none sent twice: the SMSC took each message once.
+        assert smsc.stats()["segments"] == n, smsc.stats()
+        assert int(await redis.hget(keys.stats("otp"), "possible_duplicates") or 0) == 0
+        # Both instances did part of the work.
+        work: Counter[str] = Counter()
+        for profile in PROFILES:
+            for group in await redis.xinfo_consumers(keys.queue(profile), keys.GROUP):
+                work[group["name"].decode()] += 1
+        assert set(work) == {"one", "two"}, work
+        # Per profile, every message's events in lifecycle order, and its record's
+        # history the same.
+        for profile in PROFILES:
+            seen, wrong = await in_lifecycle_order(redis, profile)
+            assert seen >= 4 * n // 2 and wrong == [], (profile, wrong[:5])
+        for record in await ledger.find(ids[:500]):
+            assert record is not None
+            history = [h["status"] for h in record["history"]]
+            assert history == ["queued", "sending", "sent", "delivered"], history
+        # The job id locator names the profile; no key of the old layout exists.
+        assert await redis.get(keys.locator("c-1")) == b"promo"
+        assert [k async for k in redis.scan_iter(match="sms:msg:*")] == []
+        assert await redis.exists("sms:events", "sms:callbacks") == 0
+    print(f"cluster: {n} messages, 2 instances, {n / elapsed:.0f} msg/s end to end")
