@@ -29,6 +29,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from router import pipelines
 from router.config import ConfigError, Settings, parse_settings
 from router.connections import ClusterUnreachable, RedisUnavailable, RouterCluster, open_redis
 from router.outages import REDIS_DOWN, REDIS_ERRORS, RedisOutages
@@ -206,6 +207,38 @@ async def test_scripts_in_a_cluster_pipeline(client: Redis, transaction: bool) -
         pipe.execute_command("EVALSHA", copy.sha, 2, f"{P}a", f"{P}b")
         pipe.eval(COPY, 2, f"{P}a", f"{P}d")  # EVAL is not blocked
         assert await pipe.execute() == [b"v1", b"v1"]
+
+
+@pytest.mark.parametrize("transaction", [False, True])
+async def test_router_pipelines_run_scripts_and_typed_replies_on_a_cluster(
+    client: Redis, transaction: bool
+) -> None:
+    """Interop regression (redis-py 8.1): in a cluster MULTI a typed method's reply
+    fails (``smembers``: "<lambda>() got an unexpected keyword argument 'keys'", which
+    stopped the daemon), and ``evalsha`` is refused on any cluster pipeline. The
+    router's `pipelines.execute` sends plain commands, loads scripts a master lacks and
+    runs again only the commands that found none."""
+    await client.sadd(f"{P}set", "a")
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.smembers(f"{P}set")
+        with pytest.raises(TypeError, match="keys"):
+            await pipe.execute()
+    copy = client.register_script(COPY)
+    await client.set(f"{P}a", "v1")
+    await client.script_flush()  # every master forgets: the first EVALSHA finds none
+    replies = await pipelines.execute(
+        client,
+        [
+            ("INCR", f"{P}n"),
+            pipelines.evalsha(copy, [f"{P}a", f"{P}b"], []),
+            ("SMEMBERS", f"{P}set"),
+        ],
+        [copy],
+        transaction=transaction,
+    )
+    assert replies[0] == 1 and replies[1] == b"v1" and set(replies[2]) == {b"a"}
+    assert await client.get(f"{P}n") == b"1"  # the INCR ran once, not again
+    assert await client.get(f"{P}b") == b"v1"
 
 
 async def test_script_reaching_a_key_of_another_slot(
