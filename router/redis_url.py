@@ -31,16 +31,7 @@ def is_sentinel_url(value: str) -> bool:
 
 def parse_sentinel_url(value: str) -> SentinelUrl:
     """Parse a ``redis+sentinel://`` URL; ValueError says what is wrong (never a secret)."""
-    if not is_sentinel_url(value):
-        raise ValueError(f"must start with {SENTINEL_SCHEME}://")
-    rest = value.removeprefix(f"{SENTINEL_SCHEME}://")
-    if "?" in rest or "#" in rest:
-        raise ValueError("takes no query or fragment (the password is router.redis_password)")
-    hosts, _, path = rest.partition("/")
-    if "@" in hosts:
-        # Said without echoing the URL: it holds a password.
-        raise ValueError("must not hold a password; set router.redis_password instead")
-    sentinels = _addresses(hosts, "sentinel")
+    sentinels, _, path = _split(value, SENTINEL_SCHEME, "sentinel")
     parts = path.split("/") if path else []
     if not parts or not parts[0]:
         raise ValueError("must name the service after the addresses: .../mymaster/0")
@@ -48,6 +39,20 @@ def parse_sentinel_url(value: str) -> SentinelUrl:
         raise ValueError("must end with /<service> or /<service>/<db number>")
     db = int(parts[1]) if len(parts) == 2 else 0
     return SentinelUrl(sentinels, parts[0], db)
+
+
+def _split(value: str, scheme: str, what: str) -> tuple[tuple[tuple[str, int], ...], str, str]:
+    """A multi-host URL's addresses (each a `what`), then '/' (or '') and the path."""
+    if not value.startswith(f"{scheme}://"):
+        raise ValueError(f"must start with {scheme}://")
+    rest = value.removeprefix(f"{scheme}://")
+    if "?" in rest or "#" in rest:
+        raise ValueError("takes no query or fragment (the password is router.redis_password)")
+    hosts, slash, path = rest.partition("/")
+    if "@" in hosts:
+        # Said without echoing the URL: it holds a password.
+        raise ValueError("must not hold a password; set router.redis_password instead")
+    return _addresses(hosts, what), slash, path
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +69,7 @@ def is_cluster_url(value: str) -> bool:
 
 def parse_cluster_url(value: str) -> ClusterUrl:
     """Parse a ``redis+cluster://`` URL; ValueError says what is wrong (never a secret)."""
-    if not is_cluster_url(value):
-        raise ValueError(f"must start with {CLUSTER_SCHEME}://")
-    rest = value.removeprefix(f"{CLUSTER_SCHEME}://")
-    if "?" in rest or "#" in rest:
-        raise ValueError("takes no query or fragment (the password is router.redis_password)")
-    hosts, slash, path = rest.partition("/")
-    if "@" in hosts:
-        # Said without echoing the URL: it holds a password.
-        raise ValueError("must not hold a password; set router.redis_password instead")
-    nodes = _addresses(hosts, "cluster node")
+    nodes, slash, path = _split(value, CLUSTER_SCHEME, "cluster node")
     if slash and path not in ("", "0"):
         raise ValueError("a Redis Cluster has only database 0: end with the addresses or /0")
     return ClusterUrl(nodes)
