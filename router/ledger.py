@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -340,7 +341,14 @@ class Ledger:
         commands = [pipelines.evalsha(self._enqueue, k, a) for k, a in calls]
         commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
                      for job_id, profile, _job, _fields in items]  # fmt: skip
+        if self._replicas.wanted:
+            # The producer is told "queued" only once a replica holds the job too: a
+            # fail-over cannot lose it (or it is counted short, as for the outcomes).
+            commands.append(self._replicas.command())
         replies = await pipelines.execute(self._redis, commands, [self._enqueue])
+        if self._replicas.wanted:
+            counts = Counter(profile for _job_id, profile, _job, _fields in items)
+            await self._replicas.note(int(replies[-1]), counts)
         verdicts = [False] * len(items)
         for (_profile, chunk), reply in zip(groups, replies[: len(calls)], strict=True):
             for n, i in enumerate(chunk):

@@ -6,14 +6,16 @@ For the steps that record an outcome and acknowledge the work entry, that loss
 would make the new master resend a message the provider already took. With
 ``replicas_ack = N`` such a step runs as ``EVALSHA ...; WAIT N timeout`` in one round
 trip, so the pipeline moves on only once N replicas hold it (or the time-out passed).
-Fewer acknowledgements are counted (``replica_ack_short`` in the profile's stats,
-in messages) and logged once per spell, never an error: the message was recorded.
+The enqueue step waits the same way (`Ledger.enqueue`), so a job the router told its
+producer was queued survives a fail-over too. Fewer acknowledgements are counted
+(``replica_ack_short`` in the profile's stats, in messages) and logged once per
+spell, never an error: the message was recorded.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -68,11 +70,17 @@ class ReplicaWait:
                 raise reply
             if isinstance(acked, Exception):
                 raise acked
-            await self._note(int(acked), profile, messages)
+            await self.note(int(acked), {profile: messages})
             return reply
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def _note(self, acked: int, profile: str, messages: int) -> None:
+    def command(self) -> tuple[str, int, int]:
+        """The WAIT to send after a step's commands, on the same connection."""
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    async def note(self, acked: int, messages: Mapping[str, int]) -> None:
+        """Count a step's messages (profile -> how many) short when fewer than
+        `replicas` replicas acknowledged it (WAIT's answer, `acked`)."""
         if acked >= self.replicas:
             if self._short_since is not None:
                 log.info(
@@ -83,13 +91,14 @@ class ReplicaWait:
                 self._short_since = None
             return
         self.short_steps += 1
-        await self._redis.hincrby(keys.stats(profile), SHORT_FIELD, messages)
+        for profile, count in messages.items():
+            await self._redis.hincrby(keys.stats(profile), SHORT_FIELD, count)
         if self._short_since is None:
             self._short_since = time.monotonic()
             log.warning(
                 "fewer replicas acknowledged a step than replicas_ack asks; "
                 "counting them (replica_ack_short) until they catch up",
-                profile=profile,
+                profiles=sorted(messages),
                 wanted=self.replicas,
                 acknowledged=acked,
                 timeout_ms=self.timeout_ms,

@@ -174,6 +174,11 @@ async def test_replicas_ack_waits_for_the_replica_and_counts_a_short_ack(
         await master.script_flush()
         await record_and_finish(master, ledger, "a2")
         assert await replica.hget(keys.record("alerts", "a2"), "status") == b"sent"
+        # Enqueueing waits too: once "queued" is answered, the replica has the job.
+        job = (b"\x81\xa2to\xad+447911123456", {"to": "+447911123456"})
+        assert await ledger.enqueue([("q1", "alerts", *job)]) == [True]
+        assert await replica.hget(keys.record("alerts", "q1"), "status") == b"queued"
+        assert await replica.get(keys.locator("q1")) == b"alerts"
 
         short = Ledger(
             alone, retention=60, events_maxlen=1000, replicas_ack=1, replicas_ack_timeout_ms=50
@@ -183,10 +188,13 @@ async def test_replicas_ack_waits_for_the_replica_and_counts_a_short_ack(
         assert time.monotonic() - began >= 0.05  # it did wait for the missing replica
         assert await alone.hget(keys.record("alerts", "b1"), "status") == b"sent"
         assert await alone.hget(keys.stats("alerts"), SHORT_FIELD) == b"1"
+        assert await short.enqueue([("q2", "alerts", *job), ("q3", "bulk", *job)]) == [True, True]
+        assert await alone.hget(keys.stats("alerts"), SHORT_FIELD) == b"2"
+        assert await alone.hget(keys.stats("bulk"), SHORT_FIELD) == b"1"
         # replicas_ack = 0: no WAIT, nothing counted.
         plain = Ledger(alone, retention=60, events_maxlen=1000)
         await record_and_finish(alone, plain, "b2")
-        assert await alone.hget(keys.stats("alerts"), SHORT_FIELD) == b"1"
+        assert await alone.hget(keys.stats("alerts"), SHORT_FIELD) == b"2"
     finally:
         for client in (master, replica, alone):
             await client.aclose()
