@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -34,6 +35,7 @@ pytestmark = [
 ]
 
 PROFILES = ("otp", "promo")  # slots 3408 and 9726: on different masters
+READER = "r" * 32
 PERSON = "+447911123456"
 QUITTER = "+447911000001"  # texts STOP (not PERSON: the messages to PERSON would stop)
 # The order a message's statuses may be recorded in (`sending` again after a retry).
@@ -114,12 +116,55 @@ async def in_lifecycle_order(redis: Redis, profile: str) -> tuple[int, list[str]
             return seen, wrong
 
 
+async def views_over_the_profiles(base: str) -> None:
+    """The API's views that merge the profiles' keys, on the cluster: a record by id
+    (its locator), two pages of the SMS log, one message's events over the websocket,
+    the metrics."""
+    headers = {"Authorization": f"Bearer {READER}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{base}/v1/messages/c-1") as response:
+            record = await response.json()
+            assert response.status == 200 and (record["profile"], record["status"]) == (
+                "promo",
+                "delivered",
+            )
+        pages: list[list[str]] = []
+        cursor = ""
+        for _ in range(2):
+            async with http.get(f"{base}/v1/messages?limit=50{cursor}") as response:
+                page = await response.json()
+                assert response.status == 200, page
+            pages.append([m["id"] for m in page["messages"]])
+            cursor = f"&cursor={page['next_cursor']}"
+        assert len(pages[0]) == len(pages[1]) == 50 and not set(pages[0]) & set(pages[1])
+        assert {m.split("-")[0] for m in pages[0] + pages[1]} <= {"c", "keyword"}
+        ws = await http.ws_connect(f"{base}/v1/events")
+        await ws.send_json({"from": "0", "ids": ["c-2", "c-3"]})
+        assert (await ws.receive_json(timeout=10))["type"] == "subscribed"
+        seen: list[tuple[str, str]] = []
+        while len(seen) < 8:
+            event = await ws.receive_json(timeout=30)
+            if event["type"] == "status":
+                seen.append((event["id"], event["status"]))
+        await ws.close()
+        for job in ("c-2", "c-3"):
+            lifecycle = [status for i, status in seen if i == job]
+            assert lifecycle == ["queued", "sending", "sent", "delivered"], seen
+        async with http.get(f"{base}/metrics") as response:
+            text = await response.text()
+            assert response.status == 200 and 'profile="promo"' in text
+
+
 async def test_two_instances_on_a_cluster_send_every_message_once(
     cluster: RedisClusterSet, smsc: SmscSimulator, tmp_path: Path
 ) -> None:
     n = int(os.environ.get("CLUSTER_TEST_N", "20000"))
     port: int = smsc.port  # type: ignore[attr-defined]
     settings = [cluster_settings(cluster.url, port, name, tmp_path) for name in ("one", "two")]
+    api = settings[0].api.model_validate(
+        {"listen": "127.0.0.1:0", "keys": {"reader": {"token": READER, "scopes": ["read"]}}}
+    )
+    settings[0] = settings[0].model_copy(update={"api": api})
     # The two profiles' slots are served by different masters: a script touching both
     # would fail on either.
     assert cluster.index_of(keys.queue("otp")) != cluster.index_of(keys.queue("promo"))
@@ -150,9 +195,14 @@ async def test_two_instances_on_a_cluster_send_every_message_once(
             except AssertionError:
                 raise AssertionError(f"not all delivered: {await counts(ledger, ids)}") from None
             elapsed = time.monotonic() - began
-            await wait_for(
-                lambda: redis.sismember(keys.opt_outs("promo"), QUITTER), 20, "STOP applied"
-            )
+
+            # (The simulator hands it to any bound session: either profile's.)
+            async def stop_applied() -> bool:
+                return any([await redis.sismember(keys.opt_outs(p), QUITTER) for p in PROFILES])
+
+            await wait_for(stop_applied, 20, "STOP applied")
+            assert daemons[0].daemon.api is not None
+            await views_over_the_profiles(f"http://127.0.0.1:{daemons[0].daemon.api.port}")
         finally:
             codes = [await d.stop() for d in daemons]
         assert codes == [0, 0]
