@@ -108,12 +108,30 @@ class StatusPoster:
                     for name in readers.keys() - self.profiles:
                         readers.pop(name).cancel()
                     self._changed.clear()
-                    await _first(self._changed.wait(), stopping.wait())
+                    await self._until_change(stopping, readers.values())
             finally:
                 for task in readers.values():
                     task.cancel()
                 await asyncio.gather(*readers.values(), return_exceptions=True)
                 await self._wind_down()
+
+    async def _until_change(
+        self, stopping: asyncio.Event, readers: Collection[asyncio.Task[None]]
+    ) -> None:
+        """Until the profiles change, the daemon stops or a reader ends; a reader that
+        failed is a bug, raised (it stops the daemon)."""
+        waits = [
+            asyncio.ensure_future(self._changed.wait()),
+            asyncio.ensure_future(stopping.wait()),
+        ]
+        try:
+            await asyncio.wait([*waits, *readers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        for task in readers:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
 
     async def _read(
         self, session: aiohttp.ClientSession, profile: str, stopping: asyncio.Event
