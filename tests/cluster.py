@@ -151,7 +151,7 @@ class RedisClusterSet:
                 return
             except redis.ResponseError as exc:  # ERR Unknown node ...
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"node {port} cannot replicate {master_id}: {exc}")
+                    raise AssertionError(f"node {port} cannot replicate {master_id}") from exc
             time.sleep(0.05)
 
     def _wait_link(self, port: int, deadline: float) -> None:
