@@ -167,8 +167,8 @@ class RedisClusterSet:
     def wait_ok(self, timeout: float = 20, *, replicas: int = 0) -> None:
         """Wait until every running node says cluster_state:ok, knows every node and
         serves the same slot map, each slot range with `replicas` replicas at least
-        (blocking: call it from a thread in async code). A killed node is left out:
-        after a fail-over its replica serves its slots."""
+        (blocking: call it from a thread in async code). A killed node is left out, but
+        its slots must be served by a running one: its replica, after a fail-over."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -195,9 +195,11 @@ class RedisClusterSet:
                         )
                     )
                 ranges = next(iter(maps))
+                alive = {node.port for node in self.running}
                 if (
                     len(maps) == 1
                     and sum(b - a + 1 for a, b, _, _ in ranges) == SLOTS
+                    and all(master in alive for _, _, master, _ in ranges)
                     and all(len(r) >= replicas for *_, r in ranges)
                 ):
                     return
