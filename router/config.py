@@ -671,13 +671,6 @@ def parse_settings(
                 "wait out replicas_ack_timeout_ms); set 0, or point redis at a server with "
                 "replicas"
             )
-        if settings.router.replicas_ack and is_cluster_url(settings.router.redis):
-            # WAIT names no key: a cluster client would send it to some node, not to the
-            # one that ran the step's script, and count that node's replicas.
-            problems.append(
-                "router.replicas_ack: not supported with a redis+cluster:// URL (WAIT "
-                "would not reach the node that ran the step); set 0"
-            )
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:
         raise ConfigError(problems)

@@ -225,7 +225,7 @@ class RouterCluster(RedisCluster):
             raise ClusterUnreachable(f"no usable cluster slot map: {exc}") from exc
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
-        async with self.in_flight:
+        async with self.in_flight, _closed_is_an_outage():
             return await super().execute_command(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
@@ -241,8 +241,26 @@ class _WaitingPipeline(ClusterPipeline):
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
         client = cast(RouterCluster, self.cluster_client)
-        async with client.in_flight:
+        async with client.in_flight, _closed_is_an_outage():
             return await super().execute(raise_on_error, allow_redirections)
+
+
+@contextlib.asynccontextmanager
+async def _closed_is_an_outage() -> AsyncIterator[None]:
+    """A cluster command whose connection redis-py closed under it is a ConnectionError.
+
+    When reloading the slot map fails (during a fail-over: the dead master asked for
+    COMMAND), redis-py 8.1 disconnects every connection of every node, those in use by
+    other commands too (NodesManager.aclose); such a command then fails on its missing
+    stream with AttributeError ('NoneType' object has no attribute 'writelines'). The
+    loops must wait that out as the outage it is, not stop or dead-letter a job.
+    """
+    try:
+        yield
+    except AttributeError as exc:
+        if exc.obj is not None:
+            raise
+        raise RedisConnectionError(f"connection closed while in use ({exc})") from exc
 
 
 def _cluster_client(target: ClusterUrl, router: RouterSettings) -> RouterCluster:

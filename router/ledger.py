@@ -341,14 +341,21 @@ class Ledger:
         commands = [pipelines.evalsha(self._enqueue, k, a) for k, a in calls]
         commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
                      for job_id, profile, _job, _fields in items]  # fmt: skip
-        if self._replicas.wanted:
-            # The producer is told "queued" only once a replica holds the job too: a
-            # fail-over cannot lose it (or it is counted short, as for the outcomes).
-            commands.append(self._replicas.command())
+        counts = Counter(profile for _job_id, profile, _job, _fields in items)
+        # The producer is told "queued" only once a replica holds the job too: a
+        # fail-over cannot lose it (or it is counted short, as for the outcomes). One
+        # WAIT after everything on a single server; on a cluster one per profile, on the
+        # master holding its queue (a WAIT covers only its own node's writes).
+        waits: list[tuple[Mapping[str, int], pipelines.Command]] = []
+        if self._replicas.wanted and pipelines.is_cluster(self._redis):
+            waits = [({p: n}, self._replicas.command(keys.queue(p))) for p, n in counts.items()]
+        elif self._replicas.wanted:
+            waits = [(counts, self._replicas.command())]
+        commands += [wait for _counts, wait in waits]
         replies = await pipelines.execute(self._redis, commands, [self._enqueue])
-        if self._replicas.wanted:
-            counts = Counter(profile for _job_id, profile, _job, _fields in items)
-            await self._replicas.note(int(replies[-1]), counts)
+        acks = replies[len(replies) - len(waits) :]
+        for (covered, _wait), acked in zip(waits, acks, strict=True):
+            await self._replicas.note(int(acked), covered)
         verdicts = [False] * len(items)
         for (_profile, chunk), reply in zip(groups, replies[: len(calls)], strict=True):
             for n, i in enumerate(chunk):

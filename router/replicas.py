@@ -10,6 +10,11 @@ The enqueue step waits the same way (`Ledger.enqueue`), so a job the router told
 producer was queued survives a fail-over too. Fewer acknowledgements are counted
 (``replica_ack_short`` in the profile's stats, in messages) and logged once per
 spell, never an error: the message was recorded.
+
+WAIT names no key and counts only the writes of its own connection. On Redis Cluster
+it is sent to the master serving the step's keys (`pipelines.OnNodeOf`), which runs it
+right after the step on the same connection; a WAIT reaching any other node would
+answer at once and prove nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
-from . import keys
+from . import keys, pipelines
 
 log = structlog.get_logger("router.replicas")
 
@@ -55,28 +59,22 @@ class ReplicaWait:
         messages: int,
     ) -> Any:
         """The script's reply, once `replicas` replicas acknowledged it or the time-out
-        passed (then `messages` are counted short for `profile`)."""
-        for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-                pipe.wait(self.replicas, self.timeout_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, NoScriptError) and attempt == 0:
-                # A new master after a fail-over has an empty script cache (so has one
-                # whose cache was flushed): load the script and run the step again.
-                await self._redis.script_load(script.script)
-                continue
-            if isinstance(reply, Exception):
-                raise reply
-            if isinstance(acked, Exception):
-                raise acked
-            await self.note(int(acked), {profile: messages})
-            return reply
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        passed (then `messages` are counted short for `profile`). A new master after a
+        fail-over has an empty script cache (so has one whose cache was flushed):
+        `pipelines.execute` loads the script and runs the step and its WAIT again."""
+        reply, acked = await pipelines.execute(
+            self._redis,
+            [pipelines.evalsha(script, script_keys, args), self.command(script_keys[0])],
+            [script],
+        )
+        await self.note(int(acked), {profile: messages})
+        return reply
 
-    def command(self) -> tuple[str, int, int]:
-        """The WAIT to send after a step's commands, on the same connection."""
-        return ("WAIT", self.replicas, self.timeout_ms)
+    def command(self, key: str | None = None) -> pipelines.Command:
+        """The WAIT to send after a step's commands, on the same connection: on a
+        cluster, on the node serving `key` (a key the step wrote)."""
+        wait = ("WAIT", self.replicas, self.timeout_ms)
+        return wait if key is None else (*wait, pipelines.OnNodeOf(key))
 
     async def note(self, acked: int, messages: Mapping[str, int]) -> None:
         """Count a step's messages (profile -> how many) short when fewer than

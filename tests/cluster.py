@@ -1,11 +1,13 @@
-"""A real Redis Cluster on loopback: N masters (3 by default), no replicas.
+"""A real Redis Cluster on loopback: N masters (3 by default), optionally replicas.
 
-Each master is a ``redis-server --cluster-enabled yes`` (tests/conftest.py's
+Each node is a ``redis-server --cluster-enabled yes`` (tests/conftest.py's
 `RedisServer`) on a free port with its files (``nodes.conf``, the append-only file
-if asked) in its own directory. The cluster is made with plain commands (each node
-takes a slot range and a config epoch, then meets the first), so it needs neither
-redis-cli nor three nodes at least. `RedisClusterSet.stop` ends every process and
-removes the files, whatever state a test left. Used by tests/test_cluster_conn.py.
+if asked) in its own directory. The cluster is made with plain commands (each master
+takes a slot range and a config epoch, then meets the first; each replica meets the
+first and is told ``CLUSTER REPLICATE`` its master), so it needs neither redis-cli nor
+three nodes at least. `RedisClusterSet.stop` ends every process and removes the
+files, whatever state a test left. Used by tests/test_cluster_conn.py,
+tests/test_cluster.py and tests/test_cluster_failover.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -60,10 +63,17 @@ def cluster_unsupported() -> str | None:
 
 
 class RedisClusterSet:
-    """`masters` cluster masters splitting the 16384 slots evenly."""
+    """`masters` cluster masters splitting the 16384 slots evenly, each with `replicas`
+    replicas. `nodes` holds the masters first (indices 0 .. masters - 1), then the
+    replicas (master i's are at masters + i * replicas ...); a fail-over swaps roles,
+    not indices."""
 
-    def __init__(self, workdir: Path, *, masters: int = 3, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, masters: int = 3, replicas: int = 0, appendonly: bool = False
+    ) -> None:
         self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 workdir / f"node{i}",
@@ -78,9 +88,17 @@ class RedisClusterSet:
                     str(NODE_TIMEOUT_MS),
                     "--logfile",
                     "redis.log",
+                    # A replica's first sync starts at once (the default waits 5 s for
+                    # more replicas to share the transfer).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    # CLUSTER SLOTS lists a replica once its replication offset is not 0:
+                    # an idle master moves it by pinging its replicas (10 s by default).
+                    "--repl-ping-replica-period",
+                    "1",
                 ),
             )
-            for i in range(masters)
+            for i in range(masters * (1 + replicas))
         ]
 
     @property
@@ -101,8 +119,8 @@ class RedisClusterSet:
             return
         for node in self.nodes:
             node.start()
-        count = len(self.nodes)
-        for index, node in enumerate(self.nodes):
+        count = self.masters
+        for index, node in enumerate(self.nodes[:count]):
             with _client(node.port) as client:
                 if client.info("cluster").get("cluster_enabled") != 1:
                     raise RuntimeError(f"redis-server on {node.port} has cluster mode off")
@@ -113,17 +131,50 @@ class RedisClusterSet:
         with _client(self.nodes[0].port) as client:
             for node in self.nodes[1:]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
-        self.wait_ok(timeout)
+        deadline = time.monotonic() + timeout
+        for index in range(count, len(self.nodes)):
+            master = self.nodes[(index - count) // self.replicas]
+            self._replicate(self.nodes[index].port, master.port, deadline)
+        for node in self.nodes[count:]:
+            self._wait_link(node.port, deadline)
+        self.wait_ok(max(0.1, deadline - time.monotonic()), replicas=self.replicas)
 
-    def wait_ok(self, timeout: float = 20) -> None:
-        """Wait until every node says cluster_state:ok, knows every node and serves the
-        same slot map (blocking: call it from a thread in async code)."""
+    def _replicate(self, port: int, master_port: int, deadline: float) -> None:
+        """Make node `port` a replica of the master on `master_port`, once it has heard
+        of that master (the MEET spreads by gossip)."""
+        with _client(master_port) as client:
+            master_id = client.execute_command("CLUSTER", "MYID").decode()
+        while True:
+            try:
+                with _client(port) as client:
+                    client.execute_command("CLUSTER", "REPLICATE", master_id)
+                return
+            except redis.ResponseError as exc:  # ERR Unknown node ...
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"node {port} cannot replicate {master_id}") from exc
+            time.sleep(0.05)
+
+    def _wait_link(self, port: int, deadline: float) -> None:
+        """Wait until the replica on `port` is in sync with its master."""
+        while True:
+            with contextlib.suppress(redis.RedisError), _client(port) as client:
+                if client.info("replication").get("master_link_status") == "up":
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replica {port}: master link not up")
+            time.sleep(0.05)
+
+    def wait_ok(self, timeout: float = 20, *, replicas: int = 0) -> None:
+        """Wait until every running node says cluster_state:ok, knows every node and
+        serves the same slot map, each slot range with `replicas` replicas at least
+        (blocking: call it from a thread in async code). A killed node is left out, but
+        its slots must be served by a running one: its replica, after a fail-over."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             try:
                 maps = set()
-                for node in self.nodes:
+                for node in self.running:
                     with _client(node.port) as client:
                         info = client.execute_command("CLUSTER", "INFO").decode()
                         slots = client.execute_command("CLUSTER", "SLOTS")
@@ -132,8 +183,25 @@ class RedisClusterSet:
                         "cluster_known_nodes"
                     ) != str(len(self.nodes)):
                         raise RuntimeError(f"node {node.port}: {fields.get('cluster_state')}")
-                    maps.add(frozenset((int(s[0]), int(s[1]), int(s[2][1])) for s in slots))
-                if len(maps) == 1 and sum(b - a + 1 for a, b, _ in next(iter(maps))) == SLOTS:
+                    maps.add(
+                        frozenset(
+                            (
+                                int(s[0]),
+                                int(s[1]),
+                                int(s[2][1]),
+                                frozenset(int(r[1]) for r in s[3:]),
+                            )
+                            for s in slots
+                        )
+                    )
+                ranges = next(iter(maps))
+                alive = {node.port for node in self.running}
+                if (
+                    len(maps) == 1
+                    and sum(b - a + 1 for a, b, _, _ in ranges) == SLOTS
+                    and all(master in alive for _, _, master, _ in ranges)
+                    and all(len(r) >= replicas for *_, r in ranges)
+                ):
                     return
                 last = f"nodes disagree on slots: {maps}"
             except (redis.RedisError, RuntimeError, OSError) as exc:
@@ -141,9 +209,14 @@ class RedisClusterSet:
             time.sleep(0.05)
         raise AssertionError(f"cluster not ok within {timeout} s: {last}")
 
+    @property
+    def running(self) -> list[RedisServer]:
+        """The nodes whose process runs."""
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
     def port_of(self, key: str) -> int:
         """The port of the master serving `key`'s slot."""
-        with _client(self.nodes[0].port) as client:
+        with _client(self.running[0].port) as client:
             slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
         for first, last, master, *_ in self._slots():
             if first <= slot <= last:
@@ -153,6 +226,16 @@ class RedisClusterSet:
     def index_of(self, key: str) -> int:
         """The index in `nodes` of the master serving `key`'s slot."""
         return self.ports.index(self.port_of(key))
+
+    def replica_ports_of(self, key: str) -> list[int]:
+        """The ports of the replicas of the master serving `key`'s slot (as the slot
+        map lists them)."""
+        with _client(self.running[0].port) as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+        for first, last, _master, *replicas in self._slots():
+            if first <= slot <= last:
+                return [int(r[1]) for r in replicas]
+        raise AssertionError(f"slot {slot} is not served")
 
     def kill(self, index: int) -> None:
         """kill -9 node `index` (its files stay, for `start(index)`)."""
@@ -167,8 +250,8 @@ class RedisClusterSet:
                     node.proc.wait(10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _slots(self) -> list[list[object]]:
-        for node in self.nodes:
+    def _slots(self) -> list[list[Any]]:
+        for node in self.running:
             with contextlib.suppress(redis.RedisError), _client(node.port) as client:
                 return list(client.execute_command("CLUSTER", "SLOTS"))
         raise AssertionError("no node answers CLUSTER SLOTS")

@@ -139,12 +139,10 @@ def test_password_in_a_cluster_url_is_refused_unshown() -> None:
     assert not any("hunter2secret" in p for p in found), found
 
 
-def test_replicas_ack_is_refused_with_a_cluster() -> None:
-    # WAIT has no key: the cluster client would send it to a node of its choosing.
-    assert problems("redis+cluster://h:7000", replicas_ack=1) == [
-        "router.replicas_ack: not supported with a redis+cluster:// URL (WAIT would not "
-        "reach the node that ran the step); set 0"
-    ]
+def test_replicas_ack_is_accepted_with_a_cluster() -> None:
+    # Each WAIT goes to the master that ran its step (tests/test_cluster_failover.py).
+    settings = settings_for("redis+cluster://h:7000", replicas_ack=1, replicas_ack_timeout_ms=250)
+    assert (settings.router.replicas_ack, settings.router.replicas_ack_timeout_ms) == (1, 250)
 
 
 async def test_unreachable_seeds_name_the_url_without_secrets() -> None:
