@@ -32,7 +32,12 @@ class Client:
         retention: float = 7 * 86400,
         store_text: Collection[str] = (),
         numbers: Mapping[str, Collection[str]] | None = None,
+        events_maxlen: int = 1_000_000,
+        replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = 100,
     ) -> None:
+        """`replicas_ack`: answer an enqueue only once that many replicas hold it
+        (``[router] replicas_ack``; `from_settings` passes it)."""
         self._redis = redis
         self.default_profile = default_profile
         self.profiles = set(profiles) if profiles is not None else None
@@ -43,7 +48,13 @@ class Client:
         # Each profile's sender numbers, when known: a `from` outside them fails here,
         # at once, instead of becoming a dead letter later.
         self._numbers = {p: frozenset(n) for p, n in (numbers or {}).items()}
-        self._ledger = Ledger(redis, retention=retention, events_maxlen=1_000_000)
+        self._ledger = Ledger(
+            redis,
+            retention=retention,
+            events_maxlen=events_maxlen,
+            replicas_ack=replicas_ack,
+            replicas_ack_timeout_ms=replicas_ack_timeout_ms,
+        )
         self._coalesced: Batcher[tuple[str, str, dict[str, Any]], tuple[str, bool]] = Batcher(
             self._enqueue
         )
@@ -58,6 +69,9 @@ class Client:
             retention=settings.queue.retention,
             store_text=[name for name, p in settings.profiles.items() if p.store_text],
             numbers={name: p.numbers for name, p in settings.profiles.items()},
+            events_maxlen=settings.queue.events_maxlen,
+            replicas_ack=settings.router.replicas_ack,
+            replicas_ack_timeout_ms=settings.router.replicas_ack_timeout_ms,
         )
 
     async def send(

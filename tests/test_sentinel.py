@@ -8,6 +8,8 @@ daemon must carry on on the new master and finish every job.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,6 +201,34 @@ async def test_replicas_ack_waits_for_the_replica_and_counts_a_short_ack(
         for client in (master, replica, alone):
             await client.aclose()
         lone.stop()
+
+
+async def test_client_from_settings_answers_queued_once_the_replica_holds_the_job(
+    sentinel_set: SentinelSet,
+) -> None:
+    """`Client.from_settings` (the API's, the CLI's) takes `replicas_ack`: with the
+    replica frozen, an enqueue waits; once it runs again, the answer comes and the
+    replica has the job."""
+    data = router_config(redis=sentinel_set.url, replicas_ack=1, replicas_ack_timeout_ms=10_000)
+    settings = parse_settings(data, env={})
+    master = Redis(port=sentinel_set.master.port)
+    replica = Redis(port=sentinel_set.replicas[0].port)
+    frozen = sentinel_set.replicas[0].proc
+    assert frozen is not None
+    try:
+        client = Client.from_settings(master, settings)
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            sending = asyncio.create_task(client.send("+447911123456", "hi", id="w1"))
+            await asyncio.sleep(0.3)
+            assert not sending.done()  # waiting for the replica
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(sending, 10) == "w1"
+        assert await replica.hget(keys.record("alerts", "w1"), "status") == b"queued"
+    finally:
+        for client_ in (master, replica):
+            await client_.aclose()
 
 
 # -- fail-over -------------------------------------------------------------------------
