@@ -245,6 +245,12 @@ class _WaitingPipeline(ClusterPipeline):
             return await super().execute(raise_on_error, allow_redirections)
 
 
+# What redis-py's connection calls on its (then missing) reader and writer streams.
+_STREAM_METHODS = frozenset(
+    {"write", "writelines", "drain", "read", "readline", "readexactly", "readuntil", "close"}
+)
+
+
 @contextlib.asynccontextmanager
 async def _closed_is_an_outage() -> AsyncIterator[None]:
     """A cluster command whose connection redis-py closed under it is a ConnectionError.
@@ -258,8 +264,8 @@ async def _closed_is_an_outage() -> AsyncIterator[None]:
     try:
         yield
     except AttributeError as exc:
-        if exc.obj is not None:
-            raise
+        if exc.obj is not None or exc.name not in _STREAM_METHODS:
+            raise  # any other AttributeError is a bug
         raise RedisConnectionError(f"connection closed while in use ({exc})") from exc
 
 
