@@ -75,6 +75,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# An outage whose end is followed by another failure within this many seconds goes on
+# (one warning, one "answers again" per outage): on a Redis Cluster with one master
+# down, the loops on the other masters' slots succeed while those on its slots fail.
+SETTLE = 1.0
+
+
 class RedisOutages:
     """Whether Redis answers, as seen by all loops of one daemon; counted for health."""
 
@@ -86,6 +92,8 @@ class RedisOutages:
         self.last_seconds: float | None = None
         self.redis = redis
         self._dropping: asyncio.Task[None] | None = None
+        self._since = 0.0  # wall clock start of the outage that is settling
+        self._settling: asyncio.TimerHandle | None = None  # logs its end unless it goes on
 
     def _drop_idle(self) -> None:
         """Close the pool's idle connections: after a restart of the server their sockets
@@ -110,6 +118,11 @@ class RedisOutages:
         self.errors += 1
         if self.down_since is not None:
             return False
+        if self._settling is not None:  # it ended a moment ago: the same outage goes on
+            self._settling.cancel()
+            self._settling = None
+            self.down_since = self._since
+            return False
         self.count += 1
         self.down_since = time.time()
         self._down_mono = time.monotonic()
@@ -123,8 +136,17 @@ class RedisOutages:
             return
         lasted = time.monotonic() - self._down_mono
         self.last_seconds = round(lasted, 1)
-        self.down_since = None
+        self._since, self.down_since = self.down_since, None
         self._drop_idle()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._answered(lasted)
+            return
+        self._settling = loop.call_later(SETTLE, self._answered, lasted)
+
+    def _answered(self, lasted: float) -> None:
+        self._settling = None
         log.info("redis answers again; resuming", outage_seconds=round(lasted, 1))
 
     def health(self) -> dict[str, Any]:

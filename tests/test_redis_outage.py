@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from binds.smpp.pdu import ESME_ROK, ESME_RX_T_APPN, ShortMessage
@@ -28,7 +29,7 @@ from router.daemon import health_key
 from router.inbound import CallbackPoster, Inbound
 from router.lease import lease_key
 from router.ledger import Ledger
-from router.outages import RedisOutages
+from router.outages import SETTLE, RedisOutages
 from router.reports import Reports
 from router.runtime import deliver_handler
 
@@ -273,3 +274,20 @@ async def test_sigterm_during_an_outage_ends_after_the_grace(
             proc.kill()
         own_redis.start()
     assert code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+async def test_an_outage_that_flaps_is_logged_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """On a Redis Cluster with one master down, calls on the other masters succeed
+    between the failing ones: still one outage, one warning, one end line."""
+    outages = RedisOutages()
+    error = RedisConnectionError("Connection refused")
+    for _ in range(5):
+        outages.down("recording outcomes", error)
+        outages.up()
+        assert outages.down_since is None  # the health record says it answers
+    assert outages.count == 1
+    await asyncio.sleep(SETTLE + 0.3)
+    out = capsys.readouterr().out
+    assert out.count("redis unreachable") == 1 and out.count("redis answers again") == 1, out
+    assert outages.down("reading", error)  # after it settled: a new outage
+    assert outages.count == 2
