@@ -265,3 +265,15 @@ def _client(port: int) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def cluster_running(workdir: Path, **options: Any) -> Iterator[RedisClusterSet]:
+    """A started `RedisClusterSet` (`options` as its constructor takes), stopped and
+    removed afterwards whatever happened."""
+    nodes = RedisClusterSet(workdir, **options)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()

@@ -26,7 +26,7 @@ from router.connections import open_redis
 from router.ledger import Ledger
 from router.smscsim import SmscSimulator
 
-from .cluster import RedisClusterSet, cluster_unsupported
+from .cluster import RedisClusterSet, cluster_running, cluster_unsupported
 from .conftest import NUMBERS, RunningDaemon, number_tables, wait_for
 
 pytestmark = [
@@ -35,6 +35,7 @@ pytestmark = [
 ]
 
 PROFILES = ("otp", "promo")  # slots 3408 and 9726: on different masters
+WINDOW = 50
 READER = "r" * 32
 PERSON = "+447911123456"
 QUITTER = "+447911000001"  # texts STOP (not PERSON: the messages to PERSON would stop)
@@ -44,21 +45,18 @@ ORDER = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3}
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
-    nodes = RedisClusterSet(tmp_path / "cluster")
-    try:
-        nodes.start()
+    with cluster_running(tmp_path / "cluster") as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
-def cluster_settings(url: str, port: int, instance: str, tmp: Path) -> Settings:
+def cluster_settings(url: str, port: int, instance: str, tmp: Path, **router: Any) -> Settings:
+    """Two SMPP profiles (`PROFILES`, window `WINDOW`) on the simulator at `port`."""
     profiles: dict[str, Any] = {}
     for i, name in enumerate(PROFILES):
         profiles[name] = {
             "global": i == 0,
             "protocol": "smpp",
-            "window": 50,
+            "window": WINDOW,
             "direction": "both",
             "callback_url": "http://127.0.0.1:1/inbound",  # nobody: posts are retried
             "numbers": [NUMBERS[i]],
@@ -77,6 +75,7 @@ def cluster_settings(url: str, port: int, instance: str, tmp: Path) -> Settings:
             "instance": instance,
             "shutdown_grace": 5,
             "state_dir": str(tmp / instance),
+            **router,
         },
         "queue": {"batch": 200, "schedule_poll": 0.05, "block_ms": 100, "claim_idle": 5},
         **number_tables(NUMBERS[:2]),
@@ -89,7 +88,8 @@ async def counts(ledger: Ledger, ids: list[str]) -> Counter[str]:
     found: Counter[str] = Counter()
     for start in range(0, len(ids), 2000):
         chunk = ids[start : start + 2000]
-        found.update(r["status"] if r else "missing" for r in await ledger.find(chunk))
+        records = await ledger.find(chunk, profiles=PROFILES)
+        found.update(r["status"] if r else "missing" for r in records)
     return found
 
 

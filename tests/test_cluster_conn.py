@@ -35,7 +35,7 @@ from router.connections import ClusterUnreachable, RedisUnavailable, RouterClust
 from router.outages import REDIS_DOWN, REDIS_ERRORS, RedisOutages
 from router.redis_url import ClusterUrl, parse_cluster_url
 
-from .cluster import RedisClusterSet, cluster_unsupported
+from .cluster import RedisClusterSet, cluster_running, cluster_unsupported
 from .conftest import config_dict
 
 pytestmark = [
@@ -68,12 +68,8 @@ def problems(url: str, **router: Any) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
-    nodes = RedisClusterSet(tmp_path_factory.mktemp("cluster") / "nodes")
-    try:
-        nodes.start()
+    with cluster_running(tmp_path_factory.mktemp("cluster") / "nodes") as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from router import Client, keys
-from router.config import Settings, parse_settings
+from router.config import parse_settings
 from router.connections import open_redis
 from router.ledger import Ledger
 from router.replicas import SHORT_FIELD
 from router.smscsim import SmscSimulator
 
-from .cluster import RedisClusterSet, cluster_unsupported
-from .conftest import NUMBERS, RunningDaemon, config_dict, number_tables, wait_for
+from .cluster import RedisClusterSet, cluster_running, cluster_unsupported
+from .conftest import RunningDaemon, config_dict, wait_for
+from .test_cluster import PROFILES, WINDOW, cluster_settings, counts
 from .test_sentinel import record_and_finish
 
 pytestmark = [
@@ -43,12 +43,8 @@ JOB = (b"\x81\xa2to\xad+447911123456", {"to": "+447911123456"})  # an encoded jo
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
-    nodes = RedisClusterSet(tmp_path / "cluster", replicas=1)
-    try:
-        nodes.start()
+    with cluster_running(tmp_path / "cluster", replicas=1) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.fixture
@@ -143,50 +139,6 @@ async def test_replicas_ack_waits_for_the_replica_of_the_steps_master(
 
 # -- fail-over -------------------------------------------------------------------------
 
-PROFILES = ("otp", "promo")  # on different masters
-WINDOW = 50
-
-
-def failover_settings(url: str, port: int, tmp: Path) -> Settings:
-    profiles: dict[str, Any] = {}
-    for i, name in enumerate(PROFILES):
-        profiles[name] = {
-            "global": i == 0,
-            "protocol": "smpp",
-            "window": WINDOW,
-            "numbers": [NUMBERS[i]],
-            "smpp": {
-                "host": "127.0.0.1",
-                "port": port,
-                "system_id": "smppclient1",
-                "password": "password",
-                "response_timeout": 2,
-                "reconnect_max": 0.5,
-            },
-        }
-    data = {
-        "router": {
-            "redis": url,
-            "instance": "one",
-            "shutdown_grace": 5,
-            "state_dir": str(tmp / "one"),
-            "replicas_ack": 1,
-        },
-        "queue": {"batch": 200, "schedule_poll": 0.05, "block_ms": 100, "claim_idle": 5},
-        **number_tables(NUMBERS[:2]),
-        "profiles": profiles,
-    }
-    return parse_settings(data, env={})
-
-
-async def statuses(ledger: Ledger, ids: list[str]) -> Counter[str]:
-    found: Counter[str] = Counter()
-    for start in range(0, len(ids), 2000):
-        chunk = ids[start : start + 2000]
-        records = await ledger.find(chunk, profiles=PROFILES)
-        found.update(r["status"] if r else "missing" for r in records)
-    return found
-
 
 async def test_daemon_survives_a_cluster_failover(
     cluster: RedisClusterSet,
@@ -196,7 +148,7 @@ async def test_daemon_survives_a_cluster_failover(
 ) -> None:
     jobs = 3000
     port: int = smsc.port  # type: ignore[attr-defined]
-    settings = failover_settings(cluster.url, port, tmp_path)
+    settings = cluster_settings(cluster.url, port, "one", tmp_path, replicas_ack=1)
     victim_profile = PROFILES[1]
     assert cluster.index_of(keys.queue(PROFILES[0])) != cluster.index_of(keys.queue(PROFILES[1]))
     async with open_redis(settings) as redis:
@@ -222,19 +174,19 @@ async def test_daemon_survives_a_cluster_failover(
 
             async def all_final() -> bool:
                 try:
-                    return (await statuses(ledger, ids))["delivered"] == jobs
+                    return (await counts(ledger, ids))["delivered"] == jobs
                 except (RedisError, OSError):
                     return False  # the test's own client meets the fail-over too
 
             try:
                 await wait_for(all_final, 45, "every job delivered after the fail-over")
             except AssertionError:
-                raise AssertionError(f"not all delivered: {await statuses(ledger, ids)}") from None
+                raise AssertionError(f"not all delivered: {await counts(ledger, ids)}") from None
             all_final_after = time.monotonic() - killed_at
         finally:
             code = await running.stop()
         assert code == 0
-        found = await statuses(ledger, ids)
+        found = await counts(ledger, ids)
         counted = int(await redis.hget(keys.stats(victim_profile), "possible_duplicates") or 0)
         short = sum([int(await redis.hget(keys.stats(p), SHORT_FIELD) or 0) for p in PROFILES])
     lost = jobs - found["delivered"]
