@@ -435,7 +435,6 @@ class Ledger:
             ack.group if ack else "",
             ack.entry_id if ack else "",
             job_id,
-            "",
             f"{time.time() + wait:.3f}" if wait else "",
         ]
         for name, value in pairs:
