@@ -14,7 +14,7 @@ import asyncio
 import signal
 import time
 
-from harness import Stack, cli, save, start_daemon, stop, write_jobs
+from harness import Stack, cli, save, start_daemon, status_counts, stop, write_jobs
 from redis.asyncio import Redis
 
 from router import keys
@@ -22,14 +22,7 @@ from router import keys
 
 async def final_counts(url: str, ids: list[str]) -> dict[str, int]:
     redis = Redis.from_url(url)
-    counts: dict[str, int] = {}
-    for start in range(0, len(ids), 2000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in ids[start : start + 2000]:
-                pipe.hget(keys.record("bench", job_id), "status")
-            for status in await pipe.execute():
-                name = status.decode() if status else "missing"
-                counts[name] = counts.get(name, 0) + 1
+    counts = await status_counts(redis, "bench", ids)
     possible = await redis.hget(keys.stats("bench"), "possible_duplicates")
     counts["possible_duplicates_counted"] = int(possible or 0)
     await redis.aclose()

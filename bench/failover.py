@@ -41,6 +41,7 @@ from harness import (
     median,
     save,
     start_daemon,
+    status_counts,
     stop,
     write_jobs,
 )
@@ -112,15 +113,8 @@ message_id = "json:id"
 
 async def final_counts(port: int, ids: list[str]) -> dict[str, int]:
     redis = Redis(port=port)
-    counts: dict[str, int] = {}
     try:
-        for start in range(0, len(ids), 2000):
-            async with redis.pipeline(transaction=False) as pipe:
-                for job_id in ids[start : start + 2000]:
-                    pipe.hget(keys.record("bench", job_id), "status")
-                for status in await pipe.execute():
-                    name = status.decode() if status else "missing"
-                    counts[name] = counts.get(name, 0) + 1
+        counts = await status_counts(redis, "bench", ids)
         stats = await redis.hgetall(keys.stats("bench"))
         for name in ("possible_duplicates", "replica_ack_short"):
             counts[name] = int(stats.get(name.encode(), 0))

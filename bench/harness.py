@@ -17,6 +17,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
+from router import keys
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NUMBERS = ["+16501112345", "+14082223333", "+14155552671"]
@@ -251,3 +255,18 @@ def campaign_toml(numbers: list[str]) -> str:
     for number in numbers:
         lines += [f'[numbers."{number}"]', 'campaign = "bench"', features, ""]
     return "\n".join(lines) + "\n"
+
+
+async def status_counts(
+    redis: Redis, profile: str, ids: list[str], chunk: int = 2000
+) -> dict[str, int]:
+    """How many of `ids` (jobs of `profile`) are in each status ("missing": no record)."""
+    counts: dict[str, int] = {}
+    for start in range(0, len(ids), chunk):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids[start : start + chunk]:
+                pipe.hget(keys.record(profile, job_id), "status")
+            for status in await pipe.execute():
+                name = status.decode() if status else "missing"
+                counts[name] = counts.get(name, 0) + 1
+    return counts

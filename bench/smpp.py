@@ -31,11 +31,12 @@ from harness import (
     save,
     smsc_sim,
     start_daemon,
+    status_counts,
     stop,
 )
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 
 FINAL = (b"delivered", b"undelivered", b"failed")
 
@@ -94,14 +95,7 @@ async def enqueue(url: str, count: int, prefix: str) -> list[str]:
 
 async def finished(url: str, ids: list[str]) -> dict[str, int]:
     redis = Redis.from_url(url)
-    counts: dict[str, int] = {}
-    for start in range(0, len(ids), 5000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in ids[start : start + 5000]:
-                pipe.hget(keys.record("bench", job_id), "status")
-            for status in await pipe.execute():
-                name = status.decode() if status else "missing"
-                counts[name] = counts.get(name, 0) + 1
+    counts = await status_counts(redis, "bench", ids, chunk=5000)
     await redis.aclose()
     return counts
 
