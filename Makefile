@@ -5,13 +5,26 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= router.toml
 
-.PHONY: test demo run check lint bench redis-server node clean
+.PHONY: test demo run check lint lock bench redis-server node clean
 
-$(STAMP): pyproject.toml
+# The venv is installed from requirements.lock (exact versions, sha256 hashes), then the
+# project itself without its dependencies: every machine runs the same code.
+$(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refresh the lock after changing pyproject.toml's dependencies, or to take new releases
+# (`make lock UPGRADE=1`); then run `make test` and commit requirements.lock.
+PIP_TOOLS := pip-tools==7.7.0
+lock:
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install --quiet --disable-pip-version-check '$(PIP_TOOLS)'
+	.lockenv/bin/pip-compile --quiet --extra test --all-build-deps --generate-hashes \
+	  --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	  $(if $(UPGRADE),--upgrade) --output-file requirements.lock pyproject.toml
+	rm -rf .lockenv
 
 # redis-server from Debian's packages when it is not on PATH.
 redis-server:
@@ -37,7 +50,7 @@ $(NODE_STAMP): tests/peers/package-lock.json | node
 	cd tests/peers && npm ci --silent --no-audit --no-fund
 	touch $(NODE_STAMP)
 
-test: $(STAMP) redis-server $(NODE_STAMP)
+test: check redis-server $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) redis-server

@@ -329,7 +329,7 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
         client = cast(Redis, _cluster_client(parse_cluster_url(url), router))
     elif is_sentinel_url(url):
         target = parse_sentinel_url(url)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.sentinels),
             # A sentinel answers "where is the master" at once or is skipped for the
             # next one: short time-outs, no retries.
