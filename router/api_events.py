@@ -24,7 +24,10 @@ Memory stays bounded whatever the client does: events are read from Redis a batc
 a time and only as fast as the client takes them. A client whose socket takes nothing
 for `SEND_STALL` seconds, or that falls so far behind that the stream has dropped
 events it has not seen, is closed with code 4008 and a reason. A bad subscribe
-message closes with 4400 naming the field; none in time, 4408. During a Redis outage
+message closes with 4400 naming the field; none in time, 4408. A close reason fits a
+close frame (123 bytes of UTF-8): reasons are short, and a value quoted in one (a key,
+a status, a profile) is shortened at a word boundary with an ellipsis (`fit`).
+During a Redis outage
 the socket stays open (heartbeats go on) and reading resumes after the last event
 sent once Redis answers.
 
@@ -73,6 +76,30 @@ _EVENT_ID = re.compile(r"^\d+(-\d+)?$")
 BAD_SUBSCRIPTION = 4400
 NO_SUBSCRIPTION = 4408
 TOO_SLOW = 4008
+# RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.
+MAX_REASON = 123
+QUOTED = 40  # bytes of a client's or a profile's value quoted in a close reason
+ELLIPSIS = "\u2026"
+
+
+def fit(text: str, limit: int = MAX_REASON) -> str:
+    """`text` if it takes at most `limit` bytes of UTF-8, else its first words that
+    fit followed by an ellipsis (one word longer than the limit is cut between two
+    characters), within `limit` bytes all told."""
+    if len(text.encode()) <= limit:
+        return text
+    room = limit - len(ELLIPSIS.encode())
+    head = text.encode()[:room].decode(errors="ignore")  # ends on a whole character
+    if not text[len(head)].isspace():
+        # The cut is inside a word: keep the words before it, if any.
+        space = max((i for i, c in enumerate(head) if c.isspace()), default=0)
+        head = head[:space] or head
+    return head.rstrip(" \t\n,;:") + ELLIPSIS
+
+
+def _quoted(value: str) -> str:
+    """A client's value for a close reason: shortened to `QUOTED` bytes, quoted."""
+    return repr(fit(value, QUOTED))
 
 
 @dataclass(frozen=True)
@@ -114,18 +141,20 @@ def parse_subscription(data: Any) -> Subscription:
         raise ValueError("subscribe: must be a JSON object")
     unknown = sorted(set(data) - {"type", "profile", "status", "ids", "from", "heartbeat"})
     if unknown:
-        raise ValueError(f"{unknown[0]}: unknown key")
+        raise ValueError(f"{fit(unknown[0], QUOTED)}: unknown key")
     if data.get("type", "subscribe") != "subscribe":
         raise ValueError('type: must be "subscribe"')
     statuses = _strings(data, "status", len(KINDS))
     wrong = sorted(statuses - KINDS)
     if wrong:
-        raise ValueError(f"status: unknown {wrong[0]!r} (one of {', '.join(sorted(KINDS))})")
+        raise ValueError(f'status: unknown {_quoted(wrong[0])} (a message status or "inbound")')
     start = data.get("from", "$")
     if isinstance(start, dict):
         for profile, at in start.items():
             if not isinstance(at, str) or not _EVENT_ID.match(at):
-                raise ValueError(f'from.{profile}: must be an event id like "1700000000000-0"')
+                raise ValueError(
+                    f'from.{fit(profile, QUOTED)}: must be an event id like "1700000000000-0"'
+                )
     elif not isinstance(start, str) or not (start == "$" or _EVENT_ID.match(start)):
         raise ValueError(
             'from: must be "$", an event id like "1700000000000-0", or a position '
@@ -363,7 +392,8 @@ class _Subscriber:
         if kept > _order(self.position[profile]) and kept > self.floor.get(profile, (0, 0)):
             raise _Closed(
                 TOO_SLOW,
-                f"too slow: events of {profile} after {self.position[profile]} were dropped",
+                f"too slow: events of {fit(profile, QUOTED)} after {self.position[profile]} "
+                "were dropped",
             )
 
     async def _read(self, profiles: Sequence[str]) -> list[tuple[str, Any, Any]]:
@@ -461,8 +491,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             log.info("event subscriber dropped", reason=reason, last=subscriber.last)
         if not ws.closed:
             with contextlib.suppress(TimeoutError, ConnectionError):
-                # A reason longer than a close frame holds (123 bytes) is cut.
-                message = reason.encode()[:123]
+                # Each reason is made to fit; `fit` again in case one ever is not.
+                message = fit(reason).encode()
                 await asyncio.wait_for(ws.close(code=code, message=message), 5)
         if reader is not None:
             reader.cancel()

@@ -323,6 +323,52 @@ async def test_auth_and_bad_subscriptions(daemon_api: str) -> None:
             assert ws.close_code == 4400 and says in msg.extra
 
 
+async def test_close_reasons_fit_a_close_frame_in_whole_words(bare_api: str) -> None:
+    """A close frame holds 123 bytes of reason: ours are short, and a quoted value is
+    shortened at a word boundary with an ellipsis, never cut inside a word or a
+    character."""
+
+    async def reason_for(sub: dict[str, Any]) -> str:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"{bare_api}/v1/events", headers=READER)
+            await ws.send_json(sub)
+            msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+        assert ws.close_code == api_events.BAD_SUBSCRIPTION
+        reason = str(msg.extra)
+        assert len(reason.encode()) <= 123, reason  # RFC 6455: 125 bytes less the code
+        return reason
+
+    # Was 124 bytes with the list of statuses, cut inside "undelivered".
+    assert await reason_for({"status": ["bogus"]}) == (
+        "status: unknown 'bogus' (a message status or \"inbound\")"
+    )
+    # A long value of two-byte characters: was cut inside a word and a character.
+    long = await reason_for({"status": ["délivré " * 30]})
+    quoted = long.split("'")[1]
+    assert long.startswith("status: unknown 'délivré ") and long.endswith('or "inbound")')
+    assert quoted.endswith("\u2026") and set(quoted[:-1].split()) == {"délivré"}
+    key = await reason_for({"k" * 300: 1})
+    assert key == "k" * 37 + "\u2026: unknown key"  # 40 bytes of a value
+    position = await reason_for({"from": {"bulk " * 50: "soon"}})
+    assert (
+        position == "from." + "bulk " * 6 + 'bulk\u2026: must be an event id like "1700000000000-0"'
+    )
+
+
+def test_fit_counts_utf8_bytes_and_keeps_whole_words() -> None:
+    fit = api_events.fit
+    assert fit("short reason") == "short reason"
+    exact = "x" * 123
+    assert fit(exact) == exact
+    words = "one two three four five six seven"
+    assert fit(words, 20) == "one two three…" and len(fit(words, 20).encode()) <= 20
+    assert fit("one, two, three", 12) == "one, two…"  # no dangling comma before it
+    assert fit("one, two, three", 11) == "one…"
+    assert fit("é" * 100, 21) == "é" * 9 + "…"  # 18 + 3 bytes: never half a character
+    assert fit("€uro " * 40).endswith("€uro…") and len(fit("€uro " * 40).encode()) <= 123
+
+
 # -- resilience: Redis outages, slow clients, trimmed history ------------------------
 
 
