@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ from . import keys
 from .connections import as_text
 from .ledger import Ledger
 
-__all__ = ["LogPage", "message_log", "parse_position", "parse_since"]
+__all__ = ["LogPage", "message_log", "parse_position", "parse_since", "position_above"]
 
 _CHUNK = 1000  # events read per round trip
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
@@ -76,11 +76,13 @@ async def message_log(
     to: str | None = None,
     before: str = "+",
     scan: int | None = None,
+    match: Callable[[dict[str, Any]], bool] | None = None,
 ) -> LogPage:
     """Up to `limit` records whose latest change is at or after `since` (unix
     seconds) and below position `before` (exclusive; ``+`` for the top), matching the
-    filters (`to` is compared as given: pass it in E.164). The events of `profiles`
-    (only `profile`'s when given) are merged newest change first.
+    filters (`to` is compared as given: pass it in E.164; `match` is any further test
+    of a record). The events of `profiles` (only `profile`'s when given) are merged
+    newest change first.
 
     `scan` bounds the events read (so a narrow filter cannot make one call read the
     whole stream): a page may then hold fewer than `limit` records and still have a
@@ -100,11 +102,7 @@ async def message_log(
         records = dict(zip(pairs, await ledger.get_many(pairs), strict=True)) if pairs else {}
         for n, event in enumerate(events):
             record = records.get((event.profile, event.job_id))
-            if record is None or not _latest(record, event.status, event.at):
-                continue
-            if status is not None and record.get("status") != status:
-                continue
-            if to is not None and record.get("to") != to:
+            if record is None or not _listed(record, event, status, to, match):
                 continue
             found.append(record)
             if len(found) == limit:
@@ -113,6 +111,46 @@ async def message_log(
             return LogPage(found, None)  # reached `since` or the streams' start
         if scan is not None and scanned >= scan:
             return LogPage(found, _position(streams, events))
+
+
+async def position_above(
+    redis: Redis,
+    ledger: Ledger,
+    *,
+    after: str,
+    since: float,
+    limit: int,
+    status: str | None = None,
+    to: str | None = None,
+    match: Callable[[dict[str, Any]], bool] | None = None,
+    scan: int | None = None,
+) -> str:
+    """Where the page before the one that starts at position `after` starts (paging
+    back): the position below which lie the `limit` listed records nearest above
+    `after` (each stream's event at `after` counts as above: the page that ended there
+    took it). ``+`` when fewer than `limit` are listed above `after` (the page before
+    is the first). Filters and `scan` as for `message_log`; a profile `after` does not
+    name has nothing above it. Raises ValueError for an `after` that is no position.
+    """
+    lowest = f"{max(0, int(since * 1000))}-0"
+    streams = [_Rising(name, at, lowest) for name, at in sorted(parse_position(after).items())]
+    found = scanned = 0
+    while True:
+        count = _CHUNK if scan is None else max(1, min(_CHUNK, scan - scanned))
+        events = await _rising(redis, streams, count)
+        scanned += len(events)
+        pairs = list(dict.fromkeys((e.profile, e.job_id) for e in events))
+        records = dict(zip(pairs, await ledger.get_many(pairs), strict=True)) if pairs else {}
+        for n, event in enumerate(events):
+            record = records.get((event.profile, event.job_id))
+            if record is not None and _listed(record, event, status, to, match):
+                found += 1
+                if found == limit:
+                    return await _bound_above(redis, streams, events[n + 1 :])
+        if len(events) < count:
+            return "+"  # reached the top of every stream
+        if scan is not None and scanned >= scan:
+            return await _bound_above(redis, streams, [])
 
 
 def parse_position(text: str) -> dict[str, str]:
@@ -168,21 +206,66 @@ class _Stream:
             self.done = True
         if rows:
             self.upper = "(" + as_text(rows[-1][0])
-        for eid, fields in rows:
-            job_id = as_text(fields.get(b"id", b""))
-            if not job_id or as_text(fields.get(b"profile", b"")) != self.profile:
-                continue  # an inbound message's event
-            event_id, at = as_text(eid), as_text(fields.get(b"at", b""))
-            ms, _, seq = event_id.partition("-")
-            try:
-                when = float(at)
-            except ValueError:
-                when = 0.0
-            self.buffer.append(
-                _Event((when, int(ms), int(seq or 0)), event_id, self.profile, job_id,
-                       as_text(fields.get(b"status", b"")), at)
-            )  # fmt: skip
+        self.buffer += [e for eid, fields in rows if (e := _event(self.profile, eid, fields))]
         self.buffer.reverse()  # oldest last read first: pop() takes the newest
+
+
+class _Rising:
+    """One profile's events from an event id upward (inclusive), oldest first, a chunk
+    at a time."""
+
+    def __init__(self, profile: str, from_id: str, lowest: str) -> None:
+        self.profile = profile
+        self.key = keys.events(profile)
+        self.lower = max(from_id, lowest, key=_id_order)
+        self.buffer: list[_Event] = []
+        self.done = False
+
+    async def fill(self, redis: Redis, count: int) -> None:
+        rows: Any = await redis.xrange(self.key, self.lower, "+", count=count)
+        if len(rows) < count:
+            self.done = True
+        if rows:
+            self.lower = "(" + as_text(rows[-1][0])
+        self.buffer += [e for eid, fields in rows if (e := _event(self.profile, eid, fields))]
+        self.buffer.reverse()  # newest last read first: pop() takes the oldest
+
+
+async def _rising(redis: Redis, streams: list[_Rising], count: int) -> list[_Event]:
+    """Up to `count` events, oldest change first, merged over the streams."""
+    out: list[_Event] = []
+    while len(out) < count:
+        for stream in streams:
+            if not stream.buffer and not stream.done:
+                await stream.fill(redis, _CHUNK)
+        heads = [s for s in streams if s.buffer]
+        if not heads:
+            break
+        oldest = min(heads, key=lambda s: (s.buffer[-1].order, s.profile))
+        out.append(oldest.buffer.pop())
+    return out
+
+
+async def _bound_above(redis: Redis, streams: list[_Rising], rest: list[_Event]) -> str:
+    """The position just above the events taken so far: each stream at its first event
+    not taken (in `rest`, read but not taken, or next in the stream); a stream with
+    none left is left out (read from its top)."""
+    bound: dict[str, str] = {}
+    for event in reversed(rest):  # oldest last: each stream keeps its oldest
+        bound[event.profile] = event.event_id
+    for stream in streams:
+        if stream.profile in bound:
+            continue
+        while not stream.buffer and not stream.done:
+            await stream.fill(redis, _CHUNK)
+        if stream.buffer:
+            bound[stream.profile] = stream.buffer[-1].event_id
+    return ",".join(f"{name}={at}" for name, at in sorted(bound.items())) or "+"
+
+
+def _id_order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def _merged(redis: Redis, streams: list[_Stream], start: str, count: int) -> list[_Event]:
@@ -199,6 +282,38 @@ async def _merged(redis: Redis, streams: list[_Stream], start: str, count: int) 
         newest = max(heads, key=lambda s: (s.buffer[-1].order, s.profile))
         out.append(newest.buffer.pop())
     return out
+
+
+def _event(profile: str, eid: Any, fields: Any) -> _Event | None:
+    """One entry of a profile's event stream, or None for an inbound message's."""
+    job_id = as_text(fields.get(b"id", b""))
+    if not job_id or as_text(fields.get(b"profile", b"")) != profile:
+        return None
+    event_id, at = as_text(eid), as_text(fields.get(b"at", b""))
+    ms, _, seq = event_id.partition("-")
+    try:
+        when = float(at)
+    except ValueError:
+        when = 0.0
+    status = as_text(fields.get(b"status", b""))
+    return _Event((when, int(ms), int(seq or 0)), event_id, profile, job_id, status, at)
+
+
+def _listed(
+    record: dict[str, Any],
+    event: _Event,
+    status: str | None,
+    to: str | None,
+    match: Callable[[dict[str, Any]], bool] | None,
+) -> bool:
+    """Whether the log lists `record` at `event`: its latest change, and it passes
+    the filters."""
+    return (
+        _latest(record, event.status, event.at)
+        and (status is None or record.get("status") == status)
+        and (to is None or record.get("to") == to)
+        and (match is None or match(record))
+    )
 
 
 def _latest(record: dict[str, Any], status: str, at: str) -> bool:

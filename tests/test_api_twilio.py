@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client as TwilioClient
 
 from router.api import ApiContext, build_app
@@ -322,3 +322,192 @@ def test_statuses_and_errors_in_twilio_terms() -> None:
     assert delivered["error_code"] is None
     assert delivered["date_sent"] == "Thu, 01 Jan 1970 00:00:00 +0000"
     assert resource(status="scheduled")["status"] == "scheduled"
+
+
+# -- the Message list: filters, paging, Twilio-shaped errors -------------------------
+
+LIST_KEYS = {
+    "end", "first_page_uri", "messages", "next_page_uri", "page", "page_size",
+    "previous_page_uri", "start", "uri",
+}  # fmt: skip
+
+
+def _sids(items: Any) -> list[str]:
+    return [m.sid for m in items]
+
+
+async def test_sdk_lists_the_sms_log_with_filters_and_follows_the_page_links(
+    make_settings: Callable[..., Settings],
+    provider: Provider,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    base = await started(run_daemon(twilio_settings(make_settings)))
+    client = sdk(base)
+
+    async def send(**kwargs: Any) -> str:
+        message = await asyncio.to_thread(client.messages.create, body="listed", **kwargs)
+        return message.sid or ""
+
+    async def all_sent(sids: list[str]) -> None:
+        for sid in sids:
+            await wait_for(lambda sid=sid: _is(_status(client, sid), "sent"), 15, f"{sid} sent")
+
+    # Before the boundary: three from alerts' number to the UK, two from bulk's pool
+    # (profile bulk sends from UK) to a US number: two profiles, one merged log.
+    early = [await send(to=UK, from_=NUMBERS[0]) for _ in range(3)]
+    early += [await send(to=NUMBERS[2], messaging_service_sid="bulk") for _ in range(2)]
+    await all_sent(early)
+    boundary = int(time.time()) + 1
+    await asyncio.sleep(boundary - time.time() + 0.05)
+    late = [await send(to=UK, from_=NUMBERS[1]) for _ in range(2)]
+    await all_sent(late)
+    everything = set(early + late)
+
+    async def listed(**kwargs: Any) -> list[str]:
+        return _sids(await asyncio.to_thread(client.messages.list, **kwargs))
+
+    newest_first = await listed()
+    assert set(newest_first) == everything and len(newest_first) == 7
+    assert newest_first[:2] == late[::-1]  # the log is newest change first
+    assert set(await listed(to=UK)) == set(early[:3] + late)
+    assert set(await listed(from_=UK)) == set(early[3:])
+    assert set(await listed(from_=NUMBERS[1], to=UK)) == set(late)
+    assert await listed(to="+15005550006") == []
+    # The SDK sends a datetime as YYYY-MM-DDTHH:MM:SSZ: compared to the second.
+    at = datetime.fromtimestamp(boundary, UTC)
+    assert set(await listed(date_sent_after=at)) == set(late)
+    assert set(await listed(date_sent_before=at - timedelta(seconds=1))) == set(early)
+    # Dates (GMT) as Twilio takes them: DateSent one day, < and > on or before/after it.
+    fetched = [await asyncio.to_thread(client.messages(s).fetch) for s in sorted(everything)]
+    by_day: dict[str, set[str]] = {}
+    for message in fetched:
+        assert message.date_sent is not None
+        by_day.setdefault(message.date_sent.date().isoformat(), set()).add(message.sid or "")
+    day = min(by_day)
+    assert set(await listed(date_sent=day)) == by_day[day]
+    assert set(await listed(date_sent_before=day)) == by_day[day]
+    assert set(await listed(date_sent_after=day)) == everything
+    assert await listed(date_sent="2001-01-01") == []
+    assert await listed(date_sent_before="2001-01-01") == []
+    assert set(await listed(date_sent_after="2001-01-01", to=UK)) == set(early[:3] + late)
+
+    # Pages of 2: `list` follows next_page_uri to the end, or stops at `limit`.
+    assert await listed(page_size=2) == newest_first
+    assert await listed(limit=5, page_size=2) == newest_first[:5]
+    assert await listed(limit=3) == newest_first[:3]  # PageSize = limit, one page
+    # Forward page by page, then back by previous_page_uri: the same pages.
+    page = await asyncio.to_thread(client.messages.page, page_size=2)
+    pages = [_sids(page)]
+    assert page.previous_page_url is None
+    while page.next_page_url:
+        page = await asyncio.to_thread(page.next_page)
+        pages.append(_sids(page))
+    assert pages == [newest_first[i : i + 2] for i in range(0, 7, 2)]
+    for expected in reversed(pages[:-1]):
+        page = await asyncio.to_thread(page.previous_page)
+        assert _sids(page) == expected
+    assert page.previous_page_url is None  # back at the first page
+
+    # A filtered list pages the same way, across both profiles.
+    filtered = await asyncio.to_thread(client.messages.page, page_size=1, to=UK)
+    assert "To=%2B447911123456" in (filtered.next_page_url or "")
+    assert _sids(filtered) == late[-1:]
+
+
+async def _status(client: TwilioClient, sid: str) -> str:
+    return (await asyncio.to_thread(client.messages(sid).fetch)).status or ""
+
+
+async def test_list_page_shape_and_bad_parameters(bare_api: str) -> None:
+    url = f"{bare_api}/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+    basic = base64.b64encode(f"{ACCOUNT}:{TOKEN}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=auth) as response:
+            assert response.status == 200
+            empty = await response.json()
+        path = f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+        assert empty == {
+            "end": 0,
+            "first_page_uri": f"{path}?PageSize=50&Page=0",
+            "messages": [],
+            "next_page_uri": None,
+            "page": 0,
+            "page_size": 50,
+            "previous_page_uri": None,
+            "start": 0,
+            "uri": f"{path}?PageSize=50&Page=0",
+        }
+        # Twilio's largest page is 1,000: a larger PageSize (the SDK sends its `limit`
+        # as the page size) is served 1,000 a page.
+        async with http.get(url, headers=auth, params={"PageSize": "5000"}) as response:
+            page = await response.json()
+            assert set(page) == LIST_KEYS and page["page_size"] == 1000
+        async with http.get(url, params={"PageSize": "5"}) as response:
+            assert response.status == 401 and (await response.json())["code"] == 20003
+        for params, name in (
+            ({"PageSize": "0"}, "PageSize"),
+            ({"PageSize": "ten"}, "PageSize"),
+            ({"DateSent": "yesterday"}, "DateSent"),
+            ({"DateSent<": "2024-02-30"}, "DateSent<"),
+            ({"DateSent>": "2024-01-01T10:00:00"}, "DateSent>"),  # no time zone
+            ({"To": " 447911123456"}, "To"),  # a + left unencoded arrives as a space
+            ({"PageToken": "PAnotatoken"}, "PageToken"),
+            ({"PageToken": "XY"}, "PageToken"),
+            ({"Page": "2"}, "Page"),
+        ):
+            async with http.get(url, headers=auth, params=params) as response:
+                error = await response.json()
+                assert response.status == 400, params
+            assert error["code"] == 20001 and error["status"] == 400, params
+            assert error["message"].startswith(f"Invalid parameter {name}:"), error
+            assert error["more_info"] == "https://www.twilio.com/docs/errors/20001"
+
+
+async def test_every_error_under_the_twilio_path_is_in_twilio_shape(bare_api: str) -> None:
+    basic = base64.b64encode(f"{ACCOUNT}:{TOKEN}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+    messages = f"/2010-04-01/Accounts/{ACCOUNT}/Messages"
+    async with aiohttp.ClientSession() as http:
+        for method, path, allowed in (
+            ("DELETE", f"{messages}.json", "GET, POST"),
+            ("PUT", f"{messages}.json", "GET, POST"),
+            ("POST", f"{messages}/SM{'0' * 32}.json", "GET"),
+            ("DELETE", f"{messages}/SM{'0' * 32}.json", "GET"),
+        ):
+            async with http.request(method, bare_api + path, headers=auth) as response:
+                assert response.status == 405, (method, path)
+                assert response.headers["Allow"] == allowed
+                body = await response.json()
+            assert body == {
+                "code": 20004,
+                "message": f"Method not allowed: {method} (allowed: {allowed})",
+                "more_info": "https://www.twilio.com/docs/errors/20004",
+                "status": 405,
+            }
+        # Credentials are checked first, as for the other methods.
+        async with http.delete(bare_api + f"{messages}.json") as response:
+            assert response.status == 401 and (await response.json())["code"] == 20003
+        for method, path in (
+            ("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Calls.json"),
+            ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Calls.json"),
+            ("GET", f"{messages}/SM{'0' * 32}/Media.json"),
+            ("GET", f"/2010-04-01/Accounts/{ACCOUNT}.json"),
+            ("GET", "/2010-04-01/"),
+            ("GET", "/2010-04-01"),
+        ):
+            async with http.request(method, bare_api + path, headers=auth) as response:
+                assert response.status == 404, (method, path)
+                assert await response.json() == {
+                    "code": 20404,
+                    "message": f"The requested resource {path} was not found",
+                    "more_info": "https://www.twilio.com/docs/errors/20404",
+                    "status": 404,
+                }
+    # The SDK reads them as its usual exceptions.
+    client = sdk(bare_api)
+    gone = await sdk_error(client.messages("SM" + "0" * 32).delete)
+    assert (gone.status, gone.code) == (405, 20004)
+    with pytest.raises(TwilioException) as caught:
+        await asyncio.to_thread(client.calls.list)
+    assert "Unable to fetch page" in str(caught.value)
