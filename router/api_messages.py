@@ -2,9 +2,12 @@
 
 A request body is checked twice, by the same rules every producer meets: first its
 shape by the pydantic model the OpenAPI document shows, then each job by the wire
-decoder (`router.jobs.decode_job`, through `Client`), so a job is refused here for
-exactly what a job on the Redis stream would be dead-lettered for. Errors name the
-field: ``{"error": "messages[3].to: '+1' is not a valid E.164 number"}``. Jobs are
+decoder (`router.jobs.decode_job`) and its profile's checks (`router.checks.JobCheck`:
+template, variables, length, sender), both through `Client` and both what the worker
+runs, so a job is refused here for exactly what a job on the Redis stream would be
+dead-lettered for. Errors name the field:
+``{"error": "messages[3].to: '+1' is not a valid E.164 number"}``,
+``{"error": "messages[3].vars.code: missing variable 'code' (template 'otp')"}``. Jobs are
 enqueued with `Client.send_each` (one round trip per batch); an id that already has a
 record is answered ``duplicate`` and never sent twice.
 """
@@ -305,7 +308,9 @@ def add_routes(app: web.Application) -> None:
                 {
                     202: Reply("Accepted: each job queued, or a duplicate of an earlier id.",
                                Accepted | BatchAccepted),
-                    400: Reply("A job is malformed; the error names it and its field."),
+                    400: Reply("A job is malformed, or its profile would refuse it (unknown "
+                               "template, missing variable, more parts than max_segments, "
+                               "a sender it does not own); the error names it and its field."),
                 },
                 scope="send",
                 body=Job | Batch,

@@ -176,27 +176,47 @@ def _number_cells(r: dict[str, Any]) -> list[str]:
 @config_option
 @click.option("--profile", default=None, help="Profile (default: the global one).")
 @click.option("--to", "to", required=True, help="Destination, E.164.")
-@click.option("--text", required=True, help="Message text.")
+@click.option("--text", default=None, help="Message text (or --template).")
+@click.option("--template", default=None, help="A template of the configuration.")
+@click.option(
+    "--var",
+    "variables",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A template variable (repeatable).",
+)
+@click.option("--lang", default=None, help="The template's language (BCP 47).")
 @click.option("--from", "sender", default=None, help="Sender number of the profile.")
 @click.option("--id", "job_id", default=None, help="Idempotency key (default: generated).")
 def send(
     config_path: str | None,
     profile: str | None,
     to: str,
-    text: str,
+    text: str | None,
+    template: str | None,
+    variables: tuple[str, ...],
+    lang: str | None,
     sender: str | None,
     job_id: str | None,
 ) -> None:
-    """Enqueue one message and print its id."""
+    """Enqueue one message and print its id.
+
+    A job the profile would refuse (unknown template, missing variable, more parts
+    than max_segments, a sender it does not own) fails here, exit 1, and nothing is
+    enqueued."""
     settings = _settings(config_path)
     _known_profile(settings, profile)
-    job: dict[str, Any] = {"to": to, "text": text}
-    for name, value in (("from", sender), ("id", job_id), ("profile", profile)):
+    job: dict[str, Any] = {"to": to}
+    named = (("text", text), ("template", template), ("lang", lang), ("from", sender))
+    for name, value in (*named, ("id", job_id), ("profile", profile)):
         if value is not None:
             job[name] = value
-    # Checked before Redis is touched: a bad `--from` fails at once.
+    if variables:
+        job["vars"] = _variables(variables)
+    # Checked before Redis is touched, by the checks the worker runs: a job that would
+    # be refused fails at once.
     for _index, exc in Client.from_settings(Redis(), settings).problems([job]):
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {str(exc).removeprefix('job.')}", markup=False)
         sys.exit(1)
 
     async def work(redis: Redis) -> str:
@@ -252,6 +272,17 @@ def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int)
     out.print(f"enqueued {fresh} jobs in {elapsed:.2f}s ({rate:.0f}/s)", markup=False)
     if dropped:
         out.print(f"{dropped} dropped as duplicates (their id was already known)", markup=False)
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--var NAME=VALUE`` options as the job's `vars`."""
+    found: dict[str, str] = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--var")
+        found[name] = value
+    return found
 
 
 def _read_jobs(

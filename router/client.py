@@ -4,6 +4,11 @@ A job is one ``XADD`` of a msgpack map to the profile's work stream; this
 class adds validation, pipelining for bulk sends, a `queued` record written in the
 same step as the ``XADD`` (so a record's history starts with `queued`), and
 idempotency: sending a job whose `id` already has a record creates no second message.
+
+Validation is the wire decoder and, given the settings, the profile's own checks
+(`checks.JobCheck`: template, variables, length, sender) that the worker runs
+again when it plans the job: a job the worker would dead-letter is refused here,
+with the same reason, before anything is enqueued.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .batching import Batcher
+from .checks import JobCheck, check_sender
 from .config import Settings
 from .jobs import JobError, decode_job, encode_job, new_job_id
 from .ledger import Ledger
@@ -35,9 +41,11 @@ class Client:
         events_maxlen: int = 1_000_000,
         replicas_ack: int = 0,
         replicas_ack_timeout_ms: int = 100,
+        settings: Settings | None = None,
     ) -> None:
         """`replicas_ack`: answer an enqueue only once that many replicas hold it
-        (``[router] replicas_ack``; `from_settings` passes it)."""
+        (``[router] replicas_ack``; `from_settings` passes it). `settings`: the
+        profiles, their numbers and checks, overriding the arguments that give them."""
         self._redis = redis
         self.default_profile = default_profile
         self.profiles = set(profiles) if profiles is not None else None
@@ -55,6 +63,10 @@ class Client:
             replicas_ack=replicas_ack,
             replicas_ack_timeout_ms=replicas_ack_timeout_ms,
         )
+        # Each profile's checks (`JobCheck`), when the settings are known.
+        self._checks: dict[str, JobCheck] = {}
+        if settings is not None:
+            self.configure(settings)
         self._coalesced: Batcher[tuple[str, str, dict[str, Any]], tuple[str, bool]] = Batcher(
             self._enqueue
         )
@@ -64,15 +76,25 @@ class Client:
         """A client that knows the configured profiles and the global one."""
         return cls(
             redis,
-            default_profile=settings.global_profile,
-            profiles=settings.profiles.keys(),
             retention=settings.queue.retention,
-            store_text=[name for name, p in settings.profiles.items() if p.store_text],
-            numbers={name: p.numbers for name, p in settings.profiles.items()},
             events_maxlen=settings.queue.events_maxlen,
             replicas_ack=settings.router.replicas_ack,
             replicas_ack_timeout_ms=settings.router.replicas_ack_timeout_ms,
+            settings=settings,
         )
+
+    def configure(self, settings: Settings) -> None:
+        """Take the profiles, their numbers, templates and checks from `settings` (at
+        start, and again when the daemon reloads its configuration, so the doors judge
+        jobs by the configuration the workers run)."""
+        self.default_profile = settings.global_profile
+        self.profiles = set(settings.profiles)
+        self.store_text = {name for name, p in settings.profiles.items() if p.store_text}
+        self._numbers = {name: frozenset(p.numbers) for name, p in settings.profiles.items()}
+        self._checks = {
+            name: JobCheck(name, profile, settings.templates)
+            for name, profile in settings.profiles.items()
+        }
 
     async def send(
         self,
@@ -95,7 +117,8 @@ class Client:
         return (await self.send_many([job]))[0]
 
     def validate(self, jobs: Iterable[Mapping[str, Any]], *, offset: int = 0) -> None:
-        """Raise `JobError` (naming the job and field) if any job is malformed."""
+        """Raise `JobError` (naming the job and field) if any job is malformed or would
+        certainly be refused by its profile (template, variables, length, sender)."""
         self._prepare(jobs, offset)
 
     def problems(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[int, JobError]]:
@@ -164,9 +187,15 @@ class Client:
         profile = self._profile_for(wire)
         wire.pop("profile", None)
         job = decode_job(_encode(wire), default_id=wire["id"])
-        pool = self._numbers.get(profile)
-        if job.sender is not None and pool is not None and job.sender not in pool:
-            raise JobError("from", f"{job.sender} is not a number of profile {profile!r}")
+        check = self._checks.get(profile)
+        if check is not None:
+            # Composed for the verdict only: the job goes on the stream as it came (the
+            # worker composes it once, with the configuration it runs).
+            check.text(job)
+        else:
+            pool = self._numbers.get(profile)
+            if pool is not None:
+                check_sender(job, profile, pool)
         return profile, job.id, job.to_wire()
 
     def _profile_for(self, wire: Mapping[str, Any]) -> str:

@@ -23,7 +23,12 @@ _FORMATTER = string.Formatter()
 
 
 class TemplateError(ValueError):
-    """A template that cannot be used, or a job whose variables do not fill it."""
+    """A template that cannot be used, or a job whose variables do not fill it;
+    `variable` names the placeholder at fault when there is one."""
+
+    def __init__(self, message: str, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 @lru_cache(maxsize=4096)
@@ -78,13 +83,13 @@ def render(text: str, variables: Mapping[str, Any], meta: Mapping[str, Any]) -> 
         elif field in meta:
             value = meta[field]
         else:
-            raise TemplateError(f"missing variable {field!r}")
+            raise TemplateError(f"missing variable {field!r}", field)
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif value is None:
             value = ""
         elif not isinstance(value, str | int | float):
-            raise TemplateError(f"variable {field!r} must be text or a number")
+            raise TemplateError(f"variable {field!r} must be text or a number", field)
         out.append(str(value))
     return "".join(out)
 

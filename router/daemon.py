@@ -438,6 +438,8 @@ class Daemon:
             poster.serve(self.settings.profiles)
         if self._api_context is not None:
             self._api_context.settings = reloader.settings
+            # The doors judge jobs by the configuration the new workers run.
+            self._api_context.client.configure(reloader.settings)
             self._api_context.workers = self.workers
         self.reloads += 1
         return True

@@ -29,8 +29,7 @@ from binds.base import Bind, Retry
 
 from . import keys
 from .audience import KEYWORD_REPLY_PREFIX, Audience
-from .checks import text_problem
-from .compose import TemplateError, pick_text, render, smart_encode
+from .checks import JobCheck
 from .config import Settings
 from .jobs import Job, JobError, decode_job, encode_job
 from .ledger import Ack, Ledger, Transition
@@ -82,7 +81,8 @@ class ProfileWorker:
         profile = settings.profiles[name]
         self.profile = profile
         self.settings = settings.queue
-        self._templates = settings.templates
+        # The same checks every door runs before enqueuing (router/client.py).
+        self.check = JobCheck(name, profile, settings.templates)
         self.binds = list(binds)
         self.ledger = ledger
         self.queue = WorkQueue(redis, name, consumer)
@@ -343,8 +343,11 @@ class ProfileWorker:
         if job.profile and job.profile != self.name:
             return entry, job, FORWARD, ""
         try:
-            self._compose(job)
-        except Rejection as exc:
+            # The text replaces the template on the job: it is what is recorded, sent
+            # and retried (and so composed once).
+            job.text = self.check.text(job)
+            job.template = None
+        except JobError as exc:
             return entry, job, DEAD, str(exc)
         now = time.time()
         if job.expires_at is not None and now >= job.expires_at:
@@ -373,36 +376,6 @@ class ProfileWorker:
             want.refused = Refusal(code, reason)
         picks, remember = await self.senders.pick(wants, replies[:count])
         return picks, set(remember)
-
-    def _compose(self, job: Job) -> None:
-        """Compose the text (template, language, smart encoding) and check it fits the
-        profile; raises `Rejection` naming the field. The composed text replaces the
-        template on the job: it is what is recorded, sent and retried."""
-        if job.text is None:
-            name = job.template or self.profile.template
-            if name is None:
-                raise Rejection(
-                    f"job.text: required (or 'template'; profile {self.name!r} has no "
-                    "default template)"
-                )
-            template = self._templates.get(name)
-            if template is None:
-                raise Rejection(f"job.template: unknown template {name!r}")
-            text = pick_text(template.text, template.default_lang, job.lang)
-            try:
-                job.text = render(text, job.vars, job.meta)
-            except TemplateError as exc:
-                raise Rejection(f"job.vars: {exc} (template {name!r})") from None
-            if not job.text:
-                raise Rejection(f"job.text: template {name!r} rendered an empty text")
-            job.template = None
-        if self.profile.smart_encoding:
-            job.text = smart_encode(job.text)
-        problem = text_problem(job.text, self.profile)
-        if problem is not None:
-            raise Rejection(problem)
-        if job.sender is not None and not self.senders.owns(job.sender):
-            raise Rejection(f"job.from: {job.sender} is not a number of profile {self.name!r}")
 
     def _to_ready(self, entry: Entry, job: Job, sender: str) -> Ready:
         url = job.status_callback_url or self.profile.status_callback_url
