@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -22,8 +24,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import audience, keys
+from .cli_tables import Column, fit_table, hidden_hint
 from .client import Client
-from .config import ConfigError, Settings, load_settings, resolve_config_path
+from .config import (
+    DEFAULT_PATH,
+    ENV_PATH,
+    ConfigError,
+    Settings,
+    load_settings,
+    resolve_config_path,
+)
 from .connections import RedisUnavailable, as_text, open_redis
 from .ledger import STATUSES, Ledger
 from .migrate import MigrationReport, migrate_keys
@@ -48,13 +58,28 @@ config_option = click.option(
 
 
 def _settings(path: str | None) -> Settings:
+    file = resolve_config_path(path)
     try:
-        return load_settings(resolve_config_path(path))
+        return load_settings(file)
     except ConfigError as exc:
         err.print("[bold red]configuration error[/]", markup=True)
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False)
+        if not file.exists():
+            err.print(f"  {_where_config(path)}", markup=False)
         sys.exit(1)
+
+
+def _where_config(path: str | None) -> str:
+    """Where the missing file was looked for and how to name another one."""
+    if path:
+        return "(given with -c PATH)"
+    if os.environ.get(ENV_PATH):
+        return f"(named by ${ENV_PATH}; give another with -c PATH)"
+    return (
+        f"(looked for {DEFAULT_PATH} in {os.getcwd()}: give the file with -c PATH "
+        f"or set ${ENV_PATH})"
+    )
 
 
 def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
@@ -323,21 +348,50 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
 
     record = _with_redis(settings, work)
     if record is None:
-        err.print(f"no message with id {job_id!r}", markup=False)
+        err.print(f"error: no message with id {job_id!r}", markup=False)
         sys.exit(1)
     if as_json:
         out.print(json.dumps(record, indent=2, sort_keys=True), markup=False)
         return
     history = record.pop("history")
     table = Table(show_header=False, box=None)
-    for name in sorted(record):
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # long values (an id, a text) wrap, never cut
+    for name in _field_order(record):
         if not _internal(name):
             table.add_row(name, _show(name, record[name]))
     out.print(table)
     steps = Table("time", "status", "note", box=None)
+    steps.columns[0].no_wrap = steps.columns[1].no_wrap = True
+    steps.columns[2].overflow = "fold"
     for step in history:
         steps.add_row(_ts(step["at"]), step["status"], step["note"])
     out.print(steps)
+
+
+# `status` shows what an operator asks first first; other fields follow by name.
+_STATUS_FIELDS = (
+    "status",
+    "error_code",
+    "error",
+    "id",
+    "profile",
+    "to",
+    "from",
+    "text",
+    "template",
+    "attempts",
+    "segments",
+    "provider_message_id",
+    "created_at",
+    "updated_at",
+)
+
+
+def _field_order(record: dict[str, Any]) -> list[str]:
+    """The record's field names: `_STATUS_FIELDS` in that order, then the rest sorted."""
+    first = [name for name in _STATUS_FIELDS if name in record]
+    return first + sorted(name for name in record if name not in _STATUS_FIELDS)
 
 
 @main.command("log")
@@ -347,7 +401,13 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
 @click.option(
     "--since", default="1h", show_default=True, help="e.g. 90s, 15m, 2h, 1d or an ISO time"
 )
-@click.option("--limit", default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Records, 1 or more.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 def log_(
     config_path: str | None,
@@ -383,15 +443,8 @@ def log_(
             record.pop("owner", None)
             out.print(json.dumps(record, sort_keys=True), markup=False, soft_wrap=True)
         return
-    table = Table("updated", "id", "profile", "status", "to", "from", "tries", "note", box=None)
-    widest = max((len(r.get("id", "")) for r in records), default=2)
-    for column in table.columns:
-        column.overflow = "fold"  # narrow terminals wrap other columns, never cut them
-    # Ids must stay whole and copyable at any width; the other columns give way.
-    table.columns[1].no_wrap = True
-    table.columns[1].min_width = widest
-    for r in records:
-        table.add_row(
+    rows = [
+        [
             _ts(r.get("updated_at", 0)),
             r.get("id", ""),
             r.get("profile", ""),
@@ -400,8 +453,33 @@ def log_(
             r.get("from", ""),
             str(r.get("attempts", 0)),
             _why(r),
-        )
-    out.print(table)
+        ]
+        for r in records
+    ]
+    _print_fitted(_LOG_COLUMNS, rows)
+
+
+# What `log` keeps at a narrow width: the id whole, then status, time, destination, note.
+_LOG_COLUMNS = (
+    Column("updated", keep=1),
+    Column("id", "id"),
+    Column("profile", keep=4),
+    Column("status", keep=0),
+    Column("to", keep=2),
+    Column("from", keep=5),
+    Column("tries", keep=6),
+    Column("note", "text", keep=3),
+)
+
+
+def _print_fitted(columns: tuple[Column, ...], rows: list[list[str]]) -> None:
+    """Print a table within the terminal's width (80 through a pipe unless COLUMNS says
+    otherwise); say on stderr which columns were left out."""
+    table, hidden = fit_table(columns, rows, out.width)
+    out.print(table, soft_wrap=False, crop=False)
+    hint = hidden_hint(hidden, out.width)
+    if hint and rows:
+        err.print(hint, markup=False)
 
 
 @main.group()
@@ -420,7 +498,9 @@ def _dlq_command(name: str, *, profile_required: bool = True) -> Callable[..., A
 
 
 @_dlq_command("list", profile_required=False)
-@click.option("--limit", default=100, show_default=True, help="Per profile.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="Per profile."
+)
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(config_path: str | None, profile: str | None, limit: int, as_json: bool) -> None:
     """List the oldest dead letters of one profile, or of every profile."""
@@ -445,11 +525,19 @@ def dlq_list(config_path: str | None, profile: str | None, limit: int, as_json: 
         for row in rows:
             out.print(json.dumps(row), markup=False, soft_wrap=True)
         return
-    table = Table("profile", "entry", "at", "reason", "job")
-    for row in rows:
-        table.add_row(row["profile"], row["entry"], _ts(row["at"]), row["reason"], row["job"])
-    out.print(table)
+    cells = [[r["profile"], r["entry"], _ts(r["at"]), r["reason"], r["job"]] for r in rows]
+    _print_fitted(_DLQ_COLUMNS, cells)
     out.print(f"{len(rows)} dead letter(s) shown", markup=False)
+
+
+# The entry id is what `dlq replay --entry` takes: never cut. The job preview gives way.
+_DLQ_COLUMNS = (
+    Column("profile", keep=0),
+    Column("entry", "id"),
+    Column("at", keep=2),
+    Column("reason", "text", keep=1, min_width=20),
+    Column("job", "text", keep=3, min_width=24),
+)
 
 
 @_dlq_command("replay")
@@ -462,11 +550,15 @@ def dlq_replay(
     settings = _settings(config_path)
     _known_profile(settings, profile)
 
-    async def work(redis: Redis) -> int:
-        ids = await _select(redis, profile, entries, everything)
-        return await replay_dead_letters(redis, profile, ids)
+    wanted = _entry_ids(entries)
 
-    out.print(f"replayed {_with_redis(settings, work)}", markup=False)
+    async def work(redis: Redis) -> tuple[int, list[str]]:
+        ids, missing = await _select(redis, profile, wanted, everything)
+        return await replay_dead_letters(redis, profile, ids), missing
+
+    done, missing = _with_redis(settings, work)
+    out.print(f"replayed {done}", markup=False)
+    _missing_entries(profile, missing)
 
 
 @_dlq_command("drop")
@@ -479,23 +571,62 @@ def dlq_drop(
     settings = _settings(config_path)
     _known_profile(settings, profile)
 
-    async def work(redis: Redis) -> int:
-        ids = await _select(redis, profile, entries, everything)
-        return await drop_dead_letters(redis, profile, ids)
+    wanted = _entry_ids(entries)
 
-    out.print(f"dropped {_with_redis(settings, work)}", markup=False)
+    async def work(redis: Redis) -> tuple[int, list[str]]:
+        ids, missing = await _select(redis, profile, wanted, everything)
+        return await drop_dead_letters(redis, profile, ids), missing
+
+    done, missing = _with_redis(settings, work)
+    out.print(f"dropped {done}", markup=False)
+    _missing_entries(profile, missing)
+
+
+_ENTRY_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_UINT64 = 2**64
+
+
+def _entry_ids(entries: tuple[str, ...]) -> list[str]:
+    """The `--entry` values as stream ids (``1700000000000-0``; a bare time means
+    sequence 0); exit 1 naming the first that is not one."""
+    ids = []
+    for entry in entries:
+        match = _ENTRY_ID.fullmatch(entry.strip())
+        if match is None or any(int(n or 0) >= _UINT64 for n in match.groups()):
+            err.print(
+                f"error: --entry {entry!r} is not a dead-letter entry id: an id looks like "
+                "1700000000000-0 (see `sms-router dlq list`)",
+                markup=False,
+            )
+            sys.exit(1)
+        ids.append(f"{match.group(1)}-{match.group(2) or 0}")
+    return ids
+
+
+def _missing_entries(profile: str, missing: list[str]) -> None:
+    """Exit 1 naming the `--entry` ids that are not dead letters of the profile."""
+    for entry in missing:
+        err.print(f"error: no dead letter {entry} in profile {profile}", markup=False)
+    if missing:
+        sys.exit(1)
 
 
 async def _select(
-    redis: Redis, profile: str, entries: tuple[str, ...], everything: bool
-) -> list[str]:
+    redis: Redis, profile: str, entries: list[str], everything: bool
+) -> tuple[list[str], list[str]]:
+    """The entries to act on and the `entries` that are not in the dead-letter stream."""
     if entries and everything:
         raise click.UsageError("give --entry or --all, not both")
     if entries:
-        return list(entries)
+        found: list[str] = []
+        missing: list[str] = []
+        for entry in entries:
+            here = await redis.xrange(keys.dead_letters(profile), entry, entry)
+            (found if here else missing).append(entry)
+        return found, missing
     if not everything:
         raise click.UsageError("give --entry ID (repeatable) or --all")
-    return [d.entry_id for d in await list_dead_letters(redis, profile, count=1_000_000)]
+    return [d.entry_id for d in await list_dead_letters(redis, profile, count=1_000_000)], []
 
 
 @main.group()
@@ -631,22 +762,34 @@ def lists_remove(
 
 @main.command()
 @config_option
-def reload(config_path: str | None) -> None:
-    """Check the configuration, then ask the running daemon (this instance, on this
-    host) to reload it: SIGHUP to the pid it publishes in its health record."""
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the daemon's verdict.",
+)
+def reload(config_path: str | None, wait: float) -> None:
+    """Ask the running daemon (this instance, on this host) to reload its own
+    configuration file (its health record names it) and report its verdict. Exit 0 when
+    it applied the file (what changed is printed), 1 when it refused it (its problems
+    are printed; the old configuration stays), no daemon runs, or no answer came
+    within --wait seconds. -c PATH only says where Redis is and which instance."""
     from .daemon import health_key
+    from .reload import Verdict, read_verdict, wait_for_verdict
 
-    settings = _settings(config_path)  # a broken file stops here, with its problems
+    settings = _settings(config_path)  # where Redis is and which instance to ask
     instance = settings.router.instance_name
 
-    async def work(redis: Redis) -> dict[str, Any] | None:
+    async def find(redis: Redis) -> dict[str, Any] | None:
         raw = await redis.get(health_key(instance))
         return json.loads(raw) if raw else None
 
-    found = _with_redis(settings, work)
+    found = _with_redis(settings, find)
     if found is None:
         err.print(f"error: no running daemon for instance {instance!r}", markup=False)
         sys.exit(1)
+    pid = int(found["pid"])
     if found.get("host") != socket.gethostname():
         err.print(
             f"error: instance {instance!r} runs on host {found.get('host')}; "
@@ -654,20 +797,108 @@ def reload(config_path: str | None) -> None:
             markup=False,
         )
         sys.exit(1)
-    os.kill(int(found["pid"]), signal.SIGHUP)
-    out.print(f"reload asked of {instance} (pid {found['pid']})", markup=False)
+    if "config" not in found:
+        err.print(
+            f"error: instance {instance!r} (pid {pid}) does not say which file it runs on "
+            f"(an older version); restart it, or signal it yourself: kill -HUP {pid}",
+            markup=False,
+        )
+        sys.exit(1)
+    daemon_file = found["config"]
+    if daemon_file is None:
+        err.print(
+            f"error: instance {instance!r} (pid {pid}) was not started from a "
+            "configuration file; there is nothing to reload",
+            markup=False,
+        )
+        sys.exit(1)
+    if resolve_config_path(config_path).absolute() != Path(daemon_file):
+        err.print(f"note: instance {instance!r} runs on {daemon_file}; reloading that file",
+                  markup=False)  # fmt: skip
+    # The daemon checks its file itself, in its own environment (its secrets may come
+    # from systemd credentials this shell does not have): its verdict is the answer.
+
+    async def ask(redis: Redis) -> Verdict | None:
+        await read_verdict(redis, instance)  # Redis answers before the signal goes
+        asked = time.time()
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            err.print(f"error: instance {instance!r}: no process {pid} (stopped?)", markup=False)
+            sys.exit(1)
+        except PermissionError:
+            err.print(
+                f"error: not allowed to signal pid {pid}: run as the daemon's user",
+                markup=False,
+            )
+            sys.exit(1)
+        return await wait_for_verdict(redis, instance, pid, asked, wait)
+
+    verdict = _with_redis(settings, ask)
+    if verdict is None:
+        err.print(
+            f"error: no answer from instance {instance!r} (pid {pid}) within {wait:g}s; "
+            "it may still be reloading (in-flight messages finish first): see its log, "
+            "then `sms-router health`",
+            markup=False,
+        )
+        sys.exit(1)
+    if not verdict.applied:
+        _print_refusal(
+            f"instance {instance!r} refused the reload; {daemon_file} has problems "
+            "(the old configuration stays)",
+            verdict.problems,
+        )
+        sys.exit(1)
+    out.print(f"reloaded instance {instance} (pid {pid}) from {daemon_file}", markup=False)
+    for change in verdict.changes or ["nothing changed"]:
+        out.print(f"  {change}", markup=False)
+
+
+def _print_refusal(headline: str, problems: list[str]) -> None:
+    err.print(f"error: {headline}", markup=False)
+    for problem in problems:
+        err.print(f"  {problem}", markup=False)
+
+
+# `sms-router health` exit codes: documented, for monitoring checks.
+HEALTH_READY, HEALTH_NONE, HEALTH_DEGRADED = 0, 1, 2
+
+
+def _instance_problems(item: dict[str, Any]) -> list[str]:
+    """Why an instance is not fully ready: a bind down, Redis unreachable from the
+    daemon, a profile without a ready bind."""
+    problems = []
+    if item.get("redis_down_since"):
+        since = time.strftime("%H:%M:%S", time.localtime(item["redis_down_since"]))
+        problems.append(f"redis unreachable from the daemon since {since}")
+    for name, bind in item.get("binds", {}).items():
+        ready = bind.get("ready", bind.get("state") in ("ready", "bound"))
+        if not ready:
+            why = f": {bind['error']}" if bind.get("error") else ""
+            problems.append(f"bind {name} down ({bind.get('state')}{why})")
+    for name, profile in item.get("profiles", {}).items():
+        if profile.get("ready") is False:
+            problems.append(f"profile {name} not ready: no bind can send")
+    return problems
 
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The instances' health records.")
 def health(config_path: str | None, as_json: bool) -> None:
-    """Live router instances and their load; exit 1 when none is running."""
+    """Live router instances, their binds and load, and each profile's backlog.
+
+    Exit codes, for monitoring checks: 0 ready; 1 no daemon running (or Redis not
+    reachable from here); 2 degraded: a bind down, Redis unreachable from a daemon,
+    or a profile without a ready bind."""
     from .daemon import health_key
 
     settings = _settings(config_path)
 
-    async def work(redis: Redis) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    async def work(
+        redis: Redis,
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]], dict[str, int]]:
         found = [as_text(k) async for k in redis.scan_iter(match=health_key("*"))]
         values = [await redis.get(k) for k in found]
         stats = {
@@ -676,9 +907,13 @@ def health(config_path: str | None, as_json: bool) -> None:
             }
             for name in settings.profiles
         }
-        return [json.loads(v) for v in values if v], stats
+        depth = {name: int(await redis.xlen(keys.dead_letters(name))) for name in settings.profiles}
+        return [json.loads(v) for v in values if v], stats, depth
 
-    instances, stats = _with_redis(settings, work)
+    instances, stats, depth = _with_redis(settings, work)
+    instances.sort(key=lambda item: str(item.get("instance")))
+    for item in instances:
+        item["problems"] = _instance_problems(item)
     if as_json:
         out.print(json.dumps(instances, indent=2), markup=False)
     for item in [] if as_json else instances:
@@ -700,15 +935,26 @@ def health(config_path: str | None, as_json: bool) -> None:
         backlog = instances[0].get("backlog", {})
         for name in sorted(settings.profiles):
             waiting = backlog.get(name, {})
-            counted = stats.get(name, {})
             parts = [
                 f"{k} {waiting[k]}" for k in ("stream", "pending", "scheduled") if k in waiting
             ]
-            parts += [f"{k.replace('_', ' ')} {v}" for k, v in sorted(counted.items())]
-            out.print(f"profile {name}: " + (", ".join(parts) or "idle"), markup=False)
+            # The stream's depth now, apart from the running total of the counters.
+            parts.append(f"dead-letter stream {depth.get(name, 0)}")
+            out.print(f"profile {name}: " + ", ".join(parts), markup=False)
+            counted = stats.get(name, {})
+            if counted:
+                totals = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counted.items()))
+                out.print(f"  running totals: {totals}", markup=False)
     if not instances:
         err.print("no router instance is running", markup=False)
-        sys.exit(1)
+        sys.exit(HEALTH_NONE)
+    problems = [f"{i['instance']}: {p}" for i in instances for p in i["problems"]]
+    if not as_json:
+        verdict = "degraded" if problems else "ready"
+        out.print(f"status: {verdict}", markup=False)
+        for problem in problems:
+            out.print(f"  {problem}", markup=False)
+    sys.exit(HEALTH_DEGRADED if problems else HEALTH_READY)
 
 
 @main.command("migrate-keys")

@@ -28,6 +28,7 @@ import signal
 import socket
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -49,7 +50,7 @@ from .lease import Lease
 from .ledger import Ledger
 from .metrics import Metrics
 from .outages import REDIS_ERRORS, Pause, RedisOutages
-from .reload import Reloader
+from .reload import Reloader, publish_verdict
 from .runtime import ProfileRuntime, Shared, build
 from .systemd import Notifier
 from .worker import ProfileWorker
@@ -413,15 +414,19 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Read the configuration file again and apply it (SIGHUP). A file with problems
-        is logged and changes nothing. Returns whether the new one was applied."""
+        is logged and changes nothing. Returns whether the new one was applied; the
+        verdict is published for `sms-router reload` (router/reload.py)."""
+        began = time.time()
         if self.config_path is None:
             log.warning("reload asked for, but the daemon was not started from a file")
+            await self._verdict(began, ["the daemon was not started from a configuration file"])
             return False
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
             log.error("reload refused: the configuration has problems; keeping the old one",
                       problems=exc.problems)  # fmt: skip
+            await self._verdict(began, exc.problems)
             return False
         assert self._shared is not None
         self.notify_reloading()
@@ -442,7 +447,26 @@ class Daemon:
             self._api_context.client.configure(reloader.settings)
             self._api_context.workers = self.workers
         self.reloads += 1
+        await self._verdict(began, [], reloader.changes)
         return True
+
+    def _config_file(self) -> str | None:
+        """The configuration file as an absolute path (what a reload reads again)."""
+        return None if self.config_path is None else str(Path(self.config_path).absolute())
+
+    async def _verdict(
+        self, began: float, problems: list[str], changes: list[str] | None = None
+    ) -> None:
+        """Publish a reload's verdict where `sms-router reload` waits for it."""
+        if self._shared is not None:
+            await publish_verdict(
+                self._shared.redis,
+                self.instance,
+                began=began,
+                config=self._config_file(),
+                problems=problems,
+                changes=changes,
+            )
 
     async def _health(self, redis: Redis) -> None:
         """Publish a small health record every few seconds (read by `sms-router health`)
@@ -486,15 +510,18 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": self._started,
             "at": time.time(),
+            "config": self._config_file(),  # the file `sms-router reload` checks
             **self.outages.health(),
             "profiles": {
-                w.name: {"in_flight": w.in_progress, "capacity": w.capacity} for w in self.workers
+                w.name: {"in_flight": w.in_progress, "capacity": w.capacity, "ready": w.ready}
+                for w in self.workers
             },
             "backlog": {w.name: await w.backlog() for w in self.workers},
             "binds": {
                 b.name: {
                     "state": getattr(b, "state", "ready"),
                     "error": getattr(b, "last_error", None),
+                    "ready": b.ready,
                 }
                 for w in self.workers
                 for b in w.binds

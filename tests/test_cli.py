@@ -153,5 +153,6 @@ async def test_health_shows_backlog_and_counters_per_profile(
     await running.stop()
     assert code == 0, err
     assert "test pid" in out
-    assert "profile alerts: stream 0, pending 0, scheduled 0" in out
-    assert "profile bulk: stream 0, pending 0, scheduled 0, reports missing 3" in out
+    assert "profile alerts: stream 0, pending 0, scheduled 0, dead-letter stream 0" in out
+    assert "profile bulk: stream 0, pending 0, scheduled 0, dead-letter stream 0" in out
+    assert "  running totals: reports missing 3" in out

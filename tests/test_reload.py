@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,10 +17,11 @@ from redis.asyncio import Redis
 from router import Client
 from router.daemon import Daemon
 from router.ledger import Ledger
+from router.reload import read_verdict
 from router.smscsim import SmscSimulator
 
 from .conftest import Provider, wait_for
-from .test_process import cli, start_daemon, write_config
+from .test_process import cli, write_config
 from .test_smpp_flow import smpp_config
 
 WEB = "+447911123456"
@@ -139,6 +142,9 @@ async def test_a_broken_file_is_refused_and_the_old_configuration_stays(
     path.write_text(path.read_text() + '\n[profiles.bad]\nprotocol = "carrier-pigeon"\n')
     assert await daemon.reload() is False
     assert set(daemon.runtimes) == {"sms", "web"}
+    verdict = await read_verdict(redis, "test")
+    assert verdict is not None and not verdict.applied and verdict.config == str(path)
+    assert "profiles.bad.protocol: must be 'http', 'smpp' or 'twilio'" in verdict.problems[0]
     client = Client(redis, default_profile="sms")
     [job] = await client.send_many([{"to": "+447700900123", "text": "still here"}])
     await wait_for(lambda: _final(redis, job), 20, "sent after a refused reload")
@@ -174,27 +180,59 @@ async def test_connection_changes_rebind_and_removed_profiles_retire(
     await wait_for(lambda: _final(redis, job), 20, "sent after rebinding")
 
 
-async def test_sms_router_reload_signals_the_running_daemon(
+async def test_sms_router_reload_reloads_the_daemons_own_file_and_reports_its_verdict(
     redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, provider: Provider
 ) -> None:
     data = two_profiles(redis_url, tmp_path, smsc, provider)
-    path = write_config(tmp_path / "router.toml", data)
+    # The daemon runs on its own file, given relative to its folder; the operator's
+    # shell is elsewhere, with another (valid) file that only says where Redis is.
+    home = tmp_path / "etc"
+    home.mkdir()
+    path = write_config(home / "router.toml", data)
+    mine = str(write_config(tmp_path / "mine.toml", data))
     log = tmp_path / "daemon.log"
-    proc = await start_daemon(path, log)
+    proc = await _start_daemon_in(home, "router.toml", log)
     try:
-        await wait_for(
-            lambda: b'"started"' in log.read_bytes() or b"started" in log.read_bytes(), 30
-        )
+        await wait_for(lambda: redis.exists("sms:health:test"), 30, "the first health beat")
+        with path.open("a") as file:
+            file.write('\n[profiles.bad]\nprotocol = "carrier-pigeon"\n')
+        code, out, err = await cli("reload", "-c", mine)
+        assert code == 1, out + err
+        assert f"runs on {path}" in err
+        assert f"instance 'test' refused the reload; {path} has problems" in err
+        assert "profiles.bad.protocol: must be 'http', 'smpp' or 'twilio'" in err
+        assert b"reload refused" in log.read_bytes()
+
         data["profiles"]["web"]["window"] = 4
         write_config(path, data)
-        code, out, err = await cli("reload", "-c", str(path))
+        code, out, err = await cli("reload", "-c", mine)
         assert code == 0, err
-        assert "reload asked" in out
-        await wait_for(lambda: b"configuration reloaded" in log.read_bytes(), 30, "reloaded")
-        assert b"profile updated" in log.read_bytes()
+        assert out.splitlines() == [
+            f"reloaded instance test (pid {proc.pid}) from {path}",
+            "  profile web updated (binds rebuilt)",
+        ]
+        # Nothing answers a stopped process: a clear time-out, exit 1.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            code, out, err = await cli("reload", "-c", mine, "--wait", "1")
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert code == 1 and f"no answer from instance 'test' (pid {proc.pid}) within 1s" in err
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert not await redis.exists("sms:health:test")  # a stopped daemon removes it
+    code, _, err = await cli("reload", "-c", mine)
+    assert code == 1 and "no running daemon for instance 'test'" in err
+
+
+async def _start_daemon_in(folder: Path, config: str, log: Path) -> asyncio.subprocess.Process:
+    """`sms-router run -c CONFIG` started in `folder`, its output to `log`."""
+    with log.open("ab") as handle:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router", "run", "-c", config,
+            cwd=folder, stdout=handle, stderr=handle,
+        )  # fmt: skip
 
 
 async def _final(redis: Redis, job: str) -> bool:
