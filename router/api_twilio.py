@@ -117,7 +117,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", f"{BASE}.json", _twilio(_method_not_allowed("GET, POST")))
     app.router.add_get(f"{BASE}/{{sid:[^/]+}}.json", _twilio(fetch_message))
     app.router.add_route("*", f"{BASE}/{{sid:[^/]+}}.json", _twilio(_method_not_allowed("GET")))
-    # Registered last: the paths above match first.
+    # The paths above are more specific, so they match first; these catch the rest.
     app.router.add_route("*", f"/{API_VERSION}", _not_found)
     app.router.add_route("*", f"/{API_VERSION}/{{tail:.*}}", _not_found)
 
