@@ -5,9 +5,11 @@ real Redis: tables at 80 columns, bad ids and limits, a missing configuration fi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from io import StringIO
@@ -240,3 +242,36 @@ def test_demo_summary_says_the_simulator_fails_some_on_purpose() -> None:
     assert "simulated" in row
     assert "reports about 3% of messages undelivered on purpose" in text
     assert "delivered ratio 0.97" in text
+
+
+async def test_health_exits_2_when_a_daemon_reports_redis_unreachable(
+    tmp_path: Path, redis_url: str, provider: Provider, redis: Redis
+) -> None:
+    """A daemon cut off from Redis (the CLI still reaches it, e.g. across a partition)
+    publishes `redis_down_since` once Redis answers it again; the record as it writes
+    it (router/daemon.py `_beat`), with every bind ready."""
+    config = str(write_config(tmp_path / "router.toml", config_dict(redis_url, provider.url)))
+    now = time.time()
+    record = {
+        "instance": "far",
+        "host": "elsewhere",
+        "pid": 4242,
+        "started_at": now - 60,
+        "at": now,
+        "config": "/etc/sms-router/router.toml",
+        "redis_outages": 1,
+        "redis_down_since": now - 5,
+        "profiles": {"alerts": {"in_flight": 0, "capacity": 8, "ready": True}},
+        "backlog": {},
+        "binds": {"alerts/http": {"state": "ready", "error": None, "ready": True}},
+    }
+    await redis.set("sms:health:far", json.dumps(record), ex=15)
+    code, out, err = await cli("health", "-c", config)
+    assert code == 2, out + err
+    assert "  redis outages: 1 (down now)" in out
+    assert re.search(r"far: redis unreachable from the daemon since \d\d:\d\d:\d\d", out)
+    record["redis_down_since"] = None
+    await redis.set("sms:health:far", json.dumps(record), ex=15)
+    code, out, err = await cli("health", "-c", config, "--json")
+    assert code == 0, out + err
+    assert json.loads(out)[0]["problems"] == []
