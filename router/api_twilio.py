@@ -111,14 +111,13 @@ def new_sid() -> str:
 
 def add_routes(app: web.Application) -> None:
     """Register the Twilio-compatible Messages endpoints on `app`, and Twilio-shaped
-    404 and 405 answers for everything else under ``/2010-04-01``."""
+    404 and 405 answers for everything else under ``/2010-04-01/``."""
     app.router.add_post(f"{BASE}.json", _twilio(create_message))
     app.router.add_get(f"{BASE}.json", _twilio(list_messages))
     app.router.add_route("*", f"{BASE}.json", _twilio(_method_not_allowed("GET, POST")))
     app.router.add_get(f"{BASE}/{{sid:[^/]+}}.json", _twilio(fetch_message))
     app.router.add_route("*", f"{BASE}/{{sid:[^/]+}}.json", _twilio(_method_not_allowed("GET")))
     # The paths above are more specific, so they match first; these catch the rest.
-    app.router.add_route("*", f"/{API_VERSION}", _not_found)
     app.router.add_route("*", f"/{API_VERSION}/{{tail:.*}}", _not_found)
 
 
@@ -135,7 +134,7 @@ def _method_not_allowed(allowed: str) -> Handler:
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    """A path under /2010-04-01 that we do not serve: Twilio's 404 (20404)."""
+    """A path under /2010-04-01/ that we do not serve: Twilio's 404 (20404)."""
     return _missing(request).response()
 
 
