@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import sys
 import time
 from collections import Counter
@@ -275,3 +276,21 @@ async def test_health_exits_2_when_a_daemon_reports_redis_unreachable(
     code, out, err = await cli("health", "-c", config, "--json")
     assert code == 0, out + err
     assert json.loads(out)[0]["problems"] == []
+
+
+async def test_reload_names_a_daemon_that_is_gone(
+    tmp_path: Path, redis_url: str, provider: Provider, redis: Redis
+) -> None:
+    """A health record still there (its TTL) for a process that already exited."""
+    config = str(write_config(tmp_path / "router.toml", config_dict(redis_url, provider.url)))
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()
+    record = {"instance": "test", "host": socket.gethostname(), "pid": gone.pid, "config": config}
+    await redis.set("sms:health:test", json.dumps(record), ex=15)
+    code, out, err = await cli("reload", "-c", config)
+    assert code == 1 and not out
+    assert f"error: instance 'test': no process {gone.pid} (stopped?)" in err
+    record["config"] = None
+    await redis.set("sms:health:test", json.dumps(record), ex=15)
+    code, out, err = await cli("reload", "-c", config)
+    assert code == 1 and "was not started from a configuration file" in err
