@@ -317,8 +317,8 @@ def add_routes(app: web.Application) -> None:
                 examples={
                     "one": {"to": "+14155552671", "text": "Your code is 123456", "id": "otp-1"},
                     "batch": {"messages": [{"to": "+14155552671", "text": "Hello"},
-                                           {"to": "+447911123456", "template": "welcome",
-                                            "vars": {"name": "Ana"}, "lang": "es"}]},
+                                           {"to": "+14155552671", "template": "otp",
+                                            "vars": {"code": "123456"}, "lang": "es"}]},
                 },
                 description="A body with `messages` is a batch of 1 to "
                 f"{MAX_BATCH} jobs (all or none are taken); any other is one job. A job "

@@ -242,10 +242,16 @@ def config_dict(redis_url: str, provider_url: str, **profile: Any) -> dict[str, 
 
 @pytest.fixture
 def make_settings(redis_url: str, provider: Provider, tmp_path: Path) -> Callable[..., Settings]:
-    def make(queue: dict[str, Any] | None = None, **profile: Any) -> Settings:
+    def make(
+        queue: dict[str, Any] | None = None,
+        templates: dict[str, Any] | None = None,
+        **profile: Any,
+    ) -> Settings:
         data = config_dict(redis_url, provider.url, **profile)
         data["router"]["state_dir"] = str(tmp_path / "var")
         data["queue"].update(queue or {})
+        if templates:
+            data.setdefault("templates", {}).update(templates)
         return parse_settings(data, env={}, base_dir=tmp_path)
 
     return make

@@ -87,7 +87,9 @@ async def test_schemathesis_finds_nothing(
     make_settings: Callable[..., Settings],
     run_daemon: Callable[[Settings], RunningDaemon],
 ) -> None:
-    async with start_api(make_settings(), run_daemon) as api:
+    # The template of the document's batch example (as in the shipped router.toml).
+    otp = {"text": {"en": "Your code is {code}", "es": "Tu código es {code}"}}
+    async with start_api(make_settings(templates={"otp": otp}), run_daemon) as api:
         assert api.running.daemon.api is not None
         base = f"http://127.0.0.1:{api.running.daemon.api.port}"
         # Schemathesis is synchronous: it runs in a thread while the daemon serves here.
