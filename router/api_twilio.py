@@ -518,7 +518,7 @@ def _validity(value: str) -> int:
 _FIELD_ERRORS = {
     "to": (21211, "To"),
     "from": (21606, "From"),
-    "text": (21602, "Body"),
+    "text": (21617, "Body"),  # missing is 21602, answered before: this is the content
     "status_callback_url": (21609, "StatusCallback"),
     "send_at": (35114, "SendAt"),
     "expires_at": (21624, "ValidityPeriod"),

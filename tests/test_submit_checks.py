@@ -128,6 +128,7 @@ async def test_the_twilio_api_refuses_a_body_over_max_segments(
             status, body = response.status, await response.json()
         assert status == 400
         assert body["message"] == "Body: 3 segments, more than max_segments = 2"
+        assert body["code"] == 21617  # Twilio's "body too long", not 21602 "missing"
         assert body["status"] == 400 and body["more_info"].startswith("https://www.twilio.com/")
         form["Body"] = "x" * 306  # exactly 2 parts: taken
         async with http.post(url, data=form, headers=headers) as response:
