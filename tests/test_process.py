@@ -18,6 +18,7 @@ from router import Client, keys
 from router.config import parse_settings
 
 from .conftest import Provider, config_dict, wait_for
+from .shipped import shipped_config
 from .test_flow import all_final
 
 
@@ -211,7 +212,7 @@ password = "y"
     assert "profiles.b.smpp.port: must be between 1 and 65535" in text
     assert "+16501112345 already belongs to profile 'a'" in text
 
-    code, out, _ = await cli("check-config", str(Path(__file__).parents[1] / "router.toml"))
+    code, out, _ = await cli("check-config", str(shipped_config(tmp_path)))
     assert code == 0 and out.startswith("OK")
 
 
