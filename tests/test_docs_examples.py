@@ -68,6 +68,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    assert (ROOT / ".venv" / "bin" / "sms-router").exists(), (
+        "the examples run .venv/bin/sms-router as `make run` does: build .venv with make"
+    )
     home = tmp_path_factory.mktemp("shipped")
     ports = {port: free_port() for port in SHIPPED_PORTS}
     stack = Stack(home, ports)
