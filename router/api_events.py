@@ -2,12 +2,12 @@
 
 The source is each profile's event stream (``sms:{P}:events``): the ledger adds every
 status change, `router.inbound` every stored inbound message; a subscriber gets them
-merged. Protocol (README "Events"):
+merged. Protocol (docs/events.md, "The event websocket"):
 
 1. Connect with ``Authorization: Bearer <token>`` (scope ``read``); no or a wrong
    token is answered 401/403 before the upgrade.
 2. Send one subscribe message, within `SUBSCRIBE_WITHIN` seconds, every key optional:
-   ``{"profile": "alerts" | [...], "status": ["delivered", "inbound", ...],
+   ``{"profile": "demo" | [...], "status": ["delivered", "inbound", ...],
    "ids": ["job-1", ...], "from": "$" | "0" | "<event id>" | {"<profile>": "<event
    id>", ...}, "heartbeat": 15}``. ``from`` "$" (the default) is only what happens from
    now on; an event id starts every profile's stream right after it; a position (the

@@ -66,7 +66,7 @@ def _text(name: str, description: str) -> Any:
 
 
 class Job(BaseModel):
-    """One message to send: the fields of the Redis wire format (see the README)."""
+    """One message to send: the fields of the Redis wire format (docs/wire-format.md)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, title="Job")
     id: str | None = Field(

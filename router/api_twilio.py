@@ -11,7 +11,7 @@ Twilio's error shape (``code``, ``message``, ``more_info``, ``status``) with Twi
 error codes, so the official SDKs raise their usual exceptions.
 
 Authentication is HTTP Basic with ``[api.twilio]`` ``account_sid`` and ``auth_token``,
-compared in constant time. Mapping (see the README, "Twilio-compatible API"):
+compared in constant time. Mapping (docs/twilio-api.md):
 ``From`` picks the profile owning that number, ``MessagingServiceSid`` names a
 profile; the message sid is the job id, ``SM`` + 32 hex digits.
 """
@@ -460,7 +460,7 @@ def _job_from_form(form: Mapping[str, str], request: web.Request) -> tuple[dict[
     sender = form.get("From", "").strip()
     service = form.get("MessagingServiceSid", "").strip()
     if service:
-        # A messaging service is a profile: its name is the sid (see the README).
+        # A messaging service is a profile: its name is the sid (docs/twilio-api.md).
         if service not in settings.profiles:
             raise TwilioError(
                 400, 21701, f"The Messaging Service {service} does not exist (no such profile)"

@@ -134,7 +134,7 @@ class Client:
     async def send_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
         """Enqueue many jobs in one round trip; returns their ids in order.
 
-        Each job is a wire map (see the README); ``profile`` picks the stream and
+        Each job is a wire map (docs/wire-format.md); ``profile`` picks the stream and
         defaults to the global profile. Raises `JobError` before enqueuing anything
         if any job is malformed. A job whose id has a record already is left out and
         counted in `duplicates_dropped`.
