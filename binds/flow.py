@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -275,6 +275,7 @@ class AdaptiveRate:
         interval: float = 1.0,
         decrease: float = 0.7,
         increase: float = 0.1,
+        on_change: Callable[[float, float], None] | None = None,
     ) -> None:
         if floor <= 0:
             raise ValueError(f"floor must be > 0, got {floor}")
@@ -301,6 +302,10 @@ class AdaptiveRate:
         self._at_floor = 0  # intervals in a row refused while already at the floor
         self.decreases = 0
         self.reverts = 0
+        self.caps = 0
+        # Told (rate before, rate after; 0 = unlimited) of every change, at most about
+        # once per interval: the place to log speed-ups as well as slow-downs.
+        self._on_change = on_change
 
     @property
     def rate(self) -> float:
@@ -357,6 +362,23 @@ class AdaptiveRate:
             now = asyncio.get_running_loop().time()
             if now - self._start >= self.interval / 5:
                 self._tick(now, early=True)
+
+    def cap(self, rate: float, now: float) -> None:
+        """The peer was measured to take about `rate` operations/s at most (its queue
+        fills beyond): go no faster from loop time `now` (not below the floor), and
+        measure afresh. The caller knows this is a rate, so it is not second-guessed
+        as random throttling (no check, calm over); growth resumes as usual."""
+        target = max(self.floor, rate)
+        if self.limited and target >= self.rate:
+            return
+        self.caps += 1
+        self._probe = None
+        self._calm_left = 0
+        if self._bucket.unlimited and self.ceiling <= 0:
+            self._unlimited_at = max(2 * rate, 10 * self.floor)
+        self._set(target)
+        self._start, self._accepted, self._throttled, self._waited = now, 0, 0, False
+        self._last = now
 
     def _tick(self, now: float, *, early: bool = False) -> None:
         if self._start is None or now - self._last > self._gap:
@@ -445,5 +467,107 @@ class AdaptiveRate:
         self._calm = min(self.CALM_MAX, self._calm * 2)
 
     def _set(self, rate: float) -> None:
-        if rate != self._bucket.rate:
+        before = self._bucket.rate
+        if rate != before:
             self._bucket.rate = rate
+            if self._on_change is not None:
+                self._on_change(before, rate)
+
+
+class QueueProbe:
+    """How many submits may be in flight while the peer's queue is full.
+
+    An SMSC whose queue fills answers "queue full" to whatever it is sent, at any rate,
+    until it has room again, which may be a minute away. Slowing the rate does not
+    help, and a session that sends a full window again and again into a full queue
+    collects thousands of refusals, for which an SMSC may block the account.
+
+    After `TRIGGER` queue-full answers in a row (nothing accepted between), the
+    session probes: one submit in flight, and after a refusal a pause before the
+    next (doubling from `FIRST_PAUSE` up to `MAX_PAUSE`). Each submit accepted
+    allows one more in flight, so the allowance doubles per round trip (1, 2, 4,
+    ...) until it reaches the window, where probing ends. While the queue stays
+    full there is about one refusal per pause, plus what was in flight when it
+    filled.
+
+    What the rate controller should hear of (it slows the session down to what the
+    peer takes): queue-full answers between accepted submits (a queue that takes a
+    certain rate and no more); and, when a run starts probing again soon after the
+    last probing ended (less than `QUICK` windows accepted between), the rate the
+    peer took from the start of the last probing to this one: its queue fills as
+    soon as it gets a full window, so that rate is what it drains at. A run after a
+    long spell of accepted submits is a congested queue, which no rate would have
+    avoided; nor are the refusals of probes a rate.
+    """
+
+    TRIGGER = 3
+    FIRST_PAUSE = 0.1
+    MAX_PAUSE = 2.0
+    QUICK = 10
+
+    def __init__(self) -> None:
+        self.limit = 0  # submits allowed in flight; 0 = not probing (the window applies)
+        self.not_before = 0.0  # loop time before which no probe goes out
+        self.probes = 0  # times probing started (metrics, tests)
+        self.in_row = 0  # queue-full answers since the last accepted one, not yet probing
+        self._since: int | None = None  # accepted since probing last ended (None: many)
+        self._started = 0.0  # loop time probing last started
+        self._taken = 0  # accepted since then
+        self._pause = self.FIRST_PAUSE
+        self._logged = 0  # the allowance last reported as a change
+
+    @property
+    def watching(self) -> bool:
+        """Whether `accepted` has anything to do (callers on a hot path skip it if not)."""
+        return bool(self.limit or self.in_row or self._since is not None)
+
+    def full(self, now: float, window: int) -> float:
+        """The peer answered "queue full" at loop time `now`. Returns 0.0, or the rate
+        (submits/s) the peer took since the last probing started, when this answer
+        starts probing again soon after the last probing ended: faster fills its queue.
+        Probing started when `limit` goes from 0 to 1 (the caller logs it)."""
+        if self.limit:
+            # One refusal per pause counts: the others were in flight with it.
+            if now >= self.not_before:
+                self.limit = 1
+                self.not_before = now + self._pause
+                self._pause = min(self.MAX_PAUSE, 2 * self._pause)
+            return 0.0
+        self.in_row += 1
+        if self.in_row < self.TRIGGER:
+            return 0.0
+        self.in_row = 0
+        took = 0.0
+        if self._since is not None and self._since < self.QUICK * window and now > self._started:
+            took = self._taken / (now - self._started)
+        self._since = None
+        self._started, self._taken = now, 0
+        self.probes += 1
+        self.limit = self._logged = 1
+        self.not_before = now + self.FIRST_PAUSE
+        self._pause = min(self.MAX_PAUSE, 2 * self.FIRST_PAUSE)
+        return took
+
+    def accepted(self, count: int, window: int) -> bool:
+        """`count` submits accepted. While probing: one more in flight for each; True
+        when the allowance has doubled since last reported, or probing ended (`limit`
+        back to 0 at the full `window`): a change worth one log line. Call `in_row`
+        first: queue-full answers between accepted ones were too fast."""
+        self.in_row = 0
+        self._taken += count
+        if not self.limit:
+            if self._since is not None:
+                self._since += count
+                if self._since >= self.QUICK * window:
+                    self._since = None  # a long spell: the next run is congestion
+            return False
+        self.limit += count
+        if self.limit >= window:
+            self.limit = self._logged = 0
+            self._pause = self.FIRST_PAUSE
+            self._since = 0
+            return True
+        if self.limit >= 2 * self._logged:
+            self._logged = self.limit
+            return True
+        return False

@@ -4,7 +4,9 @@ It checks credentials, answers submit_sm with message ids, sends delivery
 receipts (a configurable share undelivered, after a delay, with 10- or 12-digit
 dates), injects inbound messages, and injects faults on demand: throttling,
 a capacity limit (a queue that drains at `max_rate` submits/s and answers
-ESME_RMSGQFUL while full), dropped or delayed responses, a disconnect every N
+ESME_RMSGQFUL while full), a queue that stays full for `queue_full_for` seconds
+and then has room for `queue_room` submits, over and over (ESME_RMSGQFUL while
+full, whatever the rate: a congested route), dropped or delayed responses, a disconnect every N
 PDUs, receipts before their submit_sm_resp, vendor status codes. Everything it
 sees is counted at the SMSC side (`stats`), including the most submit_sm ever
 outstanding on one session.
@@ -51,6 +53,10 @@ class SimConfig:
     date_digits: int = 10
     throttle_ratio: float = 0.0
     max_rate: float = 0.0  # submits/s taken; beyond, ESME_RMSGQFUL (0 = no limit)
+    # A congested queue: room for `queue_room` submits, then full (ESME_RMSGQFUL to every
+    # submit) for `queue_full_for` seconds, then room again, and so on. 0 = off.
+    queue_full_for: float = 0.0
+    queue_room: int = 0
     drop_response_ratio: float = 0.0
     response_delay: float = 0.0
     disconnect_every: int = 0
@@ -99,6 +105,10 @@ class SmscSimulator:
         # The capacity limit: a queue of max_rate places draining at max_rate/s.
         self._room = 0.0
         self._room_at = 0.0
+        # The congested queue: submits it still has room for (None: mode off), and the
+        # monotonic time its full spell ends.
+        self._cycle_room: int | None = None
+        self._full_until = 0.0
         self.submits: deque[dict[str, Any]] = deque(maxlen=1000)
         self.reset()
 
@@ -356,15 +366,38 @@ class SmscSimulator:
                 session.outstanding -= 1
 
     def _take_room(self) -> bool:
+        """A place in the SMSC's queue for one submit; False: ESME_RMSGQFUL."""
         rate = self.config.max_rate
-        if rate <= 0:
-            return True
-        now = time.monotonic()
-        self._room = min(rate, self._room + (now - self._room_at) * rate)
-        self._room_at = now
-        if self._room < 1:
+        if rate > 0:
+            now = time.monotonic()
+            self._room = min(rate, self._room + (now - self._room_at) * rate)
+            self._room_at = now
+            if self._room < 1:
+                return False
+        if not self._take_cycle_room():
             return False
-        self._room -= 1
+        if rate > 0:
+            self._room -= 1
+        return True
+
+    def _take_cycle_room(self) -> bool:
+        """The congested queue (`queue_room` / `queue_full_for`): False while full."""
+        room = self.config.queue_room
+        if room <= 0:
+            self._cycle_room = None  # off (or switched off through /faults)
+            return True
+        left = self._cycle_room
+        if left is None or left > room:
+            left = room  # just switched on, or given less room through /faults
+        if left <= 0:
+            if time.monotonic() < self._full_until:
+                self._cycle_room = left
+                return False
+            left = room  # the full spell is over
+        left -= 1
+        if left <= 0:
+            self._full_until = time.monotonic() + self.config.queue_full_for
+        self._cycle_room = left
         return True
 
     def _receipt_id(self, message_id: str) -> str:
@@ -437,10 +470,16 @@ class SmscSimulator:
 
     async def _http_faults(self, request: web.Request) -> web.Response:
         changes = await request.json()
+        if not isinstance(changes, dict):
+            return web.json_response({"error": "expected a JSON object of faults"}, status=400)
         known = set(asdict(self.config))
         unknown = set(changes) - known
         if unknown:
             return web.json_response({"error": f"unknown fault(s): {sorted(unknown)}"}, status=400)
+        for name, value in changes.items():
+            problem = _fault_problem(getattr(self.config, name), value)
+            if problem:
+                return web.json_response({"error": f"{name}: {problem}"}, status=400)
         for name, value in changes.items():
             setattr(self.config, name, value)
         return web.json_response({k: v for k, v in asdict(self.config).items() if k != "accounts"})
@@ -459,6 +498,20 @@ class SmscSimulator:
         except (KeyError, ValueError, LookupError, IndexError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"sent": sent})
+
+
+def _fault_problem(current: object, value: object) -> str:
+    """Why `value` cannot replace a fault setting now `current` ("" when it can): the
+    simulator would otherwise fail later, at a submit, far from the bad request."""
+    if isinstance(current, bool):
+        return "" if isinstance(value, bool) else "must be true or false"
+    if not isinstance(current, int | float):
+        return ""
+    whole = isinstance(current, int)
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, kinds) and not isinstance(value, bool) and value >= 0:
+        return ""
+    return "must be a whole number >= 0" if whole else "must be a number >= 0"
 
 
 async def serve(config: SimConfig, host: str, port: int, http_port: int | None) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Literal, cast
 import structlog
 
 from ..base import Accepted, Crashed, Done, Failed, OutboundMessage, Outcome, Retry
-from ..flow import AdaptiveRate
+from ..flow import AdaptiveRate, QueueProbe
 from . import pdu
 from .codec import Encoding, LongMode, encode_text
 from .pdu import (
@@ -131,7 +131,11 @@ class SmppSpec:
     reconnect_max: float = 60.0
     bind_retry: float = 60.0
     max_pdu_size: int = pdu.MAX_PDU_SIZE
-    registered_delivery: int = 1
+    # None: by mode. A transceiver asks for a receipt for every final outcome (1); a
+    # transmitter asks for none (0): receipts come back as deliver_sm, which a
+    # transmitter session cannot receive, so asking would only leave every message
+    # waiting for a report that never comes.
+    registered_delivery: int | None = None
     service_type: str = ""
     encoding: Encoding = "auto"
     gsm_data_coding: int = 0
@@ -214,14 +218,19 @@ class SmppBind:
         self._on_deliver = on_deliver
         self._limit = 1 if spec.sync else spec.window
         # Paces submits at the rate the SMSC accepts; the window stays as configured.
-        self._rate = AdaptiveRate(spec.tps, floor=spec.throttle_floor)
+        self._rate = AdaptiveRate(spec.tps, floor=spec.throttle_floor, on_change=self._rate_moved)
+        # Against a full SMSC queue: one submit in flight at a time (see QueueProbe).
+        self._probe = QueueProbe()
+        self._queue_full = False  # a queue-full answer since the last accepted submit
+        self._refusal = "ESME_RTHROTTLED"  # the last throttling answer (why a slow-down)
+        self._rate_logged = max(0.0, spec.tps)  # the rate last logged (0 = unlimited)
         self._sequence = SequenceNumbers()
         self._reference = random.randrange(65536)
         self._encoder = SubmitEncoder(
             service_type=spec.service_type,
             dest_ton=spec.dest_ton,
             dest_npi=spec.dest_npi,
-            registered_delivery=spec.registered_delivery,
+            registered_delivery=self.registered_delivery,
         )
         self._heads: dict[str, bytes] = {}  # by source: see SubmitEncoder.head
         self._gsm_fast = spec.encoding in ("auto", "gsm")
@@ -287,6 +296,20 @@ class SmppBind:
         return self._rate.rate
 
     @property
+    def registered_delivery(self) -> int:
+        """What submit_sm asks for: `spec.registered_delivery`, else 1 on a transceiver
+        and 0 on a transmitter (which cannot receive receipts)."""
+        asked = self.spec.registered_delivery
+        if asked is not None:
+            return asked
+        return 1 if self.spec.mode == "transceiver" else 0
+
+    @property
+    def queue_probes(self) -> int:
+        """Times the session started probing a full SMSC queue."""
+        return self._probe.probes
+
+    @property
     def peak_outstanding(self) -> int:
         """Most submit_sm ever outstanding at once on this bind."""
         return self._peak
@@ -298,12 +321,22 @@ class SmppBind:
         self.spec = replace(self.spec, window=window, tps=tps, sync=sync)
         self._limit = 1 if sync else window
         if tps != self._rate.ceiling:
-            self._rate = AdaptiveRate(tps, floor=self.spec.throttle_floor)
+            self._rate = AdaptiveRate(
+                tps, floor=self.spec.throttle_floor, on_change=self._rate_moved
+            )
+            self._rate_logged = tps
         self._pump_later()
 
     async def start(self) -> None:
         """Start connecting in the background; messages sent meanwhile wait for the bind."""
         if self._task is None:
+            if self.spec.mode == "transmitter" and self.registered_delivery & 0b11:
+                self._log.warning(
+                    "registered_delivery asks for receipts a transmitter session cannot "
+                    "receive; messages will wait for reports that never come: bind as a "
+                    "transceiver to get them, or set registered_delivery = 0",
+                    registered_delivery=self.registered_delivery,
+                )
             self._loop = asyncio.get_running_loop()
             self._unbound_at = self._loop.time()
             self._task = asyncio.create_task(self._keep_bound(), name=f"smpp {self.name}")
@@ -478,6 +511,16 @@ class SmppBind:
         limited = rate.limited
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
+        if self._probe.limit:
+            # The SMSC's queue was full: probes only, after the pause (the rate's timer
+            # serves, so that one timer pumps either way).
+            probe = self._probe
+            if now < probe.not_before:
+                self._rate_timer = loop.call_at(probe.not_before, self._rate_ready)
+                return
+            room = min(room, probe.limit - len(outstanding))
+            if room <= 0:
+                return
         if not limited:
             rate.take(now)  # the controller watches for idle spells
         next_sequence = self._sequence.next
@@ -520,27 +563,50 @@ class SmppBind:
 
     def _answered(self, job: _Job, command_id: int, status: int, body: bytes) -> None:
         """The response to `job`'s current part (anything but the common plain OK)."""
-        self._answers.append(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self._answers.append(now)
         if status == pdu.ESME_ROK and command_id != pdu.GENERIC_NACK:
-            before = self._rate.rate
-            self._rate.accepted()
-            self._rate_changed(before)
+            if self._queue_full:
+                self._room_again(1, now)
+            else:
+                before = self._rate.rate
+                self._rate.accepted()
+                self._rate_changed(before)
             self._part_accepted(job, submit_resp_id(body))
             return
         name = pdu.status_name(status)
         raw = f"0x{status:08X}"
         action = self.spec.vendor_status.get(status)
         if status in RETRY_STATUSES or action == "retry":
-            before = self._rate.rate
             self.throttles += 1
-            self._rate.throttled()
-            self._log_rate(before, name)
-            self._rate_changed(before)
+            probe = self._probe
+            before = self._rate.rate
+            if status == pdu.ESME_RMSGQFUL:
+                # The probe's to judge (see QueueProbe): a queue that stays full whatever
+                # the rate is not slowed for, or the session would crawl once it has room.
+                self._queue_full = True
+                probing = probe.limit
+                took = probe.full(now, self._limit)
+                if probe.limit and not probing:
+                    self._log.warning(
+                        "slowing down: SMSC queue full; probing with one submit at a time",
+                        reason=name,
+                        refused_in_a_row=QueueProbe.TRIGGER,
+                    )
+                if took:
+                    self._refusal = name
+                    self._rate.cap(took, now)
+                    self._rate_changed(before)
+            else:
+                self._refusal = name
+                self._rate.throttled()
+                self._rate_changed(before)
             # Held here rather than handed back to the router: the SMSC never took it, so
-            # it must not use up the message's attempts, and the rate controller already
-            # slows the session to what the SMSC accepts.
+            # it must not use up the message's attempts, and the rate controller (or the
+            # probe) slows the session to what the SMSC accepts.
             pause = self._rate.pause() * random.uniform(0.5, 1.5)
-            now = asyncio.get_running_loop().time()
+            if probe.limit:
+                pause = max(pause, probe.not_before - now)
             if self._closing or now + pause > job.deadline:
                 self._part_failed(
                     job,
@@ -696,13 +762,20 @@ class SmppBind:
             else:
                 self._part_failed(job, _not_connected())
 
-    def _log_rate(self, before: float, why: str) -> None:
-        after = self._rate.rate
-        if after == before:
+    def _rate_moved(self, before: float, after: float) -> None:
+        """The rate controller changed the rate (at most about once a second): log the
+        slow-downs, and the speed-ups that matter (back to the ceiling or unlimited, or
+        half as fast again as last logged) so that a recovery is a few lines, not one
+        per step."""
+        del before
+        logged = self._rate_logged
+        if after == logged:
             return
-        if after and (not before or after < before):
-            self._log.warning("slowing down", reason=why, rate=round(after, 1))
-        else:
+        if after and (not logged or after < logged):
+            self._rate_logged = after
+            self._log.warning("slowing down", reason=self._refusal, rate=round(after, 1))
+        elif not after or after >= self._rate.ceiling > 0 or after >= 1.5 * logged:
+            self._rate_logged = after
             self._log.info("speeding up again", rate=round(after, 1) or "unlimited")
 
     # -- the connection -----------------------------------------------------------
@@ -908,9 +981,32 @@ class SmppBind:
 
     def _accepted(self, count: int, now: float) -> None:
         self._answers.append(now)
+        if self._queue_full:
+            self._room_again(count, now)
+            return
         before = self._rate.rate
         self._rate.accepted(count, now)
         self._rate_changed(before)
+
+    def _room_again(self, count: int, now: float) -> None:
+        """Submits accepted while the queue probe watches (see QueueProbe): queue-full
+        answers held back since the last accepted one were too fast after all (the rate
+        controller hears of them now); while probing, each lets one more go."""
+        probe = self._probe
+        rate = self._rate
+        before = rate.rate
+        if probe.in_row:
+            self._refusal = "ESME_RMSGQFUL"
+            for _ in range(probe.in_row):
+                rate.throttled()
+        rate.accepted(count, now)
+        self._rate_changed(before)
+        if probe.accepted(count, self._limit):
+            if probe.limit:
+                self._log.info("speeding up: SMSC queue has room", in_flight=probe.limit)
+            else:
+                self._log.info("speeding up: SMSC queue takes the full window", window=self._limit)
+        self._queue_full = probe.watching
 
     def _dispatch(self, frame: pdu.Frame) -> None:
         command_id, status, sequence, body = frame
