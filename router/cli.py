@@ -1045,6 +1045,20 @@ def http_sim(host: str, port: int, latency: float, fail_rate: float) -> None:
     show_default=True,
     help="Submits/s taken; beyond, ESME_RMSGQFUL (queue full). 0 = no limit.",
 )
+@click.option(
+    "--queue-full-for",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds the queue stays full (ESME_RMSGQFUL) once --queue-room is used up.",
+)
+@click.option(
+    "--queue-room",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Submits the queue takes before it is full again for --queue-full-for. 0 = off.",
+)
 @click.option("--drop-ratio", default=0.0, show_default=True, help="Share never answered.")
 @click.option("--response-delay", default=0.0, show_default=True, help="Seconds.")
 @click.option("--disconnect-every", default=0, show_default=True, help="PDUs; 0 = never.")
@@ -1061,6 +1075,8 @@ def smsc_sim(
     date_digits: str,
     throttle_ratio: float,
     max_rate: float,
+    queue_full_for: float,
+    queue_room: int,
     drop_ratio: float,
     response_delay: float,
     disconnect_every: int,
@@ -1070,6 +1086,12 @@ def smsc_sim(
     """A local SMPP SMSC for demos, benchmarks and fault tests."""
     from .smscsim import SimConfig, serve
 
+    if (queue_room > 0) != (queue_full_for > 0):
+        raise click.UsageError(
+            "--queue-full-for and --queue-room go together: full for S seconds, then "
+            "room for N submits (e.g. --queue-full-for 60 --queue-room 1000)"
+        )
+
     config = SimConfig(
         accounts={system_id: password},
         delivered_ratio=delivered_ratio,
@@ -1077,6 +1099,8 @@ def smsc_sim(
         date_digits=int(date_digits),
         throttle_ratio=throttle_ratio,
         max_rate=max_rate,
+        queue_full_for=queue_full_for,
+        queue_room=queue_room,
         drop_response_ratio=drop_ratio,
         response_delay=response_delay,
         disconnect_every=disconnect_every,

@@ -7,20 +7,24 @@ its control API as an operator would (`POST /faults`). The periods are scaled do
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from binds.base import Accepted, OutboundMessage
 from binds.flow import QueueProbe
 from binds.smpp import SmppBind
+from binds.smpp.session import SmppSpec
 from router import Client
 from router.ledger import Ledger
 from router.smscsim import SmscSimulator
 
-from .conftest import wait_for
+from .conftest import free_port, wait_for
 from .test_smpp_flow import FINAL, Start, all_in, smpp_settings, statuses
 from .test_smpp_throttle import with_attempts
 
@@ -115,3 +119,46 @@ async def test_faults_api_refuses_a_bad_queue_setting(smsc: SmscSimulator) -> No
         assert answer.status == 400
         assert "queue_full_for: must be a number" in await answer.text()
     assert smsc.config.queue_room == 0 and smsc.config.queue_full_for == 0
+
+
+async def test_smsc_sim_command_runs_the_congested_queue() -> None:
+    """`sms-router smsc-sim --queue-full-for S --queue-room N`, run as an operator would,
+    against a real session: room for N, then refusals until S has passed."""
+    port, control = free_port(), free_port()
+    command = ["-m", "router", "smsc-sim", "--port", str(port), "--http-port", str(control)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *command, "--queue-full-for", "0.3", "--queue-room", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    bind = SmppBind("sim", SmppSpec(host="127.0.0.1", port=port, system_id="smppclient1",
+                                    password="password"))  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert b"SMSC simulator" in first, first
+        await bind.start()
+        assert await bind.wait_bound(10)
+        outcomes = await asyncio.gather(
+            *(bind.submit(OutboundMessage(f"m{i}", "+15550100", "+447911123456", "hi"))
+              for i in range(12))
+        )  # fmt: skip
+        assert all(isinstance(o, Accepted) for o in outcomes), outcomes
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{control}") as http:
+            stats = await (await http.get("/stats")).json()
+            config = await (await http.post("/faults", json={})).json()
+        assert stats["segments"] == 12 and stats["queue_full"] >= 2, stats
+        assert config["queue_full_for"] == 0.3 and config["queue_room"] == 5
+    finally:
+        await bind.close()
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_smsc_sim_command_wants_both_queue_options() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router", "smsc-sim", "--queue-room", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert b"--queue-full-for and --queue-room go together" in err
