@@ -34,6 +34,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from binds.base import BindConfigError
@@ -326,6 +327,8 @@ class SmppSection(_Section):
     dest_ton: Annotated[int, _between(0, 255)] = 1
     dest_npi: Annotated[int, _between(0, 255)] = 1
     service_type: str = Field(default="", max_length=5)
+    # Not set: 1 (a receipt for every final outcome) on a transceiver, 0 on a transmitter,
+    # which cannot receive receipts (see _receipts_by_bind).
     registered_delivery: Annotated[int, _between(0, 255)] = 1
     encoding: Literal["auto", "gsm", "ucs2", "latin1"] = "auto"
     gsm_data_coding: Literal[0, 1] = 0
@@ -348,6 +351,16 @@ class SmppSection(_Section):
     # holds a throttled submit (re-sending it) this long before handing it back.
     throttle_floor: Annotated[float, _between(0.01, 100_000)] = 1.0
     throttle_hold: Annotated[float, _between(1, 86_400)] = 120.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _receipts_by_bind(cls, data: Any) -> Any:
+        # Receipts come back as deliver_sm, which a transmitter session cannot receive,
+        # and this router binds no receiver: asking for them there would leave every
+        # message waiting report_timeout (48 h) for a report that never comes.
+        if isinstance(data, Mapping) and "registered_delivery" not in data:
+            return {**data, "registered_delivery": 0 if data.get("bind") == "transmitter" else 1}
+        return data
 
     @field_validator("password", mode="before")
     @classmethod
@@ -380,6 +393,25 @@ class SmppSection(_Section):
         outcome. 10 asks only for failures, so a silent delivered message is normal.
         """
         return self.report_timeout if self.registered_delivery & 0b11 == 1 else 0.0
+
+    @property
+    def receipts_note(self) -> str:
+        """For ``check-config`` and the startup log: "" on a transceiver; on a transmitter,
+        that it gets no delivery reports and how to get them, or a warning when
+        registered_delivery asks for reports it cannot receive."""
+        if self.bind != "transmitter":
+            return ""
+        if self.registered_delivery & 0b11:
+            return (
+                f"WARNING registered_delivery = {self.registered_delivery} asks for delivery "
+                "reports, which only a receiver or transceiver session can receive and this "
+                "router binds no receiver: messages wait report_timeout for reports that "
+                'never come; use bind = "transceiver", or registered_delivery = 0'
+            )
+        return (
+            "no delivery reports (a transmitter cannot receive them; "
+            'for reports, bind = "transceiver")'
+        )
 
     def vendor_codes(self) -> dict[int, Literal["retry", "fail"]]:
         """`vendor_status` with integer keys."""
@@ -602,6 +634,8 @@ class Settings(_Section):
             if p.smpp is not None:
                 s = p.smpp
                 head += f" -> {s.bind} x{s.binds} {s.host}:{s.port} system_id={s.system_id}"
+                if s.receipts_note:
+                    head += f"; {s.receipts_note}"
             if p.twilio is not None:
                 head += f" -> twilio {p.twilio.base_url} account={p.twilio.account_sid}"
             lines.append(head)

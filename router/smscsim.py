@@ -316,6 +316,7 @@ class SmscSimulator:
                 "destination": message.destination,
                 "esm_class": message.esm_class,
                 "data_coding": message.data_coding,
+                "registered_delivery": message.registered_delivery,
                 "short_message": message.short_message.hex(),
                 "tlvs": {f"0x{k:04X}": v.hex() for k, v in message.tlvs.items()},
             }
