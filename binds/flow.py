@@ -256,6 +256,9 @@ class AdaptiveRate:
     ignored the rate grows as if there were none, so a rate that was driven down
     (an outage, a burst of refusals) recovers instead of staying at the floor.
 
+    `on_change` hears of every change of the rate (for logging); `cap` sets a rate
+    the caller measured itself (see `QueueProbe`).
+
     A measurement needs `MIN_ANSWERS` answers (an interval is stretched up to
     `MAX_STRETCH` intervals to get them): at a few messages per second one
     interval holds one or two answers, and a share of refused ones measured on

@@ -14,6 +14,12 @@ when the rate says wait); responses are read in chunks and matched by sequence
 number; one periodic sweep per bind times out unanswered submits and messages
 waiting too long for a bound session. The rare PDUs (bind, unbind, enquire_link)
 keep a future each.
+
+Throttling: ESME_RTHROTTLED and ESME_RMSGQFUL answers are held and sent again here
+(they use up none of the message's attempts). The rate controller (`AdaptiveRate`)
+paces the session to what the SMSC accepts; an SMSC whose queue stays full is
+probed instead, one submit at a time (`QueueProbe`), so that it is not flooded.
+Slow-downs and speed-ups are logged once per change.
 """
 
 from __future__ import annotations
@@ -324,7 +330,7 @@ class SmppBind:
             self._rate = AdaptiveRate(
                 tps, floor=self.spec.throttle_floor, on_change=self._rate_moved
             )
-            self._rate_logged = tps
+            self._rate_logged = max(0.0, tps)
         self._pump_later()
 
     async def start(self) -> None:
