@@ -378,7 +378,7 @@ async def test_openapi_lists_every_endpoint(api: Api) -> None:
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert api.running.daemon.api is not None
     # Twilio's API (documented by Twilio), the websocket, the providers' webhooks and
-    # Prometheus' exposition (README) are not OpenAPI operations.
+    # Prometheus' exposition (docs/operations.md) are not OpenAPI operations.
     elsewhere = ("/2010-04-01/", "/v1/events", "/v1/providers/", "/metrics")
     routes = {
         (route.method.lower(), route.resource.canonical)

@@ -112,7 +112,7 @@ _accepted_one = _accepted_maker()
 
 @dataclass(frozen=True, kw_only=True)
 class SmppSpec:
-    """Where to bind and how to send (see the README's ``[profiles.P.smpp]``)."""
+    """Where to bind and how to send (see docs/configuration.md, ``[profiles.NAME.smpp]``)."""
 
     host: str
     port: int
