@@ -60,7 +60,7 @@ run: $(STAMP) redis-server
 	@./config/run-local.sh $(CONFIG)
 
 check: $(STAMP)
-	$(BIN)/ruff check router binds tests bench
+	$(BIN)/ruff check router binds sims tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP) redis-server

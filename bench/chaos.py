@@ -49,7 +49,8 @@ from harness import (
 )
 
 from binds.smpp.codec import count_segments
-from router import Client, keys
+from router import Client
+from router.store import keys
 
 SMPP_FINAL = {"delivered", "undelivered", "failed", "expired", "rejected"}
 HTTP_FINAL = {"sent", "failed", "expired", "rejected"}

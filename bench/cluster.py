@@ -30,7 +30,7 @@ from versus_kannel import SINK_PORT, ensure_tools, kannel, start_sink, waited, w
 
 sys.path.insert(0, str(ROOT))
 from router import Client, load_settings
-from router.connections import open_redis
+from router.store.connections import open_redis
 from tests.cluster import RedisClusterSet
 
 PROFILES = ("otp", "promo")  # slots 3408 and 9726: different masters of three

@@ -17,7 +17,7 @@ import time
 from harness import Stack, cli, save, start_daemon, status_counts, stop, write_jobs
 from redis.asyncio import Redis
 
-from router import keys
+from router.store import keys
 
 
 async def final_counts(url: str, ids: list[str]) -> dict[str, int]:

@@ -48,9 +48,9 @@ from harness import (
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(ROOT))
-from router import keys
-from router.daemon import health_key
-from router.ledger import Ledger
+from router.daemon.daemon import health_key
+from router.store import keys
+from router.store.ledger import Ledger
 from tests.sentinels import SentinelSet
 
 

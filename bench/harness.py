@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from router import keys
+from router.store import keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -21,7 +21,7 @@ from harness import save
 from redis.asyncio import Redis
 from versus_kannel import Rig, preload, sink_stats
 
-from router import keys
+from router.store import keys
 
 
 async def commandstats(url: str) -> dict[str, dict[str, float]]:

@@ -40,7 +40,8 @@ from harness import NUMBERS, cpu_seconds, peak_rss_mb, save
 from redis.asyncio import Redis
 from versus_kannel import SINK_PORT, WINDOW, Rig, ensure_tools, read_records, waited, waiter
 
-from router import Client, keys
+from router import Client
+from router.store import keys
 from router.summary import today
 
 AREAS = ("650", "408", "415", "212")

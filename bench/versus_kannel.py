@@ -66,7 +66,7 @@ from harness import (
 from redis.asyncio import Redis
 
 from router import Client, load_settings
-from router.ledger import Ledger
+from router.store.ledger import Ledger
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench-peers"
 SINK_PORT = 27775

@@ -1,5 +1,5 @@
 """`python -m router` is the `sms-router` command."""
 
-from .cli import main
+from router.cli import main
 
 main()

@@ -23,10 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import audience, keys
-from .cli_tables import Column, fit_table, hidden_hint
-from .client import Client
-from .config import (
+from router.cli_tables import Column, fit_table, hidden_hint
+from router.client import Client
+from router.config import (
     DEFAULT_PATH,
     ENV_PATH,
     ConfigError,
@@ -34,12 +33,14 @@ from .config import (
     load_settings,
     resolve_config_path,
 )
-from .connections import RedisUnavailable, as_text, open_redis
-from .ledger import STATUSES, Ledger
-from .migrate import MigrationReport, migrate_keys
-from .numbers import normalise_e164
-from .queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
-from .smslog import message_log, parse_since
+from router.numbers import normalise_e164
+from router.policy import audience
+from router.store import keys
+from router.store.connections import RedisUnavailable, as_text, open_redis
+from router.store.ledger import STATUSES, Ledger
+from router.store.migrate import MigrationReport, migrate_keys
+from router.store.queue import DeadLetter, drop_dead_letters, list_dead_letters, replay_dead_letters
+from router.store.smslog import message_log, parse_since
 
 log = structlog.get_logger("router.cli")
 
@@ -104,9 +105,9 @@ def main() -> None:
 @config_option
 def run(config_path: str | None) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
-    from .daemon import Daemon
-    from .lease import InstanceTaken
-    from .logs import configure
+    from router.daemon.daemon import Daemon
+    from router.daemon.lease import InstanceTaken
+    from router.logs import configure
 
     settings = _settings(config_path)
     configure(settings.router.log_format, settings.router.log_level)
@@ -137,7 +138,7 @@ def _run_loop(main: Coroutine[Any, Any, int], *, uvloop: bool) -> int:
 def check_config(config_path: str | None, path: str | None) -> None:
     """Validate a configuration: OK and a summary per profile (strategy, numbers that
     can send and why others cannot, campaigns and caps, templates), or every problem."""
-    from .summary import config_lines
+    from router.summary import config_lines
 
     if config_path and path and config_path != path:
         raise click.UsageError("give the configuration once: -c PATH or PATH")
@@ -156,7 +157,7 @@ def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
     against its campaign's daily cap (UTC day) and the sticky mappings pointing at it.
     Counting the mappings scans the profile's sticky keys (SCAN): fine for an operator,
     slow on a very large keyspace."""
-    from .summary import number_rows
+    from router.summary import number_rows
 
     settings = _settings(config_path)
     _known_profile(settings, profile)
@@ -775,8 +776,8 @@ def reload(config_path: str | None, wait: float) -> None:
     it applied the file (what changed is printed), 1 when it refused it (its problems
     are printed; the old configuration stays), no daemon runs, or no answer came
     within --wait seconds. -c PATH only says where Redis is and which instance."""
-    from .daemon import health_key
-    from .reload import Verdict, read_verdict, wait_for_verdict
+    from router.daemon.daemon import health_key
+    from router.daemon.reload import Verdict, read_verdict, wait_for_verdict
 
     settings = _settings(config_path)  # where Redis is and which instance to ask
     instance = settings.router.instance_name
@@ -892,7 +893,7 @@ def health(config_path: str | None, as_json: bool) -> None:
     Exit codes, for monitoring checks: 0 ready; 1 no daemon running (or Redis not
     reachable from here); 2 degraded: a bind down, Redis unreachable from a daemon,
     or a profile without a ready bind."""
-    from .daemon import health_key
+    from router.daemon.daemon import health_key
 
     settings = _settings(config_path)
 
@@ -1007,8 +1008,8 @@ def _migration_lines(report: MigrationReport) -> list[str]:
 @click.option("--limit", default=300.0, show_default=True, help="Seconds before giving up.")
 def demo(count: int, window: int, limit: float) -> None:
     """Embedded Redis + SMSC simulator + daemon: send samples, wait for every report."""
-    from .demo import run_demo
-    from .logs import configure
+    from router.logs import configure
+    from sims.demo import run_demo
 
     configure("json", "error")
     sys.exit(asyncio.run(run_demo(count, window, limit, out)))
@@ -1021,7 +1022,7 @@ def demo(count: int, window: int, limit: float) -> None:
 @click.option("--fail-rate", default=0.0, show_default=True, help="Share answered 503.")
 def http_sim(host: str, port: int, latency: float, fail_rate: float) -> None:
     """A local Web-URL SMS provider for demos and benchmarks."""
-    from .httpsim import serve
+    from sims.httpsim import serve
 
     try:
         asyncio.run(serve(host, port, latency=latency, fail_rate=fail_rate))
@@ -1084,7 +1085,7 @@ def smsc_sim(
     seed: int | None,
 ) -> None:
     """A local SMPP SMSC for demos, benchmarks and fault tests."""
-    from .smscsim import SimConfig, serve
+    from sims.smscsim import SimConfig, serve
 
     if (queue_room > 0) != (queue_full_for > 0):
         raise click.UsageError(

@@ -19,11 +19,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from .batching import Batcher
-from .checks import JobCheck, check_sender
-from .config import Settings
-from .jobs import JobError, decode_job, encode_job, new_job_id
-from .ledger import Ledger
+from router.config import Settings
+from router.policy.checks import JobCheck, check_sender
+from router.policy.jobs import JobError, decode_job, encode_job, new_job_id
+from router.store.batching import Batcher
+from router.store.ledger import Ledger
 
 
 class Client:

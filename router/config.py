@@ -39,10 +39,14 @@ from pydantic import (
 
 from binds.base import BindConfigError
 from binds.http import HttpSpec
-
-from .numbers import normalise_e164
-from .redis_url import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
-from .webhooks import secret_key
+from router.numbers import normalise_e164
+from router.signing import secret_key
+from router.store.redis_url import (
+    is_cluster_url,
+    is_sentinel_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 __all__ = [
     "ApiKey",
@@ -248,7 +252,7 @@ class Template(_Section):
     @field_validator("text")
     @classmethod
     def _texts(cls, value: dict[str, str]) -> dict[str, str]:
-        from .compose import TemplateError, placeholders
+        from router.policy.compose import TemplateError, placeholders
 
         for lang, text in value.items():
             if not _LANG.match(lang):

@@ -41,12 +41,11 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from binds.base import Bind
-
-from . import keys
-from .config import Settings
-from .connections import as_text
-from .outages import REDIS_ERRORS, RedisOutages
-from .rules import daily_cap
+from router.config import Settings
+from router.policy.rules import daily_cap
+from router.store import keys
+from router.store.connections import as_text
+from router.store.outages import REDIS_ERRORS, RedisOutages
 
 __all__ = ["LATENCY_BUCKETS", "Latency", "Metrics", "ProfileMetrics"]
 

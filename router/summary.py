@@ -15,11 +15,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import keys
-from .config import Campaign, Settings
-from .connections import as_text
-from .numbers import is_toll_free
-from .rules import SenderRules, daily_cap
+from router.config import Campaign, Settings
+from router.numbers import is_toll_free
+from router.policy.rules import SenderRules, daily_cap
+from router.store import keys
+from router.store.connections import as_text
 
 __all__ = ["config_lines", "number_facts", "number_rows", "sticky_counts", "today"]
 

@@ -26,8 +26,8 @@ from hypothesis import settings
 from redis.asyncio import Redis
 
 from router.config import Settings, parse_settings
-from router.daemon import Daemon
-from router.smscsim import SimConfig, SmscSimulator
+from router.daemon.daemon import Daemon
+from sims.smscsim import SimConfig, SmscSimulator
 
 from .peers.peer import node_smsc  # noqa: F401 - the npm SMPP peer fixture
 

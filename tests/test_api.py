@@ -9,10 +9,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from router.api import API_KEY, ApiContext, ApiError, build_app, json_response, read_json, scoped
+from router.api.app import build_app
+from router.api.common import API_KEY, ApiContext, ApiError, json_response, read_json, scoped
 from router.client import Client
 from router.config import Settings
-from router.ledger import Ledger
+from router.store.ledger import Ledger
 
 from .conftest import Provider, RunningDaemon, wait_for
 

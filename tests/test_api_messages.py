@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router import keys
 from router.client import Client
 from router.config import Settings, parse_settings
 from router.numbers import normalise_e164
-from router.queue import WorkQueue
+from router.store import keys
+from router.store.queue import WorkQueue
 
 from .conftest import Provider, RunningDaemon, config_dict, wait_for
 

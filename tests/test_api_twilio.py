@@ -18,11 +18,12 @@ from aiohttp import web
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client as TwilioClient
 
-from router.api import ApiContext, build_app
-from router.api_twilio import message_resource
+from router.api.app import build_app
+from router.api.common import ApiContext
+from router.api.twilio import message_resource
 from router.client import Client
 from router.config import Settings
-from router.ledger import Ledger
+from router.store.ledger import Ledger
 
 from .conftest import NUMBERS, Provider, RunningDaemon, free_port, wait_for
 

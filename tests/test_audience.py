@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from router import audience, keys
-from router.audience import Audience, classify
 from router.config import Settings
+from router.policy import audience
+from router.policy.audience import Audience, classify
+from router.store import keys
 
 from .conftest import Provider, config_dict
 from .test_process import cli, write_config

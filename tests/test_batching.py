@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from router.batching import Batcher
+from router.store.batching import Batcher
 
 
 async def test_items_arriving_during_a_call_share_the_next_call() -> None:

@@ -12,9 +12,10 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
-from router import Client, keys
-from router.callbacks import GROUP, PER_HOST
+from router import Client
 from router.config import Settings
+from router.engine.callbacks import GROUP, PER_HOST
+from router.store import keys
 
 from .conftest import RunningDaemon, free_port, wait_for
 

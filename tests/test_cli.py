@@ -8,8 +8,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import Settings, parse_settings
+from router.store import keys
 
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
 from .test_process import cli, write_config

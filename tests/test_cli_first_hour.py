@@ -19,9 +19,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 from rich.console import Console
 
-from router import Client, keys
+from router import Client
 from router.config import Settings, parse_settings
-from router.demo import DELIVERED_RATIO, print_summary
+from router.store import keys
+from sims.demo import DELIVERED_RATIO, print_summary
 
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
 from .test_process import cli, write_config
@@ -250,7 +251,7 @@ async def test_health_exits_2_when_a_daemon_reports_redis_unreachable(
 ) -> None:
     """A daemon cut off from Redis (the CLI still reaches it, e.g. across a partition)
     publishes `redis_down_since` once Redis answers it again; the record as it writes
-    it (router/daemon.py `_beat`), with every bind ready."""
+    it (router/daemon/daemon.py `_beat`), with every bind ready."""
     config = str(write_config(tmp_path / "router.toml", config_dict(redis_url, provider.url)))
     now = time.time()
     record = {

@@ -20,11 +20,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import Settings, parse_settings
-from router.connections import open_redis
-from router.ledger import Ledger
-from router.smscsim import SmscSimulator
+from router.store import keys
+from router.store.connections import open_redis
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
 
 from .cluster import RedisClusterSet, cluster_running, cluster_unsupported
 from .conftest import NUMBERS, RunningDaemon, number_tables, wait_for

@@ -4,7 +4,7 @@ Real servers only: three cluster masters (tests/cluster.py), each a redis-server
 free loopback port, reached through `open_redis` as the daemon does. Shows what
 redis-py's cluster client does with what the router uses (scripts and NOSCRIPT,
 pipelines and transactions, blocking stream reads, SCAN) and that a master's death
-is an outage by router/outages.py's rules, over once the master is back.
+is an outage by router/store/outages.py's rules, over once the master is back.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from router import pipelines
 from router.config import ConfigError, Settings, parse_settings
-from router.connections import ClusterUnreachable, RedisUnavailable, RouterCluster, open_redis
-from router.outages import REDIS_DOWN, REDIS_ERRORS, RedisOutages
-from router.redis_url import ClusterUrl, parse_cluster_url
+from router.store import roundtrip
+from router.store.connections import ClusterUnreachable, RedisUnavailable, RouterCluster, open_redis
+from router.store.outages import REDIS_DOWN, REDIS_ERRORS, RedisOutages
+from router.store.redis_url import ClusterUrl, parse_cluster_url
 
 from .cluster import RedisClusterSet, cluster_running, cluster_unsupported
 from .conftest import config_dict
@@ -88,7 +88,7 @@ async def client(cluster: RedisClusterSet) -> AsyncIterator[Redis]:
 
 async def retry_until_up(call: Any, within: float = 20) -> tuple[Any, list[BaseException]]:
     """Call until it works, as a router loop does; the result and what it waited out
-    (anything not an outage by router/outages.py's rules is raised at once)."""
+    (anything not an outage by router/store/outages.py's rules is raised at once)."""
     waited: list[BaseException] = []
     deadline = time.monotonic() + within
     while True:
@@ -187,7 +187,7 @@ async def test_script_of_one_slot_runs_and_survives_script_flush(client: Redis) 
 async def test_redis_py_blocks_evalsha_on_a_cluster_pipeline(
     client: Redis, transaction: bool
 ) -> None:
-    """The redis-py defect `pipelines.execute` works around (8.1 and older): ``evalsha``
+    """The redis-py defect `roundtrip.execute` works around (8.1 and older): ``evalsha``
     is blocked on a cluster pipeline, so ``script(..., client=pipe)`` raises. It needs
     the defect, so it is skipped where the installed redis-py has fixed it; the router's
     own pipelines are tested below whatever the version."""
@@ -246,17 +246,17 @@ async def test_router_pipelines_run_scripts_and_typed_replies_on_a_cluster(
     client: Redis, transaction: bool
 ) -> None:
     """Interop regression (the two redis-py defects above, whichever version is
-    installed): the router's `pipelines.execute` sends plain commands, loads scripts a
+    installed): the router's `roundtrip.execute` sends plain commands, loads scripts a
     master lacks and runs again only the commands that found none."""
     await client.sadd(f"{P}set", "a")
     copy = client.register_script(COPY)
     await client.set(f"{P}a", "v1")
     await client.script_flush()  # every master forgets: the first EVALSHA finds none
-    replies = await pipelines.execute(
+    replies = await roundtrip.execute(
         client,
         [
             ("INCR", f"{P}n"),
-            pipelines.evalsha(copy, [f"{P}a", f"{P}b"], []),
+            roundtrip.evalsha(copy, [f"{P}a", f"{P}b"], []),
             ("SMEMBERS", f"{P}set"),
         ],
         [copy],

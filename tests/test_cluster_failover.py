@@ -21,12 +21,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from router import Client, keys
+from router import Client
 from router.config import parse_settings
-from router.connections import open_redis
-from router.ledger import Ledger
-from router.replicas import SHORT_FIELD
-from router.smscsim import SmscSimulator
+from router.store import keys
+from router.store.connections import open_redis
+from router.store.ledger import Ledger
+from router.store.replicas import SHORT_FIELD
+from sims.smscsim import SmscSimulator
 
 from .cluster import RedisClusterSet, cluster_running, cluster_unsupported
 from .conftest import RunningDaemon, config_dict, wait_for

@@ -20,12 +20,15 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from binds.smpp.pdu import ESM_UDHI, ShortMessage
-from router import Client, api_events, keys
-from router.api import ApiContext, build_app
+from router import Client
+from router.api import events as api_events
+from router.api.app import build_app
+from router.api.common import ApiContext
 from router.config import ConfigError, Settings
-from router.inbound import CallbackPoster, Inbound
-from router.ledger import Ledger
-from router.webhooks import secret_key, sign
+from router.engine.inbound import CallbackPoster, Inbound
+from router.signing import secret_key, sign
+from router.store import keys
+from router.store.ledger import Ledger
 
 from .conftest import NUMBERS, Provider, RedisServer, RunningDaemon, free_port, wait_for
 from .test_api import TOKENS, api_settings

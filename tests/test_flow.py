@@ -12,10 +12,11 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import Settings
-from router.ledger import Ledger
-from router.queue import WorkQueue, list_dead_letters, replay_dead_letters
+from router.store import keys
+from router.store.ledger import Ledger
+from router.store.queue import WorkQueue, list_dead_letters, replay_dead_letters
 
 from .conftest import NUMBERS, Provider, RunningDaemon, wait_for
 

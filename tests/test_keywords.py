@@ -12,15 +12,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from binds.smpp.pdu import ESM_UDHI, ESME_ROK, ShortMessage
-from router import Client, keys
-from router.audience import KEYWORD_REPLY_PREFIX
+from router import Client
 from router.config import Settings
-from router.connections import as_text
-from router.inbound import CallbackPoster, Inbound, render
-from router.jobs import Job, decode_job
-from router.keywords import Keywords
-from router.ledger import Ledger
-from router.smscsim import SmscSimulator
+from router.engine.inbound import CallbackPoster, Inbound, render
+from router.engine.keywords import Keywords
+from router.policy.audience import KEYWORD_REPLY_PREFIX
+from router.policy.jobs import Job, decode_job
+from router.store import keys
+from router.store.connections import as_text
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
 
 from . import test_smpp_flow
 from .conftest import NUMBERS, RunningDaemon, wait_for

@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from router import Client
 from router.config import parse_settings
-from router.daemon import health_key
-from router.lease import InstanceTaken, Lease, lease_key
+from router.daemon.daemon import health_key
+from router.daemon.lease import InstanceTaken, Lease, lease_key
 
 from .conftest import Provider, config_dict, wait_for
 from .test_flow import all_final

@@ -16,13 +16,14 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from router import keys
-from router.api import ApiContext, build_app
-from router.api_metrics import METRICS_KEY
+from router.api.app import build_app
+from router.api.common import ApiContext
+from router.api.metrics import METRICS_KEY
 from router.client import Client
 from router.config import Settings, parse_settings
-from router.ledger import Ledger
 from router.metrics import Latency, Metrics
+from router.store import keys
+from router.store.ledger import Ledger
 
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
 

@@ -1,4 +1,4 @@
-"""The key layout migration (router/migrate.py) on a real redis-server: an old layout
+"""The key layout migration (router/store/migrate.py) on a real redis-server: an old layout
 written by hand, moved, checked key by key, moved again, interrupted and resumed."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from router import keys
-from router.migrate import MigrationReport, migrate_keys
+from router.store import keys
+from router.store.migrate import MigrationReport, migrate_keys
 
 from .conftest import Provider, config_dict
 from .test_process import cli, write_config

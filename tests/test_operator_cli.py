@@ -10,9 +10,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import Settings, parse_settings
-from router.connections import as_text
+from router.store import keys
+from router.store.connections import as_text
 from router.summary import today
 
 from .conftest import NUMBERS, Provider, RunningDaemon, config_dict, wait_for

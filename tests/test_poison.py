@@ -16,11 +16,11 @@ import pytest
 from redis.asyncio import Redis
 
 from binds.http import HttpSender
-from router import keys
-from router.checks import text_problem
 from router.config import ConfigError, Settings, parse_settings
-from router.ledger import Ledger
-from router.queue import list_dead_letters
+from router.policy.checks import text_problem
+from router.store import keys
+from router.store.ledger import Ledger
+from router.store.queue import list_dead_letters
 
 from .conftest import Provider, RunningDaemon, wait_for
 

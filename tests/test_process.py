@@ -14,8 +14,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import parse_settings
+from router.store import keys
 
 from .conftest import Provider, config_dict, wait_for
 from .shipped import shipped_config

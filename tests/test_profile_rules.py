@@ -10,12 +10,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from router import Client, keys
-from router.audience import add_opt_out, remove_opt_out
+from router import Client
 from router.config import Settings, parse_settings
-from router.jobs import encode_job
-from router.ledger import Ledger
-from router.queue import list_dead_letters
+from router.policy.audience import add_opt_out, remove_opt_out
+from router.policy.jobs import encode_job
+from router.store import keys
+from router.store.ledger import Ledger
+from router.store.queue import list_dead_letters
 
 from .conftest import Provider, RunningDaemon, config_dict, wait_for
 

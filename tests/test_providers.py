@@ -31,9 +31,9 @@ from twilio.request_validator import RequestValidator
 
 from binds.base import Accepted, Failed, OutboundMessage, Retry
 from binds.twilio import TwilioSender, TwilioSpec
-from router import keys
-from router.api import ApiContext, build_app
-from router.api_providers import (
+from router.api.app import build_app
+from router.api.common import ApiContext
+from router.api.providers import (
     ProviderHooks,
     providers_of,
     status_callback_url,
@@ -42,9 +42,10 @@ from router.api_providers import (
 )
 from router.client import Client
 from router.config import ConfigError, Settings, parse_settings
-from router.inbound import Inbound
-from router.ledger import Ledger
-from router.reports import Reports
+from router.engine.inbound import Inbound
+from router.engine.receipts import Reports
+from router.store import keys
+from router.store.ledger import Ledger
 
 from . import test_smpp_flow
 from .conftest import Provider, RunningDaemon, config_dict, free_port, wait_for

@@ -18,11 +18,12 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import Settings, parse_settings
-from router.ledger import Finished, Ledger, Sending
-from router.reports import Reports
-from router.smscsim import SmscSimulator
+from router.engine.receipts import Reports
+from router.store import keys
+from router.store.ledger import Finished, Ledger, Sending
+from sims.smscsim import SmscSimulator
 
 from .conftest import Provider, RunningDaemon, config_dict, wait_for
 from .test_process import cli, start_daemon, write_config

@@ -23,15 +23,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from binds.smpp.pdu import ESME_ROK, ESME_RX_T_APPN, ShortMessage
-from router import Client, keys
+from router import Client
 from router.config import ConfigError, parse_settings
-from router.daemon import health_key
-from router.inbound import CallbackPoster, Inbound
-from router.lease import lease_key
-from router.ledger import Ledger
-from router.outages import SETTLE, RedisOutages
-from router.reports import Reports
-from router.runtime import deliver_handler
+from router.daemon.daemon import health_key
+from router.daemon.lease import lease_key
+from router.daemon.runtime import deliver_handler
+from router.engine.inbound import CallbackPoster, Inbound
+from router.engine.receipts import Reports
+from router.store import keys
+from router.store.ledger import Ledger
+from router.store.outages import SETTLE, RedisOutages
 
 from .conftest import Provider, RedisServer, config_dict, free_port, wait_for
 from .test_flow import statuses

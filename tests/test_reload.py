@@ -15,10 +15,10 @@ import pytest
 from redis.asyncio import Redis
 
 from router import Client
-from router.daemon import Daemon
-from router.ledger import Ledger
-from router.reload import read_verdict
-from router.smscsim import SmscSimulator
+from router.daemon.daemon import Daemon
+from router.daemon.reload import read_verdict
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
 
 from .conftest import Provider, wait_for
 from .test_process import cli, write_config

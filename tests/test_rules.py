@@ -1,4 +1,4 @@
-"""Send-time rules (router/rules.py): which numbers may send which message, and why not."""
+"""Send-time rules (router/policy/rules.py): which numbers may send which message, and why not."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from router.config import Settings, parse_settings
-from router.rules import SenderRules
+from router.policy.rules import SenderRules
 
 US_A, US_B, US_C = "+14155552671", "+14082223333", "+16505550100"
 TOLL_FREE = "+18005550100"

@@ -1,4 +1,4 @@
-"""Sender strategies and daily caps against a real Redis (router/senders.py)."""
+"""Sender strategies and daily caps against a real Redis (router/policy/senders.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from router import keys
 from router.config import Settings, parse_settings
-from router.rules import Refusal, SenderRules
-from router.senders import SenderPool, Want, _today
+from router.policy.rules import Refusal, SenderRules
+from router.policy.senders import SenderPool, Want, _today
+from router.store import keys
 
 A, B, C = "+14155552671", "+14082223333", "+12125550100"
 UK = "+447911123456"

@@ -19,12 +19,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from router import Client, keys
+from router import Client
 from router.config import ConfigError, Settings, parse_settings
-from router.connections import open_redis
-from router.ledger import Ledger
-from router.redis_url import SentinelUrl, parse_sentinel_url
-from router.replicas import SHORT_FIELD
+from router.store import keys
+from router.store.connections import open_redis
+from router.store.ledger import Ledger
+from router.store.redis_url import SentinelUrl, parse_sentinel_url
+from router.store.replicas import SHORT_FIELD
 
 from .conftest import Provider, RedisServer, config_dict, free_port, wait_for
 from .sentinels import SentinelSet

@@ -14,10 +14,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from binds.smpp.pdu import ShortMessage
-from router import Client, keys
+from router import Client
 from router.config import Settings, parse_settings
-from router.ledger import Ledger
-from router.smscsim import SmscSimulator
+from router.store import keys
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
 
 from .conftest import NUMBERS, RunningDaemon, free_port, number_tables, wait_for
 
@@ -323,7 +324,7 @@ async def test_inbound_parts_missing_after_timeout_arrive_flagged_incomplete(
 async def test_receipt_text_in_ucs2_without_tlvs_is_understood(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    from router.reports import Reports
+    from router.engine.receipts import Reports
 
     settings = smpp_settings(redis_url, tmp_path, 1)
     ledger = Ledger(redis, retention=60, events_maxlen=100)

@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 
 from router import Client
 from router.config import Settings
-from router.daemon import health_key
-from router.smscsim import SimConfig, SmscSimulator
+from router.daemon.daemon import health_key
+from sims.smscsim import SimConfig, SmscSimulator
 
 from .conftest import free_port, wait_for
 from .test_smpp_flow import Start, all_in, smpp_settings, statuses

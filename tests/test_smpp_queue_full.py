@@ -21,8 +21,8 @@ from binds.flow import QueueProbe
 from binds.smpp import SmppBind
 from binds.smpp.session import SmppSpec
 from router import Client
-from router.ledger import Ledger
-from router.smscsim import SmscSimulator
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
 
 from .conftest import free_port, wait_for
 from .test_smpp_flow import FINAL, Start, all_in, smpp_settings, statuses

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from router import Client, keys
+from router import Client
 from router.config import parse_settings
-from router.smscsim import SmscSimulator
+from router.store import keys
+from sims.smscsim import SmscSimulator
 
 from .conftest import wait_for
 from .test_smpp_flow import Start, all_in, smpp_config, smpp_settings

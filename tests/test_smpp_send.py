@@ -21,7 +21,7 @@ from binds.smpp import SmppBind, SmppSpec, pdu
 from binds.smpp.codec import encode_text
 from binds.smpp.pdu import FrameDecoder, ShortMessage
 from binds.smpp.session import MAX_DELIVERING
-from router.smscsim import SimConfig, SmscSimulator
+from sims.smscsim import SimConfig, SmscSimulator
 
 from .conftest import free_port, wait_for
 

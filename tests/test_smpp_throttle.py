@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from binds.smpp import SmppBind
 from router import Client
 from router.config import Settings
-from router.ledger import Ledger
-from router.smscsim import SmscSimulator
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
 
 from .conftest import wait_for
 from .test_smpp_flow import FINAL, Start, all_in, smpp_settings, statuses

@@ -23,13 +23,13 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router import keys
-from router.checks import JobCheck
 from router.client import Client
 from router.config import Settings, parse_settings
-from router.daemon import Daemon
-from router.jobs import JobError, decode_job, encode_job
-from router.ledger import Ledger
+from router.daemon.daemon import Daemon
+from router.policy.checks import JobCheck
+from router.policy.jobs import JobError, decode_job, encode_job
+from router.store import keys
+from router.store.ledger import Ledger
 
 from .conftest import NUMBERS, Provider, RunningDaemon, config_dict, wait_for
 from .test_api_messages import start_api

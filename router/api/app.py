@@ -1,0 +1,75 @@
+"""The daemon's HTTP application: the endpoint groups registered on one aiohttp app,
+the liveness and readiness probes, and the server that runs it on `[api] listen`."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from router.api import events, messages, metrics, profiles, providers, twilio
+from router.api.common import CONTEXT, ApiContext, json_response, middleware
+from router.store.outages import REDIS_ERRORS
+
+__all__ = ["ApiServer", "build_app"]
+
+log = structlog.get_logger("router.api")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the loop answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis answers and every profile can send (a bound session or an
+    HTTP sender)."""
+    context = request.app[CONTEXT]
+    problems: list[str] = []
+    try:
+        await context.redis.ping()
+    except REDIS_ERRORS as exc:
+        problems.append(f"redis: {type(exc).__name__}")
+    for worker in context.workers:
+        if not worker.ready:
+            problems.append(f"profile {worker.name}: no bind ready")
+    if problems:
+        return json_response({"status": "unready", "problems": problems}, 503)
+    return json_response({"status": "ready"})
+
+
+def build_app(context: ApiContext) -> web.Application:
+    """The application with every endpoint group registered."""
+    app = web.Application(middlewares=[middleware], client_max_size=context.settings.api.max_body)
+    app[CONTEXT] = context
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    groups = (messages, profiles, twilio, providers, events, metrics)
+    for group in groups:
+        group.add_routes(app)
+    return app
+
+
+class ApiServer:
+    """Runs the application on `[api] listen` until `stop`."""
+
+    def __init__(self, context: ApiContext) -> None:
+        self.context = context
+        self.app = build_app(context)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        host, port = self.context.settings.api.address
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("api listening", host=host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,317 @@
+"""Providers reporting back over HTTP: Twilio's status callbacks and inbound messages,
+and generic Web-URL providers' delivery-report webhooks.
+
+- ``POST /v1/providers/{profile}/status``: Twilio's StatusCallback. Verified with
+  ``X-Twilio-Signature`` (`twilio_signature`), its MessageStatus mapped to ours and
+  applied by provider message id through the same path as SMPP receipts
+  (`router.engine.receipts.Reports.apply`, early reports included).
+- ``POST /v1/providers/{profile}/inbound``: Twilio's incoming-message webhook, verified
+  the same way, stored through `router.engine.inbound.Inbound.handle_text` (keywords, the
+  callback_url post); answered with empty TwiML.
+- ``POST /v1/providers/{profile}/report``: a Web-URL provider's delivery report, read
+  as ``[profiles.P.http.reports]`` says and authenticated by a shared token or an
+  HMAC-SHA256 of the body.
+
+No bearer token here: each request is authenticated by its provider's signature or
+secret. The daemon registers each profile's `ProviderHooks` in the API context
+(`PROVIDERS` in `ApiContext.extras`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import structlog
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from router.api.common import CONTEXT, ApiContext, ApiError, json_response
+from router.config import Profile, Settings, TwilioSection, WebhookReports
+from router.engine.inbound import Inbound
+from router.engine.receipts import Reports
+
+__all__ = [
+    "PROVIDERS",
+    "TWILIO_STATUSES",
+    "ProviderHooks",
+    "add_routes",
+    "providers_of",
+    "status_callback_url",
+    "twilio_signature",
+    "verify_twilio",
+]
+
+log = structlog.get_logger("router.api_providers")
+
+PROVIDERS: Final = "providers"  # key in ApiContext.extras: {profile: ProviderHooks}
+EMPTY_TWIML: Final = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+# Twilio's MessageStatus -> the final status a report writes. The others (queued,
+# accepted, scheduled, sending, sent, receiving, received) change nothing: the record
+# is `sent` once Twilio answered with a sid. `read` (WhatsApp) implies delivered.
+TWILIO_STATUSES: Final = {
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+    "canceled": "failed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHooks:
+    """What a profile's provider webhooks feed: its delivery reports and, for Twilio,
+    its inbound messages."""
+
+    reports: Reports
+    inbound: Inbound | None = None
+
+
+def providers_of(context: ApiContext) -> dict[str, ProviderHooks]:
+    """The context's profile -> hooks table (created empty on first use)."""
+    table: dict[str, ProviderHooks] = context.extras.setdefault(PROVIDERS, {})
+    return table
+
+
+def status_callback_url(settings: Settings, profile: str, port: int | None = None) -> str | None:
+    """The StatusCallback a Twilio profile sends: ``{public base}/v1/providers/{profile}/
+    status``, the base being `[api] public_url`, else ``http://`` + `[api] listen` (with
+    `port`, the port actually bound, when listen asks for port 0). None without an API."""
+    api = settings.api
+    if api.public_url:
+        base = api.public_url.rstrip("/")
+    elif api.listen is not None:
+        host, listen_port = api.address
+        if ":" in host:
+            host = f"[{host}]"
+        base = f"http://{host}:{port or listen_port}"
+    else:
+        return None
+    return f"{base}/v1/providers/{profile}/status"
+
+
+# ---------------------------------------------------------------- Twilio signatures
+
+
+def twilio_signature(url: str, params: Iterable[tuple[str, str]], auth_token: str) -> str:
+    """Twilio's X-Twilio-Signature: base64 HMAC-SHA1 (keyed with the auth token) of the
+    URL followed by each POST parameter, sorted by name, as name + value (a repeated
+    name's distinct values sorted too, as Twilio's RequestValidator does)."""
+    grouped: dict[str, set[str]] = {}
+    for name, value in params:
+        grouped.setdefault(name, set()).add(value)
+    data = url + "".join(
+        name + value for name in sorted(grouped) for value in sorted(grouped[name])
+    )
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _port_forms(url: str) -> list[str]:
+    """`url` without and with its port: Twilio signs either, depending on the request."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = f"{userinfo}@" if userinfo else ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    bare = urlunsplit(parts._replace(netloc=prefix + host))
+    ported = urlunsplit(parts._replace(netloc=f"{prefix}{host}:{port}"))
+    return [bare, ported]
+
+
+def verify_twilio(url: str, params: Iterable[tuple[str, str]], auth_token: str, given: str) -> bool:
+    """Whether `given` is Twilio's signature of this request (compared in constant time,
+    with and without the URL's port)."""
+    items = list(params)
+    ok = False
+    for form in _port_forms(url):
+        expected = twilio_signature(form, items, auth_token)
+        ok |= hmac.compare_digest(expected.encode(), given.strip().encode())
+    return ok
+
+
+def _called_url(request: web.Request, settings: Settings) -> str:
+    """The URL Twilio called: `[api] public_url` + path and query when set (a proxy
+    in front changes host and scheme), else the request's own."""
+    public = settings.api.public_url
+    if public:
+        return public.rstrip("/") + request.raw_path
+    return f"{request.scheme}://{request.host}{request.raw_path}"
+
+
+async def _twilio_request(
+    request: web.Request,
+) -> tuple[str, ProviderHooks, MultiDictProxy[str]]:
+    """The profile, its hooks and the verified POST parameters; ApiError otherwise."""
+    context = request.app[CONTEXT]
+    name = request.match_info["profile"]
+    profile = context.settings.profiles.get(name)
+    if profile is None or profile.twilio is None:
+        raise ApiError(404, f"profile: no Twilio profile named {name!r}")
+    hooks = providers_of(context).get(name)
+    if hooks is None:
+        raise ApiError(503, f"profile {name}: not started yet, try again")
+    params = await _form(request)
+    _check_twilio_signature(request, context.settings, profile.twilio, params)
+    return name, hooks, params
+
+
+def _check_twilio_signature(
+    request: web.Request, settings: Settings, twilio: TwilioSection, params: MultiDictProxy[str]
+) -> None:
+    given = request.headers.get("X-Twilio-Signature")
+    if not given:
+        raise ApiError(403, "X-Twilio-Signature: missing")
+    url = _called_url(request, settings)
+    token = twilio.auth_token.get_secret_value()
+    if not verify_twilio(url, params.items(), token, given):
+        log.warning("twilio webhook with a bad signature refused", path=request.path, url=url)
+        raise ApiError(403, "X-Twilio-Signature: does not match this request")
+
+
+async def _form(request: web.Request) -> MultiDictProxy[str]:
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except ValueError as exc:
+        raise ApiError(400, f"body: not a form ({exc})") from None
+    # Twilio sends no files; a file part cannot be signed as text, so it is refused.
+    if any(not isinstance(value, str) for value in form.values()):
+        raise ApiError(400, "body: file parts are not accepted")
+    return form  # type: ignore[return-value]
+
+
+async def twilio_status(request: web.Request) -> web.Response:
+    """Twilio's StatusCallback: a message's status changed."""
+    name, hooks, params = await _twilio_request(request)
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    status = params.get("MessageStatus") or params.get("SmsStatus")
+    if not sid:
+        raise ApiError(400, "MessageSid: required")
+    if not status:
+        raise ApiError(400, "MessageStatus: required")
+    outcome = TWILIO_STATUSES.get(status)
+    if outcome is None:
+        log.debug("twilio intermediate status", profile=name, sid=sid, status=status)
+        return web.Response(status=200)
+    error = params.get("ErrorCode") or ""
+    await hooks.reports.apply([sid], outcome, status, error or "0")
+    log.debug("twilio status applied", profile=name, sid=sid, status=status, error=error)
+    return web.Response(status=200)
+
+
+async def twilio_inbound(request: web.Request) -> web.Response:
+    """Twilio's incoming-message webhook: store it like an SMPP MO, answer empty TwiML."""
+    name, hooks, params = await _twilio_request(request)
+    source = params.get("From")
+    destination = params.get("To")
+    if not source:
+        raise ApiError(400, "From: required")
+    if not destination:
+        raise ApiError(400, "To: required")
+    if hooks.inbound is None:
+        raise ApiError(404, f"profile {name}: takes no inbound messages")
+    # Media (NumMedia, MediaUrlN) is not carried: SMS only.
+    await hooks.inbound.handle_text(source, destination, params.get("Body") or "")
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+# ---------------------------------------------------------------- Web-URL reports
+
+
+def _check_secret(request: web.Request, body: bytes, spec: WebhookReports) -> None:
+    secret = spec.secret.get_secret_value().encode()
+    if spec.check == "token":
+        given = request.headers.get("X-Webhook-Token")
+        if not given:
+            raise ApiError(401, "X-Webhook-Token: missing")
+        if not hmac.compare_digest(given.strip().encode(), secret):
+            raise ApiError(403, "X-Webhook-Token: wrong token")
+        return
+    signature = request.headers.get("X-Signature")
+    if not signature:
+        raise ApiError(401, "X-Signature: missing")
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    given = signature.strip().lower().removeprefix("sha256=")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(403, "X-Signature: does not match the body")
+
+
+def _fields(request: web.Request, body: bytes) -> Any:
+    """The report as JSON (a JSON content type) or as form fields."""
+    text = body.decode("utf-8", errors="replace")
+    if request.content_type == "application/json" or request.content_type.endswith("+json"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ApiError(400, f"body: not valid JSON ({exc})") from None
+    return dict(parse_qsl(text, keep_blank_values=True))
+
+
+def _pick(data: Any, path: str, where: str, *, required: bool = True) -> str:
+    """The value at `path`: a form field's name, or a dotted path into JSON."""
+    node: Any = data
+    if isinstance(data, Mapping) and path in data:
+        node = data[path]
+    else:
+        for segment in path.split("."):
+            if isinstance(node, Mapping) and segment in node:
+                node = node[segment]
+            elif isinstance(node, list) and segment.isdigit() and int(segment) < len(node):
+                node = node[int(segment)]
+            else:
+                node = None
+                break
+    if isinstance(node, bool) or not isinstance(node, str | int | float) or node == "":
+        if required:
+            raise ApiError(400, f"{path}: missing from the report (http.reports.{where})")
+        return ""
+    return str(node)
+
+
+async def web_report(request: web.Request) -> web.Response:
+    """A Web-URL provider's delivery report for one message."""
+    context = request.app[CONTEXT]
+    name = request.match_info["profile"]
+    profile: Profile | None = context.settings.profiles.get(name)
+    spec = profile.http.reports if profile is not None and profile.http is not None else None
+    if spec is None:
+        raise ApiError(404, f"profile: no profile {name!r} with [profiles.{name}.http.reports]")
+    body = await request.read()
+    _check_secret(request, body, spec)
+    hooks = providers_of(context).get(name)
+    if hooks is None:
+        raise ApiError(503, f"profile {name}: not started yet, try again")
+    data = _fields(request, body)
+    provider_id = _pick(data, spec.id_field, "id_field")
+    value = _pick(data, spec.status_field, "status_field")
+    ours = spec.statuses.get(value)
+    if ours is None:
+        raise ApiError(
+            400,
+            f"{spec.status_field}: unknown status {value!r} "
+            f"(not in profiles.{name}.http.reports.statuses)",
+        )
+    if ours == "sent":
+        return json_response({"status": "ok", "applied": False})
+    error = _pick(data, spec.error_field, "error_field", required=False) if spec.error_field else ""
+    await hooks.reports.apply([provider_id], ours, value, error or "0")
+    log.debug("web report applied", profile=name, provider_id=provider_id, status=ours)
+    return json_response({"status": "ok", "applied": True})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the provider webhooks."""
+    app.router.add_post("/v1/providers/{profile}/status", twilio_status)
+    app.router.add_post("/v1/providers/{profile}/inbound", twilio_inbound)
+    app.router.add_post("/v1/providers/{profile}/report", web_report)

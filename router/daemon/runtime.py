@@ -1,0 +1,241 @@
+"""One profile's running parts: its binds, its worker, its inbound poster, their tasks.
+
+The daemon holds one `ProfileRuntime` per profile. Start-up builds and starts them;
+a reload (SIGHUP) retires the ones whose profile went away or changed and builds
+new ones, handing the binds over when their connection settings did not change so
+SMPP sessions stay bound (`reusable_binds`); shutdown retires them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+from redis.asyncio import Redis
+
+from binds.base import Bind
+from binds.smpp import DeliverHandler, SmppBind
+from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
+from router.api.providers import ProviderHooks, status_callback_url
+from router.config import Profile, Settings
+from router.engine.inbound import CallbackPoster, Inbound
+from router.engine.keywords import Keywords
+from router.engine.receipts import Reports
+from router.engine.worker import ProfileWorker
+from router.metrics import Metrics
+from router.store.ledger import Ledger
+from router.store.outages import REDIS_DOWN, RedisOutages
+
+log = structlog.get_logger("router.runtime")
+
+
+class BindFactory(Protocol):
+    """Builds a profile's binds (router/daemon.py `build_binds`)."""
+
+    def __call__(
+        self,
+        name: str,
+        profile: Profile,
+        settings: Settings,
+        on_deliver: DeliverHandler | None = None,
+        *,
+        status_callback: str | None = None,
+    ) -> list[Bind]: ...
+
+
+@dataclass
+class Shared:
+    """What every profile's parts use: Redis, the ledger, who we are."""
+
+    redis: Redis
+    ledger: Ledger
+    instance: str
+    outages: RedisOutages
+    # Profile -> what its provider's webhooks feed (the API's `PROVIDERS`).
+    providers: dict[str, ProviderHooks] = field(default_factory=dict)
+    api_port: int | None = None  # the API's bound port, once it listens
+    metrics: Metrics | None = None
+
+
+@dataclass
+class ProfileRuntime:
+    """A profile's binds, worker and inbound poster, and the tasks running them."""
+
+    name: str
+    profile: Profile
+    binds: list[Bind]
+    worker: ProfileWorker
+    reports: Reports | None = None
+    inbound: Inbound | None = None
+    poster: CallbackPoster | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    poster_task: asyncio.Task[None] | None = None
+
+    def run(self) -> list[asyncio.Task[None]]:
+        """Start serving: the worker's read and maintenance loops, the poster."""
+        self.tasks = [
+            asyncio.create_task(self.worker.serve(self.stop), name=f"serve {self.name}"),
+            asyncio.create_task(self.worker.maintain(self.stop), name=f"maintain {self.name}"),
+        ]
+        if self.poster is not None:
+            self.poster_task = asyncio.create_task(self.poster.run(self.stop))
+        return self.all_tasks()
+
+    def all_tasks(self) -> list[asyncio.Task[None]]:
+        return self.tasks + ([self.poster_task] if self.poster_task is not None else [])
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.worker.wake()
+
+    async def retire(self, grace: float, *, close_binds: bool) -> int:
+        """Stop reading, let in-flight messages finish within `grace`, stop the poster;
+        close the binds unless they are handed on. Returns entries left pending."""
+        self.request_stop()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        left = await self.worker.drain(grace)
+        if self.poster_task is not None:
+            await asyncio.gather(self.poster_task, return_exceptions=True)
+        if close_binds:
+            await asyncio.gather(*(bind.close() for bind in self.binds), return_exceptions=True)
+        return left
+
+
+def deliver_handler(reports: Reports, inbound: Inbound, outages: RedisOutages) -> DeliverHandler:
+    """What a session does with a deliver_sm: a receipt or an inbound message."""
+
+    async def on_deliver(bind: str, message: ShortMessage) -> int:
+        try:
+            if message.is_receipt:
+                return await reports.handle(message)
+            return await inbound.handle(message)
+        except REDIS_DOWN as exc:
+            # Not stored: the SMSC resends it later. The outage is logged once, not per PDU.
+            outages.down(f"storing deliver_sm of {bind}", exc)
+            return ESME_RX_T_APPN
+
+    return on_deliver
+
+
+def _provider_side(
+    name: str, settings: Settings, shared: Shared
+) -> tuple[Reports, Inbound | None, str | None]:
+    """Reports (and, for Twilio, inbound messages) of a profile whose provider reports
+    over HTTP, registered for the API's provider webhooks; and the StatusCallback URL a
+    Twilio bind gives (None without the API)."""
+    profile = settings.profiles[name]
+    twilio = profile.twilio
+    callback = None
+    if twilio is not None and shared.api_port is not None:
+        callback = status_callback_url(settings, name, shared.api_port)
+    # Twilio reports every message it was given a StatusCallback for.
+    wait = twilio.report_timeout if twilio is not None and callback is not None else 0.0
+    metrics = shared.metrics.profile(name) if shared.metrics is not None else None
+    reports = Reports(
+        shared.redis,
+        shared.ledger,
+        name,
+        id_format="as-is",
+        report_timeout=wait,
+        metrics=metrics,
+    )
+    inbound: Inbound | None = None
+    if twilio is not None:
+        inbound = Inbound(
+            shared.redis,
+            name,
+            forward=profile.direction == "both",
+            reassembly_timeout=300.0,  # unused: Twilio delivers whole messages
+            keywords=Keywords(name, profile, shared.ledger),
+            events_maxlen=settings.queue.events_maxlen,
+        )
+    shared.providers[name] = ProviderHooks(reports, inbound)
+    return reports, inbound, callback
+
+
+def reusable_binds(old: Profile, new: Profile) -> bool:
+    """Whether `new` can keep `old`'s binds: same protocol and the same connection and
+    encoding settings (`window`, `tps` and `processing` are adjusted in place)."""
+    return old.protocol == new.protocol == "smpp" and old.smpp == new.smpp
+
+
+async def build(
+    name: str,
+    settings: Settings,
+    shared: Shared,
+    *,
+    handed: ProfileRuntime | None = None,
+    make_binds: BindFactory,
+) -> ProfileRuntime:
+    """A profile's parts, started (entries of this consumer taken back). With
+    `handed`, its binds (and their receipt and inbound handlers) carry on."""
+    profile = settings.profiles[name]
+    router = settings.router
+    metrics = shared.metrics.profile(name) if shared.metrics is not None else None
+    reports: Reports | None = None
+    inbound: Inbound | None = None
+    if handed is not None:
+        reports, inbound, binds = handed.reports, handed.inbound, handed.binds
+        if inbound is not None:
+            inbound.forward = profile.direction == "both"
+            inbound.keywords = Keywords(name, profile, shared.ledger)
+        for bind in binds:
+            if isinstance(bind, SmppBind):
+                bind.adjust(
+                    window=profile.window, tps=profile.tps, sync=profile.processing == "sync"
+                )
+    else:
+        handler: DeliverHandler | None = None
+        if profile.smpp is not None:
+            reports = Reports(
+                shared.redis,
+                shared.ledger,
+                name,
+                id_format=profile.smpp.message_id_format,
+                report_timeout=profile.smpp.report_wait,
+                metrics=metrics,
+            )
+            inbound = Inbound(
+                shared.redis,
+                name,
+                forward=profile.direction == "both",
+                reassembly_timeout=profile.smpp.reassembly_timeout,
+                keywords=Keywords(name, profile, shared.ledger),
+                events_maxlen=settings.queue.events_maxlen,
+            )
+            handler = deliver_handler(reports, inbound, shared.outages)
+        status_callback: str | None = None
+        if profile.twilio is not None or (profile.http is not None and profile.http.reports):
+            reports, inbound, status_callback = _provider_side(name, settings, shared)
+        binds = make_binds(name, profile, settings, handler, status_callback=status_callback)
+        for bind in binds:
+            await bind.start()
+    poster = None
+    if inbound is not None and profile.callback_url and profile.direction == "both":
+        poster = CallbackPoster(
+            shared.redis,
+            name,
+            profile.callback_url,
+            consumer=shared.instance,
+            inbound=inbound,
+            timeout=router.callback_timeout,
+            outages=shared.outages,
+            webhook_key=profile.webhook_key,
+        )
+    worker = ProfileWorker(
+        redis=shared.redis,
+        name=name,
+        settings=settings,
+        binds=binds,
+        ledger=shared.ledger,
+        consumer=shared.instance,
+        reports=reports,
+        outages=shared.outages,
+        metrics=metrics,
+    )
+    runtime = ProfileRuntime(name, profile, binds, worker, reports, inbound, poster)
+    await worker.start()
+    return runtime

@@ -1,0 +1,169 @@
+"""Delivery reports: match a receipt to its message and roll parts up to a final status.
+
+The provider id -> job id index lives in Redis (written with the `sent` status),
+so a report for a message sent before a restart, or by another instance, still
+matches. A report that arrives before its message is recorded `sent` (the SMSC
+sent the receipt before the submit_sm_resp, or the worker has not flushed the
+outcome yet: with a fast SMSC that is most reports) is kept in the profile's
+early-report hash ``sms:{P}:early`` with its own deadline in ``sms:{P}:early:due``
+(`EARLY_TTL`: after that its message was sent again under another id, or never will
+be), and applied by the script that records `sent`; both steps are Lua scripts, so
+one of them always sees the other.
+
+Ids: with ``message_id_format = "auto"`` a receipt's id is looked up in each form the
+SMSC may have written the submit_sm_resp id in (`message_id_candidates`), in the
+same script call, so the lookup stays one round trip.
+
+Sent messages that expect a report wait in ``sms:{P}:awaiting`` (joined in the same
+step as `sent`, left in the same step as the final report); `sweep` gives the
+overdue ones a ``no delivery report`` note and event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Final, Literal
+
+import structlog
+from redis.asyncio import Redis
+
+from binds.smpp.codec import decode_text
+from binds.smpp.pdu import ESME_ROK, TAG_MESSAGE_STATE, TAG_RECEIPTED_MESSAGE_ID, ShortMessage
+from binds.smpp.receipt import (
+    IdFormat,
+    message_id_candidates,
+    normalise_message_id,
+    parse_receipt,
+)
+from router.metrics import ProfileMetrics
+from router.store.batching import Batcher
+from router.store.ledger import Ledger, Report, Transition
+
+log = structlog.get_logger("router.reports")
+
+# How long an early report waits for its message to be recorded sent. That normally
+# takes milliseconds; a message not recorded within response_timeout is sent again
+# (under a new id), so after this the report can only be an orphan.
+EARLY_TTL: Final = 600
+MISSING_NOTE: Final = "no delivery report"
+# Seconds between two looks at the awaiting set (the maintenance loop runs faster).
+SWEEP_EVERY: Final = 1.0
+BATCH: Final = 500  # reports per script call
+
+
+# message_state TLV values (SMPP 3.4 section 5.2.28) that end a message.
+_STATES = {
+    2: "delivered",
+    3: "undelivered",
+    4: "undelivered",
+    5: "undelivered",
+    7: "undelivered",
+    8: "undelivered",
+}
+_STATE_NAMES = {2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV", 7: "UNKNOWN", 8: "REJECTD"}
+
+
+class Reports:
+    """Delivery reports of one profile."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        ledger: Ledger,
+        profile: str,
+        *,
+        id_format: IdFormat,
+        report_timeout: float = 0.0,
+        early_ttl: float = EARLY_TTL,
+        metrics: ProfileMetrics | None = None,
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._ledger = ledger
+        self.profile = profile
+        self.id_format: IdFormat = id_format
+        self._early_ttl = max(1, int(early_ttl))
+        self._next_sweep = 0.0
+        self._batcher: Batcher[Report, tuple[Transition, str, str]] = Batcher(self._store, BATCH)
+        # Sent messages join the awaiting set in the ledger's `sent` step.
+        ledger.expect_reports(profile, report_timeout)
+
+    def normalise(self, provider_id: str, side: Literal["resp", "receipt"] = "resp") -> str:
+        """The form both submit_sm_resp ids and receipt ids are compared in."""
+        return normalise_message_id(provider_id, self.id_format, side)
+
+    async def handle(self, message: ShortMessage) -> int:
+        """A deliver_sm that is a receipt; returns the deliver_sm_resp status (always OK:
+        a receipt we cannot use is logged, never refused, or the SMSC would resend it)."""
+        # Receipts come in the SMSC's coding of choice; UCS2 ones exist.
+        text, binary = decode_text(message.text_bytes, message.data_coding)
+        if binary:
+            text = message.text_bytes.decode("latin-1")
+        receipt = parse_receipt(text)
+        provider_id = message.tlv_text(TAG_RECEIPTED_MESSAGE_ID) or (
+            receipt.message_id if receipt else ""
+        )
+        if not provider_id:
+            log.warning(
+                "receipt without a message id ignored", profile=self.profile, text=text[:80]
+            )
+            return ESME_ROK
+        state = message.tlv_int(TAG_MESSAGE_STATE)
+        stat = receipt.stat if receipt and receipt.stat else _STATE_NAMES.get(state or 0, "")
+        err = receipt.err if receipt else ""
+        outcome = _STATES.get(state or 0) if state in _STATES else None
+        if outcome is None and receipt is not None and receipt.status != "pending":
+            outcome = receipt.status
+        if outcome is None:
+            log.info(
+                "intermediate receipt", profile=self.profile, provider_id=provider_id, stat=stat
+            )
+            return ESME_ROK
+        await self.apply(self.candidates(provider_id), outcome, stat, err or "000")
+        return ESME_ROK
+
+    def forms(self, provider_id: str) -> list[str]:
+        """Forms of a normalised submit_sm_resp id an early report may be kept under."""
+        return message_id_candidates(provider_id, self.id_format)
+
+    def candidates(self, receipt_id: str) -> list[str]:
+        """Forms of a receipt's id to look up, best first (several only in ``auto``)."""
+        return message_id_candidates(self.normalise(receipt_id, "receipt"), self.id_format)
+
+    async def apply(self, candidates: Sequence[str], outcome: str, stat: str, err: str) -> None:
+        """Apply one part's report now, or keep it until its message is recorded sent.
+
+        `candidates` are the forms of its id to look up, best first (`candidates`).
+        Reports that arrive while a call is in flight go together in the next one, so
+        a burst of receipts costs one script call per batch, not one each."""
+        if not candidates:
+            return
+        result, job, _part = await self._batcher.submit((outcome, stat, err, list(candidates)))
+        if result.verdict == "ok":
+            log.debug(result.previous, id=job, profile=self.profile, stat=stat)
+
+    async def _store(self, batch: list[Report]) -> list[tuple[Transition, str, str]]:
+        results = await self._ledger.reports(self.profile, batch, keep_for=self._early_ttl)
+        if self._metrics is not None:
+            for result, _job, _part in results:
+                if result.verdict == "ok":  # a final status written: `previous` holds it
+                    self._metrics.count(result.previous)
+        return results
+
+    async def sweep(self) -> int:
+        """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.
+        Returns how many were noted."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + SWEEP_EVERY
+        dropped = await self._ledger.drop_early_reports(self.profile)
+        if dropped:
+            log.info("early reports dropped unused", profile=self.profile, count=dropped)
+        noted = await self._ledger.note_missing_reports(self.profile, note=MISSING_NOTE)
+        if noted:
+            log.warning(
+                "sent messages without a delivery report", profile=self.profile, count=noted
+            )
+        return noted

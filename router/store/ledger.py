@@ -1,0 +1,518 @@
+"""Message records and status events.
+
+One Redis hash per job (``sms:{P}:msg:<id>``, in its profile's slot) holds its
+status, the history of every change with its time (one field per step), the sender
+used, provider id, attempts and errors. Every change goes through a Lua script (``router/lua``) that
+also decides ownership: a record belongs to the stream entry that first reached
+it (its *owner*), so a second entry with the same job id is recognised as a
+duplicate, and a redelivered entry whose record is already final is acknowledged
+without being sent again.
+
+The hot path writes in batches: `sending` records a batch in one call, `finish`
+records a batch's outcomes, events, provider-id index and acknowledgements in
+another. The other changes (scheduled, retries, rejections) go one by one through
+`transition`. Every script's keys are one profile's and passed in KEYS, so each runs
+on Redis Cluster. A record is found by job id alone through its locator
+(``sms:loc:<id>``, written when the job is enqueued), else by looking in each
+configured profile.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from router.store import keys, roundtrip, scripts
+from router.store.connections import as_text
+from router.store.replicas import ReplicaWait
+
+FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
+STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A work entry to acknowledge and delete in the same step as a status change."""
+
+    stream: str
+    group: str
+    entry_id: str
+
+
+# One message of a `sending` batch: job id, owner (entry), replay ('1' | ''), from, to,
+# text ('' unless stored), meta (JSON or ''), status_callback_url (or ''), sticky
+# mapping key (or ''), its TTL in seconds. Plain tuples: msgpack packs them in C, and
+# sending.lua unpacks them with cmsgpack.
+Sending = tuple[str, str, str, str, str, str, str, str, str, int]
+# One outcome of a `finish` batch: job id, entry id, history index, status (sent |
+# failed), note, status_callback_url, to, from, meta, segments, error code, error raw,
+# error, the parts' provider ids, then (part id, id form) pairs flattened: the forms an
+# early report for the part may be kept under.
+Finished = tuple[
+    str, str, int, str, str, str, str, str, str, int, str, str, str, list[str], list[str]
+]
+
+
+# One part's delivery report: outcome (delivered | undelivered), stat, err, and the
+# provider ids it may be indexed under, best first.
+Report = tuple[str, str, str, list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What the ledger said to a requested status change."""
+
+    verdict: str  # ok | duplicate | done
+    previous: str  # status before the change ('' for a new record)
+    step: int = 0  # history index of the change (batch steps only)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok"
+
+
+class Ledger:
+    """Records every status change of every message and publishes it as an event."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention: float,
+        events_maxlen: int,
+        replicas_ack: int = 0,
+        replicas_ack_timeout_ms: int = 100,
+    ) -> None:
+        self._redis = redis
+        self._replicas = ReplicaWait(redis, replicas_ack, replicas_ack_timeout_ms)
+        self._retention = max(1, int(retention))
+        self._events_maxlen = events_maxlen
+        self._script = redis.register_script(scripts.with_common("transition"))
+        self._report = redis.register_script(scripts.with_common("report"))
+        self._missing = redis.register_script(scripts.with_common("missing"))
+        self._enqueue = redis.register_script(scripts.with_common("enqueue"))
+        self._sending = redis.register_script(scripts.with_common("sending"))
+        self._finish = redis.register_script(scripts.with_common("finish"))
+        self._early = redis.register_script(scripts.with_common("early"))
+        # Profiles whose sent messages expect a delivery report, and within how long.
+        self._report_waits: dict[str, float] = {}
+
+    def expect_reports(self, profile: str, within: float) -> None:
+        """From now on, a message of `profile` recorded `sent` joins the profile's
+        awaiting set (in the same step) with a deadline `within` seconds later;
+        `within` <= 0 stops that."""
+        if within > 0:
+            self._report_waits[profile] = within
+        else:
+            self._report_waits.pop(profile, None)
+
+    async def transition(
+        self,
+        job_id: str,
+        owner: str,
+        status: str,
+        *,
+        profile: str,
+        note: str = "",
+        fields: Mapping[str, str | int | float] | None = None,
+        allow_rejected: bool = False,
+        event: Mapping[str, str] | None = None,
+        ack: Ack | None = None,
+        indexes: Sequence[str] = (),
+    ) -> Transition:
+        """Move a record to `status` if `owner` may, and publish the event, atomically.
+
+        `allow_rejected` lets a replayed dead letter leave `rejected`.
+        `ack` acknowledges and deletes a work entry in the same step (whatever the
+        verdict; with `replicas_ack`, the step is followed by a WAIT for replicas); each
+        of `indexes` is a key set to the job id with the record's retention
+        (the provider-id lookup of delivery reports).
+        """
+        script_keys, args = self._call(
+            job_id,
+            owner,
+            status,
+            profile,
+            note,
+            fields,
+            allow_rejected,
+            event,
+            ack,
+            indexes,
+        )
+        if ack is None or not self._replicas.wanted:
+            verdict, previous = await self._script(keys=script_keys, args=args)
+        else:
+            verdict, previous = await self._replicas.run(
+                self._script, script_keys, args, profile=profile, messages=1
+            )
+        return Transition(as_text(verdict), as_text(previous))
+
+    async def reports(
+        self, profile: str, batch: Sequence[Report], *, keep_for: float
+    ) -> list[tuple[Transition, str, str]]:
+        """Record a batch of delivery reports in one call (report.lua); each is one
+        part's, the final status written once every part reported.
+
+        A report whose message is not recorded `sent` yet is kept for `keep_for`
+        seconds and applied by the step that records `sent` (`finish`). For each report:
+        the verdict — ``ok`` (final status written; `previous` holds it), ``partial``,
+        ``early`` (kept) or ``done`` (final already) — the job id ('' if unknown) and
+        the candidate id that matched.
+        """
+        answers: list[tuple[Transition, str, str] | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        # The record's key comes from the index, so the index is read first; a report
+        # whose index changed in between (its `sent` was just recorded) goes again.
+        for _attempt in range(5):
+            index = [keys.provider_id(profile, c) for i in todo for c in batch[i][3]]
+            found = iter(await self._redis.mget(index) if index else [])
+            jobs = []
+            for i in todo:
+                named = [as_text(j) for j in (next(found) for _ in batch[i][3]) if j]
+                jobs.append(named[0] if named else "")
+            reply = await self._reports_call(profile, [batch[i] for i in todo], jobs, keep_for)
+            again = []
+            for n, i in enumerate(todo):
+                verdict, previous, job, part = (as_text(x) for x in reply[4 * n : 4 * n + 4])
+                if verdict == "retry":
+                    again.append(i)
+                else:
+                    answers[i] = (Transition(verdict, previous), job, part)
+            todo = again
+            if not todo:
+                break
+        else:
+            raise RuntimeError(f"delivery reports of {profile}: the index kept changing")
+        return [a for a in answers if a is not None]
+
+    async def _reports_call(
+        self, profile: str, batch: Sequence[Report], jobs: Sequence[str], keep_for: float
+    ) -> Any:
+        now = time.time()
+        early = keys.early_reports(profile)
+        script_keys = [
+            keys.events(profile),
+            keys.awaiting_reports(profile),
+            early,
+            keys.early_deadlines(profile),
+            keys.callbacks(profile),
+        ]
+        for report, job in zip(batch, jobs, strict=True):
+            script_keys += [keys.provider_id(profile, c) for c in report[3]]
+            script_keys.append(keys.record(profile, job) if job else early)
+        payload = msgpack.packb(
+            [
+                f"{now:.6f}",
+                self._events_maxlen,
+                profile,
+                f"{now + keep_for:.3f}",
+                [(*report, job) for report, job in zip(batch, jobs, strict=True)],
+            ]
+        )
+        return await self._report(keys=script_keys, args=[payload])
+
+    async def drop_early_reports(self, profile: str, batch: int = 1000) -> int:
+        """Drop kept early reports whose time is up; returns how many."""
+        total = 0
+        while True:
+            dropped = int(
+                await self._early(
+                    keys=[keys.early_reports(profile), keys.early_deadlines(profile)],
+                    args=[f"{time.time():.3f}", batch],
+                )
+            )
+            total += dropped
+            if dropped < batch:
+                return total
+
+    def _head(self, profile: str) -> list[str | int]:
+        """What sending.lua and finish.lua both take first: now, profile, retention,
+        events maxlen."""
+        return [f"{time.time():.6f}", profile, self._retention, self._events_maxlen]
+
+    async def sending(self, profile: str, items: Sequence[Sending]) -> list[Transition]:
+        """Record `sending` for a batch in one call (sending.lua); one `Transition` per
+        item, its `step` the history index the outcome's step follows."""
+        payload = msgpack.packb([*self._head(profile), items])
+        record = keys.record(profile, "")
+        script_keys = [keys.events(profile), keys.callbacks(profile), keys.stats(profile)]
+        script_keys += [record + it[0] for it in items]
+        script_keys += [it[8] for it in items if it[8]]
+        reply = await self._sending(keys=script_keys, args=[payload])
+        return [
+            Transition(as_text(reply[i]), as_text(reply[i + 1]), int(reply[i + 2]))
+            for i in range(0, len(reply), 3)
+        ]
+
+    async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> dict[str, int]:
+        """Record a batch's outcomes (`sent` or `failed`), their events and provider-id
+        index, apply early reports, and acknowledge the entries, in one call
+        (finish.lua), followed by a WAIT for replicas when `replicas_ack` asks for it.
+        Returns the final statuses the early reports wrote, counted
+        (``{"delivered": 3}``; empty when none was applied)."""
+        wait = self._report_waits.get(profile, 0.0)
+        payload = msgpack.packb(
+            [
+                *self._head(profile),
+                keys.GROUP,
+                f"{time.time() + wait:.3f}" if wait else "",
+                items,
+            ]
+        )
+        record, index = keys.record(profile, ""), keys.provider_id(profile, "")
+        script_keys = [
+            keys.events(profile),
+            keys.callbacks(profile),
+            stream,
+            keys.awaiting_reports(profile),
+            keys.early_reports(profile),
+            keys.early_deadlines(profile),
+        ]
+        script_keys += [record + it[0] for it in items]
+        script_keys += [index + part for it in items if it[3] == "sent" for part in it[13]]
+        if self._replicas.wanted:
+            finals = await self._replicas.run(
+                self._finish, script_keys, [payload], profile=profile, messages=len(items)
+            )
+        else:
+            finals = await self._finish(keys=script_keys, args=[payload])
+        return {as_text(finals[i]): int(finals[i + 1]) for i in range(0, len(finals), 2)}
+
+    async def note_missing_reports(self, profile: str, *, note: str, batch: int = 500) -> int:
+        """Note every overdue sent message of `profile` (see missing.lua); returns how many
+        records got the note. Runs in batches so one call never blocks Redis long."""
+        total = 0
+        awaiting = keys.awaiting_reports(profile)
+        while True:
+            now = f"{time.time():.6f}"
+            due = [
+                as_text(j) for j in await self._redis.zrangebyscore(awaiting, "-inf", now, 0, batch)
+            ]
+            if not due:
+                return total
+            total += int(
+                await self._missing(
+                    keys=[
+                        awaiting,
+                        keys.events(profile),
+                        keys.stats(profile),
+                        keys.callbacks(profile),
+                        *(keys.record(profile, job) for job in due),
+                    ],
+                    args=[now, self._events_maxlen, profile, note, *due],
+                )
+            )
+            if len(due) < batch:
+                return total
+
+    async def enqueue(
+        self, items: Sequence[tuple[str, str, bytes, Mapping[str, str]]]
+    ) -> list[bool]:
+        """Record `queued` and add each job to its work stream, atomically per profile,
+        in one round trip, with each job's locator.
+
+        Each item is (job id, profile, encoded job, record fields). A job whose id has
+        a record already is not enqueued (False in the answer). A job id is unique
+        within its profile; the locator names the first profile that used it.
+        """
+        groups = _by_profile(items)
+        calls = [
+            self._enqueue_call(profile, [(items[i][0], items[i][2], items[i][3]) for i in chunk])
+            for profile, chunk in groups
+        ]
+        ttl = self._retention
+        commands = [roundtrip.evalsha(self._enqueue, k, a) for k, a in calls]
+        commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
+                     for job_id, profile, _job, _fields in items]  # fmt: skip
+        counts = Counter(profile for _job_id, profile, _job, _fields in items)
+        # The producer is told "queued" only once a replica holds the job too: a
+        # fail-over cannot lose it (or it is counted short, as for the outcomes). One
+        # WAIT after everything on a single server; on a cluster one per profile, on the
+        # master holding its queue (a WAIT covers only its own node's writes).
+        waits: list[tuple[Mapping[str, int], roundtrip.Command]] = []
+        if self._replicas.wanted and roundtrip.is_cluster(self._redis):
+            waits = [({p: n}, self._replicas.command(keys.queue(p))) for p, n in counts.items()]
+        elif self._replicas.wanted:
+            waits = [(counts, self._replicas.command())]
+        commands += [wait for _counts, wait in waits]
+        replies = await roundtrip.execute(self._redis, commands, [self._enqueue])
+        acks = replies[len(replies) - len(waits) :]
+        for (covered, _wait), acked in zip(waits, acks, strict=True):
+            await self._replicas.note(int(acked), covered)
+        verdicts = [False] * len(items)
+        for (_profile, chunk), reply in zip(groups, replies[: len(calls)], strict=True):
+            for n, i in enumerate(chunk):
+                verdicts[i] = as_text(reply[2 * n]) == "ok"
+        return verdicts
+
+    def enqueue_command(
+        self, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
+    ) -> roundtrip.Command:
+        """The command of one `enqueue` call for `items` (job id, encoded job, record
+        fields) of `profile`, for the caller's pipeline (so it can share a MULTI with
+        other writes of the profile; `enqueue_script` must be among its scripts). Its
+        reply is a flat list: verdict (ok | duplicate), entry id, per item. No locator is
+        written (it lives in another slot): the record is found by looking in the
+        profile."""
+        script_keys, args = self._enqueue_call(profile, items)
+        return roundtrip.evalsha(self._enqueue, script_keys, args)
+
+    @property
+    def enqueue_script(self) -> AsyncScript:
+        """The script `enqueue_command` runs."""
+        return self._enqueue
+
+    def _enqueue_call(
+        self, profile: str, items: Sequence[tuple[str, bytes, Mapping[str, str]]]
+    ) -> tuple[list[str], list[bytes]]:
+        record = keys.record(profile, "")
+        script_keys = [keys.events(profile), keys.callbacks(profile), keys.queue(profile)]
+        script_keys += [record + job_id for job_id, _job, _fields in items]
+        payload = msgpack.packb(
+            [
+                f"{time.time():.6f}",
+                self._retention,
+                self._events_maxlen,
+                profile,
+                [(job_id, job, [x for kv in fields.items() for x in kv])
+                 for job_id, job, fields in items],
+            ],
+            use_bin_type=False,  # Redis' cmsgpack reads no bin type: jobs go as raw
+        )  # fmt: skip
+        return script_keys, [payload]
+
+    def _call(
+        self,
+        job_id: str,
+        owner: str,
+        status: str,
+        profile: str,
+        note: str,
+        fields: Mapping[str, str | int | float] | None,
+        allow_rejected: bool,
+        event: Mapping[str, str] | None,
+        ack: Ack | None,
+        indexes: Sequence[str],
+    ) -> tuple[list[str], list[str | int | float]]:
+        now = f"{time.time():.6f}"
+        body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": now}
+        if note:
+            body["note"] = note
+        body.update({k: v for k, v in (event or {}).items() if v})
+        pairs = list((fields or {}).items())
+        wait = self._report_waits.get(profile, 0.0) if status == "sent" else 0.0
+        events = keys.events(profile)
+        script_keys = [keys.record(profile, job_id), events, ack.stream if ack else events]
+        script_keys += [keys.awaiting_reports(profile) if wait else events]
+        script_keys += [keys.callbacks(profile), *indexes]
+        args: list[str | int | float] = [
+            owner,
+            now,
+            status,
+            self._retention,
+            "replay" if allow_rejected else "",
+            note,
+            self._events_maxlen,
+            len(pairs),
+            len(body),
+            ack.group if ack else "",
+            ack.entry_id if ack else "",
+            job_id,
+            f"{time.time() + wait:.3f}" if wait else "",
+        ]
+        for name, value in pairs:
+            args += [name, value]
+        for name, text in body.items():
+            args += [name, text]
+        return script_keys, args
+
+    async def get(
+        self, job_id: str, *, profile: str | None = None, profiles: Sequence[str] = ()
+    ) -> dict[str, Any] | None:
+        """The record of one job, decoded, or None; without `profile`, found as `find`
+        finds it."""
+        if profile is not None:
+            raw = await self._redis.hgetall(keys.record(profile, job_id))
+            return {"id": job_id, **decode_record(raw)} if raw else None
+        return (await self.find([job_id], profiles=profiles))[0]
+
+    async def find(
+        self, job_ids: Sequence[str], *, profiles: Sequence[str] = ()
+    ) -> list[dict[str, Any] | None]:
+        """Records of jobs known by id alone: each job's locator names its profile; a
+        job without one (enqueued by a plain XADD, or a keyword reply) is looked for in
+        each of `profiles`. Two or three round trips whatever the number of jobs."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.get(keys.locator(job_id))
+            located = await pipe.execute()
+        pairs = [(as_text(p), j) for j, p in zip(job_ids, located, strict=True) if p is not None]
+        found = {j: r for (_p, j), r in zip(pairs, await self.get_many(pairs), strict=True) if r}
+        unknown = [j for j in job_ids if j not in found]
+        if unknown and profiles:
+            probes = [(p, j) for j in unknown for p in profiles]
+            for (_p, j), r in zip(probes, await self.get_many(probes), strict=True):
+                if r is not None:
+                    found.setdefault(j, r)
+        return [found.get(j) for j in job_ids]
+
+    async def get_many(self, jobs: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
+        """Records of several jobs, each given as (profile, job id), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for profile, job_id in jobs:
+                pipe.hgetall(keys.record(profile, job_id))
+            rows = await pipe.execute()
+        return [
+            {"id": job_id, **decode_record(row)} if row else None
+            for (_profile, job_id), row in zip(jobs, rows, strict=True)
+        ]
+
+
+def _by_profile(
+    items: Sequence[tuple[str, str, bytes, Mapping[str, str]]],
+) -> list[tuple[str, list[int]]]:
+    """The jobs' positions grouped by profile (one script call each: a profile's keys
+    share a slot), 500 per call at most, so one call never holds Redis long."""
+    groups: dict[str, list[int]] = {}
+    for i, (_job_id, profile, _job, _fields) in enumerate(items):
+        groups.setdefault(profile, []).append(i)
+    return [
+        (profile, chunk[start : start + 500])
+        for profile, chunk in groups.items()
+        for start in range(0, len(chunk), 500)
+    ]
+
+
+def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """A record hash as plain Python values (history and meta parsed)."""
+    record: dict[str, Any] = {as_text(k): as_text(v) for k, v in raw.items()}
+    # Records written before the step fields kept the history as one JSON list.
+    history = [
+        {"status": item[0], "at": float(item[1]), "note": item[2]}
+        for item in json.loads(record.pop("history", None) or "[]")
+    ]
+    steps = []
+    for name in [k for k in record if k[:1] == "h" and k[1:].isdigit()]:
+        status, at, note = record.pop(name).split("|", 2)
+        steps.append((int(name[1:]), {"status": status, "at": float(at), "note": note}))
+    history += [item for _, item in sorted(steps, key=lambda s: s[0])]
+    record["history"] = history
+    record.pop("n", None)
+    if "meta" in record:
+        record["meta"] = json.loads(record["meta"])
+    for name in ("attempts", "segments"):
+        if name in record:
+            record[name] = int(record[name])
+    for name in ("created_at", "updated_at"):
+        if name in record:
+            record[name] = float(record[name])
+    return record
