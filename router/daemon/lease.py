@@ -18,34 +18,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-# KEYS: lease. ARGV: our value, ttl ms. 1 = renewed, 2 = had lapsed and is ours
-# again, 0 = someone else holds it.
-_RENEW = """
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
-end
-return 0
-"""
+from router.store import scripts
 
-# KEYS: lease. ARGV: value seen, new value, ttl ms. Replaces a dead holder's lease
-# only if it is still the one we looked at.
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-
-# KEYS: lease. ARGV: our value. Deletes it only if it is ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# Renew while ours, take over a dead holder's, release only ours (lua/lease_*.lua).
+_RENEW = scripts.source("lease_renew")
+_TAKE_OVER = scripts.source("lease_take_over")
+_RELEASE = scripts.source("lease_release")
 
 
 class InstanceTaken(RuntimeError):

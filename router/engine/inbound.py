@@ -45,7 +45,7 @@ from binds.smpp.pdu import (
 )
 from router import signing
 from router.engine.keywords import KeywordHit, Keywords
-from router.store import keys, roundtrip
+from router.store import keys, roundtrip, scripts
 from router.store.batching import Batcher
 from router.store.connections import as_text
 from router.store.outages import REDIS_ERRORS, Pause, RedisOutages, backoff
@@ -54,83 +54,12 @@ log = structlog.get_logger("router.inbound")
 GROUP = "callbacks"
 UCS2_CODING = 8  # data_coding of messages stored from decoded text (`handle_text`)
 
-# Shared by the store scripts: publish a stored message (its entry `id` on the inbound
-# stream) as an `inbound` event, capped like the ledger's events.
-_PUBLISH = """
-local function publish(events, maxlen, profile, id, message, parts, incomplete, opt_out)
-  local ev = {'type', 'inbound', 'id', 'in-' .. id, 'profile', profile, 'message', message,
-              'parts', parts, 'incomplete', incomplete}
-  if opt_out and opt_out ~= '' then ev[#ev + 1] = 'opt_out'; ev[#ev + 1] = opt_out end
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev))
-end
-"""
-
-# KEYS: inbound stream, events. ARGV: events maxlen, profile, message, parts,
-# incomplete, opt_out ('' = none). One whole message: stored and published.
-_STORE_ONE = (
-    _PUBLISH
-    + """
-local f = {'message', ARGV[3], 'parts', ARGV[4], 'incomplete', ARGV[5]}
-if ARGV[6] ~= '' then f[#f + 1] = 'opt_out'; f[#f + 1] = ARGV[6] end
-local id = redis.call('XADD', KEYS[1], '*', unpack(f))
-publish(KEYS[2], ARGV[1], ARGV[2], id, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-return id
-"""
-)
-
-# KEYS: parts hash, partial zset, inbound stream, events. ARGV: seq, part (JSON),
-# total, deadline, ttl, message fields (JSON), events maxlen, profile. Adds a part; when
-# all `total` are there, moves the message (parts in order) onto the stream (and
-# publishes it) and forgets the parts. Returns 1 if complete.
-_ADD_PART = (
-    _PUBLISH
-    + """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'head', ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('ZADD', KEYS[2], 'NX', ARGV[4], KEYS[1])
-local total = tonumber(ARGV[3])
-if redis.call('HLEN', KEYS[1]) - 1 < total then return 0 end
-local parts = {}
-for i = 1, total do
-  local p = redis.call('HGET', KEYS[1], tostring(i))
-  if not p then return 0 end
-  parts[i] = cjson.decode(p)
-end
-local encoded = cjson.encode(parts)
-local id = redis.call('XADD', KEYS[3], '*', 'message', ARGV[6], 'parts', encoded,
-                      'incomplete', '0')
-publish(KEYS[4], ARGV[7], ARGV[8], id, ARGV[6], encoded, '0', '')
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], KEYS[1])
-return 1
-"""
-)
-
-# KEYS: parts hash, partial zset, inbound stream, events. ARGV: events maxlen, profile.
-# Gives up waiting: whatever parts arrived go on the stream, in order, flagged incomplete.
-_FLUSH = (
-    _PUBLISH
-    + """
-if redis.call('ZREM', KEYS[2], KEYS[1]) == 0 then return 0 end
-local all = redis.call('HGETALL', KEYS[1])
-local seqs = {}
-for i = 1, #all, 2 do
-  if all[i] ~= 'head' then seqs[#seqs + 1] = tonumber(all[i]) end
-end
-table.sort(seqs)
-local parts = {}
-for _, s in ipairs(seqs) do
-  parts[#parts + 1] = cjson.decode(redis.call('HGET', KEYS[1], tostring(s)))
-end
-if #parts == 0 then return 0 end
-local head = redis.call('HGET', KEYS[1], 'head') or '{}'
-local encoded = cjson.encode(parts)
-local id = redis.call('XADD', KEYS[3], '*', 'message', head, 'parts', encoded, 'incomplete', '1')
-publish(KEYS[4], ARGV[1], ARGV[2], id, head, encoded, '1', '')
-redis.call('DEL', KEYS[1])
-return 1
-"""
-)
+# The store scripts (lua/inbound_*.lua), each after the `publish` function they share:
+# one whole message, a part of a long one, the parts of one that stopped coming.
+_PUBLISH = scripts.source("inbound_publish")
+_STORE_ONE = _PUBLISH + scripts.source("inbound_one")
+_ADD_PART = _PUBLISH + scripts.source("inbound_part")
+_FLUSH = _PUBLISH + scripts.source("inbound_flush")
 
 
 # One store: the inbound stream, and either the fields of a whole message or a part's

@@ -25,7 +25,7 @@ from redis.asyncio.client import Pipeline
 
 from router.config import Profile
 from router.numbers import normalise_e164
-from router.store import keys, roundtrip
+from router.store import keys, roundtrip, scripts
 from router.store.connections import as_text
 
 __all__ = [
@@ -201,14 +201,8 @@ async def remove_list_entry(redis: Redis, profile: str, which: ListName, entry: 
     return await _change(redis, profile, which, check_entry(entry), add=False)
 
 
-# KEYS: the list set, its version counter. ARGV: SADD | SREM, the entry. The version
-# moves in the same step as the set (so no reader caches the change under the old
-# version), and only when the set did change.
-_CHANGE = """
-local changed = redis.call(ARGV[1], KEYS[1], ARGV[2])
-if changed == 1 then redis.call('INCR', KEYS[2]) end
-return changed
-"""
+# The set and its version counter change in one step (lua/list_change.lua).
+_CHANGE = scripts.source("list_change")
 
 
 async def _change(redis: Redis, profile: str, which: ListName, entry: str, *, add: bool) -> bool:

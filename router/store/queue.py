@@ -19,65 +19,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from router.store import keys
+from router.store import keys, scripts
 from router.store.connections import as_text
 
-# Ack and delete in one step: acknowledged work has no reason to stay.
-_ACK = """
-local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
-return n
-"""
-
-# Move an entry to the schedule: ZADD due member, then ack + delete.
-_DEFER = """
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"""
-
-# Move an entry to the dead-letter stream with its reason, then ack + delete.
-_DEAD_LETTER = """
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'dead_lettered', 1)
-return 1
-"""
-
-# Promote due schedule members back onto the stream. Member layout:
-# "<origin>|<attempt>|<job bytes>" (origin and attempt never contain '|').
-_PROMOTE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, m in ipairs(due) do
-  local a = string.find(m, '|', 1, true)
-  local b = string.find(m, '|', a + 1, true)
-  redis.call('XADD', KEYS[2], '*', 'job', string.sub(m, b + 1),
-             'origin', string.sub(m, 1, a - 1), 'attempt', string.sub(m, a + 1, b - 1))
-  redis.call('ZREM', KEYS[1], m)
-end
-return #due
-"""
-
-# Put a dead letter back on the work stream (as a replay) and delete it.
-_REPLAY = """
-local rows = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #rows == 0 then return 0 end
-local f = rows[1][2]
-local job, origin = nil, nil
-for i = 1, #f, 2 do
-  if f[i] == 'job' then job = f[i + 1] elseif f[i] == 'origin' then origin = f[i + 1] end
-end
-if not job then return -1 end
-if origin then
-  redis.call('XADD', KEYS[2], '*', 'job', job, 'origin', origin, 'replay', '1')
-else
-  redis.call('XADD', KEYS[2], '*', 'job', job, 'replay', '1')
-end
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
-"""
+# Each move is one script (lua/<name>.lua), so a crash between its steps cannot lose
+# or double the entry.
+_ACK = scripts.source("ack")
+_DEFER = scripts.source("defer")
+_DEAD_LETTER = scripts.source("dead_letter")
+_PROMOTE = scripts.source("promote")
+_REPLAY = scripts.source("replay")
 
 
 @dataclass(slots=True)
