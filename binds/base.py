@@ -14,7 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 
 class BindError(Exception):
-    """Base class of every error raised by a bind."""
+    """The root of every error the transports raise on purpose (`BindConfigError`,
+    `PduError`, `FramingError`, `EncodeError`). `binds` imports nothing of the router,
+    so this root stands beside the router's `RouterError`, not under it."""
 
 
 class BindConfigError(BindError):

@@ -39,6 +39,7 @@ from pydantic import (
 
 from binds.base import BindConfigError
 from binds.http import HttpSpec
+from router.errors import RouterError
 from router.numbers import normalise_e164
 from router.signing import secret_key
 from router.store.redis_url import (
@@ -75,7 +76,7 @@ _SECRET_REF = re.compile(r"\{secret:([^{}]*)\}")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class ConfigError(Exception):
+class ConfigError(RouterError):
     """The configuration cannot be used; `problems` lists each ``path: message``."""
 
     def __init__(self, problems: list[str], source: str = "configuration") -> None:

@@ -27,6 +27,8 @@ from aiosmpplib.codec import (
     UCS2Codec,
 )
 
+from binds.base import BindError
+
 __all__ = [
     "MAX_PARTS",
     "Alphabet",
@@ -64,7 +66,7 @@ _LIMITS: Final[dict[Alphabet, tuple[int, int, int]]] = {
 _CODING: Final[dict[Alphabet, int]] = {"ucs2": 8, "latin1": 3}
 
 
-class EncodeError(ValueError):
+class EncodeError(BindError, ValueError):
     """The text cannot be sent as asked (a character outside a forced alphabet, too long)."""
 
 

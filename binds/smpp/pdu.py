@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from aiosmpplib.protocol import BindTransceiver, BindTransmitter
 from aiosmpplib.state import NPI, TON, SmppCommandStatus
 
+from binds.base import BindError
+
 __all__ = [
     "HEADER",
     "MAX_PDU_SIZE",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class PduError(ValueError):
+class PduError(BindError, ValueError):
     """A PDU body that cannot be read; the message names the field."""
 
 

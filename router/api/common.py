@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from router.client import Client
 from router.config import Scope, Settings
+from router.errors import RouterError
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_ERRORS
 
@@ -43,7 +44,7 @@ log = structlog.get_logger("router.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
+class ApiError(RouterError):
     """An answer other than success: `status` and a message naming what is wrong."""
 
     def __init__(self, status: int, message: str) -> None:

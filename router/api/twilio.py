@@ -37,6 +37,7 @@ from aiohttp import web
 from binds.smpp.codec import count_segments
 from router.api.common import CONTEXT, Handler, json_response
 from router.config import TwilioApi
+from router.errors import RouterError
 from router.numbers import normalise_e164
 from router.policy.jobs import JobError
 from router.store.outages import REDIS_ERRORS
@@ -81,7 +82,7 @@ _NOT_FOUND = 20404
 _METHOD_NOT_ALLOWED = 20004
 
 
-class TwilioError(Exception):
+class TwilioError(RouterError):
     """An answer in Twilio's error shape: HTTP `status`, Twilio error `code`, message."""
 
     def __init__(self, status: int, code: int, message: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from router.errors import RouterError
 from router.store import scripts
 
 # Renew while ours, take over a dead holder's, release only ours (lua/lease_*.lua).
@@ -26,7 +27,7 @@ _TAKE_OVER = scripts.source("lease_take_over")
 _RELEASE = scripts.source("lease_release")
 
 
-class InstanceTaken(RuntimeError):
+class InstanceTaken(RouterError, RuntimeError):
     """Another live daemon holds this instance name."""
 
 

@@ -16,13 +16,14 @@ from functools import lru_cache
 from typing import Any
 
 from binds.smpp.codec import is_gsm
+from router.errors import RouterError
 
 __all__ = ["TemplateError", "pick_text", "placeholders", "render", "smart_encode"]
 
 _FORMATTER = string.Formatter()
 
 
-class TemplateError(ValueError):
+class TemplateError(RouterError, ValueError):
     """A template that cannot be used, or a job whose variables do not fill it;
     `variable` names the placeholder at fault when there is one."""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from router.errors import RouterError
 from router.numbers import normalise_e164
 
 # Fields a producer may send; anything else is refused so typos surface early.
@@ -64,7 +65,7 @@ MAX_LENGTHS = {
 MAX_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 
 
-class JobError(ValueError):
+class JobError(RouterError, ValueError):
     """A job that cannot be sent as it is; `field` names the culprit."""
 
     def __init__(self, field: str, message: str) -> None:

@@ -31,6 +31,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from router.config import RouterSettings, Settings
+from router.errors import RouterError
 from router.store.redis_url import (
     ClusterUrl,
     is_cluster_url,
@@ -46,7 +47,7 @@ MAX_CONNECTIONS = 128  # per process; Redis' default maxclients is 10,000
 CLUSTER_SPARE_CONNECTIONS = 4
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(RouterError, RuntimeError):
     """Redis could not be reached or the embedded server could not start."""
 
 
@@ -195,7 +196,7 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     connection, like the URL path's `BlockingConnectionPool`."""
 
 
-class ClusterUnreachable(RedisConnectionError):
+class ClusterUnreachable(RouterError, RedisConnectionError):
     """No seed or known cluster node gave a usable slot map (none answered, or they
     leave slots uncovered or disagree): an outage, like a refused connection."""
 

@@ -29,6 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from router.errors import RouterError
 from router.store import keys, roundtrip
 from router.store.connections import as_text
 
@@ -360,7 +361,7 @@ class _Step:
             await _delete(self.redis, cursors[start : start + self.batch])
 
 
-class MigrationError(RuntimeError):
+class MigrationError(RouterError, RuntimeError):
     """A write of the migration failed (it never carries record contents)."""
 
 
