@@ -7,9 +7,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from router.engine.worker import backoff
 from router.numbers import normalise_e164
 from router.policy.jobs import Job, JobError, decode_job, encode_job
+from router.store.outages import backoff
 
 
 def decode(job: dict[str, Any]) -> Job:
