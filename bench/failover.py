@@ -50,7 +50,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(ROOT))
 from router.daemon.daemon import health_key
 from router.store import keys
-from router.store.ledger import Ledger
+from router.store.ledger import Finished, Ledger
 from tests.sentinels import SentinelSet
 
 
@@ -206,8 +206,8 @@ async def step_latency(port: int, steps: int, items: int) -> dict[str, float]:
             times: list[float] = []
             for n in range(steps):
                 batch = [
-                    (f"s{ack}-{n}-{i}", "0-1", 2, "sent", "", "", "+447911123456",
-                     "+16501112345", "", 1, "", "", "", [f"p{ack}-{n}-{i}"], [])
+                    Finished(f"s{ack}-{n}-{i}", "0-1", 2, "sent", "", "", "+447911123456",
+                             "+16501112345", "", 1, "", "", "", [f"p{ack}-{n}-{i}"], [])
                     for i in range(items)
                 ]  # fmt: skip
                 began = time.perf_counter()

@@ -75,12 +75,16 @@ async def test_orphan_early_report_expires_while_other_early_reports_keep_arrivi
 
 
 def sending_item(job_id: str, owner: str) -> Sending:
-    return (job_id, owner, "", "+16501112345", "+447911123456", "", "", "", "", 0)
+    return Sending(id=job_id, owner=owner, replay="", sender="+16501112345",
+                   to="+447911123456", text="", meta="", url="", sticky_key="",
+                   sticky_ttl=0)  # fmt: skip
 
 
 def sent_item(job_id: str, entry: str, step: int, ids: list[str], forms: list[str]) -> Finished:
-    return (job_id, entry, step + 1, "sent", "", "", "+447911123456", "+16501112345", "",
-            len(ids), "", "", "", ids, forms)  # fmt: skip
+    return Finished(id=job_id, entry=entry, step=step + 1, status="sent", note="", url="",
+                    to="+447911123456", sender="+16501112345", meta="", segments=len(ids),
+                    error_code="", error_raw="", error="", part_ids=ids,
+                    forms=forms)  # fmt: skip
 
 
 async def record_sent(

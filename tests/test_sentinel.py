@@ -23,7 +23,7 @@ from router import Client
 from router.config import ConfigError, Settings, parse_settings
 from router.store import keys
 from router.store.connections import open_redis
-from router.store.ledger import Ledger
+from router.store.ledger import Finished, Ledger
 from router.store.redis_url import SentinelUrl, parse_sentinel_url
 from router.store.replicas import SHORT_FIELD
 
@@ -143,10 +143,10 @@ async def test_unreachable_sentinels_name_the_url_without_secrets(tmp_path: Path
 # -- replicas_ack ----------------------------------------------------------------------
 
 
-def finished(job: str, entry: str) -> Any:
+def finished(job: str, entry: str) -> Finished:
     """One `finish` item: job `job` sent, its work entry `entry` acknowledged."""
-    return (job, entry, 2, "sent", "", "", "+447911123456", "+16501112345", "", 1,
-            "", "", "", [f"p-{job}"], [])  # fmt: skip
+    return Finished(job, entry, 2, "sent", "", "", "+447911123456", "+16501112345", "", 1,
+                    "", "", "", [f"p-{job}"], [])  # fmt: skip
 
 
 async def record_and_finish(redis: Redis, ledger: Ledger, job: str) -> dict[str, int]:

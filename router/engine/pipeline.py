@@ -224,17 +224,17 @@ class Pipeline:
 
     def _sending_item(self, r: Ready) -> Sending:
         job = r.job
-        return (
-            job.id,
-            r.entry.owner,
-            "1" if r.entry.replay else "",
-            r.sender,
-            job.to,
-            (job.text or "") if self._store_text else "",
-            r.meta,
-            r.url,
-            r.sticky_key,
-            r.sticky_ttl,
+        return Sending(
+            id=job.id,
+            owner=r.entry.owner,
+            replay="1" if r.entry.replay else "",
+            sender=r.sender,
+            to=job.to,
+            text=(job.text or "") if self._store_text else "",
+            meta=r.meta,
+            url=r.url,
+            sticky_key=r.sticky_key,
+            sticky_ttl=r.sticky_ttl,
         )
 
     def _dispatch(self, batch: Sequence[Ready], results: Sequence[Transition]) -> None:
@@ -312,10 +312,10 @@ class Pipeline:
         forms: list[str] = []
         if isinstance(outcome, Failed):
             status, note, segments = "failed", outcome.reason, 0
-            error = (outcome.code, outcome.raw, outcome.reason)
+            code, raw, error = outcome.code, outcome.raw, outcome.reason
         else:
             status, note, segments = "sent", "", outcome.segments
-            error = ("", "", "")
+            code = raw = error = ""
             ids = [i for i in outcome.part_ids or (outcome.provider_message_id,) if i]
             if self._reports is not None:
                 ids = [n for n in map(self._reports.normalise, ids) if n]
@@ -323,8 +323,23 @@ class Pipeline:
                     for form in self._reports.forms(part):
                         forms += (part, form)
         job = r.job
-        return (job.id, r.entry.entry_id, r.step + 1, status, note, r.url, job.to, r.sender,
-                r.meta, segments, *error, ids, forms)  # fmt: skip
+        return Finished(
+            id=job.id,
+            entry=r.entry.entry_id,
+            step=r.step + 1,
+            status=status,
+            note=note,
+            url=r.url,
+            to=job.to,
+            sender=r.sender,
+            meta=r.meta,
+            segments=segments,
+            error_code=code,
+            error_raw=raw,
+            error=error,
+            part_ids=ids,
+            forms=forms,
+        )
 
     async def _record(
         self,
@@ -378,7 +393,7 @@ class Pipeline:
                 self._handoff.fail(ready, result)
             else:
                 if self._metrics is not None and result is not None:
-                    self._metrics.count(item[3])
+                    self._metrics.count(item.status)
                     for status, count in result.items():
                         self._metrics.count(status, count)
                 self._handoff.release([ready.entry])

@@ -139,7 +139,8 @@ class Reports:
         a burst of receipts costs one script call per batch, not one each."""
         if not candidates:
             return
-        result, job, _part = await self._batcher.submit((outcome, stat, err, list(candidates)))
+        report = Report(outcome, stat, err, list(candidates))
+        result, job, _part = await self._batcher.submit(report)
         if result.verdict == "ok":
             log.debug(result.previous, id=job, profile=self.profile, stat=stat)
 

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from redis.asyncio import Redis
@@ -47,23 +47,164 @@ class Ack:
     entry_id: str
 
 
-# One message of a `sending` batch: job id, owner (entry), replay ('1' | ''), from, to,
-# text ('' unless stored), meta (JSON or ''), status_callback_url (or ''), sticky
-# mapping key (or ''), its TTL in seconds. Plain tuples: msgpack packs them in C, and
-# sending.lua unpacks them with cmsgpack.
-Sending = tuple[str, str, str, str, str, str, str, str, str, int]
-# One outcome of a `finish` batch: job id, entry id, history index, status (sent |
-# failed), note, status_callback_url, to, from, meta, segments, error code, error raw,
-# error, the parts' provider ids, then (part id, id form) pairs flattened: the forms an
-# early report for the part may be kept under.
-Finished = tuple[
-    str, str, int, str, str, str, str, str, str, int, str, str, str, list[str], list[str]
-]
+# The records the scripts read. Each is packed by msgpack as a plain array (in C, as a
+# tuple would be), so the wire to Lua costs what it did; its fields are named once here
+# and once in lua/common.lua (same names, same order: tests/test_record_fields.py
+# checks), and read by name on both sides. Text fields carry '' where absent.
 
 
-# One part's delivery report: outcome (delivered | undelivered), stat, err, and the
-# provider ids it may be indexed under, best first.
-Report = tuple[str, str, str, list[str]]
+class Sending(NamedTuple):
+    """One message of a `sending` batch (sending.lua; common.lua's ``SENDING``)."""
+
+    id: str  # job id
+    owner: str  # the work entry that owns the record
+    replay: str  # '1' lets a replayed dead letter leave `rejected`, else ''
+    sender: str  # the number it is sent from (`from` on the record)
+    to: str
+    text: str  # '' unless the profile stores texts
+    meta: str  # JSON
+    url: str  # status_callback_url
+    sticky_key: str  # a sticky mapping (recipient -> sender) to set with the record
+    sticky_ttl: int  # its TTL in seconds
+
+
+class Finished(NamedTuple):
+    """One outcome of a `finish` batch (finish.lua; common.lua's ``FINISHED``)."""
+
+    id: str  # job id
+    entry: str  # its work entry, acknowledged in the same step
+    step: int  # history index of this step (the `sending` one's + 1)
+    status: str  # sent | failed
+    note: str
+    url: str  # status_callback_url
+    to: str
+    sender: str
+    meta: str  # JSON
+    segments: int
+    error_code: str  # error_*: a failed outcome's
+    error_raw: str
+    error: str
+    part_ids: list[str]  # the parts' provider ids (a sent outcome's)
+    # (part id, id form) pairs flattened: the forms an early report for the part may
+    # be kept under.
+    forms: list[str]
+
+
+class Report(NamedTuple):
+    """One part's delivery report (report.lua; common.lua's ``REPORT``)."""
+
+    outcome: str  # delivered | undelivered
+    stat: str
+    err: str
+    candidates: list[str]  # the provider ids it may be indexed under, best first
+    job: str = ""  # the job the caller found through the index ('' = none yet)
+
+
+class Enqueued(NamedTuple):
+    """One job of an `enqueue` call (enqueue.lua; common.lua's ``ENQUEUED``)."""
+
+    id: str  # job id
+    job: bytes  # the encoded job, the work entry's only field
+    fields: list[str]  # record fields and values, flattened
+
+
+# The heads of the batch calls: ARGV[1] is each packed, its last field the items.
+
+
+class SendingCall(NamedTuple):
+    """sending.lua's argument (common.lua's ``SENDING_CALL``)."""
+
+    now: str
+    profile: str
+    retention: int  # seconds a new record lives
+    events_maxlen: int
+    items: Sequence[Sending]
+
+
+class FinishCall(NamedTuple):
+    """finish.lua's argument (common.lua's ``FINISH_CALL``)."""
+
+    now: str
+    profile: str
+    retention: int  # seconds the provider-id index lives
+    events_maxlen: int
+    group: str  # the consumer group the entries are acknowledged in
+    report_deadline: str  # when a `sent` message's report is due ('' = not awaited)
+    items: Sequence[Finished]
+
+
+class ReportCall(NamedTuple):
+    """report.lua's argument (common.lua's ``REPORT_CALL``)."""
+
+    now: str
+    events_maxlen: int
+    profile: str
+    keep_until: str  # until when a report kept early waits for its message
+    reports: Sequence[Report]
+
+
+class EnqueueCall(NamedTuple):
+    """enqueue.lua's argument (common.lua's ``ENQUEUE_CALL``)."""
+
+    now: str
+    retention: int
+    events_maxlen: int
+    profile: str
+    items: Sequence[Enqueued]
+
+
+# The scripts called with plain arguments (ARGV): the fixed ones, by position.
+
+
+class TransitionArgs(NamedTuple):
+    """transition.lua's fixed ARGV (common.lua's ``TRANSITION``); the record's field
+    pairs follow, then the event's."""
+
+    owner: str
+    now: str
+    status: str
+    retention: int
+    mode: str  # '' | 'replay' (a replayed dead letter may leave `rejected`)
+    note: str
+    events_maxlen: int
+    field_count: int  # field pairs that follow
+    event_count: int  # event pairs after them
+    group: str  # ack group ('' = no ack)
+    entry: str  # the work entry to ack
+    job: str  # job id
+    report_deadline: str  # '' = no report awaited
+
+
+class MissingArgs(NamedTuple):
+    """missing.lua's fixed ARGV (common.lua's ``MISSING``); the due job ids follow."""
+
+    now: str
+    events_maxlen: int
+    profile: str
+    note: str
+
+
+class EarlyArgs(NamedTuple):
+    """early.lua's ARGV (common.lua's ``EARLY``)."""
+
+    now: str
+    batch: int
+
+
+# Every record above, by its name in common.lua.
+LUA_RECORDS: dict[str, type[tuple[Any, ...]]] = {
+    "SENDING": Sending,
+    "FINISHED": Finished,
+    "REPORT": Report,
+    "ENQUEUED": Enqueued,
+    "SENDING_CALL": SendingCall,
+    "FINISH_CALL": FinishCall,
+    "REPORT_CALL": ReportCall,
+    "ENQUEUE_CALL": EnqueueCall,
+    "TRANSITION": TransitionArgs,
+    "MISSING": MissingArgs,
+    "EARLY": EarlyArgs,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +314,11 @@ class Ledger:
         # The record's key comes from the index, so the index is read first; a report
         # whose index changed in between (its `sent` was just recorded) goes again.
         for _attempt in range(5):
-            index = [keys.provider_id(profile, c) for i in todo for c in batch[i][3]]
+            index = [keys.provider_id(profile, c) for i in todo for c in batch[i].candidates]
             found = iter(await self._redis.mget(index) if index else [])
             jobs = []
             for i in todo:
-                named = [as_text(j) for j in (next(found) for _ in batch[i][3]) if j]
+                named = [as_text(j) for j in (next(found) for _ in batch[i].candidates) if j]
                 jobs.append(named[0] if named else "")
             reply = await self._reports_call(profile, [batch[i] for i in todo], jobs, keep_for)
             again = []
@@ -206,17 +347,13 @@ class Ledger:
             keys.early_deadlines(profile),
             keys.callbacks(profile),
         ]
+        found: list[Report] = []
         for report, job in zip(batch, jobs, strict=True):
-            script_keys += [keys.provider_id(profile, c) for c in report[3]]
+            script_keys += [keys.provider_id(profile, c) for c in report.candidates]
             script_keys.append(keys.record(profile, job) if job else early)
+            found.append(Report(report.outcome, report.stat, report.err, report.candidates, job))
         payload = msgpack.packb(
-            [
-                f"{now:.6f}",
-                self._events_maxlen,
-                profile,
-                f"{now + keep_for:.3f}",
-                [(*report, job) for report, job in zip(batch, jobs, strict=True)],
-            ]
+            ReportCall(f"{now:.6f}", self._events_maxlen, profile, f"{now + keep_for:.3f}", found)
         )
         return await self._report(keys=script_keys, args=[payload])
 
@@ -227,26 +364,23 @@ class Ledger:
             dropped = int(
                 await self._early(
                     keys=[keys.early_reports(profile), keys.early_deadlines(profile)],
-                    args=[f"{time.time():.3f}", batch],
+                    args=list(EarlyArgs(f"{time.time():.3f}", batch)),
                 )
             )
             total += dropped
             if dropped < batch:
                 return total
 
-    def _head(self, profile: str) -> list[str | int]:
-        """What sending.lua and finish.lua both take first: now, profile, retention,
-        events maxlen."""
-        return [f"{time.time():.6f}", profile, self._retention, self._events_maxlen]
-
     async def sending(self, profile: str, items: Sequence[Sending]) -> list[Transition]:
         """Record `sending` for a batch in one call (sending.lua); one `Transition` per
         item, its `step` the history index the outcome's step follows."""
-        payload = msgpack.packb([*self._head(profile), items])
+        payload = msgpack.packb(
+            SendingCall(f"{time.time():.6f}", profile, self._retention, self._events_maxlen, items)
+        )
         record = keys.record(profile, "")
         script_keys = [keys.events(profile), keys.callbacks(profile), keys.stats(profile)]
-        script_keys += [record + it[0] for it in items]
-        script_keys += [it[8] for it in items if it[8]]
+        script_keys += [record + it.id for it in items]
+        script_keys += [it.sticky_key for it in items if it.sticky_key]
         reply = await self._sending(keys=script_keys, args=[payload])
         return [
             Transition(as_text(reply[i]), as_text(reply[i + 1]), int(reply[i + 2]))
@@ -260,13 +394,17 @@ class Ledger:
         Returns the final statuses the early reports wrote, counted
         (``{"delivered": 3}``; empty when none was applied)."""
         wait = self._report_waits.get(profile, 0.0)
+        now = time.time()
         payload = msgpack.packb(
-            [
-                *self._head(profile),
+            FinishCall(
+                f"{now:.6f}",
+                profile,
+                self._retention,
+                self._events_maxlen,
                 keys.GROUP,
-                f"{time.time() + wait:.3f}" if wait else "",
+                f"{now + wait:.3f}" if wait else "",
                 items,
-            ]
+            )
         )
         record, index = keys.record(profile, ""), keys.provider_id(profile, "")
         script_keys = [
@@ -277,8 +415,8 @@ class Ledger:
             keys.early_reports(profile),
             keys.early_deadlines(profile),
         ]
-        script_keys += [record + it[0] for it in items]
-        script_keys += [index + part for it in items if it[3] == "sent" for part in it[13]]
+        script_keys += [record + it.id for it in items]
+        script_keys += [index + part for it in items if it.status == "sent" for part in it.part_ids]
         if self._replicas.wanted:
             finals = await self._replicas.run(
                 self._finish, script_keys, [payload], profile=profile, messages=len(items)
@@ -308,7 +446,7 @@ class Ledger:
                         keys.callbacks(profile),
                         *(keys.record(profile, job) for job in due),
                     ],
-                    args=[now, self._events_maxlen, profile, note, *due],
+                    args=[*MissingArgs(now, self._events_maxlen, profile, note), *due],
                 )
             )
             if len(due) < batch:
@@ -326,7 +464,10 @@ class Ledger:
         """
         groups = _by_profile(items)
         calls = [
-            self._enqueue_call(profile, [(items[i][0], items[i][2], items[i][3]) for i in chunk])
+            self._enqueue_call(
+                profile,
+                [(job_id, job, fields) for job_id, _p, job, fields in (items[i] for i in chunk)],
+            )
             for profile, chunk in groups
         ]
         ttl = self._retention
@@ -378,14 +519,14 @@ class Ledger:
         script_keys = [keys.events(profile), keys.callbacks(profile), keys.queue(profile)]
         script_keys += [record + job_id for job_id, _job, _fields in items]
         payload = msgpack.packb(
-            [
+            EnqueueCall(
                 f"{time.time():.6f}",
                 self._retention,
                 self._events_maxlen,
                 profile,
-                [(job_id, job, [x for kv in fields.items() for x in kv])
+                [Enqueued(job_id, job, [x for kv in fields.items() for x in kv])
                  for job_id, job, fields in items],
-            ],
+            ),
             use_bin_type=False,  # Redis' cmsgpack reads no bin type: jobs go as raw
         )  # fmt: skip
         return script_keys, [payload]
@@ -415,19 +556,21 @@ class Ledger:
         script_keys += [keys.awaiting_reports(profile) if wait else events]
         script_keys += [keys.callbacks(profile), *indexes]
         args: list[str | int | float] = [
-            owner,
-            now,
-            status,
-            self._retention,
-            "replay" if allow_rejected else "",
-            note,
-            self._events_maxlen,
-            len(pairs),
-            len(body),
-            ack.group if ack else "",
-            ack.entry_id if ack else "",
-            job_id,
-            f"{time.time() + wait:.3f}" if wait else "",
+            *TransitionArgs(
+                owner=owner,
+                now=now,
+                status=status,
+                retention=self._retention,
+                mode="replay" if allow_rejected else "",
+                note=note,
+                events_maxlen=self._events_maxlen,
+                field_count=len(pairs),
+                event_count=len(body),
+                group=ack.group if ack else "",
+                entry=ack.entry_id if ack else "",
+                job=job_id,
+                report_deadline=f"{time.time() + wait:.3f}" if wait else "",
+            )
         ]
         for name, value in pairs:
             args += [name, value]

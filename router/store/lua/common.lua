@@ -4,6 +4,39 @@
 -- one field per history step, `h<i>` = "status|time|note": a change appends one field
 -- instead of decoding and re-encoding the whole history.
 
+-- Field positions, by name: `fields{'a', 'b'}` is {a = 1, b = 2, _count = 2} (a
+-- NamedTuple's field names never start with '_').
+local function fields(names)
+  local at = {_count = #names}
+  for i, name in ipairs(names) do at[name] = i end
+  return at
+end
+
+-- The records the router sends (msgpack arrays), read by name: `it[SENDING.to]`. The
+-- same names in the same order as their NamedTuples in router/store/ledger.py (a test
+-- compares them): a new field is added there and here, nowhere else.
+local SENDING = fields{'id', 'owner', 'replay', 'sender', 'to', 'text', 'meta', 'url',
+                       'sticky_key', 'sticky_ttl'}
+local FINISHED = fields{'id', 'entry', 'step', 'status', 'note', 'url', 'to', 'sender',
+                        'meta', 'segments', 'error_code', 'error_raw', 'error', 'part_ids',
+                        'forms'}
+local REPORT = fields{'outcome', 'stat', 'err', 'candidates', 'job'}
+local ENQUEUED = fields{'id', 'job', 'fields'}
+-- The batch calls' ARGV[1], each ending with its items.
+local SENDING_CALL = fields{'now', 'profile', 'retention', 'events_maxlen', 'items'}
+local FINISH_CALL = fields{'now', 'profile', 'retention', 'events_maxlen', 'group',
+                           'report_deadline', 'items'}
+local REPORT_CALL = fields{'now', 'events_maxlen', 'profile', 'keep_until', 'reports'}
+local ENQUEUE_CALL = fields{'now', 'retention', 'events_maxlen', 'profile', 'items'}
+-- The fixed ARGV of the scripts called with plain arguments.
+local TRANSITION = fields{'owner', 'now', 'status', 'retention', 'mode', 'note',
+                          'events_maxlen', 'field_count', 'event_count', 'group', 'entry',
+                          'job', 'report_deadline'}
+local MISSING = fields{'now', 'events_maxlen', 'profile', 'note'}
+local EARLY = fields{'now', 'batch'}
+-- A delivery report as kept (JSON, in the early hash and a record's `dlr:<part>`).
+local DLR = fields{'outcome', 'stat', 'err'}
+
 local function step(n, status, now, note)
   return 'h' .. n, status .. '|' .. now .. '|' .. note
 end
@@ -31,11 +64,11 @@ end
 -- for a short message). Returns the final status once every part has reported (the
 -- record, its event and callback written), else nil. `n` is the record's history
 -- length when the caller knows it (finish.lua just wrote it), else nil.
--- info: {to, from, meta, url} of the message ('' where absent); awaiting: the
+-- info: {to =, from =, meta =, url =} of the message ('' where absent); awaiting: the
 -- awaiting-reports set, or '' when the profile has none.
 local function apply_report(rec, job, part, outcome, stat, err, now, parts, info,
                             profile, events, maxlen, callbacks, awaiting, n)
-  local mine = cjson.encode({outcome, stat, err})
+  local mine = cjson.encode({outcome, stat, err})  -- a DLR
   local final, fstat, ferr = outcome, stat, err
   if #parts > 1 then
     redis.call('HSET', rec, 'dlr:' .. part, mine)
@@ -44,7 +77,9 @@ local function apply_report(rec, job, part, outcome, stat, err, now, parts, info
       local r = redis.call('HGET', rec, 'dlr:' .. p)
       if not r then return nil end
       r = cjson.decode(r)
-      if r[1] ~= 'delivered' and final == 'delivered' then final, fstat, ferr = r[1], r[2], r[3] end
+      if r[DLR.outcome] ~= 'delivered' and final == 'delivered' then
+        final, fstat, ferr = r[DLR.outcome], r[DLR.stat], r[DLR.err]
+      end
     end
   end
   if awaiting ~= '' then redis.call('ZREM', awaiting, job) end
@@ -59,10 +94,10 @@ local function apply_report(rec, job, part, outcome, stat, err, now, parts, info
   redis.call('HSET', rec, unpack(f))
   local ev = {'id', job, 'status', final, 'at', now, 'stat', fstat, 'err', ferr,
               'provider_message_id', part, 'profile', profile}
-  if info[1] ~= '' then ev[#ev + 1] = 'to'; ev[#ev + 1] = info[1] end
-  if info[2] ~= '' then ev[#ev + 1] = 'from'; ev[#ev + 1] = info[2] end
-  if info[3] ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = info[3] end
+  if info.to ~= '' then ev[#ev + 1] = 'to'; ev[#ev + 1] = info.to end
+  if info.from ~= '' then ev[#ev + 1] = 'from'; ev[#ev + 1] = info.from end
+  if info.meta ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = info.meta end
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev))
-  post(callbacks, info[4], ev)
+  post(callbacks, info.url, ev)
   return final
 end

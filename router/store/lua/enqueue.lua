@@ -4,25 +4,27 @@
 -- the record.
 -- One profile's jobs (every key in its slot). KEYS: event stream, callbacks stream, work
 -- stream, then each item's record.
--- ARGV[1]: msgpack {now, ttl, events maxlen, profile, items}; each item {job id, encoded
--- job, {record field, value, ...}}; the fields `to`, `from`, `meta` also go on the
--- event, `status_callback_url` names where it is posted.
+-- ARGV[1]: msgpack ENQUEUE_CALL {now, retention, events maxlen, profile, items}; each
+-- item an ENQUEUED {job id, encoded job, {record field, value, ...}} (common.lua;
+-- router/store/ledger.py); the fields `to`, `from`, `meta` also go on the event,
+-- `status_callback_url` names where it is posted.
 -- Returns a flat array: verdict (ok | duplicate), entry id ('' for a duplicate).
 local args = cmsgpack.unpack(ARGV[1])
-local now, ttl, maxlen, profile = args[1], args[2], args[3], args[4]
+local now, ttl = args[ENQUEUE_CALL.now], args[ENQUEUE_CALL.retention]
+local maxlen, profile = args[ENQUEUE_CALL.events_maxlen], args[ENQUEUE_CALL.profile]
 local out = {}
-for i, it in ipairs(args[5]) do
+for i, it in ipairs(args[ENQUEUE_CALL.items]) do
   local rec = KEYS[3 + i]
   if redis.call('EXISTS', rec) == 1 then
     out[#out + 1] = 'duplicate'; out[#out + 1] = ''
   else
-    local entry = redis.call('XADD', KEYS[3], '*', 'job', it[2])
+    local entry = redis.call('XADD', KEYS[3], '*', 'job', it[ENQUEUED.job])
     local name, value = step(1, 'queued', now, '')
     local fields = {'created_at', now, 'owner', entry, 'status', 'queued',
                     'updated_at', now, 'n', 1, name, value}
-    local ev = {'id', it[1], 'profile', profile, 'status', 'queued', 'at', now}
+    local ev = {'id', it[ENQUEUED.id], 'profile', profile, 'status', 'queued', 'at', now}
     local url = nil
-    local given = it[3]
+    local given = it[ENQUEUED.fields]
     for i = 1, #given, 2 do
       local field, v = given[i], given[i + 1]
       fields[#fields + 1] = field; fields[#fields + 1] = v

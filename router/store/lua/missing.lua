@@ -4,22 +4,25 @@
 -- The caller read the due members first (their records' keys go in KEYS); a member
 -- another instance took in between is left alone (ZREM says so).
 -- KEYS: awaiting-reports set, event stream, stats hash, callbacks stream, then the
--- records of the due jobs. ARGV: now, events maxlen, profile, note, then the job ids.
--- Returns how many records got the note.
+-- records of the due jobs. ARGV: MISSING {now, events maxlen, profile, note}
+-- (common.lua), then the job ids. Returns how many records got the note.
+local now, maxlen = ARGV[MISSING.now], ARGV[MISSING.events_maxlen]
+local profile, note = ARGV[MISSING.profile], ARGV[MISSING.note]
+local first = MISSING._count  -- ARGV index before the first job id
 local noted = 0
-for i = 5, #ARGV do
-  local job = ARGV[i]
-  local rec = KEYS[i]
+for n = 1, #ARGV - first do
+  local job = ARGV[first + n]
+  local rec = KEYS[4 + n]
   if redis.call('ZREM', KEYS[1], job) == 1 and redis.call('HGET', rec, 'status') == 'sent' then
-    set_status(rec, 'sent', ARGV[1], ARGV[4])
+    set_status(rec, 'sent', now, note)
     redis.call('HSET', rec, 'report_timeout', '1')
-    local ev = {'id', job, 'profile', ARGV[3], 'status', 'sent', 'at', ARGV[1],
-                'note', ARGV[4], 'report_timeout', '1'}
+    local ev = {'id', job, 'profile', profile, 'status', 'sent', 'at', now,
+                'note', note, 'report_timeout', '1'}
     for _, name in ipairs({'to', 'from', 'provider_message_id', 'meta'}) do
       local value = redis.call('HGET', rec, name)
       if value then ev[#ev + 1] = name; ev[#ev + 1] = value end
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ev))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(ev))
     to_callbacks(rec, KEYS[4], ev)
     noted = noted + 1
   end

@@ -13,21 +13,24 @@
 -- KEYS: event stream, awaiting-reports set, early hash, early zset, callbacks stream,
 -- then per report: its candidates' index keys, then the record of the job the index
 -- named (the early hash when it named none).
--- ARGV[1]: msgpack {now, events maxlen, profile, early deadline, reports}; each report
--- {outcome (delivered | undelivered), stat, err, {candidate ids, best first: the first
--- with an index names the job}, the job id the caller found ('' = none)}.
+-- ARGV[1]: msgpack REPORT_CALL {now, events maxlen, profile, early deadline, reports};
+-- each report a REPORT {outcome (delivered | undelivered), stat, err, {candidate ids,
+-- best first: the first with an index names the job}, the job id the caller found
+-- ('' = none)} (common.lua; router/store/ledger.py).
 -- Returns a flat array, 4 per report: verdict, status, job id, matched id; verdict: ok
 -- (final status written) | partial (waiting for other parts) | early (kept) | done
 -- (message final already) | retry.
 local args = cmsgpack.unpack(ARGV[1])
-local now, maxlen, profile, keep_until = args[1], args[2], args[3], args[4]
+local now, maxlen = args[REPORT_CALL.now], args[REPORT_CALL.events_maxlen]
+local profile, keep_until = args[REPORT_CALL.profile], args[REPORT_CALL.keep_until]
 local out = {}
 local function answer(verdict, st, job, part)
   out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = job; out[#out + 1] = part
 end
 local k = 5  -- KEYS index of the last key taken
-for _, r in ipairs(args[5]) do
-  local outcome, stat, err, cands, expected = r[1], r[2], r[3], r[4], r[5]
+for _, r in ipairs(args[REPORT_CALL.reports]) do
+  local outcome, stat, err = r[REPORT.outcome], r[REPORT.stat], r[REPORT.err]
+  local cands, expected = r[REPORT.candidates], r[REPORT.job]
   local job, part
   for i = 1, #cands do
     if not job then
@@ -43,7 +46,7 @@ for _, r in ipairs(args[5]) do
     local st = nil
     if job then st = redis.call('HGET', rec, 'status') end
     if not st or st == 'queued' or st == 'scheduled' or st == 'sending' then
-      redis.call('HSET', KEYS[3], cands[1], cjson.encode({outcome, stat, err}))
+      redis.call('HSET', KEYS[3], cands[1], cjson.encode({outcome, stat, err}))  -- a DLR
       redis.call('ZADD', KEYS[4], keep_until, cands[1])
       answer('early', st or '', job or '', cands[1])
     elseif st ~= 'sent' then
@@ -53,7 +56,8 @@ for _, r in ipairs(args[5]) do
       local parts = {part}
       if info[1] then parts = cjson.decode(info[1]) end
       local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
-                                 {info[2] or '', info[3] or '', info[4] or '', info[5] or ''},
+                                 {to = info[2] or '', from = info[3] or '',
+                                  meta = info[4] or '', url = info[5] or ''},
                                  profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil)
       if final then answer('ok', final, job, part) else answer('partial', st, job, part) end
     end

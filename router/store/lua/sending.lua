@@ -4,21 +4,23 @@
 -- one HSET and the event.
 -- KEYS: event stream, callbacks stream, stats hash, then each item's record, then the
 -- sticky keys of the items that have one, in item order.
--- ARGV[1]: msgpack {now, profile, retention, events maxlen, items}; each item {job id,
--- owner, replay ('1' | ''), from, to, text, meta, status_callback_url, sticky key, sticky
--- ttl} ('' where absent): a sticky key is set to `from` (the recipient's number from now
--- on, `sticky` strategies), in the same step. Returns a flat array: verdict, previous
--- status, history index of the step (0 unless ok) for each item; verdict: ok |
--- duplicate | done.
+-- ARGV[1]: msgpack SENDING_CALL {now, profile, retention, events maxlen, items}; each
+-- item a SENDING (common.lua: names and meanings in router/store/ledger.py); a sticky
+-- key is set to `sender` (the recipient's number from now on, `sticky` strategies), in
+-- the same step. Returns a flat array: verdict, previous status, history index of the
+-- step (0 unless ok) for each item; verdict: ok | duplicate | done.
 local args = cmsgpack.unpack(ARGV[1])
-local now, profile, ttl, maxlen = args[1], args[2], args[3], args[4]
-local items = args[5]
+local now, profile = args[SENDING_CALL.now], args[SENDING_CALL.profile]
+local ttl, maxlen = args[SENDING_CALL.retention], args[SENDING_CALL.events_maxlen]
+local items = args[SENDING_CALL.items]
 local sticky = 3 + #items  -- KEYS index of the last sticky key taken
 local out = {}
 for i, it in ipairs(items) do
-  local job, owner, replay = it[1], it[2], it[3]
+  local job, owner, replay = it[SENDING.id], it[SENDING.owner], it[SENDING.replay]
+  local from, to, text = it[SENDING.sender], it[SENDING.to], it[SENDING.text]
+  local meta, url, sticky_key = it[SENDING.meta], it[SENDING.url], it[SENDING.sticky_key]
   local rec = KEYS[3 + i]
-  if it[9] ~= '' then sticky = sticky + 1 end
+  if sticky_key ~= '' then sticky = sticky + 1 end
   local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'attempts')
   local st, own = cur[1], cur[2]
   local verdict = 'ok'
@@ -36,14 +38,16 @@ for i, it in ipairs(items) do
     local n = tonumber(cur[3] or '0') + 1
     local name, value = step(n, 'sending', now, '')
     local f = {'status', 'sending', 'updated_at', now, 'owner', owner, 'n', n, name, value,
-               'attempts', tonumber(cur[4] or '0') + 1, 'from', it[4], 'to', it[5],
+               'attempts', tonumber(cur[4] or '0') + 1, 'from', from, 'to', to,
                'profile', profile}
-    if it[6] ~= '' then f[#f + 1] = 'text'; f[#f + 1] = it[6] end
-    if it[7] ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = it[7] end
-    if it[8] ~= '' then f[#f + 1] = 'status_callback_url'; f[#f + 1] = it[8] end
+    if text ~= '' then f[#f + 1] = 'text'; f[#f + 1] = text end
+    if meta ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = meta end
+    if url ~= '' then f[#f + 1] = 'status_callback_url'; f[#f + 1] = url end
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end
     redis.call('HSET', rec, unpack(f))
-    if it[9] ~= '' then redis.call('SET', KEYS[sticky], it[4], 'EX', it[10]) end
+    if sticky_key ~= '' then
+      redis.call('SET', KEYS[sticky], from, 'EX', it[SENDING.sticky_ttl])
+    end
     if not st then redis.call('EXPIRE', rec, ttl) end
     if st == 'sending' then
       -- The last attempt never got an outcome recorded: it may have reached the
@@ -51,10 +55,10 @@ for i, it in ipairs(items) do
       redis.call('HINCRBY', KEYS[3], 'possible_duplicates', 1)
     end
     local ev = {'id', job, 'profile', profile, 'status', 'sending', 'at', now,
-                'to', it[5], 'from', it[4]}
-    if it[7] ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = it[7] end
+                'to', to, 'from', from}
+    if meta ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = meta end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
-    post(KEYS[2], it[8], ev)
+    post(KEYS[2], url, ev)
     out[#out + 1] = 'ok'; out[#out + 1] = st or ''; out[#out + 1] = n
   end
 end

@@ -4,38 +4,42 @@
 -- KEYS: record, event stream, work stream to ack (or a placeholder), the profile's
 -- awaiting-reports set (or a placeholder), callbacks stream, then index keys (provider
 -- message ids) each set to the job id with the record's retention.
--- ARGV: owner, now, status, ttl, mode ('' | 'replay'), note, events maxlen,
--- field count, event count, ack group ('' = no ack), ack entry, job id, report
--- deadline ('' = none), then field pairs, then event pairs.
+-- ARGV: TRANSITION {owner, now, status, retention, mode ('' | 'replay'), note, events
+-- maxlen, field count, event count, ack group ('' = no ack), ack entry, job id, report
+-- deadline ('' = none)} (common.lua; router/store/ledger.py), then field pairs, then
+-- event pairs.
 -- Returns {verdict, previous status}; verdict: ok | duplicate | done. The ack happens
 -- whatever the verdict: a duplicate or an already-final record has nothing left to do.
-if ARGV[10] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[10], ARGV[11])
-  redis.call('XDEL', KEYS[3], ARGV[11])
+local T = TRANSITION
+local owner, now, status, ttl = ARGV[T.owner], ARGV[T.now], ARGV[T.status], ARGV[T.retention]
+local group, job, deadline = ARGV[T.group], ARGV[T.job], ARGV[T.report_deadline]
+if group ~= '' then
+  redis.call('XACK', KEYS[3], group, ARGV[T.entry])
+  redis.call('XDEL', KEYS[3], ARGV[T.entry])
 end
 local cur = redis.call('HMGET', KEYS[1], 'status', 'owner')
 local st, own = cur[1], cur[2]
 if st then
-  if own and own ~= ARGV[1] then return {'duplicate', st} end
+  if own and own ~= owner then return {'duplicate', st} end
   if st == 'sent' or st == 'delivered' or st == 'undelivered'
-     or st == 'failed' or st == 'expired' or (st == 'rejected' and ARGV[5] ~= 'replay') then
+     or st == 'failed' or st == 'expired' or (st == 'rejected' and ARGV[T.mode] ~= 'replay') then
     return {'done', st}
   end
 else
   st = ''
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'created_at', now)
 end
-set_status(KEYS[1], ARGV[3], ARGV[2], ARGV[6])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-if ARGV[3] == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-local first = 14
-local nfields, nevent = tonumber(ARGV[8]), tonumber(ARGV[9])
+set_status(KEYS[1], status, now, ARGV[T.note])
+redis.call('HSET', KEYS[1], 'owner', owner)
+if status == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+local first = T._count + 1  -- ARGV index of the first field pair
+local nfields, nevent = tonumber(ARGV[T.field_count]), tonumber(ARGV[T.event_count])
 for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-for k = 6, #KEYS do redis.call('SET', KEYS[k], ARGV[12], 'EX', ARGV[4]) end
-if ARGV[13] ~= '' then redis.call('ZADD', KEYS[4], ARGV[13], ARGV[12]) end
+redis.call('EXPIRE', KEYS[1], ttl)
+for k = 6, #KEYS do redis.call('SET', KEYS[k], job, 'EX', ttl) end
+if deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, job) end
 local ev = {}
 for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(ev))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[T.events_maxlen], '*', unpack(ev))
 to_callbacks(KEYS[1], KEYS[5], ev)
 return {'ok', st}
