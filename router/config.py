@@ -19,9 +19,10 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -39,6 +40,8 @@ from pydantic import (
 
 from binds.base import BindConfigError
 from binds.http import HttpSpec
+from binds.smpp import SmppSpec
+from binds.twilio import TwilioSpec
 from router.errors import RouterError
 from router.numbers import normalise_e164
 from router.signing import secret_key
@@ -125,6 +128,57 @@ CallbackUrl = Annotated[str | None, AfterValidator(_http_url)]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# The spec fields every bind takes from its profile rather than from its own section.
+_FROM_PROFILE: dict[str, Callable[[Profile], Any]] = {
+    "window": lambda profile: profile.window,
+    "tps": lambda profile: profile.tps,
+    "sync": lambda profile: profile.processing == "sync",
+}
+
+
+class _BindSection(_Section):
+    """A protocol section (``[profiles.P.http|smpp|twilio]``) that builds its bind's spec.
+
+    `to_spec` fills every field of the spec dataclass: from the profile (`window`,
+    `tps`, `sync`), from a value the caller passes (`given`), else from this section's
+    field of the same name (or its TOML alias, or the one `SPEC_NAMES` gives). These
+    sections hold the daemon's defaults; the spec's own defaults serve `binds` used as
+    a library, and tests/test_specs.py checks the two agree. A spec field none of these
+    sets is an error here, not a silent default.
+    """
+
+    # Spec field -> this section's field, where the TOML key reads better than the
+    # bind's name for it (the keys are the configuration's interface: they stay).
+    SPEC_NAMES: ClassVar[Mapping[str, str]] = {}
+    # Spec fields no configuration sets: the bind's own default applies.
+    SPEC_LIBRARY_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    def _spec_values(
+        self, spec: type, profile: Profile | None, given: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        by_alias = {f.alias: name for name, f in type(self).model_fields.items() if f.alias}
+        values: dict[str, Any] = {}
+        for item in fields(spec):
+            name = item.name
+            if not item.init or name in self.SPEC_LIBRARY_ONLY:
+                continue
+            if name in given:
+                values[name] = given[name]
+            elif name in _FROM_PROFILE:
+                if profile is not None:  # None: only checking the section (check-config)
+                    values[name] = _FROM_PROFILE[name](profile)
+            else:
+                source = self.SPEC_NAMES.get(name) or by_alias.get(name, name)
+                if source not in type(self).model_fields:
+                    raise TypeError(
+                        f"{spec.__name__}.{name}: no key of {type(self).__name__} sets it; "
+                        "add one, name it in SPEC_NAMES, or list it in SPEC_LIBRARY_ONLY"
+                    )
+                value = getattr(self, source)
+                values[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return values
 
 
 class RouterSettings(_Section):
@@ -295,7 +349,7 @@ class WebhookReports(_Section):
         return _long_secret(value, info)
 
 
-class HttpSection(_Section):
+class HttpSection(_BindSection):
     """``[profiles.P.http]``: the Web-URL request template (see `binds.http.HttpSpec`)."""
 
     method: Literal["GET", "POST", "PUT"] = "POST"
@@ -312,9 +366,24 @@ class HttpSection(_Section):
     max_response_bytes: Annotated[int, _between(1024, 67_108_864)] = 65_536
     reports: WebhookReports | None = None
 
+    def to_spec(self, profile: Profile | None, *, secrets: Mapping[str, str]) -> HttpSpec:
+        """The Web-URL bind's spec; `secrets` fill the ``{secret:NAME}`` placeholders.
+        Raises `BindConfigError` when a template does not compile."""
+        given = {
+            "form": dict(self.form) if self.form is not None else None,
+            "headers": dict(self.headers),
+            "success_status": tuple(self.success_status),
+            "secrets": dict(secrets),
+        }
+        return HttpSpec(**self._spec_values(HttpSpec, profile, given))
 
-class SmppSection(_Section):
+
+class SmppSection(_BindSection):
     """``[profiles.P.smpp]``: the SMSC, the sessions to hold and how to encode."""
+
+    SPEC_NAMES: ClassVar[Mapping[str, str]] = {"mode": "bind", "long_mode": "long_messages"}
+    # The first pause before a reconnect (it doubles up to reconnect_max).
+    SPEC_LIBRARY_ONLY: ClassVar[frozenset[str]] = frozenset({"reconnect_min"})
 
     host: str = Field(min_length=1)
     port: Annotated[int, _between(1, 65535)] = 2775
@@ -422,8 +491,14 @@ class SmppSection(_Section):
         """`vendor_status` with integer keys."""
         return {int(key, 0): action for key, action in self.vendor_status.items()}
 
+    def to_spec(self, profile: Profile | None) -> SmppSpec:
+        """The spec each of the profile's `binds` SMPP sessions runs with."""
+        return SmppSpec(
+            **self._spec_values(SmppSpec, profile, {"vendor_status": self.vendor_codes()})
+        )
 
-class TwilioSection(_Section):
+
+class TwilioSection(_BindSection):
     """``[profiles.P.twilio]``: send through Twilio's Messages API; delivery reports
     and inbound messages come back to this daemon's API (router/api_providers.py)."""
 
@@ -449,6 +524,12 @@ class TwilioSection(_Section):
         checked = _http_url(value)
         assert checked is not None
         return checked.rstrip("/")
+
+    def to_spec(self, profile: Profile | None, *, status_callback: str | None) -> TwilioSpec:
+        """The Twilio bind's spec; `status_callback` is where Twilio posts each
+        message's status (the daemon's ``/v1/providers/P/status``), None for none."""
+        given = {"status_callback": status_callback}
+        return TwilioSpec(**self._spec_values(TwilioSpec, profile, given))
 
 
 class Profile(_Section):
@@ -987,17 +1068,7 @@ def _check_templates(where: str, http: Mapping[str, Any], secrets: Mapping[str, 
         for ref in _SECRET_REF.findall(text):
             known.setdefault(ref, "unset")
     try:
-        HttpSpec(
-            method=section.method,
-            url=section.url,
-            form=section.form,
-            json=section.json_,
-            headers=section.headers,
-            success_status=tuple(section.success_status),
-            message_id=section.message_id,
-            timeout=section.timeout,
-            secrets=known,
-        )
+        section.to_spec(None, secrets=known)
     except BindConfigError as exc:
         return [f"{where}.{exc}"]
     return []

@@ -34,19 +34,16 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from binds.base import Bind
-from binds.http import HttpSender, HttpSpec
-from binds.smpp import DeliverHandler, SmppBind, SmppSpec
-from binds.twilio import TwilioSender, TwilioSpec
 from router.api.app import ApiServer
 from router.api.common import ApiContext
 from router.api.metrics import METRICS_KEY
 from router.api.providers import PROVIDERS, ProviderHooks
 from router.client import Client
-from router.config import ConfigError, Profile, Settings, load_settings
+from router.config import ConfigError, Settings, load_settings
 from router.daemon.lease import Lease
 from router.daemon.reload import Reloader, publish_verdict
 from router.daemon.runtime import ProfileRuntime, Shared, build
+from router.daemon.wiring import build_binds
 from router.engine.callbacks import StatusPoster
 from router.engine.worker import ProfileWorker
 from router.metrics import Metrics
@@ -63,86 +60,6 @@ HEALTH_EVERY = 5.0
 def health_key(instance: str) -> str:
     """Where an instance publishes its health (read by `sms-router health`)."""
     return f"sms:health:{instance}"
-
-
-def build_binds(
-    name: str,
-    profile: Profile,
-    settings: Settings,
-    on_deliver: DeliverHandler | None = None,
-    *,
-    status_callback: str | None = None,
-) -> list[Bind]:
-    """The binds of one profile: one HTTP sender, one Twilio sender (its StatusCallback
-    `status_callback`), or `smpp.binds` SMPP sessions."""
-    if profile.protocol == "twilio" and profile.twilio is not None:
-        twilio = profile.twilio
-        twilio_spec = TwilioSpec(
-            account_sid=twilio.account_sid,
-            auth_token=twilio.auth_token.get_secret_value(),
-            messaging_service_sid=twilio.messaging_service_sid,
-            base_url=twilio.base_url,
-            status_callback=status_callback,
-            timeout=twilio.timeout,
-            window=profile.window,
-            tps=profile.tps,
-            sync=profile.processing == "sync",
-        )
-        return [TwilioSender(f"{name}/twilio", twilio_spec)]
-    if profile.protocol == "http" and profile.http is not None:
-        http = profile.http
-        spec = HttpSpec(
-            method=http.method,
-            url=http.url,
-            form=dict(http.form) if http.form is not None else None,
-            json=http.json_,
-            headers=dict(http.headers),
-            success_status=tuple(http.success_status),
-            message_id=http.message_id,
-            timeout=http.timeout,
-            max_response_bytes=http.max_response_bytes,
-            window=profile.window,
-            tps=profile.tps,
-            sync=profile.processing == "sync",
-            secrets={k: v.get_secret_value() for k, v in settings.secrets.items()},
-        )
-        return [HttpSender(f"{name}/http", spec)]
-    if profile.protocol == "smpp" and profile.smpp is not None:
-        smpp = profile.smpp
-        session = SmppSpec(
-            host=smpp.host,
-            port=smpp.port,
-            system_id=smpp.system_id,
-            password=smpp.password.get_secret_value(),
-            system_type=smpp.system_type,
-            mode=smpp.bind,
-            addr_ton=smpp.addr_ton,
-            addr_npi=smpp.addr_npi,
-            address_range=smpp.address_range,
-            source_ton=smpp.source_ton,
-            source_npi=smpp.source_npi,
-            dest_ton=smpp.dest_ton,
-            dest_npi=smpp.dest_npi,
-            window=profile.window,
-            sync=profile.processing == "sync",
-            tps=profile.tps,
-            enquire_link=smpp.enquire_link,
-            response_timeout=smpp.response_timeout,
-            connect_timeout=smpp.connect_timeout,
-            reconnect_max=smpp.reconnect_max,
-            bind_retry=smpp.bind_retry,
-            max_pdu_size=smpp.max_pdu_size,
-            registered_delivery=smpp.registered_delivery,
-            service_type=smpp.service_type,
-            encoding=smpp.encoding,
-            gsm_data_coding=smpp.gsm_data_coding,
-            long_mode=smpp.long_messages,
-            vendor_status=smpp.vendor_codes(),
-            throttle_floor=smpp.throttle_floor,
-            throttle_hold=smpp.throttle_hold,
-        )
-        return [SmppBind(f"{name}/smpp{i}", session, on_deliver) for i in range(smpp.binds)]
-    return []
 
 
 def _signing(settings: Settings) -> dict[str, bytes]:

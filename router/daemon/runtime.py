@@ -32,7 +32,7 @@ log = structlog.get_logger("router.runtime")
 
 
 class BindFactory(Protocol):
-    """Builds a profile's binds (router/daemon.py `build_binds`)."""
+    """Builds a profile's binds (`build_binds` in router/daemon/wiring.py)."""
 
     def __call__(
         self,
