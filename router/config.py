@@ -159,6 +159,9 @@ class _BindSection(_Section):
         self, spec: type, profile: Profile | None, given: Mapping[str, Any]
     ) -> dict[str, Any]:
         by_alias = {f.alias: name for name, f in type(self).model_fields.items() if f.alias}
+        stray = set(given) - {item.name for item in fields(spec) if item.init}
+        if stray:  # a spec field renamed or removed: never drop a value silently
+            raise TypeError(f"{spec.__name__} has no field {', '.join(sorted(stray))}")
         values: dict[str, Any] = {}
         for item in fields(spec):
             name = item.name

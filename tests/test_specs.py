@@ -232,6 +232,8 @@ def test_a_spec_field_without_a_config_source_is_refused() -> None:
     )
     with pytest.raises(TypeError, match=r"WiderSpec\.new_option: no key of SmppSection"):
         section._spec_values(wider, None, {})
+    with pytest.raises(TypeError, match="SmppSpec has no field vendor_codes"):
+        section._spec_values(SmppSpec, None, {"vendor_codes": {}})
 
 
 def _minimal() -> dict[type[Any], tuple[Any, Any]]:
