@@ -503,7 +503,7 @@ class SmppSection(_BindSection):
 
 class TwilioSection(_BindSection):
     """``[profiles.P.twilio]``: send through Twilio's Messages API; delivery reports
-    and inbound messages come back to this daemon's API (router/api_providers.py)."""
+    and inbound messages come back to this daemon's API (router/api/providers.py)."""
 
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
     auth_token: SecretStr
