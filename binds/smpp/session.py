@@ -8,12 +8,13 @@ session up (connect, bind, enquire_link, reconnect with back-off) and implements
 back once with one outcome; `submit` awaits the same.
 
 submit_sm is the hot path and costs no task, future or timer per message: a
-message is a `_Job` in a FIFO queue; a pump writes the queue's head while the
-window and the rate allow (one write for all it can send, one timer for the head
-when the rate says wait); responses are read in chunks and matched by sequence
-number; one periodic sweep per bind times out unanswered submits and messages
-waiting too long for a bound session. The rare PDUs (bind, unbind, enquire_link)
-keep a future each.
+message is a `Job` in a FIFO queue; a pump writes the queue's head while the window
+and the rate allow (one write for all it can send, one timer for the head when the
+rate says wait); responses are read in chunks and matched by sequence number; one
+periodic sweep per bind times out unanswered submits and messages waiting too long
+for a bound session. Where each message is (queued, outstanding, held) is kept by
+`binds.smpp.window.SubmitWindow`, which does no I/O; here are the I/O and the timers.
+The rare PDUs (bind, unbind, enquire_link) keep a future each.
 
 Throttling: ESME_RTHROTTLED and ESME_RMSGQFUL answers are held and sent again here
 (they use up none of the message's attempts). The rate controller (`AdaptiveRate`)
@@ -26,11 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, cast
@@ -52,6 +50,7 @@ from .pdu import (
     SubmitEncoder,
     submit_resp_id,
 )
+from .window import Job, SubmitWindow
 
 __all__ = ["DeliverHandler", "SmppBind", "SmppSpec"]
 
@@ -60,9 +59,6 @@ log = structlog.get_logger("binds.smpp")
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 RETRY_STATUSES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
 MAX_DELIVERING = 512  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
-# Retries of a later part lost to a time-out or a dropped connection (throttled parts
-# wait like any throttled submit): earlier parts already reached the SMSC.
-PART_RETRIES = 3
 SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
 SOURCES_CACHED = 256  # body heads kept, one per source (a profile has a few numbers)
 
@@ -163,39 +159,6 @@ class _BindRejected(Exception):
     pass
 
 
-class _Job:
-    """One message on its way: its submit_sm bodies (one per part) and where it is."""
-
-    __slots__ = (
-        "began",
-        "bodies",
-        "cancelled",
-        "deadline",
-        "done",
-        "ids",
-        "index",
-        "message",
-        "sent_at",
-        "since",
-        "tries",
-    )
-
-    def __init__(
-        self, message: OutboundMessage, done: Done, bodies: list[bytes], deadline: float, now: float
-    ) -> None:
-        self.message = message
-        self.done = done
-        self.bodies = bodies
-        self.deadline = deadline  # loop time: hold a throttled part no longer than this
-        self.began = now  # when the current part was first tried (throttle reasons say since)
-        self.since = now  # when it last entered the queue (for "not bound" time-outs)
-        self.sent_at = 0.0  # when its current part was written
-        self.index = 0  # the part being sent
-        self.tries = 0  # retries of the current (later) part after a time-out or lost session
-        self.ids: list[str] | None = None  # the SMSC's ids of the parts taken so far
-        self.cancelled = False  # its submit() was cancelled: write nothing more of it
-
-
 def _call(done: Done, outcome: Outcome, logger: Any) -> None:
     # A caller's callback that raises must not take the session (or the other messages
     # of the chunk being read) with it.
@@ -222,7 +185,8 @@ class SmppBind:
         self.name = name
         self.spec = spec
         self._on_deliver = on_deliver
-        self._limit = 1 if spec.sync else spec.window
+        # Where every message taken is: queued, written, held (state only; see window.py).
+        self._window = SubmitWindow(1 if spec.sync else spec.window)
         # Paces submits at the rate the SMSC accepts; the window stays as configured.
         self._rate = AdaptiveRate(spec.tps, floor=spec.throttle_floor, on_change=self._rate_moved)
         # Against a full SMSC queue: one submit in flight at a time (see QueueProbe).
@@ -246,17 +210,12 @@ class SmppBind:
         ]
         # bind, unbind, enquire_link: a future each. submit_sm: the structures below.
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
-        self._queue: deque[_Job] = deque()  # waiting for the window (and the rate), in order
-        self._outstanding: dict[int, _Job] = {}  # written, by sequence number, in send order
-        self._held: list[tuple[float, int, _Job, bool]] = []  # heap: due, order, job, new try
-        self._holds = itertools.count()
         self._held_timer: asyncio.TimerHandle | None = None
         self._rate_timer: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = min(1.0, spec.response_timeout / 4)
         self._hold_for = spec.throttle_hold
         self._pump_soon = False
-        self._peak = 0
         # The loop, once known: asyncio.get_running_loop() makes a getpid() system call on
         # Python 3.11, too dear for every message.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -269,11 +228,6 @@ class SmppBind:
         self._task: asyncio.Task[None] | None = None
         self._children: set[asyncio.Task[None]] = set()
         self._delivering = 0  # deliver_sm handlers running (at most MAX_DELIVERING)
-        self._messages = 0
-        self._timeouts = 0  # submits timed out in a row (no answer to any between them)
-        # Loop times of answers to submits since the last sweep (one per chunk read): the
-        # sweep finds time-outs late, and replays them among these to count "in a row".
-        self._answers: list[float] = []
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
@@ -285,12 +239,12 @@ class SmppBind:
 
     @property
     def window(self) -> int:
-        return self._limit
+        return self._window.limit
 
     @property
     def in_flight(self) -> int:
         """Messages taken by `send` whose outcome is not out yet."""
-        return self._messages
+        return self._window.messages
 
     @property
     def ready(self) -> bool:
@@ -318,14 +272,14 @@ class SmppBind:
     @property
     def peak_outstanding(self) -> int:
         """Most submit_sm ever outstanding at once on this bind."""
-        return self._peak
+        return self._window.peak
 
     def adjust(self, *, window: int, tps: float, sync: bool) -> None:
         """Take a new window, rate ceiling and processing mode without dropping the
         session (a configuration reload). A smaller window lets what is outstanding
         finish; a new rate ceiling starts a fresh rate measurement."""
         self.spec = replace(self.spec, window=window, tps=tps, sync=sync)
-        self._limit = 1 if sync else window
+        self._window.limit = 1 if sync else window
         if tps != self._rate.ceiling:
             self._rate = AdaptiveRate(
                 tps, floor=self.spec.throttle_floor, on_change=self._rate_moved
@@ -395,16 +349,13 @@ class SmppBind:
             if timer is not None:
                 timer.cancel()
         self._held_timer = self._rate_timer = self._sweeper = None
-        waiting = [*self._queue, *(job for _, _, job, _ in self._held)]
-        self._queue.clear()
-        self._held.clear()
-        for job in waiting:
+        for job in self._window.drain():
             self._part_failed(job, _not_connected())  # never written, or refused: not taken
         self.state = "closed"
 
     # -- sending ----------------------------------------------------------------
 
-    def _take(self, message: OutboundMessage, done: Done) -> _Job | None:
+    def _take(self, message: OutboundMessage, done: Done) -> Job | None:
         """Encode `message` and queue it; None when its outcome is already out."""
         if self._closing:
             _call(done, self._not_bound(), self._log)
@@ -421,12 +372,13 @@ class SmppBind:
         hold = self._hold_for
         if message.expires_at is not None:
             hold = min(hold, message.expires_at - time.time())
-        job = _Job(message, done, bodies, now + hold, now)
-        self._messages += 1
-        self._queue.append(job)
+        window = self._window
+        job = Job(message, done, bodies, now + hold, now)
+        window.messages += 1
+        window.queue.append(job)
         if (
             not self._pump_soon
-            and len(self._outstanding) < self._limit
+            and len(window.outstanding) < window.limit
             and self._rate_timer is None
         ):
             # One pump for all messages handed over in this turn of the loop: one write.
@@ -503,14 +455,15 @@ class SmppBind:
 
     def _pump(self) -> None:
         """Write queued submits while the window has room and the rate allows: one write."""
-        queue = self._queue
+        window = self._window
+        queue = window.queue
         transport = self._transport
         if not queue or transport is None or self._rate_timer is not None:
             return
         if transport.is_closing():
             return  # the connection is going; what is queued waits for the next one
-        outstanding = self._outstanding
-        room = self._limit - len(outstanding)
+        outstanding = window.outstanding
+        room = window.limit - len(outstanding)
         if room <= 0 or self._closing or not self._bound.is_set():
             return
         rate = self._rate
@@ -554,8 +507,8 @@ class SmppBind:
             room -= 1
         if chunks:
             transport.write(b"".join(chunks))
-            if len(outstanding) > self._peak:
-                self._peak = len(outstanding)
+            if len(outstanding) > window.peak:
+                window.peak = len(outstanding)
 
     def _rate_ready(self) -> None:
         self._rate_timer = None
@@ -567,10 +520,10 @@ class SmppBind:
             self._rate_timer.cancel()
             self._rate_timer = None
 
-    def _answered(self, job: _Job, command_id: int, status: int, body: bytes) -> None:
+    def _answered(self, job: Job, command_id: int, status: int, body: bytes) -> None:
         """The response to `job`'s current part (anything but the common plain OK)."""
         now = asyncio.get_running_loop().time()
-        self._answers.append(now)
+        self._window.answered(now)
         if status == pdu.ESME_ROK and command_id != pdu.GENERIC_NACK:
             if self._queue_full:
                 self._room_again(1, now)
@@ -578,7 +531,12 @@ class SmppBind:
                 before = self._rate.rate
                 self._rate.accepted()
                 self._rate_changed(before)
-            self._part_accepted(job, submit_resp_id(body))
+            ids = self._window.part_accepted(job, submit_resp_id(body), now)
+            if ids is not None:
+                self._finish(
+                    job,
+                    Accepted(ids[0], raw="ESME_ROK", segments=len(ids), part_ids=tuple(ids)),
+                )
             return
         name = pdu.status_name(status)
         raw = f"0x{status:08X}"
@@ -592,7 +550,7 @@ class SmppBind:
                 # the rate is not slowed for, or the session would crawl once it has room.
                 self._queue_full = True
                 probing = probe.limit
-                took = probe.full(now, self._limit)
+                took = probe.full(now, self._window.limit)
                 if probe.limit and not probing:
                     self._log.warning(
                         "slowing down: SMSC queue full; probing with one submit at a time",
@@ -628,47 +586,23 @@ class SmppBind:
             return
         self._part_failed(job, Failed(f"SMSC answered {name}", code=name, raw=raw))
 
-    def _part_accepted(self, job: _Job, message_id: str) -> None:
-        if job.ids is None:
-            job.ids = []
-        job.ids.append(message_id)
-        job.index += 1
-        parts = len(job.bodies)
-        if job.index == parts:
-            ids = job.ids
-            self._finish(job, Accepted(ids[0], raw="ESME_ROK", segments=parts, part_ids=tuple(ids)))
-            return
-        now = asyncio.get_running_loop().time()
-        job.tries = 0
-        job.began = job.since = now
-        self._queue.append(job)  # the next part waits its turn like any submit
-
-    def _part_failed(self, job: _Job, outcome: Retry | Failed) -> None:
+    def _part_failed(self, job: Job, outcome: Retry | Failed) -> None:
         """A part not taken: the message's outcome, or (a later part) another try."""
-        index = job.index
-        if index == 0 or job.cancelled:
+        if job.index == 0 or job.cancelled:
             self._finish(job, outcome)
             return
-        if isinstance(outcome, Retry) and job.tries < PART_RETRIES and not self._closing:
+        if isinstance(outcome, Retry) and not self._closing:
             # A later part lost to a time-out or a dropped connection: the SMSC has the
             # earlier ones, so try again here (once the session is back) rather than hand
             # the whole message back to be sent twice.
-            job.tries += 1
-            due = asyncio.get_running_loop().time() + 0.5 * 2**job.tries
-            self._hold(job, due, new_try=True)
-            return
-        self._finish(
-            job,
-            Failed(
-                f"part {index + 1} of {len(job.bodies)} not accepted ({outcome.reason}); "
-                f"parts 1-{index} were",
-                code="partial",
-                raw=" ".join(job.ids or ()),
-            ),
-        )
+            due = self._window.retry_part(job, asyncio.get_running_loop().time())
+            if due is not None:
+                self._hold(job, due, new_try=True)
+                return
+        self._finish(job, self._window.partial(job, outcome.reason))
 
-    def _finish(self, job: _Job, outcome: Outcome) -> None:
-        self._messages -= 1
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        self._window.messages -= 1
         _call(job.done, outcome, self._log)
 
     def _not_bound(self) -> Retry:
@@ -680,10 +614,9 @@ class SmppBind:
             attempted=False,
         )
 
-    def _hold(self, job: _Job, due: float, *, new_try: bool) -> None:
+    def _hold(self, job: Job, due: float, *, new_try: bool) -> None:
         """Put `job` aside until `due` (loop time), then back in the queue."""
-        heapq.heappush(self._held, (due, next(self._holds), job, new_try))
-        if self._held[0][2] is job:
+        if self._window.hold(job, due, new_try=new_try):
             if self._held_timer is not None:
                 self._held_timer.cancel()
             self._held_timer = asyncio.get_running_loop().call_at(due, self._release)
@@ -691,19 +624,11 @@ class SmppBind:
     def _release(self) -> None:
         self._held_timer = None
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        held = self._held
-        while held and held[0][0] <= now + 0.001:
-            _, _, job, new_try = heapq.heappop(held)
-            if job.cancelled:
-                self._finish(job, _not_connected())
-                continue
-            if new_try:
-                job.began = now
-            job.since = now
-            self._queue.append(job)
-        if held:
-            self._held_timer = loop.call_at(held[0][0], self._release)
+        for job in self._window.release(loop.time()):
+            self._finish(job, _not_connected())  # cancelled while held
+        due = self._window.next_release
+        if due is not None:
+            self._held_timer = loop.call_at(due, self._release)
         self._pump()
 
     def _sweep(self) -> None:
@@ -713,60 +638,26 @@ class SmppBind:
         loop = asyncio.get_running_loop()
         now = loop.time()
         timeout = self.spec.response_timeout
-        outstanding = self._outstanding
-        expired = []
-        for sequence, job in outstanding.items():  # in send order
-            if job.sent_at + timeout > now:
-                break
-            expired.append(sequence)
-        answers, self._answers = self._answers, []
-        heard = 0  # answers replayed so far: those before the time-out at hand
-        for sequence in expired:
-            found = outstanding.pop(sequence, None)
-            if found is None:
-                continue  # lost with the connection meanwhile: has its outcome
-            expiry = found.sent_at + timeout
-            if heard < len(answers) and answers[heard] <= expiry:
-                self._timeouts = 0  # an answer came between the last time-out and this one
-                while heard < len(answers) and answers[heard] <= expiry:
-                    heard += 1
-            self._timeouts += 1
-            if self._timeouts >= 3:
+        window = self._window
+        late, reconnect = window.expire(now, timeout)
+        for number, job in enumerate(late, 1):
+            if reconnect and number == len(late):
                 self._log.warning("three responses timed out in a row; reconnecting")
                 self._drop("response timeouts")
-                outstanding = self._outstanding
             self._part_failed(
-                found,
+                job,
                 Retry(f"no submit_sm_resp within {timeout:g}s", code="timeout", maybe_sent=True),
             )
-        if heard < len(answers):
-            self._timeouts = 0  # answered since the last time-out
-        if self._queue and not self._bound.is_set():
-            self._expire_unbound(now, timeout)
-        if expired:
+        if window.queue and not self._bound.is_set():
+            for job in window.expire_waiting(now, timeout, self._unbound_at):
+                if job.index == 0:
+                    self._finish(job, self._not_bound())
+                else:
+                    self._part_failed(job, _not_connected())
+        if late:
             self._pump()
-        if self._messages > 0 and self._sweeper is None:
+        if window.messages > 0 and self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
-
-    def _expire_unbound(self, now: float, timeout: float) -> None:
-        """Without a bound session: a message not sent at all goes back to the router after
-        `timeout`; a later part waits until its deadline, then counts as a try."""
-        keep: deque[_Job] = deque()
-        late: list[_Job] = []
-        for job in self._queue:
-            if job.index == 0:
-                gone = now - max(job.since, self._unbound_at) >= timeout
-            else:
-                gone = now >= job.deadline
-            (late if gone else keep).append(job)
-        if not late:
-            return
-        self._queue = keep
-        for job in late:
-            if job.index == 0:
-                self._finish(job, self._not_bound())
-            else:
-                self._part_failed(job, _not_connected())
 
     def _rate_moved(self, before: float, after: float) -> None:
         """The rate controller changed the rate (at most about once a second): log the
@@ -836,8 +727,7 @@ class SmppBind:
         if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
-        lost, self._outstanding = self._outstanding, {}
-        for job in lost.values():
+        for job in self._window.lose_outstanding():
             self._part_failed(
                 job,
                 Retry(
@@ -916,7 +806,7 @@ class SmppBind:
                 name = pdu.status_name(response.status)
                 self._set_state("bind_failed", f"bind rejected: {name}")
                 raise _BindRejected(name)
-            self._timeouts = 0
+            self._window.timeouts = 0
             self._last_received = loop.time()
             self._set_state("bound", None, mode=self.spec.mode)
             self._bound.set()
@@ -949,7 +839,8 @@ class SmppBind:
         submit_sm_resp = SUBMIT_SM_RESP
         accepted_one = _accepted_one
         accepted = 0
-        answer = self._outstanding.pop  # taken again after anything that may `_drop`
+        window = self._window
+        answer = window.outstanding.pop  # taken again after anything that may `_drop`
         for index, frame in enumerate(frames[start:] if start else frames, start):
             command_id, status, sequence, body = frame
             if command_id == submit_sm_resp:
@@ -962,7 +853,7 @@ class SmppBind:
                         message_id = (
                             body[:end].decode("latin-1") if end >= 0 else submit_resp_id(body)
                         )
-                        self._messages -= 1
+                        window.messages -= 1
                         try:
                             job.done(accepted_one(message_id))
                         except Exception:
@@ -972,7 +863,7 @@ class SmppBind:
                             self._accepted(accepted, now)
                             accepted = 0
                         self._answered(job, command_id, status, body)
-                        answer = self._outstanding.pop
+                        answer = window.outstanding.pop
                     continue
             elif command_id == pdu.DELIVER_SM:
                 if self._delivering >= MAX_DELIVERING:
@@ -981,12 +872,12 @@ class SmppBind:
                     return accepted
                 self._delivering += 1  # one less when its handler is done
             self._dispatch(frame)
-            answer = self._outstanding.pop  # a peer's unbind swaps it
+            answer = window.outstanding.pop  # a peer's unbind swaps it
         wire.check()
         return accepted
 
     def _accepted(self, count: int, now: float) -> None:
-        self._answers.append(now)
+        self._window.answered(now)
         if self._queue_full:
             self._room_again(count, now)
             return
@@ -1007,17 +898,18 @@ class SmppBind:
                 rate.throttled()
         rate.accepted(count, now)
         self._rate_changed(before)
-        if probe.accepted(count, self._limit):
+        limit = self._window.limit
+        if probe.accepted(count, limit):
             if probe.limit:
                 self._log.info("speeding up: SMSC queue has room", in_flight=probe.limit)
             else:
-                self._log.info("speeding up: SMSC queue takes the full window", window=self._limit)
+                self._log.info("speeding up: SMSC queue takes the full window", window=limit)
         self._queue_full = probe.watching
 
     def _dispatch(self, frame: pdu.Frame) -> None:
         command_id, status, sequence, body = frame
         if command_id & pdu.RESPONSE:
-            job = self._outstanding.pop(sequence, None)
+            job = self._window.outstanding.pop(sequence, None)
             if job is not None:
                 self._answered(job, command_id, status, body)
                 return
