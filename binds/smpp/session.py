@@ -17,10 +17,10 @@ for a bound session. Where each message is (queued, outstanding, held) is kept b
 The rare PDUs (bind, unbind, enquire_link) keep a future each.
 
 Throttling: ESME_RTHROTTLED and ESME_RMSGQFUL answers are held and sent again here
-(they use up none of the message's attempts). The rate controller (`AdaptiveRate`)
-paces the session to what the SMSC accepts; an SMSC whose queue stays full is
-probed instead, one submit at a time (`QueueProbe`), so that it is not flooded.
-Slow-downs and speed-ups are logged once per change.
+(they use up none of the message's attempts). How fast to send is `Pacing`'s to say
+(`binds.smpp.pacing`): a rate controller paces the session to what the SMSC accepts;
+an SMSC whose queue stays full is probed instead, one submit at a time, so that it is
+not flooded.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Any, Literal, cast
 import structlog
 
 from ..base import Accepted, Crashed, Done, Failed, OutboundMessage, Outcome, Retry
-from ..flow import AdaptiveRate, QueueProbe
 from . import pdu
 from .codec import Encoding, LongMode, encode_text
+from .pacing import Pacing
 from .pdu import (
     HEADER,
     FrameDecoder,
@@ -185,15 +185,11 @@ class SmppBind:
         self.name = name
         self.spec = spec
         self._on_deliver = on_deliver
+        self._log = log.bind(bind=name)
         # Where every message taken is: queued, written, held (state only; see window.py).
         self._window = SubmitWindow(1 if spec.sync else spec.window)
-        # Paces submits at the rate the SMSC accepts; the window stays as configured.
-        self._rate = AdaptiveRate(spec.tps, floor=spec.throttle_floor, on_change=self._rate_moved)
-        # Against a full SMSC queue: one submit in flight at a time (see QueueProbe).
-        self._probe = QueueProbe()
-        self._queue_full = False  # a queue-full answer since the last accepted submit
-        self._refusal = "ESME_RTHROTTLED"  # the last throttling answer (why a slow-down)
-        self._rate_logged = max(0.0, spec.tps)  # the rate last logged (0 = unlimited)
+        # How fast to send: paced to what the SMSC accepts; the window stays as configured.
+        self._pacing = Pacing(spec.tps, floor=spec.throttle_floor, log=self._log)
         self._sequence = SequenceNumbers()
         self._reference = random.randrange(65536)
         self._encoder = SubmitEncoder(
@@ -233,7 +229,6 @@ class SmppBind:
         self.last_error: str | None = None
         self.throttles = 0  # submits the SMSC answered "throttled" or "queue full" (metrics)
         self._logged: tuple[str, str | None] = ("", None)
-        self._log = log.bind(bind=name)
 
     # -- Bind interface -------------------------------------------------------
 
@@ -253,7 +248,7 @@ class SmppBind:
     @property
     def rate(self) -> float:
         """The submit rate the session paces itself to now; 0 = unlimited."""
-        return self._rate.rate
+        return self._pacing.rate.rate
 
     @property
     def registered_delivery(self) -> int:
@@ -267,7 +262,7 @@ class SmppBind:
     @property
     def queue_probes(self) -> int:
         """Times the session started probing a full SMSC queue."""
-        return self._probe.probes
+        return self._pacing.probe.probes
 
     @property
     def peak_outstanding(self) -> int:
@@ -280,11 +275,7 @@ class SmppBind:
         finish; a new rate ceiling starts a fresh rate measurement."""
         self.spec = replace(self.spec, window=window, tps=tps, sync=sync)
         self._window.limit = 1 if sync else window
-        if tps != self._rate.ceiling:
-            self._rate = AdaptiveRate(
-                tps, floor=self.spec.throttle_floor, on_change=self._rate_moved
-            )
-            self._rate_logged = max(0.0, tps)
+        self._pacing.retune(tps)
         self._pump_later()
 
     async def start(self) -> None:
@@ -466,14 +457,15 @@ class SmppBind:
         room = window.limit - len(outstanding)
         if room <= 0 or self._closing or not self._bound.is_set():
             return
-        rate = self._rate
+        pacing = self._pacing
+        rate = pacing.rate
         limited = rate.limited
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
-        if self._probe.limit:
+        probe = pacing.probe
+        if probe.limit:
             # The SMSC's queue was full: probes only, after the pause (the rate's timer
             # serves, so that one timer pumps either way).
-            probe = self._probe
             if now < probe.not_before:
                 self._rate_timer = loop.call_at(probe.not_before, self._rate_ready)
                 return
@@ -514,9 +506,9 @@ class SmppBind:
         self._rate_timer = None
         self._pump()
 
-    def _rate_changed(self, before: float) -> None:
+    def _rate_changed(self) -> None:
         """A new rate: the head's timer was set for the old one; the next pump asks again."""
-        if self._rate.rate != before and self._rate_timer is not None:
+        if self._rate_timer is not None:
             self._rate_timer.cancel()
             self._rate_timer = None
 
@@ -525,12 +517,8 @@ class SmppBind:
         now = asyncio.get_running_loop().time()
         self._window.answered(now)
         if status == pdu.ESME_ROK and command_id != pdu.GENERIC_NACK:
-            if self._queue_full:
-                self._room_again(1, now)
-            else:
-                before = self._rate.rate
-                self._rate.accepted()
-                self._rate_changed(before)
+            if self._pacing.accepted(1, now, self._window.limit):
+                self._rate_changed()
             ids = self._window.part_accepted(job, submit_resp_id(body), now)
             if ids is not None:
                 self._finish(
@@ -543,34 +531,14 @@ class SmppBind:
         action = self.spec.vendor_status.get(status)
         if status in RETRY_STATUSES or action == "retry":
             self.throttles += 1
-            probe = self._probe
-            before = self._rate.rate
-            if status == pdu.ESME_RMSGQFUL:
-                # The probe's to judge (see QueueProbe): a queue that stays full whatever
-                # the rate is not slowed for, or the session would crawl once it has room.
-                self._queue_full = True
-                probing = probe.limit
-                took = probe.full(now, self._window.limit)
-                if probe.limit and not probing:
-                    self._log.warning(
-                        "slowing down: SMSC queue full; probing with one submit at a time",
-                        reason=name,
-                        refused_in_a_row=QueueProbe.TRIGGER,
-                    )
-                if took:
-                    self._refusal = name
-                    self._rate.cap(took, now)
-                    self._rate_changed(before)
-            else:
-                self._refusal = name
-                self._rate.throttled()
-                self._rate_changed(before)
+            pacing = self._pacing
+            queue_full = status == pdu.ESME_RMSGQFUL
+            if pacing.refused(name, queue_full=queue_full, now=now, window=self._window.limit):
+                self._rate_changed()
             # Held here rather than handed back to the router: the SMSC never took it, so
             # it must not use up the message's attempts, and the rate controller (or the
             # probe) slows the session to what the SMSC accepts.
-            pause = self._rate.pause() * random.uniform(0.5, 1.5)
-            if probe.limit:
-                pause = max(pause, probe.not_before - now)
+            pause = pacing.pause(now)
             if self._closing or now + pause > job.deadline:
                 self._part_failed(
                     job,
@@ -658,22 +626,6 @@ class SmppBind:
             self._pump()
         if window.messages > 0 and self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
-
-    def _rate_moved(self, before: float, after: float) -> None:
-        """The rate controller changed the rate (at most about once a second): log the
-        slow-downs, and the speed-ups that matter (back to the ceiling or unlimited, or
-        half as fast again as last logged) so that a recovery is a few lines, not one
-        per step."""
-        del before
-        logged = self._rate_logged
-        if after == logged:
-            return
-        if after and (not logged or after < logged):
-            self._rate_logged = after
-            self._log.warning("slowing down", reason=self._refusal, rate=round(after, 1))
-        elif not after or after >= self._rate.ceiling > 0 or after >= 1.5 * logged:
-            self._rate_logged = after
-            self._log.info("speeding up again", rate=round(after, 1) or "unlimited")
 
     # -- the connection -----------------------------------------------------------
 
@@ -878,33 +830,8 @@ class SmppBind:
 
     def _accepted(self, count: int, now: float) -> None:
         self._window.answered(now)
-        if self._queue_full:
-            self._room_again(count, now)
-            return
-        before = self._rate.rate
-        self._rate.accepted(count, now)
-        self._rate_changed(before)
-
-    def _room_again(self, count: int, now: float) -> None:
-        """Submits accepted while the queue probe watches (see QueueProbe): queue-full
-        answers held back since the last accepted one were too fast after all (the rate
-        controller hears of them now); while probing, each lets one more go."""
-        probe = self._probe
-        rate = self._rate
-        before = rate.rate
-        if probe.in_row:
-            self._refusal = "ESME_RMSGQFUL"
-            for _ in range(probe.in_row):
-                rate.throttled()
-        rate.accepted(count, now)
-        self._rate_changed(before)
-        limit = self._window.limit
-        if probe.accepted(count, limit):
-            if probe.limit:
-                self._log.info("speeding up: SMSC queue has room", in_flight=probe.limit)
-            else:
-                self._log.info("speeding up: SMSC queue takes the full window", window=limit)
-        self._queue_full = probe.watching
+        if self._pacing.accepted(count, now, self._window.limit):
+            self._rate_changed()
 
     def _dispatch(self, frame: pdu.Frame) -> None:
         command_id, status, sequence, body = frame
