@@ -583,7 +583,7 @@ def test_submit_bodies_are_what_the_codec_and_encode_short_message_make(
         ),
     )
     outgoing = OutboundMessage("m", source, "+447911123456", text)
-    reference = (bind._reference + 1) % 65536
+    reference = (bind._submit_bodies.reference + 1) % 65536
     try:
         expected: list[bytes] | str = reference_bodies(bind, outgoing, reference)
     except ValueError as exc:

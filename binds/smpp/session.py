@@ -37,7 +37,8 @@ import structlog
 
 from ..base import Accepted, Crashed, Done, Failed, OutboundMessage, Outcome, Retry
 from . import pdu
-from .codec import Encoding, LongMode, encode_text
+from .bodies import SubmitBodies
+from .codec import Encoding, LongMode
 from .pacing import Pacing
 from .pdu import (
     HEADER,
@@ -47,7 +48,6 @@ from .pdu import (
     PduError,
     SequenceNumbers,
     ShortMessage,
-    SubmitEncoder,
     submit_resp_id,
 )
 from .window import Job, SubmitWindow
@@ -60,25 +60,6 @@ DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
 RETRY_STATUSES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
 MAX_DELIVERING = 512  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
 SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
-SOURCES_CACHED = 256  # body heads kept, one per source (a profile has a few numbers)
-
-
-def _gsm_from_latin1() -> bytes:
-    """A bytes.translate table from latin-1 octets to GSM 03.38 septets for the latin-1
-    characters in GSM's basic table (one septet each); 0x80 (no septet) for the others.
-    Taken from the codec itself, so a text of only these (up to 160) is encoded here
-    exactly as `encode_text` would, without its per-character work."""
-    table = bytearray(b"\x80" * 256)
-    for code in range(256):
-        encoded = encode_text(chr(code))
-        septets = encoded.segments[0].short_message
-        if encoded.alphabet == "gsm" and len(septets) == 1:
-            table[code] = septets[0]
-    return bytes(table)
-
-
-_GSM_TABLE = _gsm_from_latin1()
-_NOT_GSM = 0x80
 
 
 def _accepted_maker() -> Callable[[str], Accepted]:
@@ -191,19 +172,18 @@ class SmppBind:
         # How fast to send: paced to what the SMSC accepts; the window stays as configured.
         self._pacing = Pacing(spec.tps, floor=spec.throttle_floor, log=self._log)
         self._sequence = SequenceNumbers()
-        self._reference = random.randrange(65536)
-        self._encoder = SubmitEncoder(
+        self._submit_bodies = SubmitBodies(
             service_type=spec.service_type,
             dest_ton=spec.dest_ton,
             dest_npi=spec.dest_npi,
             registered_delivery=self.registered_delivery,
+            source_ton=spec.source_ton,
+            source_npi=spec.source_npi,
+            encoding=spec.encoding,
+            gsm_data_coding=spec.gsm_data_coding,
+            long_mode=spec.long_mode,
         )
-        self._heads: dict[str, bytes] = {}  # by source: see SubmitEncoder.head
-        self._gsm_fast = spec.encoding in ("auto", "gsm")
-        # The middle of a one-part GSM body, by text length (the fast path in `_bodies`).
-        self._gsm_middles = [
-            self._encoder.middle(0, spec.gsm_data_coding, length) for length in range(161)
-        ]
+        self._bodies = self._submit_bodies.of  # bound once: called for every message
         # bind, unbind, enquire_link: a future each. submit_sm: the structures below.
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
         self._held_timer: asyncio.TimerHandle | None = None
@@ -380,65 +360,6 @@ class SmppBind:
         if self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         return job
-
-    def _bodies(self, message: OutboundMessage) -> list[bytes]:
-        """The submit_sm body of every part of `message`."""
-        source = message.source
-        head = self._heads.get(source)
-        if head is None:
-            head = self._head(source)
-        destination = message.destination.lstrip("+").encode("latin-1")
-        text = message.text
-        if self._gsm_fast and len(text) <= 160:
-            try:
-                septets = text.encode("latin-1").translate(_GSM_TABLE)
-            except UnicodeEncodeError:
-                pass
-            else:
-                if _NOT_GSM not in septets:
-                    # One GSM segment, as encode_text makes it (see _gsm_from_latin1).
-                    middle = self._gsm_middles[len(septets)]
-                    return [b"".join((head, destination, middle, septets))]
-        self._reference = (self._reference + 1) % 65536  # one per message that may be long
-        encoded = encode_text(
-            text,
-            encoding=self.spec.encoding,
-            gsm_data_coding=self.spec.gsm_data_coding,
-            long_mode=self.spec.long_mode,
-            reference=self._reference,
-        )
-        bodies = []
-        for segment in encoded.segments:
-            tlvs = b""
-            if segment.message_payload is not None:
-                tlvs += pdu.tlv(pdu.TAG_MESSAGE_PAYLOAD, segment.message_payload)
-            if segment.sar is not None:
-                reference, total, seq = segment.sar
-                tlvs += pdu.tlv(pdu.TAG_SAR_MSG_REF_NUM, pdu.tlv_int(reference, 2))
-                tlvs += pdu.tlv(pdu.TAG_SAR_TOTAL_SEGMENTS, pdu.tlv_int(total, 1))
-                tlvs += pdu.tlv(pdu.TAG_SAR_SEGMENT_SEQNUM, pdu.tlv_int(seq, 1))
-            bodies.append(
-                self._encoder.body(
-                    head,
-                    destination,
-                    pdu.ESM_UDHI if segment.udhi else 0,
-                    encoded.data_coding,
-                    segment.short_message,
-                    tlvs,
-                )
-            )
-        return bodies
-
-    def _head(self, source: str) -> bytes:
-        """The start of a body from `source`: numbers as international, names alphanumeric."""
-        numeric = source.lstrip("+").isdigit()
-        ton = self.spec.source_ton if self.spec.source_ton is not None else (1 if numeric else 5)
-        npi = self.spec.source_npi if self.spec.source_npi is not None else (1 if numeric else 0)
-        head = self._encoder.head(ton, npi, source.lstrip("+") if numeric else source[:11])
-        if len(self._heads) >= SOURCES_CACHED:
-            self._heads.clear()
-        self._heads[source] = head
-        return head
 
     def _pump_later(self) -> None:
         self._pump_soon = False
