@@ -140,7 +140,7 @@ class _BindRejected(Exception):
     pass
 
 
-def _call(done: Done, outcome: Outcome, logger: Any) -> None:
+def _call_done(done: Done, outcome: Outcome, logger: Any) -> None:
     # A caller's callback that raises must not take the session (or the other messages
     # of the chunk being read) with it.
     try:
@@ -184,7 +184,9 @@ class SmppBind:
             long_mode=spec.long_mode,
         )
         self._bodies = self._submit_bodies.of  # bound once: called for every message
-        # bind, unbind, enquire_link: a future each. submit_sm: the structures below.
+        # bind, unbind, enquire_link: a future each (submit_sm: the window, and the timers
+        # below: the first held message's, the queue head's when the rate says wait, and
+        # the periodic sweep's).
         self._pending: dict[int, asyncio.Future[Pdu]] = {}
         self._held_timer: asyncio.TimerHandle | None = None
         self._rate_timer: asyncio.TimerHandle | None = None
@@ -290,7 +292,7 @@ class SmppBind:
             else:
                 future.set_result(outcome)
 
-        job = self._take(message, done)
+        job = self._queue_message(message, done)
         try:
             return await future
         except asyncio.CancelledError:
@@ -300,7 +302,7 @@ class SmppBind:
 
     def send(self, message: OutboundMessage, done: Done) -> None:
         """Queue `message`; `done` gets its outcome once (see `binds.base.Bind.send`)."""
-        self._take(message, done)
+        self._queue_message(message, done)
 
     async def close(self) -> None:
         """Unbind (briefly waiting for unbind_resp), close the socket, stop reconnecting;
@@ -313,7 +315,7 @@ class SmppBind:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        self._drop("closed")
+        self._lose_connection("closed")
         for child in list(self._children):
             child.cancel()
         for timer in (self._held_timer, self._rate_timer, self._sweeper):
@@ -326,15 +328,15 @@ class SmppBind:
 
     # -- sending ----------------------------------------------------------------
 
-    def _take(self, message: OutboundMessage, done: Done) -> Job | None:
+    def _queue_message(self, message: OutboundMessage, done: Done) -> Job | None:
         """Encode `message` and queue it; None when its outcome is already out."""
         if self._closing:
-            _call(done, self._not_bound(), self._log)
+            _call_done(done, self._not_bound(), self._log)
             return None
         try:
             bodies = self._bodies(message)
         except ValueError as exc:  # EncodeError, PduError, an address outside latin-1
-            _call(done, Failed(str(exc), code="encoding"), self._log)
+            _call_done(done, Failed(str(exc), code="encoding"), self._log)
             return None
         loop = self._loop
         if loop is None:
@@ -403,7 +405,7 @@ class SmppBind:
         while queue and room:
             job = take()
             if job.cancelled:
-                self._finish(job, _not_connected())
+                self._give_outcome(job, _not_connected())
                 continue
             if limited:
                 wait = rate.take(now)
@@ -433,7 +435,7 @@ class SmppBind:
             self._rate_timer.cancel()
             self._rate_timer = None
 
-    def _answered(self, job: Job, command_id: int, status: int, body: bytes) -> None:
+    def _submit_answered(self, job: Job, command_id: int, status: int, body: bytes) -> None:
         """The response to `job`'s current part (anything but the common plain OK)."""
         now = asyncio.get_running_loop().time()
         self._window.answered(now)
@@ -442,7 +444,7 @@ class SmppBind:
                 self._rate_changed()
             ids = self._window.part_accepted(job, submit_resp_id(body), now)
             if ids is not None:
-                self._finish(
+                self._give_outcome(
                     job,
                     Accepted(ids[0], raw="ESME_ROK", segments=len(ids), part_ids=tuple(ids)),
                 )
@@ -478,7 +480,7 @@ class SmppBind:
     def _part_failed(self, job: Job, outcome: Retry | Failed) -> None:
         """A part not taken: the message's outcome, or (a later part) another try."""
         if job.index == 0 or job.cancelled:
-            self._finish(job, outcome)
+            self._give_outcome(job, outcome)
             return
         if isinstance(outcome, Retry) and not self._closing:
             # A later part lost to a time-out or a dropped connection: the SMSC has the
@@ -488,11 +490,11 @@ class SmppBind:
             if due is not None:
                 self._hold(job, due, new_try=True)
                 return
-        self._finish(job, self._window.partial(job, outcome.reason))
+        self._give_outcome(job, self._window.partial(job, outcome.reason))
 
-    def _finish(self, job: Job, outcome: Outcome) -> None:
+    def _give_outcome(self, job: Job, outcome: Outcome) -> None:
         self._window.messages -= 1
-        _call(job.done, outcome, self._log)
+        _call_done(job.done, outcome, self._log)
 
     def _not_bound(self) -> Retry:
         # Not sent at all: the router holds it for a bind without counting an attempt.
@@ -508,16 +510,16 @@ class SmppBind:
         if self._window.hold(job, due, new_try=new_try):
             if self._held_timer is not None:
                 self._held_timer.cancel()
-            self._held_timer = asyncio.get_running_loop().call_at(due, self._release)
+            self._held_timer = asyncio.get_running_loop().call_at(due, self._release_held)
 
-    def _release(self) -> None:
+    def _release_held(self) -> None:
         self._held_timer = None
         loop = asyncio.get_running_loop()
         for job in self._window.release(loop.time()):
-            self._finish(job, _not_connected())  # cancelled while held
+            self._give_outcome(job, _not_connected())  # cancelled while held
         due = self._window.next_release
         if due is not None:
-            self._held_timer = loop.call_at(due, self._release)
+            self._held_timer = loop.call_at(due, self._release_held)
         self._pump()
 
     def _sweep(self) -> None:
@@ -532,7 +534,7 @@ class SmppBind:
         for number, job in enumerate(late, 1):
             if reconnect and number == len(late):
                 self._log.warning("three responses timed out in a row; reconnecting")
-                self._drop("response timeouts")
+                self._lose_connection("response timeouts")
             self._part_failed(
                 job,
                 Retry(f"no submit_sm_resp within {timeout:g}s", code="timeout", maybe_sent=True),
@@ -540,7 +542,7 @@ class SmppBind:
         if window.queue and not self._bound.is_set():
             for job in window.expire_waiting(now, timeout, self._unbound_at):
                 if job.index == 0:
-                    self._finish(job, self._not_bound())
+                    self._give_outcome(job, self._not_bound())
                 else:
                     self._part_failed(job, _not_connected())
         if late:
@@ -563,7 +565,7 @@ class SmppBind:
         finally:
             self._pending.pop(sequence, None)
 
-    def _send(self, command_id: int, status: int, sequence: int, body: bytes = b"") -> None:
+    def _queue_reply(self, command_id: int, status: int, sequence: int, body: bytes = b"") -> None:
         """A response (deliver_sm_resp, enquire_link_resp, ...): written with the others
         made in the same loop turn, one write for a burst of receipts."""
         if self._transport is None:
@@ -580,7 +582,7 @@ class SmppBind:
         if replies and transport is not None and not transport.is_closing():
             transport.write(b"".join(replies))
 
-    def _drop(self, why: str) -> None:
+    def _lose_connection(self, why: str) -> None:
         """Close the connection; every request still waiting gets `_Lost`, every submit
         written and unanswered its outcome (a later part another try). Messages queued
         and never written stay queued for the next session."""
@@ -625,7 +627,7 @@ class SmppBind:
         while not self._closing:
             pause = backoff
             try:
-                await self._session()
+                await self._run_session()
                 backoff = pause = self.spec.reconnect_min
                 if not self._closing:
                     self._set_state("disconnected", "connection closed by peer")
@@ -637,12 +639,12 @@ class SmppBind:
                 self._set_state("disconnected", f"{type(exc).__name__}: {exc}")
                 backoff = min(self.spec.reconnect_max, backoff * 2)
             finally:
-                self._drop("session ended")
+                self._lose_connection("session ended")
             if self._closing:
                 return
             await asyncio.sleep(pause * random.uniform(0.5, 1.0))
 
-    async def _session(self) -> None:
+    async def _run_session(self) -> None:
         self._set_state("connecting", self.last_error)
         loop = asyncio.get_running_loop()
         decoder = FrameDecoder(self.spec.max_pdu_size)
@@ -693,27 +695,27 @@ class SmppBind:
             if wire.closed.done() and not wire.closed.cancelled():
                 wire.closed.exception()  # seen (raised above, or superseded by another error)
 
-    def _received(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> None:
+    def _frames_read(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> None:
         """Act on `frames` from `start` (a chunk just read, or the rest of one that waited
         for deliver_sm handlers); then write what the answers made room for, and what the
         outcomes' callbacks sent meanwhile (in the same write, not a pump of their own)."""
         scheduled, self._pump_soon = self._pump_soon, True
         try:
-            accepted = self._act(wire, frames, start, now)
+            accepted = self._handle_frames(wire, frames, start, now)
         finally:
             self._pump_soon = scheduled
         if accepted:
-            self._accepted(accepted, now)
+            self._count_accepted(accepted, now)
         self._pump()
 
-    def _act(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> int:
-        """`_received`'s loop; the count of one-part messages accepted whose answers the
+    def _handle_frames(self, wire: _Wire, frames: list[pdu.Frame], start: int, now: float) -> int:
+        """`_frames_read`'s loop; the count of one-part messages accepted whose answers the
         rate controller is still to hear of."""
         submit_sm_resp = SUBMIT_SM_RESP
         accepted_one = _accepted_one
         accepted = 0
         window = self._window
-        answer = window.outstanding.pop  # taken again after anything that may `_drop`
+        answer = window.outstanding.pop  # taken again after anything that may `_lose_connection`
         for index, frame in enumerate(frames[start:] if start else frames, start):
             command_id, status, sequence, body = frame
             if command_id == submit_sm_resp:
@@ -733,9 +735,9 @@ class SmppBind:
                             self._log.exception("outcome callback failed")
                     else:
                         if accepted:
-                            self._accepted(accepted, now)
+                            self._count_accepted(accepted, now)
                             accepted = 0
-                        self._answered(job, command_id, status, body)
+                        self._submit_answered(job, command_id, status, body)
                         answer = window.outstanding.pop
                     continue
             elif command_id == pdu.DELIVER_SM:
@@ -744,22 +746,26 @@ class SmppBind:
                     wire.stall(frames, index)
                     return accepted
                 self._delivering += 1  # one less when its handler is done
-            self._dispatch(frame)
+            self._handle_pdu(frame)
             answer = window.outstanding.pop  # a peer's unbind swaps it
         wire.check()
         return accepted
 
-    def _accepted(self, count: int, now: float) -> None:
+    def _count_accepted(self, count: int, now: float) -> None:
+        """`count` one-part submits accepted at `now`: the window (time-outs in a row)
+        and the pacing hear of them once, not once per message."""
         self._window.answered(now)
         if self._pacing.accepted(count, now, self._window.limit):
             self._rate_changed()
 
-    def _dispatch(self, frame: pdu.Frame) -> None:
+    def _handle_pdu(self, frame: pdu.Frame) -> None:
+        """Any PDU but the common one-part submit_sm_resp OK (`_handle_frames` inlines
+        that): other responses, enquire_link, unbind, deliver_sm, and the unknown."""
         command_id, status, sequence, body = frame
         if command_id & pdu.RESPONSE:
             job = self._window.outstanding.pop(sequence, None)
             if job is not None:
-                self._answered(job, command_id, status, body)
+                self._submit_answered(job, command_id, status, body)
                 return
             future = self._pending.get(sequence)
             if future is not None and not future.done():
@@ -774,36 +780,40 @@ class SmppBind:
                 )
             return
         if command_id == pdu.ENQUIRE_LINK:
-            self._send(pdu.ENQUIRE_LINK | pdu.RESPONSE, 0, sequence)
+            self._queue_reply(pdu.ENQUIRE_LINK | pdu.RESPONSE, 0, sequence)
         elif command_id == pdu.UNBIND:
-            self._send(pdu.UNBIND | pdu.RESPONSE, 0, sequence)
+            self._queue_reply(pdu.UNBIND | pdu.RESPONSE, 0, sequence)
             self._log.info("peer unbound")
-            self._drop("peer unbound")
+            self._lose_connection("peer unbound")
         elif command_id == pdu.DELIVER_SM:
-            task = asyncio.create_task(self._deliver(Pdu(command_id, status, sequence, body)))
+            task = asyncio.create_task(
+                self._handle_deliver_sm(Pdu(command_id, status, sequence, body))
+            )
             self._children.add(task)
             task.add_done_callback(self._children.discard)
         else:
-            self._send(pdu.GENERIC_NACK, pdu.ESME_RINVCMDID, sequence)
+            self._queue_reply(pdu.GENERIC_NACK, pdu.ESME_RINVCMDID, sequence)
 
-    async def _deliver(self, frame: Pdu) -> None:
+    async def _handle_deliver_sm(self, frame: Pdu) -> None:
         """Answer a deliver_sm only once the router has stored what it carries."""
         try:
-            await self._deliver_one(frame)
+            await self._store_deliver_sm(frame)
         finally:
             self._delivering -= 1
             wire = self._wire
             if wire is not None and wire.stalled is not None:
                 frames, start = wire.stalled
                 wire.resume()
-                self._received(wire, frames, start, asyncio.get_running_loop().time())
+                self._frames_read(wire, frames, start, asyncio.get_running_loop().time())
 
-    async def _deliver_one(self, frame: Pdu) -> None:
+    async def _store_deliver_sm(self, frame: Pdu) -> None:
         try:
             message = pdu.decode_short_message(frame.body)
         except PduError as exc:
             self._log.warning("unreadable deliver_sm", reason=str(exc))
-            self._send(pdu.DELIVER_SM | pdu.RESPONSE, pdu.ESME_RINVMSGLEN, frame.sequence, b"\0")
+            self._queue_reply(
+                pdu.DELIVER_SM | pdu.RESPONSE, pdu.ESME_RINVMSGLEN, frame.sequence, b"\0"
+            )
             return
         status = pdu.ESME_ROK
         if self._on_deliver is not None:
@@ -812,7 +822,7 @@ class SmppBind:
             except Exception:
                 self._log.exception("deliver_sm not stored; asking the SMSC to resend")
                 status = pdu.ESME_RX_T_APPN
-        self._send(pdu.DELIVER_SM | pdu.RESPONSE, status, frame.sequence, b"\0")
+        self._queue_reply(pdu.DELIVER_SM | pdu.RESPONSE, status, frame.sequence, b"\0")
 
     async def _enquire_links(self) -> None:
         loop = asyncio.get_running_loop()
@@ -826,7 +836,7 @@ class SmppBind:
                 await self._request(pdu.ENQUIRE_LINK, b"", self.spec.response_timeout)
             except (TimeoutError, _Lost):
                 self._log.warning("enquire_link unanswered; reconnecting")
-                self._drop("enquire_link unanswered")
+                self._lose_connection("enquire_link unanswered")
                 return
 
 
@@ -848,7 +858,7 @@ class _Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         bind = self._bind
         now = bind._last_received = (bind._loop or asyncio.get_running_loop()).time()
-        bind._received(self, self._decoder.split(data), 0, now)
+        bind._frames_read(self, self._decoder.split(data), 0, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
