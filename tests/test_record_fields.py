@@ -18,8 +18,14 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
-from router.store import scripts
-from router.store.ledger import LUA_RECORDS
+from binds.base import Accepted, Failed, Retry
+from router.engine.pipeline import Pipeline, Ready
+from router.engine.receipts import Reports
+from router.policy.jobs import Job
+from router.store import keys, scripts
+from router.store.ledger import LUA_RECORDS, Ledger, Transition
+from router.store.outages import RedisOutages
+from router.store.queue import Entry
 
 # Records that only Lua reads and writes (kept in Redis by the scripts themselves).
 LUA_ONLY = {"DLR"}
@@ -96,3 +102,52 @@ def test_record_scripts_read_no_record_field_by_a_bare_position(name: str) -> No
     code = "\n".join(line.split("--")[0] for line in lua.splitlines())
     bare = re.findall(r"\b(?:it|r|args|ARGV)\[\d+\]", code)
     assert [b for b in bare if b != "ARGV[1]"] == [], name
+
+
+class _Unused:
+    """The pipeline's Handoff: building records never hands anything back."""
+
+    def retry(self, ready: Ready, outcome: Retry) -> None:
+        raise AssertionError("not called")
+
+    def skip(self, ready: Ready, result: Transition) -> None:
+        raise AssertionError("not called")
+
+    def fail(self, ready: Ready, exc: Exception) -> None:
+        raise AssertionError("not called")
+
+    def release(self, entries: Sequence[Entry]) -> None:
+        raise AssertionError("not called")
+
+
+async def test_the_pipeline_fills_each_record_field_with_its_namesake(redis: Redis) -> None:
+    """The hot path builds `Sending` and `Finished` by position (cheaper than keywords):
+    a field swapped with another of the same type would pass mypy, so each is checked
+    here by name, from a message whose every value differs."""
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+    reports = Reports(redis, ledger, "sms", id_format="hex")
+    pipeline = Pipeline(profile="sms", stream=keys.queue("sms"), ledger=ledger, binds=[],
+                        reports=reports, outages=RedisOutages(), store_text=True,
+                        handoff=_Unused())  # fmt: skip
+    entry = Entry("7-1", {"origin": b"5-1", "replay": b"1"})
+    ready = Ready(entry, Job(id="j1", to="+447911123456", text="the text"), "+16501112345",
+                  url="https://cb.example/x", meta='{"m":1}', step=4, sticky_key="sticky:k",
+                  sticky_ttl=77)  # fmt: skip
+    assert pipeline._sending_item(ready)._asdict() == {
+        "id": "j1", "owner": "5-1", "replay": "1", "sender": "+16501112345",
+        "to": "+447911123456", "text": "the text", "meta": '{"m":1}',
+        "url": "https://cb.example/x", "sticky_key": "sticky:k", "sticky_ttl": 77,
+    }  # fmt: skip
+    common = {"id": "j1", "entry": "7-1", "step": 5, "url": "https://cb.example/x",
+              "to": "+447911123456", "sender": "+16501112345", "meta": '{"m":1}'}  # fmt: skip
+    sent = pipeline._finished_item(ready, Accepted("0A", segments=2, part_ids=("0A", "0B")))
+    assert sent._asdict() == {
+        **common, "status": "sent", "note": "", "segments": 2, "error_code": "",
+        "error_raw": "", "error": "", "part_ids": ["a", "b"], "forms": ["a", "a", "b", "b"],
+    }  # fmt: skip
+    failed = pipeline._finished_item(ready, Failed("no route", "invalid_destination", "0x0B"))
+    assert failed._asdict() == {
+        **common, "status": "failed", "note": "no route", "segments": 0,
+        "error_code": "invalid_destination", "error_raw": "0x0B", "error": "no route",
+        "part_ids": [], "forms": [],
+    }  # fmt: skip

@@ -222,19 +222,23 @@ class Pipeline:
 
     # -- recording ------------------------------------------------------------------
 
+    # The two records of every message are built by position, in their fields' order
+    # (keywords would cost ~0.4 us more each, per message): tests/test_record_fields.py
+    # checks that each field gets its namesake's value.
+
     def _sending_item(self, r: Ready) -> Sending:
         job = r.job
         return Sending(
-            id=job.id,
-            owner=r.entry.owner,
-            replay="1" if r.entry.replay else "",
-            sender=r.sender,
-            to=job.to,
-            text=(job.text or "") if self._store_text else "",
-            meta=r.meta,
-            url=r.url,
-            sticky_key=r.sticky_key,
-            sticky_ttl=r.sticky_ttl,
+            job.id,
+            r.entry.owner,
+            "1" if r.entry.replay else "",  # replay
+            r.sender,
+            job.to,
+            (job.text or "") if self._store_text else "",
+            r.meta,
+            r.url,
+            r.sticky_key,
+            r.sticky_ttl,
         )
 
     def _dispatch(self, batch: Sequence[Ready], results: Sequence[Transition]) -> None:
@@ -324,21 +328,21 @@ class Pipeline:
                         forms += (part, form)
         job = r.job
         return Finished(
-            id=job.id,
-            entry=r.entry.entry_id,
-            step=r.step + 1,
-            status=status,
-            note=note,
-            url=r.url,
-            to=job.to,
-            sender=r.sender,
-            meta=r.meta,
-            segments=segments,
-            error_code=code,
-            error_raw=raw,
-            error=error,
-            part_ids=ids,
-            forms=forms,
+            job.id,
+            r.entry.entry_id,
+            r.step + 1,  # step
+            status,
+            note,
+            r.url,
+            job.to,
+            r.sender,
+            r.meta,
+            segments,
+            code,
+            raw,
+            error,
+            ids,
+            forms,
         )
 
     async def _record(
