@@ -1,4 +1,4 @@
-"""Prometheus metrics of one daemon (``GET /metrics``, router/api_metrics.py).
+"""Prometheus metrics of one daemon (``GET /metrics``, router/api/metrics.py).
 
 The hot path keeps plain integers only: `ProfileMetrics` counts statuses and
 retries per batch and keeps the submit latency histogram as a list of bucket

@@ -86,7 +86,7 @@ class Readiness(BaseModel):
 
 OPERATIONS: web.AppKey[list[Operation]] = web.AppKey("operations", list)
 
-# Registered by router/api.py itself; documented here with the rest.
+# Registered by router/api/app.py itself; documented here with the rest.
 _SHARED = [
     Operation("GET", "/healthz", "Liveness", None, {200: Reply("Alive.", Health)}, tag="probes"),
     Operation(

@@ -562,7 +562,7 @@ def message_resource(
     body: str | None = None,
     messaging_service_sid: str = "",
 ) -> dict[str, Any]:
-    """A record (router/ledger.py `get`) as Twilio's Message resource JSON."""
+    """A record (router/store/ledger.py `get`) as Twilio's Message resource JSON."""
     sid = str(record["id"])
     text = body if body is not None else str(record.get("text", ""))
     segments = record.get("segments")

@@ -2,16 +2,16 @@
 
 Startup opens Redis (starting the embedded server if configured), starts the HTTP
 API when `[api] listen` is set, builds each profile's binds and worker
-(router/runtime.py) and takes back this instance's unfinished entries. Serve reads
+(router/daemon/runtime.py) and takes back this instance's unfinished entries. Serve reads
 the work streams until a signal. Shutdown stops reading, gives in-flight messages
 `shutdown_grace` seconds, cancels what is left (it stays pending for the next
 start) and stops the embedded Redis. Signal handlers only set flags; a second
-signal exits at once; SIGHUP reloads the configuration (router/reload.py) from
+signal exits at once; SIGHUP reloads the configuration (router/daemon/reload.py) from
 the serving loop.
 
-Every serving loop waits out Redis outages (router/outages.py); a serving task
+Every serving loop waits out Redis outages (router/store/outages.py); a serving task
 that still fails met a bug, and the daemon stops with exit code 1. So does a
-daemon whose instance lease (router/lease.py) was taken by another one.
+daemon whose instance lease (router/daemon/lease.py) was taken by another one.
 
 Under systemd (router/systemd.py) it sends READY=1 once started, STATUS= lines,
 STOPPING=1 when shutdown begins and WATCHDOG=1 from the event loop. Its metrics
@@ -90,7 +90,7 @@ class Daemon:
         self.lease: Lease | None = None
         self.hangups = 0
         self.api: ApiServer | None = None
-        # Profiles whose provider reports back over HTTP (router/api_providers.py).
+        # Profiles whose provider reports back over HTTP (router/api/providers.py).
         self.providers: dict[str, ProviderHooks] = {}
         self.metrics = Metrics(self.instance, settings)
         self.notify = Notifier()  # systemd (no-op unless NOTIFY_SOCKET is set)
@@ -332,7 +332,7 @@ class Daemon:
     async def reload(self) -> bool:
         """Read the configuration file again and apply it (SIGHUP). A file with problems
         is logged and changes nothing. Returns whether the new one was applied; the
-        verdict is published for `sms-router reload` (router/reload.py)."""
+        verdict is published for `sms-router reload` (router/daemon/reload.py)."""
         began = time.time()
         if self.config_path is None:
             log.warning("reload asked for, but the daemon was not started from a file")

@@ -1,6 +1,6 @@
 """Reload (SIGHUP): apply a new configuration to a running daemon, profile by profile.
 
-The new file is validated before anything changes (router/daemon.py). Then:
+The new file is validated before anything changes (router/daemon/daemon.py). Then:
 profiles removed are retired (in-flight messages finish, binds close); profiles
 added are built and started; a profile whose own table, or a table every profile
 reads (campaigns, numbers, templates, queue), changed gets a new worker. Its binds

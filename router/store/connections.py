@@ -297,7 +297,7 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
     a CLI command only starts one if none runs, and stops what it started.
     A ``redis+sentinel://`` URL gives a client of the master the sentinels name: after
     a fail-over its next connections go to the new master (the loops wait out the
-    switch as an outage, see router/outages.py). A ``redis+cluster://`` URL gives a
+    switch as an outage, see router/store/outages.py). A ``redis+cluster://`` URL gives a
     `RouterCluster` typed as `Redis`: it offers the part of the API the router uses, and
     every script and transaction keeps its keys in one slot (the profile's hash tag).
     """
@@ -312,7 +312,7 @@ async def open_redis(settings: Settings, *, daemon: bool = False) -> AsyncIterat
     # A bounded pool that makes callers wait for a connection rather than fail: a burst
     # of delivery reports must slow down, not be refused.
     # No retries inside redis-py (Retry(..., 0)): a failed call raises at once and the
-    # caller's loop waits the outage out (router/outages.py), logging it once.
+    # caller's loop waits the outage out (router/store/outages.py), logging it once.
     options: dict[str, Any] = {
         "max_connections": MAX_CONNECTIONS,
         "timeout": 60,

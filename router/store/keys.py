@@ -56,7 +56,8 @@ def locator(job_id: str) -> str:
 
 def events(profile: str) -> str:
     """The profile's event stream: its status changes and inbound messages (trimmed by
-    length). A view over every profile is a merge of these (router/streams.py)."""
+    length). A view over every profile is a merge of these (router/store/smslog.py and
+    router/api/events.py)."""
     return f"sms:{{{profile}}}:events"
 
 

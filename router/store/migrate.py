@@ -1,4 +1,4 @@
-"""Move the keys of the old layout to the per-profile, cluster-safe one (router/keys.py).
+"""Move the keys of the old layout to the per-profile, cluster-safe one (router/store/keys.py).
 
 Old → new:
 
@@ -33,7 +33,7 @@ from router.errors import RouterError
 from router.store import keys, roundtrip
 from router.store.connections import as_text
 
-# The old layout's names (gone from router/keys.py).
+# The old layout's names (gone from router/store/keys.py).
 OLD_RECORD_PREFIX = "sms:msg:"
 OLD_EVENTS = "sms:events"
 OLD_CALLBACKS = "sms:callbacks"

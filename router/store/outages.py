@@ -48,7 +48,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, SlotNotCoveredError
 # A Redis Cluster losing a master shows as these for its slots (the node's connections
 # fail) and then as CLUSTERDOWN (ClusterDownError, a ClusterError) for every slot until
 # a replica takes over or the master is back; no usable slot map is ClusterUnreachable
-# (router/connections.py, a ConnectionError) or SlotNotCoveredError. Resharding shows
+# (router/store/connections.py, a ConnectionError) or SlotNotCoveredError. Resharding shows
 # as TRYAGAIN, and as MOVED/ASK (AskError) or ClusterError("TTL exhausted") when the
 # redirections outrun redis-py's own following of them.
 REDIS_DOWN: tuple[type[BaseException], ...] = (

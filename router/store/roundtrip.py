@@ -39,7 +39,7 @@ class OnNodeOf:
 
 
 def is_cluster(redis: Redis) -> bool:
-    """Whether `redis` is a cluster client (typed `Redis` by router/connections.py)."""
+    """Whether `redis` is a cluster client (typed `Redis` by router/store/connections.py)."""
     return isinstance(redis, RedisCluster)
 
 
