@@ -1,8 +1,9 @@
 """The records the router hands its Lua scripts are named once on each side: a NamedTuple
-in router/store/ledger.py, a `fields{...}` table in router/store/lua/common.lua. These
-tests keep the two in step (same names, same order) through a real Redis, so a field
-added on one side only fails here, not in production as a value read from the wrong
-place; and they check that the record scripts read no record by a bare position.
+in router/store/ledger.py, a `<RECORD>_<FIELD>` constant per field in
+router/store/lua/common.lua. These tests keep the two in step (same names, same order)
+through a real Redis, so a field added on one side only fails here, not in production
+as a value read from the wrong place; they check that the record scripts read no record
+by a bare position, and that the hot path fills each field from its namesake.
 
 Real Redis (the `redis` fixture)."""
 
@@ -28,17 +29,25 @@ from router.store.outages import RedisOutages
 from router.store.queue import Entry
 
 # Records that only Lua reads and writes (kept in Redis by the scripts themselves).
-LUA_ONLY = {"DLR"}
+LUA_ONLY = {"DLR": ("outcome", "stat", "err")}
 # The scripts the ledger runs (common.lua prepended to each).
 RECORD_SCRIPTS = ("transition", "report", "missing", "enqueue", "sending", "finish", "early")
 # Records passed as plain ARGV; the others go msgpacked in ARGV[1].
 ARGV_RECORDS = {"TRANSITION", "MISSING", "EARLY"}
 
 
-def lua_tables() -> dict[str, list[str]]:
-    """common.lua's `local NAME = fields{'a', 'b', ...}` tables, their names in order."""
-    found = re.findall(r"local (\w+) = fields\{([^}]*)\}", scripts.source("common"))
-    return {name: re.findall(r"'(\w+)'", body) for name, body in found}
+def fields_of(record: str) -> tuple[str, ...]:
+    if record in LUA_ONLY:
+        return LUA_ONLY[record]
+    return tuple(LUA_RECORDS[record]._fields)  # type: ignore[attr-defined]
+
+
+def constants(record: str) -> dict[str, int]:
+    """The Lua constants a record's fields should have: each one's position, then its
+    count."""
+    names = fields_of(record)
+    at = {f"{record}_{name.upper()}": i for i, name in enumerate(names, 1)}
+    return {**at, f"{record}_COUNT": len(names)}
 
 
 def sample(record: type[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -57,41 +66,48 @@ def sample(record: type[tuple[Any, ...]]) -> tuple[Any, ...]:
     return record(*values)
 
 
-def test_every_python_record_has_its_lua_table_with_the_same_fields_in_order() -> None:
-    tables = lua_tables()
-    for lua_name, record in LUA_RECORDS.items():
-        assert tables.get(lua_name) == list(record._fields), (lua_name, record.__name__)  # type: ignore[attr-defined]
-    assert set(tables) - set(LUA_RECORDS) == LUA_ONLY, "a Lua table without its NamedTuple"
+def test_common_lua_names_every_field_of_every_record_and_nothing_else() -> None:
+    """Read as text: common.lua's constants are exactly the records' fields, in order
+    (a stray or missing constant, or one numbered out of order, fails)."""
+    found = re.findall(r"^local ([A-Z][A-Z_]*) = (\d+)$", scripts.source("common"), re.M)
+    wanted: dict[str, int] = {}
+    for record in [*LUA_RECORDS, *LUA_ONLY]:
+        wanted.update(constants(record))
+    assert len(found) == len(wanted), "a constant named twice, or one too many"
+    assert {name: int(value) for name, value in found} == wanted
 
 
-@pytest.mark.parametrize("lua_name", sorted(LUA_RECORDS))
+@pytest.mark.parametrize("record", sorted([*LUA_RECORDS, *LUA_ONLY]))
+async def test_each_lua_constant_is_its_fields_position(redis: Redis, record: str) -> None:
+    """Evaluated by Redis (a constant named twice keeps the last value: caught here)."""
+    wanted = constants(record)
+    body = f"\nreturn {{{', '.join(wanted)}}}\n"
+    reply = await redis.eval(scripts.source("common") + body, 0)
+    assert reply == list(wanted.values())
+
+
+@pytest.mark.parametrize("record", sorted(LUA_RECORDS))
 async def test_lua_reads_each_field_by_name_where_python_packed_it(
-    redis: Redis, lua_name: str
+    redis: Redis, record: str
 ) -> None:
     """Each field, packed as the ledger packs it (msgpack array, or plain ARGV), read in
-    Redis by its name in common.lua, comes back with its own value."""
-    record = LUA_RECORDS[lua_name]
-    item = sample(record)
-    if lua_name in ARGV_RECORDS:
+    Redis by its constant in common.lua, comes back with its own value."""
+    item = sample(LUA_RECORDS[record])
+    if record in ARGV_RECORDS:
         read, args = "local it = ARGV", list(item)
     else:
         packed = msgpack.packb(item, use_bin_type=False)  # as the ledger packs records
         read, args = "local it = cmsgpack.unpack(ARGV[1])", [packed]
-    body = f"""
-{read}
-local out = {{}}
-for name, at in pairs({lua_name}) do
-  if name ~= '_count' then out[name] = it[at] end
-end
-return cjson.encode({{fields = out, count = {lua_name}._count}})
-"""
+    names = fields_of(record)
+    pairs = ", ".join(f"{name} = it[{record}_{name.upper()}]" for name in names)
+    body = f"\n{read}\nreturn cjson.encode({{{pairs}}})\n"
     reply = json.loads(await redis.eval(scripts.source("common") + body, 0, *args))
     expected = {
-        name: (str(value) if lua_name in ARGV_RECORDS else value)
+        name: (str(value) if record in ARGV_RECORDS else value)
         for name, value in item._asdict().items()  # type: ignore[attr-defined]
     }
     expected = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in expected.items()}
-    assert reply == {"fields": expected, "count": len(item)}
+    assert reply == expected
 
 
 @pytest.mark.parametrize("name", RECORD_SCRIPTS)

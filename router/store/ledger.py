@@ -54,7 +54,7 @@ class Ack:
 
 
 class Sending(NamedTuple):
-    """One message of a `sending` batch (sending.lua; common.lua's ``SENDING``)."""
+    """One message of a `sending` batch (sending.lua; common.lua's ``SENDING_*``)."""
 
     id: str  # job id
     owner: str  # the work entry that owns the record
@@ -69,7 +69,7 @@ class Sending(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """One outcome of a `finish` batch (finish.lua; common.lua's ``FINISHED``)."""
+    """One outcome of a `finish` batch (finish.lua; common.lua's ``FINISHED_*``)."""
 
     id: str  # job id
     entry: str  # its work entry, acknowledged in the same step
@@ -91,7 +91,7 @@ class Finished(NamedTuple):
 
 
 class Report(NamedTuple):
-    """One part's delivery report (report.lua; common.lua's ``REPORT``)."""
+    """One part's delivery report (report.lua; common.lua's ``REPORT_*``)."""
 
     outcome: str  # delivered | undelivered
     stat: str
@@ -101,7 +101,7 @@ class Report(NamedTuple):
 
 
 class Enqueued(NamedTuple):
-    """One job of an `enqueue` call (enqueue.lua; common.lua's ``ENQUEUED``)."""
+    """One job of an `enqueue` call (enqueue.lua; common.lua's ``ENQUEUED_*``)."""
 
     id: str  # job id
     job: bytes  # the encoded job, the work entry's only field
@@ -112,7 +112,7 @@ class Enqueued(NamedTuple):
 
 
 class SendingCall(NamedTuple):
-    """sending.lua's argument (common.lua's ``SENDING_CALL``)."""
+    """sending.lua's argument (common.lua's ``SENDING_CALL_*``)."""
 
     now: str
     profile: str
@@ -122,7 +122,7 @@ class SendingCall(NamedTuple):
 
 
 class FinishCall(NamedTuple):
-    """finish.lua's argument (common.lua's ``FINISH_CALL``)."""
+    """finish.lua's argument (common.lua's ``FINISH_CALL_*``)."""
 
     now: str
     profile: str
@@ -134,7 +134,7 @@ class FinishCall(NamedTuple):
 
 
 class ReportCall(NamedTuple):
-    """report.lua's argument (common.lua's ``REPORT_CALL``)."""
+    """report.lua's argument (common.lua's ``REPORT_CALL_*``)."""
 
     now: str
     events_maxlen: int
@@ -144,7 +144,7 @@ class ReportCall(NamedTuple):
 
 
 class EnqueueCall(NamedTuple):
-    """enqueue.lua's argument (common.lua's ``ENQUEUE_CALL``)."""
+    """enqueue.lua's argument (common.lua's ``ENQUEUE_CALL_*``)."""
 
     now: str
     retention: int
@@ -157,7 +157,7 @@ class EnqueueCall(NamedTuple):
 
 
 class TransitionArgs(NamedTuple):
-    """transition.lua's fixed ARGV (common.lua's ``TRANSITION``); the record's field
+    """transition.lua's fixed ARGV (common.lua's ``TRANSITION_*``); the record's field
     pairs follow, then the event's."""
 
     owner: str
@@ -176,7 +176,7 @@ class TransitionArgs(NamedTuple):
 
 
 class MissingArgs(NamedTuple):
-    """missing.lua's fixed ARGV (common.lua's ``MISSING``); the due job ids follow."""
+    """missing.lua's fixed ARGV (common.lua's ``MISSING_*``); the due job ids follow."""
 
     now: str
     events_maxlen: int
@@ -185,13 +185,13 @@ class MissingArgs(NamedTuple):
 
 
 class EarlyArgs(NamedTuple):
-    """early.lua's ARGV (common.lua's ``EARLY``)."""
+    """early.lua's ARGV (common.lua's ``EARLY_*``)."""
 
     now: str
     batch: int
 
 
-# Every record above, by its name in common.lua.
+# Every record above, by its constants' prefix in common.lua (``SENDING_TO``...).
 LUA_RECORDS: dict[str, type[tuple[Any, ...]]] = {
     "SENDING": Sending,
     "FINISHED": Finished,

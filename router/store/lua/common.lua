@@ -4,38 +4,126 @@
 -- one field per history step, `h<i>` = "status|time|note": a change appends one field
 -- instead of decoding and re-encoding the whole history.
 
--- Field positions, by name: `fields{'a', 'b'}` is {a = 1, b = 2, _count = 2} (a
--- NamedTuple's field names never start with '_').
-local function fields(names)
-  local at = {_count = #names}
-  for i, name in ipairs(names) do at[name] = i end
-  return at
-end
+-- The records the router sends (msgpack arrays, or plain ARGV), each field's position
+-- named once: `<RECORD>_<FIELD>`, read as `it[SENDING_TO]`, and `<RECORD>_COUNT` its
+-- number of fields. The same fields in the same order as the NamedTuples in
+-- router/store/ledger.py (tests/test_record_fields.py compares them, through Redis): a
+-- new field is added there and here, and read by its name. Local constants, not
+-- tables: this runs at every call, and `it[SENDING_TO]` costs what `it[5]` does.
 
--- The records the router sends (msgpack arrays), read by name: `it[SENDING.to]`. The
--- same names in the same order as their NamedTuples in router/store/ledger.py (a test
--- compares them): a new field is added there and here, nowhere else.
-local SENDING = fields{'id', 'owner', 'replay', 'sender', 'to', 'text', 'meta', 'url',
-                       'sticky_key', 'sticky_ttl'}
-local FINISHED = fields{'id', 'entry', 'step', 'status', 'note', 'url', 'to', 'sender',
-                        'meta', 'segments', 'error_code', 'error_raw', 'error', 'part_ids',
-                        'forms'}
-local REPORT = fields{'outcome', 'stat', 'err', 'candidates', 'job'}
-local ENQUEUED = fields{'id', 'job', 'fields'}
--- The batch calls' ARGV[1], each ending with its items.
-local SENDING_CALL = fields{'now', 'profile', 'retention', 'events_maxlen', 'items'}
-local FINISH_CALL = fields{'now', 'profile', 'retention', 'events_maxlen', 'group',
-                           'report_deadline', 'items'}
-local REPORT_CALL = fields{'now', 'events_maxlen', 'profile', 'keep_until', 'reports'}
-local ENQUEUE_CALL = fields{'now', 'retention', 'events_maxlen', 'profile', 'items'}
--- The fixed ARGV of the scripts called with plain arguments.
-local TRANSITION = fields{'owner', 'now', 'status', 'retention', 'mode', 'note',
-                          'events_maxlen', 'field_count', 'event_count', 'group', 'entry',
-                          'job', 'report_deadline'}
-local MISSING = fields{'now', 'events_maxlen', 'profile', 'note'}
-local EARLY = fields{'now', 'batch'}
--- A delivery report as kept (JSON, in the early hash and a record's `dlr:<part>`).
-local DLR = fields{'outcome', 'stat', 'err'}
+-- Sending: one message of a `sending` batch (sending.lua).
+local SENDING_ID = 1
+local SENDING_OWNER = 2
+local SENDING_REPLAY = 3
+local SENDING_SENDER = 4
+local SENDING_TO = 5
+local SENDING_TEXT = 6
+local SENDING_META = 7
+local SENDING_URL = 8
+local SENDING_STICKY_KEY = 9
+local SENDING_STICKY_TTL = 10
+local SENDING_COUNT = 10
+
+-- Finished: one outcome of a `finish` batch (finish.lua).
+local FINISHED_ID = 1
+local FINISHED_ENTRY = 2
+local FINISHED_STEP = 3
+local FINISHED_STATUS = 4
+local FINISHED_NOTE = 5
+local FINISHED_URL = 6
+local FINISHED_TO = 7
+local FINISHED_SENDER = 8
+local FINISHED_META = 9
+local FINISHED_SEGMENTS = 10
+local FINISHED_ERROR_CODE = 11
+local FINISHED_ERROR_RAW = 12
+local FINISHED_ERROR = 13
+local FINISHED_PART_IDS = 14
+local FINISHED_FORMS = 15
+local FINISHED_COUNT = 15
+
+-- Report: one part's delivery report (report.lua).
+local REPORT_OUTCOME = 1
+local REPORT_STAT = 2
+local REPORT_ERR = 3
+local REPORT_CANDIDATES = 4
+local REPORT_JOB = 5
+local REPORT_COUNT = 5
+
+-- Enqueued: one job of an `enqueue` call (enqueue.lua).
+local ENQUEUED_ID = 1
+local ENQUEUED_JOB = 2
+local ENQUEUED_FIELDS = 3
+local ENQUEUED_COUNT = 3
+
+-- SendingCall: sending.lua's ARGV[1].
+local SENDING_CALL_NOW = 1
+local SENDING_CALL_PROFILE = 2
+local SENDING_CALL_RETENTION = 3
+local SENDING_CALL_EVENTS_MAXLEN = 4
+local SENDING_CALL_ITEMS = 5
+local SENDING_CALL_COUNT = 5
+
+-- FinishCall: finish.lua's ARGV[1].
+local FINISH_CALL_NOW = 1
+local FINISH_CALL_PROFILE = 2
+local FINISH_CALL_RETENTION = 3
+local FINISH_CALL_EVENTS_MAXLEN = 4
+local FINISH_CALL_GROUP = 5
+local FINISH_CALL_REPORT_DEADLINE = 6
+local FINISH_CALL_ITEMS = 7
+local FINISH_CALL_COUNT = 7
+
+-- ReportCall: report.lua's ARGV[1].
+local REPORT_CALL_NOW = 1
+local REPORT_CALL_EVENTS_MAXLEN = 2
+local REPORT_CALL_PROFILE = 3
+local REPORT_CALL_KEEP_UNTIL = 4
+local REPORT_CALL_REPORTS = 5
+local REPORT_CALL_COUNT = 5
+
+-- EnqueueCall: enqueue.lua's ARGV[1].
+local ENQUEUE_CALL_NOW = 1
+local ENQUEUE_CALL_RETENTION = 2
+local ENQUEUE_CALL_EVENTS_MAXLEN = 3
+local ENQUEUE_CALL_PROFILE = 4
+local ENQUEUE_CALL_ITEMS = 5
+local ENQUEUE_CALL_COUNT = 5
+
+-- TransitionArgs: transition.lua's fixed ARGV (field pairs, then event pairs follow).
+local TRANSITION_OWNER = 1
+local TRANSITION_NOW = 2
+local TRANSITION_STATUS = 3
+local TRANSITION_RETENTION = 4
+local TRANSITION_MODE = 5
+local TRANSITION_NOTE = 6
+local TRANSITION_EVENTS_MAXLEN = 7
+local TRANSITION_FIELD_COUNT = 8
+local TRANSITION_EVENT_COUNT = 9
+local TRANSITION_GROUP = 10
+local TRANSITION_ENTRY = 11
+local TRANSITION_JOB = 12
+local TRANSITION_REPORT_DEADLINE = 13
+local TRANSITION_COUNT = 13
+
+-- MissingArgs: missing.lua's fixed ARGV (the job ids follow).
+local MISSING_NOW = 1
+local MISSING_EVENTS_MAXLEN = 2
+local MISSING_PROFILE = 3
+local MISSING_NOTE = 4
+local MISSING_COUNT = 4
+
+-- EarlyArgs: early.lua's ARGV.
+local EARLY_NOW = 1
+local EARLY_BATCH = 2
+local EARLY_COUNT = 2
+
+-- A delivery report as kept (JSON, in the early hash and a record's `dlr:<part>`);
+-- Lua's own, no NamedTuple.
+local DLR_OUTCOME = 1
+local DLR_STAT = 2
+local DLR_ERR = 3
+local DLR_COUNT = 3
 
 local function step(n, status, now, note)
   return 'h' .. n, status .. '|' .. now .. '|' .. note
@@ -77,8 +165,8 @@ local function apply_report(rec, job, part, outcome, stat, err, now, parts, info
       local r = redis.call('HGET', rec, 'dlr:' .. p)
       if not r then return nil end
       r = cjson.decode(r)
-      if r[DLR.outcome] ~= 'delivered' and final == 'delivered' then
-        final, fstat, ferr = r[DLR.outcome], r[DLR.stat], r[DLR.err]
+      if r[DLR_OUTCOME] ~= 'delivered' and final == 'delivered' then
+        final, fstat, ferr = r[DLR_OUTCOME], r[DLR_STAT], r[DLR_ERR]
       end
     end
   end

@@ -10,21 +10,21 @@
 -- `status_callback_url` names where it is posted.
 -- Returns a flat array: verdict (ok | duplicate), entry id ('' for a duplicate).
 local args = cmsgpack.unpack(ARGV[1])
-local now, ttl = args[ENQUEUE_CALL.now], args[ENQUEUE_CALL.retention]
-local maxlen, profile = args[ENQUEUE_CALL.events_maxlen], args[ENQUEUE_CALL.profile]
+local now, ttl = args[ENQUEUE_CALL_NOW], args[ENQUEUE_CALL_RETENTION]
+local maxlen, profile = args[ENQUEUE_CALL_EVENTS_MAXLEN], args[ENQUEUE_CALL_PROFILE]
 local out = {}
-for i, it in ipairs(args[ENQUEUE_CALL.items]) do
+for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
   local rec = KEYS[3 + i]
   if redis.call('EXISTS', rec) == 1 then
     out[#out + 1] = 'duplicate'; out[#out + 1] = ''
   else
-    local entry = redis.call('XADD', KEYS[3], '*', 'job', it[ENQUEUED.job])
+    local entry = redis.call('XADD', KEYS[3], '*', 'job', it[ENQUEUED_JOB])
     local name, value = step(1, 'queued', now, '')
     local fields = {'created_at', now, 'owner', entry, 'status', 'queued',
                     'updated_at', now, 'n', 1, name, value}
-    local ev = {'id', it[ENQUEUED.id], 'profile', profile, 'status', 'queued', 'at', now}
+    local ev = {'id', it[ENQUEUED_ID], 'profile', profile, 'status', 'queued', 'at', now}
     local url = nil
-    local given = it[ENQUEUED.fields]
+    local given = it[ENQUEUED_FIELDS]
     for i = 1, #given, 2 do
       local field, v = given[i], given[i + 1]
       fields[#fields + 1] = field; fields[#fields + 1] = v

@@ -11,19 +11,19 @@
 -- meanings in router/store/ledger.py). Returns the final statuses early reports wrote,
 -- as a flat list {status, count, ...}.
 local args = cmsgpack.unpack(ARGV[1])
-local now, profile = args[FINISH_CALL.now], args[FINISH_CALL.profile]
-local ttl, maxlen = args[FINISH_CALL.retention], args[FINISH_CALL.events_maxlen]
-local group, deadline = args[FINISH_CALL.group], args[FINISH_CALL.report_deadline]
-local items = args[FINISH_CALL.items]
+local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
+local ttl, maxlen = args[FINISH_CALL_RETENTION], args[FINISH_CALL_EVENTS_MAXLEN]
+local group, deadline = args[FINISH_CALL_GROUP], args[FINISH_CALL_REPORT_DEADLINE]
+local items = args[FINISH_CALL_ITEMS]
 local index = 6 + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
 for i, it in ipairs(items) do
-  local job, status, note, ids = it[FINISHED.id], it[FINISHED.status], it[FINISHED.note],
-                                 it[FINISHED.part_ids]
-  local n, to, from, meta = it[FINISHED.step], it[FINISHED.to], it[FINISHED.sender],
-                            it[FINISHED.meta]
-  local code = it[FINISHED.error_code]
-  entries[#entries + 1] = it[FINISHED.entry]
+  local job, status, note, ids = it[FINISHED_ID], it[FINISHED_STATUS], it[FINISHED_NOTE],
+                                 it[FINISHED_PART_IDS]
+  local n, to, from, meta = it[FINISHED_STEP], it[FINISHED_TO], it[FINISHED_SENDER],
+                            it[FINISHED_META]
+  local code = it[FINISHED_ERROR_CODE]
+  entries[#entries + 1] = it[FINISHED_ENTRY]
   local rec = KEYS[6 + i]
   local name, value = step(n, status, now, note)
   local f = {'status', status, 'updated_at', now, 'n', n, name, value}
@@ -35,7 +35,7 @@ for i, it in ipairs(items) do
   if status == 'sent' then
     local pmid = ids[1] or ''
     f[#f + 1] = 'provider_message_id'; f[#f + 1] = pmid
-    f[#f + 1] = 'segments'; f[#f + 1] = it[FINISHED.segments]
+    f[#f + 1] = 'segments'; f[#f + 1] = it[FINISHED_SEGMENTS]
     if #ids > 1 then f[#f + 1] = 'part_ids'; f[#f + 1] = cjson.encode(ids) end
     ev[#ev + 1] = 'provider_message_id'; ev[#ev + 1] = pmid
     for _ = 1, #ids do
@@ -45,20 +45,20 @@ for i, it in ipairs(items) do
     if deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, job) end
   elseif code ~= '' then
     f[#f + 1] = 'error_code'; f[#f + 1] = code
-    f[#f + 1] = 'error_raw'; f[#f + 1] = it[FINISHED.error_raw]
-    f[#f + 1] = 'error'; f[#f + 1] = it[FINISHED.error]
+    f[#f + 1] = 'error_raw'; f[#f + 1] = it[FINISHED_ERROR_RAW]
+    f[#f + 1] = 'error'; f[#f + 1] = it[FINISHED_ERROR]
     ev[#ev + 1] = 'error_code'; ev[#ev + 1] = code
   end
   redis.call('HSET', rec, unpack(f))
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
-  post(KEYS[2], it[FINISHED.url], ev)
+  post(KEYS[2], it[FINISHED_URL], ev)
 end
 -- Early reports: one look per batch while none is kept (the usual case without them).
 local finals = {}
 if redis.call('EXISTS', KEYS[5]) == 1 then
   local wanted, owners = {}, {}
   for i, it in ipairs(items) do
-    local forms = it[FINISHED.forms]
+    local forms = it[FINISHED_FORMS]
     for k = 1, #forms, 2 do
       wanted[#wanted + 1] = forms[k + 1]
       owners[#owners + 1] = {i, forms[k]}
@@ -74,18 +74,18 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
         done[part] = true
         local it = items[i]
         local r = cjson.decode(raw)
-        local ids = it[FINISHED.part_ids]
+        local ids = it[FINISHED_PART_IDS]
         if #ids == 0 then ids = {part} end
-        local n = nil
-        if not applied_to[i] then n = it[FINISHED.step] end  -- a second part's report: read n
+        local n = nil  -- a second part's report: apply_report reads n
+        if not applied_to[i] then n = it[FINISHED_STEP] end
         applied_to[i] = true
         local awaiting = ''
         if deadline ~= '' then awaiting = KEYS[4] end
-        local info = {to = it[FINISHED.to], from = it[FINISHED.sender],
-                      meta = it[FINISHED.meta], url = it[FINISHED.url]}
-        local final = apply_report(KEYS[6 + i], it[FINISHED.id], part, r[DLR.outcome],
-                                   r[DLR.stat], r[DLR.err], now, ids, info, profile, KEYS[1],
-                                   maxlen, KEYS[2], awaiting, n)
+        local info = {to = it[FINISHED_TO], from = it[FINISHED_SENDER],
+                      meta = it[FINISHED_META], url = it[FINISHED_URL]}
+        local final = apply_report(KEYS[6 + i], it[FINISHED_ID], part, r[DLR_OUTCOME],
+                                   r[DLR_STAT], r[DLR_ERR], now, ids, info, profile,
+                                   KEYS[1], maxlen, KEYS[2], awaiting, n)
         if final then finals[final] = (finals[final] or 0) + 1 end
       end
       if raw then

@@ -6,9 +6,9 @@
 -- KEYS: awaiting-reports set, event stream, stats hash, callbacks stream, then the
 -- records of the due jobs. ARGV: MISSING {now, events maxlen, profile, note}
 -- (common.lua), then the job ids. Returns how many records got the note.
-local now, maxlen = ARGV[MISSING.now], ARGV[MISSING.events_maxlen]
-local profile, note = ARGV[MISSING.profile], ARGV[MISSING.note]
-local first = MISSING._count  -- ARGV index before the first job id
+local now, maxlen = ARGV[MISSING_NOW], ARGV[MISSING_EVENTS_MAXLEN]
+local profile, note = ARGV[MISSING_PROFILE], ARGV[MISSING_NOTE]
+local first = MISSING_COUNT  -- ARGV index before the first job id
 local noted = 0
 for n = 1, #ARGV - first do
   local job = ARGV[first + n]

@@ -21,16 +21,16 @@
 -- (final status written) | partial (waiting for other parts) | early (kept) | done
 -- (message final already) | retry.
 local args = cmsgpack.unpack(ARGV[1])
-local now, maxlen = args[REPORT_CALL.now], args[REPORT_CALL.events_maxlen]
-local profile, keep_until = args[REPORT_CALL.profile], args[REPORT_CALL.keep_until]
+local now, maxlen = args[REPORT_CALL_NOW], args[REPORT_CALL_EVENTS_MAXLEN]
+local profile, keep_until = args[REPORT_CALL_PROFILE], args[REPORT_CALL_KEEP_UNTIL]
 local out = {}
 local function answer(verdict, st, job, part)
   out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = job; out[#out + 1] = part
 end
 local k = 5  -- KEYS index of the last key taken
-for _, r in ipairs(args[REPORT_CALL.reports]) do
-  local outcome, stat, err = r[REPORT.outcome], r[REPORT.stat], r[REPORT.err]
-  local cands, expected = r[REPORT.candidates], r[REPORT.job]
+for _, r in ipairs(args[REPORT_CALL_REPORTS]) do
+  local outcome, stat, err = r[REPORT_OUTCOME], r[REPORT_STAT], r[REPORT_ERR]
+  local cands, expected = r[REPORT_CANDIDATES], r[REPORT_JOB]
   local job, part
   for i = 1, #cands do
     if not job then

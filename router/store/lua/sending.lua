@@ -10,15 +10,15 @@
 -- the same step. Returns a flat array: verdict, previous status, history index of the
 -- step (0 unless ok) for each item; verdict: ok | duplicate | done.
 local args = cmsgpack.unpack(ARGV[1])
-local now, profile = args[SENDING_CALL.now], args[SENDING_CALL.profile]
-local ttl, maxlen = args[SENDING_CALL.retention], args[SENDING_CALL.events_maxlen]
-local items = args[SENDING_CALL.items]
+local now, profile = args[SENDING_CALL_NOW], args[SENDING_CALL_PROFILE]
+local ttl, maxlen = args[SENDING_CALL_RETENTION], args[SENDING_CALL_EVENTS_MAXLEN]
+local items = args[SENDING_CALL_ITEMS]
 local sticky = 3 + #items  -- KEYS index of the last sticky key taken
 local out = {}
 for i, it in ipairs(items) do
-  local job, owner, replay = it[SENDING.id], it[SENDING.owner], it[SENDING.replay]
-  local from, to, text = it[SENDING.sender], it[SENDING.to], it[SENDING.text]
-  local meta, url, sticky_key = it[SENDING.meta], it[SENDING.url], it[SENDING.sticky_key]
+  local job, owner, replay = it[SENDING_ID], it[SENDING_OWNER], it[SENDING_REPLAY]
+  local from, to, text = it[SENDING_SENDER], it[SENDING_TO], it[SENDING_TEXT]
+  local meta, url, sticky_key = it[SENDING_META], it[SENDING_URL], it[SENDING_STICKY_KEY]
   local rec = KEYS[3 + i]
   if sticky_key ~= '' then sticky = sticky + 1 end
   local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'attempts')
@@ -46,7 +46,7 @@ for i, it in ipairs(items) do
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end
     redis.call('HSET', rec, unpack(f))
     if sticky_key ~= '' then
-      redis.call('SET', KEYS[sticky], from, 'EX', it[SENDING.sticky_ttl])
+      redis.call('SET', KEYS[sticky], from, 'EX', it[SENDING_STICKY_TTL])
     end
     if not st then redis.call('EXPIRE', rec, ttl) end
     if st == 'sending' then

@@ -10,36 +10,39 @@
 -- event pairs.
 -- Returns {verdict, previous status}; verdict: ok | duplicate | done. The ack happens
 -- whatever the verdict: a duplicate or an already-final record has nothing left to do.
-local T = TRANSITION
-local owner, now, status, ttl = ARGV[T.owner], ARGV[T.now], ARGV[T.status], ARGV[T.retention]
-local group, job, deadline = ARGV[T.group], ARGV[T.job], ARGV[T.report_deadline]
+local owner, now = ARGV[TRANSITION_OWNER], ARGV[TRANSITION_NOW]
+local status, ttl = ARGV[TRANSITION_STATUS], ARGV[TRANSITION_RETENTION]
+local group, job = ARGV[TRANSITION_GROUP], ARGV[TRANSITION_JOB]
+local deadline = ARGV[TRANSITION_REPORT_DEADLINE]
 if group ~= '' then
-  redis.call('XACK', KEYS[3], group, ARGV[T.entry])
-  redis.call('XDEL', KEYS[3], ARGV[T.entry])
+  redis.call('XACK', KEYS[3], group, ARGV[TRANSITION_ENTRY])
+  redis.call('XDEL', KEYS[3], ARGV[TRANSITION_ENTRY])
 end
 local cur = redis.call('HMGET', KEYS[1], 'status', 'owner')
 local st, own = cur[1], cur[2]
 if st then
   if own and own ~= owner then return {'duplicate', st} end
   if st == 'sent' or st == 'delivered' or st == 'undelivered'
-     or st == 'failed' or st == 'expired' or (st == 'rejected' and ARGV[T.mode] ~= 'replay') then
+     or st == 'failed' or st == 'expired'
+     or (st == 'rejected' and ARGV[TRANSITION_MODE] ~= 'replay') then
     return {'done', st}
   end
 else
   st = ''
   redis.call('HSET', KEYS[1], 'created_at', now)
 end
-set_status(KEYS[1], status, now, ARGV[T.note])
+set_status(KEYS[1], status, now, ARGV[TRANSITION_NOTE])
 redis.call('HSET', KEYS[1], 'owner', owner)
 if status == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-local first = T._count + 1  -- ARGV index of the first field pair
-local nfields, nevent = tonumber(ARGV[T.field_count]), tonumber(ARGV[T.event_count])
+local first = TRANSITION_COUNT + 1  -- ARGV index of the first field pair
+local nfields = tonumber(ARGV[TRANSITION_FIELD_COUNT])
+local nevent = tonumber(ARGV[TRANSITION_EVENT_COUNT])
 for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ttl)
 for k = 6, #KEYS do redis.call('SET', KEYS[k], job, 'EX', ttl) end
 if deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, job) end
 local ev = {}
 for i = first + 2 * nfields, first + 2 * (nfields + nevent) - 1 do ev[#ev + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[T.events_maxlen], '*', unpack(ev))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[TRANSITION_EVENTS_MAXLEN], '*', unpack(ev))
 to_callbacks(KEYS[1], KEYS[5], ev)
 return {'ok', st}
