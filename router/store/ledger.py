@@ -2,11 +2,15 @@
 
 One Redis hash per job (``sms:{P}:msg:<id>``, in its profile's slot) holds its
 status, the history of every change with its time (one field per step), the sender
-used, provider id, attempts and errors. Every change goes through a Lua script (``router/lua``) that
-also decides ownership: a record belongs to the stream entry that first reached
-it (its *owner*), so a second entry with the same job id is recognised as a
-duplicate, and a redelivered entry whose record is already final is acknowledged
-without being sent again.
+used, provider id, attempts and errors. Every change goes through a Lua script
+(``router/store/lua``) that also decides ownership: a record belongs to the stream entry
+that first reached it (its *owner*), so a second entry with the same job id is
+recognised as a duplicate, and a redelivered entry whose record is already final is
+acknowledged without being sent again.
+
+The scripts take their data as records, NamedTuples below (msgpack packs them as arrays),
+each field named once here and once in ``lua/common.lua`` (``SENDING_TO``): a new field
+is added in both and read by name on both sides.
 
 The hot path writes in batches: `sending` records a batch in one call, `finish`
 records a batch's outcomes, events, provider-id index and acknowledgements in
