@@ -145,7 +145,7 @@ class _BindSection(_Section):
     `tps`, `sync`), from a value the caller passes (`given`), else from this section's
     field of the same name (or its TOML alias, or the one `SPEC_NAMES` gives). These
     sections hold the daemon's defaults; the spec's own defaults serve `binds` used as
-    a library, and tests/test_specs.py checks the two agree. A spec field none of these
+    a library, and tests/daemon/test_specs.py checks the two agree. A spec field none of these
     sets is an error here, not a silent default.
     """
 

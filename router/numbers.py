@@ -39,7 +39,7 @@ def _canonical(text: str) -> bool | None:
     costs ~30 us, the biggest cost of decoding a job): True (it would come back
     unchanged and possible), False (not possible), or None when only the parser can
     tell (no country code, a leading 0, a national prefix to strip). Exactly what
-    `_parse` says; tests/test_numbers.py compares the two across every country code."""
+    `_parse` says; tests/policy/test_numbers.py compares the two across every country code."""
     digits = text[1:]
     for size in (1, 2, 3):
         if digits[:size] in _CODES:

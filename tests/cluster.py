@@ -6,8 +6,8 @@ if asked) in its own directory. The cluster is made with plain commands (each ma
 takes a slot range and a config epoch, then meets the first; each replica meets the
 first and is told ``CLUSTER REPLICATE`` its master), so it needs neither redis-cli nor
 three nodes at least. `RedisClusterSet.stop` ends every process and removes the
-files, whatever state a test left. Used by tests/test_cluster_conn.py,
-tests/test_cluster.py and tests/test_cluster_failover.py.
+files, whatever state a test left. Used by tests/store/test_cluster_conn.py,
+tests/store/test_cluster.py and tests/store/test_cluster_failover.py.
 """
 
 from __future__ import annotations

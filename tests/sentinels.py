@@ -3,7 +3,7 @@
 Every process is a ``redis-server`` (``--sentinel`` mode for the sentinels, or
 ``redis-sentinel`` when that is on PATH) on a free port, with its files in its own
 directory. `SentinelSet.stop` ends all of them, whatever state a test left.
-Used by tests/test_sentinel.py and bench/failover.py.
+Used by tests/store/test_sentinel.py and bench/failover.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A text of up to 160 characters, all in both latin-1 and GSM's basic table, is one
 GSM segment made here with one `bytes.translate` and one join (the common case);
 anything else goes through the codec (`encode_text`: alphabet, segments, UDH or
-SAR or message_payload). The octets are the same either way (tests/test_smpp_send.py
+SAR or message_payload). The octets are the same either way (tests/binds/test_smpp_send.py
 checks them against the codec and `pdu.encode_short_message`).
 """
 

@@ -1,7 +1,7 @@
 """SMPP 3.4 PDUs: framing, headers and the bodies the router exchanges.
 
 This is the one place that touches aiosmpplib's PDU classes, and it works around
-its 0.7.4 defects (each has a regression test in tests/test_smpp_pdu.py):
+its 0.7.4 defects (each has a regression test in tests/binds/test_smpp_pdu.py):
 
 * ``SmppMessage.parse_header`` turns command ids and statuses into enums and so
   rejects unknown command ids and vendor status codes (0x400-0x4FF); headers are

@@ -223,7 +223,7 @@ class Pipeline:
     # -- recording ------------------------------------------------------------------
 
     # The two records of every message are built by position, in their fields' order
-    # (keywords would cost ~0.4 us more each, per message): tests/test_record_fields.py
+    # (keywords would cost ~0.4 us more each, per message): tests/store/test_record_fields.py
     # checks that each field gets its namesake's value.
 
     def _sending_item(self, r: Ready) -> Sending:

@@ -53,7 +53,7 @@ class Ack:
 
 # The records the scripts read. Each is packed by msgpack as a plain array (in C, as a
 # tuple would be), so the wire to Lua costs what it did; its fields are named once here
-# and once in lua/common.lua (same names, same order: tests/test_record_fields.py
+# and once in lua/common.lua (same names, same order: tests/store/test_record_fields.py
 # checks), and read by name on both sides. Text fields carry '' where absent.
 
 
