@@ -668,6 +668,45 @@ class ApiSettings(_Section):
         return host.strip("[]"), int(port)
 
 
+def _route_keyword(value: str) -> str:
+    word = value.strip()
+    if not word or len(word.split()) != 1:
+        raise ValueError(f"{value!r} must be one word (no spaces)")
+    return word.casefold()
+
+
+RouteKeyword = Annotated[str, AfterValidator(_route_keyword)]
+
+
+class InboundRoute(_Section):
+    """``[[inbound_routes]]``: where inbound messages that match go instead of their
+    profile's ``callback_url``. Every key given must match (a key matches when any of
+    its values does); a route with none of them matches every inbound message."""
+
+    to: list[NumberPrefix] = Field(default_factory=list)  # our numbers or prefixes
+    keywords: list[RouteKeyword] = Field(default_factory=list)  # first word, any case
+    from_: list[NumberPrefix] = Field(default_factory=list, alias="from")
+    callback_url: Annotated[str, AfterValidator(_http_url)]
+
+    @property
+    def matches_all(self) -> bool:
+        """Whether the route has no condition (it takes every inbound message)."""
+        return not (self.to or self.keywords or self.from_)
+
+    def matches(self, source: str, destination: str, text: str | None) -> bool:
+        """Whether a message from `source` to `destination` with `text` (None when
+        binary: no keyword matches it) takes this route."""
+        if self.to and not destination.startswith(tuple(self.to)):
+            return False
+        if self.from_ and not source.startswith(tuple(self.from_)):
+            return False
+        if self.keywords:
+            words = (text or "").split(maxsplit=1)
+            if text is None or not words or words[0].casefold() not in self.keywords:
+                return False
+        return True
+
+
 class Settings(_Section):
     """The whole configuration; build it with `load_settings` or `parse_settings`."""
 
@@ -678,6 +717,8 @@ class Settings(_Section):
     numbers: dict[str, NumberDetails] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
     profiles: dict[str, Profile]
+    # In order, the first match wins; no match: the owning profile's callback_url.
+    inbound_routes: list[InboundRoute] = Field(default_factory=list)
     # Resolved `{secret:NAME}` values; not a TOML table (parse_settings fills it).
     secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True, repr=False)
 
@@ -728,6 +769,41 @@ class Settings(_Section):
             if p.twilio is not None:
                 head += f" -> twilio {p.twilio.base_url} account={p.twilio.account_sid}"
             lines.append(head)
+        return lines
+
+    def inbound_route_lines(self) -> list[str]:
+        """One line per inbound route, in the order they are tried."""
+        lines = []
+        catch_all: int | None = None
+        opt_outs = {
+            word.strip().casefold(): name
+            for name, p in self.profiles.items()
+            for word in (*p.stop_keywords, *p.start_keywords, *p.help_keywords)
+        }
+        for index, route in enumerate(self.inbound_routes):
+            where = urlsplit(route.callback_url)
+            line = f"inbound_routes[{index}]:"
+            for key, values in (
+                ("to", route.to),
+                ("keywords", [w.upper() for w in route.keywords]),
+                ("from", route.from_),
+            ):
+                if values:
+                    line += f" {key}=" + ",".join(values)
+            if route.matches_all:
+                line += " (no to/keywords/from: matches every inbound message)"
+            line += f" -> {where.scheme}://{where.netloc}{where.path}"
+            if catch_all is not None:
+                line += f" (never reached: inbound_routes[{catch_all}] takes every message)"
+            elif route.matches_all:
+                catch_all = index
+            for word in route.keywords:
+                if word in opt_outs:
+                    line += (
+                        f" ({word.upper()} is an opt-out keyword of profile "
+                        f"{opt_outs[word]}: handled there, never routed)"
+                    )
+            lines.append(line)
         return lines
 
 

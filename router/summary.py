@@ -91,7 +91,8 @@ def number_facts(settings: Settings, profile: str) -> list[dict[str, Any]]:
 
 def config_lines(settings: Settings) -> list[str]:
     """``check-config``'s summary: each profile's first line (`Settings.summary_lines`),
-    then its rules and numbers indented under it; campaigns no number uses; templates."""
+    then its rules and numbers indented under it; campaigns no number uses; templates;
+    inbound routes."""
     lines: list[str] = []
     heads = settings.summary_lines()
     used: set[str] = set()
@@ -131,6 +132,7 @@ def config_lines(settings: Settings) -> list[str]:
         if template.description:
             line += f" - {template.description}"
         lines.append(line)
+    lines += settings.inbound_route_lines()
     return lines
 
 

@@ -32,7 +32,7 @@ from router.store.outages import REDIS_ERRORS
 
 log = structlog.get_logger("router.reload")
 
-_SHARED_TABLES = ("campaigns", "numbers", "templates", "queue")
+_SHARED_TABLES = ("campaigns", "numbers", "templates", "queue", "inbound_routes")
 VERDICT_TTL = 86_400  # seconds a verdict is kept (the last one per instance)
 
 

@@ -224,6 +224,7 @@ async def build(
             timeout=router.callback_timeout,
             outages=shared.outages,
             webhook_key=profile.webhook_key,
+            routes=settings.inbound_routes,
         )
     worker = ProfileWorker(
         redis=shared.redis,

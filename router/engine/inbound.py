@@ -18,6 +18,12 @@ Every stored message is also published on the event stream (``sms:{P}:events``, 
 ``inbound``) by the same step that puts it on ``sms:{P}:in``, so event subscribers
 (``GET /v1/events``) see inbound messages next to status changes. Posts of a profile
 with a ``webhook_secret`` are signed (`router.signing`), ``webhook-id`` = the body's id.
+
+Inbound routes (``[[inbound_routes]]``, `router.config.InboundRoute`) send a message
+elsewhere than the profile's ``callback_url``: the poster picks the URL of the first
+route that matches the rendered message (same body, same signature, same retries, in
+the same order as the rest of the profile's messages). A keyword (``opt_out`` set) is
+never routed: it goes to the profile's ``callback_url`` as before.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import base64
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -44,6 +51,7 @@ from binds.smpp.pdu import (
     ShortMessage,
 )
 from router import signing
+from router.config import InboundRoute
 from router.engine.keywords import KeywordHit, Keywords
 from router.store import keys, roundtrip, scripts
 from router.store.batching import Batcher
@@ -268,7 +276,8 @@ def render(entry_id: str, profile: str, fields: dict[str, str]) -> dict[str, Any
 
 
 class CallbackPoster:
-    """Posts a profile's inbound messages to its callback_url until each is taken."""
+    """Posts a profile's inbound messages to its callback_url (or the first matching
+    inbound route's) until each is taken."""
 
     def __init__(
         self,
@@ -281,10 +290,12 @@ class CallbackPoster:
         timeout: float = 10.0,
         outages: RedisOutages | None = None,
         webhook_key: bytes | None = None,
+        routes: Sequence[InboundRoute] = (),
     ) -> None:
         self._redis = redis
         self.profile = profile
         self.url = url
+        self.routes = tuple(routes)
         self.webhook_key = webhook_key
         self.consumer = consumer
         self._inbound = inbound
@@ -326,7 +337,7 @@ class CallbackPoster:
                             continue
                         body = render(as_text(entry_id), self.profile, fields)
                         await self._keyword(body)
-                        if await self._post(session, body):
+                        if await self._post(session, body, *self.destination(body)):
                             await self._ack(stream, as_text(entry_id))
                             failures = 0
                         else:
@@ -370,17 +381,38 @@ class CallbackPoster:
         keywords.applied(hit)
         body["opt_out"] = hit.kind
 
-    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> bool:
+    def destination(self, body: dict[str, Any]) -> tuple[str, int | None]:
+        """Where `body` is posted: the URL and index of the first inbound route that
+        matches it, else the profile's callback_url (and None). Keywords are never
+        routed: the profile's application handles its opt-outs as before."""
+        if "opt_out" in body:
+            return self.url, None
+        text = None if body["binary"] else str(body["text"])
+        source, destination = str(body["from"]), str(body["to"])
+        for index, route in enumerate(self.routes):
+            if route.matches(source, destination, text):
+                return route.callback_url, index
+        return self.url, None
+
+    async def _post(
+        self, session: aiohttp.ClientSession, body: dict[str, Any], url: str, route: int | None
+    ) -> bool:
         data = signing.encode(body)
         sent = signing.headers(self.webhook_key, str(body["id"]), int(time.time()), data)
+        # Only a routed post names its route: the profile's own log lines stay as they were.
+        where = {} if route is None else {"route": route}
         try:
-            async with session.post(self.url, data=data, headers=sent) as response:
+            async with session.post(url, data=data, headers=sent) as response:
                 if 200 <= response.status < 300:
                     self.posted += 1
-                    log.info("inbound posted", profile=self.profile, id=body["id"])
+                    log.info("inbound posted", profile=self.profile, id=body["id"], **where)
                     return True
                 log.warning(
-                    "callback refused", profile=self.profile, id=body["id"], status=response.status
+                    "callback refused",
+                    profile=self.profile,
+                    id=body["id"],
+                    status=response.status,
+                    **where,
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
@@ -388,6 +420,7 @@ class CallbackPoster:
                 profile=self.profile,
                 id=body["id"],
                 error=type(exc).__name__,
+                **where,
             )
         return False
 
