@@ -153,7 +153,8 @@ def check_config(config_path: str | None, path: str | None) -> None:
 @click.option("--profile", required=True, help="Profile.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per number.")
 def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
-    """Each number of a profile: features, campaign, whether it can send, today's count
+    """Each sender of a profile: its kind (long code, toll-free, short code,
+    alphanumeric), features, campaign, whether it can send, today's count
     against its campaign's daily cap (UTC day) and the sticky mappings pointing at it.
     Counting the mappings scans the profile's sticky keys (SCAN): fine for an operator,
     slow on a very large keyspace."""
@@ -170,7 +171,9 @@ def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
         for row in rows:
             out.print(json.dumps(row, sort_keys=True), markup=False, soft_wrap=True)
         return
-    table = Table("number", "features", "campaign", "can send", "today / cap", "sticky", box=None)
+    table = Table(
+        "number", "kind", "features", "campaign", "can send", "today / cap", "sticky", box=None
+    )
     for column in table.columns:
         column.overflow = "fold"
     table.columns[0].no_wrap = True
@@ -195,7 +198,10 @@ def _number_cells(r: dict[str, Any]) -> list[str]:
     else:
         cap = "no cap" if r["daily_cap"] is None else f"{r['daily_cap']:,}"
         count = f"{r['today']:,} / {cap}"
-    return [r["number"], features, campaign, can, count, str(r["sticky"])]
+    kind = r["kind"].replace("_", " ")
+    if r["country"]:
+        kind += f" ({r['country']})"
+    return [r["number"], kind, features, campaign, can, count, str(r["sticky"])]
 
 
 @main.command()

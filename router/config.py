@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,7 +42,13 @@ from binds.http import HttpSpec
 from binds.smpp import SmppSpec
 from binds.twilio import TwilioSpec
 from router.errors import RouterError
-from router.numbers import normalise_e164
+from router.numbers import (
+    SenderKind,
+    normalise_e164,
+    normalise_sender,
+    region_key,
+    sender_kind,
+)
 from router.signing import secret_key
 from router.store.redis_url import (
     is_cluster_url,
@@ -122,7 +127,19 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
+def _sender(value: str) -> str:
+    return normalise_sender(value)
+
+
+def _region(value: str) -> str:
+    region_key(value)  # ValueError names an unknown code
+    return value.upper()
+
+
 E164 = Annotated[str, AfterValidator(_e164)]
+# A long code, toll-free number, short code or alphanumeric sender ID (router.numbers).
+Sender = Annotated[str, AfterValidator(_sender)]
+Region = Annotated[str, AfterValidator(_region)]
 CallbackUrl = Annotated[str | None, AfterValidator(_http_url)]
 
 
@@ -209,6 +226,9 @@ class RouterSettings(_Section):
     # uvloop's event loop (a dependency) runs the hot path markedly cheaper than
     # asyncio's; false falls back to asyncio's own loop.
     uvloop: bool = True
+    # Destination countries (ISO codes) that refuse alphanumeric sender IDs: a message
+    # from one to these is rejected with sender_not_allowed.
+    alphanumeric_refused: list[Region] = Field(default_factory=lambda: ["US", "CA"])
 
     @field_validator("redis")
     @classmethod
@@ -281,12 +301,15 @@ def _default_features() -> list[Feature]:
 
 
 class NumberDetails(_Section):
-    """``[numbers."+E164"]``: capabilities of one sender number."""
+    """``[numbers."+E164"]`` (or a short code, or an alphanumeric sender ID):
+    capabilities of one sender."""
 
     features: list[Feature] = Field(default_factory=_default_features)
     sms_enabled: bool = True
     campaign: str | None = None
     verified: bool = False
+    # The country a short code belongs to (required for one: it sends only there).
+    country: Region | None = None
 
 
 def _prefix(value: str) -> str:
@@ -547,7 +570,7 @@ class Profile(_Section):
     # Longest text accepted, in SMS parts; longer jobs are rejected before sending.
     # 255 is what concatenation can number.
     max_segments: Annotated[int, _between(1, 255)] = 255
-    numbers: list[E164] = Field(min_length=1)
+    numbers: list[Sender] = Field(min_length=1)
     callback_url: CallbackUrl = None
     status_callback_url: CallbackUrl = None
     # Signs this profile's status and inbound callbacks (Standard Webhooks):
@@ -558,6 +581,9 @@ class Profile(_Section):
     store_text: bool = True
     # Which number sends: round_robin | sticky | geomatch | sticky+geomatch.
     sender: SenderStrategy = "round_robin"
+    # Kinds of sender tried first, in order (long_code, toll_free, short_code,
+    # alphanumeric); the others only when none of these may send. Empty: pool order.
+    sender_preference: list[SenderKind] = Field(default_factory=list)
     sticky_ttl: Annotated[float, _between(60, 10 * 366 * 86_400)] = 365 * 86_400.0
     default_use_case: str | None = None
     # A campaign at its daily cap: "reject" the job, or "defer" it to the next UTC day.
@@ -728,7 +754,7 @@ class Settings(_Section):
         out: dict[str, NumberDetails] = {}
         for key, details in value.items():
             try:
-                out[normalise_e164(key)] = details
+                out[normalise_sender(key)] = details
             except ValueError:
                 out[key] = details  # reported by the cross-checks
         return out
@@ -745,7 +771,7 @@ class Settings(_Section):
     def profile_of_number(self, number: str) -> str | None:
         """The profile owning sender `number` (any E.164 spelling), or None."""
         try:
-            wanted = normalise_e164(number)
+            wanted = normalise_sender(number)
         except ValueError:
             return None
         return next((n for n, p in self.profiles.items() if wanted in p.numbers), None)
@@ -1063,7 +1089,7 @@ def _check_numbers(where: str, name: str, numbers: Any, owner: dict[str, str]) -
     seen: set[str] = set()
     for value in numbers:
         try:
-            number = normalise_e164(value) if isinstance(value, str) else None
+            number = normalise_sender(value) if isinstance(value, str) else None
         except ValueError:
             number = None
         if number is None:
@@ -1155,11 +1181,23 @@ def _check_templates(where: str, http: Mapping[str, Any], secrets: Mapping[str, 
 
 def _check_number_table(table: Any, campaigns: Any, owner: Mapping[str, str]) -> list[str]:
     problems: list[str] = []
+    countries: dict[str, Any] = {}
+    for key, details in _tables(table):
+        try:
+            countries[normalise_sender(key)] = details.get("country")
+        except ValueError:
+            pass  # reported below
+    for number, profile in owner.items():
+        if sender_kind(number) == "short_code" and not countries.get(number):
+            problems.append(
+                f"profiles.{_key(profile)}.numbers: short code {number} needs its country: "
+                f'[numbers."{number}"] country = "US" (an ISO code)'
+            )
     known_campaigns = set(campaigns) if isinstance(campaigns, Mapping) else set()
     for key, details in _tables(table):
         where = f"numbers.{_key(key)}"
         try:
-            number = normalise_e164(key)
+            number = normalise_sender(key)
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             continue
@@ -1170,12 +1208,15 @@ def _check_number_table(table: Any, campaigns: Any, owner: Mapping[str, str]) ->
             problems.append(
                 f"{where}.campaign: unknown campaign {campaign!r} (no [campaigns.{campaign}])"
             )
+        kind = sender_kind(number)
+        if campaign is not None and kind in ("short_code", "alphanumeric"):
+            problems.append(
+                f"{where}.campaign: a 10DLC campaign is for US/CA long codes, not a "
+                f"{kind.replace('_', ' ')}"
+            )
+        if details.get("country") is not None and kind != "short_code":
+            problems.append(f"{where}.country: only a short code takes a country")
         features = details.get("features")
-        if isinstance(features, list) and "MmsSender" in features and _toll_free(number):
+        if isinstance(features, list) and "MmsSender" in features and kind == "toll_free":
             problems.append(f"{where}.features: a toll-free number cannot have MmsSender")
     return problems
-
-
-def _toll_free(number: str) -> bool:
-    parsed = phonenumbers.parse(number, None)
-    return bool(phonenumbers.number_type(parsed) == phonenumbers.PhoneNumberType.TOLL_FREE)

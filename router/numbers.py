@@ -1,9 +1,10 @@
-"""Phone numbers: E.164 parsing through libphonenumber's rules."""
+"""Phone numbers: E.164 parsing through libphonenumber's rules; senders of every kind."""
 
 from __future__ import annotations
 
 import re
 from functools import cache, lru_cache
+from typing import Literal
 
 import phonenumbers
 
@@ -132,8 +133,56 @@ def area_code(number: str) -> str | None:
 
 
 def is_toll_free(number: str) -> bool:
-    """Whether libphonenumber's metadata says `number` is toll-free."""
-    return _toll_free(number)
+    """Whether libphonenumber's metadata says `number` (E.164) is toll-free; False for
+    a short code or an alphanumeric sender."""
+    return number.startswith("+") and _toll_free(number)
+
+
+SenderKind = Literal["long_code", "toll_free", "short_code", "alphanumeric"]
+SENDER_KINDS: tuple[SenderKind, ...] = ("long_code", "toll_free", "short_code", "alphanumeric")
+
+_SHORT_CODE = re.compile(r"\d{3,8}")
+# 1-11 letters, digits and inner spaces (GSM 03.40's alphanumeric address, as
+# operators accept it), with at least one letter: all digits would be a number.
+_ALPHANUMERIC = re.compile(r"(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9 ]{0,9}[A-Za-z0-9])?")
+_SENDER_HELP = (
+    "an E.164 number ('+' and country code), a short code (3-8 digits) or an "
+    "alphanumeric sender ID (1-11 letters, digits or inner spaces, at least one letter)"
+)
+
+
+def normalise_sender(value: str) -> str:
+    """A sender as it is stored and sent: E.164 numbers canonical (`normalise_e164`),
+    short codes and alphanumeric IDs as given. ValueError names what is wrong."""
+    if value.lstrip().startswith("+"):
+        return normalise_e164(value)  # its error names what is wrong with the number
+    if _SHORT_CODE.fullmatch(value) or _ALPHANUMERIC.fullmatch(value):
+        return value
+    if value.isdigit():
+        raise ValueError(
+            f"{value!r} is not a sender: a number must start with '+' and its country "
+            "code; a short code has 3-8 digits"
+        )
+    raise ValueError(f"{value!r} is not a sender: {_SENDER_HELP}")
+
+
+def sender_kind(sender: str) -> SenderKind:
+    """The kind of a normalised sender (`normalise_sender`)."""
+    if sender.startswith("+"):
+        return "toll_free" if _toll_free(sender) else "long_code"
+    if sender.isdigit():
+        return "short_code"
+    return "alphanumeric"
+
+
+def region_key(region: str) -> str:
+    """An ISO region (``US``, ``GB``) as `country_of` names countries: the region itself
+    in the North American plan, else its calling code (``44``). ValueError if unknown."""
+    region = region.upper()
+    code = phonenumbers.country_code_for_region(region)
+    if not code:
+        raise ValueError(f"{region!r} is not a known ISO 3166 country code")
+    return region if code == 1 else str(code)
 
 
 @lru_cache(maxsize=4096)

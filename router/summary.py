@@ -70,6 +70,8 @@ def number_facts(settings: Settings, profile: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "number": number,
+                "kind": rules.kind(number),
+                "country": details.country,
                 "features": list(details.features),
                 "sms_enabled": details.sms_enabled,
                 "international": "InternationalSmsSender" in details.features,
@@ -100,6 +102,8 @@ def config_lines(settings: Settings) -> list[str]:
         lines.append(head)
         rule = f"  sender={p.sender} over_cap={p.over_cap} template={p.template or '-'}"
         rule += f" smart_encoding={str(p.smart_encoding).lower()}"
+        if p.sender_preference:
+            rule += " sender_preference=" + ",".join(p.sender_preference)
         if p.default_use_case:
             rule += f" default_use_case={p.default_use_case}"
         if p.sender.startswith("sticky"):
@@ -111,8 +115,13 @@ def config_lines(settings: Settings) -> list[str]:
         mine: list[str] = []
         for f in facts:
             where = "international" if f["international"] else "domestic only"
+            if f["kind"] == "alphanumeric":
+                refused = ", ".join(settings.router.alphanumeric_refused) or "none"
+                where = f"not to {refused}"
+            elif f["kind"] == "short_code":
+                where = f"within {f['country']} only"
             state = f"can send ({where})" if f["can_send"] else f"cannot send: {f['why']}"
-            line = f"    {f['number']}: {state}"
+            line = f"    {f['number']} [{f['kind'].replace('_', ' ')}]: {state}"
             if f["campaign"]:
                 line += f"; campaign {f['campaign']}"
                 if f["campaign"] not in mine:

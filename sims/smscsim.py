@@ -313,6 +313,7 @@ class SmscSimulator:
             {
                 "source": message.source,
                 "source_ton": message.source_ton,
+                "source_npi": message.source_npi,
                 "destination": message.destination,
                 "esm_class": message.esm_class,
                 "data_coding": message.data_coding,

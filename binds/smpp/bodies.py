@@ -16,7 +16,7 @@ from . import pdu
 from .codec import Encoding, LongMode, encode_text
 from .pdu import SubmitEncoder
 
-__all__ = ["SOURCES_CACHED", "SubmitBodies"]
+__all__ = ["SOURCES_CACHED", "SubmitBodies", "source_address"]
 
 SOURCES_CACHED = 256  # body heads kept, one per source (a profile has a few numbers)
 
@@ -36,6 +36,24 @@ def _gsm_from_latin1() -> bytes:
 
 
 _GSM_TABLE = _gsm_from_latin1()
+
+# source_addr_ton / source_addr_npi per kind of sender (SMPP 3.4, 5.2.5 and 5.2.6).
+TON_INTERNATIONAL, TON_NETWORK_SPECIFIC, TON_ALPHANUMERIC = 1, 3, 5
+NPI_UNKNOWN, NPI_ISDN = 0, 1
+
+
+def source_address(source: str) -> tuple[str, int, int]:
+    """A sender as submit_sm carries it: (address, TON, NPI). An E.164 long code or
+    toll-free number: its digits, TON 1 (international) NPI 1 (E.164); a short code
+    (digits without '+'): TON 3 (network specific) NPI 0; anything else is an
+    alphanumeric sender ID: TON 5 NPI 0, at most 11 characters."""
+    if source.startswith("+") and source[1:].isdigit():
+        return source[1:], TON_INTERNATIONAL, NPI_ISDN
+    if source.isdigit():
+        return source, TON_NETWORK_SPECIFIC, NPI_UNKNOWN
+    return source[:11], TON_ALPHANUMERIC, NPI_UNKNOWN
+
+
 _NOT_GSM = 0x80
 
 
@@ -125,11 +143,12 @@ class SubmitBodies:
         return bodies
 
     def _head(self, source: str) -> bytes:
-        """The start of a body from `source`: numbers as international, names alphanumeric."""
-        numeric = source.lstrip("+").isdigit()
-        ton = self._source_ton if self._source_ton is not None else (1 if numeric else 5)
-        npi = self._source_npi if self._source_npi is not None else (1 if numeric else 0)
-        head = self._encoder.head(ton, npi, source.lstrip("+") if numeric else source[:11])
+        """The start of a body from `source`, addressed by its kind (`source_ton`):
+        E.164 numbers international, short codes network-specific, names alphanumeric."""
+        address, ton, npi = source_address(source)
+        ton = self._source_ton if self._source_ton is not None else ton
+        npi = self._source_npi if self._source_npi is not None else npi
+        head = self._encoder.head(ton, npi, address)
         if len(self._heads) >= SOURCES_CACHED:
             self._heads.clear()
         self._heads[source] = head

@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from router.errors import RouterError
-from router.numbers import normalise_e164
+from router.numbers import normalise_e164, normalise_sender
 
 # Fields a producer may send; anything else is refused so typos surface early.
 KNOWN_FIELDS = frozenset(
@@ -181,7 +181,7 @@ def _decode(raw: bytes | None, default_id: str) -> Job:
         id=job_id,
         to=_e164("to", to),
         text=text,
-        sender=_e164("from", sender) if sender else None,
+        sender=_sender(sender) if sender else None,
         profile=_opt_str(data, "profile"),
         use_case=_opt_str(data, "use_case"),
         send_at=_opt_time(data, "send_at"),
@@ -217,6 +217,13 @@ def _e164(name: str, value: str) -> str:
         return normalise_e164(value)
     except ValueError as exc:
         raise JobError(name, str(exc)) from None
+
+
+def _sender(value: str) -> str:
+    try:
+        return normalise_sender(value)
+    except ValueError as exc:
+        raise JobError("from", str(exc)) from None
 
 
 def _opt_time(data: dict[str, Any], name: str) -> float | None:

@@ -4,7 +4,9 @@ Strategies (``sender`` of a profile): ``round_robin`` rotates over the numbers t
 may send the message; ``geomatch`` prefers a number of the recipient's area code,
 then of its country, then any; ``sticky`` gives a recipient the number it had
 before (kept in Redis for `sticky_ttl`), choosing a new one with the other strategy
-when there is none or it may no longer send; ``sticky+geomatch`` combines them. An
+when there is none or it may no longer send; ``sticky+geomatch`` combines them. A
+profile's ``sender_preference`` (kinds of sender) comes first: the strategy chooses
+among the allowed numbers of the most preferred kind, the others only when none may. An
 explicit ``from`` wins when the rules allow it. Numbers of a capped campaign are
 skipped once the campaign's day is full (caps.lua, atomic across instances).
 
@@ -63,6 +65,7 @@ class SenderPool:
         self.rules = rules
         self.sticky = profile.sender.startswith("sticky")
         self.geomatch = profile.sender.endswith("geomatch")
+        self.preference = bool(profile.sender_preference)
         self.sticky_ttl = int(profile.sticky_ttl)
         self._rr = keys.round_robin(name)
         self._caps = rules.caps()
@@ -122,6 +125,8 @@ class SenderPool:
             return capable.refusal
         if self.geomatch:
             order = [n for tier in capable.tiers for n in _rotated(tier, position)]
+        elif self.preference:
+            order = [n for group in capable.ranked for n in _rotated(group, position)]
         else:
             order = _rotated(capable.numbers, position)
         if mapped is not None and mapped != order[0] and mapped in order:

@@ -65,12 +65,13 @@ async def test_check_config_summarises_rules_numbers_campaigns_and_templates(
         "sender=sticky+geomatch over_cap=defer template=otp smart_encoding=true sticky_ttl=365 days"
     )
     assert "numbers that can send: 2 of 5" in lines
-    assert f"{NUMBERS[0]}: can send (international); campaign test" in lines
-    assert f"{DISABLED}: cannot send: sms_enabled = false; campaign test" in lines
+    assert f"{NUMBERS[0]} [long code]: can send (international); campaign test" in lines
+    assert f"{DISABLED} [long code]: cannot send: sms_enabled = false; campaign test" in lines
     assert (
-        f"{NUMBERS[2]}: cannot send: campaign 'pending' is Pending, not Confirmed; campaign pending"
+        f"{NUMBERS[2]} [long code]: cannot send: campaign 'pending' is Pending, not Confirmed; "
+        "campaign pending"
     ) in lines
-    assert f"{TOLL_FREE}: cannot send: toll-free and not verified" in lines
+    assert f"{TOLL_FREE} [toll free]: cannot send: toll-free and not verified" in lines
     assert (
         "campaign test: Confirmed, brand Test (Verified), LowVolume, cap 6,000/day, use cases 2FA"
     ) in lines

@@ -109,7 +109,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("numbers/+15550000000", {"features": ["SmsSender"]}, "is in no profile's numbers"),
     ("numbers/+16501112345", {"campaign": "NOPE"}, "campaign: unknown campaign 'NOPE'"),
     ("numbers/+16501112345", {"features": ["Fax"]}, 'numbers."+16501112345".features[0]: must'),
-    ("numbers/oops", {}, "numbers.oops: 'oops' is not a valid E.164 number"),
+    ("numbers/oops!", {}, "numbers.\"oops!\": 'oops!' is not a sender"),
     ("campaigns/C1", {"tier": "Huge"}, "campaigns.C1.brand: required key is missing"),
     ("secrets", {"x": "y"}, "secrets: unknown key"),
     ("profiles/b/smpp/password", "123456789", "profiles.b.smpp.password: must be at most 8"),
