@@ -44,6 +44,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Run `app` on a free loopback port: its runner (clean it up) and base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
 class RedisServer:
     """A real redis-server on a free port; a test may kill -9 it and start it again on
     the same port and files (with `appendonly`, what it acknowledged survives but the
@@ -176,11 +185,8 @@ async def provider() -> AsyncIterator[Provider]:
     prov = Provider()
     app = web.Application()
     app.router.add_post("/send", prov.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    prov.url = f"http://127.0.0.1:{port}/send"
+    runner, base = await serve_app(app)
+    prov.url = f"{base}/send"
     try:
         yield prov
     finally:

@@ -30,7 +30,7 @@ from router.signing import secret_key, sign
 from router.store import keys
 from router.store.ledger import Ledger
 
-from ..conftest import NUMBERS, Provider, RedisServer, RunningDaemon, free_port, wait_for
+from ..conftest import NUMBERS, Provider, RedisServer, RunningDaemon, free_port, serve_app, wait_for
 from .test_api import TOKENS, api_settings
 
 MakeSettings = Callable[..., Settings]
@@ -65,11 +65,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     box = Receiver()
     app = web.Application()
     app.router.add_post("/hook", box.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    box.url = f"http://127.0.0.1:{port}/hook"
+    runner, base = await serve_app(app)
+    box.url = f"{base}/hook"
     yield box
     await runner.cleanup()
 

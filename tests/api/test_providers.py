@@ -49,7 +49,7 @@ from router.store.ledger import Ledger
 
 from ..binds import test_smpp_flow
 from ..binds.test_smpp_flow import Inbox
-from ..conftest import Provider, RunningDaemon, config_dict, free_port, wait_for
+from ..conftest import Provider, RunningDaemon, config_dict, serve_app, wait_for
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "twilio-auth-token-0123456789"
@@ -143,11 +143,7 @@ async def twilio() -> AsyncIterator[FakeTwilio]:
     fake = FakeTwilio()
     app = web.Application()
     app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", fake.create)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    fake.url = f"http://127.0.0.1:{port}"
+    runner, fake.url = await serve_app(app)
     yield fake
     await runner.cleanup()
 

@@ -25,7 +25,7 @@ from router.summary import config_lines
 from sims.smscsim import SmscSimulator
 
 from ..binds.test_smpp_flow import smpp_config
-from ..conftest import NUMBERS, RunningDaemon, free_port, wait_for
+from ..conftest import NUMBERS, RunningDaemon, serve_app, wait_for
 from ..daemon.test_process import write_config
 
 SECRET = "whsec_" + base64.b64encode(b"r" * 32).decode()
@@ -59,11 +59,7 @@ async def _receiver() -> tuple[Receiver, web.AppRunner]:
     box = Receiver()
     app = web.Application()
     app.router.add_post("/{path:.*}", box.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    box.url = f"http://127.0.0.1:{port}"
+    runner, box.url = await serve_app(app)
     return box, runner
 
 

@@ -35,7 +35,7 @@ from router.store.ledger import Ledger
 from router.store.outages import SETTLE, RedisOutages
 
 from ..binds.test_flow import statuses
-from ..conftest import Provider, RedisServer, config_dict, free_port, wait_for
+from ..conftest import Provider, RedisServer, config_dict, free_port, serve_app, wait_for
 from ..daemon.test_process import start_daemon, write_config
 
 
@@ -65,11 +65,8 @@ async def status_inbox() -> AsyncIterator[StatusInbox]:
     inbox = StatusInbox()
     app = web.Application()
     app.router.add_post("/status", inbox.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    inbox.url = f"http://127.0.0.1:{port}/status"
+    runner, base = await serve_app(app)
+    inbox.url = f"{base}/status"
     try:
         yield inbox
     finally:
