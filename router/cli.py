@@ -58,10 +58,14 @@ config_option = click.option(
 )
 
 
-def _settings(path: str | None) -> Settings:
+def _settings(path: str | None, *, secrets: bool = True) -> Settings:
+    """The configuration, or exit 1 listing its problems. ``secrets=False`` for commands
+    that only reach Redis: a provider/API/webhook secret this shell cannot resolve (the
+    daemon's come from systemd credentials or its EnvironmentFile) does not stop them;
+    ``[router] redis_password`` is still resolved, everything else checked as usual."""
     file = resolve_config_path(path)
     try:
-        return load_settings(file)
+        return load_settings(file, resolve_secrets=secrets)
     except ConfigError as exc:
         err.print("[bold red]configuration error[/]", markup=True)
         for problem in exc.problems:
@@ -160,7 +164,7 @@ def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
     slow on a very large keyspace."""
     from router.summary import number_rows
 
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
 
     async def work(redis: Redis) -> list[dict[str, Any]]:
@@ -348,7 +352,7 @@ def _read_jobs(
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def status(config_path: str | None, job_id: str, as_json: bool) -> None:
     """Show one message record and its history."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
 
     async def work(redis: Redis) -> dict[str, Any] | None:
         return await _ledger(redis, settings).get(job_id, profiles=list(settings.profiles))
@@ -425,7 +429,7 @@ def log_(
     as_json: bool,
 ) -> None:
     """Messages that changed status recently, newest first (the SMS log)."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     try:
         start = parse_since(since)
@@ -511,7 +515,7 @@ def _dlq_command(name: str, *, profile_required: bool = True) -> Callable[..., A
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(config_path: str | None, profile: str | None, limit: int, as_json: bool) -> None:
     """List the oldest dead letters of one profile, or of every profile."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     names = [profile] if profile else sorted(settings.profiles)
 
@@ -554,7 +558,7 @@ def dlq_replay(
     config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
 ) -> None:
     """Put dead letters back on the work stream (after fixing the cause)."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
 
     wanted = _entry_ids(entries)
@@ -575,7 +579,7 @@ def dlq_drop(
     config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
 ) -> None:
     """Delete dead letters for good."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
 
     wanted = _entry_ids(entries)
@@ -660,7 +664,7 @@ def _e164_argument(number: str) -> str:
 @_profile_command(optout, "list")
 def optout_list(config_path: str | None, profile: str) -> None:
     """Every opted-out number of the profile, sorted."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     numbers = _with_redis(settings, lambda redis: audience.list_opt_outs(redis, profile))
     for number in numbers:
@@ -672,7 +676,7 @@ def optout_list(config_path: str | None, profile: str) -> None:
 @click.argument("number")
 def optout_add(config_path: str | None, profile: str, number: str) -> None:
     """Opt NUMBER out of the profile (as if it had texted STOP)."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     number = _e164_argument(number)
     added = _with_redis(settings, lambda redis: audience.add_opt_out(redis, profile, number))
@@ -684,7 +688,7 @@ def optout_add(config_path: str | None, profile: str, number: str) -> None:
 @click.argument("number")
 def optout_remove(config_path: str | None, profile: str, number: str) -> None:
     """Opt NUMBER back in (as if it had texted START)."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     number = _e164_argument(number)
     removed = _with_redis(settings, lambda redis: audience.remove_opt_out(redis, profile, number))
@@ -718,7 +722,7 @@ def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_profile_command(lists_, "show")
 def lists_show(config_path: str | None, profile: str) -> None:
     """The configured lists and the Redis lists of the profile."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     rules = settings.profiles[profile]
     kept = _with_redis(settings, lambda redis: audience.show_lists(redis, profile))
@@ -736,7 +740,7 @@ def lists_show(config_path: str | None, profile: str) -> None:
 @click.argument("entry", metavar="NUMBER_OR_PREFIX")
 def lists_add(config_path: str | None, profile: str, block: bool, allow: bool, entry: str) -> None:
     """Add a number or prefix to the profile's Redis blocklist or allowlist."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     which = _which(block, allow)
     entry = _entry_argument(entry)
@@ -754,7 +758,7 @@ def lists_remove(
     config_path: str | None, profile: str, block: bool, allow: bool, entry: str
 ) -> None:
     """Remove a number or prefix from the profile's Redis blocklist or allowlist."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
     which = _which(block, allow)
     entry = _entry_argument(entry)
@@ -785,7 +789,7 @@ def reload(config_path: str | None, wait: float) -> None:
     from router.daemon.daemon import health_key
     from router.daemon.reload import Verdict, read_verdict, wait_for_verdict
 
-    settings = _settings(config_path)  # where Redis is and which instance to ask
+    settings = _settings(config_path, secrets=False)  # where Redis is and which instance to ask
     instance = settings.router.instance_name
 
     async def find(redis: Redis) -> dict[str, Any] | None:
@@ -901,7 +905,7 @@ def health(config_path: str | None, as_json: bool) -> None:
     or a profile without a ready bind."""
     from router.daemon.daemon import health_key
 
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
 
     async def work(
         redis: Redis,
@@ -970,7 +974,7 @@ def health(config_path: str | None, as_json: bool) -> None:
 def migrate_keys_(config_path: str | None, dry_run: bool) -> None:
     """Move the keys of the old layout (sms:msg:<id>, sms:events, sms:callbacks...) to
     the per-profile one. Stop every instance first; running it twice is harmless."""
-    settings = _settings(config_path)
+    settings = _settings(config_path, secrets=False)
 
     async def work(redis: Redis) -> MigrationReport:
         with err.status("migrating keys") as status:

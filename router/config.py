@@ -71,6 +71,7 @@ __all__ = [
     "SmppSection",
     "Template",
     "TwilioSection",
+    "UnresolvedSecret",
     "WebhookReports",
     "load_settings",
     "parse_settings",
@@ -251,7 +252,7 @@ class RouterSettings(_Section):
     @field_validator("redis_password", mode="before")
     @classmethod
     def _resolve_redis_password(cls, value: Any, info: ValidationInfo) -> Any:
-        return _secret_field(value, info)
+        return _secret_field(value, info, needed=True)  # every command reaches Redis
 
     @field_validator("state_dir")
     @classmethod
@@ -465,11 +466,8 @@ class SmppSection(_BindSection):
     @field_validator("password", mode="before")
     @classmethod
     def _resolve_password(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, str):
-            return value
-        context = info.context or {}
-        secret = _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
-        if len(secret) > 8:
+        secret = _secret_field(value, info)
+        if isinstance(secret, str) and len(secret) > 8:
             raise ValueError("must be at most 8 characters (SMPP 3.4 password field)")
         return secret
 
@@ -620,12 +618,20 @@ class Profile(_Section):
         return secret_key(self.webhook_secret.get_secret_value())
 
 
-def _secret_field(value: Any, info: ValidationInfo) -> Any:
-    """``env:NAME`` / ``file:PATH`` resolved (at load, never logged), else the value."""
+def _secret_field(value: Any, info: ValidationInfo, *, needed: bool = False) -> Any:
+    """``env:NAME`` / ``file:PATH`` resolved (at load, never logged), else the value.
+
+    Loaded with ``resolve_secrets=False``, a reference this environment cannot resolve
+    becomes an `UnresolvedSecret` (unless `needed`) instead of a problem."""
     if not isinstance(value, str):
         return value
     context = info.context or {}
-    return _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
+    try:
+        return _resolve_reference(value, context.get("env", os.environ), context.get("base_dir"))
+    except ValueError:
+        if needed or context.get("resolve_secrets", True):
+            raise
+        return UnresolvedSecret(value)
 
 
 def _long_secret(value: Any, info: ValidationInfo) -> Any:
@@ -841,9 +847,16 @@ def resolve_config_path(arg: str | os.PathLike[str] | None) -> Path:
 
 
 def load_settings(
-    path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    resolve_secrets: bool = True,
 ) -> Settings:
-    """Read and validate a TOML file; relative paths inside are relative to its folder."""
+    """Read and validate a TOML file; relative paths inside are relative to its folder.
+
+    ``resolve_secrets=False`` (operator commands that only reach Redis): a secret this
+    environment cannot resolve is an `UnresolvedSecret`, not a problem; everything else,
+    ``[router] redis_password`` included, is checked as usual."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -856,7 +869,9 @@ def load_settings(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: not valid TOML: {exc}"], str(file)) from None
     try:
-        return parse_settings(data, env=env, base_dir=file.resolve().parent)
+        return parse_settings(
+            data, env=env, base_dir=file.resolve().parent, resolve_secrets=resolve_secrets
+        )
     except ConfigError as exc:
         raise ConfigError(exc.problems, str(file)) from None
 
@@ -866,17 +881,21 @@ def parse_settings(
     *,
     env: Mapping[str, str] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    resolve_secrets: bool = True,
 ) -> Settings:
-    """Validate an already-parsed configuration; raises `ConfigError` listing every problem."""
+    """Validate an already-parsed configuration; raises `ConfigError` listing every problem.
+
+    ``resolve_secrets=False``: see `load_settings`."""
     environ = os.environ if env is None else env
     problems: list[str] = []
     raw = dict(data)
     if "secrets" in raw:
         problems.append("secrets: unknown key")
         raw.pop("secrets")
-    secrets, secret_problems = _collect_secrets(raw, environ)
+    unresolved: set[str] | None = None if resolve_secrets else set()
+    secrets, secret_problems = _collect_secrets(raw, environ, unresolved)
     problems += secret_problems
-    context = {"env": environ, "base_dir": base_dir}
+    context = {"env": environ, "base_dir": base_dir, "resolve_secrets": resolve_secrets}
     settings: Settings | None = None
     try:
         settings = Settings.model_validate(raw, context=context)
@@ -899,10 +918,40 @@ def parse_settings(
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:
         raise ConfigError(problems)
-    return settings.model_copy(update={"secrets": {k: SecretStr(v) for k, v in secrets.items()}})
+    held: dict[str, SecretStr] = {k: SecretStr(v) for k, v in secrets.items()}
+    held |= {name: UnresolvedSecret(f"{{secret:{name}}}") for name in unresolved or ()}
+    return settings.model_copy(update={"secrets": held})
 
 
 # ---------------------------------------------------------------- secrets
+
+
+class UnresolvedSecret(SecretStr):
+    """A secret left unresolved (``resolve_secrets=False``): it shows as ``**********``
+    like any secret, and reading it raises instead of handing out a wrong value."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__("")
+        self.reference = reference  # "env:NAME", "file:PATH", "{secret:NAME}": no secret
+
+    def get_secret_value(self) -> str:
+        """Never a value: this command loaded the configuration without its secrets."""
+        raise RuntimeError(
+            f"secret {self.reference} was not resolved (configuration loaded without "
+            "secrets; only commands that need it resolve it)"
+        )
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __repr__(self) -> str:
+        return f"UnresolvedSecret({self.reference!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnresolvedSecret) and other.reference == self.reference
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
 
 
 def _resolve_reference(value: str, env: Mapping[str, str], base_dir: Any) -> str:
@@ -935,9 +984,10 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def _collect_secrets(
-    raw: Mapping[str, Any], env: Mapping[str, str]
+    raw: Mapping[str, Any], env: Mapping[str, str], unresolved: set[str] | None = None
 ) -> tuple[dict[str, str], list[str]]:
-    """Resolve every ``{secret:NAME}`` of the HTTP templates."""
+    """Resolve every ``{secret:NAME}`` of the HTTP templates; one that is not set is a
+    problem, or goes into `unresolved` when that is given (not resolving secrets)."""
     secrets: dict[str, str] = {}
     problems: list[str] = []
     credentials = env.get("CREDENTIALS_DIRECTORY")
@@ -953,6 +1003,8 @@ def _collect_secrets(
                     secrets[ref] = env[ref]
                 elif credentials and (Path(credentials) / ref).is_file():
                     secrets[ref] = (Path(credentials) / ref).read_text("utf-8").rstrip("\r\n")
+                elif unresolved is not None:
+                    unresolved.add(ref)
                 else:
                     problems.append(
                         f"{path}: secret {ref} is not set (environment variable {ref} "
