@@ -110,7 +110,7 @@ class RedisClusterSet:
         """The router's ``[router] redis`` for this cluster (every node as a seed)."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
-    def start(self, index: int | None = None, timeout: float = 20) -> None:
+    def start(self, index: int | None = None, timeout: float = 60) -> None:
         """Start every node, give each its slot range, join them and wait until all
         agree; or (`index`) start that one node again on its port and files after
         `kill`: it rejoins from its nodes.conf (`wait_ok` waits for that)."""
@@ -182,7 +182,12 @@ class RedisClusterSet:
                     if fields.get("cluster_state") != "ok" or fields.get(
                         "cluster_known_nodes"
                     ) != str(len(self.nodes)):
-                        raise RuntimeError(f"node {node.port}: {fields.get('cluster_state')}")
+                        state = fields.get("cluster_state")
+                        known = fields.get("cluster_known_nodes")
+                        raise RuntimeError(
+                            f"node {node.port}: cluster_state {state}, "
+                            f"knows {known} of {len(self.nodes)} nodes"
+                        )
                     maps.add(
                         frozenset(
                             (
