@@ -551,46 +551,41 @@ _DLQ_COLUMNS = (
 )
 
 
-@_dlq_command("replay")
-@click.option("--entry", "entries", multiple=True, help="Dead-letter entry id (repeatable).")
-@click.option("--all", "everything", is_flag=True, help="Every dead letter of the profile.")
-def dlq_replay(
-    config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
-) -> None:
-    """Put dead letters back on the work stream (after fixing the cause)."""
-    settings = _settings(config_path, secrets=False)
-    _known_profile(settings, profile)
-
-    wanted = _entry_ids(entries)
-
-    async def work(redis: Redis) -> tuple[int, list[str]]:
-        ids, missing = await _select(redis, profile, wanted, everything)
-        return await replay_dead_letters(redis, profile, ids), missing
-
-    done, missing = _with_redis(settings, work)
-    out.print(f"replayed {done}", markup=False)
-    _missing_entries(profile, missing)
+_EntryAction = Callable[[Redis, str, list[str]], Awaitable[int]]
 
 
-@_dlq_command("drop")
-@click.option("--entry", "entries", multiple=True, help="Dead-letter entry id (repeatable).")
-@click.option("--all", "everything", is_flag=True, help="Every dead letter of the profile.")
-def dlq_drop(
-    config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
-) -> None:
-    """Delete dead letters for good."""
-    settings = _settings(config_path, secrets=False)
-    _known_profile(settings, profile)
+def _dlq_entries_command(name: str, help_text: str, action: _EntryAction, done: str) -> None:
+    """`dlq NAME --profile P (--entry ID... | --all)`: `action` on the chosen dead
+    letters, then `done N`; ids that are not dead letters of the profile: exit 1."""
 
-    wanted = _entry_ids(entries)
+    @_dlq_command(name)
+    @click.option("--entry", "entries", multiple=True, help="Dead-letter entry id (repeatable).")
+    @click.option("--all", "everything", is_flag=True, help="Every dead letter of the profile.")
+    def command(
+        config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
+    ) -> None:
+        settings = _settings(config_path, secrets=False)
+        _known_profile(settings, profile)
+        wanted = _entry_ids(entries)
 
-    async def work(redis: Redis) -> tuple[int, list[str]]:
-        ids, missing = await _select(redis, profile, wanted, everything)
-        return await drop_dead_letters(redis, profile, ids), missing
+        async def work(redis: Redis) -> tuple[int, list[str]]:
+            ids, missing = await _select(redis, profile, wanted, everything)
+            return await action(redis, profile, ids), missing
 
-    done, missing = _with_redis(settings, work)
-    out.print(f"dropped {done}", markup=False)
-    _missing_entries(profile, missing)
+        count, missing = _with_redis(settings, work)
+        out.print(f"{done} {count}", markup=False)
+        _missing_entries(profile, missing)
+
+    command.help = help_text
+
+
+_dlq_entries_command(
+    "replay",
+    "Put dead letters back on the work stream (after fixing the cause).",
+    replay_dead_letters,
+    "replayed",
+)
+_dlq_entries_command("drop", "Delete dead letters for good.", drop_dead_letters, "dropped")
 
 
 _ENTRY_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
