@@ -39,7 +39,7 @@ from pydantic import (
 
 from binds.base import BindConfigError
 from binds.http import HttpSpec
-from binds.smpp import SmppSpec
+from binds.smpp import SmppSpec, receipts_by_default
 from binds.twilio import TwilioSpec
 from router.errors import RouterError
 from router.numbers import (
@@ -456,11 +456,12 @@ class SmppSection(_BindSection):
     @model_validator(mode="before")
     @classmethod
     def _receipts_by_bind(cls, data: Any) -> Any:
-        # Receipts come back as deliver_sm, which a transmitter session cannot receive,
-        # and this router binds no receiver: asking for them there would leave every
-        # message waiting report_timeout (48 h) for a report that never comes.
+        # The bind's own default for its mode (this router binds no receiver: a
+        # transmitter asking for receipts would leave every message waiting
+        # report_timeout, 48 h, for a report that never comes).
         if isinstance(data, Mapping) and "registered_delivery" not in data:
-            return {**data, "registered_delivery": 0 if data.get("bind") == "transmitter" else 1}
+            mode = data.get("bind", "transceiver")
+            return {**data, "registered_delivery": receipts_by_default(mode)}
         return data
 
     @field_validator("password", mode="before")

@@ -159,6 +159,14 @@ def _not_connected() -> Retry:
     )
 
 
+def receipts_by_default(mode: str) -> int:
+    """The ``registered_delivery`` a bind of `mode` asks for unless told: 1 (a receipt
+    for every final outcome) on a transceiver, 0 on a transmitter — receipts come back
+    as deliver_sm, which a transmitter session cannot receive, so asking there would
+    leave every message waiting for a report that never comes."""
+    return 1 if mode == "transceiver" else 0
+
+
 class SmppBind:
     """One SMPP session kept bound, usable as a `Bind`."""
 
@@ -234,12 +242,12 @@ class SmppBind:
 
     @property
     def registered_delivery(self) -> int:
-        """What submit_sm asks for: `spec.registered_delivery`, else 1 on a transceiver
-        and 0 on a transmitter (which cannot receive receipts)."""
+        """What submit_sm asks for: `spec.registered_delivery`, else the bind mode's
+        default (`receipts_by_default`)."""
         asked = self.spec.registered_delivery
         if asked is not None:
             return asked
-        return 1 if self.spec.mode == "transceiver" else 0
+        return receipts_by_default(self.spec.mode)
 
     @property
     def queue_probes(self) -> int:
