@@ -67,40 +67,69 @@ class SentinelSet:
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
-    def start(self, timeout: float = 30) -> None:
-        """Start every process and wait until the sentinels know the whole set."""
+    def start(self, timeout: float = 60) -> None:
+        """Start every process and wait until the sentinels know the whole set.
+
+        A sentinel that exits at once (its free port was taken meanwhile) is started
+        again on another port; a time-out says what each sentinel saw, and its log."""
         for node in self.nodes:
             node.start()
         deadline = time.monotonic() + timeout
         for replica in self.replicas:
             self._wait(lambda r=replica: _link_up(r.port), deadline, "replica in sync")
-        for index, port in enumerate(self.sentinel_ports):
-            directory = self.workdir / f"sentinel{index}"
-            directory.mkdir(parents=True, exist_ok=True)
-            conf = directory / "sentinel.conf"
-            conf.write_text(
-                f"port {port}\n"
-                "bind 127.0.0.1\n"
-                f'dir "{directory}"\n'
-                f'logfile "{directory / "sentinel.log"}"\n'
-                "sentinel resolve-hostnames no\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 5000\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
-            )
-            self._sentinels.append(
-                subprocess.Popen(
-                    sentinel_command(conf),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+        for index in range(len(self.sentinel_ports)):
+            self._sentinels.append(self._start_sentinel(index))
         others, replicas = len(self.sentinel_ports) - 1, len(self.replicas)
-        for port in self.sentinel_ports:
-            self._wait(
-                lambda p=port: _sees(p, others, replicas), deadline, f"sentinel {port} ready"
-            )
+        while True:
+            for index, proc in enumerate(self._sentinels):
+                if proc.poll() is not None:
+                    self.sentinel_ports[index] = free_port()
+                    self._sentinels[index] = self._start_sentinel(index)
+            if all(_sees_quietly(p, others, replicas) for p in self.sentinel_ports):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinel set: timed out; {self._diagnosis()}")
+            time.sleep(0.1)
+
+    def _start_sentinel(self, index: int) -> subprocess.Popen[bytes]:
+        port = self.sentinel_ports[index]
+        directory = self.workdir / f"sentinel{index}"
+        directory.mkdir(parents=True, exist_ok=True)
+        conf = directory / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\n"
+            "bind 127.0.0.1\n"
+            f'dir "{directory}"\n'
+            f'logfile "{directory / "sentinel.log"}"\n'
+            "sentinel resolve-hostnames no\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel failover-timeout {SERVICE} 5000\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+        )
+        return subprocess.Popen(
+            sentinel_command(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def _diagnosis(self) -> str:
+        """What each sentinel knows, and the end of its log (for a time-out's message)."""
+        parts = []
+        for index, port in enumerate(self.sentinel_ports):
+            try:
+                client = redis.Redis(port=port, socket_timeout=1)
+                try:
+                    state = client.sentinel_master(SERVICE)
+                finally:
+                    client.close()
+                seen = (
+                    f"sees {state['num-other-sentinels']} sentinels, {state['num-slaves']} replicas"
+                )
+            except (redis.RedisError, OSError) as exc:
+                seen = f"does not answer ({exc})"
+            log = self.workdir / f"sentinel{index}" / "sentinel.log"
+            tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+            parts.append(f"sentinel {port} {seen}; log: {' | '.join(tail)}")
+        return "; ".join(parts)
 
     def stop(self) -> None:
         """End every process (the sentinels first: no fail-over while stopping)."""
@@ -165,6 +194,12 @@ def _link_up(port: int) -> bool:
         return client.info("replication").get("master_link_status") == "up"
     finally:
         client.close()
+
+
+def _sees_quietly(port: int, others: int, replicas: int) -> bool:
+    with contextlib.suppress(redis.RedisError, OSError):
+        return _sees(port, others, replicas)
+    return False
 
 
 def _sees(port: int, others: int, replicas: int) -> bool:
