@@ -58,6 +58,9 @@ class Ready:
     sticky_key: str = ""
     sticky_ttl: int = 0
     handed_at: float = 0.0  # monotonic time it went to a bind (metrics: submit latency)
+    # The connector it went out over (recorded with its outcome: the record's
+    # `connector` and its history step), '' until it is handed to one.
+    connector: str = ""
 
 
 class Handoff(Protocol):
@@ -343,6 +346,7 @@ class Pipeline:
             error,
             ids,
             forms,
+            r.connector,
         )
 
     async def _record(

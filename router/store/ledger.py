@@ -92,6 +92,7 @@ class Finished(NamedTuple):
     # (part id, id form) pairs flattened: the forms an early report for the part may
     # be kept under.
     forms: list[str]
+    connector: str  # the connector it went out over ('' for none)
 
 
 class Report(NamedTuple):

@@ -40,7 +40,8 @@ local FINISHED_ERROR_RAW = 12
 local FINISHED_ERROR = 13
 local FINISHED_PART_IDS = 14
 local FINISHED_FORMS = 15
-local FINISHED_COUNT = 15
+local FINISHED_CONNECTOR = 16
+local FINISHED_COUNT = 16
 
 -- Report: one part's delivery report (report.lua).
 local REPORT_OUTCOME = 1
