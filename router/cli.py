@@ -372,11 +372,16 @@ def status(config_path: str | None, job_id: str, as_json: bool) -> None:
         if not _internal(name):
             table.add_row(name, _show(name, record[name]))
     out.print(table)
-    steps = Table("time", "status", "note", box=None)
-    steps.columns[0].no_wrap = steps.columns[1].no_wrap = True
-    steps.columns[2].overflow = "fold"
+    # `via`: the connector each attempt went over, when the history names any (records
+    # written before connectors, or never sent, have none).
+    via = any(step.get("connector") for step in history)
+    steps = Table("time", "status", *(["via"] if via else []), "note", box=None)
+    for column in steps.columns[:-1]:
+        column.no_wrap = True
+    steps.columns[-1].overflow = "fold"
     for step in history:
-        steps.add_row(_ts(step["at"]), step["status"], step["note"])
+        connector = [str(step.get("connector") or "")] if via else []
+        steps.add_row(_ts(step["at"]), step["status"], *connector, step["note"])
     out.print(steps)
 
 
@@ -389,6 +394,7 @@ _STATUS_FIELDS = (
     "profile",
     "to",
     "from",
+    "connector",
     "text",
     "template",
     "attempts",
@@ -462,25 +468,35 @@ def log_(
             r.get("status", ""),
             r.get("to", ""),
             r.get("from", ""),
+            r.get("connector", ""),
             str(r.get("attempts", 0)),
             _why(r),
         ]
         for r in records
     ]
-    _print_fitted(_LOG_COLUMNS, rows)
+    columns: tuple[Column, ...] = _LOG_COLUMNS
+    if not any(row[_LOG_CONNECTOR] for row in rows):
+        # No record names a connector (none sent yet, or written before connectors).
+        columns = columns[:_LOG_CONNECTOR] + columns[_LOG_CONNECTOR + 1 :]
+        rows = [row[:_LOG_CONNECTOR] + row[_LOG_CONNECTOR + 1 :] for row in rows]
+    _print_fitted(columns, rows)
 
 
-# What `log` keeps at a narrow width: the id whole, then status, time, destination, note.
+# What `log` keeps at a narrow width: the id whole, then status, time, destination, note;
+# the connector (the latest attempt's) before the sender and the attempts.
 _LOG_COLUMNS = (
     Column("updated", keep=1),
     Column("id", "id"),
     Column("profile", keep=4),
     Column("status", keep=0),
     Column("to", keep=2),
-    Column("from", keep=5),
-    Column("tries", keep=6),
+    Column("from", keep=6),
+    Column("connector", keep=5),
+    Column("tries", keep=7),
     Column("note", "text", keep=3),
 )
+# The connector's position in `_LOG_COLUMNS` and in each row (left out when empty).
+_LOG_CONNECTOR = [c.header for c in _LOG_COLUMNS].index("connector")
 
 
 def _print_fitted(columns: tuple[Column, ...], rows: list[list[str]]) -> None:

@@ -1,8 +1,9 @@
 """Message records and status events.
 
 One Redis hash per job (``sms:{P}:msg:<id>``, in its profile's slot) holds its
-status, the history of every change with its time (one field per step), the sender
-used, provider id, attempts and errors. Every change goes through a Lua script
+status, the history of every change with its time (one field per step, ``h<n>``), the
+sender used, the connector each attempt went over (``connector``, and ``c<n>`` beside
+the step it belongs to), provider id, attempts and errors. Every change goes through a Lua script
 (``router/store/lua``) that also decides ownership: a record belongs to the stream entry
 that first reached it (its *owner*), so a second entry with the same job id is
 recognised as a duplicate, and a redelivered entry whose record is already final is
@@ -178,6 +179,9 @@ class TransitionArgs(NamedTuple):
     entry: str  # the work entry to ack
     job: str  # job id
     report_deadline: str  # '' = no report awaited
+    # The connector the attempt went over ('' = none): the record's `connector` and
+    # the new history step's `c<n>`.
+    connector: str
 
 
 class MissingArgs(NamedTuple):
@@ -273,10 +277,14 @@ class Ledger:
         event: Mapping[str, str] | None = None,
         ack: Ack | None = None,
         indexes: Sequence[str] = (),
+        connector: str = "",
     ) -> Transition:
         """Move a record to `status` if `owner` may, and publish the event, atomically.
 
         `allow_rejected` lets a replayed dead letter leave `rejected`.
+        `connector` names the connector an attempt went over (a Retry outcome's): it
+        becomes the record's `connector`, the new history step's (``c<n>``) and the
+        event's; '' records none.
         `ack` acknowledges and deletes a work entry in the same step (whatever the
         verdict; with `replicas_ack`, the step is followed by a WAIT for replicas); each
         of `indexes` is a key set to the job id with the record's retention
@@ -293,6 +301,7 @@ class Ledger:
             event,
             ack,
             indexes,
+            connector,
         )
         if ack is None or not self._replicas.wanted:
             verdict, previous = await self._script(keys=script_keys, args=args)
@@ -548,11 +557,14 @@ class Ledger:
         event: Mapping[str, str] | None,
         ack: Ack | None,
         indexes: Sequence[str],
+        connector: str,
     ) -> tuple[list[str], list[str | int | float]]:
         now = f"{time.time():.6f}"
         body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": now}
         if note:
             body["note"] = note
+        if connector:
+            body["connector"] = connector
         body.update({k: v for k, v in (event or {}).items() if v})
         pairs = list((fields or {}).items())
         wait = self._report_waits.get(profile, 0.0) if status == "sent" else 0.0
@@ -575,6 +587,7 @@ class Ledger:
                 entry=ack.entry_id if ack else "",
                 job=job_id,
                 report_deadline=f"{time.time() + wait:.3f}" if wait else "",
+                connector=connector,
             )
         ]
         for name, value in pairs:
@@ -641,7 +654,13 @@ def _by_profile(
 
 
 def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
-    """A record hash as plain Python values (history and meta parsed)."""
+    """A record hash as plain Python values (history and meta parsed).
+
+    `history` is a list of steps, oldest first, each ``{"status", "at", "note"}`` plus
+    ``"connector"`` when the step names the connector it went over (its ``c<n>``
+    field: a `sent` or `failed` outcome, a retry); a step without one has no
+    ``connector`` key (records written before connectors have none anywhere). The
+    record's own `connector` field (the latest attempt's) stays a plain field."""
     record: dict[str, Any] = {as_text(k): as_text(v) for k, v in raw.items()}
     # Records written before the step fields kept the history as one JSON list.
     history = [
@@ -649,9 +668,13 @@ def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
         for item in json.loads(record.pop("history", None) or "[]")
     ]
     steps = []
+    via = {int(k[1:]): record.pop(k) for k in list(record) if k[:1] == "c" and k[1:].isdigit()}
     for name in [k for k in record if k[:1] == "h" and k[1:].isdigit()]:
         status, at, note = record.pop(name).split("|", 2)
-        steps.append((int(name[1:]), {"status": status, "at": float(at), "note": note}))
+        item: dict[str, Any] = {"status": status, "at": float(at), "note": note}
+        if (connector := via.get(int(name[1:]))) is not None:
+            item["connector"] = connector
+        steps.append((int(name[1:]), item))
     history += [item for _, item in sorted(steps, key=lambda s: s[0])]
     record["history"] = history
     record.pop("n", None)

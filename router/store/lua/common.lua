@@ -2,7 +2,9 @@
 --
 -- Record shape: a hash with `status`, `updated_at`, `owner`, `n` (history length) and
 -- one field per history step, `h<i>` = "status|time|note": a change appends one field
--- instead of decoding and re-encoding the whole history.
+-- instead of decoding and re-encoding the whole history. A step that went over a
+-- connector (an outcome, a retry) has `c<i>` = its name beside `h<i>`, and the record's
+-- `connector` names the latest such.
 
 -- The records the router sends (msgpack arrays, or plain ARGV), each field's position
 -- named once: `<RECORD>_<FIELD>`, read as `it[SENDING_TO]`, and `<RECORD>_COUNT` its
@@ -105,7 +107,8 @@ local TRANSITION_GROUP = 10
 local TRANSITION_ENTRY = 11
 local TRANSITION_JOB = 12
 local TRANSITION_REPORT_DEADLINE = 13
-local TRANSITION_COUNT = 13
+local TRANSITION_CONNECTOR = 14
+local TRANSITION_COUNT = 14
 
 -- MissingArgs: missing.lua's fixed ARGV (the job ids follow).
 local MISSING_NOW = 1
@@ -131,10 +134,16 @@ local function step(n, status, now, note)
 end
 
 -- Append a step and set the status (reads the history length: for the slow paths).
-local function set_status(key, status, now, note)
+-- `connector` (optional; nil or '' = none) names the connector the step went over.
+local function set_status(key, status, now, note, connector)
   local n = redis.call('HINCRBY', key, 'n', 1)
   local name, value = step(n, status, now, note)
-  redis.call('HSET', key, 'status', status, 'updated_at', now, name, value)
+  if connector and connector ~= '' then
+    redis.call('HSET', key, 'status', status, 'updated_at', now, name, value,
+               'c' .. n, connector, 'connector', connector)
+  else
+    redis.call('HSET', key, 'status', status, 'updated_at', now, name, value)
+  end
 end
 
 -- A message with a status_callback_url also gets the event on the callbacks stream

@@ -8,7 +8,8 @@
 -- every `sent` item, in item order.
 -- ARGV[1]: msgpack FINISH_CALL {now, profile, retention, events maxlen, ack group,
 -- report deadline ('' = none), items}; each item a FINISHED (common.lua: names and
--- meanings in router/store/ledger.py). Returns the final statuses early reports wrote,
+-- meanings in router/store/ledger.py). An item's connector ('' = none) goes on the
+-- record (`connector`), beside its step (`c<n>`) and in its event (`connector`). Returns the final statuses early reports wrote,
 -- as a flat list {status, count, ...}.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
@@ -22,12 +23,18 @@ for i, it in ipairs(items) do
                                  it[FINISHED_PART_IDS]
   local n, to, from, meta = it[FINISHED_STEP], it[FINISHED_TO], it[FINISHED_SENDER],
                             it[FINISHED_META]
-  local code = it[FINISHED_ERROR_CODE]
+  local code, via = it[FINISHED_ERROR_CODE], it[FINISHED_CONNECTOR]
   entries[#entries + 1] = it[FINISHED_ENTRY]
   local rec = KEYS[6 + i]
   local name, value = step(n, status, now, note)
   local f = {'status', status, 'updated_at', now, 'n', n, name, value}
   local ev = {'id', job, 'profile', profile, 'status', status, 'at', now}
+  if via ~= '' then
+    -- The step's connector beside it (`c<n>` for `h<n>`), and the record's latest.
+    f[#f + 1] = 'c' .. n; f[#f + 1] = via
+    f[#f + 1] = 'connector'; f[#f + 1] = via
+    ev[#ev + 1] = 'connector'; ev[#ev + 1] = via
+  end
   if note ~= '' then ev[#ev + 1] = 'note'; ev[#ev + 1] = note end
   if to ~= '' then ev[#ev + 1] = 'to'; ev[#ev + 1] = to end
   if from ~= '' then ev[#ev + 1] = 'from'; ev[#ev + 1] = from end

@@ -6,8 +6,9 @@
 -- message ids) each set to the job id with the record's retention.
 -- ARGV: TRANSITION {owner, now, status, retention, mode ('' | 'replay'), note, events
 -- maxlen, field count, event count, ack group ('' = no ack), ack entry, job id, report
--- deadline ('' = none)} (common.lua; router/store/ledger.py), then field pairs, then
--- event pairs.
+-- deadline ('' = none), connector ('' = none)} (common.lua; router/store/ledger.py),
+-- then field pairs, then event pairs. A connector is written as the record's
+-- `connector` and as `c<n>` beside the step appended (the caller puts it in the event).
 -- Returns {verdict, previous status}; verdict: ok | duplicate | done. The ack happens
 -- whatever the verdict: a duplicate or an already-final record has nothing left to do.
 local owner, now = ARGV[TRANSITION_OWNER], ARGV[TRANSITION_NOW]
@@ -31,7 +32,7 @@ else
   st = ''
   redis.call('HSET', KEYS[1], 'created_at', now)
 end
-set_status(KEYS[1], status, now, ARGV[TRANSITION_NOTE])
+set_status(KEYS[1], status, now, ARGV[TRANSITION_NOTE], ARGV[TRANSITION_CONNECTOR])
 redis.call('HSET', KEYS[1], 'owner', owner)
 if status == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 local first = TRANSITION_COUNT + 1  -- ARGV index of the first field pair
