@@ -13,6 +13,7 @@ import json
 import re
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -20,13 +21,18 @@ import pytest
 from redis.asyncio import Redis
 
 from binds.base import Accepted, Failed, Retry
+from router.config import parse_settings
 from router.engine.pipeline import Pipeline, Ready
 from router.engine.receipts import Reports
+from router.engine.routing import Routing
 from router.policy.jobs import Job
+from router.policy.routes import RouteTable
 from router.store import keys, scripts
 from router.store.ledger import LUA_RECORDS, Ledger, Transition
 from router.store.outages import RedisOutages
 from router.store.queue import Entry
+
+from ..conftest import config_dict
 
 # Records that only Lua reads and writes (kept in Redis by the scripts themselves).
 LUA_ONLY = {"DLR": ("outcome", "stat", "err")}
@@ -136,26 +142,33 @@ class _Unused:
         raise AssertionError("not called")
 
 
-async def test_the_pipeline_fills_each_record_field_with_its_namesake(redis: Redis) -> None:
+async def test_the_pipeline_fills_each_record_field_with_its_namesake(
+    redis: Redis, tmp_path: Path
+) -> None:
     """The hot path builds `Sending` and `Finished` by position (cheaper than keywords):
     a field swapped with another of the same type would pass mypy, so each is checked
     here by name, from a message whose every value differs."""
     ledger = Ledger(redis, retention=60, events_maxlen=100)
     reports = Reports(redis, ledger, "sms", id_format="hex")
-    pipeline = Pipeline(profile="sms", stream=keys.queue("sms"), ledger=ledger, binds=[],
-                        reports=reports, outages=RedisOutages(), store_text=True,
-                        handoff=_Unused())  # fmt: skip
+    # Routing to no connector: building records never picks one.
+    settings = parse_settings(config_dict("redis://127.0.0.1:1/0", "http://127.0.0.1:1/send"),
+                              env={}, base_dir=tmp_path)  # fmt: skip
+    routing = Routing("sms", RouteTable(settings), {})
+    pipeline = Pipeline(profile="sms", stream=keys.queue("sms"), ledger=ledger,
+                        routing=routing, reports=reports, outages=RedisOutages(),
+                        store_text=True, handoff=_Unused())  # fmt: skip
     entry = Entry("7-1", {"origin": b"5-1", "replay": b"1"})
     ready = Ready(entry, Job(id="j1", to="+447911123456", text="the text"), "+16501112345",
                   url="https://cb.example/x", meta='{"m":1}', step=4, sticky_key="sticky:k",
-                  sticky_ttl=77)  # fmt: skip
+                  sticky_ttl=77, connector="carrier-a")  # fmt: skip
     assert pipeline._sending_item(ready)._asdict() == {
         "id": "j1", "owner": "5-1", "replay": "1", "sender": "+16501112345",
         "to": "+447911123456", "text": "the text", "meta": '{"m":1}',
         "url": "https://cb.example/x", "sticky_key": "sticky:k", "sticky_ttl": 77,
     }  # fmt: skip
     common = {"id": "j1", "entry": "7-1", "step": 5, "url": "https://cb.example/x",
-              "to": "+447911123456", "sender": "+16501112345", "meta": '{"m":1}'}  # fmt: skip
+              "to": "+447911123456", "sender": "+16501112345", "meta": '{"m":1}',
+              "connector": "carrier-a"}  # fmt: skip
     sent = pipeline._finished_item(ready, Accepted("0A", segments=2, part_ids=("0A", "0B")))
     assert sent._asdict() == {
         **common, "status": "sent", "note": "", "segments": 2, "error_code": "",
