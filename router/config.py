@@ -60,12 +60,15 @@ from router.store.redis_url import (
 __all__ = [
     "ApiKey",
     "ApiSettings",
+    "Breaker",
     "Campaign",
     "ConfigError",
+    "Connector",
     "HttpSection",
     "NumberDetails",
     "Profile",
     "QueueSettings",
+    "Route",
     "RouterSettings",
     "Settings",
     "SmppSection",
@@ -148,8 +151,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-# The spec fields every bind takes from its profile rather than from its own section.
-_FROM_PROFILE: dict[str, Callable[[Profile], Any]] = {
+# The spec fields every bind takes from its connector (a profile with an inline
+# protocol is its own) rather than from its own section.
+_FROM_PROFILE: dict[str, Callable[[Profile | Connector], Any]] = {
     "window": lambda profile: profile.window,
     "tps": lambda profile: profile.tps,
     "sync": lambda profile: profile.processing == "sync",
@@ -174,7 +178,7 @@ class _BindSection(_Section):
     SPEC_LIBRARY_ONLY: ClassVar[frozenset[str]] = frozenset()
 
     def _spec_values(
-        self, spec: type, profile: Profile | None, given: Mapping[str, Any]
+        self, spec: type, profile: Profile | Connector | None, given: Mapping[str, Any]
     ) -> dict[str, Any]:
         by_alias = {f.alias: name for name, f in type(self).model_fields.items() if f.alias}
         stray = set(given) - {item.name for item in fields(spec) if item.init}
@@ -393,7 +397,9 @@ class HttpSection(_BindSection):
     max_response_bytes: Annotated[int, _between(1024, 67_108_864)] = 65_536
     reports: WebhookReports | None = None
 
-    def to_spec(self, profile: Profile | None, *, secrets: Mapping[str, str]) -> HttpSpec:
+    def to_spec(
+        self, profile: Profile | Connector | None, *, secrets: Mapping[str, str]
+    ) -> HttpSpec:
         """The Web-URL bind's spec; `secrets` fill the ``{secret:NAME}`` placeholders.
         Raises `BindConfigError` when a template does not compile."""
         given = {
@@ -516,7 +522,7 @@ class SmppSection(_BindSection):
         """`vendor_status` with integer keys."""
         return {int(key, 0): action for key, action in self.vendor_status.items()}
 
-    def to_spec(self, profile: Profile | None) -> SmppSpec:
+    def to_spec(self, profile: Profile | Connector | None) -> SmppSpec:
         """The spec each of the profile's `binds` SMPP sessions runs with."""
         return SmppSpec(
             **self._spec_values(SmppSpec, profile, {"vendor_status": self.vendor_codes()})
@@ -550,18 +556,107 @@ class TwilioSection(_BindSection):
         assert checked is not None
         return checked.rstrip("/")
 
-    def to_spec(self, profile: Profile | None, *, status_callback: str | None) -> TwilioSpec:
+    def to_spec(
+        self, profile: Profile | Connector | None, *, status_callback: str | None
+    ) -> TwilioSpec:
         """The Twilio bind's spec; `status_callback` is where Twilio posts each
         message's status (the daemon's ``/v1/providers/P/status``), None for none."""
         given = {"status_callback": status_callback}
         return TwilioSpec(**self._spec_values(TwilioSpec, profile, given))
 
 
+Protocol_ = Literal["http", "smpp", "twilio"]
+Strategy = Literal["failover", "weighted", "least_cost", "quality"]
+
+
+def _price_prefix(value: str) -> str:
+    if value == "default":
+        return value
+    prefix = value if value.startswith("+") else "+" + value
+    return _prefix(prefix)
+
+
+PricePrefix = Annotated[str, AfterValidator(_price_prefix)]
+
+
+class Breaker(_Section):
+    """``[connectors.C.breaker]``: when recent submits fail too often, the connector is
+    unhealthy for `cooldown` seconds; then one probe decides (half-open)."""
+
+    failure_ratio: Annotated[float, _between(0.01, 1)] = 0.5
+    min_requests: Annotated[int, _between(1, 1_000_000)] = 20  # in `window`, to judge
+    window: Annotated[float, _between(1, 86_400)] = 30.0  # seconds of outcomes counted
+    cooldown: Annotated[float, _between(0.1, 86_400)] = 15.0
+
+
+class Connector(_Section):
+    """``[connectors.C]``: one carrier connection, shared by every profile whose routes
+    name it. A profile with an inline ``protocol`` is a connector of its own, named
+    after the profile (`Profile.connector`)."""
+
+    protocol: Protocol_
+    # "both": inbound messages arriving here go to the profile owning the number they
+    # were sent to (else `inbound_profile`).
+    direction: Literal["outbound", "both"] = "outbound"
+    processing: Literal["sync", "async"] = "async"
+    window: Annotated[int, _between(1, 10_000)] = 10
+    tps: Annotated[float, _at_least(0)] = 0.0
+    http: HttpSection | None = None
+    smpp: SmppSection | None = None
+    twilio: TwilioSection | None = None
+    # Price of one SMS part by destination prefix ("+44" = 0.031), longest prefix wins;
+    # "default" for the rest. No price: unknown (least_cost tries it last).
+    prices: dict[PricePrefix, Annotated[float, _at_least(0)]] = Field(default_factory=dict)
+    # Seconds without a bound session (or a ready bind) before the connector counts as
+    # down and its routes fail over.
+    failover_after: Annotated[float, _between(0, 3600)] = 10.0
+    breaker: Breaker = Field(default_factory=Breaker)
+    # Outcome codes (as records name them: "ESME_RSYSERR", "http_503", a vendor's
+    # "twilio_30003") that mean "this connector cannot take it now, another may": the
+    # message moves to the route's next connector without using an attempt. Added to
+    # ESME_RSYSERR, ESME_RSUBMITFAIL, HTTP 5xx and "never sent" (no bound session).
+    route_codes: list[str] = Field(default_factory=list)
+    # Inbound messages to a number no profile owns go to this profile.
+    inbound_profile: str | None = None
+
+    def price(self, to: str) -> float | None:
+        """The price of one part to `to`: the longest matching prefix, else
+        ``default``, else None (unknown)."""
+        prices = self.prices
+        if prices:
+            for size in range(min(len(to), 16), 1, -1):
+                found = prices.get(to[:size])
+                if found is not None:
+                    return found
+            return prices.get("default")
+        return None
+
+
+class Route(_Section):
+    """``[[routes]]``: in order, the first match wins. Every key given must match (a
+    key matches when any of its values does); `connectors` in the order `strategy`
+    starts from."""
+
+    to: list[NumberPrefix] = Field(default_factory=list)  # destination prefixes
+    countries: list[Region] = Field(default_factory=list)  # destination countries
+    profiles: list[str] = Field(default_factory=list)
+    senders: list[SenderKind] = Field(default_factory=list)  # the sender's kind
+    use_cases: list[str] = Field(default_factory=list)
+    connectors: list[str] = Field(min_length=1)
+    strategy: Strategy = "failover"
+    weights: list[Annotated[int, _between(0, 1_000_000)]] = Field(default_factory=list)
+    # quality: delivery ratios over this many seconds, trusted from this many reports.
+    quality_window: Annotated[float, _between(60, 30 * 86_400)] = 3600.0
+    quality_min_sample: Annotated[int, _between(1, 1_000_000)] = 50
+
+
 class Profile(_Section):
     """``[profiles.P]``: a pool of numbers, how it sends and where callbacks go."""
 
     global_: bool = Field(default=False, alias="global")
-    protocol: Literal["http", "smpp", "twilio"]
+    # Set: the profile is a connector of its own (its sub-table below) and that is its
+    # only route. None: its messages go where `[[routes]]` send them.
+    protocol: Protocol_ | None = None
     direction: Literal["outbound", "both"] = "outbound"
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
@@ -602,6 +697,24 @@ class Profile(_Section):
     http: HttpSection | None = None
     smpp: SmppSection | None = None
     twilio: TwilioSection | None = None
+    # Refuse (`spend_limit_reached`) once today's spend (UTC) would pass it; None: no limit.
+    daily_spend_limit: Annotated[float, _at_least(0)] | None = None
+
+    @property
+    def connector(self) -> Connector | None:
+        """The profile's own connector (its inline protocol), or None (routed)."""
+        if self.protocol is None:
+            return None
+        return Connector(
+            protocol=self.protocol,
+            direction=self.direction,
+            processing=self.processing,
+            window=self.window,
+            tps=self.tps,
+            http=self.http,
+            smpp=self.smpp,
+            twilio=self.twilio,
+        )
 
     @field_validator("webhook_secret", mode="before")
     @classmethod
@@ -750,6 +863,10 @@ class Settings(_Section):
     numbers: dict[str, NumberDetails] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
     profiles: dict[str, Profile]
+    connectors: dict[str, Connector] = Field(default_factory=dict)
+    # In order, the first match wins; a routed profile's message no route matches is
+    # rejected (`no_route`).
+    routes: list[Route] = Field(default_factory=list)
     # In order, the first match wins; no match: the owning profile's callback_url.
     inbound_routes: list[InboundRoute] = Field(default_factory=list)
     # Resolved `{secret:NAME}` values; not a TOML table (parse_settings fills it).
@@ -771,6 +888,12 @@ class Settings(_Section):
         """The profile for jobs that name none (``global = true``), if any."""
         return next((n for n, p in self.profiles.items() if p.global_), None)
 
+    def all_connectors(self) -> dict[str, Connector]:
+        """Every connector: the ``[connectors]`` and each inline profile's own (named
+        after the profile)."""
+        own = {n: c for n, p in self.profiles.items() if (c := p.connector) is not None}
+        return {**self.connectors, **own}
+
     def number(self, number: str) -> NumberDetails:
         """The ``[numbers]`` entry of a sender number, or the defaults when it has none."""
         return self.numbers.get(number) or _DEFAULT_NUMBER
@@ -787,8 +910,11 @@ class Settings(_Section):
         """One line per profile for ``check-config`` and the startup log."""
         lines = []
         for name, p in self.profiles.items():
-            head = f"{name}: {p.protocol} {p.direction} {p.processing}"
-            head += f" window={p.window} tps={p.tps:g} numbers={len(p.numbers)}"
+            if p.protocol is None:
+                head = f"{name}: routed {p.direction} numbers={len(p.numbers)}"
+            else:
+                head = f"{name}: {p.protocol} {p.direction} {p.processing}"
+                head += f" window={p.window} tps={p.tps:g} numbers={len(p.numbers)}"
             if p.global_:
                 head += " global"
             if p.http is not None:
@@ -1081,6 +1207,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
         problems += _check_webhooks(where, profile, raw.get("api"))
         problems += _check_rules(where, profile, raw)
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
+    problems += _check_routing(raw, secrets)
     for name, template in _tables(raw.get("templates")):
         texts = template.get("text")
         lang = template.get("default_lang", "en")
@@ -1159,8 +1286,9 @@ def _check_numbers(where: str, name: str, numbers: Any, owner: dict[str, str]) -
 
 
 def _check_protocol(
-    where: str, profile: Mapping[str, Any], secrets: Mapping[str, str]
+    where: str, profile: Mapping[str, Any], secrets: Mapping[str, str], *, connector: bool = False
 ) -> list[str]:
+    """A profile's (or, `connector`, a connector's) protocol against its sub-tables."""
     problems: list[str] = []
     protocol = profile.get("protocol")
     if protocol in _PROTOCOLS:
@@ -1171,6 +1299,13 @@ def _check_protocol(
                 problems.append(
                     f'{where}.{other}: not used when protocol = "{protocol}"; remove it'
                 )
+    elif protocol is None and not connector:
+        for other in _PROTOCOLS:
+            if profile.get(other) is not None:
+                problems.append(
+                    f"{where}.{other}: not used without protocol (a profile without one "
+                    "sends over [[routes]]); set protocol, or move it to [connectors.NAME]"
+                )
     smpp = profile.get("smpp")
     if profile.get("direction") == "both":
         if isinstance(smpp, Mapping) and smpp.get("bind") == "transmitter":
@@ -1178,7 +1313,7 @@ def _check_protocol(
                 f'{where}.smpp.bind: a transmitter cannot receive; direction = "both" '
                 'needs bind = "transceiver"'
             )
-        if not profile.get("callback_url"):
+        if not connector and not profile.get("callback_url"):
             problems.append(
                 f'{where}.callback_url: required when direction = "both" '
                 "(inbound messages are posted there)"
@@ -1190,6 +1325,77 @@ def _check_protocol(
 
 
 _PROTOCOLS = ("http", "smpp", "twilio")
+
+
+def _check_routing(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:
+    """``[connectors]`` and ``[[routes]]`` against the profiles and each other."""
+    problems: list[str] = []
+    profiles = dict(_tables(raw.get("profiles")))
+    inline = {n for n, p in profiles.items() if p.get("protocol") is not None}
+    connectors = dict(_tables(raw.get("connectors")))
+    for name, connector in connectors.items():
+        where = f"connectors.{_key(name)}"
+        if not PROFILE_NAME.match(name):
+            problems.append(
+                f"{where}: a connector name uses only letters, digits, '_' and '-' (1-64)"
+            )
+        if name in inline:
+            problems.append(
+                f"{where}: profile {name!r} has an inline protocol, which is a connector "
+                "of that name already; rename one"
+            )
+        problems += _check_protocol(where, connector, secrets, connector=True)
+        fallback = connector.get("inbound_profile")
+        if isinstance(fallback, str) and fallback not in profiles:
+            problems.append(f"{where}.inbound_profile: no profile {fallback!r}")
+    known = set(connectors) | inline
+    routes = raw.get("routes")
+    routes = routes if isinstance(routes, list) else []
+    for index, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        where = f"routes[{index}]"
+        names = route.get("connectors")
+        names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        for name in names:
+            if name not in known:
+                have = ", ".join(sorted(known)) or "none"
+                problems.append(f"{where}.connectors: no connector {name!r} (have: {have})")
+        if len(set(names)) != len(names):
+            problems.append(f"{where}.connectors: a connector is named twice")
+        weights = route.get("weights")
+        if route.get("strategy") == "weighted":
+            if not isinstance(weights, list) or len(weights) != len(names):
+                problems.append(
+                    f'{where}.weights: strategy = "weighted" needs one weight per connector '
+                    f"({len(names)})"
+                )
+            elif not any(w for w in weights if isinstance(w, int)):
+                problems.append(f"{where}.weights: at least one weight must be above 0")
+        elif weights:
+            problems.append(f'{where}.weights: only used with strategy = "weighted"')
+        for name in route.get("profiles") or []:
+            if name not in profiles:
+                problems.append(f"{where}.profiles: no profile {name!r}")
+            elif name in inline:
+                problems.append(
+                    f"{where}.profiles: profile {name!r} sends over its own connector "
+                    "(inline protocol); routes never apply to it"
+                )
+    for name in profiles:
+        if name in inline:
+            continue
+        takes = [
+            r
+            for r in routes
+            if isinstance(r, Mapping) and (not r.get("profiles") or name in r["profiles"])
+        ]
+        if not takes:
+            problems.append(
+                f"profiles.{_key(name)}.protocol: not set, and no [[routes]] entry can match "
+                "this profile's messages; set protocol, or add a route"
+            )
+    return problems
 
 
 def _check_webhooks(where: str, profile: Mapping[str, Any], api: Any) -> list[str]:

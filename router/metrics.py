@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,11 +120,27 @@ class ProfileMetrics:
         self.retries[code] = self.retries.get(code, 0) + 1
 
 
+CONNECTOR_STATES = ("up", "down", "open", "half-open")
+
+
+class ConnectorView(Protocol):
+    """What the collector reads of a connector (router/engine/connectors.py)."""
+
+    name: str
+
+    @property
+    def state(self) -> str: ...
+
+    def failed_share(self) -> tuple[int, int]: ...
+
+
 class WorkerView(Protocol):
     """What the collector reads of a profile's worker."""
 
     name: str
-    binds: list[Bind]
+
+    @property
+    def binds(self) -> list[Bind]: ...
 
     @property
     def in_progress(self) -> int: ...
@@ -168,6 +184,8 @@ class Metrics:
         self.configure(settings)
         self.started = time.time()
         self.workers: Sequence[WorkerView] = ()
+        # The daemon's connectors, read at each scrape (their health changes).
+        self.connectors: Callable[[], Sequence[ConnectorView]] = tuple
         self.outages = RedisOutages()  # the daemon's, from `watch`
         self.redis: Redis | None = None
         self._snapshot: _Snapshot | None = None
@@ -290,6 +308,7 @@ class _Collector(Collector):
         yield from self._instance(m)
         yield from self._hot_path(m)
         yield from self._binds(m.workers)
+        yield from self._connectors(m.connectors())
         yield from self._redis(m)
 
     def _instance(self, m: Metrics) -> Iterator[Metric]:
@@ -368,6 +387,27 @@ class _Collector(Collector):
             held.add_metric([worker.name], worker.in_progress)
             capacity.add_metric([worker.name], worker.capacity)
         yield from (binds, ready, in_use, size, throttles, held, capacity)
+
+    def _connectors(self, connectors: Sequence[ConnectorView]) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            f"{PREFIX}_connector_state",
+            "1 for a connector's current state (up, down: no bound session, open or "
+            "half-open: its circuit breaker), 0 for the others.",
+            labels=["connector", "state"],
+        )
+        failed = GaugeMetricFamily(
+            f"{PREFIX}_connector_failed_ratio",
+            "Share of the submits in the breaker's window that failed at the route level.",
+            labels=["connector"],
+        )
+        for connector in connectors:
+            now = connector.state
+            for name in CONNECTOR_STATES:
+                state.add_metric([connector.name, name], 1 if name == now else 0)
+            bad, total = connector.failed_share()
+            failed.add_metric([connector.name], bad / total if total else 0.0)
+        yield state
+        yield failed
 
     def _redis(self, m: Metrics) -> Iterator[Metric]:
         snap = m._snapshot

@@ -141,7 +141,45 @@ def config_lines(settings: Settings) -> list[str]:
         if template.description:
             line += f" - {template.description}"
         lines.append(line)
+    lines += route_lines(settings)
     lines += settings.inbound_route_lines()
+    return lines
+
+
+def route_lines(settings: Settings) -> list[str]:
+    """The ``[connectors]`` (one line each) and ``[[routes]]`` (in the order they are
+    tried), and the connectors no route uses."""
+    lines: list[str] = []
+    for name, c in settings.connectors.items():
+        line = f"connector {name}: {c.protocol} {c.processing} window={c.window} tps={c.tps:g}"
+        if c.smpp is not None:
+            line += f" -> {c.smpp.bind} x{c.smpp.binds} {c.smpp.host}:{c.smpp.port}"
+        if c.prices:
+            line += f"; prices for {len(c.prices)} prefixes"
+        line += f"; failover after {c.failover_after:g}s"
+        lines.append(line)
+    used: set[str] = set()
+    for index, route in enumerate(settings.routes):
+        line = f"routes[{index}]:"
+        for key, values in (
+            ("to", route.to),
+            ("countries", route.countries),
+            ("profiles", route.profiles),
+            ("senders", route.senders),
+            ("use_cases", route.use_cases),
+        ):
+            if values:
+                line += f" {key}=" + ",".join(values)
+        if line.endswith(":"):
+            line += " (matches every message)"
+        line += f" -> {route.strategy} " + ",".join(route.connectors)
+        if route.weights:
+            line += " weights=" + ",".join(map(str, route.weights))
+        used.update(route.connectors)
+        lines.append(line)
+    unused = [n for n in settings.connectors if n not in used]
+    if unused:
+        lines.append("connectors no route uses: " + ", ".join(unused))
     return lines
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from router.api import events, messages, metrics, profiles, providers, twilio
+from router.api import events, messages, metrics, profiles, providers, routes, twilio
 from router.api.common import CONTEXT, ApiContext, json_response, middleware
 from router.store.outages import REDIS_ERRORS
 
@@ -43,7 +43,7 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    groups = (messages, profiles, twilio, providers, events, metrics)
+    groups = (messages, profiles, routes, twilio, providers, events, metrics)
     for group in groups:
         group.add_routes(app)
     return app

@@ -130,6 +130,7 @@ class Step(BaseModel):
     status: str
     at: float
     note: str
+    connector: str | None = None  # the connector the attempt went over (outcomes, retries)
 
 
 class MessageRecord(BaseModel):
@@ -152,6 +153,7 @@ class MessageRecord(BaseModel):
     error: str | None = None
     error_code: str | None = None
     provider_message_id: str | None = None
+    connector: str | None = None  # the latest attempt's connector
 
 
 class LogQuery(BaseModel):

@@ -42,11 +42,13 @@ from router.client import Client
 from router.config import ConfigError, Settings, load_settings
 from router.daemon.lease import Lease
 from router.daemon.reload import Reloader, publish_verdict
-from router.daemon.runtime import ProfileRuntime, Shared, build
+from router.daemon.runtime import ProfileRuntime, Shared, build, build_connector
 from router.daemon.wiring import build_binds
 from router.engine.callbacks import StatusPoster
+from router.engine.connectors import ConnectorRuntime
 from router.engine.worker import ProfileWorker
 from router.metrics import Metrics
+from router.policy.routes import RouteTable
 from router.store.connections import open_redis
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_ERRORS, Pause, RedisOutages
@@ -130,7 +132,7 @@ class Daemon:
 
     def _status_text(self) -> str:
         """The STATUS= line: what the daemon does now."""
-        binds = [b for w in self.workers for b in w.binds]
+        binds = [b for c in self.connectors for b in c.binds]
         text = (
             f"serving {len(self.workers)} profiles; "
             f"binds ready {sum(1 for b in binds if b.ready)}/{len(binds)}"
@@ -247,6 +249,11 @@ class Daemon:
             await self.api.start()
             stack.push_async_callback(self.api.stop)
             self._shared.api_port = self.api.port
+        self._shared.table = RouteTable(self.settings)
+        for name in self.settings.connectors:
+            self._shared.connectors[name] = await build_connector(
+                name, self.settings, self._shared, build_binds
+            )
         for name in self.settings.profiles:
             self.runtimes[name] = await build(
                 name, self.settings, self._shared, make_binds=build_binds
@@ -254,6 +261,7 @@ class Daemon:
         if self._api_context is not None:
             self._api_context.workers = self.workers
         self.metrics.watch(self.workers, self.outages, redis)
+        self.metrics.connectors = lambda: self.connectors
         # What start-up built (configuration, libphonenumber's metadata, codecs, the
         # binds) lives as long as the process: keep it out of the collector's full
         # passes, which otherwise stall the loop for tens of milliseconds at a time.
@@ -266,9 +274,16 @@ class Daemon:
             redis="embedded" if self.settings.router.redis == "embedded" else "external",
         )
 
+    @property
+    def connectors(self) -> list[ConnectorRuntime]:
+        """Every connector: the shared ones and the inline profiles' own."""
+        shared = list(self._shared.connectors.values()) if self._shared is not None else []
+        return shared + [r.own for r in self.runtimes.values() if r.own is not None]
+
     async def _serve(self, health: asyncio.Task[None]) -> None:
         for runtime in self.runtimes.values():
             runtime.run()
+        watches = [asyncio.create_task(c.watch(self.stopping)) for c in self._shared_connectors()]
         posters = [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
         stop = asyncio.create_task(self.stopping.wait())
         failed: list[asyncio.Task[Any]] = []
@@ -305,6 +320,7 @@ class Daemon:
         drained = asyncio.create_task(self._shutdown())
         results += await asyncio.gather(*posters, return_exceptions=True)
         await drained
+        await asyncio.gather(*watches, return_exceptions=True)
         for result in results:
             if isinstance(result, Exception) and not failed:
                 log.error("serving task ended with an error", error=repr(result))
@@ -325,8 +341,12 @@ class Daemon:
                 count=sum(left),
             )
 
+    def _shared_connectors(self) -> list[ConnectorRuntime]:
+        return list(self._shared.connectors.values()) if self._shared is not None else []
+
     async def _close_binds(self) -> None:
         binds = [bind for runtime in self.runtimes.values() for bind in runtime.binds]
+        binds += [bind for connector in self._shared_connectors() for bind in connector.binds]
         await asyncio.gather(*(bind.close() for bind in binds), return_exceptions=True)
 
     async def reload(self) -> bool:
@@ -440,8 +460,9 @@ class Daemon:
                     "error": getattr(b, "last_error", None),
                     "ready": b.ready,
                 }
-                for w in self.workers
-                for b in w.binds
+                for c in self.connectors
+                for b in c.binds
             },
+            "connectors": {c.name: {"state": c.state} for c in self.connectors},
         }
         await redis.set(health_key(self.instance), json.dumps(body), ex=int(HEALTH_EVERY * 3))

@@ -28,11 +28,12 @@ from redis.asyncio import Redis
 
 from router.config import Settings
 from router.daemon.runtime import BindFactory, ProfileRuntime, Shared, build, reusable_binds
+from router.policy.routes import RouteTable
 from router.store.outages import REDIS_ERRORS
 
 log = structlog.get_logger("router.reload")
 
-_SHARED_TABLES = ("campaigns", "numbers", "templates", "queue", "inbound_routes")
+_SHARED_TABLES = ("campaigns", "numbers", "templates", "queue", "inbound_routes", "routes")
 VERDICT_TTL = 86_400  # seconds a verdict is kept (the last one per instance)
 
 
@@ -138,17 +139,25 @@ class Reloader:
             log.warning("reload: api.listen changes need a restart; kept as it was")
             self.changes.append("api.listen changed: needs a restart, kept as it was")
             api = api.model_copy(update={"listen": old.api.listen})
-        return new.model_copy(update={"router": old.router, "api": api})
+        connectors = new.connectors
+        if connectors != old.connectors:
+            # Their sessions are shared by profiles that go on sending meanwhile.
+            log.warning("reload: [connectors] changes need a restart; kept as they were")
+            self.changes.append("[connectors] changed: needs a restart, kept as they were")
+            connectors = old.connectors
+        return new.model_copy(update={"router": old.router, "api": api, "connectors": connectors})
 
     async def apply(self) -> None:
         """Retire, rebuild and start what changed; leave the rest running untouched."""
         new, old = self.settings, self.old
         grace = new.router.shutdown_grace
         everything = any(getattr(new, t) != getattr(old, t) for t in _SHARED_TABLES)
+        self.shared.table = RouteTable(new)
         for name in [n for n in self.runtimes if n not in new.profiles]:
             runtime = self.runtimes.pop(name)
             left = await runtime.retire(grace, close_binds=True)
             self.shared.providers.pop(name, None)
+            self.shared.sides.pop(name, None)
             log.info("reload: profile removed", profile=name, left_pending=left)
             self.changes.append(f"profile {name} removed")
         for name, profile in new.profiles.items():

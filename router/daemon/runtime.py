@@ -19,12 +19,16 @@ from binds.base import Bind
 from binds.smpp import DeliverHandler, SmppBind
 from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 from router.api.providers import ProviderHooks, status_callback_url
-from router.config import Profile, Settings
+from router.config import Connector, Profile, Settings, SmppSection
+from router.engine.connectors import ConnectorRuntime
 from router.engine.inbound import CallbackPoster, Inbound
 from router.engine.keywords import Keywords
 from router.engine.receipts import Reports
+from router.engine.routing import Routing
+from router.engine.shared import ProfileSide, Recent, SharedDeliveries
 from router.engine.worker import ProfileWorker
 from router.metrics import Metrics
+from router.policy.routes import RouteTable
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_DOWN, RedisOutages
 
@@ -37,7 +41,7 @@ class BindFactory(Protocol):
     def __call__(
         self,
         name: str,
-        profile: Profile,
+        profile: Profile | Connector,
         settings: Settings,
         on_deliver: DeliverHandler | None = None,
         *,
@@ -57,6 +61,12 @@ class Shared:
     providers: dict[str, ProviderHooks] = field(default_factory=dict)
     api_port: int | None = None  # the API's bound port, once it listens
     metrics: Metrics | None = None
+    # The ``[connectors]`` (an inline profile's own connector is its runtime's), the
+    # route table, and each profile's receipt and inbound handlers (what arrives on a
+    # shared connector finds its profile there).
+    connectors: dict[str, ConnectorRuntime] = field(default_factory=dict)
+    table: RouteTable | None = None
+    sides: dict[str, ProfileSide] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,13 +83,17 @@ class ProfileRuntime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     poster_task: asyncio.Task[None] | None = None
+    own: ConnectorRuntime | None = None  # an inline profile's own connector
 
     def run(self) -> list[asyncio.Task[None]]:
-        """Start serving: the worker's read and maintenance loops, the poster."""
+        """Start serving: the worker's read and maintenance loops, the poster, the
+        watch over its own connector's health."""
         self.tasks = [
             asyncio.create_task(self.worker.serve(self.stop), name=f"serve {self.name}"),
             asyncio.create_task(self.worker.maintain(self.stop), name=f"maintain {self.name}"),
         ]
+        if self.own is not None:
+            self.tasks.append(asyncio.create_task(self.own.watch(self.stop)))
         if self.poster is not None:
             self.poster_task = asyncio.create_task(self.poster.run(self.stop))
         return self.all_tasks()
@@ -171,48 +185,22 @@ async def build(
     make_binds: BindFactory,
 ) -> ProfileRuntime:
     """A profile's parts, started (entries of this consumer taken back). With
-    `handed`, its binds (and their receipt and inbound handlers) carry on."""
+    `handed`, its binds (and their receipt and inbound handlers) carry on. A profile
+    without an inline protocol has no binds of its own: it sends over the shared
+    connectors its routes name."""
     profile = settings.profiles[name]
-    router = settings.router
-    metrics = shared.metrics.profile(name) if shared.metrics is not None else None
-    reports: Reports | None = None
-    inbound: Inbound | None = None
-    if handed is not None:
-        reports, inbound, binds = handed.reports, handed.inbound, handed.binds
-        if inbound is not None:
-            inbound.forward = profile.direction == "both"
-            inbound.keywords = Keywords(name, profile, shared.ledger)
-        for bind in binds:
-            if isinstance(bind, SmppBind):
-                bind.adjust(
-                    window=profile.window, tps=profile.tps, sync=profile.processing == "sync"
-                )
+    assert shared.table is not None
+    reports, inbound, binds = await _own_binds(name, settings, shared, handed, make_binds)
+    own: ConnectorRuntime | None = None
+    connectors = shared.connectors
+    if profile.protocol is None:
+        reports, inbound = _routed_side(name, settings, shared)
     else:
-        handler: DeliverHandler | None = None
-        if profile.smpp is not None:
-            reports = Reports(
-                shared.redis,
-                shared.ledger,
-                name,
-                id_format=profile.smpp.message_id_format,
-                report_timeout=profile.smpp.report_wait,
-                metrics=metrics,
-            )
-            inbound = Inbound(
-                shared.redis,
-                name,
-                forward=profile.direction == "both",
-                reassembly_timeout=profile.smpp.reassembly_timeout,
-                keywords=Keywords(name, profile, shared.ledger),
-                events_maxlen=settings.queue.events_maxlen,
-            )
-            handler = deliver_handler(reports, inbound, shared.outages)
-        status_callback: str | None = None
-        if profile.twilio is not None or (profile.http is not None and profile.http.reports):
-            reports, inbound, status_callback = _provider_side(name, settings, shared)
-        binds = make_binds(name, profile, settings, handler, status_callback=status_callback)
-        for bind in binds:
-            await bind.start()
+        assert profile.connector is not None
+        own = ConnectorRuntime(name, profile.connector, binds)
+        connectors = {**connectors, name: own}
+    if reports is not None:
+        shared.sides[name] = ProfileSide(reports, inbound)
     poster = None
     if inbound is not None and profile.callback_url and profile.direction == "both":
         poster = CallbackPoster(
@@ -221,7 +209,7 @@ async def build(
             profile.callback_url,
             consumer=shared.instance,
             inbound=inbound,
-            timeout=router.callback_timeout,
+            timeout=settings.router.callback_timeout,
             outages=shared.outages,
             webhook_key=profile.webhook_key,
             routes=settings.inbound_routes,
@@ -230,13 +218,120 @@ async def build(
         redis=shared.redis,
         name=name,
         settings=settings,
-        binds=binds,
+        routing=Routing(name, shared.table, connectors),
         ledger=shared.ledger,
         consumer=shared.instance,
         reports=reports,
         outages=shared.outages,
-        metrics=metrics,
+        metrics=shared.metrics.profile(name) if shared.metrics is not None else None,
     )
-    runtime = ProfileRuntime(name, profile, binds, worker, reports, inbound, poster)
+    runtime = ProfileRuntime(name, profile, binds, worker, reports, inbound, poster, own=own)
     await worker.start()
+    return runtime
+
+
+async def _own_binds(
+    name: str,
+    settings: Settings,
+    shared: Shared,
+    handed: ProfileRuntime | None,
+    make_binds: BindFactory,
+) -> tuple[Reports | None, Inbound | None, list[Bind]]:
+    """An inline profile's binds (started) and their receipt and inbound handlers;
+    `handed` ones adjusted to the new settings. Nothing for a routed profile."""
+    profile = settings.profiles[name]
+    if profile.protocol is None:
+        return None, None, []
+    if handed is not None:
+        if handed.inbound is not None:
+            handed.inbound.forward = profile.direction == "both"
+            handed.inbound.keywords = Keywords(name, profile, shared.ledger)
+        for bind in handed.binds:
+            if isinstance(bind, SmppBind):
+                bind.adjust(
+                    window=profile.window, tps=profile.tps, sync=profile.processing == "sync"
+                )
+        return handed.reports, handed.inbound, handed.binds
+    handler: DeliverHandler | None = None
+    reports: Reports | None = None
+    inbound: Inbound | None = None
+    if profile.smpp is not None:
+        reports, inbound = _smpp_side(name, settings, shared, profile.smpp)
+        handler = deliver_handler(reports, inbound, shared.outages)
+    status_callback: str | None = None
+    if profile.twilio is not None or (profile.http is not None and profile.http.reports):
+        reports, inbound, status_callback = _provider_side(name, settings, shared)
+    binds = make_binds(name, profile, settings, handler, status_callback=status_callback)
+    for bind in binds:
+        await bind.start()
+    return reports, inbound, binds
+
+
+def _smpp_side(
+    name: str, settings: Settings, shared: Shared, smpp: SmppSection | None
+) -> tuple[Reports, Inbound]:
+    """Receipts and inbound messages of `name` arriving over SMPP sessions `smpp`
+    (None: over connectors that compare provider ids as they are, with no report due)."""
+    profile = settings.profiles[name]
+    reports = Reports(
+        shared.redis,
+        shared.ledger,
+        name,
+        id_format=smpp.message_id_format if smpp is not None else "as-is",
+        report_timeout=smpp.report_wait if smpp is not None else 0.0,
+        metrics=shared.metrics.profile(name) if shared.metrics is not None else None,
+    )
+    inbound = Inbound(
+        shared.redis,
+        name,
+        forward=profile.direction == "both",
+        reassembly_timeout=smpp.reassembly_timeout if smpp is not None else 300.0,
+        keywords=Keywords(name, profile, shared.ledger),
+        events_maxlen=settings.queue.events_maxlen,
+    )
+    return reports, inbound
+
+
+def _routed_side(name: str, settings: Settings, shared: Shared) -> tuple[Reports, Inbound]:
+    """Receipt and inbound handlers of a profile without binds of its own, for what
+    arrives for it on the shared connectors it routes to (the first SMPP one among
+    them sets how provider ids are compared and how long a report is waited for)."""
+    assert shared.table is not None
+    connectors = [settings.all_connectors()[n] for n in shared.table.connectors_of(name)]
+    smpp = next((c.smpp for c in connectors if c.smpp is not None), None)
+    return _smpp_side(name, settings, shared, smpp)
+
+
+async def build_connector(
+    name: str, settings: Settings, shared: Shared, make_binds: BindFactory
+) -> ConnectorRuntime:
+    """A ``[connectors]`` entry's binds, started; what they receive finds its profile
+    (router/engine/shared.py)."""
+    connector = settings.connectors[name]
+    assert shared.table is not None
+    profiles = shared.table.profiles_of(name, list(settings.profiles))
+    recent = Recent()
+    handler = SharedDeliveries(
+        name,
+        redis=shared.redis,
+        settings=settings,
+        profiles=profiles,
+        sides=shared.sides,
+        recent=recent,
+    )
+
+    async def on_deliver(bind: str, message: ShortMessage) -> int:
+        try:
+            return await handler(bind, message)
+        except REDIS_DOWN as exc:
+            shared.outages.down(f"storing deliver_sm of {bind}", exc)
+            return ESME_RX_T_APPN
+
+    binds = make_binds(name, connector, settings, on_deliver)
+    for bind in binds:
+        await bind.start()
+    runtime = ConnectorRuntime(name, connector, binds)
+    runtime.namespace = handler.namespace
+    if len(profiles) > 1:
+        runtime.recent = recent
     return runtime

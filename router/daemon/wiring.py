@@ -11,20 +11,21 @@ from binds.base import Bind
 from binds.http import HttpSender
 from binds.smpp import DeliverHandler, SmppBind
 from binds.twilio import TwilioSender
-from router.config import Profile, Settings
+from router.config import Connector, Profile, Settings
 
 __all__ = ["build_binds"]
 
 
 def build_binds(
     name: str,
-    profile: Profile,
+    profile: Profile | Connector,
     settings: Settings,
     on_deliver: DeliverHandler | None = None,
     *,
     status_callback: str | None = None,
 ) -> list[Bind]:
-    """The binds of one profile: one HTTP sender, one Twilio sender (its StatusCallback
+    """The binds of one connector (`profile`: a ``[connectors]`` entry, or a profile
+    with an inline protocol): one HTTP sender, one Twilio sender (its StatusCallback
     `status_callback`), or `smpp.binds` SMPP sessions."""
     if profile.protocol == "twilio" and profile.twilio is not None:
         twilio = profile.twilio.to_spec(profile, status_callback=status_callback)

@@ -100,7 +100,10 @@ class EntryPath:
 
     def retry(self, ready: Ready, outcome: Retry) -> None:
         """A Retry outcome from a bind: the next attempt is scheduled per entry."""
-        self._start(ready.entry, lambda: self._retry_later(ready.entry, ready.job, outcome))
+        self._start(
+            ready.entry,
+            lambda: self._retry_later(ready.entry, ready.job, outcome, ready.connector),
+        )
 
     def skip(self, ready: Ready, result: Transition) -> None:
         """Not sent (a duplicate job id, or already final): acknowledged per entry."""
@@ -252,7 +255,9 @@ class EntryPath:
         ):
             self._log.info("deferred past the daily cap", id=job.id, until=due)
 
-    async def _retry_later(self, entry: Entry, job: Job, outcome: Retry) -> None:
+    async def _retry_later(
+        self, entry: Entry, job: Job, outcome: Retry, connector: str = ""
+    ) -> None:
         # A submit the provider never saw (no bound session, held while throttled) is
         # not an attempt: an SMSC outage or a throttling storm must not use up
         # max_attempts. It comes back after a short pause; while no bind is ready,
@@ -266,7 +271,9 @@ class EntryPath:
         errors = {"error_code": outcome.code, "error_raw": outcome.raw, "error": outcome.reason}
         if outcome.attempted and attempt >= self.settings.max_attempts:
             note = f"gave up after {attempt} attempts: {outcome.reason}"
-            await self._record_final(entry, job, "failed", note=note, fields=errors)
+            await self._record_final(
+                entry, job, "failed", note=note, fields=errors, connector=connector
+            )
             self._log.warning(
                 "failed after retries", id=job.id, attempts=attempt, reason=outcome.reason
             )
@@ -281,7 +288,9 @@ class EntryPath:
         due = time.time() + delay
         if job.expires_at is not None and due >= job.expires_at:
             note = f"validity ends before retry: {outcome.reason}"
-            await self._record_final(entry, job, "expired", note=note, fields=errors)
+            await self._record_final(
+                entry, job, "expired", note=note, fields=errors, connector=connector
+            )
             return
         note = (
             f"retry {attempt} in {delay:.1f}s: {outcome.reason}"
@@ -289,7 +298,14 @@ class EntryPath:
             else f"held, not sent ({delay:.1f}s): {outcome.reason}"
         )
         if await self._record_and_defer(
-            entry, job, "queued", note=note, fields=errors, attempt=attempt, due=due
+            entry,
+            job,
+            "queued",
+            note=note,
+            fields=errors,
+            attempt=attempt,
+            due=due,
+            connector=connector,
         ):
             self._log.debug(
                 "retry scheduled",
@@ -344,9 +360,12 @@ class EntryPath:
         *,
         note: str = "",
         fields: Mapping[str, str | int] | None = None,
+        connector: str = "",
     ) -> None:
         """Record a final status and acknowledge the entry, in one atomic step."""
-        result = await self._transition(entry, job, status, note, fields, ack=True)
+        result = await self._transition(
+            entry, job, status, note, fields, ack=True, connector=connector
+        )
         if not result.ok:
             await self._drop(entry, job, result.verdict, result.previous, acked=True)
         elif self.metrics is not None:
@@ -362,10 +381,11 @@ class EntryPath:
         fields: Mapping[str, str | int] | None = None,
         attempt: int,
         due: float,
+        connector: str = "",
     ) -> bool:
         """Record a status, then move the entry to the schedule until `due`; False (and
         the entry acknowledged) if the record is not ours to change."""
-        result = await self._transition(entry, job, status, note, fields)
+        result = await self._transition(entry, job, status, note, fields, connector=connector)
         if not result.ok:
             await self._drop(entry, job, result.verdict, result.previous)
             return False
@@ -385,11 +405,13 @@ class EntryPath:
         event: Mapping[str, str] | None = None,
         ack: bool = False,
         any_rejected: bool = False,
+        connector: str = "",
     ) -> Transition:
         """The ledger step of one entry: its job's record to `status` if the entry owns
         it, with the status event (the job's part by default), and with `ack` the entry
         acknowledged in the same step. A record `rejected` may be left by a replayed
-        entry, or by any with `any_rejected`."""
+        entry, or by any with `any_rejected`. `connector`: the one the attempt went
+        over (on the record and its history step)."""
         return await self.ledger.transition(
             job.id,
             entry.owner,
@@ -400,6 +422,7 @@ class EntryPath:
             allow_rejected=any_rejected or entry.replay,
             event=self._event(job) if event is None else event,
             ack=Ack(self.queue.key, keys.GROUP, entry.entry_id) if ack else None,
+            connector=connector,
         )
 
     def _event(self, job: Job) -> dict[str, str]:

@@ -23,10 +23,14 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from binds.base import Accepted, Bind, Crashed, Failed, OutboundMessage, Outcome, Retry
+from binds.base import Accepted, Crashed, Failed, OutboundMessage, Outcome, Retry
+from router.engine.connectors import route_level
 from router.engine.receipts import Reports
+from router.engine.routing import Routing
+from router.engine.shared import remember_accepted
 from router.metrics import ProfileMetrics
 from router.policy.jobs import Job
+from router.policy.routes import Matched
 from router.store.ledger import Finished, Ledger, Sending, Transition
 from router.store.outages import REDIS_DOWN, Pause, RedisOutages
 from router.store.queue import Entry
@@ -61,6 +65,8 @@ class Ready:
     # The connector it went out over (recorded with its outcome: the record's
     # `connector` and its history step), '' until it is handed to one.
     connector: str = ""
+    route: Matched | None = None  # its route (None: an inline profile's own connector)
+    tried: tuple[str, ...] = ()  # connectors that answered it at the route level
 
 
 class Handoff(Protocol):
@@ -88,7 +94,7 @@ class Pipeline:
         profile: str,
         stream: str,
         ledger: Ledger,
-        binds: Sequence[Bind],
+        routing: Routing,
         reports: Reports | None,
         outages: RedisOutages,
         store_text: bool,
@@ -99,7 +105,7 @@ class Pipeline:
         self._metrics = metrics
         self._stream = stream
         self._ledger = ledger
-        self._binds = list(binds)
+        self._routing = routing
         self._reports = reports
         self._outages = outages
         self._store_text = store_text
@@ -118,7 +124,7 @@ class Pipeline:
 
     @property
     def windows(self) -> int:
-        return sum(b.window for b in self._binds)
+        return self._routing.windows
 
     @property
     def ahead(self) -> int:
@@ -166,7 +172,7 @@ class Pipeline:
     def _pump(self) -> None:
         """Hand queued messages to the binds while fewer than the windows are unsettled
         (sent, outcome not recorded)."""
-        queue, limit = self._queue, self.windows
+        queue, limit, pick = self._queue, self.windows, self._routing.pick
         # One clock read per pump: the messages it hands over go out together.
         now = time.monotonic() if self._metrics is not None and queue else 0.0
         while queue and self._unsettled < limit:
@@ -174,10 +180,13 @@ class Pipeline:
             ready.handed_at = now
             self._unsettled += 1
             job = ready.job
+            connector = pick(ready.route, job.to, ready.tried)
+            ready.connector = connector.name
+            connector.took()
             message = OutboundMessage(
                 job.id, ready.sender, job.to, job.text or "", job.meta, job.expires_at
             )
-            self._bind().send(message, _Collect(self, ready))
+            connector.bind().send(message, _Collect(self, ready))
         self._room.set()
 
     def _settled(self, count: int) -> None:
@@ -263,12 +272,6 @@ class Pipeline:
                 count=resent,
             )
 
-    def _bind(self) -> Bind:
-        binds = self._binds
-        if len(binds) == 1:
-            return binds[0]
-        return min([b for b in binds if b.ready] or binds, key=lambda b: b.in_flight)
-
     def collect(self, ready: Ready, outcome: Outcome | Crashed) -> None:
         """A bind's outcome for one message (called by the bind, on the loop)."""
         if self._metrics is not None and ready.handed_at:
@@ -277,6 +280,20 @@ class Pipeline:
             self._handoff.fail(ready, outcome.error)
             self._settled(1)
             return
+        connector = self._routing.connectors[ready.connector]
+        connector.outcome(outcome)
+        if connector.recent is not None and isinstance(outcome, Accepted):
+            ids = self._indexed_ids(outcome, connector.name)
+            remember_accepted(connector.recent, ids, self.profile)
+        if not isinstance(outcome, Accepted) and route_level(outcome, connector.route_codes):
+            other = self._routing.next(ready.route, ready.job.to, (*ready.tried, connector.name))
+            if other is not None:
+                # The carrier never took it: the route's next connector gets it now,
+                # the same attempt (its `sending` step stands).
+                ready.tried += (connector.name,)
+                self._queue.appendleft(ready)
+                self._settled(1)
+                return
         if isinstance(outcome, Retry):
             # The retry path records it: a message the provider may have taken (a
             # time-out) is counted as a possible duplicate there.
@@ -323,12 +340,12 @@ class Pipeline:
         else:
             status, note, segments = "sent", "", outcome.segments
             code = raw = error = ""
-            ids = [i for i in outcome.part_ids or (outcome.provider_message_id,) if i]
+            ids = self._indexed_ids(outcome, r.connector)
             if self._reports is not None:
-                ids = [n for n in map(self._reports.normalise, ids) if n]
+                space = self._namespace(r.connector)
                 for part in ids:
-                    for form in self._reports.forms(part):
-                        forms += (part, form)
+                    for form in self._reports.forms(part[len(space) :]):
+                        forms += (part, space + form)
         job = r.job
         return Finished(
             job.id,
@@ -348,6 +365,19 @@ class Pipeline:
             forms,
             r.connector,
         )
+
+    def _indexed_ids(self, outcome: Accepted, connector_name: str) -> list[str]:
+        """The provider ids of an accepted message as reports find them: normalised,
+        and after a shared connector's namespace (router/engine/shared.py)."""
+        ids = [i for i in outcome.part_ids or (outcome.provider_message_id,) if i]
+        if self._reports is not None:
+            ids = [n for n in map(self._reports.normalise, ids) if n]
+        space = self._namespace(connector_name)
+        return [space + i for i in ids] if space else ids
+
+    def _namespace(self, connector_name: str) -> str:
+        connector = self._routing.connectors.get(connector_name)
+        return connector.namespace if connector is not None else ""
 
     async def _record(
         self,

@@ -93,13 +93,11 @@ class Reports:
         """The form both submit_sm_resp ids and receipt ids are compared in."""
         return normalise_message_id(provider_id, self.id_format, side)
 
-    async def handle(self, message: ShortMessage) -> int:
+    async def handle(self, message: ShortMessage, namespace: str = "") -> int:
         """A deliver_sm that is a receipt; returns the deliver_sm_resp status (always OK:
-        a receipt we cannot use is logged, never refused, or the SMSC would resend it)."""
-        # Receipts come in the SMSC's coding of choice; UCS2 ones exist.
-        text, binary = decode_text(message.text_bytes, message.data_coding)
-        if binary:
-            text = message.text_bytes.decode("latin-1")
+        a receipt we cannot use is logged, never refused, or the SMSC would resend it).
+        `namespace`: the prefix a shared connector's provider ids are indexed with."""
+        text = _receipt_text(message)
         receipt = parse_receipt(text)
         provider_id = message.tlv_text(TAG_RECEIPTED_MESSAGE_ID) or (
             receipt.message_id if receipt else ""
@@ -120,16 +118,26 @@ class Reports:
                 "intermediate receipt", profile=self.profile, provider_id=provider_id, stat=stat
             )
             return ESME_ROK
-        await self.apply(self.candidates(provider_id), outcome, stat, err or "000")
+        await self.apply(self.candidates(provider_id, namespace), outcome, stat, err or "000")
         return ESME_ROK
+
+    def receipt_id(self, message: ShortMessage) -> str:
+        """The provider id a receipt reports on ('' when it names none)."""
+        found = message.tlv_text(TAG_RECEIPTED_MESSAGE_ID)
+        if found:
+            return found
+        receipt = parse_receipt(_receipt_text(message))
+        return receipt.message_id if receipt else ""
 
     def forms(self, provider_id: str) -> list[str]:
         """Forms of a normalised submit_sm_resp id an early report may be kept under."""
         return message_id_candidates(provider_id, self.id_format)
 
-    def candidates(self, receipt_id: str) -> list[str]:
-        """Forms of a receipt's id to look up, best first (several only in ``auto``)."""
-        return message_id_candidates(self.normalise(receipt_id, "receipt"), self.id_format)
+    def candidates(self, receipt_id: str, namespace: str = "") -> list[str]:
+        """Forms of a receipt's id to look up, best first (several only in ``auto``),
+        each after `namespace` (see `handle`)."""
+        forms = message_id_candidates(self.normalise(receipt_id, "receipt"), self.id_format)
+        return [namespace + form for form in forms] if namespace else forms
 
     async def apply(self, candidates: Sequence[str], outcome: str, stat: str, err: str) -> None:
         """Apply one part's report now, or keep it until its message is recorded sent.
@@ -168,3 +176,9 @@ class Reports:
                 "sent messages without a delivery report", profile=self.profile, count=noted
             )
         return noted
+
+
+def _receipt_text(message: ShortMessage) -> str:
+    # Receipts come in the SMSC's coding of choice; UCS2 ones exist.
+    text, binary = decode_text(message.text_bytes, message.data_coding)
+    return message.text_bytes.decode("latin-1") if binary else text

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 
 import structlog
 from redis.asyncio import Redis
@@ -25,6 +24,7 @@ from router.engine.entries import EntryPath
 from router.engine.pipeline import Pipeline, Ready
 from router.engine.plan import SEND, Planner
 from router.engine.receipts import Reports
+from router.engine.routing import Routing, no_route
 from router.metrics import ProfileMetrics
 from router.policy.jobs import Job
 from router.policy.rules import Refusal
@@ -48,7 +48,7 @@ class ProfileWorker:
         redis: Redis,
         name: str,
         settings: Settings,
-        binds: Sequence[Bind],
+        routing: Routing,
         ledger: Ledger,
         consumer: str,
         reports: Reports | None = None,
@@ -62,7 +62,7 @@ class ProfileWorker:
         profile = settings.profiles[name]
         self.profile = profile
         self.settings = settings.queue
-        self.binds = list(binds)
+        self.routing = routing
         self.ledger = ledger
         self.queue = WorkQueue(redis, name, consumer)
         self.planner = Planner(redis=redis, name=name, settings=settings)
@@ -88,7 +88,7 @@ class ProfileWorker:
             profile=name,
             stream=self.queue.key,
             ledger=ledger,
-            binds=self.binds,
+            routing=routing,
             reports=reports,
             outages=self.outages,
             store_text=profile.store_text,
@@ -117,8 +117,13 @@ class ProfileWorker:
 
     @property
     def ready(self) -> bool:
-        """Whether some bind can send now (an SMPP session is bound)."""
-        return any(b.ready for b in self.binds)
+        """Whether some connector can send now (an SMPP session is bound)."""
+        return self.routing.ready
+
+    @property
+    def binds(self) -> list[Bind]:
+        """The binds of the connectors this profile sends over."""
+        return self.routing.binds
 
     async def backlog(self) -> dict[str, int]:
         """Messages waiting for this profile: on the stream (of which `pending` are read
@@ -194,11 +199,17 @@ class ProfileWorker:
         ready: list[Ready] = []
         if sends:
             picks, remember = await planner.pick([job for _, job in sends])
+            routing, use_case = self.routing, self.profile.default_use_case
             for index, ((entry, job), pick) in enumerate(zip(sends, picks, strict=True)):
                 if isinstance(pick, Refusal):
                     refused[entry.entry_id] = pick
                     continue
+                route = routing.match(job.to, pick, job.use_case or use_case)
+                if route is None:
+                    refused[entry.entry_id] = no_route(job.to, pick)
+                    continue
                 item = planner.ready(entry, job, pick, index in remember)
+                item.route = route
                 ready.append(item)
                 self._held[entry.entry_id] = item
         for entry, planned, plan, note in plans:

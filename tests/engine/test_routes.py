@@ -1,0 +1,182 @@
+"""Connectors and routes, end to end (issue 19): the real daemon, a real Redis and two
+of our SMSC simulators as two carriers; every count is taken at the simulators."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from router import Client
+from router.config import parse_settings
+from router.store.ledger import Ledger
+from sims.smscsim import SimConfig, SmscSimulator
+
+from ..binds.test_smpp_flow import Start, all_in, smpp_config
+from ..conftest import wait_for
+
+
+@pytest.fixture
+async def carriers() -> AsyncIterator[dict[str, SmscSimulator]]:
+    """Two SMSC simulators, `a` and `b`, each with its own port."""
+    sims: dict[str, SmscSimulator] = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        sim = SmscSimulator(SimConfig(seed=seed, receipt_delay=0.01))
+        sim.port = await sim.start()  # type: ignore[attr-defined]
+        sims[name] = sim
+    yield sims
+    for sim in sims.values():
+        await sim.close()
+
+
+def routed_config(
+    redis_url: str,
+    tmp: Path,
+    carriers: dict[str, SmscSimulator],
+    routes: list[dict[str, Any]],
+    **connector: Any,
+) -> dict[str, Any]:
+    """Profile `sms` without a protocol of its own, connectors `a` and `b` (one per
+    simulator), and `routes`."""
+    data = smpp_config(redis_url, tmp, carriers["a"].port)  # type: ignore[attr-defined]
+    own = data["profiles"]["sms"]
+    smpp = own.pop("smpp")
+    for key in ("protocol", "window"):
+        own.pop(key)
+    data["connectors"] = {
+        name: {
+            "protocol": "smpp",
+            "window": 10,
+            "failover_after": 0.5,
+            "smpp": {**smpp, "port": sim.port},  # type: ignore[attr-defined]
+            **connector,
+        }
+        for name, sim in carriers.items()
+    }
+    data["routes"] = routes
+    return data
+
+
+def submitted(sim: SmscSimulator) -> Counter[str]:
+    """Submits the simulator took, per destination."""
+    return Counter(s["destination"] for s in sim.submits)
+
+
+def recipients(count: int, prefix: str = "+4479111") -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(count)]
+
+
+async def test_failover_sends_over_the_first_healthy_connector_and_back(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+) -> None:
+    data = routed_config(redis_url, tmp_path, carriers, [{"to": ["+44"], "connectors": ["a", "b"]}])
+    settings = parse_settings(data, env={})
+    client = Client.from_settings(redis, settings)
+    run_daemon(settings)
+    first = await client.send_many([{"to": t, "text": "one"} for t in recipients(50)])
+    await wait_for(lambda: all_in(redis, first, {"delivered"}), 30, "first delivered")
+    assert len(carriers["a"].submits) == 50 and not carriers["b"].submits
+    await carriers["a"].close()
+    second = await client.send_many([{"to": t, "text": "two"} for t in recipients(50, "+4479222")])
+    await wait_for(lambda: all_in(redis, second, {"delivered"}), 30, "second delivered")
+    assert len(carriers["b"].submits) == 50
+    records = await Ledger(redis, retention=60, events_maxlen=10).find(second)
+    assert {r["connector"] for r in records if r} == {"b"}
+    assert {r["attempts"] for r in records if r} == {1}  # moving used no attempt
+
+
+async def test_weighted_splits_in_proportion(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+) -> None:
+    route = {"connectors": ["a", "b"], "strategy": "weighted", "weights": [80, 20]}
+    settings = parse_settings(routed_config(redis_url, tmp_path, carriers, [route]), env={})
+    client = Client.from_settings(redis, settings)
+    ids = await client.send_many([{"to": t, "text": "w"} for t in recipients(1000)])
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered"}), 60, "delivered")
+    a, b = len(carriers["a"].submits), len(carriers["b"].submits)
+    assert a + b == 1000
+    assert abs(a - 800) <= 30 and abs(b - 200) <= 30
+
+
+async def test_least_cost_takes_the_cheaper_connector_per_prefix(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+) -> None:
+    data = routed_config(
+        redis_url,
+        tmp_path,
+        carriers,
+        [{"connectors": ["a", "b"], "strategy": "least_cost"}],
+    )
+    data["connectors"]["a"]["prices"] = {"+44": 0.04, "+447911": 0.02, "default": 0.05}
+    data["connectors"]["b"]["prices"] = {"+44": 0.03, "default": 0.05}
+    settings = parse_settings(data, env={})
+    client = Client.from_settings(redis, settings)
+    cheap_on_a = recipients(20, "+4479111")
+    cheap_on_b = recipients(20, "+4479222")
+    ids = await client.send_many([{"to": t, "text": "c"} for t in cheap_on_a + cheap_on_b])
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered"}), 30, "delivered")
+    assert set(submitted(carriers["a"])) == {t[1:] for t in cheap_on_a}
+    assert set(submitted(carriers["b"])) == {t[1:] for t in cheap_on_b}
+
+
+async def test_a_message_no_route_matches_is_rejected_no_route(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+) -> None:
+    data = routed_config(redis_url, tmp_path, carriers, [{"to": ["+33"], "connectors": ["a"]}])
+    settings = parse_settings(data, env={})
+    client = Client.from_settings(redis, settings)
+    ids = await client.send_many([{"to": "+447911123456", "text": "nowhere"}])
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"rejected"}), 20, "rejected")
+    [record] = await Ledger(redis, retention=60, events_maxlen=10).find(ids)
+    assert record is not None and record["error_code"] == "no_route"
+    assert not carriers["a"].submits and not carriers["b"].submits
+
+
+async def test_two_profiles_share_a_connector_and_each_gets_its_reports(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+) -> None:
+    data = routed_config(redis_url, tmp_path, carriers, [{"connectors": ["a"]}])
+    other = dict(data["profiles"]["sms"], numbers=["+447700900123"])
+    other.pop("global")
+    data["profiles"]["other"] = other
+    data["numbers"]["+447700900123"] = {"features": ["SmsSender", "InternationalSmsSender"]}
+    settings = parse_settings(data, env={})
+    client = Client.from_settings(redis, settings)
+    mine = await client.send_many([{"to": t, "text": "s"} for t in recipients(30)])
+    theirs = await client.send_many(
+        [{"to": t, "text": "o", "profile": "other"} for t in recipients(30, "+4479333")]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, mine + theirs, {"delivered"}), 30, "delivered")
+    assert len(carriers["a"].submits) == 60
+    await asyncio.sleep(0.2)
+    early = [await redis.hlen(f"sms:{{{p}}}:early") for p in ("sms", "other")]
+    assert early == [0, 0]
