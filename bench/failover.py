@@ -207,7 +207,7 @@ async def step_latency(port: int, steps: int, items: int) -> dict[str, float]:
             for n in range(steps):
                 batch = [
                     Finished(f"s{ack}-{n}-{i}", "0-1", 2, "sent", "", "", "+447911123456",
-                             "+16501112345", "", 1, "", "", "", [f"p{ack}-{n}-{i}"], [], "")
+                             "+16501112345", "", 1, "", "", "", [f"p{ack}-{n}-{i}"], [], "", 0.0)
                     for i in range(items)
                 ]  # fmt: skip
                 began = time.perf_counter()

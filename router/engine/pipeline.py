@@ -364,6 +364,7 @@ class Pipeline:
             ids,
             forms,
             r.connector,
+            self._price(r.connector, job.to) * segments,
         )
 
     def _indexed_ids(self, outcome: Accepted, connector_name: str) -> list[str]:
@@ -374,6 +375,12 @@ class Pipeline:
             ids = [n for n in map(self._reports.normalise, ids) if n]
         space = self._namespace(connector_name)
         return [space + i for i in ids] if space else ids
+
+    def _price(self, connector_name: str, to: str) -> float:
+        """One part's price to `to` over the connector (0.0: unknown)."""
+        connector = self._routing.connectors.get(connector_name)
+        price = connector.settings.price(to) if connector is not None else None
+        return price or 0.0
 
     def _namespace(self, connector_name: str) -> str:
         connector = self._routing.connectors.get(connector_name)

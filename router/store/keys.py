@@ -42,6 +42,12 @@ def provider_id(profile: str, provider_message_id: str) -> str:
     return f"sms:{{{profile}}}:pmid:{provider_message_id}"
 
 
+def spend(profile: str, day: str) -> str:
+    """Hash: the money `profile`'s sent messages cost on UTC `day` (YYYY-MM-DD):
+    ``total`` and one field per connector (finish.lua)."""
+    return f"sms:{{{profile}}}:spend:{day}"
+
+
 def record(profile: str, job_id: str) -> str:
     """Message record (hash) of one job of `profile`."""
     return f"sms:{{{profile}}}:msg:{job_id}"

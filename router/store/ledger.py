@@ -39,6 +39,8 @@ from router.store import keys, roundtrip, scripts
 from router.store.connections import as_text
 from router.store.replicas import ReplicaWait
 
+SPEND_TTL = 8 * 86_400  # a day's spend is kept a week (health, the API) and a day
+
 FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
 STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
 
@@ -94,6 +96,7 @@ class Finished(NamedTuple):
     # be kept under.
     forms: list[str]
     connector: str  # the connector it went out over ('' for none)
+    price: float  # segments x the connector's price for `to` (0.0: unknown); spend counts it
 
 
 class Report(NamedTuple):
@@ -136,6 +139,7 @@ class FinishCall(NamedTuple):
     events_maxlen: int
     group: str  # the consumer group the entries are acknowledged in
     report_deadline: str  # when a `sent` message's report is due ('' = not awaited)
+    spend_ttl: int  # seconds the day's spend hash (the last key) lives
     items: Sequence[Finished]
 
 
@@ -417,6 +421,7 @@ class Ledger:
                 self._events_maxlen,
                 keys.GROUP,
                 f"{now + wait:.3f}" if wait else "",
+                SPEND_TTL,
                 items,
             )
         )
@@ -431,6 +436,8 @@ class Ledger:
         ]
         script_keys += [record + it.id for it in items]
         script_keys += [index + part for it in items if it.status == "sent" for part in it.part_ids]
+        # Last: today's spend (UTC), counted by the messages recorded sent.
+        script_keys.append(keys.spend(profile, time.strftime("%Y-%m-%d", time.gmtime(now))))
         if self._replicas.wanted:
             finals = await self._replicas.run(
                 self._finish, script_keys, [payload], profile=profile, messages=len(items)

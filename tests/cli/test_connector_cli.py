@@ -44,7 +44,7 @@ async def _sent(ledger: Ledger, redis: Redis, job_id: str, *, first: str, then: 
             continue
         done = Finished(job_id, owner, began.step + 1, "sent", "", "", "+447911123456",
                         "+16501112345", "", 1, "", "", "", [f"p-{job_id}"], [],
-                        connector)  # fmt: skip
+                        connector, 0.0)  # fmt: skip
         await ledger.finish(PROFILE, keys.queue(PROFILE), [done])
 
 

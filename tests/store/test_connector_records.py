@@ -50,7 +50,7 @@ def outcome(
                     error_code="invalid_destination" if failed else "",
                     error_raw="0x0B" if failed else "", error="refused" if failed else "",
                     part_ids=[] if failed else [f"p-{job_id}"], forms=[],
-                    connector=connector)  # fmt: skip
+                    connector=connector, price=0.0)  # fmt: skip
 
 
 async def raw(redis: Redis, job_id: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from binds.base import Accepted, Failed, Retry
 from router.config import parse_settings
+from router.engine.connectors import ConnectorRuntime
 from router.engine.pipeline import Pipeline, Ready
 from router.engine.receipts import Reports
 from router.engine.routing import Routing
@@ -150,10 +151,15 @@ async def test_the_pipeline_fills_each_record_field_with_its_namesake(
     here by name, from a message whose every value differs."""
     ledger = Ledger(redis, retention=60, events_maxlen=100)
     reports = Reports(redis, ledger, "sms", id_format="hex")
-    # Routing to no connector: building records never picks one.
+    # Building records never picks a connector: the one named on the Ready gives the price.
     settings = parse_settings(config_dict("redis://127.0.0.1:1/0", "http://127.0.0.1:1/send"),
                               env={}, base_dir=tmp_path)  # fmt: skip
+    priced = settings.profiles["alerts"].connector
+    assert priced is not None
+    priced = priced.model_copy(update={"prices": {"+44": 0.25, "default": 1.0}})
+    carrier = ConnectorRuntime("carrier-a", priced, [])
     routing = Routing("sms", RouteTable(settings), {})
+    routing.connectors["carrier-a"] = carrier
     pipeline = Pipeline(profile="sms", stream=keys.queue("sms"), ledger=ledger,
                         routing=routing, reports=reports, outages=RedisOutages(),
                         store_text=True, handoff=_Unused())  # fmt: skip
@@ -173,10 +179,11 @@ async def test_the_pipeline_fills_each_record_field_with_its_namesake(
     assert sent._asdict() == {
         **common, "status": "sent", "note": "", "segments": 2, "error_code": "",
         "error_raw": "", "error": "", "part_ids": ["a", "b"], "forms": ["a", "a", "b", "b"],
+        "price": 0.5,  # 2 parts at the connector's +44 price
     }  # fmt: skip
     failed = pipeline._finished_item(ready, Failed("no route", "invalid_destination", "0x0B"))
     assert failed._asdict() == {
         **common, "status": "failed", "note": "no route", "segments": 0,
         "error_code": "invalid_destination", "error_raw": "0x0B", "error": "no route",
-        "part_ids": [], "forms": [],
+        "part_ids": [], "forms": [], "price": 0.0,
     }  # fmt: skip

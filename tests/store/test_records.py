@@ -84,7 +84,7 @@ def sent_item(job_id: str, entry: str, step: int, ids: list[str], forms: list[st
     return Finished(id=job_id, entry=entry, step=step + 1, status="sent", note="", url="",
                     to="+447911123456", sender="+16501112345", meta="", segments=len(ids),
                     error_code="", error_raw="", error="", part_ids=ids,
-                    forms=forms, connector="")  # fmt: skip
+                    forms=forms, connector="", price=0.0)  # fmt: skip
 
 
 async def record_sent(

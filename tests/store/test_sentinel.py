@@ -146,7 +146,7 @@ async def test_unreachable_sentinels_name_the_url_without_secrets(tmp_path: Path
 def finished(job: str, entry: str) -> Finished:
     """One `finish` item: job `job` sent, its work entry `entry` acknowledged."""
     return Finished(job, entry, 2, "sent", "", "", "+447911123456", "+16501112345", "", 1,
-                    "", "", "", [f"p-{job}"], [], "")  # fmt: skip
+                    "", "", "", [f"p-{job}"], [], "", 0.0)  # fmt: skip
 
 
 async def record_and_finish(redis: Redis, ledger: Ledger, job: str) -> dict[str, int]:

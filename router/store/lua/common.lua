@@ -43,7 +43,8 @@ local FINISHED_ERROR = 13
 local FINISHED_PART_IDS = 14
 local FINISHED_FORMS = 15
 local FINISHED_CONNECTOR = 16
-local FINISHED_COUNT = 16
+local FINISHED_PRICE = 17
+local FINISHED_COUNT = 17
 
 -- Report: one part's delivery report (report.lua).
 local REPORT_OUTCOME = 1
@@ -74,8 +75,9 @@ local FINISH_CALL_RETENTION = 3
 local FINISH_CALL_EVENTS_MAXLEN = 4
 local FINISH_CALL_GROUP = 5
 local FINISH_CALL_REPORT_DEADLINE = 6
-local FINISH_CALL_ITEMS = 7
-local FINISH_CALL_COUNT = 7
+local FINISH_CALL_SPEND_TTL = 7
+local FINISH_CALL_ITEMS = 8
+local FINISH_CALL_COUNT = 8
 
 -- ReportCall: report.lua's ARGV[1].
 local REPORT_CALL_NOW = 1

@@ -5,12 +5,14 @@
 -- that came before `sent` (kept by report.lua) are applied here, in the same step.
 -- KEYS: event stream, callbacks stream, work stream, awaiting-reports set, early hash,
 -- early zset, then each item's record, then the provider-id index key of every part of
--- every `sent` item, in item order.
+-- every `sent` item, in item order, then the day's spend hash.
 -- ARGV[1]: msgpack FINISH_CALL {now, profile, retention, events maxlen, ack group,
--- report deadline ('' = none), items}; each item a FINISHED (common.lua: names and
--- meanings in router/store/ledger.py). An item's connector ('' = none) goes on the
--- record (`connector`), beside its step (`c<n>`) and in its event (`connector`). Returns the final statuses early reports wrote,
--- as a flat list {status, count, ...}.
+-- report deadline ('' = none), spend ttl, items}; each item a FINISHED (common.lua:
+-- names and meanings in router/store/ledger.py). An item's connector ('' = none) goes
+-- on the record (`connector`), beside its step (`c<n>`) and in its event
+-- (`connector`); a `sent` item's price (0 = unknown) on the record (`price`) and in
+-- the day's spend (`total` and its connector's field). Returns the final statuses
+-- early reports wrote, as a flat list {status, count, ...}.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
 local ttl, maxlen = args[FINISH_CALL_RETENTION], args[FINISH_CALL_EVENTS_MAXLEN]
@@ -18,6 +20,7 @@ local group, deadline = args[FINISH_CALL_GROUP], args[FINISH_CALL_REPORT_DEADLIN
 local items = args[FINISH_CALL_ITEMS]
 local index = 6 + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
+local spent = false
 for i, it in ipairs(items) do
   local job, status, note, ids = it[FINISHED_ID], it[FINISHED_STATUS], it[FINISHED_NOTE],
                                  it[FINISHED_PART_IDS]
@@ -40,6 +43,13 @@ for i, it in ipairs(items) do
   if from ~= '' then ev[#ev + 1] = 'from'; ev[#ev + 1] = from end
   if meta ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = meta end
   if status == 'sent' then
+    local price = it[FINISHED_PRICE]
+    if price > 0 then
+      f[#f + 1] = 'price'; f[#f + 1] = price
+      redis.call('HINCRBYFLOAT', KEYS[#KEYS], 'total', price)
+      if via ~= '' then redis.call('HINCRBYFLOAT', KEYS[#KEYS], via, price) end
+      spent = true
+    end
     local pmid = ids[1] or ''
     f[#f + 1] = 'provider_message_id'; f[#f + 1] = pmid
     f[#f + 1] = 'segments'; f[#f + 1] = it[FINISHED_SEGMENTS]
@@ -102,6 +112,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
     end
   end
 end
+if spent then redis.call('EXPIRE', KEYS[#KEYS], args[FINISH_CALL_SPEND_TTL]) end
 if #entries > 0 then
   redis.call('XACK', KEYS[3], group, unpack(entries))
   redis.call('XDEL', KEYS[3], unpack(entries))
