@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from router.cli_route import route
 from router.cli_tables import Column, fit_table, hidden_hint
 from router.client import Client
 from router.config import (
@@ -977,6 +978,9 @@ def health(config_path: str | None, as_json: bool) -> None:
         for problem in problems:
             out.print(f"  {problem}", markup=False)
     sys.exit(HEALTH_DEGRADED if problems else HEALTH_READY)
+
+
+main.add_command(route)
 
 
 @main.command("migrate-keys")

@@ -37,7 +37,7 @@ class ProfileView(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
     name: str
-    protocol: Literal["http", "smpp"]
+    protocol: Literal["http", "smpp", "twilio"] | None  # None: sends over [[routes]]
     direction: str
     processing: str
     window: int
