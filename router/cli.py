@@ -889,8 +889,8 @@ HEALTH_READY, HEALTH_NONE, HEALTH_DEGRADED = 0, 1, 2
 
 
 def _instance_problems(item: dict[str, Any]) -> list[str]:
-    """Why an instance is not fully ready: a bind down, Redis unreachable from the
-    daemon, a profile without a ready bind."""
+    """Why an instance is not fully ready: a bind down, a connector down or its
+    breaker open, Redis unreachable from the daemon, a profile without a ready bind."""
     problems = []
     if item.get("redis_down_since"):
         since = time.strftime("%H:%M:%S", time.localtime(item["redis_down_since"]))
@@ -900,6 +900,9 @@ def _instance_problems(item: dict[str, Any]) -> list[str]:
         if not ready:
             why = f": {bind['error']}" if bind.get("error") else ""
             problems.append(f"bind {name} down ({bind.get('state')}{why})")
+    for name, connector in item.get("connectors", {}).items():
+        if connector.get("state") not in ("up", None):
+            problems.append(f"connector {name} {connector['state']}: its routes fail over")
     for name, profile in item.get("profiles", {}).items():
         if profile.get("ready") is False:
             problems.append(f"profile {name} not ready: no bind can send")
@@ -954,6 +957,8 @@ def health(config_path: str | None, as_json: bool) -> None:
         for name, bind in item.get("binds", {}).items():
             problem = f" ({bind['error']})" if bind.get("error") else ""
             out.print(f"  bind {name}: {bind['state']}{problem}", markup=False)
+        for name, connector in item.get("connectors", {}).items():
+            out.print(f"  connector {name}: {connector['state']}", markup=False)
     if not as_json and instances:
         backlog = instances[0].get("backlog", {})
         for name in sorted(settings.profiles):
@@ -964,6 +969,14 @@ def health(config_path: str | None, as_json: bool) -> None:
             # The stream's depth now, apart from the running total of the counters.
             parts.append(f"dead-letter stream {depth.get(name, 0)}")
             out.print(f"profile {name}: " + ", ".join(parts), markup=False)
+            spent = instances[0].get("spend", {}).get(name)
+            if spent:
+                per = ", ".join(f"{k} {v:.4f}" for k, v in sorted(spent.items()) if k != "total")
+                out.print(
+                    f"  spend today (UTC): {spent.get('total', 0.0):.4f}"
+                    + (f" ({per})" if per else ""),
+                    markup=False,
+                )
             counted = stats.get(name, {})
             if counted:
                 totals = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counted.items()))

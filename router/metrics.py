@@ -160,6 +160,7 @@ class _Queue:
     dead_letters: int = 0
     inbound: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    spend: dict[str, float] = field(default_factory=dict)  # today's: total, per connector
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Metrics:
     async def _read(self, redis: Redis) -> _Snapshot:
         names = list(self.profiles)
         day = time.strftime("%Y%m%d", time.gmtime())
+        today = time.strftime("%Y-%m-%d", time.gmtime())
         async with redis.pipeline(transaction=False) as pipe:
             for name in names:
                 stream = keys.queue(name)
@@ -250,6 +252,7 @@ class Metrics:
                 pipe.hgetall(keys.stats(name))
                 pipe.xlen(keys.callbacks(name))
                 pipe.xlen(keys.callback_dead_letters(name))
+                pipe.hgetall(keys.spend(name, today))
             pipe.hgetall(keys.campaign_counts(day))
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
@@ -259,8 +262,8 @@ class Metrics:
         queues: dict[str, _Queue] = {}
         callbacks = callback_dead = 0
         for i, name in enumerate(names):
-            row = replies[i * 9 : i * 9 + 9]
-            depth, pending, first, scheduled, dead, inbound, stats, posts, given_up = row
+            row = replies[i * 10 : i * 10 + 10]
+            depth, pending, first, scheduled, dead, inbound, stats, posts, given_up, spend = row
             callbacks += int(posts)
             callback_dead += int(given_up)
             oldest = None
@@ -274,6 +277,7 @@ class Metrics:
                 dead_letters=int(dead),
                 inbound=int(inbound),
                 stats={as_text(k): int(v) for k, v in stats.items()},
+                spend={as_text(k): float(v) for k, v in spend.items()},
             )
         caps = replies[-1]
         return _Snapshot(
@@ -478,6 +482,16 @@ def _queues(snap: _Snapshot) -> Iterator[Metric]:
         families["dead_letters"].add_metric([profile], q.dead_letters)
         families["inbound_pending"].add_metric([profile], q.inbound)
     yield from families.values()
+    spend = GaugeMetricFamily(
+        f"{PREFIX}_spend_today",
+        "What the profile's sent messages cost today (UTC, all instances), by connector "
+        "('total' for all of them).",
+        labels=["profile", "connector"],
+    )
+    for profile, q in snap.queues.items():
+        for connector, amount in sorted(q.spend.items()):
+            spend.add_metric([profile, connector], amount)
+    yield spend
 
 
 def _stats(snap: _Snapshot) -> Iterator[Metric]:

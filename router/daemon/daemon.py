@@ -49,7 +49,9 @@ from router.engine.connectors import ConnectorRuntime
 from router.engine.worker import ProfileWorker
 from router.metrics import Metrics
 from router.policy.routes import RouteTable
-from router.store.connections import open_redis
+from router.policy.spend import today
+from router.store import keys
+from router.store.connections import as_text, open_redis
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_ERRORS, Pause, RedisOutages
 from router.systemd import Notifier
@@ -425,6 +427,19 @@ class Daemon:
         except REDIS_ERRORS:
             pass  # it expires by itself
 
+    async def _spend(self, redis: Redis) -> dict[str, dict[str, float]]:
+        """Today's spend of each profile that has any: total and per connector."""
+        day = today()
+        async with redis.pipeline(transaction=False) as pipe:
+            for worker in self.workers:
+                pipe.hgetall(keys.spend(worker.name, day))
+            rows = await pipe.execute()
+        return {
+            w.name: {as_text(k): float(v) for k, v in row.items()}
+            for w, row in zip(self.workers, rows, strict=True)
+            if row
+        }
+
     async def _beat(self, redis: Redis) -> None:
         if self.lease is not None:
             renewed = await self.lease.renew()
@@ -454,6 +469,7 @@ class Daemon:
                 for w in self.workers
             },
             "backlog": {w.name: await w.backlog() for w in self.workers},
+            "spend": await self._spend(redis),
             "binds": {
                 b.name: {
                     "state": getattr(b, "state", "ready"),

@@ -25,6 +25,7 @@ from router.policy.checks import JobCheck
 from router.policy.jobs import Job, JobError, decode_job
 from router.policy.rules import Refusal, SenderRules
 from router.policy.senders import SenderPool, Want
+from router.policy.spend import SpendLimit
 from router.store import keys
 from router.store.queue import Entry
 
@@ -62,6 +63,7 @@ class Planner:
         self.rules = SenderRules(name, self.profile.numbers, settings)
         self.senders = SenderPool(redis, name, self.profile, self.rules)
         self.audience = Audience(redis, name, self.profile)
+        self.spend = SpendLimit(name, self.profile, settings.all_connectors())
         self._redis = redis
 
     def plan(self, entry: Entry) -> Planned:

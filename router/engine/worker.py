@@ -211,7 +211,10 @@ class ProfileWorker:
                 item = planner.ready(entry, job, pick, index in remember)
                 item.route = route
                 ready.append(item)
-                self._held[entry.entry_id] = item
+            if ready and planner.spend.limit is not None:
+                ready = await self._within_spend(ready, refused)
+            for item in ready:
+                self._held[item.entry.entry_id] = item
         for entry, planned, plan, note in plans:
             reason: str | Refusal = note
             if plan is SEND:
@@ -222,6 +225,18 @@ class ProfileWorker:
             self.entries.take(entry, planned, plan, reason)
         if ready:
             await self.pipeline.send(ready, stopping or self._no_stop)
+
+    async def _within_spend(self, ready: list[Ready], refused: dict[str, Refusal]) -> list[Ready]:
+        """The messages today's spend leaves room for; the others go to `refused`."""
+        checks = [(r.job.text or "", r.job.to, r.route) for r in ready if r.route is not None]
+        verdicts = await self.planner.spend.screen(self._redis, checks)
+        kept: list[Ready] = []
+        for item, verdict in zip(ready, verdicts, strict=True):
+            if verdict is None:
+                kept.append(item)
+            else:
+                refused[item.entry.entry_id] = verdict
+        return kept
 
     async def _hand_on_in_background(self, entries: list[Entry], stopping: asyncio.Event) -> None:
         # Woken when a hand-on ends and when stopping (`wake`): the entries of a batch

@@ -92,6 +92,25 @@ def text_problem(text: str, profile: Profile) -> str | None:
     return None if problem is None else f"job.text: {problem}"
 
 
+def segments(text: str, profile: Profile) -> int:
+    """The parts `text` is sent (and billed) in through `profile` (1 when it cannot be
+    encoded: the check that refuses it runs elsewhere)."""
+    encoding, long_mode = _coding(profile)
+    try:
+        return count_segments(text, encoding=encoding, long_mode=long_mode)
+    except EncodeError:
+        return 1
+
+
+def _coding(profile: Profile) -> tuple[Encoding, LongMode]:
+    """The alphabet and long-message mode texts of `profile` are counted in."""
+    if profile.smpp is None:
+        return "auto", "udh8"  # HTTP providers: the GSM/UCS2 rule, 160/153 and 70/67
+    mode = profile.smpp.long_messages
+    # message_payload is one PDU, but the SMSC still cuts (and bills) it in parts.
+    return profile.smpp.encoding, "udh8" if mode == "payload" else mode
+
+
 def _text_problem(text: str, profile: Profile) -> str | None:
     limit = profile.max_segments
     # Cheap bound first: counting is O(len(text)), and a 1 MB text must not cost the
@@ -101,9 +120,7 @@ def _text_problem(text: str, profile: Profile) -> str | None:
             f"{len(text)} characters, more than max_segments = {limit} "
             f"can carry (at most {limit * _MOST_CHARS_PER_PART})"
         )
-    encoding: Encoding = "auto"
-    if profile.smpp is not None:
-        encoding = profile.smpp.encoding
+    encoding, long_mode = _coding(profile)
     # Every character is at most 2 units (a GSM escape pair, a UTF-16 surrogate pair)
     # and a part holds at least 66 units: a text within that bound fits without
     # counting, in the automatic alphabet, once it holds no lone surrogate (which
@@ -115,11 +132,6 @@ def _text_problem(text: str, profile: Profile) -> str | None:
             pass
         else:
             return None
-    long_mode: LongMode = "udh8"  # HTTP providers: the GSM/UCS2 rule, 160/153 and 70/67
-    if profile.smpp is not None:
-        mode = profile.smpp.long_messages
-        # message_payload is one PDU, but the SMSC still cuts (and bills) it in parts.
-        long_mode = "udh8" if mode == "payload" else mode
     try:
         parts = count_segments(text, encoding=encoding, long_mode=long_mode)
     except EncodeError as exc:

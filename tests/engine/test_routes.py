@@ -180,3 +180,31 @@ async def test_two_profiles_share_a_connector_and_each_gets_its_reports(
     await asyncio.sleep(0.2)
     early = [await redis.hlen(f"sms:{{{p}}}:early") for p in ("sms", "other")]
     assert early == [0, 0]
+
+
+async def test_spend_is_recorded_and_the_daily_limit_refuses_past_it(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+) -> None:
+    data = routed_config(redis_url, tmp_path, carriers, [{"connectors": ["a"]}])
+    data["connectors"]["a"]["prices"] = {"+44": 0.05}
+    data["profiles"]["sms"]["daily_spend_limit"] = 0.2
+    settings = parse_settings(data, env={})
+    client = Client.from_settings(redis, settings)
+    ids = await client.send_many([{"to": t, "text": "paid"} for t in recipients(10)])
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered", "rejected"}), 30, "settled")
+    records = await Ledger(redis, retention=60, events_maxlen=10).find(ids)
+    statuses = Counter(r["status"] for r in records if r)
+    assert statuses == {"delivered": 4, "rejected": 6}  # 4 x 0.05 = the limit
+    refused = [r for r in records if r and r["status"] == "rejected"]
+    assert {r["error_code"] for r in refused} == {"spend_limit_reached"}
+    assert "daily_spend_limit = 0.2" in refused[0]["error"]
+    assert {r["price"] for r in records if r and r["status"] == "delivered"} == {"0.05"}
+    day = (await redis.keys("sms:{sms}:spend:*"))[0]
+    spend = {k.decode(): float(v) for k, v in (await redis.hgetall(day)).items()}
+    assert spend == pytest.approx({"total": 0.2, "a": 0.2})
+    assert len(carriers["a"].submits) == 4

@@ -45,6 +45,8 @@ for i, it in ipairs(items) do
   if status == 'sent' then
     local price = it[FINISHED_PRICE]
     if price > 0 then
+      -- As written in the price list (0.05, not Lua's 0.050000000000000003).
+      price = string.format('%.10g', price)
       f[#f + 1] = 'price'; f[#f + 1] = price
       redis.call('HINCRBYFLOAT', KEYS[#KEYS], 'total', price)
       if via ~= '' then redis.call('HINCRBYFLOAT', KEYS[#KEYS], via, price) end
