@@ -40,6 +40,7 @@ from pydantic import (
 from binds.base import BindConfigError
 from binds.http import HttpSpec
 from binds.smpp import SmppSpec, receipts_by_default
+from binds.smpp.bodies import source_address
 from binds.twilio import TwilioSpec
 from router.errors import RouterError
 from router.numbers import (
@@ -315,6 +316,10 @@ class NumberDetails(_Section):
     verified: bool = False
     # The country a short code belongs to (required for one: it sends only there).
     country: Region | None = None
+    # How SMPP addresses this sender (source_addr_ton / _npi); None: by its kind
+    # (alphanumeric 5/0, long code and toll-free 1/1, short code 3/0).
+    ton: Annotated[int, _between(0, 255)] | None = None
+    npi: Annotated[int, _between(0, 255)] | None = None
 
 
 def _prefix(value: str) -> str:
@@ -522,11 +527,19 @@ class SmppSection(_BindSection):
         """`vendor_status` with integer keys."""
         return {int(key, 0): action for key, action in self.vendor_status.items()}
 
-    def to_spec(self, profile: Profile | Connector | None) -> SmppSpec:
-        """The spec each of the profile's `binds` SMPP sessions runs with."""
-        return SmppSpec(
-            **self._spec_values(SmppSpec, profile, {"vendor_status": self.vendor_codes()})
-        )
+    def to_spec(
+        self,
+        profile: Profile | Connector | None,
+        *,
+        sender_addresses: Mapping[str, tuple[int, int]] | None = None,
+    ) -> SmppSpec:
+        """The spec each of the connector's `binds` SMPP sessions runs with;
+        `sender_addresses` from `Settings.sender_addresses`."""
+        given = {
+            "vendor_status": self.vendor_codes(),
+            "sender_addresses": dict(sender_addresses or {}),
+        }
+        return SmppSpec(**self._spec_values(SmppSpec, profile, given))
 
 
 class TwilioSection(_BindSection):
@@ -679,6 +692,13 @@ class Profile(_Section):
     # alphanumeric); the others only when none of these may send. Empty: pool order.
     sender_preference: list[SenderKind] = Field(default_factory=list)
     sticky_ttl: Annotated[float, _between(60, 10 * 366 * 86_400)] = 365 * 86_400.0
+    # Number health: with skip_unhealthy, a number whose delivery ratio over
+    # health_window seconds is below health_threshold (judged from health_min_sample
+    # delivery reports on) is passed over while another number may send.
+    skip_unhealthy: bool = False
+    health_threshold: Annotated[float, _between(0, 1)] = 0.5
+    health_min_sample: Annotated[int, _between(1, 1_000_000)] = 20
+    health_window: Annotated[float, _between(60, 30 * 86_400)] = 3600.0
     default_use_case: str | None = None
     # A campaign at its daily cap: "reject" the job, or "defer" it to the next UTC day.
     over_cap: Literal["reject", "defer"] = "reject"
@@ -893,6 +913,20 @@ class Settings(_Section):
         after the profile)."""
         own = {n: c for n, p in self.profiles.items() if (c := p.connector) is not None}
         return {**self.connectors, **own}
+
+    def sender_addresses(self) -> dict[str, tuple[int, int]]:
+        """Sender -> (TON, NPI) for the ``[numbers]`` that set `ton` or `npi` (the
+        other from the sender's kind)."""
+        out: dict[str, tuple[int, int]] = {}
+        for number, details in self.numbers.items():
+            if details.ton is None and details.npi is None:
+                continue
+            _address, ton, npi = source_address(number)
+            out[number] = (
+                details.ton if details.ton is not None else ton,
+                details.npi if details.npi is not None else npi,
+            )
+        return out
 
     def number(self, number: str) -> NumberDetails:
         """The ``[numbers]`` entry of a sender number, or the defaults when it has none."""

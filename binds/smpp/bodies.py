@@ -10,6 +10,7 @@ checks them against the codec and `pdu.encode_short_message`).
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 from ..base import OutboundMessage
 from . import pdu
@@ -70,6 +71,7 @@ class SubmitBodies:
         source_ton: int | None,
         source_npi: int | None,
         encoding: Encoding,
+        sender_addresses: Mapping[str, tuple[int, int]] | None = None,
         gsm_data_coding: int,
         long_mode: LongMode,
     ) -> None:
@@ -81,6 +83,7 @@ class SubmitBodies:
         )
         self._source_ton = source_ton
         self._source_npi = source_npi
+        self._sender_addresses = dict(sender_addresses or {})
         self._encoding: Encoding = encoding
         self._gsm_data_coding = gsm_data_coding
         self._long_mode: LongMode = long_mode
@@ -143,11 +146,13 @@ class SubmitBodies:
         return bodies
 
     def _head(self, source: str) -> bytes:
-        """The start of a body from `source`, addressed by its kind (`source_ton`):
-        E.164 numbers international, short codes network-specific, names alphanumeric."""
+        """The start of a body from `source`: addressed as its `sender_addresses` entry
+        says, else as the bind's `source_ton`/`source_npi` say, else by its kind (E.164
+        numbers international, short codes network-specific, names alphanumeric)."""
         address, ton, npi = source_address(source)
         ton = self._source_ton if self._source_ton is not None else ton
         npi = self._source_npi if self._source_npi is not None else npi
+        ton, npi = self._sender_addresses.get(source, (ton, npi))
         head = self._encoder.head(ton, npi, address)
         if len(self._heads) >= SOURCES_CACHED:
             self._heads.clear()

@@ -102,6 +102,9 @@ class SmppSpec:
     address_range: str = ""
     source_ton: int | None = None
     source_npi: int | None = None
+    # Sender -> (TON, NPI) for senders addressed otherwise than by their kind (a
+    # short code an SMSC wants as TON 0, say); wins over source_ton/source_npi.
+    sender_addresses: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     dest_ton: int = 1
     dest_npi: int = 1
     window: int = 10
@@ -187,6 +190,7 @@ class SmppBind:
             registered_delivery=self.registered_delivery,
             source_ton=spec.source_ton,
             source_npi=spec.source_npi,
+            sender_addresses=spec.sender_addresses,
             encoding=spec.encoding,
             gsm_data_coding=spec.gsm_data_coding,
             long_mode=spec.long_mode,

@@ -34,6 +34,6 @@ def build_binds(
         secrets = {key: value.get_secret_value() for key, value in settings.secrets.items()}
         return [HttpSender(f"{name}/http", profile.http.to_spec(profile, secrets=secrets))]
     if profile.protocol == "smpp" and profile.smpp is not None:
-        session = profile.smpp.to_spec(profile)
+        session = profile.smpp.to_spec(profile, sender_addresses=settings.sender_addresses())
         return [SmppBind(f"{name}/smpp{i}", session, on_deliver) for i in range(profile.smpp.binds)]
     return []

@@ -71,3 +71,24 @@ async def test_a_long_code_keeps_ton_1_npi_1(
     await wait_for(lambda: all_in(redis, ids, {"delivered"}), 20, "delivered")
     [submit] = smsc.submits
     assert (submit["source"], submit["source_ton"], submit["source_npi"]) == (sender[1:], 1, 1)
+
+
+async def test_a_sender_addressed_as_configured(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, run_daemon: Start
+) -> None:
+    """`[numbers."72345"] ton/npi` win over the kind's TON 3 NPI 0 (an SMSC that wants
+    its short codes as TON 0 NPI 1); an unset one keeps the kind's."""
+    data: dict[str, Any] = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    data["profiles"]["sms"]["numbers"] = ["72345", "ACME"]
+    data["numbers"] = {"72345": {"country": "GB", "ton": 0, "npi": 1}, "ACME": {"npi": 9}}
+    settings = parse_settings(data, env={})
+    ids = await Client.from_settings(redis, settings).send_many(
+        [
+            {"to": "+447911123456", "text": "short", "from": "72345"},
+            {"to": "+447911123457", "text": "alpha", "from": "ACME"},
+        ]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"delivered"}), 20, "delivered")
+    by_source = {s["source"]: (s["source_ton"], s["source_npi"]) for s in smsc.submits}
+    assert by_source == {"72345": (0, 1), "ACME": (5, 9)}

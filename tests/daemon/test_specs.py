@@ -99,11 +99,22 @@ SPECS: list[tuple[type[Any], type[Any]]] = [
 def _settings(**extra: Any) -> Settings:
     profiles = {
         "web": {"protocol": "http", "numbers": ["+16501112345"], "http": HTTP, **PROFILE},
-        "smsc": {"protocol": "smpp", "numbers": ["+447911123456"], "smpp": SMPP, **PROFILE},
+        "smsc": {
+            "protocol": "smpp",
+            "numbers": ["+447911123456", "72345"],
+            "smpp": SMPP,
+            **PROFILE,
+        },
         "tw": {"protocol": "twilio", "numbers": ["+14155550100"], "twilio": TWILIO, **PROFILE},
     }
     return parse_settings(
-        {"router": {"redis": "redis://127.0.0.1:6379/0"}, "profiles": profiles, **extra},
+        {
+            "router": {"redis": "redis://127.0.0.1:6379/0"},
+            "profiles": profiles,
+            # Addressed otherwise than by its kind: the SMPP spec's sender_addresses.
+            "numbers": {"72345": {"country": "GB", "ton": 0, "npi": 1}},
+            **extra,
+        },
         env={"TOKEN": "tok"},
     )
 
@@ -136,7 +147,7 @@ def _specs(settings: Settings) -> dict[type[Any], tuple[Any, Any, Profile]]:
     assert web.http is not None and smsc.smpp is not None and tw.twilio is not None
     return {
         HttpSection: (web.http, web.http.to_spec(web, secrets={"TOKEN": "tok"}), web),
-        SmppSection: (smsc.smpp, smsc.smpp.to_spec(smsc), smsc),
+        SmppSection: (smsc.smpp, smsc.smpp.to_spec(smsc, sender_addresses={"72345": (0, 1)}), smsc),
         TwilioSection: (tw.twilio, tw.twilio.to_spec(tw, status_callback=CALLBACK), tw),
     }
 
@@ -231,7 +242,7 @@ def test_a_spec_field_without_a_config_source_is_refused() -> None:
         {"host": "h", "system_id": "s", "password": "p"}, context={"env": {}}
     )
     with pytest.raises(TypeError, match=r"WiderSpec\.new_option: no key of SmppSection"):
-        section._spec_values(wider, None, {})
+        section._spec_values(wider, None, {"sender_addresses": {}})
     with pytest.raises(TypeError, match="SmppSpec has no field vendor_codes"):
         section._spec_values(SmppSpec, None, {"vendor_codes": {}})
 
