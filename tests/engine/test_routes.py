@@ -17,8 +17,11 @@ from router.config import parse_settings
 from router.store.ledger import Ledger
 from sims.smscsim import SimConfig, SmscSimulator
 
-from ..binds.test_smpp_flow import Start, all_in, smpp_config
+from ..binds import test_smpp_flow
+from ..binds.test_smpp_flow import Inbox, Start, all_in, smpp_config
 from ..conftest import wait_for
+
+inbox = test_smpp_flow.inbox  # the callback_url fixture, shared
 
 
 @pytest.fixture
@@ -208,3 +211,30 @@ async def test_spend_is_recorded_and_the_daily_limit_refuses_past_it(
     spend = {k.decode(): float(v) for k, v in (await redis.hgetall(day)).items()}
     assert spend == pytest.approx({"total": 0.2, "a": 0.2})
     assert len(carriers["a"].submits) == 4
+
+
+async def test_inbound_on_a_shared_connector_reaches_the_owner_of_the_number(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    carriers: dict[str, SmscSimulator],
+    run_daemon: Start,
+    inbox: Inbox,
+) -> None:
+    data = routed_config(redis_url, tmp_path, carriers, [{"connectors": ["a"]}], direction="both")
+    mine = data["profiles"]["sms"]
+    mine.update(direction="both", callback_url=f"{inbox.url}?p=sms")
+    other = dict(mine, numbers=["+447700900123"], callback_url=f"{inbox.url}?p=other")
+    other.pop("global")
+    data["profiles"]["other"] = other
+    data["numbers"]["+447700900123"] = {"features": ["SmsSender", "InternationalSmsSender"]}
+    settings = parse_settings(data, env={})
+    run_daemon(settings)
+    sim = carriers["a"]
+    await wait_for(lambda: sim.stats()["sessions"] >= 1, 20, "bound")
+    await sim.inject("+447911000001", "447700900123", "for other")
+    await sim.inject("+447911000002", mine["numbers"][0].lstrip("+"), "for sms")
+    await wait_for(lambda: len(inbox.messages) == 2, 20, "two inbound posts")
+    by_text = {m["text"]: m for m in inbox.messages}
+    assert by_text["for other"]["profile"] == "other"
+    assert by_text["for sms"]["profile"] == "sms"
