@@ -435,7 +435,7 @@ class Daemon:
                 pipe.hgetall(keys.spend(worker.name, day))
             rows = await pipe.execute()
         return {
-            w.name: {as_text(k): float(v) for k, v in row.items()}
+            w.name: {as_text(k): keys.spend_amount(v) for k, v in row.items()}
             for w, row in zip(self.workers, rows, strict=True)
             if row
         }

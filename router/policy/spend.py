@@ -56,8 +56,7 @@ class SpendLimit:
         limit = self.limit
         if limit is None or not messages:
             return [None] * len(messages)
-        raw = await redis.hget(keys.spend(self.name, today()), "total")
-        spent = float(raw) if raw is not None else 0.0
+        spent = keys.spend_amount(await redis.hget(keys.spend(self.name, today()), "total"))
         verdicts: list[Refusal | None] = []
         for text, to, route in messages:
             cost = self.estimate(text, to, route)

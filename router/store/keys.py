@@ -43,8 +43,9 @@ def provider_id(profile: str, provider_message_id: str) -> str:
 
 
 def spend(profile: str, day: str) -> str:
-    """Hash: the money `profile`'s sent messages cost on UTC `day` (YYYY-MM-DD):
-    ``total`` and one field per connector (finish.lua)."""
+    """Hash: the money `profile`'s sent messages cost on UTC `day` (YYYY-MM-DD), in
+    millionths of the price lists' unit: ``total`` and one field per connector
+    (finish.lua; `spend_amount` reads one)."""
     return f"sms:{{{profile}}}:spend:{day}"
 
 
@@ -146,3 +147,8 @@ def allow_list(profile: str) -> str:
 def lists_version(profile: str) -> str:
     """Counter INCR'd by every change of the block/allow sets, so readers reload them."""
     return f"sms:{{{profile}}}:lists:ver"
+
+
+def spend_amount(raw: bytes | str | int | None) -> float:
+    """A field of a `spend` hash in the price lists' unit (stored in millionths)."""
+    return int(raw) / 1_000_000 if raw is not None else 0.0

@@ -208,8 +208,8 @@ async def test_spend_is_recorded_and_the_daily_limit_refuses_past_it(
     assert "daily_spend_limit = 0.2" in refused[0]["error"]
     assert {r["price"] for r in records if r and r["status"] == "delivered"} == {"0.05"}
     day = (await redis.keys("sms:{sms}:spend:*"))[0]
-    spend = {k.decode(): float(v) for k, v in (await redis.hgetall(day)).items()}
-    assert spend == pytest.approx({"total": 0.2, "a": 0.2})
+    spend = {k.decode(): int(v) for k, v in (await redis.hgetall(day)).items()}
+    assert spend == {"total": 200_000, "a": 200_000}  # millionths: exact
     assert len(carriers["a"].submits) == 4
 
 

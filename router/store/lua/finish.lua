@@ -11,7 +11,8 @@
 -- names and meanings in router/store/ledger.py). An item's connector ('' = none) goes
 -- on the record (`connector`), beside its step (`c<n>`) and in its event
 -- (`connector`); a `sent` item's price (0 = unknown) on the record (`price`) and in
--- the day's spend (`total` and its connector's field). Returns the final statuses
+-- the day's spend (`total` and its connector's field, in millionths: one HINCRBY per
+-- field per call). Returns the final statuses
 -- early reports wrote, as a flat list {status, count, ...}.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
@@ -20,7 +21,7 @@ local group, deadline = args[FINISH_CALL_GROUP], args[FINISH_CALL_REPORT_DEADLIN
 local items = args[FINISH_CALL_ITEMS]
 local index = 6 + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
-local spent = false
+local spent, by_connector = 0, {}
 for i, it in ipairs(items) do
   local job, status, note, ids = it[FINISHED_ID], it[FINISHED_STATUS], it[FINISHED_NOTE],
                                  it[FINISHED_PART_IDS]
@@ -43,14 +44,13 @@ for i, it in ipairs(items) do
   if from ~= '' then ev[#ev + 1] = 'from'; ev[#ev + 1] = from end
   if meta ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = meta end
   if status == 'sent' then
-    local price = it[FINISHED_PRICE]
-    if price > 0 then
+    -- Spend is counted in integer millionths (HINCRBY: no float drift over a day).
+    local micros = math.floor(it[FINISHED_PRICE] * 1000000 + 0.5)
+    if micros > 0 then
       -- As written in the price list (0.05, not Lua's 0.050000000000000003).
-      price = string.format('%.10g', price)
-      f[#f + 1] = 'price'; f[#f + 1] = price
-      redis.call('HINCRBYFLOAT', KEYS[#KEYS], 'total', price)
-      if via ~= '' then redis.call('HINCRBYFLOAT', KEYS[#KEYS], via, price) end
-      spent = true
+      f[#f + 1] = 'price'; f[#f + 1] = string.format('%.10g', micros / 1000000)
+      spent = spent + micros
+      if via ~= '' then by_connector[via] = (by_connector[via] or 0) + micros end
     end
     local pmid = ids[1] or ''
     f[#f + 1] = 'provider_message_id'; f[#f + 1] = pmid
@@ -114,7 +114,11 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
     end
   end
 end
-if spent then redis.call('EXPIRE', KEYS[#KEYS], args[FINISH_CALL_SPEND_TTL]) end
+if spent > 0 then
+  redis.call('HINCRBY', KEYS[#KEYS], 'total', spent)
+  for via, micros in pairs(by_connector) do redis.call('HINCRBY', KEYS[#KEYS], via, micros) end
+  redis.call('EXPIRE', KEYS[#KEYS], args[FINISH_CALL_SPEND_TTL])
+end
 if #entries > 0 then
   redis.call('XACK', KEYS[3], group, unpack(entries))
   redis.call('XDEL', KEYS[3], unpack(entries))
