@@ -21,6 +21,7 @@ import socket
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -637,12 +638,17 @@ class Connector(_Section):
         ``default``, else None (unknown)."""
         prices = self.prices
         if prices:
-            for size in range(min(len(to), 16), 1, -1):
+            for size in range(min(len(to), self._longest), 1, -1):
                 found = prices.get(to[:size])
                 if found is not None:
                     return found
             return prices.get("default")
         return None
+
+    @cached_property
+    def _longest(self) -> int:
+        """The longest prefix in `prices` (no look-up is tried beyond it)."""
+        return max((len(p) for p in self.prices if p != "default"), default=0)
 
 
 class Route(_Section):
