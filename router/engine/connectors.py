@@ -36,6 +36,7 @@ log = structlog.get_logger("router.connectors")
 # message (SMPP 3.4 5.1.3): another connector may.
 ROUTE_LEVEL_CODES: Final = frozenset({"ESME_RSYSERR", "ESME_RSUBMITFAIL"})
 WATCH_EVERY: Final = 0.25  # seconds between two looks at the binds' readiness
+PRICES_MEMO: Final = 65_536  # destination prefixes whose price is remembered
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -72,12 +73,28 @@ class ConnectorRuntime:
         self._probing = False
         self._unready_since: float | None = None
         self.down = False  # no ready bind for `failover_after` seconds
+        self._prices: dict[str, float | None] = {}
+        self._price_digits = max((len(p) for p in settings.prices), default=0)
         # Provider ids of what this instance sent here, when several profiles share the
         # connector (their receipts find their profile: router/engine/shared.py).
         self.recent: Recent | None = None
         # Put before its provider ids where they are indexed and recorded: '' for an
         # inline profile's own connector, "NAME/" for a shared one (router/engine/shared.py).
         self.namespace = ""
+
+    def price(self, to: str) -> float | None:
+        """One part's price to `to` (`Connector.price`), memoised by the digits that
+        decide it: the hot path asks twice per message (least_cost, spend)."""
+        key = to[: self._price_digits]
+        memo = self._prices
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        if len(memo) >= PRICES_MEMO:
+            memo.clear()
+        found = memo[key] = self.settings.price(to)
+        return found
 
     @property
     def window(self) -> int:

@@ -379,7 +379,7 @@ class Pipeline:
     def _price(self, connector_name: str, to: str) -> float:
         """One part's price to `to` over the connector (0.0: unknown)."""
         connector = self._routing.connectors.get(connector_name)
-        price = connector.settings.price(to) if connector is not None else None
+        price = connector.price(to) if connector is not None else None
         return price or 0.0
 
     def _namespace(self, connector_name: str) -> str:
