@@ -17,6 +17,12 @@ same script call, so the lookup stays one round trip.
 Sent messages that expect a report wait in ``sms:{P}:awaiting`` (joined in the same
 step as `sent`, left in the same step as the final report); `sweep` gives the
 overdue ones a ``no delivery report`` note and event.
+
+Each report that makes its message final is counted, per connector and destination
+country (the ``quality`` strategy) and per sender number (number health), by one
+more pipelined round trip per batch (router/store/health.py). Counting is
+best-effort: the report is recorded first, and a count Redis did not take is logged
+and lost, never retried (that would count twice).
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from binds.smpp.receipt import (
 )
 from router.metrics import ProfileMetrics
 from router.store.batching import Batcher
-from router.store.ledger import Ledger, Report, Transition
+from router.store.health import Outcome, OutcomeCounter
+from router.store.ledger import Ledger, Report, ReportResult
+from router.store.outages import REDIS_ERRORS
 
 log = structlog.get_logger("router.reports")
 
@@ -77,15 +85,18 @@ class Reports:
         report_timeout: float = 0.0,
         early_ttl: float = EARLY_TTL,
         metrics: ProfileMetrics | None = None,
+        outcomes: OutcomeCounter | None = None,
     ) -> None:
         self._redis = redis
         self._metrics = metrics
+        # Where final outcomes are counted (quality and number health).
+        self._outcomes = outcomes if outcomes is not None else OutcomeCounter(redis)
         self._ledger = ledger
         self.profile = profile
         self.id_format: IdFormat = id_format
         self._early_ttl = max(1, int(early_ttl))
         self._next_sweep = 0.0
-        self._batcher: Batcher[Report, tuple[Transition, str, str]] = Batcher(self._store, BATCH)
+        self._batcher: Batcher[Report, ReportResult] = Batcher(self._store, BATCH)
         # Sent messages join the awaiting set in the ledger's `sent` step.
         ledger.expect_reports(profile, report_timeout)
 
@@ -148,17 +159,33 @@ class Reports:
         if not candidates:
             return
         report = Report(outcome, stat, err, list(candidates))
-        result, job, _part = await self._batcher.submit(report)
-        if result.verdict == "ok":
-            log.debug(result.previous, id=job, profile=self.profile, stat=stat)
+        applied = await self._batcher.submit(report)
+        if applied.result.verdict == "ok":
+            log.debug(applied.result.previous, id=applied.job, profile=self.profile, stat=stat)
 
-    async def _store(self, batch: list[Report]) -> list[tuple[Transition, str, str]]:
+    async def _store(self, batch: list[Report]) -> list[ReportResult]:
         results = await self._ledger.reports(self.profile, batch, keep_for=self._early_ttl)
+        # A final status written: `previous` holds it.
+        final = [r for r in results if r.result.verdict == "ok"]
         if self._metrics is not None:
-            for result, _job, _part in results:
-                if result.verdict == "ok":  # a final status written: `previous` holds it
-                    self._metrics.count(result.previous)
+            for applied in final:
+                self._metrics.count(applied.result.previous)
+        if final:
+            await self.count(
+                [Outcome(r.result.previous, r.to, r.sender, r.connector) for r in final]
+            )
         return results
+
+    async def count(self, outcomes: Sequence[Outcome]) -> None:
+        """Count messages made final by their reports (quality and number health), in
+        one round trip; best-effort (see the module's docstring)."""
+        try:
+            await self._outcomes.count(self.profile, outcomes)
+        except REDIS_ERRORS as exc:
+            log.warning(
+                "delivery outcomes not counted", profile=self.profile, count=len(outcomes),
+                error=repr(exc),
+            )  # fmt: skip
 
     async def sweep(self) -> int:
         """Note sent messages whose report is overdue; at most once per `SWEEP_EVERY`.

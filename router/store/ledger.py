@@ -109,6 +109,33 @@ class Report(NamedTuple):
     job: str = ""  # the job the caller found through the index ('' = none yet)
 
 
+class Reported(NamedTuple):
+    """What report.lua answers for one report (7 values each, in this order)."""
+
+    verdict: str  # ok | partial | early | done | retry
+    status: str  # ok: the final status written; else the record's status ('' = none)
+    job: str  # '' when no record was found
+    part: str  # the candidate id that matched
+    # Of the record, for `ok` only ('' otherwise): what its outcome is counted by.
+    to: str
+    sender: str  # its `from`
+    connector: str  # its latest attempt's
+
+
+class ReportResult(NamedTuple):
+    """A delivery report applied (`Ledger.reports`): the verdict — ``ok`` (final
+    status written; `previous` holds it), ``partial``, ``early`` (kept) or ``done``
+    (final already) — the job id ('' if unknown), the candidate id that matched, and,
+    when it made its message final, the record's `to`, `from` and connector."""
+
+    result: Transition
+    job: str
+    part: str
+    to: str = ""
+    sender: str = ""
+    connector: str = ""
+
+
 class Enqueued(NamedTuple):
     """One job of an `enqueue` call (enqueue.lua; common.lua's ``ENQUEUED_*``)."""
 
@@ -317,18 +344,17 @@ class Ledger:
 
     async def reports(
         self, profile: str, batch: Sequence[Report], *, keep_for: float
-    ) -> list[tuple[Transition, str, str]]:
+    ) -> list[ReportResult]:
         """Record a batch of delivery reports in one call (report.lua); each is one
         part's, the final status written once every part reported.
 
         A report whose message is not recorded `sent` yet is kept for `keep_for`
-        seconds and applied by the step that records `sent` (`finish`). For each report:
-        the verdict — ``ok`` (final status written; `previous` holds it), ``partial``,
-        ``early`` (kept) or ``done`` (final already) — the job id ('' if unknown) and
-        the candidate id that matched.
+        seconds and applied by the step that records `sent` (`finish`). One
+        `ReportResult` per report, in order.
         """
-        answers: list[tuple[Transition, str, str] | None] = [None] * len(batch)
+        answers: list[ReportResult | None] = [None] * len(batch)
         todo = list(range(len(batch)))
+        width = len(Reported._fields)
         # The record's key comes from the index, so the index is read first; a report
         # whose index changed in between (its `sent` was just recorded) goes again.
         for _attempt in range(5):
@@ -341,11 +367,18 @@ class Ledger:
             reply = await self._reports_call(profile, [batch[i] for i in todo], jobs, keep_for)
             again = []
             for n, i in enumerate(todo):
-                verdict, previous, job, part = (as_text(x) for x in reply[4 * n : 4 * n + 4])
-                if verdict == "retry":
+                got = Reported(*(as_text(x) for x in reply[width * n : width * (n + 1)]))
+                if got.verdict == "retry":
                     again.append(i)
                 else:
-                    answers[i] = (Transition(verdict, previous), job, part)
+                    answers[i] = ReportResult(
+                        Transition(got.verdict, got.status),
+                        got.job,
+                        got.part,
+                        got.to,
+                        got.sender,
+                        got.connector,
+                    )
             todo = again
             if not todo:
                 break

@@ -17,15 +17,19 @@
 -- each report a REPORT {outcome (delivered | undelivered), stat, err, {candidate ids,
 -- best first: the first with an index names the job}, the job id the caller found
 -- ('' = none)} (common.lua; router/store/ledger.py).
--- Returns a flat array, 4 per report: verdict, status, job id, matched id; verdict: ok
--- (final status written) | partial (waiting for other parts) | early (kept) | done
--- (message final already) | retry.
+-- Returns a flat array, 7 per report (router/store/ledger.py's Reported): verdict,
+-- status, job id, matched id, and for a report that made its message final (ok) the
+-- record's to, from and connector (its latest attempt's), '' otherwise: the caller
+-- counts the outcome by them (router/store/health.py). Verdict: ok (final status
+-- written) | partial (waiting for other parts) | early (kept) | done (message final
+-- already) | retry.
 local args = cmsgpack.unpack(ARGV[1])
 local now, maxlen = args[REPORT_CALL_NOW], args[REPORT_CALL_EVENTS_MAXLEN]
 local profile, keep_until = args[REPORT_CALL_PROFILE], args[REPORT_CALL_KEEP_UNTIL]
 local out = {}
-local function answer(verdict, st, job, part)
+local function answer(verdict, st, job, part, to, from, via)
   out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = job; out[#out + 1] = part
+  out[#out + 1] = to or ''; out[#out + 1] = from or ''; out[#out + 1] = via or ''
 end
 local k = 5  -- KEYS index of the last key taken
 for _, r in ipairs(args[REPORT_CALL_REPORTS]) do
@@ -52,14 +56,19 @@ for _, r in ipairs(args[REPORT_CALL_REPORTS]) do
     elseif st ~= 'sent' then
       answer('done', st, job, part)
     else
-      local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta', 'status_callback_url')
+      local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta',
+                              'status_callback_url', 'connector')
       local parts = {part}
       if info[1] then parts = cjson.decode(info[1]) end
       local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
                                  {to = info[2] or '', from = info[3] or '',
                                   meta = info[4] or '', url = info[5] or ''},
                                  profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil)
-      if final then answer('ok', final, job, part) else answer('partial', st, job, part) end
+      if final then
+        answer('ok', final, job, part, info[2], info[3], info[6])
+      else
+        answer('partial', st, job, part)
+      end
     end
   end
 end
