@@ -8,11 +8,25 @@ it can be:
 - ``weighted``: the healthy connectors in proportion to their weights (smooth
   weighted round robin: over any run of messages each gets its share, to a message);
 - ``least_cost``: the healthy connector with the lowest price for the destination
-  (longest prefix of its ``prices``; unknown prices last, then route order).
+  (longest prefix of its ``prices``; unknown prices last, then route order);
+- ``quality``: the healthy connector with the highest delivery ratio to the
+  destination's country over the route's ``quality_window``. A connector with fewer
+  than ``quality_min_sample`` reports for that country keeps its place in the route's
+  order; those with enough are ranked among the places they hold (ties keep route
+  order). Such a connector gets one message in `PROBE_EVERY` of the route's traffic to
+  that country (those below the sample take turns), so that it earns a sample: the
+  one in front gets all the rest, and without probes the others would never be
+  judged. A connector that lost the traffic gets no new reports: once its old ones
+  slide out of the window it is below the sample again, is probed, and wins the
+  traffic back if it delivers better. The ratios come from the daemon's
+  `QualityBoard` (router/store/health.py), read from Redis every few seconds, never
+  per message; the ranking is kept per route and country until the next read.
+  Without a board the route's order stands.
 
 A message whose connector answered at the route level (`connectors.route_level`)
 moves to the route's next healthy connector it has not tried, without an attempt
-used; when none is left it takes the ordinary retry path. When no connector is
+used; when none is left its outcome stands as on a single connector (a `Retry`
+takes the retry path, a refusal such as ESME_RSYSERR is recorded `failed`). When no connector is
 healthy the first one gets the message all the same (its binds hold it, or give
 it back as not sent).
 """
@@ -20,13 +34,21 @@ it back as not sent).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
+from typing import NamedTuple
 
 from binds.base import Bind
 from router.engine.connectors import ConnectorRuntime
+from router.numbers import country_of
 from router.policy.routes import Matched, RouteTable, kind_of
 from router.policy.rules import Refusal
+from router.store.health import QualityBoard
 
-__all__ = ["Routing", "no_route"]
+__all__ = ["PROBE_EVERY", "Routing", "no_route", "rank"]
+
+# ``quality``: one message in this many (per route and country) goes to a connector
+# below the route's minimum sample, when one is healthy.
+PROBE_EVERY = 20
 
 
 def no_route(to: str, sender: str) -> Refusal:
@@ -39,9 +61,22 @@ class Routing:
     """The routes of one profile over the daemon's connectors."""
 
     def __init__(
-        self, profile: str, table: RouteTable, connectors: Mapping[str, ConnectorRuntime]
+        self,
+        profile: str,
+        table: RouteTable,
+        connectors: Mapping[str, ConnectorRuntime],
+        *,
+        quality: QualityBoard | None = None,
     ) -> None:
         self.profile = profile
+        # Delivery ratios for ``quality`` routes (None: they keep their order).
+        self.quality = quality
+        # (route index, country) -> its connectors ranked, and those of them below the
+        # minimum sample, as of `_generation`'s read.
+        self._ranked: dict[tuple[int, str], Ranked] = {}
+        self._generation = -1
+        # (route index, country) -> messages routed (quality probes every PROBE_EVERY).
+        self._routed: dict[tuple[int, str], int] = {}
         self.table = table
         self.connectors = {n: connectors[n] for n in table.connectors_of(profile)}
         # One connector and no choice (an inline profile): the hot path skips the rest.
@@ -92,10 +127,27 @@ class Routing:
     def order(self, route: Matched, to: str) -> list[ConnectorRuntime]:
         """The route's connectors in the order its strategy ranks them now, healthy
         or not (what `sms-router route` shows)."""
+        if route.strategy == "quality":
+            return [self.connectors[n] for n in self.ranked(route, to).order]
         connectors = [self.connectors[n] for n in route.connectors]
         if route.strategy == "least_cost":
             return sorted(connectors, key=lambda c: _price_key(c, to))
         return connectors
+
+    def ranked(self, route: Matched, to: str) -> Ranked:
+        """A ``quality`` route's connectors, best first for `to`'s country, and those
+        below its minimum sample (see the module's docstring)."""
+        board = self.quality
+        if board is None:
+            return Ranked(route.connectors, ())
+        if board.generation != self._generation:
+            self._ranked.clear()  # new ratios
+            self._generation = board.generation
+        key = (route.index, _country(to[:_COUNTRY_DIGITS]))
+        found = self._ranked.get(key)
+        if found is None:
+            found = self._ranked[key] = rank(route, key[1], board)
+        return found
 
     def _choose(self, route: Matched, to: str, tried: tuple[str, ...]) -> ConnectorRuntime | None:
         eligible = [
@@ -109,6 +161,25 @@ class Routing:
             return self._weighted(route, eligible)
         if route.strategy == "least_cost":
             return min(eligible, key=lambda c: _price_key(c, to))
+        if route.strategy == "quality":
+            return self._best(route, to, eligible)
+        return eligible[0]
+
+    def _best(self, route: Matched, to: str, eligible: list[ConnectorRuntime]) -> ConnectorRuntime:
+        """``quality``: the best ranked of `eligible`, or every `PROBE_EVERY`th message a
+        connector below the minimum sample (in turn)."""
+        ranked = self.ranked(route, to)
+        names = {c.name: c for c in eligible}
+        if ranked.unsampled and self.quality is not None:
+            key = (route.index, _country(to[:_COUNTRY_DIGITS]))
+            routed = self._routed[key] = self._routed.get(key, 0) + 1
+            if routed % PROBE_EVERY == 0:
+                probes = [n for n in ranked.unsampled if n in names]
+                if probes:
+                    return names[probes[routed // PROBE_EVERY % len(probes)]]
+        for name in ranked.order:
+            if name in names:
+                return names[name]
         return eligible[0]
 
     def _weighted(self, route: Matched, eligible: list[ConnectorRuntime]) -> ConnectorRuntime:
@@ -126,6 +197,40 @@ class Routing:
             return eligible[0]
         credit[best.name] -= total
         return best
+
+
+class Ranked(NamedTuple):
+    """A ``quality`` route's connectors for one country: best first (`order`), and
+    those below the minimum sample that probes go to (`unsampled`: not the first)."""
+
+    order: tuple[str, ...]
+    unsampled: tuple[str, ...]
+
+
+def rank(route: Matched, country: str, board: QualityBoard) -> Ranked:
+    """`route`'s connectors for `country`: those with at least `quality_min_sample`
+    reports over `quality_window` sorted by delivery ratio (best first, ties in route
+    order) into the places they hold; the others where the route puts them."""
+    window, least = route.quality_window, route.quality_min_sample
+    ratios: dict[str, float] = {}
+    for name in route.connectors:
+        delivered, reports = board.sample(name, window, country)
+        if reports >= least:
+            ratios[name] = delivered / reports
+    order = route.connectors
+    if len(ratios) > 1:
+        best = iter(sorted(ratios, key=lambda n: -ratios[n]))  # sorted() is stable
+        order = tuple(next(best) if name in ratios else name for name in route.connectors)
+    return Ranked(order, tuple(n for n in order[1:] if n not in ratios))
+
+
+# Enough of a number's digits to know its country (+1 and the area code).
+_COUNTRY_DIGITS = 5
+
+
+@lru_cache(maxsize=4096)
+def _country(prefix: str) -> str:
+    return country_of(prefix)
 
 
 def _price_key(connector: ConnectorRuntime, to: str) -> tuple[int, float]:
