@@ -160,24 +160,47 @@ def check_config(config_path: str | None, path: str | None) -> None:
 def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
     """Each sender of a profile: its kind (long code, toll-free, short code,
     alphanumeric), features, campaign, whether it can send, today's count
-    against its campaign's daily cap (UTC day) and the sticky mappings pointing at it.
+    against its campaign's daily cap (UTC day), its delivery ratio over the profile's
+    health_window (delivered share of its final delivery reports; "skipped" when
+    skip_unhealthy passes it over) and the sticky mappings pointing at it.
     Counting the mappings scans the profile's sticky keys (SCAN): fine for an operator,
     slow on a very large keyspace."""
+    from router.store.health import NumberHealth
     from router.summary import number_rows
 
     settings = _settings(config_path, secrets=False)
     _known_profile(settings, profile)
+    own = settings.profiles[profile]
 
     async def work(redis: Redis) -> list[dict[str, Any]]:
-        return await number_rows(redis, settings, profile)
+        rows = await number_rows(redis, settings, profile)
+        health = NumberHealth(profile, own.health_window)
+        await health.refresh(redis)
+        unhealthy = health.unhealthy(own.health_threshold, own.health_min_sample)
+        for row in rows:
+            delivered, reports = health.sample(row["number"])
+            row["delivered"], row["reports"] = delivered, reports
+            row["delivery_ratio"] = delivered / reports if reports else None
+            row["unhealthy"] = row["number"] in unhealthy
+            row["skipped"] = own.skip_unhealthy and row["unhealthy"]
+        return rows
 
     rows = _with_redis(settings, work)
     if as_json:
         for row in rows:
             out.print(json.dumps(row, sort_keys=True), markup=False, soft_wrap=True)
         return
+    window = _duration(settings.profiles[profile].health_window)
     table = Table(
-        "number", "kind", "features", "campaign", "can send", "today / cap", "sticky", box=None
+        "number",
+        "kind",
+        "features",
+        "campaign",
+        "can send",
+        "today / cap",
+        f"delivered ({window})",
+        "sticky",
+        box=None,
     )
     for column in table.columns:
         column.overflow = "fold"
@@ -206,7 +229,22 @@ def _number_cells(r: dict[str, Any]) -> list[str]:
     kind = r["kind"].replace("_", " ")
     if r["country"]:
         kind += f" ({r['country']})"
-    return [r["number"], kind, features, campaign, can, count, str(r["sticky"])]
+    delivered = "-"
+    if r["reports"]:
+        delivered = f"{r['delivery_ratio']:.1%} of {r['reports']:,}"
+        if r["skipped"]:
+            delivered += " (skipped)"
+        elif r["unhealthy"]:
+            delivered += " (below threshold)"
+    return [r["number"], kind, features, campaign, can, count, delivered, str(r["sticky"])]
+
+
+def _duration(seconds: float) -> str:
+    """A window as people say it: 1h, 90m, 2d, 45s."""
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 @main.command()

@@ -6,7 +6,9 @@ counts (one event loop writes them, so no lock). Everything else is read when
 scraped: the binds' state, window and throttles from the bind objects, and from
 Redis, in one pipelined round trip (`Metrics.refresh`), the work streams'
 length, pending entries and oldest entry, the schedules, the dead letters, the
-profiles' stats hashes, the callback streams and today's campaign counters.
+profiles' stats hashes, the callback streams, today's campaign counters and each
+sender number's delivery ratio over its profile's ``health_window``
+(router/store/health.py).
 
 Two kinds of numbers: counters of this instance (``sms_router_messages_total``,
 ``..._submit_latency_seconds``, ``..._retries_total``, ``..._throttles_total``,
@@ -45,6 +47,7 @@ from router.config import Settings
 from router.policy.rules import daily_cap
 from router.store import keys
 from router.store.connections import as_text
+from router.store.health import NumberHealth
 from router.store.outages import REDIS_ERRORS, RedisOutages
 
 __all__ = ["LATENCY_BUCKETS", "Latency", "Metrics", "ProfileMetrics"]
@@ -172,6 +175,8 @@ class _Snapshot:
     callbacks: int
     callback_dead_letters: int
     caps_used: dict[str, int]
+    # profile -> number -> (delivered, reports) over the profile's health_window
+    numbers: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 class Metrics:
@@ -182,6 +187,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.profiles: dict[str, ProfileMetrics] = {}
         self.caps: dict[str, int] = {}
+        # Per profile: its numbers and their delivery ratios' reader.
+        self.numbers: dict[str, tuple[tuple[str, ...], NumberHealth]] = {}
         self.configure(settings)
         self.started = time.time()
         self.workers: Sequence[WorkerView] = ()
@@ -203,6 +210,13 @@ class Metrics:
             for cid, campaign in settings.campaigns.items()
             if (cap := daily_cap(campaign)) is not None
         }
+        numbers = {}
+        for name, profile in settings.profiles.items():
+            kept = self.numbers.get(name)
+            if kept is None or kept[1].window != profile.health_window:
+                kept = ((), NumberHealth(name, profile.health_window))
+            numbers[name] = (tuple(profile.numbers), kept[1])
+        self.numbers = numbers
 
     def profile(self, name: str) -> ProfileMetrics:
         """The counters of profile `name` (handed to its worker, pipeline and reports)."""
@@ -254,6 +268,8 @@ class Metrics:
                 pipe.xlen(keys.callback_dead_letters(name))
                 pipe.hgetall(keys.spend(name, today))
             pipe.hgetall(keys.campaign_counts(day))
+            health = list(self.numbers.items())
+            reads = [reader.commands(pipe) for _, (_, reader) in health]
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             # A missing consumer group (nothing read yet) answers XPENDING with an error.
@@ -277,15 +293,22 @@ class Metrics:
                 dead_letters=int(dead),
                 inbound=int(inbound),
                 stats={as_text(k): int(v) for k, v in stats.items()},
-                spend={as_text(k): float(v) for k, v in spend.items()},
+                spend={as_text(k): keys.spend_amount(v) for k, v in spend.items()},
             )
-        caps = replies[-1]
+        at = len(replies) - sum(reads)  # the numbers' health replies come last
+        caps = replies[at - 1]
+        numbers: dict[str, dict[str, tuple[int, int]]] = {}
+        for (name, (owned, reader)), count in zip(health, reads, strict=True):
+            reader.take(replies[at : at + count])
+            at += count
+            numbers[name] = {n: reader.sample(n) for n in owned}
         return _Snapshot(
             at=time.time(),
             queues=queues,
             callbacks=callbacks,
             callback_dead_letters=callback_dead,
             caps_used={as_text(k): int(v) for k, v in caps.items()},
+            numbers=numbers,
         )
 
 
@@ -456,6 +479,7 @@ class _Collector(Collector):
         for campaign, limit in m.caps.items():
             used.add_metric([campaign], snap.caps_used.get(campaign, 0))
             cap.add_metric([campaign], limit)
+        yield from _numbers(snap)
         yield used
         yield cap
 
@@ -513,3 +537,26 @@ def _stats(snap: _Snapshot) -> Iterator[Metric]:
                 rejections.add_metric([profile, field_[len(REJECTED_PREFIX) :]], count)
     yield from families.values()
     yield rejections
+
+
+def _numbers(snap: _Snapshot) -> Iterator[Metric]:
+    """Each sender number's delivery ratio over its profile's health_window (every
+    instance's reports, kept in Redis); a number without reports has no ratio."""
+    ratio = GaugeMetricFamily(
+        f"{PREFIX}_number_delivery_ratio",
+        "Delivered share of a sender number's final delivery reports over the "
+        "profile's health_window.",
+        labels=["profile", "number"],
+    )
+    reports = GaugeMetricFamily(
+        f"{PREFIX}_number_delivery_reports",
+        "Final delivery reports of a sender number over the profile's health_window.",
+        labels=["profile", "number"],
+    )
+    for profile, numbers in snap.numbers.items():
+        for number, (delivered, total) in numbers.items():
+            reports.add_metric([profile, number], total)
+            if total:
+                ratio.add_metric([profile, number], delivered / total)
+    yield ratio
+    yield reports

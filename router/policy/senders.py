@@ -10,10 +10,19 @@ among the allowed numbers of the most preferred kind, the others only when none 
 explicit ``from`` wins when the rules allow it. Numbers of a capped campaign are
 skipped once the campaign's day is full (caps.lua, atomic across instances).
 
-Per batch: one round trip for the rotation counter and the sticky mappings (the
-caller may add its own reads to it, see `commands`), then one for the caps, only when
-a capped campaign is involved. New sticky mappings are returned by `pick` for the
-pipeline to write with the `sending` record (sending.lua).
+Number health: with ``skip_unhealthy``, a number whose delivery ratio over
+``health_window`` is below ``health_threshold`` (from ``health_min_sample`` reports
+on) goes to the end of every message's candidates: it sends only when no healthy
+number may (all unhealthy, or the healthy ones' campaigns full). Passing over every
+number would stop the profile for what may be the carriers' fault, not the numbers';
+an explicit ``from`` is never passed over. The ratios are read every few seconds
+within the batch's round trip below (router/store/health.py), not per message.
+
+Per batch: one round trip for the rotation counter, the sticky mappings and, when
+due, the numbers' health (the caller may add its own reads to it, see `commands`),
+then one for the caps, only when a capped campaign is involved. New sticky mappings
+are returned by `pick` for the pipeline to write with the `sending` record
+(sending.lua).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from router.config import Profile
 from router.policy.rules import Capable, Refusal, SenderRules
 from router.store import keys, scripts
 from router.store.connections import as_text
+from router.store.health import NumberHealth
 
 __all__ = ["SenderPool", "Want"]
 
@@ -70,6 +80,13 @@ class SenderPool:
         self._rr = keys.round_robin(name)
         self._caps = rules.caps()
         self._caps_script = redis.register_script(_CAPS)
+        # Number health (skip_unhealthy): the numbers passed over, as last read.
+        self.health: NumberHealth | None = None
+        if profile.skip_unhealthy:
+            self.health = NumberHealth(name, profile.health_window)
+        self._threshold = profile.health_threshold
+        self._min_sample = profile.health_min_sample
+        self.unhealthy: frozenset[str] = frozenset()
 
     def owns(self, number: str) -> bool:
         """Whether `number` is one of this profile's sender numbers."""
@@ -78,12 +95,15 @@ class SenderPool:
     def commands(self, pipe: Pipeline, wants: Sequence[Want]) -> int:
         """Queue this batch's reads on `pipe` (the caller's round trip); returns how many."""
         pipe.incrby(self._rr, len(wants))
+        count = 1
         if self.sticky:
             # MGET as a plain command: a cluster pipeline refuses the `mget` method (the
             # keys share the profile's slot, so one node answers it).
             pipe.execute_command("MGET", *[keys.sticky(self.name, w.to) for w in wants])
-            return 2
-        return 1
+            count = 2
+        if self.health is not None and self.health.due():
+            count += self.health.commands(pipe)
+        return count
 
     async def pick(
         self, wants: Sequence[Want], replies: Sequence[Any]
@@ -95,6 +115,10 @@ class SenderPool:
         mapped: list[str | None] = [None] * len(wants)
         if self.sticky:
             mapped = [as_text(v) if v else None for v in replies[1]]
+        health = replies[2 if self.sticky else 1 :]
+        if self.health is not None and health:
+            self.health.take(health)
+            self.unhealthy = self.health.unhealthy(self._threshold, self._min_sample)
         first: dict[str, int] = {}
         start = end - len(wants)
         choices: list[list[str] | Refusal] = []
@@ -124,14 +148,24 @@ class SenderPool:
         if capable.refusal is not None:
             return capable.refusal
         if self.geomatch:
-            order = [n for tier in capable.tiers for n in _rotated(tier, position)]
+            groups: Sequence[Sequence[str]] = capable.tiers
         elif self.preference:
-            order = [n for group in capable.ranked for n in _rotated(group, position)]
+            groups = capable.ranked
         else:
-            order = _rotated(capable.numbers, position)
+            groups = (capable.numbers,)
+        unhealthy = self.unhealthy
+        if unhealthy and not unhealthy.isdisjoint(capable.numbers):
+            # Last, not gone: they send only when no healthy number may. The healthy
+            # ones rotate among themselves, so each still gets its share.
+            groups = [
+                *([n for n in g if n not in unhealthy] for g in groups),
+                *([n for n in g if n in unhealthy] for g in groups),
+            ]
+        order = [n for group in groups if group for n in _rotated(group, position)]
         if mapped is not None and mapped != order[0] and mapped in order:
-            order.remove(mapped)
-            order.insert(0, mapped)
+            if mapped not in unhealthy:  # an unhealthy one: the recipient gets another
+                order.remove(mapped)
+                order.insert(0, mapped)
         return order
 
     async def _pick(
