@@ -534,6 +534,24 @@ class SmppBind:
             self._held_timer = loop.call_at(due, self._release_held)
         self._pump()
 
+    def give_back_waiting(self) -> int:
+        """Without a bound session: hand back now, as never sent (`Retry`, not an
+        attempt), every message waiting here for one, rather than after
+        `response_timeout` (the router moves them to another connector). Later parts
+        of a long message already partly sent stay until their deadline. Returns how
+        many messages were handed back."""
+        if self._bound.is_set() or not self._window.queue:
+            return 0
+        now = asyncio.get_running_loop().time()
+        given = 0
+        for job in self._window.expire_waiting(now, 0.0, self._unbound_at):
+            if job.index == 0:
+                self._give_outcome(job, self._not_bound())
+                given += 1
+            else:
+                self._part_failed(job, _not_connected())
+        return given
+
     def _sweep(self) -> None:
         """Every `_sweep_every` s while messages are here: time out unanswered submits,
         and messages that waited too long for a bound session."""

@@ -27,6 +27,7 @@ from typing import Final, Literal
 import structlog
 
 from binds.base import Accepted, Bind, Outcome, Retry
+from binds.smpp import SmppBind
 from router.config import Connector
 from router.engine.shared import Recent
 
@@ -201,10 +202,14 @@ class ConnectorRuntime:
             self._unready_since = now
         if not self.down and now - self._unready_since >= self.settings.failover_after:
             self.down = True
+            # What waits in its binds for a session moves now, not after each bind's
+            # response_timeout (handed back as never sent: the pipeline re-routes it).
+            given = sum(b.give_back_waiting() for b in self.binds if isinstance(b, SmppBind))
             log.warning(
                 "connector down: no bound session; routes fail over",
                 connector=self.name,
                 after=self.settings.failover_after,
+                handed_back=given,
             )
 
     async def watch(self, stopping: asyncio.Event) -> None:
