@@ -52,6 +52,7 @@ from router.policy.routes import RouteTable
 from router.policy.spend import today
 from router.store import keys
 from router.store.connections import as_text, open_redis
+from router.store.health import QualityBoard
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_ERRORS, Pause, RedisOutages
 from router.systemd import Notifier
@@ -233,7 +234,13 @@ class Daemon:
             )
         )
         self._shared = Shared(
-            redis, ledger, self.instance, self.outages, self.providers, metrics=self.metrics
+            redis,
+            ledger,
+            self.instance,
+            self.outages,
+            self.providers,
+            metrics=self.metrics,
+            quality=QualityBoard(redis),
         )
         stack.push_async_callback(self._close_binds)
         if self.settings.api.listen is not None:
@@ -286,6 +293,8 @@ class Daemon:
         for runtime in self.runtimes.values():
             runtime.run()
         watches = [asyncio.create_task(c.watch(self.stopping)) for c in self._shared_connectors()]
+        if self._shared is not None and self._shared.quality is not None:
+            watches.append(asyncio.create_task(self._shared.quality.run(self.stopping)))
         posters = [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
         stop = asyncio.create_task(self.stopping.wait())
         failed: list[asyncio.Task[Any]] = []

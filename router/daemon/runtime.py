@@ -29,6 +29,7 @@ from router.engine.shared import ProfileSide, Recent, SharedDeliveries
 from router.engine.worker import ProfileWorker
 from router.metrics import Metrics
 from router.policy.routes import RouteTable
+from router.store.health import QualityBoard
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_DOWN, RedisOutages
 
@@ -67,6 +68,7 @@ class Shared:
     connectors: dict[str, ConnectorRuntime] = field(default_factory=dict)
     table: RouteTable | None = None
     sides: dict[str, ProfileSide] = field(default_factory=dict)
+    quality: QualityBoard | None = None  # delivery ratios for `quality` routes
 
 
 @dataclass
@@ -218,7 +220,7 @@ async def build(
         redis=shared.redis,
         name=name,
         settings=settings,
-        routing=Routing(name, shared.table, connectors),
+        routing=Routing(name, shared.table, connectors, quality=shared.quality),
         ledger=shared.ledger,
         consumer=shared.instance,
         reports=reports,

@@ -31,6 +31,7 @@ from router.engine.shared import remember_accepted
 from router.metrics import ProfileMetrics
 from router.policy.jobs import Job
 from router.policy.routes import Matched
+from router.store.health import Outcome as FinalOutcome
 from router.store.ledger import Finished, Ledger, Sending, Transition
 from router.store.outages import REDIS_DOWN, Pause, RedisOutages
 from router.store.queue import Entry
@@ -319,8 +320,12 @@ class Pipeline:
         if self._metrics is not None and finals is not None:
             self._metrics.count("sent", len(taken) - len(failed))
             self._metrics.count("failed", len(failed))
-            for status, count in finals.items():  # early delivery reports applied
-                self._metrics.count(status, count)
+            for status in finals:  # early delivery reports applied
+                if status:
+                    self._metrics.count(status)
+        if finals and self._reports is not None:
+            # Counted like the reports report.lua applies (quality, number health).
+            await self._reports.count(landed(items, finals))
         if failed:
             log.warning(
                 "messages refused by the provider",
@@ -439,9 +444,22 @@ class Pipeline:
             else:
                 if self._metrics is not None and result is not None:
                     self._metrics.count(item.status)
-                    for status, count in result.items():
-                        self._metrics.count(status, count)
+                    for status in result:
+                        if status:
+                            self._metrics.count(status)
+                if result and self._reports is not None:
+                    await self._reports.count(landed([item], result))
                 self._handoff.release([ready.entry])
+
+
+def landed(items: Sequence[Finished], finals: Sequence[str]) -> list[FinalOutcome]:
+    """The messages an early delivery report made final in `finish`, to count
+    (quality and number health)."""
+    return [
+        FinalOutcome(final, it.to, it.sender, it.connector)
+        for it, final in zip(items, finals, strict=True)
+        if final
+    ]
 
 
 class _Collect:

@@ -438,12 +438,11 @@ class Ledger:
             for i in range(0, len(reply), 3)
         ]
 
-    async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> dict[str, int]:
+    async def finish(self, profile: str, stream: str, items: Sequence[Finished]) -> list[str]:
         """Record a batch's outcomes (`sent` or `failed`), their events and provider-id
         index, apply early reports, and acknowledge the entries, in one call
         (finish.lua), followed by a WAIT for replicas when `replicas_ack` asks for it.
-        Returns the final statuses the early reports wrote, counted
-        (``{"delivered": 3}``; empty when none was applied)."""
+        Returns, per item, the final status an early report wrote ('' = none)."""
         wait = self._report_waits.get(profile, 0.0)
         now = time.time()
         payload = msgpack.packb(
@@ -477,7 +476,10 @@ class Ledger:
             )
         else:
             finals = await self._finish(keys=script_keys, args=[payload])
-        return {as_text(finals[i]): int(finals[i + 1]) for i in range(0, len(finals), 2)}
+        out = [""] * len(items)
+        for i in range(0, len(finals), 2):
+            out[int(finals[i]) - 1] = as_text(finals[i + 1])
+        return out
 
     async def note_missing_reports(self, profile: str, *, note: str, batch: int = 500) -> int:
         """Note every overdue sent message of `profile` (see missing.lua); returns how many

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from router import Client
 from router.config import parse_settings
+from router.engine.pipeline import landed
 from router.engine.receipts import Reports
 from router.store import keys
 from router.store.connections import open_redis
@@ -199,6 +200,29 @@ async def test_a_report_that_makes_its_message_final_is_counted(redis: Redis) ->
     health = NumberHealth("sms", 600)
     await health.refresh(redis)
     assert health.samples == {"+16501112345": (1, 2)}
+
+
+async def test_a_report_applied_early_by_finish_is_counted_too(redis: Redis) -> None:
+    """A report that comes before its message is recorded sent is applied by finish.lua:
+    `finish` says which items it made final, and the pipeline counts those."""
+    ledger = Ledger(redis, retention=3600, events_maxlen=1000)
+    reports = Reports(redis, ledger, "sms", id_format="as-is")
+    ids = await Client(redis, default_profile="sms").send_many(
+        [{"to": UK, "text": f"m{i}"} for i in range(2)]
+    )
+    await reports.apply(["e0"], "undelivered", "UNDELIV", "001")  # kept early
+    items = []
+    for i, job in enumerate(ids):
+        owner = (await redis.hget(keys.record("sms", job), "owner") or b"").decode()
+        [step] = await ledger.sending("sms", [_sending(job, owner)])
+        items.append(_sent(job, owner, step.step, f"e{i}"))
+    finals = await ledger.finish("sms", keys.queue("sms"), items)
+    assert finals == ["undelivered", ""]
+    await reports.count(landed(items, finals))
+    board = QualityBoard(redis)
+    board.want("carrier-a", 600)
+    await board.refresh()
+    assert board.sample("carrier-a", 600, "44") == (0, 1)
 
 
 @pytest.mark.cluster

@@ -12,8 +12,8 @@
 -- on the record (`connector`), beside its step (`c<n>`) and in its event
 -- (`connector`); a `sent` item's price (0 = unknown) on the record (`price`) and in
 -- the day's spend (`total` and its connector's field, in millionths: one HINCRBY per
--- field per call). Returns the final statuses
--- early reports wrote, as a flat list {status, count, ...}.
+-- field per call). Returns {item index, final status, ...} for the items an early
+-- report made final.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
 local ttl, maxlen = args[FINISH_CALL_RETENTION], args[FINISH_CALL_EVENTS_MAXLEN]
@@ -105,7 +105,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
         local final = apply_report(KEYS[6 + i], it[FINISHED_ID], part, r[DLR_OUTCOME],
                                    r[DLR_STAT], r[DLR_ERR], now, ids, info, profile,
                                    KEYS[1], maxlen, KEYS[2], awaiting, n)
-        if final then finals[final] = (finals[final] or 0) + 1 end
+        if final then finals[i] = final end
       end
       if raw then
         redis.call('HDEL', KEYS[5], wanted[w])
@@ -123,9 +123,10 @@ if #entries > 0 then
   redis.call('XACK', KEYS[3], group, unpack(entries))
   redis.call('XDEL', KEYS[3], unpack(entries))
 end
+-- Only the items an early report made final: most calls answer an empty list.
 local out = {}
-for status, count in pairs(finals) do
-  out[#out + 1] = status
-  out[#out + 1] = count
+for i, final in pairs(finals) do
+  out[#out + 1] = i
+  out[#out + 1] = final
 end
 return out
