@@ -439,13 +439,15 @@ class Daemon:
     async def _spend(self, redis: Redis) -> dict[str, dict[str, float]]:
         """Today's spend of each profile that has any: total and per connector."""
         day = today()
+        # Taken once: start-up adds workers while this waits for Redis.
+        names = [worker.name for worker in self.workers]
         async with redis.pipeline(transaction=False) as pipe:
-            for worker in self.workers:
-                pipe.hgetall(keys.spend(worker.name, day))
+            for name in names:
+                pipe.hgetall(keys.spend(name, day))
             rows = await pipe.execute()
         return {
-            w.name: {as_text(k): keys.spend_amount(v) for k, v in row.items()}
-            for w, row in zip(self.workers, rows, strict=True)
+            name: {as_text(k): keys.spend_amount(v) for k, v in row.items()}
+            for name, row in zip(names, rows, strict=True)
             if row
         }
 
