@@ -75,7 +75,8 @@ class ConnectorRuntime:
         self._unready_since: float | None = None
         self.down = False  # no ready bind for `failover_after` seconds
         self._prices: dict[str, float | None] = {}
-        self._price_digits = max((len(p) for p in settings.prices), default=0)
+        # The destination digits its prices depend on (the longest prefix listed).
+        self.price_digits = max((len(p) for p in settings.prices if p != "default"), default=0)
         # Provider ids of what this instance sent here, when several profiles share the
         # connector (their receipts find their profile: router/engine/shared.py).
         self.recent: Recent | None = None
@@ -86,7 +87,7 @@ class ConnectorRuntime:
     def price(self, to: str) -> float | None:
         """One part's price to `to` (`Connector.price`), memoised by the digits that
         decide it: the hot path asks twice per message (least_cost, spend)."""
-        key = to[: self._price_digits]
+        key = to[: self.price_digits]
         memo = self._prices
         try:
             return memo[key]

@@ -49,6 +49,7 @@ __all__ = ["PROBE_EVERY", "Routing", "no_route", "rank"]
 # ``quality``: one message in this many (per route and country) goes to a connector
 # below the route's minimum sample, when one is healthy.
 PROBE_EVERY = 20
+CHEAPEST_MEMO = 65_536  # (route, destination prefix) orders kept for least_cost
 
 
 def no_route(to: str, sender: str) -> Refusal:
@@ -84,6 +85,10 @@ class Routing:
         self._only = only[0] if len(only) == 1 else None
         # Smooth weighted round robin: each route's connectors' running credit.
         self._credit: dict[int, dict[str, float]] = {}
+        # ``least_cost``: per route, the price digits that matter, and the connectors
+        # cheapest first per (route, those digits of the destination).
+        self._price_digits: dict[int, int] = {}
+        self._cheapest: dict[tuple[int, str], tuple[ConnectorRuntime, ...]] = {}
 
     @property
     def windows(self) -> int:
@@ -129,10 +134,27 @@ class Routing:
         or not (what `sms-router route` shows)."""
         if route.strategy == "quality":
             return [self.connectors[n] for n in self.ranked(route, to).order]
-        connectors = [self.connectors[n] for n in route.connectors]
         if route.strategy == "least_cost":
-            return sorted(connectors, key=lambda c: _price_key(c, to))
-        return connectors
+            return list(self._by_price(route, to))
+        return [self.connectors[n] for n in route.connectors]
+
+    def _by_price(self, route: Matched, to: str) -> tuple[ConnectorRuntime, ...]:
+        """A ``least_cost`` route's connectors, cheapest first for `to` (unknown prices
+        last, ties in route order), memoised by the digits that decide the prices."""
+        digits = self._price_digits.get(route.index)
+        if digits is None:
+            connectors = [self.connectors[n] for n in route.connectors]
+            digits = max((c.price_digits for c in connectors), default=0)
+            self._price_digits[route.index] = digits
+        key = (route.index, to[:digits])
+        found = self._cheapest.get(key)
+        if found is None:
+            if len(self._cheapest) >= CHEAPEST_MEMO:
+                self._cheapest.clear()
+            connectors = [self.connectors[n] for n in route.connectors]
+            found = tuple(sorted(connectors, key=lambda c: _price_key(c, to)))
+            self._cheapest[key] = found
+        return found
 
     def ranked(self, route: Matched, to: str) -> Ranked:
         """A ``quality`` route's connectors, best first for `to`'s country, and those
@@ -150,6 +172,11 @@ class Routing:
         return found
 
     def _choose(self, route: Matched, to: str, tried: tuple[str, ...]) -> ConnectorRuntime | None:
+        if route.strategy == "least_cost":
+            for connector in self._by_price(route, to):
+                if connector.name not in tried and connector.healthy:
+                    return connector
+            return None
         eligible = [
             c for n in route.connectors if n not in tried and (c := self.connectors[n]).healthy
         ]
@@ -159,8 +186,6 @@ class Routing:
             return eligible[0]
         if route.strategy == "weighted":
             return self._weighted(route, eligible)
-        if route.strategy == "least_cost":
-            return min(eligible, key=lambda c: _price_key(c, to))
         if route.strategy == "quality":
             return self._best(route, to, eligible)
         return eligible[0]
@@ -234,5 +259,5 @@ def _country(prefix: str) -> str:
 
 
 def _price_key(connector: ConnectorRuntime, to: str) -> tuple[int, float]:
-    price = connector.settings.price(to)
+    price = connector.price(to)
     return (1, 0.0) if price is None else (0, price)
