@@ -108,6 +108,13 @@ def config_lines(settings: Settings) -> list[str]:
             rule += f" default_use_case={p.default_use_case}"
         if p.sender.startswith("sticky"):
             rule += f" sticky_ttl={_span(p.sticky_ttl)}"
+        if p.skip_unhealthy:
+            rule += (
+                f" skip_unhealthy (below {p.health_threshold:.0%} over "
+                f"{_span(p.health_window)}, from {p.health_min_sample} reports)"
+            )
+        if p.daily_spend_limit is not None:
+            rule += f" daily_spend_limit={p.daily_spend_limit:g}"
         lines.append(rule)
         facts = number_facts(settings, name)
         able = sum(1 for f in facts if f["can_send"])

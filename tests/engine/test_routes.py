@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from router import Client
 from router.config import parse_settings
 from router.store.ledger import Ledger
+from router.summary import config_lines
 from sims.smscsim import SimConfig, SmscSimulator
 
 from ..binds import test_smpp_flow
@@ -238,3 +239,39 @@ async def test_inbound_on_a_shared_connector_reaches_the_owner_of_the_number(
     by_text = {m["text"]: m for m in inbox.messages}
     assert by_text["for other"]["profile"] == "other"
     assert by_text["for sms"]["profile"] == "sms"
+
+
+def test_check_config_lists_connectors_routes_and_the_profile_rules(
+    redis_url: str, tmp_path: Path
+) -> None:
+    sims = {"a": 2775, "b": 2776}
+    data = routed_config(
+        redis_url,
+        tmp_path,
+        {name: _Port(port) for name, port in sims.items()},  # type: ignore[misc]
+        [
+            {"to": ["+44"], "connectors": ["a", "b"], "strategy": "least_cost"},
+            {"connectors": ["a", "b"], "strategy": "weighted", "weights": [3, 1]},
+        ],
+    )
+    data["connectors"]["a"]["prices"] = {"+44": 0.04, "default": 0.05}
+    data["connectors"]["c"] = dict(data["connectors"]["b"])
+    data["profiles"]["sms"].update(skip_unhealthy=True, daily_spend_limit=25.5)
+    lines = config_lines(parse_settings(data, env={}))
+    assert "sms: routed outbound numbers=3" in lines[0]
+    assert "skip_unhealthy (below 50% over 3600 s, from 20 reports)" in lines[1]
+    assert "daily_spend_limit=25.5" in lines[1]
+    assert any(
+        line.startswith("connector a: smpp async window=10") and "prices for 2 prefixes" in line
+        for line in lines
+    )
+    assert "routes[0]: to=+44 -> least_cost a,b" in lines
+    assert "routes[1]: (matches every message) -> weighted a,b weights=3,1" in lines
+    assert "connectors no route uses: c" in lines
+
+
+class _Port:
+    """Stands in for a simulator where only its port is read (no connection made)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
