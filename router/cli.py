@@ -19,19 +19,15 @@ import click
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from router.cli_common import config_option, err, load_or_exit, out
 from router.cli_route import route
 from router.cli_tables import Column, fit_table, hidden_hint
 from router.client import Client
 from router.config import (
-    DEFAULT_PATH,
-    ENV_PATH,
-    ConfigError,
     Settings,
-    load_settings,
     resolve_config_path,
 )
 from router.numbers import normalise_e164
@@ -46,46 +42,6 @@ from router.store.smslog import message_log, parse_since
 log = structlog.get_logger("router.cli")
 
 T = TypeVar("T")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-config_option = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    default=None,
-    metavar="PATH",
-    help="Configuration file (default: $SMS_ROUTER_CONFIG, else ./router.toml).",
-)
-
-
-def _settings(path: str | None, *, secrets: bool = True) -> Settings:
-    """The configuration, or exit 1 listing its problems. ``secrets=False`` for commands
-    that only reach Redis: a provider/API/webhook secret this shell cannot resolve (the
-    daemon's come from systemd credentials or its EnvironmentFile) does not stop them;
-    ``[router] redis_password`` is still resolved, everything else checked as usual."""
-    file = resolve_config_path(path)
-    try:
-        return load_settings(file, resolve_secrets=secrets)
-    except ConfigError as exc:
-        err.print("[bold red]configuration error[/]", markup=True)
-        for problem in exc.problems:
-            err.print(f"  {problem}", markup=False)
-        if not file.exists():
-            err.print(f"  {_where_config(path)}", markup=False)
-        sys.exit(1)
-
-
-def _where_config(path: str | None) -> str:
-    """Where the missing file was looked for and how to name another one."""
-    if path:
-        return "(given with -c PATH)"
-    if os.environ.get(ENV_PATH):
-        return f"(named by ${ENV_PATH}; give another with -c PATH)"
-    return (
-        f"(looked for {DEFAULT_PATH} in {os.getcwd()}: give the file with -c PATH "
-        f"or set ${ENV_PATH})"
-    )
 
 
 def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
@@ -114,7 +70,7 @@ def run(config_path: str | None) -> None:
     from router.daemon.lease import InstanceTaken
     from router.logs import configure
 
-    settings = _settings(config_path)
+    settings = load_or_exit(config_path)
     configure(settings.router.log_format, settings.router.log_level)
     try:
         daemon = Daemon(settings, resolve_config_path(config_path))
@@ -147,7 +103,7 @@ def check_config(config_path: str | None, path: str | None) -> None:
 
     if config_path and path and config_path != path:
         raise click.UsageError("give the configuration once: -c PATH or PATH")
-    settings = _settings(config_path or path)
+    settings = load_or_exit(config_path or path)
     out.print("OK")
     for line in config_lines(settings):
         out.print(f"  {line}", markup=False)
@@ -168,7 +124,7 @@ def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
     from router.store.health import NumberHealth
     from router.summary import number_rows
 
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     own = settings.profiles[profile]
 
@@ -279,7 +235,7 @@ def send(
     A job the profile would refuse (unknown template, missing variable, more parts
     than max_segments, a sender it does not own) fails here, exit 1, and nothing is
     enqueued."""
-    settings = _settings(config_path)
+    settings = load_or_exit(config_path)
     _known_profile(settings, profile)
     job: dict[str, Any] = {"to": to}
     named = (("text", text), ("template", template), ("lang", lang), ("from", sender))
@@ -307,7 +263,7 @@ def send(
 @click.option("--chunk", default=1000, show_default=True, help="Jobs per round trip.")
 def enqueue(config_path: str | None, file: str, profile: str | None, chunk: int) -> None:
     """Enqueue every job of a JSON-lines FILE (one wire-format job per line)."""
-    settings = _settings(config_path)
+    settings = load_or_exit(config_path)
     _known_profile(settings, profile)
     lines, problems = _read_jobs(file, profile)
     jobs = [job for _line, job in lines]
@@ -391,7 +347,7 @@ def _read_jobs(
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 def status(config_path: str | None, job_id: str, as_json: bool) -> None:
     """Show one message record and its history."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
 
     async def work(redis: Redis) -> dict[str, Any] | None:
         return await _ledger(redis, settings).get(job_id, profiles=list(settings.profiles))
@@ -474,7 +430,7 @@ def log_(
     as_json: bool,
 ) -> None:
     """Messages that changed status recently, newest first (the SMS log)."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     try:
         start = parse_since(since)
@@ -570,7 +526,7 @@ def _dlq_command(name: str, *, profile_required: bool = True) -> Callable[..., A
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(config_path: str | None, profile: str | None, limit: int, as_json: bool) -> None:
     """List the oldest dead letters of one profile, or of every profile."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     names = [profile] if profile else sorted(settings.profiles)
 
@@ -619,7 +575,7 @@ def _dlq_entries_command(name: str, help_text: str, action: _EntryAction, done: 
     def command(
         config_path: str | None, profile: str, entries: tuple[str, ...], everything: bool
     ) -> None:
-        settings = _settings(config_path, secrets=False)
+        settings = load_or_exit(config_path, secrets=False)
         _known_profile(settings, profile)
         wanted = _entry_ids(entries)
 
@@ -714,7 +670,7 @@ def _e164_argument(number: str) -> str:
 @_profile_command(optout, "list")
 def optout_list(config_path: str | None, profile: str) -> None:
     """Every opted-out number of the profile, sorted."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     numbers = _with_redis(settings, lambda redis: audience.list_opt_outs(redis, profile))
     for number in numbers:
@@ -726,7 +682,7 @@ def optout_list(config_path: str | None, profile: str) -> None:
 @click.argument("number")
 def optout_add(config_path: str | None, profile: str, number: str) -> None:
     """Opt NUMBER out of the profile (as if it had texted STOP)."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     number = _e164_argument(number)
     added = _with_redis(settings, lambda redis: audience.add_opt_out(redis, profile, number))
@@ -738,7 +694,7 @@ def optout_add(config_path: str | None, profile: str, number: str) -> None:
 @click.argument("number")
 def optout_remove(config_path: str | None, profile: str, number: str) -> None:
     """Opt NUMBER back in (as if it had texted START)."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     number = _e164_argument(number)
     removed = _with_redis(settings, lambda redis: audience.remove_opt_out(redis, profile, number))
@@ -772,7 +728,7 @@ def _list_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_profile_command(lists_, "show")
 def lists_show(config_path: str | None, profile: str) -> None:
     """The configured lists and the Redis lists of the profile."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     rules = settings.profiles[profile]
     kept = _with_redis(settings, lambda redis: audience.show_lists(redis, profile))
@@ -790,7 +746,7 @@ def lists_show(config_path: str | None, profile: str) -> None:
 @click.argument("entry", metavar="NUMBER_OR_PREFIX")
 def lists_add(config_path: str | None, profile: str, block: bool, allow: bool, entry: str) -> None:
     """Add a number or prefix to the profile's Redis blocklist or allowlist."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     which = _which(block, allow)
     entry = _entry_argument(entry)
@@ -808,7 +764,7 @@ def lists_remove(
     config_path: str | None, profile: str, block: bool, allow: bool, entry: str
 ) -> None:
     """Remove a number or prefix from the profile's Redis blocklist or allowlist."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
     which = _which(block, allow)
     entry = _entry_argument(entry)
@@ -839,7 +795,7 @@ def reload(config_path: str | None, wait: float) -> None:
     from router.daemon.daemon import health_key
     from router.daemon.reload import Verdict, read_verdict, wait_for_verdict
 
-    settings = _settings(config_path, secrets=False)  # where Redis is and which instance to ask
+    settings = load_or_exit(config_path, secrets=False)  # where Redis is and which instance to ask
     instance = settings.router.instance_name
 
     async def find(redis: Redis) -> dict[str, Any] | None:
@@ -958,7 +914,7 @@ def health(config_path: str | None, as_json: bool) -> None:
     or a profile without a ready bind."""
     from router.daemon.daemon import health_key
 
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
 
     async def work(
         redis: Redis,
@@ -1040,7 +996,7 @@ main.add_command(route)
 def migrate_keys_(config_path: str | None, dry_run: bool) -> None:
     """Move the keys of the old layout (sms:msg:<id>, sms:events, sms:callbacks...) to
     the per-profile one. Stop every instance first; running it twice is harmless."""
-    settings = _settings(config_path, secrets=False)
+    settings = load_or_exit(config_path, secrets=False)
 
     async def work(redis: Redis) -> MigrationReport:
         with err.status("migrating keys") as status:

@@ -20,11 +20,11 @@ from typing import Any
 import click
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from rich.console import Console
 from rich.table import Table
 
+from router.cli_common import config_option, err, load_or_exit, out
 from router.cli_tables import Column, fit_table, hidden_hint
-from router.config import ConfigError, Settings, load_settings, resolve_config_path
+from router.config import Settings
 from router.policy.explain import ExplainError, Explanation, explain, health_from_records
 from router.store.connections import RedisUnavailable, as_text, open_redis
 
@@ -33,8 +33,6 @@ __all__ = ["ROUTE_REJECTED", "ROUTE_SENDS", "route"]
 # Exit codes: the message would be sent; it would be rejected (or an error).
 ROUTE_SENDS, ROUTE_REJECTED = 0, 1
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _COLUMNS = (
     Column("#", keep=0),
@@ -47,14 +45,7 @@ _COLUMNS = (
 
 
 @click.command("route")
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    default=None,
-    metavar="PATH",
-    help="Configuration file (default: $SMS_ROUTER_CONFIG, else ./router.toml).",
-)
+@config_option
 @click.option("--profile", default=None, help="Profile (default: the global one).")
 @click.option("--to", "to", required=True, help="Destination, E.164.")
 @click.option(
@@ -82,7 +73,7 @@ def route(
     Exit 0: the message would be sent; 1: it would be rejected (no_route,
     sender_not_allowed...: the code and reason are printed) or an error (an unknown
     profile, a --to that is not E.164, a --from the profile does not own)."""
-    settings = _settings(config_path)
+    settings = load_or_exit(config_path, secrets=False)
     try:
         explain(settings, profile, to, sender, use_case)  # bad input: before Redis
     except ExplainError as exc:
@@ -95,19 +86,6 @@ def route(
     else:
         _print(found)
     sys.exit(ROUTE_SENDS if found.outcome == "send" else ROUTE_REJECTED)
-
-
-def _settings(path: str | None) -> Settings:
-    """The configuration without the secrets only the daemon resolves (as the other
-    operator commands load it), or exit 1 with its problems."""
-    file = resolve_config_path(path)
-    try:
-        return load_settings(file, resolve_secrets=False)
-    except ConfigError as exc:
-        err.print("configuration error", markup=False)
-        for problem in exc.problems:
-            err.print(f"  {problem}", markup=False)
-        sys.exit(1)
 
 
 def _health(settings: Settings) -> tuple[dict[str, str], str]:
