@@ -259,6 +259,7 @@ class Daemon:
             stack.push_async_callback(self.api.stop)
             self._shared.api_port = self.api.port
         self._shared.table = RouteTable(self.settings)
+        self._shared.settings = self.settings
         for name in self.settings.connectors:
             self._shared.connectors[name] = await build_connector(
                 name, self.settings, self._shared, build_binds
@@ -386,6 +387,7 @@ class Daemon:
             self.metrics.watch(self.workers, self.outages, self._shared.redis)
             self.notify_ready()
         self.settings = reloader.settings
+        self._shared.settings = reloader.settings
         for poster in self.posters:
             poster.signing = _signing(self.settings)
             poster.serve(self.settings.profiles)

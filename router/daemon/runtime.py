@@ -68,6 +68,7 @@ class Shared:
     connectors: dict[str, ConnectorRuntime] = field(default_factory=dict)
     table: RouteTable | None = None
     sides: dict[str, ProfileSide] = field(default_factory=dict)
+    settings: Settings | None = None  # the configuration now (a reload replaces it)
     quality: QualityBoard | None = None  # delivery ratios for `quality` routes
 
 
@@ -311,13 +312,17 @@ async def build_connector(
     (router/engine/shared.py)."""
     connector = settings.connectors[name]
     assert shared.table is not None
-    profiles = shared.table.profiles_of(name, list(settings.profiles))
     recent = Recent()
+
+    def routed_here() -> list[str]:
+        assert shared.table is not None
+        return shared.table.profiles_of(name, list(shared.sides))
+
     handler = SharedDeliveries(
         name,
         redis=shared.redis,
-        settings=settings,
-        profiles=profiles,
+        settings=lambda: shared.settings or settings,
+        profiles=routed_here,
         sides=shared.sides,
         recent=recent,
     )
@@ -334,6 +339,8 @@ async def build_connector(
         await bind.start()
     runtime = ConnectorRuntime(name, connector, binds)
     runtime.namespace = handler.namespace
-    if len(profiles) > 1:
+    if len(shared.table.profiles_of(name, list(settings.profiles))) > 1:
+        # Several profiles: remember which sent what (one added later by a reload
+        # finds its reports through Redis instead).
         runtime.recent = recent
     return runtime

@@ -21,7 +21,7 @@ the connector's ``inbound_profile``; else to the first profile routed over it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -80,23 +80,24 @@ class SharedDeliveries:
         connector: str,
         *,
         redis: Redis,
-        settings: Settings,
-        profiles: Sequence[str],
+        settings: Callable[[], Settings],
+        profiles: Callable[[], Sequence[str]],
         sides: Mapping[str, ProfileSide],
         recent: Recent,
     ) -> None:
         self.connector = connector
         self.namespace = f"{connector}/"
         self._redis = redis
+        # Read at each delivery: a reload may add profiles or move numbers.
         self._settings = settings
-        self.profiles = list(profiles)
+        self._profiles = profiles
         self._sides = sides
         self._recent = recent
-        self._fallback = (
-            settings.connectors[connector].inbound_profile
-            if (connector in settings.connectors)
-            else None
-        )
+
+    @property
+    def profiles(self) -> list[str]:
+        """The running profiles routed over this connector, in configuration order."""
+        return list(self._profiles())
 
     async def __call__(self, bind: str, message: ShortMessage) -> int:
         if message.is_receipt:
@@ -139,9 +140,12 @@ class SharedDeliveries:
     async def inbound(self, message: ShortMessage) -> int:
         """Hand an inbound message to the profile owning its destination number."""
         destination = message.destination
-        owner = self._settings.profile_of_number(_e164(destination))
+        settings = self._settings()
+        owner = settings.profile_of_number(_e164(destination))
         if owner is None or owner not in self._sides:
-            owner = self._fallback if self._fallback in self._sides else None
+            connector = settings.connectors.get(self.connector)
+            fallback = connector.inbound_profile if connector is not None else None
+            owner = fallback if fallback in self._sides else None
         if owner is None:
             owner = next((p for p in self.profiles if p in self._sides), None)
         side = self._sides.get(owner) if owner is not None else None

@@ -46,6 +46,8 @@ def _toml(value: Any) -> str:
         return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list):  # of scalars, or of inline tables ([[routes]])
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return json.dumps(value)
 
 

@@ -238,3 +238,34 @@ async def _start_daemon_in(folder: Path, config: str, log: Path) -> asyncio.subp
 async def _final(redis: Redis, job: str) -> bool:
     found = await statuses(redis, [job])
     return found["sent"] + found["delivered"] == 1
+
+
+async def test_a_profile_added_by_reload_gets_its_reports_on_a_shared_connector(
+    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, daemon_from: Any
+) -> None:
+    """Receipts on a `[connectors]` entry find the profiles running now, not only those
+    of the start-up configuration (issue 19)."""
+    data = smpp_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    sms = data["profiles"]["sms"]
+    smpp = sms.pop("smpp")
+    sms.pop("protocol")
+    data["connectors"] = {"carrier": {"protocol": "smpp", "smpp": smpp}}
+    data["routes"] = [{"connectors": ["carrier"]}]
+    path = write_config(tmp_path / "router.toml", data)
+    daemon = daemon_from(path)
+    await wait_for(lambda: any(c.ready for c in daemon.connectors), 20, "bound")
+    new = copy.deepcopy(data)
+    new["profiles"]["late"] = {"numbers": ["+447700900123"]}
+    new["numbers"]["+447700900123"] = {"features": ["SmsSender", "InternationalSmsSender"]}
+    write_config(path, new)
+    assert await daemon.reload() is True
+    client = Client(redis, default_profile="late")
+    ids = await client.send_many([{"to": f"+4479111000{i:02d}", "text": "x"} for i in range(20)])
+
+    async def delivered() -> bool:
+        found = Counter(
+            r["status"] for r in await Ledger(redis, retention=60, events_maxlen=10).find(ids) if r
+        )
+        return found["delivered"] == len(ids)
+
+    await wait_for(delivered, 30, "the late profile's messages delivered")
