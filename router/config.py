@@ -1384,6 +1384,11 @@ def _check_routing(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[s
                 f"{where}: profile {name!r} has an inline protocol, which is a connector "
                 "of that name already; rename one"
             )
+        elif name in profiles:
+            problems.append(
+                f"{where}: a profile is named {name!r} too (provider webhooks under "
+                f"/v1/providers/{name}/ would be ambiguous); rename one"
+            )
         problems += _check_protocol(where, connector, secrets, connector=True)
         fallback = connector.get("inbound_profile")
         if isinstance(fallback, str) and fallback not in profiles:

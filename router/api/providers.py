@@ -23,9 +23,9 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import structlog
@@ -33,9 +33,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from router.api.common import CONTEXT, ApiContext, ApiError, json_response
-from router.config import Profile, Settings, TwilioSection, WebhookReports
-from router.engine.inbound import Inbound
-from router.engine.receipts import Reports
+from router.config import Connector, Profile, Settings, TwilioSection, WebhookReports
 
 __all__ = [
     "PROVIDERS",
@@ -65,13 +63,30 @@ TWILIO_STATUSES: Final = {
 }
 
 
+class ReportSink(Protocol):
+    """Takes a provider's delivery report (a profile's `Reports`, or a shared
+    connector's `SharedDeliveries`, which finds the profile)."""
+
+    async def apply(self, candidates: Sequence[str], outcome: str, stat: str, err: str) -> None:
+        """Apply one report to the message indexed under one of `candidates`."""
+
+
+class TextInbound(Protocol):
+    """Takes a provider's inbound message (a profile's `Inbound`, or a shared
+    connector's `SharedDeliveries`)."""
+
+    async def handle_text(self, source: str, destination: str, text: str) -> None:
+        """Store one inbound message."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderHooks:
-    """What a profile's provider webhooks feed: its delivery reports and, for Twilio,
-    its inbound messages."""
+    """What the provider webhooks of a profile's own connector (or of a shared
+    ``[connectors]`` entry, under its name) feed: delivery reports and, for Twilio,
+    inbound messages."""
 
-    reports: Reports
-    inbound: Inbound | None = None
+    reports: ReportSink
+    inbound: TextInbound | None = None
 
 
 def providers_of(context: ApiContext) -> dict[str, ProviderHooks]:
@@ -154,15 +169,24 @@ async def _twilio_request(
     """The profile, its hooks and the verified POST parameters; ApiError otherwise."""
     context = request.app[CONTEXT]
     name = request.match_info["profile"]
-    profile = context.settings.profiles.get(name)
-    if profile is None or profile.twilio is None:
-        raise ApiError(404, f"profile: no Twilio profile named {name!r}")
+    carrier = _carrier(context.settings, name)
+    if carrier is None or carrier.twilio is None:
+        raise ApiError(404, f"profile: no Twilio profile or connector named {name!r}")
     hooks = providers_of(context).get(name)
     if hooks is None:
         raise ApiError(503, f"profile {name}: not started yet, try again")
     params = await _form(request)
-    _check_twilio_signature(request, context.settings, profile.twilio, params)
+    _check_twilio_signature(request, context.settings, carrier.twilio, params)
     return name, hooks, params
+
+
+def _carrier(settings: Settings, name: str) -> Profile | Connector | None:
+    """The profile with an own connector, or the ``[connectors]`` entry, named `name`
+    (the webhook paths name either; config keeps the names apart)."""
+    profile = settings.profiles.get(name)
+    if profile is not None and profile.protocol is not None:
+        return profile
+    return settings.connectors.get(name)
 
 
 def _check_twilio_signature(
@@ -283,10 +307,14 @@ async def web_report(request: web.Request) -> web.Response:
     """A Web-URL provider's delivery report for one message."""
     context = request.app[CONTEXT]
     name = request.match_info["profile"]
-    profile: Profile | None = context.settings.profiles.get(name)
-    spec = profile.http.reports if profile is not None and profile.http is not None else None
+    carrier = _carrier(context.settings, name)
+    spec = carrier.http.reports if carrier is not None and carrier.http is not None else None
     if spec is None:
-        raise ApiError(404, f"profile: no profile {name!r} with [profiles.{name}.http.reports]")
+        raise ApiError(
+            404,
+            f"profile: no profile or connector {name!r} with http.reports "
+            f"([profiles.{name}.http.reports] or [connectors.{name}.http.reports])",
+        )
     body = await request.read()
     _check_secret(request, body, spec)
     hooks = providers_of(context).get(name)
@@ -300,7 +328,7 @@ async def web_report(request: web.Request) -> web.Response:
         raise ApiError(
             400,
             f"{spec.status_field}: unknown status {value!r} "
-            f"(not in profiles.{name}.http.reports.statuses)",
+            f"(not in {name}'s http.reports.statuses)",
         )
     if ours == "sent":
         return json_response({"status": "ok", "applied": False})

@@ -334,7 +334,18 @@ async def build_connector(
             shared.outages.down(f"storing deliver_sm of {bind}", exc)
             return ESME_RX_T_APPN
 
-    binds = make_binds(name, connector, settings, on_deliver)
+    status_callback: str | None = None
+    webhooks = connector.twilio is not None or (
+        connector.http is not None and connector.http.reports is not None
+    )
+    if webhooks:
+        # Its provider reports (and, Twilio, delivers inbound messages) to
+        # /v1/providers/<connector>/…: the handler finds each one's profile.
+        inbound = handler if connector.twilio is not None else None
+        shared.providers[name] = ProviderHooks(handler, inbound)
+        if connector.twilio is not None and shared.api_port is not None:
+            status_callback = status_callback_url(settings, name, shared.api_port)
+    binds = make_binds(name, connector, settings, on_deliver, status_callback=status_callback)
     for bind in binds:
         await bind.start()
     runtime = ConnectorRuntime(name, connector, binds)

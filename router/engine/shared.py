@@ -73,7 +73,9 @@ class Recent:
 
 
 class SharedDeliveries:
-    """The deliver_sm handler of a connector shared by `profiles` (in route order)."""
+    """What arrives on a connector shared by several profiles: deliver_sm (`__call__`)
+    and, for a Web-URL or Twilio connector, its provider's webhooks (`apply`,
+    `handle_text`, as router/api/providers.py calls a profile's own)."""
 
     def __init__(
         self,
@@ -106,7 +108,7 @@ class SharedDeliveries:
 
     async def receipt(self, message: ShortMessage) -> int:
         """Hand a receipt to the profile whose message it reports."""
-        sides = [(p, s) for p in self.profiles if (s := self._sides.get(p)) is not None]
+        sides = self._running()
         if not sides:
             log.warning("receipt on a connector no running profile uses", connector=self.connector)
             return ESME_ROK
@@ -114,16 +116,36 @@ class SharedDeliveries:
         receipt_id = first.receipt_id(message)
         if not receipt_id or len(sides) == 1:
             return await first.handle(message, namespace)
-        forms = first.candidates(receipt_id, namespace)
+        for side in await self._owners(sides, first.candidates(receipt_id, namespace)):
+            await side.reports.handle(message, namespace)
+        return ESME_ROK
+
+    async def apply(self, candidates: Sequence[str], outcome: str, stat: str, err: str) -> None:
+        """A provider webhook's delivery report (ids as the provider gives them)."""
+        sides = self._running()
+        if not sides:
+            log.warning("report on a connector no running profile uses", connector=self.connector)
+            return
+        forms = [self.namespace + c for c in candidates]
+        for side in await self._owners(sides, forms):
+            await side.reports.apply(forms, outcome, stat, err)
+
+    async def _owners(
+        self, sides: list[tuple[str, ProfileSide]], forms: Sequence[str]
+    ) -> list[ProfileSide]:
+        """Who a report with id `forms` belongs to: the profile that sent it, or every
+        candidate while none is known yet (each keeps it early; see the docstring)."""
+        if len(sides) == 1:
+            return [sides[0][1]]
         owner = self._recent.profile(forms) or await self._owner_in_redis(
             [p for p, _ in sides], forms
         )
         if owner is not None and owner in self._sides:
-            return await self._sides[owner].reports.handle(message, namespace)
-        # Not recorded anywhere yet: every candidate keeps it early (see the docstring).
-        for _profile, side in sides:
-            await side.reports.handle(message, namespace)
-        return ESME_ROK
+            return [self._sides[owner]]
+        return [side for _, side in sides]
+
+    def _running(self) -> list[tuple[str, ProfileSide]]:
+        return [(p, s) for p in self.profiles if (s := self._sides.get(p)) is not None]
 
     async def _owner_in_redis(self, profiles: Sequence[str], forms: Sequence[str]) -> str | None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -137,9 +159,8 @@ class SharedDeliveries:
                 return profile
         return None
 
-    async def inbound(self, message: ShortMessage) -> int:
-        """Hand an inbound message to the profile owning its destination number."""
-        destination = message.destination
+    def _receiver(self, destination: str) -> ProfileSide | None:
+        """The side of the profile an inbound message to `destination` belongs to."""
         settings = self._settings()
         owner = settings.profile_of_number(_e164(destination))
         if owner is None or owner not in self._sides:
@@ -156,8 +177,21 @@ class SharedDeliveries:
                 connector=self.connector,
                 to=destination,
             )
+            return None
+        return side
+
+    async def inbound(self, message: ShortMessage) -> int:
+        """Hand an inbound deliver_sm to the profile owning its destination number."""
+        side = self._receiver(message.destination)
+        if side is None or side.inbound is None:
             return ESME_ROK
         return await side.inbound.handle(message)
+
+    async def handle_text(self, source: str, destination: str, text: str) -> None:
+        """A provider webhook's inbound message, to the profile owning `destination`."""
+        side = self._receiver(destination)
+        if side is not None and side.inbound is not None:
+            await side.inbound.handle_text(source, destination, text)
 
 
 def remember_accepted(recent: Recent, ids: Sequence[str], profile: str) -> None:
