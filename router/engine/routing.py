@@ -26,9 +26,9 @@ it can be:
 A message whose connector answered at the route level (`connectors.route_level`)
 moves to the route's next healthy connector it has not tried, without an attempt
 used; when none is left its outcome stands as on a single connector (a `Retry`
-takes the retry path, a refusal such as ESME_RSYSERR is recorded `failed`). When no connector is
-healthy the first one gets the message all the same (its binds hold it, or give
-it back as not sent).
+takes the retry path, a refusal such as ESME_RSYSERR is recorded `failed`). When no
+connector is healthy the first one not tried gets the message all the same (its
+binds hold it, or give it back as not sent).
 """
 
 from __future__ import annotations
