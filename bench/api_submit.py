@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import Stack, free_port, save
+from harness import Stack, free_port, round_ratio, save
 from versus_kannel import (
     PEERS,
     Rig,
@@ -215,12 +215,6 @@ def kannel_live(n: int, scratch: Path) -> dict[str, Any]:
     return row
 
 
-def ratio(peer: list[dict[str, Any]], ours: list[dict[str, Any]], key: str) -> float | None:
-    """Median of per-round ratios (each round's runs were made side by side)."""
-    pairs = [o[key] / p[key] for p, o in zip(peer, ours, strict=False) if p.get(key)]
-    return round(statistics.median(pairs), 3) if pairs else None
-
-
 def cpu_median(rows: list[dict[str, Any]]) -> dict[str, float]:
     names = [k for k in rows[0]["cpu_pct"] if k not in ("sink", "sink_self")]
     return {k: round(statistics.median(r["cpu_pct"].get(k, 0.0) for r in rows), 1) for k in names}
@@ -288,8 +282,8 @@ def main() -> None:
             "foreign_cpu_pct": statistics.median(r.get("foreign_cpu_pct") or 0.0 for r in rows),
         }
         if "kannel" in runs and case != "kannel":
-            entry["accepted_ratio"] = ratio(runs["kannel"], rows, "http_rate")
-            entry["e2e_ratio"] = ratio(runs["kannel"], rows, "rate")
+            entry["accepted_ratio"] = round_ratio(runs["kannel"], rows, "http_rate")
+            entry["e2e_ratio"] = round_ratio(runs["kannel"], rows, "rate")
         table[case] = entry
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in entry["cpu_pct"].items())
         print(

@@ -237,6 +237,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def round_ratio(
+    base: list[dict[str, Any]], other: list[dict[str, Any]], key: str = "rate"
+) -> float | None:
+    """Median of the per-round ratios `other`/`base` of `key` (the runs of one round
+    were made side by side, so each round is compared with itself); None without any."""
+    pairs = [o[key] / b[key] for b, o in zip(base, other, strict=False) if b.get(key)]
+    return round(statistics.median(pairs), 3) if pairs else None
+
+
 def save(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

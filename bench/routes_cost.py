@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import NUMBERS, campaign_toml, cpu_seconds, peak_rss_mb, save
+from harness import NUMBERS, campaign_toml, cpu_seconds, peak_rss_mb, round_ratio, save
 from redis.asyncio import Redis
 from versus_kannel import SINK_PORT, WINDOW, Rig, ensure_tools, read_records, waited, waiter
 
@@ -233,12 +233,6 @@ def drain(n: int, scratch: Path, tag: str, variant: str) -> dict[str, Any]:
     return row
 
 
-def ratio(inline: list[dict[str, Any]], routed: list[dict[str, Any]]) -> float | None:
-    """Median of the per-round ratios to inline (a round's runs were side by side)."""
-    pairs = [b["rate"] / a["rate"] for a, b in zip(inline, routed, strict=True) if a["rate"]]
-    return round(statistics.median(pairs), 3) if pairs else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -270,7 +264,7 @@ def main() -> None:
     for name, rows in runs.items():
         summary[name] = {
             "rate": statistics.median(x["rate"] for x in rows),
-            "ratio": ratio(runs["inline"], rows) if name != "inline" else 1.0,
+            "ratio": round_ratio(runs["inline"], rows) if name != "inline" else 1.0,
             "router_cpu_per_1k": statistics.median(x["router_cpu_per_1k"] for x in rows),
             "cpu_pct": {
                 k: statistics.median(x["cpu_pct"].get(k, 0.0) for x in rows)

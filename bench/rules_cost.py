@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import NUMBERS, cpu_seconds, peak_rss_mb, save
+from harness import NUMBERS, cpu_seconds, peak_rss_mb, round_ratio, save
 from redis.asyncio import Redis
 from versus_kannel import SINK_PORT, WINDOW, Rig, ensure_tools, read_records, waited, waiter
 
@@ -183,12 +183,6 @@ def drain(n: int, scratch: Path, tag: str, rules: frozenset[str]) -> dict[str, A
     return row
 
 
-def ratio(off: list[dict[str, Any]], on: list[dict[str, Any]]) -> float | None:
-    """Median of the per-round ratios on/off (the runs of a round were made side by side)."""
-    pairs = [b["rate"] / a["rate"] for a, b in zip(off, on, strict=True) if a["rate"]]
-    return round(statistics.median(pairs), 3) if pairs else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,7 +213,7 @@ def main() -> None:
                 flush=True,
             )
     rates = {name: statistics.median(x["rate"] for x in rows) for name, rows in runs.items()}
-    ratios = {name: ratio(runs["off"], rows) for name, rows in runs.items() if name != "off"}
+    ratios = {name: round_ratio(runs["off"], rows) for name, rows in runs.items() if name != "off"}
     print(
         f"\nrules off {rates['off']:,.0f} msg/s, rules on {rates['on']:,.0f} msg/s, "
         f"on/off {ratios['on']}"

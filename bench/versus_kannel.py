@@ -58,6 +58,7 @@ from harness import (
     campaign_toml,
     cpu_seconds,
     peak_rss_mb,
+    round_ratio,
     rss_mb,
     save,
     start_daemon,
@@ -625,12 +626,6 @@ def cpu_text(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def ratio(peer: list[dict[str, Any]], ours: list[dict[str, Any]]) -> float | None:
-    """Median of the per-round ratios (runs of one round were made side by side)."""
-    pairs = [o["rate"] / p["rate"] for p, o in zip(peer, ours, strict=False) if p["rate"]]
-    return round(statistics.median(pairs), 3) if pairs else None
-
-
 def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dict[str, Any]:
     """The interleaved rounds; prints each round's figures, then the table."""
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -686,7 +681,7 @@ def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dic
             "peer": peer_key,
             "peer_rate": median(runs[peer_key]),
             "router_rate": median(runs[our_key]),
-            "ratio": ratio(runs[peer_key], runs[our_key]),
+            "ratio": round_ratio(runs[peer_key], runs[our_key]),
             "peer_cpu": cpu_text(runs[peer_key]),
             "router_cpu": cpu_text(runs[our_key]),
             "router_rss_mb": median(runs[our_key], "rss_mb"),
