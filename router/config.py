@@ -60,6 +60,7 @@ from router.store.redis_url import (
 )
 
 __all__ = [
+    "Account",
     "ApiKey",
     "ApiSettings",
     "Breaker",
@@ -72,8 +73,10 @@ __all__ = [
     "QueueSettings",
     "Route",
     "RouterSettings",
+    "SendsmsSettings",
     "Settings",
     "SmppSection",
+    "SmppServerSettings",
     "Template",
     "TwilioSection",
     "UnresolvedSecret",
@@ -797,6 +800,81 @@ class ApiKey(_Section):
         return _long_secret(value, info)
 
 
+def _host_port(value: str | None) -> str | None:
+    """A ``listen`` address: "host:port" (None passes)."""
+    if value is None:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
+    return value
+
+
+Listen = Annotated[str | None, AfterValidator(_host_port)]
+
+
+def _send_and_read() -> list[Scope]:
+    return ["send", "read"]
+
+
+class Account(_Section):
+    """``[accounts.NAME]``: who may submit, through any door (the JSON and Twilio APIs
+    with `api_token`, the SMPP server with the account's name as system_id and
+    `smpp_password`, Kannel's sendsms with username = the name, password =
+    `api_token`), and within which limits."""
+
+    # An SMPP bind's password: SMPP 3.4 carries at most 8 characters.
+    smpp_password: SecretStr | None = None
+    api_token: SecretStr | None = None  # a bearer token of 16+ characters
+    scopes: list[Scope] = Field(default_factory=_send_and_read, min_length=1)
+    # The profiles it may send through, the first its default; empty: every profile
+    # (default: the global one).
+    profiles: list[str] = Field(default_factory=list)
+    senders: list[Sender] = Field(default_factory=list)  # allowed `from`; empty: any
+    tps: Annotated[float, _at_least(0)] = 0.0  # messages/s across instances; 0: no limit
+    daily_quota: Annotated[int, _at_least(1)] | None = None  # messages per UTC day
+    # SMPP server: sessions bound at once, submits unanswered per session (above:
+    # ESME_RTHROTTLED), and long messages reassembled into one job or passed as parts.
+    max_binds: Annotated[int, _between(1, 1000)] = 10
+    window: Annotated[int, _between(1, 10_000)] = 100
+    long_messages: Literal["reassemble", "parts"] = "reassemble"
+    # Seconds a delivery receipt waits for a receiver/transceiver session of this
+    # account before it is dropped (logged).
+    receipt_retention: Annotated[float, _between(60, 30 * 86_400)] = 3 * 86_400.0
+
+    @field_validator("smpp_password", mode="before")
+    @classmethod
+    def _resolve_smpp(cls, value: Any, info: ValidationInfo) -> Any:
+        secret = _secret_field(value, info)
+        if isinstance(secret, str) and not 1 <= len(secret.encode("latin-1", "replace")) <= 8:
+            raise ValueError("must be 1-8 characters (an SMPP 3.4 password field)")
+        return secret
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _resolve_token(cls, value: Any, info: ValidationInfo) -> Any:
+        return _long_secret(value, info)
+
+
+class SmppServerSettings(_Section):
+    """``[smpp_server]``: client applications bind here (off unless `listen` is set)."""
+
+    listen: Listen = None
+    cert: Path | None = None  # TLS when both are set (PEM files)
+    key: Path | None = None
+    enquire_link: Annotated[float, _between(1, 3600)] = 30.0  # idle seconds before we ask
+    # Seconds a long message's parts wait for the rest before the client is answered
+    # with an error for the parts held.
+    reassembly_timeout: Annotated[float, _between(1, 3600)] = 60.0
+
+
+class SendsmsSettings(_Section):
+    """``[sendsms]``: Kannel's sendsms on a listener of its own (it is always on the
+    `[api]` listener too, at /cgi-bin/sendsms)."""
+
+    listen: Listen = None
+
+
 class TwilioApi(_Section):
     """``[api.twilio]``: the Twilio-compatible submission endpoint's credentials."""
 
@@ -824,13 +902,8 @@ class ApiSettings(_Section):
 
     @field_validator("listen")
     @classmethod
-    def _host_port(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
-        return value
+    def _listen(cls, value: str | None) -> str | None:
+        return _host_port(value)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -885,6 +958,9 @@ class Settings(_Section):
     router: RouterSettings = Field(default_factory=RouterSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    accounts: dict[str, Account] = Field(default_factory=dict)
+    smpp_server: SmppServerSettings = Field(default_factory=SmppServerSettings)
+    sendsms: SendsmsSettings = Field(default_factory=SendsmsSettings)
     campaigns: dict[str, Campaign] = Field(default_factory=dict)
     numbers: dict[str, NumberDetails] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
@@ -1248,6 +1324,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
         problems += _check_rules(where, profile, raw)
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
     problems += _check_routing(raw, secrets)
+    problems += _check_accounts(raw)
     for name, template in _tables(raw.get("templates")):
         texts = template.get("text")
         lang = template.get("default_lang", "en")
@@ -1365,6 +1442,28 @@ def _check_protocol(
 
 
 _PROTOCOLS = ("http", "smpp", "twilio")
+
+
+def _check_accounts(raw: Mapping[str, Any]) -> list[str]:
+    """``[accounts]`` against the profiles, and the SMPP server's TLS files."""
+    problems: list[str] = []
+    profiles = dict(_tables(raw.get("profiles")))
+    for name, account in _tables(raw.get("accounts")):
+        where = f"accounts.{_key(name)}"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,15}", name):
+            problems.append(
+                f"{where}: an account name (the SMPP system_id) uses only letters, digits, "
+                "'_' and '-' (1-15)"
+            )
+        if account.get("smpp_password") is None and account.get("api_token") is None:
+            problems.append(f"{where}: needs smpp_password, api_token or both (a way in)")
+        for profile in account.get("profiles") or []:
+            if profile not in profiles:
+                problems.append(f"{where}.profiles: no profile {profile!r}")
+    server = raw.get("smpp_server")
+    if isinstance(server, Mapping) and (server.get("cert") is None) != (server.get("key") is None):
+        problems.append("smpp_server: cert and key go together (TLS needs both)")
+    return problems
 
 
 def _check_routing(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str]:

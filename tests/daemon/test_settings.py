@@ -202,3 +202,27 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(broken)
     assert caught.value.problems[0].startswith(f"{broken}: not valid TOML")
+
+
+def test_accounts_are_checked_with_their_paths() -> None:
+    data = base()
+    data["accounts"] = {
+        "shop": {"smpp_password": "env:SHOP_PW", "api_token": "t" * 20, "profiles": ["b", "a"]},
+        "bad name!": {"api_token": "t" * 20},
+        "nothing": {"tps": 5},
+        "long": {"smpp_password": "123456789", "profiles": ["zzz"]},
+    }
+    data["smpp_server"] = {"listen": "127.0.0.1:2776", "cert": "server.pem"}
+    found = problems(data, env={"SHOP_PW": "s3cret"})
+    assert any(p.startswith("accounts.\"bad name!\": an account name") for p in found), found
+    assert "accounts.nothing: needs smpp_password, api_token or both (a way in)" in found
+    assert any(p.startswith("accounts.long.smpp_password:") and "1-8" in p for p in found)
+    assert "accounts.long.profiles: no profile 'zzz'" in found
+    assert "smpp_server: cert and key go together (TLS needs both)" in found
+    del data["accounts"]["bad name!"], data["accounts"]["nothing"], data["accounts"]["long"]
+    data["smpp_server"] = {"listen": "127.0.0.1:2776"}
+    settings = parse_settings(data, env={"SHOP_PW": "s3cret"})
+    shop = settings.accounts["shop"]
+    assert shop.smpp_password is not None and shop.smpp_password.get_secret_value() == "s3cret"
+    assert shop.scopes == ["send", "read"] and shop.window == 100 and shop.profiles == ["b", "a"]
+    assert settings.smpp_server.listen == "127.0.0.1:2776" and settings.sendsms.listen is None
