@@ -39,6 +39,7 @@ KNOWN_FIELDS = frozenset(
         "expires_at",
         "status_callback_url",
         "meta",
+        "account",
     }
 )
 MAX_ID_LENGTH = 128
@@ -53,6 +54,7 @@ MAX_LENGTHS = {
     "from": 64,
     "profile": 64,
     "use_case": 64,
+    "account": 64,
     "lang": 35,  # the longest BCP 47 tag anyone sends
     "template": 256,
     "send_at": 64,
@@ -90,6 +92,8 @@ class Job:
     vars: dict[str, Any] = field(default_factory=dict)
     lang: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # The account that submitted it (set by the door that authenticated the caller).
+    account: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The job as a wire map (only the fields that are set)."""
@@ -104,6 +108,7 @@ class Job:
             "status_callback_url": self.status_callback_url,
             "template": self.template,
             "lang": self.lang,
+            "account": self.account,
         }
         wire.update({k: v for k, v in optional.items() if v is not None})
         if self.vars:
@@ -191,6 +196,7 @@ def _decode(raw: bytes | None, default_id: str) -> Job:
         vars=_opt_map(data, "vars"),
         lang=_opt_str(data, "lang"),
         meta=_opt_map(data, "meta"),
+        account=_opt_str(data, "account"),
     )
     return job
 
