@@ -1,7 +1,8 @@
 """Profiles over HTTP: the profiles, their numbers, and their dead letters.
 
-``GET /v1/profiles`` and ``/v1/profiles/{p}/numbers`` show what the configuration
-says and what the rules make of it (which numbers may send, how much of a campaign's
+``GET /v1/profiles``, ``/v1/profiles/{p}`` (with its connectors' health and today's
+spend) and ``/v1/profiles/{p}/numbers`` show what the configuration says and what the
+rules make of it (which numbers may send, how much of a campaign's
 daily cap is used today). The dead-letter endpoints mirror ``sms-router dlq``: list,
 replay (back onto the work stream) and drop, by entry id or all of them.
 """
@@ -46,6 +47,23 @@ class ProfileView(BaseModel):
     numbers: int
     global_: bool = Field(alias="global")
     ready: bool | None = Field(description="A bind is ready (null: not known here).")
+
+
+class ConnectorState(BaseModel):
+    """A connector the profile sends over, as this instance routes to it now."""
+
+    name: str
+    state: str = Field(description="up, down (no bound session), open or half-open.")
+
+
+class ProfileDetail(ProfileView):
+    """One profile, with its connectors and what it spent today."""
+
+    connectors: list[ConnectorState]
+    spend_today: dict[str, float] = Field(
+        description="Today's (UTC) spend of its sent messages: total and per connector."
+    )
+    daily_spend_limit: float | None
 
 
 class ProfileList(BaseModel):
@@ -135,28 +153,54 @@ def _profile(request: web.Request) -> tuple[str, Profile]:
     return name, profile
 
 
+def _view(name: str, p: Profile, ready: bool | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "protocol": p.protocol,
+        "direction": p.direction,
+        "processing": p.processing,
+        "window": p.window,
+        "tps": p.tps,
+        "sender": p.sender,
+        "numbers": len(p.numbers),
+        "global": p.global_,
+        "ready": ready,
+    }
+
+
 async def list_profiles(request: web.Request) -> web.Response:
     """Every profile."""
     context = request.app[CONTEXT]
     ready = {w.name: w.ready for w in context.workers}
     views = [
-        ProfileView.model_validate(
-            {
-                "name": name,
-                "protocol": p.protocol,
-                "direction": p.direction,
-                "processing": p.processing,
-                "window": p.window,
-                "tps": p.tps,
-                "sender": p.sender,
-                "numbers": len(p.numbers),
-                "global": p.global_,
-                "ready": ready.get(name),
-            }
-        )
+        ProfileView.model_validate(_view(name, p, ready.get(name)))
         for name, p in sorted(context.settings.profiles.items())
     ]
     return json_response(ProfileList(profiles=views).model_dump(by_alias=True))
+
+
+async def show_profile(request: web.Request) -> web.Response:
+    """One profile: its connectors' health and today's spend."""
+    name, profile = _profile(request)
+    context = request.app[CONTEXT]
+    worker = next((w for w in context.workers if w.name == name), None)
+    states: list[dict[str, str]] = []
+    if worker is not None:
+        # The live routing (duck-typed: the API does not build workers).
+        routing = getattr(worker, "routing", None)
+        for connector in getattr(routing, "connectors", {}).values():
+            states.append({"name": connector.name, "state": connector.state})
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    raw = await context.redis.hgetall(keys.spend(name, day))
+    detail = ProfileDetail.model_validate(
+        {
+            **_view(name, profile, None if worker is None else worker.ready),
+            "connectors": states,
+            "spend_today": {as_text(k): keys.spend_amount(v) for k, v in raw.items()},
+            "daily_spend_limit": profile.daily_spend_limit,
+        }
+    )
+    return json_response(detail.model_dump(by_alias=True))
 
 
 async def list_numbers(request: web.Request) -> web.Response:
@@ -288,6 +332,9 @@ def add_routes(app: web.Application) -> None:
         [
             Operation("GET", "/v1/profiles", "The profiles", list_profiles,
                       {200: Reply("Every profile.", ProfileList)}, scope="read", tag="profiles"),
+            Operation("GET", "/v1/profiles/{profile}", "One profile, its connectors and spend",
+                      show_profile, {200: Reply("The profile.", ProfileDetail), 404: unknown},
+                      scope="read", tag="profiles"),
             Operation("GET", "/v1/profiles/{profile}/numbers", "A profile's numbers",
                       list_numbers, {200: Reply("Its numbers.", NumberList), 404: unknown},
                       scope="read", tag="profiles"),

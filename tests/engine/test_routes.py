@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -23,6 +24,7 @@ from ..binds.test_smpp_flow import Inbox, Start, all_in, smpp_config
 from ..conftest import wait_for
 
 inbox = test_smpp_flow.inbox  # the callback_url fixture, shared
+READER = "r" * 32  # an [api.keys] token with the read scope
 
 
 @pytest.fixture
@@ -196,10 +198,11 @@ async def test_spend_is_recorded_and_the_daily_limit_refuses_past_it(
     data = routed_config(redis_url, tmp_path, carriers, [{"connectors": ["a"]}])
     data["connectors"]["a"]["prices"] = {"+44": 0.05}
     data["profiles"]["sms"]["daily_spend_limit"] = 0.2
+    data["api"] = {"listen": "127.0.0.1:0", "keys": {"r": {"token": READER, "scopes": ["read"]}}}
     settings = parse_settings(data, env={})
     client = Client.from_settings(redis, settings)
     ids = await client.send_many([{"to": t, "text": "paid"} for t in recipients(10)])
-    run_daemon(settings)
+    running = run_daemon(settings)
     await wait_for(lambda: all_in(redis, ids, {"delivered", "rejected"}), 30, "settled")
     records = await Ledger(redis, retention=60, events_maxlen=10).find(ids)
     statuses = Counter(r["status"] for r in records if r)
@@ -212,6 +215,17 @@ async def test_spend_is_recorded_and_the_daily_limit_refuses_past_it(
     spend = {k.decode(): int(v) for k, v in (await redis.hgetall(day)).items()}
     assert spend == {"total": 200_000, "a": 200_000}  # millionths: exact
     assert len(carriers["a"].submits) == 4
+    assert running.daemon.api is not None
+    url = f"http://127.0.0.1:{running.daemon.api.port}/v1/profiles/sms"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url, headers={"Authorization": f"Bearer {READER}"}) as answer,
+    ):
+        shown = await answer.json()
+    assert shown["spend_today"] == {"total": 0.2, "a": 0.2}
+    assert shown["daily_spend_limit"] == 0.2 and shown["protocol"] is None
+    assert [c["name"] for c in shown["connectors"]] == ["a"]
+    assert shown["connectors"][0]["state"] == "up"
 
 
 async def test_inbound_on_a_shared_connector_reaches_the_owner_of_the_number(
