@@ -83,6 +83,7 @@ class NumberView(BaseModel):
     """One sender number of a profile."""
 
     number: str
+    kind: str = Field(description="long_code, toll_free, short_code or alphanumeric.")
     features: list[str]
     sms_enabled: bool
     campaign: str | None
@@ -221,6 +222,7 @@ async def list_numbers(request: web.Request) -> web.Response:
         views.append(
             NumberView(
                 number=number,
+                kind=rules.kind(number),
                 features=list(details.features),
                 sms_enabled=details.sms_enabled,
                 campaign=campaign,

@@ -316,6 +316,7 @@ async def test_profiles_and_numbers(
         }
         assert low == {
             "number": "+14082223333",
+            "kind": "long_code",
             "features": ["SmsSender", "InternationalSmsSender"],
             "sms_enabled": True,
             "campaign": "low",
