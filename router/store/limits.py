@@ -1,0 +1,98 @@
+"""An account's rate (`tps`) and daily quota (`daily_quota`), shared by every instance.
+
+Each take is one Lua step (``lua/limit.lua``) on two keys of the account's own hash
+tag, so it is atomic and runs on Redis Cluster:
+
+- ``sms:{acct:NAME}:rate``: the rate, a token bucket kept as GCRA (one number: the
+  time the bucket is next full, on Redis' clock). Chosen over a sliding window because
+  it is one small key and O(1) per take whatever the rate or the batch size (a sliding
+  log holds one entry per message), it admits a steady `tps` exactly and a burst of
+  one second's worth (at least one message) after a pause, and a batch larger than
+  that burst is admitted when the bucket is full and paid for by waiting afterwards,
+  rather than refused for ever. Redis' clock (``TIME``) is the only clock, so
+  instances with skewed clocks still share one rate.
+- ``sms:{acct:NAME}:quota:YYYY-MM-DD``: messages counted on that UTC day (kept two
+  days). A take that would pass `daily_quota` is refused and not counted, so the day
+  stops at exactly its number.
+
+A refused take counts nothing against either limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Final, NamedTuple
+
+from redis.asyncio import Redis
+
+from router.policy.accounts import Caller
+from router.store import scripts
+
+__all__ = ["AccountLimits", "Limited", "quota_key", "rate_key"]
+
+THROTTLED: Final = "throttled"
+QUOTA: Final = "quota"
+
+_LIMIT = scripts.source("limit")
+_DAY = 86_400
+_BURST = 1.0  # seconds of the rate a bucket holds: one second's worth of messages
+
+
+class Limited(NamedTuple):
+    """Why a take was refused: `code` "throttled" (the rate) or "quota" (the day's
+    number), a reason naming the limit, and when to try again (seconds)."""
+
+    code: str
+    reason: str
+    retry_after: float
+
+
+def rate_key(account: str) -> str:
+    """The account's token bucket (GCRA: when it is next full, µs on Redis' clock)."""
+    return f"sms:{{acct:{account}}}:rate"
+
+
+def quota_key(account: str, day: str) -> str:
+    """Messages counted against the account's quota on UTC `day` (YYYY-MM-DD)."""
+    return f"sms:{{acct:{account}}}:quota:{day}"
+
+
+class AccountLimits:
+    """Takes an account's messages from its limits in Redis."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(_LIMIT)
+
+    async def take(self, caller: Caller, count: int = 1) -> Limited | None:
+        """Count `count` messages of `caller`'s account; None when allowed (counted),
+        else why not (nothing counted)."""
+        account = caller.account
+        quota = account.daily_quota
+        if account.tps <= 0 and quota is None:
+            return None
+        now = time.time()
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        interval = 1_000_000 / account.tps if account.tps > 0 else 0.0
+        # At least one message's worth, so a tps below 1 still admits one at a time.
+        burst = max(interval, _BURST * 1_000_000)
+        code, value = await self._script(
+            keys=[rate_key(caller.name), quota_key(caller.name, day)],
+            args=[count, repr(interval), repr(burst), -1 if quota is None else quota, 2 * _DAY],
+        )
+        code = int(code)
+        if code == 0:
+            return None
+        if code == 1:
+            return Limited(
+                THROTTLED,
+                f"account {caller.name!r} is over its rate of {account.tps:g} messages/s",
+                int(value) / 1_000_000,
+            )
+        used = int(value)
+        return Limited(
+            QUOTA,
+            f"account {caller.name!r} reached its daily quota of {quota} messages "
+            f"({used} sent today, {count} more asked)",
+            math.ceil(_DAY - now % _DAY),
+        )

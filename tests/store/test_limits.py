@@ -1,0 +1,128 @@
+"""An account's rate and daily quota in Redis (router/store/limits.py), shared by
+every instance: two `AccountLimits` on one Redis stand for two router instances."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from redis.asyncio import Redis
+
+from router.config import Account
+from router.policy.accounts import Caller
+from router.store.limits import AccountLimits, Limited, quota_key, rate_key
+
+
+def _caller(name: str = "acme", **limits: object) -> Caller:
+    return Caller(name, Account.model_validate(limits))
+
+
+async def test_no_limits_take_everything_and_touch_nothing(redis: Redis) -> None:
+    limits = AccountLimits(redis)
+    for _ in range(50):
+        assert await limits.take(_caller(), 100) is None
+    assert await redis.keys("*") == []
+
+
+async def test_quota_stops_at_exactly_its_number_under_concurrent_takes(redis: Redis) -> None:
+    caller = _caller(daily_quota=100)
+    one, two = AccountLimits(redis), AccountLimits(redis)
+    gate = asyncio.Semaphore(8)  # the test client's connection pool is small
+
+    async def take(i: int) -> Limited | None:
+        async with gate:
+            return await (one if i % 2 else two).take(caller, 1 + i % 3)
+
+    results = await asyncio.gather(*(take(i) for i in range(120)))
+    counted = sum(1 + i % 3 for i, r in enumerate(results) if r is None)
+    refused = [r for r in results if r is not None]
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert int(await redis.get(quota_key("acme", day)) or 0) == counted
+    # Takes of 1 keep coming until the last one fills it: exactly 100, never more.
+    assert counted == 100
+    assert refused and {r.code for r in refused} == {"quota"}
+    assert "daily quota of 100" in refused[0].reason
+    # Until the next UTC midnight.
+    assert 0 < refused[0].retry_after <= 86_400
+    assert 0 < await redis.ttl(quota_key("acme", day)) <= 2 * 86_400
+
+
+async def test_a_refused_take_counts_nothing(redis: Redis) -> None:
+    caller = _caller(daily_quota=10)
+    limits = AccountLimits(redis)
+    assert await limits.take(caller, 8) is None
+    refused = await limits.take(caller, 3)
+    assert isinstance(refused, Limited) and refused.code == "quota"
+    assert await limits.take(caller, 2) is None  # the 3 were not counted
+    assert await limits.take(caller, 1) is not None
+
+
+async def test_accounts_have_their_own_limits_in_their_own_slot(redis: Redis) -> None:
+    limits = AccountLimits(redis)
+    assert await limits.take(_caller("a", daily_quota=1)) is None
+    assert await limits.take(_caller("b", daily_quota=1)) is None
+    assert await limits.take(_caller("a", daily_quota=1)) is not None
+    assert rate_key("a").startswith("sms:{acct:a}:")
+    assert quota_key("a", "2030-01-01").startswith("sms:{acct:a}:")
+
+
+async def _hammer(limits: AccountLimits, caller: Caller, until: float, log: list[float]) -> None:
+    while (now := time.monotonic()) < until:
+        if await limits.take(caller) is None:
+            log.append(now)
+        else:
+            await asyncio.sleep(0.002)
+
+
+async def test_two_instances_share_one_rate(redis: Redis) -> None:
+    tps = 200
+    caller = _caller(tps=tps)
+    start = time.monotonic()
+    log: list[float] = []
+    await asyncio.gather(
+        _hammer(AccountLimits(redis), caller, start + 3.5, log),
+        _hammer(AccountLimits(redis), caller, start + 3.5, log),
+    )
+    # A full bucket first: one second's worth at once...
+    assert tps * 0.9 <= sum(1 for t in log if t < start + 0.1) <= tps * 1.1
+    # ...then the rate, across both instances: 3 seconds at 200/s, within 10 %.
+    steady = sum(1 for t in log if start + 0.5 <= t < start + 3.5)
+    assert 3 * tps * 0.9 <= steady <= 3 * tps * 1.1, steady
+
+
+async def test_throttled_says_when_to_come_back(redis: Redis) -> None:
+    caller = _caller(tps=10)
+    limits = AccountLimits(redis)
+    assert await limits.take(caller, 10) is None  # the burst: one second's worth
+    refused = await limits.take(caller, 5)
+    assert isinstance(refused, Limited) and refused.code == "throttled"
+    assert "rate of 10 messages/s" in refused.reason
+    assert 0.4 <= refused.retry_after <= 0.51  # 5 messages at 10/s
+    await asyncio.sleep(refused.retry_after)
+    assert await limits.take(caller, 5) is None
+    assert 0 < await redis.pttl(rate_key("acme")) <= 2000
+
+
+async def test_a_batch_larger_than_the_burst_passes_once_then_waits(redis: Redis) -> None:
+    caller = _caller(tps=10)
+    limits = AccountLimits(redis)
+    assert await limits.take(caller, 30) is None  # 3 seconds' worth, the bucket was full
+    refused = await limits.take(caller, 1)
+    # Its debt: 3 s, less the 1 s burst, plus the one message (0.1 s).
+    assert refused is not None and 2.0 <= refused.retry_after <= 2.11
+
+
+async def test_a_slow_rate_admits_one_at_a_time(redis: Redis) -> None:
+    caller = _caller(tps=0.5)
+    limits = AccountLimits(redis)
+    assert await limits.take(caller) is None
+    refused = await limits.take(caller)
+    assert refused is not None and 1.9 <= refused.retry_after <= 2.01
+
+
+async def test_quota_is_checked_before_the_rate(redis: Redis) -> None:
+    caller = _caller(tps=1, daily_quota=1)
+    limits = AccountLimits(redis)
+    assert await limits.take(caller) is None
+    refused = await limits.take(caller)
+    assert refused is not None and refused.code == "quota"
