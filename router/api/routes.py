@@ -11,7 +11,7 @@ is not E.164, a `from` the profile does not own) is a 400 naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
@@ -21,6 +21,7 @@ from router.api.common import CONTEXT, ApiError, json_response
 from router.api.spec import Operation, Reply, add_operations, validate
 from router.policy.explain import ExplainError, explain
 from router.policy.jobs import MAX_LENGTHS
+from router.policy.routes import Matched
 
 __all__ = ["add_routes"]
 
@@ -131,6 +132,20 @@ def live_health(workers: Iterable[Any]) -> dict[str, str]:
     return states
 
 
+def live_quality(workers: Iterable[Any]) -> Callable[[str, Matched, str], Sequence[str]]:
+    """A ``quality`` route's connectors as the profile's live routing ranks them now
+    (`router.engine.routing.Routing.order`); route order without that worker."""
+    by_name = {getattr(w, "name", ""): getattr(w, "routing", None) for w in workers}
+
+    def ranking(profile: str, route: Matched, to: str) -> Sequence[str]:
+        routing = by_name.get(profile)
+        if routing is None:
+            return route.connectors
+        return [c.name for c in routing.order(route, to)]
+
+    return ranking
+
+
 async def get_route(request: web.Request) -> web.Response:
     """Explain the routing decision for one message."""
     context = request.app[CONTEXT]
@@ -146,6 +161,7 @@ async def get_route(request: web.Request) -> web.Response:
             query.use_case,
             live_health(context.workers),
             source,
+            quality=live_quality(context.workers),
         )
     except ExplainError as exc:
         raise ApiError(400, str(exc)) from None

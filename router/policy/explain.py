@@ -22,7 +22,7 @@ instance's health record (`health_from_records`), the API from its own connector
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -176,10 +176,13 @@ def explain(
     use_case: str | None = None,
     health: Mapping[str, str] | None = None,
     health_source: str = "none",
+    quality: Callable[[str, Matched, str], Sequence[str]] | None = None,
 ) -> Explanation:
     """The decision for a message of `profile` (None: the global one) to `to`, from
     `sender` (None: the profile's strategy), for `use_case` (None: the profile's
-    default), with connectors' `health` (name -> state; missing: "unknown").
+    default), with connectors' `health` (name -> state; missing: "unknown"). A
+    ``quality`` route's connectors come in the order `quality(profile, route, to)`
+    gives (the daemon's live ranking), else in route order.
 
     ExplainError (naming the field) for an unknown profile, a `to` that is not E.164,
     a `sender` that is not one or not the profile's."""
@@ -217,6 +220,9 @@ def explain(
                 matched.connectors, matched.strategy, weights, table.connectors,
                 destination, health or {},
             )  # fmt: skip
+            if matched.strategy == "quality" and quality is not None:
+                place = {n: i for i, n in enumerate(quality(name, matched, destination))}
+                connectors = tuple(sorted(connectors, key=lambda c: place.get(c.name, len(place))))
             if outcome == "send" and matched.strategy != "weighted":
                 healthy = [c.name for c in connectors if c.state in _SENDS_TO]
                 chosen = healthy[0] if healthy else connectors[0].name

@@ -204,3 +204,19 @@ def test_health_is_the_best_any_instance_reports() -> None:
     ]
     assert health_from_records(records) == {"east": "up", "west": "half-open"}
     assert health_from_records([]) == {}
+
+
+def test_quality_follows_the_live_ranking_when_given() -> None:
+    settings = config([{"connectors": ["east", "west", "cheap"], "strategy": "quality"}],
+                      numbers=[UK_LONG])  # fmt: skip
+    assert names(explain(settings, "routed", TO_UK)) == ["east", "west", "cheap"]
+    asked: list[tuple[str, int, str]] = []
+
+    def ranking(profile: str, route: Any, to: str) -> list[str]:
+        asked.append((profile, route.index, to))
+        return ["west", "east"]  # as a daemon's quality board ranks them now
+
+    found = explain(settings, "routed", TO_UK, quality=ranking)
+    assert names(found) == ["west", "east", "cheap"]  # an unranked one keeps the end
+    assert found.connector == "west"
+    assert asked == [("routed", 0, TO_UK)]
