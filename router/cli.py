@@ -409,6 +409,7 @@ def _field_order(record: dict[str, Any]) -> list[str]:
 @main.command("log")
 @config_option
 @click.option("--profile", default=None)
+@click.option("--account", default=None, help="Only the messages this account submitted.")
 @click.option("--status", "wanted", type=click.Choice(STATUSES), default=None)
 @click.option(
     "--since", default="1h", show_default=True, help="e.g. 90s, 15m, 2h, 1d or an ISO time"
@@ -424,6 +425,7 @@ def _field_order(record: dict[str, Any]) -> list[str]:
 def log_(
     config_path: str | None,
     profile: str | None,
+    account: str | None,
     wanted: str | None,
     since: str,
     limit: int,
@@ -446,6 +448,7 @@ def log_(
             limit=limit,
             profile=profile,
             status=wanted,
+            account=account,
         )
         return page.records
 

@@ -9,21 +9,56 @@ Validation is the wire decoder and, given the settings, the profile's own checks
 (`checks.JobCheck`: template, variables, length, sender) that the worker runs
 again when it plans the job: a job the worker would dead-letter is refused here,
 with the same reason, before anything is enqueued.
+
+A door that authenticated an account passes its `Caller`: each job is then admitted
+by the account (`router.policy.accounts.admit`: its default and allowed profiles, its
+senders; `Refused` names the job) and the batch is taken from the account's rate and
+daily quota (`router.store.limits`; `OverLimit`, nothing enqueued) before it is
+enqueued, with the account recorded on each message (record field ``account``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
 from router.config import Settings
+from router.errors import RouterError
+from router.policy.accounts import AccountError, Caller, admit
 from router.policy.checks import JobCheck, check_sender
-from router.policy.jobs import JobError, decode_job, encode_job, new_job_id
+from router.policy.jobs import Job, JobError, decode_job, encode_job, new_job_id
 from router.store.batching import Batcher
 from router.store.ledger import Ledger
+from router.store.limits import QUOTA, AccountLimits, Limited
+
+__all__ = ["Client", "OverLimit", "Refused"]
+
+log = structlog.get_logger("router.client")
+
+Prepared = tuple[str, str, dict[str, Any]]  # (profile, job id, wire map)
+
+
+class Refused(AccountError):
+    """Job `index` of a batch is one its account does not allow (`code` and message as
+    `AccountError`'s: the message names the field)."""
+
+    def __init__(self, index: int, cause: AccountError) -> None:
+        super().__init__(cause.code, str(cause))
+        self.index = index
+
+
+class OverLimit(RouterError):
+    """The account is over its rate or its daily quota (`limited` says which, why and
+    when to try again); nothing was enqueued."""
+
+    def __init__(self, limited: Limited) -> None:
+        super().__init__(limited.reason)
+        self.limited = limited
 
 
 class Client:
@@ -47,6 +82,10 @@ class Client:
         (``[router] replicas_ack``; `from_settings` passes it). `settings`: the
         profiles, their numbers and checks, overriding the arguments that give them."""
         self._redis = redis
+        self._settings = settings
+        self._limits = AccountLimits(redis)
+        # The UTC day each account's quota refusal was last logged (once a day each).
+        self._quota_logged: dict[str, str] = {}
         self.default_profile = default_profile
         self.profiles = set(profiles) if profiles is not None else None
         # Profiles whose records keep the text from `queued` on. Any other profile's
@@ -67,9 +106,7 @@ class Client:
         self._checks: dict[str, JobCheck] = {}
         if settings is not None:
             self.configure(settings)
-        self._coalesced: Batcher[tuple[str, str, dict[str, Any]], tuple[str, bool]] = Batcher(
-            self._enqueue
-        )
+        self._coalesced: Batcher[Prepared, tuple[str, bool]] = Batcher(self._enqueue)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> Client:
@@ -87,6 +124,7 @@ class Client:
         """Take the profiles, their numbers, templates and checks from `settings` (at
         start, and again when the daemon reloads its configuration, so the doors judge
         jobs by the configuration the workers run)."""
+        self._settings = settings
         self.default_profile = settings.global_profile
         self.profiles = set(settings.profiles)
         self.store_text = {name for name, p in settings.profiles.items() if p.store_text}
@@ -116,45 +154,91 @@ class Client:
             job["profile"] = profile
         return (await self.send_many([job]))[0]
 
-    def validate(self, jobs: Iterable[Mapping[str, Any]], *, offset: int = 0) -> None:
+    def validate(
+        self,
+        jobs: Iterable[Mapping[str, Any]],
+        *,
+        offset: int = 0,
+        caller: Caller | None = None,
+    ) -> None:
         """Raise `JobError` (naming the job and field) if any job is malformed or would
-        certainly be refused by its profile (template, variables, length, sender)."""
-        self._prepare(jobs, offset)
+        certainly be refused by its profile (template, variables, length, sender), and
+        `Refused` if `caller`'s account does not allow one."""
+        self._prepare(jobs, offset, caller)
 
-    def problems(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[int, JobError]]:
-        """Every malformed job, as (index, error naming the field); empty when all are good."""
+    def problems(
+        self, jobs: Iterable[Mapping[str, Any]], *, caller: Caller | None = None
+    ) -> list[tuple[int, JobError]]:
+        """Every malformed job, as (index, error naming the field); empty when all are
+        good. With `caller`, each job is read as that account sends it (its default
+        profile); what the account does not allow is not listed (`Refused` says it)."""
         found: list[tuple[int, JobError]] = []
         for index, raw in enumerate(jobs):
             try:
-                self._prepare_one(raw)
+                self._prepare_one(raw, caller)
             except JobError as exc:
                 found.append((index, exc))
+            except AccountError:
+                pass
         return found
 
-    async def send_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+    async def send_many(
+        self, jobs: Iterable[Mapping[str, Any]], *, caller: Caller | None = None
+    ) -> list[str]:
         """Enqueue many jobs in one round trip; returns their ids in order.
 
         Each job is a wire map (docs/wire-format.md); ``profile`` picks the stream and
         defaults to the global profile. Raises `JobError` before enqueuing anything
         if any job is malformed. A job whose id has a record already is left out and
-        counted in `duplicates_dropped`.
+        counted in `duplicates_dropped`. `caller`: the account submitting (see
+        `send_each`).
         """
-        return [job_id for job_id, _queued in await self.send_each(jobs)]
+        return [job_id for job_id, _queued in await self.send_each(jobs, caller=caller)]
 
-    async def send_each(self, jobs: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+    async def send_each(
+        self, jobs: Iterable[Mapping[str, Any]], *, caller: Caller | None = None
+    ) -> list[tuple[str, bool]]:
         """`send_many`, telling for each job its id and whether it was enqueued (False:
-        its id had a record already, so nothing new will be sent)."""
-        return await self._enqueue(self._prepare(jobs, 0))
+        its id had a record already, so nothing new will be sent).
 
-    async def send_coalesced(self, job: Mapping[str, Any]) -> tuple[str, bool]:
+        With `caller` (the account a door authenticated): each job is admitted by the
+        account (`Refused`: job `index` is not allowed), then the whole batch is taken
+        from the account's rate and daily quota (`OverLimit`); either way nothing is
+        enqueued. A duplicate counts against the limits like any job (the take comes
+        before the enqueue that recognises it)."""
+        prepared = self._prepare(jobs, 0, caller)
+        if caller is not None:
+            await self._take(caller, len(prepared))
+        return await self._enqueue(prepared)
+
+    async def send_coalesced(
+        self, job: Mapping[str, Any], *, caller: Caller | None = None
+    ) -> tuple[str, bool]:
         """`send_each` of one job, sharing its Redis call with the jobs other callers
         send meanwhile (`Batcher`): many concurrent single-job requests (the HTTP API)
-        cost Redis one call per batch. A malformed job raises JobError for itself only."""
-        return await self._coalesced.submit(self._prepare_one(job))
+        cost Redis one call per batch. A malformed job raises JobError for itself only;
+        with `caller`, AccountError or `OverLimit`."""
+        prepared = self._prepare_one(job, caller)
+        if caller is not None:
+            await self._take(caller, 1)
+        return await self._coalesced.submit(prepared)
 
-    async def _enqueue(
-        self, prepared: list[tuple[str, str, dict[str, Any]]]
-    ) -> list[tuple[str, bool]]:
+    async def _take(self, caller: Caller, count: int) -> None:
+        """Take `count` messages from the account's limits, or raise OverLimit."""
+        limited = await self._limits.take(caller, count)
+        if limited is None:
+            return
+        if limited.code == QUOTA:
+            # Logged once a day per account: a client that keeps trying must not
+            # flood the log (each refusal is answered to it with the reason anyway).
+            day = time.strftime("%Y-%m-%d", time.gmtime())
+            if self._quota_logged.get(caller.name) != day:
+                self._quota_logged[caller.name] = day
+                log.warning("account over its daily quota", account=caller.name,
+                            reason=limited.reason)  # fmt: skip
+        raise OverLimit(limited)
+
+    async def _enqueue(self, prepared: list[Prepared]) -> list[tuple[str, bool]]:
         enqueued = await self._ledger.enqueue(
             [
                 (job_id, profile, encode_job(wire), self._record_fields(profile, wire))
@@ -168,25 +252,32 @@ class Client:
         ]
 
     def _prepare(
-        self, jobs: Iterable[Mapping[str, Any]], offset: int
-    ) -> list[tuple[str, str, dict[str, Any]]]:
-        prepared: list[tuple[str, str, dict[str, Any]]] = []
+        self, jobs: Iterable[Mapping[str, Any]], offset: int, caller: Caller | None = None
+    ) -> list[Prepared]:
+        prepared: list[Prepared] = []
         for index, raw in enumerate(jobs, offset):
             try:
-                prepared.append(self._prepare_one(raw))
+                prepared.append(self._prepare_one(raw, caller))
             except JobError as exc:
                 numbered = JobError("", f"job {index}: {exc}")
                 numbered.field = exc.field
                 raise numbered from None
+            except AccountError as exc:
+                raise Refused(index, exc) from None
         return prepared
 
-    def _prepare_one(self, raw: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    def _prepare_one(self, raw: Mapping[str, Any], caller: Caller | None = None) -> Prepared:
         wire = dict(raw)
         if wire.get("id") is None:
             wire["id"] = new_job_id()
-        profile = self._profile_for(wire)
-        wire.pop("profile", None)
-        job = decode_job(_encode(wire), default_id=wire["id"])
+        if caller is None:
+            profile = self._profile_for(wire)
+            wire.pop("profile", None)
+            job = decode_job(_encode(wire), default_id=wire["id"])
+        else:
+            job = self._admitted(caller, wire)
+            profile = self._profile_for({"profile": job.profile})
+            job.profile = None  # the stream says which profile
         check = self._checks.get(profile)
         if check is not None:
             # Composed for the verdict only: the job goes on the stream as it came (the
@@ -197,6 +288,20 @@ class Client:
             if pool is not None:
                 check_sender(job, profile, pool)
         return profile, job.id, job.to_wire()
+
+    def _admitted(self, caller: Caller, wire: dict[str, Any]) -> Job:
+        """`wire` decoded and admitted by `caller`'s account (its profile, its sender;
+        AccountError otherwise), the account recorded on it."""
+        if self._settings is None:
+            raise RuntimeError("a Client without settings cannot admit an account's jobs")
+        named = wire.pop("profile", None)
+        if named is not None and not isinstance(named, str):
+            raise JobError("profile", f"{named!r} is not a profile name")
+        wire.pop("account", None)  # who sends is the caller, whatever the job says
+        job = decode_job(_encode(wire), default_id=wire["id"])
+        job.profile = named or None
+        admit(caller, job, self._settings)
+        return job
 
     def _profile_for(self, wire: Mapping[str, Any]) -> str:
         profile = wire.get("profile") or self.default_profile
@@ -218,6 +323,8 @@ class Client:
             fields["meta"] = json.dumps(wire["meta"], default=str)
         if wire.get("status_callback_url"):
             fields["status_callback_url"] = str(wire["status_callback_url"])
+        if wire.get("account"):
+            fields["account"] = str(wire["account"])
         return fields
 
 

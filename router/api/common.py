@@ -1,19 +1,26 @@
 """The daemon's HTTP surface (aiohttp): one listener, `[api]` in the configuration.
 
 This module holds what every endpoint shares: the application's context,
-bearer-token authentication with scopes, JSON errors and body limits. Each group of
+bearer-token authentication with scopes, JSON errors and body limits.
+
+A bearer token is a key of ``[api.keys]`` or an account's `api_token`
+(``[accounts.NAME]``), each with its scopes; the request then carries the caller
+(`caller_of`: the account, or None for an ``[api.keys]`` key). A caller that is an
+account without the ``admin`` scope sees only its own messages (`own_account`). Each group of
 endpoints lives in a module of its own and registers its routes; `router.api.app`
 builds the application from them.
 
 Errors are JSON, ``{"error": "field: what is wrong"}``, with the status that fits
-(400 bad input, 401 no or unknown token, 403 a token without the scope, 404, 405,
-413 body too large). Tokens are compared in constant time and never logged.
+(400 bad input, 401 no or unknown token, 403 a token without the scope or an
+account refused what it asked, 404, 405, 413 body too large, 429 an account over its
+rate or daily quota, with ``Retry-After``). Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,17 +32,22 @@ from redis.asyncio import Redis
 from router.client import Client
 from router.config import Scope, Settings
 from router.errors import RouterError
+from router.policy.accounts import Caller, by_token
 from router.store.ledger import Ledger
 from router.store.outages import REDIS_ERRORS
 
 __all__ = [
+    "CALLER",
     "CONTEXT",
     "ApiContext",
     "ApiError",
     "Handler",
+    "caller_of",
     "json_response",
     "middleware",
+    "own_account",
     "read_json",
+    "retry_after",
     "scoped",
 ]
 
@@ -47,10 +59,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(RouterError):
     """An answer other than success: `status` and a message naming what is wrong."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 class Ready(Protocol):
@@ -77,6 +90,30 @@ class ApiContext:
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
 API_KEY: web.RequestKey[str] = web.RequestKey("api_key", str)  # the caller's key name
+# The account the bearer token is the api_token of; None for an [api.keys] key.
+CALLER: web.RequestKey[Caller | None] = web.RequestKey("caller")
+
+
+def caller_of(request: web.Request) -> Caller | None:
+    """The account that authenticated `request`, or None (an ``[api.keys]`` key, or an
+    endpoint without authentication)."""
+    return request.get(CALLER)
+
+
+def own_account(caller: Caller | None, asked: str | None) -> str | None:
+    """The account whose messages a caller may read when it asks for `asked` (None:
+    every account): any for a key or an ``admin`` account, else only its own (asking
+    for another is ApiError 403)."""
+    if caller is None or "admin" in caller.account.scopes:
+        return asked
+    if asked is not None and asked != caller.name:
+        raise ApiError(403, f"account: account {caller.name!r} may read only its own messages")
+    return caller.name
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def scoped(scope: Scope) -> Callable[[Handler], Handler]:
@@ -98,8 +135,10 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     )
 
 
-def _error(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response({"error": message}, status)
+    response.headers.update(headers or {})
+    return response
 
 
 def _authorised(request: web.Request, scope: Scope) -> None:
@@ -108,19 +147,28 @@ def _authorised(request: web.Request, scope: Scope) -> None:
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token:
         raise ApiError(401, "Authorization: a bearer token is required")
-    keys = request.app[CONTEXT].settings.api.keys
+    settings = request.app[CONTEXT].settings
     found = None
-    given = token.strip().encode()
-    for name, key in keys.items():
+    given = token.strip()
+    for name, key in settings.api.keys.items():
         # Every key is compared (constant time each), so timing tells nothing.
-        if hmac.compare_digest(given, key.token.get_secret_value().encode()):
+        if hmac.compare_digest(given.encode(), key.token.get_secret_value().encode()):
             found = (name, key)
-    if found is None:
+    # Every account's token is compared too, whether a key matched or not.
+    caller = by_token(settings, given)
+    if found is not None:
+        name, key = found
+        if scope not in key.scopes and "admin" not in key.scopes:
+            raise ApiError(403, f"Authorization: key {name!r} lacks the {scope!r} scope")
+        request[API_KEY] = name
+        request[CALLER] = None
+        return
+    if caller is None:
         raise ApiError(401, "Authorization: unknown token")
-    name, key = found
-    if scope not in key.scopes and "admin" not in key.scopes:
-        raise ApiError(403, f"Authorization: key {name!r} lacks the {scope!r} scope")
-    request[API_KEY] = name
+    scopes = caller.account.scopes
+    if scope not in scopes and "admin" not in scopes:
+        raise ApiError(403, f"Authorization: account {caller.name!r} lacks the {scope!r} scope")
+    request[CALLER] = caller
 
 
 @web.middleware
@@ -131,7 +179,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             _authorised(request, scope)
         return await handler(request)
     except ApiError as exc:
-        return _error(exc.status, exc.message)
+        return _error(exc.status, exc.message, exc.headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONTEXT].settings.api.max_body
         return _error(413, f"body: larger than api.max_body = {limit} bytes")

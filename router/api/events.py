@@ -8,17 +8,25 @@ merged. Protocol (docs/events.md, "The event websocket"):
    token is answered 401/403 before the upgrade.
 2. Send one subscribe message, within `SUBSCRIBE_WITHIN` seconds, every key optional:
    ``{"profile": "demo" | [...], "status": ["delivered", "inbound", ...],
-   "ids": ["job-1", ...], "from": "$" | "0" | "<event id>" | {"<profile>": "<event
-   id>", ...}, "heartbeat": 15}``. ``from`` "$" (the default) is only what happens from
-   now on; an event id starts every profile's stream right after it; a position (the
-   last event id of each profile, as heartbeats give it) resumes each stream right
-   after its own (nothing in between is missed while the stream still holds it; a
-   profile the position does not name starts from its first event).
+   "ids": ["job-1", ...], "account": "acme" | [...], "from": "$" | "0" | "<event id>"
+   | {"<profile>": "<event id>", ...}, "heartbeat": 15}``. ``from`` "$" (the default)
+   is only what happens from now on; an event id starts every profile's stream right
+   after it; a position (the last event id of each profile, as heartbeats give it)
+   resumes each stream right after its own (nothing in between is missed while the
+   stream still holds it; a profile the position does not name starts from its first
+   event).
 3. The server answers ``{"type": "subscribed", "from": ..., "position": {...}}``, then
    sends each matching event as JSON: ``{"type": "status" | "inbound", "event_id":
    ...}`` plus the event's fields (``profile`` among them); and ``{"type":
    "heartbeat", "last_event_id": ..., "position": {...}}`` after `heartbeat` seconds
    without a message (websocket pings run too).
+
+The ``account`` filter passes the messages those accounts submitted: a `queued` event
+carries ``account``, later status changes do not, so their records say (one pipelined
+read per batch of events, remembered per subscriber); an inbound message passes only
+when its event names the account. A caller that is an account without the ``admin``
+scope gets only its own messages' events, whatever it asks (asking for another
+account's closes with 4403).
 
 Memory stays bounded whatever the client does: events are read from Redis a batch at
 a time and only as fast as the client takes them. A client whose socket takes nothing
@@ -45,7 +53,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -53,9 +61,10 @@ from aiohttp import WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from router.api.common import CONTEXT, ApiError, scoped
+from router.api.common import CONTEXT, ApiError, caller_of, scoped
 from router.engine.callbacks import body_of
 from router.engine.inbound import render
+from router.policy.accounts import Caller
 from router.store import keys
 from router.store.connections import as_text
 from router.store.ledger import STATUSES
@@ -70,10 +79,13 @@ SEND_STALL = 10.0  # seconds one send may wait for the client before it is dropp
 BATCH = 500  # events read from Redis at a time per subscriber
 POLL = 1.0  # an idle subscriber looks at the stream at least this often
 MAX_IDS = 10_000
+MAX_ACCOUNTS = 1000
+KNOWN_ACCOUNTS = 50_000  # job id -> account remembered per subscriber (then forgotten)
 KINDS = frozenset({*STATUSES, "inbound"})
 _EVENT_ID = re.compile(r"^\d+(-\d+)?$")
 
 BAD_SUBSCRIPTION = 4400
+FORBIDDEN = 4403
 NO_SUBSCRIPTION = 4408
 TOO_SLOW = 4008
 # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.
@@ -111,14 +123,17 @@ class Subscription:
     ids: frozenset[str] = frozenset()
     start: str | dict[str, str] = "$"
     heartbeat: float = HEARTBEAT
+    accounts: frozenset[str] = frozenset()
 
-    def matches(self, event: dict[str, Any]) -> bool:
-        """Whether `event` (as sent) passes every filter."""
+    def matches(self, event: dict[str, Any], account: str | None = None) -> bool:
+        """Whether `event` (as sent) passes every filter; `account`: the account its
+        record names, when the event does not."""
         kind = "inbound" if event["type"] == "inbound" else event.get("status", "")
         return (
             (not self.profiles or event.get("profile") in self.profiles)
             and (not self.statuses or kind in self.statuses)
             and (not self.ids or event.get("id") in self.ids)
+            and (not self.accounts or (event.get("account") or account) in self.accounts)
         )
 
 
@@ -139,7 +154,8 @@ def parse_subscription(data: Any) -> Subscription:
     """The subscription a client's message asks for; ValueError names what is wrong."""
     if not isinstance(data, dict):
         raise ValueError("subscribe: must be a JSON object")
-    unknown = sorted(set(data) - {"type", "profile", "status", "ids", "from", "heartbeat"})
+    names = {"type", "profile", "status", "ids", "account", "from", "heartbeat"}
+    unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{fit(unknown[0], QUOTED)}: unknown key")
     if data.get("type", "subscribe") != "subscribe":
@@ -171,7 +187,23 @@ def parse_subscription(data: Any) -> Subscription:
         ids=_strings(data, "ids", MAX_IDS),
         start=start,
         heartbeat=float(heartbeat),
+        accounts=_strings(data, "account", MAX_ACCOUNTS),
     )
+
+
+def restricted(sub: Subscription, caller: Caller | None) -> Subscription:
+    """`sub` as `caller` may have it: an account without the ``admin`` scope gets only
+    its own messages (asking for another account's is refused: _Closed 4403)."""
+    if caller is None or "admin" in caller.account.scopes:
+        return sub
+    others = sorted(sub.accounts - {caller.name})
+    if others:
+        raise _Closed(
+            FORBIDDEN,
+            f"account: {_quoted(caller.name)} may read only its own messages, "
+            f"not {_quoted(others[0])}'s",
+        )
+    return replace(sub, accounts=frozenset({caller.name}))
 
 
 def event_json(event_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -318,6 +350,8 @@ class _Subscriber:
         self.floor: dict[str, tuple[int, int]] = {}  # first kept event when subscribing
         self.start_at = "0-0"  # where profiles the subscription did not name start
         self.sent_at = time.monotonic()
+        # (profile, job id) -> the account its record names ('' none), for `account`.
+        self.accounts: dict[tuple[str, str], str] = {}
 
     async def send(self, message: dict[str, Any]) -> None:
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -412,6 +446,28 @@ class _Subscriber:
         rows.sort(key=lambda r: (_order(as_text(r[1])), r[0]))
         return rows
 
+    async def _accounts_of(self, rows: Sequence[tuple[str, Any, Any]]) -> None:
+        """Learn the account of each status event's message that neither its event
+        nor `accounts` tells, from the records (one round trip)."""
+        wanted: list[tuple[str, str]] = []
+        for profile, _raw_id, raw in rows:
+            if b"account" in raw or raw.get(b"type") == b"inbound":
+                continue
+            pair = (profile, as_text(raw.get(b"id", b"")))
+            if pair[1] and pair not in self.accounts:
+                wanted.append(pair)
+        wanted = list(dict.fromkeys(wanted))
+        if not wanted:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for profile, job_id in wanted:
+                pipe.hget(keys.record(profile, job_id), "account")
+            found: list[Any] = await pipe.execute()
+        if len(self.accounts) + len(wanted) > KNOWN_ACCOUNTS:
+            self.accounts.clear()  # bounded: what is forgotten is read again if needed
+        for pair, account in zip(wanted, found, strict=True):
+            self.accounts[pair] = as_text(account) if account is not None else ""
+
     async def pump(self, sub: Subscription) -> None:
         """Send matching events until the client goes or the server stops."""
         pause = Pause(self.hub.outages)
@@ -425,6 +481,8 @@ class _Subscriber:
                 if new:  # a reload added profiles: their events from the start
                     await self._join(new, "0")
                 rows = await self._read(profiles)
+                if sub.accounts:
+                    await self._accounts_of(rows)
             except REDIS_ERRORS as exc:
                 await self._pause(pause, exc)
                 continue
@@ -437,7 +495,8 @@ class _Subscriber:
                 event = event_json(
                     as_text(raw_id), {as_text(k): as_text(v) for k, v in raw.items()}
                 )
-                if sub.matches(event):
+                account = self.accounts.get((profile, str(event.get("id", "")))) or None
+                if sub.matches(event, account):
                     await self.send(event)
                 self.last = event["event_id"]
                 self.position[profile] = event["event_id"]
@@ -479,7 +538,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     reader: asyncio.Task[None] | None = None
     code, reason = 1000, ""
     try:
-        sub = await _first_message(ws)
+        sub = restricted(await _first_message(ws), caller_of(request))
         reader = asyncio.create_task(_drain_client(ws))
         await subscriber.start(sub)
         await subscriber.pump(sub)

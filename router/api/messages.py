@@ -10,6 +10,13 @@ dead-lettered for. Errors name the field:
 ``{"error": "messages[3].vars.code: missing variable 'code' (template 'otp')"}``. Jobs are
 enqueued with `Client.send_each` (one round trip per batch); an id that already has a
 record is answered ``duplicate`` and never sent twice.
+
+A caller that is an account (its `api_token` as the bearer token) sends as that
+account: each job is admitted by it (its default profile when the job names none; a
+profile or ``from`` it does not allow is 403 naming the field), then the request's
+jobs are taken from its rate and daily quota: over either, 429 with ``Retry-After``
+and nothing enqueued. Its messages record the account (``account``), a filter of the
+SMS log; an account without the ``admin`` scope reads only its own messages.
 """
 
 from __future__ import annotations
@@ -19,19 +26,31 @@ import binascii
 import re
 from typing import Annotated, Any, Literal, get_args
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.config import JsonDict
 
-from router.api.common import CONTEXT, ApiError, json_response, read_json
+from router.api.common import (
+    CONTEXT,
+    ApiError,
+    caller_of,
+    json_response,
+    own_account,
+    read_json,
+    retry_after,
+)
 from router.api.spec import Operation, Reply, add_operations, validate
-from router.client import Client
+from router.client import Client, OverLimit, Refused
 from router.numbers import normalise_e164
+from router.policy.accounts import AccountError, Caller
 from router.policy.jobs import MAX_ID_LENGTH, MAX_JOB_BYTES, MAX_LENGTHS, MAX_URL_LENGTH, JobError
 from router.store.ledger import STATUSES
 from router.store.smslog import message_log, parse_position, parse_since
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "over_limit"]
+
+log = structlog.get_logger("router.api")
 
 MAX_BATCH = 1000
 MAX_PAGE = 1000
@@ -154,6 +173,7 @@ class MessageRecord(BaseModel):
     error_code: str | None = None
     provider_message_id: str | None = None
     connector: str | None = None  # the latest attempt's connector
+    account: str | None = None  # the account that submitted it, when one did
 
 
 class LogQuery(BaseModel):
@@ -163,6 +183,11 @@ class LogQuery(BaseModel):
     profile: str | None = Field(None, description="Only this profile's messages.")
     status: Status | None = Field(None, description="Only messages now in this status.")
     to: str | None = Field(None, description="Only messages to this number (E.164).")
+    account: str | None = Field(
+        None,
+        description="Only messages this account submitted (an account without the "
+        "`admin` scope always reads only its own).",
+    )
     since: str | None = Field(
         None,
         description="Changed since: a duration back from now (90s, 15m, 2h, 1d) or an "
@@ -183,31 +208,49 @@ async def post_messages(request: web.Request) -> web.Response:
     """Enqueue one job or a batch."""
     body = await read_json(request)
     client = request.app[CONTEXT].client
+    caller = caller_of(request)
     if isinstance(body, dict) and "messages" in body:
-        return await _post_batch(client, body)
+        return await _post_batch(client, body, caller)
     validate(Job, body)
     try:
         # Concurrent single-job requests share one Redis call.
-        job_id, queued = await client.send_coalesced(body)
+        job_id, queued = await client.send_coalesced(body, caller=caller)
     except JobError as exc:
         raise ApiError(400, _job_problem(exc, "")) from None
+    except AccountError as exc:
+        raise ApiError(403, str(exc)) from None
+    except OverLimit as exc:
+        raise over_limit(exc) from None
     one = Accepted(id=job_id, status="queued" if queued else "duplicate")
     return json_response(one.model_dump(), 202)
 
 
-async def _post_batch(client: Client, body: dict[str, Any]) -> web.Response:
+async def _post_batch(client: Client, body: dict[str, Any], caller: Caller | None) -> web.Response:
     validate(Batch, body)
     # The wire decoder gets the jobs as sent, not as the model parsed them.
     jobs: list[dict[str, Any]] = body["messages"]
     try:
-        taken = await client.send_each(jobs)
+        taken = await client.send_each(jobs, caller=caller)
     except JobError:
-        index, problem = client.problems(jobs)[0]
+        index, problem = client.problems(jobs, caller=caller)[0]
         raise ApiError(400, _job_problem(problem, f"messages[{index}]")) from None
+    except Refused as exc:
+        raise ApiError(403, f"messages[{exc.index}].{exc}") from None
+    except OverLimit as exc:
+        raise over_limit(exc) from None
     accepted = [Accepted(id=i, status="queued" if ok else "duplicate") for i, ok in taken]
     queued = sum(1 for a in accepted if a.status == "queued")
     answer = BatchAccepted(messages=accepted, queued=queued, duplicates=len(accepted) - queued)
     return json_response(answer.model_dump(), 202)
+
+
+def over_limit(exc: OverLimit) -> ApiError:
+    """An account over its rate or quota: 429 naming the limit, with ``Retry-After``."""
+    limited = exc.limited
+    log.debug("api: account over a limit", code=limited.code, reason=limited.reason)
+    return ApiError(
+        429, f"account: {limited.reason}", headers={"Retry-After": retry_after(limited.retry_after)}
+    )
 
 
 def _job_problem(exc: JobError, where: str) -> str:
@@ -224,7 +267,9 @@ async def get_message(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
     context = request.app[CONTEXT]
     record = await context.ledger.get(job_id, profiles=list(context.settings.profiles))
-    if record is None:
+    mine = own_account(caller_of(request), None)
+    if record is None or (mine is not None and record.get("account") != mine):
+        # Another account's message is as unknown to this caller as a missing one.
         raise ApiError(404, f"id: no message {job_id!r}")
     return json_response(_record(record))
 
@@ -239,6 +284,7 @@ async def list_messages(request: web.Request) -> web.Response:
     """A page of the SMS log."""
     context = request.app[CONTEXT]
     query = validate(LogQuery, dict(request.query))
+    account = own_account(caller_of(request), query.account)
     if query.profile is not None and query.profile not in context.settings.profiles:
         raise ApiError(400, f"profile: unknown profile {query.profile!r}")
     to = None
@@ -265,6 +311,7 @@ async def list_messages(request: web.Request) -> web.Response:
         profile=query.profile,
         status=query.status,
         to=to,
+        account=account,
         before=before,
         scan=LOG_SCAN,
     )
@@ -313,6 +360,11 @@ def add_routes(app: web.Application) -> None:
                     400: Reply("A job is malformed, or its profile would refuse it (unknown "
                                "template, missing variable, more parts than max_segments, "
                                "a sender it does not own); the error names it and its field."),
+                    403: Reply("The caller's account may not send through that profile or "
+                               "from that sender; the error names the job and field."),
+                    429: Reply("The caller's account is over its rate (tps) or its daily "
+                               "quota: nothing was enqueued; Retry-After says when to try "
+                               "again (seconds)."),
                 },
                 scope="send",
                 body=Job | Batch,
@@ -334,6 +386,7 @@ def add_routes(app: web.Application) -> None:
                 {
                     200: Reply("A page; `next_cursor` null on the last.", MessagePage),
                     400: Reply("A bad filter or cursor."),
+                    403: Reply("An account asked for another account's messages."),
                 },
                 scope="read",
                 query=LogQuery,

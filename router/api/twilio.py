@@ -11,7 +11,13 @@ Twilio's error shape (``code``, ``message``, ``more_info``, ``status``) with Twi
 error codes, so the official SDKs raise their usual exceptions.
 
 Authentication is HTTP Basic with ``[api.twilio]`` ``account_sid`` and ``auth_token``,
-compared in constant time. Mapping (docs/twilio-api.md):
+compared in constant time; or as an account (``[accounts.NAME]``): HTTP Basic with the
+account's name and its `api_token` (as Twilio's SDKs send an API key's sid and secret:
+``Client(name, api_token, account_sid)``), or its `api_token` as a bearer token. The
+path's AccountSid is ``[api.twilio]``'s either way. An account sends as itself
+(`router.client.Client` admits each job and takes it from the account's rate and daily
+quota: over either, 429 with Twilio's 20429 and ``Retry-After``) and, without the
+``admin`` scope, reads only its own messages. Mapping (docs/twilio-api.md):
 ``From`` picks the profile owning that number, ``MessagingServiceSid`` names a
 profile; the message sid is the job id, ``SM`` + 32 hex digits.
 """
@@ -35,10 +41,20 @@ import structlog
 from aiohttp import web
 
 from binds.smpp.codec import count_segments
-from router.api.common import CONTEXT, Handler, json_response
-from router.config import TwilioApi
+from router.api.common import (
+    CALLER,
+    CONTEXT,
+    Handler,
+    caller_of,
+    json_response,
+    own_account,
+    retry_after,
+)
+from router.client import OverLimit
+from router.config import Scope, TwilioApi
 from router.errors import RouterError
 from router.numbers import normalise_e164
+from router.policy.accounts import SENDER_NOT_ALLOWED, AccountError, by_password, by_token
 from router.policy.jobs import JobError
 from router.store.outages import REDIS_ERRORS
 from router.store.smslog import message_log, parse_position, position_above
@@ -80,16 +96,21 @@ _UNAVAILABLE = 503
 _INVALID_PARAMETER = 20001
 _NOT_FOUND = 20404
 _METHOD_NOT_ALLOWED = 20004
+_FORBIDDEN = 20403
+_TOO_MANY_REQUESTS = 20429  # Twilio's rate limit (HTTP 429)
 
 
 class TwilioError(RouterError):
     """An answer in Twilio's error shape: HTTP `status`, Twilio error `code`, message."""
 
-    def __init__(self, status: int, code: int, message: str) -> None:
+    def __init__(
+        self, status: int, code: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         body = {
@@ -99,6 +120,7 @@ class TwilioError(RouterError):
             "status": self.status,
         }
         response = json_response(body, self.status)
+        response.headers.update(self.headers)
         if self.status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
         return response
@@ -112,10 +134,10 @@ def new_sid() -> str:
 def add_routes(app: web.Application) -> None:
     """Register the Twilio-compatible Messages endpoints on `app`, and Twilio-shaped
     404 and 405 answers for everything else under ``/2010-04-01/``."""
-    app.router.add_post(f"{BASE}.json", _twilio(create_message))
-    app.router.add_get(f"{BASE}.json", _twilio(list_messages))
+    app.router.add_post(f"{BASE}.json", _twilio(create_message, "send"))
+    app.router.add_get(f"{BASE}.json", _twilio(list_messages, "read"))
     app.router.add_route("*", f"{BASE}.json", _twilio(_method_not_allowed("GET, POST")))
-    app.router.add_get(f"{BASE}/{{sid:[^/]+}}.json", _twilio(fetch_message))
+    app.router.add_get(f"{BASE}/{{sid:[^/]+}}.json", _twilio(fetch_message, "read"))
     app.router.add_route("*", f"{BASE}/{{sid:[^/]+}}.json", _twilio(_method_not_allowed("GET")))
     # The paths above are more specific, so they match first; these catch the rest.
     app.router.add_route("*", f"/{API_VERSION}/{{tail:.*}}", _not_found)
@@ -142,13 +164,14 @@ def _missing(request: web.Request) -> TwilioError:
     return TwilioError(404, _NOT_FOUND, f"The requested resource {request.path} was not found")
 
 
-def _twilio(handler: Handler) -> Handler:
-    """Authenticate, and turn every failure into Twilio's error shape (the shared
-    middleware would answer ``{"error": ...}``, which Twilio's SDKs cannot read)."""
+def _twilio(handler: Handler, scope: Scope | None = None) -> Handler:
+    """Authenticate (an account needs `scope`), and turn every failure into Twilio's
+    error shape (the shared middleware would answer ``{"error": ...}``, which Twilio's
+    SDKs cannot read)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            _authenticate(request)
+            _authenticate(request, scope)
             return await handler(request)
         except TwilioError as exc:
             return exc.response()
@@ -175,25 +198,49 @@ def _credentials(request: web.Request) -> TwilioApi:
     return twilio
 
 
-def _authenticate(request: web.Request) -> None:
-    """HTTP Basic with the account sid and auth token, both compared in constant time;
-    the path's AccountSid must be that account (Twilio: 20003 for either)."""
+def _authenticate(request: web.Request, scope: Scope | None) -> None:
+    """HTTP Basic with the account sid and auth token, both compared in constant time,
+    or an account's (its name and api_token, or the api_token as a bearer token); the
+    path's AccountSid must be ``[api.twilio]``'s (Twilio: 20003 for either). The
+    caller goes on the request (`caller_of`: None for the account sid)."""
     twilio = _credentials(request)
+    settings = request.app[CONTEXT].settings
     kind, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    user = password = b""
-    if kind.lower() == "basic":
-        try:
-            user, _, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            user = password = b""
-    # Both comparisons always run, so timing does not tell which one failed.
-    good_user = hmac.compare_digest(user, twilio.account_sid.encode())
-    good_password = hmac.compare_digest(password, twilio.auth_token.get_secret_value().encode())
-    if not (good_user and good_password):
-        raise TwilioError(401, 20003, "Authenticate")
+    caller = None
+    if kind.lower() == "bearer":
+        caller = by_token(settings, encoded.strip())
+        if caller is None:
+            raise TwilioError(401, 20003, "Authenticate")
+    else:
+        user = password = b""
+        if kind.lower() == "basic":
+            try:
+                decoded = base64.b64decode(encoded.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                decoded = b""
+            user, _, password = decoded.partition(b":")
+        # Both comparisons always run, so timing does not tell which one failed.
+        good_user = hmac.compare_digest(user, twilio.account_sid.encode())
+        secret = twilio.auth_token.get_secret_value().encode()
+        good_password = hmac.compare_digest(password, secret)
+        if not (good_user and good_password):
+            try:
+                caller = by_password(
+                    settings, user.decode(errors="replace"), password.decode(errors="replace"),
+                    smpp=False,
+                )  # fmt: skip
+            except AccountError:
+                raise TwilioError(401, 20003, "Authenticate") from None
     if request.match_info["account_sid"] != twilio.account_sid:
         # Twilio answers 20003 for credentials used on another account's path.
         raise TwilioError(401, 20003, "Authenticate: the AccountSid in the path is not yours")
+    if caller is not None and scope is not None:
+        scopes = caller.account.scopes
+        if scope not in scopes and "admin" not in scopes:
+            raise TwilioError(
+                403, _FORBIDDEN, f"Forbidden: account {caller.name!r} lacks the {scope!r} scope"
+            )
+    request[CALLER] = caller
 
 
 async def create_message(request: web.Request) -> web.Response:
@@ -202,10 +249,24 @@ async def create_message(request: web.Request) -> web.Response:
     form = await request.post()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     job, messaging_service = _job_from_form(fields, request)
+    wire = dict(job)
+    if "sender" in wire:
+        wire["from"] = wire.pop("sender")
+    caller = caller_of(request)
     try:
-        sid = await context.client.send(**job)
+        sid = (await context.client.send_many([wire], caller=caller))[0]
     except JobError as exc:
         raise _job_error(exc) from None
+    except AccountError as exc:
+        raise _account_error(exc, messaging_service) from None
+    except OverLimit as exc:
+        limited = exc.limited
+        raise TwilioError(
+            429,
+            _TOO_MANY_REQUESTS,
+            f"Too Many Requests: {limited.reason}",
+            headers={"Retry-After": retry_after(limited.retry_after)},
+        ) from None
     record = await context.ledger.get(sid, profile=job.get("profile")) or {
         "id": sid,
         "status": "queued",
@@ -227,7 +288,8 @@ async def fetch_message(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     profiles = list(context.settings.profiles)
     record = await context.ledger.get(sid, profiles=profiles) if sid.startswith("SM") else None
-    if record is None:
+    mine = own_account(caller_of(request), None)
+    if record is None or (mine is not None and record.get("account") != mine):
         raise _missing(request)
     twilio = _credentials(request)
     return json_response(
@@ -248,15 +310,18 @@ async def list_messages(request: web.Request) -> web.Response:
     twilio = _credentials(request)
     query = _list_query(request.query)
     profiles = list(context.settings.profiles)
+    account = own_account(caller_of(request), None)
     before = query.position
     if query.back and before != "+":
         before = await position_above(
             context.redis, context.ledger, after=before, since=query.since,
             limit=query.size, to=query.to, match=query.matches, scan=LIST_SCAN,
+            account=account,
         )  # fmt: skip
     page = await message_log(
         context.redis, context.ledger, profiles=profiles, since=query.since,
         limit=query.size, to=query.to, match=query.matches, before=before, scan=LIST_SCAN,
+        account=account,
     )  # fmt: skip
     number = 0 if before == "+" else query.page
     messages = [
@@ -532,6 +597,15 @@ def _job_error(exc: JobError) -> TwilioError:
     # "job 0: job.to: not a valid ..." -> "To: not a valid ..."
     detail = text.split(f"job.{exc.field}: ", 1)[-1] if exc.field else text
     return TwilioError(400, code, f"{name}: {detail}")
+
+
+def _account_error(exc: AccountError, service: str) -> TwilioError:
+    """An account's refusal as Twilio answers a From or Messaging Service that is not
+    the account's (400: 21606, 21701), naming Twilio's field."""
+    detail = str(exc).split(": ", 1)[-1]
+    if exc.code == SENDER_NOT_ALLOWED or not service:
+        return TwilioError(400, 21606, f"From: {detail}")
+    return TwilioError(400, 21701, f"MessagingServiceSid: {detail}")
 
 
 def _rfc2822(seconds: float | None) -> str | None:

@@ -77,12 +77,13 @@ async def message_log(
     before: str = "+",
     scan: int | None = None,
     match: Callable[[dict[str, Any]], bool] | None = None,
+    account: str | None = None,
 ) -> LogPage:
     """Up to `limit` records whose latest change is at or after `since` (unix
     seconds) and below position `before` (exclusive; ``+`` for the top), matching the
-    filters (`to` is compared as given: pass it in E.164; `match` is any further test
-    of a record). The events of `profiles` (only `profile`'s when given) are merged
-    newest change first.
+    filters (`to` is compared as given: pass it in E.164; `account`: only the messages
+    that account submitted; `match` is any further test of a record). The events of
+    `profiles` (only `profile`'s when given) are merged newest change first.
 
     `scan` bounds the events read (so a narrow filter cannot make one call read the
     whole stream): a page may then hold fewer than `limit` records and still have a
@@ -102,7 +103,7 @@ async def message_log(
         records = dict(zip(pairs, await ledger.get_many(pairs), strict=True)) if pairs else {}
         for n, event in enumerate(events):
             record = records.get((event.profile, event.job_id))
-            if record is None or not _listed(record, event, status, to, match):
+            if record is None or not _listed(record, event, status, to, match, account):
                 continue
             found.append(record)
             if len(found) == limit:
@@ -124,6 +125,7 @@ async def position_above(
     to: str | None = None,
     match: Callable[[dict[str, Any]], bool] | None = None,
     scan: int | None = None,
+    account: str | None = None,
 ) -> str:
     """Where the page before the one that starts at position `after` starts (paging
     back): the position below which lie the `limit` listed records nearest above
@@ -143,7 +145,7 @@ async def position_above(
         records = dict(zip(pairs, await ledger.get_many(pairs), strict=True)) if pairs else {}
         for n, event in enumerate(events):
             record = records.get((event.profile, event.job_id))
-            if record is not None and _listed(record, event, status, to, match):
+            if record is not None and _listed(record, event, status, to, match, account):
                 found += 1
                 if found == limit:
                     return await _bound_above(redis, streams, events[n + 1 :])
@@ -305,6 +307,7 @@ def _listed(
     status: str | None,
     to: str | None,
     match: Callable[[dict[str, Any]], bool] | None,
+    account: str | None = None,
 ) -> bool:
     """Whether the log lists `record` at `event`: its latest change, and it passes
     the filters."""
@@ -312,6 +315,7 @@ def _listed(
         _latest(record, event.status, event.at)
         and (status is None or record.get("status") == status)
         and (to is None or record.get("to") == to)
+        and (account is None or record.get("account") == account)
         and (match is None or match(record))
     )
 

@@ -6,7 +6,7 @@
 -- stream, then each item's record.
 -- ARGV[1]: msgpack ENQUEUE_CALL {now, retention, events maxlen, profile, items}; each
 -- item an ENQUEUED {job id, encoded job, {record field, value, ...}} (common.lua;
--- router/store/ledger.py); the fields `to`, `from`, `meta` also go on the event,
+-- router/store/ledger.py); the fields `to`, `from`, `meta`, `account` also go on the event,
 -- `status_callback_url` names where it is posted.
 -- Returns a flat array: verdict (ok | duplicate), entry id ('' for a duplicate).
 local args = cmsgpack.unpack(ARGV[1])
@@ -28,7 +28,7 @@ for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
     for i = 1, #given, 2 do
       local field, v = given[i], given[i + 1]
       fields[#fields + 1] = field; fields[#fields + 1] = v
-      if field == 'to' or field == 'from' or field == 'meta' then
+      if field == 'to' or field == 'from' or field == 'meta' or field == 'account' then
         ev[#ev + 1] = field; ev[#ev + 1] = v
       elseif field == 'status_callback_url' then
         url = v
