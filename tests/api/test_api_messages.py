@@ -398,7 +398,7 @@ async def test_openapi_lists_every_endpoint(api: Api) -> None:
                     "$ref": "#/components/schemas/Error"
                 }
     params = {p["name"] for p in doc["paths"]["/v1/messages"]["get"]["parameters"]}
-    assert params == {"profile", "status", "to", "since", "limit", "cursor"}
+    assert params == {"profile", "status", "to", "account", "since", "limit", "cursor"}
     job = doc["components"]["schemas"]["Job"]
     assert job["required"] == ["to"] and "from" in job["properties"]
 
