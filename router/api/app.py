@@ -1,18 +1,23 @@
 """The daemon's HTTP application: the endpoint groups registered on one aiohttp app,
-the liveness and readiness probes, and the server that runs it on `[api] listen`."""
+the liveness and readiness probes, and the server that runs it on `[api] listen`;
+and Kannel's sendsms alone on `[sendsms] listen` (`SendsmsServer`), for applications
+that expect Kannel's own port."""
 
 from __future__ import annotations
 
 import structlog
 from aiohttp import web
 
-from router.api import events, messages, metrics, profiles, providers, routes, twilio
+from router.api import events, messages, metrics, profiles, providers, routes, sendsms, twilio
 from router.api.common import CONTEXT, ApiContext, json_response, middleware
 from router.store.outages import REDIS_ERRORS
 
-__all__ = ["ApiServer", "build_app"]
+__all__ = ["ApiServer", "SendsmsServer", "build_app"]
 
 log = structlog.get_logger("router.api")
+# The longest request line taken (aiohttp's default is 8 KiB): Kannel's sendsms puts the
+# whole text in the query string, and a long UCS-2 text written as %XX escapes passes 8 KiB.
+MAX_LINE = 65_536
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -43,7 +48,7 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    groups = (messages, profiles, routes, twilio, providers, events, metrics)
+    groups = (messages, profiles, routes, twilio, sendsms, providers, events, metrics)
     for group in groups:
         group.add_routes(app)
     return app
@@ -52,24 +57,50 @@ def build_app(context: ApiContext) -> web.Application:
 class ApiServer:
     """Runs the application on `[api] listen` until `stop`."""
 
+    name = "api"
+
     def __init__(self, context: ApiContext) -> None:
         self.context = context
-        self.app = build_app(context)
+        self.app = self._build(context)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
+    def _build(self, context: ApiContext) -> web.Application:
+        return build_app(context)
+
+    def _address(self) -> tuple[str, int]:
+        return self.context.settings.api.address
+
     async def start(self) -> None:
-        host, port = self.context.settings.api.address
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        host, port = self._address()
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, max_line_size=MAX_LINE
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("api listening", host=host, port=self.port)
+        log.info(f"{self.name} listening", host=host, port=self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class SendsmsServer(ApiServer):
+    """Kannel's sendsms alone (``/cgi-bin/sendsms``; any other path is Kannel's 404
+    ``Unknown request.``) on `[sendsms] listen`, sharing the API's context."""
+
+    name = "sendsms"
+
+    def _build(self, context: ApiContext) -> web.Application:
+        return sendsms.build_sendsms_app(context)
+
+    def _address(self) -> tuple[str, int]:
+        listen = self.context.settings.sendsms.listen
+        assert listen is not None
+        host, _, port = listen.rpartition(":")
+        return host.strip("[]"), int(port)
