@@ -1,0 +1,117 @@
+"""A message read from a client becomes a job, and the job is enqueued durably.
+
+The steps every door takes, in the order that refuses early and counts only what is
+sent: the account (`admit`: its default profile, its allowed senders), the doors'
+checks (`Client`: the job decoder and the profile's `JobCheck`, the same the worker
+runs), the account's rate and daily quota (`AccountLimits`, shared by every
+instance), then the enqueue. `enqueue` returns the job id only once the job is in
+Redis (with `replicas_ack` when set): a submit_sm_resp OK carries it, so nothing a
+client was told is accepted can be lost. Concurrent submits of every session share
+Redis calls (`Client.send_coalesced`).
+
+Refusals, as SMPP statuses:
+
+- ``to``: ESME_RINVDSTADR; ``from`` (not a sender, not one of the profile's numbers,
+  not allowed to the account): ESME_RINVSRCADR;
+- ``text`` empty or too long for the profile's max_segments: ESME_RINVMSGLEN; any
+  other problem (a character the profile's forced alphabet lacks, no profile, a
+  template): ESME_RSUBMITFAIL;
+- over the account's `tps`: ESME_RTHROTTLED (clients send again later); its
+  `daily_quota` reached: ESME_RSUBMITFAIL (the reason is logged);
+- Redis unreachable (nothing stored): ESME_RMSGQFUL, which clients retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from binds.smpp import pdu
+from router.client import Client
+from router.config import Settings
+from router.policy.accounts import SENDER_NOT_ALLOWED, AccountError, Caller, admit
+from router.policy.jobs import Job, JobError, new_job_id
+from router.smpp_server.statuses import (
+    ESME_RINVDSTADR,
+    ESME_RINVSRCADR,
+    ESME_RSUBMITFAIL,
+    Refused,
+)
+from router.smpp_server.submit import Part
+from router.store.limits import THROTTLED, AccountLimits
+from router.store.outages import REDIS_ERRORS
+
+__all__ = ["Intake", "job_refusal"]
+
+# The job meta key that keeps a submit's registered_delivery (for its receipt).
+REGISTERED_DELIVERY: Final = "smpp_registered_delivery"
+
+
+def job_refusal(exc: JobError) -> Refused:
+    """A door check's refusal as the SMPP status naming its field."""
+    reason = str(exc)
+    if exc.field == "to":
+        return Refused(ESME_RINVDSTADR, reason)
+    if exc.field == "from":
+        return Refused(ESME_RINVSRCADR, reason)
+    if exc.field == "text" and "cannot be sent" not in reason:
+        return Refused(pdu.ESME_RINVMSGLEN, reason)
+    return Refused(ESME_RSUBMITFAIL, reason)
+
+
+class Intake:
+    """Turns clients' messages into enqueued jobs (`enqueue`)."""
+
+    def __init__(self, settings: Settings, client: Client, limits: AccountLimits) -> None:
+        self.settings = settings
+        self._client = client
+        self._limits = limits
+
+    def configure(self, settings: Settings) -> None:
+        """Judge jobs by `settings` from now on (a reload)."""
+        self.settings = settings
+        self._client.configure(settings)
+
+    async def enqueue(
+        self, caller: Caller, part: Part, text: str, meta: dict[str, Any] | None = None
+    ) -> str:
+        """Enqueue the message `part` starts (its `text` decoded, the whole of a long
+        one) for `caller`; its job id once it is durably in Redis, Refused otherwise."""
+        job = Job(
+            id=new_job_id(),
+            to=part.destination,
+            text=text,
+            sender=part.sender,
+            send_at=part.send_at,
+            expires_at=part.expires_at,
+            meta=dict(meta or {}),
+        )
+        if part.registered_delivery:
+            job.meta[REGISTERED_DELIVERY] = part.registered_delivery
+        try:
+            admit(caller, job, self.settings)
+        except AccountError as exc:
+            status = ESME_RINVSRCADR if exc.code == SENDER_NOT_ALLOWED else ESME_RSUBMITFAIL
+            raise Refused(status, str(exc)) from None
+        wire = job.to_wire()
+        account = caller.account
+        try:
+            if account.tps > 0 or account.daily_quota is not None:
+                # Checked before counting: a job refused here must not use up the quota.
+                self._client.validate([wire])
+                limited = await self._limits.take(caller)
+                if limited is not None:
+                    status = pdu.ESME_RTHROTTLED if limited.code == THROTTLED else ESME_RSUBMITFAIL
+                    raise Refused(status, limited.reason)
+            job_id, _queued = await self._client.send_coalesced(wire)
+        except JobError as exc:
+            raise job_refusal(exc) from None
+        except REDIS_ERRORS as exc:
+            raise Refused(
+                pdu.ESME_RMSGQFUL, f"not stored, Redis unreachable: {type(exc).__name__}"
+            ) from None
+        except RuntimeError as exc:
+            if not str(exc).startswith("not stored"):
+                raise
+            # The shared enqueue was cancelled (shutting down): nothing stored.
+            raise Refused(pdu.ESME_RMSGQFUL, str(exc)) from None
+        return job_id
