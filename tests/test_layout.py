@@ -72,6 +72,10 @@ def test_the_layout_is_read() -> None:
         (("router.store",), ("router.engine", "router.api", "router.daemon", "router.cli")),
         (("router.policy",), ("router.engine", "router.api", "router.daemon", "router.cli")),
         (("router.engine",), ("router.api", "router.daemon", "router.cli")),
+        # The SMPP server is a door: it uses policy, store, the client and binds' PDUs;
+        # the daemon starts it; nothing below it knows it.
+        (("router.smpp_server",), ("router.engine", "router.api", "router.daemon", "router.cli")),
+        (("router.store", "router.policy", "router.engine"), ("router.smpp_server",)),
     ],
 )
 def test_imports_point_one_way(importer: tuple[str, ...], forbidden: tuple[str, ...]) -> None:
