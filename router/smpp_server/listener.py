@@ -61,6 +61,16 @@ class SmppServer:
         """Open connections."""
         return [s for s in self.context.sessions if isinstance(s, Session)]
 
+    def health(self) -> dict[str, object]:
+        """For the daemon's health record: the port, open connections, sessions bound
+        per account, parts of long messages held."""
+        return {
+            "port": self.port,
+            "connections": len(self.context.sessions),
+            "bound": {name: len(sessions) for name, sessions in self.context.bound.items()},
+            "held_parts": self.context.reassembly.held,
+        }
+
     async def start(self) -> None:
         """Listen on `[smpp_server] listen` (its port 0: any free one, see `port`)."""
         server = self.context.settings.smpp_server

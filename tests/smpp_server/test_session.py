@@ -78,6 +78,8 @@ async def test_max_binds_per_account(make_door: MakeDoor) -> None:
     assert await first.closed()
     third = await bound(door.port, "solo", "solo1")
     assert door.server.context.binds_of("solo") == 1
+    health = door.server.health()
+    assert (health["bound"], health["connections"]) == ({"solo": 1, "acme": 1}, 2)
     await third.close()
     await other.close()
 
