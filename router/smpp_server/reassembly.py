@@ -33,7 +33,7 @@ log = structlog.get_logger("router.smpp_server")
 
 # Answers one held part's submit: (command_status, message_id).
 Answer = Callable[[int, str], None]
-Key = tuple[str, str, str, int, int, bool]
+Key = tuple[str, str, str, int, int, int, bool]  # account, source, to, reference, bits, total, SAR
 
 
 @dataclass(slots=True)
@@ -74,6 +74,7 @@ class Reassembly:
             part.source_addr,
             part.destination,
             concat.reference,
+            concat.ref_bits,
             concat.total,
             part.sar,
         )

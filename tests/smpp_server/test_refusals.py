@@ -154,6 +154,24 @@ async def test_a_long_message_over_two_sessions_is_one_job(make_door: MakeDoor) 
     await second.close()
 
 
+async def test_a_16_bit_reference_and_message_payload(make_door: MakeDoor) -> None:
+    door = await make_door()
+    client = await bound(door.port)
+    udh = [bytes((6, 8, 4, 0x12, 0x34, 2, n)) for n in (1, 2)]
+    first = client.send(pdu.SUBMIT_SM, submit_body(TO, udh[0] + b"sixteen ", esm_class=0x40))
+    second = client.send(pdu.SUBMIT_SM, submit_body(TO, udh[1] + b"bits", esm_class=0x40))
+    answers = {a.sequence: a for a in [await client.read(), await client.read()] if a}
+    assert {answers[first].status, answers[second].status} == {0}
+    assert message_id(answers[first]) == message_id(answers[second])
+    payload = "é" * 400
+    whole = submit_body(
+        TO, b"", data_coding=3, tlvs={pdu.TAG_MESSAGE_PAYLOAD: payload.encode("latin-1")}
+    )
+    assert (await client.request(pdu.SUBMIT_SM, whole)).status == 0
+    assert [job["text"] for job in await queued(door.redis)] == ["sixteen bits", payload]
+    await client.close()
+
+
 async def test_parts_of_a_closed_session_are_dropped(make_door: MakeDoor) -> None:
     door = await make_door()
     gone = await bound(door.port)
