@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from router.api.app import ApiServer
+from router.api.app import ApiServer, SendsmsServer
 from router.api.common import ApiContext
 from router.api.metrics import METRICS_KEY
 from router.api.providers import PROVIDERS, ProviderHooks
@@ -95,6 +95,7 @@ class Daemon:
         self.lease: Lease | None = None
         self.hangups = 0
         self.api: ApiServer | None = None
+        self.sendsms: SendsmsServer | None = None  # [sendsms] listen: Kannel's port
         # Profiles whose provider reports back over HTTP (router/api/providers.py).
         self.providers: dict[str, ProviderHooks] = {}
         self.metrics = Metrics(self.instance, settings)
@@ -243,7 +244,7 @@ class Daemon:
             quality=QualityBoard(redis),
         )
         stack.push_async_callback(self._close_binds)
-        if self.settings.api.listen is not None:
+        if self.settings.api.listen is not None or self.settings.sendsms.listen is not None:
             # Before the binds: a Twilio bind's StatusCallback names the bound port.
             context = ApiContext(
                 settings=self.settings,
@@ -254,10 +255,16 @@ class Daemon:
                 extras={PROVIDERS: self.providers, METRICS_KEY: self.metrics},
             )
             self._api_context = context
-            self.api = ApiServer(context)
-            await self.api.start()
-            stack.push_async_callback(self.api.stop)
-            self._shared.api_port = self.api.port
+            if self.settings.api.listen is not None:
+                self.api = ApiServer(context)
+                await self.api.start()
+                stack.push_async_callback(self.api.stop)
+                self._shared.api_port = self.api.port
+            if self.settings.sendsms.listen is not None:
+                # Kannel's sendsms alone, for applications that expect Kannel's port.
+                self.sendsms = SendsmsServer(context)
+                await self.sendsms.start()
+                stack.push_async_callback(self.sendsms.stop)
         self._shared.table = RouteTable(self.settings)
         self._shared.settings = self.settings
         for name in self.settings.connectors:

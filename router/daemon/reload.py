@@ -139,13 +139,20 @@ class Reloader:
             log.warning("reload: api.listen changes need a restart; kept as it was")
             self.changes.append("api.listen changed: needs a restart, kept as it was")
             api = api.model_copy(update={"listen": old.api.listen})
+        sendsms = new.sendsms
+        if sendsms.listen != old.sendsms.listen:
+            log.warning("reload: sendsms.listen changes need a restart; kept as it was")
+            self.changes.append("sendsms.listen changed: needs a restart, kept as it was")
+            sendsms = sendsms.model_copy(update={"listen": old.sendsms.listen})
         connectors = new.connectors
         if connectors != old.connectors:
             # Their sessions are shared by profiles that go on sending meanwhile.
             log.warning("reload: [connectors] changes need a restart; kept as they were")
             self.changes.append("[connectors] changed: needs a restart, kept as they were")
             connectors = old.connectors
-        return new.model_copy(update={"router": old.router, "api": api, "connectors": connectors})
+        return new.model_copy(
+            update={"router": old.router, "api": api, "connectors": connectors, "sendsms": sendsms}
+        )
 
     async def apply(self) -> None:
         """Retire, rebuild and start what changed; leave the rest running untouched."""

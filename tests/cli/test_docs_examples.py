@@ -45,8 +45,9 @@ EXAMPLES = [example for path in markdown_files() for example in examples(path)]
 RUNNABLE = [e for e in EXAMPLES if e.lang in ("sh", "bash", "python")]
 TOML = [e for e in EXAMPLES if e.lang == "toml"]
 # The shipped configuration's ports (router.toml, config/run-local.sh): the HTTP API,
-# the SMSC simulator's SMPP and control ports, the Web-URL provider simulator.
-SHIPPED_PORTS = (8080, 2775, 8781, 8780)
+# the SMSC simulator's SMPP and control ports, the Web-URL provider simulator, Kannel's
+# sendsms port.
+SHIPPED_PORTS = (8080, 2775, 8781, 8780, 13013)
 PORT = re.compile(r"(?<=[:=\s])(" + "|".join(map(str, SHIPPED_PORTS)) + r")(?!\d)")
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*\S.*-->\s*$")
 STEP_TIMEOUT = 30.0
