@@ -50,6 +50,7 @@ from router.engine.worker import ProfileWorker
 from router.metrics import Metrics
 from router.policy.routes import RouteTable
 from router.policy.spend import today
+from router.smpp_server import SmppServer
 from router.store import keys
 from router.store.connections import as_text, open_redis
 from router.store.health import QualityBoard
@@ -96,6 +97,7 @@ class Daemon:
         self.hangups = 0
         self.api: ApiServer | None = None
         self.sendsms: SendsmsServer | None = None  # [sendsms] listen: Kannel's port
+        self.smpp_server: SmppServer | None = None  # [smpp_server] listen: clients bind here
         # Profiles whose provider reports back over HTTP (router/api/providers.py).
         self.providers: dict[str, ProviderHooks] = {}
         self.metrics = Metrics(self.instance, settings)
@@ -279,6 +281,16 @@ class Daemon:
             self._api_context.workers = self.workers
         self.metrics.watch(self.workers, self.outages, redis)
         self.metrics.connectors = lambda: self.connectors
+        if self.settings.smpp_server.listen is not None:
+            # Last: clients bind once this instance can send what they submit; the API's
+            # Client (when there is one) is shared, so both doors batch Redis calls.
+            api = self._api_context
+            self.smpp_server = SmppServer(
+                self.settings, redis, client=api.client if api is not None else None
+            )
+            await self.smpp_server.start()
+            # Unwinds before Redis closes (last in, first out).
+            stack.push_async_callback(self.smpp_server.stop, self.settings.router.shutdown_grace)
         # What start-up built (configuration, libphonenumber's metadata, codecs, the
         # binds) lives as long as the process: keep it out of the collector's full
         # passes, which otherwise stall the loop for tens of milliseconds at a time.
@@ -324,6 +336,12 @@ class Daemon:
         self._up = False
         grace = self.settings.router.shutdown_grace
         self.notify.stopping(f"stopping: finishing in-flight messages (grace {grace:g}s)")
+        # Clients stop submitting first: what they submitted meanwhile is answered.
+        smpp_stopped = (
+            asyncio.create_task(self.smpp_server.stop(grace))
+            if self.smpp_server is not None
+            else None
+        )
         for task in failed:
             # Redis errors are waited out inside the loops: this is a bug.
             log.error(
@@ -340,6 +358,8 @@ class Daemon:
         results += await asyncio.gather(*posters, return_exceptions=True)
         await drained
         await asyncio.gather(*watches, return_exceptions=True)
+        if smpp_stopped is not None:
+            await smpp_stopped  # stop() runs once; the exit stack's call then does nothing
         for result in results:
             if isinstance(result, Exception) and not failed:
                 log.error("serving task ended with an error", error=repr(result))
@@ -395,6 +415,8 @@ class Daemon:
             self.notify_ready()
         self.settings = reloader.settings
         self._shared.settings = reloader.settings
+        if self.smpp_server is not None:
+            self.smpp_server.configure(reloader.settings)
         for poster in self.posters:
             poster.signing = _signing(self.settings)
             poster.serve(self.settings.profiles)
@@ -490,6 +512,7 @@ class Daemon:
             },
             "backlog": {w.name: await w.backlog() for w in self.workers},
             "spend": await self._spend(redis),
+            "smpp_server": self.smpp_server.health() if self.smpp_server is not None else None,
             "binds": {
                 b.name: {
                     "state": getattr(b, "state", "ready"),

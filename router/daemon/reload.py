@@ -144,6 +144,12 @@ class Reloader:
             log.warning("reload: sendsms.listen changes need a restart; kept as it was")
             self.changes.append("sendsms.listen changed: needs a restart, kept as it was")
             sendsms = sendsms.model_copy(update={"listen": old.sendsms.listen})
+        smpp_server = new.smpp_server
+        if smpp_server != old.smpp_server:
+            # The listener, its TLS files and timers; accounts reload (SmppServer.configure).
+            log.warning("reload: [smpp_server] changes need a restart; kept as they were")
+            self.changes.append("[smpp_server] changed: needs a restart, kept as it was")
+            smpp_server = old.smpp_server
         connectors = new.connectors
         if connectors != old.connectors:
             # Their sessions are shared by profiles that go on sending meanwhile.
@@ -151,7 +157,13 @@ class Reloader:
             self.changes.append("[connectors] changed: needs a restart, kept as they were")
             connectors = old.connectors
         return new.model_copy(
-            update={"router": old.router, "api": api, "connectors": connectors, "sendsms": sendsms}
+            update={
+                "router": old.router,
+                "api": api,
+                "connectors": connectors,
+                "sendsms": sendsms,
+                "smpp_server": smpp_server,
+            }
         )
 
     async def apply(self) -> None:
