@@ -46,8 +46,8 @@ RUNNABLE = [e for e in EXAMPLES if e.lang in ("sh", "bash", "python")]
 TOML = [e for e in EXAMPLES if e.lang == "toml"]
 # The shipped configuration's ports (router.toml, config/run-local.sh): the HTTP API,
 # the SMSC simulator's SMPP and control ports, the Web-URL provider simulator, Kannel's
-# sendsms port.
-SHIPPED_PORTS = (8080, 2775, 8781, 8780, 13013)
+# sendsms port, the SMPP server.
+SHIPPED_PORTS = (8080, 2775, 8781, 8780, 13013, 2776)
 PORT = re.compile(r"(?<=[:=\s])(" + "|".join(map(str, SHIPPED_PORTS)) + r")(?!\d)")
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*\S.*-->\s*$")
 STEP_TIMEOUT = 30.0
@@ -373,7 +373,9 @@ def test_toml_example(example: Example, tmp_path: Path) -> None:
     merged = _deep_merge(shipped, fragment)
     env = {k: v for k, v in os.environ.items() if k != "SMS_ROUTER_CONFIG"}
     for name in re.findall(r"env:(\w+)", example.code):
-        env[name] = "example-secret-" + secrets.token_hex(8)
+        # An SMPP password holds 8 characters at most; API tokens need 16 at least.
+        short = name.endswith("_SMPP_PW")
+        env[name] = secrets.token_hex(4) if short else "example-secret-" + secrets.token_hex(8)
     for secret in re.findall(r"file:(var/[\w.-]+)", json.dumps(merged)):
         (tmp_path / secret).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / secret).write_text(secrets.token_urlsafe(32) + "\n")
