@@ -407,7 +407,14 @@ def decode_short_message(body: bytes) -> ShortMessage:
     if index + length > len(body):
         raise PduError(f"short_message: sm_length {length} runs past the body")
     message.short_message = body[index : index + length]
-    index += length
+    message.tlvs = read_tlvs(body, index + length)
+    return message
+
+
+def read_tlvs(body: bytes, index: int) -> dict[int, bytes]:
+    """The optional parameters (tag -> value) from `index` to the end of `body`;
+    PduError naming the one that is cut short."""
+    found: dict[int, bytes] = {}
     while index < len(body):
         if index + 4 > len(body):
             raise PduError(f"optional parameter at octet {index}: truncated header")
@@ -415,9 +422,9 @@ def decode_short_message(body: bytes) -> ShortMessage:
         index += 4
         if index + size > len(body):
             raise PduError(f"optional parameter 0x{tag:04X}: length {size} runs past the body")
-        message.tlvs[tag] = body[index : index + size]
+        found[tag] = body[index : index + size]
         index += size
-    return message
+    return found
 
 
 def tlv_int(value: int, size: int) -> bytes:

@@ -13,13 +13,18 @@ it (ESME_RINVSRCADR, ESME_RINVDSTADR, ESME_RINVSCHED, ...).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Final
 
 from binds.smpp import pdu
 from binds.smpp.codec import Concat, decode_text, split_udh
-from binds.smpp.pdu import PduError, ShortMessage, decode_short_message, read_c_string
+from binds.smpp.pdu import (
+    PduError,
+    ShortMessage,
+    decode_short_message,
+    read_c_string,
+    read_tlvs,
+)
 from router.smpp_server import addresses
 from router.smpp_server.statuses import (
     ESME_RINVDSTADR,
@@ -99,7 +104,7 @@ def read_data_sm(body: bytes, now: float) -> Part:
             registered,
             coding,
         )
-        message.tlvs = _tlvs(body, index + 3)
+        message.tlvs = read_tlvs(body, index + 3)
     except PduError as exc:
         raise _unreadable(exc) from None
     if pdu.TAG_MESSAGE_PAYLOAD not in message.tlvs:
@@ -132,20 +137,6 @@ def _octets(body: bytes, index: int, count: int, name: str) -> tuple[int, ...]:
     if index + count > len(body):
         raise PduError(f"{name}: body ends early")
     return tuple(body[index : index + count])
-
-
-def _tlvs(body: bytes, index: int) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    while index < len(body):
-        if index + 4 > len(body):
-            raise PduError(f"optional parameter at octet {index}: truncated header")
-        tag, size = struct.unpack_from("!HH", body, index)
-        index += 4
-        if index + size > len(body):
-            raise PduError(f"optional parameter 0x{tag:04X}: length {size} runs past the body")
-        found[tag] = body[index : index + size]
-        index += size
-    return found
 
 
 def _part(message: ShortMessage, now: float) -> Part:
