@@ -12,6 +12,8 @@ once the job is durably in Redis.
   fields as a job takes them.
 - `reassembly`: long messages' parts held until the whole message is there.
 - `intake`: a message made a job, admitted, limited, checked and enqueued.
+- `receipts`: final statuses relayed to the submitting account's receipt stream and
+  sent to its receiver/transceiver sessions as deliver_sm receipts.
 - `wire`: bind bodies, response bodies, framing; `statuses`: the answers.
 """
 

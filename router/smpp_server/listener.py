@@ -17,8 +17,10 @@ from router.policy.accounts import Caller
 from router.smpp_server.context import Context
 from router.smpp_server.intake import Intake
 from router.smpp_server.reassembly import Reassembly
+from router.smpp_server.receipts import ReceiptRelay, ReceiptSender
 from router.smpp_server.session import Session
 from router.store.limits import AccountLimits
+from router.store.outages import RedisOutages
 
 __all__ = ["SmppServer"]
 
@@ -44,8 +46,10 @@ class SmppServer:
         *,
         client: Client | None = None,
         limits: AccountLimits | None = None,
+        outages: RedisOutages | None = None,
     ) -> None:
-        """`client`: the doors' `Client` to enqueue with (default: one of its own)."""
+        """`client`: the doors' `Client` to enqueue with (default: one of its own);
+        `outages`: the daemon's, which the receipt loops report Redis outages to."""
         intake = Intake(
             settings,
             client if client is not None else Client.from_settings(redis, settings),
@@ -55,6 +59,27 @@ class SmppServer:
         self.context = Context(settings, intake, reassembly)
         self._server: asyncio.Server | None = None
         self.port = 0
+        outages = outages if outages is not None else RedisOutages(redis)
+        consumer = settings.router.instance_name
+        # Receipts: final statuses -> accounts' receipt streams -> bound sessions.
+        self.relay = ReceiptRelay(redis, lambda: self.context.settings, outages, consumer)
+        self.receipts = ReceiptSender(
+            redis, self._receiving, self._receiving_accounts, self._window, outages, consumer
+        )
+
+    def _receiving(self, account: str) -> list[Session]:
+        """The account's sessions that take deliver_sm now."""
+        bound = self.context.bound.get(account, ())
+        return sorted(
+            (s for s in bound if isinstance(s, Session) and s.receiving), key=lambda s: s.peer
+        )
+
+    def _receiving_accounts(self) -> list[str]:
+        return [name for name in list(self.context.bound) if self._receiving(name)]
+
+    def _window(self, account: str) -> int:
+        config = self.context.settings.accounts.get(account)
+        return config.window if config is not None else 1
 
     @property
     def sessions(self) -> list[Session]:
@@ -69,6 +94,8 @@ class SmppServer:
             "connections": len(self.context.sessions),
             "bound": {name: len(sessions) for name, sessions in self.context.bound.items()},
             "held_parts": self.context.reassembly.held,
+            "receipts_relayed": self.relay.relayed,
+            "receipts_sent": self.receipts.sent,
         }
 
     async def start(self) -> None:
@@ -84,6 +111,8 @@ class SmppServer:
         sockets = self._server.sockets or ()
         self.port = sockets[0].getsockname()[1] if sockets else int(port)
         log.info("smpp server listening", host=host, port=self.port, tls=tls is not None)
+        self.relay.start()
+        self.receipts.start()
 
     def configure(self, settings: Settings) -> None:
         """Take a reloaded configuration: accounts, limits and checks apply to the next
@@ -92,6 +121,7 @@ class SmppServer:
         self.context.settings = settings
         self.context.intake.configure(settings)
         self.context.reassembly.timeout = settings.smpp_server.reassembly_timeout
+        self.relay.configure()  # profiles added or removed
         for session in self.sessions:
             caller = session.caller
             if caller is None:
@@ -111,6 +141,9 @@ class SmppServer:
             return
         server, self._server = self._server, None
         server.close()
+        # Receipts first: those sent and not answered stay pending for a later session.
+        await self.receipts.stop()
+        await self.relay.stop()
         sessions = self.sessions
         if sessions:
             log.info("smpp server stopping: unbinding clients", sessions=len(sessions))

@@ -16,6 +16,10 @@ submit_sm / data_sm (transmitter and transceiver): read (`submit`), enqueued
 account's `window` unanswered at once: ESME_RTHROTTLED. Parts of long messages wait in
 `reassembly` unless the account passes them as parts (`long_messages = "parts"`).
 
+Receipts (receiver and transceiver): `deliver` sends a deliver_sm and hands back its
+deliver_sm_resp's status (`receipts` acks the receipt only on ESME_ROK). A client's
+unbind stops them; the connection closes once those already sent are answered.
+
 Idle for `enquire_link` seconds, the server sends enquire_link; nothing heard for as
 long again, the session is closed.
 """
@@ -59,6 +63,10 @@ NOT_TAKEN: Final = frozenset(
 SUBMITS: Final = frozenset({pdu.SUBMIT_SM, pdu.DATA_SM})
 SENDING_MODES: Final = frozenset({"transmitter", "transceiver"})
 UNBIND_WAIT: Final = 2.0  # seconds an unbind we send waits for its unbind_resp
+DELIVER_SM_RESP: Final = pdu.DELIVER_SM | pdu.RESPONSE
+RECEIVING_MODES: Final = frozenset({"receiver", "transceiver"})
+DELIVER_WAIT: Final = 30.0  # seconds a deliver_sm we send waits for its deliver_sm_resp
+NO_ANSWER: Final = -1  # a deliver_sm's result when the session closed or it timed out
 
 
 class Session(asyncio.Protocol):
@@ -85,6 +93,9 @@ class Session(asyncio.Protocol):
         self.unanswered = 0  # submits read and not answered yet (the window)
         self.accepted = 0  # submits answered OK
         self.refused = 0  # submits answered with an error
+        # deliver_sm sent and not answered, by sequence number: their command_status
+        # once answered (NO_ANSWER when closed or not answered within DELIVER_WAIT).
+        self.deliveries: dict[int, asyncio.Future[int]] = {}
         self._log: Any = log
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -137,6 +148,10 @@ class Session(asyncio.Protocol):
                 refused=self.refused,
                 unanswered=self.unanswered,
             )
+        deliveries, self.deliveries = self.deliveries, {}
+        for waiting in deliveries.values():
+            if not waiting.done():
+                waiting.set_result(NO_ANSWER)
         if not self._unbound.done():
             self._unbound.set_result(None)
         if not self.closed.done():
@@ -155,9 +170,9 @@ class Session(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------
 
     def _handle(self, frame: Frame) -> None:
-        command_id, _status, sequence, body = frame
+        command_id, status, sequence, body = frame
         if command_id & pdu.RESPONSE:
-            self._response(command_id, sequence)
+            self._response(command_id, status, sequence)
         elif command_id in SUBMITS:
             if self.mode in SENDING_MODES and not self.unbinding:
                 self._submit(command_id, sequence, body)
@@ -170,7 +185,15 @@ class Session(asyncio.Protocol):
         elif command_id == pdu.UNBIND:
             self._reply(UNBIND_RESP, pdu.ESME_ROK, sequence)
             self._log.info("client unbound", account=self.caller.name if self.caller else None)
-            self._close()
+            self.unbinding = True  # no more deliver_sm
+            if self.deliveries:
+                # Receipts already on the wire: take their answers before closing (a
+                # client writing them to a closed socket sees a reset).
+                task = self._loop.create_task(self._close_when_answered())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self._close()
         elif command_id in NOT_TAKEN:
             if self.mode is None:
                 self._reply(command_id | pdu.RESPONSE, pdu.ESME_RINVBNDSTS, sequence)
@@ -180,8 +203,14 @@ class Session(asyncio.Protocol):
             self._log.info("unknown command_id", command_id=f"0x{command_id:08X}")
             self._reply(pdu.GENERIC_NACK, pdu.ESME_RINVCMDID, sequence)
 
-    def _response(self, command_id: int, sequence: int) -> None:
-        if command_id == ENQUIRE_LINK_RESP:
+    def _response(self, command_id: int, status: int, sequence: int) -> None:
+        if command_id == DELIVER_SM_RESP or (
+            command_id == pdu.GENERIC_NACK and sequence in self.deliveries
+        ):
+            waiting = self.deliveries.pop(sequence, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(status if command_id == DELIVER_SM_RESP else pdu.ESME_RINVCMDID)
+        elif command_id == ENQUIRE_LINK_RESP:
             self._enquired_at = None
         elif command_id == UNBIND_RESP and sequence == self._unbind_sequence:
             if not self._unbound.done():
@@ -327,6 +356,42 @@ class Session(asyncio.Protocol):
         self.refused += 1
         self._log.info("submit refused", status=pdu.status_name(exc.status), reason=exc.reason)
         self._reply(resp, exc.status, sequence)
+
+    # -- receipts to the client ----------------------------------------------------
+
+    @property
+    def receiving(self) -> bool:
+        """Bound as receiver or transceiver, open, not unbinding: takes deliver_sm."""
+        return (
+            self.mode in RECEIVING_MODES
+            and not self.unbinding
+            and self._transport is not None
+            and not self._transport.is_closing()
+        )
+
+    def deliver(self, body: bytes) -> asyncio.Future[int]:
+        """Send a deliver_sm with `body`; the future gets its deliver_sm_resp's
+        command_status (NO_ANSWER when the session closes or DELIVER_WAIT passes)."""
+        sequence = self._sequence.next()
+        waiting: asyncio.Future[int] = self._loop.create_future()
+        if not self.receiving:
+            waiting.set_result(NO_ANSWER)
+            return waiting
+        self.deliveries[sequence] = waiting
+        timer = self._loop.call_later(DELIVER_WAIT, self._no_answer, sequence)
+        waiting.add_done_callback(lambda _: timer.cancel())
+        self._reply(pdu.DELIVER_SM, 0, sequence, body)
+        return waiting
+
+    async def _close_when_answered(self) -> None:
+        await asyncio.wait(set(self.deliveries.values()), timeout=UNBIND_WAIT)
+        self._close()
+
+    def _no_answer(self, sequence: int) -> None:
+        waiting = self.deliveries.pop(sequence, None)
+        if waiting is not None and not waiting.done():
+            self._log.warning("deliver_sm unanswered", sequence=sequence, waited=DELIVER_WAIT)
+            waiting.set_result(NO_ANSWER)
 
     # -- keeping the link ------------------------------------------------------------
 
