@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from binds.smpp import pdu
+from router.errors import RouterError
 
 __all__ = ["Refused", "name"]
 
@@ -33,7 +34,7 @@ def name(status: int) -> str:
     return pdu.status_name(status)
 
 
-class Refused(Exception):
+class Refused(RouterError):
     """A request answered with `status` (never ESME_ROK); `reason` says why, for the
     log line (never a secret)."""
 

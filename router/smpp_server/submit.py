@@ -25,6 +25,7 @@ from binds.smpp.pdu import (
     read_c_string,
     read_tlvs,
 )
+from router.errors import RouterError
 from router.smpp_server import addresses
 from router.smpp_server.statuses import (
     ESME_RINVDSTADR,
@@ -57,7 +58,7 @@ _FIELD_STATUS: Final = {
 UCS2: Final = 8
 
 
-class Malformed(Exception):
+class Malformed(RouterError):
     """A body that cannot be read (it ends inside a field)."""
 
 
