@@ -244,6 +244,11 @@ class ReceiptRelay:
                 await pause.after_error("relaying smpp receipts", exc, self._stopping)
             except REDIS_ERRORS as exc:
                 await pause.after_error("relaying smpp receipts", exc, self._stopping)
+            except Exception:
+                # A bug: the batch stays pending (claimed again after CLAIM_IDLE); the
+                # relay and the daemon go on.
+                log.exception("smpp receipts not relayed", profile=profile)
+                await asyncio.sleep(1.0)
 
     async def _relay(self, stream: str, entries: list[Any]) -> None:
         """One batch: candidates' records in one round trip, receipts written, acked."""
@@ -448,6 +453,11 @@ class ReceiptSender:
                     await pause.after_error("sending smpp receipts", exc, self._stopping)
                     continue
                 self._send(account, entries, sessions, window, acks)
+        except Exception:
+            # A bug: what was read stays pending (claimed again after CLAIM_IDLE); the
+            # supervisor starts the account's loop again.
+            log.exception("smpp receipts not sent", account=account)
+            await asyncio.sleep(1.0)
         finally:
             await acks.close()
 

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from binds.smpp import pdu
 from binds.smpp.pdu import decode_short_message
-from router.smpp_server import receipts
+from router.smpp_server import SmppServer, receipts
 from router.smpp_server.receipts import deliver_sm_body, receipt_key, receipt_text, wanted
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
@@ -184,7 +184,7 @@ async def test_receipts_wait_for_the_client_to_bind_again(
     _check_receipts(again.receipts, dict.fromkeys(ids, "delivered"))
 
 
-async def test_receipts_a_lost_session_left_unanswered_go_to_the_next(
+async def test_receipts_a_lost_session_left_unanswered_go_to_the_next_on_any_instance(
     make_door: MakeDoor, smsc: SmscSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(receipts, "CLAIM_IDLE", 1.0)  # claimed again after 1 s, not 30
@@ -203,10 +203,23 @@ async def test_receipts_a_lost_session_left_unanswered_go_to_the_next(
             seen.add(decode_short_message(got.body).tlv_text(pdu.TAG_RECEIPTED_MESSAGE_ID) or "")
     assert seen == set(ids)
     await silent.close()
-    again = await asyncio.to_thread(
-        smpplib_session, door.port, mode="receiver", receipts=len(ids), listen=30
+    # The client binds again on another instance (another consumer of the same groups).
+    settings = door.settings
+    other = SmppServer(
+        settings.model_copy(
+            update={"router": settings.router.model_copy(update={"instance": "other-instance"})}
+        ),
+        door.redis,
     )
+    await other.start()
+    try:
+        again = await asyncio.to_thread(
+            smpplib_session, other.port, mode="receiver", receipts=len(ids), listen=30
+        )
+    finally:
+        await other.stop(grace=1)
     _check_receipts(again.receipts, dict.fromkeys(ids, "delivered"))
+    assert other.receipts.sent == len(ids)
 
 
 async def test_no_receipt_without_registered_delivery(
