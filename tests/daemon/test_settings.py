@@ -214,7 +214,7 @@ def test_accounts_are_checked_with_their_paths() -> None:
     }
     data["smpp_server"] = {"listen": "127.0.0.1:2776", "cert": "server.pem"}
     found = problems(data, env={"SHOP_PW": "s3cret"})
-    assert any(p.startswith("accounts.\"bad name!\": an account name") for p in found), found
+    assert any(p.startswith('accounts."bad name!": an account name') for p in found), found
     assert "accounts.nothing: needs smpp_password, api_token or both (a way in)" in found
     assert any(p.startswith("accounts.long.smpp_password:") and "1-8" in p for p in found)
     assert "accounts.long.profiles: no profile 'zzz'" in found
