@@ -216,18 +216,24 @@ class ReceiptRelay:
         pause = Pause(self._outages)
         ready = False
         claimed_at = 0.0
+        cursor = "0-0"  # paging through the pending entries; back at 0-0: pass done
         while not self._stopping.is_set():
             try:
                 if not ready:
                     await _ensure_group(self._redis, stream, EVENTS_GROUP, "$")
                     ready = True
                 entries: list[Any] = []
-                if time.monotonic() - claimed_at >= CLAIM_IDLE / 2:
+                if cursor != "0-0" or time.monotonic() - claimed_at >= CLAIM_IDLE / 2:
                     claimed_at = time.monotonic()
                     claimed: Any = await self._redis.xautoclaim(
-                        stream, EVENTS_GROUP, self._consumer, int(CLAIM_IDLE * 1000), count=BATCH
+                        stream,
+                        EVENTS_GROUP,
+                        self._consumer,
+                        int(CLAIM_IDLE * 1000),
+                        start_id=cursor,
+                        count=BATCH,
                     )
-                    entries = claimed[1]
+                    cursor, entries = _text(claimed[0]), claimed[1]
                 if not entries:
                     read: Any = await self._redis.xreadgroup(
                         EVENTS_GROUP, self._consumer, {stream: ">"}, count=BATCH, block=BLOCK_MS
@@ -406,6 +412,7 @@ class ReceiptSender:
         acks = _Acks(self._redis, stream, Pause(self._outages), self._stopping)
         ready = False
         claimed_at = 0.0
+        cursor = "0-0"  # paging through the pending entries; back at 0-0: pass done
         try:
             while not self._stopping.is_set():
                 sessions = self._sessions(account)
@@ -423,15 +430,17 @@ class ReceiptSender:
                             await asyncio.wait_for(self._room.wait(), 0.5)
                         continue
                     entries: list[Any] = []
-                    if time.monotonic() - claimed_at >= CLAIM_IDLE / 3:
+                    if cursor != "0-0" or time.monotonic() - claimed_at >= CLAIM_IDLE / 3:
                         claimed_at = time.monotonic()
                         claimed: Any = await self._redis.xautoclaim(
                             stream,
                             RECEIPTS_GROUP,
                             self._consumer,
                             int(CLAIM_IDLE * 1000),
+                            start_id=cursor,
                             count=room,
                         )
+                        cursor = _text(claimed[0])
                         entries = [e for e in claimed[1] if e[0] not in acks.inflight]
                     if not entries:
                         read: Any = await self._redis.xreadgroup(

@@ -8,25 +8,31 @@ its receipts arrive gets them when it binds again; registered_delivery = 0 gets 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import smpplib.client
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from binds.smpp import pdu
 from binds.smpp.pdu import decode_short_message
+from router.config import parse_settings
 from router.smpp_server import SmppServer, receipts
 from router.smpp_server.receipts import deliver_sm_body, receipt_key, receipt_text, wanted
+from router.store import keys
 from router.store.ledger import Ledger
+from router.store.outages import RedisOutages
 from sims.smscsim import SmscSimulator
 
 from ..conftest import wait_for
-from .conftest import MakeDoor
+from .conftest import MakeDoor, door_config
 from .raw import bound
 
 RECEIPT = re.compile(
@@ -241,6 +247,76 @@ async def test_no_receipt_without_registered_delivery(
     )
     assert [r["receipted_message_id"] for r in ask.receipts] == ask.message_ids
     assert int(await door.redis.xlen(receipt_key("acme"))) == 1
+
+
+async def test_relay_picks_what_was_asked_and_skips_bad_events(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    settings = parse_settings(door_config(redis_url, tmp_path, 1), env={}, base_dir=tmp_path)
+    profile = next(iter(settings.profiles))
+    events = keys.events(profile)
+    relay = receipts.ReceiptRelay(redis, lambda: settings, RedisOutages(redis), "test")
+    relay.start()
+    try:
+
+        async def grouped() -> bool:
+            with contextlib.suppress(ResponseError):
+                return any(
+                    g["name"] == receipts.EVENTS_GROUP.encode()
+                    for g in await redis.xinfo_groups(events)
+                )
+            return False
+
+        await wait_for(grouped, 5, "the relay's group")
+
+        async def message(
+            job: str, status: str, meta: str | None, *, account: str = "acme"
+        ) -> None:
+            record = {"to": "+14155550100", "from": "+16501112345", "created_at": "1767225600"}
+            record |= {"text": "hello", "account": account} if account else {"text": "hello"}
+            if meta is not None:
+                record["meta"] = meta
+            await redis.hset(keys.record(profile, job), mapping=record)
+            event = {"id": job, "profile": profile, "status": status, "at": "1767225660"}
+            if meta is not None:
+                event["meta"] = meta
+            await redis.xadd(events, event)
+
+        await message("j-any", "delivered", '{"smpp_registered_delivery": 1}')
+        await message("j-fail-only-ok", "delivered", '{"smpp_registered_delivery": 2}')
+        await message("j-fail-only", "failed", '{"smpp_registered_delivery": 2}')
+        await message("j-none", "expired", '{"other": 1}')
+        await message("j-not-final", "sent", '{"smpp_registered_delivery": 1}')
+        await message("j-http", "delivered", '{"smpp_registered_delivery": 1}', account="")
+        await redis.xadd(
+            events, {"id": "j-bad", "profile": profile, "status": "rejected", "meta": "{not json"}
+        )
+        await redis.xadd(events, {"type": "inbound", "id": "in-1", "profile": profile})
+        # No meta on the event: the record says.
+        await redis.hset(
+            keys.record(profile, "j-record"),
+            mapping={
+                "account": "acme",
+                "meta": '{"smpp_registered_delivery": 1}',
+                "to": "+1415",
+                "from": "ACME",
+                "created_at": "1767225600",
+            },
+        )
+        await redis.xadd(events, {"id": "j-record", "profile": profile, "status": "rejected"})
+
+        async def drained() -> bool:
+            info = await redis.xpending(events, receipts.EVENTS_GROUP)
+            groups = await redis.xinfo_groups(events)
+            return int(info["pending"]) == 0 and int(groups[0]["entries-read"] or 0) == 9
+
+        await wait_for(drained, 10, "every event read and acked")
+        got = await redis.xrange(receipt_key("acme"))
+        relayed = {f[b"id"].decode(): f[b"status"].decode() for _, f in got}
+        assert relayed == {"j-any": "delivered", "j-fail-only": "failed", "j-record": "rejected"}
+        assert relay.relayed == 3
+    finally:
+        await relay.stop()
 
 
 def test_registered_delivery_asks() -> None:
