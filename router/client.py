@@ -19,6 +19,7 @@ enqueued, with the account recorded on each message (record field ``account``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Collection, Iterable, Mapping
@@ -35,6 +36,7 @@ from router.policy.jobs import Job, JobError, decode_job, encode_job, new_job_id
 from router.store.batching import Batcher
 from router.store.ledger import Ledger
 from router.store.limits import QUOTA, AccountLimits, Limited
+from router.store.outages import REDIS_ERRORS
 
 __all__ = ["Client", "OverLimit", "Refused"]
 
@@ -207,9 +209,14 @@ class Client:
         enqueued. A duplicate counts against the limits like any job (the take comes
         before the enqueue that recognises it)."""
         prepared = self._prepare(jobs, 0, caller)
-        if caller is not None:
-            await self._take(caller, len(prepared))
-        return await self._enqueue(prepared)
+        if caller is None:
+            return await self._enqueue(prepared)
+        await self._take(caller, len(prepared))
+        try:
+            return await self._enqueue(prepared)
+        except BaseException:
+            await self._give_back(caller, len(prepared))
+            raise
 
     async def send_coalesced(
         self, job: Mapping[str, Any], *, caller: Caller | None = None
@@ -219,9 +226,20 @@ class Client:
         cost Redis one call per batch. A malformed job raises JobError for itself only;
         with `caller`, AccountError or `OverLimit`."""
         prepared = self._prepare_one(job, caller)
-        if caller is not None:
-            await self._take(caller, 1)
-        return await self._coalesced.submit(prepared)
+        if caller is None:
+            return await self._coalesced.submit(prepared)
+        await self._take(caller, 1)
+        try:
+            return await self._coalesced.submit(prepared)
+        except BaseException:
+            await self._give_back(caller, 1)
+            raise
+
+    async def _give_back(self, caller: Caller, count: int) -> None:
+        """The enqueue after a take failed (nothing stored): give the take back, so the
+        account is not charged; if Redis is away for that too, the charge stays."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._limits.give_back(caller, count)
 
     async def _take(self, caller: Caller, count: int) -> None:
         """Take `count` messages from the account's limits, or raise OverLimit."""

@@ -23,6 +23,7 @@ Refusals, as SMPP statuses:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final
 
 from binds.smpp import pdu
@@ -94,6 +95,7 @@ class Intake:
             raise Refused(status, str(exc)) from None
         wire = job.to_wire()
         account = caller.account
+        taken = False
         try:
             if account.tps > 0 or account.daily_quota is not None:
                 # Checked before counting: a job refused here must not use up the quota.
@@ -102,16 +104,27 @@ class Intake:
                 if limited is not None:
                     status = pdu.ESME_RTHROTTLED if limited.code == THROTTLED else ESME_RSUBMITFAIL
                     raise Refused(status, limited.reason)
+                taken = True
             job_id, _queued = await self._client.send_coalesced(wire)
         except JobError as exc:
+            await self._give_back(caller, taken)
             raise job_refusal(exc) from None
         except REDIS_ERRORS as exc:
+            await self._give_back(caller, taken)
             raise Refused(
                 pdu.ESME_RMSGQFUL, f"not stored, Redis unreachable: {type(exc).__name__}"
             ) from None
         except RuntimeError as exc:
             if not str(exc).startswith("not stored"):
                 raise
+            await self._give_back(caller, taken)
             # The shared enqueue was cancelled (shutting down): nothing stored.
             raise Refused(pdu.ESME_RMSGQFUL, str(exc)) from None
         return job_id
+
+    async def _give_back(self, caller: Caller, taken: bool) -> None:
+        """Nothing was stored after a take: the account is not charged for it (if Redis
+        is away for that too, the charge stays)."""
+        if taken:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._limits.give_back(caller)

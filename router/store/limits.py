@@ -15,7 +15,8 @@ tag, so it is atomic and runs on Redis Cluster:
   days). A take that would pass `daily_quota` is refused and not counted, so the day
   stops at exactly its number.
 
-A refused take counts nothing against either limit.
+A refused take counts nothing against either limit, and a door whose enqueue failed
+after the take gives it back (`give_back`, ``lua/limit_return.lua``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ THROTTLED: Final = "throttled"
 QUOTA: Final = "quota"
 
 _LIMIT = scripts.source("limit")
+_RETURN = scripts.source("limit_return")
 _DAY = 86_400
 _BURST = 1.0  # seconds of the rate a bucket holds: one second's worth of messages
 
@@ -63,6 +65,21 @@ class AccountLimits:
 
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_LIMIT)
+        self._return = redis.register_script(_RETURN)
+
+    async def give_back(self, caller: Caller, count: int = 1) -> None:
+        """Undo a successful `take` of `count` whose jobs were not stored (the enqueue
+        failed), so the account is not charged for them. Best effort: the day is this
+        instance's UTC day, as for the take."""
+        account = caller.account
+        if account.tps <= 0 and account.daily_quota is None:
+            return
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        interval = 1_000_000 / account.tps if account.tps > 0 else 0.0
+        await self._return(
+            keys=[rate_key(caller.name), quota_key(caller.name, day)],
+            args=[count, repr(interval)],
+        )
 
     async def take(self, caller: Caller, count: int = 1) -> Limited | None:
         """Count `count` messages of `caller`'s account; None when allowed (counted),

@@ -126,3 +126,20 @@ async def test_quota_is_checked_before_the_rate(redis: Redis) -> None:
     assert await limits.take(caller) is None
     refused = await limits.take(caller)
     assert refused is not None and refused.code == "quota"
+
+
+async def test_a_take_given_back_is_not_charged(redis: Redis) -> None:
+    """A door whose enqueue failed after the take gives it back: the quota and the
+    rate are as if it had not been taken (the bucket's TTL kept)."""
+    caller = _caller(daily_quota=10, tps=5)
+    limits = AccountLimits(redis)
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    assert await limits.take(caller, 4) is None
+    full = int(await redis.get(rate_key("acme")) or 0)
+    await limits.give_back(caller, 3)
+    assert int(await redis.get(quota_key("acme", day)) or 0) == 1
+    assert int(await redis.get(rate_key("acme")) or 0) == full - 3 * 200_000
+    assert await redis.pttl(rate_key("acme")) > 0
+    await limits.give_back(caller, 5)  # never below nothing
+    assert int(await redis.get(quota_key("acme", day)) or 0) == 0
+    assert await limits.take(caller, 5) is None  # the rate's burst is there again
