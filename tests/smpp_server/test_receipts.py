@@ -31,7 +31,7 @@ from router.store.ledger import Ledger
 from router.store.outages import RedisOutages
 from sims.smscsim import SmscSimulator
 
-from ..conftest import wait_for
+from ..conftest import RedisServer, free_port, wait_for
 from .conftest import MakeDoor, door_config
 from .raw import bound
 
@@ -306,9 +306,12 @@ async def test_relay_picks_what_was_asked_and_skips_bad_events(
         await redis.xadd(events, {"id": "j-record", "profile": profile, "status": "rejected"})
 
         async def drained() -> bool:
-            info = await redis.xpending(events, receipts.EVENTS_GROUP)
+            # In this order: every event read, then none of them pending.
             groups = await redis.xinfo_groups(events)
-            return int(info["pending"]) == 0 and int(groups[0]["entries-read"] or 0) == 9
+            if int(groups[0]["entries-read"] or 0) != 9:
+                return False
+            info = await redis.xpending(events, receipts.EVENTS_GROUP)
+            return int(info["pending"]) == 0
 
         await wait_for(drained, 10, "every event read and acked")
         got = await redis.xrange(receipt_key("acme"))
@@ -317,6 +320,65 @@ async def test_relay_picks_what_was_asked_and_skips_bad_events(
         assert relay.relayed == 3
     finally:
         await relay.stop()
+
+
+async def test_receipts_wait_out_a_redis_outage(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
+    server.start()
+    redis = Redis.from_url(server.url)
+    settings = parse_settings(door_config(server.url, tmp_path, 1), env={}, base_dir=tmp_path)
+    profile = next(iter(settings.profiles))
+    outages = RedisOutages(redis)
+    smpp = SmppServer(settings, redis, outages=outages)
+    await smpp.start()
+    client = None
+    try:
+        client = await bound(smpp.port, mode="receiver")
+
+        async def grouped() -> bool:
+            with contextlib.suppress(ResponseError):
+                return bool(await redis.xinfo_groups(keys.events(profile)))
+            return False
+
+        await wait_for(grouped, 5, "the relay's group")
+        await asyncio.sleep(1.2)  # appendfsync everysec: the group is on disk
+        server.kill()
+        await asyncio.sleep(1.5)  # the loops meet the outage and pause
+        server.start()
+        meta = '{"smpp_registered_delivery": 1}'
+        record = {"account": "acme", "to": "+14155550100", "from": "ACME", "meta": meta}
+        await redis.hset(keys.record(profile, "j-1"), mapping=record)
+        await redis.xadd(
+            keys.events(profile),
+            {
+                "id": "j-1",
+                "profile": profile,
+                "status": "delivered",
+                "at": "1767225660",
+                "meta": meta,
+            },
+        )
+        while True:
+            got = await client.read(timeout=20)
+            assert got is not None
+            if got.command_id == pdu.DELIVER_SM:
+                break
+        message = decode_short_message(got.body)
+        assert message.tlv_text(pdu.TAG_RECEIPTED_MESSAGE_ID) == "j-1"
+        client.send(pdu.DELIVER_SM | pdu.RESPONSE, b"\0", sequence=got.sequence)
+
+        async def acked() -> bool:
+            pending = await redis.xpending(receipt_key("acme"), receipts.RECEIPTS_GROUP)
+            return int(pending["pending"]) == 0 and smpp.receipts.sent == 1
+
+        await wait_for(acked, 10, "the receipt acked")
+        assert outages.count >= 1
+    finally:
+        if client is not None:
+            await client.close()
+        await smpp.stop(grace=1)
+        await redis.aclose()
+        server.stop()
 
 
 def test_registered_delivery_asks() -> None:
