@@ -286,7 +286,10 @@ class Daemon:
             # Client (when there is one) is shared, so both doors batch Redis calls.
             api = self._api_context
             self.smpp_server = SmppServer(
-                self.settings, redis, client=api.client if api is not None else None
+                self.settings,
+                redis,
+                client=api.client if api is not None else None,
+                outages=self.outages,
             )
             await self.smpp_server.start()
             # Unwinds before Redis closes (last in, first out).
