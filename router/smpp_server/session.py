@@ -16,6 +16,9 @@ submit_sm / data_sm (transmitter and transceiver): read (`submit`), enqueued
 account's `window` unanswered at once: ESME_RTHROTTLED. Parts of long messages wait in
 `reassembly` unless the account passes them as parts (`long_messages = "parts"`).
 
+query_sm / cancel_sm (any bound mode): answered from the ledger about the account's
+own messages (`queries`).
+
 Receipts (receiver and transceiver): `deliver` sends a deliver_sm and hands back its
 deliver_sm_resp's status (`receipts` acks the receipt only on ESME_ROK). A client's
 unbind stops them; the connection closes once those already sent are answered.
@@ -38,6 +41,7 @@ from binds.smpp import pdu
 from binds.smpp.pdu import Frame, Pdu, PduError, SequenceNumbers
 from router.policy.accounts import AccountError, Caller, by_password
 from router.smpp_server.context import Context
+from router.smpp_server.queries import CANCEL_SM, QUERY_SM, Queries
 from router.smpp_server.statuses import Refused
 from router.smpp_server.submit import Malformed, Part, read_data_sm, read_submit_sm, text_of
 from router.smpp_server.wire import (
@@ -56,10 +60,10 @@ ENQUIRE_LINK_RESP: Final = pdu.ENQUIRE_LINK | pdu.RESPONSE
 UNBIND_RESP: Final = pdu.UNBIND | pdu.RESPONSE
 # Requests SMPP 3.4 defines that this server does not take (yet): generic_nack
 # ESME_RINVCMDID once bound, ESME_RINVBNDSTS before.
-QUERY_SM, REPLACE_SM, CANCEL_SM, SUBMIT_MULTI, ALERT = 0x03, 0x07, 0x08, 0x21, 0x102
-NOT_TAKEN: Final = frozenset(
-    {QUERY_SM, REPLACE_SM, CANCEL_SM, SUBMIT_MULTI, ALERT, pdu.DELIVER_SM, pdu.OUTBIND}
-)
+REPLACE_SM, SUBMIT_MULTI, ALERT = 0x07, 0x21, 0x102
+NOT_TAKEN: Final = frozenset({REPLACE_SM, SUBMIT_MULTI, ALERT, pdu.DELIVER_SM, pdu.OUTBIND})
+# query_sm and cancel_sm (`queries`): any bound session, about its account's messages.
+QUERIES: Final = frozenset({QUERY_SM, CANCEL_SM})
 SUBMITS: Final = frozenset({pdu.SUBMIT_SM, pdu.DATA_SM})
 SENDING_MODES: Final = frozenset({"transmitter", "transceiver"})
 UNBIND_WAIT: Final = 2.0  # seconds an unbind we send waits for its unbind_resp
@@ -97,6 +101,7 @@ class Session(asyncio.Protocol):
         # once answered (NO_ANSWER when closed or not answered within DELIVER_WAIT).
         self.deliveries: dict[int, asyncio.Future[int]] = {}
         self._log: Any = log
+        self._queries: Queries | None = None  # made at the first query_sm / cancel_sm
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -194,6 +199,13 @@ class Session(asyncio.Protocol):
                 task.add_done_callback(self._tasks.discard)
             else:
                 self._close()
+        elif command_id in QUERIES:
+            if self.mode is None:
+                self._reply(command_id | pdu.RESPONSE, pdu.ESME_RINVBNDSTS, sequence)
+            else:
+                task = self._loop.create_task(self._query(command_id, sequence, body))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif command_id in NOT_TAKEN:
             if self.mode is None:
                 self._reply(command_id | pdu.RESPONSE, pdu.ESME_RINVBNDSTS, sequence)
@@ -356,6 +368,27 @@ class Session(asyncio.Protocol):
         self.refused += 1
         self._log.info("submit refused", status=pdu.status_name(exc.status), reason=exc.reason)
         self._reply(resp, exc.status, sequence)
+
+    async def _query(self, command_id: int, sequence: int, body: bytes) -> None:
+        """Answer a query_sm or cancel_sm from the ledger."""
+        resp = command_id | pdu.RESPONSE
+        caller = self.caller
+        assert caller is not None
+        if self._queries is None:
+            self._queries = Queries.of(self._context)
+        try:
+            if command_id == QUERY_SM:
+                status, answer = await self._queries.query(caller, body)
+            else:
+                status, answer = await self._queries.cancel(caller, body), b""
+        except PduError as exc:
+            self._log.info("unreadable query", reason=str(exc))
+            self._reply(pdu.GENERIC_NACK, pdu.ESME_RINVCMDLEN, sequence)
+            return
+        except Exception:
+            self._log.exception("query not answered")
+            status, answer = pdu.ESME_RSYSERR, b""
+        self._reply(resp, status, sequence, answer)
 
     # -- receipts to the client ----------------------------------------------------
 
