@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import WatchError
 
 from binds.smpp.pdu import PduError, read_c_string
 from router.policy.accounts import Caller
@@ -35,7 +37,7 @@ from router.smpp_server.context import Context
 from router.smpp_server.receipts import STATES
 from router.store import keys
 from router.store.connections import as_text
-from router.store.ledger import Ledger
+from router.store.ledger import Ledger, Transition
 from router.store.outages import REDIS_ERRORS
 
 __all__ = [
@@ -187,15 +189,7 @@ class Queries:
             if status not in CANCELLABLE or not record.get("profile") or not record.get("owner"):
                 log.info("cancel_sm refused", id=request.message_id, status=status)
                 return ESME_RCANCELFAIL
-            result = await self.ledger.transition(
-                request.message_id,
-                str(record["owner"]),
-                "rejected",
-                profile=str(record["profile"]),
-                note=f"cancelled by the client (cancel_sm) while {status}",
-                fields={"error_code": CANCELLED, "error": "cancelled by the client"},
-                event=_event(record),
-            )
+            result = await self._reject(request.message_id, record)
         except REDIS_ERRORS as exc:
             log.warning("cancel_sm failed: Redis unreachable", error=type(exc).__name__)
             return ESME_RCANCELFAIL
@@ -204,6 +198,46 @@ class Queries:
             return ESME_RCANCELFAIL
         log.info("cancelled", id=request.message_id, was=status)
         return 0
+
+    async def _reject(self, job_id: str, record: dict[str, Any]) -> Transition:
+        """The ledger's transition of `record` to `rejected`, only if it is still
+        queued or scheduled when the step runs: the record is WATCHed, so a worker's
+        `sending` in between makes the step not happen (verdict ``done``). A Cluster
+        client has no WATCH: there the step runs as read (a worker's `sending` in the
+        same instant may be overwritten)."""
+        owner, profile = str(record["owner"]), str(record["profile"])
+        status = str(record["status"])
+        script_keys, args = self.ledger._call(
+            job_id,
+            owner,
+            "rejected",
+            profile,
+            f"cancelled by the client (cancel_sm) while {status}",
+            {"error_code": CANCELLED, "error": "cancelled by the client"},
+            False,
+            _event(record),
+            None,
+            (),
+            "",
+        )
+        if isinstance(self.redis, RedisCluster):
+            verdict, previous = await self.ledger._script(keys=script_keys, args=args)
+            return Transition(as_text(verdict), as_text(previous))
+        record_key = keys.record(profile, job_id)
+        for _attempt in range(3):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(record_key)
+                    now = await pipe.hget(record_key, "status")
+                    if now is None or as_text(now) not in CANCELLABLE:
+                        return Transition("done", as_text(now) if now is not None else "")
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    await self.ledger._script(keys=script_keys, args=args, client=pipe)
+                    ((verdict, previous),) = await pipe.execute()
+                except WatchError:
+                    continue  # changed between the read and the step: read again
+                return Transition(as_text(verdict), as_text(previous))
+        return Transition("done", "")
 
 
 def _event(record: dict[str, Any]) -> dict[str, str]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from redis.asyncio import Redis
+
 from binds.smpp import pdu
 from binds.smpp.pdu import Pdu
 from router.smpp_server.queries import (
@@ -14,6 +16,7 @@ from router.smpp_server.queries import (
     ESME_RCANCELFAIL,
     ESME_RINVMSGID,
     QUERY_SM,
+    Queries,
     read_query_sm,
 )
 from router.store import keys
@@ -114,7 +117,8 @@ async def test_query_and_cancel(make_door: MakeDoor, smsc: SmscSimulator) -> Non
     schedule = keys.schedule("sms")
 
     async def taken_from_schedule() -> bool:
-        return soon.encode() not in b"".join(await door.redis.zrange(schedule, 0, -1))
+        entries: list[bytes] = await door.redis.zrange(schedule, 0, -1)
+        return not any(soon.encode() in entry for entry in entries)
 
     await wait_for(taken_from_schedule, 20, "the cancelled message came due")
 
@@ -146,3 +150,25 @@ async def test_query_before_bind_and_unreadable(make_door: MakeDoor) -> None:
     assert read_query_sm(query_body("abc", "ACME")).source_addr == "ACME"
     await client.close()
     await receiver.close()
+
+
+async def test_cancel_does_not_overwrite_a_sending_started_after_the_read(redis: Redis) -> None:
+    """The record went to `sending` after cancel_sm read it `queued`: the WATCHed step
+    does not happen, and the record is left to the worker."""
+    queries = Queries(redis, Ledger(redis, retention=3600, events_maxlen=1000))
+    record: dict[str | bytes, str] = {
+        "status": "sending",
+        "owner": "1-0",
+        "account": "acme",
+        "to": DELIVERED_TO,
+    }
+    await redis.hset(keys.record("sms", "racing"), mapping=record)
+    stale = {**record, "status": "queued", "profile": "sms"}
+    result = await queries._reject("racing", stale)
+    assert (result.verdict, result.previous) == ("done", "sending")
+    assert await redis.hget(keys.record("sms", "racing"), "status") == b"sending"
+    # Still queued when the step runs: rejected, cancelled.
+    await redis.hset(keys.record("sms", "racing"), "status", "queued")
+    assert (await queries._reject("racing", stale)).ok
+    stored = await redis.hmget(keys.record("sms", "racing"), ["status", "error_code"])
+    assert stored == [b"rejected", b"cancelled"]
