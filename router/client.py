@@ -136,6 +136,16 @@ class Client:
             for name, profile in settings.profiles.items()
         }
 
+    @property
+    def redis(self) -> Redis:
+        """The Redis this client enqueues on."""
+        return self._redis
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger its enqueues record through (with `replicas_ack` when set)."""
+        return self._ledger
+
     async def send(
         self,
         to: str,

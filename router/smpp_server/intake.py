@@ -67,6 +67,11 @@ class Intake:
         self._client = client
         self._limits = limits
 
+    @property
+    def client(self) -> Client:
+        """The doors' `Client` this intake enqueues with."""
+        return self._client
+
     def configure(self, settings: Settings) -> None:
         """Judge jobs by `settings` from now on (a reload)."""
         self.settings = settings

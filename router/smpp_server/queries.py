@@ -28,8 +28,6 @@ from typing import Any, Final
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import WatchError
 
 from binds.smpp.pdu import PduError, read_c_string
 from router.policy.accounts import Caller
@@ -147,8 +145,8 @@ class Queries:
     def of(cls, context: Context) -> Queries:
         """Queries on the Redis and ledger of the server's `Client` (the intake's), so
         a cancel's step waits for replicas as an enqueue does."""
-        client = context.intake._client
-        return cls(client._redis, client._ledger)
+        client = context.intake.client
+        return cls(client.redis, client.ledger)
 
     async def _own(self, caller: Caller, message_id: str) -> dict[str, Any] | None:
         """The record of `message_id` when it is `caller`'s (with its `profile`, from
@@ -201,43 +199,19 @@ class Queries:
 
     async def _reject(self, job_id: str, record: dict[str, Any]) -> Transition:
         """The ledger's transition of `record` to `rejected`, only if it is still
-        queued or scheduled when the step runs: the record is WATCHed, so a worker's
-        `sending` in between makes the step not happen (verdict ``done``). A Cluster
-        client has no WATCH: there the step runs as read (a worker's `sending` in the
-        same instant may be overwritten)."""
-        owner, profile = str(record["owner"]), str(record["profile"])
+        queued or scheduled when the step runs (checked in the same script: a worker's
+        `sending` in between makes it verdict ``done``)."""
         status = str(record["status"])
-        script_keys, args = self.ledger._call(
+        return await self.ledger.transition(
             job_id,
-            owner,
+            str(record["owner"]),
             "rejected",
-            profile,
-            f"cancelled by the client (cancel_sm) while {status}",
-            {"error_code": CANCELLED, "error": "cancelled by the client"},
-            False,
-            _event(record),
-            None,
-            (),
-            "",
+            profile=str(record["profile"]),
+            note=f"cancelled by the client (cancel_sm) while {status}",
+            fields={"error_code": CANCELLED, "error": "cancelled by the client"},
+            event=_event(record),
+            only_unsent=True,
         )
-        if isinstance(self.redis, RedisCluster):
-            verdict, previous = await self.ledger._script(keys=script_keys, args=args)
-            return Transition(as_text(verdict), as_text(previous))
-        record_key = keys.record(profile, job_id)
-        for _attempt in range(3):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(record_key)
-                    now = await pipe.hget(record_key, "status")
-                    if now is None or as_text(now) not in CANCELLABLE:
-                        return Transition("done", as_text(now) if now is not None else "")
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    await self.ledger._script(keys=script_keys, args=args, client=pipe)
-                    ((verdict, previous),) = await pipe.execute()
-                except WatchError:
-                    continue  # changed between the read and the step: read again
-                return Transition(as_text(verdict), as_text(previous))
-        return Transition("done", "")
 
 
 def _event(record: dict[str, Any]) -> dict[str, str]:

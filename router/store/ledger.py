@@ -201,7 +201,7 @@ class TransitionArgs(NamedTuple):
     now: str
     status: str
     retention: int
-    mode: str  # '' | 'replay' (a replayed dead letter may leave `rejected`)
+    mode: str  # '' | 'replay' (a replayed dead letter may leave `rejected`) | 'unsent'
     note: str
     events_maxlen: int
     field_count: int  # field pairs that follow
@@ -309,10 +309,13 @@ class Ledger:
         ack: Ack | None = None,
         indexes: Sequence[str] = (),
         connector: str = "",
+        only_unsent: bool = False,
     ) -> Transition:
         """Move a record to `status` if `owner` may, and publish the event, atomically.
 
-        `allow_rejected` lets a replayed dead letter leave `rejected`.
+        `allow_rejected` lets a replayed dead letter leave `rejected`; `only_unsent`
+        changes only a record still ``queued`` or ``scheduled`` (a client's cancel:
+        verdict ``done`` once a worker has begun sending it).
         `connector` names the connector an attempt went over (a Retry outcome's): it
         becomes the record's `connector`, the new history step's (``c<n>``) and the
         event's; '' records none.
@@ -333,6 +336,7 @@ class Ledger:
             ack,
             indexes,
             connector,
+            "unsent" if only_unsent else "",
         )
         if ack is None or not self._replicas.wanted:
             verdict, previous = await self._script(keys=script_keys, args=args)
@@ -600,6 +604,7 @@ class Ledger:
         ack: Ack | None,
         indexes: Sequence[str],
         connector: str,
+        mode: str = "",
     ) -> tuple[list[str], list[str | int | float]]:
         now = f"{time.time():.6f}"
         body: dict[str, str] = {"id": job_id, "profile": profile, "status": status, "at": now}
@@ -620,7 +625,7 @@ class Ledger:
                 now=now,
                 status=status,
                 retention=self._retention,
-                mode="replay" if allow_rejected else "",
+                mode="replay" if allow_rejected else mode,
                 note=note,
                 events_maxlen=self._events_maxlen,
                 field_count=len(pairs),

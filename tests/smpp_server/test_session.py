@@ -18,6 +18,7 @@ from .conftest import MakeDoor, door_config
 from .raw import RawClient, bind_body, bound, message_id, submit_body
 
 QUERY_SM, CANCEL_SM = 0x03, 0x08
+REPLACE_SM = 0x07  # not taken yet
 UDH = bytes((5, 0, 3, 7, 2, 1))  # part 1 of 2, reference 7
 
 
@@ -131,7 +132,7 @@ async def test_a_receiver_does_not_submit(make_door: MakeDoor) -> None:
 async def test_commands_not_taken_yet_are_nacked_once_bound(make_door: MakeDoor) -> None:
     door = await make_door()
     client = await bound(door.port)
-    answer = await client.request(QUERY_SM, b"1\0\0\0\0")
+    answer = await client.request(REPLACE_SM, b"1\0\0\0\0")
     assert (answer.command_id, answer.status) == (pdu.GENERIC_NACK, pdu.ESME_RINVCMDID)
     await client.close()
 

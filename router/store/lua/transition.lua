@@ -4,7 +4,8 @@
 -- KEYS: record, event stream, work stream to ack (or a placeholder), the profile's
 -- awaiting-reports set (or a placeholder), callbacks stream, then index keys (provider
 -- message ids) each set to the job id with the record's retention.
--- ARGV: TRANSITION {owner, now, status, retention, mode ('' | 'replay'), note, events
+-- ARGV: TRANSITION {owner, now, status, retention, mode ('' | 'replay' | 'unsent': only
+-- a record still queued or scheduled), note, events
 -- maxlen, field count, event count, ack group ('' = no ack), ack entry, job id, report
 -- deadline ('' = none), connector ('' = none)} (common.lua; router/store/ledger.py),
 -- then field pairs, then event pairs. A connector is written as the record's
@@ -21,6 +22,10 @@ if group ~= '' then
 end
 local cur = redis.call('HMGET', KEYS[1], 'status', 'owner')
 local st, own = cur[1], cur[2]
+if ARGV[TRANSITION_MODE] == 'unsent' and st ~= 'queued' and st ~= 'scheduled' then
+  -- A client's cancel: only a message no worker has begun sending.
+  return {'done', st or ''}
+end
 if st then
   if own and own ~= owner then return {'duplicate', st} end
   if st == 'sent' or st == 'delivered' or st == 'undelivered'
