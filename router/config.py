@@ -641,7 +641,7 @@ class Connector(_Section):
         ``default``, else None (unknown)."""
         prices = self.prices
         if prices:
-            for size in range(min(len(to), self._longest), 1, -1):
+            for size in range(min(len(to), self.price_digits), 1, -1):
                 found = prices.get(to[:size])
                 if found is not None:
                     return found
@@ -649,8 +649,9 @@ class Connector(_Section):
         return None
 
     @cached_property
-    def _longest(self) -> int:
-        """The longest prefix in `prices` (no look-up is tried beyond it)."""
+    def price_digits(self) -> int:
+        """The destination digits its prices depend on: the longest prefix listed (no
+        look-up is tried beyond it)."""
         return max((len(p) for p in self.prices if p != "default"), default=0)
 
 

@@ -253,7 +253,7 @@ class Metrics:
     async def _read(self, redis: Redis) -> _Snapshot:
         names = list(self.profiles)
         day = time.strftime("%Y%m%d", time.gmtime())
-        today = time.strftime("%Y-%m-%d", time.gmtime())
+        today = keys.utc_day()
         async with redis.pipeline(transaction=False) as pipe:
             for name in names:
                 stream = keys.queue(name)

@@ -191,7 +191,7 @@ async def show_profile(request: web.Request) -> web.Response:
         routing = getattr(worker, "routing", None)
         for connector in getattr(routing, "connectors", {}).values():
             states.append({"name": connector.name, "state": connector.state})
-    day = time.strftime("%Y-%m-%d", time.gmtime())
+    day = keys.utc_day()
     raw = await context.redis.hgetall(keys.spend(name, day))
     detail = ProfileDetail.model_validate(
         {

@@ -75,8 +75,7 @@ class ConnectorRuntime:
         self._unready_since: float | None = None
         self.down = False  # no ready bind for `failover_after` seconds
         self._prices: dict[str, float | None] = {}
-        # The destination digits its prices depend on (the longest prefix listed).
-        self.price_digits = max((len(p) for p in settings.prices if p != "default"), default=0)
+        self.price_digits = settings.price_digits
         # Provider ids of what this instance sent here, when several profiles share the
         # connector (their receipts find their profile: router/engine/shared.py).
         self.recent: Recent | None = None

@@ -27,7 +27,6 @@ from binds.base import Accepted, Crashed, Failed, OutboundMessage, Outcome, Retr
 from router.engine.connectors import route_level
 from router.engine.receipts import Reports
 from router.engine.routing import Routing
-from router.engine.shared import remember_accepted
 from router.metrics import ProfileMetrics
 from router.policy.jobs import Job
 from router.policy.routes import Matched
@@ -285,7 +284,7 @@ class Pipeline:
         connector.outcome(outcome)
         if connector.recent is not None and isinstance(outcome, Accepted):
             ids = self._indexed_ids(outcome, connector.name)
-            remember_accepted(connector.recent, ids, self.profile)
+            connector.recent.remember(ids, self.profile)
         if not isinstance(outcome, Accepted) and route_level(outcome, connector.route_codes):
             other = self._routing.next(ready.route, ready.job.to, (*ready.tried, connector.name))
             if other is not None:

@@ -194,11 +194,6 @@ class SharedDeliveries:
             await side.inbound.handle_text(source, destination, text)
 
 
-def remember_accepted(recent: Recent, ids: Sequence[str], profile: str) -> None:
-    """Note the (indexed) provider ids of a message accepted on a shared connector."""
-    recent.remember(ids, profile)
-
-
 def _e164(address: str) -> str:
     """A deliver_sm destination as our numbers are written (SMSCs often drop the '+')."""
     if address.isdigit() and len(address) > 8:

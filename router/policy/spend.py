@@ -12,7 +12,6 @@ most a batch each: a soft limit, as every carrier-side budget is.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
@@ -26,9 +25,7 @@ from router.store import keys
 __all__ = ["SpendLimit", "today"]
 
 
-def today(now: float | None = None) -> str:
-    """The UTC day spend is counted in (YYYY-MM-DD)."""
-    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+today = keys.utc_day  # the UTC day spend is counted in (YYYY-MM-DD)
 
 
 class SpendLimit:

@@ -9,6 +9,8 @@ lease records of instances.
 
 from __future__ import annotations
 
+import time
+
 GROUP = "router"
 
 
@@ -40,6 +42,12 @@ def stats(profile: str) -> str:
 def provider_id(profile: str, provider_message_id: str) -> str:
     """Provider message id -> job id, so delivery reports find their message."""
     return f"sms:{{{profile}}}:pmid:{provider_message_id}"
+
+
+def utc_day(at: float | None = None) -> str:
+    """The UTC day (YYYY-MM-DD) of Unix time `at` (default: now): the day spend and
+    account quotas are counted in."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if at is None else at))
 
 
 def spend(profile: str, day: str) -> str:

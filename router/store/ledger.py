@@ -473,7 +473,7 @@ class Ledger:
         script_keys += [record + it.id for it in items]
         script_keys += [index + part for it in items if it.status == "sent" for part in it.part_ids]
         # Last: today's spend (UTC), counted by the messages recorded sent.
-        script_keys.append(keys.spend(profile, time.strftime("%Y-%m-%d", time.gmtime(now))))
+        script_keys.append(keys.spend(profile, keys.utc_day(now)))
         if self._replicas.wanted:
             finals = await self._replicas.run(
                 self._finish, script_keys, [payload], profile=profile, messages=len(items)

@@ -28,7 +28,7 @@ from typing import Final, NamedTuple
 from redis.asyncio import Redis
 
 from router.policy.accounts import Caller
-from router.store import scripts
+from router.store import keys, scripts
 
 __all__ = ["AccountLimits", "Limited", "quota_key", "rate_key"]
 
@@ -74,7 +74,7 @@ class AccountLimits:
         account = caller.account
         if account.tps <= 0 and account.daily_quota is None:
             return
-        day = time.strftime("%Y-%m-%d", time.gmtime())
+        day = keys.utc_day()
         interval = 1_000_000 / account.tps if account.tps > 0 else 0.0
         await self._return(
             keys=[rate_key(caller.name), quota_key(caller.name, day)],
@@ -89,7 +89,7 @@ class AccountLimits:
         if account.tps <= 0 and quota is None:
             return None
         now = time.time()
-        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        day = keys.utc_day(now)
         interval = 1_000_000 / account.tps if account.tps > 0 else 0.0
         # At least one message's worth, so a tps below 1 still admits one at a time.
         burst = max(interval, _BURST * 1_000_000)
