@@ -78,12 +78,18 @@ class Intake:
         self._client.configure(settings)
 
     async def enqueue(
-        self, caller: Caller, part: Part, text: str, meta: dict[str, Any] | None = None
+        self,
+        caller: Caller,
+        part: Part,
+        text: str,
+        meta: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> str:
         """Enqueue the message `part` starts (its `text` decoded, the whole of a long
-        one) for `caller`; its job id once it is durably in Redis, Refused otherwise."""
+        one) for `caller`, as `job_id` when given (a new id otherwise); its job id once
+        it is durably in Redis, Refused otherwise."""
         job = Job(
-            id=new_job_id(),
+            id=job_id or new_job_id(),
             to=part.destination,
             text=text,
             sender=part.sender,
