@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from functools import cached_property
 from pathlib import Path
@@ -925,23 +925,32 @@ RouteKeyword = Annotated[str, AfterValidator(_route_keyword)]
 
 
 class InboundRoute(_Section):
-    """``[[inbound_routes]]``: where inbound messages that match go instead of their
-    profile's ``callback_url``. Every key given must match (a key matches when any of
-    its values does); a route with none of them matches every inbound message."""
+    """``[[inbound_routes]]``: where inbound messages that match go besides, or instead
+    of, their profile's ``callback_url``. Every key given must match (a key matches
+    when any of its values does); a route with none of them matches every inbound
+    message. `callback_url`: posted there instead of the profile's; `account`: also
+    sent to that account's SMPP receiver/transceiver sessions as deliver_sm. Each
+    destination takes the first matching route that has one (`first_callback`,
+    `first_account`), so an account route never changes where a message is posted."""
 
     to: list[NumberPrefix] = Field(default_factory=list)  # our numbers or prefixes
     keywords: list[RouteKeyword] = Field(default_factory=list)  # first word, any case
     from_: list[NumberPrefix] = Field(default_factory=list, alias="from")
-    callback_url: Annotated[str, AfterValidator(_http_url)]
+    profiles: list[str] = Field(default_factory=list)  # the profile that received it
+    # At least one of the two (checked with the other sections: `_check_inbound_routes`).
+    callback_url: Annotated[str, AfterValidator(_http_url)] | None = None
+    account: str | None = None
 
     @property
     def matches_all(self) -> bool:
         """Whether the route has no condition (it takes every inbound message)."""
-        return not (self.to or self.keywords or self.from_)
+        return not (self.to or self.keywords or self.from_ or self.profiles)
 
-    def matches(self, source: str, destination: str, text: str | None) -> bool:
+    def matches(self, source: str, destination: str, text: str | None, profile: str) -> bool:
         """Whether a message from `source` to `destination` with `text` (None when
-        binary: no keyword matches it) takes this route."""
+        binary: no keyword matches it), received by `profile`, takes this route."""
+        if self.profiles and profile not in self.profiles:
+            return False
         if self.to and not destination.startswith(tuple(self.to)):
             return False
         if self.from_ and not source.startswith(tuple(self.from_)):
@@ -951,6 +960,28 @@ class InboundRoute(_Section):
             if text is None or not words or words[0].casefold() not in self.keywords:
                 return False
         return True
+
+
+def first_callback(
+    routes: Sequence[InboundRoute], source: str, destination: str, text: str | None, profile: str
+) -> tuple[str, int] | None:
+    """(callback_url, index) of the first matching route with a callback_url, or None
+    (the profile's own callback_url)."""
+    for index, route in enumerate(routes):
+        if route.callback_url is not None and route.matches(source, destination, text, profile):
+            return route.callback_url, index
+    return None
+
+
+def first_account(
+    routes: Sequence[InboundRoute], source: str, destination: str, text: str | None, profile: str
+) -> tuple[str, int] | None:
+    """(account, index) of the first matching route with an account, or None (no
+    SMPP client gets the message)."""
+    for index, route in enumerate(routes):
+        if route.account is not None and route.matches(source, destination, text, profile):
+            return route.account, index
+    return None
 
 
 class Settings(_Section):
@@ -1050,16 +1081,18 @@ class Settings(_Section):
     def inbound_route_lines(self) -> list[str]:
         """One line per inbound route, in the order they are tried."""
         lines = []
-        catch_all: int | None = None
+        # The first route with no condition, per destination: later ones of that
+        # destination are never reached (`first_callback`, `first_account`).
+        catch_all: dict[str, int] = {}
         opt_outs = {
             word.strip().casefold(): name
             for name, p in self.profiles.items()
             for word in (*p.stop_keywords, *p.start_keywords, *p.help_keywords)
         }
         for index, route in enumerate(self.inbound_routes):
-            where = urlsplit(route.callback_url)
             line = f"inbound_routes[{index}]:"
             for key, values in (
+                ("profiles", route.profiles),
                 ("to", route.to),
                 ("keywords", [w.upper() for w in route.keywords]),
                 ("from", route.from_),
@@ -1068,13 +1101,25 @@ class Settings(_Section):
                     line += f" {key}=" + ",".join(values)
             if route.matches_all:
                 line += " (no to/keywords/from: matches every inbound message)"
-            line += f" -> {where.scheme}://{where.netloc}{where.path}"
-            if catch_all is not None:
-                line += f" (never reached: inbound_routes[{catch_all}] takes every message)"
-            elif route.matches_all:
-                catch_all = index
+            kinds: list[str] = []
+            if route.callback_url is not None:
+                where = urlsplit(route.callback_url)
+                line += f" -> {where.scheme}://{where.netloc}{where.path}"
+                kinds.append("callback_url")
+            if route.account is not None:
+                line += f" -> smpp account {route.account}"
+                kinds.append("account")
+            for kind in kinds:
+                if kind in catch_all:
+                    what = "" if len(kinds) == 1 else f" ({kind})"
+                    line += (
+                        f" (never reached{what}: inbound_routes[{catch_all[kind]}] "
+                        "takes every message)"
+                    )
+                elif route.matches_all:
+                    catch_all[kind] = index
             for word in route.keywords:
-                if word in opt_outs:
+                if word in opt_outs and route.callback_url is not None:
                     line += (
                         f" ({word.upper()} is an opt-out keyword of profile "
                         f"{opt_outs[word]}: handled there, never routed)"
@@ -1326,6 +1371,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
     problems += _check_routing(raw, secrets)
     problems += _check_accounts(raw)
+    problems += _check_inbound_routes(raw)
     for name, template in _tables(raw.get("templates")):
         texts = template.get("text")
         lang = template.get("default_lang", "en")
@@ -1464,6 +1510,40 @@ def _check_accounts(raw: Mapping[str, Any]) -> list[str]:
     server = raw.get("smpp_server")
     if isinstance(server, Mapping) and (server.get("cert") is None) != (server.get("key") is None):
         problems.append("smpp_server: cert and key go together (TLS needs both)")
+    return problems
+
+
+def _check_inbound_routes(raw: Mapping[str, Any]) -> list[str]:
+    """``[[inbound_routes]]`` against the profiles and accounts: each route has a
+    destination, and names what exists."""
+    problems: list[str] = []
+    routes = raw.get("inbound_routes")
+    if not isinstance(routes, list):
+        return problems
+    profiles = dict(_tables(raw.get("profiles")))
+    accounts = dict(_tables(raw.get("accounts")))
+    for index, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        where = f"inbound_routes[{index}]"
+        account = route.get("account")
+        if route.get("callback_url") is None and account is None:
+            # Said as before accounts could take inbound messages (an account is the
+            # other way: see docs/configuration.md).
+            problems.append(f"{where}.callback_url: required key is missing")
+        if isinstance(account, str):
+            if account not in accounts:
+                have = ", ".join(sorted(accounts)) or "none"
+                problems.append(f"{where}.account: no account {account!r} (have: {have})")
+            elif accounts[account].get("smpp_password") is None:
+                problems.append(
+                    f"{where}.account: account {account!r} has no smpp_password (inbound "
+                    "messages go to its SMPP receiver/transceiver sessions)"
+                )
+        names = route.get("profiles")
+        for name in names if isinstance(names, list) else []:
+            if isinstance(name, str) and name not in profiles:
+                problems.append(f"{where}.profiles: no profile {name!r}")
     return problems
 
 

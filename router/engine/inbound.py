@@ -21,9 +21,11 @@ with a ``webhook_secret`` are signed (`router.signing`), ``webhook-id`` = the bo
 
 Inbound routes (``[[inbound_routes]]``, `router.config.InboundRoute`) send a message
 elsewhere than the profile's ``callback_url``: the poster picks the URL of the first
-route that matches the rendered message (same body, same signature, same retries, in
-the same order as the rest of the profile's messages). A keyword (``opt_out`` set) is
-never routed: it goes to the profile's ``callback_url`` as before.
+route with a ``callback_url`` that matches the rendered message (same body, same
+signature, same retries, in the same order as the rest of the profile's messages); a
+route naming only an ``account`` is the SMPP server's (`router.smpp_server.receipts`).
+A keyword (``opt_out`` set) is never routed: it goes to the profile's ``callback_url``
+as before.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from binds.smpp.pdu import (
     ShortMessage,
 )
 from router import signing
-from router.config import InboundRoute
+from router.config import InboundRoute, first_callback
 from router.engine.keywords import KeywordHit, Keywords
 from router.store import keys, roundtrip, scripts
 from router.store.batching import Batcher
@@ -389,10 +391,9 @@ class CallbackPoster:
             return self.url, None
         text = None if body["binary"] else str(body["text"])
         source, destination = str(body["from"]), str(body["to"])
-        for index, route in enumerate(self.routes):
-            if route.matches(source, destination, text):
-                return route.callback_url, index
-        return self.url, None
+        # Routes that name only an account do not change where a message is posted.
+        routed = first_callback(self.routes, source, destination, text, self.profile)
+        return routed if routed is not None else (self.url, None)
 
     async def _post(
         self, session: aiohttp.ClientSession, body: dict[str, Any], url: str, route: int | None
