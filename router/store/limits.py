@@ -11,9 +11,14 @@ tag, so it is atomic and runs on Redis Cluster:
   that burst is admitted when the bucket is full and paid for by waiting afterwards,
   rather than refused for ever. Redis' clock (``TIME``) is the only clock, so
   instances with skewed clocks still share one rate.
-- ``sms:{acct:NAME}:quota:YYYY-MM-DD``: messages counted on that UTC day (kept two
-  days). A take that would pass `daily_quota` is refused and not counted, so the day
-  stops at exactly its number.
+- ``sms:{acct:NAME}:quota``: a hash, field = the UTC day (YYYY-MM-DD) on Redis'
+  clock, value = messages counted that day. The script works the day out from
+  ``TIME`` (as the rate does), so instances whose clocks disagree near midnight still
+  count one day; a take that counts removes the other days' fields (one field
+  remains). One declared key rather than a key per day: the script cannot declare a
+  key whose name it computes, and Redis Cluster wants every key declared. A take that
+  would pass `daily_quota` is refused and not counted, so the day stops at exactly
+  its number.
 
 A refused take counts nothing against either limit, and a door whose enqueue failed
 after the take gives it back (`give_back`, ``lua/limit_return.lua``).
@@ -21,22 +26,23 @@ after the take gives it back (`give_back`, ``lua/limit_return.lua``).
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Final, NamedTuple
 
 from redis.asyncio import Redis
 
 from router.policy.accounts import Caller
-from router.store import keys, scripts
+from router.store import scripts
+from router.store.connections import as_text
 
-__all__ = ["AccountLimits", "Limited", "quota_key", "rate_key"]
+__all__ = ["AccountLimits", "Limited", "quota_key", "rate_key", "used_today"]
 
 THROTTLED: Final = "throttled"
 QUOTA: Final = "quota"
 
-_LIMIT = scripts.source("limit")
-_RETURN = scripts.source("limit_return")
+# The day's arithmetic (utc_day) goes before each quota script.
+_LIMIT = scripts.source("limit_day") + scripts.source("limit")
+_RETURN = scripts.source("limit_day") + scripts.source("limit_return")
 _DAY = 86_400
 _BURST = 1.0  # seconds of the rate a bucket holds: one second's worth of messages
 
@@ -55,9 +61,21 @@ def rate_key(account: str) -> str:
     return f"sms:{{acct:{account}}}:rate"
 
 
-def quota_key(account: str, day: str) -> str:
-    """Messages counted against the account's quota on UTC `day` (YYYY-MM-DD)."""
-    return f"sms:{{acct:{account}}}:quota:{day}"
+def quota_key(account: str) -> str:
+    """Hash: UTC day (YYYY-MM-DD, Redis' clock) -> messages counted against the
+    account's quota that day (only the latest day is kept)."""
+    return f"sms:{{acct:{account}}}:quota"
+
+
+async def used_today(redis: Redis, account: str) -> int:
+    """Messages counted against `account`'s quota today (the UTC day on Redis' clock)."""
+    seconds, _micro = await redis.time()
+    value = await redis.hget(quota_key(account), _day(seconds))
+    return int(value or 0)
+
+
+def _day(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(seconds))
 
 
 class AccountLimits:
@@ -66,19 +84,21 @@ class AccountLimits:
     def __init__(self, redis: Redis) -> None:
         self._script = redis.register_script(_LIMIT)
         self._return = redis.register_script(_RETURN)
+        # The UTC day (Redis' clock) each account's last take counted in, so a give
+        # back just after midnight returns it to the day it was taken from.
+        self._days: dict[str, str] = {}
 
     async def give_back(self, caller: Caller, count: int = 1) -> None:
         """Undo a successful `take` of `count` whose jobs were not stored (the enqueue
-        failed), so the account is not charged for them. Best effort: the day is this
-        instance's UTC day, as for the take."""
+        failed), so the account is not charged for them: to the day of this
+        instance's last take of the account (today on Redis' clock if none)."""
         account = caller.account
         if account.tps <= 0 and account.daily_quota is None:
             return
-        day = keys.utc_day()
         interval = 1_000_000 / account.tps if account.tps > 0 else 0.0
         await self._return(
-            keys=[rate_key(caller.name), quota_key(caller.name, day)],
-            args=[count, repr(interval)],
+            keys=[rate_key(caller.name), quota_key(caller.name)],
+            args=[count, repr(interval), self._days.get(caller.name, "")],
         )
 
     async def take(self, caller: Caller, count: int = 1) -> Limited | None:
@@ -88,17 +108,16 @@ class AccountLimits:
         quota = account.daily_quota
         if account.tps <= 0 and quota is None:
             return None
-        now = time.time()
-        day = keys.utc_day(now)
         interval = 1_000_000 / account.tps if account.tps > 0 else 0.0
         # At least one message's worth, so a tps below 1 still admits one at a time.
         burst = max(interval, _BURST * 1_000_000)
-        code, value = await self._script(
-            keys=[rate_key(caller.name), quota_key(caller.name, day)],
+        code, value, *rest = await self._script(
+            keys=[rate_key(caller.name), quota_key(caller.name)],
             args=[count, repr(interval), repr(burst), -1 if quota is None else quota, 2 * _DAY],
         )
         code = int(code)
         if code == 0:
+            self._days[caller.name] = as_text(value)
             return None
         if code == 1:
             return Limited(
@@ -111,5 +130,5 @@ class AccountLimits:
             QUOTA,
             f"account {caller.name!r} reached its daily quota of {quota} messages "
             f"({used} sent today, {count} more asked)",
-            math.ceil(_DAY - now % _DAY),
+            int(rest[0]),  # seconds to Redis' next UTC midnight
         )

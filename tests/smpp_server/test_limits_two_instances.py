@@ -27,7 +27,7 @@ import smpplib.client
 from redis.asyncio import Redis
 
 from router.store import keys
-from router.store.limits import quota_key
+from router.store.limits import used_today
 from sims.smscsim import SmscSimulator
 
 from ..conftest import free_port, wait_for
@@ -178,9 +178,7 @@ async def test_daily_quota_stops_at_exactly_its_number_across_two_instances(
         *(asyncio.to_thread(flood, port, "daily", count=each) for port in instances.ports)
     )
     statuses = Counter(one.statuses + two.statuses)
-    counted = await instances.redis.get(
-        quota_key("daily", time.strftime("%Y-%m-%d", time.gmtime()))
-    )
+    counted = await used_today(instances.redis, "daily")
     stored = len([k async for k in instances.redis.scan_iter(keys.record("sms", "*"), count=1000)])
     print(
         f"\ndaily_quota {QUOTA} over two instances: {2 * each} submits, answers "
@@ -189,7 +187,7 @@ async def test_daily_quota_stops_at_exactly_its_number_across_two_instances(
     )
     assert statuses == {0: QUOTA, ESME_RSUBMITFAIL: 2 * each - QUOTA}
     assert all(a.count(0) for a in (one, two)), "an instance accepted nothing"
-    assert int(counted or 0) == QUOTA
+    assert counted == QUOTA
     assert stored == QUOTA
     # The day is over for this account on both instances.
     for port in instances.ports:

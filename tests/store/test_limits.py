@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from redis.asyncio import Redis
 
 from router.config import Account
 from router.policy.accounts import Caller
-from router.store.limits import AccountLimits, Limited, quota_key, rate_key
+from router.store import scripts
+from router.store.limits import AccountLimits, Limited, quota_key, rate_key, used_today
 
 
 def _caller(name: str = "acme", **limits: object) -> Caller:
@@ -36,15 +38,14 @@ async def test_quota_stops_at_exactly_its_number_under_concurrent_takes(redis: R
     results = await asyncio.gather(*(take(i) for i in range(120)))
     counted = sum(1 + i % 3 for i, r in enumerate(results) if r is None)
     refused = [r for r in results if r is not None]
-    day = time.strftime("%Y-%m-%d", time.gmtime())
-    assert int(await redis.get(quota_key("acme", day)) or 0) == counted
+    assert await used_today(redis, "acme") == counted
     # Takes of 1 keep coming until the last one fills it: exactly 100, never more.
     assert counted == 100
     assert refused and {r.code for r in refused} == {"quota"}
     assert "daily quota of 100" in refused[0].reason
     # Until the next UTC midnight.
     assert 0 < refused[0].retry_after <= 86_400
-    assert 0 < await redis.ttl(quota_key("acme", day)) <= 2 * 86_400
+    assert 0 < await redis.ttl(quota_key("acme")) <= 2 * 86_400
 
 
 async def test_a_refused_take_counts_nothing(redis: Redis) -> None:
@@ -63,7 +64,7 @@ async def test_accounts_have_their_own_limits_in_their_own_slot(redis: Redis) ->
     assert await limits.take(_caller("b", daily_quota=1)) is None
     assert await limits.take(_caller("a", daily_quota=1)) is not None
     assert rate_key("a").startswith("sms:{acct:a}:")
-    assert quota_key("a", "2030-01-01").startswith("sms:{acct:a}:")
+    assert quota_key("a").startswith("sms:{acct:a}:")
 
 
 async def _hammer(limits: AccountLimits, caller: Caller, until: float, log: list[float]) -> None:
@@ -133,13 +134,53 @@ async def test_a_take_given_back_is_not_charged(redis: Redis) -> None:
     rate are as if it had not been taken (the bucket's TTL kept)."""
     caller = _caller(daily_quota=10, tps=5)
     limits = AccountLimits(redis)
-    day = time.strftime("%Y-%m-%d", time.gmtime())
     assert await limits.take(caller, 4) is None
     full = int(await redis.get(rate_key("acme")) or 0)
     await limits.give_back(caller, 3)
-    assert int(await redis.get(quota_key("acme", day)) or 0) == 1
+    assert await used_today(redis, "acme") == 1
     assert int(await redis.get(rate_key("acme")) or 0) == full - 3 * 200_000
     assert await redis.pttl(rate_key("acme")) > 0
     await limits.give_back(caller, 5)  # never below nothing
-    assert int(await redis.get(quota_key("acme", day)) or 0) == 0
+    assert await used_today(redis, "acme") == 0
     assert await limits.take(caller, 5) is None  # the rate's burst is there again
+
+
+async def _redis_day(redis: Redis) -> tuple[str, int]:
+    """Today on Redis' clock, and the seconds left in it."""
+    seconds, _micro = await redis.time()
+    return time.strftime("%Y-%m-%d", time.gmtime(seconds)), 86_400 - seconds % 86_400
+
+
+async def test_instances_with_different_clocks_count_one_day(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day is Redis' (TIME in the script), not each instance's: two instances whose
+    clocks are 13 hours ahead and behind (one says tomorrow, the other yesterday)
+    count into the same day, and the take that counts drops an older day's field."""
+    caller = _caller(daily_quota=4)
+    one, two = AccountLimits(redis), AccountLimits(redis)
+    await redis.hset(quota_key("acme"), "2000-01-01", 99)  # left from an old day
+    real = time.time
+    for limits, skew in ((one, 13 * 3600), (two, -13 * 3600), (one, 0), (two, 13 * 3600)):
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
+        assert await limits.take(caller) is None
+    refused = await two.take(caller)
+    await one.give_back(caller)  # to the day it was taken from, whatever the clock
+    monkeypatch.setattr(time, "time", real)
+    today, left = await _redis_day(redis)
+    assert await redis.hgetall(quota_key("acme")) == {today.encode(): b"3"}
+    # Refused until Redis' midnight, not the instance's (13 hours off either way).
+    assert refused is not None and refused.code == "quota"
+    assert abs(refused.retry_after - left) <= 2
+
+
+@pytest.mark.parametrize(
+    "at",
+    [0, 86_399, 86_400, 951_782_400, 951_868_799, 4_107_542_400, 1_709_164_800,
+     1_735_689_599, 1_798_761_600 + 12_345, 253_402_300_799],
+)  # fmt: skip
+async def test_the_scripts_day_is_the_calendars(redis: Redis, at: int) -> None:
+    """limit_day.lua's utc_day against Python's calendar: 1970, leap days of 2000 and
+    2024, 2100 (no leap day), year ends, 9999."""
+    day = await redis.eval(scripts.source("limit_day") + "return utc_day(tonumber(ARGV[1]))", 0, at)
+    assert day.decode() == time.strftime("%Y-%m-%d", time.gmtime(at))
