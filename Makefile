@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= router.toml
 
-.PHONY: test demo run check lint lock bench redis-server node clean
+.PHONY: test demo run check lint lock bench redis-server node kannel clean
 
 # The venv is installed from requirements.lock (exact versions, sha256 hashes), then the
 # project itself without its dependencies: every machine runs the same code.
@@ -50,7 +50,27 @@ $(NODE_STAMP): tests/peers/package-lock.json | node
 	cd tests/peers && npm ci --silent --no-audit --no-fund
 	touch $(NODE_STAMP)
 
-test: check redis-server $(NODE_STAMP)
+# Kannel 1.4.5 from Debian's package `kannel` when bearerbox is missing: the SMPP server's
+# test with Kannel in front (tests/smpp_server/test_kannel_front.py; pytest skips it
+# without Kannel). Debian starts bearerbox on install unless policy-rc.d exits 101: one is
+# put there for the install only (when none is there), so nothing is left running on
+# Kannel's default ports.
+BEARERBOX ?= /usr/sbin/bearerbox
+POLICY_RC ?= /usr/sbin/policy-rc.d
+
+kannel:
+	@[ -x $(BEARERBOX) ] || { \
+	  echo "Kannel not found ($(BEARERBOX)); installing Debian package kannel"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: Kannel is missing and apt-get is not available; install Kannel 1.4.5 (bearerbox, smsbox in /usr/sbin), or run pytest directly to skip its test" >&2; exit 1; }; \
+	  if [ ! -e $(POLICY_RC) ]; then \
+	    trap '$$SUDO rm -f $(POLICY_RC)' EXIT; \
+	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $(POLICY_RC) >/dev/null && $$SUDO chmod 755 $(POLICY_RC) || exit 1; \
+	  fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kannel >/dev/null || { echo "error: could not install kannel (need root or sudo); install it, or run pytest directly to skip its test" >&2; exit 1; }; \
+	}
+
+test: check redis-server kannel $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) redis-server

@@ -1,0 +1,231 @@
+"""Kannel 1.4.5 in front of sms-router: an application that speaks Kannel's sendsms
+keeps its Kannel, and Kannel's SMSC is sms-router's SMPP server.
+
+sendsms (HTTP) -> Kannel's smsbox -> bearerbox -> SMPP transceiver -> a real
+`sms-router run` process (its [smpp_server]) -> our SMSC simulator, and the delivery
+receipts back: simulator -> sms-router -> deliver_sm to Kannel -> Kannel's dlr-url
+(a real aiohttp server here). Messages: GSM ones, one UCS2 (coding=2, UTF-8), and
+one long message that Kannel splits itself (UDH, 8-bit reference) and sms-router
+puts together again into one job.
+
+Long messages: Kannel 1.4.5 asks for a receipt on the first part only
+(registered_delivery 0x11 on part 1, 0 on the others, as its PDU log shows) and keeps
+one DLR entry, under part 1's submit_sm_resp message_id. sms-router answers every part
+with the one job id and sends one receipt for the whole message under that id, so
+Kannel matches it and calls the dlr-url once with %d = 1.
+
+Skipped only when Debian's `kannel` package is missing; `make test` installs it.
+Run: pytest -s tests/smpp_server/test_kannel_front.py (figures printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from router.store.ledger import Ledger
+from sims.smscsim import SmscSimulator
+
+from ..conftest import free_port, serve_app, wait_for
+from ..daemon.test_process import start_daemon, write_config
+from .conftest import door_config
+from .kannel import Kannel, SmscLink, installed
+
+pytestmark = pytest.mark.skipif(
+    not installed(),
+    reason="Kannel is not installed (/usr/sbin/bearerbox missing): `make kannel` "
+    "installs Debian's package (root or sudo); `make test` does it first",
+)
+
+ACCOUNT, PASSWORD = "gateway", "gw-pw1"
+SENDER = "+16501112345"  # one of the profile's numbers (door_config's NUMBERS)
+GSM_COUNT = 98
+UCS2_TEXT = "Grüße ✓ Привет 你好"
+LONG_TEXT = " ".join(f"part-of-a-long-message-{n:03d}" for n in range(14))  # 3 segments
+# Kannel's placeholders: %d DLR type, %p the message's destination, %P its sender,
+# %A the SMSC's receipt text, %i Kannel's smsc-id, %F the SMSC's message id (the job id).
+DLR_QUERY = "type=%d&to=%p&from=%P&reply=%A&smsc=%i&id=%F"
+DELIVERED, SMSC_ACCEPTED = "1", "8"  # Kannel's DLR types
+
+
+@dataclass
+class Sent:
+    n: int
+    to: str
+    text: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DlrUrl:
+    """The application's dlr-url: records every GET Kannel makes, by message number."""
+
+    url: str = ""
+    got: dict[int, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
+
+    async def handle(self, request: web.Request) -> web.Response:
+        query = dict(request.query)
+        self.got[int(query.pop("n"))].append(query)
+        return web.Response(text="ok")
+
+    def of_type(self, kind: str) -> dict[int, list[dict[str, str]]]:
+        found: dict[int, list[dict[str, str]]] = {}
+        for n, reports in self.got.items():
+            matching = [r for r in reports if r.get("type") == kind]
+            if matching:
+                found[n] = matching
+        return found
+
+
+@pytest.fixture
+async def dlr_url() -> AsyncIterator[DlrUrl]:
+    recorder = DlrUrl()
+    app = web.Application()
+    app.router.add_get("/dlr", recorder.handle)
+    runner, base = await serve_app(app)
+    recorder.url = f"{base}/dlr"
+    try:
+        yield recorder
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Front:
+    kannel: Kannel
+    port: int  # sms-router's SMPP server
+    log: Path  # the daemon's
+
+
+@pytest.fixture
+async def front(
+    redis: Redis, redis_url: str, smsc: SmscSimulator, tmp_path: Path
+) -> AsyncIterator[Front]:
+    """A real `sms-router run` with its SMPP server on the simulator, and Kannel bound
+    to it; both stopped by process id whatever the test did."""
+    port = free_port()
+    data = door_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
+    data["smpp_server"]["listen"] = f"127.0.0.1:{port}"
+    data["accounts"][ACCOUNT] = {"smpp_password": PASSWORD, "window": 100, "max_binds": 2}
+    config = write_config(tmp_path / "router.toml", data)
+    log = tmp_path / "daemon.log"
+    daemon = await start_daemon(config, log)
+    kannel = Kannel(tmp_path / "kannel", SmscLink(port, ACCOUNT, PASSWORD))
+    try:
+
+        async def listening() -> bool:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await wait_for(listening, 30, "sms-router's SMPP server listening")
+        await kannel.start()
+        yield Front(kannel, port, log)
+    finally:
+        kannel.stop()
+        if daemon.returncode is None:
+            daemon.terminate()
+            try:
+                await asyncio.wait_for(daemon.wait(), 30)
+            except TimeoutError:
+                daemon.kill()
+                await daemon.wait()
+
+
+def _messages() -> list[Sent]:
+    sent = [Sent(n, f"+44791110{n:04d}", f"gsm message {n} via Kannel") for n in range(GSM_COUNT)]
+    ucs2 = Sent(GSM_COUNT, f"+44791110{GSM_COUNT:04d}", UCS2_TEXT)
+    ucs2.params = {"coding": "2", "charset": "UTF-8"}
+    long = Sent(GSM_COUNT + 1, f"+44791110{GSM_COUNT + 1:04d}", LONG_TEXT)
+    return [*sent, ucs2, long]
+
+
+async def _send_all(kannel: Kannel, messages: list[Sent], dlr_base: str) -> list[str]:
+    """Every message through sendsms (20 at a time); the answers that were not 202."""
+    free = asyncio.Semaphore(20)
+    refused: list[str] = []
+
+    async def one(http: aiohttp.ClientSession, m: Sent) -> None:
+        async with free:
+            status, body = await kannel.sendsms(
+                http,
+                to=m.to,
+                text=m.text,
+                **{"from": SENDER},
+                **{"dlr-mask": "31", "dlr-url": f"{dlr_base}?n={m.n}&{DLR_QUERY}"},
+                **m.params,
+            )
+            if status != 202:
+                refused.append(f"message {m.n}: {status} {body}")
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(one(http, m) for m in messages))
+    return refused
+
+
+async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
+    front: Front, dlr_url: DlrUrl, smsc: SmscSimulator, redis: Redis
+) -> None:
+    kannel = front.kannel
+    messages = _messages()
+    started = time.monotonic()
+    refused = await _send_all(kannel, messages, dlr_url.url)
+    assert refused == [], refused
+
+    def all_delivered() -> bool:
+        return len(dlr_url.of_type(DELIVERED)) == len(messages)
+
+    try:
+        await wait_for(all_delivered, 40, "a delivered report (%d = 1) for every message")
+    except AssertionError:
+        missing = sorted(set(range(len(messages))) - set(dlr_url.of_type(DELIVERED)))
+        got = {n: dlr_url.got.get(n) for n in missing}
+        raise AssertionError(
+            f"no delivered report for messages {missing}; their reports: {got}\n"
+            f"{await kannel.status()}\n{kannel.logs()}\n--- daemon\n"
+            f"{front.log.read_text()[-3000:]}"
+        ) from None
+    seconds = time.monotonic() - started
+    delivered = dlr_url.of_type(DELIVERED)
+    ids: dict[int, str] = {}
+    for m in messages:
+        (report,) = delivered[m.n]  # exactly one final report per message
+        assert report["to"] == m.to.lstrip("+") or report["to"] == m.to, report
+        assert report["from"].lstrip("+") == SENDER.lstrip("+"), report
+        assert report["smsc"] == "router", report
+        assert "stat:DELIVRD" in report["reply"], report
+        ids[m.n] = report["id"]
+    assert len(set(ids.values())) == len(messages), "one job id reported for two messages"
+    # Each message is one record, delivered, with the text the application sent.
+    ledger = Ledger(redis, retention=3600, events_maxlen=1000)
+    records = await ledger.find([ids[m.n] for m in messages])
+    for m, record in zip(messages, records, strict=True):
+        assert record is not None, f"message {m.n}: no record {ids[m.n]}"
+        assert (record["status"], record["text"], record["to"]) == ("delivered", m.text, m.to)
+        assert record["account"] == ACCOUNT
+    # And the SMSC took each once: one segment each, three for the long one.
+    took = Counter(submit["destination"] for submit in smsc.submits)
+    assert dict(took) == {m.to.lstrip("+"): 3 if m.text == LONG_TEXT else 1 for m in messages}
+    # Kannel's own "accepted by the SMSC" report (%d = 8), from the submit_sm_resp: one
+    # per message, the long one's once all its parts were answered.
+    accepted = dlr_url.of_type(SMSC_ACCEPTED)
+    assert {n: len(r) for n, r in accepted.items()} == {m.n: 1 for m in messages}
+    assert {r[0]["id"] for r in accepted.values()} == set(ids.values())
+    print(
+        f"\nKannel in front: {len(messages)} messages ({GSM_COUNT} GSM, 1 UCS2, 1 long in 3 "
+        f"parts) sendsms -> Kannel -> sms-router -> SMSC, delivered reports back at the "
+        f"dlr-url for all in {seconds:.1f} s; SMSC-accepted reports (%d = 8) for "
+        f"{len(accepted)}; dlr-url GETs {sum(len(r) for r in dlr_url.got.values())}"
+    )
