@@ -160,3 +160,20 @@ def lists_version(profile: str) -> str:
 def spend_amount(raw: bytes | str | int | None) -> float:
     """A field of a `spend` hash in the price lists' unit (stored in millionths)."""
     return int(raw) / 1_000_000 if raw is not None else 0.0
+
+
+def long_message_parts(
+    account: str, source: str, destination: str, reference: int, total: int, kind: str
+) -> str:
+    """Hash: the parts received so far of one long message an SMPP client of `account`
+    is sending (`kind` ``bits8``, ``bits16`` or ``sar``): ``id`` (the job id the parts
+    were answered with), ``total``, ``n`` (parts held), ``p<seq>`` (each part, packed),
+    and once decided ``done`` (enqueued) or ``expired`` (recorded rejected)."""
+    return f"sms:{{acct:{account}}}:parts:{source}:{destination}:{reference}:{total}:{kind}"
+
+
+def long_message_due(account: str) -> str:
+    """Sorted set of `account`'s long messages being put together (their parts keys),
+    scored by when a sweeper takes them (ms, Redis' clock): the reassembly time-out,
+    then a lease while one instance enqueues or rejects it."""
+    return f"sms:{{acct:{account}}}:parts:due"
