@@ -12,8 +12,10 @@ to the SMSC simulator."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -22,15 +24,18 @@ from redis.asyncio import Redis
 
 from binds.smpp import pdu
 from binds.smpp.pdu import Pdu, decode_short_message
+from router.config import parse_settings
+from router.smpp_server import SmppServer
 from router.smpp_server import statuses as st
 from router.smpp_server.reassembly import Reassembly, pack_part
 from router.smpp_server.submit import Part
 from router.store import keys, scripts
 from router.store.ledger import Ledger
+from router.store.outages import REDIS_ERRORS, RedisOutages
 from sims.smscsim import SmscSimulator
 
-from ..conftest import wait_for
-from .conftest import Door, MakeDoor
+from ..conftest import RedisServer, free_port, wait_for
+from .conftest import Door, MakeDoor, door_config
 from .raw import RawClient, bound, message_id, submit_body
 
 TO = "+447911123456"
@@ -311,3 +316,45 @@ async def test_a_long_message_over_two_instances_is_delivered(
     assert record is not None and record["text"] == text
     await a.close()
     await b.close()
+
+
+async def test_the_sweeper_waits_out_a_redis_outage(tmp_path: Path) -> None:
+    """redis-server killed and started again (its append-only file kept the part) while
+    the sweeper runs: the outage is noted once, the loop goes on, and the incomplete
+    message is recorded rejected when Redis answers again."""
+    server = RedisServer(tmp_path / "redis", free_port(), appendonly=True)
+    server.start()
+    redis = Redis.from_url(server.url)
+    data = door_config(server.url, tmp_path, 1, reassembly_timeout=2)
+    settings = parse_settings(data, env={}, base_dir=tmp_path)
+    smpp = SmppServer(settings, redis)
+    await smpp.start()
+    outages = RedisOutages(redis)
+    sweeper = Reassembly(smpp.context.intake, 2, outages=outages)
+    sweeper.start()
+    client = None
+    try:
+        client = await bound(smpp.port)
+        job_id = await submit_part(client, part_body("sar", 8, 2, 1, b"half"))
+        await asyncio.sleep(1.2)  # appendfsync everysec: the part is on disk
+        server.kill()
+        await asyncio.sleep(2.0)  # the sweeper meets the outage, the message comes due
+        assert outages.down_since is not None
+        server.start()
+
+        async def rejected() -> bool:
+            with contextlib.suppress(*REDIS_ERRORS):
+                record = (await smpp.context.intake.client.ledger.find([job_id]))[0]
+                return record is not None and record["status"] == "rejected"
+            return False
+
+        await wait_for(rejected, 15, "the incomplete message recorded rejected")
+        assert outages.count == 1 and outages.down_since is None
+        assert sweeper.rejected == 1
+    finally:
+        if client is not None:
+            await client.close()
+        await sweeper.close()
+        await smpp.stop(grace=1)
+        await redis.aclose()
+        server.stop()
