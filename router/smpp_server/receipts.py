@@ -9,17 +9,23 @@ and a new instance must not replay the streams' history). A final status
 submitted asking for a receipt (``meta.smpp_registered_delivery``: ``& 3 == 1`` any
 final status, ``== 2`` failures only) becomes an entry of the account's stream
 ``sms:{acct:NAME}:dlr`` (trimmed to `receipt_retention` by MINID as it is written);
-then the event is acked. The records of a batch's candidates are read in one
-pipelined round trip. At least once: an event is acked only after its receipt is
-written; an instance's unacked events are claimed after `CLAIM_IDLE` seconds by any
-instance's relay. An event that cannot be read is logged and acked.
+then the event is acked. An ``inbound`` event that an inbound route gives to an
+account (``[[inbound_routes]] account``, the first matching route naming one) becomes
+an entry of kind ``mo`` of the same stream (`router.smpp_server.inbound`): one stream
+per account keeps its receipts and inbound messages in the order they came, under one
+retention. The records of a batch's candidates are read in one pipelined round trip.
+At least once: an event is acked only after what it made is written; an instance's
+unacked events are claimed after `CLAIM_IDLE` seconds by any instance's relay. An
+event that cannot be read is logged and acked.
 
 Sender (`ReceiptSender`): for each account with a receiver or transceiver session
 bound on this instance, reads the account's stream through the group ``smpp`` (from
 its start: every entry is wanted; consumer = the instance name) and sends each
 receipt as a deliver_sm (esm_class 0x04, SMPP 3.4 appendix B text,
-receipted_message_id and message_state) to the account's sessions in turn, each
-within the account's `window`. An entry is acked only on deliver_sm_resp ESME_ROK;
+receipted_message_id and message_state; destination_addr = the sender the message
+went from, the record's ``from``), and each inbound message as a plain deliver_sm
+(`inbound_body`), to the account's sessions in turn, each within the account's
+`window`. An entry is acked only on deliver_sm_resp ESME_ROK;
 otherwise (no session, an error, the session lost) it stays pending and is claimed
 again (XAUTOCLAIM) once idle `CLAIM_IDLE` seconds, by whichever instance has a
 session of the account: a client that unbinds and binds again later, on any
@@ -43,6 +49,8 @@ from redis.exceptions import ResponseError
 from binds.smpp import pdu
 from binds.smpp.pdu import ShortMessage, encode_short_message
 from router.config import Settings
+from router.smpp_server.inbound import KIND as INBOUND_KIND
+from router.smpp_server.inbound import address, inbound_body, inbound_entry
 from router.smpp_server.intake import REGISTERED_DELIVERY
 from router.store import keys
 from router.store.outages import REDIS_ERRORS, Pause, RedisOutages
@@ -79,7 +87,8 @@ _RECORD_FIELDS: Final = ("account", "meta", "created_at", "text", "from", "to")
 
 
 def receipt_key(account: str) -> str:
-    """The account's receipts waiting for its SMPP sessions (hash tag per account)."""
+    """The account's receipts and inbound messages waiting for its SMPP sessions (hash
+    tag per account)."""
     return f"sms:{{acct:{account}}}:dlr"
 
 
@@ -125,20 +134,14 @@ def receipt_text(entry: dict[str, str]) -> str:
     )
 
 
-def _address(number: str) -> tuple[str, int, int]:
-    """(addr, ton, npi) of an E.164 number (international, ISDN), a short code
-    (unknown), or an alphanumeric sender (TON 5)."""
-    if number.startswith("+") and number[1:].isdigit():
-        return number[1:], 1, 1
-    if number.isdigit():
-        return number, 0, 1
-    return number, 5, 0
-
-
 def deliver_sm_body(entry: dict[str, str]) -> bytes:
-    """The deliver_sm body of a receipt entry: from the message's `to`, to its `from`."""
-    source, source_ton, source_npi = _address(entry.get("to", ""))
-    destination, dest_ton, dest_npi = _address(entry.get("from", ""))
+    """The deliver_sm body of an entry of an account's stream: an inbound message's
+    (`inbound_body`), or a receipt's: from the message's `to`, to its `from` (the
+    record's: the sender it went from)."""
+    if entry.get("kind") == INBOUND_KIND:
+        return inbound_body(entry)
+    source, source_ton, source_npi = address(entry.get("to", ""))
+    destination, dest_ton, dest_npi = address(entry.get("from", ""))
     _stat, state = STATES[entry["status"]]
     text = receipt_text(entry).encode("ascii", "replace")[:254]
     message = ShortMessage(
@@ -184,6 +187,7 @@ class ReceiptRelay:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self.relayed = 0  # receipts written
+        self.inbound_relayed = 0  # inbound messages written
 
     def start(self) -> None:
         """One loop per profile (their streams live in different Cluster slots)."""
@@ -260,13 +264,21 @@ class ReceiptRelay:
         """One batch: candidates' records in one round trip, receipts written, acked."""
         ids: list[Any] = []
         candidates: list[tuple[dict[str, str], int | None]] = []
+        writes: list[tuple[str, dict[str, str]]] = []
+        routes = self._settings().inbound_routes
         for entry_id, raw in entries:
             ids.append(entry_id)
             if not raw:
                 continue  # deleted while pending
             try:
                 event = {_text(k): _text(v) for k, v in raw.items()}
-                if event.get("type") == "inbound" or event.get("status") not in FINAL:
+                if event.get("type") == "inbound":
+                    if routes:
+                        routed = inbound_entry(event, routes)
+                        if routed is not None:
+                            writes.append(routed)
+                    continue
+                if event.get("status") not in FINAL:
                     continue
                 asked: int | None = None
                 if "meta" in event:
@@ -275,14 +287,13 @@ class ReceiptRelay:
                     if not wanted(asked, event["status"]):
                         continue
                 candidates.append((event, asked))
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 log.warning(
                     "unreadable event; skipped",
                     stream=stream,
                     entry=_text(entry_id),
                     error=str(exc),
                 )
-        writes: list[tuple[str, dict[str, str]]] = []
         if candidates:
             profile = candidates[0][0].get("profile", "")
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -315,7 +326,9 @@ class ReceiptRelay:
                         approximate=True,
                     )
                 await pipe.execute()
-            self.relayed += len(writes)
+            inbound = sum(1 for _, fields in writes if fields.get("kind") == INBOUND_KIND)
+            self.relayed += len(writes) - inbound
+            self.inbound_relayed += inbound
         await self._redis.xack(stream, EVENTS_GROUP, *ids)
 
     def _receipt(
@@ -373,6 +386,7 @@ class ReceiptSender:
         self._stopping = asyncio.Event()
         self._room = asyncio.Event()
         self.sent = 0  # receipts answered OK
+        self.inbound_sent = 0  # inbound messages answered OK
         self._turn = 0
 
     def start(self) -> None:
@@ -481,15 +495,21 @@ class ReceiptSender:
                 entry = {_text(k): _text(v) for k, v in raw.items()}
                 body = deliver_sm_body(entry)
             except (KeyError, ValueError, TypeError) as exc:
-                log.warning("unreadable receipt; dropped", account=account, error=str(exc))
+                log.warning(
+                    "unreadable entry; dropped",
+                    account=account,
+                    entry=_text(entry_id),
+                    error=str(exc),
+                )
                 acks.add(entry_id)
                 continue
             session = self._pick(sessions, window)
             if session is None:
                 return  # no room left: the rest stays pending and is claimed later
             acks.inflight.add(entry_id)
+            inbound = entry.get("kind") == INBOUND_KIND
             session.deliver(body).add_done_callback(
-                lambda f, e=entry_id: self._answered(f, e, acks)
+                lambda f, e=entry_id, i=inbound: self._answered(f, e, acks, i)
             )
 
     def _pick(self, sessions: list[Any], window: int) -> Any:
@@ -501,11 +521,16 @@ class ReceiptSender:
                 return session
         return None
 
-    def _answered(self, future: asyncio.Future[int], entry_id: Any, acks: _Acks) -> None:
+    def _answered(
+        self, future: asyncio.Future[int], entry_id: Any, acks: _Acks, inbound: bool
+    ) -> None:
         acks.inflight.discard(entry_id)
         self._room.set()
         if not future.cancelled() and future.result() == pdu.ESME_ROK:
-            self.sent += 1
+            if inbound:
+                self.inbound_sent += 1
+            else:
+                self.sent += 1
             acks.add(entry_id)
 
 

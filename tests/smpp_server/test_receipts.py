@@ -31,7 +31,7 @@ from router.store.ledger import Ledger
 from router.store.outages import RedisOutages
 from sims.smscsim import SmscSimulator
 
-from ..conftest import RedisServer, free_port, wait_for
+from ..conftest import NUMBERS, RedisServer, free_port, wait_for
 from .conftest import MakeDoor, door_config
 from .raw import bound
 
@@ -82,6 +82,8 @@ def smpplib_session(
                 "message_state": int(pdu.message_state or 0),
                 "source": _str(pdu.source_addr),
                 "destination": _str(pdu.destination_addr),
+                "dest_ton": int(pdu.dest_addr_ton),
+                "dest_npi": int(pdu.dest_addr_npi),
             }
         )
         return 0
@@ -161,6 +163,30 @@ async def test_every_message_gets_its_receipt(make_door: MakeDoor, smsc: SmscSim
         return int((await door.redis.xpending(receipt_key("acme"), "smpp"))["pending"]) == 0
 
     await wait_for(acked, 5, "every receipt acked")
+
+
+async def test_a_receipt_goes_to_the_sender_the_message_went_from(
+    make_door: MakeDoor, smsc: SmscSimulator
+) -> None:
+    """The receipt's destination_addr is the record's `from` (the sender the profile
+    picked: the client gave none), international, not the client's empty source_addr."""
+    door = await make_door(daemon=True)
+    numbers = _numbers(6, base=300)
+    got = await asyncio.to_thread(
+        smpplib_session, door.port, submit=numbers, receipts=len(numbers), listen=60
+    )
+    assert len(got.receipts) == len(numbers)
+    ledger = Ledger(door.redis, retention=3600, events_maxlen=1000)
+    records = await ledger.find(got.message_ids)
+    went_from = {i: r["from"] for i, r in zip(got.message_ids, records, strict=True) if r}
+    assert set(went_from.values()) <= set(NUMBERS)
+    for receipt in got.receipts:
+        sender = went_from[receipt["receipted_message_id"]]
+        assert (receipt["destination"], receipt["dest_ton"], receipt["dest_npi"]) == (
+            sender.lstrip("+"),
+            1,
+            1,
+        )
 
 
 async def test_receipts_wait_for_the_client_to_bind_again(
@@ -405,6 +431,11 @@ def test_receipt_text_and_body() -> None:
     body = deliver_sm_body(entry)
     assert b"\x00\x01\x0114155550100\x00\x05\x00ACME\x00\x04" in body
     assert body.endswith(b"\x00\x1e\x00\x06job-1\x00\x04\x27\x00\x01\x03")
+    # A message rejected before a sender was picked went from nobody: an empty
+    # destination_addr of unknown TON/NPI (it was read as an alphanumeric TON 5).
+    nobody = decode_short_message(deliver_sm_body(entry | {"from": "", "status": "rejected"}))
+    assert (nobody.destination, nobody.dest_ton, nobody.dest_npi) == ("", 0, 0)
+    assert (nobody.source, nobody.source_ton, nobody.source_npi) == ("14155550100", 1, 1)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
