@@ -31,7 +31,8 @@ from redis.exceptions import ResponseError
 from binds.smpp import pdu
 from binds.smpp.codec import decode_text, encode_text
 from binds.smpp.pdu import ShortMessage, decode_short_message
-from router.config import Settings, parse_settings
+from router.config import Settings, load_settings, parse_settings
+from router.daemon.daemon import Daemon
 from router.smpp_server import SmppServer, receipts
 from router.smpp_server.inbound import KIND, inbound_body, inbound_entry
 from router.smpp_server.receipts import ReceiptRelay, receipt_key
@@ -40,6 +41,7 @@ from router.store.outages import RedisOutages
 from sims.smscsim import SmscSimulator
 
 from ..conftest import NUMBERS, RunningDaemon, serve_app, wait_for
+from ..daemon.test_process import write_config
 from .conftest import door_config
 from .raw import bound
 
@@ -88,7 +90,9 @@ def inbound_config(redis_url: str, tmp: Path, smsc_port: int, callback: str) -> 
 
 @dataclass
 class Side:
-    settings: Settings
+    """A running daemon and its own SMPP server."""
+
+    running: RunningDaemon
     server: SmppServer
     redis: Redis
 
@@ -104,26 +108,27 @@ async def start_side(
     smsc: SmscSimulator,
     app: App,
     run_daemon: Callable[[Settings], RunningDaemon],
-) -> AsyncIterator[StartSide]:
-    """The daemon (bound to the simulator, receiving) and an SMPP server beside it."""
+) -> StartSide:
+    """Start a daemon (bound to the simulator, receiving) with its SMPP server."""
     settings = parse_settings(
         inbound_config(redis_url, tmp_path, smsc.port, f"{app.url}/inbound"),
         env={},
         base_dir=tmp_path,
     )
-    run_daemon(settings)
-    servers: list[SmppServer] = []
 
     async def start() -> Side:
-        server = SmppServer(settings, redis)
-        await server.start()
-        servers.append(server)
-        return Side(settings, server, redis)
+        running = run_daemon(settings)
 
-    await wait_for(lambda: smsc.stats()["sessions"] >= 1, 10, "the daemon bound")
-    yield start
-    for server in servers:
-        await server.stop(grace=1)
+        def listening() -> bool:
+            server = running.daemon.smpp_server
+            return server is not None and server.port != 0
+
+        await wait_for(listening, 20, "the daemon's SMPP server listening")
+        await wait_for(lambda: smsc.stats()["sessions"] >= 1, 10, "the daemon bound")
+        assert running.daemon.smpp_server is not None
+        return Side(running, running.daemon.smpp_server, redis)
+
+    return start
 
 
 async def _relay_ready(redis: Redis) -> None:
@@ -248,9 +253,10 @@ async def test_a_client_bound_later_gets_what_came_meanwhile_across_a_restart(
 
     await wait_for(held, 20, "both held for acme")
     assert int(await side.redis.xlen(receipt_key("solo"))) == 1
-    # The SMPP server restarts; a client binds, takes both and never answers, then
-    # drops: nothing is acked.
-    await side.server.stop(grace=1)
+    # The router restarts; a client binds, takes both and never answers, then drops:
+    # nothing is acked.
+    assert await side.running.stop() == 0
+    await wait_for(lambda: smsc.stats()["sessions"] == 0, 10, "the old daemon gone")
     side = await start_side()
     silent = await bound(side.server.port, mode="transceiver")
     texts: list[str] = []
@@ -272,6 +278,54 @@ async def test_a_client_bound_later_gets_what_came_meanwhile_across_a_restart(
         return await _pending(side.redis, "acme") == 0
 
     await wait_for(acked, 10, "both acked")
+
+
+async def test_a_reload_gives_an_account_the_messages_of_a_new_route(
+    redis: Redis, tmp_path: Path, redis_url: str, smsc: SmscSimulator, app: App
+) -> None:
+    """`sms-router reload` (Daemon.reload) with an account route appended to the file:
+    the next inbound message goes to the account's bound client; the one before went
+    only to the profile's application."""
+    data = inbound_config(redis_url, tmp_path, smsc.port, f"{app.url}/inbound")
+    del data["inbound_routes"]
+    path = write_config(tmp_path / "router.toml", data)
+    daemon = Daemon(load_settings(path), path)
+    task = asyncio.create_task(daemon.run(install_signals=False))
+    client = None
+    try:
+        await wait_for(
+            lambda: daemon.smpp_server is not None and daemon.smpp_server.port != 0, 20, "up"
+        )
+        await wait_for(lambda: smsc.stats()["sessions"] == 1, 10, "bound to the simulator")
+        assert daemon.smpp_server is not None
+        await _relay_ready(redis)
+        client = await bound(daemon.smpp_server.port, mode="receiver")
+        await smsc.inject(PERSON, NUMBERS[2], "before the reload")
+        await wait_for(lambda: app.texts == ["before the reload"], 20, "posted")
+        with path.open("a") as file:
+            file.write(f'\n[[inbound_routes]]\nto = ["{NUMBERS[2]}"]\naccount = "acme"\n')
+        assert await daemon.reload() is True
+        await wait_for(lambda: smsc.stats()["sessions"] >= 1, 10, "bound")
+        await smsc.inject(PERSON, NUMBERS[2], "after the reload")
+        got = await client.read(timeout=20)
+        while got is not None and got.command_id != pdu.DELIVER_SM:
+            got = await client.read(timeout=20)
+        assert got is not None
+        message = decode_short_message(got.body)
+        assert decode_text(message.text_bytes, message.data_coding)[0] == "after the reload"
+        assert message.destination == NUMBERS[2][1:]
+        client.send(pdu.DELIVER_SM | pdu.RESPONSE, b"\0", sequence=got.sequence)
+
+        async def acked() -> bool:
+            return await _pending(redis, "acme") == 0
+
+        await wait_for(acked, 10, "acked")
+        assert int(await redis.xlen(receipt_key("acme"))) == 1  # only the one after
+    finally:
+        if client is not None:
+            await client.close()
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def test_relay_routes_each_inbound_event_and_follows_a_reload(
