@@ -1107,7 +1107,8 @@ class Settings(_Section):
                 line += f" -> {where.scheme}://{where.netloc}{where.path}"
                 kinds.append("callback_url")
             if route.account is not None:
-                line += f" -> smpp account {route.account}"
+                line += "," if kinds else " ->"
+                line += f" smpp account {route.account}"
                 kinds.append("account")
             for kind in kinds:
                 if kind in catch_all:
