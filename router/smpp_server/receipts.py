@@ -266,6 +266,7 @@ class ReceiptRelay:
         candidates: list[tuple[dict[str, str], int | None]] = []
         writes: list[tuple[str, dict[str, str]]] = []
         routes = self._settings().inbound_routes
+        to_accounts = any(route.account is not None for route in routes)
         for entry_id, raw in entries:
             ids.append(entry_id)
             if not raw:
@@ -273,7 +274,7 @@ class ReceiptRelay:
             try:
                 event = {_text(k): _text(v) for k, v in raw.items()}
                 if event.get("type") == "inbound":
-                    if routes:
+                    if to_accounts:
                         routed = inbound_entry(event, routes)
                         if routed is not None:
                             writes.append(routed)
