@@ -21,11 +21,13 @@ reason under its job id, so query_sm answers it and the client gets its receipt 
 it asked. A refusal for now (the account's rate, Redis away) tries again a moment
 later.
 
-A sweeper on every instance running the server (`start`, stopped by `close`) takes
-the messages past due from each account's set ``sms:{acct:NAME}:parts:due`` (scored
-on Redis' clock: first part + `reassembly_timeout`; once complete, a lease while it
-is being enqueued). ``lua/parts_take.lua`` moves a taken message's score on by a
-lease, so one instance decides it and another takes it over only if that one dies.
+A sweeper on every instance running the server (`start`, at the latest with the
+first part; stopped by `close`) takes the messages past due from each account's set
+``sms:{acct:NAME}:parts:due`` (scored on Redis' clock: first part +
+`reassembly_timeout`; once complete, a lease while it is being enqueued; a part sent
+again after the lease passed takes the message over at once). ``lua/parts_take.lua``
+moves a taken message's score on by a lease, so one instance decides it and another
+takes it over only if that one dies.
 An incomplete message is recorded ``rejected`` ("incomplete long message: 2 of 3
 parts in 60 s"); a complete one (its instance died between the last part and the
 enqueue) is enqueued. ``lua/parts_done.lua`` then drops the parts, keeping the job id
@@ -164,6 +166,8 @@ class Reassembly:
             )
             answer(exc.status, "")
             return
+        if self._sweeper is None and not self._stopping.is_set():
+            self.start()  # at the latest with the first part, if the server did not
         self._storing += 1
         task = asyncio.get_running_loop().create_task(self._store(caller, part, answer))
         self._tasks.add(task)
@@ -233,13 +237,16 @@ class Reassembly:
             return
         job_id, state = as_text(reply[0]), as_text(reply[1])
         self.stored += 1
-        answer(pdu.ESME_ROK, job_id)
         if state == "complete":
+            # The last part is answered once the message is decided (normally enqueued),
+            # so a query_sm right after its answer finds the record. It is stored either
+            # way: whatever happens here, its answer is OK.
             try:
                 await self._decide(caller.name, group, job_id, [bytes(p) for p in reply[2:]])
             except REDIS_ERRORS as exc:
                 # The set is marked complete and due after the lease: a sweeper enqueues it.
                 log.warning("long message left to the sweeper: Redis unreachable", error=str(exc))
+        answer(pdu.ESME_ROK, job_id)
 
     async def _run(self, script: Any, script_keys: list[str], args: list[Any], account: str) -> Any:
         """The script's reply; with `replicas_ack`, once the replicas hold it too."""
@@ -335,7 +342,7 @@ class Reassembly:
     # -- the sweeper ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sweeper (the server's start)."""
+        """Start the sweeper (the server's start; else the first part starts it)."""
         if self._sweeper is None or self._sweeper.done():
             self._stopping.clear()
             self._sweeper = asyncio.get_running_loop().create_task(

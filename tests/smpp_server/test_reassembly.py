@@ -358,3 +358,27 @@ async def test_the_sweeper_waits_out_a_redis_outage(tmp_path: Path) -> None:
         await smpp.stop(grace=1)
         await redis.aclose()
         server.stop()
+
+
+async def test_a_part_sent_again_takes_over_a_message_its_instance_left(
+    make_door: MakeDoor,
+) -> None:
+    """The client did not get the last part's answer (its instance died after storing
+    it) and sends it again: once the lease has passed, that part's instance enqueues
+    the message at once, under the id the other parts got."""
+    door = await make_door()
+    redis = door.redis
+    group = keys.long_message_parts("acme", "", TO, 78, 2, "bits8")
+    add = redis.register_script(scripts.source("parts_add"))
+    for seq, text in ((1, b"first "), (2, b"last")):
+        part = Part(TO, None, "", text, 0, 1)
+        await add(
+            keys=[group, keys.long_message_due("acme")],
+            args=[seq, pack_part(part), 2, "job-taken-over", 60_000, 200, 3600],
+        )
+    client = await bound(door.port)
+    await asyncio.sleep(0.3)  # the lease of the instance that died passes
+    assert await submit_part(client, part_body("udh8", 78, 2, 2, b"last")) == "job-taken-over"
+    # Answered once enqueued: no sweeper was needed.
+    assert [(j["id"], j["text"]) for j in await queued(redis)] == [("job-taken-over", "first last")]
+    await client.close()

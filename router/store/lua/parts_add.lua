@@ -7,7 +7,8 @@
 -- Returns {job id, state}: 'held' (stored, more to come), 'done' / 'expired' (the
 -- message was decided already: enqueued / recorded rejected; nothing stored),
 -- 'complete' followed by the parts' packed data in order (this call completed the
--- set: the caller enqueues it; the due score becomes the lease, after which a sweeper
+-- set, or found it completed by an instance whose lease passed: the caller enqueues
+-- it; the due score becomes the lease, after which a sweeper or the next part
 -- enqueues it if the caller could not).
 if redis.replicate_commands then redis.replicate_commands() end -- TIME before writes (Redis < 7)
 local group, due = KEYS[1], KEYS[2]
@@ -31,8 +32,12 @@ else
   n = tonumber(redis.call('HGET', group, 'n'))
 end
 redis.call('EXPIRE', group, ARGV[7])
-if n < total or redis.call('HSETNX', group, 'complete', now) == 0 then
-  return {id, 'held'}
+if n < total then return {id, 'held'} end
+if redis.call('HSETNX', group, 'complete', now) == 0 then
+  -- Completed before: being enqueued by the instance that completed it, unless its
+  -- lease passed (that instance died): then this call takes it over, as a sweeper would.
+  local score = redis.call('ZSCORE', due, group)
+  if not score or tonumber(score) > now then return {id, 'held'} end
 end
 redis.call('ZADD', due, now + tonumber(ARGV[6]), group)
 local out = {id, 'complete'}
