@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -108,6 +109,14 @@ def unpack_part(packed: bytes) -> Part:
         send_at=send_at,
         expires_at=expires_at,
     )
+
+
+def _asking(parts: Sequence[Part]) -> Part:
+    """The first part, with the registered_delivery the message asks for: the first
+    part's that asks for one (clients ask on the first part, on every part or on the
+    last one only)."""
+    asked = next((p.registered_delivery for p in parts if p.registered_delivery), 0)
+    return dataclasses.replace(parts[0], registered_delivery=asked)
 
 
 def _text(parts: Sequence[Part]) -> str:
@@ -267,13 +276,14 @@ class Reassembly:
             if config is None:
                 raise Refused(ESME_RSUBMITFAIL, f"account {account!r} is no longer configured")
             text = _text(parts)
-            await self.intake.enqueue(Caller(account, config), parts[0], text, job_id=job_id)
+            whole = _asking(parts)
+            await self.intake.enqueue(Caller(account, config), whole, text, job_id=job_id)
         except Refused as exc:
             if exc.status in _FOR_NOW:
                 log.info("long message not enqueued yet", account=account, reason=exc.reason)
                 await self._finish(group, account, "retry", RETRY)
                 return
-            await self._reject(account, job_id, parts[0], REFUSED, exc.reason)
+            await self._reject(account, job_id, _asking(parts), REFUSED, exc.reason)
             await self._finish(group, account, "expired", self._keep())
             return
         except REDIS_ERRORS:
@@ -409,6 +419,7 @@ class Reassembly:
             return True
         if held:
             reason = f"incomplete long message: {len(held)} of {total} parts in {self.timeout:g} s"
-            await self._reject(account, job_id, unpack_part(held[min(held)]), INCOMPLETE, reason)
+            first = _asking([unpack_part(held[seq]) for seq in sorted(held)])
+            await self._reject(account, job_id, first, INCOMPLETE, reason)
         await self._finish(group, account, "expired", self._keep())
         return True

@@ -382,3 +382,20 @@ async def test_a_part_sent_again_takes_over_a_message_its_instance_left(
     # Answered once enqueued: no sweeper was needed.
     assert [(j["id"], j["text"]) for j in await queued(redis)] == [("job-taken-over", "first last")]
     await client.close()
+
+
+async def test_the_message_asks_for_a_receipt_if_any_part_does(make_door: MakeDoor) -> None:
+    """Kannel asks on the first part only, other clients on every part or the last."""
+    door = await make_door()
+    client = await bound(door.port)
+    for seq, asked in ((1, 0), (2, 0), (3, 1)):
+        body = part_body("udh8", 11, 3, seq, b"p%d " % seq, registered_delivery=asked)
+        await submit_part(client, body)
+    for seq in (1, 2):
+        await submit_part(client, part_body("udh8", 12, 2, seq, b"q", registered_delivery=0))
+    jobs = await queued(door.redis)
+    assert [(j["text"], j.get("meta")) for j in jobs] == [
+        ("p1 p2 p3 ", {"smpp_registered_delivery": 1}),
+        ("qq", None),
+    ]
+    await client.close()
