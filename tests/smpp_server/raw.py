@@ -90,6 +90,7 @@ class RawClient:
         self.reader = reader
         self.writer = writer
         self._sequence = itertools.count(1)
+        self.delivered: list[Pdu] = []  # deliver_sm that `call` answered
 
     @classmethod
     async def connect(cls, port: int, *, tls: ssl.SSLContext | None = None) -> RawClient:
@@ -127,6 +128,24 @@ class RawClient:
                 self.send(pdu.ENQUIRE_LINK | pdu.RESPONSE, sequence=answer.sequence)
                 continue
             if answer.sequence == sequence:
+                return answer
+
+    async def call(self, command_id: int, body: bytes = b"", timeout: float = 10) -> Pdu:  # noqa: ASYNC109
+        """Send one request and read until its response: a response PDU (generic_nack
+        included) with its sequence number. Requests the server sends meanwhile are
+        answered (enquire_link; deliver_sm with ESME_ROK, kept in `delivered`), so a
+        server request that happens to carry the same sequence number is not taken
+        for the answer."""
+        sequence = self.send(command_id, body)
+        while True:
+            answer = await self.read(timeout)
+            assert answer is not None, "connection closed before the response"
+            if answer.command_id == pdu.ENQUIRE_LINK:
+                self.send(pdu.ENQUIRE_LINK | pdu.RESPONSE, sequence=answer.sequence)
+            elif answer.command_id == pdu.DELIVER_SM:
+                self.delivered.append(answer)
+                self.send(pdu.DELIVER_SM | pdu.RESPONSE, b"\0", sequence=answer.sequence)
+            elif answer.command_id & pdu.RESPONSE and answer.sequence == sequence:
                 return answer
 
     async def bind(self, system_id: str, password: str, mode: str = "transceiver") -> Pdu:

@@ -32,21 +32,24 @@ import pytest
 from aiohttp import web
 from redis.asyncio import Redis
 
+from binds.smpp import pdu
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
 from ..conftest import free_port, serve_app, wait_for
 from ..daemon.test_process import start_daemon, write_config
-from .conftest import door_config
+from .conftest import MakeDoor, door_config
 from .kannel import Kannel, SmscLink, installed
+from .raw import bound, message_id, submit_body
 
-pytestmark = pytest.mark.skipif(
+needs_kannel = pytest.mark.skipif(
     not installed(),
     reason="Kannel is not installed (/usr/sbin/bearerbox missing): `make kannel` "
     "installs Debian's package (root or sudo); `make test` does it first",
 )
 
 ACCOUNT, PASSWORD = "gateway", "gw-pw1"
+TO = "+447911123456"
 SENDER = "+16501112345"  # one of the profile's numbers (door_config's NUMBERS)
 GSM_COUNT = 98
 UCS2_TEXT = "Grüße ✓ Привет 你好"
@@ -175,6 +178,7 @@ async def _send_all(kannel: Kannel, messages: list[Sent], dlr_base: str) -> list
     return refused
 
 
+@needs_kannel
 async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
     front: Front, dlr_url: DlrUrl, smsc: SmscSimulator, redis: Redis
 ) -> None:
@@ -229,3 +233,50 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
         f"dlr-url for all in {seconds:.1f} s; SMSC-accepted reports (%d = 8) for "
         f"{len(accepted)}; dlr-url GETs {sum(len(r) for r in dlr_url.got.values())}"
     )
+
+
+# Which part of a long message asks for the receipt (registered_delivery) differs among
+# clients: Kannel 1.4.5 asks on the first part only, others on every part or on the last.
+# Whichever it is, the message gets one receipt, under its one job id.
+@pytest.mark.parametrize(
+    "asked",
+    [
+        pytest.param((1, 0, 0), id="first-part"),
+        pytest.param((1, 1, 1), id="every-part"),
+        pytest.param((0, 0, 1), id="last-part"),
+    ],
+)
+async def test_a_long_message_gets_one_receipt_whichever_part_asks(
+    make_door: MakeDoor, asked: tuple[int, ...]
+) -> None:
+    door = await make_door(daemon=True)
+    client = await bound(door.port)
+    sequences = []
+    for seq, registered in enumerate(asked, start=1):
+        udh = bytes((5, 0, 3, 42, len(asked), seq))
+        body = submit_body(
+            TO, udh + b"part %d" % seq, esm_class=0x40, registered_delivery=registered
+        )
+        sequences.append(client.send(pdu.SUBMIT_SM, body))
+    ids = set()
+    for _ in sequences:
+        answer = await client.read()
+        assert answer is not None and answer.status == 0
+        ids.add(message_id(answer))
+    (job_id,) = ids
+    receipts: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not receipts:
+        try:
+            got = await client.read(1)
+        except TimeoutError:
+            continue
+        assert got is not None, "connection closed"
+        if got.command_id == pdu.DELIVER_SM:
+            client.send(pdu.DELIVER_SM | pdu.RESPONSE, b"\0", sequence=got.sequence)
+            receipts.append(pdu.decode_short_message(got.body).short_message.decode())
+        elif got.command_id == pdu.ENQUIRE_LINK:
+            client.send(pdu.ENQUIRE_LINK | pdu.RESPONSE, sequence=got.sequence)
+    await client.close()
+    assert len(receipts) == 1, f"receipts for {job_id}: {receipts}"
+    assert receipts[0].startswith(f"id:{job_id} ") and "stat:DELIVRD" in receipts[0]
