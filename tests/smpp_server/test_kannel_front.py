@@ -4,9 +4,12 @@ keeps its Kannel, and Kannel's SMSC is sms-router's SMPP server.
 sendsms (HTTP) -> Kannel's smsbox -> bearerbox -> SMPP transceiver -> a real
 `sms-router run` process (its [smpp_server]) -> our SMSC simulator, and the delivery
 receipts back: simulator -> sms-router -> deliver_sm to Kannel -> Kannel's dlr-url
-(a real aiohttp server here). Messages: GSM ones, one UCS2 (coding=2, UTF-8), and
-one long message that Kannel splits itself (UDH, 8-bit reference) and sms-router
-puts together again into one job.
+(a real aiohttp server here). Messages: GSM ones, one UCS2 (coding=2, UTF-8), one
+long message that Kannel splits itself (UDH, 8-bit reference) and sms-router puts
+together again into one job, one with a validity (Kannel writes validity_period as an
+absolute time), a flash one (mclass=0: data_coding 0xF0; sms-router sends it on as a
+plain GSM message, class 0 is not kept) and a deferred one (schedule_delivery_time,
+absolute: the job waits in the schedule).
 
 Long messages: Kannel 1.4.5 asks for a receipt on the first part only
 (registered_delivery 0x11 on part 1, 0 on the others, as its PDU log shows) and keeps
@@ -33,6 +36,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from binds.smpp import pdu
+from router.store import keys
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
@@ -51,7 +55,7 @@ needs_kannel = pytest.mark.skipif(
 ACCOUNT, PASSWORD = "gateway", "gw-pw1"
 TO = "+447911123456"
 SENDER = "+16501112345"  # one of the profile's numbers (door_config's NUMBERS)
-GSM_COUNT = 98
+GSM_COUNT = 95
 UCS2_TEXT = "Grüße ✓ Привет 你好"
 LONG_TEXT = " ".join(f"part-of-a-long-message-{n:03d}" for n in range(14))  # 3 segments
 # Kannel's placeholders: %d DLR type, %p the message's destination, %P its sender,
@@ -148,11 +152,19 @@ async def front(
 
 
 def _messages() -> list[Sent]:
+    """GSM ones, then the special ones, each to its own number."""
     sent = [Sent(n, f"+44791110{n:04d}", f"gsm message {n} via Kannel") for n in range(GSM_COUNT)]
-    ucs2 = Sent(GSM_COUNT, f"+44791110{GSM_COUNT:04d}", UCS2_TEXT)
-    ucs2.params = {"coding": "2", "charset": "UTF-8"}
-    long = Sent(GSM_COUNT + 1, f"+44791110{GSM_COUNT + 1:04d}", LONG_TEXT)
-    return [*sent, ucs2, long]
+    special = [
+        (UCS2_TEXT, {"coding": "2", "charset": "UTF-8"}),
+        (LONG_TEXT, {}),
+        ("valid for 30 minutes", {"validity": "30"}),  # validity_period, absolute
+        ("a flash message", {"mclass": "0"}),  # data_coding 0xF0: GSM, class 0
+        ("sent in 10 minutes", {"deferred": "10"}),  # schedule_delivery_time, absolute
+    ]
+    for text, params in special:
+        n = len(sent)
+        sent.append(Sent(n, f"+44791110{n:04d}", text, params))
+    return sent
 
 
 async def _send_all(kannel: Kannel, messages: list[Sent], dlr_base: str) -> list[str]:
@@ -179,6 +191,7 @@ async def _send_all(kannel: Kannel, messages: list[Sent], dlr_base: str) -> list
 
 
 @needs_kannel
+@pytest.mark.slow  # starts sms-router, bearerbox and smsbox
 async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
     front: Front, dlr_url: DlrUrl, smsc: SmscSimulator, redis: Redis
 ) -> None:
@@ -188,13 +201,17 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
     refused = await _send_all(kannel, messages, dlr_url.url)
     assert refused == [], refused
 
+    sent_at = time.time()
+    deferred = [m for m in messages if "deferred" in m.params]
+    due = [m for m in messages if m not in deferred]
+
     def all_delivered() -> bool:
-        return len(dlr_url.of_type(DELIVERED)) == len(messages)
+        return len(dlr_url.of_type(DELIVERED)) == len(due)
 
     try:
         await wait_for(all_delivered, 40, "a delivered report (%d = 1) for every message")
     except AssertionError:
-        missing = sorted(set(range(len(messages))) - set(dlr_url.of_type(DELIVERED)))
+        missing = sorted({m.n for m in due} - set(dlr_url.of_type(DELIVERED)))
         got = {n: dlr_url.got.get(n) for n in missing}
         raise AssertionError(
             f"no delivered report for messages {missing}; their reports: {got}\n"
@@ -203,35 +220,48 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
         ) from None
     seconds = time.monotonic() - started
     delivered = dlr_url.of_type(DELIVERED)
+    assert set(delivered) == {m.n for m in due}, "a report delivered for the deferred one"
     ids: dict[int, str] = {}
-    for m in messages:
+    for m in due:
         (report,) = delivered[m.n]  # exactly one final report per message
-        assert report["to"] == m.to.lstrip("+") or report["to"] == m.to, report
+        assert report["to"] in (m.to, m.to.lstrip("+")), report
         assert report["from"].lstrip("+") == SENDER.lstrip("+"), report
         assert report["smsc"] == "router", report
         assert "stat:DELIVRD" in report["reply"], report
         ids[m.n] = report["id"]
+    # Kannel's own "accepted by the SMSC" report (%d = 8), from the submit_sm_resp: one
+    # per message (the long one's once all its parts were answered), the deferred one's
+    # too, all carrying the job id the receipt names.
+    accepted = dlr_url.of_type(SMSC_ACCEPTED)
+    assert {n: len(r) for n, r in accepted.items()} == {m.n: 1 for m in messages}
+    assert all(accepted[n][0]["id"] == job_id for n, job_id in ids.items())
+    for m in deferred:
+        ids[m.n] = accepted[m.n][0]["id"]
     assert len(set(ids.values())) == len(messages), "one job id reported for two messages"
-    # Each message is one record, delivered, with the text the application sent.
+    # Each message is one record with the text the application sent: delivered, the
+    # deferred one scheduled for when Kannel said.
     ledger = Ledger(redis, retention=3600, events_maxlen=1000)
     records = await ledger.find([ids[m.n] for m in messages])
     for m, record in zip(messages, records, strict=True):
         assert record is not None, f"message {m.n}: no record {ids[m.n]}"
-        assert (record["status"], record["text"], record["to"]) == ("delivered", m.text, m.to)
+        status = "scheduled" if m in deferred else "delivered"
+        assert (record["status"], record["text"], record["to"]) == (status, m.text, m.to)
         assert record["account"] == ACCOUNT
-    # And the SMSC took each once: one segment each, three for the long one.
+    # The deferred one waits in the profile's schedule for Kannel's time: 10 minutes on.
+    schedule = await redis.zrange(keys.schedule("sms"), 0, -1, withscores=True)
+    assert len(schedule) == len(deferred) == 1
+    wait = float(schedule[0][1]) - sent_at
+    assert 540 < wait < 660, f"scheduled {wait:.0f} s on, not 600"
+    # And the SMSC took each once (the deferred one not yet): one segment each, three
+    # for the long one.
     took = Counter(submit["destination"] for submit in smsc.submits)
-    assert dict(took) == {m.to.lstrip("+"): 3 if m.text == LONG_TEXT else 1 for m in messages}
-    # Kannel's own "accepted by the SMSC" report (%d = 8), from the submit_sm_resp: one
-    # per message, the long one's once all its parts were answered.
-    accepted = dlr_url.of_type(SMSC_ACCEPTED)
-    assert {n: len(r) for n, r in accepted.items()} == {m.n: 1 for m in messages}
-    assert {r[0]["id"] for r in accepted.values()} == set(ids.values())
+    assert dict(took) == {m.to.lstrip("+"): 3 if m.text == LONG_TEXT else 1 for m in due}
     print(
         f"\nKannel in front: {len(messages)} messages ({GSM_COUNT} GSM, 1 UCS2, 1 long in 3 "
-        f"parts) sendsms -> Kannel -> sms-router -> SMSC, delivered reports back at the "
-        f"dlr-url for all in {seconds:.1f} s; SMSC-accepted reports (%d = 8) for "
-        f"{len(accepted)}; dlr-url GETs {sum(len(r) for r in dlr_url.got.values())}"
+        f"parts, validity, flash, deferred) sendsms -> Kannel -> sms-router -> SMSC, "
+        f"delivered reports back at the dlr-url for the {len(due)} due in {seconds:.1f} s; "
+        f"SMSC-accepted reports (%d = 8) for {len(accepted)}; dlr-url GETs "
+        f"{sum(len(r) for r in dlr_url.got.values())}"
     )
 
 
