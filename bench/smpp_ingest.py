@@ -1,7 +1,7 @@
 """The SMPP server's ingest rate beside the drain rate and Kannel's sendsms, one run.
 
 Usage: python bench/smpp_ingest.py [--n 20000] [--rounds 3] [--window 100]
-           [--cases ingest,drain,kannel]
+           [--cases ingest,drain,kannel] [--profile FILE]
 
 Rounds interleaved (ingest, drain, Kannel, ingest, ...), N messages each run, the
 peer kit's SMPP sink as the profile's SMSC (one transceiver, window 100), Redis with
@@ -19,6 +19,9 @@ an append-only file:
 - kannel: Kannel's sendsms as api_submit.py measures it (the kit's live mode: its raw
   keep-alive loader, 50 requests in flight, one message each; Kannel's file store);
   its accept rate = HTTP 202s / load time.
+`--profile FILE`: py-spy (PY_SPY, default /tmp/tools/bin/py-spy) samples the router
+during each ingest run's submits, as raw folded stacks (FILE, one per round: FILE.r1, ...),
+and prints the functions that took the most samples (self and with callees).
 Ratios ingest / drain and ingest / Kannel sendsms are the median of per-round ratios.
 Writes bench/results/smpp_ingest.json.
 """
@@ -27,9 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,7 +75,47 @@ def cpu_over(result: dict[str, Any]) -> dict[str, float]:
     return {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items() if k in ("router", "redis")}
 
 
-def ingest(n: int, scratch: Path, tag: str, window: int) -> dict[str, Any]:
+PY_SPY = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
+
+
+def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` into `output` (raw folded stacks) until SIGINT."""
+    flags = ("--nonblocking", "-r", "200", "-f", "raw", "-o", str(output), "-p", str(pid))
+    return subprocess.Popen(
+        [PY_SPY, "record", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def spied(proc: subprocess.Popen[bytes], output: Path, top: int = 25) -> None:
+    """Stop py-spy, then print the functions with the most samples: self (the frame
+    running) and total (on the stack), as % of all samples."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in output.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    print(f"profile {output}: {samples} samples")
+    for title, counter in (("self", own), ("total", total)):
+        print(f"  top {top} by {title}:")
+        for frame, n in counter.most_common(top):
+            print(f"    {100 * n / max(samples, 1):5.1f} %  {frame}")
+
+
+def ingest(
+    n: int, scratch: Path, tag: str, window: int, profile: Path | None = None
+) -> dict[str, Any]:
     """One ingest run: daemon bound to a fresh sink, the raw client submitting N."""
     made, port = rig(scratch, tag, window)
     try:
@@ -80,6 +126,7 @@ def ingest(n: int, scratch: Path, tag: str, window: int) -> dict[str, Any]:
         time.sleep(0.5)  # the worker is reading its stream
         wait = waiter(n, made.stats, tag, made.pids())
         time.sleep(0.3)  # loadgen has its first CPU readings
+        sampler = spy(made.router_pid, profile) if profile is not None else None
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
             [
@@ -96,6 +143,8 @@ def ingest(n: int, scratch: Path, tag: str, window: int) -> dict[str, Any]:
             wait.kill()
             sys.exit(f"the ingest client failed:\n{done.stderr[-2000:]}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if sampler is not None and profile is not None:
+            spied(sampler, profile)
         client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         report = json.loads(done.stdout.splitlines()[-1])
         result = waited(wait)
@@ -155,6 +204,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=int, default=100, help="client's submits unanswered")
     parser.add_argument("--cases", help=f"comma-separated, of {','.join(CASES)} (default: all)")
+    parser.add_argument("--profile", type=Path, help="py-spy the router during ingest (raw)")
     args = parser.parse_args()
     cases = args.cases.split(",") if args.cases else list(CASES)
     if unknown := set(cases) - set(CASES):
@@ -168,7 +218,10 @@ def main() -> None:
             line = []
             for case in cases:
                 if case == "ingest":
-                    row = ingest(args.n, scratch, f"i{r}", args.window)
+                    profile = args.profile
+                    if profile is not None and args.rounds > 1:
+                        profile = profile.with_name(f"{profile.name}.r{r + 1}")
+                    row = ingest(args.n, scratch, f"i{r}", args.window, profile)
                 elif case == "drain":
                     row = drain(args.n, scratch, f"d{r}", args.window)
                 else:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import structlog
 from redis.asyncio import Redis
@@ -245,6 +245,30 @@ class Client:
             await self._give_back(caller, 1)
             raise
 
+    async def send_coalesced_many(
+        self, jobs: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, bool] | Exception]:
+        """`send_coalesced` of each job (no account: the caller admitted them), as one
+        caller: each job's (id, enqueued), or what refused it (JobError for itself
+        only) or failed its batch's Redis call. For a door that read many jobs at once
+        (the SMPP server: the submits of one read), with no task per job."""
+        results: list[tuple[str, bool] | Exception | None] = [None] * len(jobs)
+        prepared: list[Prepared] = []
+        places: list[int] = []
+        for index, job in enumerate(jobs):
+            try:
+                prepared.append(self._prepare_one(job))
+            except Exception as exc:  # JobError; anything else fails this job only
+                results[index] = exc
+            else:
+                places.append(index)
+        if prepared:
+            for index, outcome in zip(
+                places, await self._coalesced.submit_many(prepared), strict=True
+            ):
+                results[index] = outcome
+        return cast(list[tuple[str, bool] | Exception], results)  # every place filled
+
     async def _give_back(self, caller: Caller, count: int) -> None:
         """The enqueue after a take failed (nothing stored): give the take back, so the
         account is not charged; if Redis is away for that too, the charge stays."""
@@ -348,7 +372,7 @@ class Client:
         if wire.get("from"):
             fields["from"] = str(wire["from"])
         if wire.get("meta"):
-            fields["meta"] = json.dumps(wire["meta"], default=str)
+            fields["meta"] = _RECORD_JSON.encode(wire["meta"])
         if wire.get("status_callback_url"):
             fields["status_callback_url"] = str(wire["status_callback_url"])
         if wire.get("account"):
@@ -370,4 +394,6 @@ def _encode(wire: dict[str, Any]) -> bytes:
         raise JobError("", f"job cannot be encoded ({exc})") from None
 
 
+# How a record keeps `meta`: json.dumps(meta, default=str), its encoder made once.
+_RECORD_JSON = json.JSONEncoder(default=str)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 from aiosmpplib.protocol import BindTransceiver, BindTransmitter
 from aiosmpplib.state import NPI, TON, SmppCommandStatus
@@ -373,42 +374,53 @@ def tlv(tag: int, value: bytes) -> bytes:
 def decode_short_message(body: bytes) -> ShortMessage:
     """Read a submit_sm / deliver_sm body; `PduError` names the field that is wrong."""
     message = ShortMessage()
-    index = 0
-
-    def octet(name: str) -> int:
-        nonlocal index
-        if index >= len(body):
-            raise PduError(f"{name}: body ends early")
-        index += 1
-        return body[index - 1]
-
-    def c_string(name: str, limit: int) -> str:
-        nonlocal index
-        value, index = read_c_string(body, index, name, limit)
-        return value
-
-    message.service_type = c_string("service_type", 6)
-    message.source_ton = octet("source_addr_ton")
-    message.source_npi = octet("source_addr_npi")
-    message.source = c_string("source_addr", 65)
-    message.dest_ton = octet("dest_addr_ton")
-    message.dest_npi = octet("dest_addr_npi")
-    message.destination = c_string("destination_addr", 65)
-    message.esm_class = octet("esm_class")
-    message.protocol_id = octet("protocol_id")
-    message.priority = octet("priority_flag")
-    message.schedule_delivery_time = c_string("schedule_delivery_time", 17)
-    message.validity_period = c_string("validity_period", 17)
-    message.registered_delivery = octet("registered_delivery")
-    message.replace_if_present = octet("replace_if_present_flag")
-    message.data_coding = octet("data_coding")
-    message.sm_default_msg_id = octet("sm_default_msg_id")
-    length = octet("sm_length")
+    message.service_type, index = read_c_string(body, 0, "service_type", 6)
+    message.source_ton, message.source_npi = _octets(body, index, _AFTER_SERVICE_TYPE)
+    message.source, index = read_c_string(body, index + 2, "source_addr", 65)
+    message.dest_ton, message.dest_npi = _octets(body, index, _AFTER_SOURCE)
+    message.destination, index = read_c_string(body, index + 2, "destination_addr", 65)
+    message.esm_class, message.protocol_id, message.priority = _octets(
+        body, index, _AFTER_DESTINATION
+    )
+    message.schedule_delivery_time, index = read_c_string(
+        body, index + 3, "schedule_delivery_time", 17
+    )
+    message.validity_period, index = read_c_string(body, index, "validity_period", 17)
+    (
+        message.registered_delivery,
+        message.replace_if_present,
+        message.data_coding,
+        message.sm_default_msg_id,
+        length,
+    ) = _octets(body, index, _AFTER_VALIDITY)
+    index += 5
     if index + length > len(body):
         raise PduError(f"short_message: sm_length {length} runs past the body")
     message.short_message = body[index : index + length]
-    message.tlvs = read_tlvs(body, index + length)
+    message.tlvs = read_tlvs(body, index + length) if index + length < len(body) else {}
     return message
+
+
+# The one-octet fields after each C-string of a submit_sm / deliver_sm body, by name.
+_AFTER_SERVICE_TYPE: Final = ("source_addr_ton", "source_addr_npi")
+_AFTER_SOURCE: Final = ("dest_addr_ton", "dest_addr_npi")
+_AFTER_DESTINATION: Final = ("esm_class", "protocol_id", "priority_flag")
+_AFTER_VALIDITY: Final = (
+    "registered_delivery",
+    "replace_if_present_flag",
+    "data_coding",
+    "sm_default_msg_id",
+    "sm_length",
+)
+
+
+def _octets(body: bytes, index: int, names: tuple[str, ...]) -> bytes:
+    """The one-octet fields `names` at `index` (read as ints when unpacked); PduError
+    naming the first one the body ends before."""
+    end = index + len(names)
+    if end > len(body):
+        raise PduError(f"{names[max(len(body) - index, 0)]}: body ends early")
+    return body[index:end]
 
 
 def read_tlvs(body: bytes, index: int) -> dict[int, bytes]:

@@ -23,8 +23,10 @@ Refusals, as SMPP statuses:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, cast
 
 from binds.smpp import pdu
 from router.client import Client
@@ -45,6 +47,8 @@ __all__ = ["Intake", "job_refusal"]
 
 # The job meta key that keeps a submit's registered_delivery (for its receipt).
 REGISTERED_DELIVERY: Final = "smpp_registered_delivery"
+
+Message = tuple[Part, str, dict[str, Any] | None]  # a submit read: part, text, meta
 
 
 def job_refusal(exc: JobError) -> Refused:
@@ -88,23 +92,7 @@ class Intake:
         """Enqueue the message `part` starts (its `text` decoded, the whole of a long
         one) for `caller`, as `job_id` when given (a new id otherwise); its job id once
         it is durably in Redis, Refused otherwise."""
-        job = Job(
-            id=job_id or new_job_id(),
-            to=part.destination,
-            text=text,
-            sender=part.sender,
-            send_at=part.send_at,
-            expires_at=part.expires_at,
-            meta=dict(meta or {}),
-        )
-        if part.registered_delivery:
-            job.meta[REGISTERED_DELIVERY] = part.registered_delivery
-        try:
-            admit(caller, job, self.settings)
-        except AccountError as exc:
-            status = ESME_RINVSRCADR if exc.code == SENDER_NOT_ALLOWED else ESME_RSUBMITFAIL
-            raise Refused(status, str(exc)) from None
-        wire = job.to_wire()
+        wire = self._admitted(caller, part, text, meta, job_id)
         account = caller.account
         taken = False
         try:
@@ -122,16 +110,75 @@ class Intake:
             raise job_refusal(exc) from None
         except REDIS_ERRORS as exc:
             await self._give_back(caller, taken)
-            raise Refused(
-                pdu.ESME_RMSGQFUL, f"not stored, Redis unreachable: {type(exc).__name__}"
-            ) from None
+            raise _not_stored(exc) from None
         except RuntimeError as exc:
             if not str(exc).startswith("not stored"):
                 raise
             await self._give_back(caller, taken)
             # The shared enqueue was cancelled (shutting down): nothing stored.
-            raise Refused(pdu.ESME_RMSGQFUL, str(exc)) from None
+            raise _not_stored(exc) from None
         return job_id
+
+    async def enqueue_many(
+        self, caller: Caller, messages: Sequence[Message]
+    ) -> list[str | Exception]:
+        """`enqueue` of each message (part, text, meta) of `caller`, together: each
+        one's job id once durable, or its Refused (or the error that failed it).
+
+        An account with a rate or a daily quota takes each message from them on its
+        own, as `enqueue` does; any other's messages are checked here and enqueued in
+        one shared Redis call (`Client.send_coalesced_many`), with no task per message.
+        """
+        account = caller.account
+        if account.tps > 0 or account.daily_quota is not None:
+            each = await asyncio.gather(
+                *(self.enqueue(caller, part, text, meta) for part, text, meta in messages),
+                return_exceptions=True,
+            )
+            return [_surfaced(outcome) for outcome in each]
+        results: list[str | Exception | None] = [None] * len(messages)
+        wires: list[dict[str, Any]] = []
+        places: list[int] = []
+        for index, (part, text, meta) in enumerate(messages):
+            try:
+                wires.append(self._admitted(caller, part, text, meta))
+            except Refused as exc:
+                results[index] = exc
+            else:
+                places.append(index)
+        if wires:
+            sent = await self._client.send_coalesced_many(wires)
+            for index, outcome in zip(places, sent, strict=True):
+                results[index] = outcome[0] if isinstance(outcome, tuple) else _refusal(outcome)
+        return cast(list[str | Exception], results)  # every place filled
+
+    def _admitted(
+        self,
+        caller: Caller,
+        part: Part,
+        text: str,
+        meta: dict[str, Any] | None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The wire map of the job `part` makes, admitted by `caller`'s account
+        (Refused: a sender or profile it does not allow)."""
+        job = Job(
+            id=job_id or new_job_id(),
+            to=part.destination,
+            text=text,
+            sender=part.sender,
+            send_at=part.send_at,
+            expires_at=part.expires_at,
+            meta=dict(meta or {}),
+        )
+        if part.registered_delivery:
+            job.meta[REGISTERED_DELIVERY] = part.registered_delivery
+        try:
+            admit(caller, job, self.settings)
+        except AccountError as exc:
+            status = ESME_RINVSRCADR if exc.code == SENDER_NOT_ALLOWED else ESME_RSUBMITFAIL
+            raise Refused(status, str(exc)) from None
+        return job.to_wire()
 
     async def _give_back(self, caller: Caller, taken: bool) -> None:
         """Nothing was stored after a take: the account is not charged for it (if Redis
@@ -139,3 +186,31 @@ class Intake:
         if taken:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._limits.give_back(caller)
+
+
+def _refusal(exc: Exception) -> Exception:
+    """What `enqueue` raises for a job its shared enqueue failed with `exc`: a door
+    check's refusal, ESME_RMSGQFUL when nothing was stored, else `exc` itself (a bug)."""
+    if isinstance(exc, JobError):
+        return job_refusal(exc)
+    if isinstance(exc, REDIS_ERRORS) or (
+        isinstance(exc, RuntimeError) and str(exc).startswith("not stored")
+    ):
+        return _not_stored(exc)
+    return exc
+
+
+def _not_stored(exc: BaseException) -> Refused:
+    """ESME_RMSGQFUL (clients retry): Redis was unreachable, or the shared enqueue was
+    cancelled (shutting down); nothing stored either way."""
+    if isinstance(exc, RuntimeError):
+        return Refused(pdu.ESME_RMSGQFUL, str(exc))
+    return Refused(pdu.ESME_RMSGQFUL, f"not stored, Redis unreachable: {type(exc).__name__}")
+
+
+def _surfaced(outcome: str | BaseException) -> str | Exception:
+    """One of `gather`'s outcomes as `enqueue_many` hands it back (a cancellation is
+    raised: the session is going away)."""
+    if isinstance(outcome, Exception | str):
+        return outcome
+    raise outcome

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 import structlog
@@ -72,6 +73,9 @@ RECEIVING_MODES: Final = frozenset({"receiver", "transceiver"})
 DELIVER_WAIT: Final = 30.0  # seconds a deliver_sm we send waits for its deliver_sm_resp
 NO_ANSWER: Final = -1  # a deliver_sm's result when the session closed or it timed out
 
+# A submit read and not enqueued yet: its part, text, job meta, and how it is answered.
+Submitted = tuple[Part, str, dict[str, Any] | None, Callable[[int, str], None]]
+
 
 class Session(asyncio.Protocol):
     """One client connection of the SMPP server."""
@@ -82,6 +86,8 @@ class Session(asyncio.Protocol):
         self._decoder = ServerFrames()
         self._transport: asyncio.Transport | None = None
         self._replies: list[bytes] = []
+        # Submits read from the data at hand, enqueued together once it is all read.
+        self._read: list[Submitted] = []
         self._sequence = SequenceNumbers()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -116,15 +122,24 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_received = self._loop.time()
         transport = self._transport
-        for frame in self._decoder.split(data):
-            if transport is None or transport.is_closing():
-                return  # closed by an earlier frame of this chunk (unbind, a refused bind)
-            try:
-                self._handle(frame)
-            except Exception:  # a bug: this PDU gets an error, the session goes on
-                self._log.exception("PDU not handled", command_id=f"0x{frame[0]:08X}")
-                if not frame[0] & pdu.RESPONSE:
-                    self._reply(frame[0] | pdu.RESPONSE, pdu.ESME_RSYSERR, frame[2])
+        try:
+            for frame in self._decoder.split(data):
+                if transport is None or transport.is_closing():
+                    return  # closed by an earlier frame of this chunk (unbind, a refused bind)
+                try:
+                    self._handle(frame)
+                except Exception:  # a bug: this PDU gets an error, the session goes on
+                    self._log.exception("PDU not handled", command_id=f"0x{frame[0]:08X}")
+                    if not frame[0] & pdu.RESPONSE:
+                        self._reply(frame[0] | pdu.RESPONSE, pdu.ESME_RSYSERR, frame[2])
+        finally:
+            if self._read:
+                # The submits of this read go to Redis in one call, answered together.
+                read, self._read = self._read, []
+                assert self.caller is not None  # submits are read once bound
+                task = self._loop.create_task(self._enqueue(self.caller, read))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         broken = self._decoder.broken
         if broken is not None and self._transport is not None:
             # No frame marker in SMPP: the stream cannot be read past a bad length.
@@ -331,28 +346,28 @@ class Session(asyncio.Protocol):
             self.unanswered -= 1
             self._refused(resp, sequence, exc)
             return
-        task = self._loop.create_task(self._enqueue(caller, part, text, meta, answer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._read.append((part, text, meta, answer))
 
-    async def _enqueue(
-        self,
-        caller: Caller,
-        part: Part,
-        text: str,
-        meta: dict[str, Any] | None,
-        answer: functools.partial[None],
-    ) -> None:
+    async def _enqueue(self, caller: Caller, read: list[Submitted]) -> None:
+        """Enqueue the submits of one read together and answer each: OK with its job id
+        once durable, or the status that refuses it."""
         try:
-            job_id = await self._context.intake.enqueue(caller, part, text, meta)
-        except Refused as exc:
-            self._log.info("submit refused", status=pdu.status_name(exc.status), reason=exc.reason)
-            answer(exc.status, "")
-        except Exception:
-            self._log.exception("submit not enqueued")
-            answer(pdu.ESME_RSYSERR, "")
-        else:
-            answer(pdu.ESME_ROK, job_id)
+            outcomes = await self._context.intake.enqueue_many(
+                caller, [(part, text, meta) for part, text, meta, _answer in read]
+            )
+        except Exception as exc:
+            outcomes = [exc] * len(read)
+        for (_part, _text, _meta, answer), outcome in zip(read, outcomes, strict=True):
+            if isinstance(outcome, str):
+                answer(pdu.ESME_ROK, outcome)
+            elif isinstance(outcome, Refused):
+                self._log.info(
+                    "submit refused", status=pdu.status_name(outcome.status), reason=outcome.reason
+                )
+                answer(outcome.status, "")
+            else:
+                self._log.error("submit not enqueued", exc_info=outcome)
+                answer(pdu.ESME_RSYSERR, "")
 
     def _answer(self, resp: int, sequence: int, status: int, message_id: str) -> None:
         """A submit's response: OK with its job id, or the error status."""

@@ -280,6 +280,7 @@ class Ledger:
         self._report = redis.register_script(scripts.with_common("report"))
         self._missing = redis.register_script(scripts.with_common("missing"))
         self._enqueue = redis.register_script(scripts.with_common("enqueue"))
+        self._locate = redis.register_script(scripts.source("locate"))
         self._sending = redis.register_script(scripts.with_common("sending"))
         self._finish = redis.register_script(scripts.with_common("finish"))
         self._early = redis.register_script(scripts.with_common("early"))
@@ -532,8 +533,16 @@ class Ledger:
         ]
         ttl = self._retention
         commands = [roundtrip.evalsha(self._enqueue, k, a) for k, a in calls]
-        commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
-                     for job_id, profile, _job, _fields in items]  # fmt: skip
+        if roundtrip.is_cluster(self._redis):
+            # Each locator in a slot of its own: a SET each.
+            commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
+                         for job_id, profile, _job, _fields in items]  # fmt: skip
+        elif items:
+            # The same SETs in one script call: a command per job costs the client more
+            # than the enqueue itself.
+            locators = [keys.locator(job_id) for job_id, _p, _job, _fields in items]
+            profiles = [profile for _job_id, profile, _job, _fields in items]
+            commands.append(roundtrip.evalsha(self._locate, locators, [ttl, *profiles]))
         counts = Counter(profile for _job_id, profile, _job, _fields in items)
         # The producer is told "queued" only once a replica holds the job too: a
         # fail-over cannot lose it (or it is counted short, as for the outcomes). One
@@ -545,7 +554,7 @@ class Ledger:
         elif self._replicas.wanted:
             waits = [(counts, self._replicas.command())]
         commands += [wait for _counts, wait in waits]
-        replies = await roundtrip.execute(self._redis, commands, [self._enqueue])
+        replies = await roundtrip.execute(self._redis, commands, [self._enqueue, self._locate])
         acks = replies[len(replies) - len(waits) :]
         for (covered, _wait), acked in zip(waits, acks, strict=True):
             await self._replicas.note(int(acked), covered)
