@@ -617,6 +617,11 @@ class Connector(_Section):
     direction: Literal["outbound", "both"] = "outbound"
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
+    # Per bind: outcomes the SMSC answered that may wait to be recorded, beyond the
+    # window (None: one window). A crash can send at most window + unsettled_max
+    # messages per bind twice (counted in possible_duplicates); more keeps the window
+    # full while outcomes are written to Redis.
+    unsettled_max: Annotated[int, _between(1, 10_000)] | None = None
     tps: Annotated[float, _at_least(0)] = 0.0
     http: HttpSection | None = None
     smpp: SmppSection | None = None
@@ -683,6 +688,11 @@ class Profile(_Section):
     direction: Literal["outbound", "both"] = "outbound"
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
+    # Per bind: outcomes the SMSC answered that may wait to be recorded, beyond the
+    # window (None: one window). A crash can send at most window + unsettled_max
+    # messages per bind twice (counted in possible_duplicates); more keeps the window
+    # full while outcomes are written to Redis.
+    unsettled_max: Annotated[int, _between(1, 10_000)] | None = None
     tps: Annotated[float, _at_least(0)] = 0.0
     # Longest text accepted, in SMS parts; longer jobs are rejected before sending.
     # 255 is what concatenation can number.
@@ -740,6 +750,7 @@ class Profile(_Section):
             direction=self.direction,
             processing=self.processing,
             window=self.window,
+            unsettled_max=self.unsettled_max,
             tps=self.tps,
             http=self.http,
             smpp=self.smpp,

@@ -9,6 +9,21 @@ assigned) and hands them over as `Ready`; everything else (dead letters, schedul
 retries, duplicates) stays on the worker's per-entry path, which this module calls
 back through `Handoff`. A flush takes whatever outcomes arrived while the previous
 one was in flight, so batches grow with load and a lone message is not delayed.
+
+The gate (`_pump`) counts two kinds of message sent and not yet recorded:
+
+- in flight: handed to a bind, no outcome yet; at most `windows` (the binds' windows),
+  freed as soon as the provider answers, as SMPP intends;
+- answered: the outcome is in the outbox or in a flush, not yet in Redis; together
+  with those in flight at most `windows` + `unsettled_max`.
+
+Both are recorded `sending`, so if the process dies they are sent again at the next
+start and each is counted in ``possible_duplicates`` (sending.lua). The most a crash
+can send twice is therefore `windows` + `unsettled_max`: per bind, its window plus its
+`unsettled_max` (one window unless configured). Without the second bound a slow Redis
+would let answered outcomes pile up without limit; with it a window is not held
+hostage by the outcome flush, so the rate is window / SMSC answer time while the
+flushes keep up, and each bind adds its window.
 """
 
 from __future__ import annotations
@@ -114,17 +129,31 @@ class Pipeline:
         self._wake = asyncio.Event()
         # Recorded `sending`, waiting for the gate (never sent if the process dies now).
         self._queue: deque[Ready] = deque()
-        # Handed to a bind, outcome not recorded yet: if the process dies now, these may
-        # reach the provider twice. Kept within the binds' windows: that is the bound
-        # on duplicates per crash.
-        self._unsettled = 0
+        # Handed to a bind, no outcome yet (within `windows`), and answered, outcome not
+        # recorded yet (the outbox and the flushes): if the process dies now, these may
+        # reach the provider twice. Together within `windows` + `unsettled_max`: that
+        # is the bound on duplicates per crash.
+        self.in_flight = 0
+        self.answered = 0
+        self.peak_unsettled = 0  # the most of both at once (tests, benchmarks)
         self._recording = 0  # in `sending` calls right now
         self._flushes: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
 
     @property
     def windows(self) -> int:
+        """The most messages in flight at the binds at once."""
         return self._routing.windows
+
+    @property
+    def unsettled_max(self) -> int:
+        """How many more than `windows` may be sent with their outcome not recorded."""
+        return self._routing.unsettled_max
+
+    @property
+    def unsettled(self) -> int:
+        """Sent, outcome not recorded: what a crash now could send twice."""
+        return self.in_flight + self.answered
 
     @property
     def ahead(self) -> int:
@@ -170,15 +199,23 @@ class Pipeline:
         self._dispatch(batch, results)
 
     def _pump(self) -> None:
-        """Hand queued messages to the binds while fewer than the windows are unsettled
-        (sent, outcome not recorded)."""
-        queue, limit, pick = self._queue, self.windows, self._routing.pick
+        """Hand queued messages to the binds while fewer than the windows are in flight
+        and fewer than the windows + `unsettled_max` are unsettled (sent, outcome not
+        recorded)."""
+        queue, routing = self._queue, self._routing
+        windows = routing.windows
+        total = windows + routing.unsettled_max if queue else 0
+        pick = routing.pick
         # One clock read per pump: the messages it hands over go out together.
         now = time.monotonic() if self._metrics is not None and queue else 0.0
-        while queue and self._unsettled < limit:
+        # Checked per message: a bind may answer at once (not bound, not encodable), and
+        # that outcome's callback pumps again from inside this loop.
+        while queue and self.in_flight < windows and self.in_flight + self.answered < total:
             ready = queue.popleft()
             ready.handed_at = now
-            self._unsettled += 1
+            self.in_flight += 1
+            if self.in_flight + self.answered > self.peak_unsettled:
+                self.peak_unsettled = self.in_flight + self.answered
             job = ready.job
             connector = pick(ready.route, job.to, ready.tried)
             ready.connector = connector.name
@@ -190,17 +227,21 @@ class Pipeline:
         self._room.set()
 
     def _settled(self, count: int) -> None:
-        """`count` sent messages have their outcome recorded (or handed on)."""
-        self._unsettled -= count
+        """`count` answered messages have their outcome recorded (or handed on)."""
+        self.answered -= count
         self._pump()
 
     async def run(self, idle: asyncio.Event) -> None:
         """Record outcomes as they come, until `idle` is set and nothing is waiting.
 
         `idle` means no entry is left in flight (the worker's drain is over). A second
-        flush starts while others are in flight once an eighth of the windows waits: the
-        window slots of sent messages are only freed when their outcome is recorded,
-        so the wait for a flush is what limits the rate."""
+        flush starts while others are in flight once an eighth of `unsettled_max`
+        waits. Window slots are freed by the answers, not by the flushes; what waits for
+        a flush uses up `unsettled_max`, and only once that is spent does the gate stop
+        handing over. So the outbox is measured against it: early enough that a
+        flush's round trip does not spend it, late enough that batches stay big (one
+        script call per batch is what makes recording cheap). With the default (one
+        window) this is the eighth of the windows it was before answers freed slots."""
         flushes = self._flushes
         while True:
             for task in [t for t in flushes if t.done()]:
@@ -208,7 +249,7 @@ class Pipeline:
                 task.result()  # a bug in a flush ends the flusher (and the daemon)
             ready = bool(self._outbox) and (
                 not flushes
-                or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.windows // 8))
+                or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.unsettled_max // 8))
             )
             if not ready:
                 if idle.is_set() and not self._outbox and not flushes:
@@ -273,12 +314,15 @@ class Pipeline:
             )
 
     def collect(self, ready: Ready, outcome: Outcome | Crashed) -> None:
-        """A bind's outcome for one message (called by the bind, on the loop)."""
+        """A bind's outcome for one message (called by the bind, on the loop): its window
+        slot is free now; an outcome to record waits in the outbox, counted `answered`
+        until its flush."""
+        self.in_flight -= 1
         if self._metrics is not None and ready.handed_at:
             self._metrics.latency.observe(time.monotonic() - ready.handed_at)
         if isinstance(outcome, Crashed):
             self._handoff.fail(ready, outcome.error)
-            self._settled(1)
+            self._pump()
             return
         connector = self._routing.connectors[ready.connector]
         connector.outcome(outcome)
@@ -292,16 +336,19 @@ class Pipeline:
                 # the same attempt (its `sending` step stands).
                 ready.tried += (connector.name,)
                 self._queue.appendleft(ready)
-                self._settled(1)
+                self._pump()
                 return
         if isinstance(outcome, Retry):
             # The retry path records it: a message the provider may have taken (a
             # time-out) is counted as a possible duplicate there.
             self._handoff.retry(ready, outcome)
-            self._settled(1)
+            self._pump()
             return
+        self.answered += 1
         self._outbox.append((ready, outcome))
         self._wake.set()
+        if self._queue:
+            self._pump()
 
     async def _flush(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
         items = [self._finished_item(r, o) for r, o in taken]

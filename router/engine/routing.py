@@ -92,7 +92,23 @@ class Routing:
 
     @property
     def windows(self) -> int:
+        """Submits the profile may have in flight at its binds (handed over, no
+        answer yet): the sum of its connectors' windows."""
         return sum(c.window for c in self.connectors.values())
+
+    @property
+    def unsettled_max(self) -> int:
+        """Answered outcomes the profile may hold unrecorded beyond the windows: each
+        connector's `unsettled_max` per bind (None: one window, as the bind has it now,
+        so 1 in sync mode), summed like `windows`."""
+        total = 0
+        for connector in self.connectors.values():
+            per_bind = connector.settings.unsettled_max
+            if per_bind is None:
+                total += connector.window
+            else:
+                total += per_bind * len(connector.binds)
+        return total
 
     @property
     def ready(self) -> bool:
