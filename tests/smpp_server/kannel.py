@@ -47,6 +47,40 @@ class SmscLink:
     password: str
     smsc_id: str = "router"
     window: int = 20  # max-pending-submits: at least a long message's parts
+    # One bind_transceiver; else a bind_transmitter and a bind_receiver (receive-port).
+    transceiver: bool = True
+    enquire_link: int = 30  # enquire-link-interval, seconds
+
+
+def smsc_groups(run: Path, smsc: SmscLink) -> str:
+    """The `group = smsc` part: one transceiver, or (Kannel 1.4.5 refuses `port` and
+    `receive-port` in one group) a transmitter group and a receiver group under one
+    smsc-id, so receipts on the receiver match messages sent on the transmitter."""
+    links = [(smsc.port, 0, "true")] if smsc.transceiver else [(smsc.port, 0, "false")]
+    if not smsc.transceiver:
+        links.append((0, smsc.port, "false"))
+    return "".join(
+        f"""\
+group = smsc
+smsc = smpp
+smsc-id = {smsc.smsc_id}
+host = 127.0.0.1
+port = {port}
+receive-port = {receive}
+transceiver-mode = {transceiver}
+smsc-username = {smsc.system_id}
+smsc-password = {smsc.password}
+system-type = ""
+address-range = ""
+max-pending-submits = {smsc.window}
+enquire-link-interval = {smsc.enquire_link}
+reconnect-delay = 1
+log-file = "{run}/smsc.log"
+log-level = 0
+
+"""
+        for port, receive, transceiver in links
+    )
 
 
 def config_text(
@@ -68,24 +102,7 @@ log-level = 0
 access-log = "{run}/bearerbox-access.log"
 dlr-storage = internal
 
-group = smsc
-smsc = smpp
-smsc-id = {smsc.smsc_id}
-host = 127.0.0.1
-port = {smsc.port}
-transceiver-mode = true
-receive-port = 0
-smsc-username = {smsc.system_id}
-smsc-password = {smsc.password}
-system-type = ""
-address-range = ""
-max-pending-submits = {smsc.window}
-enquire-link-interval = 30
-reconnect-delay = 1
-log-file = "{run}/smsc.log"
-log-level = 0
-
-group = smsbox
+{smsc_groups(run, smsc)}group = smsbox
 bearerbox-host = 127.0.0.1
 bearerbox-port = {box}
 sendsms-port = {sendsms}
@@ -146,7 +163,7 @@ class Kannel:
             await asyncio.sleep(0.05)
 
     async def start(self) -> None:
-        """Start bearerbox and smsbox; return once the SMPP link is bound."""
+        """Start bearerbox and smsbox; return once every SMPP link is bound."""
         self.run.mkdir(parents=True, exist_ok=True)
         conf = self.run / "kannel.conf"
         conf.write_text(
@@ -160,7 +177,8 @@ class Kannel:
         smsbox = self._spawn(SMSBOX, "smsbox", conf)
         await self._wait_port(self.sendsms_port, smsbox, "smsbox sendsms")
         deadline = time.monotonic() + 20
-        while "online" not in await self.status():
+        links = 1 if self.smsc.transceiver else 2
+        while (await self.status()).count("(online") < links:
             if time.monotonic() > deadline:
                 raise AssertionError(f"Kannel's SMSC link never came online: {self.logs()}")
             await asyncio.sleep(0.1)

@@ -24,6 +24,7 @@ Run: pytest -s tests/smpp_server/test_kannel_front.py (figures printed).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -62,6 +63,7 @@ LONG_TEXT = " ".join(f"part-of-a-long-message-{n:03d}" for n in range(14))  # 3 
 # %A the SMSC's receipt text, %i Kannel's smsc-id, %F the SMSC's message id (the job id).
 DLR_QUERY = "type=%d&to=%p&from=%P&reply=%A&smsc=%i&id=%F"
 DELIVERED, SMSC_ACCEPTED = "1", "8"  # Kannel's DLR types
+KEEPALIVE = 1  # seconds idle before either side sends enquire_link
 
 
 @dataclass
@@ -113,20 +115,33 @@ class Front:
     log: Path  # the daemon's
 
 
-@pytest.fixture
+@pytest.fixture(params=["transceiver", "transmitter+receiver"])
 async def front(
-    redis: Redis, redis_url: str, smsc: SmscSimulator, tmp_path: Path
+    request: pytest.FixtureRequest,
+    redis: Redis,
+    redis_url: str,
+    smsc: SmscSimulator,
+    tmp_path: Path,
 ) -> AsyncIterator[Front]:
     """A real `sms-router run` with its SMPP server on the simulator, and Kannel bound
-    to it; both stopped by process id whatever the test did."""
+    to it (one transceiver, or a transmitter and a receiver); both stopped by process
+    id whatever the test did. Both sides ask enquire_link after KEEPALIVE idle seconds."""
     port = free_port()
     data = door_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
     data["smpp_server"]["listen"] = f"127.0.0.1:{port}"
+    data["smpp_server"]["enquire_link"] = KEEPALIVE
     data["accounts"][ACCOUNT] = {"smpp_password": PASSWORD, "window": 100, "max_binds": 2}
     config = write_config(tmp_path / "router.toml", data)
     log = tmp_path / "daemon.log"
     daemon = await start_daemon(config, log)
-    kannel = Kannel(tmp_path / "kannel", SmscLink(port, ACCOUNT, PASSWORD))
+    link = SmscLink(
+        port,
+        ACCOUNT,
+        PASSWORD,
+        transceiver=request.param == "transceiver",
+        enquire_link=KEEPALIVE,
+    )
+    kannel = Kannel(tmp_path / "kannel", link)
     try:
 
         async def listening() -> bool:
@@ -256,6 +271,23 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
     # for the long one.
     took = Counter(submit["destination"] for submit in smsc.submits)
     assert dict(took) == {m.to.lstrip("+"): 3 if m.text == LONG_TEXT else 1 for m in due}
+    # Idle: both sides ask enquire_link and answer it; the link stays up (no bind
+    # again) and takes the next message.
+    await asyncio.sleep(3 * KEEPALIVE + 0.5)
+    last = Sent(len(messages), "+447911199999", "after the keep-alives")
+    assert await _send_all(kannel, [last], dlr_url.url) == []
+    await wait_for(lambda: last.n in dlr_url.of_type(DELIVERED), 20, "the last one delivered")
+    log = front.log.read_text()
+    bound_as = sorted(
+        json.loads(line)["mode"] for line in log.splitlines() if '"client bound"' in line
+    )
+    expected = ["transceiver"] if kannel.smsc.transceiver else ["receiver", "transmitter"]
+    assert bound_as == expected, f"Kannel bound as {bound_as}: the link broke and came back?"
+    assert "enquire_link unanswered" not in log
+    pdus = (kannel.run / "smsc.log").read_text()
+    assert "type_name: enquire_link_resp" in pdus, "Kannel never answered our enquire_link"
+    sent_by_kannel = pdus.count("Sending enquire link")
+    assert sent_by_kannel >= 1, "Kannel never asked enquire_link"
     print(
         f"\nKannel in front: {len(messages)} messages ({GSM_COUNT} GSM, 1 UCS2, 1 long in 3 "
         f"parts, validity, flash, deferred) sendsms -> Kannel -> sms-router -> SMSC, "
