@@ -1,5 +1,6 @@
-"""Kannel 1.4.5 (Debian's package `kannel`: bearerbox + smsbox) run for a test, with one
-SMPP transceiver to an SMSC we choose: here, sms-router's SMPP server.
+"""Kannel 1.4.5 (Debian's package `kannel`: bearerbox + smsbox) run for a test, bound
+to an SMSC we choose (here, sms-router's SMPP server) as one transceiver, or as a
+transmitter and a receiver.
 
 `Kannel.start` writes a kannel.conf in a directory of its own (free loopback ports,
 its logs there), starts bearerbox and then smsbox, and waits until the SMSC link is

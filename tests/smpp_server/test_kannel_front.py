@@ -1,15 +1,18 @@
 """Kannel 1.4.5 in front of sms-router: an application that speaks Kannel's sendsms
 keeps its Kannel, and Kannel's SMSC is sms-router's SMPP server.
 
-sendsms (HTTP) -> Kannel's smsbox -> bearerbox -> SMPP transceiver -> a real
-`sms-router run` process (its [smpp_server]) -> our SMSC simulator, and the delivery
-receipts back: simulator -> sms-router -> deliver_sm to Kannel -> Kannel's dlr-url
-(a real aiohttp server here). Messages: GSM ones, one UCS2 (coding=2, UTF-8), one
-long message that Kannel splits itself (UDH, 8-bit reference) and sms-router puts
-together again into one job, one with a validity (Kannel writes validity_period as an
-absolute time), a flash one (mclass=0: data_coding 0xF0; sms-router sends it on as a
-plain GSM message, class 0 is not kept) and a deferred one (schedule_delivery_time,
-absolute: the job waits in the schedule).
+sendsms (HTTP) -> Kannel's smsbox -> bearerbox -> SMPP (one transceiver, or a
+transmitter and a receiver) -> a real `sms-router run` process (its [smpp_server]) ->
+our SMSC simulator, and the delivery receipts back: simulator -> sms-router ->
+deliver_sm to Kannel -> Kannel's dlr-url (a real aiohttp server here). Then both sides
+idle past their enquire_link interval, and the link still takes a message.
+
+Messages: GSM ones, one UCS2 (coding=2, UTF-8), one long message that Kannel splits
+itself (UDH, 8-bit reference) and sms-router puts together again into one job, one
+with a validity (Kannel writes validity_period as an absolute time), a flash one
+(mclass=0: data_coding 0xF0; sms-router sends it on as a plain GSM message, class 0
+is not kept) and a deferred one (schedule_delivery_time, absolute: the job waits in
+the schedule).
 
 Long messages: Kannel 1.4.5 asks for a receipt on the first part only
 (registered_delivery 0x11 on part 1, 0 on the others, as its PDU log shows) and keeps
