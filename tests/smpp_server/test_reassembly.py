@@ -330,7 +330,8 @@ async def test_the_sweeper_waits_out_a_redis_outage(tmp_path: Path) -> None:
     smpp = SmppServer(settings, redis)
     await smpp.start()
     outages = RedisOutages(redis)
-    sweeper = Reassembly(smpp.context.intake, 2, outages=outages)
+    # The server's own, reporting to `outages` (as the daemon's wiring passes its own).
+    sweeper = smpp.context.reassembly = Reassembly(smpp.context.intake, 2, outages=outages)
     sweeper.start()
     client = None
     try:
