@@ -1,4 +1,4 @@
-"""The SMPP 3.4 server: client applications bind and submit (issue 20).
+"""The SMPP 3.4 server: client applications bind and submit.
 
 ``[smpp_server] listen`` (off when absent; TLS with `cert` and `key`). A client binds
 as transmitter, receiver or transceiver with system_id = an account's name and
@@ -10,10 +10,11 @@ once the job is durably in Redis.
 - `session`: one connection: bind, submits, enquire_link, unbind, generic_nack.
 - `submit`: submit_sm / data_sm bodies read into a `Part`; `addresses`, `times`: its
   fields as a job takes them.
-- `reassembly`: long messages' parts held until the whole message is there.
+- `reassembly`: long messages' parts held in Redis until the whole message is there.
 - `intake`: a message made a job, admitted, limited, checked and enqueued.
 - `receipts`: final statuses relayed to the submitting account's receipt stream and
-  sent to its receiver/transceiver sessions as deliver_sm receipts.
+  sent to its receiver/transceiver sessions as deliver_sm receipts; inbound messages
+  an `[[inbound_routes]]` entry gives to an account go the same way (`inbound`).
 - `wire`: bind bodies, response bodies, framing; `statuses`: the answers.
 """
 

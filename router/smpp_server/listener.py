@@ -55,11 +55,11 @@ class SmppServer:
             client if client is not None else Client.from_settings(redis, settings),
             limits if limits is not None else AccountLimits(redis),
         )
-        reassembly = Reassembly(intake, settings.smpp_server.reassembly_timeout)
+        outages = outages if outages is not None else RedisOutages(redis)
+        reassembly = Reassembly(intake, settings.smpp_server.reassembly_timeout, outages=outages)
         self.context = Context(settings, intake, reassembly)
         self._server: asyncio.Server | None = None
         self.port = 0
-        outages = outages if outages is not None else RedisOutages(redis)
         consumer = settings.router.instance_name
         # Receipts: final statuses -> accounts' receipt streams -> bound sessions.
         self.relay = ReceiptRelay(redis, lambda: self.context.settings, outages, consumer)
@@ -88,7 +88,8 @@ class SmppServer:
 
     def health(self) -> dict[str, object]:
         """For the daemon's health record: the port, open connections, sessions bound
-        per account, parts of long messages held."""
+        per account, long messages' parts being stored now, receipts and inbound
+        messages relayed and sent."""
         return {
             "port": self.port,
             "connections": len(self.context.sessions),
@@ -96,6 +97,8 @@ class SmppServer:
             "held_parts": self.context.reassembly.held,
             "receipts_relayed": self.relay.relayed,
             "receipts_sent": self.receipts.sent,
+            "inbound_relayed": self.relay.inbound_relayed,
+            "inbound_sent": self.receipts.inbound_sent,
         }
 
     async def start(self) -> None:
@@ -113,6 +116,7 @@ class SmppServer:
         log.info("smpp server listening", host=host, port=self.port, tls=tls is not None)
         self.relay.start()
         self.receipts.start()
+        self.context.reassembly.start()  # sweeps long messages past their time-out
 
     def configure(self, settings: Settings) -> None:
         """Take a reloaded configuration: accounts, limits and checks apply to the next

@@ -2,7 +2,7 @@
 
 A real `sms-router run` process (its [smpp_server] on a free port, Redis with an
 append-only file, our SMSC simulator behind it) takes 2,000 messages from PyPI's
-smpplib (GSM, UCS2, long ones with a UDH or SAR, which the server holds in memory
+smpplib (GSM, UCS2, long ones with a UDH or SAR, which the server holds in Redis
 until whole). Part-way, with the SMPP server answering and the worker sending, the
 daemon is killed with SIGKILL and started again; the client reconnects, as clients
 do, and submits again every message not answered in full. Every submit_sm_resp OK

@@ -178,16 +178,22 @@ async def test_unbind_is_answered_and_closes(make_door: MakeDoor) -> None:
 
 
 async def test_window_counts_unanswered_submits(make_door: MakeDoor) -> None:
-    """`solo` has window 5: five parts held for the rest of their messages are five
-    unanswered submits; the sixth submit is throttled."""
-    door = await make_door(reassembly_timeout=30)
+    """`solo` has window 5: with Redis holding writes back, five submits wait for their
+    enqueue, unanswered; the sixth is throttled at once, and the five are answered OK
+    once Redis takes writes again."""
+    door = await make_door()
     client = await bound(door.port, "solo", "solo1")
-    for n in range(5):
-        udh = bytes((5, 0, 3, n, 2, 1))
-        client.send(pdu.SUBMIT_SM, submit_body("+447911123456", udh + b"part", esm_class=0x40))
-    answer = await client.request(pdu.SUBMIT_SM, submit_body("+447911123456", b"sixth"))
-    assert answer.status == pdu.ESME_RTHROTTLED
-    assert door.server.context.reassembly.held == 5
+    await door.redis.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+    try:
+        waiting = [
+            client.send(pdu.SUBMIT_SM, submit_body("+447911123456", b"m%d" % n)) for n in range(5)
+        ]
+        answer = await client.request(pdu.SUBMIT_SM, submit_body("+447911123456", b"sixth"))
+        assert answer.status == pdu.ESME_RTHROTTLED
+    finally:
+        await door.redis.execute_command("CLIENT", "UNPAUSE")
+    answers = [await client.read() for _ in waiting]
+    assert sorted((a.sequence, a.status) for a in answers if a) == [(s, 0) for s in waiting]
     await client.close()
 
 
