@@ -56,6 +56,9 @@ T = TypeVar("T")
 
 FLUSH_MAX = 500  # outcomes per finish call (bounds one script's time inside Redis)
 FLUSHES = 3  # outcome flushes in flight at once (see `Pipeline.run`)
+# Seconds the first outcome of an outbox may wait for others to share its flush (while
+# more answers are coming; see `Pipeline.run`).
+FLUSH_WAIT = 0.002
 # Messages per `sending` call: Redis runs one script at a time, and outcome flushes
 # queued behind a long one wait (measured: 32 drains ~15 % faster than 100).
 SENDING_CHUNK = 32
@@ -136,6 +139,7 @@ class Pipeline:
         self.in_flight = 0
         self.answered = 0
         self.peak_unsettled = 0  # the most of both at once (tests, benchmarks)
+        self._outbox_since = 0.0  # when the outbox's first outcome arrived (monotonic)
         self._recording = 0  # in `sending` calls right now
         self._flushes: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
@@ -158,9 +162,11 @@ class Pipeline:
     @property
     def ahead(self) -> int:
         """Messages recorded `sending` ahead of the gate at most: what a crash can leave
-        counted as possible duplicates though never sent. A window's worth (at least
-        `AHEAD`) keeps the windows fed while the next call is made."""
-        return max(self.windows, AHEAD)
+        counted as possible duplicates though never sent. As many as the gate lets out
+        unrecorded, windows + `unsettled_max` (at least `AHEAD`), keep it fed while the
+        next call is made: with slots freed by the answers a window's worth ran dry
+        within one `sending` round trip (measured: drains 20-35 % slower)."""
+        return max(self.windows + self.unsettled_max, AHEAD)
 
     async def send(self, batch: Sequence[Ready], stopping: asyncio.Event) -> None:
         """Record `sending` in one call per chunk, then queue the messages for the
@@ -234,33 +240,59 @@ class Pipeline:
     async def run(self, idle: asyncio.Event) -> None:
         """Record outcomes as they come, until `idle` is set and nothing is waiting.
 
-        `idle` means no entry is left in flight (the worker's drain is over). A second
-        flush starts while others are in flight once an eighth of `unsettled_max`
-        waits. Window slots are freed by the answers, not by the flushes; what waits for
-        a flush uses up `unsettled_max`, and only once that is spent does the gate stop
-        handing over. So the outbox is measured against it: early enough that a
-        flush's round trip does not spend it, late enough that batches stay big (one
-        script call per batch is what makes recording cheap). With the default (one
-        window) this is the eighth of the windows it was before answers freed slots."""
+        `idle` means no entry is left in flight (the worker's drain is over). Window
+        slots are freed by the answers, not by the flushes: what waits for a flush only
+        uses up `unsettled_max`, and the gate stops handing over once that is spent. So
+        the outbox is measured against it (`_flush_size`: an eighth of it), early
+        enough that a flush's round trip does not spend it, late enough that batches
+        stay big (one script call per batch is what makes recording cheap):
+
+        - with no flush in flight, one starts once the outbox holds `_flush_size`, or
+          nothing is in flight at the binds (no answer is coming to share it), or the
+          gate is shut by `unsettled_max`, or its first outcome has waited `FLUSH_WAIT`;
+        - while others are in flight, another starts once the outbox holds
+          `_flush_size` (at most `FLUSHES` at once).
+
+        Before answers freed the slots the flush itself freed them, in bulk, and a flush
+        started at once whenever none was in flight; with a steady flow of answers that
+        would record them a few at a time."""
         flushes = self._flushes
+        loop = asyncio.get_running_loop()
         while True:
             for task in [t for t in flushes if t.done()]:
                 flushes.discard(task)
                 task.result()  # a bug in a flush ends the flusher (and the daemon)
-            ready = bool(self._outbox) and (
-                not flushes
-                or (len(flushes) < FLUSHES and len(self._outbox) >= max(1, self.unsettled_max // 8))
-            )
+            outbox = self._outbox
+            wait = 0.0  # seconds until the outbox is due (no flush in flight)
+            if not outbox:
+                ready = False
+            elif flushes:
+                ready = len(flushes) < FLUSHES and len(outbox) >= self._flush_size()
+            else:
+                ready = len(outbox) >= self._flush_size() or not self.in_flight or self._shut()
+                if not ready:
+                    wait = self._outbox_since + FLUSH_WAIT - time.monotonic()
+                    ready = wait <= 0.0
             if not ready:
-                if idle.is_set() and not self._outbox and not flushes:
+                if idle.is_set() and not outbox and not flushes:
                     return
                 self._wake.clear()
+                timer = loop.call_later(wait, self._wake.set) if wait > 0.0 else None
                 await self._wake.wait()
+                if timer is not None:
+                    timer.cancel()
                 continue
-            taken, self._outbox = self._outbox[:FLUSH_MAX], self._outbox[FLUSH_MAX:]
+            taken, self._outbox = outbox[:FLUSH_MAX], outbox[FLUSH_MAX:]
             task = asyncio.create_task(self._flush(taken))
             task.add_done_callback(lambda _: self._wake.set())
             flushes.add(task)
+
+    def _flush_size(self) -> int:
+        return max(1, self.unsettled_max // 8)
+
+    def _shut(self) -> bool:
+        """Whether messages wait for the gate only because of unrecorded outcomes."""
+        return bool(self._queue) and self.unsettled >= self.windows + self.unsettled_max
 
     def wake(self) -> None:
         """Have `run` look again (the worker set `idle`)."""
@@ -345,6 +377,8 @@ class Pipeline:
             self._pump()
             return
         self.answered += 1
+        if not self._outbox:
+            self._outbox_since = time.monotonic()
         self._outbox.append((ready, outcome))
         self._wake.set()
         if self._queue:
