@@ -66,7 +66,9 @@ LONG_TEXT = " ".join(f"part-of-a-long-message-{n:03d}" for n in range(14))  # 3 
 # %A the SMSC's receipt text, %i Kannel's smsc-id, %F the SMSC's message id (the job id).
 DLR_QUERY = "type=%d&to=%p&from=%P&reply=%A&smsc=%i&id=%F"
 DELIVERED, SMSC_ACCEPTED = "1", "8"  # Kannel's DLR types
-KEEPALIVE = 1  # seconds idle before either side sends enquire_link
+# sms-router asks enquire_link after KEEPALIVE idle seconds; Kannel every 2 * KEEPALIVE
+# seconds whatever the traffic (so the server's session is idle in between).
+KEEPALIVE = 1
 
 
 @dataclass
@@ -128,7 +130,7 @@ async def front(
 ) -> AsyncIterator[Front]:
     """A real `sms-router run` with its SMPP server on the simulator, and Kannel bound
     to it (one transceiver, or a transmitter and a receiver); both stopped by process
-    id whatever the test did. Both sides ask enquire_link after KEEPALIVE idle seconds."""
+    id whatever the test did. Both sides ask enquire_link (KEEPALIVE)."""
     port = free_port()
     data = door_config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
     data["smpp_server"]["listen"] = f"127.0.0.1:{port}"
@@ -142,7 +144,7 @@ async def front(
         ACCOUNT,
         PASSWORD,
         transceiver=request.param == "transceiver",
-        enquire_link=KEEPALIVE,
+        enquire_link=2 * KEEPALIVE,
     )
     kannel = Kannel(tmp_path / "kannel", link)
     try:
@@ -183,6 +185,22 @@ def _messages() -> list[Sent]:
         n = len(sent)
         sent.append(Sent(n, f"+44791110{n:04d}", text, params))
     return sent
+
+
+def _kannel_pdus(log: str) -> Counter[str]:
+    """The PDUs Kannel's SMPP log (level 0) shows, by direction and type: "sent
+    submit_sm", "got enquire_link", ..."""
+    seen: Counter[str] = Counter()
+    direction = ""
+    for line in log.splitlines():
+        if "Got PDU:" in line:
+            direction = "got"
+        elif "Sending PDU:" in line or "Sending enquire link:" in line:
+            direction = "sent"
+        elif "type_name:" in line and direction:
+            seen[f"{direction} {line.rsplit(maxsplit=1)[-1]}"] += 1
+            direction = ""
+    return seen
 
 
 async def _send_all(kannel: Kannel, messages: list[Sent], dlr_base: str) -> list[str]:
@@ -276,7 +294,7 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
     assert dict(took) == {m.to.lstrip("+"): 3 if m.text == LONG_TEXT else 1 for m in due}
     # Idle: both sides ask enquire_link and answer it; the link stays up (no bind
     # again) and takes the next message.
-    await asyncio.sleep(3 * KEEPALIVE + 0.5)
+    await asyncio.sleep(4 * KEEPALIVE + 0.5)
     last = Sent(len(messages), "+447911199999", "after the keep-alives")
     assert await _send_all(kannel, [last], dlr_url.url) == []
     await wait_for(lambda: last.n in dlr_url.of_type(DELIVERED), 20, "the last one delivered")
@@ -287,10 +305,11 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
     expected = ["transceiver"] if kannel.smsc.transceiver else ["receiver", "transmitter"]
     assert bound_as == expected, f"Kannel bound as {bound_as}: the link broke and came back?"
     assert "enquire_link unanswered" not in log
-    pdus = (kannel.run / "smsc.log").read_text()
-    assert "type_name: enquire_link_resp" in pdus, "Kannel never answered our enquire_link"
-    sent_by_kannel = pdus.count("Sending enquire link")
-    assert sent_by_kannel >= 1, "Kannel never asked enquire_link"
+    pdus = _kannel_pdus((kannel.run / "smsc.log").read_text())
+    assert pdus["got enquire_link"] >= 1, f"sms-router never asked enquire_link: {pdus}"
+    assert pdus["sent enquire_link_resp"] >= 1, f"Kannel never answered ours: {pdus}"
+    assert pdus["sent enquire_link"] >= 1, f"Kannel never asked enquire_link: {pdus}"
+    assert pdus["got enquire_link_resp"] >= 1, f"sms-router never answered Kannel's: {pdus}"
     print(
         f"\nKannel in front: {len(messages)} messages ({GSM_COUNT} GSM, 1 UCS2, 1 long in 3 "
         f"parts, validity, flash, deferred) sendsms -> Kannel -> sms-router -> SMSC, "
