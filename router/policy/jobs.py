@@ -297,6 +297,11 @@ def _opt_map(data: dict[str, Any], name: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise JobError(name, f"must be a map, got {type(value).__name__}")
+    bound = _flat_size(value)
+    if bound is not None and bound <= MAX_MAP_BYTES:
+        # What _json_safe makes of such a map (a copy), small enough whatever its exact
+        # encoding: the usual `meta` costs no encoding here.
+        return dict(value)
     clean = _json_safe(value, name, 1)
     assert isinstance(clean, dict)
     try:
@@ -308,6 +313,33 @@ def _opt_map(data: dict[str, Any], name: str) -> dict[str, Any]:
     return clean
 
 
+def _flat_size(value: dict[Any, Any]) -> int | None:
+    """An upper bound of `value`'s compact JSON encoding in bytes, when it is a flat map
+    of ASCII string keys to ASCII strings, integers within 20 digits, finite floats,
+    booleans or nulls (each is JSON already); None for any other map. An escaped
+    character takes at most 6 bytes (``\\u001f``), a number at most 32."""
+    size = 2
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return None
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return None
+            size += 6 * len(item) + 2
+        elif kind is int or kind is float:
+            if not -_TWENTY_DIGITS < item < _TWENTY_DIGITS:
+                return None  # also NaN (no comparison holds) and the infinities
+            size += 32
+        elif item is None or kind is bool:
+            size += 5
+        else:
+            return None
+        size += 6 * len(key) + 4  # its quotes, the colon, a comma
+    return size
+
+
+_TWENTY_DIGITS = 10**20
 # How `_opt_map` measures a map (json.dumps with these options, its encoder made once).
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
