@@ -113,9 +113,12 @@ def unpack_part(packed: bytes) -> Part:
 
 def _asking(parts: Sequence[Part]) -> Part:
     """The first part, with the registered_delivery the message asks for: the first
-    part's that asks for one (clients ask on the first part, on every part or on the
-    last one only)."""
-    asked = next((p.registered_delivery for p in parts if p.registered_delivery), 0)
+    part's that asks for a receipt (clients ask on the first part, on every part or on
+    the last one only); bits 0-1 ask for the receipt, the others (intermediate
+    notifications, SME acknowledgements) alone do not."""
+    asked = next((p.registered_delivery for p in parts if p.registered_delivery & 3), 0)
+    if not asked:
+        asked = parts[0].registered_delivery
     return dataclasses.replace(parts[0], registered_delivery=asked)
 
 

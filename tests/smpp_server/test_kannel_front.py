@@ -328,6 +328,8 @@ async def test_kannel_sends_through_sms_router_and_gets_its_receipts(
         pytest.param((1, 0, 0), id="first-part"),
         pytest.param((1, 1, 1), id="every-part"),
         pytest.param((0, 0, 1), id="last-part"),
+        # 0x10 asks for intermediate notifications only: the receipt is the last part's
+        pytest.param((0x10, 0, 1), id="intermediate-then-last"),
     ],
 )
 async def test_a_long_message_gets_one_receipt_whichever_part_asks(
