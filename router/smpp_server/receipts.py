@@ -83,6 +83,7 @@ STATES: Final = {
     "expired": ("EXPIRED", 3),
     "rejected": ("REJECTD", 8),
 }
+_FINAL_RAW: Final = frozenset(status.encode() for status in FINAL)  # as the stream has them
 _RECORD_FIELDS: Final = ("account", "meta", "created_at", "text", "from", "to")
 
 
@@ -272,6 +273,11 @@ class ReceiptRelay:
             if not raw:
                 continue  # deleted while pending
             try:
+                kind, status = raw.get(b"type"), raw.get(b"status")
+                if kind != b"inbound" and status not in _FINAL_RAW:
+                    # Neither a final status nor an inbound message (queued, sending, sent:
+                    # most of the stream): skipped without decoding the entry.
+                    continue
                 event = {_text(k): _text(v) for k, v in raw.items()}
                 if event.get("type") == "inbound":
                     if to_accounts:

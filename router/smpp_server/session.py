@@ -65,6 +65,8 @@ REPLACE_SM, SUBMIT_MULTI, ALERT = 0x07, 0x21, 0x102
 NOT_TAKEN: Final = frozenset({REPLACE_SM, SUBMIT_MULTI, ALERT, pdu.DELIVER_SM, pdu.OUTBIND})
 # query_sm and cancel_sm (`queries`): any bound session, about its account's messages.
 QUERIES: Final = frozenset({QUERY_SM, CANCEL_SM})
+# Requests SMPP 3.4 defines no response PDU for: generic_nack in any state.
+NO_RESPONSE: Final = frozenset({ALERT, pdu.OUTBIND})
 SUBMITS: Final = frozenset({pdu.SUBMIT_SM, pdu.DATA_SM})
 SENDING_MODES: Final = frozenset({"transmitter", "transceiver"})
 UNBIND_WAIT: Final = 2.0  # seconds an unbind we send waits for its unbind_resp
@@ -72,6 +74,8 @@ DELIVER_SM_RESP: Final = pdu.DELIVER_SM | pdu.RESPONSE
 RECEIVING_MODES: Final = frozenset({"receiver", "transceiver"})
 DELIVER_WAIT: Final = 30.0  # seconds a deliver_sm we send waits for its deliver_sm_resp
 NO_ANSWER: Final = -1  # a deliver_sm's result when the session closed or it timed out
+# Answers waiting to be written past which a session reads no more until they are.
+OUTPUT_LIMIT: Final = 256 * 1024
 
 # A submit read and not enqueued yet: its part, text, job meta, and how it is answered.
 Submitted = tuple[Part, str, dict[str, Any] | None, Callable[[int, str], None]]
@@ -86,6 +90,9 @@ class Session(asyncio.Protocol):
         self._decoder = ServerFrames()
         self._transport: asyncio.Transport | None = None
         self._replies: list[bytes] = []
+        self._queued = 0  # octets in `_replies`
+        self._writing_paused = False  # the transport's buffer is past its high-water mark
+        self._reading_held = False  # reading paused while our answers wait to be written
         # Submits read from the data at hand, enqueued together once it is all read.
         self._read: list[Submitted] = []
         self._sequence = SequenceNumbers()
@@ -140,6 +147,7 @@ class Session(asyncio.Protocol):
                 task = self._loop.create_task(self._enqueue(self.caller, read))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        self._hold_reading()
         broken = self._decoder.broken
         if broken is not None and self._transport is not None:
             # No frame marker in SMPP: the stream cannot be read past a bad length.
@@ -180,12 +188,26 @@ class Session(asyncio.Protocol):
     def pause_writing(self) -> None:
         # A client that sends without reading its answers: read no more until it does,
         # so what waits to be written stays bounded.
+        self._writing_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = self._reading_held = False
         if self._transport is not None:
             self._transport.resume_reading()
+
+    def _hold_reading(self) -> None:
+        """Read no more while OUTPUT_LIMIT octets of answers wait to be written. The
+        transport pauses us only when its buffer passes its high-water mark, which
+        uvloop checks once per loop turn, after libuv may have delivered dozens of
+        reads: without this, a client that never reads makes us queue megabytes."""
+        transport = self._transport
+        if transport is None or self._reading_held:
+            return
+        if self._queued + transport.get_write_buffer_size() > OUTPUT_LIMIT:
+            self._reading_held = True
+            transport.pause_reading()
 
     # -- requests -----------------------------------------------------------------
 
@@ -222,7 +244,7 @@ class Session(asyncio.Protocol):
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         elif command_id in NOT_TAKEN:
-            if self.mode is None:
+            if self.mode is None and command_id not in NO_RESPONSE:
                 self._reply(command_id | pdu.RESPONSE, pdu.ESME_RINVBNDSTS, sequence)
             else:
                 self._reply(pdu.GENERIC_NACK, pdu.ESME_RINVCMDID, sequence)
@@ -493,15 +515,28 @@ class Session(asyncio.Protocol):
         """Queue a PDU: the ones made in one loop turn go out in one write."""
         if self._transport is None:
             return
-        self._replies.append(Pdu(command_id, status, sequence, body).encode())
+        encoded = Pdu(command_id, status, sequence, body).encode()
+        self._replies.append(encoded)
+        self._queued += len(encoded)
         if len(self._replies) == 1:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         replies, self._replies = self._replies, []
+        self._queued = 0
         transport = self._transport
         if replies and transport is not None and not transport.is_closing():
             transport.write(b"".join(replies))
+        if (
+            self._reading_held
+            and not self._writing_paused
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() <= OUTPUT_LIMIT
+        ):
+            # Written, or below the transport's mark (else resume_writing comes later).
+            self._reading_held = False
+            transport.resume_reading()
 
     def _close(self) -> None:
         """Close after writing what is queued."""

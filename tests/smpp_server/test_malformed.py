@@ -9,8 +9,6 @@ import asyncio
 import random
 import struct
 
-import pytest
-
 from binds.smpp import pdu
 from binds.smpp.pdu import HEADER
 from router.smpp_server import statuses as st
@@ -200,13 +198,8 @@ async def test_malformed_pdus_are_answered_and_harm_no_one(make_door: MakeDoor) 
 # The server refuses these requests in every state, and SMPP 3.4 gives them no response
 # PDU (outbind and alert_notification go from an SMSC to an ESME): the only answer the
 # spec has is generic_nack ESME_RINVCMDID (section 2.3: "an unknown or invalid
-# command_id"). Before bind the server answers 0x8000000B / 0x80000102, PDUs SMPP 3.4
-# does not define; bound, it answers generic_nack. The fix is in session.py (`_handle`).
-@pytest.mark.xfail(
-    strict=True,
-    reason="before bind, outbind / alert_notification are answered with command ids "
-    "SMPP 3.4 does not define (0x8000000B, 0x80000102); fix reported for session.py",
-)
+# command_id"), bound or not (it once answered 0x8000000B / 0x80000102 before bind,
+# PDUs SMPP 3.4 does not define).
 async def test_outbind_and_alert_notification_get_generic_nack_in_any_state(
     make_door: MakeDoor,
 ) -> None:
