@@ -113,6 +113,30 @@ async def test_answers_free_the_window_and_unsettled_max_bounds_the_unrecorded(
     assert sim.stats()["max_outstanding"] <= WINDOW  # the bind's own window holds
 
 
+async def test_sync_keeps_one_submit_outstanding_and_one_outcome_unrecorded_per_bind(
+    redis: Redis, redis_url: str, tmp_path: Path, sim: CountingSmsc, run_daemon: Start
+) -> None:
+    """`processing = "sync"`: one window is 1, so each bind has one submit at the SMSC
+    and, by default, one answered outcome waiting for Redis behind it."""
+    settings = smpp_settings(redis_url, tmp_path, sim.port, processing="sync", smpp={"binds": 2})
+    ids, to = await enqueue(Client.from_settings(redis, settings), 120)
+    running = run_daemon(settings)
+    pipeline = await pipeline_of(running)
+    await wait_for(lambda: sum(sim.received.values()) >= 20, 30, "a first stretch sent")
+    assert (pipeline.windows, pipeline.unsettled_max) == (2, 2)
+    await redis.client_pause(3000, all=False)
+    try:
+        await stalled(sim)
+        unrecorded = await unrecorded_at_smsc(redis, sim, ids, to)
+        counted = pipeline.unsettled
+    finally:
+        await redis.client_unpause()
+    assert unrecorded == counted == 4  # 2 binds x (1 in flight + 1 unrecorded)
+    await settle(redis, ids, FINAL, 60)
+    assert sim.stats()["max_outstanding"] == 1  # per session: sync holds
+    assert max(sim.received.values()) == 1
+
+
 async def test_unsettled_max_defaults_to_one_window_and_sums_over_the_routes(
     redis: Redis, redis_url: str, tmp_path: Path, run_daemon: Start
 ) -> None:
