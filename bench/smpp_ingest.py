@@ -1,7 +1,7 @@
 """The SMPP server's ingest rate beside the drain rate and Kannel's sendsms, one run.
 
 Usage: python bench/smpp_ingest.py [--n 20000] [--rounds 3] [--window 100]
-           [--cases ingest,drain,kannel] [--profile FILE]
+           [--cases ingest,queued,drain,kannel] [--profile FILE]
 
 Rounds interleaved (ingest, drain, Kannel, ingest, ...), N messages each run, the
 peer kit's SMPP sink as the profile's SMSC (one transceiver, window 100), Redis with
@@ -13,6 +13,11 @@ an append-only file:
   is in Redis, so rate = submit_sm_resp OK / (last response - first submit), from the
   client. The run also waits until the sink has all N (`complete`), and gives the
   router's and Redis' CPU over the sink's span.
+- queued: the same ingest with the profile's SMSC down (the sink not started): every
+  job is stored and none sent, so this is the server's own rate from submit_sm to
+  durably queued, what a client gets while the SMSC takes less than it sends (the
+  queue takes the difference). The router's and Redis' CPU from /proc over the
+  client's run.
 - drain: the same daemon configuration (SMPP server included, idle), N jobs preloaded
   through `Client` while the sink is down, then the sink starts; rate = the sink's
   first to last submit (versus_kannel.py's drain).
@@ -20,7 +25,8 @@ an append-only file:
   keep-alive loader, 50 requests in flight, one message each; Kannel's file store);
   its accept rate = HTTP 202s / load time.
 `--profile FILE`: py-spy (PY_SPY, default /tmp/tools/bin/py-spy) samples the router
-during each ingest run's submits, as raw folded stacks (FILE, one per round: FILE.r1, ...),
+during each ingest run's submits (and each queued run's: FILE.queued.rN), as raw
+folded stacks (FILE, one per round: FILE.r1, ...),
 and prints the functions that took the most samples (self and with callees).
 Ratios ingest / drain and ingest / Kannel sendsms are the median of per-round ratios.
 Writes bench/results/smpp_ingest.json.
@@ -48,7 +54,7 @@ from api_submit import kannel_live
 from harness import ROOT, Stack, free_port, round_ratio, save
 from versus_kannel import Rig, ensure_tools, preload, waited, waiter
 
-CASES = ("ingest", "drain", "kannel")
+CASES = ("ingest", "queued", "drain", "kannel")
 ACCOUNT, PASSWORD = "bench", "bench1"
 
 
@@ -111,6 +117,57 @@ def spied(proc: subprocess.Popen[bytes], output: Path, top: int = 25) -> None:
         print(f"  top {top} by {title}:")
         for frame, n in counter.most_common(top):
             print(f"    {100 * n / max(samples, 1):5.1f} %  {frame}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def queued(
+    n: int, scratch: Path, tag: str, window: int, profile: Path | None = None
+) -> dict[str, Any]:
+    """One ingest run with the SMSC down: every job stored, none sent."""
+    made, port = rig(scratch, tag, window)
+    try:
+        made.start_daemon()
+        Stack._wait_port(port)
+        time.sleep(1.0)  # started, its bind trying to connect
+        pids = made.pids()
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        sampler = spy(made.router_pid, profile) if profile is not None else None
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "tests.smpp_server.ingest_client"),
+                *(str(port), str(n), str(window), ACCOUNT, PASSWORD),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if done.returncode != 0:
+            sys.exit(f"the ingest client failed:\n{done.stderr[-2000:]}")
+        if sampler is not None and profile is not None:
+            spied(sampler, profile)
+        report = json.loads(done.stdout.splitlines()[-1])
+        seconds = report["seconds"]
+        cpu = {
+            name: round(100 * (cpu_seconds(pid) - before[name]) / seconds, 1)
+            for name, pid in pids.items()
+        }
+        return {
+            "rate": round(report["ok"] / seconds, 1),
+            "ok": report["ok"],
+            "seconds": round(seconds, 3),
+            "complete": report["ok"] == n,
+            "foreign_cpu_pct": None,
+            "cpu_pct": {k: v for k, v in cpu.items() if k in ("router", "redis")},
+        }
+    finally:
+        made.close()
 
 
 def ingest(
@@ -222,6 +279,11 @@ def main() -> None:
                     if profile is not None and args.rounds > 1:
                         profile = profile.with_name(f"{profile.name}.r{r + 1}")
                     row = ingest(args.n, scratch, f"i{r}", args.window, profile)
+                elif case == "queued":
+                    spied_as = args.profile
+                    if spied_as is not None:
+                        spied_as = spied_as.with_name(f"{spied_as.name}.queued.r{r + 1}")
+                    row = queued(args.n, scratch, f"q{r}", args.window, spied_as)
                 elif case == "drain":
                     row = drain(args.n, scratch, f"d{r}", args.window)
                 else:
@@ -235,7 +297,8 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     labels = {
-        "ingest": f"SMPP server ingest (submit_sm/s, window {args.window}, one session)",
+        "ingest": f"SMPP ingest while sending (submit_sm/s, window {args.window}, one session)",
+        "queued": f"SMPP ingest, SMSC down (submit_sm/s, window {args.window}, one session)",
         "drain": "drain (preloaded, sink submits/s)",
         "kannel": "Kannel sendsms accepted (1 msg/request, 50 in flight)",
     }
@@ -268,14 +331,17 @@ def main() -> None:
     ratios: dict[str, float | None] = {}
     if "ingest" in runs and "drain" in runs:
         ratios["ingest_over_drain"] = round_ratio(runs["drain"], runs["ingest"])
+    if "queued" in runs and "drain" in runs:
+        ratios["queued_over_drain"] = round_ratio(runs["drain"], runs["queued"])
     if "ingest" in runs and "kannel" in runs:
         ratios["ingest_over_kannel_sendsms"] = round_ratio(runs["kannel"], runs["ingest"])
     for name, value in ratios.items():
         print(f"{name}: {value} (median of per-round ratios)")
-    if "ingest_over_drain" in ratios:
-        value = ratios["ingest_over_drain"]
-        verdict = "met" if value is not None and value >= 1 else "not met"
-        print(f"target ingest >= drain: {verdict}")
+    for name in ("ingest_over_drain", "queued_over_drain"):
+        if name in ratios:
+            value = ratios[name]
+            verdict = "met" if value is not None and value >= 1 else "not met"
+            print(f"{name.replace('_over_', ' >= ')}: {verdict}")
     result = {
         "n": args.n,
         "rounds": args.rounds,
