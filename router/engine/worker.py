@@ -103,13 +103,14 @@ class ProfileWorker:
 
     @property
     def capacity(self) -> int:
-        """Entries this worker may hold at once: its binds' windows plus two reads.
+        """Entries this worker may hold at once: what its binds may have sent and not
+        recorded (windows + unsettled_max) plus two reads.
 
         While one window's worth is on the wire, the next batches are being read
         and recorded `sending` and the last outcomes are being recorded: each of
         those steps is a Redis round trip, and with only a window's worth the
         window would run dry at every batch boundary."""
-        return self.pipeline.windows + 2 * self.settings.batch
+        return self.pipeline.windows + self.pipeline.unsettled_max + 2 * self.settings.batch
 
     @property
     def in_progress(self) -> int:
@@ -368,7 +369,7 @@ class ProfileWorker:
             free = self._free()
             if free > 0 and (
                 free >= min(self.settings.batch, self.capacity // 4)
-                or len(self._held) <= self.pipeline.windows
+                or len(self._held) <= self.pipeline.windows + self.pipeline.unsettled_max
             ):
                 return
             self._check_flusher()
