@@ -305,6 +305,16 @@ async def run_daemon() -> AsyncIterator[Callable[[Settings], RunningDaemon]]:
             await running.stop()
 
 
+async def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on `port` now."""
+    try:
+        _reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
 async def wait_for(
     predicate: Callable[[], Any],
     timeout: float = 20,  # noqa: ASYNC109 - a polling deadline, not a cancel scope

@@ -21,13 +21,13 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from binds.smpp.codec import decode_text, encode_text
 from binds.smpp.pdu import TAG_MESSAGE_PAYLOAD, ShortMessage, encode_short_message
 from router.config import InboundRoute, first_account
 
-__all__ = ["KIND", "address", "inbound_body", "inbound_entry"]
+__all__ = ["KIND", "address", "deliver_body", "inbound_body", "inbound_entry"]
 
 KIND: Final = "mo"  # the `kind` field of an inbound message's entry (receipts have none)
 BINARY_CODING: Final = 4  # 8-bit data: a binary message whose head names no coding
@@ -44,6 +44,23 @@ def address(number: str) -> tuple[str, int, int]:
     if not number:
         return "", 0, 0
     return number, 5, 0
+
+
+def deliver_body(source: str, destination: str, **fields: Any) -> bytes:
+    """A deliver_sm body from `source` to `destination` (numbers as the records keep
+    them, addressed by `address`) with the other `fields` of a `ShortMessage`."""
+    src, src_ton, src_npi = address(source)
+    dst, dst_ton, dst_npi = address(destination)
+    message = ShortMessage(
+        source=src[:20],
+        destination=dst[:20],
+        source_ton=src_ton,
+        source_npi=src_npi,
+        dest_ton=dst_ton,
+        dest_npi=dst_npi,
+        **fields,
+    )
+    return encode_short_message(message)
 
 
 def inbound_entry(
@@ -85,8 +102,6 @@ def inbound_entry(
 def inbound_body(entry: dict[str, str]) -> bytes:
     """The deliver_sm body of an inbound message's entry (see the module's docstring).
     Raises ValueError for an entry that cannot be sent."""
-    source, source_ton, source_npi = address(entry.get("from", ""))
-    destination, dest_ton, dest_npi = address(entry.get("to", ""))
     tlvs: dict[int, bytes] = {}
     if entry.get("binary") == "1":
         try:
@@ -104,16 +119,11 @@ def inbound_body(entry: dict[str, str]) -> bytes:
         coding, data = encoded.data_coding, segment.short_message
         if segment.message_payload is not None:
             tlvs[TAG_MESSAGE_PAYLOAD] = segment.message_payload
-    message = ShortMessage(
-        source=source[:20],
-        destination=destination[:20],
-        source_ton=source_ton,
-        source_npi=source_npi,
-        dest_ton=dest_ton,
-        dest_npi=dest_npi,
+    return deliver_body(
+        entry.get("from", ""),
+        entry.get("to", ""),
         esm_class=0,
         data_coding=coding,
         short_message=data,
         tlvs=tlvs,
     )
-    return encode_short_message(message)

@@ -47,10 +47,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from binds.smpp import pdu
-from binds.smpp.pdu import ShortMessage, encode_short_message
 from router.config import Settings
 from router.smpp_server.inbound import KIND as INBOUND_KIND
-from router.smpp_server.inbound import address, inbound_body, inbound_entry
+from router.smpp_server.inbound import deliver_body, inbound_body, inbound_entry
 from router.smpp_server.intake import REGISTERED_DELIVERY
 from router.store import keys
 from router.store.outages import REDIS_ERRORS, Pause, RedisOutages
@@ -141,17 +140,11 @@ def deliver_sm_body(entry: dict[str, str]) -> bytes:
     record's: the sender it went from)."""
     if entry.get("kind") == INBOUND_KIND:
         return inbound_body(entry)
-    source, source_ton, source_npi = address(entry.get("to", ""))
-    destination, dest_ton, dest_npi = address(entry.get("from", ""))
     _stat, state = STATES[entry["status"]]
     text = receipt_text(entry).encode("ascii", "replace")[:254]
-    message = ShortMessage(
-        source=source[:20],
-        destination=destination[:20],
-        source_ton=source_ton,
-        source_npi=source_npi,
-        dest_ton=dest_ton,
-        dest_npi=dest_npi,
+    return deliver_body(
+        entry.get("to", ""),
+        entry.get("from", ""),
         esm_class=pdu.ESM_RECEIPT,
         short_message=text,
         tlvs={
@@ -159,7 +152,6 @@ def deliver_sm_body(entry: dict[str, str]) -> bytes:
             pdu.TAG_MESSAGE_STATE: bytes((state,)),
         },
     )
-    return encode_short_message(message)
 
 
 async def _ensure_group(redis: Redis, stream: str, group: str, start: str) -> None:

@@ -11,7 +11,6 @@ online; `stop` ends both by their process ids. The fixture that makes one must c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
+
+from ..conftest import listening
 
 BEARERBOX = "/usr/sbin/bearerbox"
 SMSBOX = "/usr/sbin/smsbox"
@@ -155,9 +156,7 @@ class Kannel:
     async def _wait_port(self, port: int, proc: subprocess.Popen[bytes], what: str) -> None:
         deadline = time.monotonic() + 20
         while True:
-            with contextlib.suppress(OSError):
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
+            if await listening(port):
                 return
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"{what} did not listen on {port}: {self.logs()}")

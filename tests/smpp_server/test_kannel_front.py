@@ -44,7 +44,7 @@ from router.store import keys
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
-from ..conftest import free_port, serve_app, wait_for
+from ..conftest import free_port, listening, serve_app, wait_for
 from ..daemon.test_process import start_daemon, write_config
 from .conftest import MakeDoor, door_config
 from .kannel import Kannel, SmscLink, installed
@@ -148,16 +148,7 @@ async def front(
     )
     kannel = Kannel(tmp_path / "kannel", link)
     try:
-
-        async def listening() -> bool:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            writer.close()
-            return True
-
-        await wait_for(listening, 30, "sms-router's SMPP server listening")
+        await wait_for(lambda: listening(port), 30, "sms-router's SMPP server listening")
         await kannel.start()
         yield Front(kannel, port, log)
     finally:

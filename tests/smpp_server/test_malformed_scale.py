@@ -43,7 +43,7 @@ from router.smpp_server import statuses as st
 from router.store import keys
 from sims.smscsim import SmscSimulator
 
-from ..conftest import free_port, wait_for
+from ..conftest import free_port, listening, wait_for
 from ..daemon.test_process import start_daemon, write_config
 from .conftest import door_config
 from .raw import RawClient, bind_body, bound, message_id, submit_body
@@ -398,16 +398,7 @@ async def daemon(
     log = tmp_path / "daemon.log"
     proc = await start_daemon(config, log)
     try:
-
-        async def listening() -> bool:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            writer.close()
-            return True
-
-        await wait_for(listening, 30, "the daemon's SMPP server listening")
+        await wait_for(lambda: listening(port), 30, "the daemon's SMPP server listening")
         yield Daemon(proc, port, log, data["router"]["instance"])
     finally:
         if proc.returncode is None:
