@@ -92,7 +92,7 @@ class Intake:
         """Enqueue the message `part` starts (its `text` decoded, the whole of a long
         one) for `caller`, as `job_id` when given (a new id otherwise); its job id once
         it is durably in Redis, Refused otherwise."""
-        wire = self._admitted(caller, part, text, meta, job_id)
+        wire = self.admitted(caller, part, text, meta, job_id)
         account = caller.account
         taken = False
         try:
@@ -105,18 +105,13 @@ class Intake:
                     raise Refused(status, limited.reason)
                 taken = True
             job_id, _queued = await self._client.send_coalesced(wire)
-        except JobError as exc:
+        except Exception as exc:
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise  # a refusal of its own (the limits), or a bug
+            # A door check's refusal, or nothing stored: the take is given back.
             await self._give_back(caller, taken)
-            raise job_refusal(exc) from None
-        except REDIS_ERRORS as exc:
-            await self._give_back(caller, taken)
-            raise _not_stored(exc) from None
-        except RuntimeError as exc:
-            if not str(exc).startswith("not stored"):
-                raise
-            await self._give_back(caller, taken)
-            # The shared enqueue was cancelled (shutting down): nothing stored.
-            raise _not_stored(exc) from None
+            raise refusal from None
         return job_id
 
     async def enqueue_many(
@@ -141,7 +136,7 @@ class Intake:
         places: list[int] = []
         for index, (part, text, meta) in enumerate(messages):
             try:
-                wires.append(self._admitted(caller, part, text, meta))
+                wires.append(self.admitted(caller, part, text, meta))
             except Refused as exc:
                 results[index] = exc
             else:
@@ -152,7 +147,7 @@ class Intake:
                 results[index] = outcome[0] if isinstance(outcome, tuple) else _refusal(outcome)
         return cast(list[str | Exception], results)  # every place filled
 
-    def _admitted(
+    def admitted(
         self,
         caller: Caller,
         part: Part,

@@ -49,10 +49,10 @@ import structlog
 from redis.asyncio import Redis
 
 from binds.smpp import pdu
-from router.policy.accounts import SENDER_NOT_ALLOWED, AccountError, Caller, admit
-from router.policy.jobs import Job, JobError, new_job_id
+from router.policy.accounts import Caller
+from router.policy.jobs import JobError, new_job_id
 from router.smpp_server.intake import REGISTERED_DELIVERY, Intake, job_refusal
-from router.smpp_server.statuses import ESME_RINVSRCADR, ESME_RSUBMITFAIL, Refused
+from router.smpp_server.statuses import ESME_RSUBMITFAIL, Refused
 from router.smpp_server.submit import Part, text_of
 from router.store import keys, scripts
 from router.store.connections import as_text
@@ -193,21 +193,9 @@ class Reassembly:
         """What a part says of its whole message, checked as the intake checks it (the
         account's profile and sender, the addresses; the text is judged once whole):
         Refused naming the field."""
-        job = Job(
-            id=new_job_id(),
-            to=part.destination,
-            text=_PLACEHOLDER,
-            sender=part.sender,
-            send_at=part.send_at,
-            expires_at=part.expires_at,
-        )
+        wire = self.intake.admitted(caller, part, _PLACEHOLDER, None)
         try:
-            admit(caller, job, self.intake.settings)
-        except AccountError as exc:
-            status = ESME_RINVSRCADR if exc.code == SENDER_NOT_ALLOWED else ESME_RSUBMITFAIL
-            raise Refused(status, str(exc)) from None
-        try:
-            self.intake.client.validate([job.to_wire()])
+            self.intake.client.validate([wire])
         except JobError as exc:
             raise job_refusal(exc) from None
 

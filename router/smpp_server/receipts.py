@@ -271,13 +271,11 @@ class ReceiptRelay:
                     # most of the stream): skipped without decoding the entry.
                     continue
                 event = {_text(k): _text(v) for k, v in raw.items()}
-                if event.get("type") == "inbound":
+                if kind == b"inbound":
                     if to_accounts:
                         routed = inbound_entry(event, routes)
                         if routed is not None:
                             writes.append(routed)
-                    continue
-                if event.get("status") not in FINAL:
                     continue
                 asked: int | None = None
                 if "meta" in event:

@@ -26,13 +26,12 @@ after the take gives it back (`give_back`, ``lua/limit_return.lua``).
 
 from __future__ import annotations
 
-import time
 from typing import Final, NamedTuple
 
 from redis.asyncio import Redis
 
 from router.policy.accounts import Caller
-from router.store import scripts
+from router.store import keys, scripts
 from router.store.connections import as_text
 
 __all__ = ["AccountLimits", "Limited", "quota_key", "rate_key", "used_today"]
@@ -70,12 +69,8 @@ def quota_key(account: str) -> str:
 async def used_today(redis: Redis, account: str) -> int:
     """Messages counted against `account`'s quota today (the UTC day on Redis' clock)."""
     seconds, _micro = await redis.time()
-    value = await redis.hget(quota_key(account), _day(seconds))
+    value = await redis.hget(quota_key(account), keys.utc_day(seconds))
     return int(value or 0)
-
-
-def _day(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(seconds))
 
 
 class AccountLimits:
