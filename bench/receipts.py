@@ -1,0 +1,210 @@
+"""What a delivery report per message costs: the router's drain with a receipt for each
+message beside its plain drain, in interleaved rounds (no Kannel).
+
+Usage: python bench/receipts.py [--n 20000] [--rounds 3] [--tree NAME=PATH ...]
+
+Each run: N jobs preloaded while the SMSC is down, the daemon started, then the peer
+kit's sink (on a free port, so it runs beside other benchmarks); window 100, one
+transceiver, Redis with an append-only file — the `dlr` case of versus_kannel.py.
+- drain: rate = the sink's first to last submit (as versus_kannel.py's drain);
+- dlr: `registered_delivery = 1`, the sink sends a receipt for each submit; rate = N /
+  (last record `delivered` - first submit) (as versus_kannel.py's dlr).
+Router CPU per message: the daemon's CPU from the sink's start until every record is
+`sent` (drain) or `delivered` (dlr), over N.
+
+`--tree NAME=PATH` (repeatable) runs the daemon and this script's reads of each code tree
+(PYTHONPATH=PATH, e.g. a `git worktree` of an older commit) in the same rounds:
+drain and dlr of each tree side by side, trees alternating. Without it: this tree.
+Prints each run, then medians per tree: both rates, their ratio (median of per-round
+ratios), CPU per message. Writes bench/results/receipts.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import versus_kannel
+from harness import cpu_seconds, free_port, save
+from versus_kannel import Rig, preload, sink_stats
+
+from router.store.ledger import Ledger
+
+HERE = Path(__file__).resolve()
+
+
+async def settled(url: str, ids: list[str], statuses: frozenset[str], stall: float) -> float:
+    """Poll until every record of `ids` has reached one of `statuses` (or nothing moved
+    for `stall` seconds); the time of the last one to get there (0.0 if none did)."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(url)
+    ledger = Ledger(redis, retention=60, events_maxlen=1000)
+    pending, last, progress = list(ids), 0.0, time.monotonic()
+    try:
+        while pending and time.monotonic() - progress < stall:
+            # The newest job is about the last to get there: a cheap probe first.
+            probe = await ledger.get(pending[-1])
+            if versus_kannel.first_at(probe, statuses) is None:
+                await asyncio.sleep(0.05)
+                continue
+            still: list[str] = []
+            for chunk in versus_kannel.chunked(pending, 1000):
+                for job_id, record in zip(chunk, await ledger.find(chunk), strict=True):
+                    at = versus_kannel.first_at(record, statuses)
+                    if at is None:
+                        still.append(job_id)
+                    else:
+                        last = max(last, at)
+            if len(still) < len(pending):
+                progress = time.monotonic()
+            pending = still
+            if pending:
+                await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+    return last if not pending else 0.0
+
+
+def one_run(n: int, tag: str, dlr: bool, scratch: Path, spy: Path | None) -> dict[str, Any]:
+    """One drain (with `dlr`: a receipt per message, to `delivered`) in this process's
+    code tree; its row."""
+    rig = Rig(scratch, tag, registered_delivery=int(dlr))
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        asyncio.run(preload(rig.url, n, tag))
+        rig.start_daemon()
+        time.sleep(1.5)  # started and trying to bind
+        pid = rig.router_pid
+        if spy is not None:
+            profiler = subprocess.Popen(
+                [shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid), "-f", "raw",
+                 "-o", str(spy), "-r", "250", "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1.0)
+        cpu0, redis0 = cpu_seconds(pid), cpu_seconds(rig.pids()["redis"])
+        started = time.time()
+        rig.start_sink(dlr="requested" if dlr else "off")
+        ids = [f"{tag}-{i}" for i in range(n)]
+        statuses = versus_kannel.REPORTED if dlr else frozenset({"sent"}) | versus_kannel.REPORTED
+        last = asyncio.run(settled(rig.url, ids, statuses, stall=30.0))
+        cpu, redis_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(rig.pids()["redis"]) - redis0
+        stats = sink_stats(rig.stats)
+        first, final = float(stats.get("first_ts") or started), float(stats.get("last_ts") or 0)
+        if dlr:
+            rate = n / max(last - first, 1e-6) if last else 0.0
+        else:
+            rate = float(stats.get("rate_first_to_last") or 0.0) or n / max(final - first, 1e-6)
+        return {
+            "rate": round(rate, 1),
+            "submits": stats.get("submits", 0),
+            "complete": bool(last) and stats.get("submits", 0) >= n,
+            "router_cpu_ms_per_msg": round(1000 * cpu / n, 4),
+            "redis_cpu_ms_per_msg": round(1000 * redis_cpu / n, 4),
+        }
+    finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+            profiler.wait(60)
+        rig.close()
+
+
+def child(tree: str, n: int, tag: str, dlr: bool, spy: Path | None) -> dict[str, Any]:
+    """`one_run` in a process of its own, with `tree`'s code ('' = this tree)."""
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = tree
+    args = [sys.executable, str(HERE), "--one", "dlr" if dlr else "drain", "--n", str(n)]
+    args += ["--tag", tag, "--sink-port", str(versus_kannel.SINK_PORT)]
+    if spy is not None:
+        args += ["--py-spy", str(spy)]
+    done = subprocess.run(args, env=env, check=True, stdout=subprocess.PIPE)
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--sink-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--py-spy", type=Path, help="one --one run: py-spy raw output here")
+    parser.add_argument("--one", choices=("drain", "dlr"), help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="r", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    versus_kannel.SINK_PORT = args.sink_port or free_port()
+    if args.one:
+        scratch = Path(tempfile.mkdtemp(prefix="sms-receipts-"))
+        try:
+            row = one_run(args.n, args.tag, args.one == "dlr", scratch, args.py_spy)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(json.dumps(row))
+        return
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    trees = [tuple(t.split("=", 1)) for t in args.tree] or [("this", "")]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name, _ in trees}
+    for r in range(args.rounds):
+        # Alternate which tree goes first, so neither always runs on a warmer machine.
+        order = trees if r % 2 == 0 else trees[::-1]
+        for name, path in order:
+            for case in ("drain", "dlr"):
+                row = child(path, args.n, f"{case}{r}", case == "dlr", None)
+                runs[name].setdefault(case, []).append(row)
+                print(
+                    f"round {r + 1} {name} {case}: {row['rate']:,.0f} msg/s, router "
+                    f"{row['router_cpu_ms_per_msg']:.3f} ms/msg, redis "
+                    f"{row['redis_cpu_ms_per_msg']:.3f} ms/msg, complete {row['complete']}"
+                )
+    summary: dict[str, Any] = {}
+    print("\n| tree | drain msg/s | dlr msg/s | dlr/drain | router ms/msg drain | dlr "
+          "| receipt's share | redis ms/msg drain | dlr |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, cases in runs.items():
+        drain, dlr = cases["drain"], cases["dlr"]
+
+        def med(rows: list[dict[str, Any]], key: str) -> float:
+            return float(statistics.median(row[key] for row in rows))
+
+        ratio = statistics.median(b["rate"] / a["rate"] for a, b in zip(drain, dlr, strict=True))
+        cpu_drain, cpu_dlr = med(drain, "router_cpu_ms_per_msg"), med(dlr, "router_cpu_ms_per_msg")
+        row = {
+            "drain_rate": med(drain, "rate"),
+            "dlr_rate": med(dlr, "rate"),
+            "ratio": round(ratio, 3),
+            "router_cpu_ms_per_msg": {"drain": cpu_drain, "dlr": cpu_dlr},
+            # What a receipt adds to a message's router CPU, as a share of the send path.
+            "receipt_share": round((cpu_dlr - cpu_drain) / cpu_drain, 3),
+            "redis_cpu_ms_per_msg": {
+                "drain": med(drain, "redis_cpu_ms_per_msg"),
+                "dlr": med(dlr, "redis_cpu_ms_per_msg"),
+            },
+            "complete": all(x["complete"] for x in drain + dlr),
+        }
+        summary[name] = row
+        print(
+            f"| {name} | {row['drain_rate']:,.0f} | {row['dlr_rate']:,.0f} | {ratio:.2f}x "
+            f"| {cpu_drain:.3f} | {cpu_dlr:.3f} | {row['receipt_share']:.2f} "
+            f"| {row['redis_cpu_ms_per_msg']['drain']:.3f} "
+            f"| {row['redis_cpu_ms_per_msg']['dlr']:.3f} |"
+        )
+    result = {"n": args.n, "rounds": args.rounds, "trees": dict(trees), "summary": summary}
+    print("written", save("receipts", {**result, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
