@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -35,34 +36,126 @@ import time
 from pathlib import Path
 from typing import Any
 
-import versus_kannel
-from harness import cpu_seconds, free_port, save
-from versus_kannel import Rig, preload, sink_stats
+from harness import (
+    NUMBERS,
+    RedisServer,
+    campaign_toml,
+    cpu_seconds,
+    free_port,
+    save,
+    start_daemon,
+    stop,
+)
+from redis.asyncio import Redis
 
+from router import Client
 from router.store.ledger import Ledger
 
 HERE = Path(__file__).resolve()
+PEERS = HERE.parents[2] / "shared" / "bench-peers"
+WINDOW = 100
+# What a record can end in once its report is applied; a plain drain ends at `sent`.
+REPORTED = frozenset({"delivered", "undelivered", "failed", "rejected", "expired"})
+SENT = REPORTED | {"sent"}
+
+
+def config(path: Path, redis_url: str, sink_port: int, registered_delivery: int) -> Path:
+    """One SMPP profile to the sink (versus_kannel.py's, on `sink_port`)."""
+    path.write_text(
+        f"""
+[router]
+redis = "{redis_url}"
+instance = "receipts"
+log_format = "json"
+log_level = "warning"
+[queue]
+batch = 500
+[profiles.bench]
+global = true
+protocol = "smpp"
+window = {WINDOW}
+numbers = {json.dumps(NUMBERS)}
+[profiles.bench.smpp]
+host = "127.0.0.1"
+port = {sink_port}
+system_id = "bench"
+password = "bench"
+bind = "transceiver"
+registered_delivery = {registered_delivery}
+reconnect_max = 1
+{campaign_toml(NUMBERS)}"""
+    )
+    return path
+
+
+def start_sink(port: int, stats: Path, log: Path, dlr: bool) -> subprocess.Popen[bytes]:
+    """The peer kit's sink on `port`; with `dlr` a receipt for each submit that asks."""
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, str(PEERS / "smsc_sink.py"), "--port", str(port), "--quiet",
+             "--dlr", "requested" if dlr else "off", "--uvloop", "--stats-file", str(stats)],
+            stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"the sink did not listen on port {port}")
+
+
+def sink_stats(path: Path) -> dict[str, Any]:
+    """The sink's stats file (rewritten every 0.1 s; {} before its first write)."""
+    for _ in range(5):
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            time.sleep(0.02)
+    return {}
+
+
+async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
+    """Enqueue `n` jobs through `Client.send_many` (versus_kannel.py's jobs)."""
+    redis = Redis.from_url(url)
+    client = Client(redis, default_profile="bench")
+    text = "Hello from the bench"
+    for start in range(0, n, batch):
+        stop_at = min(n, start + batch)
+        jobs = [
+            {"id": f"{tag}-{i}", "to": f"+4915100{i % 1_000_000:06d}", "text": text}
+            for i in range(start, stop_at)
+        ]
+        await client.send_many(jobs)
+    await redis.aclose()
+
+
+def first_at(record: dict[str, Any] | None, statuses: frozenset[str]) -> float | None:
+    """When a record first reached one of `statuses`, from its history."""
+    for step in (record or {}).get("history", []):
+        if step["status"] in statuses:
+            return float(step["at"])
+    return None
 
 
 async def settled(url: str, ids: list[str], statuses: frozenset[str], stall: float) -> float:
     """Poll until every record of `ids` has reached one of `statuses` (or nothing moved
-    for `stall` seconds); the time of the last one to get there (0.0 if none did)."""
-    from redis.asyncio import Redis
-
+    for `stall` seconds); the time of the last one to get there (0.0 if some did not)."""
     redis = Redis.from_url(url)
     ledger = Ledger(redis, retention=60, events_maxlen=1000)
     pending, last, progress = list(ids), 0.0, time.monotonic()
     try:
         while pending and time.monotonic() - progress < stall:
             # The newest job is about the last to get there: a cheap probe first.
-            probe = await ledger.get(pending[-1])
-            if versus_kannel.first_at(probe, statuses) is None:
+            if first_at(await ledger.get(pending[-1]), statuses) is None:
                 await asyncio.sleep(0.05)
                 continue
             still: list[str] = []
-            for chunk in versus_kannel.chunked(pending, 1000):
+            for start in range(0, len(pending), 1000):
+                chunk = pending[start : start + 1000]
                 for job_id, record in zip(chunk, await ledger.find(chunk), strict=True):
-                    at = versus_kannel.first_at(record, statuses)
+                    at = first_at(record, statuses)
                     if at is None:
                         still.append(job_id)
                     else:
@@ -77,40 +170,47 @@ async def settled(url: str, ids: list[str], statuses: frozenset[str], stall: flo
     return last if not pending else 0.0
 
 
-def one_run(n: int, tag: str, dlr: bool, scratch: Path, spy: Path | None) -> dict[str, Any]:
+def one_run(
+    n: int, tag: str, dlr: bool, sink_port: int, scratch: Path, spy: Path | None
+) -> dict[str, Any]:
     """One drain (with `dlr`: a receipt per message, to `delivered`) in this process's
     code tree; its row."""
-    rig = Rig(scratch, tag, registered_delivery=int(dlr))
+    server = RedisServer(appendonly=True, folder=scratch / "redis")
+    path = config(scratch / "router.toml", server.url, sink_port, int(dlr))
+    daemon: subprocess.Popen[bytes] | None = None
+    sink: subprocess.Popen[bytes] | None = None
     profiler: subprocess.Popen[bytes] | None = None
+    stats = scratch / "sink.json"
     try:
-        asyncio.run(preload(rig.url, n, tag))
-        rig.start_daemon()
+        asyncio.run(preload(server.url, n, tag))
+        daemon = start_daemon(path, scratch / "router.log")
         time.sleep(1.5)  # started and trying to bind
-        pid = rig.router_pid
         if spy is not None:
             profiler = subprocess.Popen(
-                [shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid), "-f", "raw",
-                 "-o", str(spy), "-r", "250", "--nonblocking"],
+                [shutil.which("py-spy") or "py-spy", "record", "--pid", str(daemon.pid),
+                 "-f", "raw", "-o", str(spy), "-r", "250", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)
-        cpu0, redis0 = cpu_seconds(pid), cpu_seconds(rig.pids()["redis"])
+        redis_pid = server.proc.pid if server.proc is not None else 0
+        cpu0, redis0 = cpu_seconds(daemon.pid), cpu_seconds(redis_pid)
         started = time.time()
-        rig.start_sink(dlr="requested" if dlr else "off")
+        sink = start_sink(sink_port, stats, scratch / "sink.log", dlr)
         ids = [f"{tag}-{i}" for i in range(n)]
-        statuses = versus_kannel.REPORTED if dlr else frozenset({"sent"}) | versus_kannel.REPORTED
-        last = asyncio.run(settled(rig.url, ids, statuses, stall=30.0))
-        cpu, redis_cpu = cpu_seconds(pid) - cpu0, cpu_seconds(rig.pids()["redis"]) - redis0
-        stats = sink_stats(rig.stats)
-        first, final = float(stats.get("first_ts") or started), float(stats.get("last_ts") or 0)
+        last = asyncio.run(settled(server.url, ids, REPORTED if dlr else SENT, stall=30.0))
+        cpu = cpu_seconds(daemon.pid) - cpu0
+        redis_cpu = cpu_seconds(redis_pid) - redis0
+        time.sleep(0.2)  # the sink's last stats written
+        got = sink_stats(stats)
+        first = float(got.get("first_ts") or started)
         if dlr:
             rate = n / max(last - first, 1e-6) if last else 0.0
         else:
-            rate = float(stats.get("rate_first_to_last") or 0.0) or n / max(final - first, 1e-6)
+            rate = float(got.get("rate_first_to_last") or 0.0)
         return {
             "rate": round(rate, 1),
-            "submits": stats.get("submits", 0),
-            "complete": bool(last) and stats.get("submits", 0) >= n,
+            "submits": got.get("submits", 0),
+            "complete": bool(last) and got.get("submits", 0) >= n,
             "router_cpu_ms_per_msg": round(1000 * cpu / n, 4),
             "redis_cpu_ms_per_msg": round(1000 * redis_cpu / n, 4),
         }
@@ -118,16 +218,23 @@ def one_run(n: int, tag: str, dlr: bool, scratch: Path, spy: Path | None) -> dic
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
             profiler.wait(60)
-        rig.close()
+        if daemon is not None:
+            stop(daemon)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
+        server.close()
 
 
-def child(tree: str, n: int, tag: str, dlr: bool, spy: Path | None) -> dict[str, Any]:
+def child(
+    tree: str, n: int, tag: str, dlr: bool, sink_port: int, spy: Path | None
+) -> dict[str, Any]:
     """`one_run` in a process of its own, with `tree`'s code ('' = this tree)."""
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = tree
     args = [sys.executable, str(HERE), "--one", "dlr" if dlr else "drain", "--n", str(n)]
-    args += ["--tag", tag, "--sink-port", str(versus_kannel.SINK_PORT)]
+    args += ["--tag", tag, "--sink-port", str(sink_port)]
     if spy is not None:
         args += ["--py-spy", str(spy)]
     done = subprocess.run(args, env=env, check=True, stdout=subprocess.PIPE)
@@ -146,11 +253,11 @@ def main() -> None:
     parser.add_argument("--one", choices=("drain", "dlr"), help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="r", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    versus_kannel.SINK_PORT = args.sink_port or free_port()
+    sink_port = args.sink_port or free_port()
     if args.one:
         scratch = Path(tempfile.mkdtemp(prefix="sms-receipts-"))
         try:
-            row = one_run(args.n, args.tag, args.one == "dlr", scratch, args.py_spy)
+            row = one_run(args.n, args.tag, args.one == "dlr", sink_port, scratch, args.py_spy)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         print(json.dumps(row))
@@ -163,7 +270,7 @@ def main() -> None:
         order = trees if r % 2 == 0 else trees[::-1]
         for name, path in order:
             for case in ("drain", "dlr"):
-                row = child(path, args.n, f"{case}{r}", case == "dlr", None)
+                row = child(path, args.n, f"{case}{r}", case == "dlr", sink_port, None)
                 runs[name].setdefault(case, []).append(row)
                 print(
                     f"round {r + 1} {name} {case}: {row['rate']:,.0f} msg/s, router "
