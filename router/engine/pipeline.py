@@ -243,9 +243,9 @@ class Pipeline:
         `idle` means no entry is left in flight (the worker's drain is over). Window
         slots are freed by the answers, not by the flushes: what waits for a flush only
         uses up `unsettled_max`, and the gate stops handing over once that is spent. So
-        the outbox is measured against it (`_flush_size`: an eighth of it), early
-        enough that a flush's round trip does not spend it, late enough that batches
-        stay big (one script call per batch is what makes recording cheap):
+        the outbox is measured against it (`_flush_size`), early enough that a flush's
+        round trip does not spend it, late enough that batches stay big (one script
+        call per batch is what makes recording cheap):
 
         - with no flush in flight, one starts once the outbox holds `_flush_size`, or
           nothing is in flight at the binds (no answer is coming to share it), or the
@@ -288,7 +288,15 @@ class Pipeline:
             flushes.add(task)
 
     def _flush_size(self) -> int:
-        return max(1, self.unsettled_max // 8)
+        """Outcomes an outbox waits for before its flush starts: an eighth of
+        `unsettled_max`, or all of it but eight windows' worth when that is more. What
+        a flush's round trip must leave room for is the answers that come meanwhile,
+        about a window per SMSC round trip: with small windows and a large
+        `unsettled_max` (sync mode: 1 and `SYNC_UNSETTLED` per bind) an eighth would
+        flush a few at a time (measured: 4.8 outcomes per call in sync mode, 14 with
+        this)."""
+        unsettled = self.unsettled_max
+        return max(1, unsettled // 8, unsettled - 8 * self.windows)
 
     def _shut(self) -> bool:
         """Whether messages wait for the gate only because of unrecorded outcomes."""

@@ -50,6 +50,13 @@ __all__ = ["PROBE_EVERY", "Routing", "no_route", "rank"]
 # below the route's minimum sample, when one is healthy.
 PROBE_EVERY = 20
 CHEAPEST_MEMO = 65_536  # (route, destination prefix) orders kept for least_cost
+# `unsettled_max` per bind of a connector in sync mode when none is configured. One
+# window would be 1: each outcome flushed alone, and the next submit but one waiting
+# for that flush's round trip (measured: 0.30 ms of router CPU per message, 0.16x a raw
+# pump at window 1). A batch lets the one submit outstanding go on while outcomes are
+# recorded behind it, many per call; the price is a crash bound of 1 + this per bind
+# (sent twice at most, counted in possible_duplicates), like an async window of 32.
+SYNC_UNSETTLED = 32
 
 
 def no_route(to: str, sender: str) -> Refusal:
@@ -99,11 +106,13 @@ class Routing:
     @property
     def unsettled_max(self) -> int:
         """Answered outcomes the profile may hold unrecorded beyond the windows: each
-        connector's `unsettled_max` per bind (None: one window, as the bind has it now,
-        so 1 in sync mode), summed like `windows`."""
+        connector's `unsettled_max` per bind (None: one window, as the bind has it now;
+        in sync mode `SYNC_UNSETTLED`), summed like `windows`."""
         total = 0
         for connector in self.connectors.values():
             per_bind = connector.settings.unsettled_max
+            if per_bind is None and connector.settings.processing == "sync":
+                per_bind = SYNC_UNSETTLED
             if per_bind is None:
                 total += connector.window
             else:

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from router import Client
 from router.config import ConfigError, parse_settings
 from router.engine.pipeline import Pipeline
+from router.engine.routing import SYNC_UNSETTLED
 from router.store import keys
 from router.store.ledger import Ledger
 from sims.smscsim import SimConfig
@@ -113,28 +115,62 @@ async def test_answers_free_the_window_and_unsettled_max_bounds_the_unrecorded(
     assert sim.stats()["max_outstanding"] <= WINDOW  # the bind's own window holds
 
 
-async def test_sync_keeps_one_submit_outstanding_and_one_outcome_unrecorded_per_bind(
+async def test_sync_keeps_submitting_one_at_a_time_while_outcomes_wait_for_redis(
     redis: Redis, redis_url: str, tmp_path: Path, sim: CountingSmsc, run_daemon: Start
 ) -> None:
-    """`processing = "sync"`: one window is 1, so each bind has one submit at the SMSC
-    and, by default, one answered outcome waiting for Redis behind it."""
+    """`processing = "sync"`: each bind has one submit at the SMSC, and the next goes
+    out while the outcomes before it wait to be recorded (`SYNC_UNSETTLED` per bind by
+    default), not once the previous one is in Redis; all are recorded once Redis is
+    back, each sent once."""
     settings = smpp_settings(redis_url, tmp_path, sim.port, processing="sync", smpp={"binds": 2})
-    ids, to = await enqueue(Client.from_settings(redis, settings), 120)
+    ids, to = await enqueue(Client.from_settings(redis, settings), 160)
     running = run_daemon(settings)
     pipeline = await pipeline_of(running)
     await wait_for(lambda: sum(sim.received.values()) >= 20, 30, "a first stretch sent")
-    assert (pipeline.windows, pipeline.unsettled_max) == (2, 2)
-    await redis.client_pause(3000, all=False)
+    assert (pipeline.windows, pipeline.unsettled_max) == (2, 2 * SYNC_UNSETTLED)
+    await redis.client_pause(4000, all=False)
     try:
         await stalled(sim)
         unrecorded = await unrecorded_at_smsc(redis, sim, ids, to)
         counted = pipeline.unsettled
     finally:
         await redis.client_unpause()
-    assert unrecorded == counted == 4  # 2 binds x (1 in flight + 1 unrecorded)
+    # Before, the gate let one more out per bind (4 in all): here submits went on while
+    # Redis held the outcomes, up to 2 binds x (1 in flight + SYNC_UNSETTLED).
+    assert 2 * 2 < unrecorded == counted <= 2 * (1 + SYNC_UNSETTLED), (unrecorded, counted)
     await settle(redis, ids, FINAL, 60)
+    assert (pipeline.in_flight, pipeline.answered) == (0, 0)
     assert sim.stats()["max_outstanding"] == 1  # per session: sync holds
-    assert max(sim.received.values()) == 1
+    assert set(sim.received) == set(to) and max(sim.received.values()) == 1
+
+
+async def test_sync_records_outcomes_in_batches(
+    redis: Redis, redis_url: str, tmp_path: Path, run_daemon: Start
+) -> None:
+    """Sync mode against an SMSC answering at once: outcomes are recorded many per call
+    (`finish`, one call per flush), not one call per message."""
+    smsc = CountingSmsc(SimConfig(seed=5, receipt_delay=0.01))
+    await smsc.listen()
+    try:
+        # No receipts: their scripts would count too.
+        smpp = {"registered_delivery": 0}
+        settings = smpp_settings(redis_url, tmp_path, smsc.port, processing="sync", smpp=smpp)
+        ids, _ = await enqueue(Client.from_settings(redis, settings), 600)
+        before = await finish_calls(redis)
+        run_daemon(settings)
+        await settle(redis, ids, {"sent"}, 60)
+        calls = await finish_calls(redis) - before
+        assert smsc.stats()["max_outstanding"] == 1
+    finally:
+        await smsc.close()
+    # `sending` (chunks of 32) and `finish` calls: before, one finish per message.
+    assert calls <= len(ids) / 3, calls
+
+
+async def finish_calls(redis: Redis) -> int:
+    """EVALSHA calls Redis has served (every ledger call is one)."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 async def test_unsettled_max_defaults_to_one_window_and_sums_over_the_routes(
@@ -165,15 +201,27 @@ def test_unsettled_max_is_at_least_one(redis_url: str, tmp_path: Path) -> None:
     parse_settings(smpp_config(redis_url, tmp_path, 2775, unsettled_max=1), env={})
 
 
+@pytest.mark.parametrize(
+    ("processing", "window", "unsettled"),
+    [("async", WINDOW, 20), ("sync", 1, None)],  # sync: its default, SYNC_UNSETTLED
+)
 async def test_kill_9_with_outcomes_unrecorded_sends_at_most_window_plus_unsettled_max_twice(
-    redis: Redis, redis_url: str, tmp_path: Path, sim: CountingSmsc
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    sim: CountingSmsc,
+    processing: str,
+    window: int,
+    unsettled: int | None,
 ) -> None:
     """Killed while Redis holds the outcome flushes (the worst moment: the gate is
     full): after a restart nothing is lost, and what the SMSC received twice is at most
     window + unsettled_max, each counted in possible_duplicates."""
-    unsettled = 20
     sim.config.response_delay = 0.005
-    data = smpp_config(redis_url, tmp_path, sim.port, window=WINDOW, unsettled_max=unsettled)
+    extra: dict[str, Any] = {} if unsettled is None else {"unsettled_max": unsettled}
+    data = smpp_config(redis_url, tmp_path, sim.port, window=window, processing=processing, **extra)
+    if unsettled is None:
+        unsettled = SYNC_UNSETTLED
     data["router"]["shutdown_grace"] = 10
     config = write_config(tmp_path / "router.toml", data)
     settings = parse_settings(data, env={})
@@ -195,7 +243,7 @@ async def test_kill_9_with_outcomes_unrecorded_sends_at_most_window_plus_unsettl
             proc.kill()
         raise
     assert sum(sim.received.values()) < len(ids), "killed too late to prove anything"
-    assert WINDOW < unrecorded <= WINDOW + unsettled, unrecorded
+    assert window < unrecorded <= window + unsettled, unrecorded
     proc = await start_daemon(config, log)
     try:
         await settle(redis, ids, FINAL, 120)
@@ -216,5 +264,5 @@ async def test_kill_9_with_outcomes_unrecorded_sends_at_most_window_plus_unsettl
     # waited for the gate (at most max(window + unsettled_max, 64) ahead of it) and
     # never went out.
     print(f"kill -9: unrecorded={unrecorded} twice={len(twice)} possible_duplicates={counted}")
-    bound = WINDOW + unsettled
+    bound = window + unsettled
     assert len(twice) <= counted <= bound + max(bound, 64), counted
