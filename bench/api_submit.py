@@ -13,6 +13,9 @@ SMPP sink, one transceiver, window 100, N messages each run:
   ``{"messages": [...]}`` of `--batch` jobs, one request in flight per connection.
 - single: the same daemon, one job per POST, `--concurrency` keep-alive connections
   with one request in flight each (Kannel's loader does the same).
+- workers: single, with `[api] workers = --workers`: that many processes serve the
+  API's port (SO_REUSEPORT) while the daemon's process sends; router CPU is the
+  daemon's plus its workers' (`router.1`, ...).
 Two rates per run: accepted = messages answered 202 / (last answer - first request);
 end-to-end = N / (N-th submit at the sink - first request), as the live case of
 versus_kannel.py. The client is the kit's raw HTTP/1.1 protocol (loadgen.RawHTTP) on
@@ -29,12 +32,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import importlib.util
 import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,20 +48,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import Stack, free_port, round_ratio, save
-from versus_kannel import (
+from harness import (
     PEERS,
+    SINK_PORT,
     Rig,
+    Stack,
     ensure_tools,
+    free_port,
     jobs,
     kannel,
-    median,
+    round_ratio,
+    save,
     sink_stats,
     waited,
     waiter,
 )
+from harness import row_median as median
 
-CASES = ("kannel", "batch", "single")
+CASES = ("kannel", "batch", "single", "workers")
 
 
 def _raw_http() -> Any:
@@ -67,10 +77,12 @@ def _raw_http() -> Any:
     return module.RawHTTP
 
 
-def api_toml(port: int, token_file: Path) -> str:
-    """The `[api]` tables: a listener on `port`, one key with the `send` scope."""
+def api_toml(port: int, token_file: Path, workers: int | None = None) -> str:
+    """The `[api]` tables: a listener on `port` (`workers` processes sharing it when
+    given), one key with the `send` scope."""
+    more = f"workers = {workers}\n" if workers is not None else ""
     return (
-        f'\n[api]\nlisten = "127.0.0.1:{port}"\n'
+        f'\n[api]\nlisten = "127.0.0.1:{port}"\n{more}'
         f'[api.keys.bench]\ntoken = "file:{token_file}"\nscopes = ["send"]\n'
     )
 
@@ -148,6 +160,45 @@ async def load(port: int, built: list[bytes], connections: int, per: int) -> dic
     }
 
 
+PY_SPY = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
+
+
+def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` and its children (API workers) into `output` (raw folded
+    stacks, one process per stack root) until SIGINT."""
+    flags = ("--nonblocking", "--subprocesses", "-r", "200", "-f", "raw", "-o", str(output))
+    return subprocess.Popen(
+        [PY_SPY, "record", *flags, "-p", str(pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def spied(proc: subprocess.Popen[bytes], output: Path, top: int = 30) -> None:
+    """Stop py-spy, then print the functions with the most samples: self (the frame
+    running) and total (on the stack), as % of all samples."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in output.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    print(f"profile {output}: {samples} samples")
+    for title, counter in (("self", own), ("total", total)):
+        print(f"  top {top} by {title}:")
+        for frame, n in counter.most_common(top):
+            print(f"    {100 * n / max(samples, 1):5.1f} %  {frame}")
+
+
 def run_client(main: Callable[[], Any]) -> Any:
     """Run the client on uvloop (as the kit's loader runs with --uvloop)."""
     import uvloop
@@ -156,14 +207,27 @@ def run_client(main: Callable[[], Any]) -> Any:
         return runner.run(main())
 
 
-def router_api(n: int, scratch: Path, tag: str, per: int, connections: int) -> dict[str, Any]:
-    """One run: daemon with the API bound to a fresh sink; N jobs through the API."""
-    rig = Rig(scratch, tag)
+def router_api(
+    n: int,
+    scratch: Path,
+    tag: str,
+    per: int,
+    connections: int,
+    *,
+    sink_port: int,
+    profile: Path | None = None,
+    api_workers: int | None = None,
+) -> dict[str, Any]:
+    """One run: daemon with the API bound to a fresh sink; N jobs through the API;
+    `profile`: py-spy the daemon (raw folded stacks there) during the load;
+    `api_workers`: `[api] workers` (else the router's default). Router CPU includes
+    the processes the daemon started (API workers)."""
+    rig = Rig(scratch, tag, sink_port=sink_port)
     port, token = free_port(), secrets.token_urlsafe(24)
     token_file = scratch / f"token-{tag}"
     token_file.write_text(token)
     with rig.config.open("a") as handle:
-        handle.write(api_toml(port, token_file))
+        handle.write(api_toml(port, token_file, api_workers))
     built = requests(tag, n, per, port, token)
     try:
         rig.start_sink()
@@ -173,7 +237,10 @@ def router_api(n: int, scratch: Path, tag: str, per: int, connections: int) -> d
         time.sleep(0.5)  # the worker is reading its stream
         wait = waiter(n, rig.stats, tag, {**rig.pids(), "client": os.getpid()})
         time.sleep(0.3)  # loadgen has its first CPU readings
+        sampler = spy(rig.router_pid, profile) if profile is not None else None
         got = run_client(lambda: load(port, built, connections, per))
+        if sampler is not None and profile is not None:
+            spied(sampler, profile)
         result = waited(wait)
         last = sink_stats(rig.stats).get("last_ts")
         span = last - got["t0"] if last else 0.0
@@ -193,7 +260,7 @@ def router_api(n: int, scratch: Path, tag: str, per: int, connections: int) -> d
             "cpu_pct": {
                 k: round(100 * v["cpu_s"] / span, 1) if span > 0 else 0.0
                 for k, v in cpu.items()
-                if k in ("router", "redis")
+                if k.startswith("router") or k == "redis"
             },
             # the loader over its own load time: near 100 % would make it the limit
             "client_cpu_pct": round(100 * got["client_cpu_s"] / got["load_s"], 1),
@@ -206,9 +273,9 @@ def router_api(n: int, scratch: Path, tag: str, per: int, connections: int) -> d
     return row
 
 
-def kannel_live(n: int, scratch: Path) -> dict[str, Any]:
+def kannel_live(n: int, scratch: Path, sink_port: int = SINK_PORT) -> dict[str, Any]:
     """Kannel's live run; its loader's CPU over the load time like the router's client."""
-    row = kannel(n, scratch, "live")
+    row = kannel(n, scratch, "live", sink_port=sink_port)
     # kannel() gives the loader's CPU over the end-to-end window; the load ends first,
     # so the share over the load time is at least this.
     row["client_cpu_pct"] = row["cpu_pct"].pop("producer", 0.0)
@@ -231,12 +298,17 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=50, help="single requests in flight (Kannel's: 50)"
     )
+    parser.add_argument("--profile", type=Path, help="py-spy the router in single runs (raw)")
+    parser.add_argument("--sink-port", type=int, help="the SMPP sink's port (default: a free one)")
+    parser.add_argument("--workers", type=int, default=2, help="[api] workers in the workers case")
     parser.add_argument("--cases", help=f"comma-separated, of {','.join(CASES)} (default: all)")
     args = parser.parse_args()
     cases = args.cases.split(",") if args.cases else list(CASES)
     if unknown := set(cases) - set(CASES):
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # A free port: other benchmarks on the machine may hold the default one.
+    sink_port = args.sink_port or free_port()
     ensure_tools(kannel="kannel" in cases)
     scratch = Path(tempfile.mkdtemp(prefix="sms-apisubmit-"))
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
@@ -245,11 +317,39 @@ def main() -> None:
             line = [f"round {r + 1}:"]
             for case in cases:
                 if case == "kannel":
-                    row = kannel_live(args.n, scratch)
+                    row = kannel_live(args.n, scratch, sink_port)
                 elif case == "batch":
-                    row = router_api(args.n, scratch, f"b{r}", args.batch, args.batch_clients)
+                    row = router_api(
+                        args.n,
+                        scratch,
+                        f"b{r}",
+                        args.batch,
+                        args.batch_clients,
+                        sink_port=sink_port,
+                    )
+                elif case == "workers":
+                    row = router_api(
+                        args.n,
+                        scratch,
+                        f"w{r}",
+                        1,
+                        args.concurrency,
+                        sink_port=sink_port,
+                        api_workers=args.workers,
+                    )
                 else:
-                    row = router_api(args.n, scratch, f"s{r}", 1, args.concurrency)
+                    profile = args.profile
+                    if profile is not None and args.rounds > 1:
+                        profile = profile.with_name(f"{profile.name}.r{r + 1}")
+                    row = router_api(
+                        args.n,
+                        scratch,
+                        f"s{r}",
+                        1,
+                        args.concurrency,
+                        sink_port=sink_port,
+                        profile=profile,
+                    )
                 runs[case].append(row)
                 line.append(
                     f"{case} {row['http_rate']:.0f} accepted / {row['rate']:.0f} e2e"
@@ -268,6 +368,7 @@ def main() -> None:
         "kannel": "Kannel sendsms (1 msg/request, 50 in flight)",
         "batch": f"router batches ({args.batch}/request, {args.batch_clients} clients)",
         "single": f"router single (1 msg/request, {args.concurrency} in flight)",
+        "workers": f"router single, [api] workers = {args.workers}",
     }
     for case in cases:
         rows = runs[case]
@@ -298,6 +399,7 @@ def main() -> None:
         "batch": args.batch,
         "batch_clients": args.batch_clients,
         "concurrency": args.concurrency,
+        "workers": args.workers,
         "cases": table,
         "runs": runs,
     }

@@ -1,5 +1,8 @@
 """Shared pieces of the benchmarks: a private redis-server, the provider simulator,
-the daemon as a subprocess, and CPU/memory readings from /proc."""
+the daemon as a subprocess, CPU/memory readings from /proc, and the peer kit's side
+(../shared/bench-peers): its SMPP sink, Kannel through its runner, its loader waiting
+for the sink, and `Rig` (Redis + the daemon + a sink) that versus_kannel.py,
+api_submit.py and the other SMPP benchmarks run the router on."""
 
 from __future__ import annotations
 
@@ -19,11 +22,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from router import Client
 from router.store import keys
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 NUMBERS = ["+16501112345", "+14082223333", "+14155552671"]
+PEERS = ROOT.parent / "shared" / "bench-peers"
+SINK_PORT = 27775  # the default; a run may take a free port (Kannel's runner takes any)
+WINDOW = int(os.environ.get("BENCH_WINDOW", "100"))
 
 
 def free_port() -> int:
@@ -206,6 +213,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes under `pid` (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += parents.get(child, [])
+    return sorted(found)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -279,3 +305,296 @@ async def status_counts(
                 name = status.decode() if status else "missing"
                 counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+# The peer kit's side: its sink, Kannel, its loader, and the router rigged to the sink.
+
+
+def ensure_tools(*, kannel: bool = True) -> None:
+    """Kannel from Debian's packages (never started by the package), uvloop for the sink."""
+    if not PEERS.is_dir():
+        sys.exit(f"the peer kit is missing: {PEERS}")
+    if kannel and shutil.which("bearerbox") is None:
+        if os.geteuid() != 0:
+            sys.exit("Kannel is missing: run as root, or apt-get install kannel")
+        policy = Path("/usr/sbin/policy-rc.d")
+        if not policy.exists():  # keep Debian from starting Kannel on its default ports
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "kannel"], check=True, env=env)
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uvloop"], check=True)
+
+
+def peer(script: str, *args: str) -> list[str]:
+    """A command line running one of the peer kit's Python tools."""
+    return [sys.executable, str(PEERS / script), *args]
+
+
+def start_sink(
+    stats: Path, log: Path, *, latency_ms: float = 0.0, dlr: str = "off", port: int = SINK_PORT
+) -> subprocess.Popen[bytes]:
+    """A fresh sink (rates come from its first and last submit); `dlr`: off | requested."""
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            peer(
+                "smsc_sink.py",
+                *("--port", str(port), "--quiet", "--dlr", dlr, "--uvloop"),
+                *("--latency-ms", f"{latency_ms:g}", "--stats-file", str(stats)),
+            ),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    Stack._wait_port(port)
+    return proc
+
+
+def sink_stats(path: Path) -> dict[str, Any]:
+    """The sink's stats file (rewritten every 0.1 s; {} before its first write)."""
+    for _ in range(5):
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            time.sleep(0.02)
+    return {}
+
+
+def wait_no_kannel(timeout: float = 1800.0) -> None:
+    """Until no bearerbox runs (pgrep), at most `timeout` seconds."""
+    deadline, said = time.monotonic() + timeout, False
+    while subprocess.run(["pgrep", "-x", "bearerbox"], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            sys.exit("another Kannel (bearerbox) kept running: its ports are the same")
+        if not said:
+            print("waiting for another bearerbox to end ...", file=sys.stderr)
+            said = True
+        time.sleep(1.0)
+
+
+def kannel(
+    n: int,
+    scratch: Path,
+    mode: str = "drain",
+    latency_ms: float = 0.0,
+    *,
+    sink_port: int = SINK_PORT,
+) -> dict[str, Any]:
+    """One Kannel run (drain or live) through the kit's runner; its loadgen result line.
+    Never two at once: Kannel's admin, box and sendsms ports are fixed, so this waits
+    while another bearerbox runs on the machine (another benchmark's)."""
+    wait_no_kannel()
+    out, log = scratch / "kannel.jsonl", scratch / f"kannel-{mode}.log"
+    env = {
+        **os.environ,
+        "N": str(n),
+        "RUNS": "1",
+        "MODES": mode,
+        "WINDOWS": str(WINDOW),
+        "STORES": "file",
+        "PY": sys.executable,
+        "SCRATCH": str(scratch),
+        "RESULTS": str(scratch),
+        "OUT": str(out),
+        "SINK_PORT": str(sink_port),
+    }
+    env.pop("SINK_LATENCY_MS", None)
+    if latency_ms:
+        env["SINK_LATENCY_MS"] = f"{latency_ms:g}"
+    with log.open("wb") as handle:
+        subprocess.run(
+            ["bash", str(PEERS / "run_kannel.sh")],
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+        )
+    text = out.read_text() if out.exists() else ""  # no line: the run failed
+    out.unlink(missing_ok=True)
+    lines = [json.loads(x) for x in text.splitlines() if x.strip()]
+    result = lines[-1] if lines else {}
+    if not result:
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        print(f"Kannel's {mode} run failed:", *tail, sep="\n  ", file=sys.stderr)
+    cpu = {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items()}
+    loader = cpu.pop("loader", 0.0)
+    if mode == "live":  # the kit's HTTP loader is the producer there; idle in a drain
+        cpu["producer"] = loader
+    return {
+        "rate": result.get("e2e_rate" if mode == "live" else "sink_rate", 0.0),
+        # live: the rate sendsms answered the loader at (HTTP 202s / load time)
+        "http_rate": result.get("http_rate") or 0.0,
+        "foreign_cpu_pct": result.get("foreign_cpu_pct"),  # other load on the machine
+        "complete": result.get("complete", False),
+        "cpu_pct": cpu,
+    }
+
+
+def router_config(
+    path: Path,
+    redis_url: str,
+    *,
+    window: int = WINDOW,
+    processing: str = "async",
+    registered_delivery: int = 0,
+    retention: float | None = None,
+    binds: int = 1,
+    port: int = SINK_PORT,
+) -> Path:
+    """One SMPP profile to the sink (`binds` sessions); `retention` (seconds) also trims
+    the event stream."""
+    short = f"retention = {retention:g}\nevents_maxlen = 1000" if retention else ""
+    path.write_text(
+        f"""
+[router]
+redis = "{redis_url}"
+instance = "versus"
+log_format = "json"
+log_level = "warning"
+[queue]
+batch = 500
+{short}
+[profiles.bench]
+global = true
+protocol = "smpp"
+processing = "{processing}"
+window = {window}
+numbers = {json.dumps(NUMBERS)}
+[profiles.bench.smpp]
+host = "127.0.0.1"
+port = {port}
+binds = {binds}
+system_id = "bench"
+password = "bench"
+bind = "transceiver"
+registered_delivery = {registered_delivery}
+reconnect_max = 1
+{campaign_toml(NUMBERS)}"""
+    )
+    return path
+
+
+class Rig:
+    """A private Redis (append-only file unless told), the router's configuration, then
+    the daemon and a sink as a run starts them; `close` stops what was started."""
+
+    def __init__(
+        self,
+        scratch: Path,
+        tag: str,
+        *,
+        appendonly: bool = True,
+        sink_port: int = SINK_PORT,
+        processes: int = 1,
+        **config: Any,
+    ) -> None:
+        self.scratch, self.tag = scratch, tag
+        self.sink_port, self.processes = sink_port, processes
+        self.binds = int(config.get("binds", 1))
+        self.server = RedisServer(appendonly=appendonly, folder=scratch / f"redis-{tag}")
+        self.config = router_config(
+            scratch / f"router-{tag}.toml", self.server.url, port=sink_port, **config
+        )
+        self.stats = scratch / f"sink-{tag}.json"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.more: list[subprocess.Popen[bytes]] = []  # daemons 2..processes
+        self.sink: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def router_pid(self) -> int:
+        return self.daemon.pid if self.daemon is not None else 0
+
+    def pids(self) -> dict[str, int]:
+        """The processes whose CPU a run reports: each daemon and the processes it
+        started (API workers: `router.1`, ...; taken when called), and Redis."""
+        daemons = {"router": self.router_pid}
+        daemons |= {f"router{i}": d.pid for i, d in enumerate(self.more, 2)}
+        found: dict[str, int] = {}
+        for name, pid in daemons.items():
+            found[name] = pid
+            found |= {f"{name}.{i}": child for i, child in enumerate(descendants(pid), 1)}
+        redis = self.server.proc.pid if self.server.proc else 0
+        return {**found, "redis": redis}
+
+    def start_daemon(self) -> None:
+        self.daemon = start_daemon(self.config, self.scratch / f"router-{self.tag}.log")
+        # More daemons of the same profile: same consumer group, their own instance
+        # names (and binds), as several hosts would run it.
+        for i in range(2, self.processes + 1):
+            config = self.scratch / f"router-{self.tag}-{i}.toml"
+            text = self.config.read_text().replace('instance = "versus"', f'instance = "versus{i}"')
+            config.write_text(text)
+            self.more.append(start_daemon(config, self.scratch / f"router-{self.tag}-{i}.log"))
+
+    def start_sink(self, *, latency_ms: float = 0.0, dlr: str = "off") -> None:
+        self.stats.unlink(missing_ok=True)
+        self.sink = start_sink(
+            self.stats,
+            self.scratch / f"sink-{self.tag}.log",
+            latency_ms=latency_ms,
+            dlr=dlr,
+            port=self.sink_port,
+        )
+
+    def wait_bound(self, timeout: float = 30.0) -> None:
+        """Until the daemon has bound each of its sessions to the sink."""
+        deadline = time.monotonic() + timeout
+        while sink_stats(self.stats).get("binds", 0) < self.binds * self.processes:
+            if time.monotonic() > deadline:
+                sys.exit(f"the router did not bind within {timeout:.0f} s (see its log)")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for daemon in self.more:
+            stop(daemon)
+        if self.daemon is not None:
+            stop(self.daemon)
+        if self.sink is not None:
+            self.sink.terminate()
+            self.sink.wait(10)
+        self.server.close()
+
+
+def waiter(n: int, stats: Path, label: str, pids: dict[str, int]) -> subprocess.Popen[bytes]:
+    """The kit's loadgen waiting for `n` submits at the sink, sampling each pid's CPU."""
+    flags = [x for name, pid in pids.items() for x in ("--pid", f"{name}={pid}")]
+    return subprocess.Popen(
+        peer(
+            "loadgen.py",
+            *("--mode", "drain", "--n", str(n), "--sink-stats", str(stats), "--label", label),
+            *flags,
+        ),
+        stdout=subprocess.PIPE,
+    )
+
+
+def waited(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    return json.loads((proc.communicate(timeout=900)[0] or b"{}").decode())  # type: ignore[no-any-return]
+
+
+def jobs(tag: str, start: int, stop: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{tag}-{i}", "to": f"+4915100{i % 1_000_000:06d}", "text": "Hello from the bench"}
+        for i in range(start, stop)
+    ]
+
+
+async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
+    """Enqueue `n` jobs through `Client.send_many`, one batch after the other."""
+    redis = Redis.from_url(url)
+    client = Client(redis, default_profile="bench")
+    for start in range(0, n, batch):
+        await client.send_many(jobs(tag, start, min(n, start + batch)))
+    await redis.aclose()
+
+
+def row_median(rows: list[dict[str, Any]], key: str = "rate") -> float:
+    """The median of one figure over runs (0 without any)."""
+    return statistics.median(r[key] for r in rows) if rows else 0.0

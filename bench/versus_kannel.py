@@ -1,23 +1,35 @@
-"""The router beside Kannel 1.4.5 on this machine, through the same SMPP sink.
+"""The router beside Kannel 1.4.5 on this machine, through the same SMPP sink: the
+table of issue 21, every row in one run.
 
 Usage: python bench/versus_kannel.py [--n 20000] [--rounds 3]
-           [--cases drain,live,latency5,sync,dlr] [--endurance [N]] [--latency [--rate R]]
+           [--cases drain,drain2,live,http,latency5,sync,dlr] [--sync-n N] [--http-n N]
+           [--api-workers N] [--endurance [N]] [--latency [--rate R]]
+       python bench/versus_kannel.py --markdown   (the last results file's table)
 
-Cases (rounds interleaved: peer, router, peer, router, ...; window 100, one transceiver):
+Each round runs every case's reference and then the router, side by side (window 100,
+one transceiver unless said; each run a fresh sink on a free port, Redis with an
+append-only file everysec against Kannel's file store):
 - drain: N messages queued while the SMSC is down (Kannel: its file store, through
-  sendsms; the router: Redis with an append-only file, through `Client`), then the
-  sink starts; rate = the sink's first to last submit.
+  sendsms; the router: Redis, through `Client`), then the sink starts; rate = the
+  sink's first to last submit.
+- drain2: the router's drain with `binds = 2` against the same Kannel drain.
 - live: a producer enqueues N while the gateway is bound and sending (Kannel: HTTP
-  sendsms from the kit's loader; the router: this process through `Client.send_many`
-  in batches, at full speed); rate = N / (N-th submit - first enqueue).
+  sendsms from the kit's raw loader, 50 in flight; the router: this process XADDing
+  through `Client.send_many` in batches, at full speed); rate = N / (N-th submit -
+  first enqueue).
+- http: `POST /v1/messages`, one message per request, 50 in flight, the kit's raw
+  HTTP/1.1 client (api_submit.router_api) against the same Kannel live run's sendsms;
+  rate = messages answered 202 / load time (both sides); end to end kept beside it.
 - latency5: drain against a sink that answers every submit after 5 ms; also the share
   of the window / latency bound (100 / 0.005 s = 20,000 msg/s) each side reaches.
 - sync: the router with `processing = "sync"` (one submit outstanding) against the
-  raw asyncio SMPP pump at window 1 (`smpp_blast.py`), the plain-Python ceiling.
+  raw asyncio SMPP pump at window 1 (`smpp_blast.py --uvloop`), the plain-Python ceiling.
 - dlr: the router's drain with `registered_delivery = 1` and a sink that sends a
   receipt for each; rate = N / (last record `delivered` - first submit). No peer: its
   ratio is to the router's plain drain of the same round.
 Ratios are the median of the per-round ratios (each round pairs runs made side by side).
+CPU: % of one core over each run's window, medians; `router` sums the daemon and the
+processes it started; Redis; Kannel's bearerbox and smsbox (and its loader in live).
 
 Opt-in, outside the rounds (with neither `--cases` given, only these run):
 - `--endurance N`: N messages through the sink, enqueued in chunks while the router
@@ -46,269 +58,48 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from api_submit import router_api
 from harness import (
-    NUMBERS,
     RESULTS,
-    RedisServer,
-    Stack,
-    campaign_toml,
+    WINDOW,
+    Rig,
     cpu_seconds,
+    ensure_tools,
+    free_port,
+    jobs,
+    kannel,
     peak_rss_mb,
+    peer,
+    preload,
     round_ratio,
+    row_median,
     rss_mb,
     save,
-    start_daemon,
-    stop,
+    sink_stats,
+    start_sink,
+    waited,
+    waiter,
 )
+
+# Re-exported: the other SMPP benchmarks (cluster, rules_cost, routes_cost, redis_cost,
+# profile_drain, smpp_ingest) import these from here; they live in harness.
+from harness import SINK_PORT as SINK_PORT
+from harness import router_config as router_config
 from redis.asyncio import Redis
 
 from router import Client, load_settings
 from router.store.ledger import Ledger
 
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench-peers"
-SINK_PORT = 27775
-CASES = ("drain", "live", "latency5", "sync", "dlr")
-WINDOW = int(os.environ.get("BENCH_WINDOW", "100"))
+CASES = ("drain", "drain2", "live", "http", "latency5", "sync", "dlr")
 PROCESSES = 1  # router daemons per run (--processes)
 LATENCY_MS = 5.0
 # Outcomes a record can end in once its delivery report is applied.
+TIMES = "\u00d7"  # the multiplication sign of ratios in the table
 REPORTED = frozenset({"delivered", "undelivered", "failed", "rejected", "expired"})
-
-
-def ensure_tools(*, kannel: bool = True) -> None:
-    """Kannel from Debian's packages (never started by the package), uvloop for the sink."""
-    if not PEERS.is_dir():
-        sys.exit(f"the peer kit is missing: {PEERS}")
-    if kannel and shutil.which("bearerbox") is None:
-        if os.geteuid() != 0:
-            sys.exit("Kannel is missing: run as root, or apt-get install kannel")
-        policy = Path("/usr/sbin/policy-rc.d")
-        if not policy.exists():  # keep Debian from starting Kannel on its default ports
-            policy.write_text("#!/bin/sh\nexit 101\n")
-            policy.chmod(0o755)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "kannel"], check=True, env=env)
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uvloop"], check=True)
-
-
-def peer(script: str, *args: str) -> list[str]:
-    """A command line running one of the peer kit's Python tools."""
-    return [sys.executable, str(PEERS / script), *args]
-
-
-def start_sink(
-    stats: Path, log: Path, *, latency_ms: float = 0.0, dlr: str = "off"
-) -> subprocess.Popen[bytes]:
-    """A fresh sink (rates come from its first and last submit); `dlr`: off | requested."""
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            peer(
-                "smsc_sink.py",
-                *("--port", str(SINK_PORT), "--quiet", "--dlr", dlr, "--uvloop"),
-                *("--latency-ms", f"{latency_ms:g}", "--stats-file", str(stats)),
-            ),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    Stack._wait_port(SINK_PORT)
-    return proc
-
-
-def sink_stats(path: Path) -> dict[str, Any]:
-    """The sink's stats file (rewritten every 0.1 s; {} before its first write)."""
-    for _ in range(5):
-        try:
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
-        except (OSError, ValueError):
-            time.sleep(0.02)
-    return {}
-
-
-def kannel(n: int, scratch: Path, mode: str = "drain", latency_ms: float = 0.0) -> dict[str, Any]:
-    """One Kannel run (drain or live) through the kit's runner; its loadgen result line."""
-    out = scratch / "kannel.jsonl"
-    env = {
-        **os.environ,
-        "N": str(n),
-        "RUNS": "1",
-        "MODES": mode,
-        "WINDOWS": str(WINDOW),
-        "STORES": "file",
-        "PY": sys.executable,
-        "SCRATCH": str(scratch),
-        "RESULTS": str(scratch),
-        "OUT": str(out),
-        "SINK_PORT": str(SINK_PORT),
-    }
-    env.pop("SINK_LATENCY_MS", None)
-    if latency_ms:
-        env["SINK_LATENCY_MS"] = f"{latency_ms:g}"
-    subprocess.run(
-        ["bash", str(PEERS / "run_kannel.sh")],
-        env=env,
-        check=False,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    text = out.read_text() if out.exists() else ""  # no line: the run failed
-    out.unlink(missing_ok=True)
-    lines = [json.loads(x) for x in text.splitlines() if x.strip()]
-    result = lines[-1] if lines else {}
-    cpu = {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items()}
-    loader = cpu.pop("loader", 0.0)
-    if mode == "live":  # the kit's HTTP loader is the producer there; idle in a drain
-        cpu["producer"] = loader
-    return {
-        "rate": result.get("e2e_rate" if mode == "live" else "sink_rate", 0.0),
-        # live: the rate sendsms answered the loader at (HTTP 202s / load time)
-        "http_rate": result.get("http_rate") or 0.0,
-        "foreign_cpu_pct": result.get("foreign_cpu_pct"),  # other load on the machine
-        "complete": result.get("complete", False),
-        "cpu_pct": cpu,
-    }
-
-
-def router_config(
-    path: Path,
-    redis_url: str,
-    *,
-    window: int = WINDOW,
-    processing: str = "async",
-    registered_delivery: int = 0,
-    retention: float | None = None,
-) -> Path:
-    """One SMPP profile to the sink; `retention` (seconds) also trims the event stream."""
-    short = f"retention = {retention:g}\nevents_maxlen = 1000" if retention else ""
-    path.write_text(
-        f"""
-[router]
-redis = "{redis_url}"
-instance = "versus"
-log_format = "json"
-log_level = "warning"
-[queue]
-batch = 500
-{short}
-[profiles.bench]
-global = true
-protocol = "smpp"
-processing = "{processing}"
-window = {window}
-numbers = {json.dumps(NUMBERS)}
-[profiles.bench.smpp]
-host = "127.0.0.1"
-port = {SINK_PORT}
-system_id = "bench"
-password = "bench"
-bind = "transceiver"
-registered_delivery = {registered_delivery}
-reconnect_max = 1
-{campaign_toml(NUMBERS)}"""
-    )
-    return path
-
-
-class Rig:
-    """A private Redis (append-only file unless told), the router's configuration, then
-    the daemon and a sink as a run starts them; `close` stops what was started."""
-
-    def __init__(self, scratch: Path, tag: str, *, appendonly: bool = True, **config: Any) -> None:
-        self.scratch, self.tag = scratch, tag
-        self.server = RedisServer(appendonly=appendonly, folder=scratch / f"redis-{tag}")
-        self.config = router_config(scratch / f"router-{tag}.toml", self.server.url, **config)
-        self.stats = scratch / f"sink-{tag}.json"
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.more: list[subprocess.Popen[bytes]] = []  # daemons 2..PROCESSES
-        self.sink: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def router_pid(self) -> int:
-        return self.daemon.pid if self.daemon is not None else 0
-
-    def pids(self) -> dict[str, int]:
-        """The processes whose CPU a run reports."""
-        more = {f"router{i}": d.pid for i, d in enumerate(self.more, 2)}
-        redis = self.server.proc.pid if self.server.proc else 0
-        return {"router": self.router_pid, **more, "redis": redis}
-
-    def start_daemon(self) -> None:
-        self.daemon = start_daemon(self.config, self.scratch / f"router-{self.tag}.log")
-        # More daemons of the same profile: same consumer group, their own instance
-        # names (and binds), as several hosts would run it.
-        for i in range(2, PROCESSES + 1):
-            config = self.scratch / f"router-{self.tag}-{i}.toml"
-            text = self.config.read_text().replace('instance = "versus"', f'instance = "versus{i}"')
-            config.write_text(text)
-            self.more.append(start_daemon(config, self.scratch / f"router-{self.tag}-{i}.log"))
-
-    def start_sink(self, *, latency_ms: float = 0.0, dlr: str = "off") -> None:
-        self.stats.unlink(missing_ok=True)
-        self.sink = start_sink(
-            self.stats, self.scratch / f"sink-{self.tag}.log", latency_ms=latency_ms, dlr=dlr
-        )
-
-    def wait_bound(self, timeout: float = 30.0) -> None:
-        """Until the daemon has bound to the sink."""
-        deadline = time.monotonic() + timeout
-        while sink_stats(self.stats).get("binds", 0) < 1:
-            if time.monotonic() > deadline:
-                sys.exit(f"the router did not bind within {timeout:.0f} s (see its log)")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        for daemon in self.more:
-            stop(daemon)
-        if self.daemon is not None:
-            stop(self.daemon)
-        if self.sink is not None:
-            self.sink.terminate()
-            self.sink.wait(10)
-        self.server.close()
-
-
-def waiter(n: int, stats: Path, label: str, pids: dict[str, int]) -> subprocess.Popen[bytes]:
-    """The kit's loadgen waiting for `n` submits at the sink, sampling each pid's CPU."""
-    flags = [x for name, pid in pids.items() for x in ("--pid", f"{name}={pid}")]
-    return subprocess.Popen(
-        peer(
-            "loadgen.py",
-            *("--mode", "drain", "--n", str(n), "--sink-stats", str(stats), "--label", label),
-            *flags,
-        ),
-        stdout=subprocess.PIPE,
-    )
-
-
-def waited(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    return json.loads((proc.communicate(timeout=900)[0] or b"{}").decode())  # type: ignore[no-any-return]
-
-
-def jobs(tag: str, start: int, stop: int) -> list[dict[str, Any]]:
-    return [
-        {"id": f"{tag}-{i}", "to": f"+4915100{i % 1_000_000:06d}", "text": "Hello from the bench"}
-        for i in range(start, stop)
-    ]
-
-
-async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
-    """Enqueue `n` jobs through `Client.send_many`, one batch after the other."""
-    redis = Redis.from_url(url)
-    client = Client(redis, default_profile="bench")
-    for start in range(0, n, batch):
-        await client.send_many(jobs(tag, start, min(n, start + batch)))
-    await redis.aclose()
 
 
 def chunked(items: list[str], size: int) -> Iterator[list[str]]:
@@ -380,10 +171,21 @@ def router_drain(
     processing: str = "async",
     latency_ms: float = 0.0,
     dlr: bool = False,
+    binds: int = 1,
 ) -> dict[str, Any]:
     """Preload while the sink is down, start the daemon, then the sink; time the drain
-    (with `dlr`: until every record is `delivered`)."""
-    rig = Rig(scratch, tag, window=window, processing=processing, registered_delivery=int(dlr))
+    (with `dlr`: until every record is `delivered`). The sink takes a free port, so an
+    A/B of another branch may run beside it."""
+    rig = Rig(
+        scratch,
+        tag,
+        sink_port=free_port(),
+        processes=PROCESSES,
+        window=window,
+        processing=processing,
+        registered_delivery=int(dlr),
+        binds=binds,
+    )
     try:
         asyncio.run(preload(rig.url, n, tag))
         rig.start_daemon()
@@ -398,21 +200,22 @@ def router_drain(
             "rate": result.get("sink_rate", 0.0),
             "complete": result.get("complete", False),
             "cpu_pct": {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items()},
+            "foreign_cpu_pct": result.get("foreign_cpu_pct"),  # other load on the machine
         }
         row["cpu_pct"].pop("loader", None)  # loadgen only waits here
         if dlr:
             first = sink_stats(rig.stats).get("first_ts") or time.time()
             ids = [f"{tag}-{i}" for i in range(n)]
             delivered, last = asyncio.run(wait_reported(rig.url, ids))
-            span = max(last - first, 1e-6)
-            # The window ends with the last report, not the last submit: CPU over it.
-            row["cpu_pct"] = {
-                name: round(100 * (cpu_seconds(pid) - cpu0[name]) / span, 1)
-                for name, pid in pids.items()
-            } | {"sink_self": row["cpu_pct"].get("sink_self", 0.0)}
+            span = last - first if delivered else 0.0
+            if span > 0:  # the window ends with the last report: CPU over it
+                row["cpu_pct"] = {
+                    name: round(100 * (cpu_seconds(pid) - cpu0[name]) / span, 1)
+                    for name, pid in pids.items()
+                } | {"sink_self": row["cpu_pct"].get("sink_self", 0.0)}
             row.update(
                 submit_rate=row["rate"],
-                rate=round(delivered / span, 1),
+                rate=round(delivered / span, 1) if span > 0 else 0.0,
                 delivered=delivered,
                 complete=row["complete"] and delivered == n,
             )
@@ -423,8 +226,9 @@ def router_drain(
 
 
 def router_live(n: int, scratch: Path, tag: str, batch: int) -> dict[str, Any]:
-    """The daemon bound and idle; this process enqueues `n` as fast as `Client` goes."""
-    rig = Rig(scratch, tag)
+    """The daemon bound and idle; this process enqueues `n` as fast as `Client` goes
+    (`send_many` of `batch` jobs: one XADD script call per batch)."""
+    rig = Rig(scratch, tag, sink_port=free_port(), processes=PROCESSES)
     try:
         rig.start_sink()
         rig.start_daemon()
@@ -432,12 +236,11 @@ def router_live(n: int, scratch: Path, tag: str, batch: int) -> dict[str, Any]:
         time.sleep(0.5)  # the worker is reading its stream
         wait = waiter(n, rig.stats, tag, {**rig.pids(), "producer": os.getpid()})
         time.sleep(0.3)  # loadgen has its first CPU readings
+        first = time.time()  # the first enqueue starts now (the same clock as the sink's)
         asyncio.run(preload(rig.url, n, tag, batch))
         result = waited(wait)
-        [record] = asyncio.run(read_records(rig.url, [f"{tag}-0"]))
-        first = first_at(record, frozenset({"queued"}))
         last = sink_stats(rig.stats).get("last_ts")
-        span = last - first if first and last else 0.0
+        span = last - first if last else 0.0
         cpu = result.get("cpu", {})
         row: dict[str, Any] = {
             "rate": round(n / span, 1) if span > 0 else 0.0,
@@ -449,6 +252,7 @@ def router_live(n: int, scratch: Path, tag: str, batch: int) -> dict[str, Any]:
                 for k, v in cpu.items()
                 if k.startswith("router") or k in ("redis", "producer")
             },
+            "foreign_cpu_pct": result.get("foreign_cpu_pct"),
             "rss_mb": round(peak_rss_mb(rig.router_pid), 1),
         }
         row["cpu_pct"]["sink_self"] = cpu.get("sink_self", {}).get("cpu_pct", 0.0)
@@ -458,14 +262,14 @@ def router_live(n: int, scratch: Path, tag: str, batch: int) -> dict[str, Any]:
 
 
 def pump_w1(n: int, scratch: Path) -> dict[str, Any]:
-    """The raw asyncio SMPP pump at window 1 into a fresh sink."""
-    stats = scratch / "sink-pump.json"
-    sink = start_sink(stats, scratch / "sink-pump.log")
+    """The raw asyncio SMPP pump (uvloop) at window 1 into a fresh sink."""
+    stats, port = scratch / "sink-pump.json", free_port()
+    sink = start_sink(stats, scratch / "sink-pump.log", port=port)
     try:
         done = subprocess.run(
             peer(
                 "smpp_blast.py",
-                *("--port", str(SINK_PORT), "--n", str(n), "--window", "1"),
+                *("--port", str(port), "--n", str(n), "--window", "1", "--uvloop"),
                 *("--sink-stats", str(stats)),
             ),
             capture_output=True,
@@ -476,12 +280,13 @@ def pump_w1(n: int, scratch: Path) -> dict[str, Any]:
     finally:
         sink.terminate()
         sink.wait(10)
-    line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
-    result = json.loads(line)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {}  # no line: the pump failed
     return {
-        "rate": result.get("sink_rate") or result["rate"],
+        "rate": result.get("sink_rate") or result.get("rate", 0.0),
         "complete": result.get("n") == n,
         "cpu_pct": {"pump": result.get("client_cpu_pct", 0.0)},
+        "foreign_cpu_pct": None,
         "raw": result,
     }
 
@@ -543,7 +348,7 @@ def rss_of(rig: Rig) -> float:
 def router_endurance(n: int, scratch: Path, every: float = 5.0) -> dict[str, Any]:
     """N messages through the sink with a bounded backlog; the daemon's RSS over time.
     No append-only file: what is measured is the daemon's memory, and the disk stays free."""
-    rig = Rig(scratch, "endurance", appendonly=False, retention=60)
+    rig = Rig(scratch, "endurance", appendonly=False, retention=60, sink_port=free_port())
     try:
         rig.start_sink()
         rig.start_daemon()
@@ -573,7 +378,7 @@ async def paced(url: str, rate: float, seconds: float, tag: str) -> int:
 
 def router_latency(rate: float, seconds: float, scratch: Path) -> dict[str, Any]:
     """Enqueue -> `sending` per message with the producer paced at `rate`."""
-    rig = Rig(scratch, "latency")
+    rig = Rig(scratch, "latency", sink_port=free_port())
     try:
         rig.start_sink()
         rig.start_daemon()
@@ -614,98 +419,278 @@ def router_latency(rate: float, seconds: float, scratch: Path) -> dict[str, Any]
     }
 
 
-def median(rows: list[dict[str, Any]], key: str = "rate") -> float:
-    return statistics.median(r[key] for r in rows) if rows else 0.0
+class Row(NamedTuple):
+    """One row of the table: the run it is measured against and the goal."""
+
+    case: str
+    label: str
+    reference: str  # the run name of the left-hand figure
+    router: str  # the run name of the router's figure
+    goal: str
+    key: str = "rate"  # which figure of each run
 
 
-def cpu_text(rows: list[dict[str, Any]]) -> str:
-    """Each process's median CPU % over the runs (the sink's own left to the JSON)."""
-    names = [k for k in rows[0].get("cpu_pct", {}) if k not in ("sink", "sink_self")]
-    return ", ".join(
-        f"{k} {statistics.median(r['cpu_pct'].get(k, 0.0) for r in rows):.0f}" for k in names
-    )
+def rows_of(args: argparse.Namespace) -> list[Row]:
+    """The table of issue 21, in its order."""
+    bound = WINDOW / (LATENCY_MS / 1000)
+    return [
+        Row(
+            "drain",
+            f"drain, window {WINDOW}, 1 bind",
+            "kannel-drain",
+            "router-drain",
+            f"≥ 1.2{TIMES}",
+        ),
+        Row("drain2", "drain, 2 binds", "kannel-drain", "router-drain2", "—"),
+        Row(
+            "live", "live, producer XADD vs sendsms", "kannel-live", "router-live", f"≥ 1.5{TIMES}"
+        ),
+        Row(
+            "latency5",
+            f"SMSC answering in {LATENCY_MS:g} ms, window {WINDOW} (bound {bound:,.0f})",
+            "kannel-latency5",
+            "router-latency5",
+            "≥ 90 % of bound",
+        ),
+        Row(
+            "sync",
+            "sync (window 1) vs a raw asyncio SMPP pump (uvloop)",
+            "pump-w1",
+            "router-sync",
+            f"≥ 0.8{TIMES}",
+        ),
+        Row(
+            "dlr",
+            "to `delivered` with a receipt each vs own drain",
+            "router-drain",
+            "router-dlr",
+            f"≥ 0.8{TIMES}",
+        ),
+        Row(
+            "http",
+            f"`POST /v1/messages`, one message per request, {args.concurrency} in flight, "
+            "the same raw HTTP loader as sendsms (accepted)",
+            "kannel-live",
+            "router-http",
+            f"≥ 1.0{TIMES}",
+            key="http_rate",
+        ),
+    ]
+
+
+def cpu_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each process's median CPU % over runs (100 = one core); `router` sums every
+    router process (daemons, their API workers); the sink's own is left out."""
+    names: list[str] = []
+    for run in runs:
+        names += [k for k in run.get("cpu_pct", {}) if k not in names]
+    totals: dict[str, list[float]] = {}
+    for run in runs:
+        cpu = run.get("cpu_pct", {})
+        router = sum(v for k, v in cpu.items() if k.startswith("router"))
+        for name in names:
+            if name.startswith("router") or name in ("sink", "sink_self"):
+                continue
+            totals.setdefault(name, []).append(cpu.get(name, 0.0))
+        if any(k.startswith("router") for k in cpu):
+            totals.setdefault("router", []).append(router)
+    return {k: round(statistics.median(v), 1) for k, v in sorted(totals.items())}
+
+
+def cpu_text(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f} %" for k, v in cpu.items()) or "—"
+
+
+def summarise(row: Row, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """One row's medians, per-round ratio and CPU, from the runs (None: not run)."""
+    ref, ours = runs.get(row.reference), runs.get(row.router)
+    if not ref or not ours:
+        return None
+    entry: dict[str, Any] = {
+        "label": row.label,
+        "goal": row.goal,
+        "reference": row.reference,
+        "router": row.router,
+        "figure": row.key,
+        "reference_rate": row_median(ref, row.key),
+        "router_rate": row_median(ours, row.key),
+        "ratio": round_ratio(ref, ours, row.key),
+        "reference_cpu_pct": cpu_medians(ref),
+        "router_cpu_pct": cpu_medians(ours),
+        "router_rss_mb": row_median(ours, "rss_mb") if all("rss_mb" in r for r in ours) else None,
+        "rounds": len(ours),
+        "complete": all(r.get("complete") for r in ref + ours),
+        "incomplete_runs": sum(not r.get("complete") for r in ref + ours),
+        "foreign_cpu_pct": statistics.median(r.get("foreign_cpu_pct") or 0.0 for r in ref + ours),
+    }
+    if row.case == "latency5":
+        bound = WINDOW / (LATENCY_MS / 1000)
+        entry["bound"] = bound
+        entry["reference_of_bound_pct"] = round(100 * entry["reference_rate"] / bound, 1)
+        entry["router_of_bound_pct"] = round(100 * entry["router_rate"] / bound, 1)
+    if row.case == "http":  # end to end too: N / (N-th submit at the sink - first request)
+        entry["reference_e2e_rate"] = row_median(ref, "rate")
+        entry["router_e2e_rate"] = row_median(ours, "rate")
+        entry["e2e_ratio"] = round_ratio(ref, ours, "rate")
+    return entry
+
+
+def markdown(table: dict[str, Any]) -> str:
+    """The table in the issue's shape, ready to paste."""
+    lines = [
+        "| case | Kannel / reference | sms-router | ratio | goal | router CPU | Redis CPU "
+        "| reference CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for entry in table.values():
+        ref, ours = f"{entry['reference_rate']:,.0f}", f"{entry['router_rate']:,.0f}"
+        ratio = "—" if entry["ratio"] is None else f"{entry['ratio']:.2f}{TIMES}"
+        if "bound" in entry:
+            ref += f" ({entry['reference_of_bound_pct']:.0f} %)"
+            ratio = f"{entry['router_of_bound_pct']:.0f} % of bound ({ratio})"
+        if "e2e_ratio" in entry and entry["e2e_ratio"] is not None:
+            ratio += f"; end to end {entry['e2e_ratio']:.2f}{TIMES}"
+        if not entry["complete"]:
+            ours += f" ({entry['incomplete_runs']} run(s) incomplete)"
+        mine = dict(entry["router_cpu_pct"])
+        theirs = entry["reference_cpu_pct"]
+        redis = mine.pop("redis", None)
+        own = {k: v for k, v in mine.items() if k != "router"}  # producer, client
+        router = f"{mine.get('router', 0.0):.0f} %" + (f" ({cpu_text(own)})" if own else "")
+        reference = cpu_text(theirs)
+        if entry["reference"].startswith("kannel"):
+            reference = "Kannel: " + reference
+        lines.append(
+            f"| {entry['label']} | {ref} | {ours} | {ratio} | {entry['goal']} | {router} "
+            f"| {'—' if redis is None else f'{redis:.0f} %'} | {reference} |"
+        )
+    return "\n".join(lines)
 
 
 def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dict[str, Any]:
-    """The interleaved rounds; prints each round's figures, then the table."""
+    """The interleaved rounds (each round runs every case's reference beside the
+    router); prints each round's figures, then the table."""
     runs: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
 
-    def add(name: str, row: dict[str, Any]) -> float:
+    def add(
+        name: str, make: Callable[..., dict[str, Any]], *args: Any, **kw: Any
+    ) -> dict[str, Any]:
+        began = time.monotonic()
+        row = make(*args, **kw)
+        row["seconds"] = round(time.monotonic() - began, 1)
+        seconds[name] = round(seconds.get(name, 0.0) + row["seconds"], 1)
         runs.setdefault(name, []).append(row)
-        return float(row["rate"])
+        if not row.get("complete"):
+            print(f"  {name}: incomplete run ({row.get('rate', 0):.0f} msg/s)")
+        return row
 
+    def say(r: int, case: str, pairs: list[tuple[str, dict[str, Any], str]]) -> None:
+        text = ", ".join(f"{who} {row.get(key, 0.0):,.0f}" for who, row, key in pairs)
+        print(f"round {r + 1}: {case}: {text} msg/s")
+
+    n, sync_n, http_n = args.n, args.sync_n or args.n, args.http_n or args.n
     for r in range(args.rounds):
-        if "drain" in cases or "dlr" in cases:
-            # the dlr case's reference is the router's plain drain of the same round
-            theirs = add("kannel-drain", kannel(args.n, scratch)) if "drain" in cases else 0.0
-            ours = add("router-drain", router_drain(args.n, scratch, f"drain{r}"))
-            print(f"round {r + 1}: drain kannel {theirs:.0f} router {ours:.0f} msg/s")
-        if "live" in cases:
-            theirs = add("kannel-live", kannel(args.n, scratch, "live"))
-            ours = add("router-live", router_live(args.n, scratch, f"live{r}", args.live_batch))
-            print(f"round {r + 1}: live kannel {theirs:.0f} router {ours:.0f} msg/s")
+        if {"drain", "drain2", "dlr"} & set(cases):
+            pairs = []
+            if {"drain", "drain2"} & set(cases):
+                pairs.append(
+                    (
+                        "kannel",
+                        add("kannel-drain", kannel, n, scratch, sink_port=free_port()),
+                        "rate",
+                    )
+                )
+            # also the reference of the dlr case: the router's plain drain of the same round
+            ours = add("router-drain", router_drain, n, scratch, f"drain{r}")
+            pairs.append(("router", ours, "rate"))
+            if "drain2" in cases:
+                two = add("router-drain2", router_drain, n, scratch, f"dr2-{r}", binds=2)
+                pairs.append(("router 2 binds", two, "rate"))
+            say(r, "drain", pairs)
+        if {"live", "http"} & set(cases):
+            theirs = add("kannel-live", kannel, n, scratch, "live", sink_port=free_port())
+            pairs = [("kannel", theirs, "rate")]
+            if "live" in cases:
+                live = add("router-live", router_live, n, scratch, f"live{r}", args.live_batch)
+                pairs.append(("router", live, "rate"))
+            say(r, "live (end to end)", pairs)
+            if "http" in cases:
+                http = add(
+                    "router-http",
+                    router_api,
+                    http_n,
+                    scratch,
+                    f"http{r}",
+                    1,
+                    args.concurrency,
+                    sink_port=free_port(),
+                    api_workers=args.api_workers,
+                )
+                say(
+                    r,
+                    "one message per HTTP request (accepted)",
+                    [("kannel sendsms", theirs, "http_rate"), ("router API", http, "http_rate")],
+                )
         if "latency5" in cases:
-            theirs = add("kannel-latency5", kannel(args.n, scratch, latency_ms=LATENCY_MS))
+            theirs = add(
+                "kannel-latency5", kannel, n, scratch, latency_ms=LATENCY_MS, sink_port=free_port()
+            )
             ours = add(
                 "router-latency5",
-                router_drain(args.n, scratch, f"lat5-{r}", latency_ms=LATENCY_MS),
+                router_drain,
+                n,
+                scratch,
+                f"lat5-{r}",
+                latency_ms=LATENCY_MS,
             )
-            print(f"round {r + 1}: SMSC 5 ms kannel {theirs:.0f} router {ours:.0f} msg/s")
+            say(
+                r, f"SMSC {LATENCY_MS:g} ms", [("kannel", theirs, "rate"), ("router", ours, "rate")]
+            )
         if "sync" in cases:
-            theirs = add("pump-w1", pump_w1(args.sync_n, scratch))
+            theirs = add("pump-w1", pump_w1, sync_n, scratch)
             ours = add(
                 "router-sync",
-                router_drain(args.sync_n, scratch, f"sync{r}", window=1, processing="sync"),
+                router_drain,
+                sync_n,
+                scratch,
+                f"sync{r}",
+                window=1,
+                processing="sync",
             )
-            print(f"round {r + 1}: window 1 pump {theirs:.0f} router sync {ours:.0f} msg/s")
+            say(r, "window 1", [("pump", theirs, "rate"), ("router sync", ours, "rate")])
         if "dlr" in cases:
-            ours = add("router-dlr", router_drain(args.n, scratch, f"dlr{r}", dlr=True))
-            print(f"round {r + 1}: to delivered {ours:.0f} msg/s")
+            ours = add("router-dlr", router_drain, n, scratch, f"dlr{r}", dlr=True)
+            say(r, "to delivered", [("router", ours, "rate")])
     table: dict[str, Any] = {}
-    pairs = [
-        ("drain", "kannel-drain", "router-drain"),
-        ("live", "kannel-live", "router-live"),
-        ("SMSC 5 ms", "kannel-latency5", "router-latency5"),
-        ("sync w1", "pump-w1", "router-sync"),
-        ("to delivered", "router-drain", "router-dlr"),
-    ]
+    for row in rows_of(args):
+        if row.case in cases and (entry := summarise(row, runs)) is not None:
+            table[row.case] = entry
     print(
-        "\n| case (peer) | peer msg/s | router msg/s | router/peer | peer CPU % "
-        "| router-side CPU % | router RSS MB | complete |"
+        f"\nN = {n:,} (sync {sync_n:,}, HTTP {http_n:,}), window {WINDOW}, medians of "
+        f"{args.rounds} interleaved round(s); ratio = median of the per-round ratios; "
+        "CPU % of one core (router: every router process), medians:\n"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, peer_key, our_key in pairs:
-        if peer_key not in runs or our_key not in runs:
-            continue
-        row: dict[str, Any] = {
-            "peer": peer_key,
-            "peer_rate": median(runs[peer_key]),
-            "router_rate": median(runs[our_key]),
-            "ratio": round_ratio(runs[peer_key], runs[our_key]),
-            "peer_cpu": cpu_text(runs[peer_key]),
-            "router_cpu": cpu_text(runs[our_key]),
-            "router_rss_mb": median(runs[our_key], "rss_mb"),
-            "complete": all(r["complete"] for r in runs[our_key] + runs[peer_key]),
-        }
-        if name == "SMSC 5 ms":
-            bound = WINDOW / (LATENCY_MS / 1000)
-            row["bound"] = bound
-            row["peer_of_bound_pct"] = round(100 * row["peer_rate"] / bound, 1)
-            row["router_of_bound_pct"] = round(100 * row["router_rate"] / bound, 1)
-        table[name] = row
-        print(
-            f"| {name} ({peer_key}) | {row['peer_rate']:,.0f} | {row['router_rate']:,.0f} "
-            f"| {row['ratio']} | {row['peer_cpu']} | {row['router_cpu']} "
-            f"| {row['router_rss_mb']:.0f} | {row['complete']} |"
-        )
-    if "SMSC 5 ms" in table:
-        row = table["SMSC 5 ms"]
-        print(
-            f"\nSMSC answering after {LATENCY_MS:g} ms, window {WINDOW}: bound "
-            f"{row['bound']:,.0f} msg/s; Kannel reaches {row['peer_of_bound_pct']} %, "
-            f"the router {row['router_of_bound_pct']} %"
-        )
-    return {"n": args.n, "sync_n": args.sync_n, "rounds": args.rounds, "cases": table, "runs": runs}
+    print(markdown(table))
+    total = sum(seconds.values())
+    print(
+        "\nseconds per case (all rounds): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        + f"; in all {total:.0f} s"
+    )
+    return {
+        "n": n,
+        "sync_n": sync_n,
+        "http_n": http_n,
+        "window": WINDOW,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "api_workers": args.api_workers,
+        "cases": table,
+        "seconds": seconds,
+        "total_seconds": round(total, 1),
+        "runs": runs,
+    }
 
 
 def previous_results() -> dict[str, Any]:
@@ -720,7 +705,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--sync-n", type=int, default=5_000)
+    parser.add_argument("--sync-n", type=int, help="messages in the sync case (default: --n)")
+    parser.add_argument("--http-n", type=int, help="messages in the http case (default: --n)")
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="HTTP requests in flight (Kannel's: 50)"
+    )
+    parser.add_argument(
+        "--api-workers", type=int, help="[api] workers for the http case (default: the router's)"
+    )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the table of bench/results/versus_kannel.json and exit",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--processes", type=int, default=1, help="router daemons sharing the profile's queue"
@@ -739,6 +736,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="maximum rate for --latency (else measured)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     args = parser.parse_args()
+    if args.markdown:
+        table = previous_results().get("cases", {})
+        if not table or "label" not in next(iter(table.values())):
+            sys.exit("bench/results/versus_kannel.json has no table of this version: run first")
+        print(markdown(table))
+        return
     global PROCESSES
     PROCESSES = args.processes
     opt_in = args.endurance is not None or args.latency
