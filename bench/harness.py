@@ -232,6 +232,21 @@ def descendants(pid: int) -> list[int]:
     return sorted(found)
 
 
+def settle(pid: int, *, at_least: float = 1.5, within: float = 15.0) -> None:
+    """Wait `at_least` seconds, then until the process uses under 10 % of a core over
+    0.25 s (a daemon past its start-up, e.g. retrying a sink not yet up), at most
+    `within` seconds: on a loaded machine its imports would fall in the measured window."""
+    time.sleep(at_least)
+    deadline = time.monotonic() + within
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now - before < 0.025:
+            return
+        before = now
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -79,6 +79,7 @@ from harness import (
     row_median,
     rss_mb,
     save,
+    settle,
     sink_stats,
     start_sink,
     waited,
@@ -189,7 +190,7 @@ def router_drain(
     try:
         asyncio.run(preload(rig.url, n, tag))
         rig.start_daemon()
-        time.sleep(1.5)  # started and trying to bind
+        settle(rig.router_pid)  # started and trying to bind
         pids = rig.pids()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         wait = waiter(n, rig.stats, tag, pids)
@@ -473,7 +474,7 @@ def rows_of(args: argparse.Namespace) -> list[Row]:
             "kannel-live",
             "router-http",
             f"≥ 1.0{TIMES}",
-            key="http_rate",
+            key="accepted_rate",
         ),
     ]
 
@@ -610,6 +611,9 @@ def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dic
             say(r, "drain", pairs)
         if {"live", "http"} & set(cases):
             theirs = add("kannel-live", kannel, n, scratch, "live", sink_port=free_port())
+            # sendsms answered 202 / the kit loader's span (first request to its last
+            # connection closed); the router's `accepted_rate` is timed the same way
+            theirs["accepted_rate"] = theirs["http_rate"]
             pairs = [("kannel", theirs, "rate")]
             if "live" in cases:
                 live = add("router-live", router_live, n, scratch, f"live{r}", args.live_batch)
@@ -627,10 +631,14 @@ def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dic
                     sink_port=free_port(),
                     api_workers=args.api_workers,
                 )
+                http["accepted_rate"] = http["loader_rate"]
                 say(
                     r,
                     "one message per HTTP request (accepted)",
-                    [("kannel sendsms", theirs, "http_rate"), ("router API", http, "http_rate")],
+                    [
+                        ("kannel sendsms", theirs, "accepted_rate"),
+                        ("router API", http, "accepted_rate"),
+                    ],
                 )
         if "latency5" in cases:
             theirs = add(
