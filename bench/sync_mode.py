@@ -230,6 +230,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--old", type=Path, help="a worktree of older code to A/B against")
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="more sides: the code at PATH (a worktree) drains too, as NAME; 'new=PATH' "
+        "replaces this checkout",
+    )
     parser.add_argument("--port", type=int, default=27791, help="the sink's port")
     parser.add_argument(
         "--py-spy",
@@ -240,12 +248,16 @@ def main() -> None:
     if not PEERS.is_dir():
         sys.exit(f"the peer kit is missing: {PEERS}")
     sides = {"new": ROOT} | ({"old": args.old.resolve()} if args.old else {})
+    for code in args.code:
+        name, _, path = code.partition("=")
+        sides[name] = Path(path).resolve()
     runs: dict[str, list[dict[str, Any]]] = {"pump": [], **{s: [] for s in sides}}
     with tempfile.TemporaryDirectory(prefix="sync-mode-") as tmp:
         scratch = Path(tmp)
         for r in range(args.rounds):
             runs["pump"].append(pump(args.n, args.port, scratch))
-            for side in list(sides) if r % 2 == 0 else list(reversed(sides)):
+            names = list(sides)
+            for side in names[r % len(names) :] + names[: r % len(names)]:
                 tag = f"{side}{r}"
                 spy = args.py_spy / f"sync-{tag}.txt" if args.py_spy else None
                 runs[side].append(drain(args.n, args.port, scratch, tag, sides[side], spy))
@@ -253,7 +265,8 @@ def main() -> None:
             for side in sides:
                 row = runs[side][-1]
                 line += f" | {side} {row['rate']:.0f} msg/s, CPU ms/msg {row['ms_per_msg']}"
-                line += f", Redis calls/msg {row['redis_calls_per_msg']}"
+                calls = row["redis_calls_per_msg"]
+                line += f", EVALSHA/msg {calls.get('evalsha', 0.0)}"
                 line += "" if row["complete"] else " (INCOMPLETE)"
             print(line, flush=True)
     summary: dict[str, Any] = {"pump_rate": statistics.median(r["rate"] for r in runs["pump"])}
@@ -273,13 +286,12 @@ def main() -> None:
             },
             "redis_calls_per_msg": rows[-1]["redis_calls_per_msg"],
         }
-    if "old" in sides:
-        summary["new_over_old"] = round(
-            statistics.median(
-                n["rate"] / o["rate"] for n, o in zip(runs["new"], runs["old"], strict=True)
-            ),
-            3,
-        )
+    for side in sides:
+        if side != "old" and "old" in sides:
+            pairs = zip(runs[side], runs["old"], strict=True)
+            summary[f"{side}_over_old"] = round(
+                statistics.median(n["rate"] / o["rate"] for n, o in pairs), 3
+            )
     print(json.dumps(summary, indent=2))
     path = save("sync_mode", {"n": args.n, "rounds": args.rounds, "summary": summary, "runs": runs})
     print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)

@@ -388,9 +388,16 @@ class Pipeline:
         if not self._outbox:
             self._outbox_since = time.monotonic()
         self._outbox.append((ready, outcome))
-        self._wake.set()
         if self._queue:
             self._pump()
+        # `run` looks again only when this outcome can make a flush due: the first of
+        # an outbox (`run` sets its timer), one that fills it to `_flush_size`, none in
+        # flight after it (no answer is coming), or the gate shut. In sync mode each
+        # answer comes in a loop turn of its own, and waking `run` for each (a task
+        # step, a timer set and cancelled) cost more than the rest of `collect`.
+        outbox = len(self._outbox)
+        if outbox == 1 or outbox >= self._flush_size() or not self.in_flight or self._shut():
+            self._wake.set()
 
     async def _flush(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
         items = [self._finished_item(r, o) for r, o in taken]
