@@ -516,13 +516,19 @@ def summarise(row: Row, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]
         "reference_rate": row_median(ref, row.key),
         "router_rate": row_median(ours, row.key),
         "ratio": round_ratio(ref, ours, row.key),
+        # each round's figures, to see outliers: a median hides one bad round
+        "reference_rates": [r.get(row.key, 0.0) for r in ref],
+        "router_rates": [r.get(row.key, 0.0) for r in ours],
         "reference_cpu_pct": cpu_medians(ref),
         "router_cpu_pct": cpu_medians(ours),
         "router_rss_mb": row_median(ours, "rss_mb") if all("rss_mb" in r for r in ours) else None,
         "rounds": len(ours),
         "complete": all(r.get("complete") for r in ref + ours),
         "incomplete_runs": sum(not r.get("complete") for r in ref + ours),
-        "foreign_cpu_pct": statistics.median(r.get("foreign_cpu_pct") or 0.0 for r in ref + ours),
+        # other load on the machine (loadgen's reading; the pump's runs have none)
+        "foreign_cpu_pct": row_median(
+            [r for r in ref + ours if r.get("foreign_cpu_pct") is not None], "foreign_cpu_pct"
+        ),
     }
     if row.case == "latency5":
         bound = WINDOW / (LATENCY_MS / 1000)
@@ -680,6 +686,11 @@ def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dic
         "CPU % of one core (router: every router process), medians:\n"
     )
     print(markdown(table))
+    print(
+        "\nother load on the machine during the runs (CPU % of one core, of "
+        f"{100 * (os.cpu_count() or 1)}; median): "
+        + ", ".join(f"{k} {v['foreign_cpu_pct']:.0f}" for k, v in table.items())
+    )
     total = sum(seconds.values())
     print(
         "\nseconds per case (all rounds): "
