@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
-__all__ = ["IdFormat", "Receipt", "message_id_candidates", "normalise_message_id", "parse_receipt"]
+__all__ = [
+    "IdFormat",
+    "Receipt",
+    "message_id_candidates",
+    "normalise_message_id",
+    "parse_receipt",
+    "receipt_fields",
+    "receipt_status",
+]
 
 # A key is a known name not glued to a preceding letter or digit ("msgid:" is no key).
 _FIELD: Final = re.compile(
@@ -57,13 +65,19 @@ class Receipt:
 
     @property
     def status(self) -> Literal["delivered", "undelivered", "pending"]:
-        """DELIVRD: delivered; ACCEPTD, ENROUTE, SCHEDULED, BUFFRED or no stat: pending;
-        anything else (EXPIRED, DELETED, UNDELIV, REJECTD, UNKNOWN, ...): undelivered."""
-        if self.stat in _DELIVERED:
-            return "delivered"
-        if self.stat in _PENDING:
-            return "pending"
-        return "undelivered"
+        """What `stat` means (`receipt_status`)."""
+        return receipt_status(self.stat)
+
+
+def receipt_status(stat: str) -> Literal["delivered", "undelivered", "pending"]:
+    """A receipt's upper-cased stat: DELIVRD: delivered; ACCEPTD, ENROUTE, SCHEDULED,
+    BUFFRED or no stat: pending; anything else (EXPIRED, DELETED, UNDELIV, REJECTD,
+    UNKNOWN, ...): undelivered."""
+    if stat in _DELIVERED:
+        return "delivered"
+    if stat in _PENDING:
+        return "pending"
+    return "undelivered"
 
 
 def _date(value: str) -> datetime | None:
@@ -119,6 +133,19 @@ def parse_receipt(text: str) -> Receipt | None:
     return _parse_tolerantly(text)
 
 
+def receipt_fields(text: str) -> tuple[str, str, str] | None:
+    """(message id, stat, err) of the receipt in `text`, as `parse_receipt` reads them,
+    or None when it names no message id; what a report records, read without the rest
+    (the path every receipt takes). Never raises."""
+    match = _STANDARD.fullmatch(text)
+    if match is not None:
+        message_id = match.group(1).strip("\0")
+        if message_id:
+            return message_id, match.group(6).strip("\0").upper(), match.group(7).strip("\0")
+    receipt = _parse_tolerantly(text)
+    return None if receipt is None else (receipt.message_id, receipt.stat, receipt.err)
+
+
 def _parse_tolerantly(text: str) -> Receipt | None:
     starts: list[tuple[str, int, int]] = []  # (key, key start, value start)
     seen: set[str] = set()
@@ -154,14 +181,15 @@ def _parse_tolerantly(text: str) -> Receipt | None:
 IdFormat = Literal["auto", "as-is", "hex", "decimal", "hex-resp", "hex-receipt"]
 
 _HEX_LETTERS: Final = frozenset("abcdefABCDEF")
+_HEX: Final = "0123456789abcdefABCDEF"
 
 
 def _number(text: str, base: int) -> int | None:
     """`text` as a non-negative number in `base` ("0x" allowed in hex), else None."""
     if base == 16 and text[:2].lower() == "0x":
         text = text[2:]
-    allowed = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
-    if not text or any(char not in allowed for char in text):
+    allowed = _HEX if base == 16 else "0123456789"
+    if not text or text.strip(allowed):  # strip leaves what is not `allowed`
         return None  # int() would also take "+1", "1_0" and non-ASCII digits
     return int(text, base)
 
@@ -212,12 +240,9 @@ def _canonical(text: str) -> str:
     """`auto`'s form: a hex-looking id lower-cased without ``0x`` and leading zeros
     (which base it is in stays open); any other id as it is."""
     digits = text[2:] if text[:2].lower() == "0x" else text
-    if not digits or any(char not in _HEX_DIGITS for char in digits):
+    if not digits or digits.strip(_HEX):  # strip leaves what is not a hex digit
         return text
     return digits.lstrip("0").lower() or "0"
-
-
-_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 
 
 def message_id_candidates(normalised: str, style: IdFormat) -> list[str]:
@@ -238,6 +263,6 @@ def message_id_candidates(normalised: str, style: IdFormat) -> list[str]:
     found = [normalised]
     if normalised.isascii() and normalised.isdecimal():
         found.append(format(int(normalised), "x"))
-    if all(char in _HEX_DIGITS for char in normalised):
+    if not normalised.strip(_HEX):
         found.append(str(int(normalised, 16)))
     return list(dict.fromkeys(found))

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, cast
 
@@ -52,14 +52,17 @@ from .pdu import (
 )
 from .window import Job, SubmitWindow
 
-__all__ = ["DeliverHandler", "SmppBind", "SmppSpec"]
+__all__ = ["DeliverHandler", "DeliverManyHandler", "SmppBind", "SmppSpec"]
 
 log = structlog.get_logger("binds.smpp")
 
 DeliverHandler = Callable[[str, ShortMessage], Awaitable[int]]
+# The deliver_sm of one read, at once: a deliver_sm_resp status for each, in order.
+DeliverManyHandler = Callable[[str, list[ShortMessage]], Awaitable[Sequence[int]]]
 RETRY_STATUSES = frozenset({pdu.ESME_RTHROTTLED, pdu.ESME_RMSGQFUL})
 MAX_DELIVERING = 512  # deliver_sm being stored at once; beyond, reading waits (back-pressure)
 SUBMIT_SM_RESP = pdu.SUBMIT_SM | pdu.RESPONSE
+DELIVER_SM_RESP = pdu.DELIVER_SM | pdu.RESPONSE
 
 
 def _accepted_maker() -> Callable[[str], Accepted]:
@@ -173,10 +176,21 @@ def receipts_by_default(mode: str) -> int:
 class SmppBind:
     """One SMPP session kept bound, usable as a `Bind`."""
 
-    def __init__(self, name: str, spec: SmppSpec, on_deliver: DeliverHandler | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: SmppSpec,
+        on_deliver: DeliverHandler | None = None,
+        *,
+        on_deliver_many: DeliverManyHandler | None = None,
+    ) -> None:
+        """`on_deliver` stores one deliver_sm (a task each); `on_deliver_many`, when
+        given, is used instead: the deliver_sm of one read in one call (one task per
+        read), which is what a burst of receipts wants."""
         self.name = name
         self.spec = spec
         self._on_deliver = on_deliver
+        self._on_deliver_many = on_deliver_many
         self._log = log.bind(bind=name)
         # Where every message taken is: queued, written, held (state only; see window.py).
         self._window = SubmitWindow(1 if spec.sync else spec.window)
@@ -217,7 +231,9 @@ class SmppBind:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._children: set[asyncio.Task[None]] = set()
-        self._delivering = 0  # deliver_sm handlers running (at most MAX_DELIVERING)
+        self._delivering = 0  # deliver_sm being stored (at most MAX_DELIVERING)
+        # deliver_sm of the read being acted on, for `on_deliver_many` (one call for them).
+        self._arrived: list[pdu.Frame] = []
         self._last_received = 0.0
         self.state = "disconnected"
         self.last_error: str | None = None
@@ -734,6 +750,8 @@ class SmppBind:
             accepted = self._handle_frames(wire, frames, start, now)
         finally:
             self._pump_soon = scheduled
+            if self._arrived:
+                self._store_arrived()
         if accepted:
             self._count_accepted(accepted, now)
         self._pump()
@@ -776,6 +794,9 @@ class SmppBind:
                     wire.stall(frames, index)
                     return accepted
                 self._delivering += 1  # one less when its handler is done
+                if self._on_deliver_many is not None:
+                    self._arrived.append(frame)
+                    continue
             self._handle_pdu(frame)
             answer = window.outstanding.pop  # a peer's unbind swaps it
         wire.check()
@@ -829,12 +850,54 @@ class SmppBind:
         try:
             await self._store_deliver_sm(frame)
         finally:
-            self._delivering -= 1
-            wire = self._wire
-            if wire is not None and wire.stalled is not None:
-                frames, start = wire.stalled
-                wire.resume()
-                self._frames_read(wire, frames, start, asyncio.get_running_loop().time())
+            self._delivered(1)
+
+    def _delivered(self, count: int) -> None:
+        """`count` deliver_sm answered: a read stalled for them goes on."""
+        self._delivering -= count
+        wire = self._wire
+        if wire is not None and wire.stalled is not None:
+            frames, start = wire.stalled
+            wire.resume()
+            self._frames_read(wire, frames, start, asyncio.get_running_loop().time())
+
+    def _store_arrived(self) -> None:
+        """The deliver_sm of a read, in one task (see `on_deliver_many`)."""
+        arrived, self._arrived = self._arrived, []
+        task = asyncio.create_task(self._store_deliver_many(arrived))
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
+
+    async def _store_deliver_many(self, frames: list[pdu.Frame]) -> None:
+        """Answer each deliver_sm only once the router has stored what it carries; the
+        answers go out together (`_queue_reply`: one write per loop turn)."""
+        try:
+            messages: list[ShortMessage] = []
+            sequences: list[int] = []
+            for _, _, sequence, body in frames:
+                try:
+                    messages.append(pdu.decode_short_message(body))
+                    sequences.append(sequence)
+                except PduError as exc:
+                    self._log.warning("unreadable deliver_sm", reason=str(exc))
+                    self._queue_reply(DELIVER_SM_RESP, pdu.ESME_RINVMSGLEN, sequence, b"\0")
+            if not messages:
+                return
+            assert self._on_deliver_many is not None
+            statuses: Sequence[int]
+            try:
+                statuses = await self._on_deliver_many(self.name, messages)
+                if len(statuses) != len(messages):
+                    raise ValueError(f"{len(statuses)} statuses for {len(messages)} deliver_sm")
+            except Exception:
+                self._log.exception(
+                    "deliver_sm not stored; asking the SMSC to resend", count=len(messages)
+                )
+                statuses = [pdu.ESME_RX_T_APPN] * len(messages)
+            for sequence, status in zip(sequences, statuses, strict=True):
+                self._queue_reply(DELIVER_SM_RESP, status, sequence, b"\0")
+        finally:
+            self._delivered(len(frames))
 
     async def _store_deliver_sm(self, frame: Pdu) -> None:
         try:

@@ -40,7 +40,8 @@ from binds.smpp.receipt import (
     IdFormat,
     message_id_candidates,
     normalise_message_id,
-    parse_receipt,
+    receipt_fields,
+    receipt_status,
 )
 from router.metrics import ProfileMetrics
 from router.store.batching import Batcher
@@ -70,6 +71,8 @@ _STATES = {
     8: "undelivered",
 }
 _STATE_NAMES = {2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV", 7: "UNKNOWN", 8: "REJECTD"}
+# A receipt's stat, read (`receipt_status`), to the outcome it records; pending: none.
+_OUTCOMES: dict[str, str] = {"delivered": "delivered", "undelivered": "undelivered"}
 
 
 class Reports:
@@ -108,37 +111,63 @@ class Reports:
         """A deliver_sm that is a receipt; returns the deliver_sm_resp status (always OK:
         a receipt we cannot use is logged, never refused, or the SMSC would resend it).
         `namespace`: the prefix a shared connector's provider ids are indexed with."""
+        report = self.report(message, namespace)
+        if report is not None:
+            await self._submit(report)
+        return ESME_ROK
+
+    async def handle_many(self, messages: Sequence[ShortMessage], namespace: str = "") -> list[int]:
+        """`handle` for the receipts of one read: their reports go to Redis together (with
+        whatever else is waiting, `BATCH` per script call), each answered OK once its
+        batch is recorded. Raises what recording raised: then none is answered OK and
+        the SMSC sends them again (applying a report twice changes nothing)."""
+        batch = [r for r in (self.report(m, namespace) for m in messages) if r is not None]
+        if batch:
+            for applied in await self._batcher.submit_many(batch):
+                if isinstance(applied, Exception):
+                    raise applied
+        return [ESME_ROK] * len(messages)
+
+    def report(self, message: ShortMessage, namespace: str = "") -> Report | None:
+        """The report a receipt carries, or None when there is nothing to record: no
+        message id (logged), or an intermediate state (ENROUTE, ACCEPTD, ...).
+
+        The ids and the state come from the TLVs when the SMSC sets them, stat and err
+        from the text (read for those two only, `receipt_fields`)."""
+        tlvs = message.tlvs
+        raw_id = tlvs.get(TAG_RECEIPTED_MESSAGE_ID)
+        provider_id = raw_id.rstrip(b"\0").decode("latin-1") if raw_id else ""
         text = _receipt_text(message)
-        receipt = parse_receipt(text)
-        provider_id = message.tlv_text(TAG_RECEIPTED_MESSAGE_ID) or (
-            receipt.message_id if receipt else ""
-        )
+        fields = receipt_fields(text)
         if not provider_id:
-            log.warning(
-                "receipt without a message id ignored", profile=self.profile, text=text[:80]
-            )
-            return ESME_ROK
-        state = message.tlv_int(TAG_MESSAGE_STATE)
-        stat = receipt.stat if receipt and receipt.stat else _STATE_NAMES.get(state or 0, "")
-        err = receipt.err if receipt else ""
-        outcome = _STATES.get(state or 0) if state in _STATES else None
-        if outcome is None and receipt is not None and receipt.status != "pending":
-            outcome = receipt.status
+            provider_id = fields[0] if fields is not None else ""
+            if not provider_id:
+                log.warning(
+                    "receipt without a message id ignored", profile=self.profile, text=text[:80]
+                )
+                return None
+        raw_state = tlvs.get(TAG_MESSAGE_STATE)
+        state = int.from_bytes(raw_state, "big") if raw_state else 0
+        stat, err = (fields[1], fields[2]) if fields is not None else ("", "")
+        if not stat:
+            stat = _STATE_NAMES.get(state, "")
+        outcome = _STATES.get(state)
+        if outcome is None and fields is not None:
+            outcome = _OUTCOMES.get(receipt_status(fields[1]))
         if outcome is None:
             log.info(
                 "intermediate receipt", profile=self.profile, provider_id=provider_id, stat=stat
             )
-            return ESME_ROK
-        await self.apply(self.candidates(provider_id, namespace), outcome, stat, err or "000")
-        return ESME_ROK
+            return None
+        return Report(outcome, stat, err or "000", self.candidates(provider_id, namespace))
 
     def receipt_id(self, message: ShortMessage) -> str:
         """The provider id a receipt reports on ('' when it names none)."""
         found = message.tlv_text(TAG_RECEIPTED_MESSAGE_ID)
         if found:
             return found
-        receipt = parse_receipt(_receipt_text(message))
-        return receipt.message_id if receipt else ""
+        fields = receipt_fields(_receipt_text(message))
+        return fields[0] if fields is not None else ""
 
     def forms(self, provider_id: str) -> list[str]:
         """Forms of a normalised submit_sm_resp id an early report may be kept under."""
@@ -156,12 +185,15 @@ class Reports:
         `candidates` are the forms of its id to look up, best first (`candidates`).
         Reports that arrive while a call is in flight go together in the next one, so
         a burst of receipts costs one script call per batch, not one each."""
-        if not candidates:
-            return
-        report = Report(outcome, stat, err, list(candidates))
+        if candidates:
+            await self._submit(Report(outcome, stat, err, list(candidates)))
+
+    async def _submit(self, report: Report) -> None:
         applied = await self._batcher.submit(report)
         if applied.result.verdict == "ok":
-            log.debug(applied.result.previous, id=applied.job, profile=self.profile, stat=stat)
+            log.debug(
+                applied.result.previous, id=applied.job, profile=self.profile, stat=report.stat
+            )
 
     async def _store(self, batch: list[Report]) -> list[ReportResult]:
         results = await self._ledger.reports(self.profile, batch, keep_for=self._early_ttl)
