@@ -1,10 +1,13 @@
 """What one message costs Redis on the drain path: commands (those run inside Lua
 scripts included) and microseconds of Redis CPU per message, from INFO commandstats.
 
-Usage: python bench/redis_cost.py [--n 20000] [--dlr]
+Usage: python bench/redis_cost.py [--n 20000] [--dlr] [--out NAME]
 Preloads N jobs (not counted: the statistics are reset after), drains them through
 the peer kit's sink (window 100; with --dlr a receipt per message, to `delivered`),
-then prints each command's calls and usec per message. Writes bench/results/redis_cost.json.
+then prints each command's calls and usec per message. Writes
+bench/results/redis_cost.json (redis_cost_dlr.json with --dlr; NAME.json with --out).
+The daemon runs the router on the Python path: PYTHONPATH at a `git worktree` of
+another commit measures that code (A/B).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import save
+from harness import RedisServer, free_port, save, start_daemon, stop
+from memory import config, preload, sink_submits, start_sink
 from redis.asyncio import Redis
-from versus_kannel import Rig, preload, sink_stats
 
 from router.store import keys
 
@@ -55,28 +58,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--dlr", action="store_true")
+    parser.add_argument("--out", default="", help="results file name (no .json)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="sms-rcost-"))
-    rig = Rig(scratch, "cost", registered_delivery=1 if args.dlr else 0)
+    # An append-only file, as production runs it.
+    server = RedisServer(appendonly=True, folder=scratch / "redis")
+    port = free_port()
+    stats_file = scratch / "sink.json"
+    daemon = sink = None
     try:
-        asyncio.run(preload(rig.url, args.n, "cost"))
-        asyncio.run(reset(rig.url))
-        rig.start_daemon()
-        rig.start_sink(dlr="requested" if args.dlr else "off")
+        asyncio.run(preload(server.url, args.n, "cost"))
+        asyncio.run(reset(server.url))
+        path = config(scratch / "router.toml", server.url, port, 1 if args.dlr else 0)
+        daemon = start_daemon(path, scratch / "router.log")
+        sink = start_sink(port, stats_file, scratch / "sink.log", args.dlr)
         deadline = time.monotonic() + 600
-        while sink_stats(rig.stats).get("submits", 0) < args.n:
+        while sink_submits(stats_file) < args.n:
             if time.monotonic() > deadline:
                 raise SystemExit("the drain did not finish")
             time.sleep(0.2)
         if args.dlr:
-            while asyncio.run(delivered(rig.url, args.n, "cost")) < args.n:
+            while asyncio.run(delivered(server.url, args.n, "cost")) < args.n:
                 if time.monotonic() > deadline:
                     raise SystemExit("not every message reached delivered")
                 time.sleep(0.5)
         time.sleep(1.5)  # the last outcomes flushed
-        stats = asyncio.run(commandstats(rig.url))
+        stats = asyncio.run(commandstats(server.url))
     finally:
-        rig.close()
+        if daemon is not None:
+            stop(daemon)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
+        server.close()
         shutil.rmtree(scratch, ignore_errors=True)
     rows = sorted(stats.items(), key=lambda kv: -kv[1]["calls"])
     scripts = {"evalsha", "eval", "script|load"}
@@ -94,7 +108,7 @@ def main() -> None:
     print(f"commands per message (inside scripts included, EVALSHA itself not): {per_call:.2f}")
     print(f"Redis usec per message (scripts, inner commands included, + top-level): {per_usec:.1f}")
     save(
-        "redis_cost" + ("_dlr" if args.dlr else ""),
+        args.out or "redis_cost" + ("_dlr" if args.dlr else ""),
         {"n": args.n, "dlr": args.dlr, "commands_per_message": round(per_call, 2),
          "redis_usec_per_message": round(per_usec, 1), "stats": dict(rows)},
     )  # fmt: skip

@@ -1,9 +1,11 @@
 """Message records and status events.
 
 One Redis hash per job (``sms:{P}:msg:<id>``, in its profile's slot) holds its
-status, the history of every change with its time (one field per step, ``h<n>``), the
-sender used, the connector each attempt went over (``connector``, and ``c<n>`` beside
-the step it belongs to), provider id, attempts and errors. Every change goes through a Lua script
+status, the history of every change with its time (one field per step, named by its
+index: ``1``, ``2``...), the sender used, the connector each attempt went over (in its
+step), provider id and errors, in a compact shape (lua/common.lua): a record is kept
+for the whole retention, so its bytes are the router's memory. What can be derived is
+not stored, and `decode_record` puts it back (it reads the older shapes too). Every change goes through a Lua script
 (``router/store/lua``) that also decides ownership: a record belongs to the stream entry
 that first reached it (its *owner*), so a second entry with the same job id is
 recognised as a duplicate, and a redelivered entry whose record is already final is
@@ -25,6 +27,7 @@ configured profile.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -210,8 +213,8 @@ class TransitionArgs(NamedTuple):
     entry: str  # the work entry to ack
     job: str  # job id
     report_deadline: str  # '' = no report awaited
-    # The connector the attempt went over ('' = none): the record's `connector` and
-    # the new history step's `c<n>`.
+    # The connector the attempt went over ('' = none): in the new history step (the
+    # record's `connector` reads the latest such).
     connector: str
 
 
@@ -318,7 +321,7 @@ class Ledger:
         changes only a record still ``queued`` or ``scheduled`` (a client's cancel:
         verdict ``done`` once a worker has begun sending it).
         `connector` names the connector an attempt went over (a Retry outcome's): it
-        becomes the record's `connector`, the new history step's (``c<n>``) and the
+        goes in the new history step (so it becomes the record's `connector`) and the
         event's; '' records none.
         `ack` acknowledges and deletes a work entry in the same step (whatever the
         verdict; with `replicas_ack`, the step is followed by a WAIT for replicas); each
@@ -659,7 +662,7 @@ class Ledger:
         finds it."""
         if profile is not None:
             raw = await self._redis.hgetall(keys.record(profile, job_id))
-            return {"id": job_id, **decode_record(raw)} if raw else None
+            return {"id": job_id, **decode_record(raw, profile)} if raw else None
         return (await self.find([job_id], profiles=profiles))[0]
 
     async def find(
@@ -689,8 +692,8 @@ class Ledger:
                 pipe.hgetall(keys.record(profile, job_id))
             rows = await pipe.execute()
         return [
-            {"id": job_id, **decode_record(row)} if row else None
-            for (_profile, job_id), row in zip(jobs, rows, strict=True)
+            {"id": job_id, **decode_record(row, profile)} if row else None
+            for (profile, job_id), row in zip(jobs, rows, strict=True)
         ]
 
 
@@ -709,31 +712,89 @@ def _by_profile(
     ]
 
 
-def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
-    """A record hash as plain Python values (history and meta parsed).
+# The one-letter status of a history step (lua/common.lua's `status_code`).
+STEP_CODES: dict[str, str] = {
+    "q": "queued",
+    "c": "scheduled",
+    "g": "sending",
+    "s": "sent",
+    "d": "delivered",
+    "u": "undelivered",
+    "f": "failed",
+    "r": "rejected",
+    "x": "expired",
+}
+# A delivery report's step note (lua/common.lua's apply_report).
+_REPORT_NOTE = re.compile(r"stat (.*) err (.*)", re.S)
+
+
+def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[str, Any]:
+    """A record hash as plain Python values (history and meta parsed), with what the
+    compact shape leaves out put back: `updated_at` (the latest step's time),
+    `connector` (the latest step's that names one), `attempts` (the `sending` steps),
+    `profile` (given: it is the key's), `provider_message_id` (stored as ``pmid``),
+    `segments` of a sent message when it is 1 (not stored), and a delivery report's
+    `dlr_stat` and `dlr_err` (from its step's note). A compact step's time is in
+    microseconds after `created_at`.
 
     `history` is a list of steps, oldest first, each ``{"status", "at", "note"}`` plus
-    ``"connector"`` when the step names the connector it went over (its ``c<n>``
-    field: a `sent` or `failed` outcome, a retry); a step without one has no
-    ``connector`` key (records written before connectors have none anywhere). The
-    record's own `connector` field (the latest attempt's) stays a plain field."""
+    ``"connector"`` when the step names the connector it went over (a `sent` or
+    `failed` outcome, a retry); a step without one has no ``connector`` key.
+
+    Records of the older shapes read the same: steps as ``h<n>`` = "status|time|note"
+    with ``c<n>`` beside, and `updated_at`, `connector`, `attempts`, `profile`,
+    `provider_message_id`, `dlr_*` stored; older still, the history as one JSON list;
+    and a record one version began and the other went on with."""
     record: dict[str, Any] = {as_text(k): as_text(v) for k, v in raw.items()}
     # Records written before the step fields kept the history as one JSON list.
     history = [
         {"status": item[0], "at": float(item[1]), "note": item[2]}
         for item in json.loads(record.pop("history", None) or "[]")
     ]
-    steps = []
+    steps: list[tuple[int, dict[str, Any]]] = []
+    compact = False
     via = {int(k[1:]): record.pop(k) for k in list(record) if k[:1] == "c" and k[1:].isdigit()}
-    for name in [k for k in record if k[:1] == "h" and k[1:].isdigit()]:
-        status, at, note = record.pop(name).split("|", 2)
-        item: dict[str, Any] = {"status": status, "at": float(at), "note": note}
-        if (connector := via.get(int(name[1:]))) is not None:
-            item["connector"] = connector
-        steps.append((int(name[1:]), item))
-    history += [item for _, item in sorted(steps, key=lambda s: s[0])]
+    base = _micros(record.get("created_at", "0"))
+    for name in list(record):
+        if name.isdigit():  # the compact step: <code><time, base 36>[|connector[|note]]
+            compact = True
+            head, _, rest = record.pop(name).partition("|")
+            connector, _, note = rest.partition("|")
+            micros = base + int(head[1:], 36)
+            # The same text as the event's `at` (6 decimals), so the same float.
+            at = float(f"{micros // 1_000_000}.{micros % 1_000_000:06d}")
+            item: dict[str, Any] = {"status": STEP_CODES[head[:1]], "at": at, "note": note}
+            if connector:
+                item["connector"] = connector
+            steps.append((int(name), item))
+        elif name[:1] == "h" and name[1:].isdigit():
+            status, at_text, note = record.pop(name).split("|", 2)
+            item = {"status": status, "at": float(at_text), "note": note}
+            if (connector := via.get(int(name[1:]))) is not None:
+                item["connector"] = connector
+            steps.append((int(name[1:]), item))
+    steps.sort(key=lambda s: s[0])
+    history += [item for _, item in steps]
     record["history"] = history
     record.pop("n", None)
+    if compact:
+        # What the compact shape does not store (a record of the older shape has it
+        # stored, and reads as it always did; one both versions wrote has it stale).
+        record["updated_at"] = steps[-1][1]["at"]
+        connectors = [step["connector"] for step in history if "connector" in step]
+        if connectors:
+            record["connector"] = connectors[-1]
+        record.pop("attempts", None)
+        if attempts := sum(1 for step in history if step["status"] == "sending"):
+            record["attempts"] = attempts
+        # A report's step is the last one (its status is final), noted by apply_report.
+        if found := _REPORT_NOTE.fullmatch(history[-1]["note"]):
+            record["dlr_stat"], record["dlr_err"] = found.group(1), found.group(2)
+    if profile is not None:
+        record.setdefault("profile", profile)
+    if "pmid" in record:  # (the compact shape's: a sent outcome's)
+        record["provider_message_id"] = record.pop("pmid")
+        record.setdefault("segments", "1")
     if "meta" in record:
         record["meta"] = json.loads(record["meta"])
     for name in ("attempts", "segments"):
@@ -743,3 +804,12 @@ def decode_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
         if name in record:
             record[name] = float(record[name])
     return record
+
+
+def _micros(text: str) -> int:
+    """A time as the scripts write it ("<seconds>.<microseconds>") in microseconds, as
+    lua/common.lua's `micros` reads it (0 for anything else: a record without one)."""
+    seconds, _, fraction = text.partition(".")
+    if not seconds.isdigit() or (fraction and not fraction.isdigit()):
+        return 0
+    return int(seconds) * 1_000_000 + int((fraction + "000000")[:6])

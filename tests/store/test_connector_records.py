@@ -1,7 +1,8 @@
-"""Every attempt's connector on the message record: the record's `connector` (the latest
-attempt's), `c<n>` beside the history step `h<n>` it belongs to, and the status event's
+"""Every attempt's connector on the message record: in the history step it belongs to
+(the decoded record's `connector` is the latest attempt's), and the status event's
 `connector`; written by finish.lua (an outcome) and transition.lua (a retry), read back
-by `decode_record`. Records written before connectors decode as they did.
+by `decode_record`. Records of the older shape (`c<n>` beside `h<n>`, and a
+`connector` field) and those written before connectors decode as they did.
 
 Real Redis (the `redis` fixture)."""
 
@@ -72,15 +73,15 @@ async def test_an_outcome_over_a_connector_names_it_on_the_record_its_step_and_e
     await ledger.finish(PROFILE, keys.queue(PROFILE), [outcome("j-a", owner, step, "A")])
     stored = await raw(redis, "j-a")
     n = step + 1
-    assert stored["status"] == "sent" and stored[f"h{n}"].startswith("sent|")
-    assert stored["connector"] == "A"
-    assert stored[f"c{n}"] == "A"
-    assert [k for k in stored if k[:1] == "c" and k[1:].isdigit()] == [f"c{n}"]
+    # The step names its connector (`s<time>|A`); nothing else on the record does.
+    assert stored["status"] == "sent" and stored[str(n)].startswith("s")
+    assert stored[str(n)].split("|") == [stored[str(n)].split("|")[0], "A"]
+    assert [k for k in stored if "A" in stored[k]] == [str(n)]
     event = await last_event(redis)
     assert event["status"] == "sent" and event["connector"] == "A"
     record = await ledger.get("j-a", profile=PROFILE)
     assert record is not None and record["connector"] == "A"
-    assert f"c{n}" not in record and f"h{n}" not in record
+    assert str(n) not in record
     assert [h.get("connector") for h in record["history"]] == [None, None, "A"]
     assert "connector" not in record["history"][0]
 
@@ -104,7 +105,7 @@ async def test_an_outcome_without_a_connector_writes_none(redis: Redis) -> None:
     await ledger.finish(PROFILE, keys.queue(PROFILE), [outcome("j-none", owner, step, "")])
     stored = await raw(redis, "j-none")
     assert stored["status"] == "sent"
-    assert "connector" not in stored and f"c{step + 1}" not in stored
+    assert "connector" not in stored and "|" not in stored[str(step + 1)]
     assert "connector" not in await last_event(redis)
     record = await ledger.get("j-none", profile=PROFILE)
     assert record is not None and "connector" not in record
@@ -124,8 +125,10 @@ async def test_a_retry_names_its_connector_and_the_next_attempt_its_own(redis: R
     assert result.ok, result
     stored = await raw(redis, "j-r")
     n = int(stored["n"])
-    assert stored[f"h{n}"].startswith("queued|") and stored[f"c{n}"] == "A"
-    assert stored["connector"] == "A" and stored["error_code"] == "throttled"
+    assert stored[str(n)].startswith("q") and stored[str(n)].split("|")[1:] == [
+        "A", "retry 1 in 0.1s: throttled",
+    ]  # fmt: skip
+    assert stored["error_code"] == "throttled"
     event = await last_event(redis)
     assert event["status"] == "queued" and event["connector"] == "A"
     step = await sending(ledger, "j-r", owner)
@@ -144,12 +147,12 @@ async def test_a_transition_without_a_connector_writes_none(redis: Redis) -> Non
     assert result.ok, result
     stored = await raw(redis, "j-t")
     assert "connector" not in stored
-    assert not [k for k in stored if k[:1] == "c" and k[1:].isdigit()]
+    assert stored[stored["n"]].split("|")[1:] == ["", "later"]
     assert "connector" not in await last_event(redis)
 
 
 async def test_a_refused_transition_writes_no_connector(redis: Redis) -> None:
-    """A duplicate owner changes nothing: no step, so no `c<n>` either."""
+    """A duplicate owner changes nothing: no step, so no connector either."""
     ledger = ledger_of(redis)
     await queued(redis, "j-d")
     result = await ledger.transition("j-d", "9-9", "queued", profile=PROFILE, connector="A")

@@ -1,10 +1,16 @@
 -- Shared by every record script (prepended to each).
 --
--- Record shape: a hash with `status`, `updated_at`, `owner`, `n` (history length) and
--- one field per history step, `h<i>` = "status|time|note": a change appends one field
--- instead of decoding and re-encoding the whole history. A step that went over a
--- connector (an outcome, a retry) has `c<i>` = its name beside `h<i>`, and the record's
--- `connector` names the latest such.
+-- Record shape (compact: every byte of it is kept for the retention, per message): a
+-- hash with `status`, `owner`, `created_at`, `n` (history length) and one field per
+-- history step named by its index alone (`1`, `2`...: Redis keeps such a name as a
+-- one-byte integer), its value `<code><time>[|<connector>[|<note>]]`: the status as one
+-- letter (`status_code`), the time in microseconds after `created_at` in base 36, then
+-- the connector the step went over and its note when it has them. A change appends one field instead of
+-- decoding and re-encoding the whole history. Nothing derivable is stored: the time of
+-- the latest change, the latest connector, the attempts (the `sending` steps), the
+-- profile (in the key) and a delivery report's stat and err (in its step's note) are
+-- read from the rest (router/store/ledger.py's decode_record, which also reads the
+-- older shape: `h<i>` = "status|time|note", `c<i>`, `updated_at`...).
 
 -- The records the router sends (msgpack arrays, or plain ARGV), each field's position
 -- named once: `<RECORD>_<FIELD>`, read as `it[SENDING_TO]`, and `<RECORD>_COUNT` its
@@ -131,21 +137,78 @@ local DLR_STAT = 2
 local DLR_ERR = 3
 local DLR_COUNT = 3
 
-local function step(n, status, now, note)
-  return 'h' .. n, status .. '|' .. now .. '|' .. note
+-- One letter per status in a history step (ledger.py's STEP_CODES reads them back).
+local status_code = {queued = 'q', scheduled = 'c', sending = 'g', sent = 's',
+                     delivered = 'd', undelivered = 'u', failed = 'f', rejected = 'r',
+                     expired = 'x'}
+local digits36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local micros_text, micros_value = nil, nil
+
+-- A time as written ("<seconds>.<microseconds>") in microseconds: exact as a Lua
+-- number (2^53 microseconds is 285 years). Every step of a call shares its `now`, so
+-- the last one converted is kept.
+local function micros(t)
+  if t == micros_text then return micros_value end
+  local s, f = string.match(t, '^(%d+)%.?(%d*)$')
+  if not s then error('not a time: ' .. tostring(t)) end
+  micros_text = t
+  micros_value = tonumber(s) * 1000000 + tonumber(string.sub(f .. '000000', 1, 6))
+  return micros_value
 end
 
--- Append a step and set the status (reads the history length: for the slow paths).
--- `connector` (optional; nil or '' = none) names the connector the step went over.
+-- An integer in base 36 (with a leading '-' when negative).
+local function base36(x)
+  local sign = ''
+  if x < 0 then sign, x = '-', -x end
+  local out = ''
+  repeat
+    local d = x % 36
+    out = string.sub(digits36, d + 1, d + 1) .. out
+    x = (x - d) / 36
+  until x == 0
+  return sign .. out
+end
+
+-- History step `n` as a field name and value. Its time is written as microseconds
+-- after `base`, the record's `created_at` (a few characters: `0` for the first step;
+-- negative when another host's clock is behind); a record without one (nil) gets
+-- microseconds since 1970. `connector` ('' or nil = none) is the one the step went over.
+local function step(n, status, now, note, connector, base)
+  local code = status_code[status]
+  if not code then error('unknown status: ' .. tostring(status)) end
+  local at = micros(now)
+  if base then at = at - micros(base) end
+  local value = code .. base36(at)
+  connector = connector or ''
+  if note ~= '' then
+    value = value .. '|' .. connector .. '|' .. note
+  elseif connector ~= '' then
+    value = value .. '|' .. connector
+  end
+  return n, value
+end
+
+-- Append a step and set the status (reads the history length and the record's
+-- `created_at`: for the slow paths). `connector` (optional; nil or '' = none) names
+-- the connector the step went over.
 local function set_status(key, status, now, note, connector)
   local n = redis.call('HINCRBY', key, 'n', 1)
-  local name, value = step(n, status, now, note)
-  if connector and connector ~= '' then
-    redis.call('HSET', key, 'status', status, 'updated_at', now, name, value,
-               'c' .. n, connector, 'connector', connector)
-  else
-    redis.call('HSET', key, 'status', status, 'updated_at', now, name, value)
+  local base = redis.call('HGET', key, 'created_at') or nil
+  local name, value = step(n, status, now, note, connector, base)
+  redis.call('HSET', key, 'status', status, name, value)
+end
+
+-- The connector of the latest step of record `rec` that names one, looking back from
+-- step `n` (a few steps: a `sent` record's is its `sent` step, or the one before a
+-- missing-report note); a record of the older shape has it as `connector`.
+local function latest_connector(rec, n)
+  for k = n, math.max(1, n - 3), -1 do
+    local v = redis.call('HGET', rec, k)
+    if not v then break end
+    local via = string.match(v, '^[^|]*|([^|]*)')
+    if via and via ~= '' then return via end
   end
+  return redis.call('HGET', rec, 'connector') or ''
 end
 
 -- A message with a status_callback_url also gets the event on the callbacks stream
@@ -163,15 +226,18 @@ end
 -- One part's delivery report on a `sent` record. `parts` lists every part's id (one
 -- for a short message). Returns the final status once every part has reported (the
 -- record, its event and callback written), else nil. `n` is the record's history
--- length when the caller knows it (finish.lua just wrote it), else nil.
+-- length when the caller knows it (finish.lua just wrote it), else nil; `base` the
+-- record's `created_at` (nil: none).
 -- info: {to =, from =, meta =, url =} of the message ('' where absent); awaiting: the
--- awaiting-reports set, or '' when the profile has none.
+-- awaiting-reports set, or '' when the profile has none (or the message is not in it).
+-- The report's stat and err go in its step's note only (decode_record reads them from
+-- there); a part's own report is kept (`dlr:<part>`) only while a long message waits
+-- for its other parts' reports.
 local function apply_report(rec, job, part, outcome, stat, err, now, parts, info,
-                            profile, events, maxlen, callbacks, awaiting, n)
-  local mine = cjson.encode({outcome, stat, err})  -- a DLR
+                            profile, events, maxlen, callbacks, awaiting, n, base)
   local final, fstat, ferr = outcome, stat, err
   if #parts > 1 then
-    redis.call('HSET', rec, 'dlr:' .. part, mine)
+    redis.call('HSET', rec, 'dlr:' .. part, cjson.encode({outcome, stat, err}))  -- a DLR
     final = 'delivered'
     for _, p in ipairs(parts) do
       local r = redis.call('HGET', rec, 'dlr:' .. p)
@@ -184,9 +250,8 @@ local function apply_report(rec, job, part, outcome, stat, err, now, parts, info
   end
   if awaiting ~= '' then redis.call('ZREM', awaiting, job) end
   if n then n = n + 1 else n = redis.call('HINCRBY', rec, 'n', 1) end
-  local name, value = step(n, final, now, 'stat ' .. fstat .. ' err ' .. ferr)
-  local f = {'status', final, 'updated_at', now, 'n', n, name, value,
-             'dlr_stat', fstat, 'dlr_err', ferr, 'dlr:' .. part, mine}
+  local name, value = step(n, final, now, 'stat ' .. fstat .. ' err ' .. ferr, '', base)
+  local f = {'status', final, 'n', n, name, value}
   if final ~= 'delivered' then
     f[#f + 1] = 'error_code'; f[#f + 1] = 'dlr_' .. string.lower(fstat)
     f[#f + 1] = 'error_raw'; f[#f + 1] = 'stat:' .. fstat .. ' err:' .. ferr

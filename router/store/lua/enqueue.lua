@@ -19,15 +19,16 @@ for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
     out[#out + 1] = 'duplicate'; out[#out + 1] = ''
   else
     local entry = redis.call('XADD', KEYS[3], '*', 'job', it[ENQUEUED_JOB])
-    local name, value = step(1, 'queued', now, '')
-    local fields = {'created_at', now, 'owner', entry, 'status', 'queued',
-                    'updated_at', now, 'n', 1, name, value}
+    local name, value = step(1, 'queued', now, '', '', now)
+    local fields = {'created_at', now, 'owner', entry, 'status', 'queued', 'n', 1,
+                    name, value}
     local ev = {'id', it[ENQUEUED_ID], 'profile', profile, 'status', 'queued', 'at', now}
     local url = nil
     local given = it[ENQUEUED_FIELDS]
     for i = 1, #given, 2 do
       local field, v = given[i], given[i + 1]
-      fields[#fields + 1] = field; fields[#fields + 1] = v
+      -- (`profile` is the key's: not stored again)
+      if field ~= 'profile' then fields[#fields + 1] = field; fields[#fields + 1] = v end
       if field == 'to' or field == 'from' or field == 'meta' or field == 'account' then
         ev[#ev + 1] = field; ev[#ev + 1] = v
       elseif field == 'status_callback_url' then

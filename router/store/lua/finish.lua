@@ -9,11 +9,12 @@
 -- ARGV[1]: msgpack FINISH_CALL {now, profile, retention, events maxlen, ack group,
 -- report deadline ('' = none), spend ttl, items}; each item a FINISHED (common.lua:
 -- names and meanings in router/store/ledger.py). An item's connector ('' = none) goes
--- on the record (`connector`), beside its step (`c<n>`) and in its event
--- (`connector`); a `sent` item's price (0 = unknown) on the record (`price`) and in
--- the day's spend (`total` and its connector's field, in millionths: one HINCRBY per
--- field per call). Returns {item index, final status, ...} for the items an early
--- report made final.
+-- in its step and its event (`connector`); a `sent` item's price (0 = unknown) on the
+-- record (`price`) and in the day's spend (`total` and its connector's field, in
+-- millionths: one HINCRBY per field per call). Early reports are applied before the
+-- index and the awaiting set are written: a part whose report is applied needs no
+-- index entry, and a message they made final does not wait for a report. Returns
+-- {item index, final status, ...} for the items an early report made final.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
 local ttl, maxlen = args[FINISH_CALL_RETENTION], args[FINISH_CALL_EVENTS_MAXLEN]
@@ -22,6 +23,8 @@ local items = args[FINISH_CALL_ITEMS]
 local index = 6 + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
 local spent, by_connector = 0, {}
+local indexed = {}  -- item -> {{KEYS index, part id}, ...}: its parts' index keys
+local bases = {}  -- item -> its record's created_at (the steps' times are after it)
 for i, it in ipairs(items) do
   local job, status, note, ids = it[FINISHED_ID], it[FINISHED_STATUS], it[FINISHED_NOTE],
                                  it[FINISHED_PART_IDS]
@@ -30,15 +33,12 @@ for i, it in ipairs(items) do
   local code, via = it[FINISHED_ERROR_CODE], it[FINISHED_CONNECTOR]
   entries[#entries + 1] = it[FINISHED_ENTRY]
   local rec = KEYS[6 + i]
-  local name, value = step(n, status, now, note)
-  local f = {'status', status, 'updated_at', now, 'n', n, name, value}
+  local base = redis.call('HGET', rec, 'created_at') or nil
+  bases[i] = base
+  local name, value = step(n, status, now, note, via, base)
+  local f = {'status', status, 'n', n, name, value}
   local ev = {'id', job, 'profile', profile, 'status', status, 'at', now}
-  if via ~= '' then
-    -- The step's connector beside it (`c<n>` for `h<n>`), and the record's latest.
-    f[#f + 1] = 'c' .. n; f[#f + 1] = via
-    f[#f + 1] = 'connector'; f[#f + 1] = via
-    ev[#ev + 1] = 'connector'; ev[#ev + 1] = via
-  end
+  if via ~= '' then ev[#ev + 1] = 'connector'; ev[#ev + 1] = via end
   if note ~= '' then ev[#ev + 1] = 'note'; ev[#ev + 1] = note end
   if to ~= '' then ev[#ev + 1] = 'to'; ev[#ev + 1] = to end
   if from ~= '' then ev[#ev + 1] = 'from'; ev[#ev + 1] = from end
@@ -53,15 +53,18 @@ for i, it in ipairs(items) do
       if via ~= '' then by_connector[via] = (by_connector[via] or 0) + micros end
     end
     local pmid = ids[1] or ''
-    f[#f + 1] = 'provider_message_id'; f[#f + 1] = pmid
-    f[#f + 1] = 'segments'; f[#f + 1] = it[FINISHED_SEGMENTS]
+    f[#f + 1] = 'pmid'; f[#f + 1] = pmid
+    -- (one segment, the usual, is not written: decode_record reads no `segments` as 1)
+    local segments = it[FINISHED_SEGMENTS]
+    if segments ~= 1 then f[#f + 1] = 'segments'; f[#f + 1] = segments end
     if #ids > 1 then f[#f + 1] = 'part_ids'; f[#f + 1] = cjson.encode(ids) end
     ev[#ev + 1] = 'provider_message_id'; ev[#ev + 1] = pmid
-    for _ = 1, #ids do
+    local mine = {}
+    for _, id in ipairs(ids) do
       index = index + 1
-      redis.call('SET', KEYS[index], job, 'EX', ttl)
+      mine[#mine + 1] = {index, id}
     end
-    if deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, job) end
+    indexed[i] = mine
   elseif code ~= '' then
     f[#f + 1] = 'error_code'; f[#f + 1] = code
     f[#f + 1] = 'error_raw'; f[#f + 1] = it[FINISHED_ERROR_RAW]
@@ -73,7 +76,7 @@ for i, it in ipairs(items) do
   post(KEYS[2], it[FINISHED_URL], ev)
 end
 -- Early reports: one look per batch while none is kept (the usual case without them).
-local finals = {}
+local finals, applied = {}, {}  -- item -> final status; part id -> true
 if redis.call('EXISTS', KEYS[5]) == 1 then
   local wanted, owners = {}, {}
   for i, it in ipairs(items) do
@@ -85,12 +88,13 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   end
   if #wanted > 0 then
     local found = redis.call('HMGET', KEYS[5], unpack(wanted))
-    local done, applied_to = {}, {}
+    local applied_to = {}
+    local gone = {}  -- the early entries taken
     for w = 1, #wanted do
       local raw = found[w]
       local i, part = owners[w][1], owners[w][2]
-      if raw and not done[part] then
-        done[part] = true
+      if raw and not applied[part] then
+        applied[part] = true
         local it = items[i]
         local r = cjson.decode(raw)
         local ids = it[FINISHED_PART_IDS]
@@ -98,20 +102,30 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
         local n = nil  -- a second part's report: apply_report reads n
         if not applied_to[i] then n = it[FINISHED_STEP] end
         applied_to[i] = true
-        local awaiting = ''
-        if deadline ~= '' then awaiting = KEYS[4] end
         local info = {to = it[FINISHED_TO], from = it[FINISHED_SENDER],
                       meta = it[FINISHED_META], url = it[FINISHED_URL]}
+        -- (not in the awaiting set yet: '')
         local final = apply_report(KEYS[6 + i], it[FINISHED_ID], part, r[DLR_OUTCOME],
                                    r[DLR_STAT], r[DLR_ERR], now, ids, info, profile,
-                                   KEYS[1], maxlen, KEYS[2], awaiting, n)
+                                   KEYS[1], maxlen, KEYS[2], '', n, bases[i])
         if final then finals[i] = final end
       end
-      if raw then
-        redis.call('HDEL', KEYS[5], wanted[w])
-        redis.call('ZREM', KEYS[6], wanted[w])
-      end
+      if raw then gone[#gone + 1] = wanted[w] end
     end
+    if #gone > 0 then
+      redis.call('HDEL', KEYS[5], unpack(gone))
+      redis.call('ZREM', KEYS[6], unpack(gone))
+    end
+  end
+end
+-- The provider-id index of the parts whose report is still to come, and the awaiting
+-- set for the messages not final yet.
+for i, mine in pairs(indexed) do
+  for _, at in ipairs(mine) do
+    if not applied[at[2]] then redis.call('SET', KEYS[at[1]], items[i][FINISHED_ID], 'EX', ttl) end
+  end
+  if deadline ~= '' and not finals[i] then
+    redis.call('ZADD', KEYS[4], deadline, items[i][FINISHED_ID])
   end
 end
 if spent > 0 then

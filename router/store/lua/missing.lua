@@ -18,9 +18,15 @@ for n = 1, #ARGV - first do
     redis.call('HSET', rec, 'report_timeout', '1')
     local ev = {'id', job, 'profile', profile, 'status', 'sent', 'at', now,
                 'note', note, 'report_timeout', '1'}
-    for _, name in ipairs({'to', 'from', 'provider_message_id', 'meta'}) do
-      local value = redis.call('HGET', rec, name)
-      if value then ev[#ev + 1] = name; ev[#ev + 1] = value end
+    -- (`pmid`: a record of the older shape has `provider_message_id`)
+    local got = redis.call('HMGET', rec, 'to', 'from', 'pmid', 'provider_message_id', 'meta')
+    local names = {'to', 'from', 'provider_message_id', 'provider_message_id', 'meta'}
+    local seen = {}
+    for i, name in ipairs(names) do
+      if got[i] and not seen[name] then
+        seen[name] = true
+        ev[#ev + 1] = name; ev[#ev + 1] = got[i]
+      end
     end
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(ev))
     to_callbacks(rec, KEYS[4], ev)

@@ -5,7 +5,9 @@
 -- SMSC sent it before its submit_sm_resp, or the worker has not flushed the outcome) is
 -- kept in the profile's early-report hash, with its own deadline in the early zset;
 -- finish.lua applies it in the step that records `sent`. Both steps are scripts, so
--- one sees the other.
+-- one sees the other. Once a part's report is applied its provider-id index entry is
+-- deleted: a delivered message keeps only its record (a repeat of the report finds no
+-- message and is kept early until its deadline, then dropped).
 -- The caller read the index first (the record's key comes from it, and every key a
 -- script touches is passed in KEYS); the index is read again here: a report whose
 -- message the index names differently now (its `sent` was recorded in between) is
@@ -35,11 +37,11 @@ local k = 5  -- KEYS index of the last key taken
 for _, r in ipairs(args[REPORT_CALL_REPORTS]) do
   local outcome, stat, err = r[REPORT_OUTCOME], r[REPORT_STAT], r[REPORT_ERR]
   local cands, expected = r[REPORT_CANDIDATES], r[REPORT_JOB]
-  local job, part
+  local job, part, at
   for i = 1, #cands do
     if not job then
       job = redis.call('GET', KEYS[k + i])
-      if job then part = cands[i] end
+      if job then part, at = cands[i], k + i end
     end
   end
   local rec = KEYS[k + #cands + 1]
@@ -57,15 +59,20 @@ for _, r in ipairs(args[REPORT_CALL_REPORTS]) do
       answer('done', st, job, part)
     else
       local info = redis.call('HMGET', rec, 'part_ids', 'to', 'from', 'meta',
-                              'status_callback_url', 'connector')
+                              'status_callback_url', 'n', 'created_at')
       local parts = {part}
       if info[1] then parts = cjson.decode(info[1]) end
       local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
                                  {to = info[2] or '', from = info[3] or '',
                                   meta = info[4] or '', url = info[5] or ''},
-                                 profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil)
+                                 profile, KEYS[1], maxlen, KEYS[5], KEYS[2], nil,
+                                 info[7] or nil)
+      -- The part has its report: its index entry is done with (a repeat of the report
+      -- is kept early, then dropped).
+      redis.call('DEL', KEYS[at])
       if final then
-        answer('ok', final, job, part, info[2], info[3], info[6])
+        answer('ok', final, job, part, info[2], info[3],
+               latest_connector(rec, tonumber(info[6] or '0')))
       else
         answer('partial', st, job, part)
       end

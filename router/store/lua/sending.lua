@@ -1,7 +1,7 @@
 -- The hot path's first write: record `sending` for a batch of messages in one call.
 -- For each message the record's owner decides: a record owned by another entry is a
 -- duplicate job id, a final one is not sent again; otherwise the step is one HMGET,
--- one HSET and the event.
+-- one HSET and the event. (The attempts are the record's `sending` steps.)
 -- KEYS: event stream, callbacks stream, stats hash, then each item's record, then the
 -- sticky keys of the items that have one, in item order.
 -- ARGV[1]: msgpack SENDING_CALL {now, profile, retention, events maxlen, items}; each
@@ -21,7 +21,7 @@ for i, it in ipairs(items) do
   local meta, url, sticky_key = it[SENDING_META], it[SENDING_URL], it[SENDING_STICKY_KEY]
   local rec = KEYS[3 + i]
   if sticky_key ~= '' then sticky = sticky + 1 end
-  local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'attempts')
+  local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'created_at')
   local st, own = cur[1], cur[2]
   local verdict = 'ok'
   if st then
@@ -36,10 +36,9 @@ for i, it in ipairs(items) do
     out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = 0
   else
     local n = tonumber(cur[3] or '0') + 1
-    local name, value = step(n, 'sending', now, '')
-    local f = {'status', 'sending', 'updated_at', now, 'owner', owner, 'n', n, name, value,
-               'attempts', tonumber(cur[4] or '0') + 1, 'from', from, 'to', to,
-               'profile', profile}
+    local name, value = step(n, 'sending', now, '', '', cur[4] or now)
+    local f = {'status', 'sending', 'owner', owner, 'n', n, name, value, 'from', from,
+               'to', to}
     if text ~= '' then f[#f + 1] = 'text'; f[#f + 1] = text end
     if meta ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = meta end
     if url ~= '' then f[#f + 1] = 'status_callback_url'; f[#f + 1] = url end

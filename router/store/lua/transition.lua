@@ -8,8 +8,8 @@
 -- a record still queued or scheduled), note, events
 -- maxlen, field count, event count, ack group ('' = no ack), ack entry, job id, report
 -- deadline ('' = none), connector ('' = none)} (common.lua; router/store/ledger.py),
--- then field pairs, then event pairs. A connector is written as the record's
--- `connector` and as `c<n>` beside the step appended (the caller puts it in the event).
+-- then field pairs, then event pairs (a `profile` field is the key's: not stored). A
+-- connector is written in the step appended (the caller puts it in the event).
 -- Returns {verdict, previous status}; verdict: ok | duplicate | done. The ack happens
 -- whatever the verdict: a duplicate or an already-final record has nothing left to do.
 local owner, now = ARGV[TRANSITION_OWNER], ARGV[TRANSITION_NOW]
@@ -39,11 +39,12 @@ else
 end
 set_status(KEYS[1], status, now, ARGV[TRANSITION_NOTE], ARGV[TRANSITION_CONNECTOR])
 redis.call('HSET', KEYS[1], 'owner', owner)
-if status == 'sending' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 local first = TRANSITION_COUNT + 1  -- ARGV index of the first field pair
 local nfields = tonumber(ARGV[TRANSITION_FIELD_COUNT])
 local nevent = tonumber(ARGV[TRANSITION_EVENT_COUNT])
-for i = first, first + 2 * nfields - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = first, first + 2 * nfields - 1, 2 do
+  if ARGV[i] ~= 'profile' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
 redis.call('EXPIRE', KEYS[1], ttl)
 for k = 6, #KEYS do redis.call('SET', KEYS[k], job, 'EX', ttl) end
 if deadline ~= '' then redis.call('ZADD', KEYS[4], deadline, job) end

@@ -1,0 +1,286 @@
+"""Redis memory per message record: what N messages leave in Redis once drained.
+
+Usage: python bench/memory.py [--n 20000] [--sample 2000] [--key after]
+Two runs, each on a fresh Redis: N plain-text jobs (as the other benches: ids
+`mem-<i>`, "Hello from the bench") drained through the peer kit's SMPP sink (window
+100, one transceiver), once without receipts (records end `sent`) and once with a
+receipt each (records end `delivered`). For each run: `used_memory` after the
+drain minus before the preload, and a breakdown by key class from SCAN + MEMORY USAGE
+(every key of a class when it has fewer than `--sample`, else a sample scaled up):
+message records, job locators, the provider-id index, the awaiting-reports set, early
+reports, the work stream (what is left of it), and the event stream, which is trimmed
+by length (a fixed cost once full, not a per-message one: reported apart, and left out
+of the bytes per message). Writes the figures under `--key` in
+bench/results/memory.json (other keys kept): run it with PYTHONPATH at a `git worktree`
+of an older commit and `--key before` for the figures of that code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    NUMBERS,
+    RESULTS,
+    RedisServer,
+    campaign_toml,
+    free_port,
+    save,
+    start_daemon,
+    stop,
+)
+from redis.asyncio import Redis
+
+from router import Client
+from router.store import keys
+
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench-peers"
+PROFILE = "bench"
+
+# Key class -> how its name begins (the first that matches wins; order matters).
+CLASSES: list[tuple[str, str]] = [
+    ("record", keys.record(PROFILE, "")),
+    ("locator", keys.locator("")),
+    ("provider_id_index", keys.provider_id(PROFILE, "")),
+    ("awaiting_reports", keys.awaiting_reports(PROFILE)),
+    ("early_reports", keys.early_reports(PROFILE)),
+    ("events", keys.events(PROFILE)),
+    ("work_stream", keys.queue(PROFILE)),
+]
+FIXED = {"events"}  # bounded by length: not a per-message cost
+
+
+def key_class(name: str) -> str:
+    for label, prefix in CLASSES:
+        if name.startswith(prefix):
+            return label
+    return "other"
+
+
+async def used_memory(redis: Redis) -> int:
+    info: Any = await redis.info("memory")
+    return int(info["used_memory"])
+
+
+async def breakdown(redis: Redis, sample: int) -> dict[str, dict[str, float]]:
+    """Per key class: keys, bytes (MEMORY USAGE, scaled up from a sample when the class
+    is larger) and bytes per key."""
+    names: dict[str, list[bytes]] = {}
+    async for raw in redis.scan_iter(count=1000):
+        names.setdefault(key_class(raw.decode()), []).append(raw)
+    rng = random.Random(7)
+    out: dict[str, dict[str, float]] = {}
+    for label, found in sorted(names.items()):
+        picked = found if len(found) <= sample else rng.sample(found, sample)
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in picked:
+                pipe.memory_usage(name, samples=0)
+            sizes = [int(s or 0) for s in await pipe.execute()]
+        total = sum(sizes) * len(found) / max(1, len(picked))
+        out[label] = {
+            "keys": len(found),
+            "bytes": round(total),
+            "bytes_per_key": round(total / max(1, len(found)), 1),
+        }
+    return out
+
+
+async def record_example(redis: Redis, tag: str) -> dict[str, Any]:
+    """One record's encoding and fields (no text worth hiding: the bench's own)."""
+    name = keys.record(PROFILE, f"{tag}-0")
+    encoding: Any = await redis.object("encoding", name)
+    fields: Any = await redis.hgetall(name)
+    return {
+        "encoding": encoding.decode() if encoding else "",
+        "fields": {k.decode(): v.decode() for k, v in fields.items()},
+    }
+
+
+async def count_status(url: str, n: int, tag: str, status: bytes) -> int:
+    redis = Redis.from_url(url)
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(n):
+                pipe.hget(keys.record(PROFILE, f"{tag}-{i}"), "status")
+            rows = await pipe.execute()
+    finally:
+        await redis.aclose()
+    return sum(1 for r in rows if r == status)
+
+
+async def measure(url: str, before: int, n: int, sample: int, tag: str) -> dict[str, Any]:
+    redis = Redis.from_url(url)
+    try:
+        after = await used_memory(redis)
+        classes = await breakdown(redis, sample)
+        example = await record_example(redis, tag)
+    finally:
+        await redis.aclose()
+    fixed = sum(int(v["bytes"]) for k, v in classes.items() if k in FIXED)
+    per_message_keys = sum(int(v["bytes"]) for k, v in classes.items() if k not in FIXED)
+    return {
+        "used_memory_delta": after - before,
+        "fixed_bytes": fixed,
+        # used_memory counts what MEMORY USAGE does not (the expires table, allocator
+        # rounding): the per-message figure is the delta less the fixed classes.
+        "bytes_per_message": round((after - before - fixed) / n, 1),
+        "keys_bytes_per_message": round(per_message_keys / n, 1),
+        "classes": classes,
+        "record_example": example,
+    }
+
+
+def config(path: Path, redis_url: str, sink_port: int, registered_delivery: int) -> Path:
+    """One SMPP profile to the sink (as the other benches), default retention."""
+    path.write_text(
+        f"""
+[router]
+redis = "{redis_url}"
+instance = "memory"
+log_format = "json"
+log_level = "warning"
+[queue]
+batch = 500
+[profiles.{PROFILE}]
+global = true
+protocol = "smpp"
+window = 100
+numbers = {json.dumps(NUMBERS)}
+[profiles.{PROFILE}.smpp]
+host = "127.0.0.1"
+port = {sink_port}
+system_id = "bench"
+password = "bench"
+bind = "transceiver"
+registered_delivery = {registered_delivery}
+reconnect_max = 1
+{campaign_toml(NUMBERS)}"""
+    )
+    return path
+
+
+def start_sink(port: int, stats: Path, log: Path, dlr: bool) -> subprocess.Popen[bytes]:
+    """The peer kit's sink on `port`; with `dlr` a receipt for each submit that asks."""
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [sys.executable, str(PEERS / "smsc_sink.py"), "--port", str(port), "--quiet",
+             "--dlr", "requested" if dlr else "off", "--uvloop", "--stats-file", str(stats)],
+            stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"the sink did not listen on port {port}")
+
+
+def sink_submits(path: Path) -> int:
+    """Submits the sink counted so far (its stats file, rewritten every 0.1 s)."""
+    try:
+        return int(json.loads(path.read_text()).get("submits", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
+    """Enqueue `n` jobs through `Client.send_many`, as the other benches do."""
+    redis = Redis.from_url(url)
+    client = Client(redis, default_profile=PROFILE)
+    for start in range(0, n, batch):
+        jobs = [
+            {"id": f"{tag}-{i}", "to": f"+4915100{i % 1_000_000:06d}",
+             "text": "Hello from the bench"}
+            for i in range(start, min(n, start + batch))
+        ]  # fmt: skip
+        await client.send_many(jobs)
+    await redis.aclose()
+
+
+async def baseline(url: str) -> int:
+    redis = Redis.from_url(url)
+    try:
+        return await used_memory(redis)
+    finally:
+        await redis.aclose()
+
+
+def run(n: int, sample: int, dlr: bool) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="sms-mem-"))
+    tag = "mem"
+    server = RedisServer(appendonly=False, folder=scratch / "redis")
+    port = free_port()
+    stats = scratch / "sink.json"
+    daemon = sink = None
+    try:
+        before = asyncio.run(baseline(server.url))
+        asyncio.run(preload(server.url, n, tag))
+        path = config(scratch / "router.toml", server.url, port, 1 if dlr else 0)
+        daemon = start_daemon(path, scratch / "router.log")
+        sink = start_sink(port, stats, scratch / "sink.log", dlr)
+        want = b"delivered" if dlr else b"sent"
+        deadline = time.monotonic() + 600
+        while sink_submits(stats) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit("the drain did not finish")
+            time.sleep(0.2)
+        while asyncio.run(count_status(server.url, n, tag, want)) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not every message reached {want.decode()}")
+            time.sleep(0.5)
+        time.sleep(1.0)
+        result = asyncio.run(measure(server.url, before, n, sample, tag))
+    finally:
+        if daemon is not None:
+            stop(daemon)
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
+        server.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--sample", type=int, default=2000)
+    parser.add_argument("--key", default="after", help="where the figures go in the file")
+    args = parser.parse_args()
+    out: dict[str, Any] = {"n": args.n}
+    for name, dlr in (("sent", False), ("delivered", True)):
+        got = run(args.n, args.sample, dlr)
+        out[name] = got
+        print(f"{name}: {got['bytes_per_message']:.0f} bytes per message "
+              f"(used_memory +{got['used_memory_delta'] / 1e6:.1f} MB for {args.n}, "
+              f"of which {got['fixed_bytes'] / 1e6:.1f} MB the event stream)")  # fmt: skip
+        for label, c in got["classes"].items():
+            print(f"  {label:<20}{c['keys']:>8} keys {c['bytes_per_key']:>10.1f} B/key "
+                  f"{c['bytes'] / args.n:>8.1f} B/msg")  # fmt: skip
+        print(f"  record: {got['record_example']['encoding']}, "
+              f"{len(got['record_example']['fields'])} fields")  # fmt: skip
+    try:
+        kept = json.loads((RESULTS / "memory.json").read_text())
+    except (OSError, ValueError):
+        kept = {}
+    kept.pop("recorded_at", None)
+    kept.pop("machine", None)
+    kept[args.key] = out
+    save("memory", kept)
+
+
+if __name__ == "__main__":
+    main()
