@@ -385,18 +385,19 @@ class Pipeline:
             self._pump()
             return
         self.answered += 1
-        if not self._outbox:
+        first = not self._outbox
+        if first:
             self._outbox_since = time.monotonic()
         self._outbox.append((ready, outcome))
         if self._queue:
-            self._pump()
+            self._pump()  # (a bind may answer at once: `collect` again, from inside)
         # `run` looks again only when this outcome can make a flush due: the first of
         # an outbox (`run` sets its timer), one that fills it to `_flush_size`, none in
         # flight after it (no answer is coming), or the gate shut. In sync mode each
         # answer comes in a loop turn of its own, and waking `run` for each (a task
         # step, a timer set and cancelled) cost more than the rest of `collect`.
         outbox = len(self._outbox)
-        if outbox == 1 or outbox >= self._flush_size() or not self.in_flight or self._shut():
+        if first or not self.in_flight or outbox >= self._flush_size() or self._shut():
             self._wake.set()
 
     async def _flush(self, taken: list[tuple[Ready, Accepted | Failed]]) -> None:
