@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -170,6 +171,12 @@ async def settled(url: str, ids: list[str], statuses: frozenset[str], stall: flo
     return last if not pending else 0.0
 
 
+def syscalls(pid: int) -> tuple[int, int]:
+    """(read, write) system calls a process has made so far (/proc/PID/io)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"])
+
+
 def one_run(
     n: int, tag: str, dlr: bool, sink_port: int, scratch: Path, spy: Path | None
 ) -> dict[str, Any]:
@@ -188,18 +195,20 @@ def one_run(
         if spy is not None:
             profiler = subprocess.Popen(
                 [shutil.which("py-spy") or "py-spy", "record", "--pid", str(daemon.pid),
-                 "-f", "raw", "-o", str(spy), "-r", "250", "--nonblocking"],
+                 "-f", "raw", "-o", str(spy), "-r", "1000", "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)
         redis_pid = server.proc.pid if server.proc is not None else 0
         cpu0, redis0 = cpu_seconds(daemon.pid), cpu_seconds(redis_pid)
+        calls0 = syscalls(daemon.pid)
         started = time.time()
         sink = start_sink(sink_port, stats, scratch / "sink.log", dlr)
         ids = [f"{tag}-{i}" for i in range(n)]
         last = asyncio.run(settled(server.url, ids, REPORTED if dlr else SENT, stall=30.0))
         cpu = cpu_seconds(daemon.pid) - cpu0
         redis_cpu = cpu_seconds(redis_pid) - redis0
+        calls = [b - a for a, b in zip(calls0, syscalls(daemon.pid), strict=True)]
         time.sleep(0.2)  # the sink's last stats written
         got = sink_stats(stats)
         first = float(got.get("first_ts") or started)
@@ -213,6 +222,9 @@ def one_run(
             "complete": bool(last) and got.get("submits", 0) >= n,
             "router_cpu_ms_per_msg": round(1000 * cpu / n, 4),
             "redis_cpu_ms_per_msg": round(1000 * redis_cpu / n, 4),
+            # The router's reads and writes (sockets: SMPP and Redis) per message.
+            "reads_per_msg": round(calls[0] / n, 3),
+            "writes_per_msg": round(calls[1] / n, 3),
         }
     finally:
         if profiler is not None:
@@ -223,6 +235,129 @@ def one_run(
         if sink is not None:
             sink.terminate()
             sink.wait(10)
+        server.close()
+
+
+# -- the receipt path alone: the router's session and report handling in this process,
+# a small SMSC sending receipts in a process of its own ---------------------------------
+
+
+def smsc(port: int, n: int, window: int) -> None:
+    """Bind anyone, then send `n` receipts (the sink's layout, ids 1..n in decimal) with at
+    most `window` unanswered; print the seconds from the first to the last answer."""
+
+    async def serve() -> None:
+        done = asyncio.get_running_loop().create_future()
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await serve_one(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                writer.close()
+
+        async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readexactly(16)
+            length, command, _, sequence = struct.unpack("!IIII", head)
+            await reader.readexactly(length - 16)
+            writer.write(struct.pack("!IIII", 21, command | 0x80000000, 0, sequence) + b"smsc\0")
+            room = asyncio.Semaphore(window)
+            answered = 0
+            began = time.perf_counter()
+
+            async def answers() -> None:
+                nonlocal answered
+                while answered < n:
+                    head = await reader.readexactly(16)
+                    length, command, _, _ = struct.unpack("!IIII", head)
+                    await reader.readexactly(length - 16)
+                    if command == 0x80000005:
+                        answered += 1
+                        room.release()
+                done.set_result(time.perf_counter() - began)
+
+            task = asyncio.create_task(answers())
+            for i in range(1, n + 1):
+                await room.acquire()
+                writer.write(receipt_pdu(i))
+                if i % 50 == 0:
+                    await writer.drain()
+            await task
+            writer.close()
+
+        server = await asyncio.start_server(session, "127.0.0.1", port)
+        print("listening", flush=True)
+        print(json.dumps({"seconds": await done}), flush=True)
+        server.close()
+
+    asyncio.run(serve())
+
+
+def receipt_pdu(i: int) -> bytes:
+    """A deliver_sm receipt for provider id `i`, as the peer kit's sink writes one."""
+    mid = str(i).encode()
+    text = (
+        b"id:%s sub:001 dlvr:001 submit date:2312061010 done date:2312061010 stat:DELIVRD "
+        b"err:000 text:Hello from the bench" % mid
+    )
+    body = b"".join((
+        b"\0", b"\1\1", b"4915100000001\0", b"\1\1", b"16501112345\0", b"\4\0\0\0\0",
+        b"\0\0\0\0", bytes((len(text),)), text,
+        struct.pack(">HH", 0x001E, len(mid) + 1), mid, b"\0", struct.pack(">HHB", 0x0427, 1, 2),
+    ))  # fmt: skip
+    return struct.pack("!IIII", 16 + len(body), 0x00000005, 0, i) + body
+
+
+async def receipt_path(n: int, window: int) -> dict[str, Any]:
+    """The router's side of `n` receipts: an SMPP session and the profile's reports, the
+    daemon's deliver_sm handler (the batch one where this tree has it), Redis with an
+    append-only file; its CPU per receipt. No record exists: every report is kept early,
+    the path most of the drain's receipts take (they come before `sent` is recorded)."""
+    from binds.smpp import SmppBind, SmppSpec
+    from router.daemon import runtime
+    from router.engine.inbound import Inbound
+    from router.engine.receipts import Reports
+    from router.store.outages import RedisOutages
+
+    port = free_port()
+    peer = await asyncio.create_subprocess_exec(
+        *(sys.executable, str(HERE), "--smsc", str(port), "--n", str(n), "--window", str(window)),
+        stdout=subprocess.PIPE,
+    )
+    assert peer.stdout is not None
+    server = RedisServer(appendonly=True)
+    redis = Redis.from_url(server.url)
+    try:
+        ledger = Ledger(redis, retention=600, events_maxlen=1000)
+        reports = Reports(redis, ledger, "bench", id_format="auto")
+        inbound = Inbound(redis, "bench", forward=False, reassembly_timeout=60)
+        outages = RedisOutages()
+        one = runtime.deliver_handler(reports, inbound, outages)
+        extra: dict[str, Any] = {}
+        many = getattr(runtime, "deliver_many_handler", None)
+        if many is not None:
+            extra["on_deliver_many"] = many(reports, inbound, outages)
+        spec = SmppSpec(host="127.0.0.1", port=port, system_id="b", password="b", window=10)
+        await redis.ping()
+        await peer.stdout.readline()  # listening
+        cpu0 = time.process_time()
+        bind = SmppBind("bench/smpp0", spec, one, **extra)
+        await bind.start()
+        line = await peer.stdout.readline()
+        cpu = time.process_time() - cpu0
+        await bind.close()
+        seconds = float(json.loads(line)["seconds"])
+        kept = await redis.hlen("sms:{bench}:early")
+        return {
+            "rate": round(n / seconds, 1),
+            "router_cpu_us_per_receipt": round(1e6 * cpu / n, 2),
+            "batched": many is not None,
+            "complete": kept == n,
+        }
+    finally:
+        if peer.returncode is None:
+            peer.kill()
+        await peer.wait()
+        await redis.aclose()
         server.close()
 
 
@@ -241,6 +376,42 @@ def child(
     return json.loads(done.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def path_rounds(args: argparse.Namespace, trees: list[tuple[str, ...]]) -> None:
+    """`--path`: the receipt path of each tree, interleaved; medians."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    for r in range(args.rounds):
+        for name, path in trees if r % 2 == 0 else trees[::-1]:
+            env = dict(os.environ)
+            if path:
+                env["PYTHONPATH"] = path
+            command = [sys.executable, str(HERE), "--one", "path", "--n", str(args.n)]
+            command += ["--window", str(args.window)]
+            done = subprocess.run(
+                command, env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            row = json.loads(done.stdout.decode().strip().splitlines()[-1])
+            runs[name].append(row)
+            print(
+                f"round {r + 1} {name}: {row['rate']:,.0f} receipts/s, router "
+                f"{row['router_cpu_us_per_receipt']:.1f} us/receipt, complete {row['complete']}"
+            )
+    summary = {
+        name: {
+            "rate": statistics.median(row["rate"] for row in rows),
+            "router_cpu_us_per_receipt": statistics.median(
+                row["router_cpu_us_per_receipt"] for row in rows
+            ),
+            "complete": all(row["complete"] for row in rows),
+        }
+        for name, rows in runs.items()
+    }
+    print("\n| tree | receipts/s | router us/receipt |\n| --- | --- | --- |")
+    for name, row in summary.items():
+        print(f"| {name} | {row['rate']:,.0f} | {row['router_cpu_us_per_receipt']:.1f} |")
+    result = {"n": args.n, "window": args.window, "rounds": args.rounds, "summary": summary}
+    print("written", save("receipt_path", {**result, "trees": dict(trees), "runs": runs}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,10 +421,27 @@ def main() -> None:
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--sink-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--py-spy", type=Path, help="one --one run: py-spy raw output here")
-    parser.add_argument("--one", choices=("drain", "dlr"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--path", action="store_true", help="the receipt path alone (see receipt_path)"
+    )
+    parser.add_argument("--window", type=int, default=100, help="--path: the SMSC's window")
+    parser.add_argument("--smsc", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=("drain", "dlr", "path"), help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="r", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sink_port = args.sink_port or free_port()
+    if args.smsc:
+        smsc(args.smsc, args.n, args.window)
+        return
+    if args.one == "path":
+        try:
+            import uvloop  # the daemon's loop
+
+            row = uvloop.run(receipt_path(args.n, args.window))
+        except ImportError:
+            row = asyncio.run(receipt_path(args.n, args.window))
+        print(json.dumps(row))
+        return
     if args.one:
         scratch = Path(tempfile.mkdtemp(prefix="sms-receipts-"))
         try:
@@ -264,6 +452,9 @@ def main() -> None:
         return
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     trees = [tuple(t.split("=", 1)) for t in args.tree] or [("this", "")]
+    if args.path:
+        path_rounds(args, trees)
+        return
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name, _ in trees}
     for r in range(args.rounds):
         # Alternate which tree goes first, so neither always runs on a warmer machine.
