@@ -911,6 +911,9 @@ class ApiSettings(_Section):
     twilio: TwilioApi | None = None
     # GET /metrics needs a key with the `read` scope (default: open, like /healthz).
     metrics_auth: bool = False
+    # Extra processes that serve `listen` together (SO_REUSEPORT) and enqueue to Redis,
+    # while the daemon's own process sends; 0: the daemon serves it itself.
+    workers: Annotated[int, _between(0, 64)] = 0
 
     @field_validator("listen")
     @classmethod

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from router.api import events, messages, metrics, profiles, providers, routes, sendsms, twilio
 from router.api.common import CONTEXT, ApiContext, json_response, middleware
+from router.api.forward import in_daemon
 from router.store.outages import REDIS_ERRORS
 
 __all__ = ["ApiServer", "SendsmsServer", "build_app"]
@@ -25,6 +26,7 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+@in_daemon  # the profiles' workers run in the daemon
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: Redis answers and every profile can send (a bound session or an
     HTTP sender)."""
@@ -59,25 +61,45 @@ class ApiServer:
 
     name = "api"
 
-    def __init__(self, context: ApiContext) -> None:
+    def __init__(
+        self,
+        context: ApiContext,
+        address: tuple[str, int] | None = None,
+        *,
+        reuse_port: bool = False,
+        shutdown_timeout: float = 60.0,
+    ) -> None:
+        """`address`: where to listen instead of `[api] listen` (the daemon's private
+        listener beside API workers); `reuse_port`: share the port with other
+        processes (SO_REUSEPORT: API workers); `shutdown_timeout`: seconds `stop`
+        lets requests in progress finish."""
         self.context = context
         self.app = self._build(context)
         self._runner: web.AppRunner | None = None
+        self._given = address
+        self._reuse_port = reuse_port
+        self._shutdown_timeout = shutdown_timeout
         self.port = 0
 
     def _build(self, context: ApiContext) -> web.Application:
         return build_app(context)
 
     def _address(self) -> tuple[str, int]:
-        return self.context.settings.api.address
+        return self._given or self.context.settings.api.address
 
     async def start(self) -> None:
         host, port = self._address()
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, max_line_size=MAX_LINE
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            max_line_size=MAX_LINE,
+            shutdown_timeout=self._shutdown_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, host, port, reuse_address=True, reuse_port=self._reuse_port or None
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

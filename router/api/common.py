@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
+from router.api.forward import Forwarder, forwarded
 from router.client import Client
 from router.config import Scope, Settings
 from router.errors import RouterError
@@ -86,6 +87,8 @@ class ApiContext:
     client: Client
     workers: Sequence[Ready] = ()
     extras: dict[str, Any] = field(default_factory=dict)
+    # In an API worker process: where the requests of `in_daemon` handlers go.
+    forward: Forwarder | None = None
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
@@ -173,6 +176,9 @@ def _authorised(request: web.Request, scope: Scope) -> None:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    forward = request.app[CONTEXT].forward
+    if forward is not None and forwarded(handler):
+        return await forward(request)  # the daemon authenticates it
     try:
         scope = getattr(handler, "_scope", None)
         if scope is not None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.api.common import CONTEXT, ApiError, Handler, scoped
+from router.api.forward import in_daemon
 from router.metrics import Metrics
 
 METRICS_KEY = "metrics"  # ApiContext.extras[METRICS_KEY]: the daemon's `Metrics`
 
 
+@in_daemon  # the daemon's counters and the workers' processes
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus' text format (or OpenMetrics when the Accept header asks for it)."""
     found = request.app[CONTEXT].extras.get(METRICS_KEY)
@@ -36,5 +38,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", handler)
 
 
+@in_daemon
 async def _guarded(request: web.Request) -> web.StreamResponse:
     return await metrics(request)

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.common import CONTEXT, ApiError, json_response, read_json
+from router.api.forward import in_daemon
 from router.api.spec import Operation, Reply, add_operations, validate
 from router.config import Profile
 from router.policy.rules import Refusal, SenderRules
@@ -169,6 +170,7 @@ def _view(name: str, p: Profile, ready: bool | None) -> dict[str, Any]:
     }
 
 
+@in_daemon  # each profile's readiness is the daemon's
 async def list_profiles(request: web.Request) -> web.Response:
     """Every profile."""
     context = request.app[CONTEXT]
@@ -180,6 +182,7 @@ async def list_profiles(request: web.Request) -> web.Response:
     return json_response(ProfileList(profiles=views).model_dump(by_alias=True))
 
 
+@in_daemon  # its connectors' live health
 async def show_profile(request: web.Request) -> web.Response:
     """One profile: its connectors' health and today's spend."""
     name, profile = _profile(request)

@@ -33,6 +33,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from router.api.common import CONTEXT, ApiContext, ApiError, json_response
+from router.api.forward import in_daemon
 from router.config import Connector, Profile, Settings, TwilioSection, WebhookReports
 
 __all__ = [
@@ -215,6 +216,7 @@ async def _form(request: web.Request) -> MultiDictProxy[str]:
     return form  # type: ignore[return-value]
 
 
+@in_daemon  # the receipt handlers live in the daemon
 async def twilio_status(request: web.Request) -> web.Response:
     """Twilio's StatusCallback: a message's status changed."""
     name, hooks, params = await _twilio_request(request)
@@ -234,6 +236,7 @@ async def twilio_status(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+@in_daemon
 async def twilio_inbound(request: web.Request) -> web.Response:
     """Twilio's incoming-message webhook: store it like an SMPP MO, answer empty TwiML."""
     name, hooks, params = await _twilio_request(request)
@@ -303,6 +306,7 @@ def _pick(data: Any, path: str, where: str, *, required: bool = True) -> str:
     return str(node)
 
 
+@in_daemon
 async def web_report(request: web.Request) -> web.Response:
     """A Web-URL provider's delivery report for one message."""
     context = request.app[CONTEXT]

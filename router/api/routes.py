@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.api.common import CONTEXT, ApiError, json_response
+from router.api.forward import in_daemon
 from router.api.spec import Operation, Reply, add_operations, validate
 from router.policy.explain import ExplainError, explain
 from router.policy.jobs import MAX_LENGTHS
@@ -146,6 +147,7 @@ def live_quality(workers: Iterable[Any]) -> Callable[[str, Matched, str], Sequen
     return ranking
 
 
+@in_daemon  # the connectors' live health and quality
 async def get_route(request: web.Request) -> web.Response:
     """Explain the routing decision for one message."""
     context = request.app[CONTEXT]

@@ -40,6 +40,7 @@ from router.api.metrics import METRICS_KEY
 from router.api.providers import PROVIDERS, ProviderHooks
 from router.client import Client
 from router.config import ConfigError, Settings, load_settings
+from router.daemon.api_workers import ApiWorkers, WorkerBootError, WorkersCollector, reserve
 from router.daemon.lease import Lease
 from router.daemon.reload import Reloader, publish_verdict
 from router.daemon.runtime import ProfileRuntime, Shared, build, build_connector
@@ -96,6 +97,9 @@ class Daemon:
         self.lease: Lease | None = None
         self.hangups = 0
         self.api: ApiServer | None = None
+        # [api] workers: the processes serving [api] listen; self.api is then the
+        # daemon's private listener they forward to.
+        self.api_workers: ApiWorkers | None = None
         self.sendsms: SendsmsServer | None = None  # [sendsms] listen: Kannel's port
         self.smpp_server: SmppServer | None = None  # [smpp_server] listen: clients bind here
         # Profiles whose provider reports back over HTTP (router/api/providers.py).
@@ -143,6 +147,8 @@ class Daemon:
             f"serving {len(self.workers)} profiles; "
             f"binds ready {sum(1 for b in binds if b.ready)}/{len(binds)}"
         )
+        if self.api_workers is not None:
+            text += f"; api workers {self.api_workers.listening}/{self.api_workers.count}"
         down = self.outages.down_since
         if down is not None:
             since = time.strftime("%H:%M:%SZ", time.gmtime(down))
@@ -198,6 +204,12 @@ class Daemon:
             try:
                 self.notify.status("starting: binds and workers")
                 await self._startup(redis, stack)
+            except WorkerBootError as exc:
+                # As gunicorn halts when a worker cannot boot: trying again would fail
+                # the same way (the log shows the worker's own error above this line).
+                health.cancel()
+                log.error("an api worker could not start; stopping", error=str(exc))
+                return 1
             except BaseException:
                 health.cancel()
                 raise
@@ -257,7 +269,9 @@ class Daemon:
                 extras={PROVIDERS: self.providers, METRICS_KEY: self.metrics},
             )
             self._api_context = context
-            if self.settings.api.listen is not None:
+            if self.settings.api.workers:
+                self._shared.api_port = await self._start_api_workers(context, stack)
+            elif self.settings.api.listen is not None:
                 self.api = ApiServer(context)
                 await self.api.start()
                 stack.push_async_callback(self.api.stop)
@@ -306,6 +320,38 @@ class Daemon:
             redis="embedded" if self.settings.router.redis == "embedded" else "external",
         )
 
+    async def _start_api_workers(self, context: ApiContext, stack: AsyncExitStack) -> int:
+        """`[api] workers` processes on `[api] listen`, and the daemon's private
+        listener they forward to (router/daemon/api_workers.py); returns the port."""
+        host, port = self.settings.api.address
+        held = reserve(host, port)  # ours while workers come and go; :0 becomes one port
+        stack.callback(held.close)
+        port = int(held.getsockname()[1])
+        self.api = ApiServer(context, ("127.0.0.1", 0))
+        await self.api.start()
+        stack.push_async_callback(self.api.stop)
+        workers = ApiWorkers(
+            self.settings,
+            self.settings.api.workers,
+            host,
+            port,
+            f"http://127.0.0.1:{self.api.port}",
+        )
+        await workers.start()  # stops those it started when one cannot start
+        stack.push_async_callback(workers.stop, self.settings.router.shutdown_grace)
+        self.api_workers = workers  # once every one listens
+        self.metrics.registry.register(WorkersCollector(workers))
+        return port
+
+    def _fatal(self, reason: str) -> None:
+        """Stop with exit code 1 (an API worker could not start)."""
+        log.error("stopping", reason=reason)
+        self.exit_code = 1
+        self._stop_all()
+
+    def _readiness(self) -> dict[str, bool]:
+        return {w.name: w.ready for w in self.workers}
+
     @property
     def connectors(self) -> list[ConnectorRuntime]:
         """Every connector: the shared ones and the inline profiles' own."""
@@ -319,6 +365,12 @@ class Daemon:
         if self._shared is not None and self._shared.quality is not None:
             watches.append(asyncio.create_task(self._shared.quality.run(self.stopping)))
         posters = [asyncio.create_task(p.run(self.stopping)) for p in self.posters]
+        if self.api_workers is not None:
+            watches.append(
+                asyncio.create_task(
+                    self.api_workers.supervise(self.stopping, self._fatal, self._readiness)
+                )
+            )
         stop = asyncio.create_task(self.stopping.wait())
         failed: list[asyncio.Task[Any]] = []
         while not failed and not self.stopping.is_set():
@@ -340,6 +392,11 @@ class Daemon:
         grace = self.settings.router.shutdown_grace
         self.notify.stopping(f"stopping: finishing in-flight messages (grace {grace:g}s)")
         # Clients stop submitting first: what they submitted meanwhile is answered.
+        workers_stopped = (
+            asyncio.create_task(self.api_workers.stop(grace))
+            if self.api_workers is not None
+            else None
+        )
         smpp_stopped = (
             asyncio.create_task(self.smpp_server.stop(grace))
             if self.smpp_server is not None
@@ -363,6 +420,8 @@ class Daemon:
         await asyncio.gather(*watches, return_exceptions=True)
         if smpp_stopped is not None:
             await smpp_stopped  # stop() runs once; the exit stack's call then does nothing
+        if workers_stopped is not None:
+            await workers_stopped
         for result in results:
             if isinstance(result, Exception) and not failed:
                 log.error("serving task ended with an error", error=repr(result))
@@ -428,6 +487,8 @@ class Daemon:
             # The doors judge jobs by the configuration the new workers run.
             self._api_context.client.configure(reloader.settings)
             self._api_context.workers = self.workers
+        if self.api_workers is not None:
+            self.api_workers.configure(reloader.settings)
         self.reloads += 1
         await self._verdict(began, [], reloader.changes)
         return True
@@ -516,6 +577,7 @@ class Daemon:
             "backlog": {w.name: await w.backlog() for w in self.workers},
             "spend": await self._spend(redis),
             "smpp_server": self.smpp_server.health() if self.smpp_server is not None else None,
+            "api_workers": self.api_workers.health() if self.api_workers is not None else None,
             "binds": {
                 b.name: {
                     "state": getattr(b, "state", "ready"),

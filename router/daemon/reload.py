@@ -139,6 +139,10 @@ class Reloader:
             log.warning("reload: api.listen changes need a restart; kept as it was")
             self.changes.append("api.listen changed: needs a restart, kept as it was")
             api = api.model_copy(update={"listen": old.api.listen})
+        if api.workers != old.api.workers:
+            log.warning("reload: api.workers changes need a restart; kept as it was")
+            self.changes.append("api.workers changed: needs a restart, kept as it was")
+            api = api.model_copy(update={"workers": old.api.workers})
         sendsms = new.sendsms
         if sendsms.listen != old.sendsms.listen:
             log.warning("reload: sendsms.listen changes need a restart; kept as it was")
