@@ -189,6 +189,13 @@ async def test_unsettled_max_defaults_to_one_window_and_sums_over_the_routes(
         # a: 2 binds x (window 4, unsettled_max 7); b: 1 bind x (window 4, one window).
         assert pipeline.windows == 2 * 4 + 4
         assert pipeline.unsettled_max == 2 * 7 + 4
+        assert await running.stop() == 0
+        # b in sync mode: window 1, and SYNC_UNSETTLED (not one window) unless set.
+        data["connectors"]["b"]["processing"] = "sync"
+        running = run_daemon(parse_settings(data, env={}))
+        pipeline = await pipeline_of(running)
+        assert pipeline.windows == 2 * 4 + 1
+        assert pipeline.unsettled_max == 2 * 7 + SYNC_UNSETTLED
     finally:
         for smsc in sims.values():
             await smsc.close()
