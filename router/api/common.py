@@ -198,12 +198,21 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return _error(503, "redis: unavailable, try again")
 
 
+_UTF8 = frozenset({"utf-8", "utf8"})
+
+
 async def read_json(request: web.Request) -> Any:
     """The request's JSON body, or ApiError 400 naming the problem."""
     try:
-        return await request.json()
+        raw = await request.read()
+        charset = request.charset
+        if charset is None or charset.lower() in _UTF8:
+            return json.loads(raw)  # bytes: no text made first (json reads UTF-8 itself)
+        return json.loads(raw.decode(charset))
     except web.HTTPRequestEntityTooLarge:
         raise
+    except LookupError:
+        raise ApiError(400, f"body: unknown charset {request.charset!r}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"body: not valid JSON ({exc})") from None
     except RecursionError:  # json gives up on deep nesting this way, not ValueError
