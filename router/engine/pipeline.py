@@ -294,9 +294,10 @@ class Pipeline:
         about a window per SMSC round trip: with small windows and a large
         `unsettled_max` (sync mode: 1 and `SYNC_UNSETTLED` per bind) an eighth would
         flush a few at a time (measured: 4.8 outcomes per call in sync mode, 14 with
-        this)."""
+        this). Never more than one call takes (`FLUSH_MAX`): with flushes in flight a
+        further one waits for this many."""
         unsettled = self.unsettled_max
-        return max(1, unsettled // 8, unsettled - 8 * self.windows)
+        return min(FLUSH_MAX, max(1, unsettled // 8, unsettled - 8 * self.windows))
 
     def _shut(self) -> bool:
         """Whether messages wait for the gate only because of unrecorded outcomes."""
