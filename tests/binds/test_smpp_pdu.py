@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 from aiosmpplib.protocol import DeliverSm, SmppMessage
@@ -131,6 +132,54 @@ def test_decoding_random_bodies_never_crashes_unexpectedly(body: bytes) -> None:
         decode_short_message(body)
     except PduError:
         pass
+
+
+def _read(decode: Callable[[bytes], ShortMessage], body: bytes) -> ShortMessage | str:
+    try:
+        return decode(body)
+    except PduError as exc:
+        return f"PduError: {exc}"
+
+
+def _text(longest: int) -> st.SearchStrategy[str]:
+    """A C-string field's value, at times longer than SMPP allows (the reading refuses it)."""
+    sized = st.integers(0, longest).flatmap(lambda n: st.binary(min_size=n, max_size=n))
+    return sized.map(lambda b: b.replace(b"\0", b"x").decode("latin-1"))
+
+
+_OCTETS = ("source_ton", "source_npi", "dest_ton", "dest_npi", "esm_class", "protocol_id",
+           "priority", "registered_delivery", "replace_if_present", "data_coding",
+           "sm_default_msg_id")  # fmt: skip
+
+
+@given(
+    st.builds(
+        ShortMessage,
+        source=_text(70),
+        destination=_text(70),
+        service_type=_text(8),
+        schedule_delivery_time=_text(19),
+        validity_period=_text(19),
+        short_message=st.binary(max_size=254),
+        tlvs=st.dictionaries(st.integers(0, 0xFFFF), st.binary(max_size=8), max_size=3),
+        **{name: st.integers(0, 255) for name in _OCTETS},
+    ),
+    st.integers(0, 40),
+    st.binary(max_size=6),
+)
+def test_the_quick_reading_is_the_checked_one(message: ShortMessage, cut: int, junk: bytes) -> None:
+    """Well-formed, with fields too long, cut short or with junk after it: the same
+    message or the same error (the field named) as reading field by field."""
+    body = encode_short_message(message)
+    for variant in (body, body[: len(body) - cut], body + junk, body[:cut] + junk):
+        assert _read(decode_short_message, variant) == _read(pdu._decode_checked, variant)
+    if isinstance(_read(pdu._decode_checked, body), ShortMessage):
+        assert decode_short_message(body) == message
+
+
+@given(st.binary(max_size=120))
+def test_the_quick_reading_of_random_bodies_is_the_checked_one(body: bytes) -> None:
+    assert _read(decode_short_message, body) == _read(pdu._decode_checked, body)
 
 
 def test_status_names() -> None:
