@@ -1,7 +1,7 @@
 """Sync mode (one submit outstanding) against the raw asyncio SMPP pump at window 1.
 
 Usage: python bench/sync_mode.py [--n 5000] [--rounds 3] [--old PATH] [--port 27791]
-           [--py-spy FOLDER]
+           [--code NAME=PATH ...] [--py-spy FOLDER] [--async-window W]
 
 The `sync` row of bench/versus_kannel.py without Kannel, on a sink port of its own (so
 that it can run beside that benchmark): each round the peer kit's raw pump
@@ -11,9 +11,12 @@ append-only file), the daemon started, then a fresh sink; rate = the sink's firs
 last submit, CPU per process sampled by the kit's loadgen over that span. With
 `--old PATH` (a `git worktree` of an older commit) each round also drains with that
 code (its daemon runs with PYTHONPATH=PATH): an A/B in interleaved rounds, the order
-of the two alternating. Prints each round and the medians (rate, the ratio to the pump
-of the same round, router and Redis CPU per message); writes
-bench/results/sync_mode.json.
+rotating; `--code NAME=PATH` adds sides (``new=PATH`` replaces this checkout, for
+clean worktrees while others edit it). Prints each round and the medians (rate, the
+ratio to the pump of the same round, router and Redis CPU and Redis calls per
+message); writes bench/results/sync_mode.json. `--async-window W` drains in async mode
+at window W instead (a regression check of the same pipeline; results in
+sync_mode_asyncW.json); `--py-spy FOLDER` records each drain's daemon.
 """
 
 from __future__ import annotations
@@ -99,8 +102,10 @@ def pump(n: int, port: int, scratch: Path) -> dict[str, Any]:
     }
 
 
-def config(path: Path, redis_url: str, port: int) -> Path:
-    """One SMPP profile in sync mode (window 1) to the sink."""
+def config(
+    path: Path, redis_url: str, port: int, processing: str = "sync", window: int = 1
+) -> Path:
+    """One SMPP profile to the sink (by default in sync mode: window 1)."""
     path.write_text(
         f"""
 [router]
@@ -113,8 +118,8 @@ batch = 500
 [profiles.bench]
 global = true
 protocol = "smpp"
-processing = "sync"
-window = 1
+processing = "{processing}"
+window = {window}
 numbers = {json.dumps(NUMBERS)}
 [profiles.bench.smpp]
 host = "127.0.0.1"
@@ -154,7 +159,13 @@ async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
 
 
 def drain(
-    n: int, port: int, scratch: Path, tag: str, code: Path, spy: Path | None = None
+    n: int,
+    port: int,
+    scratch: Path,
+    tag: str,
+    code: Path,
+    spy: Path | None = None,
+    mode: tuple[str, int] = ("sync", 1),
 ) -> dict[str, Any]:
     """Preload while the sink is down, start the daemon (running the code at `code`),
     then the sink; the drain's rate and CPU per process (with `spy`: py-spy's raw
@@ -171,7 +182,7 @@ def drain(
         os.environ["PYTHONPATH"] = str(code)
         os.chdir(tempfile.gettempdir())
         try:
-            cfg = config(scratch / f"router-{tag}.toml", server.url, port)
+            cfg = config(scratch / f"router-{tag}.toml", server.url, port, *mode)
             daemon = start_daemon(cfg, scratch / f"router-{tag}.log")
         finally:
             os.chdir(cwd)
@@ -240,6 +251,13 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=27791, help="the sink's port")
     parser.add_argument(
+        "--async-window",
+        type=int,
+        default=0,
+        help="drain in async mode at this window instead (a regression check of the same "
+        "code paths; the pump stays at window 1)",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         help="a folder for py-spy's raw samples of each router drain (py-spy: $PY_SPY or PATH)",
@@ -260,7 +278,8 @@ def main() -> None:
             for side in names[r % len(names) :] + names[: r % len(names)]:
                 tag = f"{side}{r}"
                 spy = args.py_spy / f"sync-{tag}.txt" if args.py_spy else None
-                runs[side].append(drain(args.n, args.port, scratch, tag, sides[side], spy))
+                mode = ("async", args.async_window) if args.async_window else ("sync", 1)
+                runs[side].append(drain(args.n, args.port, scratch, tag, sides[side], spy, mode))
             line = f"round {r + 1}: pump {runs['pump'][-1]['rate']:.0f} msg/s"
             for side in sides:
                 row = runs[side][-1]
@@ -293,7 +312,8 @@ def main() -> None:
                 statistics.median(n["rate"] / o["rate"] for n, o in pairs), 3
             )
     print(json.dumps(summary, indent=2))
-    path = save("sync_mode", {"n": args.n, "rounds": args.rounds, "summary": summary, "runs": runs})
+    name = f"sync_mode_async{args.async_window}" if args.async_window else "sync_mode"
+    path = save(name, {"n": args.n, "rounds": args.rounds, "summary": summary, "runs": runs})
     print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
 
 
