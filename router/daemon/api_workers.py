@@ -27,6 +27,7 @@ daemon's own ``process_*``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -54,6 +55,8 @@ BOOT_TIMEOUT: Final = 30.0  # seconds a worker may take to listen
 # The least time between two starts of the same worker: one that dies at once keeps
 # the log readable and the machine usable.
 RESTART_PAUSE: Final = 1.0
+# Seconds a worker's exit is held before it counts: the daemon's own signal may follow.
+STOP_WAIT: Final = 0.2
 READY_EVERY: Final = 1.0  # seconds between looks at the profiles' readiness
 # The systemd variables are the daemon's: a worker must not notify (NotifyAccess=main).
 _DAEMON_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
@@ -219,7 +222,9 @@ class ApiWorkers:
                 for task in done:
                     exited = exits.pop(task, None)
                     if exited is not None:
-                        await self._restart(exited, task.result())
+                        await self._restart(exited, task.result(), stopping)
+                        if stopping.is_set():
+                            return
         except WorkerBootError as exc:
             if stopping.is_set():
                 return  # stopped while it started: nothing went wrong
@@ -230,16 +235,24 @@ class ApiWorkers:
             for task in exits:
                 task.cancel()
 
-    async def _restart(self, worker: _Worker, code: int) -> None:
-        how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        log.error("api worker exited; starting it again", worker=worker.index,
-                  pid=worker.proc.pid if worker.proc else None, status=how)  # fmt: skip
+    async def _restart(self, worker: _Worker, code: int, stopping: asyncio.Event) -> None:
         worker.listening = False
+        pid = worker.proc.pid if worker.proc else None
         if worker.conn is not None:
             worker.conn.close()
             worker.conn = None
         worker.proc = None
-        await asyncio.sleep(max(0.0, worker.started + RESTART_PAUSE - time.monotonic()))
+        # A pause first: at least RESTART_PAUSE between two starts, and a worker stopped
+        # by the same SIGTERM as the daemon (systemd signals the whole control group,
+        # a terminal's Ctrl-C the process group) is not started again.
+        pause = max(STOP_WAIT, worker.started + RESTART_PAUSE - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), pause)
+        if stopping.is_set():
+            return
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        log.error("api worker exited; starting it again", worker=worker.index, pid=pid,
+                  status=how)  # fmt: skip
         worker.restarts += 1
         await self._spawn(worker)
         log.info("api worker started again", worker=worker.index, pid=worker.pid)

@@ -306,3 +306,22 @@ async def test_a_worker_that_cannot_start_stops_the_daemon(
     text = log.read_text()
     assert "an api worker could not start; stopping" in text, text[-3000:]
     assert "did not start listening" in text
+
+
+async def test_sigterm_to_the_whole_group_stops_without_restarts(
+    provider: Provider, redis_url: str, tmp_path: Path
+) -> None:
+    """systemd's stop signals every process of the unit at once (KillMode=control-group):
+    the workers stopping then are not started again."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "router.toml", with_workers(config_dict(redis_url, provider.url), port)
+    )
+    log = tmp_path / "daemon.log"
+    proc = await start_daemon(config, log)
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: all_listening(http, f"http://127.0.0.1:{port}"), 30, "listening")
+    for pid in [*worker_pids(proc.pid), proc.pid]:
+        os.kill(pid, signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-3000:]
+    assert "starting it again" not in log.read_text()
