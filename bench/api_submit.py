@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import importlib.util
 import json
 import os
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,8 @@ PY_SPY = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
 
 
 def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` and its children (API workers) into `output` (raw folded
-    stacks, one process per stack root) until SIGINT."""
-    flags = ("--nonblocking", "--subprocesses", "-r", "200", "-f", "raw", "-o", str(output))
+    """py-spy sampling `pid` into `output` (raw folded stacks) until SIGINT."""
+    flags = ("--nonblocking", "-r", "200", "-f", "raw", "-o", str(output))
     return subprocess.Popen(
         [PY_SPY, "record", *flags, "-p", str(pid)],
         stdout=subprocess.DEVNULL,
@@ -219,11 +219,13 @@ def router_api(
     sink_port: int,
     profile: Path | None = None,
     api_workers: int | None = None,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     """One run: daemon with the API bound to a fresh sink; N jobs through the API;
     `profile`: py-spy the daemon (raw folded stacks there) during the load;
     `api_workers`: `[api] workers` (else the router's default). Router CPU includes
-    the processes the daemon started (API workers)."""
+    the processes the daemon started (API workers); `code`: the daemon runs the router
+    package found there (an A/B against another checkout)."""
     rig = Rig(scratch, tag, sink_port=sink_port)
     port, token = free_port(), secrets.token_urlsafe(24)
     token_file = scratch / f"token-{tag}"
@@ -233,16 +235,24 @@ def router_api(
     built = requests(tag, n, per, port, token)
     try:
         rig.start_sink()
-        rig.start_daemon()
+        with python_path(code):
+            rig.start_daemon()
         rig.wait_bound()
         Stack._wait_port(port)
         time.sleep(0.5)  # the worker is reading its stream
         wait = waiter(n, rig.stats, tag, {**rig.pids(), "client": os.getpid()})
         time.sleep(0.3)  # loadgen has its first CPU readings
-        sampler = spy(rig.router_pid, profile) if profile is not None else None
+        # The daemon, and each API worker in a file of its own (FILE.router.1, ...).
+        samplers: dict[Path, subprocess.Popen[bytes]] = {}
+        for name, pid in rig.pids().items():
+            if profile is not None and name.startswith("router"):
+                output = (
+                    profile if name == "router" else profile.with_name(f"{profile.name}.{name}")
+                )
+                samplers[output] = spy(pid, output)
         got = run_client(lambda: load(port, built, connections, per))
-        if sampler is not None and profile is not None:
-            spied(sampler, profile)
+        for output, sampler in samplers.items():
+            spied(sampler, output)
         result = waited(wait)
         last = sink_stats(rig.stats).get("last_ts")
         span = last - got["t0"] if last else 0.0
@@ -278,6 +288,37 @@ def router_api(
     return row
 
 
+@contextlib.contextmanager
+def python_path(code: Path | None) -> Iterator[None]:
+    """Processes started inside import the router from `code` (None: this checkout)."""
+    if code is None:
+        yield
+        return
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(code)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def us_per_message(row: dict[str, Any]) -> dict[str, float]:
+    """CPU microseconds per message over the end-to-end window: the gateway's processes
+    summed (router and its workers; Kannel's bearerbox and smsbox) and Redis."""
+    rate = row.get("rate") or 0.0
+    cpu = row.get("cpu_pct", {})
+    gateway = sum(v for k, v in cpu.items() if k.startswith(("router", "bearerbox", "smsbox")))
+    if rate <= 0:
+        return {}
+    out = {"gateway": round(gateway / 100 / rate * 1e6, 1)}
+    if "redis" in cpu:
+        out["redis"] = round(cpu["redis"] / 100 / rate * 1e6, 1)
+    return out
+
+
 def kannel_live(n: int, scratch: Path, sink_port: int = SINK_PORT) -> dict[str, Any]:
     """Kannel's live run; its loader's CPU over the load time like the router's client."""
     row = kannel(n, scratch, "live", sink_port=sink_port)
@@ -303,9 +344,22 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=50, help="single requests in flight (Kannel's: 50)"
     )
-    parser.add_argument("--profile", type=Path, help="py-spy the router in single runs (raw)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the router (and its API workers) in single and workers runs: "
+        "raw folded stacks in FILE.<case>.r<round>",
+    )
     parser.add_argument("--sink-port", type=int, help="the SMPP sink's port (default: a free one)")
     parser.add_argument("--workers", type=int, default=2, help="[api] workers in the workers case")
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="run the single and batch cases once per checkout (PATH: where its router "
+        "package is, e.g. a git worktree of an older commit), interleaved; named case@NAME",
+    )
     parser.add_argument("--cases", help=f"comma-separated, of {','.join(CASES)} (default: all)")
     args = parser.parse_args()
     cases = args.cases.split(",") if args.cases else list(CASES)
@@ -316,48 +370,54 @@ def main() -> None:
     sink_port = args.sink_port or free_port()
     ensure_tools(kannel="kannel" in cases)
     scratch = Path(tempfile.mkdtemp(prefix="sms-apisubmit-"))
-    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
+    codes: list[tuple[str, Path | None]] = [("", None)]
+    if args.code:
+        codes = [(f"@{n}", Path(p).resolve()) for n, _, p in (c.partition("=") for c in args.code)]
+    # single and batch once per checkout; Kannel, and workers (older checkouts have no
+    # [api] workers), once a round.
+    plan = [
+        (c, suffix, code)
+        for c in cases
+        for suffix, code in (codes if c in ("single", "batch") else [("", None)])
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {c + suffix: [] for c, suffix, _code in plan}
     try:
         for r in range(args.rounds):
             line = [f"round {r + 1}:"]
-            for case in cases:
+            for case, suffix, code in plan:
+                name = case + suffix
+                tag = f"{case[0]}{r}{suffix.replace('@', '-')}"
                 if case == "kannel":
                     row = kannel_live(args.n, scratch, sink_port)
                 elif case == "batch":
                     row = router_api(
                         args.n,
                         scratch,
-                        f"b{r}",
+                        tag,
                         args.batch,
                         args.batch_clients,
                         sink_port=sink_port,
-                    )
-                elif case == "workers":
-                    row = router_api(
-                        args.n,
-                        scratch,
-                        f"w{r}",
-                        1,
-                        args.concurrency,
-                        sink_port=sink_port,
-                        api_workers=args.workers,
+                        code=code,
                     )
                 else:
                     profile = args.profile
-                    if profile is not None and args.rounds > 1:
-                        profile = profile.with_name(f"{profile.name}.r{r + 1}")
+                    if profile is not None:
+                        profile = profile.with_name(f"{profile.name}.{name}.r{r + 1}")
                     row = router_api(
                         args.n,
                         scratch,
-                        f"s{r}",
+                        tag,
                         1,
                         args.concurrency,
                         sink_port=sink_port,
                         profile=profile,
+                        api_workers=args.workers if case == "workers" else None,
+                        code=code,
                     )
-                runs[case].append(row)
+                row["us_per_msg"] = us_per_message(row)
+                runs[name].append(row)
                 line.append(
-                    f"{case} {row['http_rate']:.0f} accepted / {row['rate']:.0f} e2e"
+                    f"{name} {row['http_rate']:.0f} accepted / {row['rate']:.0f} e2e"
                     f" (foreign CPU {row.get('foreign_cpu_pct') or 0:.0f} %)"
                 )
             print(" ".join(line[:1]) + " " + "; ".join(line[1:]) + " msg/s")
@@ -366,22 +426,28 @@ def main() -> None:
     table: dict[str, Any] = {}
     print(
         "\n| case | accepted msg/s | end-to-end msg/s | accepted / Kannel | e2e / Kannel "
-        "| gateway CPU % | client CPU % | foreign CPU % | complete |"
+        "| gateway CPU % | CPU µs/msg | client CPU % | foreign CPU % | complete |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     labels = {
         "kannel": "Kannel sendsms (1 msg/request, 50 in flight)",
         "batch": f"router batches ({args.batch}/request, {args.batch_clients} clients)",
         "single": f"router single (1 msg/request, {args.concurrency} in flight)",
         "workers": f"router single, [api] workers = {args.workers}",
     }
-    for case in cases:
-        rows = runs[case]
+    for name, rows in runs.items():
+        case, _, code_name = name.partition("@")
+        per_msg = {
+            k: round(statistics.median(r["us_per_msg"].get(k, 0.0) for r in rows), 1)
+            for k in rows[0]["us_per_msg"]
+        }
         entry: dict[str, Any] = {
-            "label": labels[case],
+            "label": labels[case] + (f" ({code_name})" if code_name else ""),
             "accepted_rate": median(rows, "http_rate"),
             "e2e_rate": median(rows, "rate"),
             "cpu_pct": cpu_median(rows),
+            # CPU per message (end-to-end window): gateway processes summed, Redis
+            "us_per_msg": per_msg,
             "client_cpu_pct": median(rows, "client_cpu_pct"),
             "complete": all(r["complete"] for r in rows),
             # CPU of other work on the machine during the runs (100 = one core)
@@ -390,12 +456,13 @@ def main() -> None:
         if "kannel" in runs and case != "kannel":
             entry["accepted_ratio"] = round_ratio(runs["kannel"], rows, "http_rate")
             entry["e2e_ratio"] = round_ratio(runs["kannel"], rows, "rate")
-        table[case] = entry
+        table[name] = entry
         cpu = ", ".join(f"{k} {v:.0f}" for k, v in entry["cpu_pct"].items())
+        us = ", ".join(f"{k} {v:.0f}" for k, v in per_msg.items())
         print(
             f"| {entry['label']} | {entry['accepted_rate']:,.0f} | {entry['e2e_rate']:,.0f} "
             f"| {entry.get('accepted_ratio', '-')} | {entry.get('e2e_ratio', '-')} | {cpu} "
-            f"| {entry['client_cpu_pct']:.0f} | {entry['foreign_cpu_pct']:.0f} "
+            f"| {us} | {entry['client_cpu_pct']:.0f} | {entry['foreign_cpu_pct']:.0f} "
             f"| {entry['complete']} |"
         )
     result = {
@@ -405,6 +472,7 @@ def main() -> None:
         "batch_clients": args.batch_clients,
         "concurrency": args.concurrency,
         "workers": args.workers,
+        "code": args.code,
         "cases": table,
         "runs": runs,
     }
