@@ -1,24 +1,27 @@
 """Redis memory per message record: what N messages leave in Redis once drained.
 
-Usage: python bench/memory.py [--n 20000] [--sample 2000] [--key after]
+Usage: python bench/memory.py [--n 20000] [--sample 2000] [--key after] [--ids short]
 Two runs, each on a fresh Redis: N plain-text jobs (as the other benches: ids
 `mem-<i>`, "Hello from the bench") drained through the peer kit's SMPP sink (window
 100, one transceiver), once without receipts (records end `sent`) and once with a
-receipt each (records end `delivered`). For each run: `used_memory` after the
-drain minus before the preload, and a breakdown by key class from SCAN + MEMORY USAGE
-(every key of a class when it has fewer than `--sample`, else a sample scaled up):
-message records, job locators, the provider-id index, the awaiting-reports set, early
-reports, the work stream (what is left of it), and the event stream, which is trimmed
-by length (a fixed cost once full, not a per-message one: reported apart, and left out
-of the bytes per message). Writes the figures under `--key` in
-bench/results/memory.json (other keys kept): run it with PYTHONPATH at a `git worktree`
-of an older commit and `--key before` for the figures of that code.
+receipt each (records end `delivered`). `--ids uuid`: 32-digit job ids, as the doors
+make them when the producer names none (longer keys than `mem-<i>`).
+For each run: `used_memory` after the drain minus before the preload, and a breakdown
+by key class from SCAN + MEMORY USAGE (every key of a class when it has fewer than
+`--sample`, else a sample scaled up): message records, job locators, the provider-id
+index, the awaiting-reports set, early reports, the work stream (what is left of it),
+and the event stream, which is trimmed by length (a fixed cost once full, not a
+per-message one: reported apart, and left out of the bytes per message). Writes the
+figures under `--key` in bench/results/memory.json (other keys kept): run it with
+PYTHONPATH at a `git worktree` of an older commit (and from a directory outside this
+tree: the daemon is `python -m router`) and `--key before` for that code's figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import random
 import shutil
@@ -47,6 +50,17 @@ from router.store import keys
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench-peers"
 PROFILE = "bench"
+# Job ids: `short` as the other benches (mem-<i>), or `uuid`: 32 hex digits, as the doors
+# make them (uuid4().hex) when the producer gives none (set by --ids).
+IDS = "short"
+
+
+def job_id(tag: str, i: int) -> str:
+    """The id of the bench's job `i` (the same every time it is asked)."""
+    if IDS == "uuid":
+        return hashlib.md5(f"{tag}-{i}".encode()).hexdigest()
+    return f"{tag}-{i}"
+
 
 # Key class -> how its name begins (the first that matches wins; order matters).
 CLASSES: list[tuple[str, str]] = [
@@ -98,7 +112,7 @@ async def breakdown(redis: Redis, sample: int) -> dict[str, dict[str, float]]:
 
 async def record_example(redis: Redis, tag: str) -> dict[str, Any]:
     """One record's encoding and fields (no text worth hiding: the bench's own)."""
-    name = keys.record(PROFILE, f"{tag}-0")
+    name = keys.record(PROFILE, job_id(tag, 0))
     encoding: Any = await redis.object("encoding", name)
     fields: Any = await redis.hgetall(name)
     return {
@@ -112,7 +126,7 @@ async def count_status(url: str, n: int, tag: str, status: bytes) -> int:
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(n):
-                pipe.hget(keys.record(PROFILE, f"{tag}-{i}"), "status")
+                pipe.hget(keys.record(PROFILE, job_id(tag, i)), "status")
             rows = await pipe.execute()
     finally:
         await redis.aclose()
@@ -202,7 +216,7 @@ async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
     client = Client(redis, default_profile=PROFILE)
     for start in range(0, n, batch):
         jobs = [
-            {"id": f"{tag}-{i}", "to": f"+4915100{i % 1_000_000:06d}",
+            {"id": job_id(tag, i), "to": f"+4915100{i % 1_000_000:06d}",
              "text": "Hello from the bench"}
             for i in range(start, min(n, start + batch))
         ]  # fmt: skip
@@ -259,8 +273,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--key", default="after", help="where the figures go in the file")
+    parser.add_argument("--ids", choices=("short", "uuid"), default="short")
     args = parser.parse_args()
-    out: dict[str, Any] = {"n": args.n}
+    global IDS
+    IDS = args.ids
+    out: dict[str, Any] = {"n": args.n, "ids": args.ids}
     for name, dlr in (("sent", False), ("delivered", True)):
         got = run(args.n, args.sample, dlr)
         out[name] = got

@@ -94,14 +94,24 @@ def profile_of_queue(key: str) -> str | None:
     return None
 
 
-def early_reports(profile: str) -> str:
+def early_bucket(profile: str, bucket: int) -> str:
     """Hash: provider id -> a delivery report that arrived before its message was
-    recorded sent (applied by the step that records `sent`)."""
+    recorded sent (applied by the step that records `sent`), of the reports that came in
+    time bucket `bucket` (unix seconds // the time a report is kept). The hash expires
+    as a whole a bucket after its own ends, so a report never applied is dropped with
+    it: no deadline of its own to keep."""
+    return f"sms:{{{profile}}}:early:{bucket}"
+
+
+def early_reports(profile: str) -> str:
+    """Hash: early reports as the older layout kept them (one hash, each report's
+    deadline in `early_deadlines`); still applied and swept after an upgrade."""
     return f"sms:{{{profile}}}:early"
 
 
 def early_deadlines(profile: str) -> str:
-    """Sorted set: the early reports' provider ids, scored by when each is dropped."""
+    """Sorted set: the older layout's early reports' provider ids, scored by when each
+    is dropped."""
     return f"sms:{{{profile}}}:early:due"
 
 

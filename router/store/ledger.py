@@ -5,11 +5,11 @@ status, the history of every change with its time (one field per step, named by 
 index: ``1``, ``2``...), the sender used, the connector each attempt went over (in its
 step), provider id and errors, in a compact shape (lua/common.lua): a record is kept
 for the whole retention, so its bytes are the router's memory. What can be derived is
-not stored, and `decode_record` puts it back (it reads the older shapes too). Every change goes through a Lua script
-(``router/store/lua``) that also decides ownership: a record belongs to the stream entry
-that first reached it (its *owner*), so a second entry with the same job id is
-recognised as a duplicate, and a redelivered entry whose record is already final is
-acknowledged without being sent again.
+not stored, and `decode_record` puts it back (it reads the older shapes too). Every
+change goes through a Lua script (``router/store/lua``) that also decides ownership: a
+record belongs to the stream entry that first reached it (its *owner*), so a second
+entry with the same job id is recognised as a duplicate, and a redelivered entry whose
+record is already final is acknowledged without being sent again.
 
 The scripts take their data as records, NamedTuples below (msgpack packs them as arrays),
 each field named once here and once in ``lua/common.lua`` (``SENDING_TO``): a new field
@@ -43,6 +43,9 @@ from router.store.connections import as_text
 from router.store.replicas import ReplicaWait
 
 SPEND_TTL = 8 * 86_400  # a day's spend is kept a week (health, the API) and a day
+# Seconds a report that came before its message's `sent` step waits for it, until a
+# `reports` call names it (router/engine/receipts.py's EARLY_TTL).
+EARLY_KEEP = 600
 
 FINAL = frozenset({"sent", "delivered", "undelivered", "failed", "rejected", "expired"})
 STATUSES = ("queued", "scheduled", "sending", *sorted(FINAL))
@@ -165,7 +168,7 @@ class FinishCall(NamedTuple):
 
     now: str
     profile: str
-    retention: int  # seconds the provider-id index lives
+    retention: int  # seconds the provider-id index lives (0: no index written)
     events_maxlen: int
     group: str  # the consumer group the entries are acknowledged in
     report_deadline: str  # when a `sent` message's report is due ('' = not awaited)
@@ -179,7 +182,7 @@ class ReportCall(NamedTuple):
     now: str
     events_maxlen: int
     profile: str
-    keep_until: str  # until when a report kept early waits for its message
+    early_expires: int  # when the early-report hash written (this time bucket's) expires
     reports: Sequence[Report]
 
 
@@ -289,6 +292,10 @@ class Ledger:
         self._early = redis.register_script(scripts.with_common("early"))
         # Profiles whose sent messages expect a delivery report, and within how long.
         self._report_waits: dict[str, float] = {}
+        # Per profile, the seconds an early report is kept (its time buckets' width).
+        self._early_keep: dict[str, int] = {}
+        # Profiles whose sent messages get no provider-id index (no report can come).
+        self._unindexed: set[str] = set()
 
     def expect_reports(self, profile: str, within: float) -> None:
         """From now on, a message of `profile` recorded `sent` joins the profile's
@@ -298,6 +305,17 @@ class Ledger:
             self._report_waits[profile] = within
         else:
             self._report_waits.pop(profile, None)
+
+    def index_provider_ids(self, profile: str, wanted: bool) -> None:
+        """Whether `profile`'s messages recorded `sent` by `finish` get a provider-id
+        index entry (the default). A profile whose provider sends no delivery report
+        (SMPP ``registered_delivery = 0``, an HTTP provider without status callbacks)
+        is spared its memory: a report that came anyway would find no message (it is
+        kept early, then dropped)."""
+        if wanted:
+            self._unindexed.discard(profile)
+        else:
+            self._unindexed.add(profile)
 
     async def transition(
         self,
@@ -398,12 +416,13 @@ class Ledger:
         self, profile: str, batch: Sequence[Report], jobs: Sequence[str], keep_for: float
     ) -> Any:
         now = time.time()
-        early = keys.early_reports(profile)
+        width = self._early_keep[profile] = max(1, int(keep_for))
+        bucket = int(now) // width
+        early = keys.early_bucket(profile, bucket)
         script_keys = [
             keys.events(profile),
             keys.awaiting_reports(profile),
             early,
-            keys.early_deadlines(profile),
             keys.callbacks(profile),
         ]
         found: list[Report] = []
@@ -411,13 +430,18 @@ class Ledger:
             script_keys += [keys.provider_id(profile, c) for c in report.candidates]
             script_keys.append(keys.record(profile, job) if job else early)
             found.append(Report(report.outcome, report.stat, report.err, report.candidates, job))
+        # Kept a bucket after its own ends: `finish` looks in this bucket and the one
+        # before, so a report waits between one and two widths.
+        expires = (bucket + 2) * width
         payload = msgpack.packb(
-            ReportCall(f"{now:.6f}", self._events_maxlen, profile, f"{now + keep_for:.3f}", found)
+            ReportCall(f"{now:.6f}", self._events_maxlen, profile, expires, found)
         )
         return await self._report(keys=script_keys, args=[payload])
 
     async def drop_early_reports(self, profile: str, batch: int = 1000) -> int:
-        """Drop kept early reports whose time is up; returns how many."""
+        """Drop early reports of the older layout whose time is up (kept before an
+        upgrade; those kept since expire with their time bucket's hash); returns how
+        many."""
         total = 0
         while True:
             dropped = int(
@@ -457,7 +481,7 @@ class Ledger:
             FinishCall(
                 f"{now:.6f}",
                 profile,
-                self._retention,
+                0 if profile in self._unindexed else self._retention,
                 self._events_maxlen,
                 keys.GROUP,
                 f"{now + wait:.3f}" if wait else "",
@@ -466,6 +490,8 @@ class Ledger:
             )
         )
         record, index = keys.record(profile, ""), keys.provider_id(profile, "")
+        width = self._early_keep.get(profile, EARLY_KEEP)
+        bucket = int(now) // width
         script_keys = [
             keys.events(profile),
             keys.callbacks(profile),
@@ -473,9 +499,12 @@ class Ledger:
             keys.awaiting_reports(profile),
             keys.early_reports(profile),
             keys.early_deadlines(profile),
+            keys.early_bucket(profile, bucket),
+            keys.early_bucket(profile, bucket - 1),
         ]
         script_keys += [record + it.id for it in items]
-        script_keys += [index + part for it in items if it.status == "sent" for part in it.part_ids]
+        if profile not in self._unindexed:
+            script_keys += [index + p for it in items if it.status == "sent" for p in it.part_ids]
         # Last: today's spend (UTC), counted by the messages recorded sent.
         script_keys.append(keys.spend(profile, keys.utc_day(now)))
         if self._replicas.wanted:

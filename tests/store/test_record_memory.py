@@ -221,3 +221,18 @@ async def test_an_old_sent_record_gets_its_missing_report_note(redis: Redis) -> 
     assert record is not None and record["status"] == "sent"
     assert record["history"][-1]["note"] == "no report" and record["report_timeout"] == "1"
     assert record["connector"] == "smsc-a"
+
+
+async def test_a_profile_without_reports_keeps_no_provider_id_index(redis: Redis) -> None:
+    """`index_provider_ids(profile, False)`: a sent message costs its record alone, and
+    reads the same."""
+    ledger = ledger_of(redis)
+    ledger.index_provider_ids(PROFILE, False)
+    pmid = await send_one(redis, ledger, "no-index", "hi")
+    assert not await redis.exists(keys.provider_id(PROFILE, pmid))
+    record = await ledger.get("no-index", profile=PROFILE)
+    assert record is not None and record["status"] == "sent"
+    assert record["provider_message_id"] == pmid
+    ledger.index_provider_ids(PROFILE, True)
+    again = await send_one(redis, ledger, "indexed", "hi")
+    assert await redis.get(keys.provider_id(PROFILE, again)) == b"indexed"

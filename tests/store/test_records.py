@@ -22,6 +22,7 @@ from router import Client
 from router.config import Settings, parse_settings
 from router.engine.receipts import Reports
 from router.store import keys
+from router.store.connections import as_text
 from router.store.ledger import Finished, Ledger, Sending
 from sims.smscsim import SmscSimulator
 
@@ -52,26 +53,53 @@ async def all_status(redis: Redis, ids: list[str], status: str) -> bool:
 # --- 1. early reports expire on their own -------------------------------------------------
 
 
+async def early_kept(redis: Redis, profile: str = "sms") -> dict[str, bytes]:
+    """Every report kept early, over the profile's time-bucket hashes."""
+    kept: dict[str, bytes] = {}
+    async for name in redis.scan_iter(match=keys.early_bucket(profile, 0)[:-1] + "*"):
+        if not as_text(name).endswith(":due"):
+            found: Any = await redis.hgetall(name)
+            kept.update({as_text(k): v for k, v in found.items()})
+    return kept
+
+
 async def test_orphan_early_report_expires_while_other_early_reports_keep_arriving(
     redis: Redis,
 ) -> None:
-    """Each early report has its own deadline: steady traffic does not keep an orphan
-    (a single hash with one TTL refreshed on every write would never expire)."""
+    """An early report never applied is dropped with its time bucket: steady traffic
+    does not keep an orphan (a single hash with one TTL refreshed on every write would
+    never expire)."""
     ledger = ledger_of(redis)
     reports = Reports(redis, ledger, "sms", id_format="auto", early_ttl=1)
     await reports.apply(reports.candidates("0A0A"), "delivered", "DELIVRD", "000")
-    early = keys.early_reports("sms")
-    assert await redis.hexists(early, "a0a")
+    assert "a0a" in await early_kept(redis)
     arriving = 0
     deadline = time.monotonic() + 20
-    while await redis.hexists(early, "a0a"):
+    while "a0a" in await early_kept(redis):
         assert time.monotonic() < deadline, "the orphan early report never expired"
         arriving += 1
         await reports.apply([f"later{arriving}"], "delivered", "DELIVRD", "000")
         await ledger.drop_early_reports("sms")
         await asyncio.sleep(0.05)
-    assert arriving > 5 and await redis.hexists(early, f"later{arriving}")
-    assert await redis.zcard(keys.early_deadlines("sms")) == await redis.hlen(early)
+    assert arriving > 5 and f"later{arriving}" in await early_kept(redis)
+    # No sorted set of deadlines any more (the older layout's).
+    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
+
+
+async def test_an_early_report_kept_before_the_upgrade_still_applies(redis: Redis) -> None:
+    """The older layout kept early reports in one hash with a sorted set of deadlines:
+    one kept just before the upgrade is applied by `sent` and leaves both."""
+    ledger = ledger_of(redis)
+    [job_id] = await Client(redis, default_profile="sms").send_many(
+        [{"to": "+447911123456", "text": "kept before"}]
+    )
+    reports = Reports(redis, ledger, "sms", id_format="auto")
+    await redis.hset(keys.early_reports("sms"), "4242", '["delivered","DELIVRD","000"]')
+    await redis.zadd(keys.early_deadlines("sms"), {"4242": time.time() + 60})
+    await record_sent(redis, reports, job_id, "4242")
+    record = await ledger.get(job_id)
+    assert record is not None and record["status"] == "delivered", record
+    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
 
 
 def sending_item(job_id: str, owner: str) -> Sending:
@@ -112,12 +140,12 @@ async def test_early_report_is_applied_and_deleted_when_its_message_is_sent(
     reports = Reports(redis, ledger, "sms", id_format="auto")
     # The receipt (decimal, padded) comes before the submit_sm_resp (hex) is recorded.
     await reports.apply(reports.candidates("0000004096"), "delivered", "DELIVRD", "000")
-    assert await redis.hexists(keys.early_reports("sms"), "4096")
+    assert "4096" in await early_kept(redis)
     await record_sent(redis, reports, ids[0], "1000")
     record = await ledger.get(ids[0])
     assert record is not None and record["status"] == "delivered"
     assert [h["status"] for h in record["history"]] == ["queued", "sending", "sent", "delivered"]
-    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
+    assert not await early_kept(redis)
     assert await redis.xlen(keys.queue("sms")) == 0, "the entry is acknowledged and deleted"
 
 
@@ -300,7 +328,7 @@ async def test_receipt_ids_in_another_style_match_with_the_default_format(
     running = run_daemon(settings)
     await wait_for(lambda: all_status(redis, ids, "delivered"), 20, "delivered")
     assert await running.stop() == 0
-    assert not await redis.exists(keys.early_reports("sms"), keys.early_deadlines("sms"))
+    assert not await early_kept(redis)
     if (resp_style, receipt_style, early) != ("hex", "decimal", False):
         return
     # `status`: the text and the history; internal fields only with --json.

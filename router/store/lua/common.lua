@@ -89,7 +89,7 @@ local FINISH_CALL_COUNT = 8
 local REPORT_CALL_NOW = 1
 local REPORT_CALL_EVENTS_MAXLEN = 2
 local REPORT_CALL_PROFILE = 3
-local REPORT_CALL_KEEP_UNTIL = 4
+local REPORT_CALL_EARLY_EXPIRES = 4
 local REPORT_CALL_REPORTS = 5
 local REPORT_CALL_COUNT = 5
 
@@ -130,7 +130,7 @@ local EARLY_NOW = 1
 local EARLY_BATCH = 2
 local EARLY_COUNT = 2
 
--- A delivery report as kept (JSON, in the early hash and a record's `dlr:<part>`);
+-- A delivery report as kept (JSON, in an early-report hash and a record's `dlr:<part>`);
 -- Lua's own, no NamedTuple.
 local DLR_OUTCOME = 1
 local DLR_STAT = 2
@@ -225,16 +225,15 @@ end
 
 -- One part's delivery report on a `sent` record. `parts` lists every part's id (one
 -- for a short message). Returns the final status once every part has reported (the
--- record, its event and callback written), else nil. `n` is the record's history
--- length when the caller knows it (finish.lua just wrote it), else nil; `base` the
--- record's `created_at` (nil: none).
--- info: {to =, from =, meta =, url =} of the message ('' where absent); awaiting: the
--- awaiting-reports set, or '' when the profile has none (or the message is not in it).
+-- record, its event and callback written), else nil; the caller takes a final message
+-- out of the awaiting set. `n` is the record's history length before the report (the
+-- caller read it or just wrote it), `base` its `created_at` (nil: none).
+-- info: {to =, from =, meta =, url =} of the message ('' where absent).
 -- The report's stat and err go in its step's note only (decode_record reads them from
 -- there); a part's own report is kept (`dlr:<part>`) only while a long message waits
 -- for its other parts' reports.
 local function apply_report(rec, job, part, outcome, stat, err, now, parts, info,
-                            profile, events, maxlen, callbacks, awaiting, n, base)
+                            profile, events, maxlen, callbacks, n, base)
   local final, fstat, ferr = outcome, stat, err
   if #parts > 1 then
     redis.call('HSET', rec, 'dlr:' .. part, cjson.encode({outcome, stat, err}))  -- a DLR
@@ -248,8 +247,7 @@ local function apply_report(rec, job, part, outcome, stat, err, now, parts, info
       end
     end
   end
-  if awaiting ~= '' then redis.call('ZREM', awaiting, job) end
-  if n then n = n + 1 else n = redis.call('HINCRBY', rec, 'n', 1) end
+  n = n + 1
   local name, value = step(n, final, now, 'stat ' .. fstat .. ' err ' .. ferr, '', base)
   local f = {'status', final, 'n', n, name, value}
   if final ~= 'delivered' then

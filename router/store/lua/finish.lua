@@ -3,10 +3,13 @@
 -- call. Each record gets one HSET: the worker carries the history index from
 -- sending.lua (nothing else writes a record while it is `sending`). Delivery reports
 -- that came before `sent` (kept by report.lua) are applied here, in the same step.
--- KEYS: event stream, callbacks stream, work stream, awaiting-reports set, early hash,
--- early zset, then each item's record, then the provider-id index key of every part of
--- every `sent` item, in item order, then the day's spend hash.
--- ARGV[1]: msgpack FINISH_CALL {now, profile, retention, events maxlen, ack group,
+-- KEYS: event stream, callbacks stream, work stream, awaiting-reports set, the early
+-- hash and zset of the older layout (reports kept before an upgrade), the early-report
+-- hashes of the current and the previous time bucket (report.lua), then each item's
+-- record, then the provider-id index key of every part of every `sent` item, in item
+-- order, then the day's spend hash.
+-- ARGV[1]: msgpack FINISH_CALL {now, profile, retention (of the provider-id index; 0:
+-- none written, and no index key passed), events maxlen, ack group,
 -- report deadline ('' = none), spend ttl, items}; each item a FINISHED (common.lua:
 -- names and meanings in router/store/ledger.py). An item's connector ('' = none) goes
 -- in its step and its event (`connector`); a `sent` item's price (0 = unknown) on the
@@ -20,7 +23,8 @@ local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
 local ttl, maxlen = args[FINISH_CALL_RETENTION], args[FINISH_CALL_EVENTS_MAXLEN]
 local group, deadline = args[FINISH_CALL_GROUP], args[FINISH_CALL_REPORT_DEADLINE]
 local items = args[FINISH_CALL_ITEMS]
-local index = 6 + #items  -- KEYS index of the last provider-id index key taken
+local first = 8  -- KEYS index before the first record
+local index = first + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
 local spent, by_connector = 0, {}
 local indexed = {}  -- item -> {{KEYS index, part id}, ...}: its parts' index keys
@@ -32,7 +36,7 @@ for i, it in ipairs(items) do
                             it[FINISHED_META]
   local code, via = it[FINISHED_ERROR_CODE], it[FINISHED_CONNECTOR]
   entries[#entries + 1] = it[FINISHED_ENTRY]
-  local rec = KEYS[6 + i]
+  local rec = KEYS[first + i]
   local base = redis.call('HGET', rec, 'created_at') or nil
   bases[i] = base
   local name, value = step(n, status, now, note, via, base)
@@ -59,12 +63,14 @@ for i, it in ipairs(items) do
     if segments ~= 1 then f[#f + 1] = 'segments'; f[#f + 1] = segments end
     if #ids > 1 then f[#f + 1] = 'part_ids'; f[#f + 1] = cjson.encode(ids) end
     ev[#ev + 1] = 'provider_message_id'; ev[#ev + 1] = pmid
-    local mine = {}
-    for _, id in ipairs(ids) do
-      index = index + 1
-      mine[#mine + 1] = {index, id}
+    if ttl > 0 then  -- (0: the profile keeps no index; none of its keys are passed)
+      local mine = {}
+      for _, id in ipairs(ids) do
+        index = index + 1
+        mine[#mine + 1] = {index, id}
+      end
+      indexed[i] = mine
     end
-    indexed[i] = mine
   elseif code ~= '' then
     f[#f + 1] = 'error_code'; f[#f + 1] = code
     f[#f + 1] = 'error_raw'; f[#f + 1] = it[FINISHED_ERROR_RAW]
@@ -76,8 +82,13 @@ for i, it in ipairs(items) do
   post(KEYS[2], it[FINISHED_URL], ev)
 end
 -- Early reports: one look per batch while none is kept (the usual case without them).
+-- Newest bucket first; the older layout's hash last.
 local finals, applied = {}, {}  -- item -> final status; part id -> true
-if redis.call('EXISTS', KEYS[5]) == 1 then
+local early = {}
+for _, key in ipairs({KEYS[7], KEYS[8], KEYS[5]}) do
+  if redis.call('EXISTS', key) == 1 then early[#early + 1] = key end
+end
+if #early > 0 then
   local wanted, owners = {}, {}
   for i, it in ipairs(items) do
     local forms = it[FINISHED_FORMS]
@@ -86,48 +97,49 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
       owners[#owners + 1] = {i, forms[k]}
     end
   end
-  if #wanted > 0 then
-    local found = redis.call('HMGET', KEYS[5], unpack(wanted))
-    local applied_to = {}
+  for _, key in ipairs(early) do
+    if #wanted == 0 then break end
+    local found = redis.call('HMGET', key, unpack(wanted))
     local gone = {}  -- the early entries taken
     for w = 1, #wanted do
       local raw = found[w]
       local i, part = owners[w][1], owners[w][2]
-      if raw and not applied[part] then
+      if raw and not applied[part] and not finals[i] then
         applied[part] = true
         local it = items[i]
         local r = cjson.decode(raw)
         local ids = it[FINISHED_PART_IDS]
         if #ids == 0 then ids = {part} end
-        local n = nil  -- a second part's report: apply_report reads n
-        if not applied_to[i] then n = it[FINISHED_STEP] end
-        applied_to[i] = true
         local info = {to = it[FINISHED_TO], from = it[FINISHED_SENDER],
                       meta = it[FINISHED_META], url = it[FINISHED_URL]}
-        -- (not in the awaiting set yet: '')
-        local final = apply_report(KEYS[6 + i], it[FINISHED_ID], part, r[DLR_OUTCOME],
+        -- (its step is the item's, until a report makes it final; it is not in the
+        -- awaiting set yet)
+        local final = apply_report(KEYS[first + i], it[FINISHED_ID], part, r[DLR_OUTCOME],
                                    r[DLR_STAT], r[DLR_ERR], now, ids, info, profile,
-                                   KEYS[1], maxlen, KEYS[2], '', n, bases[i])
+                                   KEYS[1], maxlen, KEYS[2], it[FINISHED_STEP], bases[i])
         if final then finals[i] = final end
       end
       if raw then gone[#gone + 1] = wanted[w] end
     end
     if #gone > 0 then
-      redis.call('HDEL', KEYS[5], unpack(gone))
-      redis.call('ZREM', KEYS[6], unpack(gone))
+      redis.call('HDEL', key, unpack(gone))
+      if key == KEYS[5] then redis.call('ZREM', KEYS[6], unpack(gone)) end
     end
   end
 end
 -- The provider-id index of the parts whose report is still to come, and the awaiting
--- set for the messages not final yet.
-for i, mine in pairs(indexed) do
-  for _, at in ipairs(mine) do
-    if not applied[at[2]] then redis.call('SET', KEYS[at[1]], items[i][FINISHED_ID], 'EX', ttl) end
+-- set (one ZADD) for the messages not final yet.
+local awaited = {}
+for i, it in ipairs(items) do
+  for _, at in ipairs(indexed[i] or {}) do
+    if not applied[at[2]] then redis.call('SET', KEYS[at[1]], it[FINISHED_ID], 'EX', ttl) end
   end
-  if deadline ~= '' and not finals[i] then
-    redis.call('ZADD', KEYS[4], deadline, items[i][FINISHED_ID])
+  if deadline ~= '' and it[FINISHED_STATUS] == 'sent' and not finals[i] then
+    awaited[#awaited + 1] = deadline
+    awaited[#awaited + 1] = it[FINISHED_ID]
   end
 end
+if #awaited > 0 then redis.call('ZADD', KEYS[4], unpack(awaited)) end
 if spent > 0 then
   redis.call('HINCRBY', KEYS[#KEYS], 'total', spent)
   for via, micros in pairs(by_connector) do redis.call('HINCRBY', KEYS[#KEYS], via, micros) end
