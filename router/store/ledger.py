@@ -27,6 +27,7 @@ configured profile.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import Counter
@@ -836,9 +837,10 @@ def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[st
 
 
 def _micros(text: str) -> int:
-    """A time as the scripts write it ("<seconds>.<microseconds>") in microseconds, as
-    lua/common.lua's `micros` reads it (0 for anything else: a record without one)."""
-    seconds, _, fraction = text.partition(".")
-    if not seconds.isdigit() or (fraction and not fraction.isdigit()):
+    """A time as the scripts write it ("<seconds>.<microseconds>") in microseconds, by
+    the same operations as lua/common.lua's `micros` (0 for anything else: a record
+    without one)."""
+    try:
+        return math.floor(float(text) * 1_000_000 + 0.5)
+    except (ValueError, OverflowError):  # not a number; inf or nan
         return 0
-    return int(seconds) * 1_000_000 + int((fraction + "000000")[:6])
