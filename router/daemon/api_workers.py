@@ -158,6 +158,9 @@ class ApiWorkers:
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        except OSError as exc:  # no process could be made (fork, exec, limits)
+            ours.close()
+            raise WorkerBootError(f"api worker {worker.index} could not be started: {exc}") from exc
         except BaseException:
             ours.close()
             raise
