@@ -20,10 +20,11 @@ The gate (`_pump`) counts two kinds of message sent and not yet recorded:
 Both are recorded `sending`, so if the process dies they are sent again at the next
 start and each is counted in ``possible_duplicates`` (sending.lua). The most a crash
 can send twice is therefore `windows` + `unsettled_max`: per bind, its window plus its
-`unsettled_max` (one window unless configured). Without the second bound a slow Redis
-would let answered outcomes pile up without limit; with it a window is not held
-hostage by the outcome flush, so the rate is window / SMSC answer time while the
-flushes keep up, and each bind adds its window.
+`unsettled_max` (one window unless configured; in sync mode `SYNC_UNSETTLED`, so that
+the one submit outstanding goes on while the outcomes behind it are recorded in
+batches). Without the second bound a slow Redis would let answered outcomes pile up
+without limit; with it a window is not held hostage by the outcome flush, so the rate
+is window / SMSC answer time while the flushes keep up, and each bind adds its window.
 """
 
 from __future__ import annotations
