@@ -470,7 +470,8 @@ def rows_of(args: argparse.Namespace) -> list[Row]:
         Row(
             "http",
             f"`POST /v1/messages`, one message per request, {args.concurrency} in flight, "
-            "the same raw HTTP loader as sendsms (accepted)",
+            "the same raw HTTP loader as sendsms (accepted"
+            + (f"; [api] workers = {args.api_workers})" if args.api_workers else ")"),
             "kannel-live",
             "router-http",
             f"≥ 1.0{TIMES}",

@@ -46,7 +46,7 @@ def test_every_row_in_the_issue_order_with_per_round_ratios() -> None:
         "router-dlr": three([5_000, 5_000, 5_000], router),
     }
     runs["router-dlr"][1]["complete"] = False
-    args = argparse.Namespace(concurrency=50)
+    args = argparse.Namespace(concurrency=50, api_workers=None)
     table = {}
     for row in versus_kannel.rows_of(args):
         entry = versus_kannel.summarise(row, runs)
@@ -73,6 +73,6 @@ def test_every_row_in_the_issue_order_with_per_round_ratios() -> None:
 
 
 def test_a_row_not_run_is_left_out() -> None:
-    args = argparse.Namespace(concurrency=50)
+    args = argparse.Namespace(concurrency=50, api_workers=None)
     rows = {row.case: row for row in versus_kannel.rows_of(args)}
     assert versus_kannel.summarise(rows["sync"], {"router-sync": [run(1.0, {})]}) is None
