@@ -171,6 +171,23 @@ async def settled(url: str, ids: list[str], statuses: frozenset[str], stall: flo
     return last if not pending else 0.0
 
 
+async def commands(url: str, *, reset: bool = False) -> dict[str, int]:
+    """Calls of each Redis command so far (INFO commandstats); `reset` zeroes them."""
+    redis = Redis.from_url(url)
+    try:
+        if reset:
+            await redis.config_resetstat()
+            return {}
+        info: dict[str, Any] = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in info.items()
+        if name not in ("cmdstat_info", "cmdstat_config|resetstat")
+    }
+
+
 def syscalls(pid: int) -> tuple[int, int]:
     """(read, write) system calls a process has made so far (/proc/PID/io)."""
     fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
@@ -200,6 +217,7 @@ def one_run(
             )  # fmt: skip
             time.sleep(1.0)
         redis_pid = server.proc.pid if server.proc is not None else 0
+        asyncio.run(commands(server.url, reset=True))
         cpu0, redis0 = cpu_seconds(daemon.pid), cpu_seconds(redis_pid)
         calls0 = syscalls(daemon.pid)
         started = time.time()
@@ -208,7 +226,8 @@ def one_run(
         last = asyncio.run(settled(server.url, ids, REPORTED if dlr else SENT, stall=30.0))
         cpu = cpu_seconds(daemon.pid) - cpu0
         redis_cpu = cpu_seconds(redis_pid) - redis0
-        calls = [b - a for a, b in zip(calls0, syscalls(daemon.pid), strict=True)]
+        syscalls_made = [b - a for a, b in zip(calls0, syscalls(daemon.pid), strict=True)]
+        calls = {k: round(v / n, 3) for k, v in asyncio.run(commands(server.url)).items()}
         time.sleep(0.2)  # the sink's last stats written
         got = sink_stats(stats)
         first = float(got.get("first_ts") or started)
@@ -223,8 +242,10 @@ def one_run(
             "router_cpu_ms_per_msg": round(1000 * cpu / n, 4),
             "redis_cpu_ms_per_msg": round(1000 * redis_cpu / n, 4),
             # The router's reads and writes (sockets: SMPP and Redis) per message.
-            "reads_per_msg": round(calls[0] / n, 3),
-            "writes_per_msg": round(calls[1] / n, 3),
+            "reads_per_msg": round(syscalls_made[0] / n, 3),
+            "writes_per_msg": round(syscalls_made[1] / n, 3),
+            # Redis commands per message (scripts' inner ones included), by name.
+            "redis_calls_per_msg": calls,
         }
     finally:
         if profiler is not None:

@@ -18,6 +18,11 @@ Sent messages that expect a report wait in ``sms:{P}:awaiting`` (joined in the s
 step as `sent`, left in the same step as the final report); `sweep` gives the
 overdue ones a ``no delivery report`` note and event.
 
+A session hands over the receipts of one read together (`handle_many`): their reports
+go to Redis in one script call with whatever else is waiting (`BATCH` per call), and
+each deliver_sm is answered only once its report is recorded, kept early or found
+useless; a batch Redis did not take is answered for resend, every receipt of it.
+
 Each report that makes its message final is counted, per connector and destination
 country (the ``quality`` strategy) and per sender number (number health), by one
 more pipelined round trip per batch (router/store/health.py). Counting is
