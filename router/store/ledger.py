@@ -756,6 +756,12 @@ STEP_CODES: dict[str, str] = {
 }
 # A delivery report's step note (lua/common.lua's apply_report).
 _REPORT_NOTE = re.compile(r"stat (.*) err (.*)", re.S)
+# The second and later pieces of a long text (lua/common.lua's put_text).
+_TEXT_PIECE = re.compile(r"text~\d+")
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[str, Any]:
@@ -763,8 +769,9 @@ def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[st
     compact shape leaves out put back: `updated_at` (the latest step's time),
     `connector` (the latest step's that names one), `attempts` (the `sending` steps),
     `profile` (given: it is the key's), `provider_message_id` (stored as ``pmid``),
-    `segments` of a sent message when it is 1 (not stored), and a delivery report's
-    `dlr_stat` and `dlr_err` (from its step's note). A compact step's time is in
+    `segments` of a sent message when it is 1 (not stored), a delivery report's
+    `dlr_stat` and `dlr_err` (from its step's note), and a long `text` whole (stored in
+    pieces of 64 bytes, so the hash stays a listpack). A compact step's time is in
     microseconds after `created_at`.
 
     `history` is a list of steps, oldest first, each ``{"status", "at", "note"}`` plus
@@ -775,7 +782,12 @@ def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[st
     with ``c<n>`` beside, and `updated_at`, `connector`, `attempts`, `profile`,
     `provider_message_id`, `dlr_*` stored; older still, the history as one JSON list;
     and a record one version began and the other went on with."""
-    record: dict[str, Any] = {as_text(k): as_text(v) for k, v in raw.items()}
+    record: dict[str, Any] = {as_text(k): v for k, v in raw.items()}
+    # A text in pieces (lua/common.lua's put_text): joined as bytes, then read.
+    pieces = sorted((int(k[5:]), record.pop(k)) for k in list(record) if _TEXT_PIECE.fullmatch(k))
+    if pieces and "text" in record:
+        record["text"] = b"".join(_bytes(v) for v in [record["text"], *(v for _, v in pieces)])
+    record = {k: as_text(v) for k, v in record.items()}
     # Records written before the step fields kept the history as one JSON list.
     history = [
         {"status": item[0], "at": float(item[1]), "note": item[2]}

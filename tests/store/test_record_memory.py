@@ -236,3 +236,40 @@ async def test_a_profile_without_reports_keeps_no_provider_id_index(redis: Redis
     ledger.index_provider_ids(PROFILE, True)
     again = await send_one(redis, ledger, "indexed", "hi")
     assert await redis.get(keys.provider_id(PROFILE, again)) == b"indexed"
+
+
+async def test_a_long_text_keeps_the_record_compact_and_reads_whole(redis: Redis) -> None:
+    """A text longer than Redis' `hash-max-listpack-value` (64 by default) is kept in
+    pieces cut between characters: the record stays a listpack, `text` alone starts
+    the message (what the SMPP server's receipts read), and the record reads it whole."""
+    ledger = ledger_of(redis)
+    texts = {
+        "ascii": "Your appointment is confirmed for Tuesday at 10:30. Reply C to cancel "
+        "or R to reschedule. Thank you for choosing us, see you soon!!",
+        "cyrillic": "\u0412\u0430\u0448 \u043a\u043e\u0434 482913, " * 8,  # 2 bytes each
+        "emoji": "Happy birthday! \U0001f382\U0001f389 " * 6,
+    }
+    for name, text in texts.items():
+        job_id = uuid.uuid4().hex
+        pmid = await send_one(redis, ledger, job_id, text)
+        report = Report("delivered", "DELIVRD", "000", [pmid])
+        await ledger.reports(PROFILE, [report], keep_for=60)
+        key = keys.record(PROFILE, job_id)
+        assert await redis.object("encoding", key) == b"listpack", name
+        size = await memory(redis, key)
+        assert size <= RECORD_BYTES + len(text.encode()), (name, size)
+        stored: Any = await redis.hgetall(key)
+        first = stored[b"text"]
+        assert len(first) <= 64 and text.startswith(first.decode()), name  # whole characters
+        record = await ledger.get(job_id, profile=PROFILE)
+        assert record is not None and record["text"] == text, name
+        assert not [k for k in record if k.startswith("text~")]
+    # The slow path (a keyword's reply is recorded through `transition`) cuts it too.
+    long = "x" * 150
+    result = await ledger.transition(
+        "kw-1", "", "rejected", profile=PROFILE, note="no", fields={"text": long, "to": "+1"}
+    )
+    assert result.ok
+    assert await redis.object("encoding", keys.record(PROFILE, "kw-1")) == b"listpack"
+    record = await ledger.get("kw-1", profile=PROFILE)
+    assert record is not None and record["text"] == long

@@ -212,6 +212,34 @@ local function latest_connector(rec, n)
   return redis.call('HGET', rec, 'connector') or ''
 end
 
+-- A message's text in pieces of at most 64 bytes: Redis keeps a hash as a compact
+-- listpack only while every value fits `hash-max-listpack-value` (64 by default), and
+-- one 70-character SMS would otherwise turn the whole record into a hash table (about
+-- 2.5 times the bytes). `text` holds the first piece (a reader of `text` alone gets
+-- the start of the message), then `text~2`, `text~3`...; each cut falls between UTF-8
+-- characters, so every piece reads as text on its own. Appends them to `f`.
+local piece_max = 64
+local function put_text(f, text)
+  local at, len, i = 1, #text, 1
+  while true do
+    local cut = at + piece_max - 1
+    if cut >= len then
+      cut = len
+    else
+      local b = string.byte(text, cut + 1)
+      while cut > at and b >= 128 and b < 192 do  -- the next byte continues a character
+        cut = cut - 1
+        b = string.byte(text, cut + 1)
+      end
+    end
+    local name = 'text'
+    if i > 1 then name = 'text~' .. i end
+    f[#f + 1] = name; f[#f + 1] = string.sub(text, at, cut)
+    if cut >= len then return end
+    at, i = cut + 1, i + 1
+  end
+end
+
 -- A message with a status_callback_url also gets the event on the callbacks stream
 -- (with the url, which stays out of the event stream: it may carry a token).
 local function post(stream, url, ev)

@@ -39,7 +39,7 @@ for i, it in ipairs(items) do
     local name, value = step(n, 'sending', now, '', '', cur[4] or now)
     local f = {'status', 'sending', 'owner', owner, 'n', n, name, value, 'from', from,
                'to', to}
-    if text ~= '' then f[#f + 1] = 'text'; f[#f + 1] = text end
+    if text ~= '' then put_text(f, text) end
     if meta ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = meta end
     if url ~= '' then f[#f + 1] = 'status_callback_url'; f[#f + 1] = url end
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end

@@ -43,7 +43,13 @@ local first = TRANSITION_COUNT + 1  -- ARGV index of the first field pair
 local nfields = tonumber(ARGV[TRANSITION_FIELD_COUNT])
 local nevent = tonumber(ARGV[TRANSITION_EVENT_COUNT])
 for i = first, first + 2 * nfields - 1, 2 do
-  if ARGV[i] ~= 'profile' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if ARGV[i] == 'text' then
+    local pieces = {}
+    put_text(pieces, ARGV[i + 1])
+    redis.call('HSET', KEYS[1], unpack(pieces))
+  elseif ARGV[i] ~= 'profile' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 for k = 6, #KEYS do redis.call('SET', KEYS[k], job, 'EX', ttl) end
