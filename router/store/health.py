@@ -114,22 +114,26 @@ class OutcomeCounter:
     def commands(pipe: Pipeline, profile: str, outcomes: Iterable[Outcome], now: float) -> int:
         """Queue the increments of a batch on `pipe` (one per bucket and field, each
         bucket's expiry after them); returns how many commands."""
+        # A batch has few distinct (connector, country, sender, mark): they are counted
+        # first, then named once each in every bucket (not once per outcome).
+        groups: Counter[tuple[str, str, str, str]] = Counter()
+        for status, to, sender, connector in outcomes:
+            mark = _MARKS.get(status)
+            if mark is not None:
+                country = country_of(to) if to.startswith("+") else ""
+                groups[(connector if country else "", country, sender, mark)] += 1
         by_key: dict[str, Counter[str]] = {}
         ttls: dict[str, int] = {}
-        for outcome in outcomes:
-            mark = _MARKS.get(outcome.status)
-            if mark is None:
-                continue
-            country = country_of(outcome.to) if outcome.to.startswith("+") else ""
-            for size, ttl in GRAINS:
-                bucket = int(now // size)
-                if outcome.connector and country:
-                    key = quality_key(outcome.connector, size, bucket)
-                    by_key.setdefault(key, Counter())[f"{country}:{mark}"] += 1
+        for size, ttl in GRAINS:
+            bucket = int(now // size)
+            for (connector, country, sender, mark), n in groups.items():
+                if connector:
+                    key = quality_key(connector, size, bucket)
+                    by_key.setdefault(key, Counter())[f"{country}:{mark}"] += n
                     ttls[key] = ttl
-                if outcome.sender:
+                if sender:
                     key = number_health_key(profile, size, bucket)
-                    by_key.setdefault(key, Counter())[f"{outcome.sender}:{mark}"] += 1
+                    by_key.setdefault(key, Counter())[f"{sender}:{mark}"] += n
                     ttls[key] = ttl
         commands = 0
         for key, fields in by_key.items():
