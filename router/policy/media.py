@@ -19,7 +19,8 @@ sent, `MediaChecker.check` asks each URL's server about it:
 - redirects are followed, at most `max_redirects`, each hop checked as the first.
 
 No request goes to a loopback, private, link-local, multicast, unspecified or
-reserved address (IPv4 or IPv6, IPv4-mapped included) unless `allow_private`: an
+reserved address (IPv4 or IPv6, IPv4-mapped included) unless `allow_private` (or
+the address is in one of `allow_networks`: an operator's own media server): an
 address written in the URL is checked before connecting; a name is resolved by
 `_PublicResolver`, which drops such addresses, and aiohttp connects to the addresses
 it returned, so a name that resolves differently a second time (DNS rebinding) cannot
@@ -129,23 +130,28 @@ def parse_media(value: Any) -> tuple[str, ...]:
 _PRIVATE_NOTE = "(allowed only with [router] media_allow_private)"
 
 
-def address_problem(address: str) -> str | None:
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def address_problem(address: str, allowed: Networks = ()) -> str | None:
     """Why `address` (an IP address, IPv4 or IPv6, as text) may not be fetched from
     (``127.0.0.1 is a loopback address ...``), or None when it is a public unicast
-    address."""
-    kind = _kind(address)
+    address or in one of the `allowed` networks."""
+    kind = _kind(address, allowed)
     return None if kind is None else f"{address} is {kind} {_PRIVATE_NOTE}"
 
 
-def _kind(address: str) -> str | None:
+def _kind(address: str, allowed: Networks = ()) -> str | None:
     """``a loopback address`` (and the like) for an address not to fetch from; None
-    for a public unicast one."""
+    for a public unicast one or one in the `allowed` networks."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is no part
     except ValueError:
         return "not an IP address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    if any(ip in network for network in allowed):
+        return None
     for kind, found in (
         ("loopback", ip.is_loopback),
         ("unspecified", ip.is_unspecified),
@@ -170,14 +176,15 @@ class _PublicResolver(AbstractResolver):
     """aiohttp's resolver that keeps only public addresses: the connector connects to
     what this returns, so the check and the connection use the same address."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: Networks = ()) -> None:
         self._inner = aiohttp.DefaultResolver()
+        self._allowed = allowed
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        kept = [item for item in found if _kind(item["host"]) is None]
+        kept = [item for item in found if _kind(item["host"], self._allowed) is None]
         if not kept:
             if not found:
                 raise _Refused(f"{host} resolves to no address")
@@ -212,6 +219,7 @@ class MediaChecker:
         self,
         *,
         allow_private: bool = False,
+        allow_networks: Sequence[str] = (),
         timeout: float = TIMEOUT,
         max_redirects: int = MAX_REDIRECTS,
         cache_size: int = CACHE_SIZE,
@@ -219,6 +227,11 @@ class MediaChecker:
         bad_ttl: float = BAD_TTL,
     ) -> None:
         self.allow_private = allow_private
+        # Networks fetched from even without allow_private (an operator's own media
+        # server on 10.1.2.0/24, say); ValueError for one that is not a network.
+        self.allow_networks: Networks = tuple(
+            ipaddress.ip_network(net, strict=False) for net in allow_networks
+        )
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.cache_size = cache_size
@@ -298,7 +311,9 @@ class MediaChecker:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             resolver: AbstractResolver = (
-                aiohttp.DefaultResolver() if self.allow_private else _PublicResolver()
+                aiohttp.DefaultResolver()
+                if self.allow_private
+                else _PublicResolver(self.allow_networks)
             )
             connector = aiohttp.TCPConnector(resolver=resolver, limit=64, limit_per_host=4)
             self._session = aiohttp.ClientSession(
@@ -345,7 +360,7 @@ class MediaChecker:
             ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return  # a name: `_PublicResolver` checks what it resolves to
-        problem = address_problem(host)
+        problem = address_problem(host, self.allow_networks)
         if problem is not None:
             raise _Bad(problem)
 
