@@ -756,11 +756,10 @@ STEP_CODES: dict[str, str] = {
 }
 # A delivery report's step note (lua/common.lua's apply_report).
 _REPORT_NOTE = re.compile(r"stat (.*) err (.*)", re.S)
-# The second and later pieces of a long text (lua/common.lua's put_text).
-_TEXT_PIECE = re.compile(r"text~\d+")
 
 
 def _bytes(value: Any) -> bytes:
+    """A value as Redis holds it (a test may hand decode_record text)."""
     return value if isinstance(value, bytes) else str(value).encode()
 
 
@@ -770,8 +769,8 @@ def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[st
     `connector` (the latest step's that names one), `attempts` (the `sending` steps),
     `profile` (given: it is the key's), `provider_message_id` (stored as ``pmid``),
     `segments` of a sent message when it is 1 (not stored), a delivery report's
-    `dlr_stat` and `dlr_err` (from its step's note), and a long `text` whole (stored in
-    pieces of 64 bytes, so the hash stays a listpack). A compact step's time is in
+    `dlr_stat` and `dlr_err` (from its step's note), and a long value (a text, a URL)
+    whole (stored in pieces of 64 bytes, so the hash stays a listpack). A compact step's time is in
     microseconds after `created_at`.
 
     `history` is a list of steps, oldest first, each ``{"status", "at", "note"}`` plus
@@ -783,10 +782,16 @@ def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[st
     `provider_message_id`, `dlr_*` stored; older still, the history as one JSON list;
     and a record one version began and the other went on with."""
     record: dict[str, Any] = {as_text(k): v for k, v in raw.items()}
-    # A text in pieces (lua/common.lua's put_text): joined as bytes, then read.
-    pieces = sorted((int(k[5:]), record.pop(k)) for k in list(record) if _TEXT_PIECE.fullmatch(k))
-    if pieces and "text" in record:
-        record["text"] = b"".join(_bytes(v) for v in [record["text"], *(v for _, v in pieces)])
+    # Long values in pieces (lua/common.lua's put_long): joined as bytes, then read.
+    pieces: dict[str, list[tuple[int, Any]]] = {}
+    for name in [k for k in record if "~" in k]:
+        field, _, nth = name.partition("~")
+        if nth.isdigit():
+            pieces.setdefault(field, []).append((int(nth), record.pop(name)))
+    for field, more in pieces.items():
+        if field in record:
+            ordered = [record[field], *(v for _, v in sorted(more, key=lambda p: p[0]))]
+            record[field] = b"".join(_bytes(v) for v in ordered)
     record = {k: as_text(v) for k, v in record.items()}
     # Records written before the step fields kept the history as one JSON list.
     history = [

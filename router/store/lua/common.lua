@@ -212,31 +212,45 @@ local function latest_connector(rec, n)
   return redis.call('HGET', rec, 'connector') or ''
 end
 
--- A message's text in pieces of at most 64 bytes: Redis keeps a hash as a compact
--- listpack only while every value fits `hash-max-listpack-value` (64 by default), and
--- one 70-character SMS would otherwise turn the whole record into a hash table (about
--- 2.5 times the bytes). `text` holds the first piece (a reader of `text` alone gets
--- the start of the message), then `text~2`, `text~3`...; each cut falls between UTF-8
--- characters, so every piece reads as text on its own. Appends them to `f`.
+-- A long value (a message's text, a callback URL, an error) in pieces of at most 64
+-- bytes: Redis keeps a hash as a compact listpack only while every value fits
+-- `hash-max-listpack-value` (64 by default), and one 70-character SMS would otherwise
+-- turn the whole record into a hash table (about twice the bytes). `<name>` holds the
+-- first piece (a reader of `text` alone gets the start of the message), then
+-- `<name>~2`, `<name>~3`...; each cut falls between UTF-8 characters, so every piece
+-- reads as text on its own. Appends the field names and pieces to `f`. (`meta` is
+-- kept whole: the SMPP server's receipts read it as JSON.)
 local piece_max = 64
-local function put_text(f, text)
-  local at, len, i = 1, #text, 1
+local function put_long(f, name, value)
+  local at, len, i = 1, #value, 1
   while true do
     local cut = at + piece_max - 1
     if cut >= len then
       cut = len
     else
-      local b = string.byte(text, cut + 1)
+      local b = string.byte(value, cut + 1)
       while cut > at and b >= 128 and b < 192 do  -- the next byte continues a character
         cut = cut - 1
-        b = string.byte(text, cut + 1)
+        b = string.byte(value, cut + 1)
       end
     end
-    local name = 'text'
-    if i > 1 then name = 'text~' .. i end
-    f[#f + 1] = name; f[#f + 1] = string.sub(text, at, cut)
+    if i == 1 then f[#f + 1] = name else f[#f + 1] = name .. '~' .. i end
+    f[#f + 1] = string.sub(value, at, cut)
     if cut >= len then return end
     at, i = cut + 1, i + 1
+  end
+end
+
+-- The whole of a value `put_long` wrote, given its first piece as read (false or nil
+-- when absent): a first piece shorter than the largest is the whole value.
+local function long_value(rec, name, first)
+  if not first or #first < piece_max - 3 then return first end
+  local out, i = {first}, 2
+  while true do
+    local more = redis.call('HGET', rec, name .. '~' .. i)
+    if not more then return table.concat(out) end
+    out[#out + 1] = more
+    i = i + 1
   end
 end
 
@@ -249,7 +263,8 @@ local function post(stream, url, ev)
 end
 
 local function to_callbacks(key, stream, ev)
-  post(stream, redis.call('HGET', key, 'status_callback_url'), ev)
+  local url = redis.call('HGET', key, 'status_callback_url')
+  post(stream, long_value(key, 'status_callback_url', url), ev)
 end
 
 -- One part's delivery report on a `sent` record. `parts` lists every part's id (one

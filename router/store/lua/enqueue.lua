@@ -28,10 +28,10 @@ for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
     for i = 1, #given, 2 do
       local field, v = given[i], given[i + 1]
       -- (`profile` is the key's: not stored again)
-      if field == 'text' then
-        put_text(fields, v)
-      elseif field ~= 'profile' then
+      if field == 'meta' then
         fields[#fields + 1] = field; fields[#fields + 1] = v
+      elseif field ~= 'profile' then
+        put_long(fields, field, v)
       end
       if field == 'to' or field == 'from' or field == 'meta' or field == 'account' then
         ev[#ev + 1] = field; ev[#ev + 1] = v

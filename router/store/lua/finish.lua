@@ -61,7 +61,7 @@ for i, it in ipairs(items) do
     -- (one segment, the usual, is not written: decode_record reads no `segments` as 1)
     local segments = it[FINISHED_SEGMENTS]
     if segments ~= 1 then f[#f + 1] = 'segments'; f[#f + 1] = segments end
-    if #ids > 1 then f[#f + 1] = 'part_ids'; f[#f + 1] = cjson.encode(ids) end
+    if #ids > 1 then put_long(f, 'part_ids', cjson.encode(ids)) end
     ev[#ev + 1] = 'provider_message_id'; ev[#ev + 1] = pmid
     if ttl > 0 then  -- (0: the profile keeps no index; none of its keys are passed)
       local mine = {}
@@ -73,8 +73,8 @@ for i, it in ipairs(items) do
     end
   elseif code ~= '' then
     f[#f + 1] = 'error_code'; f[#f + 1] = code
-    f[#f + 1] = 'error_raw'; f[#f + 1] = it[FINISHED_ERROR_RAW]
-    f[#f + 1] = 'error'; f[#f + 1] = it[FINISHED_ERROR]
+    put_long(f, 'error_raw', it[FINISHED_ERROR_RAW])
+    put_long(f, 'error', it[FINISHED_ERROR])
     ev[#ev + 1] = 'error_code'; ev[#ev + 1] = code
   end
   redis.call('HSET', rec, unpack(f))

@@ -67,11 +67,12 @@ for _, r in ipairs(args[REPORT_CALL_REPORTS]) do
       answer('done', st, job, part)
     else
       local parts = {part}
-      if info[2] then parts = cjson.decode(info[2]) end
+      if info[2] then parts = cjson.decode(long_value(rec, 'part_ids', info[2])) end
       local n = tonumber(info[7] or '0')
       local final = apply_report(rec, job, part, outcome, stat, err, now, parts,
                                  {to = info[3] or '', from = info[4] or '',
-                                  meta = info[5] or '', url = info[6] or ''},
+                                  meta = info[5] or '',
+                                  url = long_value(rec, 'status_callback_url', info[6]) or ''},
                                  profile, KEYS[1], maxlen, KEYS[4], n, info[8] or nil)
       -- The part has its report: its index entry is done with.
       done_with[#done_with + 1] = KEYS[at]

@@ -39,9 +39,9 @@ for i, it in ipairs(items) do
     local name, value = step(n, 'sending', now, '', '', cur[4] or now)
     local f = {'status', 'sending', 'owner', owner, 'n', n, name, value, 'from', from,
                'to', to}
-    if text ~= '' then put_text(f, text) end
+    if text ~= '' then put_long(f, 'text', text) end
     if meta ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = meta end
-    if url ~= '' then f[#f + 1] = 'status_callback_url'; f[#f + 1] = url end
+    if url ~= '' then put_long(f, 'status_callback_url', url) end
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end
     redis.call('HSET', rec, unpack(f))
     if sticky_key ~= '' then

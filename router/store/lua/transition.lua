@@ -43,12 +43,12 @@ local first = TRANSITION_COUNT + 1  -- ARGV index of the first field pair
 local nfields = tonumber(ARGV[TRANSITION_FIELD_COUNT])
 local nevent = tonumber(ARGV[TRANSITION_EVENT_COUNT])
 for i = first, first + 2 * nfields - 1, 2 do
-  if ARGV[i] == 'text' then
-    local pieces = {}
-    put_text(pieces, ARGV[i + 1])
-    redis.call('HSET', KEYS[1], unpack(pieces))
-  elseif ARGV[i] ~= 'profile' then
+  if ARGV[i] == 'meta' then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  elseif ARGV[i] ~= 'profile' then
+    local pieces = {}
+    put_long(pieces, ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[1], unpack(pieces))
   end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
