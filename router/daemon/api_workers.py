@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 import router
 from router.config import Settings
 from router.daemon.api_worker import Start
+from router.errors import RouterError
 
 __all__ = ["ApiWorkers", "WorkerBootError", "WorkersCollector", "reserve"]
 
@@ -65,7 +66,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _ROOT = str(Path(router.__file__).resolve().parents[1])  # where `router` was imported from
 
 
-class WorkerBootError(RuntimeError):
+class WorkerBootError(RouterError):
     """An API worker did not start listening."""
 
 
