@@ -351,7 +351,11 @@ def main() -> None:
         "raw folded stacks in FILE.<case>.r<round>",
     )
     parser.add_argument("--sink-port", type=int, help="the SMPP sink's port (default: a free one)")
-    parser.add_argument("--workers", type=int, default=2, help="[api] workers in the workers case")
+    parser.add_argument(
+        "--workers",
+        default="2",
+        help="[api] workers in the workers case; several (1,2) make a case each (workers=N)",
+    )
     parser.add_argument(
         "--code",
         action="append",
@@ -375,18 +379,22 @@ def main() -> None:
         codes = [(f"@{n}", Path(p).resolve()) for n, _, p in (c.partition("=") for c in args.code)]
     # single and batch once per checkout; Kannel, and workers (older checkouts have no
     # [api] workers), once a round.
-    plan = [
-        (c, suffix, code)
-        for c in cases
-        for suffix, code in (codes if c in ("single", "batch") else [("", None)])
-    ]
-    runs: dict[str, list[dict[str, Any]]] = {c + suffix: [] for c, suffix, _code in plan}
+    counts = [int(n) for n in args.workers.split(",")]
+    plan: list[tuple[str, str, Path | None, int | None]] = []
+    for c in cases:
+        if c in ("single", "batch"):
+            plan += [(c, suffix, code, None) for suffix, code in codes]
+        elif c == "workers":
+            plan += [(c, f"={n}" if len(counts) > 1 else "", None, n) for n in counts]
+        else:
+            plan.append((c, "", None, None))
+    runs: dict[str, list[dict[str, Any]]] = {c + suffix: [] for c, suffix, _, _ in plan}
     try:
         for r in range(args.rounds):
             line = [f"round {r + 1}:"]
-            for case, suffix, code in plan:
+            for case, suffix, code, count in plan:
                 name = case + suffix
-                tag = f"{case[0]}{r}{suffix.replace('@', '-')}"
+                tag = f"{case[0]}{r}{suffix.replace('@', '-').replace('=', '')}"
                 if case == "kannel":
                     row = kannel_live(args.n, scratch, sink_port)
                 elif case == "batch":
@@ -411,7 +419,7 @@ def main() -> None:
                         args.concurrency,
                         sink_port=sink_port,
                         profile=profile,
-                        api_workers=args.workers if case == "workers" else None,
+                        api_workers=count,
                         code=code,
                     )
                 row["us_per_msg"] = us_per_message(row)
@@ -433,16 +441,18 @@ def main() -> None:
         "kannel": "Kannel sendsms (1 msg/request, 50 in flight)",
         "batch": f"router batches ({args.batch}/request, {args.batch_clients} clients)",
         "single": f"router single (1 msg/request, {args.concurrency} in flight)",
-        "workers": f"router single, [api] workers = {args.workers}",
+        "workers": "router single, [api] workers = {n}",
     }
     for name, rows in runs.items():
         case, _, code_name = name.partition("@")
+        case, _, workers = case.partition("=")
         per_msg = {
             k: round(statistics.median(r["us_per_msg"].get(k, 0.0) for r in rows), 1)
             for k in rows[0]["us_per_msg"]
         }
         entry: dict[str, Any] = {
-            "label": labels[case] + (f" ({code_name})" if code_name else ""),
+            "label": labels[case].format(n=workers or args.workers)
+            + (f" ({code_name})" if code_name else ""),
             "accepted_rate": median(rows, "http_rate"),
             "e2e_rate": median(rows, "rate"),
             "cpu_pct": cpu_median(rows),
