@@ -1,11 +1,14 @@
 """Redis memory per message record: what N messages leave in Redis once drained.
 
 Usage: python bench/memory.py [--n 20000] [--sample 2000] [--key after] [--ids short]
+                              [--text 0]
 Two runs, each on a fresh Redis: N plain-text jobs (as the other benches: ids
 `mem-<i>`, "Hello from the bench") drained through the peer kit's SMPP sink (window
 100, one transceiver), once without receipts (records end `sent`) and once with a
 receipt each (records end `delivered`). `--ids uuid`: 32-digit job ids, as the doors
-make them when the producer names none (longer keys than `mem-<i>`).
+make them when the producer names none (longer keys than `mem-<i>`); `--text N`: a text
+of N characters (an SMS holds up to 160; Redis keeps a hash compact only while each
+value fits `hash-max-listpack-value`, 64 bytes by default).
 For each run: `used_memory` after the drain minus before the preload, and a breakdown
 by key class from SCAN + MEMORY USAGE (every key of a class when it has fewer than
 `--sample`, else a sample scaled up): message records, job locators, the provider-id
@@ -53,6 +56,7 @@ PROFILE = "bench"
 # Job ids: `short` as the other benches (mem-<i>), or `uuid`: 32 hex digits, as the doors
 # make them (uuid4().hex) when the producer gives none (set by --ids).
 IDS = "short"
+TEXT = "Hello from the bench"  # --text N: N characters instead (an SMS is up to 160)
 
 
 def job_id(tag: str, i: int) -> str:
@@ -217,7 +221,7 @@ async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
     for start in range(0, n, batch):
         jobs = [
             {"id": job_id(tag, i), "to": f"+4915100{i % 1_000_000:06d}",
-             "text": "Hello from the bench"}
+             "text": TEXT}
             for i in range(start, min(n, start + batch))
         ]  # fmt: skip
         await client.send_many(jobs)
@@ -274,10 +278,13 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2000)
     parser.add_argument("--key", default="after", help="where the figures go in the file")
     parser.add_argument("--ids", choices=("short", "uuid"), default="short")
+    parser.add_argument("--text", type=int, default=0, help="characters of text (0: 20)")
     args = parser.parse_args()
-    global IDS
+    global IDS, TEXT
     IDS = args.ids
-    out: dict[str, Any] = {"n": args.n, "ids": args.ids}
+    if args.text:
+        TEXT = ("Your code is 482913. " * 10)[: args.text]
+    out: dict[str, Any] = {"n": args.n, "ids": args.ids, "text_chars": len(TEXT)}
     for name, dlr in (("sent", False), ("delivered", True)):
         got = run(args.n, args.sample, dlr)
         out[name] = got
