@@ -1,0 +1,341 @@
+"""Tracked links: the URLs of an outbound text replaced by short links, and their clicks.
+
+With ``[links] base_url`` set and ``shorten = true`` on a profile, `Links.shorten_many`
+replaces every http(s) URL of each text (`find_urls`: trailing ``.``, ``,``, ``)``
+and the like are left out, a URL's own balanced brackets kept) with
+``{base_url}/<code>``; the segments are counted on the text it returns. A code is
+`CODE_LENGTH` characters drawn with `secrets` from `ALPHABET` (URL-safe, without the
+look-alikes 0/O/o, 1/l/I): about 58 bits, so codes cannot be guessed or walked.
+
+Redis layout (the key names live here until router/store/keys.py takes them):
+
+- ``sms:link:<code>`` (`link_key`): a string, compact JSON ``{"u": url, "i": message
+  id, "p": profile, "c": status_callback_url (when the message has one)}``, with the
+  message record's retention as its TTL. Not hash-tagged: a click knows only the code,
+  so the code alone must find the key, like the job locator ``sms:loc:<id>``; it is
+  read and written on its own, never inside a profile's script or MULTI. A string, not
+  a hash, so that one ``SET ... NX EX`` creates it whole only when the code is new.
+- ``sms:{P}:stats`` field ``clicks``: the profile's clicks (the hash `/metrics`
+  reads the profile counters from).
+- ``sms:{P}:clicks:msg:<id>`` (`message_key`): one message's clicks, expiring with
+  its link (the record itself is left to the ledger's scripts).
+- ``sms:{P}:clicks:top:<day>`` (`top_key`): sorted set, message id -> clicks on that
+  UTC day, the `TOP_KEPT` most clicked (trimmed at each click), kept `TOP_DAYS` days,
+  for ``links stats``.
+
+One round trip shortens a batch of texts (``SET NX`` per URL in one pipeline; a code
+already taken, which at 58 bits practically never happens, is drawn again in another).
+A click is two: `resolve` (the link and its remaining TTL), then `click`'s MULTI on
+the profile's slot: the counters, the ``click`` event on ``sms:{P}:events`` and, for a
+message with a status_callback_url, the same event on ``sms:{P}:callbacks``, all or
+nothing. The clicked URL is the event's ``link`` field: ``url`` on the callbacks
+stream is where the callback goes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from router.store import keys, roundtrip
+from router.store.connections import as_text
+
+__all__ = [
+    "ALPHABET",
+    "CODE_LENGTH",
+    "Link",
+    "Links",
+    "ProfileClicks",
+    "Shortened",
+    "click_stats",
+    "find_urls",
+    "link_key",
+    "message_clicks",
+    "message_key",
+    "top_key",
+    "valid_code",
+]
+
+ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
+CODE_LENGTH = 10  # 56^10 ~ 2^58
+MIN_CODE_LENGTH = 8
+MAX_CODE_LENGTH = 32
+TOP_KEPT = 10_000  # messages kept in a profile's most-clicked set of a day
+TOP_DAYS = 31  # days a most-clicked set is kept
+USER_AGENT_CHARS = 256  # of a click's User-Agent kept in its event
+_DRAWS = 5  # attempts at a free code before giving up (one is all it ever takes)
+_CODE_CHARS = frozenset(ALPHABET)
+
+# A URL: the scheme, then everything up to a space, a quote or an angle bracket.
+_URL = re.compile(r"""https?://[^\s<>"'`]+""", re.IGNORECASE)
+# Left off the end of a URL: sentence punctuation (a closing bracket only when it has
+# no opening one inside the URL: "(see https://x.y/a_(b))" keeps "a_(b)").
+_TRAILING = ".,;:!?*"
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def link_key(code: str) -> str:
+    """The link a code stands for (see the module docstring)."""
+    return f"sms:link:{code}"
+
+
+def message_key(profile: str, message_id: str) -> str:
+    """Counter: one message's clicks (expires with its link)."""
+    return f"sms:{{{profile}}}:clicks:msg:{message_id}"
+
+
+def top_key(profile: str, day: str) -> str:
+    """Sorted set: the profile's most clicked messages (id -> clicks) on UTC `day`
+    (YYYY-MM-DD)."""
+    return f"sms:{{{profile}}}:clicks:top:{day}"
+
+
+def valid_code(code: str) -> bool:
+    """Whether `code` could be one of ours (checked before Redis is asked)."""
+    return MIN_CODE_LENGTH <= len(code) <= MAX_CODE_LENGTH and set(code) <= _CODE_CHARS
+
+
+def find_urls(text: str) -> list[tuple[int, int]]:
+    """Where the http(s) URLs of `text` are: (start, end) of each, in order."""
+    if "://" not in text:  # most texts: no regular expression run at all
+        return []
+    found: list[tuple[int, int]] = []
+    for match in _URL.finditer(text):
+        start, end = match.span()
+        while end > start:
+            last = text[end - 1]
+            opening = _PAIRS.get(last)
+            if last in _TRAILING or (
+                opening is not None
+                and text.count(opening, start, end) < text.count(last, start, end)
+            ):
+                end -= 1
+            else:
+                break
+        if text[start:end].partition("://")[2]:  # something after the scheme
+            found.append((start, end))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Shortened:
+    """A text with its URLs replaced, and the links made: (code, original URL)."""
+
+    text: str
+    links: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What a code stands for: the original URL, the message and its profile, the
+    message's status_callback_url ('' = none) and how long the link lives on
+    (seconds; the record's remaining retention)."""
+
+    url: str
+    message_id: str
+    profile: str
+    callback_url: str = ""
+    ttl: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileClicks:
+    """A profile's clicks: the total and its most clicked messages (id, clicks)."""
+
+    profile: str
+    total: int
+    top: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class ToShorten:
+    """One text to shorten: the message it belongs to, its profile, how long its
+    links live (the record's retention, seconds) and its status_callback_url."""
+
+    text: str
+    message_id: str
+    profile: str
+    ttl: float
+    callback_url: str = ""
+
+
+class Links:
+    """Short links in Redis: made by the compose stage, followed by ``GET /l/<code>``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        base_url: str = "",
+        events_maxlen: int = 1_000_000,
+        code_length: int = CODE_LENGTH,
+    ) -> None:
+        if not MIN_CODE_LENGTH <= code_length <= MAX_CODE_LENGTH:
+            raise ValueError(
+                f"code_length: must be between {MIN_CODE_LENGTH} and {MAX_CODE_LENGTH}"
+            )
+        self._redis = redis
+        self.base_url = base_url.rstrip("/")
+        self.events_maxlen = events_maxlen
+        self.code_length = code_length
+
+    def new_code(self) -> str:
+        """A fresh random code."""
+        return "".join(secrets.choice(ALPHABET) for _ in range(self.code_length))
+
+    async def shorten(
+        self, text: str, *, message_id: str, profile: str, ttl: float, callback_url: str = ""
+    ) -> Shortened:
+        """`text` with each URL replaced by a short link (`shorten_many` for one)."""
+        item = ToShorten(text, message_id, profile, ttl, callback_url)
+        return (await self.shorten_many([item]))[0]
+
+    async def shorten_many(self, items: Sequence[ToShorten]) -> list[Shortened]:
+        """Each text with its URLs replaced by short links, the links stored, in one
+        round trip for the batch (plus one per rare code drawn twice). A text without
+        a URL costs nothing; the same URL twice in a text gets one code. A URL that is
+        already one of ours (it starts with `base_url`) is left as it is."""
+        if not self.base_url:
+            raise ValueError("links: no base_url configured")
+        plans: list[tuple[ToShorten, list[tuple[int, int]], dict[str, str]]] = []
+        wanted: list[tuple[str, str, int]] = []  # (url, code, index of its plan)
+        mine = self.base_url + "/"
+        for index, item in enumerate(items):
+            spans = [(a, b) for a, b in find_urls(item.text) if not item.text[a:b].startswith(mine)]
+            codes: dict[str, str] = {}
+            for a, b in spans:
+                url = item.text[a:b]
+                if url not in codes:
+                    codes[url] = self.new_code()
+                    wanted.append((url, codes[url], index))
+            plans.append((item, spans, codes))
+        for _draw in range(_DRAWS):
+            if not wanted:
+                break
+            commands = [
+                (
+                    "SET",
+                    link_key(code),
+                    _value(url, plans[i][0]),
+                    "NX",
+                    "EX",
+                    _seconds(plans[i][0].ttl),
+                )
+                for url, code, i in wanted
+            ]
+            replies = await roundtrip.execute(self._redis, commands)
+            taken = [w for w, reply in zip(wanted, replies, strict=True) if reply is None]
+            wanted = []
+            for url, _taken, i in taken:  # another link has this code: draw again
+                plans[i][2][url] = code = self.new_code()
+                wanted.append((url, code, i))
+        if wanted:
+            raise RuntimeError(f"links: no free code in {_DRAWS} draws")  # never seen
+        return [self._replaced(item, spans, codes) for item, spans, codes in plans]
+
+    def _replaced(
+        self, item: ToShorten, spans: list[tuple[int, int]], codes: dict[str, str]
+    ) -> Shortened:
+        if not spans:
+            return Shortened(item.text)
+        out: list[str] = []
+        at = 0
+        for a, b in spans:
+            out += [item.text[at:a], f"{self.base_url}/{codes[item.text[a:b]]}"]
+            at = b
+        out.append(item.text[at:])
+        return Shortened("".join(out), tuple((code, url) for url, code in codes.items()))
+
+    async def resolve(self, code: str) -> Link | None:
+        """The link `code` stands for, or None (unknown, expired, or not a code)."""
+        if not valid_code(code):
+            return None
+        key = link_key(code)
+        raw, ttl = await roundtrip.execute(self._redis, [("GET", key), ("TTL", key)])
+        if raw is None:
+            return None
+        value = json.loads(as_text(raw))
+        return Link(value["u"], value["i"], value["p"], value.get("c", ""), max(int(ttl), 1))
+
+    async def click(self, link: Link, *, user_agent: str = "", at: float | None = None) -> None:
+        """Count a click on `link` and publish it as a ``click`` event (and a status
+        callback when its message has a status_callback_url), atomically."""
+        profile, message = link.profile, link.message_id
+        when = time.time() if at is None else at
+        now = f"{when:.6f}"
+        event = ["id", message, "profile", profile, "status", "click", "at", now]
+        event += ["link", link.url]
+        if user_agent:
+            event += ["user_agent", user_agent[:USER_AGENT_CHARS]]
+        counter = message_key(profile, message)
+        top = top_key(profile, keys.utc_day(when))
+        commands: list[roundtrip.Command] = [
+            ("HINCRBY", keys.stats(profile), "clicks", 1),
+            ("INCR", counter),
+            ("EXPIRE", counter, link.ttl or 1),
+            ("ZINCRBY", top, 1, message),
+            ("ZREMRANGEBYRANK", top, 0, -(TOP_KEPT + 1)),
+            ("EXPIRE", top, TOP_DAYS * 86_400),
+            ("XADD", keys.events(profile), "MAXLEN", "~", self.events_maxlen, "*", *event),
+        ]
+        if link.callback_url:
+            commands.append(
+                ("XADD", keys.callbacks(profile), "*", "url", link.callback_url, *event)
+            )
+        await roundtrip.execute(self._redis, commands, transaction=True)
+
+
+async def click_stats(
+    redis: Redis, profiles: Sequence[str], *, top: int = 10, day: str | None = None
+) -> list[ProfileClicks]:
+    """Each profile's clicks (all time) and its `top` most clicked messages on UTC
+    `day` (YYYY-MM-DD, default today), in one round trip (``sms-router links stats``)."""
+    day = day or keys.utc_day()
+    commands: list[roundtrip.Command] = []
+    for profile in profiles:
+        commands.append(("HGET", keys.stats(profile), "clicks"))
+        commands.append(("ZREVRANGE", top_key(profile, day), 0, max(top, 1) - 1, "WITHSCORES"))
+    replies = await roundtrip.execute(redis, commands) if commands else []
+    out: list[ProfileClicks] = []
+    for i, profile in enumerate(profiles):
+        total, ranked = replies[2 * i], replies[2 * i + 1]
+        pairs = _pairs(ranked)[:top] if top > 0 else []
+        out.append(ProfileClicks(profile, int(total or 0), pairs))
+    return out
+
+
+async def message_clicks(redis: Redis, profile: str, message_ids: Sequence[str]) -> list[int]:
+    """The clicks of each of `profile`'s messages (0 for none, or after its links
+    expired), in one round trip."""
+    if not message_ids:
+        return []
+    raw = await redis.mget([message_key(profile, m) for m in message_ids])
+    return [int(value or 0) for value in raw]
+
+
+def _pairs(reply: Any) -> list[tuple[str, int]]:
+    """ZREVRANGE ... WITHSCORES as (member, score) pairs, whichever shape the client
+    gives (pairs, or a flat list on a raw command)."""
+    if reply and not isinstance(reply[0], list | tuple):
+        reply = list(zip(reply[::2], reply[1::2], strict=True))
+    return [(as_text(member), int(float(score))) for member, score in reply]
+
+
+def _value(url: str, item: ToShorten) -> str:
+    value = {"u": url, "i": item.message_id, "p": item.profile}
+    if item.callback_url:
+        value["c"] = item.callback_url
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _seconds(ttl: float) -> int:
+    """A TTL in whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(ttl))

@@ -1,0 +1,362 @@
+"""Tracked links: shortening against the real Redis fixture, ``GET /l/<code>`` on a
+real aiohttp server, the click event on the profile's stream and the websocket, and
+the status callback posted by the real `StatusPoster` to a real endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from binds.smpp.codec import count_segments
+from router import Client
+from router.api import events as api_events
+from router.api import links as api_links
+from router.api.common import CONTEXT, ApiContext, middleware
+from router.config import Settings
+from router.engine.callbacks import StatusPoster
+from router.links import (
+    ALPHABET,
+    CODE_LENGTH,
+    Link,
+    Links,
+    ToShorten,
+    click_stats,
+    find_urls,
+    link_key,
+    message_clicks,
+    message_key,
+    valid_code,
+)
+from router.store import keys
+from router.store.connections import as_text
+from router.store.ledger import Ledger
+
+from ..conftest import serve_app, wait_for
+from .test_api import TOKENS, api_settings
+
+BASE = "https://s.example.com/l"
+DAY = 86_400.0
+READER = {"Authorization": f"Bearer {TOKENS['reader']}"}
+
+
+@pytest.fixture
+def links(redis: Redis) -> Links:
+    return Links(redis, base_url=BASE, events_maxlen=1000)
+
+
+def _codes(text: str) -> list[str]:
+    return [text[a:b].removeprefix(BASE + "/") for a, b in find_urls(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "urls"),
+    [
+        ("no link here", []),
+        ("See https://example.com/a.", ["https://example.com/a"]),
+        (
+            "https://x.io/a, https://y.io/b; and http://z.io!",
+            ["https://x.io/a", "https://y.io/b", "http://z.io"],
+        ),
+        ("(see https://example.com/page)", ["https://example.com/page"]),
+        (
+            "wiki https://en.wikipedia.org/wiki/Foo_(bar) ok",
+            ["https://en.wikipedia.org/wiki/Foo_(bar)"],
+        ),
+        ("(https://en.wikipedia.org/wiki/Foo_(bar))", ["https://en.wikipedia.org/wiki/Foo_(bar)"]),
+        ('href "https://x.io/q?a=1&b=2#frag" done', ["https://x.io/q?a=1&b=2#frag"]),
+        ("<https://x.io/a>", ["https://x.io/a"]),
+        ("HTTPS://X.IO/Up?", ["HTTPS://X.IO/Up"]),
+        ("Ünïcode https://例え.jp/パス. end", ["https://例え.jp/パス"]),
+        ("not a link: https:// nor ftp://x.io", []),
+        ("glued:https://x.io/a...", ["https://x.io/a"]),
+    ],
+)
+def test_find_urls(text: str, urls: list[str]) -> None:
+    assert [text[a:b] for a, b in find_urls(text)] == urls
+
+
+async def test_shorten_keeps_the_text_around(redis: Redis, links: Links) -> None:
+    text = "Your order shipped: https://shop.example.com/orders/12345?tab=tracking. Thanks!"
+    short = await links.shorten(text, message_id="m1", profile="alerts", ttl=DAY)
+    (code,) = _codes(short.text)
+    assert short.text == f"Your order shipped: {BASE}/{code}. Thanks!"
+    assert short.links == ((code, "https://shop.example.com/orders/12345?tab=tracking"),)
+    assert len(code) == CODE_LENGTH and set(code) <= set(ALPHABET) and valid_code(code)
+    assert await links.resolve(code) == Link(
+        "https://shop.example.com/orders/12345?tab=tracking", "m1", "alerts", "", int(DAY)
+    )
+
+
+async def test_several_urls_and_punctuation(redis: Redis, links: Links) -> None:
+    text = (
+        "Docs (https://docs.example.com/start), status https://status.example.com, "
+        f"again https://docs.example.com/start and {BASE}/Already2go!"
+    )
+    short = await links.shorten(text, message_id="m2", profile="alerts", ttl=DAY)
+    first, second, third, mine = _codes(short.text)
+    assert first == third != second  # the same URL twice: one code
+    assert mine == "Already2go"  # a link of ours is left alone
+    assert short.text == (
+        f"Docs ({BASE}/{first}), status {BASE}/{second}, again {BASE}/{first} and "
+        f"{BASE}/Already2go!"
+    )
+    assert dict(short.links) == {
+        first: "https://docs.example.com/start",
+        second: "https://status.example.com",
+    }
+    assert len(await redis.keys("sms:link:*")) == 2
+
+
+async def test_a_text_without_urls_writes_nothing(redis: Redis, links: Links) -> None:
+    short = await links.shorten("Hello, no links.", message_id="m", profile="alerts", ttl=DAY)
+    assert short.text == "Hello, no links." and short.links == ()
+    assert await redis.dbsize() == 0
+
+
+async def test_segments_are_counted_on_the_short_text(redis: Redis, links: Links) -> None:
+    url = "https://shop.example.com/" + "x" * 150
+    text = f"Track it: {url}"
+    assert count_segments(text) == 2
+    short = await links.shorten(text, message_id="m3", profile="alerts", ttl=DAY)
+    assert count_segments(short.text) == 1
+
+
+async def test_a_batch_is_one_round_trip_and_keeps_each_ttl(redis: Redis, links: Links) -> None:
+    before = int((await redis.info("stats"))["total_commands_processed"])
+    out = await links.shorten_many(
+        [
+            ToShorten("a https://a.example.com/1 b https://a.example.com/2", "m4", "alerts", 3600),
+            ToShorten("c https://c.example.com/3", "m5", "bulk", 7200.5, "https://app/cb"),
+            ToShorten("nothing", "m6", "bulk", 60),
+        ]
+    )
+    after = int((await redis.info("stats"))["total_commands_processed"])
+    assert after - before == 3 + 1  # the three SETs; the INFO itself
+    (a1, a2), (c3,) = _codes(out[0].text), _codes(out[1].text)
+    assert out[2].text == "nothing"
+    assert 3590 <= await redis.ttl(link_key(a1)) <= 3600
+    assert 3590 <= await redis.ttl(link_key(a2)) <= 3600
+    assert 7190 <= await redis.ttl(link_key(c3)) <= 7201
+    found = await links.resolve(c3)
+    assert found is not None and (found.profile, found.callback_url) == ("bulk", "https://app/cb")
+
+
+async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
+    class Scripted(Links):
+        """Draws the codes given first (the first one already taken), then at random."""
+
+        def __init__(self, redis: Redis, draws: list[str]) -> None:
+            super().__init__(redis, base_url=BASE)
+            self.draws = draws
+
+        def new_code(self) -> str:
+            return self.draws.pop(0) if self.draws else super().new_code()
+
+    await redis.set(link_key("TakenCde22"), '{"u":"https://other","i":"x","p":"alerts"}')
+    links = Scripted(redis, ["TakenCde22"])
+    short = await links.shorten(
+        "go https://mine.example.com", message_id="m", profile="alerts", ttl=60
+    )
+    (code,) = _codes(short.text)
+    assert code != "TakenCde22"
+    found = await links.resolve(code)
+    assert found is not None and found.url == "https://mine.example.com"
+    other = await links.resolve("TakenCde22")
+    assert other is not None and other.url == "https://other"  # untouched
+
+
+async def test_codes_expire_with_the_ttl(redis: Redis, links: Links) -> None:
+    short = await links.shorten("x https://e.example.com", message_id="m", profile="alerts", ttl=1)
+    (code,) = _codes(short.text)
+    assert await links.resolve(code) is not None
+    await asyncio.sleep(1.3)
+    assert await links.resolve(code) is None
+
+
+async def test_resolve_refuses_what_is_no_code(redis: Redis, links: Links) -> None:
+    assert await links.resolve("unknown2x") is None
+    for bad in ("short", "has space x", "0O1lI0O1lI", "x" * 33, "../../etc"):
+        assert not valid_code(bad)
+        assert await links.resolve(bad) is None
+
+
+@dataclass
+class Receiver:
+    """An application endpoint: the JSON bodies posted to it."""
+
+    url: str = ""
+    got: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.got.append(await request.json())
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/status", found.handle)
+    runner, base = await serve_app(app)
+    found.url = f"{base}/status"
+    yield found
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def api(redis: Redis, make_settings: Callable[..., Settings]) -> AsyncIterator[str]:
+    """The link handler (and the event websocket) on a real aiohttp server."""
+    settings = api_settings(make_settings)
+    context = ApiContext(
+        settings=settings,
+        redis=redis,
+        ledger=Ledger(redis, retention=60, events_maxlen=1000),
+        client=Client.from_settings(redis, settings),
+    )
+    app = web.Application(middlewares=[middleware])
+    app[CONTEXT] = context
+    api_links.add_routes(app)
+    api_events.add_routes(app)
+    runner, base = await serve_app(app)
+    yield base
+    await runner.cleanup()
+
+
+async def _events(redis: Redis, profile: str = "alerts") -> list[dict[str, str]]:
+    rows: Any = await redis.xrange(keys.events(profile))
+    return [{as_text(k): as_text(v) for k, v in fields.items()} for _, fields in rows]
+
+
+async def test_get_redirects_and_records_the_click(
+    redis: Redis, links: Links, api: str, receiver: Receiver
+) -> None:
+    target = "https://shop.example.com/o/1?x=é"
+    short = await links.shorten(
+        f"see {target}", message_id="job-1", profile="alerts", ttl=DAY, callback_url=receiver.url
+    )
+    (code,) = _codes(short.text)
+    stopping = asyncio.Event()
+    poster = StatusPoster(redis, consumer="t", profiles=["alerts"], base_delay=0.05)
+    posting = asyncio.create_task(poster.run(stopping))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(f"{api}/v1/events", headers=READER) as ws:
+                await ws.send_json({"profile": "alerts"})
+                assert (await ws.receive_json(timeout=10))["type"] == "subscribed"
+                async with http.get(
+                    f"{api}/l/{code}",
+                    allow_redirects=False,
+                    headers={"User-Agent": "Phone/1.0"},
+                ) as response:
+                    assert response.status == 302
+                    assert response.headers["Location"] == "https://shop.example.com/o/1?x=%C3%A9"
+                    assert response.headers["Cache-Control"] == "no-store"
+                seen = await ws.receive_json(timeout=10)
+        (event,) = await _events(redis)
+        assert set(event) == {"id", "profile", "status", "at", "link", "user_agent"}
+        assert event["id"] == "job-1" and event["status"] == "click"
+        assert (event["link"], event["user_agent"], event["profile"]) == (
+            target,
+            "Phone/1.0",
+            "alerts",
+        )
+        # The websocket carries the same fields (its `type` and the `link` -> `url`
+        # name are the wiring's: see the report).
+        assert {k: seen[k] for k in ("id", "status", "link", "user_agent", "profile")} == {
+            "id": "job-1",
+            "status": "click",
+            "link": target,
+            "user_agent": "Phone/1.0",
+            "profile": "alerts",
+        }
+        assert seen["at"] == float(event["at"])
+        await wait_for(lambda: receiver.got, 10, "the status callback")
+        (posted,) = receiver.got
+        assert posted["id"] == "job-1" and posted["status"] == "click"
+        assert posted["link"] == target and posted["at"] == float(event["at"])
+    finally:
+        stopping.set()
+        await posting
+    assert await message_clicks(redis, "alerts", ["job-1", "job-2"]) == [1, 0]
+    (stats,) = await click_stats(redis, ["alerts"])
+    assert (stats.total, stats.top) == (1, [("job-1", 1)])
+
+
+async def test_head_answers_without_a_click(redis: Redis, links: Links, api: str) -> None:
+    short = await links.shorten(
+        "x https://e.example.com/a", message_id="j", profile="alerts", ttl=DAY
+    )
+    (code,) = _codes(short.text)
+    async with aiohttp.ClientSession() as http:
+        async with http.head(f"{api}/l/{code}", allow_redirects=False) as response:
+            assert response.status == 302
+            assert response.headers["Location"] == "https://e.example.com/a"
+    assert await _events(redis) == []
+    assert (await click_stats(redis, ["alerts"]))[0].total == 0
+
+
+async def test_unknown_codes_are_404(redis: Redis, api: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for code in ("Unknown234", "bad", "0O0O0O0O0O"):
+            async with http.get(f"{api}/l/{code}", allow_redirects=False) as response:
+                assert response.status == 404
+                assert response.content_type == "text/plain"
+                assert await response.text() == api_links.NOT_FOUND
+                assert response.headers["Cache-Control"] == "no-store"
+    assert await redis.dbsize() == 0
+
+
+async def test_clicks_count_per_message_and_profile(redis: Redis, links: Links) -> None:
+    made = await links.shorten_many(
+        [
+            ToShorten("a https://a.example.com", "hot", "alerts", DAY),
+            ToShorten("b https://b.example.com c https://c.example.com", "warm", "alerts", DAY),
+            ToShorten("d https://d.example.com", "other", "bulk", DAY),
+        ]
+    )
+    codes = [code for short in made for code, _ in short.links]
+    for code, times in zip(codes, (3, 1, 1, 2), strict=True):
+        link = await links.resolve(code)
+        assert link is not None
+        for _ in range(times):
+            await links.click(link, user_agent="ua")
+    alerts, bulk = await click_stats(redis, ["alerts", "bulk"], top=5)
+    assert (alerts.total, alerts.top) == (5, [("hot", 3), ("warm", 2)])
+    assert (bulk.total, bulk.top) == (2, [("other", 2)])
+    assert (await click_stats(redis, ["alerts"], top=1))[0].top == [("hot", 3)]
+    assert (await click_stats(redis, ["alerts"], day="2000-01-01"))[0].top == []
+    assert await message_clicks(redis, "alerts", ["hot", "warm"]) == [3, 2]
+    # A message's counter lives as long as its link.
+    assert DAY - 10 <= await redis.ttl(message_key("alerts", "hot")) <= DAY
+    # /metrics reads the profile's stats hash: the clicks are there.
+    assert await redis.hget(keys.stats("alerts"), "clicks") == b"5"
+    # No callback url: nothing on the callbacks stream.
+    assert await redis.xlen(keys.callbacks("alerts")) == 0
+    assert len(await _events(redis)) == 5
+
+
+async def test_a_long_user_agent_is_cut(redis: Redis, links: Links) -> None:
+    link = Link("https://e.example.com", "m", "alerts", ttl=60)
+    await links.click(link, user_agent="U" * 5000, at=1_700_000_000.5)
+    (event,) = await _events(redis)
+    assert event["user_agent"] == "U" * 256 and event["at"] == "1700000000.500000"
+    stored = json.dumps(event)
+    assert len(stored) < 600
+
+
+def test_codes_have_8_characters_or_more(redis: Redis) -> None:
+    with pytest.raises(ValueError, match="code_length"):
+        Links(redis, base_url=BASE, code_length=7)
+
+
+async def test_shortening_needs_a_base_url(redis: Redis) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        await Links(redis).shorten("https://x.io", message_id="m", profile="p", ttl=1)
