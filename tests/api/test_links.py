@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from router import Client
 from router.api import events as api_events
 from router.api import links as api_links
 from router.api.common import CONTEXT, ApiContext, middleware
-from router.config import Settings
+from router.config import Settings, parse_settings
 from router.engine.callbacks import StatusPoster
 from router.links import (
     ALPHABET,
@@ -36,10 +37,11 @@ from router.links import (
     valid_code,
 )
 from router.store import keys
-from router.store.connections import as_text
+from router.store.connections import as_text, open_redis
 from router.store.ledger import Ledger
 
-from ..conftest import serve_app, wait_for
+from ..cluster import cluster_running, cluster_unsupported
+from ..conftest import config_dict, serve_app, wait_for
 from .test_api import TOKENS, api_settings
 
 BASE = "https://s.example.com/l"
@@ -360,3 +362,33 @@ def test_codes_have_8_characters_or_more(redis: Redis) -> None:
 async def test_shortening_needs_a_base_url(redis: Redis) -> None:
     with pytest.raises(ValueError, match="base_url"):
         await Links(redis).shorten("https://x.io", message_id="m", profile="p", ttl=1)
+
+
+def test_codes_use_the_whole_alphabet_and_differ(redis: Redis, links: Links) -> None:
+    codes = {links.new_code() for _ in range(2000)}
+    assert len(codes) == 2000
+    assert {len(code) for code in codes} == {CODE_LENGTH}
+    assert set("".join(codes)) == set(ALPHABET)  # 20,000 letters: each of 56 appears
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(cluster_unsupported() is not None, reason=str(cluster_unsupported()))
+async def test_links_on_a_redis_cluster(tmp_path: Path) -> None:
+    """Links of one batch land on several masters (one pipeline across the nodes); a
+    click's MULTI stays in its profile's slot."""
+    with cluster_running(tmp_path / "cluster") as nodes:
+        settings = parse_settings(config_dict(nodes.url, "http://127.0.0.1:9/send"), env={})
+        async with open_redis(settings) as redis:
+            links = Links(redis, base_url=BASE)
+            text = " ".join(f"https://e.example.com/{n}" for n in range(12))
+            short = await links.shorten(text, message_id="m", profile="alerts", ttl=DAY)
+            codes = [code for code, _ in short.links]
+            assert len({nodes.index_of(link_key(code)) for code in codes}) > 1
+            for code in codes[:3]:
+                link = await links.resolve(code)
+                assert link is not None
+                await links.click(link, user_agent="ua")
+            (stats,) = await click_stats(redis, ["alerts"])
+            assert (stats.total, stats.top) == (3, [("m", 3)])
+            assert await message_clicks(redis, "alerts", ["m"]) == [3]
+            assert await redis.xlen(keys.events("alerts")) == 3
