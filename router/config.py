@@ -618,7 +618,8 @@ class Connector(_Section):
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
     # Per bind: outcomes the SMSC answered that may wait to be recorded, beyond the
-    # window (None: one window). A crash can send at most window + unsettled_max
+    # window (None: one window; 32 in sync mode, router.engine.routing.SYNC_UNSETTLED).
+    # A crash can send at most window + unsettled_max
     # messages per bind twice (counted in possible_duplicates); more keeps the window
     # full while outcomes are written to Redis.
     unsettled_max: Annotated[int, _between(1, 10_000)] | None = None
@@ -689,7 +690,8 @@ class Profile(_Section):
     processing: Literal["sync", "async"] = "async"
     window: Annotated[int, _between(1, 10_000)] = 10
     # Per bind: outcomes the SMSC answered that may wait to be recorded, beyond the
-    # window (None: one window). A crash can send at most window + unsettled_max
+    # window (None: one window; 32 in sync mode, router.engine.routing.SYNC_UNSETTLED).
+    # A crash can send at most window + unsettled_max
     # messages per bind twice (counted in possible_duplicates); more keeps the window
     # full while outcomes are written to Redis.
     unsettled_max: Annotated[int, _between(1, 10_000)] | None = None
