@@ -25,13 +25,17 @@ useless; a batch Redis did not take is answered for resend, every receipt of it.
 
 Each report that makes its message final is counted, per connector and destination
 country (the ``quality`` strategy) and per sender number (number health), by one
-more pipelined round trip per batch (router/store/health.py). Counting is
-best-effort: the report is recorded first, and a count Redis did not take is logged
-and lost, never retried (that would count twice).
+more pipelined round trip (router/store/health.py), made beside the report path:
+the outcomes of the batches recorded while a count is in flight go in the next one,
+and a read's receipts are answered without waiting for it (`apply` and `handle`,
+one report each, return once it is counted). Counting is best-effort: the report is
+recorded first, and a count Redis did not take is logged and lost, never retried
+(that would count twice); a daemon stopped meanwhile loses the count in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Final, Literal
@@ -105,6 +109,9 @@ class Reports:
         self._early_ttl = max(1, int(early_ttl))
         self._next_sweep = 0.0
         self._batcher: Batcher[Report, ReportResult] = Batcher(self._store, BATCH)
+        # Outcomes of reports recorded, not counted yet, and the task counting them.
+        self._uncounted: list[Outcome] = []
+        self._counting: asyncio.Task[None] | None = None
         # Sent messages join the awaiting set in the ledger's `sent` step.
         ledger.expect_reports(profile, report_timeout)
 
@@ -119,6 +126,7 @@ class Reports:
         report = self.report(message, namespace)
         if report is not None:
             await self._submit(report)
+            await self.counted()
         return ESME_ROK
 
     async def handle_many(self, messages: Sequence[ShortMessage], namespace: str = "") -> list[int]:
@@ -192,6 +200,7 @@ class Reports:
         a burst of receipts costs one script call per batch, not one each."""
         if candidates:
             await self._submit(Report(outcome, stat, err, list(candidates)))
+            await self.counted()
 
     async def _submit(self, report: Report) -> None:
         applied = await self._batcher.submit(report)
@@ -208,10 +217,25 @@ class Reports:
             for applied in final:
                 self._metrics.count(applied.result.previous)
         if final:
-            await self.count(
-                [Outcome(r.result.previous, r.to, r.sender, r.connector) for r in final]
-            )
+            made = [Outcome(r.result.previous, r.to, r.sender, r.connector) for r in final]
+            self._uncounted += made
+            if self._counting is None or self._counting.done():
+                self._counting = asyncio.create_task(self._count_uncounted())
         return results
+
+    async def _count_uncounted(self) -> None:
+        """Count what the report batches made final: while one count is in flight, the
+        next batches' outcomes wait and go together (one round trip for them, off the
+        path of the deliver_sm_resp)."""
+        while self._uncounted:
+            outcomes, self._uncounted = self._uncounted, []
+            await self.count(outcomes)
+
+    async def counted(self) -> None:
+        """Until the outcomes of the reports recorded so far are counted (or failed to
+        be: counting is best-effort)."""
+        while self._counting is not None and not self._counting.done():
+            await asyncio.shield(self._counting)
 
     async def count(self, outcomes: Sequence[Outcome]) -> None:
         """Count messages made final by their reports (quality and number health), in

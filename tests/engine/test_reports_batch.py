@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from binds.smpp.receipt import parse_receipt, receipt_fields
 from router import Client
 from router.engine.receipts import Reports
 from router.store import keys
+from router.store.health import NumberHealth, QualityBoard
 from router.store.ledger import Ledger
 
 from ..conftest import RedisServer, free_port
@@ -40,7 +42,8 @@ def receipt(
 
 
 async def sent(redis: Redis, ledger: Ledger, provider_ids: list[str]) -> list[str]:
-    """Jobs recorded `sent`, each indexed under its provider id."""
+    """Jobs recorded `sent` from +16501112345 over connector ``carrier-a``, each indexed
+    under its provider id."""
     jobs = await Client(redis, default_profile="sms").send_many(
         [{"to": UK, "text": f"m{i}"} for i in range(len(provider_ids))]
     )
@@ -48,7 +51,10 @@ async def sent(redis: Redis, ledger: Ledger, provider_ids: list[str]) -> list[st
         owner = (await redis.hget(keys.record("sms", job), "owner") or b"").decode()
         await ledger.transition(job, owner, "sending", profile="sms")
         index = [keys.provider_id("sms", provider_id)]
-        await ledger.transition(job, owner, "sent", profile="sms", indexes=index)
+        await ledger.transition(
+            job, owner, "sent", profile="sms", indexes=index, connector="carrier-a",
+            fields={"from": "+16501112345"},
+        )  # fmt: skip
     return jobs
 
 
@@ -80,6 +86,25 @@ async def test_the_receipts_of_a_read_are_recorded_in_one_call(redis: Redis) -> 
     # Again (the SMSC resent them, say): nothing changes.
     assert await reports.handle_many(messages[:3]) == [ESME_ROK] * 3
     assert [(await ledger.get(j) or {})["status"] for j in jobs] == [r["status"] for r in records]
+
+
+async def test_what_a_read_made_final_is_counted_beside_the_answers(redis: Redis) -> None:
+    """Counting (quality, number health) is not waited for by the answers; `counted`
+    waits for it, and the outcomes of several reads may share one count."""
+    ledger = Ledger(redis, retention=600, events_maxlen=1000)
+    reports = Reports(redis, ledger, "sms", id_format="as-is")
+    await sent(redis, ledger, [f"q{i}" for i in range(5)])
+    first = reports.handle_many([receipt("q0"), receipt("q1", "UNDELIV", "001")])
+    second = reports.handle_many([receipt(f"q{i}") for i in range(2, 5)])
+    assert await asyncio.gather(first, second) == [[ESME_ROK] * 2, [ESME_ROK] * 3]
+    await reports.counted()
+    board = QualityBoard(redis)
+    board.want("carrier-a", 600)
+    await board.refresh()
+    assert board.sample("carrier-a", 600, "44") == (4, 5)
+    health = NumberHealth("sms", 600)
+    await health.refresh(redis)
+    assert health.samples == {"+16501112345": (4, 5)}
 
 
 async def test_a_batch_redis_did_not_take_raises_for_every_receipt(tmp_path: Path) -> None:
