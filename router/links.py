@@ -40,7 +40,8 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from json.encoder import encode_basestring_ascii as _json
 from typing import Any
 
 from redis.asyncio import Redis
@@ -52,9 +53,12 @@ __all__ = [
     "ALPHABET",
     "CODE_LENGTH",
     "Link",
+    "LinkWrite",
     "Links",
+    "Prepared",
     "ProfileClicks",
     "Shortened",
+    "ToShorten",
     "click_stats",
     "find_urls",
     "link_key",
@@ -158,6 +162,25 @@ class ProfileClicks:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkWrite:
+    """One link to store: ``SET key value NX EX ttl``; `item` is the position of its
+    text in the batch."""
+
+    key: str
+    value: str
+    ttl: int
+    item: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch's texts with their URLs replaced, and the links to store for them."""
+
+    texts: list[Shortened]
+    writes: list[LinkWrite]
+
+
+@dataclass(frozen=True, slots=True)
 class ToShorten:
     """One text to shorten: the message it belongs to, its profile, how long its
     links live (the record's retention, seconds) and its status_callback_url."""
@@ -190,13 +213,21 @@ class Links:
         self.code_length = code_length
 
     def new_code(self) -> str:
-        """A fresh random code: bytes from `secrets`, each below `_UNBIASED` taken
-        modulo the alphabet (uniform), the rest dropped. One system call per code:
-        `secrets.choice` per character made ten (14.5 us a code here, 2.3 this way)."""
-        out: list[str] = []
-        while len(out) < self.code_length:
-            out += [ALPHABET[b % _LETTERS] for b in secrets.token_bytes(16) if b < _UNBIASED]
-        return "".join(out[: self.code_length])
+        """A fresh random code."""
+        return self.new_codes(1)[0]
+
+    def new_codes(self, count: int) -> list[str]:
+        """`count` fresh random codes: bytes from `secrets` (one system call for them
+        all), each byte below `_UNBIASED` taken modulo the alphabet (uniform), the rest
+        dropped. `secrets.choice` per character cost a system call each: 14.5 us a
+        code here, against under 1 us this way."""
+        letters: list[str] = []
+        wanted = count * self.code_length
+        while len(letters) < wanted:
+            raw = secrets.token_bytes(wanted - len(letters) + wanted // 8 + 8)
+            letters += [ALPHABET[b % _LETTERS] for b in raw if b < _UNBIASED]
+        size = self.code_length
+        return ["".join(letters[i : i + size]) for i in range(0, wanted, size)]
 
     async def shorten(
         self, text: str, *, message_id: str, profile: str, ttl: float, callback_url: str = ""
@@ -207,59 +238,64 @@ class Links:
 
     async def shorten_many(self, items: Sequence[ToShorten]) -> list[Shortened]:
         """Each text with its URLs replaced by short links, the links stored, in one
-        round trip for the batch (plus one per rare code drawn twice). A text without
-        a URL costs nothing; the same URL twice in a text gets one code. A URL that is
-        already one of ours (it starts with `base_url`) is left as it is."""
+        round trip for the batch (`prepare`, then ``SET NX EX`` per link in one
+        pipeline; a text whose code was taken meanwhile, which at 58 bits practically
+        never happens, is prepared again with new codes, in another)."""
+        prepared = self.prepare(items)
+        texts, writes = list(prepared.texts), prepared.writes
+        for _draw in range(_DRAWS):
+            if not writes:
+                return texts
+            commands = [("SET", w.key, w.value, "NX", "EX", w.ttl) for w in writes]
+            replies = await roundtrip.execute(self._redis, commands)
+            again = sorted({w.item for w, reply in zip(writes, replies, strict=True) if not reply})
+            redo = self.prepare([items[i] for i in again])
+            for i, text in zip(again, redo.texts, strict=True):
+                texts[i] = text
+            # The item numbers of the new writes are positions in `again`: map them back.
+            writes = [replace(w, item=again[w.item]) for w in redo.writes]
+        raise RuntimeError(f"links: no free code in {_DRAWS} draws")  # never seen
+
+    def prepare(self, items: Sequence[ToShorten]) -> Prepared:
+        """The texts with their URLs replaced and the links to store, without Redis:
+        what `shorten_many` writes, or what a caller writes in a call of its own (the
+        `sending` record's, say). A text without a URL costs nothing; the same URL
+        twice in a text gets one code; a URL that is already one of ours (it starts
+        with `base_url`) is left as it is."""
         if not self.base_url:
             raise ValueError("links: no base_url configured")
-        plans: list[tuple[ToShorten, list[tuple[int, int]], dict[str, str]]] = []
-        wanted: list[tuple[str, str, int]] = []  # (url, code, index of its plan)
         mine = self.base_url + "/"
-        for index, item in enumerate(items):
-            spans = [(a, b) for a, b in find_urls(item.text) if not item.text[a:b].startswith(mine)]
+        found: list[list[tuple[int, int]]] = []
+        count = 0
+        for item in items:
+            text = item.text
+            spans = [(a, b) for a, b in find_urls(text) if not text.startswith(mine, a, b)]
+            found.append(spans)
+            count += len(spans)
+        if not count:
+            return Prepared([Shortened(item.text) for item in items], [])
+        fresh = iter(self.new_codes(count))
+        texts: list[Shortened] = []
+        writes: list[LinkWrite] = []
+        for index, (item, spans) in enumerate(zip(items, found, strict=True)):
+            if not spans:
+                texts.append(Shortened(item.text))
+                continue
+            text, ttl = item.text, _seconds(item.ttl)
             codes: dict[str, str] = {}
+            out: list[str] = []
+            at = 0
             for a, b in spans:
-                url = item.text[a:b]
-                if url not in codes:
-                    codes[url] = self.new_code()
-                    wanted.append((url, codes[url], index))
-            plans.append((item, spans, codes))
-        for _draw in range(_DRAWS):
-            if not wanted:
-                break
-            commands = [
-                (
-                    "SET",
-                    link_key(code),
-                    _value(url, plans[i][0]),
-                    "NX",
-                    "EX",
-                    _seconds(plans[i][0].ttl),
-                )
-                for url, code, i in wanted
-            ]
-            replies = await roundtrip.execute(self._redis, commands)
-            taken = [w for w, reply in zip(wanted, replies, strict=True) if reply is None]
-            wanted = []
-            for url, _taken, i in taken:  # another link has this code: draw again
-                plans[i][2][url] = code = self.new_code()
-                wanted.append((url, code, i))
-        if wanted:
-            raise RuntimeError(f"links: no free code in {_DRAWS} draws")  # never seen
-        return [self._replaced(item, spans, codes) for item, spans, codes in plans]
-
-    def _replaced(
-        self, item: ToShorten, spans: list[tuple[int, int]], codes: dict[str, str]
-    ) -> Shortened:
-        if not spans:
-            return Shortened(item.text)
-        out: list[str] = []
-        at = 0
-        for a, b in spans:
-            out += [item.text[at:a], f"{self.base_url}/{codes[item.text[a:b]]}"]
-            at = b
-        out.append(item.text[at:])
-        return Shortened("".join(out), tuple((code, url) for url, code in codes.items()))
+                url = text[a:b]
+                code = codes.get(url)
+                if code is None:
+                    code = codes[url] = next(fresh)
+                    writes.append(LinkWrite(link_key(code), _value(url, item), ttl, index))
+                out += [text[at:a], self.base_url, "/", code]
+                at = b
+            out.append(text[at:])
+            texts.append(Shortened("".join(out), tuple((c, u) for u, c in codes.items())))
+        return Prepared(texts, writes)
 
     async def resolve(self, code: str) -> Link | None:
         """The link `code` stands for, or None (unknown, expired, or not a code)."""
@@ -337,10 +373,12 @@ def _pairs(reply: Any) -> list[tuple[str, int]]:
 
 
 def _value(url: str, item: ToShorten) -> str:
-    value = {"u": url, "i": item.message_id, "p": item.profile}
+    """The link's JSON, written by hand from JSON's own string escaper (C): what
+    ``json.dumps`` of the dict gives, in 0.5 us instead of 3."""
+    value = f'{{"u":{_json(url)},"i":{_json(item.message_id)},"p":{_json(item.profile)}'
     if item.callback_url:
-        value["c"] = item.callback_url
-    return json.dumps(value, separators=(",", ":"))
+        value += f',"c":{_json(item.callback_url)}'
+    return value + "}"
 
 
 def _seconds(ttl: float) -> int:

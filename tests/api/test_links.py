@@ -159,8 +159,9 @@ async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
             super().__init__(redis, base_url=BASE)
             self.draws = draws
 
-        def new_code(self) -> str:
-            return self.draws.pop(0) if self.draws else super().new_code()
+        def new_codes(self, count: int) -> list[str]:
+            drawn = super().new_codes(count)
+            return [(self.draws.pop(0) if self.draws else "") or c for c in drawn]
 
     await redis.set(link_key("TakenCde22"), '{"u":"https://other","i":"x","p":"alerts"}')
     links = Scripted(redis, ["TakenCde22"])
@@ -168,11 +169,26 @@ async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
         "go https://mine.example.com", message_id="m", profile="alerts", ttl=60
     )
     (code,) = _codes(short.text)
-    assert code != "TakenCde22"
+    assert links.draws == [] and code != "TakenCde22"  # drawn, found taken, drawn again
     found = await links.resolve(code)
     assert found is not None and found.url == "https://mine.example.com"
     other = await links.resolve("TakenCde22")
     assert other is not None and other.url == "https://other"  # untouched
+    # In a batch, only the text with the taken code is made again, in its place.
+    links.draws = ["", "", "TakenCde22"]  # "": drawn at random
+    batch = [
+        ToShorten("a https://a.example.com", "ma", "alerts", 60),
+        ToShorten("b https://b.example.com c https://c.example.com", "mb", "alerts", 60),
+        ToShorten("d https://d.example.com", "md", "bulk", 60),
+    ]
+    out = await links.shorten_many(batch)
+    assert links.draws == []
+    for item, short in zip(batch, out, strict=True):
+        assert [u for _, u in short.links] == [item.text[a:b] for a, b in find_urls(item.text)]
+        for code, url in short.links:
+            found = await links.resolve(code)
+            assert found is not None and (found.url, found.message_id) == (url, item.message_id)
+        assert "TakenCde22" not in short.text
 
 
 async def test_codes_expire_with_the_ttl(redis: Redis, links: Links) -> None:
@@ -392,3 +408,13 @@ async def test_links_on_a_redis_cluster(tmp_path: Path) -> None:
             assert (stats.total, stats.top) == (3, [("m", 3)])
             assert await message_clicks(redis, "alerts", ["m"]) == [3]
             assert await redis.xlen(keys.events("alerts")) == 3
+
+
+async def test_any_url_and_id_come_back_as_they_were(redis: Redis, links: Links) -> None:
+    url = "https://例え.jp/パス?q=a\\b&r=%20{x}|y"
+    short = await links.shorten(
+        f"→ {url} ←", message_id='id"é\\1', profile="alerts", ttl=60, callback_url="https://c/?a=é"
+    )
+    (code,) = _codes(short.text)
+    assert short.text == f"→ {BASE}/{code} ←"
+    assert await links.resolve(code) == Link(url, 'id"é\\1', "alerts", "https://c/?a=é", 60)
