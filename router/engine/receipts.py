@@ -25,8 +25,8 @@ useless; a batch Redis did not take is answered for resend, every receipt of it.
 
 Each report that makes its message final is counted, per connector and destination
 country (the ``quality`` strategy) and per sender number (number health), by one
-more pipelined round trip (router/store/health.py), made beside the report path:
-the outcomes of the batches recorded while a count is in flight go in the next one,
+more pipelined round trip (router/store/health.py), made beside the report path: at
+most one per `COUNT_EVERY`, the outcomes of the batches recorded meanwhile together,
 and a read's receipts are answered without waiting for it (`apply` and `handle`,
 one report each, return once it is counted). Counting is best-effort: the report is
 recorded first, and a count Redis did not take is logged and lost, never retried
@@ -36,6 +36,7 @@ recorded first, and a count Redis did not take is logged and lost, never retried
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Final, Literal
@@ -68,6 +69,9 @@ MISSING_NOTE: Final = "no delivery report"
 # Seconds between two looks at the awaiting set (the maintenance loop runs faster).
 SWEEP_EVERY: Final = 1.0
 BATCH: Final = 500  # reports per script call
+# Seconds between two counts of outcomes on the report path: the readers (quality
+# routes, number health) refresh every few seconds, so counts may gather a while.
+COUNT_EVERY: Final = 0.25
 
 
 # message_state TLV values (SMPP 3.4 section 5.2.28) that end a message.
@@ -112,6 +116,7 @@ class Reports:
         # Outcomes of reports recorded, not counted yet, and the task counting them.
         self._uncounted: list[Outcome] = []
         self._counting: asyncio.Task[None] | None = None
+        self._count_now = asyncio.Event()  # `counted` is waiting: no pause before a count
         # Sent messages join the awaiting set in the ledger's `sent` step.
         ledger.expect_reports(profile, report_timeout)
 
@@ -224,17 +229,25 @@ class Reports:
         return results
 
     async def _count_uncounted(self) -> None:
-        """Count what the report batches made final: while one count is in flight, the
-        next batches' outcomes wait and go together (one round trip for them, off the
-        path of the deliver_sm_resp)."""
+        """Count what the report batches made final, off the path of the deliver_sm_resp:
+        the first at once, then at most one count per `COUNT_EVERY` (what the batches
+        made final meanwhile goes together), unless `counted` is waiting."""
+        loop = asyncio.get_running_loop()
         while self._uncounted:
             outcomes, self._uncounted = self._uncounted, []
+            began = loop.time()
             await self.count(outcomes)
+            pause = began + COUNT_EVERY - loop.time()
+            if self._uncounted and pause > 0 and not self._count_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._count_now.wait(), pause)
+        self._count_now.clear()
 
     async def counted(self) -> None:
         """Until the outcomes of the reports recorded so far are counted (or failed to
         be: counting is best-effort)."""
         while self._counting is not None and not self._counting.done():
+            self._count_now.set()
             await asyncio.shield(self._counting)
 
     async def count(self, outcomes: Sequence[Outcome]) -> None:
