@@ -3,18 +3,23 @@
 With ``[links] base_url`` set and ``shorten = true`` on a profile, `Links.shorten_many`
 replaces every http(s) URL of each text (`find_urls`: trailing ``.``, ``,``, ``)``
 and the like are left out, a URL's own balanced brackets kept) with
-``{base_url}/<code>``; the segments are counted on the text it returns. A code is
-`CODE_LENGTH` characters drawn with `secrets` from `ALPHABET` (URL-safe, without the
-look-alikes 0/O/o, 1/l/I): about 58 bits, so codes cannot be guessed or walked.
+``{base_url}/<code>``; the segments are counted on the text it returns. A code is the
+profile's two-letter `tag`, then `CODE_LENGTH` characters drawn with `secrets` from
+`ALPHABET` (URL-safe, without the look-alikes 0/O/o, 1/l/I): about 58 random bits, so
+codes cannot be guessed or walked.
 
 Redis layout (the key names live here until router/store/keys.py takes them):
 
-- ``sms:link:<code>`` (`link_key`): a string, compact JSON ``{"u": url, "i": message
-  id, "p": profile, "c": status_callback_url (when the message has one)}``, with the
-  message record's retention as its TTL. Not hash-tagged: a click knows only the code,
-  so the code alone must find the key, like the job locator ``sms:loc:<id>``; it is
-  read and written on its own, never inside a profile's script or MULTI. A string, not
-  a hash, so that one ``SET ... NX EX`` creates it whole only when the code is new.
+- ``sms:{P}:link:<code>`` (`link_key`): a string, compact JSON ``{"u": url, "i":
+  message id, "c": status_callback_url (when the message has one)}``, with the message
+  record's retention as its TTL. In the profile's slot, like everything of a message,
+  so the links of a batch can be written in the call that records the batch
+  `sending` (one more ``SET`` per link inside that script, no command of their own:
+  `prepare` gives the writes). A click knows only the code: the code's first two
+  letters are the profile's `tag` (a hash of its name), which `resolve` maps back to
+  the configured profiles (two profiles with one tag: both keys are read, in one
+  round trip). A string, not a hash, so that one ``SET ... NX EX`` creates it whole
+  only when the code is new.
 - ``sms:{P}:stats`` field ``clicks``: the profile's clicks (the hash `/metrics`
   reads the profile counters from).
 - ``sms:{P}:clicks:msg:<id>`` (`message_key`): one message's clicks, expiring with
@@ -23,8 +28,9 @@ Redis layout (the key names live here until router/store/keys.py takes them):
   UTC day, the `TOP_KEPT` most clicked (trimmed at each click), kept `TOP_DAYS` days,
   for ``links stats``.
 
-One round trip shortens a batch of texts (``SET NX`` per URL in one pipeline; a code
-already taken, which at 58 bits practically never happens, is drawn again in another).
+Standing alone, one round trip shortens a batch of texts (``SET NX`` per URL in one
+pipeline; a code already taken, which at 58 bits practically never happens, is drawn
+again in another).
 A click is two: `resolve` (the link and its remaining TTL), then `click`'s MULTI on
 the profile's slot: the counters, the ``click`` event on ``sms:{P}:events`` and, for a
 message with a status_callback_url, the same event on ``sms:{P}:callbacks``, all or
@@ -34,13 +40,15 @@ stream is where the callback goes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _json
 from typing import Any
 
@@ -64,14 +72,16 @@ __all__ = [
     "link_key",
     "message_clicks",
     "message_key",
+    "tag",
     "top_key",
     "valid_code",
 ]
 
 ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
-CODE_LENGTH = 10  # 56^10 ~ 2^58
+CODE_LENGTH = 10  # random characters after the tag: 56^10 ~ 2^58
 MIN_CODE_LENGTH = 8
 MAX_CODE_LENGTH = 32
+TAG_LENGTH = 2
 TOP_KEPT = 10_000  # messages kept in a profile's most-clicked set of a day
 TOP_DAYS = 31  # days a most-clicked set is kept
 USER_AGENT_CHARS = 256  # of a click's User-Agent kept in its event
@@ -88,9 +98,25 @@ _TRAILING = ".,;:!?*"
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 
 
-def link_key(code: str) -> str:
-    """The link a code stands for (see the module docstring)."""
-    return f"sms:link:{code}"
+def link_key(profile: str, code: str) -> str:
+    """The link a code of `profile` stands for (see the module docstring)."""
+    return f"sms:{{{profile}}}:link:{code}"
+
+
+@lru_cache(maxsize=4096)
+def tag(profile: str) -> str:
+    """The two letters every code of `profile` starts with: from a hash of its name,
+    so they stay the same across restarts, instances and configuration changes."""
+    value = int.from_bytes(hashlib.blake2b(profile.encode(), digest_size=4).digest(), "big")
+    return ALPHABET[value % _LETTERS] + ALPHABET[value // _LETTERS % _LETTERS]
+
+
+@lru_cache(maxsize=16)
+def _by_tag(profiles: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    found: dict[str, tuple[str, ...]] = {}
+    for profile in profiles:
+        found[tag(profile)] = (*found.get(tag(profile), ()), profile)
+    return found
 
 
 def message_key(profile: str, message_id: str) -> str:
@@ -106,7 +132,8 @@ def top_key(profile: str, day: str) -> str:
 
 def valid_code(code: str) -> bool:
     """Whether `code` could be one of ours (checked before Redis is asked)."""
-    return MIN_CODE_LENGTH <= len(code) <= MAX_CODE_LENGTH and set(code) <= _CODE_CHARS
+    size = len(code) - TAG_LENGTH
+    return MIN_CODE_LENGTH <= size <= MAX_CODE_LENGTH and set(code) <= _CODE_CHARS
 
 
 def find_urls(text: str) -> list[tuple[int, int]]:
@@ -200,24 +227,28 @@ class Links:
         redis: Redis,
         *,
         base_url: str = "",
+        profiles: Iterable[str] = (),
         events_maxlen: int = 1_000_000,
         code_length: int = CODE_LENGTH,
     ) -> None:
+        """`profiles`: the configured profiles, whose links `resolve` finds (a link of
+        a profile no longer configured answers as unknown)."""
         if not MIN_CODE_LENGTH <= code_length <= MAX_CODE_LENGTH:
             raise ValueError(
                 f"code_length: must be between {MIN_CODE_LENGTH} and {MAX_CODE_LENGTH}"
             )
         self._redis = redis
         self.base_url = base_url.rstrip("/")
+        self.profiles = tuple(profiles)
         self.events_maxlen = events_maxlen
         self.code_length = code_length
 
     def new_code(self) -> str:
-        """A fresh random code."""
+        """A fresh random part of a code (after the profile's tag)."""
         return self.new_codes(1)[0]
 
     def new_codes(self, count: int) -> list[str]:
-        """`count` fresh random codes: bytes from `secrets` (one system call for them
+        """`count` fresh random parts of codes: bytes from `secrets` (one system call for them
         all), each byte below `_UNBIASED` taken modulo the alphabet (uniform), the rest
         dropped. `secrets.choice` per character cost a system call each: 14.5 us a
         code here, against under 1 us this way."""
@@ -281,7 +312,7 @@ class Links:
             if not spans:
                 texts.append(Shortened(item.text))
                 continue
-            text, ttl = item.text, _seconds(item.ttl)
+            text, ttl, prefix = item.text, _seconds(item.ttl), tag(item.profile)
             codes: dict[str, str] = {}
             out: list[str] = []
             at = 0
@@ -289,8 +320,9 @@ class Links:
                 url = text[a:b]
                 code = codes.get(url)
                 if code is None:
-                    code = codes[url] = next(fresh)
-                    writes.append(LinkWrite(link_key(code), _value(url, item), ttl, index))
+                    code = codes[url] = prefix + next(fresh)
+                    key = link_key(item.profile, code)
+                    writes.append(LinkWrite(key, _value(url, item), ttl, index))
                 out += [text[at:a], self.base_url, "/", code]
                 at = b
             out.append(text[at:])
@@ -298,15 +330,22 @@ class Links:
         return Prepared(texts, writes)
 
     async def resolve(self, code: str) -> Link | None:
-        """The link `code` stands for, or None (unknown, expired, or not a code)."""
+        """The link `code` stands for, or None (unknown, expired, not a code, or of a
+        profile not in `profiles`)."""
         if not valid_code(code):
             return None
-        key = link_key(code)
-        raw, ttl = await roundtrip.execute(self._redis, [("GET", key), ("TTL", key)])
-        if raw is None:
-            return None
-        value = json.loads(as_text(raw))
-        return Link(value["u"], value["i"], value["p"], value.get("c", ""), max(int(ttl), 1))
+        candidates = _by_tag(self.profiles).get(code[:TAG_LENGTH], ())
+        commands: list[roundtrip.Command] = []
+        for profile in candidates:
+            key = link_key(profile, code)
+            commands += [("GET", key), ("TTL", key)]
+        replies = await roundtrip.execute(self._redis, commands) if commands else []
+        for i, profile in enumerate(candidates):
+            raw, ttl = replies[2 * i], replies[2 * i + 1]
+            if raw is not None:
+                value = json.loads(as_text(raw))
+                return Link(value["u"], value["i"], profile, value.get("c", ""), max(int(ttl), 1))
+        return None
 
     async def click(self, link: Link, *, user_agent: str = "", at: float | None = None) -> None:
         """Count a click on `link` and publish it as a ``click`` event (and a status
@@ -375,7 +414,7 @@ def _pairs(reply: Any) -> list[tuple[str, int]]:
 def _value(url: str, item: ToShorten) -> str:
     """The link's JSON, written by hand from JSON's own string escaper (C): what
     ``json.dumps`` of the dict gives, in 0.5 us instead of 3."""
-    value = f'{{"u":{_json(url)},"i":{_json(item.message_id)},"p":{_json(item.profile)}'
+    value = f'{{"u":{_json(url)},"i":{_json(item.message_id)}'
     if item.callback_url:
         value += f',"c":{_json(item.callback_url)}'
     return value + "}"

@@ -38,7 +38,10 @@ _URL_SAFE = "!#$%&'()*+,/:;=?@[]~-._"
 async def follow(request: web.Request) -> web.Response:
     """Redirect to the link's URL (302), or 404; a GET counts as a click."""
     context = request.app[CONTEXT]
-    links = Links(context.redis, events_maxlen=context.settings.queue.events_maxlen)
+    settings = context.settings
+    links = Links(
+        context.redis, profiles=settings.profiles, events_maxlen=settings.queue.events_maxlen
+    )
     link = await links.resolve(request.match_info["code"])
     if link is None:
         return web.Response(status=404, text=NOT_FOUND, headers=_NO_STORE)

@@ -26,6 +26,7 @@ from router.engine.callbacks import StatusPoster
 from router.links import (
     ALPHABET,
     CODE_LENGTH,
+    TAG_LENGTH,
     Link,
     Links,
     ToShorten,
@@ -34,6 +35,7 @@ from router.links import (
     link_key,
     message_clicks,
     message_key,
+    tag,
     valid_code,
 )
 from router.store import keys
@@ -51,7 +53,7 @@ READER = {"Authorization": f"Bearer {TOKENS['reader']}"}
 
 @pytest.fixture
 def links(redis: Redis) -> Links:
-    return Links(redis, base_url=BASE, events_maxlen=1000)
+    return Links(redis, base_url=BASE, profiles=["alerts", "bulk"], events_maxlen=1000)
 
 
 def _codes(text: str) -> list[str]:
@@ -91,7 +93,8 @@ async def test_shorten_keeps_the_text_around(redis: Redis, links: Links) -> None
     (code,) = _codes(short.text)
     assert short.text == f"Your order shipped: {BASE}/{code}. Thanks!"
     assert short.links == ((code, "https://shop.example.com/orders/12345?tab=tracking"),)
-    assert len(code) == CODE_LENGTH and set(code) <= set(ALPHABET) and valid_code(code)
+    assert len(code) == TAG_LENGTH + CODE_LENGTH and code.startswith(tag("alerts"))
+    assert set(code) <= set(ALPHABET) and valid_code(code)
     assert await links.resolve(code) == Link(
         "https://shop.example.com/orders/12345?tab=tracking", "m1", "alerts", "", int(DAY)
     )
@@ -114,7 +117,7 @@ async def test_several_urls_and_punctuation(redis: Redis, links: Links) -> None:
         first: "https://docs.example.com/start",
         second: "https://status.example.com",
     }
-    assert len(await redis.keys("sms:link:*")) == 2
+    assert len(await redis.keys("sms:{alerts}:link:*")) == 2
 
 
 async def test_a_text_without_urls_writes_nothing(redis: Redis, links: Links) -> None:
@@ -144,9 +147,9 @@ async def test_a_batch_is_one_round_trip_and_keeps_each_ttl(redis: Redis, links:
     assert after - before == 3 + 1  # the three SETs; the INFO itself
     (a1, a2), (c3,) = _codes(out[0].text), _codes(out[1].text)
     assert out[2].text == "nothing"
-    assert 3590 <= await redis.ttl(link_key(a1)) <= 3600
-    assert 3590 <= await redis.ttl(link_key(a2)) <= 3600
-    assert 7190 <= await redis.ttl(link_key(c3)) <= 7201
+    assert 3590 <= await redis.ttl(link_key("alerts", a1)) <= 3600
+    assert 3590 <= await redis.ttl(link_key("alerts", a2)) <= 3600
+    assert 7190 <= await redis.ttl(link_key("bulk", c3)) <= 7201
     found = await links.resolve(c3)
     assert found is not None and (found.profile, found.callback_url) == ("bulk", "https://app/cb")
 
@@ -156,23 +159,24 @@ async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
         """Draws the codes given first (the first one already taken), then at random."""
 
         def __init__(self, redis: Redis, draws: list[str]) -> None:
-            super().__init__(redis, base_url=BASE)
+            super().__init__(redis, base_url=BASE, profiles=["alerts", "bulk"])
             self.draws = draws
 
         def new_codes(self, count: int) -> list[str]:
             drawn = super().new_codes(count)
             return [(self.draws.pop(0) if self.draws else "") or c for c in drawn]
 
-    await redis.set(link_key("TakenCde22"), '{"u":"https://other","i":"x","p":"alerts"}')
+    taken = tag("alerts") + "TakenCde22"
+    await redis.set(link_key("alerts", taken), '{"u":"https://other","i":"x"}')
     links = Scripted(redis, ["TakenCde22"])
     short = await links.shorten(
         "go https://mine.example.com", message_id="m", profile="alerts", ttl=60
     )
     (code,) = _codes(short.text)
-    assert links.draws == [] and code != "TakenCde22"  # drawn, found taken, drawn again
+    assert links.draws == [] and code != taken  # drawn, found taken, drawn again
     found = await links.resolve(code)
     assert found is not None and found.url == "https://mine.example.com"
-    other = await links.resolve("TakenCde22")
+    other = await links.resolve(taken)
     assert other is not None and other.url == "https://other"  # untouched
     # In a batch, only the text with the taken code is made again, in its place.
     links.draws = ["", "", "TakenCde22"]  # "": drawn at random
@@ -188,7 +192,7 @@ async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
         for code, url in short.links:
             found = await links.resolve(code)
             assert found is not None and (found.url, found.message_id) == (url, item.message_id)
-        assert "TakenCde22" not in short.text
+        assert taken not in short.text
 
 
 async def test_codes_expire_with_the_ttl(redis: Redis, links: Links) -> None:
@@ -201,7 +205,7 @@ async def test_codes_expire_with_the_ttl(redis: Redis, links: Links) -> None:
 
 async def test_resolve_refuses_what_is_no_code(redis: Redis, links: Links) -> None:
     assert await links.resolve("unknown2x") is None
-    for bad in ("short", "has space x", "0O1lI0O1lI", "x" * 33, "../../etc"):
+    for bad in ("short", "has space x", "0O1lI0O1lI", "x" * 35, "../../etc"):
         assert not valid_code(bad)
         assert await links.resolve(bad) is None
 
@@ -323,7 +327,8 @@ async def test_head_answers_without_a_click(redis: Redis, links: Links, api: str
 
 async def test_unknown_codes_are_404(redis: Redis, api: str) -> None:
     async with aiohttp.ClientSession() as http:
-        for code in ("Unknown234", "bad", "0O0O0O0O0O"):
+        for code in (tag("alerts") + "23456789ab", "Unknown234", "bad", "0O0O0O0O0O"):
+            assert valid_code(code) == code.startswith(tag("alerts"))
             async with http.get(f"{api}/l/{code}", allow_redirects=False) as response:
                 assert response.status == 404
                 assert response.content_type == "text/plain"
@@ -395,11 +400,21 @@ async def test_links_on_a_redis_cluster(tmp_path: Path) -> None:
     with cluster_running(tmp_path / "cluster") as nodes:
         settings = parse_settings(config_dict(nodes.url, "http://127.0.0.1:9/send"), env={})
         async with open_redis(settings) as redis:
-            links = Links(redis, base_url=BASE)
+            home = nodes.index_of(keys.events("alerts"))
+            names = ("bulk", "otp", "promo", "news", "billing", "alarms")
+            other = next(p for p in names if nodes.index_of(keys.events(p)) != home)
+            links = Links(redis, base_url=BASE, profiles=["alerts", other])
             text = " ".join(f"https://e.example.com/{n}" for n in range(12))
-            short = await links.shorten(text, message_id="m", profile="alerts", ttl=DAY)
-            codes = [code for code, _ in short.links]
-            assert len({nodes.index_of(link_key(code)) for code in codes}) > 1
+            alerts, bulk = await links.shorten_many(
+                [ToShorten(text, "m", "alerts", DAY), ToShorten(text, "b", other, DAY)]
+            )
+            codes = [code for code, _ in alerts.links]
+            # Each profile's links in its slot: the batch spans two masters.
+            for profile, short in (("alerts", alerts), (other, bulk)):
+                homes = {nodes.index_of(link_key(profile, code)) for code, _ in short.links}
+                assert homes == {nodes.index_of(keys.events(profile))}
+            found = await links.resolve(bulk.links[0][0])
+            assert found is not None and (found.profile, found.message_id) == (other, "b")
             for code in codes[:3]:
                 link = await links.resolve(code)
                 assert link is not None
@@ -418,3 +433,37 @@ async def test_any_url_and_id_come_back_as_they_were(redis: Redis, links: Links)
     (code,) = _codes(short.text)
     assert short.text == f"→ {BASE}/{code} ←"
     assert await links.resolve(code) == Link(url, 'id"é\\1', "alerts", "https://c/?a=é", 60)
+
+
+def test_a_tag_is_two_letters_and_stays() -> None:
+    assert tag("alerts") == tag("alerts") and len(tag("alerts")) == TAG_LENGTH
+    assert set(tag("alerts")) <= set(ALPHABET)
+    assert len({tag(f"profile-{n}") for n in range(1000)}) > 800  # spread over 3,136
+
+
+async def test_profiles_sharing_a_tag_both_resolve(redis: Redis) -> None:
+    seen: dict[str, str] = {}
+    for n in range(100_000):  # a pair of names with one tag (birthday: ~70 names)
+        name = f"p{n}"
+        if tag(name) in seen:
+            first, second = seen[tag(name)], name
+            break
+        seen[tag(name)] = name
+    links = Links(redis, base_url=BASE, profiles=[first, "alerts", second])
+    made = await links.shorten_many(
+        [
+            ToShorten("x https://1.example.com", "j1", first, 60),
+            ToShorten("y https://2.example.com", "j2", second, 60),
+        ]
+    )
+    for short, profile, job in zip(made, (first, second), ("j1", "j2"), strict=True):
+        ((code, url),) = short.links
+        assert code.startswith(tag(profile))
+        assert await links.resolve(code) == Link(url, job, profile, "", 60)
+
+
+async def test_a_profile_no_longer_configured_has_no_links(redis: Redis, links: Links) -> None:
+    short = await links.shorten("x https://e.example.com", message_id="m", profile="gone", ttl=60)
+    ((code, _),) = short.links
+    assert await links.resolve(code) is None
+    assert await Links(redis, profiles=["gone"]).resolve(code) is not None
