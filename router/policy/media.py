@@ -59,6 +59,7 @@ __all__ = [
     "Media",
     "MediaChecker",
     "MediaError",
+    "MediaFieldError",
     "address_problem",
     "parse_media",
 ]
@@ -91,6 +92,16 @@ class MediaError(RouterError, ValueError):
         self.reason = reason
 
 
+class MediaFieldError(RouterError, ValueError):
+    """A job's ``media`` field of the wrong shape: `field` (``media`` or
+    ``media[<index>]``) and the `problem`."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 @dataclass(frozen=True, slots=True)
 class Media:
     """What a media URL's server said about it: its content type and size in bytes
@@ -102,28 +113,28 @@ class Media:
 
 
 def parse_media(value: Any) -> tuple[str, ...]:
-    """A job's ``media`` as a tuple of URLs, or ValueError naming what is wrong
+    """A job's ``media`` as a tuple of URLs, or MediaFieldError naming what is wrong
     (``media[2]: ...``): a list of 1 to `MAX_MEDIA` absolute http(s) URLs, each at
-    most `MAX_URL_LENGTH` characters. The wire format's decoder wraps it in its own
-    error for the field."""
+    most `MAX_URL_LENGTH` characters. The wire format's decoder turns it into its own
+    error for the field (`JobError(exc.field, exc.problem)`)."""
     if not isinstance(value, list | tuple):
-        raise ValueError(f"media: must be a list of 1 to {MAX_MEDIA} http(s) URLs")
+        raise MediaFieldError("media", f"must be a list of 1 to {MAX_MEDIA} http(s) URLs")
     if not 1 <= len(value) <= MAX_MEDIA:
-        raise ValueError(f"media: must hold 1 to {MAX_MEDIA} URLs, not {len(value)}")
+        raise MediaFieldError("media", f"must hold 1 to {MAX_MEDIA} URLs, not {len(value)}")
     for index, url in enumerate(value):
         if not isinstance(url, str):
-            raise ValueError(f"media[{index}]: must be a string")
+            raise MediaFieldError(f"media[{index}]", "must be a string")
         if len(url) > MAX_URL_LENGTH:
-            raise ValueError(f"media[{index}]: longer than {MAX_URL_LENGTH} characters")
+            raise MediaFieldError(f"media[{index}]", f"longer than {MAX_URL_LENGTH} characters")
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError for a port out of range
         except ValueError as exc:
-            raise ValueError(f"media[{index}]: not a URL ({exc})") from None
+            raise MediaFieldError(f"media[{index}]", f"not a URL ({exc})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"media[{index}]: must be an absolute http:// or https:// URL")
+            raise MediaFieldError(f"media[{index}]", "must be an absolute http:// or https:// URL")
         if any(c.isspace() or ord(c) < 0x20 for c in url):
-            raise ValueError(f"media[{index}]: contains spaces or control characters")
+            raise MediaFieldError(f"media[{index}]", "contains spaces or control characters")
     return tuple(value)
 
 

@@ -19,6 +19,7 @@ from router.policy.media import (
     Media,
     MediaChecker,
     MediaError,
+    MediaFieldError,
     address_problem,
     parse_media,
 )
@@ -376,9 +377,11 @@ def test_public_and_allowed_addresses() -> None:
     ],
 )
 def test_parse_media_names_the_problem(value: object, problem: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(MediaFieldError) as caught:
         parse_media(value)
     assert str(caught.value) == problem
+    assert f"{caught.value.field}: {caught.value.problem}" == problem
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, RouterError)
 
 
 def test_parse_media_keeps_the_urls() -> None:
