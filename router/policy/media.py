@@ -11,8 +11,9 @@ sent, `MediaChecker.check` asks each URL's server about it:
 - the answer must be 2xx with a content type ``image/*``, ``audio/*``, ``video/*``
   or ``text/vcard`` (``text/x-vcard``);
 - its size (``Content-Length``, or the total of a 206's ``Content-Range``) at most
-  the profile's ``mms_max_bytes``. A server that gives no size even to the ranged
-  ``GET`` (a streamed answer) is accepted with the size unknown (`Media.size` None):
+  the profile's ``mms_max_bytes``; a ``HEAD`` answered without a length is followed
+  by the ranged ``GET``. A server that gives no size even to that (a streamed answer)
+  is accepted with the size unknown (`Media.size` None):
   the provider fetches the file itself and refuses one over its own limit, which
   the record then shows; refusing every streamed file would refuse good media that
   the sender cannot fix;
@@ -343,7 +344,8 @@ class MediaChecker:
             try:
                 self._check_target(target)
                 status, headers = await self._ask(target, "HEAD")
-                if status in _HEAD_REFUSED:
+                ranged = status in _HEAD_REFUSED
+                if ranged:
                     status, headers = await self._ask(target, "GET")
                 if status in _REDIRECTS:
                     location = headers.get("Location")
@@ -353,7 +355,14 @@ class MediaChecker:
                     continue
                 if not 200 <= status < 300:
                     raise _Bad(f"answered HTTP {status}")
-                return self._media(url, headers)
+                media = self._media(url, headers)
+                if media.size is None and not ranged:
+                    # No length to a HEAD (a streamed answer): the ranged GET's
+                    # Content-Range may give the total.
+                    status, headers = await self._ask(target, "GET")
+                    if 200 <= status < 300:
+                        media = Media(url, media.content_type, _size(headers))
+                return media
             except _Bad as exc:
                 if target != url:
                     raise _Bad(f"redirected to {target}: {exc.reason}") from None

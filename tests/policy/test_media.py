@@ -64,8 +64,8 @@ def _app(site: Site) -> web.Application:
 
     async def head_refused(request: web.Request) -> web.Response:
         if request.method == "HEAD":
-            return web.Response(status=405)
-        if request.headers.get("Range") == "bytes=0-0":
+            return web.Response(status=int(request.query.get("head", "405")))
+        if request.headers.get("Range") == "bytes=0-0" and "no-range" not in request.query:
             return web.Response(
                 status=206,
                 body=PNG[:1],
@@ -81,6 +81,20 @@ def _app(site: Site) -> web.Application:
         if request.method != "HEAD":
             await response.write(b"ID3")
         return response
+
+    async def sized_on_get(request: web.Request) -> web.StreamResponse:
+        """No length to a HEAD (chunked); the ranged GET says the total."""
+        if request.method == "HEAD":
+            response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            return response
+        return web.Response(
+            status=206,
+            body=b"\x00",
+            content_type="video/mp4",
+            headers={"Content-Range": "bytes 0-0/9999999"},
+        )
 
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound(request.query["to"])
@@ -102,6 +116,7 @@ def _app(site: Site) -> web.Application:
     app.router.add_get("/huge.mp4", huge)
     app.router.add_route("*", "/head-refused.png", head_refused)
     app.router.add_get("/streamed.mp3", streamed)
+    app.router.add_get("/sized-on-get.mp4", sized_on_get)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/loop", loop)
     app.router.add_get("/hang.png", _hang)
@@ -204,11 +219,43 @@ async def test_head_refused_then_a_ranged_get(serve: Serve, checker: MediaChecke
     )
 
 
+@pytest.mark.parametrize("head", [403, 501])
+async def test_other_head_refusals_get_a_ranged_get_too(
+    serve: Serve, checker: MediaChecker, head: int
+) -> None:
+    site = await serve("127.0.0.1")
+    url = f"{site.base}/head-refused.png?head={head}"
+    assert await checker.check([url]) == [Media(url, "image/png", len(PNG))]
+    assert [m for m, _, _ in site.seen] == ["HEAD", "GET"]
+
+
+async def test_a_ranged_get_without_range_support(serve: Serve, checker: MediaChecker) -> None:
+    """A server that ignores Range answers 200 with the whole file: its length is the
+    size, and the body is not read."""
+    site = await serve("127.0.0.1")
+    url = f"{site.base}/head-refused.png?no-range=1"
+    assert await checker.check([url]) == [Media(url, "image/png", len(PNG))]
+
+
+async def test_a_size_only_the_ranged_get_gives(serve: Serve, checker: MediaChecker) -> None:
+    site = await serve("127.0.0.1")
+    url = f"{site.base}/sized-on-get.mp4"
+    assert await _refusal(checker, url) == (
+        f"media[0] {url}: 9,999,999 bytes (9.5 MB) is larger than the limit of "
+        "5,242,880 bytes (5.0 MB)"
+    )
+    assert site.seen == [
+        ("HEAD", "/sized-on-get.mp4", ""),
+        ("GET", "/sized-on-get.mp4", "bytes=0-0"),
+    ]
+
+
 async def test_an_unknown_size_is_accepted(serve: Serve, checker: MediaChecker) -> None:
     """A streamed answer (chunked, no length): accepted with the size unknown."""
     site = await serve("127.0.0.1")
     url = f"{site.base}/streamed.mp3"
     assert await checker.check([url], 10) == [Media(url, "audio/mpeg", None)]
+    assert site.seen == [("HEAD", "/streamed.mp3", ""), ("GET", "/streamed.mp3", "bytes=0-0")]
 
 
 async def test_redirects_are_followed_and_bounded(serve: Serve, checker: MediaChecker) -> None:
