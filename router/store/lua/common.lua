@@ -5,12 +5,14 @@
 -- history step named by its index alone (`1`, `2`...: Redis keeps such a name as a
 -- one-byte integer), its value `<code><time>[|<connector>[|<note>]]`: the status as one
 -- letter (`status_code`), the time in microseconds after `created_at` in base 36, then
--- the connector the step went over and its note when it has them. A change appends one field instead of
--- decoding and re-encoding the whole history. Nothing derivable is stored: the time of
--- the latest change, the latest connector, the attempts (the `sending` steps), the
--- profile (in the key) and a delivery report's stat and err (in its step's note) are
--- read from the rest (router/store/ledger.py's decode_record, which also reads the
--- older shape: `h<i>` = "status|time|note", `c<i>`, `updated_at`...).
+-- the connector the step went over and its note when it has them. A change appends one
+-- field instead of decoding and re-encoding the whole history. Nothing derivable is
+-- stored: the time of the latest change, the latest connector, the attempts (the
+-- `sending` steps), the profile (in the key) and a delivery report's stat and err (in
+-- its step's note) are read from the rest (router/store/ledger.py's decode_record,
+-- which also reads the older shape: `h<i>` = "status|time|note", `c<i>`,
+-- `updated_at`...). Values longer than 64 bytes are kept in pieces (`put_long`) so the
+-- hash stays a listpack.
 
 -- The records the router sends (msgpack arrays, or plain ARGV), each field's position
 -- named once: `<RECORD>_<FIELD>`, read as `it[SENDING_TO]`, and `<RECORD>_COUNT` its
