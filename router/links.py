@@ -47,10 +47,10 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii as _json
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
@@ -158,9 +158,10 @@ def find_urls(text: str) -> list[tuple[int, int]]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
-class Shortened:
-    """A text with its URLs replaced, and the links made: (code, original URL)."""
+class Shortened(NamedTuple):
+    """A text with its URLs replaced, and the links made: (code, original URL). (A
+    named tuple: made for every message of a batch, 0.2 us against a frozen
+    dataclass's 0.5.)"""
 
     text: str
     links: tuple[tuple[str, str], ...] = ()
@@ -188,8 +189,7 @@ class ProfileClicks:
     top: list[tuple[str, int]]
 
 
-@dataclass(frozen=True, slots=True)
-class LinkWrite:
+class LinkWrite(NamedTuple):
     """One link to store: ``SET key value NX EX ttl``; `item` is the position of its
     text in the batch."""
 
@@ -284,7 +284,7 @@ class Links:
             for i, text in zip(again, redo.texts, strict=True):
                 texts[i] = text
             # The item numbers of the new writes are positions in `again`: map them back.
-            writes = [replace(w, item=again[w.item]) for w in redo.writes]
+            writes = [w._replace(item=again[w.item]) for w in redo.writes]
         raise RuntimeError(f"links: no free code in {_DRAWS} draws")  # never seen
 
     def prepare(self, items: Sequence[ToShorten]) -> Prepared:
