@@ -20,8 +20,9 @@ Redis layout (the key names live here until router/store/keys.py takes them):
   the configured profiles (two profiles with one tag: both keys are read, in one
   round trip). A string, not a hash, so that one ``SET ... NX EX`` creates it whole
   only when the code is new.
-- ``sms:{P}:stats`` field ``clicks``: the profile's clicks (the hash `/metrics`
-  reads the profile counters from).
+- ``sms:{P}:stats`` fields ``clicks`` (the profile's clicks) and ``link_previews``
+  (fetches by link previews, `is_preview`: not clicks); the hash `/metrics` reads the
+  profile counters from.
 - ``sms:{P}:clicks:msg:<id>`` (`message_key`): one message's clicks, expiring with
   its link (the record itself is left to the ledger's scripts).
 - ``sms:{P}:clicks:top:<day>`` (`top_key`): sorted set, message id -> clicks on that
@@ -69,6 +70,7 @@ __all__ = [
     "ToShorten",
     "click_stats",
     "find_urls",
+    "is_preview",
     "link_key",
     "message_clicks",
     "message_key",
@@ -87,6 +89,14 @@ TOP_DAYS = 31  # days a most-clicked set is kept
 USER_AGENT_CHARS = 256  # of a click's User-Agent kept in its event
 _DRAWS = 5  # attempts at a free code before giving up (one is all it ever takes)
 _CODE_CHARS = frozenset(ALPHABET)
+# User-Agents of link previews: a phone's messaging app (iMessage announces itself as
+# facebookexternalhit and Twitterbot) or a chat app fetches the link to show a card
+# before anyone taps it. Such a fetch is not a click (`is_preview`).
+_PREVIEWS = re.compile(
+    r"facebookexternalhit|facebot|twitterbot|slackbot|whatsapp|telegrambot|discordbot"
+    r"|linkedinbot|skypeuripreview|googlebot|bingbot|applebot|embedly|pinterest",
+    re.IGNORECASE,
+)
 _LETTERS = len(ALPHABET)
 _UNBIASED = 256 - 256 % _LETTERS  # bytes below this map onto the alphabet evenly
 
@@ -134,6 +144,11 @@ def valid_code(code: str) -> bool:
     """Whether `code` could be one of ours (checked before Redis is asked)."""
     size = len(code) - TAG_LENGTH
     return MIN_CODE_LENGTH <= size <= MAX_CODE_LENGTH and set(code) <= _CODE_CHARS
+
+
+def is_preview(user_agent: str) -> bool:
+    """Whether a request with this User-Agent is a link preview, not a person's click."""
+    return _PREVIEWS.search(user_agent) is not None
 
 
 def find_urls(text: str) -> list[tuple[int, int]]:
@@ -373,6 +388,11 @@ class Links:
                 ("XADD", keys.callbacks(profile), "*", "url", link.callback_url, *event)
             )
         await roundtrip.execute(self._redis, commands, transaction=True)
+
+    async def preview(self, link: Link) -> None:
+        """Count a link preview's fetch of `link` (``link_previews`` in the profile's
+        stats): not a click, no event."""
+        await self._redis.hincrby(keys.stats(link.profile), "link_previews", 1)
 
 
 async def click_stats(

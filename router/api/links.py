@@ -5,9 +5,11 @@ the original URL in ``Location``; an unknown or expired one, 404 with a short pl
 text. Neither may be cached (``Cache-Control: no-store``): a cache in between would
 hide clicks, and an expired code must stop answering. A ``GET`` is a click
 (`router.links.Links.click`: counters, the ``click`` event, the status callback); a
-``HEAD`` gets the same answer and is not counted (link previews ask with it, nobody
-clicked). A click Redis fails to record still redirects: the recipient gets where
-the link goes, the loss is logged.
+``HEAD`` gets the same answer and is not counted, nor is a ``GET`` from a link
+preview (iMessage, WhatsApp, Slack... fetch a link to show a card before anyone taps
+it: `router.links.is_preview`), which is counted as ``link_previews`` instead. A
+click Redis fails to record still redirects: the recipient gets where the link goes,
+the loss is logged.
 
 Needs Redis alone, so API worker processes serve it themselves.
 """
@@ -20,7 +22,7 @@ import structlog
 from aiohttp import web
 
 from router.api.common import CONTEXT
-from router.links import Links
+from router.links import Links, is_preview
 from router.store.outages import REDIS_ERRORS
 
 __all__ = ["add_routes", "follow"]
@@ -46,8 +48,12 @@ async def follow(request: web.Request) -> web.Response:
     if link is None:
         return web.Response(status=404, text=NOT_FOUND, headers=_NO_STORE)
     if request.method == "GET":
+        agent = request.headers.get("User-Agent", "")
         try:
-            await links.click(link, user_agent=request.headers.get("User-Agent", ""))
+            if is_preview(agent):
+                await links.preview(link)
+            else:
+                await links.click(link, user_agent=agent)
         except REDIS_ERRORS as exc:
             log.warning(
                 "link click not recorded",

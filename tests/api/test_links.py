@@ -32,6 +32,7 @@ from router.links import (
     ToShorten,
     click_stats,
     find_urls,
+    is_preview,
     link_key,
     message_clicks,
     message_key,
@@ -467,3 +468,34 @@ async def test_a_profile_no_longer_configured_has_no_links(redis: Redis, links: 
     ((code, _),) = short.links
     assert await links.resolve(code) is None
     assert await Links(redis, profiles=["gone"]).resolve(code) is not None
+
+
+@pytest.mark.parametrize(
+    ("agent", "preview"),
+    [
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15", False),
+        ("Mozilla/5.0 (Linux; Android 14) Chrome/120.0 Mobile Safari/537.36", False),
+        ("", False),
+        ("facebookexternalhit/1.1 Facebot Twitterbot/1.0", True),  # iMessage's preview
+        ("WhatsApp/2.23.20.0 A", True),
+        ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", True),
+        ("TelegramBot (like TwitterBot)", True),
+    ],
+)
+def test_link_previews_are_told_apart(agent: str, preview: bool) -> None:
+    assert is_preview(agent) is preview
+
+
+async def test_a_preview_redirects_without_a_click(redis: Redis, links: Links, api: str) -> None:
+    short = await links.shorten(
+        "x https://e.example.com/a", message_id="j", profile="alerts", ttl=DAY
+    )
+    (code,) = _codes(short.text)
+    preview = {"User-Agent": "facebookexternalhit/1.1 Facebot Twitterbot/1.0"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{api}/l/{code}", allow_redirects=False, headers=preview) as response:
+            assert response.status == 302
+            assert response.headers["Location"] == "https://e.example.com/a"
+    assert await _events(redis) == []
+    stats = await redis.hgetall(keys.stats("alerts"))
+    assert stats == {b"link_previews": b"1"}
