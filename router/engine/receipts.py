@@ -222,11 +222,17 @@ class Reports:
             for applied in final:
                 self._metrics.count(applied.result.previous)
         if final:
-            made = [Outcome(r.result.previous, r.to, r.sender, r.connector) for r in final]
-            self._uncounted += made
-            if self._counting is None or self._counting.done():
-                self._counting = asyncio.create_task(self._count_uncounted())
+            self.count_later(
+                [Outcome(r.result.previous, r.to, r.sender, r.connector) for r in final]
+            )
         return results
+
+    def count_later(self, outcomes: Sequence[Outcome]) -> None:
+        """`count` without waiting for it: with the other outcomes of the next
+        `COUNT_EVERY` (`counted` waits for them)."""
+        self._uncounted += outcomes
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.create_task(self._count_uncounted())
 
     async def _count_uncounted(self) -> None:
         """Count what the report batches made final, off the path of the deliver_sm_resp:

@@ -20,7 +20,7 @@ from binds.smpp.receipt import parse_receipt, receipt_fields
 from router import Client
 from router.engine.receipts import Reports
 from router.store import keys
-from router.store.health import NumberHealth, QualityBoard
+from router.store.health import NumberHealth, Outcome, QualityBoard
 from router.store.ledger import Ledger
 
 from ..conftest import RedisServer, free_port
@@ -105,6 +105,26 @@ async def test_what_a_read_made_final_is_counted_beside_the_answers(redis: Redis
     health = NumberHealth("sms", 600)
     await health.refresh(redis)
     assert health.samples == {"+16501112345": (4, 5)}
+
+
+async def test_outcomes_counted_later_are_counted_together(redis: Redis) -> None:
+    """`count_later` (the pipeline's flushes: early reports applied there) returns at once;
+    outcomes of the same quarter second go in one count."""
+    reports = Reports(redis, Ledger(redis, retention=60, events_maxlen=100), "sms",
+                      id_format="as-is")  # fmt: skip
+    made = Outcome("delivered", UK, "+16501112345", "carrier-a")
+    await redis.config_resetstat()
+    for _ in range(3):
+        reports.count_later([made, made._replace(status="failed")])
+        await asyncio.sleep(0)
+    await reports.counted()
+    board = QualityBoard(redis)
+    board.want("carrier-a", 600)
+    await board.refresh()
+    assert board.sample("carrier-a", 600, "44") == (3, 6)
+    stats = await redis.info("commandstats")
+    # The first at once, the two others together: two counts of two buckets each.
+    assert stats["cmdstat_expire"]["calls"] == 2 * 4
 
 
 async def test_a_batch_redis_did_not_take_raises_for_every_receipt(tmp_path: Path) -> None:
