@@ -20,6 +20,7 @@ append-only file everysec against Kannel's file store):
 - http: `POST /v1/messages`, one message per request, 50 in flight, the kit's raw
   HTTP/1.1 client (api_submit.router_api) against the same Kannel live run's sendsms;
   rate = messages answered 202 / load time (both sides); end to end kept beside it.
+  `[api] workers` = `--api-workers`, by default cores - 2 as docs/operations.md advises.
 - latency5: drain against a sink that answers every submit after 5 ms; also the share
   of the window / latency bound (100 / 0.005 s = 20,000 msg/s) each side reaches.
 - sync: the router with `processing = "sync"` (one submit outstanding) against the
@@ -731,7 +732,11 @@ def main() -> None:
         "--concurrency", type=int, default=50, help="HTTP requests in flight (Kannel's: 50)"
     )
     parser.add_argument(
-        "--api-workers", type=int, help="[api] workers for the http case (default: the router's)"
+        "--api-workers",
+        type=int,
+        # docs/operations.md, API workers: only spare cores, about cores - 2 (0 on 2 cores)
+        default=max(0, (os.cpu_count() or 1) - 2),
+        help="[api] workers for the http case (default: cores - 2, as the docs advise)",
     )
     parser.add_argument(
         "--markdown",
