@@ -1147,6 +1147,70 @@ def smsc_sim(
         asyncio.run(serve(config, host, port, None if http_port < 0 else http_port))
 
 
+@main.group()
+def links() -> None:
+    """Tracked links (``shorten = true``): their clicks."""
+
+
+@links.command("stats")
+@config_option
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    help="Profile (repeat for several; default: every profile).",
+)
+@click.option("--day", help="UTC day of the most clicked messages, YYYY-MM-DD (default: today).")
+@click.option(
+    "--top",
+    type=click.IntRange(min=0, max=10_000),
+    default=10,
+    show_default=True,
+    help="Most clicked messages shown per profile.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per profile.")
+def links_stats(
+    config_path: str | None, profiles: tuple[str, ...], day: str | None, top: int, as_json: bool
+) -> None:
+    """Each profile's clicks on its tracked links (all time, every instance; link
+    previews not counted) and its most clicked messages on a UTC day, with their
+    clicks."""
+    from router.links import click_stats
+
+    settings = load_or_exit(config_path, secrets=False)
+    for profile in profiles:
+        _known_profile(settings, profile)
+    if day is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise click.BadParameter("must be YYYY-MM-DD (a UTC day)", param_hint="--day")
+    wanted = list(dict.fromkeys(profiles)) or list(settings.profiles)
+    on = keys.utc_day() if day is None else day
+
+    async def work(redis: Redis) -> Any:
+        return await click_stats(redis, wanted, top=top, day=on)
+
+    found = _with_redis(settings, work)
+    if as_json:
+        for stats in found:
+            row = {
+                "profile": stats.profile,
+                "shorten": settings.profiles[stats.profile].shorten,
+                "clicks": stats.total,
+                "day": on,
+                "top": [{"id": m, "clicks": n} for m, n in stats.top],
+            }
+            out.print(json.dumps(row), markup=False, soft_wrap=True)
+        return
+    for stats in found:
+        state = "" if settings.profiles[stats.profile].shorten else " (shorten off)"
+        out.print(f"{stats.profile}: {stats.total:,} clicks{state}", markup=False)
+        if top and stats.top:
+            out.print(f"  most clicked on {on}:", markup=False)
+            for message, count in stats.top:
+                out.print(f"    {message}  {count:,}", markup=False)
+        elif top:
+            out.print(f"  no clicks on {on}", markup=False)
+
+
 def _known_profile(settings: Settings, profile: str | None) -> None:
     """Exit 1 with one line when `profile` is given but not configured."""
     if profile is not None and profile not in settings.profiles:

@@ -68,6 +68,7 @@ __all__ = [
     "ConfigError",
     "Connector",
     "HttpSection",
+    "LinksSettings",
     "NumberDetails",
     "Profile",
     "QueueSettings",
@@ -290,6 +291,30 @@ class QueueSettings(_Section):
     schedule_poll: Annotated[float, _between(0.01, 60)] = 0.5
     retention: Annotated[float, _at_least(60)] = 7 * 86_400.0
     events_maxlen: Annotated[int, _at_least(1000)] = 1_000_000
+
+
+def _base_url(value: str | None) -> str | None:
+    value = _http_url(value)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        raise ValueError(
+            "must not have a query or a fragment (codes are appended: {base_url}/<code>)"
+        )
+    return value.rstrip("/")
+
+
+class LinksSettings(_Section):
+    """``[links]``: tracked links. A profile with ``shorten = true`` has every http(s)
+    URL of its outbound texts replaced by ``{base_url}/<code>``; the API listener
+    answers ``GET /l/<code>`` with a redirect, so `base_url` is the listener's public
+    address plus ``/l`` (or a short domain a proxy maps there)."""
+
+    base_url: Annotated[str | None, AfterValidator(_base_url)] = None
+    # Random characters of a code after its profile's two-letter tag (router.links:
+    # CODE_LENGTH, MIN_CODE_LENGTH, MAX_CODE_LENGTH; tests check they agree).
+    code_length: Annotated[int, _between(8, 32)] = 10
 
 
 class Campaign(_Section):
@@ -726,6 +751,9 @@ class Profile(_Section):
     over_cap: Literal["reject", "defer"] = "reject"
     template: str | None = None  # for jobs that carry neither text nor template
     smart_encoding: bool = False  # look-alikes (curly quotes, dashes...) -> GSM 03.38
+    # Tracked links: each http(s) URL of an outbound text becomes {[links] base_url}/<code>
+    # before its segments are counted (router/engine/shorten.py).
+    shorten: bool = False
     stop_keywords: list[str] = Field(
         default_factory=lambda: ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"]
     )
@@ -1012,6 +1040,7 @@ class Settings(_Section):
     campaigns: dict[str, Campaign] = Field(default_factory=dict)
     numbers: dict[str, NumberDetails] = Field(default_factory=dict)
     templates: dict[str, Template] = Field(default_factory=dict)
+    links: LinksSettings = Field(default_factory=LinksSettings)
     profiles: dict[str, Profile]
     connectors: dict[str, Connector] = Field(default_factory=dict)
     # In order, the first match wins; a routed profile's message no route matches is
@@ -1385,6 +1414,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
         problems += _check_protocol(where, profile, secrets)
         problems += _check_webhooks(where, profile, raw.get("api"))
         problems += _check_rules(where, profile, raw)
+        problems += _check_shorten(where, profile, raw.get("links"))
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
     problems += _check_routing(raw, secrets)
     problems += _check_accounts(raw)
@@ -1441,6 +1471,18 @@ def _check_rules(where: str, profile: Mapping[str, Any], raw: Mapping[str, Any])
                     f"{campaign!r}'s use_cases (number {number})"
                 )
     return problems
+
+
+def _check_shorten(where: str, profile: Mapping[str, Any], links: Any) -> list[str]:
+    """``shorten = true`` needs the address the short links are made of."""
+    if profile.get("shorten") is not True:
+        return []
+    if isinstance(links, Mapping) and links.get("base_url"):
+        return []
+    return [
+        f'{where}.shorten: needs [links] base_url (say base_url = "https://s.example.com/l": '
+        "the API listener's public address plus /l, where GET /l/<code> redirects)"
+    ]
 
 
 def _check_numbers(where: str, name: str, numbers: Any, owner: dict[str, str]) -> list[str]:

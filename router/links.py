@@ -77,6 +77,7 @@ __all__ = [
     "tag",
     "top_key",
     "valid_code",
+    "write_commands",
 ]
 
 ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -292,8 +293,7 @@ class Links:
         for _draw in range(_DRAWS):
             if not writes:
                 return texts
-            commands = [("SET", w.key, w.value, "NX", "EX", w.ttl) for w in writes]
-            replies = await roundtrip.execute(self._redis, commands)
+            replies = await self.write(writes)
             again = sorted({w.item for w, reply in zip(writes, replies, strict=True) if not reply})
             redo = self.prepare([items[i] for i in again])
             for i, text in zip(again, redo.texts, strict=True):
@@ -301,6 +301,10 @@ class Links:
             # The item numbers of the new writes are positions in `again`: map them back.
             writes = [w._replace(item=again[w.item]) for w in redo.writes]
         raise RuntimeError(f"links: no free code in {_DRAWS} draws")  # never seen
+
+    async def write(self, writes: Sequence[LinkWrite]) -> list[Any]:
+        """Store `writes` in one round trip; a reply is falsy where the code was taken."""
+        return await roundtrip.execute(self._redis, write_commands(writes))
 
     def prepare(self, items: Sequence[ToShorten]) -> Prepared:
         """The texts with their URLs replaced and the links to store, without Redis:
@@ -393,6 +397,11 @@ class Links:
         """Count a link preview's fetch of `link` (``link_previews`` in the profile's
         stats): not a click, no event."""
         await self._redis.hincrby(keys.stats(link.profile), "link_previews", 1)
+
+
+def write_commands(writes: Sequence[LinkWrite]) -> list[roundtrip.Command]:
+    """``SET key value NX EX ttl`` per link: only a new code is stored."""
+    return [("SET", w.key, w.value, "NX", "EX", w.ttl) for w in writes]
 
 
 async def click_stats(

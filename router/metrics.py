@@ -71,6 +71,8 @@ STATS = {
     "duplicates_dropped": "Jobs dropped as duplicates of a job id already recorded.",
     "reports_missing": "Sent messages whose delivery report did not come in time.",
     "replica_ack_short": "Messages recorded final with fewer replica acks than replicas_ack.",
+    "clicks": "Clicks on the profile's tracked links (GET /l/<code>, link previews not counted).",
+    "link_previews": "Fetches of the profile's tracked links by link previews (not clicks).",
 }
 REJECTED_PREFIX = "rejected_"
 

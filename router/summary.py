@@ -102,6 +102,8 @@ def config_lines(settings: Settings) -> list[str]:
         lines.append(head)
         rule = f"  sender={p.sender} over_cap={p.over_cap} template={p.template or '-'}"
         rule += f" smart_encoding={str(p.smart_encoding).lower()}"
+        if p.shorten:
+            rule += f" shorten -> {settings.links.base_url}/<code>"
         if p.sender_preference:
             rule += " sender_preference=" + ",".join(p.sender_preference)
         if p.default_use_case:

@@ -8,7 +8,17 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from router.api import events, messages, metrics, profiles, providers, routes, sendsms, twilio
+from router.api import (
+    events,
+    links,
+    messages,
+    metrics,
+    profiles,
+    providers,
+    routes,
+    sendsms,
+    twilio,
+)
 from router.api.common import CONTEXT, ApiContext, json_response, middleware
 from router.api.forward import in_daemon
 from router.store.outages import REDIS_ERRORS
@@ -50,7 +60,7 @@ def build_app(context: ApiContext) -> web.Application:
     app[CONTEXT] = context
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    groups = (messages, profiles, routes, twilio, sendsms, providers, events, metrics)
+    groups = (messages, profiles, routes, twilio, sendsms, providers, events, links, metrics)
     for group in groups:
         group.add_routes(app)
     return app

@@ -1,4 +1,5 @@
-"""``GET /v1/events``: status changes and inbound messages, live, over a websocket.
+"""``GET /v1/events``: status changes, inbound messages and link clicks, live, over a
+websocket.
 
 The source is each profile's event stream (``sms:{P}:events``): the ledger adds every
 status change, `router.engine.inbound` every stored inbound message; a subscriber gets them
@@ -16,8 +17,9 @@ merged. Protocol (docs/events.md, "The event websocket"):
    stream still holds it; a profile the position does not name starts from its first
    event).
 3. The server answers ``{"type": "subscribed", "from": ..., "position": {...}}``, then
-   sends each matching event as JSON: ``{"type": "status" | "inbound", "event_id":
-   ...}`` plus the event's fields (``profile`` among them); and ``{"type":
+   sends each matching event as JSON: ``{"type": "status" | "inbound" | "click",
+   "event_id": ...}`` plus the event's fields (``profile`` among them; a click's
+   ``url`` is the clicked link's original URL, ``status`` is ``click``); and ``{"type":
    "heartbeat", "last_event_id": ..., "position": {...}}`` after `heartbeat` seconds
    without a message (websocket pings run too).
 
@@ -81,7 +83,7 @@ POLL = 1.0  # an idle subscriber looks at the stream at least this often
 MAX_IDS = 10_000
 MAX_ACCOUNTS = 1000
 KNOWN_ACCOUNTS = 50_000  # job id -> account remembered per subscriber (then forgotten)
-KINDS = frozenset({*STATUSES, "inbound"})
+KINDS = frozenset({*STATUSES, "inbound", "click"})
 _EVENT_ID = re.compile(r"^\d+(-\d+)?$")
 
 BAD_SUBSCRIPTION = 4400
@@ -163,7 +165,9 @@ def parse_subscription(data: Any) -> Subscription:
     statuses = _strings(data, "status", len(KINDS))
     wrong = sorted(statuses - KINDS)
     if wrong:
-        raise ValueError(f'status: unknown {_quoted(wrong[0])} (a message status or "inbound")')
+        raise ValueError(
+            f'status: unknown {_quoted(wrong[0])} (a message status, "inbound" or "click")'
+        )
     start = data.get("from", "$")
     if isinstance(start, dict):
         for profile, at in start.items():
@@ -211,7 +215,8 @@ def event_json(event_id: str, fields: dict[str, str]) -> dict[str, Any]:
     if fields.get("type") == "inbound":
         entry = fields.get("id", "").removeprefix("in-")
         return {"type": "inbound", "event_id": event_id, **render(entry, fields["profile"], fields)}
-    return {"type": "status", "event_id": event_id, **body_of(fields)}
+    kind = "click" if fields.get("status") == "click" else "status"
+    return {"type": kind, "event_id": event_id, **body_of(fields)}
 
 
 def _order(event_id: str) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 The new file is validated before anything changes (router/daemon/daemon.py). Then:
 profiles removed are retired (in-flight messages finish, binds close); profiles
 added are built and started; a profile whose own table, or a table every profile
-reads (campaigns, numbers, templates, queue), changed gets a new worker. Its binds
+reads (campaigns, numbers, templates, queue; `[links]` for the profiles that shorten
+their URLs), changed gets a new worker. Its binds
 carry on when their connection settings are the same (`runtime.reusable_binds`): an
 SMPP session stays bound, taking the new window, rate and processing mode in place;
 otherwise they are closed after the old worker drained and new ones are bound.
@@ -175,6 +176,10 @@ class Reloader:
         new, old = self.settings, self.old
         grace = new.router.shutdown_grace
         everything = any(getattr(new, t) != getattr(old, t) for t in _SHARED_TABLES)
+        # `[links]` is read by the profiles that shorten (their compose stage): those
+        # get a new worker when it changes; links already made keep working (a code
+        # resolves whatever base_url is now).
+        links = new.links != old.links
         self.shared.table = RouteTable(new)
         for name in [n for n in self.runtimes if n not in new.profiles]:
             runtime = self.runtimes.pop(name)
@@ -192,7 +197,8 @@ class Reloader:
                 log.info("reload: profile added", profile=name)
                 self.changes.append(f"profile {name} added")
                 continue
-            if profile == old.profiles[name] and not everything:
+            shortens = profile.shorten or old.profiles[name].shorten
+            if profile == old.profiles[name] and not everything and not (links and shortens):
                 continue
             keep = reusable_binds(old.profiles[name], profile)
             left = await current.retire(grace, close_binds=not keep)

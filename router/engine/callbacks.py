@@ -77,8 +77,12 @@ Attempt = Callable[[aiohttp.ClientSession], Awaitable[str]]
 
 
 def body_of(fields: dict[str, str]) -> dict[str, Any]:
-    """The JSON posted for one status change (the url itself is not part of it)."""
+    """The JSON posted for one status change (the url itself is not part of it). A
+    click's clicked URL is the stream's ``link`` field (``url`` on the callbacks stream
+    is where to post) and the body's ``url``."""
     body: dict[str, Any] = {k: v for k, v in fields.items() if k != "url"}
+    if "link" in body and fields.get("status") == "click":
+        body["url"] = body.pop("link")
     if "meta" in body:
         with contextlib.suppress(ValueError):
             body["meta"] = json.loads(body["meta"])

@@ -4,7 +4,8 @@
 with it: a `Plan`. Jobs to send now have their recipients screened (opt-out, block
 and allow lists: `audience`) and a sender number picked under the profile's rules
 and daily caps (`senders`, `rules`) by `Planner.pick`, for the whole batch in one
-round trip; a pick the rules refuse turns into `Plan.REFUSE` (or `Plan.DEFER` past a
+round trip (which also stores the batch's tracked links when the profile shortens its
+URLs: `shorten`); a pick the rules refuse turns into `Plan.REFUSE` (or `Plan.DEFER` past a
 full daily cap, when the profile says so). The worker hands `SEND` entries to the
 pipeline as `Ready`s and every other entry to the per-entry path (`entries`).
 """
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 
 from router.config import Settings
 from router.engine.pipeline import Ready
+from router.engine.shorten import Shortener
 from router.policy.audience import KEYWORD_REPLY_PREFIX, Audience
 from router.policy.checks import JobCheck
 from router.policy.jobs import Job, JobError, decode_job
@@ -64,6 +66,8 @@ class Planner:
         self.senders = SenderPool(redis, name, self.profile, self.rules)
         self.audience = Audience(redis, name, self.profile)
         self.spend = SpendLimit(name, self.profile, settings.all_connectors())
+        # Tracked links (`shorten = true`): None when the profile does not shorten.
+        self.shortener = Shortener.of(redis, name, settings)
         self._redis = redis
 
     def plan(self, entry: Entry) -> Planned:
@@ -96,14 +100,26 @@ class Planner:
 
     async def pick(self, jobs: Sequence[Job]) -> tuple[list[str | Refusal], set[int]]:
         """Screen the recipients and choose a sender for each job (or say why not); and
-        which picks are new sticky mappings (written with the `sending` record)."""
+        which picks are new sticky mappings (written with the `sending` record). With
+        ``shorten`` on, the jobs' texts get their short links first (`Shortener`), in
+        the same round trip."""
         default_use_case = self.profile.default_use_case
         wants = [Want(job.to, job.use_case or default_use_case, job.sender) for job in jobs]
         recipients = [job.to for job in jobs]
+        # The compose stage's links (`shorten`) ride in the same round trip: their
+        # writes first, so the texts are short before anything counts their segments.
+        links = self.shortener.prepare(jobs) if self.shortener is not None else None
+        writes = Shortener.commands(links)
         async with self._redis.pipeline(transaction=False) as pipe:
+            for command in writes:
+                pipe.execute_command(*command)
             count = self.senders.commands(pipe, wants)
             self.audience.commands(pipe, recipients)
             replies = await pipe.execute()
+        if links is not None:
+            assert self.shortener is not None
+            await self.shortener.settle(links, replies[: len(writes)])
+            replies = replies[len(writes) :]
         verdicts = await self.audience.verdicts(recipients, replies[count:])
         for job, want, verdict in zip(jobs, wants, verdicts, strict=True):
             if verdict is None:

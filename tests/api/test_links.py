@@ -291,12 +291,12 @@ async def test_get_redirects_and_records_the_click(
             "Phone/1.0",
             "alerts",
         )
-        # The websocket carries the same fields (its `type` and the `link` -> `url`
-        # name are the wiring's: see the report).
-        assert {k: seen[k] for k in ("id", "status", "link", "user_agent", "profile")} == {
+        # The websocket: a `click` event, the stream's `link` named `url`.
+        assert seen["type"] == "click" and "link" not in seen
+        assert {k: seen[k] for k in ("id", "status", "url", "user_agent", "profile")} == {
             "id": "job-1",
             "status": "click",
-            "link": target,
+            "url": target,
             "user_agent": "Phone/1.0",
             "profile": "alerts",
         }
@@ -304,7 +304,8 @@ async def test_get_redirects_and_records_the_click(
         await wait_for(lambda: receiver.got, 10, "the status callback")
         (posted,) = receiver.got
         assert posted["id"] == "job-1" and posted["status"] == "click"
-        assert posted["link"] == target and posted["at"] == float(event["at"])
+        assert posted["url"] == target and posted["at"] == float(event["at"])
+        assert "link" not in posted
     finally:
         stopping.set()
         await posting
