@@ -402,8 +402,11 @@ async def receipt_path(n: int, window: int, late: bool = False) -> dict[str, Any
             for start in range(0, n, 1000):
                 records = await ledger.find(ids[start : start + 1000])
                 done += sum(1 for r in records if r is not None and r["status"] == "delivered")
-        else:  # each kept early
-            done = await redis.hlen("sms:{bench}:early")
+        else:  # each kept early (one hash, or one per time bucket: both layouts)
+            done = 0
+            async for key in redis.scan_iter(match="sms:{bench}:early*"):
+                if await redis.type(key) == b"hash":
+                    done += await redis.hlen(key)
         return {
             "rate": round(n / seconds, 1),
             "router_cpu_us_per_receipt": round(1e6 * cpu / n, 2),
