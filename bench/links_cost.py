@@ -1,0 +1,188 @@
+"""What tracked links cost the drain: the router's drain (bench/versus_kannel.py's) with
+``shorten`` off and on, rounds interleaved (off, on, off, on, ...), every message
+carrying one URL.
+
+Usage: python bench/links_cost.py [--n 20000] [--rounds 5]
+       python bench/links_cost.py --profile on|off [--n 60000] [--seconds 8]
+
+Both runs: one SMPP transceiver to the peer kit's sink (../shared/bench-peers), window
+100, N jobs queued while the sink is down, then drained; rate = the sink's first to
+last submit (the same measure as versus_kannel's drain). Every text is "Your order
+<i> shipped: https://shop.example.com/orders/<i>?tab=tracking" (63-68 characters).
+
+- off: ``[links]`` unset, the profile without ``shorten``: the URL is sent as it is.
+- on: ``[links] base_url = "https://s.example.com/l"`` and ``shorten = true``: each URL
+  becomes a short link (a ``SET NX EX`` per message in the planner's round trip).
+
+`--profile`: one drain (shortening on or off) with py-spy attached (as
+bench/profile_drain.py: 200 Hz, raw stacks in /tmp/links-<on|off>.raw), then the hottest
+functions and the share of the samples in the links' code. Kannel is not needed.
+Prints each round, the medians and the ratio on/off (median of
+the per-round ratios); writes bench/results/links_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import Rig, cpu_seconds, ensure_tools, peak_rss_mb, round_ratio, save
+from profile_drain import summarise
+from redis.asyncio import Redis
+from versus_kannel import read_records, waited, waiter
+
+from router import Client
+
+BASE_URL = "https://s.example.com/l"
+
+
+def text(i: int) -> str:
+    return f"Your order {i} shipped: https://shop.example.com/orders/{i}?tab=tracking"
+
+
+async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
+    """`n` jobs with one URL each, through `Client.send_many`."""
+    redis = Redis.from_url(url)
+    client = Client(redis, default_profile="bench")
+    for start in range(0, n, batch):
+        await client.send_many(
+            [
+                {"id": f"{tag}-{i}", "to": f"+4915100{i % 1_000_000:06d}", "text": text(i)}
+                for i in range(start, min(n, start + batch))
+            ]
+        )
+    await redis.aclose()
+
+
+async def link_count(url: str) -> int:
+    redis = Redis.from_url(url)
+    try:
+        return len([k async for k in redis.scan_iter(match="sms:{bench}:link:*", count=5000)])
+    finally:
+        await redis.aclose()
+
+
+def spy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
+    """py-spy recording `pid` (raw stacks to `out`)."""
+    binary = shutil.which("py-spy") or "/tmp/tools/bin/py-spy"
+    return subprocess.Popen(
+        [binary, "record", "--pid", str(pid), "-f", "raw", "-o", str(out),
+         "-d", str(seconds), "-r", "200", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def drain(n: int, scratch: Path, tag: str, on: bool, *, profile: int = 0) -> dict[str, Any]:
+    """versus_kannel's router drain with shortening `on` or off; checks every job was sent."""
+    rig = Rig(scratch, tag)
+    config = rig.config.read_text()
+    if on:
+        config = config.replace("global = true\n", "global = true\nshorten = true\n", 1)
+        config += f'\n[links]\nbase_url = "{BASE_URL}"\n'
+    rig.config.write_text(config)
+    try:
+        asyncio.run(preload(rig.url, n, tag))
+        rig.start_daemon()
+        time.sleep(1.5)  # started and trying to bind
+        pids = rig.pids()
+        wait = waiter(n, rig.stats, tag, pids)
+        recording = None
+        if profile:
+            recording = spy(rig.router_pid, Path(f"/tmp/links-{tag}.raw"), profile)
+            time.sleep(1.0)
+        time.sleep(0.5)
+        cpu0 = cpu_seconds(rig.router_pid)
+        rig.start_sink()
+        result = waited(wait)
+        if recording is not None:
+            recording.wait(profile + 30)
+        row: dict[str, Any] = {
+            "rate": result.get("sink_rate", 0.0),
+            "complete": result.get("complete", False),
+            "cpu_pct": {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items()},
+            "router_cpu_s": round(cpu_seconds(rig.router_pid) - cpu0, 2),
+            "foreign_cpu_pct": result.get("foreign_cpu_pct"),
+        }
+        row["cpu_pct"].pop("loader", None)
+        row["router_us_per_msg"] = round(row["router_cpu_s"] / n * 1e6, 1)
+        row["rss_mb"] = round(peak_rss_mb(rig.router_pid), 1)
+        sample = asyncio.run(read_records(rig.url, [f"{tag}-{i}" for i in range(4)]))
+        row["sample_statuses"] = sorted({str((r or {}).get("status")) for r in sample})
+        row["sample_text"] = str((sample[0] or {}).get("text", ""))
+        row["links"] = asyncio.run(link_count(rig.url))
+    finally:
+        rig.close()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", choices=["on", "off"], help="one drain under py-spy")
+    parser.add_argument("--seconds", type=int, default=8, help="py-spy's recording time")
+    args = parser.parse_args()
+    ensure_tools(kannel=False)
+    scratch = Path(tempfile.mkdtemp(prefix="sms-links-"))
+    if args.profile:
+        row = drain(args.n, scratch, args.profile, args.profile == "on", profile=args.seconds)
+        print(f"links {args.profile}: {row['rate']:,.0f} msg/s, complete {row['complete']}")
+        raw = Path(f"/tmp/links-{args.profile}.raw")
+        summarise(raw)
+        total = mine = 0
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            total += int(count)
+            if "links.py" in stack or "shorten.py" in stack:
+                mine += int(count)
+        print(f"samples in router/links.py or router/engine/shorten.py: {mine / max(total, 1):.1%}")
+        return
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for r in range(args.rounds):
+        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            row = drain(args.n, scratch, f"{name}{r}", name == "on")
+            runs[name].append(row)
+            print(
+                f"round {r + 1}: links {name:3} {row['rate']:8,.0f} msg/s "
+                f"router {row['router_us_per_msg']} us/msg (complete {row['complete']}, "
+                f"cpu {row['cpu_pct']}, other load {row['foreign_cpu_pct']}, "
+                f"links {row['links']}, {row['sample_statuses']})",
+                flush=True,
+            )
+    rates = {name: statistics.median(x["rate"] for x in rows) for name, rows in runs.items()}
+    cpu = {
+        name: statistics.median(x["router_us_per_msg"] for x in rows) for name, rows in runs.items()
+    }
+    ratio = round_ratio(runs["off"], runs["on"])
+    print(
+        f"\nlinks off {rates['off']:,.0f} msg/s ({cpu['off']} us router CPU/msg), "
+        f"on {rates['on']:,.0f} msg/s ({cpu['on']} us/msg), on/off {ratio}"
+    )
+    print(f"sample text (on): {runs['on'][-1]['sample_text']}")
+    path = save(
+        "links_cost",
+        {
+            "n": args.n,
+            "rounds": args.rounds,
+            "off_rate": rates["off"],
+            "on_rate": rates["on"],
+            "ratio": ratio,
+            "router_us_per_msg": cpu,
+            "complete": all(x["complete"] for rows in runs.values() for x in rows),
+            "runs": runs,
+        },
+    )
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
