@@ -267,7 +267,9 @@ async def create_message(request: web.Request) -> web.Response:
             f"Too Many Requests: {limited.reason}",
             headers={"Retry-After": retry_after(limited.retry_after)},
         ) from None
-    record = await context.ledger.get(sid, profile=job.get("profile")) or {
+    record = await context.ledger.get(
+        sid, profile=job.get("profile"), profiles=list(context.settings.profiles)
+    ) or {
         "id": sid,
         "status": "queued",
     }

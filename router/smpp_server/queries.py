@@ -22,6 +22,7 @@ limits a client to its own messages.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -33,8 +34,6 @@ from binds.smpp.pdu import PduError, read_c_string
 from router.policy.accounts import Caller
 from router.smpp_server.context import Context
 from router.smpp_server.receipts import STATES
-from router.store import keys
-from router.store.connections import as_text
 from router.store.ledger import Ledger, Transition
 from router.store.outages import REDIS_ERRORS
 
@@ -137,30 +136,32 @@ def query_resp_body(message_id: str, record: dict[str, Any]) -> bytes:
 class Queries:
     """Answers query_sm and cancel_sm from the ledger."""
 
-    def __init__(self, redis: Redis, ledger: Ledger) -> None:
+    def __init__(self, redis: Redis, ledger: Ledger, profiles: Callable[[], Sequence[str]]) -> None:
+        """`profiles`: the configured profiles, in the configuration's order (read at
+        each query, so a reload's are used)."""
         self.redis = redis
         self.ledger = ledger
+        self._profiles = profiles
 
     @classmethod
     def of(cls, context: Context) -> Queries:
         """Queries on the Redis and ledger of the server's `Client` (the intake's), so
         a cancel's step waits for replicas as an enqueue does."""
         client = context.intake.client
-        return cls(client.redis, client.ledger)
+        return cls(client.redis, client.ledger, lambda: list(context.settings.profiles))
 
     async def _own(self, caller: Caller, message_id: str) -> dict[str, Any] | None:
-        """The record of `message_id` when it is `caller`'s (with its `profile`, from
-        the job's locator), else None."""
+        """The record of `message_id` when it is `caller`'s (with its `profile`), else
+        None. Looked for in the profiles the account may send through first (its
+        messages are there), then in the other configured ones."""
         if not message_id:
             return None
-        profile = await self.redis.get(keys.locator(message_id))
-        if profile is None:
-            return None  # a door's job always has a locator
-        profile = as_text(profile)
-        record = await self.ledger.get(message_id, profile=profile)
+        allowed = caller.account.profiles
+        profiles = [*allowed, *(p for p in self._profiles() if p not in allowed)]
+        record = await self.ledger.get(message_id, profiles=profiles)
         if record is None or record.get("account") != caller.name:
             return None
-        return {**record, "profile": profile}
+        return record
 
     async def query(self, caller: Caller, body: bytes) -> tuple[int, bytes]:
         """(command_status, body) of the query_sm_resp for `body`; PduError when it

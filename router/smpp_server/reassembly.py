@@ -288,7 +288,8 @@ class Reassembly:
 
     async def _reject(self, account: str, job_id: str, part: Part, code: str, reason: str) -> None:
         """Record the message `job_id` rejected (its parts were acknowledged, so it gets a
-        final status, its event and the client its receipt), with its locator."""
+        final status, its event and the client its receipt), in the profile `admit` would
+        have put it in (so query_sm, which looks in the configured profiles, finds it)."""
         profile = self._profile(account)
         if profile is None:
             log.error(
@@ -313,7 +314,6 @@ class Reassembly:
         result = await self.intake.client.ledger.transition(
             job_id, "", "rejected", profile=profile, note=reason, fields=fields, event=event
         )
-        await self._redis.set(keys.locator(job_id), profile, nx=True, ex=self._retention())
         if result.ok:
             self.rejected += 1
             log.info("long message rejected", account=account, id=job_id, reason=reason)

@@ -3,8 +3,8 @@
 All keys of one profile share the hash tag ``{P}`` so that each multi-key step
 (record and publish, defer to the schedule, dead-letter, promote) stays in one Redis
 Cluster slot; every key a script touches is passed to it in KEYS. The exceptions
-stand alone: the daily caps (one key, ``{caps}``), the job id locator, the health and
-lease records of instances.
+stand alone: the daily caps (one key, ``{caps}``), the job id locator of older versions
+(read, no longer written), the health and lease records of instances.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def record(profile: str, job_id: str) -> str:
 
 
 def locator(job_id: str) -> str:
-    """Job id -> the profile whose record it is (so a record is found by id alone);
-    written with the record's first step, with the record's retention. Not hash-tagged:
-    it is read and written on its own, never inside a profile's script."""
+    """Job id -> the profile whose record it is, written by versions before the
+    locator was folded in (with the record's retention; no longer written: a record is
+    found by looking in each configured profile). Read only for an id no configured
+    profile holds, until the last expires. Not hash-tagged."""
     return f"sms:loc:{job_id}"
 
 

@@ -19,9 +19,11 @@ The hot path writes in batches: `sending` records a batch in one call, `finish`
 records a batch's outcomes, events, provider-id index and acknowledgements in
 another. The other changes (scheduled, retries, rejections) go one by one through
 `transition`. Every script's keys are one profile's and passed in KEYS, so each runs
-on Redis Cluster. A record is found by job id alone through its locator
-(``sms:loc:<id>``, written when the job is enqueued), else by looking in each
-configured profile.
+on Redis Cluster. A record is found by job id alone by looking in each configured
+profile (`find`): a job id is unique within its profile, and one used in two profiles is
+found in the first given that has it. Versions before this one also wrote a locator
+(``sms:loc:<id>`` -> profile) per job; those still present are read for the ids the
+profiles do not hold.
 """
 
 from __future__ import annotations
@@ -287,7 +289,6 @@ class Ledger:
         self._report = redis.register_script(scripts.with_common("report"))
         self._missing = redis.register_script(scripts.with_common("missing"))
         self._enqueue = redis.register_script(scripts.with_common("enqueue"))
-        self._locate = redis.register_script(scripts.source("locate"))
         self._sending = redis.register_script(scripts.with_common("sending"))
         self._finish = redis.register_script(scripts.with_common("finish"))
         self._early = redis.register_script(scripts.with_common("early"))
@@ -297,6 +298,9 @@ class Ledger:
         self._early_keep: dict[str, int] = {}
         # Profiles whose sent messages get no provider-id index (no report can come).
         self._unindexed: set[str] = set()
+        # `stored_profiles`' last answer and when (time.monotonic) it was read.
+        self._stored: list[str] = []
+        self._stored_at = -math.inf
 
     def expect_reports(self, profile: str, within: float) -> None:
         """From now on, a message of `profile` recorded `sent` joins the profile's
@@ -550,11 +554,12 @@ class Ledger:
         self, items: Sequence[tuple[str, str, bytes, Mapping[str, str]]]
     ) -> list[bool]:
         """Record `queued` and add each job to its work stream, atomically per profile,
-        in one round trip, with each job's locator.
+        in one round trip.
 
         Each item is (job id, profile, encoded job, record fields). A job whose id has
-        a record already is not enqueued (False in the answer). A job id is unique
-        within its profile; the locator names the first profile that used it.
+        a record already in its profile is not enqueued (False in the answer). No
+        locator is written: `find` looks for an id in the configured profiles (a
+        locator cost ~170 bytes of Redis per message, for the whole retention).
         """
         groups = _by_profile(items)
         calls = [
@@ -564,18 +569,7 @@ class Ledger:
             )
             for profile, chunk in groups
         ]
-        ttl = self._retention
         commands = [roundtrip.evalsha(self._enqueue, k, a) for k, a in calls]
-        if roundtrip.is_cluster(self._redis):
-            # Each locator in a slot of its own: a SET each.
-            commands += [("SET", keys.locator(job_id), profile, "NX", "EX", ttl)
-                         for job_id, profile, _job, _fields in items]  # fmt: skip
-        elif items:
-            # The same SETs in one script call: a command per job costs the client more
-            # than the enqueue itself.
-            locators = [keys.locator(job_id) for job_id, _p, _job, _fields in items]
-            profiles = [profile for _job_id, profile, _job, _fields in items]
-            commands.append(roundtrip.evalsha(self._locate, locators, [ttl, *profiles]))
         counts = Counter(profile for _job_id, profile, _job, _fields in items)
         # The producer is told "queued" only once a replica holds the job too: a
         # fail-over cannot lose it (or it is counted short, as for the outcomes). One
@@ -587,7 +581,7 @@ class Ledger:
         elif self._replicas.wanted:
             waits = [(counts, self._replicas.command())]
         commands += [wait for _counts, wait in waits]
-        replies = await roundtrip.execute(self._redis, commands, [self._enqueue, self._locate])
+        replies = await roundtrip.execute(self._redis, commands, [self._enqueue])
         acks = replies[len(replies) - len(waits) :]
         for (covered, _wait), acked in zip(waits, acks, strict=True):
             await self._replicas.note(int(acked), covered)
@@ -603,9 +597,8 @@ class Ledger:
         """The command of one `enqueue` call for `items` (job id, encoded job, record
         fields) of `profile`, for the caller's pipeline (so it can share a MULTI with
         other writes of the profile; `enqueue_script` must be among its scripts). Its
-        reply is a flat list: verdict (ok | duplicate), entry id, per item. No locator is
-        written (it lives in another slot): the record is found by looking in the
-        profile."""
+        reply is a flat list: verdict (ok | duplicate), entry id, per item (as
+        `enqueue`'s)."""
         script_keys, args = self._enqueue_call(profile, items)
         return roundtrip.evalsha(self._enqueue, script_keys, args)
 
@@ -689,7 +682,7 @@ class Ledger:
         self, job_id: str, *, profile: str | None = None, profiles: Sequence[str] = ()
     ) -> dict[str, Any] | None:
         """The record of one job, decoded, or None; without `profile`, found as `find`
-        finds it."""
+        finds it in `profiles`."""
         if profile is not None:
             raw = await self._redis.hgetall(keys.record(profile, job_id))
             return {"id": job_id, **decode_record(raw, profile)} if raw else None
@@ -698,22 +691,73 @@ class Ledger:
     async def find(
         self, job_ids: Sequence[str], *, profiles: Sequence[str] = ()
     ) -> list[dict[str, Any] | None]:
-        """Records of jobs known by id alone: each job's locator names its profile; a
-        job without one (enqueued by a plain XADD, or a keyword reply) is looked for in
-        each of `profiles`. Two or three round trips whatever the number of jobs."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.get(keys.locator(job_id))
-            located = await pipe.execute()
-        pairs = [(as_text(p), j) for j, p in zip(job_ids, located, strict=True) if p is not None]
-        found = {j: r for (_p, j), r in zip(pairs, await self.get_many(pairs), strict=True) if r}
-        unknown = [j for j in job_ids if j not in found]
-        if unknown and profiles:
-            probes = [(p, j) for j in unknown for p in profiles]
-            for (_p, j), r in zip(probes, await self.get_many(probes), strict=True):
-                if r is not None:
-                    found.setdefault(j, r)
+        """Records of jobs known by id alone, in order (None: not found).
+
+        Each id is looked for in each of `profiles` (the configured ones, in the
+        configuration's order): an HGETALL per id and profile, all in one pipelined
+        round trip (a miss costs Redis what an EXISTS would, and a hit needs no second
+        read). A job id is unique within its profile; one used in two profiles is found
+        in the first of `profiles` that holds it. An id found in none is looked up
+        through its locator (``sms:loc:<id>``), which versions before this one wrote
+        for every job: one more round trip, and one more when a locator names a
+        profile not probed (a record of a profile no longer configured). Read second,
+        as only old records of such profiles need it: a lookup of a record written
+        since costs the probe's round trip alone.
+
+        Without `profiles` (a tool that knows no configuration), they are the profiles
+        Redis holds a work or event stream of (`stored_profiles`: a SCAN of the
+        keyspace, made again at most once a second, when an id is not found)."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return []
+        looked = list(dict.fromkeys(profiles))
+        if not looked:
+            looked = (
+                list(self._stored) if self._stored_at > -math.inf else await self.stored_profiles()
+            )
+        found = await self._probe(ids, looked)
+        if not profiles and len(found) < len(ids) and self._stored_at < time.monotonic() - 1:
+            # A profile whose first message came since the last SCAN.
+            more = [p for p in await self.stored_profiles() if p not in looked]
+            found.update(await self._probe([j for j in ids if j not in found], more))
+            looked += more
+        unknown = [j for j in ids if j not in found]
+        if unknown:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in unknown:
+                    pipe.get(keys.locator(job_id))
+                located = await pipe.execute()
+            pairs = [
+                (as_text(p), j)
+                for j, p in zip(unknown, located, strict=True)
+                if p is not None and as_text(p) not in looked
+            ]
+            if pairs:
+                rows = await self.get_many(pairs)
+                found.update({j: r for (_p, j), r in zip(pairs, rows, strict=True) if r})
         return [found.get(j) for j in job_ids]
+
+    async def _probe(self, ids: Sequence[str], profiles: Sequence[str]) -> dict[str, Any]:
+        """The records of `ids` found in `profiles` (the first that holds each), by id."""
+        probes = [(p, j) for j in ids for p in profiles]
+        found: dict[str, Any] = {}
+        for (_p, job_id), record in zip(probes, await self.get_many(probes), strict=True):
+            if record is not None:
+                found.setdefault(job_id, record)
+        return found
+
+    async def stored_profiles(self) -> list[str]:
+        """The profiles Redis holds a work stream (``sms:{P}:q``) or an event stream
+        (``sms:{P}:events``) of, sorted: found by a SCAN of the whole keyspace (on a
+        cluster, of every master), so for tools and tests that know no configuration;
+        the router's own lookups pass the configured profiles."""
+        names: set[str] = set()
+        async for key in self._redis.scan_iter(match="sms:{*}:*", count=1000, _type="stream"):
+            if found := _STREAM_OF_PROFILE.fullmatch(as_text(key)):
+                names.add(found.group(1))
+        self._stored = sorted(names)
+        self._stored_at = time.monotonic()
+        return list(self._stored)
 
     async def get_many(self, jobs: Sequence[tuple[str, str]]) -> list[dict[str, Any] | None]:
         """Records of several jobs, each given as (profile, job id), in one round trip."""
@@ -754,6 +798,8 @@ STEP_CODES: dict[str, str] = {
     "r": "rejected",
     "x": "expired",
 }
+# A profile's work or event stream (router/store/keys.py's `queue` and `events`).
+_STREAM_OF_PROFILE = re.compile(r"sms:\{(.+)\}:(?:q|events)", re.S)
 # A delivery report's step note (lua/common.lua's apply_report).
 _REPORT_NOTE = re.compile(r"stat (.*) err (.*)", re.S)
 

@@ -3,7 +3,8 @@
 Old → new:
 
 * ``sms:msg:<id>`` → ``sms:{P}:msg:<id>`` (DUMP + RESTORE with the TTL, then DEL: works
-  across cluster slots, unlike RENAME) and the locator ``sms:loc:<id>`` = P, same TTL;
+  across cluster slots, unlike RENAME; found by id alone by looking in the configured
+  profiles, as every record is);
 * ``sms:events`` → ``sms:{P}:events``, one stream per profile, in the same order;
 * ``sms:callbacks`` → ``sms:{P}:callbacks`` (every entry left is pending or unread: all
   are copied, so the new version posts them) and ``sms:callbacks:dlq`` →
@@ -203,8 +204,8 @@ class _Step:
         report.unresolved_ids = unresolved[:SHOWN_UNRESOLVED]
 
     async def _move(self, placed: list[tuple[str, str]]) -> tuple[int, int]:
-        """DUMP + RESTORE (with the remaining TTL) + DEL each (job id, profile); the
-        locator with the same TTL. A new key present already is kept as it is."""
+        """DUMP + RESTORE (with the remaining TTL) + DEL each (job id, profile). A new
+        key present already is kept as it is."""
         if not placed:
             return 0, 0
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -231,15 +232,13 @@ class _Step:
             restored: list[Any] = await pipe.execute(raise_on_error=False)
         moved = already = 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (job_id, profile, ttl, _payload), outcome in zip(items, restored, strict=True):
+            for (job_id, _profile, _ttl, _payload), outcome in zip(items, restored, strict=True):
                 if isinstance(outcome, ResponseError):
                     if "BUSYKEY" not in str(outcome):
                         raise MigrationError(f"RESTORE of record {job_id} failed: {outcome}")
                     already += 1  # moved by an interrupted run: keep the new key as it is
                 else:
                     moved += 1
-                # NX: a locator written by an earlier run (or the new version) stands.
-                pipe.set(keys.locator(job_id), profile, px=ttl or None, nx=True)
                 pipe.delete(OLD_RECORD_PREFIX + job_id)  # only now that the new key exists
             await pipe.execute()
         return moved, already

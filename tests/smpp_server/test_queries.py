@@ -155,7 +155,7 @@ async def test_query_before_bind_and_unreadable(make_door: MakeDoor) -> None:
 async def test_cancel_does_not_overwrite_a_sending_started_after_the_read(redis: Redis) -> None:
     """The record went to `sending` after cancel_sm read it `queued`: the WATCHed step
     does not happen, and the record is left to the worker."""
-    queries = Queries(redis, Ledger(redis, retention=3600, events_maxlen=1000))
+    queries = Queries(redis, Ledger(redis, retention=3600, events_maxlen=1000), lambda: ["sms"])
     record: dict[str | bytes, str] = {
         "status": "sending",
         "owner": "1-0",
