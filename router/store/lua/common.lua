@@ -238,9 +238,19 @@ local function put_long(f, name, value)
     end
     if i == 1 then f[#f + 1] = name else f[#f + 1] = name .. '~' .. i end
     f[#f + 1] = string.sub(value, at, cut)
-    if cut >= len then return end
+    if cut >= len then return i end
     at, i = cut + 1, i + 1
   end
+end
+
+-- A value written again over one of more pieces (a text shortened, a later attempt's
+-- shorter error) would leave the old value's last pieces behind, and readers join
+-- every piece: drop those beyond the `count` just written. `old_first` is the old
+-- first piece as read (false or nil when absent); only a full one can have had more.
+local function drop_pieces(rec, name, count, old_first)
+  if not old_first or #old_first < piece_max - 3 then return end
+  local i = count + 1
+  while redis.call('HDEL', rec, name .. '~' .. i) == 1 do i = i + 1 end
 end
 
 -- The whole of a value `put_long` wrote, given its first piece as read (false or nil

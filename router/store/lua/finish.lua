@@ -41,6 +41,7 @@ for i, it in ipairs(items) do
   bases[i] = base
   local name, value = step(n, status, now, note, via, base)
   local f = {'status', status, 'n', n, name, value}
+  local drops = {}  -- long values written again: {name, pieces written}
   local ev = {'id', job, 'profile', profile, 'status', status, 'at', now}
   if via ~= '' then ev[#ev + 1] = 'connector'; ev[#ev + 1] = via end
   if note ~= '' then ev[#ev + 1] = 'note'; ev[#ev + 1] = note end
@@ -61,7 +62,10 @@ for i, it in ipairs(items) do
     -- (one segment, the usual, is not written: decode_record reads no `segments` as 1)
     local segments = it[FINISHED_SEGMENTS]
     if segments ~= 1 then f[#f + 1] = 'segments'; f[#f + 1] = segments end
-    if #ids > 1 then put_long(f, 'part_ids', cjson.encode(ids)) end
+    if #ids > 1 then
+      -- (a message sent again after a crash: its earlier parts' ids may be longer)
+      drops[#drops + 1] = {'part_ids', put_long(f, 'part_ids', cjson.encode(ids))}
+    end
     ev[#ev + 1] = 'provider_message_id'; ev[#ev + 1] = pmid
     if ttl > 0 then  -- (0: the profile keeps no index; none of its keys are passed)
       local mine = {}
@@ -73,11 +77,13 @@ for i, it in ipairs(items) do
     end
   elseif code ~= '' then
     f[#f + 1] = 'error_code'; f[#f + 1] = code
-    put_long(f, 'error_raw', it[FINISHED_ERROR_RAW])
-    put_long(f, 'error', it[FINISHED_ERROR])
+    drops[#drops + 1] = {'error_raw', put_long(f, 'error_raw', it[FINISHED_ERROR_RAW])}
+    drops[#drops + 1] = {'error', put_long(f, 'error', it[FINISHED_ERROR])}
     ev[#ev + 1] = 'error_code'; ev[#ev + 1] = code
   end
+  for _, d in ipairs(drops) do d[3] = redis.call('HGET', rec, d[1]) end
   redis.call('HSET', rec, unpack(f))
+  for _, d in ipairs(drops) do drop_pieces(rec, d[1], d[2], d[3]) end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
   post(KEYS[2], it[FINISHED_URL], ev)
 end

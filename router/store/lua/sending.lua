@@ -21,7 +21,8 @@ for i, it in ipairs(items) do
   local meta, url, sticky_key = it[SENDING_META], it[SENDING_URL], it[SENDING_STICKY_KEY]
   local rec = KEYS[3 + i]
   if sticky_key ~= '' then sticky = sticky + 1 end
-  local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'created_at')
+  local cur = redis.call('HMGET', rec, 'status', 'owner', 'n', 'created_at', 'text',
+                         'status_callback_url')
   local st, own = cur[1], cur[2]
   local verdict = 'ok'
   if st then
@@ -39,11 +40,15 @@ for i, it in ipairs(items) do
     local name, value = step(n, 'sending', now, '', '', cur[4] or now)
     local f = {'status', 'sending', 'owner', owner, 'n', n, name, value, 'from', from,
                'to', to}
-    if text ~= '' then put_long(f, 'text', text) end
+    -- (the text may have changed since `queued`: shortened links, a template)
+    local text_pieces, url_pieces = 0, 0
+    if text ~= '' then text_pieces = put_long(f, 'text', text) end
     if meta ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = meta end
-    if url ~= '' then put_long(f, 'status_callback_url', url) end
+    if url ~= '' then url_pieces = put_long(f, 'status_callback_url', url) end
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end
     redis.call('HSET', rec, unpack(f))
+    if text_pieces > 0 then drop_pieces(rec, 'text', text_pieces, cur[5]) end
+    if url_pieces > 0 then drop_pieces(rec, 'status_callback_url', url_pieces, cur[6]) end
     if sticky_key ~= '' then
       redis.call('SET', KEYS[sticky], from, 'EX', it[SENDING_STICKY_TTL])
     end

@@ -46,9 +46,10 @@ for i = first, first + 2 * nfields - 1, 2 do
   if ARGV[i] == 'meta' then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   elseif ARGV[i] ~= 'profile' then
-    local pieces = {}
-    put_long(pieces, ARGV[i], ARGV[i + 1])
+    local pieces, old = {}, redis.call('HGET', KEYS[1], ARGV[i])
+    local count = put_long(pieces, ARGV[i], ARGV[i + 1])
     redis.call('HSET', KEYS[1], unpack(pieces))
+    drop_pieces(KEYS[1], ARGV[i], count, old)
   end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
