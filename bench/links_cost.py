@@ -64,7 +64,7 @@ async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
 async def link_count(url: str) -> int:
     redis = Redis.from_url(url)
     try:
-        return len([k async for k in redis.scan_iter(match="sms:{bench}:link:*", count=5000)])
+        return len([k async for k in redis.scan_iter(match="sms:{bench}:links:*")])
     finally:
         await redis.aclose()
 

@@ -305,6 +305,11 @@ def _base_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
+# The longest a tracked link may live (router.links.MAX_RETENTION: its hour's name comes
+# round again after 56^2 hours; tests check the two agree).
+LINKS_MAX_RETENTION = (56**2 - 2) * 3600
+
+
 class LinksSettings(_Section):
     """``[links]``: tracked links. A profile with ``shorten = true`` has every http(s)
     URL of its outbound texts replaced by ``{base_url}/<code>``; the API listener
@@ -1249,6 +1254,13 @@ def parse_settings(
                 "router.replicas_ack: the embedded Redis has no replicas (every step would "
                 "wait out replicas_ack_timeout_ms); set 0, or point redis at a server with "
                 "replicas"
+            )
+        shorten = [name for name, p in settings.profiles.items() if p.shorten]
+        if shorten and settings.queue.retention > LINKS_MAX_RETENTION:
+            problems.append(
+                f"queue.retention: at most {LINKS_MAX_RETENTION:g} s (130 days) while a "
+                f"profile shortens its links ({shorten[0]}): a link's hour comes round again "
+                "after that"
             )
     problems = list(dict.fromkeys(problems))
     if problems or settings is None:

@@ -4,22 +4,28 @@ With ``[links] base_url`` set and ``shorten = true`` on a profile, `Links.shorte
 replaces every http(s) URL of each text (`find_urls`: trailing ``.``, ``,``, ``)``
 and the like are left out, a URL's own balanced brackets kept) with
 ``{base_url}/<code>``; the segments are counted on the text it returns. A code is the
-profile's two-letter `tag`, then `CODE_LENGTH` characters drawn with `secrets` from
-`ALPHABET` (URL-safe, without the look-alikes 0/O/o, 1/l/I): about 58 random bits, so
-codes cannot be guessed or walked.
+profile's two-letter `tag`, the two letters of its hour's `bucket`, then `CODE_LENGTH`
+characters drawn with `secrets` from `ALPHABET` (URL-safe, without the look-alikes
+0/O/o, 1/l/I): about 58 random bits, so codes cannot be guessed or walked.
 
 Redis layout (the key names live here until router/store/keys.py takes them):
 
-- ``sms:{P}:link:<code>`` (`link_key`): a string, compact JSON ``{"u": url, "i":
-  message id, "c": status_callback_url (when the message has one)}``, with the message
-  record's retention as its TTL. In the profile's slot, like everything of a message,
-  so the links of a batch can be written in the call that records the batch
-  `sending` (one more ``SET`` per link inside that script, no command of their own:
-  `prepare` gives the writes). A click knows only the code: the code's first two
-  letters are the profile's `tag` (a hash of its name), which `resolve` maps back to
-  the configured profiles (two profiles with one tag: both keys are read, in one
-  round trip). A string, not a hash, so that one ``SET ... NX EX`` creates it whole
-  only when the code is new.
+- ``sms:{P}:links:<bucket>`` (`bucket_key`; `link_key` of a code): a hash per profile
+  and hour (`BUCKET_SECONDS`), field = code, value = compact JSON ``{"u": url, "i":
+  message id, "c": status_callback_url (when the message has one)}``; it expires
+  the message records' retention after its hour ends, so a link lives as long as its
+  record (up to an hour longer). One hash per hour, not one key per link, so that a
+  batch's links are three commands whatever their number (``HMGET`` of the new codes,
+  ``HSET`` of them all, ``EXPIREAT``), where a ``SET NX EX`` per link cost about 13 us
+  of redis-py per link (measured: packing and one awaited reply per command). A code
+  found already there (``HMGET``, before the ``HSET``: about 2^-58 a link) has its
+  old link put back and is drawn again. In the profile's slot, like everything of a
+  message. A click knows only the code: its first two letters are the profile's `tag`
+  (a hash of its name), which `resolve` maps back to the configured profiles (two
+  profiles with one tag: both are read, in one round trip); the next two name the
+  hour's hash (the hour number modulo 56^2: a name comes round again after
+  `BUCKETS` hours, about 130 days, so the retention of the links is at most
+  `MAX_RETENTION`).
 - ``sms:{P}:stats`` fields ``clicks`` (the profile's clicks) and ``link_previews``
   (fetches by link previews, `is_preview`: not clicks); the hash `/metrics` reads the
   profile counters from.
@@ -29,9 +35,10 @@ Redis layout (the key names live here until router/store/keys.py takes them):
   UTC day, the `TOP_KEPT` most clicked (trimmed at each click), kept `TOP_DAYS` days,
   for ``links stats``.
 
-Standing alone, one round trip shortens a batch of texts (``SET NX`` per URL in one
-pipeline; a code already taken, which at 58 bits practically never happens, is drawn
-again in another).
+Standing alone, one round trip shortens a batch of texts (`write_commands`: three
+commands per hour's hash; a code already taken, which at 58 bits practically never
+happens, is put back and drawn again, in another); the compose stage sends the same
+commands in its own round trip (router/engine/shorten.py).
 A click is two: `resolve` (the link and its remaining TTL), then `click`'s MULTI on
 the profile's slot: the counters, the ``click`` event on ``sms:{P}:events`` and, for a
 message with a status_callback_url, the same event on ``sms:{P}:callbacks``, all or
@@ -60,6 +67,8 @@ from router.store.connections import as_text
 
 __all__ = [
     "ALPHABET",
+    "BUCKETS",
+    "BUCKET_SECONDS",
     "CODE_LENGTH",
     "Link",
     "LinkWrite",
@@ -68,6 +77,8 @@ __all__ = [
     "ProfileClicks",
     "Shortened",
     "ToShorten",
+    "bucket",
+    "bucket_key",
     "click_stats",
     "find_urls",
     "is_preview",
@@ -81,10 +92,14 @@ __all__ = [
 ]
 
 ALPHABET = "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ"
-CODE_LENGTH = 10  # random characters after the tag: 56^10 ~ 2^58
+CODE_LENGTH = 10  # random characters after the tag and the bucket: 56^10 ~ 2^58
 MIN_CODE_LENGTH = 8
 MAX_CODE_LENGTH = 32
 TAG_LENGTH = 2
+BUCKET_CHARS = 2  # after the tag: the hour's hash the link is in
+BUCKET_SECONDS = 3600
+BUCKETS = 56**BUCKET_CHARS  # hours before a bucket's name comes round again
+MAX_RETENTION = (BUCKETS - 2) * BUCKET_SECONDS  # the longest a link may live (~130 days)
 TOP_KEPT = 10_000  # messages kept in a profile's most-clicked set of a day
 TOP_DAYS = 31  # days a most-clicked set is kept
 USER_AGENT_CHARS = 256  # of a click's User-Agent kept in its event
@@ -109,9 +124,20 @@ _TRAILING = ".,;:!?*"
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 
 
+def bucket(at: float) -> str:
+    """The two letters naming the hour of Unix time `at` (its links' hash)."""
+    number = int(at // BUCKET_SECONDS) % BUCKETS
+    return ALPHABET[number // _LETTERS] + ALPHABET[number % _LETTERS]
+
+
+def bucket_key(profile: str, name: str) -> str:
+    """Hash: the links of `profile` made in the hour `name` (see the module docstring)."""
+    return f"sms:{{{profile}}}:links:{name}"
+
+
 def link_key(profile: str, code: str) -> str:
-    """The link a code of `profile` stands for (see the module docstring)."""
-    return f"sms:{{{profile}}}:link:{code}"
+    """The hash holding the link a code of `profile` stands for (field: the code)."""
+    return bucket_key(profile, code[TAG_LENGTH : TAG_LENGTH + BUCKET_CHARS])
 
 
 @lru_cache(maxsize=4096)
@@ -143,7 +169,7 @@ def top_key(profile: str, day: str) -> str:
 
 def valid_code(code: str) -> bool:
     """Whether `code` could be one of ours (checked before Redis is asked)."""
-    size = len(code) - TAG_LENGTH
+    size = len(code) - TAG_LENGTH - BUCKET_CHARS
     return MIN_CODE_LENGTH <= size <= MAX_CODE_LENGTH and set(code) <= _CODE_CHARS
 
 
@@ -206,12 +232,13 @@ class ProfileClicks:
 
 
 class LinkWrite(NamedTuple):
-    """One link to store: ``SET key value NX EX ttl``; `item` is the position of its
-    text in the batch."""
+    """One link to store: field `code` = `value` in hash `key`, which expires at
+    `expire_at` (Unix seconds); `item` is the position of its text in the batch."""
 
     key: str
+    code: str
     value: str
-    ttl: int
+    expire_at: int
     item: int
 
 
@@ -285,16 +312,16 @@ class Links:
 
     async def shorten_many(self, items: Sequence[ToShorten]) -> list[Shortened]:
         """Each text with its URLs replaced by short links, the links stored, in one
-        round trip for the batch (`prepare`, then ``SET NX EX`` per link in one
-        pipeline; a text whose code was taken meanwhile, which at 58 bits practically
-        never happens, is prepared again with new codes, in another)."""
+        round trip for the batch (`prepare`, then `write_commands`: three commands per
+        hour's hash; a text whose code was taken, which at 58 bits practically never
+        happens, is prepared again with new codes, in another)."""
         prepared = self.prepare(items)
         texts, writes = list(prepared.texts), prepared.writes
         for _draw in range(_DRAWS):
             if not writes:
                 return texts
             replies = await self.write(writes)
-            again = sorted({w.item for w, reply in zip(writes, replies, strict=True) if not reply})
+            again = await self.taken(writes, replies)
             redo = self.prepare([items[i] for i in again])
             for i, text in zip(again, redo.texts, strict=True):
                 texts[i] = text
@@ -303,10 +330,28 @@ class Links:
         raise RuntimeError(f"links: no free code in {_DRAWS} draws")  # never seen
 
     async def write(self, writes: Sequence[LinkWrite]) -> list[Any]:
-        """Store `writes` in one round trip; a reply is falsy where the code was taken."""
+        """Store `writes` in one round trip (`write_commands`); `taken` reads the replies."""
         return await roundtrip.execute(self._redis, write_commands(writes))
 
-    def prepare(self, items: Sequence[ToShorten]) -> Prepared:
+    async def taken(self, writes: Sequence[LinkWrite], replies: Sequence[Any]) -> list[int]:
+        """The items (positions in the batch) whose code another link had, given the
+        replies of `write_commands(writes)`; those links are put back as they were (a
+        round trip, only then)."""
+        restore: list[roundtrip.Command] = []
+        items: set[int] = set()
+        at = 0
+        for group in _groups(writes):
+            found = replies[at]
+            at += 3
+            for write, old in zip(group, found, strict=True):
+                if old is not None:
+                    items.add(write.item)
+                    restore.append(("HSET", write.key, write.code, old))
+        if restore:
+            await roundtrip.execute(self._redis, restore)
+        return sorted(items)
+
+    def prepare(self, items: Sequence[ToShorten], *, now: float | None = None) -> Prepared:
         """The texts with their URLs replaced and the links to store, without Redis:
         what `shorten_many` writes, or what a caller writes in a call of its own (the
         `sending` record's, say). A text without a URL costs nothing; the same URL
@@ -324,14 +369,20 @@ class Links:
             count += len(spans)
         if not count:
             return Prepared([Shortened(item.text) for item in items], [])
-        fresh = iter(self.new_codes(count))
+        now = time.time() if now is None else now
+        hour, ends = bucket(now), (now // BUCKET_SECONDS + 1) * BUCKET_SECONDS
+        drawn = self.new_codes(count)
+        while len(set(drawn)) < count:  # two alike in one batch: one HSET would keep one
+            drawn = self.new_codes(count)
+        fresh = iter(drawn)
         texts: list[Shortened] = []
         writes: list[LinkWrite] = []
         for index, (item, spans) in enumerate(zip(items, found, strict=True)):
             if not spans:
                 texts.append(Shortened(item.text))
                 continue
-            text, ttl, prefix = item.text, _seconds(item.ttl), tag(item.profile)
+            text, prefix = item.text, tag(item.profile) + hour
+            key, expire_at = bucket_key(item.profile, hour), math.ceil(ends + item.ttl)
             codes: dict[str, str] = {}
             out: list[str] = []
             at = 0
@@ -340,8 +391,7 @@ class Links:
                 code = codes.get(url)
                 if code is None:
                     code = codes[url] = prefix + next(fresh)
-                    key = link_key(item.profile, code)
-                    writes.append(LinkWrite(key, _value(url, item), ttl, index))
+                    writes.append(LinkWrite(key, code, _value(url, item), expire_at, index))
                 out += [text[at:a], self.base_url, "/", code]
                 at = b
             out.append(text[at:])
@@ -357,7 +407,7 @@ class Links:
         commands: list[roundtrip.Command] = []
         for profile in candidates:
             key = link_key(profile, code)
-            commands += [("GET", key), ("TTL", key)]
+            commands += [("HGET", key, code), ("TTL", key)]
         replies = await roundtrip.execute(self._redis, commands) if commands else []
         for i, profile in enumerate(candidates):
             raw, ttl = replies[2 * i], replies[2 * i + 1]
@@ -400,8 +450,26 @@ class Links:
 
 
 def write_commands(writes: Sequence[LinkWrite]) -> list[roundtrip.Command]:
-    """``SET key value NX EX ttl`` per link: only a new code is stored."""
-    return [("SET", w.key, w.value, "NX", "EX", w.ttl) for w in writes]
+    """Per hour's hash of `writes`, three commands: ``HMGET`` of the new codes (any
+    found was another link's: `Links.taken`), ``HSET`` of them all, ``EXPIREAT``."""
+    commands: list[roundtrip.Command] = []
+    for group in _groups(writes):
+        key = group[0].key
+        pairs: list[str] = []
+        for write in group:
+            pairs += (write.code, write.value)
+        commands.append(("HMGET", key, *[w.code for w in group]))
+        commands.append(("HSET", key, *pairs))
+        commands.append(("EXPIREAT", key, max(w.expire_at for w in group)))
+    return commands
+
+
+def _groups(writes: Sequence[LinkWrite]) -> list[list[LinkWrite]]:
+    """`writes` by hash, in the order the hashes first appear."""
+    found: dict[str, list[LinkWrite]] = {}
+    for write in writes:
+        found.setdefault(write.key, []).append(write)
+    return list(found.values())
 
 
 async def click_stats(
@@ -447,8 +515,3 @@ def _value(url: str, item: ToShorten) -> str:
     if item.callback_url:
         value += f',"c":{_json(item.callback_url)}'
     return value + "}"
-
-
-def _seconds(ttl: float) -> int:
-    """A TTL in whole seconds, rounded up, at least 1."""
-    return max(1, math.ceil(ttl))

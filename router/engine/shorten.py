@@ -4,14 +4,15 @@ For a profile with ``shorten = true`` (and ``[links] base_url``), every http(s) 
 of an outbound text is replaced with ``{base_url}/<code>`` (`router.links`) before
 anything counts its segments: the spend screen, the bind and the record all see the
 short text, which is what the handset receives. The record keeps that text; the
-original URL is in the link's key (``sms:{P}:link:<code>``), which lives
-``[queue] retention`` from the moment the message is composed, as its record does.
+original URL is in the link (field <code> of ``sms:{P}:links:<hour>``), which lives
+``[queue] retention`` after the hour the message was composed in, as its record does.
 
 The writes go out in the planner's round trip for the batch (`Planner.pick`: the
 sender picks and the opt-out reads), so shortening costs no round trip of its own:
-`prepare` makes the texts and the ``SET NX EX`` commands, `settle` puts the texts on
-the jobs once Redis answered. A code already taken (about 2^-58 a link) is made again
-for that text, in a round trip of its own (`Links.shorten_many`).
+`prepare` makes the texts and the commands (three per batch: the links are fields of
+their hour's hash, `router.links`), `settle` puts the texts on the jobs once Redis
+answered. A code already taken (about 2^-58 a link) is put back and made again for
+that text, in a round trip of its own (`Links.shorten_many`).
 
 A job whose text holds no URL costs a substring test. A job already shortened (a
 retry, whose text is the short one) keeps its links: a URL of ours is left as it is.
@@ -92,7 +93,7 @@ class Shortener:
 
     @staticmethod
     def commands(batch: Batch | None) -> list[Command]:
-        """The writes of `batch`: ``SET key value NX EX ttl`` per link."""
+        """The writes of `batch`: three commands per hour's hash (`write_commands`)."""
         return [] if batch is None else write_commands(batch.writes)
 
     async def settle(self, batch: Batch | None, replies: Sequence[object]) -> None:
@@ -101,9 +102,7 @@ class Shortener:
         if batch is None:
             return
         texts = [short.text for short in batch.prepared.texts]
-        taken = sorted(
-            {w.item for w, reply in zip(batch.writes, replies, strict=True) if not reply}
-        )
+        taken = await self.links.taken(batch.writes, replies)
         if taken:
             again = await self.links.shorten_many([batch.items[i] for i in taken])
             for i, short in zip(taken, again, strict=True):

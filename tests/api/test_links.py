@@ -5,7 +5,9 @@ the status callback posted by the real `StatusPoster` to a real endpoint."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +27,14 @@ from router.config import Settings, parse_settings
 from router.engine.callbacks import StatusPoster
 from router.links import (
     ALPHABET,
+    BUCKET_CHARS,
+    BUCKET_SECONDS,
     CODE_LENGTH,
     TAG_LENGTH,
     Link,
     Links,
     ToShorten,
+    bucket,
     click_stats,
     find_urls,
     is_preview,
@@ -59,6 +64,21 @@ def links(redis: Redis) -> Links:
 
 def _codes(text: str) -> list[str]:
     return [text[a:b].removeprefix(BASE + "/") for a, b in find_urls(text)]
+
+
+def _hour_left() -> float:
+    """Seconds until this hour's links hash starts its retention countdown."""
+    now = time.time()
+    return (now // BUCKET_SECONDS + 1) * BUCKET_SECONDS - now
+
+
+def _is(found: Link | None, expected: Link) -> None:
+    """`found` is `expected`, its TTL the link's ttl after this hour ends (a second's
+    slack for the clock)."""
+    assert found is not None
+    assert dataclasses.replace(found, ttl=0) == dataclasses.replace(expected, ttl=0)
+    left = _hour_left()
+    assert expected.ttl + left - 2 <= found.ttl <= expected.ttl + left + 1, (found.ttl, left)
 
 
 @pytest.mark.parametrize(
@@ -94,10 +114,12 @@ async def test_shorten_keeps_the_text_around(redis: Redis, links: Links) -> None
     (code,) = _codes(short.text)
     assert short.text == f"Your order shipped: {BASE}/{code}. Thanks!"
     assert short.links == ((code, "https://shop.example.com/orders/12345?tab=tracking"),)
-    assert len(code) == TAG_LENGTH + CODE_LENGTH and code.startswith(tag("alerts"))
+    assert len(code) == TAG_LENGTH + BUCKET_CHARS + CODE_LENGTH
+    assert code.startswith(tag("alerts") + bucket(time.time()))
     assert set(code) <= set(ALPHABET) and valid_code(code)
-    assert await links.resolve(code) == Link(
-        "https://shop.example.com/orders/12345?tab=tracking", "m1", "alerts", "", int(DAY)
+    _is(
+        await links.resolve(code),
+        Link("https://shop.example.com/orders/12345?tab=tracking", "m1", "alerts", "", int(DAY)),
     )
 
 
@@ -118,7 +140,8 @@ async def test_several_urls_and_punctuation(redis: Redis, links: Links) -> None:
         first: "https://docs.example.com/start",
         second: "https://status.example.com",
     }
-    assert len(await redis.keys("sms:{alerts}:link:*")) == 2
+    (hour,) = await redis.keys("sms:{alerts}:links:*")
+    assert await redis.hlen(hour) == 2
 
 
 async def test_a_text_without_urls_writes_nothing(redis: Redis, links: Links) -> None:
@@ -145,12 +168,16 @@ async def test_a_batch_is_one_round_trip_and_keeps_each_ttl(redis: Redis, links:
         ]
     )
     after = int((await redis.info("stats"))["total_commands_processed"])
-    assert after - before == 3 + 1  # the three SETs; the INFO itself
+    # Three commands per profile's hash of the hour (HMGET, HSET, EXPIREAT), whatever
+    # the number of links; the INFO itself.
+    assert after - before == 2 * 3 + 1
     (a1, a2), (c3,) = _codes(out[0].text), _codes(out[1].text)
     assert out[2].text == "nothing"
-    assert 3590 <= await redis.ttl(link_key("alerts", a1)) <= 3600
-    assert 3590 <= await redis.ttl(link_key("alerts", a2)) <= 3600
-    assert 7190 <= await redis.ttl(link_key("bulk", c3)) <= 7201
+    assert link_key("alerts", a1) == link_key("alerts", a2)
+    assert await redis.hlen(link_key("alerts", a1)) == 2
+    left = _hour_left()
+    assert 3600 + left - 2 <= await redis.ttl(link_key("alerts", a1)) <= 3600 + left + 1
+    assert 7201 + left - 2 <= await redis.ttl(link_key("bulk", c3)) <= 7201 + left + 1
     found = await links.resolve(c3)
     assert found is not None and (found.profile, found.callback_url) == ("bulk", "https://app/cb")
 
@@ -167,8 +194,8 @@ async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
             drawn = super().new_codes(count)
             return [(self.draws.pop(0) if self.draws else "") or c for c in drawn]
 
-    taken = tag("alerts") + "TakenCde22"
-    await redis.set(link_key("alerts", taken), '{"u":"https://other","i":"x"}')
+    taken = tag("alerts") + bucket(time.time()) + "TakenCde22"
+    await redis.hset(link_key("alerts", taken), taken, '{"u":"https://other","i":"x"}')
     links = Scripted(redis, ["TakenCde22"])
     short = await links.shorten(
         "go https://mine.example.com", message_id="m", profile="alerts", ttl=60
@@ -197,16 +224,22 @@ async def test_a_code_taken_is_drawn_again(redis: Redis) -> None:
 
 
 async def test_codes_expire_with_the_ttl(redis: Redis, links: Links) -> None:
-    short = await links.shorten("x https://e.example.com", message_id="m", profile="alerts", ttl=1)
-    (code,) = _codes(short.text)
+    # Made in the last second of the previous hour, to live until half a second from
+    # now (EXPIREAT rounds up to the second: at most 1.5 s).
+    now = time.time()
+    then = now - now % BUCKET_SECONDS - 0.5
+    item = ToShorten("x https://e.example.com", "m", "alerts", now % BUCKET_SECONDS + 0.5)
+    prepared = links.prepare([item], now=then)
+    await links.write(prepared.writes)
+    (code,) = _codes(prepared.texts[0].text)
     assert await links.resolve(code) is not None
-    await asyncio.sleep(1.3)
+    await asyncio.sleep(1.7)
     assert await links.resolve(code) is None
 
 
 async def test_resolve_refuses_what_is_no_code(redis: Redis, links: Links) -> None:
     assert await links.resolve("unknown2x") is None
-    for bad in ("short", "has space x", "0O1lI0O1lI", "x" * 35, "../../etc"):
+    for bad in ("short", "has space x", "0O1lI0O1lI", "x" * 37, "../../etc"):
         assert not valid_code(bad)
         assert await links.resolve(bad) is None
 
@@ -360,7 +393,8 @@ async def test_clicks_count_per_message_and_profile(redis: Redis, links: Links) 
     assert (await click_stats(redis, ["alerts"], day="2000-01-01"))[0].top == []
     assert await message_clicks(redis, "alerts", ["hot", "warm"]) == [3, 2]
     # A message's counter lives as long as its link.
-    assert DAY - 10 <= await redis.ttl(message_key("alerts", "hot")) <= DAY
+    left = _hour_left()
+    assert DAY + left - 10 <= await redis.ttl(message_key("alerts", "hot")) <= DAY + left + 1
     # /metrics reads the profile's stats hash: the clicks are there.
     assert await redis.hget(keys.stats("alerts"), "clicks") == b"5"
     # No callback url: nothing on the callbacks stream.
@@ -434,7 +468,7 @@ async def test_any_url_and_id_come_back_as_they_were(redis: Redis, links: Links)
     )
     (code,) = _codes(short.text)
     assert short.text == f"→ {BASE}/{code} ←"
-    assert await links.resolve(code) == Link(url, 'id"é\\1', "alerts", "https://c/?a=é", 60)
+    _is(await links.resolve(code), Link(url, 'id"é\\1', "alerts", "https://c/?a=é", 60))
 
 
 def test_a_tag_is_two_letters_and_stays() -> None:
@@ -461,7 +495,7 @@ async def test_profiles_sharing_a_tag_both_resolve(redis: Redis) -> None:
     for short, profile, job in zip(made, (first, second), ("j1", "j2"), strict=True):
         ((code, url),) = short.links
         assert code.startswith(tag(profile))
-        assert await links.resolve(code) == Link(url, job, profile, "", 60)
+        _is(await links.resolve(code), Link(url, job, profile, "", 60))
 
 
 async def test_a_profile_no_longer_configured_has_no_links(redis: Redis, links: Links) -> None:

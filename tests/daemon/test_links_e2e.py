@@ -120,9 +120,9 @@ async def test_a_link_is_sent_short_and_its_click_is_an_event(
     ((a, b),) = find_urls(short)
     code = short[a:b].removeprefix(f"{base}/")
     assert short == f"Your order shipped: {base}/{code}. Thanks!"
-    # One part: the segments are the short text's. (The record's text: see
-    # test_the_record_keeps_the_short_text_whole.)
-    assert record["segments"] == 1
+    # One part: the segments are the short text's, and the record keeps what was sent
+    # (none of the longer original's pieces left behind).
+    assert record["segments"] == 1 and record["text"] == short
     # The profile that does not shorten sent the text as written, in two parts.
     plain = await ledger.get(plain_id)
     assert plain is not None and plain["segments"] == 2 and plain["text"] == original
@@ -180,12 +180,7 @@ async def test_a_link_is_sent_short_and_its_click_is_an_event(
     assert code_ == 0 and f"shorten -> {base}/<code>" in out, errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sending.lua's put_long leaves the queued record's text~N pieces of the longer "
-    "original behind (router/store: not this change's files)",
-)
-async def test_the_record_keeps_the_short_text_whole(
+async def test_a_shortened_record_reads_as_sent(
     redis: Redis,
     redis_url: str,
     tmp_path: Path,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,19 @@ import pytest
 from redis.asyncio import Redis
 
 from binds.smpp.codec import count_segments
-from router.config import ConfigError, Settings, parse_settings
+from router.config import LINKS_MAX_RETENTION, ConfigError, Settings, parse_settings
 from router.engine.callbacks import kannel_url
 from router.engine.plan import Plan, Planner
 from router.links import (
+    BUCKET_CHARS,
+    BUCKET_SECONDS,
     CODE_LENGTH,
     MAX_CODE_LENGTH,
+    MAX_RETENTION,
     MIN_CODE_LENGTH,
     TAG_LENGTH,
     Links,
+    bucket,
     find_urls,
     link_key,
     tag,
@@ -74,9 +79,9 @@ def codes(text: str) -> list[str]:
 
 
 async def sets_run(redis: Redis) -> int:
-    """SET commands the server ran so far (it serves the whole session)."""
+    """HSET commands the server ran so far (it serves the whole session)."""
     stats: Any = await redis.info("commandstats")
-    return int(stats.get("cmdstat_set", {}).get("calls", 0))
+    return int(stats.get("cmdstat_hset", {}).get("calls", 0))
 
 
 async def test_pick_shortens_the_batch_in_its_round_trip(
@@ -104,17 +109,20 @@ async def test_pick_shortens_the_batch_in_its_round_trip(
     assert count_segments(jobs[0].text or "") == 1  # counted on the short text
     assert jobs[1].text == "No link here"
     (three,) = codes(jobs[2].text or "")
-    assert len(one) == TAG_LENGTH + CODE_LENGTH
+    assert len(one) == TAG_LENGTH + BUCKET_CHARS + CODE_LENGTH
     links = Links(redis, profiles=shortening.profiles)
     first, third = await links.resolve(one), await links.resolve(three)
     assert first is not None and third is not None
     assert (first.url, first.message_id, first.profile) == (long_url, "m1", "alerts")
     assert first.callback_url == "https://app.example.com/status"  # the profile's
     assert (third.url, third.callback_url) == ("http://a.example.com", "https://x.example.com/cb")
-    # The link lives as long as the record: [queue] retention.
-    assert RETENTION - 10 <= await redis.ttl(link_key("alerts", one)) <= RETENTION
-    # A SET per link (the same URL twice would be one), in the pick's pipeline.
-    assert await sets_run(redis) - sets == 2
+    # The link lives as long as the record: [queue] retention (after its hour ends).
+    now = time.time()
+    left = (now // BUCKET_SECONDS + 1) * BUCKET_SECONDS - now
+    ttl = await redis.ttl(link_key("alerts", one))
+    assert RETENTION + left - 2 <= ttl <= RETENTION + left + 1
+    # One HSET for the batch's links, in the pick's pipeline.
+    assert await sets_run(redis) - sets == 1
 
 
 async def test_a_profile_without_shorten_keeps_its_urls(
@@ -128,7 +136,7 @@ async def test_a_profile_without_shorten_keeps_its_urls(
     jobs = jobs_of(planner, {"id": "p1", "to": TO, "text": text})
     await planner.pick(jobs)
     assert jobs[0].text == text
-    assert [k async for k in redis.scan_iter(match="sms:*:link:*")] == []
+    assert [k async for k in redis.scan_iter(match="sms:*:links:*")] == []
 
 
 async def test_a_retried_text_keeps_its_links(redis: Redis, shortening: Settings) -> None:
@@ -159,7 +167,8 @@ async def test_a_taken_code_is_drawn_again(redis: Redis, shortening: Settings) -
 
     planner.shortener.links = Scripted(redis, base_url=real.base_url, profiles=real.profiles)
     code = "TakenCde22"
-    await redis.set(link_key("alerts", tag("alerts") + code), '{"u":"https://other","i":"x"}')
+    taken = tag("alerts") + bucket(time.time()) + code
+    await redis.hset(link_key("alerts", taken), taken, '{"u":"https://other","i":"x"}')
     jobs = jobs_of(
         planner,
         {"id": "t1", "to": TO, "text": "a https://a.example.com"},
@@ -167,6 +176,8 @@ async def test_a_taken_code_is_drawn_again(redis: Redis, shortening: Settings) -
     )
     await planner.pick(jobs)
     assert Scripted.draws == []  # drawn, found taken, drawn again
+    other = await real.resolve(taken)
+    assert other is not None and other.url == "https://other"  # put back as it was
     for job, url in zip(jobs, ["https://a.example.com", "https://b.example.com"], strict=True):
         (got,) = codes(job.text or "")
         assert not got.endswith(code)
@@ -200,6 +211,21 @@ async def test_a_short_text_that_no_longer_fits_is_sent_as_written(
     (job,) = jobs_of(planner, {"id": "f1", "to": TO, "text": text})
     await planner.pick([job])
     assert job.text == text
+
+
+def test_links_live_at_most_130_days(redis_url: str, provider: Provider, tmp_path: Path) -> None:
+    assert LINKS_MAX_RETENTION == MAX_RETENTION
+    data = config_dict(redis_url, provider.url, shorten=True)
+    data["links"] = {"base_url": BASE}
+    data["queue"]["retention"] = MAX_RETENTION + 1
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data, env={}, base_dir=tmp_path)
+    assert any(p.startswith("queue.retention: at most") for p in caught.value.problems)
+    data["queue"]["retention"] = MAX_RETENTION
+    parse_settings(data, env={}, base_dir=tmp_path)
+    data["queue"]["retention"] = MAX_RETENTION + 1
+    data["profiles"]["alerts"]["shorten"] = False
+    parse_settings(data, env={}, base_dir=tmp_path)  # no profile shortens: no limit
 
 
 def test_shorten_needs_a_base_url(redis_url: str, provider: Provider, tmp_path: Path) -> None:
