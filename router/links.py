@@ -377,22 +377,38 @@ class Links:
         fresh = iter(drawn)
         texts: list[Shortened] = []
         writes: list[LinkWrite] = []
+        # Per (profile, ttl): the codes' prefix, the hash and its expiry (a batch is
+        # usually one of each: made once, not per message).
+        shared: dict[tuple[str, float], tuple[str, str, int]] = {}
         for index, (item, spans) in enumerate(zip(items, found, strict=True)):
             if not spans:
                 texts.append(Shortened(item.text))
                 continue
-            text, prefix = item.text, tag(item.profile) + hour
-            key, expire_at = bucket_key(item.profile, hour), math.ceil(ends + item.ttl)
+            text = item.text
+            got = shared.get((item.profile, item.ttl))
+            if got is None:
+                got = shared[item.profile, item.ttl] = (
+                    tag(item.profile) + hour,
+                    bucket_key(item.profile, hour),
+                    math.ceil(ends + item.ttl),
+                )
+            prefix, key, expire_at = got
+            if len(spans) == 1:  # most texts with a link: one URL
+                a, b = spans[0]
+                url, code = text[a:b], prefix + next(fresh)
+                writes.append(LinkWrite(key, code, _value(url, item), expire_at, index))
+                texts.append(Shortened(f"{text[:a]}{mine}{code}{text[b:]}", ((code, url),)))
+                continue
             codes: dict[str, str] = {}
             out: list[str] = []
             at = 0
             for a, b in spans:
                 url = text[a:b]
-                code = codes.get(url)
-                if code is None:
-                    code = codes[url] = prefix + next(fresh)
-                    writes.append(LinkWrite(key, code, _value(url, item), expire_at, index))
-                out += [text[at:a], self.base_url, "/", code]
+                made = codes.get(url)
+                if made is None:
+                    made = codes[url] = prefix + next(fresh)
+                    writes.append(LinkWrite(key, made, _value(url, item), expire_at, index))
+                out += [text[at:a], mine, made]
                 at = b
             out.append(text[at:])
             texts.append(Shortened("".join(out), tuple((c, u) for u, c in codes.items())))
