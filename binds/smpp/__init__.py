@@ -10,6 +10,6 @@ One job per module:
 - `pdu`, `codec`, `receipt`: PDU framing and fields, text encoding, delivery receipts.
 """
 
-from .session import DeliverHandler, SmppBind, SmppSpec, receipts_by_default
+from .session import DeliverHandler, DeliverManyHandler, SmppBind, SmppSpec, receipts_by_default
 
-__all__ = ["DeliverHandler", "SmppBind", "SmppSpec", "receipts_by_default"]
+__all__ = ["DeliverHandler", "DeliverManyHandler", "SmppBind", "SmppSpec", "receipts_by_default"]

@@ -16,7 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from binds.base import Bind
-from binds.smpp import DeliverHandler, SmppBind
+from binds.smpp import DeliverHandler, DeliverManyHandler, SmppBind
 from binds.smpp.pdu import ESME_RX_T_APPN, ShortMessage
 from router.api.providers import ProviderHooks, status_callback_url
 from router.config import Connector, Profile, Settings, SmppSection
@@ -46,6 +46,7 @@ class BindFactory(Protocol):
         settings: Settings,
         on_deliver: DeliverHandler | None = None,
         *,
+        on_deliver_many: DeliverManyHandler | None = None,
         status_callback: str | None = None,
     ) -> list[Bind]: ...
 
@@ -135,6 +136,28 @@ def deliver_handler(reports: Reports, inbound: Inbound, outages: RedisOutages) -
             return ESME_RX_T_APPN
 
     return on_deliver
+
+
+def deliver_many_handler(
+    reports: Reports, inbound: Inbound, outages: RedisOutages
+) -> DeliverManyHandler:
+    """What a session does with the deliver_sm of one read: the receipts' reports go to
+    Redis together (one task and one batch for them, not one each); inbound messages
+    each on its own, as `deliver_handler` stores them. If Redis is down, all are refused
+    for resend."""
+    one = deliver_handler(reports, inbound, outages)
+
+    async def on_deliver_many(bind: str, messages: list[ShortMessage]) -> list[int]:
+        if not all(m.is_receipt for m in messages):
+            # Inbound messages among them: each stored on its own, as they always were.
+            return await asyncio.gather(*(one(bind, message) for message in messages))
+        try:
+            return await reports.handle_many(messages)
+        except REDIS_DOWN as exc:
+            outages.down(f"storing deliver_sm of {bind}", exc)
+            return [ESME_RX_T_APPN] * len(messages)
+
+    return on_deliver_many
 
 
 def _provider_side(
@@ -256,15 +279,19 @@ async def _own_binds(
                 )
         return handed.reports, handed.inbound, handed.binds
     handler: DeliverHandler | None = None
+    many: DeliverManyHandler | None = None
     reports: Reports | None = None
     inbound: Inbound | None = None
     if profile.smpp is not None:
         reports, inbound = _smpp_side(name, settings, shared, profile.smpp)
         handler = deliver_handler(reports, inbound, shared.outages)
+        many = deliver_many_handler(reports, inbound, shared.outages)
     status_callback: str | None = None
     if profile.twilio is not None or (profile.http is not None and profile.http.reports):
         reports, inbound, status_callback = _provider_side(name, settings, shared)
-    binds = make_binds(name, profile, settings, handler, status_callback=status_callback)
+    binds = make_binds(
+        name, profile, settings, handler, on_deliver_many=many, status_callback=status_callback
+    )
     for bind in binds:
         await bind.start()
     return reports, inbound, binds

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from binds.base import Bind
 from binds.http import HttpSender
-from binds.smpp import DeliverHandler, SmppBind
+from binds.smpp import DeliverHandler, DeliverManyHandler, SmppBind
 from binds.twilio import TwilioSender
 from router.config import Connector, Profile, Settings
 
@@ -22,11 +22,13 @@ def build_binds(
     settings: Settings,
     on_deliver: DeliverHandler | None = None,
     *,
+    on_deliver_many: DeliverManyHandler | None = None,
     status_callback: str | None = None,
 ) -> list[Bind]:
     """The binds of one connector (`profile`: a ``[connectors]`` entry, or a profile
     with an inline protocol): one HTTP sender, one Twilio sender (its StatusCallback
-    `status_callback`), or `smpp.binds` SMPP sessions."""
+    `status_callback`), or `smpp.binds` SMPP sessions (what they receive goes to
+    `on_deliver_many` a read at a time when given, else to `on_deliver`)."""
     if profile.protocol == "twilio" and profile.twilio is not None:
         twilio = profile.twilio.to_spec(profile, status_callback=status_callback)
         return [TwilioSender(f"{name}/twilio", twilio)]
@@ -35,5 +37,8 @@ def build_binds(
         return [HttpSender(f"{name}/http", profile.http.to_spec(profile, secrets=secrets))]
     if profile.protocol == "smpp" and profile.smpp is not None:
         session = profile.smpp.to_spec(profile, sender_addresses=settings.sender_addresses())
-        return [SmppBind(f"{name}/smpp{i}", session, on_deliver) for i in range(profile.smpp.binds)]
+        return [
+            SmppBind(f"{name}/smpp{i}", session, on_deliver, on_deliver_many=on_deliver_many)
+            for i in range(profile.smpp.binds)
+        ]
     return []

@@ -423,7 +423,7 @@ class Pipeline:
                     self._metrics.count(status)
         if finals and self._reports is not None:
             # Counted like the reports report.lua applies (quality, number health).
-            await self._reports.count(landed(items, finals))
+            self._reports.count_later(landed(items, finals))
         if failed:
             log.warning(
                 "messages refused by the provider",
@@ -546,7 +546,7 @@ class Pipeline:
                         if status:
                             self._metrics.count(status)
                 if result and self._reports is not None:
-                    await self._reports.count(landed([item], result))
+                    self._reports.count_later(landed([item], result))
                 self._handoff.release([ready.entry])
 
 
