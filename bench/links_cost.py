@@ -18,7 +18,9 @@ last submit (the same measure as versus_kannel's drain). Every text is "Your ord
 bench/profile_drain.py: 200 Hz, raw stacks in /tmp/links-<on|off>.raw), then the hottest
 functions and the share of the samples in the links' code. Kannel is not needed.
 Prints each round, the medians and the ratio on/off (median of
-the per-round ratios); writes bench/results/links_cost.json.
+the per-round ratios) and the router's CPU per message off/on (per round, median: the
+rate the router would reach on a core of its own; the machine's other load sways it
+less than the rate); writes bench/results/links_cost.json.
 """
 
 from __future__ import annotations
@@ -163,9 +165,13 @@ def main() -> None:
         name: statistics.median(x["router_us_per_msg"] for x in rows) for name, rows in runs.items()
     }
     ratio = round_ratio(runs["off"], runs["on"])
+    # The router's CPU per message, off/on per round: what the rate would be on a core
+    # of its own (less swayed by the machine's other load than the rate itself).
+    cpu_ratio = round_ratio(runs["on"], runs["off"], key="router_us_per_msg")
     print(
         f"\nlinks off {rates['off']:,.0f} msg/s ({cpu['off']} us router CPU/msg), "
-        f"on {rates['on']:,.0f} msg/s ({cpu['on']} us/msg), on/off {ratio}"
+        f"on {rates['on']:,.0f} msg/s ({cpu['on']} us/msg), on/off {ratio}; "
+        f"router CPU per message off/on {cpu_ratio}"
     )
     print(f"sample text (on): {runs['on'][-1]['sample_text']}")
     path = save(
@@ -176,6 +182,7 @@ def main() -> None:
             "off_rate": rates["off"],
             "on_rate": rates["on"],
             "ratio": ratio,
+            "cpu_ratio": cpu_ratio,
             "router_us_per_msg": cpu,
             "complete": all(x["complete"] for rows in runs.values() for x in rows),
             "runs": runs,

@@ -115,6 +115,9 @@ _PREVIEWS = re.compile(
 )
 _LETTERS = len(ALPHABET)
 _UNBIASED = 256 - 256 % _LETTERS  # bytes below this map onto the alphabet evenly
+# A random byte's letter (bytes.translate), and the bytes dropped to keep it uniform.
+_TO_LETTER = bytes(ord(ALPHABET[b % _LETTERS]) for b in range(256))
+_BIASED = bytes(range(_UNBIASED, 256))
 
 # A URL: the scheme, then everything up to a space, a quote or an angle bracket.
 _URL = re.compile(r"""https?://[^\s<>"'`]+""", re.IGNORECASE)
@@ -250,10 +253,10 @@ class Prepared:
     writes: list[LinkWrite]
 
 
-@dataclass(frozen=True, slots=True)
-class ToShorten:
+class ToShorten(NamedTuple):
     """One text to shorten: the message it belongs to, its profile, how long its
-    links live (the record's retention, seconds) and its status_callback_url."""
+    links live (the record's retention, seconds) and its status_callback_url. (A
+    named tuple: one per message of a batch.)"""
 
     text: str
     message_id: str
@@ -295,13 +298,15 @@ class Links:
         all), each byte below `_UNBIASED` taken modulo the alphabet (uniform), the rest
         dropped. `secrets.choice` per character cost a system call each: 14.5 us a
         code here, against under 1 us this way."""
-        letters: list[str] = []
         wanted = count * self.code_length
+        letters = b""
         while len(letters) < wanted:
             raw = secrets.token_bytes(wanted - len(letters) + wanted // 8 + 8)
-            letters += [ALPHABET[b % _LETTERS] for b in raw if b < _UNBIASED]
-        size = self.code_length
-        return ["".join(letters[i : i + size]) for i in range(0, wanted, size)]
+            # In C: each byte to its letter, the biased ones dropped (0.1 us a code,
+            # where a comprehension over the bytes took 0.8).
+            letters += raw.translate(_TO_LETTER, _BIASED)
+        text, size = letters[:wanted].decode("ascii"), self.code_length
+        return [text[i : i + size] for i in range(0, wanted, size)]
 
     async def shorten(
         self, text: str, *, message_id: str, profile: str, ttl: float, callback_url: str = ""
