@@ -46,6 +46,9 @@ from router.store.connections import as_text
 from router.store.replicas import ReplicaWait
 
 SPEND_TTL = 8 * 86_400  # a day's spend is kept a week (health, the API) and a day
+# Probes (ids x profiles) from which `Ledger.find` on a single server looks in one
+# find.lua call rather than a pipelined HGETALL each (see `Ledger._probe`).
+FIND_SCRIPT_PROBES = 32
 # Seconds a report that came before its message's `sent` step waits for it, until a
 # `reports` call names it (router/engine/receipts.py's EARLY_TTL).
 EARLY_KEEP = 600
@@ -740,14 +743,18 @@ class Ledger:
 
     async def _probe(self, ids: Sequence[str], profiles: Sequence[str]) -> dict[str, Any]:
         """The records of `ids` found in `profiles` (the first that holds each), by id:
-        one round trip. With several profiles on a single server, one find.lua call (an
-        HGETALL per id and profile in a pipeline cost redis-py ~15 us each: 100 ids in
-        10 profiles took 17 ms, the script 3); on a cluster, where an id's keys are in
-        several slots, that pipeline."""
+        one round trip, a pipelined HGETALL per id and profile. Many of them on a single
+        server go as one find.lua call instead: the pipeline costs redis-py ~15 us a
+        command against Redis' ~0.5, the script Redis ~2.5 per probe and ~8 per call
+        (bench/lookup.py: 100 ids in 10 profiles 15-21 ms of client, 0.5 ms of Redis
+        piped; 3-4.5 ms and 1.4-1.7 ms by the script; one id in 10 profiles 7 us of Redis
+        piped, 30 by the script, the client's time alike). Not on a cluster, where an
+        id's keys are in several slots."""
         found: dict[str, Any] = {}
         if not ids or not profiles:
             return found
-        if len(profiles) > 1 and not roundtrip.is_cluster(self._redis):
+        probes_many = len(ids) * len(profiles) >= FIND_SCRIPT_PROBES and len(profiles) > 1
+        if probes_many and not roundtrip.is_cluster(self._redis):
             script_keys = [keys.record(p, j) for j in ids for p in profiles]
             rows = await self._find(keys=script_keys, args=[len(profiles)])
             for job_id, row in zip(ids, rows, strict=True):

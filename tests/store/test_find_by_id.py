@@ -43,11 +43,17 @@ async def test_a_batch_writes_no_locator_and_each_job_is_found_in_its_profile(
     found = await ledger.find([j for j, *_ in batch], profiles=["alerts", "bulk"])
     assert [r["profile"] if r else None for r in found] == [p for _j, p, *_ in batch]
     assert all(r and r["status"] == "queued" for r in found)
-    # One script call (a single server), an HGETALL per profile looked in until the
-    # id's record (alerts first, then bulk), no locator read: every id was found.
+    # Many probes on a single server: one script call, an HGETALL per profile looked
+    # in until the id's record (alerts first, then bulk); no locator read (every id
+    # was found).
     assert await calls(redis, "evalsha") == 1
     assert await calls(redis, "hgetall") == 33 + 2 * 17
     assert await calls(redis, "get") == 0
+    # A few (one id): a pipelined HGETALL per profile, no script.
+    await redis.config_resetstat()
+    one = await ledger.get("job-0", profiles=["alerts", "bulk"])
+    assert one is not None and one["profile"] == "bulk"
+    assert (await calls(redis, "evalsha"), await calls(redis, "hgetall")) == (0, 2)
 
 
 async def test_an_id_in_two_profiles_is_found_in_the_first_given_that_holds_it(
