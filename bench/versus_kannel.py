@@ -714,6 +714,20 @@ def run_rounds(args: argparse.Namespace, cases: list[str], scratch: Path) -> dic
     }
 
 
+def code_version() -> str:
+    """The commit of the router package these runs imported (`+dirty`: with changes)."""
+    import router
+
+    here = Path(router.__file__).resolve().parent
+    head = subprocess.run(
+        ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True, text=True
+    ).stdout.strip()
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def previous_results() -> dict[str, Any]:
     try:
         return json.loads((RESULTS / "versus_kannel.json").read_text())  # type: ignore[no-any-return]
@@ -782,7 +796,7 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         if cases:
-            result.update(run_rounds(args, cases, scratch))
+            result.update(run_rounds(args, cases, scratch), code=code_version())
         if args.endurance is not None:
             run = router_endurance(args.endurance, scratch)
             verdict = "ok" if run["growth_mb"] < 30 else "over"
