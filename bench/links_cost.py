@@ -4,6 +4,7 @@ carrying one URL.
 
 Usage: python bench/links_cost.py [--n 20000] [--rounds 5]
        python bench/links_cost.py --profile on|off [--n 60000] [--seconds 8]
+       python bench/links_cost.py --micro
 
 Both runs: one SMPP transceiver to the peer kit's sink (../shared/bench-peers), window
 100, N jobs queued while the sink is down, then drained; rate = the sink's first to
@@ -13,6 +14,11 @@ last submit (the same measure as versus_kannel's drain). Every text is "Your ord
 - off: ``[links]`` unset, the profile without ``shorten``: the URL is sent as it is.
 - on: ``[links] base_url = "https://s.example.com/l"`` and ``shorten = true``: each URL
   becomes a short link (a ``SET NX EX`` per message in the planner's round trip).
+
+`--micro`: the compose stage's links alone, on a private Redis: the router CPU
+(process time) per message with one URL of `Links.prepare`, and of prepare plus the
+batch's three commands (`write_commands`, `Links.taken`), batches of 500, the least of
+30 tries.
 
 `--profile`: one drain (shortening on or off) with py-spy attached (as
 bench/profile_drain.py: 200 Hz, raw stacks in /tmp/links-<on|off>.raw), then the hottest
@@ -35,12 +41,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Rig, cpu_seconds, ensure_tools, peak_rss_mb, round_ratio, save
+from harness import RedisServer, Rig, cpu_seconds, ensure_tools, peak_rss_mb, round_ratio, save
 from profile_drain import summarise
 from redis.asyncio import Redis
 from versus_kannel import read_records, waited, waiter
 
 from router import Client
+from router.links import Links, ToShorten, write_commands
+from router.store import roundtrip
 
 BASE_URL = "https://s.example.com/l"
 
@@ -69,6 +77,27 @@ async def link_count(url: str) -> int:
         return len([k async for k in redis.scan_iter(match="sms:{bench}:links:*")])
     finally:
         await redis.aclose()
+
+
+async def micro(url: str, batch: int = 500, tries: int = 30) -> dict[str, float]:
+    """Least process time per message of prepare, and of prepare + the writes."""
+    redis = Redis.from_url(url)
+    links = Links(redis, base_url=BASE_URL, profiles=["bench"])
+    items = [ToShorten(text(i), f"m-{i}", "bench", 86_400) for i in range(batch)]
+    best = {"prepare": 1e9, "prepare+write": 1e9}
+    try:
+        for _ in range(tries):
+            began = time.process_time()
+            links.prepare(items)
+            best["prepare"] = min(best["prepare"], time.process_time() - began)
+            began = time.process_time()
+            prepared = links.prepare(items)
+            replies = await roundtrip.execute(redis, write_commands(prepared.writes))
+            await links.taken(prepared.writes, replies)
+            best["prepare+write"] = min(best["prepare+write"], time.process_time() - began)
+    finally:
+        await redis.aclose()
+    return {k: round(v / batch * 1e6, 2) for k, v in best.items()}
 
 
 def spy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
@@ -132,7 +161,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", choices=["on", "off"], help="one drain under py-spy")
     parser.add_argument("--seconds", type=int, default=8, help="py-spy's recording time")
+    parser.add_argument("--micro", action="store_true", help="the compose stage's links alone")
     args = parser.parse_args()
+    if args.micro:
+        server = RedisServer()
+        try:
+            print(asyncio.run(micro(server.url)), "us of router CPU per message with a URL")
+        finally:
+            server.close()
+        return
     ensure_tools(kannel=False)
     scratch = Path(tempfile.mkdtemp(prefix="sms-links-"))
     if args.profile:
