@@ -11,13 +11,14 @@ of N characters (an SMS holds up to 160; Redis keeps a hash compact only while e
 value fits `hash-max-listpack-value`, 64 bytes by default).
 For each run: `used_memory` after the drain minus before the preload, and a breakdown
 by key class from SCAN + MEMORY USAGE (every key of a class when it has fewer than
-`--sample`, else a sample scaled up): message records, job locators, the provider-id
-index, the awaiting-reports set, early reports, the work stream (what is left of it),
-and the event stream, which is trimmed by length (a fixed cost once full, not a
-per-message one: reported apart, and left out of the bytes per message). Writes the
-figures under `--key` in bench/results/memory.json (other keys kept): run it with
-PYTHONPATH at a `git worktree` of an older commit (and from a directory outside this
-tree: the daemon is `python -m router`) and `--key before` for that code's figures.
+`--sample`, else a sample scaled up): message records, job locators (versions before
+37ea5bc wrote one per job), the provider-id index, the awaiting-reports set, early
+reports, the work stream (what is left of it), and the event stream, which is trimmed
+by length (a fixed cost once full, not a per-message one: reported apart, and left out
+of the bytes per message). Writes the figures under `--key` in
+bench/results/memory.json (other keys kept): run it with PYTHONPATH at a `git worktree`
+of an older commit (and from a directory outside this tree: the daemon is `python -m
+router`) and `--key before` for that code's figures.
 """
 
 from __future__ import annotations
