@@ -341,7 +341,7 @@ async def test_close_reasons_fit_a_close_frame_in_whole_words(bare_api: str) -> 
 
     # Was 124 bytes with the list of statuses, cut inside "undelivered".
     assert await reason_for({"status": ["bogus"]}) == (
-        "status: unknown 'bogus' (a message status, \"inbound\" or \"click\")"
+        'status: unknown \'bogus\' (a message status, "inbound" or "click")'
     )
     # A long value of two-byte characters: was cut inside a word and a character.
     long = await reason_for({"status": ["délivré " * 30]})
