@@ -379,9 +379,10 @@ async def test_openapi_lists_every_endpoint(api: Api) -> None:
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert api.running.daemon.api is not None
     # Twilio's API (documented by Twilio), the websocket, the providers' webhooks,
-    # Kannel's sendsms (docs/sendsms.md: it answers Kannel's text, not JSON) and
-    # Prometheus' exposition (docs/operations.md) are not OpenAPI operations.
-    elsewhere = ("/2010-04-01/", "/v1/events", "/v1/providers/", "/metrics", "/cgi-bin/")
+    # Kannel's sendsms (docs/sendsms.md: it answers Kannel's text, not JSON),
+    # Prometheus' exposition (docs/operations.md) and tracked links' redirects
+    # (docs/mms-and-links.md) are not OpenAPI operations.
+    elsewhere = ("/2010-04-01/", "/v1/events", "/v1/providers/", "/metrics", "/cgi-bin/", "/l/")
     routes = {
         (route.method.lower(), route.resource.canonical)
         for route in api.running.daemon.api.app.router.routes()
