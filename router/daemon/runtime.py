@@ -311,6 +311,10 @@ def _smpp_side(
         report_timeout=smpp.report_wait if smpp is not None else 0.0,
         metrics=shared.metrics.profile(name) if shared.metrics is not None else None,
     )
+    # Sessions that ask for no receipt (registered_delivery bits 1-0 and 4 clear): no
+    # provider-id index for a report that never comes (~200 B a message for the whole
+    # retention). Shared connectors (smpp None) may each ask differently: indexed.
+    shared.ledger.index_provider_ids(name, smpp is None or smpp.registered_delivery & 0x13 != 0)
     inbound = Inbound(
         shared.redis,
         name,

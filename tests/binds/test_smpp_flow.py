@@ -417,3 +417,29 @@ async def test_stop_while_the_smsc_answers_nothing_ends_within_the_grace(
     assert time.monotonic() - began < 8
     counts = await statuses(redis, ids)
     assert sum(counts.values()) == 300 and counts["missing"] == 0
+
+
+@pytest.mark.parametrize("registered_delivery", [0, 1])
+async def test_a_profile_asking_no_receipts_keeps_no_provider_id_index(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Start,
+    registered_delivery: int,
+) -> None:
+    """registered_delivery = 0: no report will come, so `sent` writes no provider-id
+    index entry (it would cost ~200 B a message for the whole retention); asking for
+    receipts keeps the index until each report is applied."""
+    smsc.config.receipt_delay = 30.0  # (the simulator's reports held back past the test)
+    settings = smpp_settings(
+        redis_url, tmp_path, smsc.port, smpp={"registered_delivery": registered_delivery}
+    )
+    ids = await Client.from_settings(redis, settings).send_many(
+        [{"to": "+447911123456", "text": f"hi {n}"} for n in range(5)]
+    )
+    run_daemon(settings)
+    await wait_for(lambda: all_in(redis, ids, {"sent"}), 20, "sent")
+    indexed = [key async for key in redis.scan_iter(match=keys.provider_id("sms", "*"))]
+    assert len(indexed) == (5 if registered_delivery else 0)
+    assert {s["registered_delivery"] for s in smsc.submits} == {registered_delivery}
