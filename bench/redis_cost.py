@@ -2,12 +2,19 @@
 scripts included) and microseconds of Redis CPU per message, from INFO commandstats.
 
 Usage: python bench/redis_cost.py [--n 20000] [--dlr] [--out NAME]
+       python bench/redis_cost.py --direct [--early 0.5] [--n 20000] [--out NAME]
 Preloads N jobs (not counted: the statistics are reset after), drains them through
 the peer kit's sink (window 100; with --dlr a receipt per message, to `delivered`),
 then prints each command's calls and usec per message. Writes
 bench/results/redis_cost.json (redis_cost_dlr.json with --dlr; NAME.json with --out).
 The daemon runs the router on the Python path: PYTHONPATH at a `git worktree` of
 another commit measures that code (A/B).
+
+`--direct`: the ledger's scripts alone, no daemon and no SMSC, so the machine's noise
+(the daemon's and the sink's CPU beside Redis) stays out: batches of 100 recorded
+`sending`, then `sent` (finish), then a delivery report each (reports), as the pipeline
+and the receipts do; with `--early F`, that fraction of each batch's reports comes
+before `sent` (kept early, applied by finish), as with an SMSC faster than the flush.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from memory import config, preload, sink_submits, start_sink
 from redis.asyncio import Redis
 
 from router.store import keys
+from router.store.ledger import Finished, Ledger, Report, Sending
 
 
 async def commandstats(url: str) -> dict[str, dict[str, float]]:
@@ -54,12 +62,67 @@ async def delivered(url: str, n: int, tag: str) -> int:
     return sum(1 for r in rows if r == b"delivered")
 
 
+async def direct(url: str, n: int, early: float) -> None:
+    """The scripts of N messages' sending, sent and report steps (see the docstring);
+    the statistics are reset after the preload."""
+    redis = Redis.from_url(url)
+    profile, tag, batch = "bench", "cost", 100
+    try:
+        await preload(url, n, tag)
+        ids = [f"{tag}-{i}" for i in range(n)]
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.record(profile, job_id), "owner")
+            owners = [o.decode() for o in await pipe.execute()]
+        ledger = Ledger(redis, retention=7 * 86_400, events_maxlen=1_000_000)
+        ledger.expect_reports(profile, 172_800)
+        await reset(url)
+        for start in range(0, n, batch):
+            end = start + batch
+            chunk = list(zip(ids[start:end], owners[start:end], strict=True))
+            sending = [
+                Sending(job_id, owner, "", "+16501112345", "+4915100000000",
+                        "Hello from the bench", "", "", "", 0)
+                for job_id, owner in chunk
+            ]  # fmt: skip
+            steps = [t.step for t in await ledger.sending(profile, sending)]
+            pmids = [f"{start + i:014d}" for i in range(len(chunk))]
+            reports = [Report("delivered", "DELIVRD", "000", [p]) for p in pmids]
+            first = int(len(chunk) * early)
+            if first:
+                await ledger.reports(profile, reports[:first], keep_for=600)
+            finished = [
+                Finished(job_id, owner, step + 1, "sent", "", "", "+4915100000000",
+                         "+16501112345", "", 1, "", "", "", [pmid], [pmid, pmid],
+                         "bench", 0.0)
+                for (job_id, owner), step, pmid in zip(chunk, steps, pmids, strict=True)
+            ]  # fmt: skip
+            await ledger.finish(profile, keys.queue(profile), finished)
+            if first < len(chunk):
+                await ledger.reports(profile, reports[first:], keep_for=600)
+    finally:
+        await redis.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--dlr", action="store_true")
     parser.add_argument("--out", default="", help="results file name (no .json)")
+    parser.add_argument("--direct", action="store_true", help="the ledger's scripts alone")
+    parser.add_argument("--early", type=float, default=0.0, help="--direct: reports before sent")
     args = parser.parse_args()
+    if args.direct:
+        args.dlr = True
+        server = RedisServer(appendonly=True, folder=Path(tempfile.mkdtemp(prefix="sms-rc-")))
+        try:
+            asyncio.run(direct(server.url, args.n, args.early))
+            stats = asyncio.run(commandstats(server.url))
+        finally:
+            server.close()
+            shutil.rmtree(server.dir, ignore_errors=True)
+        report(args, stats)
+        return
     scratch = Path(tempfile.mkdtemp(prefix="sms-rcost-"))
     # An append-only file, as production runs it.
     server = RedisServer(appendonly=True, folder=scratch / "redis")
@@ -92,6 +155,11 @@ def main() -> None:
             sink.wait(10)
         server.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    report(args, stats)
+
+
+def report(args: argparse.Namespace, stats: dict[str, dict[str, float]]) -> None:
+    """Print each command's calls and usec per message; write the results file."""
     rows = sorted(stats.items(), key=lambda kv: -kv[1]["calls"])
     scripts = {"evalsha", "eval", "script|load"}
     ours = {"info", "config|resetstat"}
@@ -109,7 +177,8 @@ def main() -> None:
     print(f"Redis usec per message (scripts, inner commands included, + top-level): {per_usec:.1f}")
     save(
         args.out or "redis_cost" + ("_dlr" if args.dlr else ""),
-        {"n": args.n, "dlr": args.dlr, "commands_per_message": round(per_call, 2),
+        {"n": args.n, "dlr": args.dlr, "direct": args.direct, "early": args.early,
+         "commands_per_message": round(per_call, 2),
          "redis_usec_per_message": round(per_usec, 1), "stats": dict(rows)},
     )  # fmt: skip
 
