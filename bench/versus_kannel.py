@@ -125,7 +125,7 @@ async def read_records(url: str, ids: list[str]) -> list[dict[str, Any] | None]:
     found: list[dict[str, Any] | None] = []
     try:
         for chunk in chunked(ids, 1000):
-            found += await ledger.find(chunk)
+            found += await ledger.find(chunk, profiles=["bench"])
     finally:
         await redis.aclose()
     return found
@@ -142,13 +142,14 @@ async def wait_reported(url: str, ids: list[str], stall: float = 30.0) -> tuple[
         while pending and time.monotonic() - progress < stall:
             # A cheap probe first: the newest job is about the last to finish, so the
             # full sweep (which loads Redis) runs when it has, or every 2 s.
-            probe = await ledger.get(pending[-1])
+            probe = await ledger.get(pending[-1], profile="bench")
             if first_at(probe, REPORTED) is None and time.monotonic() - swept < 2:
                 await asyncio.sleep(0.05)
                 continue
             still: list[str] = []
             for chunk in chunked(pending, 1000):
-                for job_id, record in zip(chunk, await ledger.find(chunk), strict=True):
+                records = await ledger.find(chunk, profiles=["bench"])
+                for job_id, record in zip(chunk, records, strict=True):
                     at = first_at(record, REPORTED)
                     if at is None:
                         still.append(job_id)
