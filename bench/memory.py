@@ -29,9 +29,6 @@ import hashlib
 import json
 import random
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +42,7 @@ from harness import (
     free_port,
     save,
     start_daemon,
+    start_sink,
     stop,
 )
 from redis.asyncio import Redis
@@ -189,24 +187,6 @@ reconnect_max = 1
     return path
 
 
-def start_sink(port: int, stats: Path, log: Path, dlr: bool) -> subprocess.Popen[bytes]:
-    """The peer kit's sink on `port`; with `dlr` a receipt for each submit that asks."""
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, str(PEERS / "smsc_sink.py"), "--port", str(port), "--quiet",
-             "--dlr", "requested" if dlr else "off", "--uvloop", "--stats-file", str(stats)],
-            stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"the sink did not listen on port {port}")
-
-
 def sink_submits(path: Path) -> int:
     """Submits the sink counted so far (its stats file, rewritten every 0.1 s)."""
     try:
@@ -249,7 +229,7 @@ def run(n: int, sample: int, dlr: bool) -> dict[str, Any]:
         asyncio.run(preload(server.url, n, tag))
         path = config(scratch / "router.toml", server.url, port, 1 if dlr else 0)
         daemon = start_daemon(path, scratch / "router.log")
-        sink = start_sink(port, stats, scratch / "sink.log", dlr)
+        sink = start_sink(stats, scratch / "sink.log", dlr="requested" if dlr else "off", port=port)
         want = b"delivered" if dlr else b"sent"
         deadline = time.monotonic() + 600
         while sink_submits(stats) < n:

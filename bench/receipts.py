@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -44,7 +43,9 @@ from harness import (
     cpu_seconds,
     free_port,
     save,
+    sink_stats,
     start_daemon,
+    start_sink,
     stop,
 )
 from redis.asyncio import Redis
@@ -87,34 +88,6 @@ reconnect_max = 1
 {campaign_toml(NUMBERS)}"""
     )
     return path
-
-
-def start_sink(port: int, stats: Path, log: Path, dlr: bool) -> subprocess.Popen[bytes]:
-    """The peer kit's sink on `port`; with `dlr` a receipt for each submit that asks."""
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [sys.executable, str(PEERS / "smsc_sink.py"), "--port", str(port), "--quiet",
-             "--dlr", "requested" if dlr else "off", "--uvloop", "--stats-file", str(stats)],
-            stdout=handle, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"the sink did not listen on port {port}")
-
-
-def sink_stats(path: Path) -> dict[str, Any]:
-    """The sink's stats file (rewritten every 0.1 s; {} before its first write)."""
-    for _ in range(5):
-        try:
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
-        except (OSError, ValueError):
-            time.sleep(0.02)
-    return {}
 
 
 async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
@@ -221,7 +194,9 @@ def one_run(
         cpu0, redis0 = cpu_seconds(daemon.pid), cpu_seconds(redis_pid)
         calls0 = syscalls(daemon.pid)
         started = time.time()
-        sink = start_sink(sink_port, stats, scratch / "sink.log", dlr)
+        sink = start_sink(
+            stats, scratch / "sink.log", dlr="requested" if dlr else "off", port=sink_port
+        )
         ids = [f"{tag}-{i}" for i in range(n)]
         last = asyncio.run(settled(server.url, ids, REPORTED if dlr else SENT, stall=30.0))
         cpu = cpu_seconds(daemon.pid) - cpu0

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import RedisServer, free_port, save, start_daemon, stop
-from memory import config, preload, sink_submits, start_sink
+from harness import RedisServer, free_port, save, start_daemon, start_sink, stop
+from memory import config, preload, sink_submits
 from redis.asyncio import Redis
 
 from router.store import keys
@@ -134,7 +134,9 @@ def main() -> None:
         asyncio.run(reset(server.url))
         path = config(scratch / "router.toml", server.url, port, 1 if args.dlr else 0)
         daemon = start_daemon(path, scratch / "router.log")
-        sink = start_sink(port, stats_file, scratch / "sink.log", args.dlr)
+        sink = start_sink(
+            stats_file, scratch / "sink.log", dlr="requested" if args.dlr else "off", port=port
+        )
         deadline = time.monotonic() + 600
         while sink_submits(stats_file) < args.n:
             if time.monotonic() > deadline:
