@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import importlib.util
 import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +59,8 @@ from harness import (
     round_ratio,
     save,
     sink_stats,
+    spied,
+    spy,
     waited,
     waiter,
 )
@@ -161,44 +161,6 @@ async def load(port: int, built: list[bytes], connections: int, per: int) -> dic
         "errors": samples,
         "client_cpu_s": cpu,
     }
-
-
-PY_SPY = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
-
-
-def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` into `output` (raw folded stacks) until SIGINT."""
-    flags = ("--nonblocking", "-r", "200", "-f", "raw", "-o", str(output))
-    return subprocess.Popen(
-        [PY_SPY, "record", *flags, "-p", str(pid)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def spied(proc: subprocess.Popen[bytes], output: Path, top: int = 30) -> None:
-    """Stop py-spy, then print the functions with the most samples: self (the frame
-    running) and total (on the stack), as % of all samples."""
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in output.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        samples += n
-        frames = stack.split(";")
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    print(f"profile {output}: {samples} samples")
-    for title, counter in (("self", own), ("total", total)):
-        print(f"  top {top} by {title}:")
-        for frame, n in counter.most_common(top):
-            print(f"    {100 * n / max(samples, 1):5.1f} %  {frame}")
 
 
 def run_client(main: Callable[[], Any]) -> Any:

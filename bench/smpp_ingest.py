@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,8 +49,20 @@ from pathlib import Path
 from typing import Any
 
 from api_submit import kannel_live
-from harness import ROOT, Stack, free_port, round_ratio, save
-from versus_kannel import Rig, ensure_tools, preload, waited, waiter
+from harness import (
+    ROOT,
+    Rig,
+    Stack,
+    ensure_tools,
+    free_port,
+    preload,
+    round_ratio,
+    save,
+    spied,
+    spy,
+    waited,
+    waiter,
+)
 
 CASES = ("ingest", "queued", "drain", "kannel")
 ACCOUNT, PASSWORD = "bench", "bench1"
@@ -79,44 +89,6 @@ def rig(scratch: Path, tag: str, window: int) -> tuple[Rig, int]:
 def cpu_over(result: dict[str, Any]) -> dict[str, float]:
     """The router's and Redis' CPU % (100 = one core) from the kit's loadgen sampling."""
     return {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items() if k in ("router", "redis")}
-
-
-PY_SPY = os.environ.get("PY_SPY", "/tmp/tools/bin/py-spy")
-
-
-def spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` into `output` (raw folded stacks) until SIGINT."""
-    flags = ("--nonblocking", "-r", "200", "-f", "raw", "-o", str(output), "-p", str(pid))
-    return subprocess.Popen(
-        [PY_SPY, "record", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def spied(proc: subprocess.Popen[bytes], output: Path, top: int = 25) -> None:
-    """Stop py-spy, then print the functions with the most samples: self (the frame
-    running) and total (on the stack), as % of all samples."""
-    proc.send_signal(signal.SIGINT)
-    proc.wait(30)
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in output.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        samples += n
-        frames = stack.split(";")
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    print(f"profile {output}: {samples} samples")
-    for title, counter in (("self", own), ("total", total)):
-        print(f"  top {top} by {title}:")
-        for frame, n in counter.most_common(top):
-            print(f"    {100 * n / max(samples, 1):5.1f} %  {frame}")
 
 
 def cpu_seconds(pid: int) -> float:

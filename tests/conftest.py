@@ -53,6 +53,30 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+@dataclass
+class Receiver:
+    """An application's status-callback endpoint (a real aiohttp server): the JSON
+    bodies posted to it, in order."""
+
+    url: str = ""
+    got: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.got.append(await request.json())
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/status", found.handle)
+    runner, base = await serve_app(app)
+    found.url = f"{base}/status"
+    yield found
+    await runner.cleanup()
+
+
 class RedisServer:
     """A real redis-server on a free port; a test may kill -9 it and start it again on
     the same port and files (with `appendonly`, what it acknowledged survives but the

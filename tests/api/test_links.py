@@ -9,7 +9,6 @@ import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from router.store.connections import as_text, open_redis
 from router.store.ledger import Ledger
 
 from ..cluster import cluster_running, cluster_unsupported
-from ..conftest import config_dict, serve_app, wait_for
+from ..conftest import Receiver, config_dict, serve_app, wait_for
 from .test_api import TOKENS, api_settings
 
 BASE = "https://s.example.com/l"
@@ -242,29 +241,6 @@ async def test_resolve_refuses_what_is_no_code(redis: Redis, links: Links) -> No
     for bad in ("short", "has space x", "0O1lI0O1lI", "x" * 37, "../../etc"):
         assert not valid_code(bad)
         assert await links.resolve(bad) is None
-
-
-@dataclass
-class Receiver:
-    """An application endpoint: the JSON bodies posted to it."""
-
-    url: str = ""
-    got: list[dict[str, Any]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.got.append(await request.json())
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    app = web.Application()
-    app.router.add_post("/status", found.handle)
-    runner, base = await serve_app(app)
-    found.url = f"{base}/status"
-    yield found
-    await runner.cleanup()
 
 
 @pytest.fixture

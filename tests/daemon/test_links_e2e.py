@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from binds.smpp.codec import count_segments, decode_text
@@ -26,7 +23,7 @@ from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
 from ..binds.test_smpp_flow import smpp_config
-from ..conftest import Provider, RunningDaemon, config_dict, serve_app, wait_for
+from ..conftest import Provider, Receiver, RunningDaemon, config_dict, wait_for
 from .test_api_workers import free_port, with_workers
 from .test_process import cli, write_config
 
@@ -34,29 +31,6 @@ READER = "r" * 32
 TO = "+447911123456"
 PLAIN = "+447700900123"
 LONG_URL = "https://shop.example.com/orders/12345?tab=tracking&ref=" + "x" * 110
-
-
-@dataclass
-class Receiver:
-    """A status-callback endpoint that keeps what it was posted."""
-
-    url: str = ""
-    got: list[dict[str, Any]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.got.append(await request.json())
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    app = web.Application()
-    app.router.add_post("/status", found.handle)
-    runner, base = await serve_app(app)
-    found.url = f"{base}/status"
-    yield found
-    await runner.cleanup()
 
 
 def links_config(
