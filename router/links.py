@@ -10,7 +10,7 @@ characters drawn with `secrets` from `ALPHABET` (URL-safe, without the look-alik
 
 Redis layout (the key names live here until router/store/keys.py takes them):
 
-- ``sms:{P}:links:<bucket>`` (`bucket_key`; `link_key` of a code): a hash per profile
+- ``sms:{P}:links:<bucket>`` (`keys.links_hour`; `link_key` of a code): a hash per profile
   and hour (`BUCKET_SECONDS`), field = code, value = compact JSON ``{"u": url, "i":
   message id, "c": status_callback_url (when the message has one)}``; it expires
   the message records' retention after its hour ends, so a link lives as long as its
@@ -29,9 +29,9 @@ Redis layout (the key names live here until router/store/keys.py takes them):
 - ``sms:{P}:stats`` fields ``clicks`` (the profile's clicks) and ``link_previews``
   (fetches by link previews, `is_preview`: not clicks); the hash `/metrics` reads the
   profile counters from.
-- ``sms:{P}:clicks:msg:<id>`` (`message_key`): one message's clicks, expiring with
+- ``sms:{P}:clicks:msg:<id>`` (`keys.message_clicks`): one message's clicks, expiring with
   its link (the record itself is left to the ledger's scripts).
-- ``sms:{P}:clicks:top:<day>`` (`top_key`): sorted set, message id -> clicks on that
+- ``sms:{P}:clicks:top:<day>`` (`keys.top_clicks`): sorted set, message id -> clicks on that
   UTC day, the `TOP_KEPT` most clicked (trimmed at each click), kept `TOP_DAYS` days,
   for ``links stats``.
 
@@ -78,15 +78,12 @@ __all__ = [
     "Shortened",
     "ToShorten",
     "bucket",
-    "bucket_key",
     "click_stats",
     "find_urls",
     "is_preview",
     "link_key",
     "message_clicks",
-    "message_key",
     "tag",
-    "top_key",
     "valid_code",
     "write_commands",
 ]
@@ -134,14 +131,9 @@ def bucket(at: float) -> str:
     return ALPHABET[number // _LETTERS] + ALPHABET[number % _LETTERS]
 
 
-def bucket_key(profile: str, name: str) -> str:
-    """Hash: the links of `profile` made in the hour `name` (see the module docstring)."""
-    return f"sms:{{{profile}}}:links:{name}"
-
-
 def link_key(profile: str, code: str) -> str:
     """The hash holding the link a code of `profile` stands for (field: the code)."""
-    return bucket_key(profile, code[TAG_LENGTH : TAG_LENGTH + BUCKET_CHARS])
+    return keys.links_hour(profile, code[TAG_LENGTH : TAG_LENGTH + BUCKET_CHARS])
 
 
 @lru_cache(maxsize=4096)
@@ -158,17 +150,6 @@ def _by_tag(profiles: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     for profile in profiles:
         found[tag(profile)] = (*found.get(tag(profile), ()), profile)
     return found
-
-
-def message_key(profile: str, message_id: str) -> str:
-    """Counter: one message's clicks (expires with its link)."""
-    return f"sms:{{{profile}}}:clicks:msg:{message_id}"
-
-
-def top_key(profile: str, day: str) -> str:
-    """Sorted set: the profile's most clicked messages (id -> clicks) on UTC `day`
-    (YYYY-MM-DD)."""
-    return f"sms:{{{profile}}}:clicks:top:{day}"
 
 
 def valid_code(code: str) -> bool:
@@ -396,7 +377,7 @@ class Links:
             if got is None:
                 got = shared[item.profile, item.ttl] = (
                     tag(item.profile) + hour,
-                    bucket_key(item.profile, hour),
+                    keys.links_hour(item.profile, hour),
                     math.ceil(ends + item.ttl),
                 )
             prefix, key, expire_at = got
@@ -449,8 +430,8 @@ class Links:
         event += ["link", link.url]
         if user_agent:
             event += ["user_agent", user_agent[:USER_AGENT_CHARS]]
-        counter = message_key(profile, message)
-        top = top_key(profile, keys.utc_day(when))
+        counter = keys.message_clicks(profile, message)
+        top = keys.top_clicks(profile, keys.utc_day(when))
         commands: list[roundtrip.Command] = [
             ("HINCRBY", keys.stats(profile), "clicks", 1),
             ("INCR", counter),
@@ -507,7 +488,8 @@ async def click_stats(
     commands: list[roundtrip.Command] = []
     for profile in profiles:
         commands.append(("HGET", keys.stats(profile), "clicks"))
-        commands.append(("ZREVRANGE", top_key(profile, day), 0, max(top, 1) - 1, "WITHSCORES"))
+        most = keys.top_clicks(profile, day)
+        commands.append(("ZREVRANGE", most, 0, max(top, 1) - 1, "WITHSCORES"))
     replies = await roundtrip.execute(redis, commands) if commands else []
     out: list[ProfileClicks] = []
     for i, profile in enumerate(profiles):
@@ -522,7 +504,7 @@ async def message_clicks(redis: Redis, profile: str, message_ids: Sequence[str])
     expired), in one round trip."""
     if not message_ids:
         return []
-    raw = await redis.mget([message_key(profile, m) for m in message_ids])
+    raw = await redis.mget([keys.message_clicks(profile, m) for m in message_ids])
     return [int(value or 0) for value in raw]
 
 

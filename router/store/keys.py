@@ -188,3 +188,21 @@ def long_message_due(account: str) -> str:
     scored by when a sweeper takes them (ms, Redis' clock): the reassembly time-out,
     then a lease while one instance enqueues or rejects it."""
     return f"sms:{{acct:{account}}}:parts:due"
+
+
+def links_hour(profile: str, hour: str) -> str:
+    """Hash: the tracked links `profile` made in the hour named `hour` (two letters;
+    router/links.py): field = code, value = JSON {u: original URL, i: message id, c:
+    status callback URL}; expires `retention` after the hour."""
+    return f"sms:{{{profile}}}:links:{hour}"
+
+
+def message_clicks(profile: str, message_id: str) -> str:
+    """Counter: one message's clicks on its tracked links (expires with its link)."""
+    return f"sms:{{{profile}}}:clicks:msg:{message_id}"
+
+
+def top_clicks(profile: str, day: str) -> str:
+    """Sorted set: the profile's most clicked messages (id -> clicks) on UTC `day`
+    (YYYY-MM-DD)."""
+    return f"sms:{{{profile}}}:clicks:top:{day}"

@@ -39,7 +39,6 @@ from router.links import (
     is_preview,
     link_key,
     message_clicks,
-    message_key,
     tag,
     valid_code,
 )
@@ -370,7 +369,8 @@ async def test_clicks_count_per_message_and_profile(redis: Redis, links: Links) 
     assert await message_clicks(redis, "alerts", ["hot", "warm"]) == [3, 2]
     # A message's counter lives as long as its link.
     left = _hour_left()
-    assert DAY + left - 10 <= await redis.ttl(message_key("alerts", "hot")) <= DAY + left + 1
+    counter = keys.message_clicks("alerts", "hot")
+    assert DAY + left - 10 <= await redis.ttl(counter) <= DAY + left + 1
     # /metrics reads the profile's stats hash: the clicks are there.
     assert await redis.hget(keys.stats("alerts"), "clicks") == b"5"
     # No callback url: nothing on the callbacks stream.
