@@ -510,6 +510,8 @@ class Ledger:
             keys.early_deadlines(profile),
             keys.early_bucket(profile, bucket),
             keys.early_bucket(profile, bucket - 1),
+            # (another instance's clock a little ahead may have kept one in the next)
+            keys.early_bucket(profile, bucket + 1),
         ]
         script_keys += [record + it.id for it in items]
         if profile not in self._unindexed:

@@ -5,7 +5,8 @@
 -- that came before `sent` (kept by report.lua) are applied here, in the same step.
 -- KEYS: event stream, callbacks stream, work stream, awaiting-reports set, the early
 -- hash and zset of the older layout (reports kept before an upgrade), the early-report
--- hashes of the current and the previous time bucket (report.lua), then each item's
+-- hashes of the current and the previous time bucket (report.lua), and of the next
+-- (written by an instance whose clock is a little ahead), then each item's
 -- record, then the provider-id index key of every part of every `sent` item, in item
 -- order, then the day's spend hash.
 -- ARGV[1]: msgpack FINISH_CALL {now, profile, retention (of the provider-id index; 0:
@@ -23,7 +24,7 @@ local now, profile = args[FINISH_CALL_NOW], args[FINISH_CALL_PROFILE]
 local ttl, maxlen = args[FINISH_CALL_RETENTION], args[FINISH_CALL_EVENTS_MAXLEN]
 local group, deadline = args[FINISH_CALL_GROUP], args[FINISH_CALL_REPORT_DEADLINE]
 local items = args[FINISH_CALL_ITEMS]
-local first = 8  -- KEYS index before the first record
+local first = 9  -- KEYS index before the first record
 local index = first + #items  -- KEYS index of the last provider-id index key taken
 local entries = {}
 local spent, by_connector = 0, {}
@@ -91,7 +92,7 @@ end
 -- Newest bucket first; the older layout's hash last.
 local finals, applied = {}, {}  -- item -> final status; part id -> true
 local early = {}
-for _, key in ipairs({KEYS[7], KEYS[8], KEYS[5]}) do
+for _, key in ipairs({KEYS[7], KEYS[8], KEYS[9], KEYS[5]}) do
   if redis.call('EXISTS', key) == 1 then early[#early + 1] = key end
 end
 if #early > 0 then
