@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    NUMBERS,
     RESULTS,
     RedisServer,
-    campaign_toml,
     free_port,
+    router_config,
     save,
     start_daemon,
     start_sink,
@@ -158,35 +157,6 @@ async def measure(url: str, before: int, n: int, sample: int, tag: str) -> dict[
     }
 
 
-def config(path: Path, redis_url: str, sink_port: int, registered_delivery: int) -> Path:
-    """One SMPP profile to the sink (as the other benches), default retention."""
-    path.write_text(
-        f"""
-[router]
-redis = "{redis_url}"
-instance = "memory"
-log_format = "json"
-log_level = "warning"
-[queue]
-batch = 500
-[profiles.{PROFILE}]
-global = true
-protocol = "smpp"
-window = 100
-numbers = {json.dumps(NUMBERS)}
-[profiles.{PROFILE}.smpp]
-host = "127.0.0.1"
-port = {sink_port}
-system_id = "bench"
-password = "bench"
-bind = "transceiver"
-registered_delivery = {registered_delivery}
-reconnect_max = 1
-{campaign_toml(NUMBERS)}"""
-    )
-    return path
-
-
 def sink_submits(path: Path) -> int:
     """Submits the sink counted so far (its stats file, rewritten every 0.1 s)."""
     try:
@@ -227,7 +197,9 @@ def run(n: int, sample: int, dlr: bool) -> dict[str, Any]:
     try:
         before = asyncio.run(baseline(server.url))
         asyncio.run(preload(server.url, n, tag))
-        path = config(scratch / "router.toml", server.url, port, 1 if dlr else 0)
+        path = router_config(
+            scratch / "router.toml", server.url, registered_delivery=int(dlr), port=port
+        )
         daemon = start_daemon(path, scratch / "router.log")
         sink = start_sink(stats, scratch / "sink.log", dlr="requested" if dlr else "off", port=port)
         want = b"delivered" if dlr else b"sent"

@@ -39,9 +39,9 @@ from typing import Any
 from harness import (
     NUMBERS,
     RedisServer,
-    campaign_toml,
     cpu_seconds,
     free_port,
+    router_config,
     save,
     sink_stats,
     start_daemon,
@@ -59,35 +59,6 @@ WINDOW = 100
 # What a record can end in once its report is applied; a plain drain ends at `sent`.
 REPORTED = frozenset({"delivered", "undelivered", "failed", "rejected", "expired"})
 SENT = REPORTED | {"sent"}
-
-
-def config(path: Path, redis_url: str, sink_port: int, registered_delivery: int) -> Path:
-    """One SMPP profile to the sink (versus_kannel.py's, on `sink_port`)."""
-    path.write_text(
-        f"""
-[router]
-redis = "{redis_url}"
-instance = "receipts"
-log_format = "json"
-log_level = "warning"
-[queue]
-batch = 500
-[profiles.bench]
-global = true
-protocol = "smpp"
-window = {WINDOW}
-numbers = {json.dumps(NUMBERS)}
-[profiles.bench.smpp]
-host = "127.0.0.1"
-port = {sink_port}
-system_id = "bench"
-password = "bench"
-bind = "transceiver"
-registered_delivery = {registered_delivery}
-reconnect_max = 1
-{campaign_toml(NUMBERS)}"""
-    )
-    return path
 
 
 async def preload(url: str, n: int, tag: str, batch: int = 2000) -> None:
@@ -173,7 +144,10 @@ def one_run(
     """One drain (with `dlr`: a receipt per message, to `delivered`) in this process's
     code tree; its row."""
     server = RedisServer(appendonly=True, folder=scratch / "redis")
-    path = config(scratch / "router.toml", server.url, sink_port, int(dlr))
+    path = router_config(
+        scratch / "router.toml", server.url, window=WINDOW, registered_delivery=int(dlr),
+        port=sink_port,
+    )  # fmt: skip
     daemon: subprocess.Popen[bytes] | None = None
     sink: subprocess.Popen[bytes] | None = None
     profiler: subprocess.Popen[bytes] | None = None

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import RedisServer, free_port, save, start_daemon, start_sink, stop
-from memory import config, preload, sink_submits
+from harness import RedisServer, free_port, router_config, save, start_daemon, start_sink, stop
+from memory import preload, sink_submits
 from redis.asyncio import Redis
 
 from router.store import keys
@@ -132,7 +132,9 @@ def main() -> None:
     try:
         asyncio.run(preload(server.url, args.n, "cost"))
         asyncio.run(reset(server.url))
-        path = config(scratch / "router.toml", server.url, port, 1 if args.dlr else 0)
+        path = router_config(
+            scratch / "router.toml", server.url, registered_delivery=int(args.dlr), port=port
+        )
         daemon = start_daemon(path, scratch / "router.log")
         sink = start_sink(
             stats_file, scratch / "sink.log", dlr="requested" if args.dlr else "off", port=port

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    NUMBERS,
     ROOT,
     RedisServer,
-    Stack,
-    campaign_toml,
+    peer,
+    router_config,
     save,
     start_daemon,
+    start_sink,
     stop,
 )
 from redis.asyncio import Redis
@@ -53,32 +53,11 @@ PY_SPY = os.environ.get("PY_SPY", "py-spy")
 SPY_FLAGS = ("-f", "raw", "-r", "500", "--nonblocking")
 
 
-def peer(script: str, *args: str) -> list[str]:
-    """A command line running one of the peer kit's Python tools."""
-    return [sys.executable, str(PEERS / script), *args]
-
-
-def start_sink(port: int, stats: Path, log: Path) -> subprocess.Popen[bytes]:
-    """A fresh sink on uvloop (rates come from its first and last submit)."""
-    stats.unlink(missing_ok=True)
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            peer(
-                "smsc_sink.py",
-                *("--port", str(port), "--quiet", "--dlr", "off", "--uvloop"),
-                *("--stats-file", str(stats)),
-            ),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    Stack._wait_port(port)
-    return proc
-
-
 def pump(n: int, port: int, scratch: Path) -> dict[str, Any]:
     """The raw asyncio SMPP pump at window 1 into a fresh sink (versus_kannel.pump_w1)."""
     stats = scratch / "sink-pump.json"
-    sink = start_sink(port, stats, scratch / "sink-pump.log")
+    stats.unlink(missing_ok=True)
+    sink = start_sink(stats, scratch / "sink-pump.log", port=port)
     try:
         done = subprocess.run(
             peer(
@@ -100,38 +79,6 @@ def pump(n: int, port: int, scratch: Path) -> dict[str, Any]:
         "complete": result.get("n") == n,
         "cpu_pct": {"pump": result.get("client_cpu_pct", 0.0)},
     }
-
-
-def config(
-    path: Path, redis_url: str, port: int, processing: str = "sync", window: int = 1
-) -> Path:
-    """One SMPP profile to the sink (by default in sync mode: window 1)."""
-    path.write_text(
-        f"""
-[router]
-redis = "{redis_url}"
-instance = "sync-bench"
-log_format = "json"
-log_level = "warning"
-[queue]
-batch = 500
-[profiles.bench]
-global = true
-protocol = "smpp"
-processing = "{processing}"
-window = {window}
-numbers = {json.dumps(NUMBERS)}
-[profiles.bench.smpp]
-host = "127.0.0.1"
-port = {port}
-system_id = "bench"
-password = "bench"
-bind = "transceiver"
-registered_delivery = 0
-reconnect_max = 1
-{campaign_toml(NUMBERS)}"""
-    )
-    return path
 
 
 async def commands(url: str) -> dict[str, int]:
@@ -182,7 +129,11 @@ def drain(
         os.environ["PYTHONPATH"] = str(code)
         os.chdir(tempfile.gettempdir())
         try:
-            cfg = config(scratch / f"router-{tag}.toml", server.url, port, *mode)
+            processing, window = mode
+            cfg = router_config(
+                scratch / f"router-{tag}.toml", server.url, processing=processing,
+                window=window, port=port,
+            )  # fmt: skip
             daemon = start_daemon(cfg, scratch / f"router-{tag}.log")
         finally:
             os.chdir(cwd)
@@ -209,7 +160,8 @@ def drain(
             stdout=subprocess.PIPE,
         )
         time.sleep(0.5)
-        sink = start_sink(port, stats, scratch / f"sink-{tag}.log")
+        stats.unlink(missing_ok=True)
+        sink = start_sink(stats, scratch / f"sink-{tag}.log", port=port)
         result = json.loads((wait.communicate(timeout=900)[0] or b"{}").decode())
         cpu = {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items() if k in pids}
         rate = float(result.get("sink_rate", 0.0))
