@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -240,6 +241,12 @@ class RouterSettings(_Section):
     # Destination countries (ISO codes) that refuse alphanumeric sender IDs: a message
     # from one to these is rejected with sender_not_allowed.
     alphanumeric_refused: list[Region] = Field(default_factory=lambda: ["US", "CA"])
+    # MMS media checks (router/policy/media.py): no request to loopback, private,
+    # link-local or reserved addresses unless allowed (all, or these networks: an
+    # operator's own media server); seconds one media URL's check may take.
+    media_allow_private: bool = False
+    media_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list)
+    media_timeout: Annotated[float, _between(0.1, 60)] = 5.0
 
     @field_validator("redis")
     @classmethod
@@ -419,6 +426,28 @@ class WebhookReports(_Section):
         return _long_secret(value, info)
 
 
+class WebhookInbound(_Section):
+    """``[profiles.P.http.inbound]``: how a Web-URL provider's inbound-message webhook
+    (``POST /v1/providers/P/inbound``) reads, and how it is authenticated (as
+    `WebhookReports`). Paths are form field names or dotted paths into a JSON body."""
+
+    from_field: str = Field(min_length=1)
+    to_field: str = Field(min_length=1)
+    text_field: str | None = None
+    # The message's media (an MMS): a list of URLs, or of objects whose `media_url_key`
+    # holds the URL and `media_type_key` its content type.
+    media_field: str | None = None
+    media_url_key: str = "url"
+    media_type_key: str = "content_type"
+    check: Literal["token", "hmac-sha256"] = "token"
+    secret: SecretStr
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return _long_secret(value, info)
+
+
 class HttpSection(_BindSection):
     """``[profiles.P.http]``: the Web-URL request template (see `binds.http.HttpSpec`)."""
 
@@ -435,6 +464,7 @@ class HttpSection(_BindSection):
     # A provider's answer is read up to this many bytes; the rest is never read.
     max_response_bytes: Annotated[int, _between(1024, 67_108_864)] = 65_536
     reports: WebhookReports | None = None
+    inbound: WebhookInbound | None = None
 
     def to_spec(
         self, profile: Profile | Connector | None, *, secrets: Mapping[str, str]
@@ -701,6 +731,9 @@ class Route(_Section):
     profiles: list[str] = Field(default_factory=list)
     senders: list[SenderKind] = Field(default_factory=list)  # the sender's kind
     use_cases: list[str] = Field(default_factory=list)
+    # "sms" or "mms" (a message with media): only that kind matches. An MMS takes
+    # only the route's connectors that carry media; a route with none never matches one.
+    kind: Literal["sms", "mms"] | None = None
     connectors: list[str] = Field(min_length=1)
     strategy: Strategy = "failover"
     weights: list[Annotated[int, _between(0, 1_000_000)]] = Field(default_factory=list)
@@ -759,6 +792,12 @@ class Profile(_Section):
     # Tracked links: each http(s) URL of an outbound text becomes {[links] base_url}/<code>
     # before its segments are counted (router/engine/shorten.py).
     shorten: bool = False
+    # A message with media (an MMS) that no sender or connector of the profile can
+    # send as one: "link" sends an SMS of its text and its media URLs (shortened when
+    # `shorten`), "reject" refuses it with mms_not_supported.
+    mms_fallback: Literal["link", "reject"] = "link"
+    # The largest media file an MMS may carry (each URL's Content-Length is checked).
+    mms_max_bytes: Annotated[int, _between(1, 100 * 1024 * 1024)] = 5 * 1024 * 1024
     stop_keywords: list[str] = Field(
         default_factory=lambda: ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"]
     )
@@ -1712,6 +1751,11 @@ def _check_webhooks(where: str, profile: Mapping[str, Any], api: Any) -> list[st
             f"{where}.http.reports: needs [api] listen (reports arrive on "
             "/v1/providers/<profile>/report there)"
         )
+    if isinstance(http, Mapping) and http.get("inbound") is not None:
+        problems.append(
+            f"{where}.http.inbound: needs [api] listen (inbound messages arrive on "
+            "/v1/providers/<profile>/inbound there)"
+        )
     return problems
 
 
@@ -1719,7 +1763,9 @@ def _check_templates(where: str, http: Mapping[str, Any], secrets: Mapping[str, 
     """Let the Web-URL bind compile the templates: placeholders, braces, URL, id path."""
     try:
         # Without `reports`: its secret resolves against the real environment here.
-        section = HttpSection.model_validate({k: v for k, v in http.items() if k != "reports"})
+        section = HttpSection.model_validate(
+            {k: v for k, v in http.items() if k not in ("reports", "inbound")}
+        )
     except ValidationError:
         return []  # the schema check reports it
     # A missing secret is reported once by _collect_secrets; stand in for it here.

@@ -43,6 +43,10 @@ class JobCheck:
         nothing: the worker puts the result on the job, a door only wants the verdict."""
         text = job.text
         if text is None:
+            if job.media and job.template is None and self.profile.template is None:
+                # An MMS may be its media alone (Twilio's MediaUrl without a Body).
+                check_sender(job, self.name, self._owned)
+                return ""
             text = self._render(job)
         if self.profile.smart_encoding:
             text = smart_encode(text)

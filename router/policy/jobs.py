@@ -22,6 +22,7 @@ import msgpack
 
 from router.errors import RouterError
 from router.numbers import normalise_e164, normalise_sender
+from router.policy.media import MediaFieldError, parse_media
 
 # Fields a producer may send; anything else is refused so typos surface early.
 KNOWN_FIELDS = frozenset(
@@ -40,6 +41,7 @@ KNOWN_FIELDS = frozenset(
         "status_callback_url",
         "meta",
         "account",
+        "media",
     }
 )
 MAX_ID_LENGTH = 128
@@ -94,6 +96,13 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     # The account that submitted it (set by the door that authenticated the caller).
     account: str | None = None
+    # An MMS: 1 to 10 http(s) URLs of its media (router/policy/media.py); () for an SMS.
+    media: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``mms`` for a job with media, else ``sms`` (what routes' ``kind`` matches)."""
+        return "mms" if self.media else "sms"
 
     def to_wire(self) -> dict[str, Any]:
         """The job as a wire map (only the fields that are set)."""
@@ -124,6 +133,8 @@ class Job:
             wire["vars"] = self.vars
         if self.meta:
             wire["meta"] = self.meta
+        if self.media:
+            wire["media"] = list(self.media)
         return wire
 
 
@@ -210,6 +221,7 @@ def _decode(raw: bytes | None, default_id: str) -> Job:
         lang=_opt_str(data, "lang"),
         meta=_opt_map(data, "meta"),
         account=_opt_str(data, "account"),
+        media=_opt_media(data),
     )
     return job
 
@@ -284,6 +296,19 @@ def _opt_url(data: dict[str, Any], name: str) -> str | None:
     if value is not None and not value.startswith(("http://", "https://")):
         raise JobError(name, "must be an http:// or https:// URL")
     return value
+
+
+def _opt_media(data: dict[str, Any]) -> tuple[str, ...]:
+    value = data.get("media")
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        # msgpack producers may send the URLs as bytes.
+        value = [v.decode(errors="replace") if isinstance(v, bytes) else v for v in value]
+    try:
+        return parse_media(value)
+    except MediaFieldError as exc:
+        raise JobError(exc.field, exc.problem) from None
 
 
 def _opt_map(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -915,6 +915,10 @@ def decode_record(raw: Mapping[Any, Any], profile: str | None = None) -> dict[st
         record.setdefault("segments", "1")
     if "meta" in record:
         record["meta"] = json.loads(record["meta"])
+    # An MMS: its media URLs (a JSON list, from the door) and how many.
+    if "media" in record:
+        record["media"] = json.loads(record["media"])
+        record["num_media"] = len(record["media"])
     for name in ("attempts", "segments"):
         if name in record:
             record[name] = int(record[name])
