@@ -35,6 +35,9 @@ class OutboundMessage:
     # Unix time after which the message must not be sent: a bind holding it (throttled)
     # gives it back to the router before then.
     expires_at: float | None = None
+    # An MMS: its media URLs (checked by the router); () for an SMS. Only binds that
+    # carry media get one (Twilio's MediaUrl, a Web-URL template with {media}).
+    media: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

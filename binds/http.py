@@ -4,6 +4,13 @@ What the request looks like comes from an `HttpSpec` whose url, form fields, JSO
 leaves and headers are templates with ``{from}``, ``{to}``, ``{text}``, ``{id}``
 and ``{secret:NAME}`` (``{{``/``}}`` are literal braces). Templates are checked
 and compiled when the spec is built, so a typo fails at start-up, not per message.
+
+An MMS's media URLs: ``{media}`` is them separated by commas and ``{media_json}`` a
+JSON array of them, except where a whole value is the placeholder alone: a form field
+(or a GET's query field) ``{media}`` is sent once per URL (``MediaUrl=a&MediaUrl=b``,
+as Twilio takes them; not at all for an SMS), and a JSON leaf ``{media}`` or
+``{media_json}`` becomes the array itself. A spec whose templates use either carries
+media (`HttpSpec.carries_media`); the router sends an MMS only over such a bind.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ RAW_LIMIT = 500  # characters of provider output kept in an outcome's `raw`
 REASON_BODY_LIMIT = 120  # characters of provider output quoted in a failure reason
 SECRET_MIN_LEN = 4  # shorter "secrets" would redact innocent text everywhere
 
-_FIELDS = frozenset({"from", "to", "text", "id"})
+_FIELDS = frozenset({"from", "to", "text", "id", "media", "media_json"})
+_MEDIA_FIELDS = frozenset({"media", "media_json"})
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 # Characters left alone in the literal parts of a url template: URL syntax and
 # existing %XX escapes. Anything else (spaces, non-ASCII) is percent-encoded once.
@@ -81,6 +89,27 @@ class HttpSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", str(self.method).upper())
         object.__setattr__(self, "_compiled", _compile_spec(self))
+
+    @property
+    def carries_media(self) -> bool:
+        """Whether requests made from this spec carry an MMS's media."""
+        return uses_media(self.url, self.form, self.json, self.headers)
+
+
+def uses_media(*templates: object) -> bool:
+    """Whether any string in `templates` (strings, or tables and lists of them, as a
+    spec's url, form, json and headers) has a ``{media}`` or ``{media_json}``
+    placeholder."""
+    for node in templates:
+        if isinstance(node, str):
+            if any(m.group(1) in _MEDIA_FIELDS for m in _TOKEN.finditer(node)):
+                return True
+        elif isinstance(node, Mapping):
+            if uses_media(*node.values()):
+                return True
+        elif isinstance(node, list | tuple) and uses_media(*node):
+            return True
+    return False
 
 
 class HttpSender:
@@ -159,8 +188,11 @@ class HttpSender:
             "text": message.text,
             "id": message.id,
         }
+        if compiled.media:
+            values["media"] = ",".join(message.media)
+            values["media_json"] = jsonlib.dumps(list(message.media), separators=(",", ":"))
         try:
-            request = compiled.build(values)
+            request = compiled.build(values, message.media)
         except _BadRequest as exc:
             return Failed(reason=str(exc), code="invalid_request")
         except ValueError as exc:  # e.g. text with lone surrogates that cannot be encoded
@@ -249,12 +281,19 @@ class _Template:
         encode = self.encode
         return "".join(encode(values[s]) if is_field else s for is_field, s in self.parts)
 
+    @property
+    def media_alone(self) -> bool:
+        """The whole template is ``{media}`` or ``{media_json}`` (see the module
+        docstring: a repeated form field, a JSON array)."""
+        return len(self.parts) == 1 and self.parts[0][0] and self.parts[0][1] in _MEDIA_FIELDS
+
 
 @dataclass(frozen=True, slots=True)
 class _Request:
     url: URL
     headers: dict[str, str]
-    data: dict[str, str] | bytes | None
+    # A form as pairs when a field repeats (``{media}``: once per URL).
+    data: dict[str, str] | list[tuple[str, str]] | bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,13 +306,20 @@ class _Compiled:
     json_content_type: bool  # add Content-Type: application/json
     extract: Callable[[str], str | None] | None
     redactions: tuple[str, ...]
+    media: bool  # some template uses {media} or {media_json}
 
-    def build(self, values: Mapping[str, str]) -> _Request:
+    def build(self, values: Mapping[str, str], media: Sequence[str] = ()) -> _Request:
         url = self.url.render(values)
         if self.query:
-            query = "&".join(f"{k}={t.render(values)}" for k, t in self.query)
-            sep = "" if url.endswith(("?", "&")) else "&" if "?" in url else "?"
-            url = f"{url}{sep}{query}"
+            pairs: list[str] = []
+            for k, t in self.query:
+                if self.media and t.media_alone:
+                    pairs += [f"{k}={t.encode(m)}" for m in media]  # once per URL
+                else:
+                    pairs.append(f"{k}={t.render(values)}")
+            if pairs:
+                sep = "" if url.endswith(("?", "&")) else "&" if "?" in url else "?"
+                url = f"{url}{sep}{'&'.join(pairs)}"
         headers: dict[str, str] = {}
         for name, template in self.headers:
             value = template.render(values)
@@ -281,12 +327,22 @@ class _Compiled:
                 # aiohttp would refuse it anyway; header injection must never reach the wire.
                 raise _BadRequest(f"http.headers.{name}: rendered value contains a line break")
             headers[name] = value
-        data: dict[str, str] | bytes | None = None
+        data: dict[str, str] | list[tuple[str, str]] | bytes | None = None
         if self.form is not None:
-            # aiohttp form-encodes the dict itself; pre-encoding would encode twice.
-            data = {k: t.render(values) for k, t in self.form}
+            # aiohttp form-encodes the dict (or pairs) itself; pre-encoding would
+            # encode twice.
+            if self.media and any(t.media_alone for _k, t in self.form):
+                data = [
+                    pair
+                    for k, t in self.form
+                    for pair in (
+                        [(k, m) for m in media] if t.media_alone else [(k, t.render(values))]
+                    )
+                ]
+            else:
+                data = {k: t.render(values) for k, t in self.form}
         elif self.json is not None:
-            body = _render_json(self.json, values)
+            body = _render_json(self.json, values, media)
             data = jsonlib.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
             if self.json_content_type:
                 headers["Content-Type"] = "application/json"
@@ -343,6 +399,7 @@ def _compile_spec(spec: HttpSpec) -> _Compiled:
         json_content_type=not has_type,
         extract=_compile_extractor(spec.message_id),
         redactions=_redactions(secrets.values()),
+        media=uses_media(spec.url, spec.form, spec.json, spec.headers),
     )
 
 
@@ -425,13 +482,15 @@ def _compile_json(node: object, where: str, secrets: Mapping[str, str]) -> objec
     raise BindConfigError(f"{where}: {type(node).__name__} is not a JSON value")
 
 
-def _render_json(node: object, values: Mapping[str, str]) -> object:
+def _render_json(node: object, values: Mapping[str, str], media: Sequence[str]) -> object:
     if isinstance(node, _Template):
+        if node.media_alone:
+            return list(media)
         return node.render(values)
     if isinstance(node, dict):
-        return {k: _render_json(v, values) for k, v in node.items()}
+        return {k: _render_json(v, values, media) for k, v in node.items()}
     if isinstance(node, list):
-        return [_render_json(v, values) for v in node]
+        return [_render_json(v, values, media) for v in node]
     return node
 
 

@@ -2,11 +2,11 @@
 
 It is an `HttpSender` with Twilio's request shape: ``POST {base_url}/2010-04-01/
 Accounts/{sid}/Messages.json`` as a form (``To``, ``From`` or ``MessagingServiceSid``,
-``Body``, ``StatusCallback``), HTTP Basic auth with the account SID and auth token,
-and the message id read from the JSON ``sid``. Only the failure mapping is Twilio's
-own: a 4xx answer carries Twilio's error code (``{"code": 21211, "message": ...}``),
-which becomes the outcome's code (``twilio_21211``); 429 and 5xx are retried as for
-any Web-URL provider.
+``Body``, ``MediaUrl`` once per media URL of an MMS, ``StatusCallback``), HTTP Basic
+auth with the account SID and auth token, and the message id read from the JSON
+``sid``. Only the failure mapping is Twilio's own: a 4xx answer carries Twilio's
+error code (``{"code": 21211, "message": ...}``), which becomes the outcome's code
+(``twilio_21211``); 429 and 5xx are retried as for any Web-URL provider.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class TwilioSpec:
             )
         if not self.auth_token:
             raise BindConfigError("twilio.auth_token: must not be empty")
-        form = {"To": "{to}", "Body": "{text}"}
+        # MediaUrl once per media URL of an MMS (none for an SMS: binds/http.py).
+        form = {"To": "{to}", "Body": "{text}", "MediaUrl": "{media}"}
         if self.messaging_service_sid is not None:
             form["MessagingServiceSid"] = self.messaging_service_sid
         else:
