@@ -377,6 +377,9 @@ class Client:
             fields["status_callback_url"] = str(wire["status_callback_url"])
         if wire.get("account"):
             fields["account"] = str(wire["account"])
+        if wire.get("media"):
+            # An MMS: its URLs from `queued` on (the record's and the event's ``media``).
+            fields["media"] = json.dumps(list(wire["media"]), separators=(",", ":"))
         return fields
 
 

@@ -7,7 +7,9 @@ template, variables, length, sender), both through `Client` and both what the wo
 runs, so a job is refused here for exactly what a job on the Redis stream would be
 dead-lettered for. Errors name the field:
 ``{"error": "messages[3].to: '+1' is not a valid E.164 number"}``,
-``{"error": "messages[3].vars.code: missing variable 'code' (template 'otp')"}``. Jobs are
+``{"error": "messages[3].vars.code: missing variable 'code' (template 'otp')"}``,
+``{"error": "media[1]: must be an absolute http:// or https:// URL"}`` (a job with
+``media`` is an MMS; its text is then optional). Jobs are
 enqueued with `Client.send_each` (one round trip per batch); an id that already has a
 record is answered ``duplicate`` and never sent twice.
 
@@ -46,6 +48,7 @@ from router.client import Client, OverLimit, Refused
 from router.numbers import normalise_e164
 from router.policy.accounts import AccountError, Caller
 from router.policy.jobs import MAX_ID_LENGTH, MAX_JOB_BYTES, MAX_LENGTHS, MAX_URL_LENGTH, JobError
+from router.policy.media import MAX_MEDIA
 from router.store.ledger import STATUSES
 from router.store.smslog import message_log, parse_position, parse_since
 
@@ -73,6 +76,27 @@ _TIME = WithJsonSchema(
             {"type": "null"},
         ],
         "description": "Unix seconds, or an ISO 8601 time with a time zone.",
+    }
+)
+_MEDIA = WithJsonSchema(
+    {
+        "anyOf": [
+            {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_MEDIA,
+                "items": {
+                    "type": "string",
+                    "maxLength": MAX_URL_LENGTH,
+                    # An absolute http(s) URL without spaces (`parse_media`'s checks).
+                    "pattern": "^https?://[A-Za-z0-9.-]+(/[!-~]*)?$",
+                },
+            },
+            {"type": "null"},
+        ],
+        "description": f"An MMS: 1 to {MAX_MEDIA} http(s) URLs of its media (images, audio, "
+        "video, vCards); `text` is then optional. A bad one is refused naming it "
+        "(`media[1]: ...`).",
     }
 )
 _MAP: JsonDict = {
@@ -119,6 +143,9 @@ class Job(BaseModel):
         json_schema_extra={"maxLength": MAX_URL_LENGTH},
     )
     meta: dict[str, Any] | None = Field(None, json_schema_extra=_MAP)
+    # Checked by the wire decoder (`parse_media`), not here: its words name the URL
+    # (``media[1]: must be an absolute http:// or https:// URL``) whichever door.
+    media: Annotated[Any, _MEDIA] = None
 
 
 class Batch(BaseModel):
@@ -175,6 +202,13 @@ class MessageRecord(BaseModel):
     provider_message_id: str | None = None
     connector: str | None = None  # the latest attempt's connector
     account: str | None = None  # the account that submitted it, when one did
+    media: list[str] | None = Field(None, description="An MMS's media URLs.")
+    num_media: int | None = Field(None, description="How many media URLs (an MMS only).")
+    mms: str | None = Field(
+        None,
+        description="How an MMS went, once sending: `mms`, or `link` (as an SMS with links "
+        "to its media: the profile's `mms_fallback`).",
+    )
 
 
 class LogQuery(BaseModel):
@@ -369,7 +403,8 @@ def add_routes(app: web.Application) -> None:
                                Accepted | BatchAccepted),
                     400: Reply("A job is malformed, or its profile would refuse it (unknown "
                                "template, missing variable, more parts than max_segments, "
-                               "a sender it does not own); the error names it and its field."),
+                               "a sender it does not own, a media URL that is not an http(s) "
+                               "URL); the error names it and its field."),
                     403: Reply("The caller's account may not send through that profile or "
                                "from that sender; the error names the job and field."),
                     429: Reply("The caller's account is over its rate (tps) or its daily "
@@ -380,6 +415,8 @@ def add_routes(app: web.Application) -> None:
                 body=Job | Batch,
                 examples={
                     "one": {"to": "+14155552671", "text": "Your code is 123456", "id": "otp-1"},
+                    "mms": {"to": "+14155552671", "text": "Your receipt",
+                            "media": ["https://example.com/receipt.png"]},
                     "batch": {"messages": [{"to": "+14155552671", "text": "Hello"},
                                            {"to": "+14155552671", "template": "otp",
                                             "vars": {"code": "123456"}, "lang": "es"}]},

@@ -167,7 +167,7 @@ def openapi_document(operations: Sequence[Operation], settings: Settings) -> dic
         "info": {
             "title": "sms-router",
             "version": "1",
-            "description": "Send SMS, read the SMS log, inspect profiles and dead letters. "
+            "description": "Send SMS and MMS, read the SMS log, inspect profiles and dead letters. "
             'Errors are JSON: {"error": "field: what is wrong"}.',
         },
         "paths": paths,

@@ -5,10 +5,14 @@ through the router unchanged (only the base URL and credentials differ).
 and enqueues one job through `Client` (the same validation as the Redis wire format);
 ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`` answers the record, and
 ``GET .../Messages.json`` a page of the SMS log (`router.store.smslog`, every profile) with
-Twilio's filters and paging links. They answer Twilio's Message resource JSON, and
-every error under ``/2010-04-01/`` (an unknown path: 404, another method: 405) is in
-Twilio's error shape (``code``, ``message``, ``more_info``, ``status``) with Twilio's
-error codes, so the official SDKs raise their usual exceptions.
+Twilio's filters and paging links. ``MediaUrl`` (repeated, 1 to 10) makes the message
+an MMS (Body is then optional); its resource counts them (``num_media``) and
+``GET .../Messages/{Sid}/Media.json`` lists them as Media resources (``ME`` sids derived
+from the message sid; ``.../Media/{MediaSid}`` redirects to the URL). They answer
+Twilio's Message resource JSON, and every error under ``/2010-04-01/`` (an unknown
+path: 404, another method: 405) is in Twilio's error shape (``code``, ``message``,
+``more_info``, ``status``) with Twilio's error codes, so the official SDKs raise their
+usual exceptions.
 
 Authentication is HTTP Basic with ``[api.twilio]`` ``account_sid`` and ``auth_token``,
 compared in constant time; or as an account (``[accounts.NAME]``): HTTP Basic with the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import re
 import time
@@ -59,7 +64,15 @@ from router.policy.jobs import JobError
 from router.store.outages import REDIS_ERRORS
 from router.store.smslog import message_log, parse_position, position_above
 
-__all__ = ["STATUS_MAP", "TwilioError", "add_routes", "message_resource", "new_sid"]
+__all__ = [
+    "STATUS_MAP",
+    "TwilioError",
+    "add_routes",
+    "media_resource",
+    "media_sid",
+    "message_resource",
+    "new_sid",
+]
 
 log = structlog.get_logger("router.api_twilio")
 
@@ -98,6 +111,8 @@ _NOT_FOUND = 20404
 _METHOD_NOT_ALLOWED = 20004
 _FORBIDDEN = 20403
 _TOO_MANY_REQUESTS = 20429  # Twilio's rate limit (HTTP 429)
+_INVALID_MEDIA = 21620  # Invalid media URL(s)
+_TOO_MANY_MEDIA = 21623  # Number of media files exceeds allowed limit (10)
 
 
 class TwilioError(RouterError):
@@ -139,6 +154,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", f"{BASE}.json", _twilio(_method_not_allowed("GET, POST")))
     app.router.add_get(f"{BASE}/{{sid:[^/]+}}.json", _twilio(fetch_message, "read"))
     app.router.add_route("*", f"{BASE}/{{sid:[^/]+}}.json", _twilio(_method_not_allowed("GET")))
+    # An MMS's Media subresource: the list, one item, and its content (a redirect).
+    media = f"{BASE}/{{sid:[^/]+}}/Media"
+    app.router.add_get(f"{media}.json", _twilio(list_media, "read"))
+    app.router.add_route("*", f"{media}.json", _twilio(_method_not_allowed("GET")))
+    app.router.add_get(f"{media}/{{media_sid:[^/]+}}.json", _twilio(fetch_media, "read"))
+    app.router.add_get(f"{media}/{{media_sid:[^/.]+}}", _twilio(media_content, "read"))
+    app.router.add_route("*", f"{media}/{{media_sid:[^/]+}}", _twilio(_method_not_allowed("GET")))
     # The paths above are more specific, so they match first; these catch the rest.
     app.router.add_route("*", f"/{API_VERSION}/{{tail:.*}}", _not_found)
 
@@ -248,7 +270,9 @@ async def create_message(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
     form = await request.post()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    job, messaging_service = _job_from_form(fields, request)
+    # MediaUrl is repeated, one per file (the SDKs send MediaUrl=a&MediaUrl=b).
+    media = [v if isinstance(v, str) else "" for v in form.getall("MediaUrl", [])]
+    job, messaging_service = _job_from_form(fields, media, request)
     wire = dict(job)
     if "sender" in wire:
         wire["from"] = wire.pop("sender")
@@ -275,7 +299,10 @@ async def create_message(request: web.Request) -> web.Response:
     }
     twilio = _credentials(request)
     resource = message_resource(
-        record, twilio.account_sid, body=job["text"], messaging_service_sid=messaging_service
+        record,
+        twilio.account_sid,
+        body=job.get("text", ""),
+        messaging_service_sid=messaging_service,
     )
     # SendAt passed the job's validation above, so it parses.
     if "send_at" in job and datetime.fromisoformat(job["send_at"]).timestamp() > time.time():
@@ -286,6 +313,16 @@ async def create_message(request: web.Request) -> web.Response:
 
 async def fetch_message(request: web.Request) -> web.Response:
     """One message's resource, from its record."""
+    record = await _own_record(request)
+    twilio = _credentials(request)
+    return json_response(
+        message_resource(record, twilio.account_sid, messaging_service_sid=_service(record))
+    )
+
+
+async def _own_record(request: web.Request) -> dict[str, Any]:
+    """The record of the path's message sid, or TwilioError 404 (20404): no such
+    message, or another account's (as unknown to this caller as a missing one)."""
     context = request.app[CONTEXT]
     sid = request.match_info["sid"]
     profiles = list(context.settings.profiles)
@@ -293,10 +330,94 @@ async def fetch_message(request: web.Request) -> web.Response:
     mine = own_account(caller_of(request), None)
     if record is None or (mine is not None and record.get("account") != mine):
         raise _missing(request)
+    return record
+
+
+async def list_media(request: web.Request) -> web.Response:
+    """An MMS's Media list (Twilio's ``media_list`` page; empty for an SMS): each media
+    URL as a Media resource, ``PageSize`` and ``Page`` as the Messages list takes them."""
+    record = await _own_record(request)
     twilio = _credentials(request)
+    size = min(_integer(request.query, "PageSize", PAGE_SIZE, 1), MAX_PAGE_SIZE)
+    number = _integer(request.query, "Page", 0, 0)
+    items = [
+        media_resource(record, twilio.account_sid, index)
+        for index in range(len(_media_urls(record)))
+    ]
+    start = number * size
+    page = items[start : start + size]
+
+    def uri(at: int) -> str:
+        return f"{request.path}?{urlencode([('PageSize', size), ('Page', at)])}"
+
     return json_response(
-        message_resource(record, twilio.account_sid, messaging_service_sid=_service(record))
+        {
+            "end": start + max(len(page), 1) - 1,
+            "first_page_uri": uri(0),
+            "media_list": page,
+            "next_page_uri": uri(number + 1) if start + size < len(items) else None,
+            "page": number,
+            "page_size": size,
+            "previous_page_uri": uri(number - 1) if number > 0 else None,
+            "start": start,
+            "uri": uri(number),
+        }
     )
+
+
+async def fetch_media(request: web.Request) -> web.Response:
+    """One Media resource of an MMS."""
+    record = await _own_record(request)
+    index = _media_index(request, record)
+    return json_response(media_resource(record, _credentials(request).account_sid, index))
+
+
+async def media_content(request: web.Request) -> web.Response:
+    """A media file's content: a redirect (307) to its URL, as Twilio redirects to
+    where it stores the file (the router keeps none)."""
+    record = await _own_record(request)
+    url = _media_urls(record)[_media_index(request, record)]
+    return web.Response(status=307, headers={"Location": url})
+
+
+def _media_index(request: web.Request, record: Mapping[str, Any]) -> int:
+    """The position of the path's media sid in the record's media, or TwilioError 404."""
+    wanted = request.match_info["media_sid"]
+    sid = str(record["id"])
+    for index in range(len(_media_urls(record))):
+        if media_sid(sid, index) == wanted:
+            return index
+    raise _missing(request)
+
+
+def _media_urls(record: Mapping[str, Any]) -> list[str]:
+    """A record's media URLs (an SMS's: none)."""
+    media = record.get("media")
+    return [str(url) for url in media] if isinstance(media, list) else []
+
+
+def media_sid(message_sid: str, index: int) -> str:
+    """The sid of a message's `index`-th media: ``ME`` + 32 hex digits, the same at
+    every read (the router stores no media, so none is kept)."""
+    digest = hashlib.blake2b(f"{message_sid}/{index}".encode(), digest_size=16)
+    return "ME" + digest.hexdigest()
+
+
+def media_resource(record: Mapping[str, Any], account_sid: str, index: int) -> dict[str, Any]:
+    """The `index`-th media URL of a record as Twilio's Media resource JSON. Its
+    ``content_type`` is null: the router does not fetch the file at the door."""
+    sid = str(record["id"])
+    me = media_sid(sid, index)
+    created = _rfc2822(record.get("created_at"))
+    return {
+        "account_sid": account_sid,
+        "content_type": None,
+        "date_created": created,
+        "date_updated": created,
+        "parent_sid": sid,
+        "sid": me,
+        "uri": f"/{API_VERSION}/Accounts/{account_sid}/Messages/{sid}/Media/{me}.json",
+    }
 
 
 def _service(record: Mapping[str, Any]) -> str:
@@ -508,17 +629,22 @@ def _read_token(token: str | None) -> tuple[str, bool]:
     return position, kind == "PB"
 
 
-def _job_from_form(form: Mapping[str, str], request: web.Request) -> tuple[dict[str, Any], str]:
-    """The `Client.send` arguments for Twilio's form fields, and the messaging service
-    sid ('' when none), or TwilioError with Twilio's code for the first problem."""
+def _job_from_form(
+    form: Mapping[str, str], media: list[str], request: web.Request
+) -> tuple[dict[str, Any], str]:
+    """The `Client.send` arguments for Twilio's form fields (`media`: the MediaUrl
+    values, in order), and the messaging service sid ('' when none), or TwilioError
+    with Twilio's code for the first problem. The media URLs are checked with the job
+    (`parse_media`, as at every door)."""
     settings = request.app[CONTEXT].settings
     to = form.get("To", "").strip()
     if not to:
         raise TwilioError(400, 21604, "A 'To' phone number is required.")
     body = form.get("Body", "")
-    if form.get("MediaUrl") or form.get("ContentSid"):
-        raise TwilioError(400, 21619, "Only a text Body can be sent here (no MediaUrl/ContentSid)")
-    if not body:
+    if form.get("ContentSid"):
+        raise TwilioError(400, 21619, "Content templates (ContentSid) cannot be sent here")
+    if not body and not media:
+        # Twilio's 21602: Body or MediaUrl, at least one.
         raise TwilioError(400, 21602, "Message body is required.")
     if len(body) > MAX_BODY:
         raise TwilioError(
@@ -546,7 +672,11 @@ def _job_from_form(form: Mapping[str, str], request: web.Request) -> tuple[dict[
         raise TwilioError(
             400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required to send a message"
         )
-    job: dict[str, Any] = {"to": to, "text": body, "profile": profile, "id": new_sid()}
+    job: dict[str, Any] = {"to": to, "profile": profile, "id": new_sid()}
+    if body:
+        job["text"] = body
+    if media:
+        job["media"] = media
     if sender:
         job["sender"] = sender
     if service:
@@ -594,7 +724,13 @@ _FIELD_ERRORS = {
 
 def _job_error(exc: JobError) -> TwilioError:
     """The job validation's verdict in Twilio's terms, naming Twilio's field."""
-    code, name = _FIELD_ERRORS.get(exc.field, (_BAD_REQUEST, exc.field or "request"))
+    if exc.field.startswith("media["):
+        # media[1] is the second MediaUrl: Twilio's 21620 (Invalid media URL(s)).
+        code, name = _INVALID_MEDIA, "MediaUrl" + exc.field.removeprefix("media")
+    elif exc.field == "media":
+        code, name = _TOO_MANY_MEDIA, "MediaUrl"  # the only way a form's list is wrong
+    else:
+        code, name = _FIELD_ERRORS.get(exc.field, (_BAD_REQUEST, exc.field or "request"))
     text = str(exc)
     # "job 0: job.to: not a valid ..." -> "To: not a valid ..."
     detail = text.split(f"job.{exc.field}: ", 1)[-1] if exc.field else text
@@ -661,7 +797,7 @@ def message_resource(
         "error_message": error_message,
         "from": record.get("from"),
         "messaging_service_sid": messaging_service_sid or None,
-        "num_media": "0",
+        "num_media": str(len(_media_urls(record))),
         "num_segments": str(segments),
         "price": None,
         "price_unit": None,

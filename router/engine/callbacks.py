@@ -79,13 +79,23 @@ Attempt = Callable[[aiohttp.ClientSession], Awaitable[str]]
 def body_of(fields: dict[str, str]) -> dict[str, Any]:
     """The JSON posted for one status change (the url itself is not part of it). A
     click's clicked URL is the stream's ``link`` field (``url`` on the callbacks stream
-    is where to post) and the body's ``url``."""
+    is where to post) and the body's ``url``. An MMS's event (one with ``media``, a
+    JSON list) has ``media`` as a list and ``num_media``."""
     body: dict[str, Any] = {k: v for k, v in fields.items() if k != "url"}
     if "link" in body and fields.get("status") == "click":
         body["url"] = body.pop("link")
     if "meta" in body:
         with contextlib.suppress(ValueError):
             body["meta"] = json.loads(body["meta"])
+    if "media" in body:
+        # An MMS's event: its URLs as a list and how many (an SMS's body has neither;
+        # `mms`, on `sending`, says whether it went as an MMS or as links, and passes
+        # through as it is).
+        with contextlib.suppress(ValueError):
+            media = json.loads(body["media"])
+            if isinstance(media, list):
+                body["media"] = media
+                body["num_media"] = len(media)
     if "at" in body:
         with contextlib.suppress(ValueError):
             body["at"] = float(body["at"])

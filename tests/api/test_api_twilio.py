@@ -238,7 +238,9 @@ async def test_sdk_raises_twilio_errors(bare_api: str) -> None:
         ({"to": UK, "from_": NUMBERS[0], "body": "x", "send_at": "soon"}, 35114, "SendAt"),
         ({"to": UK, "from_": NUMBERS[0], "body": "x", "schedule_type": "fixed"}, 35111, "SendAt"),
         ({**good, "schedule_type": "daily", "send_at": "2030-01-01T00:00:00Z"}, 35126, "fixed"),
-        ({**good, "media_url": ["https://example.com/a.png"]}, 21619, "MediaUrl"),
+        # MediaUrl is taken (tests/api/test_mms_doors.py); content templates are not.
+        ({**good, "content_sid": "HX" + "0" * 32}, 21619, "ContentSid"),
+        ({**good, "media_url": ["example.com/a.png"]}, 21620, "MediaUrl[0]"),
     ]
     for kwargs, code, words in cases:
         error = await sdk_error(lambda kwargs=kwargs: create(**kwargs))  # type: ignore[misc]

@@ -6,8 +6,9 @@
 -- stream, then each item's record.
 -- ARGV[1]: msgpack ENQUEUE_CALL {now, retention, events maxlen, profile, items}; each
 -- item an ENQUEUED {job id, encoded job, {record field, value, ...}} (common.lua;
--- router/store/ledger.py); the fields `to`, `from`, `meta`, `account` also go on the event,
--- `status_callback_url` names where it is posted.
+-- router/store/ledger.py); the fields `to`, `from`, `meta`, `account`, `media` (an
+-- MMS's URLs, a JSON list) also go on the event, `status_callback_url` names where it
+-- is posted.
 -- Returns a flat array: verdict (ok | duplicate), entry id ('' for a duplicate).
 local args = cmsgpack.unpack(ARGV[1])
 local now, ttl = args[ENQUEUE_CALL_NOW], args[ENQUEUE_CALL_RETENTION]
@@ -33,7 +34,8 @@ for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
       elseif field ~= 'profile' then
         put_long(fields, field, v)
       end
-      if field == 'to' or field == 'from' or field == 'meta' or field == 'account' then
+      if field == 'to' or field == 'from' or field == 'meta' or field == 'account'
+          or field == 'media' then
         ev[#ev + 1] = field; ev[#ev + 1] = v
       elseif field == 'status_callback_url' then
         url = v
