@@ -5,9 +5,13 @@ and generic Web-URL providers' delivery-report webhooks.
   ``X-Twilio-Signature`` (`twilio_signature`), its MessageStatus mapped to ours and
   applied by provider message id through the same path as SMPP receipts
   (`router.engine.receipts.Reports.apply`, early reports included).
-- ``POST /v1/providers/{profile}/inbound``: Twilio's incoming-message webhook, verified
-  the same way, stored through `router.engine.inbound.Inbound.handle_text` (keywords, the
-  callback_url post); answered with empty TwiML.
+- ``POST /v1/providers/{profile}/inbound``: an inbound message, SMS or MMS, served by
+  the carrier's protocol. Twilio's incoming-message webhook, verified the same way, its
+  media read from ``NumMedia``, ``MediaUrlN`` and ``MediaContentTypeN``, answered with
+  empty TwiML; or a Web-URL provider's, read as ``[profiles.P.http.inbound]`` says and
+  authenticated as its reports are. Either is stored through
+  `router.engine.inbound.Inbound.handle_text` (keywords, the callback_url post, the
+  event stream), media and all.
 - ``POST /v1/providers/{profile}/report``: a Web-URL provider's delivery report, read
   as ``[profiles.P.http.reports]`` says and authenticated by a shared token or an
   HMAC-SHA256 of the body.
@@ -23,6 +27,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -34,7 +39,16 @@ from multidict import MultiDictProxy
 
 from router.api.common import CONTEXT, ApiContext, ApiError, json_response
 from router.api.forward import in_daemon
-from router.config import Connector, Profile, Settings, TwilioSection, WebhookReports
+from router.config import (
+    Connector,
+    Profile,
+    Settings,
+    TwilioSection,
+    WebhookInbound,
+    WebhookReports,
+)
+from router.engine.inbound import MediaItem
+from router.policy.media import MAX_MEDIA, MediaFieldError, parse_media
 
 __all__ = [
     "PROVIDERS",
@@ -51,6 +65,10 @@ log = structlog.get_logger("router.api_providers")
 
 PROVIDERS: Final = "providers"  # key in ApiContext.extras: {profile: ProviderHooks}
 EMPTY_TWIML: Final = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+MAX_CONTENT_TYPE: Final = 255  # characters of an inbound medium's content type
+# A media type as providers write it (image/jpeg, text/vcard; charset=utf-8): printable
+# ASCII, no line breaks that could reach a header or a log line.
+_CONTENT_TYPE: Final = re.compile(r"[\w.+-]+/[\w.+-]+(;[ -~]*)?", re.ASCII)
 
 # Twilio's MessageStatus -> the final status a report writes. The others (queued,
 # accepted, scheduled, sending, sent, receiving, received) change nothing: the record
@@ -76,15 +94,17 @@ class TextInbound(Protocol):
     """Takes a provider's inbound message (a profile's `Inbound`, or a shared
     connector's `SharedDeliveries`)."""
 
-    async def handle_text(self, source: str, destination: str, text: str) -> None:
-        """Store one inbound message."""
+    async def handle_text(
+        self, source: str, destination: str, text: str, media: Sequence[MediaItem] = ()
+    ) -> None:
+        """Store one inbound message (an MMS with its (url, content type) `media`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderHooks:
     """What the provider webhooks of a profile's own connector (or of a shared
-    ``[connectors]`` entry, under its name) feed: delivery reports and, for Twilio,
-    inbound messages."""
+    ``[connectors]`` entry, under its name) feed: delivery reports and, for Twilio or
+    a Web-URL provider with ``http.inbound``, inbound messages."""
 
     reports: ReportSink
     inbound: TextInbound | None = None
@@ -237,8 +257,33 @@ async def twilio_status(request: web.Request) -> web.Response:
 
 
 @in_daemon
-async def twilio_inbound(request: web.Request) -> web.Response:
-    """Twilio's incoming-message webhook: store it like an SMPP MO, answer empty TwiML."""
+async def provider_inbound(request: web.Request) -> web.Response:
+    """An inbound message from the carrier the path names, by its protocol: Twilio's
+    webhook, or a Web-URL provider's as its ``http.inbound`` says."""
+    name = request.match_info["profile"]
+    carrier = _carrier(request.app[CONTEXT].settings, name)
+    if carrier is not None and carrier.protocol == "twilio" and carrier.twilio is not None:
+        return await _twilio_inbound(request)
+    if carrier is not None and carrier.protocol == "http" and carrier.http is not None:
+        if carrier.http.inbound is not None:
+            return await _web_inbound(request, name, carrier.http.inbound)
+        raise ApiError(
+            404,
+            f"profile {name}: a Web-URL carrier without http.inbound takes no inbound "
+            f"webhook (set [profiles.{name}.http.inbound] or [connectors.{name}.http.inbound])",
+        )
+    if carrier is not None:
+        raise ApiError(
+            404,
+            f"profile {name}: protocol {carrier.protocol} has no inbound webhook "
+            "(only twilio, and http with http.inbound)",
+        )
+    raise ApiError(404, f"profile: no profile or connector named {name!r} with its own carrier")
+
+
+async def _twilio_inbound(request: web.Request) -> web.Response:
+    """Twilio's incoming-message webhook: store it like an SMPP MO (an MMS with its
+    media, its Body possibly empty), answer empty TwiML."""
     name, hooks, params = await _twilio_request(request)
     source = params.get("From")
     destination = params.get("To")
@@ -246,17 +291,62 @@ async def twilio_inbound(request: web.Request) -> web.Response:
         raise ApiError(400, "From: required")
     if not destination:
         raise ApiError(400, "To: required")
+    media = _twilio_media(params)
     if hooks.inbound is None:
         raise ApiError(404, f"profile {name}: takes no inbound messages")
-    # Media (NumMedia, MediaUrlN) is not carried: SMS only.
-    await hooks.inbound.handle_text(source, destination, params.get("Body") or "")
+    await hooks.inbound.handle_text(source, destination, params.get("Body") or "", media)
+    log.debug("twilio inbound stored", profile=name, num_media=len(media))
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
 
-# ---------------------------------------------------------------- Web-URL reports
+def _twilio_media(params: MultiDictProxy[str]) -> list[MediaItem]:
+    """An MMS's media as Twilio posts them: ``NumMedia``, then ``MediaUrl0`` ... and
+    ``MediaContentType0`` ... (no NumMedia: none)."""
+    count = params.get("NumMedia") or "0"
+    if not (count.isascii() and count.isdigit()) or int(count) > MAX_MEDIA:
+        raise ApiError(
+            400, f"NumMedia: must be a whole number from 0 to {MAX_MEDIA}, not {count[:20]!r}"
+        )
+    return [
+        _medium(
+            f"MediaUrl{i}",
+            params.get(f"MediaUrl{i}"),
+            f"MediaContentType{i}",
+            params.get(f"MediaContentType{i}"),
+        )
+        for i in range(int(count))
+    ]
 
 
-def _check_secret(request: web.Request, body: bytes, spec: WebhookReports) -> None:
+def _medium(url_field: str, url: Any, type_field: str, content_type: Any) -> MediaItem:
+    """One inbound medium checked, or ApiError naming the field: an absolute http(s)
+    URL of at most 2,048 characters (as a job's media, `parse_media`), and a content
+    type of at most `MAX_CONTENT_TYPE` characters, or none."""
+    if not isinstance(url, str) or not url:
+        raise ApiError(400, f"{url_field}: required, an http(s) URL")
+    try:
+        parse_media([url])
+    except MediaFieldError as exc:
+        raise ApiError(400, f"{url_field}: {exc.problem}") from None
+    if content_type is None or content_type == "":
+        return url, None
+    if (
+        not isinstance(content_type, str)
+        or len(content_type) > MAX_CONTENT_TYPE
+        or not _CONTENT_TYPE.fullmatch(content_type)
+    ):
+        raise ApiError(
+            400,
+            f"{type_field}: must be a media type such as image/jpeg, "
+            f"at most {MAX_CONTENT_TYPE} characters",
+        )
+    return url, content_type
+
+
+# ---------------------------------------------------------------- Web-URL webhooks
+
+
+def _check_secret(request: web.Request, body: bytes, spec: WebhookReports | WebhookInbound) -> None:
     secret = spec.secret.get_secret_value().encode()
     if spec.check == "token":
         given = request.headers.get("X-Webhook-Token")
@@ -275,33 +365,47 @@ def _check_secret(request: web.Request, body: bytes, spec: WebhookReports) -> No
 
 
 def _fields(request: web.Request, body: bytes) -> Any:
-    """The report as JSON (a JSON content type) or as form fields."""
+    """The body as JSON (a JSON content type) or as form fields: a field given once is
+    its value, one given more than once the list of its values (an MMS's media)."""
     text = body.decode("utf-8", errors="replace")
     if request.content_type == "application/json" or request.content_type.endswith("+json"):
         try:
             return json.loads(text)
         except ValueError as exc:
             raise ApiError(400, f"body: not valid JSON ({exc})") from None
-    return dict(parse_qsl(text, keep_blank_values=True))
+    fields: dict[str, Any] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        given = fields.get(name)
+        if given is None:
+            fields[name] = value
+        else:
+            fields[name] = [*given, value] if isinstance(given, list) else [given, value]
+    return fields
 
 
-def _pick(data: Any, path: str, where: str, *, required: bool = True) -> str:
-    """The value at `path`: a form field's name, or a dotted path into JSON."""
-    node: Any = data
+def _node(data: Any, path: str) -> Any:
+    """What is at `path` (None: nothing): a form field's name, or a dotted path into
+    JSON (numeric segments index lists)."""
     if isinstance(data, Mapping) and path in data:
-        node = data[path]
-    else:
-        for segment in path.split("."):
-            if isinstance(node, Mapping) and segment in node:
-                node = node[segment]
-            elif isinstance(node, list) and segment.isdigit() and int(segment) < len(node):
-                node = node[int(segment)]
-            else:
-                node = None
-                break
+        return data[path]
+    node: Any = data
+    for segment in path.split("."):
+        if isinstance(node, Mapping) and segment in node:
+            node = node[segment]
+        elif isinstance(node, list) and segment.isdigit() and int(segment) < len(node):
+            node = node[int(segment)]
+        else:
+            return None
+    return node
+
+
+def _pick(data: Any, path: str, setting: str, *, required: bool = True) -> str:
+    """The single value (text or a number) at `path`; `setting` (``http.reports.id_field``)
+    is named when it is missing."""
+    node = _node(data, path)
     if isinstance(node, bool) or not isinstance(node, str | int | float) or node == "":
         if required:
-            raise ApiError(400, f"{path}: missing from the report (http.reports.{where})")
+            raise ApiError(400, f"{path}: missing from the body, or not one value ({setting})")
         return ""
     return str(node)
 
@@ -325,8 +429,8 @@ async def web_report(request: web.Request) -> web.Response:
     if hooks is None:
         raise ApiError(503, f"profile {name}: not started yet, try again")
     data = _fields(request, body)
-    provider_id = _pick(data, spec.id_field, "id_field")
-    value = _pick(data, spec.status_field, "status_field")
+    provider_id = _pick(data, spec.id_field, "http.reports.id_field")
+    value = _pick(data, spec.status_field, "http.reports.status_field")
     ours = spec.statuses.get(value)
     if ours is None:
         raise ApiError(
@@ -336,14 +440,82 @@ async def web_report(request: web.Request) -> web.Response:
         )
     if ours == "sent":
         return json_response({"status": "ok", "applied": False})
-    error = _pick(data, spec.error_field, "error_field", required=False) if spec.error_field else ""
+    error = (
+        _pick(data, spec.error_field, "http.reports.error_field", required=False)
+        if spec.error_field
+        else ""
+    )
     await hooks.reports.apply([provider_id], ours, value, error or "0")
     log.debug("web report applied", profile=name, provider_id=provider_id, status=ours)
     return json_response({"status": "ok", "applied": True})
 
 
+async def _web_inbound(request: web.Request, name: str, spec: WebhookInbound) -> web.Response:
+    """A Web-URL provider's inbound message (an MMS with its media): authenticated and
+    read as `spec` says, stored; answered ``{"status": "ok", "num_media": N}``."""
+    body = await request.read()
+    _check_secret(request, body, spec)
+    hooks = providers_of(request.app[CONTEXT]).get(name)
+    if hooks is None:
+        raise ApiError(503, f"profile {name}: not started yet, try again")
+    data = _fields(request, body)
+    source = _pick(data, spec.from_field, "http.inbound.from_field")
+    destination = _pick(data, spec.to_field, "http.inbound.to_field")
+    media = _web_media(data, spec)
+    text = ""
+    if spec.text_field:
+        # Media alone make a message; without any, a missing text is a misread body.
+        text = _pick(data, spec.text_field, "http.inbound.text_field", required=not media)
+    if hooks.inbound is None:
+        raise ApiError(404, f"profile {name}: takes no inbound messages")
+    await hooks.inbound.handle_text(source, destination, text, media)
+    log.debug("web inbound stored", profile=name, num_media=len(media))
+    return json_response({"status": "ok", "num_media": len(media)})
+
+
+def _web_media(data: Any, spec: WebhookInbound) -> list[MediaItem]:
+    """The media at `spec.media_field`: a list of URLs or of objects (the URL under
+    `media_url_key`, the content type under `media_type_key`). In a form body, the
+    field repeated (one URL each) or a JSON-encoded list; a single URL is one medium."""
+    path = spec.media_field
+    node = _node(data, path) if path else None
+    if path is None or node is None or node == "":
+        return []
+    if isinstance(node, str):
+        if not node.lstrip().startswith("["):
+            node = [node]
+        else:
+            try:
+                node = json.loads(node)
+            except ValueError as exc:
+                raise ApiError(400, f"{path}: not a JSON list ({exc})") from None
+    if not isinstance(node, list):
+        raise ApiError(
+            400, f"{path}: must be a list of URLs or of objects with {spec.media_url_key!r}"
+        )
+    if len(node) > MAX_MEDIA:
+        raise ApiError(400, f"{path}: at most {MAX_MEDIA} media, not {len(node)}")
+    media: list[MediaItem] = []
+    for index, item in enumerate(node):
+        where = f"{path}[{index}]"
+        if isinstance(item, Mapping):
+            url_field = f"{where}.{spec.media_url_key}"
+            type_field = f"{where}.{spec.media_type_key}"
+            media.append(
+                _medium(
+                    url_field,
+                    item.get(spec.media_url_key),
+                    type_field,
+                    item.get(spec.media_type_key),
+                )
+            )
+        else:
+            media.append(_medium(where, item, where, None))
+    return media
+
+
 def add_routes(app: web.Application) -> None:
     """Register the provider webhooks."""
     app.router.add_post("/v1/providers/{profile}/status", twilio_status)
-    app.router.add_post("/v1/providers/{profile}/inbound", twilio_inbound)
+    app.router.add_post("/v1/providers/{profile}/inbound", provider_inbound)
     app.router.add_post("/v1/providers/{profile}/report", web_report)

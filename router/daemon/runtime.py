@@ -163,9 +163,10 @@ def deliver_many_handler(
 def _provider_side(
     name: str, settings: Settings, shared: Shared
 ) -> tuple[Reports, Inbound | None, str | None]:
-    """Reports (and, for Twilio, inbound messages) of a profile whose provider reports
-    over HTTP, registered for the API's provider webhooks; and the StatusCallback URL a
-    Twilio bind gives (None without the API)."""
+    """Reports (and, for Twilio or a Web-URL provider with ``http.inbound``, inbound
+    messages) of a profile whose provider reports over HTTP, registered for the API's
+    provider webhooks; and the StatusCallback URL a Twilio bind gives (None without the
+    API)."""
     profile = settings.profiles[name]
     twilio = profile.twilio
     callback = None
@@ -183,12 +184,12 @@ def _provider_side(
         metrics=metrics,
     )
     inbound: Inbound | None = None
-    if twilio is not None:
+    if twilio is not None or (profile.http is not None and profile.http.inbound is not None):
         inbound = Inbound(
             shared.redis,
             name,
             forward=profile.direction == "both",
-            reassembly_timeout=300.0,  # unused: Twilio delivers whole messages
+            reassembly_timeout=300.0,  # unused: webhooks deliver whole messages
             keywords=Keywords(name, profile, shared.ledger),
             events_maxlen=settings.queue.events_maxlen,
         )
@@ -287,7 +288,9 @@ async def _own_binds(
         handler = deliver_handler(reports, inbound, shared.outages)
         many = deliver_many_handler(reports, inbound, shared.outages)
     status_callback: str | None = None
-    if profile.twilio is not None or (profile.http is not None and profile.http.reports):
+    if profile.twilio is not None or (
+        profile.http is not None and (profile.http.reports or profile.http.inbound)
+    ):
         reports, inbound, status_callback = _provider_side(name, settings, shared)
     binds = make_binds(
         name, profile, settings, handler, on_deliver_many=many, status_callback=status_callback
@@ -366,13 +369,16 @@ async def build_connector(
             return ESME_RX_T_APPN
 
     status_callback: str | None = None
-    webhooks = connector.twilio is not None or (
-        connector.http is not None and connector.http.reports is not None
+    web_inbound = connector.http is not None and connector.http.inbound is not None
+    webhooks = (
+        connector.twilio is not None
+        or web_inbound
+        or (connector.http is not None and connector.http.reports is not None)
     )
     if webhooks:
-        # Its provider reports (and, Twilio, delivers inbound messages) to
-        # /v1/providers/<connector>/…: the handler finds each one's profile.
-        inbound = handler if connector.twilio is not None else None
+        # Its provider reports (and, Twilio or http.inbound, delivers inbound messages)
+        # to /v1/providers/<connector>/…: the handler finds each one's profile.
+        inbound = handler if connector.twilio is not None or web_inbound else None
         shared.providers[name] = ProviderHooks(handler, inbound)
         if connector.twilio is not None and shared.api_port is not None:
             status_callback = status_callback_url(settings, name, shared.api_port)

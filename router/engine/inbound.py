@@ -19,6 +19,11 @@ Every stored message is also published on the event stream (``sms:{P}:events``, 
 (``GET /v1/events``) see inbound messages next to status changes. Posts of a profile
 with a ``webhook_secret`` are signed (`router.signing`), ``webhook-id`` = the body's id.
 
+An MMS arrives only through a provider's webhook (`Inbound.handle_text` with media):
+its media, ``[{"url": ..., "content_type": ...}]``, are kept in the stored message's
+head, so the post, the event and the websocket all carry them; every rendered body
+has ``num_media`` (0 for an SMS) and, when there is any, ``media``.
+
 Inbound routes (``[[inbound_routes]]``, `router.config.InboundRoute`) send a message
 elsewhere than the profile's ``callback_url``: the poster picks the URL of the first
 route with a ``callback_url`` that matches the rendered message (same body, same
@@ -63,6 +68,8 @@ from router.store.outages import REDIS_ERRORS, Pause, RedisOutages, backoff
 log = structlog.get_logger("router.inbound")
 GROUP = "callbacks"
 UCS2_CODING = 8  # data_coding of messages stored from decoded text (`handle_text`)
+# One medium of an inbound MMS: its URL and content type (None: the provider gave none).
+MediaItem = tuple[str, str | None]
 
 # The store scripts (lua/inbound_*.lua), each after the `publish` function they share:
 # one whole message, a part of a long one, the parts of one that stopped coming.
@@ -173,10 +180,14 @@ class Inbound:
         )
         return ESME_ROK
 
-    async def handle_text(self, source: str, destination: str, text: str) -> None:
+    async def handle_text(
+        self, source: str, destination: str, text: str, media: Sequence[MediaItem] = ()
+    ) -> None:
         """Store one inbound message that arrived already decoded (a provider's webhook,
         e.g. Twilio's), with the same keyword handling and callback posting as a
-        deliver_sm. Returns once it is in Redis."""
+        deliver_sm. `media`: an MMS's (url, content type or None) pairs, checked by the
+        webhook (router/api/providers.py); its text may then be empty. Returns once it
+        is in Redis."""
         if not self.forward:
             log.info(
                 "inbound message not forwarded: profile direction is outbound",
@@ -184,13 +195,16 @@ class Inbound:
                 source=source,
             )
             return
-        head = {
+        head: dict[str, Any] = {
             "from": source,
             "to": destination,
             # UCS2 (UTF-16BE) holds any text, emoji included, and decodes as SMPP's would.
             "data_coding": UCS2_CODING,
             "received_at": round(time.time(), 3),
         }
+        if media:
+            # In the head: the stream entry, the event and the post all carry it as is.
+            head["media"] = [{"url": url, "content_type": kind} for url, kind in media]
         await self._store_whole(head, text.encode("utf-16-be"))
 
     async def _store_whole(self, head: dict[str, Any], data: bytes) -> None:
@@ -262,6 +276,7 @@ def render(entry_id: str, profile: str, fields: dict[str, str]) -> dict[str, Any
     parts = [base64.b64decode(p) for p in json.loads(fields["parts"])]
     coding = int(head.get("data_coding", 0))
     text, binary = decode_text(b"".join(parts), coding)
+    media = list(head.get("media") or [])
     return {
         "id": f"in-{entry_id}",
         "profile": profile,
@@ -273,6 +288,9 @@ def render(entry_id: str, profile: str, fields: dict[str, str]) -> dict[str, Any
         "parts": len(parts),
         "incomplete": fields.get("incomplete") == "1",
         "received_at": head.get("received_at"),
+        # An MMS (a provider webhook's): always how many media, the list when any.
+        "num_media": len(media),
+        **({"media": media} if media else {}),
         **({"opt_out": fields["opt_out"]} if fields.get("opt_out") else {}),
     }
 

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 
 from binds.smpp.pdu import ESME_ROK, ShortMessage
 from router.config import Settings
-from router.engine.inbound import Inbound
+from router.engine.inbound import Inbound, MediaItem
 from router.engine.receipts import Reports
 from router.store import keys
 
@@ -187,11 +187,14 @@ class SharedDeliveries:
             return ESME_ROK
         return await side.inbound.handle(message)
 
-    async def handle_text(self, source: str, destination: str, text: str) -> None:
-        """A provider webhook's inbound message, to the profile owning `destination`."""
+    async def handle_text(
+        self, source: str, destination: str, text: str, media: Sequence[MediaItem] = ()
+    ) -> None:
+        """A provider webhook's inbound message (an MMS with its `media`), to the
+        profile owning `destination`."""
         side = self._receiver(destination)
         if side is not None and side.inbound is not None:
-            await side.inbound.handle_text(source, destination, text)
+            await side.inbound.handle_text(source, destination, text, media)
 
 
 def _e164(address: str) -> str:
