@@ -219,6 +219,14 @@ def _duration(seconds: float) -> str:
 @click.option("--lang", default=None, help="The template's language (BCP 47).")
 @click.option("--from", "sender", default=None, help="Sender number of the profile.")
 @click.option("--id", "job_id", default=None, help="Idempotency key (default: generated).")
+@click.option(
+    "--media",
+    "media",
+    multiple=True,
+    metavar="URL",
+    help="An http(s) URL of a media file (repeatable, up to 10): the message is an MMS, "
+    "--text optional.",
+)
 def send(
     config_path: str | None,
     profile: str | None,
@@ -229,12 +237,13 @@ def send(
     lang: str | None,
     sender: str | None,
     job_id: str | None,
+    media: tuple[str, ...],
 ) -> None:
     """Enqueue one message and print its id.
 
     A job the profile would refuse (unknown template, missing variable, more parts
-    than max_segments, a sender it does not own) fails here, exit 1, and nothing is
-    enqueued."""
+    than max_segments, a sender it does not own, a --media that is not an http(s) URL)
+    fails here, exit 1, and nothing is enqueued."""
     settings = load_or_exit(config_path)
     _known_profile(settings, profile)
     job: dict[str, Any] = {"to": to}
@@ -244,6 +253,8 @@ def send(
             job[name] = value
     if variables:
         job["vars"] = _variables(variables)
+    if media:
+        job["media"] = list(media)
     # Checked before Redis is touched, by the checks the worker runs: a job that would
     # be refused fails at once.
     for _index, exc in Client.from_settings(Redis(), settings).problems([job]):
@@ -391,6 +402,9 @@ _STATUS_FIELDS = (
     "from",
     "connector",
     "text",
+    "num_media",
+    "media",
+    "mms",
     "template",
     "attempts",
     "segments",
@@ -469,15 +483,25 @@ def log_(
             r.get("connector", ""),
             str(r.get("attempts", 0)),
             _why(r),
+            _media_cell(r),
         ]
         for r in records
     ]
     columns: tuple[Column, ...] = _LOG_COLUMNS
-    if not any(row[_LOG_CONNECTOR] for row in rows):
-        # No record names a connector (none sent yet, or written before connectors).
-        columns = columns[:_LOG_CONNECTOR] + columns[_LOG_CONNECTOR + 1 :]
-        rows = [row[:_LOG_CONNECTOR] + row[_LOG_CONNECTOR + 1 :] for row in rows]
+    # Columns no record fills are left out: media when no record is an MMS; the connector
+    # when none names one (none sent yet, or written before connectors).
+    for empty in (_LOG_MEDIA, _LOG_CONNECTOR):  # the later position first
+        if not any(row[empty] for row in rows):
+            columns = columns[:empty] + columns[empty + 1 :]
+            rows = [row[:empty] + row[empty + 1 :] for row in rows]
     _print_fitted(columns, rows)
+
+
+def _media_cell(record: dict[str, Any]) -> str:
+    """An MMS's media in the log: each URL on a line of its own, so the lines count
+    them (empty for an SMS)."""
+    media = record.get("media")
+    return "\n".join(str(url) for url in media) if isinstance(media, list) else ""
 
 
 # What `log` keeps at a narrow width: the id whole, then status, time, destination, note;
@@ -492,9 +516,11 @@ _LOG_COLUMNS = (
     Column("connector", keep=5),
     Column("tries", keep=7),
     Column("note", "text", keep=3),
+    Column("media", "text", keep=8, min_width=24),
 )
-# The connector's position in `_LOG_COLUMNS` and in each row (left out when empty).
+# The positions in `_LOG_COLUMNS` and in each row of the columns left out when empty.
 _LOG_CONNECTOR = [c.header for c in _LOG_COLUMNS].index("connector")
+_LOG_MEDIA = [c.header for c in _LOG_COLUMNS].index("media")
 
 
 def _print_fitted(columns: tuple[Column, ...], rows: list[list[str]]) -> None:
@@ -1257,6 +1283,8 @@ _INTERNAL = frozenset({"owner", "status_callback_url", "report_timeout"})
 def _show(name: str, value: Any) -> str:
     if name in ("created_at", "updated_at"):
         return _ts(value)
+    if name == "media" and isinstance(value, list):
+        return "\n".join(str(url) for url in value)  # an MMS's URLs, one a line, whole
     if isinstance(value, dict | list):
         return json.dumps(value)
     return str(value)
