@@ -283,9 +283,14 @@ class _Template:
 
     @property
     def media_alone(self) -> bool:
-        """The whole template is ``{media}`` or ``{media_json}`` (see the module
-        docstring: a repeated form field, a JSON array)."""
+        """The whole template is ``{media}`` or ``{media_json}`` (as a JSON leaf: the
+        array itself)."""
         return len(self.parts) == 1 and self.parts[0][0] and self.parts[0][1] in _MEDIA_FIELDS
+
+    @property
+    def repeats(self) -> bool:
+        """The whole template is ``{media}`` (as a form or query field: once per URL)."""
+        return self.parts == ((True, "media"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +318,7 @@ class _Compiled:
         if self.query:
             pairs: list[str] = []
             for k, t in self.query:
-                if self.media and t.media_alone:
+                if self.media and t.repeats:
                     pairs += [f"{k}={t.encode(m)}" for m in media]  # once per URL
                 else:
                     pairs.append(f"{k}={t.render(values)}")
@@ -331,13 +336,11 @@ class _Compiled:
         if self.form is not None:
             # aiohttp form-encodes the dict (or pairs) itself; pre-encoding would
             # encode twice.
-            if self.media and any(t.media_alone for _k, t in self.form):
+            if self.media and any(t.repeats for _k, t in self.form):
                 data = [
                     pair
                     for k, t in self.form
-                    for pair in (
-                        [(k, m) for m in media] if t.media_alone else [(k, t.render(values))]
-                    )
+                    for pair in ([(k, m) for m in media] if t.repeats else [(k, t.render(values))])
                 ]
             else:
                 data = {k: t.render(values) for k, t in self.form}

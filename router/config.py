@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from binds.base import BindConfigError
-from binds.http import HttpSpec
+from binds.http import HttpSpec, uses_media
 from binds.smpp import SmppSpec, receipts_by_default
 from binds.smpp.bodies import source_address
 from binds.twilio import TwilioSpec
@@ -719,6 +719,17 @@ class Connector(_Section):
         """The destination digits its prices depend on: the longest prefix listed (no
         look-up is tried beyond it)."""
         return max((len(p) for p in self.prices if p != "default"), default=0)
+
+    @property
+    def carries_media(self) -> bool:
+        """Whether it can send an MMS: Twilio (``MediaUrl``), or a Web-URL provider whose
+        request templates use ``{media}`` or ``{media_json}``; SMPP never."""
+        if self.protocol == "twilio":
+            return True
+        http = self.http
+        if self.protocol != "http" or http is None:
+            return False
+        return uses_media(http.url, http.form, http.json_, http.headers)
 
 
 class Route(_Section):

@@ -30,6 +30,7 @@ is window / SMSC answer time while the flushes keep up, and each bind adds its w
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -228,7 +229,13 @@ class Pipeline:
             ready.connector = connector.name
             connector.took()
             message = OutboundMessage(
-                job.id, ready.sender, job.to, job.text or "", job.meta, job.expires_at
+                job.id,
+                ready.sender,
+                job.to,
+                job.text or "",
+                job.meta,
+                job.expires_at,
+                () if job.fallback else job.media,
             )
             connector.bind().send(message, _Collect(self, ready))
         self._room.set()
@@ -334,6 +341,7 @@ class Pipeline:
             r.url,
             r.sticky_key,
             r.sticky_ttl,
+            *_mms_fields(job),
         )
 
     def _dispatch(self, batch: Sequence[Ready], results: Sequence[Transition]) -> None:
@@ -572,3 +580,17 @@ class _Collect:
 
     def __call__(self, outcome: Outcome | Crashed) -> None:
         self.pipeline.collect(self.ready, outcome)
+
+
+_SMS = ("", "", "")
+
+
+def _mms_fields(job: Job) -> tuple[str, str, str]:
+    """A `Sending` record's media, mms and note: an MMS's URLs (JSON), whether they go
+    as media or as links in the text (``mms_fallback``), and why as links."""
+    if not job.media:
+        return _SMS
+    media = json.dumps(list(job.media), separators=(",", ":"))
+    if job.fallback:
+        return media, "link", f"MMS sent as SMS with links: {job.fallback}"
+    return media, "mms", ""

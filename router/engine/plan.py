@@ -3,7 +3,9 @@
 `Planner.plan` decodes an entry's job, checks and composes it, and says what to do
 with it: a `Plan`. Jobs to send now have their recipients screened (opt-out, block
 and allow lists: `audience`) and a sender number picked under the profile's rules
-and daily caps (`senders`, `rules`) by `Planner.pick`, for the whole batch in one
+and daily caps (`senders`, `rules`) by `Planner.pick` (a message with media: after the
+MMS stage has checked its media and said which numbers may send it as one, or turned
+it into an SMS with links: `mms`), for the whole batch in one
 round trip (which also stores the batch's tracked links when the profile shortens its
 URLs: `shorten`); a pick the rules refuse turns into `Plan.REFUSE` (or `Plan.DEFER` past a
 full daily cap, when the profile says so). The worker hands `SEND` entries to the
@@ -20,11 +22,13 @@ from enum import Enum
 from redis.asyncio import Redis
 
 from router.config import Settings
+from router.engine.mms import MmsStage
 from router.engine.pipeline import Ready
 from router.engine.shorten import Shortener
 from router.policy.audience import KEYWORD_REPLY_PREFIX, Audience
 from router.policy.checks import JobCheck
 from router.policy.jobs import Job, JobError, decode_job
+from router.policy.routes import RouteTable
 from router.policy.rules import Refusal, SenderRules
 from router.policy.senders import SenderPool, Want
 from router.policy.spend import SpendLimit
@@ -56,7 +60,9 @@ SEND = Plan.SEND
 class Planner:
     """Plans the entries of one profile (see the module docstring)."""
 
-    def __init__(self, *, redis: Redis, name: str, settings: Settings) -> None:
+    def __init__(
+        self, *, redis: Redis, name: str, settings: Settings, table: RouteTable | None = None
+    ) -> None:
         self.name = name
         self.profile = settings.profiles[name]
         self.queue = settings.queue
@@ -68,7 +74,14 @@ class Planner:
         self.spend = SpendLimit(name, self.profile, settings.all_connectors())
         # Tracked links (`shorten = true`): None when the profile does not shorten.
         self.shortener = Shortener.of(redis, name, settings)
+        # Messages with media: MMS, links or refused (`mms`); `table`: the routes the
+        # worker sends by (made from `settings` when not given).
+        self.mms = MmsStage(name, settings, self.rules, table or RouteTable(settings))
         self._redis = redis
+
+    async def close(self) -> None:
+        """Close what the planner holds open (the media checks' HTTP session)."""
+        await self.mms.close()
 
     def plan(self, entry: Entry) -> Planned:
         """What to do with one entry: (entry, job, plan, reason). Composes the text of
@@ -105,6 +118,9 @@ class Planner:
         the same round trip."""
         default_use_case = self.profile.default_use_case
         wants = [Want(job.to, job.use_case or default_use_case, job.sender) for job in jobs]
+        # Media checked, MMS senders chosen or the fallback's links in the text, before
+        # the links are shortened and the texts' segments counted.
+        await self.mms.screen(jobs, wants)
         recipients = [job.to for job in jobs]
         # The compose stage's links (`shorten`) ride in the same round trip: their
         # writes first, so the texts are short before anything counts their segments.

@@ -82,9 +82,9 @@ class Routing:
         self.profile = profile
         # Delivery ratios for ``quality`` routes (None: they keep their order).
         self.quality = quality
-        # (route index, country) -> its connectors ranked, and those of them below the
+        # (route index, as an MMS takes it, country) -> its connectors ranked, and those below the
         # minimum sample, as of `_generation`'s read.
-        self._ranked: dict[tuple[int, str], Ranked] = {}
+        self._ranked: dict[tuple[int, bool, str], Ranked] = {}
         self._generation = -1
         # (route index, country) -> messages routed (quality probes every PROBE_EVERY).
         self._routed: dict[tuple[int, str], int] = {}
@@ -98,7 +98,7 @@ class Routing:
         # ``least_cost``: per route, the price digits that matter, and the connectors
         # cheapest first per (route, those digits of the destination).
         self._price_digits: dict[int, int] = {}
-        self._cheapest: dict[tuple[int, str], tuple[ConnectorRuntime, ...]] = {}
+        self._cheapest: dict[tuple[int, bool, str], tuple[ConnectorRuntime, ...]] = {}
 
     @property
     def windows(self) -> int:
@@ -132,9 +132,11 @@ class Routing:
         """The binds of every connector the profile may use."""
         return [b for c in self.connectors.values() for b in c.binds]
 
-    def match(self, to: str, sender: str, use_case: str | None) -> Matched | None:
-        """The message's route, or None (``no_route``)."""
-        return self.table.match(self.profile, to, sender, use_case)
+    def match(
+        self, to: str, sender: str, use_case: str | None, message: str = "sms"
+    ) -> Matched | None:
+        """The route of a message (`message`: ``sms`` or ``mms``), or None (``no_route``)."""
+        return self.table.match(self.profile, to, sender, use_case, message)
 
     def pick(self, route: Matched | None, to: str, tried: tuple[str, ...]) -> ConnectorRuntime:
         """The connector a message goes out over now."""
@@ -174,7 +176,7 @@ class Routing:
             connectors = [self.connectors[n] for n in route.connectors]
             digits = max((c.price_digits for c in connectors), default=0)
             self._price_digits[route.index] = digits
-        key = (route.index, to[:digits])
+        key = (route.index, route.mms, to[:digits])
         found = self._cheapest.get(key)
         if found is None:
             if len(self._cheapest) >= CHEAPEST_MEMO:
@@ -193,10 +195,10 @@ class Routing:
         if board.generation != self._generation:
             self._ranked.clear()  # new ratios
             self._generation = board.generation
-        key = (route.index, _country(to[:_COUNTRY_DIGITS]))
+        key = (route.index, route.mms, _country(to[:_COUNTRY_DIGITS]))
         found = self._ranked.get(key)
         if found is None:
-            found = self._ranked[key] = rank(route, key[1], board)
+            found = self._ranked[key] = rank(route, key[2], board)
         return found
 
     def _choose(self, route: Matched, to: str, tried: tuple[str, ...]) -> ConnectorRuntime | None:

@@ -65,7 +65,7 @@ class ProfileWorker:
         self.routing = routing
         self.ledger = ledger
         self.queue = WorkQueue(redis, name, consumer)
-        self.planner = Planner(redis=redis, name=name, settings=settings)
+        self.planner = Planner(redis=redis, name=name, settings=settings, table=routing.table)
         self._redis = redis
         # Entries held: read (being planned), a task on the per-entry path, or a
         # `Ready` in the pipeline.
@@ -205,7 +205,7 @@ class ProfileWorker:
                 if isinstance(pick, Refusal):
                     refused[entry.entry_id] = pick
                     continue
-                route = routing.match(job.to, pick, job.use_case or use_case)
+                route = routing.match(job.to, pick, job.use_case or use_case, job.kind)
                 if route is None:
                     refused[entry.entry_id] = no_route(job.to, pick)
                     continue
@@ -329,6 +329,7 @@ class ProfileWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._idle.set()
         self.pipeline.wake()
+        await self.planner.close()
         if self._flusher is not None:
             # Outcomes still being recorded get what is left of the grace (at least a
             # second); a flush waiting for Redis after that is given up (left pending).

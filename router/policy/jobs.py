@@ -98,11 +98,15 @@ class Job:
     account: str | None = None
     # An MMS: 1 to 10 http(s) URLs of its media (router/policy/media.py); () for an SMS.
     media: tuple[str, ...] = ()
+    # Not on the wire: set by the planner when an MMS goes as an SMS whose text holds
+    # its media links (``mms_fallback = "link"``): why it could not go as an MMS.
+    fallback: str = ""
 
     @property
     def kind(self) -> str:
-        """``mms`` for a job with media, else ``sms`` (what routes' ``kind`` matches)."""
-        return "mms" if self.media else "sms"
+        """``mms`` for a job sent with its media, else ``sms`` (what routes' ``kind``
+        matches)."""
+        return "mms" if self.media and not self.fallback else "sms"
 
     def to_wire(self) -> dict[str, Any]:
         """The job as a wire map (only the fields that are set)."""

@@ -87,6 +87,7 @@ class SenderRules:
         self._alpha_refused = frozenset(region_key(r) for r in settings.router.alphanumeric_refused)
         self._areas = {n: area_code(n) for n in self.pool}
         self._static = {n: self._static_refusal(n) for n in self.pool}
+        self._mms = {n: self._mms_problem(n) for n in self.pool}
         self._cache: dict[tuple[str, str | None, str | None], Capable] = {}
 
     def _country(self, number: str) -> str | None:
@@ -178,6 +179,22 @@ class SenderRules:
             code = next((c for c in _CODE_ORDER if c in given), "no_capable_sender")
         why = "; ".join(r.reason for r in refusals.values())
         return Refusal(code, f"no number of profile {self.name!r} may send to {to}: {why}")
+
+    def mms_problem(self, number: str) -> str | None:
+        """Why `number` (of this profile) cannot send an MMS (``+1800...: toll-free``), or
+        None when it may: it has the `MmsSender` feature and is neither toll-free nor an
+        alphanumeric sender ID (carriers take MMS from neither)."""
+        return self._mms[number]
+
+    def _mms_problem(self, number: str) -> str | None:
+        kind = self._kinds[number]
+        if kind == "toll_free":
+            return f"{number} is toll-free (no MMS)"
+        if kind == "alphanumeric":
+            return f"{number} is an alphanumeric sender ID (no MMS)"
+        if "MmsSender" not in self._details[number].features:
+            return f"{number} has no MmsSender feature"
+        return None
 
     def static_refusal(self, number: str) -> Refusal | None:
         """What rules out `number` (of this profile) whatever the message, or None."""

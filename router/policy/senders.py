@@ -55,6 +55,8 @@ class Want:
     use_case: str | None = None
     sender: str | None = None
     refused: Refusal | None = None  # screened out before choosing (opt-out, lists)
+    # Only these numbers may send it (an MMS: those that can, `router.engine.mms`).
+    only: frozenset[str] | None = None
 
 
 class SenderPool:
@@ -162,6 +164,8 @@ class SenderPool:
                 *([n for n in g if n in unhealthy] for g in groups),
             ]
         order = [n for group in groups if group for n in _rotated(group, position)]
+        if want.only is not None:
+            order = [n for n in order if n in want.only]
         if mapped is not None and mapped != order[0] and mapped in order:
             if mapped not in unhealthy:  # an unhealthy one: the recipient gets another
                 order.remove(mapped)

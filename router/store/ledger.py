@@ -85,6 +85,9 @@ class Sending(NamedTuple):
     url: str  # status_callback_url
     sticky_key: str  # a sticky mapping (recipient -> sender) to set with the record
     sticky_ttl: int  # its TTL in seconds
+    media: str = ""  # an MMS's media URLs as a JSON list ('' for an SMS)
+    mms: str = ""  # with media: 'mms' (sent with it) or 'link' (as an SMS with its links)
+    note: str = ""  # the `sending` step's note ('' for none: why an MMS went as links)
 
 
 class Finished(NamedTuple):

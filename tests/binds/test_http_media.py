@@ -44,14 +44,16 @@ def test_which_specs_carry_media() -> None:
 
 async def test_a_form_field_of_media_alone_repeats_once_per_url(provider: Provider) -> None:
     spec = HttpSpec(
-        url=f"{provider.base}/send", form={"to": "{to}", "MediaUrl": "{media}", "all": "[{media}]"}
+        url=f"{provider.base}/send",
+        form={"to": "{to}", "MediaUrl": "{media}", "all": "[{media}]", "j": "{media_json}"},
     )
     await _send(spec, MMS)
     await _send(spec, SMS)
     mms, sms = (parse_qsl(s.body.decode(), keep_blank_values=True) for s in provider.seen)
     assert [v for k, v in mms if k == "MediaUrl"] == list(MEDIA)
     assert dict(mms)["all"] == "[" + ",".join(MEDIA) + "]"
-    assert [k for k, _v in sms] == ["to", "all"]  # an SMS sends no MediaUrl
+    assert json.loads(dict(mms)["j"]) == list(MEDIA)  # {media_json} alone: JSON text
+    assert [k for k, _v in sms] == ["to", "all", "j"]  # an SMS sends no MediaUrl
 
 
 async def test_a_get_query_repeats_media_and_json_leaves_are_arrays(provider: Provider) -> None:

@@ -86,7 +86,7 @@ TWILIO = {
 NOT_FOR_THE_BIND = {
     # number of sessions (wiring); receipts, inbound and id matching (engine).
     SmppSection: {"binds", "message_id_format", "report_timeout", "reassembly_timeout"},
-    HttpSection: {"reports"},  # the delivery-report webhook (api/providers)
+    HttpSection: {"reports", "inbound"},  # the provider webhooks (api/providers)
     TwilioSection: {"report_timeout"},  # how long a sent message waits (engine)
 }
 SPECS: list[tuple[type[Any], type[Any]]] = [

@@ -171,7 +171,18 @@ async def test_the_pipeline_fills_each_record_field_with_its_namesake(
         "id": "j1", "owner": "5-1", "replay": "1", "sender": "+16501112345",
         "to": "+447911123456", "text": "the text", "meta": '{"m":1}',
         "url": "https://cb.example/x", "sticky_key": "sticky:k", "sticky_ttl": 77,
+        "media": "", "mms": "", "note": "",
     }  # fmt: skip
+    mms = Job(id="j2", to="+447911123456", text="t", media=("https://m.example/a.jpg",))
+    ready.job = mms
+    assert pipeline._sending_item(ready)._asdict() | {"id": "j2"} == {
+        **pipeline._sending_item(ready)._asdict(),
+        "media": '["https://m.example/a.jpg"]', "mms": "mms", "note": "",
+    }  # fmt: skip
+    mms.fallback = "no MmsSender"
+    item = pipeline._sending_item(ready)
+    assert (item.mms, item.note) == ("link", "MMS sent as SMS with links: no MmsSender")
+    ready.job = Job(id="j1", to="+447911123456", text="the text")
     common = {"id": "j1", "entry": "7-1", "step": 5, "url": "https://cb.example/x",
               "to": "+447911123456", "sender": "+16501112345", "meta": '{"m":1}',
               "connector": "carrier-a"}  # fmt: skip

@@ -32,7 +32,10 @@ local SENDING_META = 7
 local SENDING_URL = 8
 local SENDING_STICKY_KEY = 9
 local SENDING_STICKY_TTL = 10
-local SENDING_COUNT = 10
+local SENDING_MEDIA = 11
+local SENDING_MMS = 12
+local SENDING_NOTE = 13
+local SENDING_COUNT = 13
 
 -- Finished: one outcome of a `finish` batch (finish.lua).
 local FINISHED_ID = 1

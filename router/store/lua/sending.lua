@@ -37,13 +37,17 @@ for i, it in ipairs(items) do
     out[#out + 1] = verdict; out[#out + 1] = st; out[#out + 1] = 0
   else
     local n = tonumber(cur[3] or '0') + 1
-    local name, value = step(n, 'sending', now, '', '', cur[4] or now)
+    local media, mms = it[SENDING_MEDIA], it[SENDING_MMS]
+    local name, value = step(n, 'sending', now, it[SENDING_NOTE], '', cur[4] or now)
     local f = {'status', 'sending', 'owner', owner, 'n', n, name, value, 'from', from,
                'to', to}
     -- (the text may have changed since `queued`: shortened links, a template)
     local text_pieces, url_pieces = 0, 0
     if text ~= '' then text_pieces = put_long(f, 'text', text) end
     if meta ~= '' then f[#f + 1] = 'meta'; f[#f + 1] = meta end
+    -- an MMS: its media (the door wrote them at `queued`; a plain XADD did not) and
+    -- whether they go as media or as links in the text
+    if mms ~= '' then put_long(f, 'media', media); f[#f + 1] = 'mms'; f[#f + 1] = mms end
     if url ~= '' then url_pieces = put_long(f, 'status_callback_url', url) end
     if not st then f[#f + 1] = 'created_at'; f[#f + 1] = now end
     redis.call('HSET', rec, unpack(f))
@@ -61,6 +65,9 @@ for i, it in ipairs(items) do
     local ev = {'id', job, 'profile', profile, 'status', 'sending', 'at', now,
                 'to', to, 'from', from}
     if meta ~= '' then ev[#ev + 1] = 'meta'; ev[#ev + 1] = meta end
+    if mms ~= '' then
+      ev[#ev + 1] = 'media'; ev[#ev + 1] = media; ev[#ev + 1] = 'mms'; ev[#ev + 1] = mms
+    end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
     post(KEYS[2], url, ev)
     out[#out + 1] = 'ok'; out[#out + 1] = st or ''; out[#out + 1] = n
