@@ -149,15 +149,19 @@ class Client:
     async def send(
         self,
         to: str,
-        text: str,
+        text: str | None = None,
         *,
         profile: str | None = None,
         sender: str | None = None,
         id: str | None = None,
         **fields: Any,
     ) -> str:
-        """Enqueue one message; returns its job id. Extra wire fields go in `fields`."""
-        job: dict[str, Any] = {"to": to, "text": text, **fields}
+        """Enqueue one message; returns its job id. Extra wire fields go in `fields`
+        (``media=[url, ...]`` makes it an MMS, `text` then optional; no text and no
+        media: the profile's default template)."""
+        job: dict[str, Any] = {"to": to, **fields}
+        if text is not None:
+            job["text"] = text
         if sender is not None:
             job["from"] = sender
         if id is not None:

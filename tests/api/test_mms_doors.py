@@ -175,6 +175,21 @@ async def test_post_messages_refuses_bad_media_naming_the_url(redis: Redis, door
     assert await queued_total(redis) == 0  # nothing of a refused request is enqueued
 
 
+async def test_python_client_sends_media(
+    redis: Redis, make_settings: Callable[..., Settings]
+) -> None:
+    client = Client.from_settings(redis, make_settings())
+    job_id = await client.send(UK, media=[PNG, JPG])  # no text: an MMS of media alone
+    record = await client.ledger.get(job_id, profiles=["alerts", "bulk"])
+    assert record is not None and "text" not in record
+    assert (record["media"], record["num_media"]) == ([PNG, JPG], 2)
+    with pytest.raises(JobError) as caught:
+        await client.send(UK, "x", media=[PNG, "mailto:a@example.com"])
+    assert caught.value.field == "media[1]"
+    assert str(caught.value).endswith("media[1]: must be an absolute http:// or https:// URL")
+    assert await queued_total(redis) == 1
+
+
 async def test_the_openapi_document_shows_media(doors: str) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{doors}/openapi.json") as response:
