@@ -54,6 +54,9 @@ _COLUMNS = (
 @click.option(
     "--use-case", default=None, help="The job's use case (default: the profile's default)."
 )
+@click.option(
+    "--mms", is_flag=True, help="The message carries media: as an MMS, as links, or refused."
+)
 @click.option("--json", "as_json", is_flag=True, help="The explanation as one JSON object.")
 def route(
     config_path: str | None,
@@ -61,6 +64,7 @@ def route(
     to: str,
     sender: str | None,
     use_case: str | None,
+    mms: bool,
     as_json: bool,
 ) -> None:
     """Explain where a message would go, without sending anything: the sender (--from if
@@ -68,19 +72,22 @@ def route(
     first number the rules allow), the route that matches (its index in [[routes]], or
     the profile's own connector) and its strategy, and the route's connectors in the
     order the strategy ranks them for this destination, each with its health (from the
-    running instances) and its price per part.
+    running instances) and its price per part. With --mms: whether the message would go
+    as an MMS (from the numbers with MmsSender, over connectors that carry media), as an
+    SMS with its media links (mms_fallback = "link") or be refused (media URLs are not
+    fetched here).
 
     Exit 0: the message would be sent; 1: it would be rejected (no_route,
     sender_not_allowed...: the code and reason are printed) or an error (an unknown
     profile, a --to that is not E.164, a --from the profile does not own)."""
     settings = load_or_exit(config_path, secrets=False)
     try:
-        explain(settings, profile, to, sender, use_case)  # bad input: before Redis
+        explain(settings, profile, to, sender, use_case, mms=mms)  # bad input: before Redis
     except ExplainError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
     health, source = _health(settings)
-    found = explain(settings, profile, to, sender, use_case, health, source)
+    found = explain(settings, profile, to, sender, use_case, health, source, mms=mms)
     if as_json:
         click.echo(json.dumps(found.as_dict(), indent=2))
     else:
@@ -127,6 +134,8 @@ def _print(found: Explanation) -> None:
     facts.add_row("to", found.to)
     facts.add_row("use case", found.use_case or "none")
     facts.add_row("sender", _sender_line(found))
+    if found.mms is not None:
+        facts.add_row("mms", _mms_line(found))
     if found.route is not None:
         route = found.route
         where = "; ".join(f"{k} {', '.join(v)}" for k, v in route.conditions.items())
@@ -190,6 +199,15 @@ def _sender_line(found: Explanation) -> str:
     if sender.strategy.startswith("sticky"):
         line += " (sticky: a recipient keeps the number it had; not looked up here)"
     return line
+
+
+def _mms_line(found: Explanation) -> str:
+    assert found.mms is not None
+    if found.mms.as_ == "mms":
+        return "sent as an MMS (with its media)"
+    if found.mms.as_ == "link":
+        return f"sent as an SMS with its media links (mms_fallback = link): {found.mms.reason}"
+    return f"refused (mms_fallback = reject): {found.mms.reason}"
 
 
 def _verdict(found: Explanation) -> str:

@@ -22,12 +22,12 @@ from enum import Enum
 from redis.asyncio import Redis
 
 from router.config import Settings
-from router.engine.mms import MmsStage
 from router.engine.pipeline import Ready
 from router.engine.shorten import Shortener
 from router.policy.audience import KEYWORD_REPLY_PREFIX, Audience
 from router.policy.checks import JobCheck
 from router.policy.jobs import Job, JobError, decode_job
+from router.policy.mms import MmsStage
 from router.policy.routes import RouteTable
 from router.policy.rules import Refusal, SenderRules
 from router.policy.senders import SenderPool, Want

@@ -11,7 +11,11 @@ to N go?" with the steps the worker takes, in its order, without sending anythin
 2. the route (router/policy/routes.py), matched with that sender's kind and the
    use case (the job's, else the profile's ``default_use_case``): its index in
    ``[[routes]]``, or the inline profile's own connector; none: ``no_route``;
-3. the route's connectors in the order its strategy ranks them for the destination
+3. for an MMS (``--mms``): which numbers may send it as one and over which route
+   (router/policy/mms.py), or the profile's ``mms_fallback``: ``link`` (an SMS with
+   the media links, routed as an SMS) or ``reject`` (``mms_not_supported``). Media
+   URLs are not fetched here;
+4. the route's connectors in the order its strategy ranks them for the destination
    (``least_cost``: by `Connector.price`, unknown prices last; ``failover``,
    ``weighted`` and ``quality``: route order), each with its health and price.
 
@@ -29,14 +33,18 @@ from typing import Any, Final, Literal
 from router.config import Connector, Route, Settings
 from router.errors import RouterError
 from router.numbers import normalise_e164, normalise_sender, sender_kind
+from router.policy.jobs import Job
+from router.policy.mms import MMS_NOT_SUPPORTED, MmsStage
 from router.policy.routes import OWN_ROUTE, Matched, RouteTable
 from router.policy.rules import Refusal, SenderRules
+from router.policy.senders import Want
 
 __all__ = [
     "STATES",
     "ConnectorView",
     "ExplainError",
     "Explanation",
+    "MmsView",
     "RouteView",
     "SenderView",
     "explain",
@@ -103,6 +111,16 @@ class ConnectorView:
 
 
 @dataclass(frozen=True, slots=True)
+class MmsView:
+    """How an MMS would go: `as_` ``mms`` (with its media), ``link`` (an SMS with the
+    media links: ``mms_fallback = "link"``) or ``rejected`` (``reject``); `reason`:
+    why not as an MMS ('' when it goes as one)."""
+
+    as_: Literal["mms", "link", "rejected"]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     """The decision for one message. `outcome` "rejected" carries the `code` and
     `reason` the message's record would get. `connector` is where a message would go
@@ -121,6 +139,9 @@ class Explanation:
     connectors: tuple[ConnectorView, ...]
     connector: str | None
     health_source: str
+    # Asked about an MMS: how it goes ("mms", "link" or "rejected") and why not as an
+    # MMS; None when the question was about an SMS.
+    mms: MmsView | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape of ``sms-router route --json`` and ``GET /v1/route``."""
@@ -165,6 +186,7 @@ class Explanation:
             ],
             "connector": self.connector,
             "health_source": self.health_source,
+            "mms": None if self.mms is None else {"as": self.mms.as_, "reason": self.mms.reason},
         }
 
 
@@ -177,12 +199,14 @@ def explain(
     health: Mapping[str, str] | None = None,
     health_source: str = "none",
     quality: Callable[[str, Matched, str], Sequence[str]] | None = None,
+    mms: bool = False,
 ) -> Explanation:
     """The decision for a message of `profile` (None: the global one) to `to`, from
     `sender` (None: the profile's strategy), for `use_case` (None: the profile's
     default), with connectors' `health` (name -> state; missing: "unknown"). A
     ``quality`` route's connectors come in the order `quality(profile, route, to)`
-    gives (the daemon's live ranking), else in route order.
+    gives (the daemon's live ranking), else in route order. `mms`: the message carries
+    media (see the module docstring).
 
     ExplainError (naming the field) for an unknown profile, a `to` that is not E.164,
     a `sender` that is not one or not the profile's."""
@@ -195,20 +219,26 @@ def explain(
     given = _given_sender(sender, name, config.numbers)
     effective_use_case = use_case or config.default_use_case
     rules = SenderRules(name, config.numbers, settings)
+    table = RouteTable(settings)
+    only, mms_view = None, None
+    if mms:
+        only, mms_view = _mms(settings, name, rules, table, destination, effective_use_case, given)
     view = _sender(rules, config.sender, config.sender_preference, destination,
-                   effective_use_case, given)  # fmt: skip
+                   effective_use_case, given, only)  # fmt: skip
     outcome: Literal["send", "rejected"] = "send"
     code = reason = None
     if view.refusal is not None:
         outcome, code, reason = "rejected", view.refusal.code, view.refusal.reason
+    elif mms_view is not None and mms_view.as_ == "rejected":
+        outcome, code, reason = "rejected", MMS_NOT_SUPPORTED, mms_view.reason
     route: RouteView | None = None
     connectors: tuple[ConnectorView, ...] = ()
     chosen: str | None = None
     if view.number is not None:
         # Matched with the sender's kind, as the worker does (also for a refused
         # `from`: what it would take if the rules allowed it).
-        table = RouteTable(settings)
-        matched = table.match(name, destination, view.number, effective_use_case)
+        kind = "mms" if mms_view is not None and mms_view.as_ == "mms" else "sms"
+        matched = table.match(name, destination, view.number, effective_use_case, kind)
         if matched is None:
             if outcome == "send":
                 outcome, code = "rejected", "no_route"
@@ -239,7 +269,29 @@ def explain(
         connectors=connectors,
         connector=chosen,
         health_source=health_source,
+        mms=mms_view,
     )
+
+
+def _mms(
+    settings: Settings,
+    profile: str,
+    rules: SenderRules,
+    table: RouteTable,
+    to: str,
+    use_case: str | None,
+    given: str | None,
+) -> tuple[frozenset[str] | None, MmsView]:
+    """The numbers that may send an MMS to `to` (None: any, when it goes as links or
+    no number may send at all), and how it goes: `MmsStage.decide`, the planner's own."""
+    job = Job(id="route", to=to, media=("https://media.invalid/m",), sender=given)
+    want = Want(to, use_case, given)
+    refusal = MmsStage(profile, settings, rules, table).decide(job, want)
+    if refusal is not None:
+        return None, MmsView("rejected", refusal.reason)
+    if job.fallback:
+        return None, MmsView("link", job.fallback)
+    return want.only, MmsView("mms", "")
 
 
 def health_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
@@ -294,6 +346,7 @@ def _sender(
     to: str,
     use_case: str | None,
     given: str | None,
+    only: frozenset[str] | None = None,
 ) -> SenderView:
     capable = rules.capable(to, use_case)
     if given is not None:
@@ -308,6 +361,10 @@ def _sender(
         candidates = capable.ranked[0]
     else:
         candidates = capable.numbers
+    if only is not None:  # an MMS: the numbers that may send one, in the same order
+        candidates = tuple(n for n in candidates if n in only) or tuple(
+            n for n in capable.numbers if n in only
+        )
     first = candidates[0]
     return SenderView(first, sender_kind(first), False, strategy, candidates, None)
 

@@ -55,7 +55,7 @@ class Want:
     use_case: str | None = None
     sender: str | None = None
     refused: Refusal | None = None  # screened out before choosing (opt-out, lists)
-    # Only these numbers may send it (an MMS: those that can, `router.engine.mms`).
+    # Only these numbers may send it (an MMS: those that can, `router.policy.mms`).
     only: frozenset[str] | None = None
 
 

@@ -21,9 +21,11 @@ from router.links import find_urls
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
+from ..cli.test_cli_route import route
 from ..conftest import Provider, RunningDaemon, free_port, wait_for
 from ..policy import test_media
 from ..policy.test_media import Serve, Site
+from .test_process import write_config
 
 serve = test_media.serve  # media servers on loopback addresses
 
@@ -233,3 +235,26 @@ async def test_mms_refused_with_its_reason(
     assert not provider.requests and not smsc.submits
     # 127.0.0.1 was never asked; the allowed server only about what was checked.
     assert not elsewhere.seen
+
+
+async def test_route_tells_how_an_mms_would_go(tmp_path: Path, redis_url: str) -> None:
+    data = mms_config(redis_url, tmp_path, free_port(), "http://127.0.0.1:9/send", free_port(),
+                      "127.0.0.2/32")  # fmt: skip
+    config = write_config(tmp_path / "router.toml", data)
+    code, out, err = await route(config, "--profile", "shop", "--to", TO, "--mms", "--json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert found["mms"] == {"as": "mms", "reason": ""}
+    assert found["sender"]["candidates"] == [MMS_LONG] and found["connector"] == "mmsprov"
+    code, out, err = await route(
+        config, "--profile", "shop", "--to", TO, "--from", SMS_LONG, "--mms", "--json"
+    )
+    found = json.loads(out)
+    assert code == 0 and found["connector"] == "smsc"
+    assert found["mms"] == {"as": "link", "reason": f"{SMS_LONG} has no MmsSender feature"}
+    code, out, err = await route(config, "--profile", "strict", "--to", TO, "--mms")
+    assert code == 1
+    assert "mms       refused (mms_fallback = reject):" in out
+    assert f"rejected: mms_not_supported: profile 'strict' cannot send an MMS to {TO}:" in out
+    code, out, err = await route(config, "--profile", "strict", "--to", TO)  # an SMS: sent
+    assert code == 0 and "mms" not in out

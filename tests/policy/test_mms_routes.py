@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from router.config import parse_settings
-from router.engine.mms import with_links
+from router.policy.mms import with_links
 from router.policy.routes import RouteTable
 from router.policy.rules import SenderRules
 

@@ -18,7 +18,8 @@ senders are picked.
    job (`Job.fallback`: the record's `sending` step notes it, `mms` = ``link``);
    ``reject`` refuses it ``mms_not_supported`` naming why.
 
-Jobs without media pass untouched and cost nothing here.
+Jobs without media pass untouched and cost nothing here. Everything but the media
+checks is a pure decision: `sms-router route --mms` asks `MmsStage.decide` as well.
 """
 
 from __future__ import annotations
