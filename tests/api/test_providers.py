@@ -73,6 +73,7 @@ class FakeTwilio:
     plans: dict[str, str] = field(default_factory=dict)
     # (status posted, the router's HTTP answer), in order.
     callbacks: list[tuple[str, int]] = field(default_factory=list)
+    media: list[list[str]] = field(default_factory=list)  # each request's MediaUrl values
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _count: int = 0
 
@@ -80,8 +81,10 @@ class FakeTwilio:
         expected = "Basic " + base64.b64encode(f"{SID}:{TOKEN}".encode()).decode()
         if request.match_info["sid"] != SID or request.headers.get("Authorization") != expected:
             return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
-        form = {k: str(v) for k, v in (await request.post()).items()}
+        posted = await request.post()
+        form = {k: str(v) for k, v in posted.items()}
         self.requests.append(form)
+        self.media.append([str(v) for v in posted.getall("MediaUrl", [])])
         plan = self.plans.get(form["To"], "deliver")
         if plan == "invalid":
             body = {
