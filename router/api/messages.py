@@ -88,8 +88,9 @@ _MEDIA = WithJsonSchema(
                 "items": {
                     "type": "string",
                     "maxLength": MAX_URL_LENGTH,
-                    # An absolute http(s) URL without spaces (`parse_media`'s checks).
-                    "pattern": "^https?://[A-Za-z0-9.-]+(/[!-~]*)?$",
+                    # An absolute http(s) URL without spaces or control characters
+                    # (the outline of `parse_media`'s checks, which decide).
+                    "pattern": r"^https?://[^\s/?#\x00-\x1f]+([/?#][^\s\x00-\x1f]*)?$",
                 },
             },
             {"type": "null"},
