@@ -43,6 +43,7 @@ __all__ = [
     "ApiContext",
     "ApiError",
     "Handler",
+    "Who",
     "caller_of",
     "json_response",
     "middleware",
@@ -50,6 +51,7 @@ __all__ = [
     "read_json",
     "retry_after",
     "scoped",
+    "who",
 ]
 
 log = structlog.get_logger("router.api")
@@ -144,34 +146,52 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return response
 
 
+@dataclass(frozen=True)
+class Who:
+    """Whom a token belongs to: the ``[api.keys]`` key's or the account's `name`, its
+    `scopes`, and the account (`caller`; None for a key)."""
+
+    name: str
+    scopes: tuple[Scope, ...]
+    caller: Caller | None = None
+
+    def holds(self, scope: Scope) -> bool:
+        """Whether the token may do what `scope` allows (``admin`` implies all)."""
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def who(settings: Settings, token: str) -> Who | None:
+    """Whom `token` (an ``[api.keys]`` token or an account's `api_token`) belongs to, or
+    None. Every key and every account is compared, each in constant time, whether one
+    matched already or not, so timing tells nothing."""
+    given = token.strip()
+    found = None
+    for name, key in settings.api.keys.items():
+        if hmac.compare_digest(given.encode(), key.token.get_secret_value().encode()):
+            found = Who(name, tuple(key.scopes))
+    caller = by_token(settings, given)
+    if found is not None:
+        return found
+    if caller is None:
+        return None
+    return Who(caller.name, tuple(caller.account.scopes), caller)
+
+
 def _authorised(request: web.Request, scope: Scope) -> None:
     """Raise ApiError 401/403 unless the bearer token holds `scope`."""
     header = request.headers.get("Authorization", "")
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token:
         raise ApiError(401, "Authorization: a bearer token is required")
-    settings = request.app[CONTEXT].settings
-    found = None
-    given = token.strip()
-    for name, key in settings.api.keys.items():
-        # Every key is compared (constant time each), so timing tells nothing.
-        if hmac.compare_digest(given.encode(), key.token.get_secret_value().encode()):
-            found = (name, key)
-    # Every account's token is compared too, whether a key matched or not.
-    caller = by_token(settings, given)
-    if found is not None:
-        name, key = found
-        if scope not in key.scopes and "admin" not in key.scopes:
-            raise ApiError(403, f"Authorization: key {name!r} lacks the {scope!r} scope")
-        request[API_KEY] = name
-        request[CALLER] = None
-        return
-    if caller is None:
+    found = who(request.app[CONTEXT].settings, token)
+    if found is None:
         raise ApiError(401, "Authorization: unknown token")
-    scopes = caller.account.scopes
-    if scope not in scopes and "admin" not in scopes:
-        raise ApiError(403, f"Authorization: account {caller.name!r} lacks the {scope!r} scope")
-    request[CALLER] = caller
+    if not found.holds(scope):
+        what = "key" if found.caller is None else "account"
+        raise ApiError(403, f"Authorization: {what} {found.name!r} lacks the {scope!r} scope")
+    if found.caller is None:
+        request[API_KEY] = found.name
+    request[CALLER] = found.caller
 
 
 @web.middleware
