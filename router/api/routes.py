@@ -54,6 +54,20 @@ class RouteQuery(BaseModel):
         description="The job's use case (default: the profile's default_use_case).",
         max_length=MAX_LENGTHS["use_case"],
     )
+    mms: bool = Field(
+        False,
+        description="The message carries media: as an MMS, as an SMS with links, or refused.",
+    )
+
+
+class MmsDecision(BaseModel):
+    """How a message with media would go: `as` ``mms`` (with its media), ``link`` (an
+    SMS with links to them: mms_fallback = link) or ``rejected`` (mms_not_supported);
+    `reason`: why not as an MMS (empty when it goes as one)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    as_: Literal["mms", "link", "rejected"] = Field(alias="as")
+    reason: str
 
 
 class RefusalView(BaseModel):
@@ -114,6 +128,9 @@ class RouteExplanation(BaseModel):
         description="Where it would go now (null: weighted, split by weight; or rejected)."
     )
     health_source: str
+    mms: MmsDecision | None = Field(
+        None, description="Asked with mms=true: how the MMS would go (null otherwise)."
+    )
 
 
 class _Connector(Protocol):
@@ -164,6 +181,7 @@ async def get_route(request: web.Request) -> web.Response:
             live_health(context.workers),
             source,
             quality=live_quality(context.workers),
+            mms=query.mms,
         )
     except ExplainError as exc:
         raise ApiError(400, str(exc)) from None

@@ -103,6 +103,15 @@ async def test_rejections_are_answers(api: Api) -> None:
     assert body["reason"].startswith(f"no route matches a message to {TO_FR} from long code")
 
 
+async def test_an_mms_over_connectors_that_carry_no_media_goes_as_links(api: Api) -> None:
+    status, body = await _route(api, to=TO_UK, mms="true")
+    assert status == 200 and body["outcome"] == "send"
+    reason = f"{UK_LONG} has no MmsSender feature; ACME is an alphanumeric sender ID (no MMS)"
+    assert body["mms"] == {"as": "link", "reason": reason}
+    status, body = await _route(api, to=TO_UK)
+    assert status == 200 and body["mms"] is None
+
+
 @pytest.mark.parametrize(
     ("query", "error"),
     [
@@ -133,6 +142,6 @@ async def test_it_needs_the_read_scope_and_is_in_the_document(api: Api) -> None:
     operation = document["paths"]["/v1/route"]["get"]
     assert operation["security"] == [{"bearer": []}] and "Scope: `read`" in operation["description"]
     params = {p["name"]: p for p in operation["parameters"]}
-    assert set(params) == {"profile", "to", "from", "use_case"}
+    assert set(params) == {"profile", "to", "from", "use_case", "mms"}
     assert params["to"]["required"] and params["profile"]["schema"]["enum"] == ["routed"]
     assert set(operation["responses"]) >= {"200", "400", "401", "403"}
