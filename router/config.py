@@ -1475,6 +1475,7 @@ def _cross_check(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[str
         problems += _check_numbers(where, name, profile.get("numbers"), owner)
         problems += _check_protocol(where, profile, secrets)
         problems += _check_webhooks(where, profile, raw.get("api"))
+        problems += _check_inbound_direction(where, profile)
         problems += _check_rules(where, profile, raw)
         problems += _check_shorten(where, profile, raw.get("links"))
     problems += _check_number_table(raw.get("numbers"), raw.get("campaigns"), owner)
@@ -1691,6 +1692,7 @@ def _check_routing(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[s
                 f"/v1/providers/{name}/ would be ambiguous); rename one"
             )
         problems += _check_protocol(where, connector, secrets, connector=True)
+        problems += _check_inbound_direction(where, connector)
         fallback = connector.get("inbound_profile")
         if isinstance(fallback, str) and fallback not in profiles:
             problems.append(f"{where}.inbound_profile: no profile {fallback!r}")
@@ -1742,6 +1744,19 @@ def _check_routing(raw: Mapping[str, Any], secrets: Mapping[str, str]) -> list[s
                 "this profile's messages; set protocol, or add a route"
             )
     return problems
+
+
+def _check_inbound_direction(where: str, carrier: Mapping[str, Any]) -> list[str]:
+    """A Web-URL inbound webhook takes messages only for a carrier that receives them."""
+    http = carrier.get("http")
+    if not isinstance(http, Mapping) or http.get("inbound") is None:
+        return []
+    if carrier.get("direction") == "both":
+        return []
+    return [
+        f'{where}.http.inbound: needs direction = "both" (inbound messages would be '
+        "answered but not stored)"
+    ]
 
 
 def _check_webhooks(where: str, profile: Mapping[str, Any], api: Any) -> list[str]:

@@ -22,7 +22,7 @@ import pytest
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
-from router.config import Settings, parse_settings
+from router.config import ConfigError, Settings, parse_settings
 from router.store import keys
 from router.store.connections import as_text
 
@@ -342,6 +342,7 @@ async def test_mms_over_a_shared_connector_reaches_the_profile_owning_the_number
     """``[connectors.web.http.inbound]`` and the shared Twilio connector: each MMS goes
     to the profile whose number it was sent to, media and all."""
     data = shared_config(redis_url, provider.url, twilio.url, inbox.url, tmp_path)
+    data["connectors"]["web"]["direction"] = "both"
     data["connectors"]["web"]["http"]["inbound"] = {
         "from_field": "from",
         "to_field": "to",
@@ -367,3 +368,15 @@ async def test_mms_over_a_shared_connector_reaches_the_profile_owning_the_number
     assert by_profile["two"]["media"] == media and by_profile["two"]["text"] == ""
     assert by_profile["one"]["media"] == [{"url": CLIP, "content_type": "video/mp4"}]
     assert by_profile["one"]["text"] == "to one"
+
+
+def test_a_web_inbound_webhook_needs_a_carrier_that_takes_inbound(tmp_path: Path) -> None:
+    data = mms_config("redis://127.0.0.1:1/0", "http://127.0.0.1:9/send",
+                      "http://127.0.0.1:9", "http://127.0.0.1:9/in", tmp_path)  # fmt: skip
+    data["profiles"]["alerts"]["direction"] = "outbound"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data, env=ENV, base_dir=tmp_path)
+    assert caught.value.problems == [
+        'profiles.alerts.http.inbound: needs direction = "both" (inbound messages would be '
+        "answered but not stored)"
+    ]
