@@ -76,6 +76,14 @@ def test_the_layout_is_read() -> None:
         # the daemon starts it; nothing below it knows it.
         (("router.smpp_server",), ("router.engine", "router.api", "router.daemon", "router.cli")),
         (("router.store", "router.policy", "router.engine"), ("router.smpp_server",)),
+        # The web console is a door like the API: it reads Redis (store), the rules
+        # (policy) and uses the API's shared parts; the API application registers it;
+        # nothing below it knows it.
+        (
+            ("router.store", "router.policy", "router.engine", "router.daemon"),
+            ("router.console",),
+        ),
+        (("router.console",), ("router.engine", "router.daemon", "router.cli")),
     ],
 )
 def test_imports_point_one_way(importer: tuple[str, ...], forbidden: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
+from router import console
 from router.api import (
     events,
     links,
@@ -63,6 +64,7 @@ def build_app(context: ApiContext) -> web.Application:
     groups = (messages, profiles, routes, twilio, sendsms, providers, events, links, metrics)
     for group in groups:
         group.add_routes(app)
+    console.add_routes(app)  # the operator's web console, /console
     return app
 
 

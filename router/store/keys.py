@@ -206,3 +206,27 @@ def top_clicks(profile: str, day: str) -> str:
     """Sorted set: the profile's most clicked messages (id -> clicks) on UTC `day`
     (YYYY-MM-DD)."""
     return f"sms:{{{profile}}}:clicks:top:{day}"
+
+
+def health(instance: str) -> str:
+    """Where a running instance publishes its health record (JSON, short TTL; written
+    by the daemon, read by `sms-router health` and the web console)."""
+    return f"sms:health:{instance}"
+
+
+def console_session(digest: str) -> str:
+    """Hash: one web console session (caller name, scopes, CSRF token, created and
+    last-seen times), named by the SHA-256 of its cookie value so a copy of Redis holds
+    no usable cookie; expires with the session."""
+    return f"sms:console:session:{digest}"
+
+
+def console_sessions_pattern() -> str:
+    """SCAN pattern of every web console session (`console_session`)."""
+    return "sms:console:session:*"
+
+
+def console_failures(address: str) -> str:
+    """Counter: wrong tokens given to the web console's sign-in from one client
+    address in the current throttle window (expires with the window)."""
+    return f"sms:console:fail:{address}"

@@ -1,0 +1,190 @@
+"""What the console's overview shows, read from Redis so any process can serve it.
+
+- Instances: the health records every running daemon publishes
+  (`keys.health`, every few seconds): host, pid, uptime, profiles' load, binds and
+  connectors with their state (and window, rate and throttles when the record has
+  them), Redis outages the daemon saw.
+- Profiles: the work stream's depth, entries in progress, the oldest waiting entry's
+  age (the first entry of the stream: acknowledged entries are deleted, so the stream
+  holds only waiting work), scheduled sends and retries, dead letters, spend today.
+- Messages per second by status over the last `RATE_WINDOW` seconds, counted from the
+  profiles' event streams (`keys.events`).
+- Campaigns: today's count against each daily cap (the counts the senders' cap
+  script keeps).
+- Redis: version, role, memory, clients, uptime (INFO).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from router.config import Settings
+from router.policy.rules import daily_cap
+from router.store import keys
+from router.store.connections import as_text
+from router.summary import today
+
+__all__ = ["RATE_WINDOW", "Overview", "ProfileRow", "read_overview"]
+
+RATE_WINDOW: Final = 10  # seconds of events counted for messages per second
+_RATE_READ: Final = 5000  # at most this many events read per profile for the rate
+
+
+@dataclass
+class ProfileRow:
+    """One profile's queue and spend."""
+
+    name: str
+    depth: int
+    in_progress: int
+    oldest_age: float | None
+    scheduled: int
+    dead_letters: int
+    spend_today: float
+    spend_limit: float | None
+
+
+@dataclass
+class Overview:
+    """Everything the overview shows, read at `at`."""
+
+    at: float
+    instances: list[dict[str, Any]]
+    profiles: list[ProfileRow]
+    rates: dict[str, float]
+    campaigns: list[dict[str, Any]]
+    redis: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+
+async def read_overview(redis: Redis, settings: Settings) -> Overview:
+    """The overview now (raises the Redis errors when Redis does not answer)."""
+    now = time.time()
+    instances = await _instances(redis, now)
+    names = sorted(settings.profiles)
+    day = today()
+    spend_day = keys.utc_day(now)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            stream = keys.queue(name)
+            pipe.xlen(stream)
+            pipe.xpending(stream, keys.GROUP)
+            pipe.xrange(stream, "-", "+", count=1)
+            pipe.zcard(keys.schedule(name))
+            pipe.xlen(keys.dead_letters(name))
+            pipe.hget(keys.spend(name, spend_day), "total")
+        for name in names:
+            low = f"{int((now - RATE_WINDOW) * 1000)}-0"
+            pipe.xrevrange(keys.events(name), "+", low, count=_RATE_READ)
+        pipe.hgetall(keys.campaign_counts(day))
+        pipe.info()
+        replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        # A profile whose consumer group is not made yet answers XPENDING with NOGROUP.
+        if isinstance(reply, Exception) and not (
+            isinstance(reply, ResponseError) and "NOGROUP" in str(reply)
+        ):
+            raise reply
+    profiles = []
+    for i, name in enumerate(names):
+        depth, pending, first, scheduled, dead, spent = replies[i * 6 : i * 6 + 6]
+        oldest = None
+        if isinstance(first, list) and first:
+            oldest = max(0.0, now - int(as_text(first[0][0]).split("-", 1)[0]) / 1000)
+        profiles.append(
+            ProfileRow(
+                name=name,
+                depth=int(depth),
+                in_progress=int(pending["pending"]) if isinstance(pending, dict) else 0,
+                oldest_age=oldest,
+                scheduled=int(scheduled),
+                dead_letters=int(dead),
+                spend_today=keys.spend_amount(spent),
+                spend_limit=settings.profiles[name].daily_spend_limit,
+            )
+        )
+    at = len(names) * 6
+    rates = _rates(replies[at : at + len(names)], now)
+    counts, info = replies[at + len(names)], replies[at + len(names) + 1]
+    return Overview(
+        at=now,
+        instances=instances,
+        profiles=profiles,
+        rates=rates,
+        campaigns=_campaigns(settings, {as_text(k): int(v) for k, v in counts.items()}),
+        redis=_redis_facts(info),
+    )
+
+
+async def _instances(redis: Redis, now: float) -> list[dict[str, Any]]:
+    found = sorted([as_text(k) async for k in redis.scan_iter(match=keys.health("*"), count=500)])
+    values = await redis.mget(found) if found else []
+    out = []
+    for raw in values:
+        if not raw:
+            continue  # expired between SCAN and MGET: that instance stopped
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            record["age"] = max(0.0, now - float(record.get("at", now)))
+            record["uptime"] = max(0.0, now - float(record.get("started_at", now)))
+            out.append(record)
+    return out
+
+
+def _rates(streams: list[Any], now: float) -> dict[str, float]:
+    """Events per second by status (or type: inbound, click) over the window; when a
+    profile had more than can be read, its rate is what was read over its span."""
+    rates: dict[str, float] = {}
+    for rows in streams:
+        if not isinstance(rows, list) or not rows:
+            continue
+        span = float(RATE_WINDOW)
+        if len(rows) >= _RATE_READ:
+            oldest = int(as_text(rows[-1][0]).split("-", 1)[0]) / 1000
+            span = max(0.001, now - oldest)
+        seen: Counter[str] = Counter()
+        for _eid, fields in rows:
+            status = fields.get(b"status") or fields.get(b"type") or b"other"
+            seen[as_text(status)] += 1
+        for status, count in seen.items():
+            rates[status] = rates.get(status, 0.0) + count / span
+    return dict(sorted(rates.items()))
+
+
+def _campaigns(settings: Settings, counts: dict[str, int]) -> list[dict[str, Any]]:
+    rows = []
+    for name, campaign in sorted(settings.campaigns.items()):
+        cap = daily_cap(campaign)
+        used = counts.get(name, 0)
+        rows.append(
+            {
+                "name": name,
+                "status": campaign.status,
+                "tier": campaign.tier,
+                "used": used,
+                "cap": cap,
+                "share": None if not cap else min(1.0, used / cap),
+            }
+        )
+    return rows
+
+
+def _redis_facts(info: Any) -> dict[str, Any]:
+    info = info if isinstance(info, dict) else {}
+    return {
+        "version": info.get("redis_version", "?"),
+        "role": info.get("role", "?"),
+        "memory": info.get("used_memory_human", "?"),
+        "clients": info.get("connected_clients", "?"),
+        "uptime": info.get("uptime_in_seconds", 0),
+    }
