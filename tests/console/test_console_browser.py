@@ -1,0 +1,121 @@
+"""The console in a real browser (Debian's Chromium driven by Playwright) against the
+real daemon sending over SMPP to our SMSC simulator: the sign-in form, signing in with
+an admin key, the overview showing the SMPP bind bound and the connector up and
+updating by itself, no browser errors (the Content-Security-Policy lets the vendored
+htmx run), signing out and being sent to sign-in again. Screenshots of each page at
+1280 px and at a phone's width go to docs/console/."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.async_api import Browser, Page
+from redis.asyncio import Redis
+
+from router import Client
+from router.config import Settings, parse_settings
+from sims.smscsim import SmscSimulator
+
+from ..binds.test_smpp_flow import smpp_config
+from ..conftest import RunningDaemon, free_port, wait_for
+from .browser import DESKTOP, PHONE, browser, screenshot  # noqa: F401 - the fixture
+from .site import ADMIN
+
+TO = "+447911123456"
+
+
+def _config(redis_url: str, tmp: Path, smsc_port: int, api_port: int) -> Settings:
+    data = smpp_config(redis_url, tmp, smsc_port)
+    data["api"] = {
+        "listen": f"127.0.0.1:{api_port}",
+        "keys": {"ops": {"token": ADMIN, "scopes": ["admin"]}},
+    }
+    return parse_settings(data, env={})
+
+
+def _watch_errors(page: Page) -> list[str]:
+    """Console errors and failed requests of `page` (a CSP violation shows here)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+async def test_sign_in_see_the_bound_connector_sign_out(
+    browser: Browser,  # noqa: F811 - the fixture imported above
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    port = free_port()
+    settings = _config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    run_daemon(settings)
+    base = f"http://127.0.0.1:{port}"
+    client = Client.from_settings(redis, settings)
+    await client.send_many([{"to": TO, "text": f"console test {i}"} for i in range(12)])
+
+    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    page = await context.new_page()
+    errors = _watch_errors(page)
+    await wait_for(lambda: _up(page, base), 20, "the API listening")
+
+    # No session: the console sends the browser to the sign-in form.
+    await page.goto(f"{base}/console")
+    assert page.url == f"{base}/console/login"
+    await page.wait_for_selector("input[name=token]")
+    await screenshot(page, "login-1280")
+
+    # A wrong token is refused on the form.
+    await page.fill("input[name=token]", "x" * 32)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("text=Unknown token.")
+
+    await page.fill("input[name=token]", ADMIN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/console")
+    assert "ops (admin)" in await page.inner_text("header")
+
+    # The SMPP bind comes up by itself on the page (the live part polls every 2 s).
+    bound = page.locator('tr[data-bind][data-state="bound"]')
+    await bound.first.wait_for(timeout=20_000)
+    await page.locator('tr[data-connector="sms"][data-state="up"]').wait_for(timeout=20_000)
+    await page.locator('tr[data-status="delivered"]').wait_for(timeout=20_000)
+    stamp = await page.inner_text(".stamp")
+    await page.wait_for_function(
+        "s => document.querySelector('.stamp').innerText !== s", arg=stamp, timeout=10_000
+    )
+    await screenshot(page, "overview-1280")
+
+    # At a phone's width: nothing wider than the screen but the tables' own scrollers.
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await page.reload()
+    await bound.first.wait_for(timeout=10_000)
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], width
+    await screenshot(page, "overview-390")
+
+    # Sign out: back to sign-in, and the console refuses the old session.
+    await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+    await page.click("text=Sign out")
+    await page.wait_for_url(f"{base}/console/login")
+    await page.goto(f"{base}/console")
+    assert page.url == f"{base}/console/login"
+    cookies = await context.cookies()
+    assert not [c for c in cookies if c["name"] == "sms_console" and c["value"]]
+
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await screenshot(page, "login-390")
+    # The wrong token's 401 is the one failed load the browser reports.
+    assert [e for e in errors if "status of 401" not in e] == []
+    await context.close()
+
+
+async def _up(page: Page, base: str) -> bool:
+    try:
+        answer = await page.request.get(f"{base}/healthz")
+    except Exception:
+        return False
+    return answer.ok
