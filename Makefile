@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= router.toml
 
-.PHONY: test demo run check lint lock bench redis-server node kannel clean
+.PHONY: test demo run check lint lock bench redis-server node kannel chromium clean
 
 # The venv is installed from requirements.lock (exact versions, sha256 hashes), then the
 # project itself without its dependencies: every machine runs the same code.
@@ -70,7 +70,20 @@ kannel:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kannel >/dev/null || { echo "error: could not install kannel (need root or sudo); install it, or run pytest directly to skip its test" >&2; exit 1; }; \
 	}
 
-test: check redis-server kannel $(NODE_STAMP)
+# Debian's Chromium when it is missing: the web console's browser tests
+# (tests/console/test_console_browser.py) drive it with Playwright, which downloads no
+# browser of its own; pytest skips them without it.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@[ -x $(CHROMIUM) ] || { \
+	  echo "Chromium not found ($(CHROMIUM)); installing Debian package chromium"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  command -v apt-get >/dev/null 2>&1 || { echo "error: Chromium is missing and apt-get is not available; install Chromium at $(CHROMIUM) (or set CHROMIUM=path), or run pytest directly to skip the browser tests" >&2; exit 1; }; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null || { echo "error: could not install chromium (need root or sudo); install it, or run pytest directly to skip the browser tests" >&2; exit 1; }; \
+	}
+
+test: check redis-server kannel chromium $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) redis-server
