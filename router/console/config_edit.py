@@ -240,7 +240,10 @@ def edit_text(text: str, change: Change) -> tuple[str, str]:
         summary = _sms_enabled(doc, change)
     else:
         summary = _set_setting(doc, change)
-    return doc.as_string(), summary
+    new = doc.as_string()
+    if "\r\n" in text and not re.search(r"(?<!\r)\n", text):
+        new = re.sub(r"(?<!\r)\n", "\r\n", new)  # tomlkit writes new lines with \n
+    return new, summary
 
 
 def validate_text(
@@ -280,7 +283,8 @@ def unified_diff(old: str, new: str, name: str, context: int = 2) -> str:
         tofile=f"{name} (new)",
         n=context,
     )
-    return "".join(mask_secrets(line if line.endswith("\n") else line + "\n") for line in lines)
+    # Shown as lines: a CRLF file's \r (and a missing last newline) would only be noise.
+    return "".join(mask_secrets(line.rstrip("\r\n") + "\n") for line in lines)
 
 
 def mask_secrets(line: str) -> str:
@@ -585,12 +589,13 @@ def _set_key(node: Any, key: str | SingleKey, value: Any) -> None:
     if isinstance(node, OutOfOrderTableProxy):
         # The part of a table split around other tables that holds its plain keys.
         parts = node._tables
-        table = next((t for t in parts if any(not _is_table(v) for v in t.values())), parts[0])
+        table = next((t for t in parts if any(_is_line(k, v) for k, v in t.value.body)), parts[0])
     assert isinstance(table, Table)
     container: Container = table.value
     body = container.body
     last = max(
-        (i for i, (k, v) in enumerate(body) if k is not None and not _is_table(v)), default=-1
+        (i for i, (k, v) in enumerate(body) if _is_line(k, v)),
+        default=-1,
     )
     item = tomlkit.item(value)
     if last >= 0:
@@ -599,6 +604,12 @@ def _set_key(node: Any, key: str | SingleKey, value: Any) -> None:
         container._insert_at(last + 1, key, item)
     else:
         container.append(key, item)
+
+
+def _is_line(key: Any, value: Any) -> bool:
+    """Whether a table's body entry is a `key = value` line (dotted keys included), not
+    a `[sub.table]` of its own."""
+    return key is not None and (key.is_dotted() or not _is_table(value))
 
 
 def _is_table(value: Any) -> bool:
@@ -617,14 +628,15 @@ def _add_number_table(doc: tomlkit.TOMLDocument, numbers: Any, sender: str) -> N
         super_table.append(key, table)
         doc.append("numbers", super_table)
         return
-    if isinstance(numbers, InlineTable) or any(
-        isinstance(numbers[k], InlineTable) for k in list(numbers)
-    ):
+    if isinstance(numbers, InlineTable) or _holds_inline(numbers):
         # Written as the docs write inline tables: `{ sms_enabled = false }`.
         inline = tomlkit.parse("n = { sms_enabled = false }\n")["n"]
         _set_key(numbers, key, inline)
         return
-    tables = [numbers[k] for k in list(numbers) if isinstance(numbers[k], Table)]
+    # `[numbers."<sender>"]` tables, perhaps in several runs between other tables: the
+    # new one goes after the last.
+    host = numbers._tables[-1] if isinstance(numbers, OutOfOrderTableProxy) else numbers
+    tables = [v for k, v in host.value.body if k is not None and isinstance(v, Table)]
     table = tomlkit.table()
     table.add("sms_enabled", False)
     if tables:
@@ -642,9 +654,16 @@ def _add_number_table(doc: tomlkit.TOMLDocument, numbers: Any, sender: str) -> N
             last_body.append((None, Whitespace("\n")))  # the file spaces its entries
         for _none, item in trailer:
             table.value.body.append((None, item))
-    numbers[key] = table
+    host.append(key, table)
     # tomlkit starts an added table with a blank line; the lines above already space it.
     table.trivia.indent = ""
+
+
+def _holds_inline(numbers: Any) -> bool:
+    """Whether a ``[numbers]`` table writes its entries on lines of its own (inline
+    tables or dotted keys) rather than as ``[numbers."<sender>"]`` tables."""
+    parts = numbers._tables if isinstance(numbers, OutOfOrderTableProxy) else [numbers]
+    return any(_is_line(k, v) for part in parts for k, v in part.value.body)
 
 
 def _ends_blank(table: Table) -> bool:

@@ -117,6 +117,11 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def owner(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_uid, status.st_gid
+
+
 def loaded(path: Path) -> dict[str, Any]:
     return tomllib.loads(read(path))
 
@@ -301,6 +306,74 @@ async def test_a_file_without_numbers_tables_gets_one(tmp_path: Path) -> None:
     assert tomllib.loads(found.new_text)["numbers"] == {"72345": {"sms_enabled": False}}
 
 
+SPLIT = """\
+[profiles.a]
+protocol = "http"
+numbers = ["+447911123456", "+447911123457"]  # two
+
+# connectors next
+[connectors.c]
+protocol = "http"
+http = { url = "http://127.0.0.1:9/x" }
+
+[profiles.b]
+numbers = ["+447911123458"]
+
+[profiles.a.http]
+url = "http://127.0.0.1:9/send"
+
+[numbers]
+"+447911123456".features = ["SmsSender"]
+
+[[routes]]
+connectors = ["c"]
+"""
+
+
+async def test_tables_split_around_others_dotted_keys_and_crlf_lines(tmp_path: Path) -> None:
+    path = tmp_path / "split.toml"
+    old = SPLIT.replace("\n", "\r\n")
+    path.write_bytes(old.encode())
+    # A key of profile a goes with a's own keys, not into [profiles.a.http].
+    setting = plan(path, SetProfileSetting("a", "window", "5"), env={})
+    assert setting.ok, setting.problems
+    assert setting.new_text == old.replace("# two\r\n", "# two\r\nwindow = 5\r\n")
+    moved = plan(path, MoveSender("+447911123457", "b"), env={})
+    assert moved.ok and changed(moved)[1] == [
+        'numbers = ["+447911123456"]  # two',
+        'numbers = ["+447911123458", "+447911123457"]',
+    ]
+    assert "\r" not in moved.diff  # shown as lines, whatever the file's line ends
+    # [numbers] written with dotted keys: the existing entry takes one more, a new one is
+    # a line of the same table.
+    dotted = plan(path, SetSmsEnabled("+447911123456", False), env={})
+    assert dotted.ok and changed(dotted) == ([], ['"+447911123456".sms_enabled = false'])
+    fresh = plan(path, SetSmsEnabled("+447911123457", False), env={})
+    assert fresh.ok and changed(fresh) == ([], ['"+447911123457" = { sms_enabled = false }'])
+    for found in (setting, moved, dotted, fresh):
+        assert "\n" not in found.new_text.replace("\r\n", "")  # still CRLF only
+    assert (await apply(fresh)).applied and path.read_bytes() == fresh.new_text.encode()
+
+
+async def test_a_new_number_table_follows_the_last_of_the_numbers_tables(tmp_path: Path) -> None:
+    path = tmp_path / "runs.toml"
+    old = (
+        '[numbers."+447911123456"]\nfeatures = ["SmsSender"]\n\n'
+        '[profiles.p]\nprotocol = "http"\nnumbers = ["+447911123456", "+447911123457"]\n'
+        'http = { url = "http://127.0.0.1:9/send" }\n\n'
+        '[numbers."+447911123458"]\nverified = false\n\n'
+        "# the end\n"
+        '[profiles.q]\nprotocol = "http"\nnumbers = ["+447911123458"]\n'
+        'http = { url = "http://127.0.0.1:9/send" }\n'
+    )
+    write(path, old)
+    found = plan(path, SetSmsEnabled("+447911123457", False), env={})
+    assert found.ok, found.problems
+    assert found.new_text == old.replace(
+        "verified = false\n", 'verified = false\n[numbers."+447911123457"]\nsms_enabled = false\n'
+    )
+
+
 @pytest.mark.parametrize(
     ("key", "text", "written"),
     [
@@ -435,6 +508,15 @@ async def test_the_file_keeps_its_mode_and_a_link_stays_a_link(tmp_path: Path) -
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
     assert link.is_symlink() and "window = 16" in read(real)
     assert sorted(p.name for p in real.parent.iterdir()) == ["router.toml"]  # no temp left
+
+
+async def test_root_keeps_the_files_owner(small: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file away")
+    os.chown(small, 65534, 65534)
+    found = plan(small, SetProfileSetting("alerts", "window", "16"), env={})
+    assert (await apply(found)).applied
+    assert owner(small) == (65534, 65534)
 
 
 async def test_an_unwritable_folder_writes_nothing(tmp_path: Path) -> None:
