@@ -304,9 +304,18 @@ def mask_secrets(line: str) -> str:
 # ---------------------------------------------------------------- writing
 
 
-def write_plan(plan: Plan) -> None:
+def write_plan(plan: Plan, *, seen: str | None = None) -> None:
     """Write the plan's text in place of the file, atomically; raises `ConfigEditError`
-    (and writes nothing) when the plan has problems or the file changed since."""
+    (and writes nothing) when the plan has problems or the file changed since it was
+    planned, or since the admin was shown the change: `seen` is the `Plan.digest` of
+    that earlier plan (kept in the confirmation form; the change planned again on
+    confirmation must start from the same file)."""
+    if seen is not None and seen != plan.digest:
+        raise ConfigEditError(
+            "file",
+            f"{plan.path} changed since the change was shown (edited by someone else?); "
+            "nothing written: look at the new diff and confirm again",
+        )
     if plan.problems:
         count = len(plan.problems)
         raise ConfigEditError(
@@ -327,12 +336,17 @@ def write_plan(plan: Plan) -> None:
         _atomic_write(target, plan.new_text.encode("utf-8"))
 
 
-async def apply(plan: Plan, reload: Callable[[], Awaitable[bool]] | None = None) -> Outcome:
-    """Write the plan (`write_plan`), then await `reload` (the daemon's, which returns
-    whether it applied the new file). A refused write returns ``applied=False`` and
-    its problems, and changes nothing."""
+async def apply(
+    plan: Plan,
+    reload: Callable[[], Awaitable[bool]] | None = None,
+    *,
+    seen: str | None = None,
+) -> Outcome:
+    """Write the plan (`write_plan`, `seen` as there), then await `reload` (the
+    daemon's, which returns whether it applied the new file). A refused write returns
+    ``applied=False`` and its problems, and changes nothing."""
     try:
-        await asyncio.to_thread(write_plan, plan)
+        await asyncio.to_thread(write_plan, plan, seen=seen)
     except ConfigEditError as exc:
         return Outcome(plan, applied=False, reloaded=None, problems=exc.problems or [str(exc)])
     if reload is None:

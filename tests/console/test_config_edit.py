@@ -130,7 +130,7 @@ def stamp(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), path.stat().st_mtime_ns
 
 
-async def refused(path: Path, found: Plan, reason: str) -> None:
+async def refused(path: Path, found: Plan, reason: str, seen: str | None = None) -> None:
     """Applying `found` is refused naming `reason`, and the file stays as it was."""
     before = stamp(path)
     reloads: list[bool] = []
@@ -139,7 +139,7 @@ async def refused(path: Path, found: Plan, reason: str) -> None:
         reloads.append(True)
         return True
 
-    outcome = await apply(found, reload)
+    outcome = await apply(found, reload, seen=seen)
     assert not outcome.applied and outcome.reloaded is None and not reloads
     assert any(reason in problem for problem in outcome.problems), outcome.problems
     assert "not applied" in outcome.message
@@ -493,6 +493,19 @@ async def test_a_file_changed_after_planning_is_not_overwritten(small: Path) -> 
     again = plan(small, SetProfileSetting("alerts", "window", "16"), env={})
     assert (await apply(again)).applied
     assert "# Edited by hand." in read(small) and "window = 16" in read(small)
+
+
+async def test_a_file_changed_between_showing_and_confirming_is_not_overwritten(
+    small: Path,
+) -> None:
+    change = SetProfileSetting("alerts", "window", "16")
+    shown = plan(small, change, env={})  # the page shows its diff; the form keeps its digest
+    write(small, read(small).replace("# The profiles follow.", "# Edited by hand."))
+    confirmed = plan(small, change, env={})  # planned again when the admin confirms
+    assert confirmed.ok and confirmed.digest != shown.digest
+    await refused(small, confirmed, "changed since the change was shown", seen=shown.digest)
+    again = plan(small, change, env={})
+    assert (await apply(again, seen=again.digest)).applied
 
 
 async def test_the_file_keeps_its_mode_and_a_link_stays_a_link(tmp_path: Path) -> None:
