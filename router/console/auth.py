@@ -44,6 +44,7 @@ __all__ = [
     "failed_sign_in",
     "needs",
     "safe_next",
+    "same_origin",
     "set_cookie",
     "throttled",
 ]
@@ -73,6 +74,24 @@ def is_https(request: web.Request, settings: Settings) -> bool:
     forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     public = settings.api.public_url or ""
     return request.secure or forwarded == "https" or str(public).startswith("https://")
+
+
+def same_origin(request: web.Request, settings: Settings) -> bool:
+    """Whether a form was posted from a page of this console: a browser names the page's
+    origin in ``Origin``; its host must be the one the request was sent to (``Host``, a
+    proxy's ``X-Forwarded-Host``, or `[api] public_url`'s). No ``Origin`` (not a
+    browser, or an old one) passes: sign-in then rests on the token alone."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    given = urlsplit(origin).netloc.lower()
+    ours = {request.host.lower()}
+    forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip().lower()
+    if forwarded:
+        ours.add(forwarded)
+    if settings.api.public_url:
+        ours.add(urlsplit(str(settings.api.public_url)).netloc.lower())
+    return bool(given) and given in ours
 
 
 def set_cookie(

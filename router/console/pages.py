@@ -23,6 +23,7 @@ from router.console.auth import (
     needs,
     redis_unavailable,
     safe_next,
+    same_origin,
     set_cookie,
     throttled,
 )
@@ -67,6 +68,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     account's ``api_token``) starts a session; a wrong one is counted (429 after
     too many from one address)."""
     context = request.app[CONTEXT]
+    if not same_origin(request, context.settings):
+        # Another site's page posting a token here would sign the browser in as
+        # someone else (login CSRF).
+        log.warning("console: sign-in from another site's page refused", address=_address(request))
+        return page("login.html", status=403, next="/console", error="Sign in from this page.")
     form = await request.post()
     token, given_next = form.get("token"), form.get("next")
     nxt = safe_next(given_next if isinstance(given_next, str) else None)

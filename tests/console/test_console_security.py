@@ -291,3 +291,21 @@ async def test_static_files_are_the_vendored_ones_cached_long(
     for wrong in ["nothing.js", "..%2F..%2Fpyproject.toml", ".hidden.css", "VENDORED"]:
         async with http.get(f"/console/static/{wrong}") as response:
             assert response.status == 404, wrong
+
+
+async def test_sign_in_posted_from_another_site_is_refused(
+    http: aiohttp.ClientSession, redis: Redis
+) -> None:
+    """Login CSRF: another site's page cannot sign the browser in (as its own token)."""
+    for origin in ["https://evil.example", "http://127.0.0.1.evil.example", "null"]:
+        async with http.post(
+            "/console/login", data={"token": READER}, headers={"Origin": origin}
+        ) as response:
+            assert response.status == 403, origin
+            assert "Set-Cookie" not in response.headers
+    assert await _sessions(redis) == []
+    ours = str(http._base_url).rstrip("/")  # the page's own origin
+    assert await sign_in(http, READER, headers={"Origin": ours})
+    # Behind a proxy: the host the browser used, as the proxy names it.
+    proxied = {"Origin": "https://sms.example.com", "X-Forwarded-Host": "sms.example.com"}
+    assert await sign_in(http, READER, headers=proxied)
