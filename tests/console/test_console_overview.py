@@ -51,6 +51,16 @@ async def test_the_overview_shows_what_redis_holds(
         "profiles": {"alerts": {"in_flight": 3, "capacity": 8, "ready": True}},
         "binds": {
             "smsc-a#1": {"state": "bound", "error": None, "ready": True},
+            # What a record says of a bind beyond its state, once the daemon writes it.
+            "smsc-b#1": {
+                "state": "bound",
+                "error": None,
+                "ready": True,
+                "window": 10,
+                "in_flight": 4,
+                "rate": 52.345,
+                "throttles": 7,
+            },
             "smsc-a#2": {"state": "unbound", "error": "connection refused", "ready": False},
             "<img src=x onerror=alert(1)>": {"state": "bound", "error": None, "ready": True},
         },
@@ -79,6 +89,7 @@ async def test_the_overview_shows_what_redis_holds(
     assert "<html" not in page  # the fragment alone
     assert "edge-1" in page and "pid 4242" in page and "up 1 h 1 min" in page
     assert _row(page, "data-bind", "smsc-a#1") == "smsc-a#1 bound - - -"
+    assert _row(page, "data-bind", "smsc-b#1") == "smsc-b#1 bound 4 / 10 52.3/s 7"
     assert _row(page, "data-bind", "smsc-a#2") == "smsc-a#2 unbound - - - connection refused"
     assert _row(page, "data-connector", "backup") == "backup open"
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
