@@ -44,6 +44,7 @@ from router.errors import RouterError
 from router.numbers import normalise_sender
 
 __all__ = [
+    "MASK",
     "PROFILE_SETTINGS",
     "Change",
     "ConfigEditError",
@@ -54,8 +55,10 @@ __all__ = [
     "SetSmsEnabled",
     "apply",
     "edit_text",
+    "mask_secrets",
     "plan",
     "setting_kind",
+    "unified_diff",
     "validate_text",
     "write_plan",
 ]
