@@ -84,8 +84,8 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
             low = f"{int((now - RATE_WINDOW) * 1000)}-0"
             pipe.xrevrange(keys.events(name), "+", low, count=_RATE_READ)
         pipe.hgetall(keys.campaign_counts(day))
-        pipe.info()
         replies = await pipe.execute(raise_on_error=False)
+    info = await redis.info()  # alone: a cluster pipeline routes by key, INFO has none
     for reply in replies:
         # A profile whose consumer group is not made yet answers XPENDING with NOGROUP.
         if isinstance(reply, Exception) and not (
@@ -112,7 +112,7 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
         )
     at = len(names) * 6
     rates = _rates(replies[at : at + len(names)], now)
-    counts, info = replies[at + len(names)], replies[at + len(names) + 1]
+    counts = replies[at + len(names)]
     return Overview(
         at=now,
         instances=instances,
@@ -125,7 +125,12 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
 
 async def _instances(redis: Redis, now: float) -> list[dict[str, Any]]:
     found = sorted([as_text(k) async for k in redis.scan_iter(match=keys.health("*"), count=500)])
-    values = await redis.mget(found) if found else []
+    # One GET each in a pipeline, not MGET: on Redis Cluster the records live in
+    # different slots.
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in found:
+            pipe.get(key)
+        values = await pipe.execute() if found else []
     out = []
     for raw in values:
         if not raw:
