@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ async def test_the_console_on_a_cluster(tmp_path: Path, provider: Provider) -> N
         async with open_redis(settings) as redis:
             now = time.time()
             for name in ("edge-1", "edge-2", "edge-3"):
-                record = {"instance": name, "at": now, "started_at": now, "binds": {}}
+                record: dict[str, Any] = {"instance": name, "at": now, "started_at": now}
                 await redis.set(keys.health(name), json.dumps(record), ex=15)
             await redis.xadd(keys.events("alerts"), {"id": "j1", "status": "delivered"})
             await redis.xadd(keys.queue("bulk"), {"job": b"x"})
