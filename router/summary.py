@@ -83,6 +83,8 @@ def number_facts(settings: Settings, profile: str) -> list[dict[str, Any]]:
                 "tier": campaign.tier if campaign else None,
                 "daily_cap": daily_cap(campaign) if campaign else None,
                 "can_send": refusal is None,
+                # Whether it may send an MMS (given a route that carries media).
+                "mms": rules.mms_problem(number) is None,
                 "code": refusal.code if refusal else None,
                 # The reason starts with the number; the rows name it already.
                 "why": refusal.reason.removeprefix(f"{number}: ") if refusal else None,
@@ -117,6 +119,8 @@ def config_lines(settings: Settings) -> list[str]:
             )
         if p.daily_spend_limit is not None:
             rule += f" daily_spend_limit={p.daily_spend_limit:g}"
+        if p.mms_fallback != "link":  # the default is not shown
+            rule += f" mms_fallback={p.mms_fallback}"
         lines.append(rule)
         facts = number_facts(settings, name)
         able = sum(1 for f in facts if f["can_send"])
@@ -131,6 +135,8 @@ def config_lines(settings: Settings) -> list[str]:
                 where = f"within {f['country']} only"
             state = f"can send ({where})" if f["can_send"] else f"cannot send: {f['why']}"
             line = f"    {f['number']} [{f['kind'].replace('_', ' ')}]: {state}"
+            if f["can_send"] and f["mms"]:
+                line += ", MMS"
             if f["campaign"]:
                 line += f"; campaign {f['campaign']}"
                 if f["campaign"] not in mine:
@@ -161,6 +167,8 @@ def route_lines(settings: Settings) -> list[str]:
     lines: list[str] = []
     for name, c in settings.connectors.items():
         line = f"connector {name}: {c.protocol} {c.processing} window={c.window} tps={c.tps:g}"
+        if c.carries_media:
+            line += " (carries MMS)"
         if c.smpp is not None:
             line += f" -> {c.smpp.bind} x{c.smpp.binds} {c.smpp.host}:{c.smpp.port}"
         if c.prices:
@@ -179,6 +187,8 @@ def route_lines(settings: Settings) -> list[str]:
         ):
             if values:
                 line += f" {key}=" + ",".join(values)
+        if route.kind is not None:
+            line += f" kind={route.kind}"
         if line.endswith(":"):
             line += " (matches every message)"
         line += f" -> {route.strategy} " + ",".join(route.connectors)
