@@ -4,6 +4,8 @@ downloads no browser of its own). Without Chromium the browser tests are skipped
 saying why.
 
 Import the fixtures into a test module: ``from .browser import browser  # noqa: F401``.
+Screenshots refresh docs/console/*.png when asked:
+``CONSOLE_SCREENSHOTS=docs .venv/bin/python -m pytest tests/console/test_console_browser.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 CHROMIUM: Final = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DESKTOP: Final = {"width": 1280, "height": 800}
 PHONE: Final = {"width": 390, "height": 844}
-SHOTS: Final = Path(__file__).resolve().parents[2] / "docs" / "console"
+DOCS_SHOTS: Final = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -56,9 +58,18 @@ async def browser() -> AsyncIterator[Browser]:
             await found.close()
 
 
-async def screenshot(page: Page, name: str) -> Path:
-    """Save the whole page as docs/console/<name>.png (the docs show these)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)
+def shots_dir(tmp: Path) -> Path:
+    """Where screenshots go: docs/console when ``CONSOLE_SCREENSHOTS=docs`` (to refresh
+    the docs' pictures), else `tmp`, so that a test run leaves the checkout as it was
+    (every run's pictures differ: times, pids)."""
+    where = DOCS_SHOTS if os.environ.get("CONSOLE_SCREENSHOTS") == "docs" else tmp
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+async def screenshot(page: Page, name: str, where: Path) -> Path:
+    """Save the whole page as `where`/<name>.png (`where` from `shots_dir`)."""
+    path = where / f"{name}.png"
+    taken = await page.screenshot(path=str(path), full_page=True)
+    assert taken[:8] == b"\x89PNG\r\n\x1a\n"
     return path

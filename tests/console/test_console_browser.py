@@ -3,7 +3,7 @@ real daemon sending over SMPP to our SMSC simulator: the sign-in form, signing i
 an admin key, the overview showing the SMPP bind bound and the connector up and
 updating by itself, no browser errors (the Content-Security-Policy lets the vendored
 htmx run), signing out and being sent to sign-in again. Screenshots of each page at
-1280 px and at a phone's width go to docs/console/."""
+1280 px and at a phone's width (docs/console/ with CONSOLE_SCREENSHOTS=docs)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sims.smscsim import SmscSimulator
 
 from ..binds.test_smpp_flow import smpp_config
 from ..conftest import RunningDaemon, free_port, wait_for
-from .browser import DESKTOP, PHONE, browser, screenshot  # noqa: F401 - the fixture
+from .browser import DESKTOP, PHONE, browser, screenshot, shots_dir  # noqa: F401 - the fixture
 from .site import ADMIN
 
 TO = "+447911123456"
@@ -50,6 +50,7 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     smsc: SmscSimulator,
     run_daemon: Callable[[Settings], RunningDaemon],
 ) -> None:
+    shots = shots_dir(tmp_path / "shots")
     port = free_port()
     settings = _config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
     run_daemon(settings)
@@ -66,7 +67,7 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     await page.goto(f"{base}/console")
     assert page.url == f"{base}/console/login"
     await page.wait_for_selector("input[name=token]")
-    await screenshot(page, "login-1280")
+    await screenshot(page, "login-1280", shots)
 
     # A wrong token is refused on the form.
     await page.fill("input[name=token]", "x" * 32)
@@ -87,7 +88,7 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     await page.wait_for_function(
         "s => document.querySelector('.stamp').innerText !== s", arg=stamp, timeout=10_000
     )
-    await screenshot(page, "overview-1280")
+    await screenshot(page, "overview-1280", shots)
 
     # At a phone's width: nothing wider than the screen but the tables' own scrollers.
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
@@ -95,7 +96,7 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     await bound.first.wait_for(timeout=10_000)
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], width
-    await screenshot(page, "overview-390")
+    await screenshot(page, "overview-390", shots)
 
     # Sign out: back to sign-in, and the console refuses the old session.
     await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
@@ -107,7 +108,7 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     assert not [c for c in cookies if c["name"] == "sms_console" and c["value"]]
 
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
-    await screenshot(page, "login-390")
+    await screenshot(page, "login-390", shots)
     # The wrong token's 401 is the one failed load the browser reports.
     assert [e for e in errors if "status of 401" not in e] == []
     await context.close()
