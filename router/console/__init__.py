@@ -2,11 +2,19 @@
 listener: server-rendered pages (jinja2, router/console/templates) with the vendored
 htmx (router/console/static) for live updates; sessions in Redis.
 
-The HTTP application registers it with `add_routes(app)`.
+The HTTP application registers it with `add_routes(app)`; each group of pages (a
+module of this package) registers its own routes.
 """
 
 from __future__ import annotations
 
-from router.console.pages import add_routes
+from aiohttp import web
+
+from router.console import pages
 
 __all__ = ["add_routes"]
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every console page under ``/console``."""
+    pages.add_routes(app)
