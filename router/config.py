@@ -999,6 +999,8 @@ class ApiSettings(_Section):
     # Extra processes that serve `listen` together (SO_REUSEPORT) and enqueue to Redis,
     # while the daemon's own process sends; 0: the daemon serves it itself.
     workers: Annotated[int, _between(0, 64)] = 0
+    # Seconds a web console session lasts after sign-in (router/console).
+    console_session_ttl: Annotated[int, _between(300, 30 * 86_400)] = 28_800
 
     @field_validator("listen")
     @classmethod

@@ -40,10 +40,8 @@ _MAX_TOKEN: Final = 1024  # longer is no token of ours: refused before comparing
 
 
 def _ttl(request: web.Request) -> int:
-    """Seconds a session lasts: `[api] console_session_ttl` once the configuration
-    has it, else the default."""
-    api = request.app[CONTEXT].settings.api
-    return int(getattr(api, "console_session_ttl", None) or sessions.DEFAULT_TTL)
+    """Seconds a session lasts: `[api] console_session_ttl`."""
+    return request.app[CONTEXT].settings.api.console_session_ttl
 
 
 def _address(request: web.Request) -> str:

@@ -25,11 +25,8 @@ from router.config import Scope, Settings
 from router.store import keys
 from router.store.connections import as_text
 
-__all__ = ["DEFAULT_TTL", "Session", "end", "end_all", "find", "start"]
+__all__ = ["Session", "end", "end_all", "find", "start"]
 
-# Seconds a session lasts after sign-in (wanted in the configuration as
-# `[api] console_session_ttl`).
-DEFAULT_TTL: Final = 8 * 3600
 # The last-seen time is written at most this often (seconds), not on every poll.
 _SEEN_EVERY: Final = 30.0
 

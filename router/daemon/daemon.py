@@ -65,8 +65,9 @@ HEALTH_EVERY = 5.0
 
 
 def health_key(instance: str) -> str:
-    """Where an instance publishes its health (read by `sms-router health`)."""
-    return f"sms:health:{instance}"
+    """Where an instance publishes its health (read by `sms-router health` and the
+    web console)."""
+    return keys.health(instance)
 
 
 def _signing(settings: Settings) -> dict[str, bytes]:
@@ -583,6 +584,9 @@ class Daemon:
                     "state": getattr(b, "state", "ready"),
                     "error": getattr(b, "last_error", None),
                     "ready": b.ready,
+                    "window": b.window,
+                    "in_flight": b.in_flight,
+                    "throttles": getattr(b, "throttles", 0),
                 }
                 for c in self.connectors
                 for b in c.binds

@@ -388,7 +388,10 @@ async def test_openapi_lists_every_endpoint(api: Api) -> None:
     # Kannel's sendsms (docs/sendsms.md: it answers Kannel's text, not JSON),
     # Prometheus' exposition (docs/operations.md) and tracked links' redirects
     # (docs/mms-and-links.md) are not OpenAPI operations.
-    elsewhere = ("/2010-04-01/", "/v1/events", "/v1/providers/", "/metrics", "/cgi-bin/", "/l/")
+    elsewhere = (
+        "/2010-04-01/", "/v1/events", "/v1/providers/", "/metrics", "/cgi-bin/", "/l/",
+        "/console",  # HTML pages, not the API
+    )  # fmt: skip
     routes = {
         (route.method.lower(), route.resource.canonical)
         for route in api.running.daemon.api.app.router.routes()

@@ -16,9 +16,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router.config import Settings
+from router.config import ApiSettings, Settings
 from router.console.auth import COOKIE, FAILURES_ALLOWED
-from router.console.sessions import DEFAULT_TTL
 from router.store import keys
 
 from ..conftest import Provider, free_port
@@ -34,6 +33,8 @@ from .site import (
     settings_of,
     sign_in,
 )
+
+_TTL = ApiSettings.model_fields["console_session_ttl"].default  # 8 h
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ async def test_the_cookie_flags(http: aiohttp.ClientSession) -> None:
     assert morsel["httponly"] is True
     assert morsel["samesite"] == "Strict"
     assert morsel["path"] == "/console"
-    assert morsel["max-age"] == str(DEFAULT_TTL)
+    assert morsel["max-age"] == str(_TTL)
     assert not morsel["secure"] and "secure" not in raw.lower()
     # Behind an https proxy the cookie is Secure.
     https = {"X-Forwarded-Proto": "https"}
@@ -191,7 +192,7 @@ async def test_sessions_are_shared_and_end_at_sign_out(
     stored = await _sessions(redis)
     # Redis holds the SHA-256 of the cookie's value, never the value itself.
     assert stored == [keys.console_session(hashlib.sha256(session.encode()).hexdigest()).encode()]
-    assert 0 < await redis.ttl(stored[0]) <= DEFAULT_TTL
+    assert 0 < await redis.ttl(stored[0]) <= _TTL
     stored_values = (await redis.hgetall(stored[0])).values()
     assert all(ADMIN not in str(value) for value in stored_values)
     # A second instance on the same Redis knows the session.
