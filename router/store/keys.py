@@ -208,6 +208,20 @@ def top_clicks(profile: str, day: str) -> str:
     return f"sms:{{{profile}}}:clicks:top:{day}"
 
 
+def recipient_index(profile: str, recipient: str) -> str:
+    """Sorted set: the ids of `profile`'s messages to `recipient` (as the record's
+    `to`: E.164), scored by their records' creation time; written once per message by
+    the step that creates its record (enqueue.lua, sending.lua), so the console finds a
+    recipient's messages without scanning the event streams. Expires the retention after
+    its latest message; entries older than the retention are trimmed as it grows."""
+    return f"sms:{{{profile}}}:to:{recipient}"
+
+
+def recipient_index_prefix(profile: str) -> str:
+    """`recipient_index` without the recipient: the scripts' callers append it."""
+    return f"sms:{{{profile}}}:to:"
+
+
 def health(instance: str) -> str:
     """Where a running instance publishes its health record (JSON, short TTL; written
     by the daemon, read by `sms-router health` and the web console)."""

@@ -475,6 +475,8 @@ class Ledger:
         record = keys.record(profile, "")
         script_keys = [keys.events(profile), keys.callbacks(profile), keys.stats(profile)]
         script_keys += [record + it.id for it in items]
+        to = keys.recipient_index_prefix(profile)
+        script_keys += [to + it.to for it in items]
         script_keys += [it.sticky_key for it in items if it.sticky_key]
         reply = await self._sending(keys=script_keys, args=[payload])
         return [
@@ -622,6 +624,8 @@ class Ledger:
         record = keys.record(profile, "")
         script_keys = [keys.events(profile), keys.callbacks(profile), keys.queue(profile)]
         script_keys += [record + job_id for job_id, _job, _fields in items]
+        to = keys.recipient_index_prefix(profile)
+        script_keys += [to + fields.get("to", "") for _job_id, _job, fields in items]
         payload = msgpack.packb(
             EnqueueCall(
                 f"{time.time():.6f}",

@@ -3,7 +3,9 @@
 -- id that has a record already (a repeat) is not enqueued again. The new entry owns
 -- the record.
 -- One profile's jobs (every key in its slot). KEYS: event stream, callbacks stream, work
--- stream, then each item's record.
+-- stream, then each item's record, then each item's recipient index (keys.py's
+-- `recipient_index` of its `to`: the new record's id goes there, scored by its creation
+-- time, so the console finds a recipient's messages without reading the event streams).
 -- ARGV[1]: msgpack ENQUEUE_CALL {now, retention, events maxlen, profile, items}; each
 -- item an ENQUEUED {job id, encoded job, {record field, value, ...}} (common.lua;
 -- router/store/ledger.py); the fields `to`, `from`, `meta`, `account`, `media` (an
@@ -13,8 +15,22 @@
 local args = cmsgpack.unpack(ARGV[1])
 local now, ttl = args[ENQUEUE_CALL_NOW], args[ENQUEUE_CALL_RETENTION]
 local maxlen, profile = args[ENQUEUE_CALL_EVENTS_MAXLEN], args[ENQUEUE_CALL_PROFILE]
+local items = args[ENQUEUE_CALL_ITEMS]
 local out = {}
-for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
+
+-- The recipient index: written once per message, here. The set lives the retention
+-- after its latest message; one written to so steadily it never idles that long is
+-- trimmed of the entries older than the retention once it holds more than 32 (so a
+-- one-off recipient's write is a ZADD, an EXPIRE and a ZCARD).
+local function index_recipient(key, job)
+  redis.call('ZADD', key, now, job)
+  redis.call('EXPIRE', key, ttl)
+  if redis.call('ZCARD', key) > 32 then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tonumber(now) - ttl))
+  end
+end
+
+for i, it in ipairs(items) do
   local rec = KEYS[3 + i]
   if redis.call('EXISTS', rec) == 1 then
     out[#out + 1] = 'duplicate'; out[#out + 1] = ''
@@ -24,7 +40,7 @@ for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
     local fields = {'created_at', now, 'owner', entry, 'status', 'queued', 'n', 1,
                     name, value}
     local ev = {'id', it[ENQUEUED_ID], 'profile', profile, 'status', 'queued', 'at', now}
-    local url = nil
+    local url, to = nil, nil
     local given = it[ENQUEUED_FIELDS]
     for i = 1, #given, 2 do
       local field, v = given[i], given[i + 1]
@@ -40,9 +56,11 @@ for i, it in ipairs(args[ENQUEUE_CALL_ITEMS]) do
       elseif field == 'status_callback_url' then
         url = v
       end
+      if field == 'to' then to = v end
     end
     redis.call('HSET', rec, unpack(fields))
     redis.call('EXPIRE', rec, ttl)
+    if to and to ~= '' then index_recipient(KEYS[3 + #items + i], it[ENQUEUED_ID]) end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
     post(KEYS[2], url, ev)
     out[#out + 1] = 'ok'; out[#out + 1] = entry

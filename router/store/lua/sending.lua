@@ -2,8 +2,10 @@
 -- For each message the record's owner decides: a record owned by another entry is a
 -- duplicate job id, a final one is not sent again; otherwise the step is one HMGET,
 -- one HSET and the event. (The attempts are the record's `sending` steps.)
--- KEYS: event stream, callbacks stream, stats hash, then each item's record, then the
--- sticky keys of the items that have one, in item order.
+-- KEYS: event stream, callbacks stream, stats hash, then each item's record, then each
+-- item's recipient index (keys.py's `recipient_index` of its `to`: written only by a
+-- step that creates the record, a plain XADD job's; a door's job was indexed by
+-- enqueue.lua), then the sticky keys of the items that have one, in item order.
 -- ARGV[1]: msgpack SENDING_CALL {now, profile, retention, events maxlen, items}; each
 -- item a SENDING (common.lua: names and meanings in router/store/ledger.py); a sticky
 -- key is set to `sender` (the recipient's number from now on, `sticky` strategies), in
@@ -13,7 +15,7 @@ local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[SENDING_CALL_NOW], args[SENDING_CALL_PROFILE]
 local ttl, maxlen = args[SENDING_CALL_RETENTION], args[SENDING_CALL_EVENTS_MAXLEN]
 local items = args[SENDING_CALL_ITEMS]
-local sticky = 3 + #items  -- KEYS index of the last sticky key taken
+local sticky = 3 + 2 * #items  -- KEYS index of the last sticky key taken
 local out = {}
 for i, it in ipairs(items) do
   local job, owner, replay = it[SENDING_ID], it[SENDING_OWNER], it[SENDING_REPLAY]
@@ -56,7 +58,16 @@ for i, it in ipairs(items) do
     if sticky_key ~= '' then
       redis.call('SET', KEYS[sticky], from, 'EX', it[SENDING_STICKY_TTL])
     end
-    if not st then redis.call('EXPIRE', rec, ttl) end
+    if not st then
+      redis.call('EXPIRE', rec, ttl)
+      -- The recipient index, as enqueue.lua writes it for a door's job (see there).
+      local index = KEYS[3 + #items + i]
+      redis.call('ZADD', index, now, job)
+      redis.call('EXPIRE', index, ttl)
+      if redis.call('ZCARD', index) > 32 then
+        redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - ttl))
+      end
+    end
     if st == 'sending' then
       -- The last attempt never got an outcome recorded: it may have reached the
       -- provider before a crash. Sending again is the at-least-once price; count it.
