@@ -1,0 +1,244 @@
+"""The console's Numbers page over plain HTTP against a real daemon started from a
+configuration file (router/console/numbers.py): every sender listed under its profile
+with whether it may send and why not; a ``read`` session sees no change forms and is
+refused the changes; a change without the CSRF token is refused; a preview shows the
+diff, or the problems of a change the router's loader refuses; a refused change and a
+stale confirmation leave the file's bytes as they were; a confirmed move is written,
+reloaded, and the daemon's settings and the page show the number in its new profile."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from router.console.numbers import CONSOLE_CONFIG, ConfigFile
+from router.daemon.daemon import Daemon
+
+from ..conftest import Provider, wait_for
+from ..daemon.test_process import write_config
+from ..daemon.test_reload import daemon_from  # noqa: F401 - the daemon-on-a-file fixture
+from .site import ADMIN, READER, console_config, cookie, csrf_of, sign_in
+
+MOVED = "+14082223333"  # one of alerts' numbers (conftest NUMBERS)
+PAUSED = "+14155552671"  # alerts' number with sms_enabled = false
+UK = "+447911123456"  # bulk's
+
+
+def numbers_config(redis_url: str, provider: Provider, tmp: Path) -> Path:
+    """The console tests' configuration, with one number paused, written to a file."""
+    data = console_config(redis_url, provider.url, tmp)
+    data["numbers"][PAUSED]["sms_enabled"] = False
+    return write_config(tmp / "router.toml", data)
+
+
+def console_of(daemon: Daemon) -> None:
+    """Give the daemon's API the console's access to its file and reload, unless the
+    daemon gave it already."""
+    assert daemon.api is not None
+    daemon.api.context.extras.setdefault(
+        CONSOLE_CONFIG, ConfigFile(daemon.config_path, daemon.reload)
+    )
+
+
+@asynccontextmanager
+async def numbers_site(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the daemon's API listener (no redirects followed, no cookies kept)."""
+    await wait_for(lambda: daemon.api is not None and daemon.api.port, 20, "the API listening")
+    console_of(daemon)
+    assert daemon.api is not None
+    async with aiohttp.ClientSession(
+        base_url=f"http://127.0.0.1:{daemon.api.port}", cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
+        yield http
+
+
+async def post(
+    http: aiohttp.ClientSession, path: str, session: str, form: dict[str, str]
+) -> tuple[int, str]:
+    async with http.post(path, data=form, headers=cookie(session), allow_redirects=False) as r:
+        return r.status, await r.text()
+
+
+def digest_of(page: str) -> str:
+    found = re.search(r'name="digest" value="([0-9a-f]{64})"', page)
+    assert found is not None, page
+    return found.group(1)
+
+
+def row_of(page: str, number: str) -> str:
+    """The table row of `number` on the Numbers page."""
+    found = re.search(rf'<tr data-number="{re.escape(number)}".*?</tr>', page, re.S)
+    assert found is not None, f"{number} not on the page"
+    return found.group(0)
+
+
+async def test_the_page_lists_every_sender_and_a_reader_cannot_change_anything(
+    redis: Redis,
+    redis_url: str,
+    provider: Provider,
+    tmp_path: Path,
+    daemon_from: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    path = numbers_config(redis_url, provider, tmp_path)
+    daemon = daemon_from(path)
+    before = path.read_bytes()
+    async with numbers_site(daemon) as http:
+        async with http.get("/console/numbers", allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/console/login?next=%2Fconsole%2Fnumbers"
+        reader = await sign_in(http, READER)
+        async with http.get("/console/numbers", headers=cookie(reader)) as response:
+            assert response.status == 200
+            page = await response.text()
+        for number in ("+16501112345", MOVED, PAUSED):
+            assert 'data-profile="alerts"' in row_of(page, number)
+        assert 'data-profile="bulk"' in row_of(page, UK)
+        assert 'data-can-send="yes"' in row_of(page, MOVED)
+        paused = row_of(page, PAUSED)
+        assert 'data-can-send="no"' in paused and "(SMS disabled)" in paused
+        assert "sms_enabled" in html.unescape(paused)  # why it may not send
+        assert "test (Confirmed, StandardVolume)" in row_of(page, MOVED)  # its campaign
+        assert "0 / " in row_of(page, MOVED)  # today's count against the cap
+        # A reader sees no change forms, and is refused the changes themselves.
+        assert "/console/numbers/preview" not in page and "Settings of" not in page
+        csrf = await csrf_of(http, reader)
+        move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
+        status, text = await post(http, "/console/numbers/preview", reader, move)
+        assert status == 403 and "lacks the 'admin' scope" in html.unescape(text)
+        status, _ = await post(http, "/console/numbers/apply", reader, {**move, "digest": "0" * 64})
+        assert status == 403
+
+        admin = await sign_in(http, ADMIN)
+        async with http.get("/console/numbers", headers=cookie(admin)) as response:
+            page = await response.text()
+        assert "/console/numbers/preview" in page and "Settings of bulk" in page
+        # Without the CSRF token (or with another session's), nothing is planned or written.
+        good = {**move, "csrf": await csrf_of(http, admin)}
+        status, text = await post(http, "/console/numbers/preview", admin, good)
+        assert status == 200
+        confirm = {**good, "digest": digest_of(text)}
+        for form in ({k: v for k, v in confirm.items() if k != "csrf"}, {**confirm, "csrf": csrf}):
+            status, text = await post(http, "/console/numbers/apply", admin, form)
+            assert status == 403 and "CSRF token" in text
+    assert path.read_bytes() == before
+    assert daemon.settings.profile_of_number(MOVED) == "alerts"
+
+
+async def test_a_preview_shows_the_diff_or_the_problems_and_a_refusal_writes_nothing(
+    redis: Redis,
+    redis_url: str,
+    provider: Provider,
+    tmp_path: Path,
+    daemon_from: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    path = numbers_config(redis_url, provider, tmp_path)
+    daemon = daemon_from(path)
+    before = path.read_bytes()
+    async with numbers_site(daemon) as http:
+        admin = await sign_in(http, ADMIN)
+        csrf = await csrf_of(http, admin)
+
+        # A setting the loader accepts: the diff, and a confirmation form with its digest.
+        window = {"csrf": csrf, "action": "setting", "profile": "bulk", "key": "window"}
+        status, text = await post(
+            http, "/console/numbers/preview", admin, {**window, "value": "12"}
+        )
+        assert status == 200, text
+        assert '<span class="add">+window = 12</span>' in text
+        assert 'action="/console/numbers/apply"' in text and digest_of(text)
+
+        # A value the loader refuses: its problem, no confirmation form.
+        bad = {"csrf": csrf, "action": "setting", "profile": "alerts", "key": "sender"}
+        bad["value"] = "fastest"
+        status, text = await post(http, "/console/numbers/preview", admin, bad)
+        assert status == 422, text
+        assert 'id="problems"' in text and "profiles.alerts.sender" in html.unescape(text)
+        assert '+sender = "fastest"' in html.unescape(text)  # the diff it refused
+        assert 'action="/console/numbers/apply"' not in text
+        # Confirming it anyway (a forged form) is refused the same way.
+        status, text = await post(
+            http, "/console/numbers/apply", admin, {**bad, "digest": digest_of_file(path)}
+        )
+        assert status == 422 and 'id="problems"' in text
+
+        # Changes that cannot be made name the field.
+        for form, field in (
+            ({"action": "move", "sender": "+19999999999", "profile": "bulk"}, "sender"),
+            ({"action": "move", "sender": MOVED, "profile": "nope"}, "profile"),
+            ({"action": "setting", "profile": "bulk", "key": "numbers", "value": "x"}, "key"),
+            ({"action": "setting", "profile": "bulk", "key": "window", "value": "many"}, "window"),
+            ({"action": "sms", "sender": MOVED, "enabled": "maybe"}, "enabled"),
+            ({"action": "drop"}, "action"),
+        ):
+            status, text = await post(
+                http, "/console/numbers/preview", admin, {"csrf": csrf, **form}
+            )
+            assert status == 400, (form, text)
+            assert re.search(rf"<li class=\"error\">[^<]*{field}[^<]*:", text), (form, text)
+    assert path.read_bytes() == before
+
+
+def digest_of_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_confirmed_move_is_written_and_reloaded_and_a_stale_one_is_refused(
+    redis: Redis,
+    redis_url: str,
+    provider: Provider,
+    tmp_path: Path,
+    daemon_from: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    path = numbers_config(redis_url, provider, tmp_path)
+    daemon = daemon_from(path)
+    async with numbers_site(daemon) as http:
+        admin = await sign_in(http, ADMIN)
+        csrf = await csrf_of(http, admin)
+        move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
+        status, text = await post(http, "/console/numbers/preview", admin, move)
+        assert status == 200, text
+        assert path.read_text().count(MOVED) == 2  # nothing written by a preview
+        confirm = {**move, "digest": digest_of(text)}
+
+        # Someone edits the file between the diff and the confirmation: refused, and
+        # the change shown again against the file as it is now.
+        edited = path.read_text() + "# edited by hand\n"
+        path.write_text(edited)
+        status, text = await post(http, "/console/numbers/apply", admin, confirm)
+        assert status == 409 and "changed since the diff was shown" in text
+        assert path.read_text() == edited
+        confirm["digest"] = digest_of(text)
+
+        status, text = await post(http, "/console/numbers/apply", admin, confirm)
+        assert status == 200, text
+        assert 'data-applied="yes"' in text and 'data-reloaded="yes"' in text
+        assert "Applied and reloaded" in text
+        assert 'data-profile="bulk"' in row_of(text, MOVED)  # the page after the reload
+        assert daemon.settings.profile_of_number(MOVED) == "bulk"
+        assert daemon.reloads == 1
+        assert path.read_text().endswith("# edited by hand\n")  # the rest kept
+
+        # The same confirmation again (a browser's resubmission): stale, nothing written.
+        after = path.read_bytes()
+        status, text = await post(http, "/console/numbers/apply", admin, confirm)
+        assert status in (400, 409), text
+        assert path.read_bytes() == after and daemon.reloads == 1
+
+        # SMS off on a number, confirmed: the page shows it disabled after the reload.
+        sms = {"csrf": csrf, "action": "sms", "sender": UK, "enabled": "false"}
+        status, text = await post(http, "/console/numbers/preview", admin, sms)
+        assert status == 200, text
+        status, text = await post(
+            http, "/console/numbers/apply", admin, {**sms, "digest": digest_of(text)}
+        )
+        assert status == 200 and 'data-reloaded="yes"' in text, text
+        assert 'data-can-send="no"' in row_of(text, UK)
+        assert daemon.settings.number(UK).sms_enabled is False
