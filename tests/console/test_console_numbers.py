@@ -105,7 +105,7 @@ async def test_the_page_lists_every_sender_and_a_reader_cannot_change_anything(
         paused = row_of(page, PAUSED)
         assert 'data-can-send="no"' in paused and "(SMS disabled)" in paused
         assert "sms_enabled" in html.unescape(paused)  # why it may not send
-        assert "test (Confirmed, StandardVolume)" in row_of(page, MOVED)  # its campaign
+        assert "test<br><small>Confirmed, StandardVolume</small>" in row_of(page, MOVED)
         assert "0 / " in row_of(page, MOVED)  # today's count against the cap
         # A reader sees no change forms, and is refused the changes themselves.
         assert "/console/numbers/preview" not in page and "Settings of" not in page
@@ -242,3 +242,48 @@ async def test_a_confirmed_move_is_written_and_reloaded_and_a_stale_one_is_refus
         assert status == 200 and 'data-reloaded="yes"' in text, text
         assert 'data-can-send="no"' in row_of(text, UK)
         assert daemon.settings.number(UK).sms_enabled is False
+
+
+async def test_api_workers_pass_the_changes_to_the_daemon(
+    redis: Redis,
+    redis_url: str,
+    provider: Provider,
+    tmp_path: Path,
+    daemon_from: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    """With ``[api] workers`` every connection is a worker's: the page is the worker's
+    own, the preview and the apply go on to the daemon (its file, its reload), and the
+    workers' page shows the move once the daemon has handed them the new settings."""
+    data = console_config(redis_url, provider.url, tmp_path)
+    data["api"]["workers"] = 2
+    path = write_config(tmp_path / "router.toml", data)
+    daemon = daemon_from(path)
+    await wait_for(lambda: daemon.api_workers is not None, 30, "workers started")
+    workers = daemon.api_workers
+    assert workers is not None
+    await wait_for(lambda: len(workers.pids) == 2, 30, "two workers")
+    console_of(daemon)
+    async with aiohttp.ClientSession(
+        base_url=f"http://127.0.0.1:{workers.port}",
+        cookie_jar=aiohttp.DummyCookieJar(),
+        connector=aiohttp.TCPConnector(force_close=True),  # each request may reach either
+    ) as http:
+        admin = await sign_in(http, ADMIN)
+        csrf = await csrf_of(http, admin)
+        move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
+        status, text = await post(http, "/console/numbers/preview", admin, move)
+        assert status == 200, text
+        status, text = await post(
+            http, "/console/numbers/apply", admin, {**move, "digest": digest_of(text)}
+        )
+        assert status == 200 and 'data-reloaded="yes"' in text, text
+        assert daemon.settings.profile_of_number(MOVED) == "bulk"
+
+        async def shown_in_bulk() -> bool:
+            pages = []
+            for _ in range(6):
+                async with http.get("/console/numbers", headers=cookie(admin)) as response:
+                    pages.append(await response.text())
+            return all('data-profile="bulk"' in row_of(page, MOVED) for page in pages)
+
+        await wait_for(shown_in_bulk, 20, "the workers showing the move")
