@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.console import numbers, pages
+from router.console import dead_letters, lists, numbers, pages
 
 __all__ = ["add_routes"]
 
@@ -18,4 +18,6 @@ __all__ = ["add_routes"]
 def add_routes(app: web.Application) -> None:
     """Register every console page under ``/console``."""
     pages.add_routes(app)
+    dead_letters.add_routes(app)
+    lists.add_routes(app)
     numbers.add_routes(app)
