@@ -45,6 +45,7 @@ from router.console.config_edit import (
     SetProfileSetting,
     SetSmsEnabled,
     apply,
+    mask_secrets,
     plan,
     setting_kind,
 )
@@ -85,7 +86,7 @@ class Setting:
 
     key: str
     kind: str  # config_edit's form kind: bool, int, float, str, list
-    value: str  # the current value as form text ("" for none)
+    value: str  # the current value as text ("" for none), a URL's password masked
     given: bool  # set in the file (else the default)
 
 
@@ -124,7 +125,8 @@ def _form_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
-    return str(value)
+    # A callback URL may carry a password in its user info: never shown.
+    return mask_secrets(str(value))
 
 
 async def read_numbers(redis: Redis, settings: Settings) -> list[ProfileNumbers]:

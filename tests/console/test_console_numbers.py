@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from router.config import Profile
 from router.console.numbers import CONSOLE_CONFIG, ConfigFile
 from router.daemon.daemon import Daemon
 
@@ -242,6 +244,37 @@ async def test_a_confirmed_move_is_written_and_reloaded_and_a_stale_one_is_refus
         assert status == 200 and 'data-reloaded="yes"' in text, text
         assert 'data-can-send="no"' in row_of(text, UK)
         assert daemon.settings.number(UK).sms_enabled is False
+
+        # A profile setting set, then removed (back to its default), each reloaded.
+        window = {"csrf": csrf, "action": "setting", "profile": "bulk", "key": "window"}
+        for form, expected in (({**window, "value": "12"}, 12), ({**window, "remove": "1"}, None)):
+            status, text = await post(http, "/console/numbers/preview", admin, form)
+            assert status == 200, text
+            status, text = await post(
+                http, "/console/numbers/apply", admin, {**form, "digest": digest_of(text)}
+            )
+            assert status == 200 and 'data-reloaded="yes"' in text, text
+            assert tomllib.loads(path.read_text())["profiles"]["bulk"].get("window") == expected
+        assert daemon.settings.profiles["bulk"].window == Profile.model_fields["window"].default
+        assert daemon.reloads == 4
+
+
+async def test_a_callback_url_password_is_not_shown(
+    redis: Redis,
+    redis_url: str,
+    provider: Provider,
+    tmp_path: Path,
+    daemon_from: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    data = console_config(redis_url, provider.url, tmp_path)
+    data["profiles"]["bulk"]["status_callback_url"] = "https://hook:s3cret-pw@example.com/status"
+    daemon = daemon_from(write_config(tmp_path / "router.toml", data))
+    async with numbers_site(daemon) as http:
+        admin = await sign_in(http, ADMIN)
+        async with http.get("/console/numbers", headers=cookie(admin)) as response:
+            page = await response.text()
+    assert "https://hook:**********@example.com/status" in page
+    assert "s3cret-pw" not in page
 
 
 async def test_api_workers_pass_the_changes_to_the_daemon(
