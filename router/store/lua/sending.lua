@@ -64,7 +64,7 @@ for i, it in ipairs(items) do
       local index = KEYS[3 + #items + i]
       redis.call('ZADD', index, now, job)
       redis.call('EXPIRE', index, ttl)
-      if redis.call('ZCARD', index) > 32 then
+      if string.byte(job, -1) % 16 == 0 then
         redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - ttl))
       end
     end

@@ -1,0 +1,229 @@
+"""The console's messages over plain HTTP, against the real application and Redis,
+with messages sent by the real daemon to a real HTTP provider: search by id,
+recipient, sender, status, profile, account and time; a message's page with its
+record, text, timeline, delivery report and clicks; ``store_text = false`` hides the
+text; an account's session sees only its own messages; no session is sent to sign in.
+And the recipient index itself: one entry per message, in the profile's slot, with
+the retention as its TTL."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from router import Client
+from router.config import Settings
+from router.links import Link, Links
+from router.policy.accounts import Caller
+from router.store import keys
+from router.store.ledger import Ledger, Report
+
+from ..conftest import Provider, RunningDaemon, wait_for
+from .site import ACCOUNT, ADMIN, console_config, console_site, cookie, settings_of, sign_in
+
+TO = "+4915100000001"
+OTHER = "+4915100000002"
+
+
+@pytest.fixture
+def settings(redis_url: str, provider: Provider, tmp_path: Path) -> Settings:
+    data = console_config(redis_url, provider.url, tmp_path)
+    data["profiles"]["bulk"]["store_text"] = False
+    return settings_of(data, tmp_path)
+
+
+@pytest.fixture
+async def http(settings: Settings, redis: Redis) -> AsyncIterator[aiohttp.ClientSession]:
+    async with console_site(settings, redis) as client:
+        yield client
+
+
+async def sent(
+    redis: Redis,
+    settings: Settings,
+    run_daemon: Callable[[Settings], RunningDaemon],
+    jobs: list[dict[str, Any]],
+) -> None:
+    """`jobs` through a door (`Client.send_many`), then sent by the daemon to the
+    provider (each recorded `sent`)."""
+    client = Client.from_settings(redis, settings)
+    await client.send_many(jobs)
+    run_daemon(settings)
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+    ids = [j["id"] for j in jobs]
+
+    async def all_sent() -> bool:
+        found = await ledger.find(ids, profiles=list(settings.profiles))
+        return all(r is not None and r["status"] == "sent" for r in found)
+
+    await wait_for(all_sent, 15, "the messages recorded sent")
+
+
+def ids_listed(page: str) -> list[str]:
+    """The message ids of a results table, in order."""
+    return [
+        html.unescape(m) for m in re.findall(r'<a href="/console/messages/[^"]+">([^<]+)</a>', page)
+    ]
+
+
+async def get(
+    http: aiohttp.ClientSession, session: str, path: str, **query: str
+) -> tuple[int, str]:
+    async with http.get(path, params=query, headers=cookie(session), allow_redirects=False) as r:
+        text = await r.text()
+        return r.status, r.headers.get("Location", "") or text
+
+
+async def test_search_by_every_filter_and_the_message_page(
+    http: aiohttp.ClientSession,
+    redis: Redis,
+    settings: Settings,
+    provider: Provider,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    jobs = [
+        {"id": "m-1", "to": TO, "text": "first to one"},
+        {"id": "m-2", "to": OTHER, "text": "to the other"},
+        {"id": "m-3", "to": TO, "text": "second to one"},
+        {"id": "b-1", "to": TO, "text": "a secret", "profile": "bulk"},
+    ]
+    await sent(redis, settings, run_daemon, jobs)
+    session = await sign_in(http, ADMIN)
+    # The recipient index holds one entry per message, in its profile's slot, expiring.
+    assert await redis.zrange(keys.recipient_index("alerts", TO), 0, -1) == [b"m-1", b"m-3"]
+    assert await redis.zrange(keys.recipient_index("bulk", TO), 0, -1) == [b"b-1"]
+    assert 0 < await redis.ttl(keys.recipient_index("alerts", TO)) <= settings.queue.retention
+
+    status, page = await get(http, session, "/console/messages")
+    # Without filters: the newest messages (the SMS log).
+    assert status == 200 and 'name="to"' in page
+    assert sorted(ids_listed(page)) == ["b-1", "m-1", "m-2", "m-3"]
+    # By recipient (given with spaces: normalised), newest first, over both profiles.
+    status, page = await get(http, session, "/console/messages", to="+49 151 00000001")
+    assert status == 200, page
+    assert ids_listed(page) == ["b-1", "m-3", "m-1"]
+    assert "recipient index" in page
+    _, page = await get(http, session, "/console/messages", to=TO, profile="alerts")
+    assert ids_listed(page) == ["m-3", "m-1"]
+    # By id: straight to its page.
+    status, where = await get(http, session, "/console/messages", id="m-2")
+    assert (status, where) == (303, "/console/messages/m-2")
+    status, page = await get(http, session, "/console/messages", id="nope")
+    assert status == 404 and "No message nope" in page
+    # By sender, status, profile: the SMS log.
+    sender = await Ledger(redis, retention=60, events_maxlen=100).get("m-2", profile="alerts")
+    assert sender is not None
+    _, page = await get(http, session, "/console/messages", **{"from": sender["from"]})
+    assert "m-2" in ids_listed(page) and "b-1" not in ids_listed(page)
+    assert "narrow the search with since and until" in page
+    _, page = await get(http, session, "/console/messages", status="sent", profile="bulk")
+    assert ids_listed(page) == ["b-1"]
+    _, page = await get(http, session, "/console/messages", status="delivered")
+    assert ids_listed(page) == []
+    # By time: nothing before an hour ago; everything in the last hour.
+    _, page = await get(http, session, "/console/messages", until="1h")
+    assert ids_listed(page) == []
+    _, page = await get(http, session, "/console/messages", since="1h", profile="alerts")
+    assert sorted(ids_listed(page)) == ["m-1", "m-2", "m-3"]
+    _, page = await get(http, session, "/console/messages", to=TO, until="1h")
+    assert ids_listed(page) == []
+    # Bad input: a clear error naming the field.
+    for query, field in (
+        ({"to": "12ab"}, "to:"),
+        ({"status": "lost"}, "status:"),
+        ({"profile": "nope"}, "profile:"),
+        ({"since": "yesterday"}, "since:"),
+    ):
+        status, page = await get(http, session, "/console/messages", **query)
+        assert status == 400 and field in html.unescape(page), (query, page)
+
+    # A delivery report and a click, through the router's own code paths.
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+    record = await ledger.get("m-3", profile="alerts")
+    assert record is not None
+    pmid = record["provider_message_id"]
+    [result] = await ledger.reports(
+        "alerts", [Report("delivered", "DELIVRD", "000", [pmid])], keep_for=60
+    )
+    assert result.result.ok
+    await Links(redis, profiles=["alerts"]).click(Link("https://x.example/a", "m-3", "alerts"))
+    status, page = await get(http, session, "/console/messages/m-3")
+    assert status == 200, page
+    timeline = re.search(r'<table id="timeline">(.*?)</table>', page, re.S)
+    assert timeline is not None
+    steps = re.findall(r'class="state state-(\w+)"', timeline.group(1))
+    assert steps == ["queued", "sending", "sent", "delivered"]
+    assert "second to one" in page and pmid in page
+    receipts = re.search(r'<table id="receipts">(.*?)</table>', page, re.S)
+    assert receipts is not None and "DELIVRD" in receipts.group(1)
+    assert re.search(r'<dd id="clicks">1</dd>', page)
+    # store_text = false: the text is not shown (nor stored).
+    _, page = await get(http, session, "/console/messages/b-1")
+    assert "a secret" not in page and "store_text = false" in page
+    status, page = await get(http, session, "/console/messages/nope")
+    assert status == 404
+
+
+async def test_paging_by_recipient_and_through_the_log(
+    http: aiohttp.ClientSession, redis: Redis, settings: Settings
+) -> None:
+    # 120 messages to one recipient, queued (no daemon): three pages of 50, 50, 20.
+    client = Client.from_settings(redis, settings)
+    for start in (0, 60):
+        await client.send_many(
+            [{"id": f"p-{i:03d}", "to": TO, "text": "x"} for i in range(start, start + 60)]
+        )
+    session = await sign_in(http, ADMIN)
+    for query in ({"to": TO}, {"status": "queued"}):
+        seen: list[str] = []
+        path, params = "/console/messages", dict(query)
+        for _ in range(5):
+            _, page = await get(http, session, path, **params)
+            seen += ids_listed(page)
+            more = re.search(r'<a href="\?([^"]+)" rel="next">', page)
+            if more is None:
+                break
+            params = dict(parse_qsl(html.unescape(more.group(1))))
+        assert sorted(seen) == [f"p-{i:03d}" for i in range(120)], query
+        assert len(seen) == len(set(seen))
+
+
+async def test_an_account_sees_only_its_own_messages(
+    http: aiohttp.ClientSession, redis: Redis, settings: Settings
+) -> None:
+    client = Client.from_settings(redis, settings)
+    shop = Caller("shop", settings.accounts["shop"])
+    await client.send_many([{"id": "own-1", "to": TO, "text": "mine"}], caller=shop)
+    await client.send_many([{"id": "else-1", "to": TO, "text": "not mine"}])
+    session = await sign_in(http, ACCOUNT)
+    _, page = await get(http, session, "/console/messages", to=TO)
+    assert ids_listed(page) == ["own-1"]
+    _, page = await get(http, session, "/console/messages", status="queued")
+    assert ids_listed(page) == ["own-1"]
+    status, _ = await get(http, session, "/console/messages/else-1")
+    assert status == 404
+    status, _ = await get(http, session, "/console/messages", id="else-1")
+    assert status == 404
+    status, page = await get(http, session, "/console/messages/own-1")
+    assert status == 200 and "mine" in page
+    status, page = await get(http, session, "/console/messages", account="other")
+    assert status == 400 and "account:" in page
+    # The admin sees both.
+    admin = await sign_in(http, ADMIN)
+    _, page = await get(http, admin, "/console/messages", to=TO)
+    assert sorted(ids_listed(page)) == ["else-1", "own-1"]
+
+
+async def test_no_session_is_sent_to_sign_in(http: aiohttp.ClientSession) -> None:
+    for path in ("/console/messages?to=%2B4915100000001", "/console/messages/m-1"):
+        async with http.get(path, allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"].startswith("/console/login?next=")
