@@ -27,7 +27,7 @@ from router.daemon.daemon import Daemon
 from ..conftest import Provider, wait_for
 from ..daemon.test_process import write_config
 from ..daemon.test_reload import daemon_from  # noqa: F401 - the daemon-on-a-file fixture
-from .site import ADMIN, READER, console_config, cookie, csrf_of, sign_in
+from .site import ADMIN, READER, console_config, console_site, cookie, csrf_of, settings_of, sign_in
 
 MOVED = "+14082223333"  # one of alerts' numbers (conftest NUMBERS)
 PAUSED = "+14155552671"  # alerts' number with sms_enabled = false
@@ -320,3 +320,21 @@ async def test_api_workers_pass_the_changes_to_the_daemon(
             return all('data-profile="bulk"' in row_of(page, MOVED) for page in pages)
 
         await wait_for(shown_in_bulk, 20, "the workers showing the move")
+
+
+async def test_without_the_daemons_file_a_change_is_refused(
+    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path
+) -> None:
+    """An application the daemon gave no configuration file (started from settings, not
+    a file): the page works, a change says why it cannot be made."""
+    settings = settings_of(console_config(redis_url, provider.url, tmp_path), tmp_path)
+    async with console_site(settings, redis) as http:
+        admin = await sign_in(http, ADMIN)
+        async with http.get("/console/numbers", headers=cookie(admin)) as response:
+            assert response.status == 200
+            assert 'data-profile="bulk"' in row_of(await response.text(), UK)
+        move = {"csrf": await csrf_of(http, admin), "action": "move", "sender": MOVED}
+        status, text = await post(
+            http, "/console/numbers/preview", admin, {**move, "profile": "bulk"}
+        )
+        assert status == 409 and "not started from a configuration file" in text
