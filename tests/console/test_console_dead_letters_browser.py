@@ -1,0 +1,159 @@
+"""Replaying a dead letter in a real browser (Debian's Chromium driven by Playwright)
+against the real daemon sending over SMPP to our SMSC simulator: a job a consumer took
+and died with is dead-lettered by the daemon (queue.max_deliveries), a job XADDed raw
+with a bad field too; an admin signs in, opens Dead letters, sees both reasons, replays
+the first and sees it gone and the message delivered; then opts a number out on
+Opt-outs and lists and finds it. No browser errors (the Content-Security-Policy holds).
+Screenshots of both pages at 1280 px and at a phone's width (docs/console/ with
+CONSOLE_SCREENSHOTS=docs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import msgpack
+from playwright.async_api import Browser, Page
+from redis.asyncio import Redis
+
+from router import Client
+from router.config import Settings, parse_settings
+from router.store import keys
+from router.store.ledger import Ledger
+from router.store.queue import WorkQueue, list_dead_letters
+from sims.smscsim import SmscSimulator
+
+from ..binds.test_smpp_flow import smpp_config
+from ..conftest import RunningDaemon, free_port, wait_for
+from .browser import DESKTOP, PHONE, browser, screenshot, shots_dir  # noqa: F401 - the fixture
+from .site import ADMIN
+
+TO = "+447911123456"
+
+
+def _config(redis_url: str, tmp: Path, smsc_port: int, api_port: int) -> Settings:
+    data = smpp_config(redis_url, tmp, smsc_port)
+    # A job taken by a consumer that dies is dead-lettered at its second delivery.
+    data["queue"].update(claim_idle=0.2, max_deliveries=1)
+    data["api"] = {
+        "listen": f"127.0.0.1:{api_port}",
+        "keys": {"ops": {"token": ADMIN, "scopes": ["admin"]}},
+    }
+    return parse_settings(data, env={})
+
+
+def _watch_errors(page: Page) -> list[str]:
+    """Console errors and failed requests of `page` (a CSP violation shows here)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+async def _status(redis: Redis, job_id: str) -> str | None:
+    record = await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
+    return None if record is None else str(record["status"])
+
+
+async def _fits(page: Page) -> None:
+    """Nothing wider than a phone's screen but the tables' own scrollers."""
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], width
+
+
+async def test_replay_a_dead_letter_and_opt_a_number_out(
+    browser: Browser,  # noqa: F811 - the fixture imported above
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    shots = shots_dir(tmp_path / "shots")
+    port = free_port()
+    settings = _config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    client = Client.from_settings(redis, settings)
+    job_id = await client.send(TO, "Your code is 4711", id="code-4711")
+    crashed = WorkQueue(redis, "sms", "crashed")
+    await crashed.ensure_group()
+    assert len(await crashed.read_new(1, 100)) == 1
+    # A producer's own XADD with a bad field: dead-lettered with the field named.
+    bad = msgpack.packb({"id": "raw-1", "to": "12345", "text": "no country code"})
+    await redis.xadd(keys.queue("sms"), {"job": bad})
+    await asyncio.sleep(0.3)
+    run_daemon(settings)
+    await wait_for(lambda: _len_is(redis, keys.dead_letters("sms"), 2), 20, "two dead letters")
+    letters = {as_job_id(d.fields.get("job")): d for d in await list_dead_letters(redis, "sms")}
+    assert "delivered 2 times" in letters[job_id].reason
+    assert letters["raw-1"].reason.startswith("job.to")
+    assert await _status(redis, job_id) == "rejected"
+
+    base = f"http://127.0.0.1:{port}"
+    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    page = await context.new_page()
+    errors = _watch_errors(page)
+    await wait_for(lambda: _up(page, base), 20, "the API listening")
+    await page.goto(f"{base}/console/dead-letters")
+    assert page.url == f"{base}/console/login?next=%2Fconsole%2Fdead-letters"
+    await page.fill("input[name=token]", ADMIN)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/console/dead-letters")
+
+    # Both dead letters with their reasons; the one to replay is the stuck delivery.
+    row = page.locator(f'tr[data-entry="{letters[job_id].entry_id}"]')
+    assert "delivered 2 times" in await row.inner_text()
+    assert "code-4711" in await row.inner_text() and TO in await row.inner_text()
+    raw_row = page.locator(f'tr[data-entry="{letters["raw-1"].entry_id}"]')
+    assert "job.to" in await raw_row.inner_text()
+    await screenshot(page, "dead-letters", shots)
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await _fits(page)
+    await screenshot(page, "dead-letters-phone", shots)
+    await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+
+    await row.get_by_role("button", name="Replay").click()
+    await page.locator("[data-outcome]").wait_for()
+    assert (await page.inner_text("[data-outcome]")).startswith("Replayed 1")
+    assert await row.count() == 0 and await raw_row.count() == 1
+    await wait_for(lambda: _is(redis, job_id, "delivered"), 20, "the replayed job delivered")
+    assert [s["destination"] for s in smsc.submits] == [TO.lstrip("+")]
+
+    # Opt-outs and lists: opt a number out, find it, see what a send to it would meet.
+    await page.goto(f"{base}/console/opt-outs")
+    await page.fill("#opt-out-number", "+44 7911 123456")
+    await page.get_by_role("button", name="Opt out").click()
+    await page.locator("[data-outcome]").wait_for()
+    assert await page.inner_text("[data-outcome]") == f"{TO} opted out of profile sms."
+    assert "rejected opted_out" in await page.inner_text("#search")
+    assert await page.locator(f'tr[data-opted-out="{TO}"]').count() == 1
+    await page.fill("#block-entry", "+4420")
+    await page.get_by_role("button", name="Add to the blocklist").click()
+    await page.locator('tr[data-block="+4420"]').wait_for()
+    await screenshot(page, "opt-outs", shots)
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await _fits(page)
+    await screenshot(page, "opt-outs-phone", shots)
+    assert errors == []
+    await context.close()
+
+
+def as_job_id(raw: bytes | None) -> str:
+    assert raw is not None
+    return str(msgpack.unpackb(raw)["id"])
+
+
+async def _len_is(redis: Redis, key: str, n: int) -> bool:
+    return int(await redis.xlen(key)) == n
+
+
+async def _is(redis: Redis, job_id: str, status: str) -> bool:
+    return await _status(redis, job_id) == status
+
+
+async def _up(page: Page, base: str) -> bool:
+    try:
+        answer = await page.request.get(f"{base}/healthz")
+    except Exception:
+        return False
+    return answer.ok
