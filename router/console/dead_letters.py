@@ -153,7 +153,9 @@ async def _values(request: web.Request, profile: str | None, after: str | None) 
 def _outcome(query: Any) -> str | None:
     """The sentence for a finished action named in the query (after the redirect)."""
     done = query.get("done")
-    if done not in _DONE:
+    entry = query.get("entry", "")
+    # Only what this page's own redirects say: a link cannot make it say anything else.
+    if done not in _DONE or (entry and not _ENTRY.fullmatch(entry)):
         return None
     count, left = query.get("count", "0"), query.get("left", "0")
     stayed = ""
@@ -162,7 +164,7 @@ def _outcome(query: Any) -> str | None:
     return _DONE[done].format(
         count=int(count) if count.isdigit() else 0,
         profile=query.get("profile", ""),
-        entry=query.get("entry", ""),
+        entry=entry,
         left=stayed,
     )
 

@@ -152,9 +152,14 @@ def _outcome(query: Any) -> str | None:
     done = query.get("done")
     if done not in _DONE:
         return None
+    # Only what this page's own redirects say: a link cannot make it say anything else.
+    try:
+        number = _number(query["number"]) if "number" in query else _list_entry(query.get("entry"))
+    except FormError:
+        return None
     which = query.get("list", "")
     return _DONE[done].format(
-        number=query.get("number") or query.get("entry", ""),
+        number=number,
         profile=query.get("profile", ""),
         which=which if which in _LISTS else "",
     )

@@ -263,6 +263,9 @@ async def test_replay_one_is_sent_and_all_is_confirmed_first(
     ]:
         status, _, body = await post(http, admin, PAGE + path, {"csrf": csrf, **form})
         assert status == 400 and said in body, (path, form, body)
+    # A link cannot make the page say what was not done.
+    status, page = await get(http, admin, f"{PAGE}?profile=bulk&done=gone&entry=Call+us")
+    assert status == 200 and "data-outcome" not in page
     status, _ = await get(http, admin, f"{PAGE}/all?profile=bulk&action=burn")
     assert status == 400
     assert await redis.xlen(keys.dead_letters("bulk")) == 1
@@ -274,3 +277,48 @@ async def _len_is(redis: Redis, key: str, n: int) -> bool:
 
 async def _is_sent(redis: Redis, job_id: str) -> bool:
     return await _status(redis, job_id) in {"sent", "delivered"}
+
+
+async def test_api_workers_serve_both_pages(
+    redis: Redis,
+    data: dict[str, Any],
+    tmp_path: Path,
+    provider: Provider,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    """With ``[api] workers = 2`` each page is a worker process's (they read Redis and
+    the configuration only): a dead letter listed and replayed, a number opted out."""
+    data["api"]["workers"] = 2
+    running = run_daemon(settings_of(data, tmp_path))
+    await wait_for(lambda: running.daemon.api_workers is not None, 30, "workers started")
+    workers = running.daemon.api_workers
+    assert workers is not None
+    await wait_for(lambda: len(workers.pids) == 2, 30, "two workers")
+    entry = await dead_letter(
+        redis, "alerts", "fixed since", {"id": "w-1", "to": UK, "text": "from a worker"}
+    )
+    # A new connection for each request, so the kernel hands them to either worker.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(
+        f"http://127.0.0.1:{workers.port}", connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
+        admin = await sign_in(http, ADMIN)
+        for _ in range(6):
+            status, page = await get(http, admin, f"{PAGE}?profile=alerts")
+            assert status == 200 and rows(page) == [entry] and "fixed since" in page
+            status, page = await get(http, admin, "/console/opt-outs?profile=alerts")
+            assert status == 200 and "Opted out" in page
+        csrf = await csrf_of(http, admin)
+        shown = await done(
+            http, admin, f"{PAGE}/replay", {"csrf": csrf, "profile": "alerts", "entry": entry}
+        )
+        assert outcome(shown).startswith("Replayed 1")
+        await wait_for(lambda: _is_sent(redis, "w-1"), 20, "the replayed job sent")
+        async with http.post(
+            "/console/opt-outs/add",
+            data={"csrf": csrf, "profile": "alerts", "number": UK},
+            headers=cookie(admin),
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303
+    assert await redis.sismember(keys.opt_outs("alerts"), UK)

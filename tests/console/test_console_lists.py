@@ -210,6 +210,10 @@ async def test_bad_input_is_refused_naming_the_field(
     assert status == 400 and error(page).startswith("number: ")
     status, page = await get(http, admin, f"{PAGE}?page=-1")
     assert status == 400 and error(page).startswith("page: ")
+    # A link cannot make the page say what was not done.
+    for spoof in ["done=opted_out&number=Call+us+now", "done=added&entry=Call&list=block"]:
+        status, page = await get(http, admin, f"{PAGE}?profile=alerts&{spoof}")
+        assert "data-outcome" not in page, spoof
     assert await redis.scard(keys.opt_outs("alerts")) == 0
     assert await audience.show_lists(redis, "alerts") == {"block": [], "allow": []}
 
