@@ -532,9 +532,22 @@ async def _drain_client(ws: web.WebSocketResponse) -> None:
 @scoped("read")
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: the websocket (see the module docstring for the protocol)."""
-    ws = web.WebSocketResponse(heartbeat=PING, max_msg_size=1_048_576)
-    if not ws.can_prepare(request).ok:
+    if not is_upgrade(request):
         raise ApiError(400, "GET /v1/events: a websocket upgrade is required")
+    return await serve(request, caller_of(request))
+
+
+def is_upgrade(request: web.Request) -> bool:
+    """Whether `request` asks for a websocket this endpoint can accept."""
+    return web.WebSocketResponse().can_prepare(request).ok
+
+
+async def serve(request: web.Request, caller: Caller | None) -> web.WebSocketResponse:
+    """Serve the event websocket (the module docstring's protocol) on `request`, for
+    a caller already authenticated with the ``read`` scope: `caller` is the account
+    it is (restricted to its own messages unless ``admin``), None for a key. Used by
+    ``GET /v1/events`` (bearer token) and the web console's live events (its session)."""
+    ws = web.WebSocketResponse(heartbeat=PING, max_msg_size=1_048_576)
     await ws.prepare(request)
     app = request.app
     hub = app[HUB]
@@ -543,7 +556,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     reader: asyncio.Task[None] | None = None
     code, reason = 1000, ""
     try:
-        sub = restricted(await _first_message(ws), caller_of(request))
+        sub = restricted(await _first_message(ws), caller)
         reader = asyncio.create_task(_drain_client(ws))
         await subscriber.start(sub)
         await subscriber.pump(sub)

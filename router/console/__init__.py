@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.console import dead_letters, lists, numbers, pages
+from router.console import events as event_pages
 from router.console import messages as message_pages
 
 __all__ = ["add_routes"]
@@ -20,6 +21,7 @@ def add_routes(app: web.Application) -> None:
     """Register every console page under ``/console``."""
     pages.add_routes(app)
     message_pages.add_routes(app)
+    event_pages.add_routes(app)
     dead_letters.add_routes(app)
     lists.add_routes(app)
     numbers.add_routes(app)
