@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -78,6 +79,15 @@ class Ready(Protocol):
     def ready(self) -> bool: ...
 
 
+@dataclass(frozen=True)
+class ConfigFile:
+    """The daemon's configuration file and its reload (returns whether the file was
+    applied): what the web console changes the configuration through."""
+
+    path: str | os.PathLike[str]
+    reload: Callable[[], Awaitable[bool]]
+
+
 @dataclass
 class ApiContext:
     """What the endpoints use: the settings, Redis, the ledger, a client to enqueue,
@@ -91,6 +101,8 @@ class ApiContext:
     extras: dict[str, Any] = field(default_factory=dict)
     # In an API worker process: where the requests of `in_daemon` handlers go.
     forward: Forwarder | None = None
+    # The daemon's file and reload (None: an API worker, or not started from a file).
+    config_file: ConfigFile | None = None
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)

@@ -30,7 +30,7 @@ from router.store.queue import DeadLetter, drop_dead_letters, list_dead_letters,
 __all__ = ["add_routes"]
 
 MAX_DEAD_LETTERS = 1000  # per request: list, or entries named in one replay/drop
-_ALL = 1_000_000  # "all": the CLI's bound too
+ALL_DEAD_LETTERS = 1_000_000  # "all": the CLI's bound too
 _ENTRY = re.compile(r"\d{1,20}-\d{1,20}")
 
 
@@ -254,11 +254,11 @@ async def list_letters(request: web.Request) -> web.Response:
     name, _ = _profile(request)
     query = validate(DeadLetterQuery, dict(request.query))
     letters = await list_dead_letters(request.app[CONTEXT].redis, name, query.limit)
-    answer = DeadLetterList(profile=name, dead_letters=[_letter(d) for d in letters])
+    answer = DeadLetterList(profile=name, dead_letters=[letter_view(d) for d in letters])
     return json_response(answer.model_dump())
 
 
-def _letter(letter: DeadLetter) -> DeadLetterView:
+def letter_view(letter: DeadLetter) -> DeadLetterView:
     fields = letter.fields
     try:
         at: float | None = float(as_text(fields.get("at", b"")))
@@ -302,7 +302,7 @@ async def _selected(request: web.Request, name: str) -> list[str]:
         raise ApiError(400, "all: give entries or all, not both")
     if choice.all:
         redis = request.app[CONTEXT].redis
-        return [d.entry_id for d in await list_dead_letters(redis, name, count=_ALL)]
+        return [d.entry_id for d in await list_dead_letters(redis, name, count=ALL_DEAD_LETTERS)]
     if choice.entries is None:
         raise ApiError(400, "entries: required (or all: true)")
     for index, entry in enumerate(choice.entries):

@@ -24,7 +24,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from router.api.common import CONTEXT
-from router.api.profiles import _ALL, _letter
+from router.api.profiles import ALL_DEAD_LETTERS, letter_view
 from router.console.auth import SESSION, needs
 from router.console.render import page
 from router.store import keys
@@ -103,24 +103,13 @@ async def _counts(redis: Redis, profiles: list[str]) -> dict[str, int]:
 
 async def _page_of(redis: Redis, profile: str, after: str | None) -> list[DeadLetter]:
     """Up to `PAGE_SIZE` + 1 dead letters of `profile`, oldest first, after entry
-    `after` (the extra one says whether there is a next page).
-
-    The first page is `list_dead_letters`; later ones start after an id, which it
-    cannot do yet, so they read the stream here the same way (CHANGES NEEDED: an
-    ``after`` argument on `list_dead_letters`)."""
-    if after is None:
-        return await list_dead_letters(redis, profile, PAGE_SIZE + 1)
-    rows: Any = await redis.xrange(keys.dead_letters(profile), min=f"({after}", count=PAGE_SIZE + 1)
-    letters = []
-    for eid, raw in rows:
-        fields = {as_text(k): v for k, v in raw.items()}
-        letters.append(DeadLetter(as_text(eid), as_text(fields.get("reason", b"")), fields))
-    return letters
+    `after` (the extra one says whether there is a next page)."""
+    return await list_dead_letters(redis, profile, PAGE_SIZE + 1, after)
 
 
 def _row(letter: DeadLetter) -> dict[str, Any]:
     """One dead letter as the table shows it: the API's view, the text cut short."""
-    view = _letter(letter).model_dump()
+    view = letter_view(letter).model_dump()
     job = view["job"]
     text = ""
     if job is not None:
@@ -285,7 +274,7 @@ async def _all(request: web.Request, *, replay: bool) -> web.StreamResponse:
         return _error(request, str(exc))
     redis = request.app[CONTEXT].redis
     # "All" as the CLI and the API take it, less what arrived after the confirmation.
-    every = await list_dead_letters(redis, profile, count=_ALL)
+    every = await list_dead_letters(redis, profile, count=ALL_DEAD_LETTERS)
     ids = [d.entry_id for d in every if _stream_id(d.entry_id) <= upto]
     action = replay_dead_letters if replay else drop_dead_letters
     count = await action(redis, profile, ids)

@@ -22,8 +22,7 @@ Both need the daemon's process (the file it was started from, its reload): they 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,7 +30,7 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from router.api.common import CONTEXT
+from router.api.common import CONTEXT, ConfigFile
 from router.api.forward import in_daemon
 from router.config import Settings
 from router.console.auth import SESSION, needs
@@ -54,8 +53,6 @@ from router.store.health import NumberHealth
 from router.summary import number_rows
 
 __all__ = [
-    "CONSOLE_CONFIG",
-    "ConfigFile",
     "ProfileNumbers",
     "Setting",
     "add_health",
@@ -66,18 +63,7 @@ __all__ = [
 
 log = structlog.get_logger("router.console")
 
-CONSOLE_CONFIG: Final = "console_config"  # ApiContext.extras key: the daemon's `ConfigFile`
 ACTIONS: Final = ("move", "sms", "setting")
-
-
-@dataclass(frozen=True)
-class ConfigFile:
-    """What the console needs to change the configuration: the file the daemon was
-    started from (None: it was not) and the daemon's reload (returns whether it
-    applied the file)."""
-
-    path: str | os.PathLike[str] | None
-    reload: Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -196,8 +182,8 @@ def _hidden(change: Change) -> dict[str, str]:
 
 
 def _config_file(request: web.Request) -> ConfigFile | None:
-    found = request.app[CONTEXT].extras.get(CONSOLE_CONFIG)
-    return found if isinstance(found, ConfigFile) and found.path is not None else None
+    """The daemon's file and reload (None: not started from a file)."""
+    return request.app[CONTEXT].config_file
 
 
 def _refused(request: web.Request, status: int, title: str, problems: list[str]) -> web.Response:

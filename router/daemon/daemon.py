@@ -35,7 +35,7 @@ import structlog
 from redis.asyncio import Redis
 
 from router.api.app import ApiServer, SendsmsServer
-from router.api.common import ApiContext
+from router.api.common import ApiContext, ConfigFile
 from router.api.metrics import METRICS_KEY
 from router.api.providers import PROVIDERS, ProviderHooks
 from router.client import Client
@@ -89,6 +89,9 @@ class Daemon:
         self.posters: list[StatusPoster] = []
         self.reloads = 0
         self._reload = asyncio.Event()
+        # One reload at a time: the web console reloads from a request, SIGHUP from
+        # the serving loop.
+        self._reloading = asyncio.Lock()
         self._shared: Shared | None = None
         self._api_context: ApiContext | None = None
         self._signals = 0
@@ -268,6 +271,9 @@ class Daemon:
                 client=Client.from_settings(redis, self.settings),
                 workers=self.workers,  # filled below; readiness reads it per request
                 extras={PROVIDERS: self.providers, METRICS_KEY: self.metrics},
+                config_file=(
+                    ConfigFile(self.config_path, self.reload) if self.config_path else None
+                ),
             )
             self._api_context = context
             if self.settings.api.workers:
@@ -454,7 +460,12 @@ class Daemon:
     async def reload(self) -> bool:
         """Read the configuration file again and apply it (SIGHUP). A file with problems
         is logged and changes nothing. Returns whether the new one was applied; the
-        verdict is published for `sms-router reload` (router/daemon/reload.py)."""
+        verdict is published for `sms-router reload` (router/daemon/reload.py). One at a
+        time: a second waits for the first, then reads the file again."""
+        async with self._reloading:
+            return await self._reload_once()
+
+    async def _reload_once(self) -> bool:
         began = time.time()
         if self.config_path is None:
             log.warning("reload asked for, but the daemon was not started from a file")

@@ -182,9 +182,13 @@ class WorkQueue:
                 entry.deliveries = int(rows[0]["times_delivered"])
 
 
-async def list_dead_letters(redis: Redis, profile: str, count: int = 100) -> list[DeadLetter]:
-    """The oldest `count` dead letters of a profile."""
-    rows: Any = await redis.xrange(keys.dead_letters(profile), count=count)
+async def list_dead_letters(
+    redis: Redis, profile: str, count: int = 100, after: str | None = None
+) -> list[DeadLetter]:
+    """The oldest `count` dead letters of a profile (after entry `after`, when given:
+    the next page)."""
+    low = "-" if after is None else f"({after}"
+    rows: Any = await redis.xrange(keys.dead_letters(profile), min=low, count=count)
     out = []
     for eid, raw in rows:
         fields = {as_text(k): v for k, v in raw.items()}

@@ -21,7 +21,6 @@ import aiohttp
 from redis.asyncio import Redis
 
 from router.config import Profile
-from router.console.numbers import CONSOLE_CONFIG, ConfigFile
 from router.daemon.daemon import Daemon
 
 from ..conftest import Provider, wait_for
@@ -42,12 +41,10 @@ def numbers_config(redis_url: str, provider: Provider, tmp: Path) -> Path:
 
 
 def console_of(daemon: Daemon) -> None:
-    """Give the daemon's API the console's access to its file and reload, unless the
-    daemon gave it already."""
+    """The daemon gives its API the console's access to its file and reload."""
     assert daemon.api is not None
-    daemon.api.context.extras.setdefault(
-        CONSOLE_CONFIG, ConfigFile(daemon.config_path, daemon.reload)
-    )
+    found = daemon.api.context.config_file
+    assert found is not None and found.path == daemon.config_path
 
 
 @asynccontextmanager
