@@ -121,25 +121,13 @@ def numbers(config_path: str | None, profile: str, as_json: bool) -> None:
     skip_unhealthy passes it over) and the sticky mappings pointing at it.
     Counting the mappings scans the profile's sticky keys (SCAN): fine for an operator,
     slow on a very large keyspace."""
-    from router.store.health import NumberHealth
-    from router.summary import number_rows
+    from router.summary import numbers_with_health
 
     settings = load_or_exit(config_path, secrets=False)
     _known_profile(settings, profile)
-    own = settings.profiles[profile]
 
     async def work(redis: Redis) -> list[dict[str, Any]]:
-        rows = await number_rows(redis, settings, profile)
-        health = NumberHealth(profile, own.health_window)
-        await health.refresh(redis)
-        unhealthy = health.unhealthy(own.health_threshold, own.health_min_sample)
-        for row in rows:
-            delivered, reports = health.sample(row["number"])
-            row["delivered"], row["reports"] = delivered, reports
-            row["delivery_ratio"] = delivered / reports if reports else None
-            row["unhealthy"] = row["number"] in unhealthy
-            row["skipped"] = own.skip_unhealthy and row["unhealthy"]
-        return rows
+        return await numbers_with_health(redis, settings, profile)
 
     rows = _with_redis(settings, work)
     if as_json:

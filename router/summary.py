@@ -20,6 +20,7 @@ from router.numbers import is_toll_free
 from router.policy.rules import SenderRules, daily_cap
 from router.store import keys
 from router.store.connections import as_text
+from router.store.health import NumberHealth
 
 __all__ = ["config_lines", "number_facts", "number_rows", "sticky_counts", "today"]
 
@@ -223,9 +224,12 @@ async def _senders(redis: Redis, found: list[str]) -> list[str]:
     return [as_text(v) for v in values if v]
 
 
-async def number_rows(redis: Redis, settings: Settings, profile: str) -> list[dict[str, Any]]:
+async def number_rows(
+    redis: Redis, settings: Settings, profile: str, *, sticky: bool = True
+) -> list[dict[str, Any]]:
     """`number_facts` plus today's count of each number's campaign (``today``) and the
-    sticky mappings pointing at each number (``sticky``)."""
+    sticky mappings pointing at each number (``sticky``; a SCAN of the profile's
+    mappings, left out with ``sticky=False``)."""
     rows = number_facts(settings, profile)
     campaigns = sorted({r["campaign"] for r in rows if r["campaign"]})
     day = today()
@@ -233,9 +237,31 @@ async def number_rows(redis: Redis, settings: Settings, profile: str) -> list[di
     if campaigns:
         values = await redis.hmget(keys.campaign_counts(day), campaigns)
         counted = {c: int(v) if v else 0 for c, v in zip(campaigns, values, strict=True)}
-    sticky = await sticky_counts(redis, profile)
+    mapped = await sticky_counts(redis, profile) if sticky else None
     for row in rows:
         row["day"] = day
         row["today"] = counted.get(row["campaign"], 0) if row["campaign"] else None
-        row["sticky"] = sticky.get(row["number"], 0)
+        if mapped is not None:
+            row["sticky"] = mapped.get(row["number"], 0)
+    return rows
+
+
+async def numbers_with_health(
+    redis: Redis, settings: Settings, profile: str, *, sticky: bool = True
+) -> list[dict[str, Any]]:
+    """`number_rows`, each with its delivery ratio over the profile's health window
+    (``delivered``, ``reports``, ``delivery_ratio``), whether it is below the threshold
+    (``unhealthy``) and whether the sender pick passes it over (``skipped``): what
+    ``sms-router numbers`` and the console's Numbers page show."""
+    own = settings.profiles[profile]
+    rows = await number_rows(redis, settings, profile, sticky=sticky)
+    health = NumberHealth(profile, own.health_window)
+    await health.refresh(redis)
+    unhealthy = health.unhealthy(own.health_threshold, own.health_min_sample)
+    for row in rows:
+        delivered, reports = health.sample(row["number"])
+        row["delivered"], row["reports"] = delivered, reports
+        row["delivery_ratio"] = delivered / reports if reports else None
+        row["unhealthy"] = row["number"] in unhealthy
+        row["skipped"] = own.skip_unhealthy and row["unhealthy"]
     return rows

@@ -2,7 +2,7 @@
 admin makes from it.
 
 The page lists every sender of every profile: kind, features, campaign, whether it
-may send and why not (`router.summary.number_rows`, what ``sms-router numbers``
+may send and why not (`router.summary.numbers_with_health`, what ``sms-router numbers``
 shows), whether it may send an MMS, its delivery ratio over the profile's
 ``health_window`` and today's count of its campaign against the daily cap; for an
 admin, each profile's editable settings (`PROFILE_SETTINGS`) with their values. It
@@ -49,13 +49,11 @@ from router.console.config_edit import (
     setting_kind,
 )
 from router.console.render import page
-from router.store.health import NumberHealth
-from router.summary import number_rows
+from router.summary import numbers_with_health
 
 __all__ = [
     "ProfileNumbers",
     "Setting",
-    "add_health",
     "add_routes",
     "change_of",
     "read_numbers",
@@ -78,29 +76,13 @@ class Setting:
 
 @dataclass
 class ProfileNumbers:
-    """One profile's senders (`number_rows` plus health) and its editable settings."""
+    """One profile's senders (`numbers_with_health`) and its editable settings."""
 
     name: str
     is_global: bool
     health_window: float
     rows: list[dict[str, Any]]
     settings: list[Setting] = field(default_factory=list)
-
-
-def add_health(
-    rows: list[dict[str, Any]], health: NumberHealth, threshold: float, min_sample: int, skip: bool
-) -> None:
-    """Add to each row of `number_rows` its delivery ratio over the health window
-    (``delivered``, ``reports``, ``delivery_ratio``), whether it is below the threshold
-    (``unhealthy``) and whether the sender pick passes it over (``skipped``), as
-    ``sms-router numbers`` shows them."""
-    unhealthy = health.unhealthy(threshold, min_sample)
-    for row in rows:
-        delivered, reports = health.sample(row["number"])
-        row["delivered"], row["reports"] = delivered, reports
-        row["delivery_ratio"] = delivered / reports if reports else None
-        row["unhealthy"] = row["number"] in unhealthy
-        row["skipped"] = skip and row["unhealthy"]
 
 
 def _form_text(value: Any) -> str:
@@ -121,10 +103,7 @@ async def read_numbers(redis: Redis, settings: Settings) -> list[ProfileNumbers]
     out = []
     for name in sorted(settings.profiles):
         own = settings.profiles[name]
-        rows = await number_rows(redis, settings, name)
-        health = NumberHealth(name, own.health_window)
-        await health.refresh(redis)
-        add_health(rows, health, own.health_threshold, own.health_min_sample, own.skip_unhealthy)
+        rows = await numbers_with_health(redis, settings, name, sticky=False)
         given = own.model_fields_set
         values = [
             Setting(key, setting_kind(key), _form_text(getattr(own, key)), key in given)
