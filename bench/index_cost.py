@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from harness import Rig, cpu_seconds, ensure_tools, save
+from harness import Rig, cpu_seconds, ensure_tools, save, waited, waiter
 from redis.asyncio import Redis
-from versus_kannel import waited, waiter
 
 DOOR = """
 import asyncio, sys, time

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from router import Client
 from router.config import Settings
 from router.links import Link, Links
 from router.policy.accounts import Caller
+from router.policy.jobs import encode_job
 from router.store import keys
 from router.store.ledger import Ledger, Report
 
@@ -227,3 +229,37 @@ async def test_no_session_is_sent_to_sign_in(http: aiohttp.ClientSession) -> Non
         async with http.get(path, allow_redirects=False) as response:
             assert response.status == 303
             assert response.headers["Location"].startswith("/console/login?next=")
+
+
+async def test_the_index_of_a_plain_xadd_job_and_its_trim(
+    redis: Redis,
+    settings: Settings,
+    provider: Provider,
+    run_daemon: Callable[[Settings], RunningDaemon],
+) -> None:
+    index = keys.recipient_index("alerts", TO)
+    retention = settings.queue.retention
+    # Entries older than the retention (a recipient written to steadily): kept by a
+    # write whose id ends in a byte not divisible by 16, trimmed by one that does ("0").
+    stale = time.time() - retention - 60
+    await redis.zadd(index, {"old-1": stale, "old-2": stale + 1})
+    client = Client.from_settings(redis, settings)
+    await client.send_many([{"id": "keep-1", "to": TO, "text": "x"}])
+    assert await redis.zcard(index) == 3
+    await client.send_many([{"id": "trim-0", "to": TO, "text": "x"}])
+    assert await redis.zrange(index, 0, -1) == [b"keep-1", b"trim-0"]
+    # A plain XADD job (no record until sending): sending.lua indexes it, once.
+    wire = {"id": "plain-1", "to": TO, "text": "from a producer in any language"}
+    await redis.xadd(keys.queue("alerts"), {"job": encode_job(wire)})
+    run_daemon(settings)
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+
+    async def sent() -> bool:
+        record = await ledger.get("plain-1", profile="alerts")
+        return record is not None and record["status"] == "sent"
+
+    await wait_for(sent, 15, "the plain job recorded sent")
+    assert await redis.zrange(index, 0, -1) == [b"keep-1", b"trim-0", b"plain-1"]
+    record = await ledger.get("plain-1", profile="alerts")
+    assert record is not None
+    assert await redis.zscore(index, "plain-1") == pytest.approx(float(record["created_at"]))
