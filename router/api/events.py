@@ -54,7 +54,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -542,13 +542,23 @@ def is_upgrade(request: web.Request) -> bool:
     return web.WebSocketResponse().can_prepare(request).ok
 
 
-async def serve(request: web.Request, caller: Caller | None) -> web.WebSocketResponse:
+async def serve(
+    request: web.Request,
+    caller: Caller | None,
+    *,
+    watch: Callable[[web.WebSocketResponse], Coroutine[Any, Any, None]] | None = None,
+) -> web.WebSocketResponse:
     """Serve the event websocket (the module docstring's protocol) on `request`, for
     a caller already authenticated with the ``read`` scope: `caller` is the account
     it is (restricted to its own messages unless ``admin``), None for a key. Used by
-    ``GET /v1/events`` (bearer token) and the web console's live events (its session)."""
+    ``GET /v1/events`` (bearer token) and the web console's live events (its session).
+    `watch`, when given, runs beside the socket for as long as it is open (the console
+    closes it there once its session ends)."""
     ws = web.WebSocketResponse(heartbeat=PING, max_msg_size=1_048_576)
     await ws.prepare(request)
+    watcher: asyncio.Task[None] | None = None
+    if watch is not None:
+        watcher = asyncio.create_task(watch(ws))
     app = request.app
     hub = app[HUB]
     subscriber = _Subscriber(ws, app[CONTEXT].redis, hub)
@@ -571,9 +581,10 @@ async def serve(request: web.Request, caller: Caller | None) -> web.WebSocketRes
                 # Each reason is made to fit; `fit` again in case one ever is not.
                 message = fit(reason).encode()
                 await asyncio.wait_for(ws.close(code=code, message=message), 5)
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        for task in (reader, watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     return ws
 
 

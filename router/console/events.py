@@ -6,26 +6,33 @@ subscription and filters) authenticated by the console session instead of a bear
 token. A session of an account without ``admin`` gets only its own messages' events,
 as that account's token would. The socket's handshake must come from a page of this
 console (its ``Origin``): another site's page cannot open it with the operator's
-cookie. The page's script is static/events.js (the CSP allows no inline script).
+cookie. Once the session ends (sign-out, every session ended by an admin, its key or
+account removed) the socket is closed within `SESSION_CHECK` seconds (code 4401).
+The page's script is static/events.js (the CSP allows no inline script).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from aiohttp import web
 
 from router.api.common import CONTEXT
 from router.api.events import KINDS, is_upgrade, serve
+from router.console import sessions
 from router.console.auth import SESSION, needs, same_origin
 from router.console.render import page
 from router.console.sessions import Session
 from router.policy.accounts import Caller
 from router.store.ledger import STATUSES
+from router.store.outages import REDIS_ERRORS
 
-__all__ = ["SHOWN", "add_routes"]
+__all__ = ["SESSION_CHECK", "SESSION_ENDED", "SHOWN", "add_routes"]
 
 SHOWN: Final = 200  # events the page keeps on screen (older ones drop off)
+SESSION_CHECK: Final = 15.0  # seconds between looks at whether the socket's session lives
+SESSION_ENDED: Final = 4401  # the close code once it does not
 # The page's status filters, in the lifecycle's order, then the other kinds.
 _KINDS: Final = (*STATUSES, *sorted(KINDS - set(STATUSES)))
 
@@ -75,7 +82,22 @@ async def events_socket(request: web.Request) -> web.StreamResponse:
             title="Not a websocket",
             message="GET /console/events/ws: a websocket upgrade is required.",
         )
-    return await serve(request, caller_of_session(session, request))
+    context = request.app[CONTEXT]
+
+    async def until_signed_out(ws: web.WebSocketResponse) -> None:
+        # A socket outlives its handshake: once its session ends (signed out, every
+        # session ended, the key or account removed) the feed ends too.
+        while not ws.closed:
+            await asyncio.sleep(SESSION_CHECK)
+            try:
+                still = await sessions.find(context.redis, context.settings, session.id)
+            except REDIS_ERRORS:
+                continue  # Redis away: the feed waits for it too
+            if still is None:
+                await ws.close(code=SESSION_ENDED, message=b"session ended: sign in again")
+                return
+
+    return await serve(request, caller_of_session(session, request), watch=until_signed_out)
 
 
 def add_routes(app: web.Application) -> None:

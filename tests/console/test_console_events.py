@@ -18,10 +18,20 @@ from redis.asyncio import Redis
 
 from router import Client
 from router.config import Settings
+from router.console import events as console_events
 from router.policy.accounts import Caller
 
 from ..conftest import Provider
-from .site import ACCOUNT, ADMIN, console_config, console_site, cookie, settings_of, sign_in
+from .site import (
+    ACCOUNT,
+    ADMIN,
+    console_config,
+    console_site,
+    cookie,
+    csrf_of,
+    settings_of,
+    sign_in,
+)
 
 
 @pytest.fixture
@@ -104,3 +114,25 @@ async def test_an_account_gets_only_its_own_events(
         await ws.send_json({"account": "someone-else"})
         closed = await ws.receive()
         assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 4403
+
+
+async def test_signing_out_ends_the_socket(
+    http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looked at every 0.2 s here (15 s in service) so the test is quick.
+    monkeypatch.setattr(console_events, "SESSION_CHECK", 0.2)
+    session = await sign_in(http, ADMIN)
+    async with http.ws_connect("/console/events/ws", headers=cookie(session)) as ws:
+        await ws.send_json({"heartbeat": 1})
+        assert (await _next_status(ws))["type"] == "subscribed"
+        csrf = await csrf_of(http, session)
+        async with http.post(
+            "/console/logout", data={"csrf": csrf}, headers=cookie(session), allow_redirects=False
+        ) as answer:
+            assert answer.status == 303
+        while True:
+            message = await asyncio.wait_for(ws.receive(), 5)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                break
+        assert message.type == aiohttp.WSMsgType.CLOSE
+        assert message.data == console_events.SESSION_ENDED
