@@ -26,7 +26,7 @@ from router.links import Link, Links
 from router.policy.accounts import Caller
 from router.policy.jobs import encode_job
 from router.store import keys
-from router.store.ledger import Ledger, Report
+from router.store.ledger import Finished, Ledger, Report, Sending
 
 from ..conftest import Provider, RunningDaemon, wait_for
 from .site import ACCOUNT, ADMIN, console_config, console_site, cookie, settings_of, sign_in
@@ -263,3 +263,36 @@ async def test_the_index_of_a_plain_xadd_job_and_its_trim(
     record = await ledger.get("plain-1", profile="alerts")
     assert record is not None
     assert await redis.zscore(index, "plain-1") == pytest.approx(float(record["created_at"]))
+
+
+async def test_a_long_message_shows_its_parts_reports_and_hides_its_callback_url(
+    http: aiohttp.ClientSession, redis: Redis, settings: Settings
+) -> None:
+    url = "https://hooks.example.com/status?token=s3cr3t-t0k3n"
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+    client = Client.from_settings(redis, settings)
+    await client.send_many(
+        [{"id": "lm-1", "to": TO, "text": "y" * 200, "status_callback_url": url}]
+    )
+    owner = (await redis.hget(keys.record("alerts", "lm-1"), "owner") or b"").decode()
+    item = Sending(id="lm-1", owner=owner, replay="", sender="+16501112345", to=TO,
+                   text="y" * 200, meta="", url=url, sticky_key="", sticky_ttl=0)  # fmt: skip
+    [began] = await ledger.sending("alerts", [item])
+    done = Finished(id="lm-1", entry=owner, step=began.step + 1, status="sent", note="",
+                    url=url, to=TO, sender="+16501112345", meta="", segments=2,
+                    error_code="", error_raw="", error="", part_ids=["p-a", "p-b"], forms=[],
+                    connector="smsc-a", price=0.0125)  # fmt: skip
+    await ledger.finish("alerts", keys.queue("alerts"), [done])
+    await ledger.reports("alerts", [Report("delivered", "DELIVRD", "000", ["p-a"])], keep_for=60)
+    session = await sign_in(http, ADMIN)
+    status, page = await get(http, session, "/console/messages/lm-1")
+    assert status == 200, page
+    receipts = re.search(r'<table id="receipts">(.*?)</table>', page, re.S)
+    assert receipts is not None
+    assert re.search(r"<td>p-a</td>.*?state-delivered.*?DELIVRD", receipts.group(1), re.S)
+    assert "state state-sent" in page  # one part of two: still `sent`
+    assert "s3cr3t" not in page
+    record = re.search(r'<dl id="record">(.*?)</dl>', page, re.S)
+    assert record is not None
+    for shown in ("segments</dt><dd>2", "price</dt><dd>0.0125", "connector</dt><dd>smsc-a"):
+        assert shown in record.group(1), shown
