@@ -26,6 +26,7 @@ from router.links import Link, Links
 from router.policy.accounts import Caller
 from router.policy.jobs import encode_job
 from router.store import keys
+from router.store.connections import as_text
 from router.store.ledger import Finished, Ledger, Report, Sending
 
 from ..conftest import Provider, RunningDaemon, wait_for
@@ -274,7 +275,7 @@ async def test_a_long_message_shows_its_parts_reports_and_hides_its_callback_url
     await client.send_many(
         [{"id": "lm-1", "to": TO, "text": "y" * 200, "status_callback_url": url}]
     )
-    owner = (await redis.hget(keys.record("alerts", "lm-1"), "owner") or b"").decode()
+    owner = as_text(await redis.hget(keys.record("alerts", "lm-1"), "owner") or b"")
     item = Sending(id="lm-1", owner=owner, replay="", sender="+16501112345", to=TO,
                    text="y" * 200, meta="", url=url, sticky_key="", sticky_ttl=0)  # fmt: skip
     [began] = await ledger.sending("alerts", [item])
