@@ -106,10 +106,10 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
     assert "code-4711" in await row.inner_text() and TO in await row.inner_text()
     raw_row = page.locator(f'tr[data-entry="{letters["raw-1"].entry_id}"]')
     assert "job.to" in await raw_row.inner_text()
-    await screenshot(page, "dead-letters", shots)
+    await screenshot(page, "dead-letters-1280", shots)
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await _fits(page)
-    await screenshot(page, "dead-letters-phone", shots)
+    await screenshot(page, "dead-letters-390", shots)
     await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
 
     await row.get_by_role("button", name="Replay").click()
@@ -130,10 +130,10 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
     await page.fill("#block-entry", "+4420")
     await page.get_by_role("button", name="Add to the blocklist").click()
     await page.locator('tr[data-block="+4420"]').wait_for()
-    await screenshot(page, "opt-outs", shots)
+    await screenshot(page, "opt-outs-1280", shots)
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await _fits(page)
-    await screenshot(page, "opt-outs-phone", shots)
+    await screenshot(page, "opt-outs-390", shots)
     assert errors == []
     await context.close()
 

@@ -98,7 +98,7 @@ async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
     assert await row.get_attribute("data-profile") == "sms"
     assert await row.get_attribute("data-can-send") == "yes"
     assert "of 3" in await row.inner_text()  # its delivery ratio over 3 reports
-    await screenshot(page, "numbers", shots)
+    await screenshot(page, "numbers-1280", shots)
 
     # Move it: the diff first, nothing written yet.
     before = path.read_bytes()
@@ -110,7 +110,7 @@ async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
     assert [x for x in lines if x.startswith("-") and MOVED in x and UK not in x], diff
     assert [x for x in lines if x.startswith("+") and UK in x and MOVED in x], diff
     assert path.read_bytes() == before
-    await screenshot(page, "numbers-diff", shots)
+    await screenshot(page, "numbers-diff-1280", shots)
 
     await page.click("text=Apply and reload")
     await page.wait_for_selector('#verdict[data-applied="yes"][data-reloaded="yes"]')
@@ -134,7 +134,7 @@ async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
     await page.reload()
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], width
-    await screenshot(page, "numbers-phone", shots)
+    await screenshot(page, "numbers-390", shots)
     # A profile's settings and their form fit too.
     await page.click("text=Settings of uk")
     await page.locator('#profile-uk tr[data-setting="window"]').wait_for()
