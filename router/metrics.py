@@ -49,6 +49,7 @@ from router.store import keys
 from router.store.connections import as_text
 from router.store.health import NumberHealth
 from router.store.outages import REDIS_ERRORS, RedisOutages
+from router.store.queue import QUEUE_READS, no_group, queue_counts, queue_reads
 
 __all__ = ["LATENCY_BUCKETS", "Latency", "Metrics", "ProfileMetrics"]
 
@@ -258,12 +259,7 @@ class Metrics:
         today = keys.utc_day()
         async with redis.pipeline(transaction=False) as pipe:
             for name in names:
-                stream = keys.queue(name)
-                pipe.xlen(stream)
-                pipe.xpending(stream, keys.GROUP)
-                pipe.xrange(stream, "-", "+", count=1)
-                pipe.zcard(keys.schedule(name))
-                pipe.xlen(keys.dead_letters(name))
+                queue_reads(pipe, name)
                 pipe.xlen(keys.inbound(name))
                 pipe.hgetall(keys.stats(name))
                 pipe.xlen(keys.callbacks(name))
@@ -275,24 +271,23 @@ class Metrics:
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
             # A missing consumer group (nothing read yet) answers XPENDING with an error.
-            if isinstance(reply, Exception) and not _no_group(reply):
+            if isinstance(reply, Exception) and not no_group(reply):
                 raise reply
         queues: dict[str, _Queue] = {}
         callbacks = callback_dead = 0
+        each = QUEUE_READS + 5  # the queue's reads, inbound, stats, callbacks, spend
         for i, name in enumerate(names):
-            row = replies[i * 10 : i * 10 + 10]
-            depth, pending, first, scheduled, dead, inbound, stats, posts, given_up, spend = row
+            row = replies[i * each : i * each + each]
+            queue = queue_counts(row[:QUEUE_READS])
+            inbound, stats, posts, given_up, spend = row[QUEUE_READS:]
             callbacks += int(posts)
             callback_dead += int(given_up)
-            oldest = None
-            if isinstance(first, list) and first:
-                oldest = int(as_text(first[0][0]).split("-", 1)[0])
             queues[name] = _Queue(
-                depth=int(depth),
-                pending=int(pending["pending"]) if isinstance(pending, dict) else 0,
-                oldest_ms=oldest,
-                scheduled=int(scheduled),
-                dead_letters=int(dead),
+                depth=queue.depth,
+                pending=queue.pending,
+                oldest_ms=queue.oldest_ms,
+                scheduled=queue.scheduled,
+                dead_letters=queue.dead_letters,
                 inbound=int(inbound),
                 stats={as_text(k): int(v) for k, v in stats.items()},
                 spend={as_text(k): keys.spend_amount(v) for k, v in spend.items()},
@@ -312,10 +307,6 @@ class Metrics:
             caps_used={as_text(k): int(v) for k, v in caps.items()},
             numbers=numbers,
         )
-
-
-def _no_group(exc: Exception) -> bool:
-    return "NOGROUP" in str(exc)
 
 
 def _bind_state(bind: Bind) -> str:

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from router.config import Settings
 from router.policy.rules import daily_cap
 from router.store import keys
 from router.store.connections import as_text
+from router.store.queue import QUEUE_READS, no_group, queue_counts, queue_reads
 from router.summary import today
 
 __all__ = ["RATE_WINDOW", "Overview", "ProfileRow", "read_overview"]
@@ -73,12 +73,7 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
     spend_day = keys.utc_day(now)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            stream = keys.queue(name)
-            pipe.xlen(stream)
-            pipe.xpending(stream, keys.GROUP)
-            pipe.xrange(stream, "-", "+", count=1)
-            pipe.zcard(keys.schedule(name))
-            pipe.xlen(keys.dead_letters(name))
+            queue_reads(pipe, name)
             pipe.hget(keys.spend(name, spend_day), "total")
         for name in names:
             low = f"{int((now - RATE_WINDOW) * 1000)}-0"
@@ -88,29 +83,29 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
     info = await redis.info()  # alone: a cluster pipeline routes by key, INFO has none
     for reply in replies:
         # A profile whose consumer group is not made yet answers XPENDING with NOGROUP.
-        if isinstance(reply, Exception) and not (
-            isinstance(reply, ResponseError) and "NOGROUP" in str(reply)
-        ):
+        if isinstance(reply, Exception) and not no_group(reply):
             raise reply
     profiles = []
+    each = QUEUE_READS + 1  # the queue's reads and the spend
     for i, name in enumerate(names):
-        depth, pending, first, scheduled, dead, spent = replies[i * 6 : i * 6 + 6]
+        row = replies[i * each : i * each + each]
+        queue = queue_counts(row[:QUEUE_READS])
         oldest = None
-        if isinstance(first, list) and first:
-            oldest = max(0.0, now - int(as_text(first[0][0]).split("-", 1)[0]) / 1000)
+        if queue.oldest_ms is not None:
+            oldest = max(0.0, now - queue.oldest_ms / 1000)
         profiles.append(
             ProfileRow(
                 name=name,
-                depth=int(depth),
-                in_progress=int(pending["pending"]) if isinstance(pending, dict) else 0,
+                depth=queue.depth,
+                in_progress=queue.pending,
                 oldest_age=oldest,
-                scheduled=int(scheduled),
-                dead_letters=int(dead),
-                spend_today=keys.spend_amount(spent),
+                scheduled=queue.scheduled,
+                dead_letters=queue.dead_letters,
+                spend_today=keys.spend_amount(row[QUEUE_READS]),
                 spend_limit=settings.profiles[name].daily_spend_limit,
             )
         )
-    at = len(names) * 6
+    at = len(names) * each
     rates = _rates(replies[at : at + len(names)], now)
     counts = replies[at + len(names)]
     return Overview(

@@ -12,11 +12,12 @@ work that is waiting or in progress.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from router.store import keys, scripts
@@ -211,6 +212,56 @@ async def drop_dead_letters(redis: Redis, profile: str, entry_ids: list[str]) ->
     if not entry_ids:
         return 0
     return int(await redis.xdel(keys.dead_letters(profile), *entry_ids))
+
+
+QUEUE_READS: Final = 5  # the commands `queue_reads` queues
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """A profile's queue as one round trip read it (`queue_reads`, `queue_counts`)."""
+
+    depth: int  # entries on the stream
+    pending: int  # of which read and not finished
+    oldest_ms: int | None  # the oldest entry's id time (ms), None when empty
+    scheduled: int  # in the schedule (send-at and retries)
+    dead_letters: int
+
+
+def queue_reads(pipe: Pipeline, profile: str) -> int:
+    """Queue on `pipe` (the caller's round trip) the reads of `profile`'s queue that
+    `queue_counts` turns into counts: XLEN, XPENDING, the first entry, the schedule's
+    ZCARD, the dead letters' XLEN. Returns how many (`QUEUE_READS`)."""
+    stream = keys.queue(profile)
+    pipe.xlen(stream)
+    pipe.xpending(stream, keys.GROUP)
+    pipe.xrange(stream, "-", "+", count=1)
+    pipe.zcard(keys.schedule(profile))
+    pipe.xlen(keys.dead_letters(profile))
+    return QUEUE_READS
+
+
+def queue_counts(replies: Sequence[Any]) -> QueueCounts:
+    """The counts from the `QUEUE_READS` replies of `queue_reads` (a pipeline run with
+    ``raise_on_error=False``: XPENDING's NOGROUP error, no group made yet, counts as
+    none pending; check the others with `no_group` first)."""
+    depth, pending, first, scheduled, dead = replies
+    oldest = None
+    if isinstance(first, list) and first:
+        oldest = int(as_text(first[0][0]).split("-", 1)[0])
+    return QueueCounts(
+        depth=int(depth),
+        pending=int(pending["pending"]) if isinstance(pending, dict) else 0,
+        oldest_ms=oldest,
+        scheduled=int(scheduled),
+        dead_letters=int(dead),
+    )
+
+
+def no_group(reply: object) -> bool:
+    """Whether a pipeline reply is the error of a consumer group not made yet (a
+    profile nothing has read from answers XPENDING so)."""
+    return isinstance(reply, ResponseError) and "NOGROUP" in str(reply)
 
 
 def _entry(eid: Any, fields: dict[Any, Any]) -> Entry:
