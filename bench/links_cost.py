@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import RedisServer, Rig, cpu_seconds, ensure_tools, peak_rss_mb, round_ratio, save
+from drain_row import drain_row
+from harness import RedisServer, ensure_tools, round_ratio, save
 from profile_drain import summarise
 from redis.asyncio import Redis
-from versus_kannel import read_records, waited, waiter
 
 from router import Client
 from router.links import Links, ToShorten, write_commands
@@ -100,57 +98,25 @@ async def micro(url: str, batch: int = 500, tries: int = 30) -> dict[str, float]
     return {k: round(v / batch * 1e6, 2) for k, v in best.items()}
 
 
-def spy(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
-    """py-spy recording `pid` (raw stacks to `out`)."""
-    binary = shutil.which("py-spy") or "/tmp/tools/bin/py-spy"
-    return subprocess.Popen(
-        [binary, "record", "--pid", str(pid), "-f", "raw", "-o", str(out),
-         "-d", str(seconds), "-r", "200", "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 def drain(n: int, scratch: Path, tag: str, on: bool, *, profile: int = 0) -> dict[str, Any]:
     """versus_kannel's router drain with shortening `on` or off; checks every job was sent."""
-    rig = Rig(scratch, tag)
-    config = rig.config.read_text()
-    if on:
+
+    def edit(config: str) -> str:
+        if not on:
+            return config
         config = config.replace("global = true\n", "global = true\nshorten = true\n", 1)
-        config += f'\n[links]\nbase_url = "{BASE_URL}"\n'
-    rig.config.write_text(config)
-    try:
-        asyncio.run(preload(rig.url, n, tag))
-        rig.start_daemon()
-        time.sleep(1.5)  # started and trying to bind
-        pids = rig.pids()
-        wait = waiter(n, rig.stats, tag, pids)
-        recording = None
-        if profile:
-            recording = spy(rig.router_pid, Path(f"/tmp/links-{tag}.raw"), profile)
-            time.sleep(1.0)
-        time.sleep(0.5)
-        cpu0 = cpu_seconds(rig.router_pid)
-        rig.start_sink()
-        result = waited(wait)
-        if recording is not None:
-            recording.wait(profile + 30)
-        row: dict[str, Any] = {
-            "rate": result.get("sink_rate", 0.0),
-            "complete": result.get("complete", False),
-            "cpu_pct": {k: v["cpu_pct"] for k, v in result.get("cpu", {}).items()},
-            "router_cpu_s": round(cpu_seconds(rig.router_pid) - cpu0, 2),
-            "foreign_cpu_pct": result.get("foreign_cpu_pct"),
-        }
-        row["cpu_pct"].pop("loader", None)
-        row["router_us_per_msg"] = round(row["router_cpu_s"] / n * 1e6, 1)
-        row["rss_mb"] = round(peak_rss_mb(rig.router_pid), 1)
-        sample = asyncio.run(read_records(rig.url, [f"{tag}-{i}" for i in range(4)]))
-        row["sample_statuses"] = sorted({str((r or {}).get("status")) for r in sample})
-        row["sample_text"] = str((sample[0] or {}).get("text", ""))
-        row["links"] = asyncio.run(link_count(rig.url))
-    finally:
-        rig.close()
-    return row
+        return config + f'\n[links]\nbase_url = "{BASE_URL}"\n'
+
+    return drain_row(
+        n,
+        scratch,
+        tag,
+        preload=preload,
+        edit=edit,
+        spy_seconds=profile,
+        spy_out=Path(f"/tmp/links-{tag}.raw"),
+        extra=lambda url: {"links": asyncio.run(link_count(url))},
+    )
 
 
 def main() -> None:
