@@ -298,6 +298,10 @@ class QueueSettings(_Section):
     schedule_poll: Annotated[float, _between(0.01, 60)] = 0.5
     retention: Annotated[float, _at_least(60)] = 7 * 86_400.0
     events_maxlen: Annotated[int, _at_least(1000)] = 1_000_000
+    # Index each new message by recipient and UTC day (keys.recipient_index: one sorted
+    # set member, ~100 bytes, per message) for the console's search by recipient; off,
+    # that search reads the SMS log instead.
+    recipient_index: bool = True
 
 
 def _base_url(value: str | None) -> str | None:
@@ -404,7 +408,21 @@ _DEFAULT_NUMBER = NumberDetails()
 ReportStatus = Literal["delivered", "undelivered", "failed", "sent"]
 
 
-class WebhookReports(_Section):
+class _WebhookAuth(_Section):
+    """How a Web-URL provider's webhook is authenticated: ``"token"``: header
+    X-Webhook-Token equals `secret`; ``"hmac-sha256"``: header X-Signature is the hex
+    HMAC-SHA256 of the raw body keyed with `secret`."""
+
+    check: Literal["token", "hmac-sha256"] = "token"
+    secret: SecretStr
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
+        return _long_secret(value, info)
+
+
+class WebhookReports(_WebhookAuth):
     """``[profiles.P.http.reports]``: how a Web-URL provider's delivery-report webhook
     (``POST /v1/providers/P/report``) reads, and how it is authenticated."""
 
@@ -415,18 +433,9 @@ class WebhookReports(_Section):
     # The provider's status value -> ours; a value not listed is refused (400).
     statuses: dict[str, ReportStatus] = Field(min_length=1)
     error_field: str | None = None
-    # "token": header X-Webhook-Token equals `secret`; "hmac-sha256": header
-    # X-Signature is the hex HMAC-SHA256 of the raw body keyed with `secret`.
-    check: Literal["token", "hmac-sha256"] = "token"
-    secret: SecretStr
-
-    @field_validator("secret", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return _long_secret(value, info)
 
 
-class WebhookInbound(_Section):
+class WebhookInbound(_WebhookAuth):
     """``[profiles.P.http.inbound]``: how a Web-URL provider's inbound-message webhook
     (``POST /v1/providers/P/inbound``) reads, and how it is authenticated (as
     `WebhookReports`). Paths are form field names or dotted paths into a JSON body."""
@@ -439,13 +448,6 @@ class WebhookInbound(_Section):
     media_field: str | None = None
     media_url_key: str = "url"
     media_type_key: str = "content_type"
-    check: Literal["token", "hmac-sha256"] = "token"
-    secret: SecretStr
-
-    @field_validator("secret", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Any:
-        return _long_secret(value, info)
 
 
 class HttpSection(_BindSection):

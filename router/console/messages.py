@@ -6,11 +6,13 @@ The search takes its filters as query parameters — ``id``, ``to``, ``from``,
 cheapest place that answers:
 
 - ``id``: the record itself (`Ledger.find` in the configured profiles), shown at once;
-- ``to``: the recipient index (``sms:{P}:to:<E164>``, `keys.recipient_index`: each
-  profile's sorted set of the recipient's message ids by creation time), newest
-  first, the other filters applied to the records it names; its pages go by an offset
-  in each profile's set below the first page's time (``skip``), so messages created
-  meanwhile do not shift them;
+- ``to``: the recipient index (``sms:{P}:to:<YYYYMMDD>``, `keys.recipient_index`: one
+  sorted set per profile and UTC day whose members ``<to>|<time>|<id>`` put a
+  recipient's messages in one lexicographic range), newest first, read day by day
+  back through the retention, the other filters applied to the records it names; its
+  pages go on below the last entry shown (``below``), so messages created meanwhile
+  do not shift them. With ``[queue] recipient_index = false`` nothing is indexed and
+  the search reads the SMS log instead (the page says so);
 - anything else: the SMS log (`message_log`, what ``GET /v1/messages`` and
   ``sms-router log`` read): records by their latest change, newest first, reading at
   most `LOG_SCAN` events a page (a narrow filter may show a page short, with a link
@@ -25,11 +27,10 @@ configuration only, so API worker processes serve it too.
 
 from __future__ import annotations
 
-import heapq
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
@@ -52,6 +53,7 @@ __all__ = ["PAGE", "Search", "add_routes", "parse_search", "recipient_messages"]
 
 PAGE: Final = 50  # rows a page shows
 INDEX_SCAN: Final = 5000  # index entries read at most for one page (filters drop some)
+DAYS_A_TRIP: Final = 8  # the recipient index's days (x profiles) read in one round trip
 # Events the SMS log reads at most for one page: a filter that matches little reads this
 # many records and shows a short page with a link to read on (2,000: ~0.1 s on a store
 # of 1,000,000 messages, bench/console_search.py; the API's 20,000 took 1.2 s).
@@ -92,7 +94,32 @@ class Search:
     since: float | None = None
     until: float | None = None
     before: str | None = None  # the SMS log's position to continue below
-    skip: dict[str, int] = field(default_factory=dict)  # the index's offsets
+    below: Below | None = None  # the recipient index's entry to continue below
+
+
+@dataclass(frozen=True, order=True)
+class Below:
+    """An entry of the recipient index, as the search orders them (newest first is
+    the highest): its time (`keys.recipient_stamp`), job id and profile. A page goes
+    on below the last one it showed (``below=<stamp>|<profile>|<id>``)."""
+
+    stamp: str
+    id: str
+    profile: str
+
+    def text(self) -> str:
+        """The query parameter's value."""
+        return f"{self.stamp}|{self.profile}|{self.id}"
+
+    @classmethod
+    def parse(cls, text: str, profiles: Sequence[str]) -> Below:
+        """`text` as `text` wrote it (ValueError when it is none)."""
+        stamp, _, rest = text.partition("|")
+        profile, _, job = rest.partition("|")
+        keys.recipient_stamp_time(stamp)
+        if profile not in profiles or not job:
+            raise ValueError(f"not a recipient index entry: {text!r}")
+        return cls(stamp, job, profile)
 
 
 def own_account(session: Session) -> str | None:
@@ -115,7 +142,7 @@ def parse_search(
 ) -> Search:
     """The search `query` asks for; ValueError naming the field when one is wrong
     (an account's session asking for another account's messages among them)."""
-    given = {k: query.get(k, "").strip() for k in (*FILTERS, "before", "skip")}
+    given = {k: query.get(k, "").strip() for k in (*FILTERS, "before", "below")}
     found = Search()
     found.id = given["id"] or None
     if given["to"]:
@@ -152,14 +179,19 @@ def parse_search(
         except ValueError:
             raise ValueError("before: not a position of this search's pages") from None
         found.before = given["before"]
-    if given["skip"]:
+    if given["below"]:
         try:
-            found.skip = {
-                p: int(n) for p, _, n in (part.rpartition("=") for part in given["skip"].split(","))
-            }
+            found.below = Below.parse(given["below"], list(settings.profiles))
         except ValueError:
-            raise ValueError("skip: not an offset of this search's pages") from None
+            raise ValueError("below: not a position of this search's pages") from None
     return found
+
+
+def _days(newest: float, oldest: float) -> list[str]:
+    """The UTC days (YYYYMMDD) from `newest`'s back to `oldest`'s, newest first."""
+    first = datetime.fromtimestamp(newest, UTC).date()
+    last = datetime.fromtimestamp(max(0.0, oldest), UTC).date()
+    return [(first - timedelta(days=n)).strftime("%Y%m%d") for n in range((first - last).days + 1)]
 
 
 async def recipient_messages(
@@ -169,46 +201,82 @@ async def recipient_messages(
     profiles: Sequence[str],
     to: str,
     since: float | None,
-    until: float,
-    skip: Mapping[str, int],
+    until: float | None,
+    below: Below | None,
     limit: int,
     keep: Callable[[dict[str, Any]], bool],
+    now: float,
+    retention: float,
     scan: int = INDEX_SCAN,
-) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
-    """Up to `limit` records of messages to `to` created in [`since`, `until`], newest
-    first, that `keep` keeps, from the profiles' recipient indexes, each read below
-    its offset in `skip`; and the offsets the next page starts at (None: no more).
-    Reads at most `scan` index entries (a page may then be short and still go on)."""
-    offsets = {p: skip.get(p, 0) for p in profiles}
-    low = "-inf" if since is None else repr(since)
+) -> tuple[list[dict[str, Any]], Below | None]:
+    """Up to `limit` records of messages to `to` created in [`since`, `until`] (None:
+    unbounded) and below the entry `below`, newest first, that `keep` keeps, from the
+    profiles' recipient indexes (one per UTC day: from the newest day asked back to
+    `retention` before `now`, `DAYS_A_TRIP` days a round trip, stopping once the page
+    is full); and the entry the next page goes on below (None: no more). Reads at
+    most `scan` index entries (a page may then be short and still go on)."""
+    prefix = to.encode() + b"|"
+    width = keys.RECIPIENT_STAMP_WIDTH
+    low = b"[" + prefix + (keys.recipient_stamp(since).encode() if since is not None else b"")
+    top = until if until is not None else now
+    if below is not None:
+        top = min(top, keys.recipient_stamp_time(below.stamp))
+    days = _days(top, max(since or 0.0, now - retention))
+    cursor = below  # the last entry read through
+
+    def high(profile: str) -> bytes:
+        """The range's top in `profile`'s sets: below `cursor`, else up to `until`."""
+        if cursor is not None:
+            # (an entry of the same time and id sorts below `cursor` only in a profile
+            # named before its own)
+            edge = b"[" if profile < cursor.profile else b"("
+            return edge + prefix + f"{cursor.stamp}|{cursor.id}".encode()
+        if until is not None:
+            return b"[" + prefix + keys.recipient_stamp(until).encode() + b"|\xff"
+        return b"[" + prefix + b"\xff"
+
     shown: list[dict[str, Any]] = []
     read = 0
-    while True:
+    at = 0  # the first of `days` not read through
+    while at < len(days):
         want = min(limit, scan - read)
+        trip = days[at : at + DAYS_A_TRIP]
         async with redis.pipeline(transaction=False) as pipe:
-            for p in profiles:
-                pipe.zrevrangebyscore(
-                    keys.recipient_index(p, to), repr(until), low, offsets[p], want, withscores=True
-                )
-            replies: list[Any] = await pipe.execute()
-        lists = [
-            [(float(score), p, as_text(member)) for member, score in rows]
-            for p, rows in zip(profiles, replies, strict=True)
+            for day in trip:
+                for p in profiles:
+                    pipe.execute_command(
+                        "ZRANGE", keys.recipient_index(p, day), high(p), low,
+                        "BYLEX", "REV", "LIMIT", 0, want,
+                    )  # fmt: skip
+            replies: list[list[bytes]] = await pipe.execute()
+        found = [
+            Below(rest[:width], rest[width + 1 :], p)
+            for p, members in zip(list(profiles) * len(trip), replies, strict=True)
+            for rest in (as_text(m)[len(prefix) :] for m in members)
         ]
-        # Newest first across the profiles; each profile's entries stay in its order,
-        # so what is taken is a prefix of each (its offset moves by what it gave).
-        taken = list(heapq.merge(*lists, key=lambda row: -row[0]))[:want]
-        for _score, p, _job in taken:
-            offsets[p] += 1
-        records = await ledger.get_many([(p, job) for _score, p, job in taken]) if taken else []
-        # (an entry whose record has expired has no record: passed over)
-        shown += [r for r in records if r is not None and keep(r)][: limit - len(shown)]
+        # Newest first over every set read: the top `want` of them all is a prefix of
+        # each set's range, so the next read goes on below the last entry taken.
+        taken = sorted(found, reverse=True)[:want]
+        records = await ledger.get_many([(e.profile, e.id) for e in taken]) if taken else []
         read += len(taken)
-        exhausted = all(len(rows) < want for rows in lists) and len(taken) == sum(map(len, lists))
-        if exhausted:
-            return shown, None
+        for entry, record in zip(taken, records, strict=True):
+            cursor = entry
+            # (an entry whose record has expired has no record: passed over)
+            if record is not None and keep(record):
+                shown.append(record)
+                if len(shown) == limit:
+                    break
+        # These days are read through when no set had more than it gave and every
+        # entry was taken and gone through; the next days are read below `cursor`.
+        if (
+            all(len(m) < want for m in replies)
+            and len(taken) == len(found)
+            and (not taken or cursor == taken[-1])
+        ):
+            at += DAYS_A_TRIP
         if len(shown) >= limit or read >= scan:
-            return shown, offsets
+            return shown, cursor if at < len(days) else None
+    return shown, None
 
 
 def _iso(at: float) -> str:
@@ -300,26 +368,27 @@ async def search_page(request: web.Request) -> web.StreamResponse:
     values["searched"] = True
     keep = _keeps(search)
     base = {k: v for k, v in values["form"].items() if v}
-    if search.to is not None:
-        until = search.until if search.until is not None else now
-        rows, offsets = await recipient_messages(
+    if search.to is not None and settings.queue.recipient_index:
+        rows, below = await recipient_messages(
             context.redis,
             context.ledger,
             profiles=profiles,
             to=search.to,
             since=search.since,
-            until=until,
-            skip=search.skip,
+            until=search.until,
+            below=search.below,
             limit=PAGE,
             keep=keep,
+            now=now,
+            retention=settings.queue.retention,
         )
         values["how"] = (
             f"Messages to {search.to} by the time they were created, newest first "
-            "(the recipient index)."
+            "(the recipient index; a message created while [queue] recipient_index was "
+            "off is not in it)."
         )
-        if offsets is not None:
-            skip = ",".join(f"{p}={n}" for p, n in sorted(offsets.items()))
-            values["next"] = "?" + urlencode({**base, "until": _iso(until), "skip": skip})
+        if below is not None:
+            values["next"] = "?" + urlencode({**base, "below": below.text()})
     else:
         since = search.since if search.since is not None else 0.0
         before = search.before or "+"
@@ -335,17 +404,22 @@ async def search_page(request: web.Request) -> web.StreamResponse:
             limit=PAGE,
             profile=search.profile,
             status=search.status,
+            to=search.to,
             account=search.account,
             before=before,
             scan=LOG_SCAN,
             match=keep if search.sender is not None else None,
         )
         rows = log.records
+        unindexed = search.to is not None  # ([queue] recipient_index = false)
         values["how"] = (
             "Messages by their latest change, newest first (the SMS log: each page reads "
             f"at most {LOG_SCAN:,} events"
             + (
-                "; a sender has no index, so narrow the search with since and until"
+                "; the recipient index is off ([queue] recipient_index = false), so "
+                "narrow the search with since and until"
+                if unindexed
+                else "; a sender has no index, so narrow the search with since and until"
                 if search.sender is not None
                 else ""
             )

@@ -208,18 +208,54 @@ def top_clicks(profile: str, day: str) -> str:
     return f"sms:{{{profile}}}:clicks:top:{day}"
 
 
-def recipient_index(profile: str, recipient: str) -> str:
-    """Sorted set: the ids of `profile`'s messages to `recipient` (as the record's
-    `to`: E.164), scored by their records' creation time; written once per message by
-    the step that creates its record (enqueue.lua, sending.lua), so the console finds a
-    recipient's messages without scanning the event streams. Expires the retention after
-    its latest message; entries older than the retention are trimmed as it grows."""
-    return f"sms:{{{profile}}}:to:{recipient}"
+def recipient_index(profile: str, day: str) -> str:
+    """Sorted set: `profile`'s messages created on UTC `day` (YYYYMMDD, `recipient_day`),
+    for the console's search by recipient. Every member scores 0 and reads
+    ``<to>|<stamp>|<id>`` (`recipient_member`: the record's `to`, its creation time as
+    `recipient_stamp`, its job id), so one recipient's messages are a lexicographic
+    range (ZRANGE BYLEX) in time order. One ZADD per message, by the step that creates
+    its record (enqueue.lua, sending.lua; none when ``[queue] recipient_index = false``);
+    no key per recipient. The whole day expires the retention after the day ends."""
+    return f"sms:{{{profile}}}:to:{day}"
 
 
-def recipient_index_prefix(profile: str) -> str:
-    """`recipient_index` without the recipient: the scripts' callers append it."""
-    return f"sms:{{{profile}}}:to:"
+RECIPIENT_STAMP_WIDTH = 11  # base 36 digits of a time in microseconds (to year 5000+)
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def recipient_day(at: float) -> str:
+    """The UTC day (YYYYMMDD) of Unix time `at`: the recipient index that holds the
+    messages created then."""
+    return time.strftime("%Y%m%d", time.gmtime(at))
+
+
+def recipient_stamp(at: str | float) -> str:
+    """A creation time (`now` as the ledger formats it, ``<s>.<us>``, or a float) as
+    `RECIPIENT_STAMP_WIDTH` base-36 digits of microseconds, zero-padded: compared as
+    text they are in time order."""
+    if isinstance(at, str):
+        whole, _, frac = at.partition(".")
+        us = int(whole) * 1_000_000 + int((frac + "000000")[:6])
+    else:
+        us = max(0, round(at * 1_000_000))
+    digits = ""
+    while us:
+        us, d = divmod(us, 36)
+        digits = _BASE36[d] + digits
+    return digits.rjust(RECIPIENT_STAMP_WIDTH, "0")
+
+
+def recipient_stamp_time(stamp: str) -> float:
+    """The Unix time a `recipient_stamp` stands for (ValueError when it is none)."""
+    if len(stamp) != RECIPIENT_STAMP_WIDTH or stamp.strip(_BASE36):
+        raise ValueError(f"not a recipient index time: {stamp!r}")
+    return int(stamp, 36) / 1_000_000
+
+
+def recipient_member(to: str, stamp: str, job_id: str) -> str:
+    """A recipient index member: ``<to>|<stamp>|<job id>`` (enqueue.lua and
+    sending.lua build the same)."""
+    return f"{to}|{stamp}|{job_id}"
 
 
 def health(instance: str) -> str:

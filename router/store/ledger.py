@@ -169,6 +169,9 @@ class SendingCall(NamedTuple):
     profile: str
     retention: int  # seconds a new record lives
     events_maxlen: int
+    # The recipient index's time of the records this call creates (keys.recipient_stamp
+    # of `now`; their day's index is the key after the records). '' = no index written.
+    index_stamp: str
     items: Sequence[Sending]
 
 
@@ -202,6 +205,7 @@ class EnqueueCall(NamedTuple):
     retention: int
     events_maxlen: int
     profile: str
+    index_stamp: str  # as SendingCall's ('' = no recipient index written)
     items: Sequence[Enqueued]
 
 
@@ -286,8 +290,12 @@ class Ledger:
         events_maxlen: int,
         replicas_ack: int = 0,
         replicas_ack_timeout_ms: int = 100,
+        recipient_index: bool = True,
     ) -> None:
         self._redis = redis
+        # `[queue] recipient_index`: whether the records created are indexed by
+        # recipient (keys.recipient_index); the daemon sets it again on a reload.
+        self.recipient_index = recipient_index
         self._replicas = ReplicaWait(redis, replicas_ack, replicas_ack_timeout_ms)
         self._retention = max(1, int(retention))
         self._events_maxlen = events_maxlen
@@ -469,14 +477,16 @@ class Ledger:
     async def sending(self, profile: str, items: Sequence[Sending]) -> list[Transition]:
         """Record `sending` for a batch in one call (sending.lua); one `Transition` per
         item, its `step` the history index the outcome's step follows."""
+        now = f"{time.time():.6f}"
+        stamp = keys.recipient_stamp(now) if self.recipient_index else ""
         payload = msgpack.packb(
-            SendingCall(f"{time.time():.6f}", profile, self._retention, self._events_maxlen, items)
+            SendingCall(now, profile, self._retention, self._events_maxlen, stamp, items)
         )
         record = keys.record(profile, "")
         script_keys = [keys.events(profile), keys.callbacks(profile), keys.stats(profile)]
         script_keys += [record + it.id for it in items]
-        to = keys.recipient_index_prefix(profile)
-        script_keys += [to + it.to for it in items]
+        if stamp:
+            script_keys.append(keys.recipient_index(profile, keys.recipient_day(float(now))))
         script_keys += [it.sticky_key for it in items if it.sticky_key]
         reply = await self._sending(keys=script_keys, args=[payload])
         return [
@@ -624,14 +634,17 @@ class Ledger:
         record = keys.record(profile, "")
         script_keys = [keys.events(profile), keys.callbacks(profile), keys.queue(profile)]
         script_keys += [record + job_id for job_id, _job, _fields in items]
-        to = keys.recipient_index_prefix(profile)
-        script_keys += [to + fields.get("to", "") for _job_id, _job, fields in items]
+        now = f"{time.time():.6f}"
+        stamp = keys.recipient_stamp(now) if self.recipient_index else ""
+        if stamp:  # (one key, the call's day: every record it creates is made `now`)
+            script_keys.append(keys.recipient_index(profile, keys.recipient_day(float(now))))
         payload = msgpack.packb(
             EnqueueCall(
-                f"{time.time():.6f}",
+                now,
                 self._retention,
                 self._events_maxlen,
                 profile,
+                stamp,
                 [Enqueued(job_id, job, [x for kv in fields.items() for x in kv])
                  for job_id, job, fields in items],
             ),

@@ -3,8 +3,10 @@ with messages sent by the real daemon to a real HTTP provider: search by id,
 recipient, sender, status, profile, account and time; a message's page with its
 record, text, timeline, delivery report and clicks; ``store_text = false`` hides the
 text; an account's session sees only its own messages; no session is sent to sign in.
-And the recipient index itself: one entry per message, in the profile's slot, with
-the retention as its TTL."""
+And the recipient index itself: one member per message in its profile's day set, in
+the profile's slot, expiring the retention after the day; none with ``[queue]
+recipient_index = false`` (the search then reads the SMS log); its pages over days and
+profiles, with no repeat and no gap."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from redis.asyncio import Redis
 
 from router import Client
 from router.config import Settings
+from router.console.messages import Below, recipient_messages
 from router.links import Link, Links
 from router.policy.accounts import Caller
 from router.policy.jobs import encode_job
@@ -70,6 +73,21 @@ async def sent(
     await wait_for(all_sent, 15, "the messages recorded sent")
 
 
+async def indexed(redis: Redis, profile: str) -> dict[str, list[tuple[str, str, str]]]:
+    """Every recipient index day set of `profile` by its day: its members as (to, job
+    id, time stamp), in the set's order, each checked to score 0."""
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    async for name in redis.scan_iter(match=keys.recipient_index(profile, "*")):
+        rows = []
+        pairs: list[tuple[bytes, float]] = await redis.zrange(name, 0, -1, withscores=True)
+        for member, score in pairs:
+            assert score == 0
+            parts = as_text(member).split("|", 2)
+            rows.append((parts[0], parts[2], parts[1]))
+        out[as_text(name).rsplit(":", 1)[1]] = rows
+    return out
+
+
 def ids_listed(page: str) -> list[str]:
     """The message ids of a results table, in order."""
     return [
@@ -100,10 +118,24 @@ async def test_search_by_every_filter_and_the_message_page(
     ]
     await sent(redis, settings, run_daemon, jobs)
     session = await sign_in(http, ADMIN)
-    # The recipient index holds one entry per message, in its profile's slot, expiring.
-    assert await redis.zrange(keys.recipient_index("alerts", TO), 0, -1) == [b"m-1", b"m-3"]
-    assert await redis.zrange(keys.recipient_index("bulk", TO), 0, -1) == [b"b-1"]
-    assert 0 < await redis.ttl(keys.recipient_index("alerts", TO)) <= settings.queue.retention
+    # The recipient index holds one entry per message in its profile's day set (the day
+    # of its record's creation), expiring the retention after that day.
+    for profile, ids in (("alerts", ["m-1", "m-2", "m-3"]), ("bulk", ["b-1"])):
+        days = await indexed(redis, profile)
+        entries = sorted(e for rows in days.values() for e in rows)
+        records = await Ledger(redis, retention=60, events_maxlen=100).get_many(
+            [(profile, i) for i in ids]
+        )
+        assert entries == sorted(
+            (r["to"], r["id"], keys.recipient_stamp(r["created_at"]))
+            for r in records
+            if r is not None
+        )
+        for day, rows in days.items():
+            days_of = {keys.recipient_day(keys.recipient_stamp_time(at)) for _t, _i, at in rows}
+            assert days_of == {day}
+            ttl = await redis.ttl(keys.recipient_index(profile, day))
+            assert settings.queue.retention < ttl <= settings.queue.retention + 86_400
 
     status, page = await get(http, session, "/console/messages")
     # Without filters: the newest messages (the SMS log).
@@ -232,23 +264,12 @@ async def test_no_session_is_sent_to_sign_in(http: aiohttp.ClientSession) -> Non
             assert response.headers["Location"].startswith("/console/login?next=")
 
 
-async def test_the_index_of_a_plain_xadd_job_and_its_trim(
+async def test_the_index_of_a_plain_xadd_job(
     redis: Redis,
     settings: Settings,
     provider: Provider,
     run_daemon: Callable[[Settings], RunningDaemon],
 ) -> None:
-    index = keys.recipient_index("alerts", TO)
-    retention = settings.queue.retention
-    # Entries older than the retention (a recipient written to steadily): kept by a
-    # write whose id ends in a byte not divisible by 16, trimmed by one that does ("0").
-    stale = time.time() - retention - 60
-    await redis.zadd(index, {"old-1": stale, "old-2": stale + 1})
-    client = Client.from_settings(redis, settings)
-    await client.send_many([{"id": "keep-1", "to": TO, "text": "x"}])
-    assert await redis.zcard(index) == 3
-    await client.send_many([{"id": "trim-0", "to": TO, "text": "x"}])
-    assert await redis.zrange(index, 0, -1) == [b"keep-1", b"trim-0"]
     # A plain XADD job (no record until sending): sending.lua indexes it, once.
     wire = {"id": "plain-1", "to": TO, "text": "from a producer in any language"}
     await redis.xadd(keys.queue("alerts"), {"job": encode_job(wire)})
@@ -260,10 +281,107 @@ async def test_the_index_of_a_plain_xadd_job_and_its_trim(
         return record is not None and record["status"] == "sent"
 
     await wait_for(sent, 15, "the plain job recorded sent")
-    assert await redis.zrange(index, 0, -1) == [b"keep-1", b"trim-0", b"plain-1"]
     record = await ledger.get("plain-1", profile="alerts")
     assert record is not None
-    assert await redis.zscore(index, "plain-1") == pytest.approx(float(record["created_at"]))
+    [(day, rows)] = (await indexed(redis, "alerts")).items()
+    assert rows == [(TO, "plain-1", keys.recipient_stamp(record["created_at"]))]
+    assert day == keys.recipient_day(float(record["created_at"]))
+
+
+async def test_no_index_when_switched_off_and_the_search_reads_the_log(
+    redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """``[queue] recipient_index = false``: the ledger writes no index (the doors'
+    enqueue and a plain job's `sending`), and the console's search by recipient reads
+    the SMS log, saying so."""
+    off = settings.model_copy(
+        update={"queue": settings.queue.model_copy(update={"recipient_index": False})}
+    )
+    client = Client.from_settings(redis, off)
+    client.ledger.recipient_index = False  # (the daemon sets it from [queue])
+    await client.send_many([{"id": "off-1", "to": TO, "text": "x"}])
+    ledger = Ledger(redis, retention=60, events_maxlen=100, recipient_index=False)
+    item = Sending(id="off-2", owner="1-1", replay="", sender="+16501112345", to=TO,
+                   text="y", meta="", url="", sticky_key="", sticky_ttl=0)  # fmt: skip
+    [began] = await ledger.sending("alerts", [item])
+    assert began.ok and began.previous == ""
+    assert await indexed(redis, "alerts") == {}
+    # Switched on again (a reload): the next records are indexed.
+    ledger.recipient_index = True
+    [began] = await ledger.sending("alerts", [item._replace(id="on-1")])
+    assert [e[:2] for rows in (await indexed(redis, "alerts")).values() for e in rows] == [
+        (TO, "on-1")
+    ]
+    async with console_site(off, redis) as http:
+        session = await sign_in(http, ADMIN)
+        status, page = await get(http, session, "/console/messages", to=TO)
+        assert status == 200, page
+        assert ids_listed(page) == ["on-1", "off-2", "off-1"]
+        assert "recipient index is off" in html.unescape(page)
+        assert "[queue] recipient_index = false" in html.unescape(page)
+
+
+async def test_recipient_pages_over_days_and_profiles(redis: Redis, settings: Settings) -> None:
+    """Entries over four days (two of them more than `DAYS_A_TRIP` back), in two
+    profiles, with one time and id in both: pages of 3, a filter dropping some, go
+    newest first with no repeat and no gap; `since` and `until` bound them."""
+    client = Client.from_settings(redis, settings)
+    await client.send_many([{"id": f"d-{i}", "to": TO, "text": "x"} for i in range(10)])
+    await client.send_many(
+        [{"id": f"d-{i}", "to": TO, "text": "x", "profile": "bulk"} for i in range(4)]
+    )
+    async for name in redis.scan_iter(match="sms:{*}:to:*"):
+        await redis.delete(name)  # (replaced by entries at chosen times)
+    now = time.time()
+    ago = [0, 50, 3_600, 86_400, 86_400 * 1.5, 86_400 * 3, 86_400 * 10, 86_400 * 10.2, 5, 9]
+    entries: list[tuple[float, str, str]] = [(now - ago[i], f"d-{i}", "alerts") for i in range(10)]
+    entries += [(now - ago[i], f"d-{i}", "bulk") for i in range(3)]  # the same times
+    entries.append((now - 86_400 * 2, "d-3", "bulk"))
+    entries.append((now - 10, "gone", "alerts"))  # its record expired: passed over
+    for at, job, profile in entries:
+        stamp = keys.recipient_stamp(f"{at:.6f}")
+        index = keys.recipient_index(profile, keys.recipient_day(float(f"{at:.6f}")))
+        await redis.zadd(index, {keys.recipient_member(TO, stamp, job): 0})
+        await redis.zadd(index, {keys.recipient_member(OTHER, stamp, job): 0})  # not shown
+    ledger = Ledger(redis, retention=60, events_maxlen=100)
+
+    def order(rows: list[tuple[float, str, str]]) -> list[tuple[str, str]]:
+        ranked = sorted(
+            ((keys.recipient_stamp(f"{at:.6f}"), job, p) for at, job, p in rows), reverse=True
+        )
+        return [(p, job) for _s, job, p in ranked if job != "gone"]
+
+    async def pages(
+        keep: Callable[[dict[str, Any]], bool], since: float | None, until: float | None
+    ) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        below: Below | None = None
+        for _ in range(20):
+            rows, below = await recipient_messages(
+                redis, ledger, profiles=["alerts", "bulk"], to=TO, since=since, until=until,
+                below=below, limit=3, keep=keep, now=now, retention=30 * 86_400,
+            )  # fmt: skip
+            assert len(rows) <= 3
+            seen += [(r["profile"], r["id"]) for r in rows]
+            if below is None:
+                return seen
+            assert Below.parse(below.text(), ["alerts", "bulk"]) == below
+        raise AssertionError("no last page")
+
+    everything = order(entries)
+    assert len(everything) == 14
+    assert await pages(lambda r: True, None, None) == everything
+    odd = [e for e in everything if e[1] not in ("d-1", "d-3", "d-5")]
+    assert await pages(lambda r: r["id"] not in ("d-1", "d-3", "d-5"), None, None) == odd
+    window = order([e for e in entries if now - 86_400 * 2.5 <= e[0] <= now - 30])
+    assert await pages(lambda r: True, now - 86_400 * 2.5, now - 30) == window
+    # Past the retention: not read.
+    recent = order([e for e in entries if e[0] >= now - 86_400 * 9])
+    rows, below = await recipient_messages(
+        redis, ledger, profiles=["alerts", "bulk"], to=TO, since=None, until=None, below=None,
+        limit=50, keep=lambda r: True, now=now, retention=9 * 86_400,
+    )  # fmt: skip
+    assert [(r["profile"], r["id"]) for r in rows] == recent and below is None
 
 
 async def test_a_long_message_shows_its_parts_reports_and_hides_its_callback_url(

@@ -76,8 +76,9 @@ local SENDING_CALL_NOW = 1
 local SENDING_CALL_PROFILE = 2
 local SENDING_CALL_RETENTION = 3
 local SENDING_CALL_EVENTS_MAXLEN = 4
-local SENDING_CALL_ITEMS = 5
-local SENDING_CALL_COUNT = 5
+local SENDING_CALL_INDEX_STAMP = 5
+local SENDING_CALL_ITEMS = 6
+local SENDING_CALL_COUNT = 6
 
 -- FinishCall: finish.lua's ARGV[1].
 local FINISH_CALL_NOW = 1
@@ -103,8 +104,9 @@ local ENQUEUE_CALL_NOW = 1
 local ENQUEUE_CALL_RETENTION = 2
 local ENQUEUE_CALL_EVENTS_MAXLEN = 3
 local ENQUEUE_CALL_PROFILE = 4
-local ENQUEUE_CALL_ITEMS = 5
-local ENQUEUE_CALL_COUNT = 5
+local ENQUEUE_CALL_INDEX_STAMP = 5
+local ENQUEUE_CALL_ITEMS = 6
+local ENQUEUE_CALL_COUNT = 6
 
 -- TransitionArgs: transition.lua's fixed ARGV (field pairs, then event pairs follow).
 local TRANSITION_OWNER = 1

@@ -3,33 +3,25 @@
 -- id that has a record already (a repeat) is not enqueued again. The new entry owns
 -- the record.
 -- One profile's jobs (every key in its slot). KEYS: event stream, callbacks stream, work
--- stream, then each item's record, then each item's recipient index (keys.py's
--- `recipient_index` of its `to`: the new record's id goes there, scored by its creation
--- time, so the console finds a recipient's messages without reading the event streams).
--- ARGV[1]: msgpack ENQUEUE_CALL {now, retention, events maxlen, profile, items}; each
--- item an ENQUEUED {job id, encoded job, {record field, value, ...}} (common.lua;
--- router/store/ledger.py); the fields `to`, `from`, `meta`, `account`, `media` (an
--- MMS's URLs, a JSON list) also go on the event, `status_callback_url` names where it
--- is posted.
+-- stream, then each item's record, then (only when `index_stamp` is not '') the
+-- recipient index of the call's UTC day (keys.py's `recipient_index`: each new record
+-- goes there as `<to>|<index_stamp>|<id>` at score 0, so the console finds a
+-- recipient's messages without reading the event streams).
+-- ARGV[1]: msgpack ENQUEUE_CALL {now, retention, events maxlen, profile, index stamp,
+-- items}; each item an ENQUEUED {job id, encoded job, {record field, value, ...}}
+-- (common.lua; router/store/ledger.py); the fields `to`, `from`, `meta`, `account`,
+-- `media` (an MMS's URLs, a JSON list) also go on the event, `status_callback_url`
+-- names where it is posted.
 -- Returns a flat array: verdict (ok | duplicate), entry id ('' for a duplicate).
 local args = cmsgpack.unpack(ARGV[1])
 local now, ttl = args[ENQUEUE_CALL_NOW], args[ENQUEUE_CALL_RETENTION]
 local maxlen, profile = args[ENQUEUE_CALL_EVENTS_MAXLEN], args[ENQUEUE_CALL_PROFILE]
 local items = args[ENQUEUE_CALL_ITEMS]
+local stamp = args[ENQUEUE_CALL_INDEX_STAMP]
 local out = {}
-
--- The recipient index: written once per message, here. The set lives the retention
--- after its latest message; one written to so steadily it never idles that long is
--- trimmed of its entries older than the retention by about one write in 16 (those whose
--- job id ends in a byte divisible by 16: ids vary, so a steady recipient's set is
--- trimmed every 16 messages or so; a ZCARD to decide costs every write a call).
-local function index_recipient(key, job)
-  redis.call('ZADD', key, now, job)
-  redis.call('EXPIRE', key, ttl)
-  if string.byte(job, -1) % 16 == 0 then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tonumber(now) - ttl))
-  end
-end
+-- The recipient index's new members, added by one ZADD (per 500) after the loop: no
+-- key per recipient, no call per message.
+local indexed = {}
 
 for i, it in ipairs(items) do
   local rec = KEYS[3 + i]
@@ -61,10 +53,22 @@ for i, it in ipairs(items) do
     end
     redis.call('HSET', rec, unpack(fields))
     redis.call('EXPIRE', rec, ttl)
-    if to and to ~= '' then index_recipient(KEYS[3 + #items + i], it[ENQUEUED_ID]) end
+    if stamp ~= '' and to and to ~= '' then
+      indexed[#indexed + 1] = 0
+      indexed[#indexed + 1] = to .. '|' .. stamp .. '|' .. it[ENQUEUED_ID]
+    end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ev))
     post(KEYS[2], url, ev)
     out[#out + 1] = 'ok'; out[#out + 1] = entry
   end
+end
+if #indexed > 0 then
+  local index = KEYS[4 + #items]
+  for first = 1, #indexed, 1000 do
+    redis.call('ZADD', index, unpack(indexed, first, math.min(#indexed, first + 999)))
+  end
+  -- The day's set lives until the retention after the day's end (its last record's).
+  local day_end = (math.floor(tonumber(now) / 86400) + 1) * 86400
+  redis.call('EXPIREAT', index, string.format('%d', day_end + ttl))
 end
 return out

@@ -2,21 +2,25 @@
 -- For each message the record's owner decides: a record owned by another entry is a
 -- duplicate job id, a final one is not sent again; otherwise the step is one HMGET,
 -- one HSET and the event. (The attempts are the record's `sending` steps.)
--- KEYS: event stream, callbacks stream, stats hash, then each item's record, then each
--- item's recipient index (keys.py's `recipient_index` of its `to`: written only by a
--- step that creates the record, a plain XADD job's; a door's job was indexed by
--- enqueue.lua), then the sticky keys of the items that have one, in item order.
--- ARGV[1]: msgpack SENDING_CALL {now, profile, retention, events maxlen, items}; each
--- item a SENDING (common.lua: names and meanings in router/store/ledger.py); a sticky
--- key is set to `sender` (the recipient's number from now on, `sticky` strategies), in
+-- KEYS: event stream, callbacks stream, stats hash, then each item's record, then (only
+-- when `index_stamp` is not '') the recipient index of the call's UTC day (keys.py's
+-- `recipient_index`: written only for a record created here, a plain XADD job's; a
+-- door's job was indexed by enqueue.lua), then the sticky keys of the items that have
+-- one, in item order.
+-- ARGV[1]: msgpack SENDING_CALL {now, profile, retention, events maxlen, index stamp,
+-- items}; each item a SENDING (common.lua: names and meanings in
+-- router/store/ledger.py); a sticky key is set to `sender` (the recipient's number from now on, `sticky` strategies), in
 -- the same step. Returns a flat array: verdict, previous status, history index of the
 -- step (0 unless ok) for each item; verdict: ok | duplicate | done.
 local args = cmsgpack.unpack(ARGV[1])
 local now, profile = args[SENDING_CALL_NOW], args[SENDING_CALL_PROFILE]
 local ttl, maxlen = args[SENDING_CALL_RETENTION], args[SENDING_CALL_EVENTS_MAXLEN]
 local items = args[SENDING_CALL_ITEMS]
-local sticky = 3 + 2 * #items  -- KEYS index of the last sticky key taken
+local stamp = args[SENDING_CALL_INDEX_STAMP]
+local sticky = 3 + #items  -- KEYS index of the last sticky key taken
+if stamp ~= '' then sticky = sticky + 1 end
 local out = {}
+local indexed = {}  -- the recipient index's new members (one ZADD per 500, at the end)
 for i, it in ipairs(items) do
   local job, owner, replay = it[SENDING_ID], it[SENDING_OWNER], it[SENDING_REPLAY]
   local from, to, text = it[SENDING_SENDER], it[SENDING_TO], it[SENDING_TEXT]
@@ -61,11 +65,9 @@ for i, it in ipairs(items) do
     if not st then
       redis.call('EXPIRE', rec, ttl)
       -- The recipient index, as enqueue.lua writes it for a door's job (see there).
-      local index = KEYS[3 + #items + i]
-      redis.call('ZADD', index, now, job)
-      redis.call('EXPIRE', index, ttl)
-      if string.byte(job, -1) % 16 == 0 then
-        redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (tonumber(now) - ttl))
+      if stamp ~= '' and to ~= '' then
+        indexed[#indexed + 1] = 0
+        indexed[#indexed + 1] = to .. '|' .. stamp .. '|' .. job
       end
     end
     if st == 'sending' then
@@ -83,5 +85,14 @@ for i, it in ipairs(items) do
     post(KEYS[2], url, ev)
     out[#out + 1] = 'ok'; out[#out + 1] = st or ''; out[#out + 1] = n
   end
+end
+if #indexed > 0 then
+  local index = KEYS[4 + #items]
+  for first = 1, #indexed, 1000 do
+    redis.call('ZADD', index, unpack(indexed, first, math.min(#indexed, first + 999)))
+  end
+  -- The day's set lives until the retention after the day's end (its last record's).
+  local day_end = (math.floor(tonumber(now) / 86400) + 1) * 86400
+  redis.call('EXPIREAT', index, string.format('%d', day_end + ttl))
 end
 return out
