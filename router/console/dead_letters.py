@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from typing import Any, Final
-from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -26,6 +25,7 @@ from redis.asyncio import Redis
 from router.api.common import CONTEXT
 from router.api.profiles import ALL_DEAD_LETTERS, letter_view
 from router.console.auth import SESSION, needs
+from router.console.pages import FormError, profile_field, see_other
 from router.console.render import page
 from router.store import keys
 from router.store.connections import as_text
@@ -51,20 +51,6 @@ _DONE: Final = {
     "gone": "Dead letter {entry} is already gone (replayed or dropped meanwhile).",
     "no_job": "Dead letter {entry} carries no job, so there is nothing to replay: drop it.",
 }
-
-
-class FormError(ValueError):
-    """A form field that cannot be used: the message names the field."""
-
-
-def _profile(request: web.Request, given: Any) -> str:
-    """The configured profile `given` names, or FormError naming the field."""
-    profiles = request.app[CONTEXT].settings.profiles
-    if not isinstance(given, str) or not given:
-        raise FormError("profile: required")
-    if given not in profiles:
-        raise FormError(f"profile: unknown profile {given[:60]!r}")
-    return given
 
 
 def _entry(given: Any, field: str = "entry") -> str:
@@ -164,7 +150,7 @@ async def dead_letters(request: web.Request) -> web.StreamResponse:
     (default: the first profile that has any), `PAGE_SIZE` a page, oldest first."""
     query = request.query
     try:
-        profile = _profile(request, query["profile"]) if "profile" in query else None
+        profile = profile_field(request, query["profile"]) if "profile" in query else None
         after = _entry(query["after"], "after") if "after" in query else None
     except FormError as exc:
         return _error(request, str(exc))
@@ -180,8 +166,7 @@ def _error(request: web.Request, message: str) -> web.Response:
 
 def _back(profile: str, **done: str | int) -> web.Response:
     """303 to the profile's dead letters, saying what was done."""
-    query = urlencode({"profile": profile, **done})
-    return web.Response(status=303, headers={"Location": f"/console/dead-letters?{query}"})
+    return see_other("/console/dead-letters", profile=profile, **done)
 
 
 async def _form(request: web.Request) -> Any:
@@ -189,23 +174,13 @@ async def _form(request: web.Request) -> Any:
 
 
 @needs("admin")
-async def replay_one(request: web.Request) -> web.StreamResponse:
+async def change_one(request: web.Request) -> web.StreamResponse:
     """``POST /console/dead-letters/replay``: put dead letter ``entry`` of ``profile``
-    back on the work stream."""
-    return await _one(request, replay=True)
-
-
-@needs("admin")
-async def drop_one(request: web.Request) -> web.StreamResponse:
-    """``POST /console/dead-letters/drop``: delete dead letter ``entry`` of
-    ``profile`` for good."""
-    return await _one(request, replay=False)
-
-
-async def _one(request: web.Request, *, replay: bool) -> web.StreamResponse:
+    back on the work stream; ``POST /console/dead-letters/drop``: delete it for good."""
+    replay = request.match_info["action"] == "replay"
     form = await _form(request)
     try:
-        profile = _profile(request, form.get("profile"))
+        profile = profile_field(request, form.get("profile"))
         entry = _entry(form.get("entry"))
     except FormError as exc:
         return _error(request, str(exc))
@@ -233,7 +208,7 @@ async def confirm_all(request: web.Request) -> web.StreamResponse:
     letters "all" is now, and the form that does it."""
     action = request.query.get("action")
     try:
-        profile = _profile(request, request.query.get("profile"))
+        profile = profile_field(request, request.query.get("profile"))
         if action not in ("replay", "drop"):
             raise FormError("action: replay or drop")
     except FormError as exc:
@@ -252,23 +227,14 @@ async def confirm_all(request: web.Request) -> web.StreamResponse:
 
 
 @needs("admin")
-async def replay_all(request: web.Request) -> web.StreamResponse:
-    """``POST /console/dead-letters/replay-all``: replay every dead letter of
-    ``profile`` up to entry ``upto`` (the newest the confirmation counted)."""
-    return await _all(request, replay=True)
-
-
-@needs("admin")
-async def drop_all(request: web.Request) -> web.StreamResponse:
-    """``POST /console/dead-letters/drop-all``: drop every dead letter of ``profile``
-    up to entry ``upto``."""
-    return await _all(request, replay=False)
-
-
-async def _all(request: web.Request, *, replay: bool) -> web.StreamResponse:
+async def change_all(request: web.Request) -> web.StreamResponse:
+    """``POST /console/dead-letters/replay-all`` and ``.../drop-all``: replay or drop
+    every dead letter of ``profile`` up to entry ``upto`` (the newest the
+    confirmation counted)."""
+    replay = request.match_info["action"] == "replay"
     form = await _form(request)
     try:
-        profile = _profile(request, form.get("profile"))
+        profile = profile_field(request, form.get("profile"))
         upto = _stream_id(_entry(form.get("upto"), "upto"))
     except FormError as exc:
         return _error(request, str(exc))
@@ -296,7 +262,5 @@ def add_routes(app: web.Application) -> None:
     """Register the dead-letter pages."""
     app.router.add_get("/console/dead-letters", dead_letters)
     app.router.add_get("/console/dead-letters/all", confirm_all)
-    app.router.add_post("/console/dead-letters/replay", replay_one)
-    app.router.add_post("/console/dead-letters/drop", drop_one)
-    app.router.add_post("/console/dead-letters/replay-all", replay_all)
-    app.router.add_post("/console/dead-letters/drop-all", drop_all)
+    app.router.add_post("/console/dead-letters/{action:replay|drop}", change_one)
+    app.router.add_post("/console/dead-letters/{action:replay|drop}-all", change_all)

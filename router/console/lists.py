@@ -14,7 +14,6 @@ serve it too.
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -22,6 +21,7 @@ from redis.asyncio import Redis
 
 from router.api.common import CONTEXT
 from router.console.auth import SESSION, needs
+from router.console.pages import FormError, profile_field, see_other
 from router.console.render import page
 from router.numbers import normalise_e164
 from router.policy import audience
@@ -48,19 +48,6 @@ _DONE: Final = {
     "not_on": "{number} was not on profile {profile}'s {which}list in Redis.",
     "in_config": "{number} is on profile {profile}'s {which}list in router.toml: change it there.",
 }
-
-
-class FormError(ValueError):
-    """A form field that cannot be used: the message names the field."""
-
-
-def _profile(request: web.Request, given: Any) -> str:
-    """The configured profile `given` names, or FormError naming the field."""
-    if not isinstance(given, str) or not given:
-        raise FormError("profile: required")
-    if given not in request.app[CONTEXT].settings.profiles:
-        raise FormError(f"profile: unknown profile {given[:60]!r}")
-    return given
 
 
 def _number(given: Any, field: str = "number") -> str:
@@ -99,7 +86,7 @@ def _shown_profile(request: web.Request) -> str:
     """The profile asked for, else the global one, else the first by name."""
     settings = request.app[CONTEXT].settings
     if "profile" in request.query:
-        return _profile(request, request.query["profile"])
+        return profile_field(request, request.query["profile"])
     return settings.global_profile or min(settings.profiles)
 
 
@@ -204,28 +191,18 @@ async def _page_with_error(request: web.Request, message: str, given: Any) -> we
 def _back(profile: str, **done: str) -> web.Response:
     """303 to the profile's page, saying what was done (an opt-out's ``number`` is
     searched there too)."""
-    query = urlencode({"profile": profile, **done})
-    return web.Response(status=303, headers={"Location": f"/console/opt-outs?{query}"})
+    return see_other("/console/opt-outs", profile=profile, **done)
 
 
 @needs("admin")
-async def opt_out_add(request: web.Request) -> web.StreamResponse:
+async def opt_out(request: web.Request) -> web.StreamResponse:
     """``POST /console/opt-outs/add``: opt ``number`` out of ``profile`` (as if it had
-    texted STOP)."""
-    return await _opt_out(request, add=True)
-
-
-@needs("admin")
-async def opt_out_remove(request: web.Request) -> web.StreamResponse:
-    """``POST /console/opt-outs/remove``: opt ``number`` back in to ``profile`` (as
-    if it had texted START)."""
-    return await _opt_out(request, add=False)
-
-
-async def _opt_out(request: web.Request, *, add: bool) -> web.StreamResponse:
+    texted STOP); ``POST /console/opt-outs/remove``: opt it back in (as if it had
+    texted START)."""
+    add = request.match_info["change"] == "add"
     form = await request.post()  # already read by `needs`' CSRF check
     try:
-        profile = _profile(request, form.get("profile"))
+        profile = profile_field(request, form.get("profile"))
         number = _number(form.get("number"))
     except FormError as exc:
         return await _page_with_error(request, str(exc), form)
@@ -241,23 +218,14 @@ async def _opt_out(request: web.Request, *, add: bool) -> web.StreamResponse:
 
 
 @needs("admin")
-async def list_add(request: web.Request) -> web.StreamResponse:
+async def list_change(request: web.Request) -> web.StreamResponse:
     """``POST /console/lists/add``: add ``entry`` (a number or prefix) to
-    ``profile``'s Redis ``list`` (block or allow)."""
-    return await _list_change(request, add=True)
-
-
-@needs("admin")
-async def list_remove(request: web.Request) -> web.StreamResponse:
-    """``POST /console/lists/remove``: remove ``entry`` from ``profile``'s Redis
-    ``list``."""
-    return await _list_change(request, add=False)
-
-
-async def _list_change(request: web.Request, *, add: bool) -> web.StreamResponse:
+    ``profile``'s Redis ``list`` (block or allow); ``POST /console/lists/remove``:
+    remove it."""
+    add = request.match_info["change"] == "add"
     form = await request.post()  # already read by `needs`' CSRF check
     try:
-        profile = _profile(request, form.get("profile"))
+        profile = profile_field(request, form.get("profile"))
         which = _which(form.get("list"))
         entry = _list_entry(form.get("entry"))
     except FormError as exc:
@@ -279,7 +247,5 @@ async def _list_change(request: web.Request, *, add: bool) -> web.StreamResponse
 def add_routes(app: web.Application) -> None:
     """Register the opt-out and list pages."""
     app.router.add_get("/console/opt-outs", opt_outs)
-    app.router.add_post("/console/opt-outs/add", opt_out_add)
-    app.router.add_post("/console/opt-outs/remove", opt_out_remove)
-    app.router.add_post("/console/lists/add", list_add)
-    app.router.add_post("/console/lists/remove", list_remove)
+    app.router.add_post("/console/opt-outs/{change:add|remove}", opt_out)
+    app.router.add_post("/console/lists/{change:add|remove}", list_change)

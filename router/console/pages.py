@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
@@ -31,12 +32,31 @@ from router.console.overview import RATE_WINDOW, read_overview
 from router.console.render import SECURITY_HEADERS, page, static_file
 from router.store.outages import REDIS_ERRORS
 
-__all__ = ["add_routes"]
+__all__ = ["FormError", "add_routes", "profile_field", "see_other"]
 
 log = structlog.get_logger("router.console")
 
 POLL_EVERY: Final = 2  # seconds between the overview's live updates
 _MAX_TOKEN: Final = 1024  # longer is no token of ours: refused before comparing
+
+
+class FormError(ValueError):
+    """A form or query field a page cannot use: the message names the field."""
+
+
+def profile_field(request: web.Request, given: Any) -> str:
+    """The configured profile `given` (a form or query field ``profile``) names, or
+    FormError naming the field."""
+    if not isinstance(given, str) or not given:
+        raise FormError("profile: required")
+    if given not in request.app[CONTEXT].settings.profiles:
+        raise FormError(f"profile: unknown profile {given[:60]!r}")
+    return given
+
+
+def see_other(path: str, **query: str | int) -> web.Response:
+    """303 to `path` with `query` (after a change: what it did, for the page to say)."""
+    return web.Response(status=303, headers={"Location": f"{path}?{urlencode(query)}"})
 
 
 def _ttl(request: web.Request) -> int:
