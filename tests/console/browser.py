@@ -3,7 +3,8 @@ Chromium (`make test` installs the package `chromium` when it is missing; Playwr
 downloads no browser of its own). Without Chromium the browser tests are skipped,
 saying why.
 
-Import the fixtures into a test module: ``from .browser import browser  # noqa: F401``.
+The fixture `browser` is offered to every test module here by tests/console/conftest.py;
+the helpers open a page, sign in on it, check it fits a phone's screen.
 Screenshots refresh docs/console/*.png when asked:
 ``CONSOLE_SCREENSHOTS=docs .venv/bin/python -m pytest tests/console/test_console_browser.py``.
 """
@@ -15,8 +16,12 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote
 
 import pytest
+
+from ..conftest import wait_for
+from .site import ADMIN
 
 CHROMIUM: Final = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DESKTOP: Final = {"width": 1280, "height": 800}
@@ -73,3 +78,44 @@ async def screenshot(page: Page, name: str, where: Path) -> Path:
     taken = await page.screenshot(path=str(path), full_page=True)
     assert taken[:8] == b"\x89PNG\r\n\x1a\n"
     return path
+
+
+async def new_page(browser: Browser) -> tuple[Page, list[str]]:
+    """A page in a new context at the desktop width, and the list its console errors
+    and failed requests are appended to (a CSP violation shows there). Close it with
+    ``await page.context.close()``."""
+    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
+
+
+async def wait_until_up(page: Page, base: str) -> None:
+    """Wait (20 s at most) for the API at `base` to answer its health check."""
+
+    async def up() -> bool:
+        try:
+            answer = await page.request.get(f"{base}/healthz")
+        except Exception:
+            return False
+        return answer.ok
+
+    await wait_for(up, 20, "the API listening")
+
+
+async def sign_in_to(page: Page, base: str, path: str, token: str = ADMIN) -> None:
+    """Open `path` without a session: the console sends the browser to sign-in (and
+    back to `path` after it); sign in with `token` and arrive at `path`."""
+    await page.goto(f"{base}{path}")
+    assert page.url == f"{base}/console/login?next={quote(path, safe='')}"
+    await page.fill("input[name=token]", token)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}{path}")
+
+
+async def fits_a_phone(page: Page) -> None:
+    """Nothing on `page` is wider than a phone's screen but the tables' own scrollers."""
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], width

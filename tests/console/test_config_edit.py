@@ -36,7 +36,6 @@ from router.store.ledger import Ledger
 
 from ..conftest import Provider, config_dict, wait_for
 from ..daemon.test_process import write_config
-from ..daemon.test_reload import daemon_from  # noqa: F401 - the daemon-on-a-file fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -626,7 +625,7 @@ async def test_a_move_applied_and_reloaded_sends_from_the_number_in_its_new_prof
     redis_url: str,
     provider: Provider,
     tmp_path: Path,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    daemon_from: Any,
 ) -> None:
     data = config_dict(redis_url, provider.url)  # alerts: the three US numbers; bulk: UK
     data["router"]["state_dir"] = str(tmp_path / "var")

@@ -10,40 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from router import Client
-from router.config import Settings, parse_settings
+from router.config import Settings
 from sims.smscsim import SmscSimulator
 
-from ..binds.test_smpp_flow import smpp_config
-from ..conftest import RunningDaemon, free_port, wait_for
-from .browser import DESKTOP, PHONE, browser, screenshot, shots_dir  # noqa: F401 - the fixture
-from .site import ADMIN
+from ..conftest import RunningDaemon, free_port
+from .browser import DESKTOP, PHONE, fits_a_phone, new_page, screenshot, shots_dir, wait_until_up
+from .site import ADMIN, settings_of, smpp_console_config
 
 TO = "+447911123456"
 
 
-def _config(redis_url: str, tmp: Path, smsc_port: int, api_port: int) -> Settings:
-    data = smpp_config(redis_url, tmp, smsc_port)
-    data["api"] = {
-        "listen": f"127.0.0.1:{api_port}",
-        "keys": {"ops": {"token": ADMIN, "scopes": ["admin"]}},
-    }
-    return parse_settings(data, env={})
-
-
-def _watch_errors(page: Page) -> list[str]:
-    """Console errors and failed requests of `page` (a CSP violation shows here)."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return errors
-
-
 async def test_sign_in_see_the_bound_connector_sign_out(
-    browser: Browser,  # noqa: F811 - the fixture imported above
+    browser: Browser,
     redis: Redis,
     redis_url: str,
     tmp_path: Path,
@@ -52,16 +34,15 @@ async def test_sign_in_see_the_bound_connector_sign_out(
 ) -> None:
     shots = shots_dir(tmp_path / "shots")
     port = free_port()
-    settings = _config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    data = smpp_console_config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    settings = settings_of(data, tmp_path)
     run_daemon(settings)
     base = f"http://127.0.0.1:{port}"
     client = Client.from_settings(redis, settings)
     await client.send_many([{"to": TO, "text": f"console test {i}"} for i in range(12)])
 
-    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
-    page = await context.new_page()
-    errors = _watch_errors(page)
-    await wait_for(lambda: _up(page, base), 20, "the API listening")
+    page, errors = await new_page(browser)
+    await wait_until_up(page, base)
 
     # No session: the console sends the browser to the sign-in form.
     await page.goto(f"{base}/console")
@@ -94,8 +75,7 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await page.reload()
     await bound.first.wait_for(timeout=10_000)
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], width
+    await fits_a_phone(page)
     await screenshot(page, "overview-390", shots)
 
     # Sign out: back to sign-in, and the console refuses the old session.
@@ -104,19 +84,11 @@ async def test_sign_in_see_the_bound_connector_sign_out(
     await page.wait_for_url(f"{base}/console/login")
     await page.goto(f"{base}/console")
     assert page.url == f"{base}/console/login"
-    cookies = await context.cookies()
+    cookies = await page.context.cookies()
     assert not [c for c in cookies if c["name"] == "sms_console" and c["value"]]
 
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await screenshot(page, "login-390", shots)
     # The wrong token's 401 is the one failed load the browser reports.
     assert [e for e in errors if "status of 401" not in e] == []
-    await context.close()
-
-
-async def _up(page: Page, base: str) -> bool:
-    try:
-        answer = await page.request.get(f"{base}/healthz")
-    except Exception:
-        return False
-    return answer.ok
+    await page.context.close()

@@ -14,56 +14,33 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from router import Client
-from router.config import Settings, parse_settings
+from router.config import Settings
 from router.store import keys
-from router.store.ledger import Ledger
 from router.store.queue import WorkQueue, list_dead_letters
 from sims.smscsim import SmscSimulator
 
-from ..binds.test_smpp_flow import smpp_config
 from ..conftest import RunningDaemon, free_port, wait_for
-from .browser import DESKTOP, PHONE, browser, screenshot, shots_dir  # noqa: F401 - the fixture
-from .site import ADMIN
+from .browser import (
+    DESKTOP,
+    PHONE,
+    fits_a_phone,
+    new_page,
+    screenshot,
+    shots_dir,
+    sign_in_to,
+    wait_until_up,
+)
+from .site import settings_of, smpp_console_config, status_of
 
 TO = "+447911123456"
 
 
-def _config(redis_url: str, tmp: Path, smsc_port: int, api_port: int) -> Settings:
-    data = smpp_config(redis_url, tmp, smsc_port)
-    # A job taken by a consumer that dies is dead-lettered at its second delivery.
-    data["queue"].update(claim_idle=0.2, max_deliveries=1)
-    data["api"] = {
-        "listen": f"127.0.0.1:{api_port}",
-        "keys": {"ops": {"token": ADMIN, "scopes": ["admin"]}},
-    }
-    return parse_settings(data, env={})
-
-
-def _watch_errors(page: Page) -> list[str]:
-    """Console errors and failed requests of `page` (a CSP violation shows here)."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return errors
-
-
-async def _status(redis: Redis, job_id: str) -> str | None:
-    record = await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
-    return None if record is None else str(record["status"])
-
-
-async def _fits(page: Page) -> None:
-    """Nothing wider than a phone's screen but the tables' own scrollers."""
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], width
-
-
 async def test_replay_a_dead_letter_and_opt_a_number_out(
-    browser: Browser,  # noqa: F811 - the fixture imported above
+    browser: Browser,
     redis: Redis,
     redis_url: str,
     tmp_path: Path,
@@ -72,7 +49,10 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
 ) -> None:
     shots = shots_dir(tmp_path / "shots")
     port = free_port()
-    settings = _config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    data = smpp_console_config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    # A job taken by a consumer that dies is dead-lettered at its second delivery.
+    data["queue"].update(claim_idle=0.2, max_deliveries=1)
+    settings = settings_of(data, tmp_path)
     client = Client.from_settings(redis, settings)
     job_id = await client.send(TO, "Your code is 4711", id="code-4711")
     crashed = WorkQueue(redis, "sms", "crashed")
@@ -87,18 +67,12 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
     letters = {as_job_id(d.fields.get("job")): d for d in await list_dead_letters(redis, "sms")}
     assert "delivered 2 times" in letters[job_id].reason
     assert letters["raw-1"].reason.startswith("job.to")
-    assert await _status(redis, job_id) == "rejected"
+    assert await status_of(redis, job_id) == "rejected"
 
     base = f"http://127.0.0.1:{port}"
-    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
-    page = await context.new_page()
-    errors = _watch_errors(page)
-    await wait_for(lambda: _up(page, base), 20, "the API listening")
-    await page.goto(f"{base}/console/dead-letters")
-    assert page.url == f"{base}/console/login?next=%2Fconsole%2Fdead-letters"
-    await page.fill("input[name=token]", ADMIN)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{base}/console/dead-letters")
+    page, errors = await new_page(browser)
+    await wait_until_up(page, base)
+    await sign_in_to(page, base, "/console/dead-letters")
 
     # Both dead letters with their reasons; the one to replay is the stuck delivery.
     row = page.locator(f'tr[data-entry="{letters[job_id].entry_id}"]')
@@ -108,7 +82,7 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
     assert "job.to" in await raw_row.inner_text()
     await screenshot(page, "dead-letters-1280", shots)
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
-    await _fits(page)
+    await fits_a_phone(page)
     await screenshot(page, "dead-letters-390", shots)
     await page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
 
@@ -132,10 +106,10 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
     await page.locator('tr[data-block="+4420"]').wait_for()
     await screenshot(page, "opt-outs-1280", shots)
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
-    await _fits(page)
+    await fits_a_phone(page)
     await screenshot(page, "opt-outs-390", shots)
     assert errors == []
-    await context.close()
+    await page.context.close()
 
 
 def as_job_id(raw: bytes | None) -> str:
@@ -148,12 +122,4 @@ async def _len_is(redis: Redis, key: str, n: int) -> bool:
 
 
 async def _is(redis: Redis, job_id: str, status: str) -> bool:
-    return await _status(redis, job_id) == status
-
-
-async def _up(page: Page, base: str) -> bool:
-    try:
-        answer = await page.request.get(f"{base}/healthz")
-    except Exception:
-        return False
-    return answer.ok
+    return await status_of(redis, job_id) == status

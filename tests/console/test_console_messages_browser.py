@@ -12,27 +12,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from router.config import Settings
 from sims.smscsim import SmscSimulator
 
-from ..conftest import RunningDaemon, free_port, wait_for
-from .browser import DESKTOP, PHONE, browser, screenshot, shots_dir  # noqa: F401 - the fixture
-from .site import ADMIN
-from .test_console_browser import _config, _up, _watch_errors
+from ..conftest import RunningDaemon, free_port
+from .browser import PHONE, fits_a_phone, new_page, screenshot, shots_dir, sign_in_to, wait_until_up
+from .site import ADMIN, settings_of, smpp_console_config
 
 TO = "+447911123456"
 
 
-async def _fits_a_phone(page: Page) -> None:
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], width
+async def _send(base: str, text: str) -> str:
+    """Send `text` to `TO` through the API (POST /v1/messages); its id."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{base}/v1/messages",
+            json={"to": TO, "text": text},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ) as answer,
+    ):
+        assert answer.status == 202, await answer.text()
+        return str((await answer.json())["id"])
 
 
 async def test_send_find_by_recipient_see_delivered_and_the_live_events(
-    browser: Browser,  # noqa: F811 - the fixture imported above
+    browser: Browser,
     redis: Redis,
     redis_url: str,
     tmp_path: Path,
@@ -41,31 +49,17 @@ async def test_send_find_by_recipient_see_delivered_and_the_live_events(
 ) -> None:
     shots = shots_dir(tmp_path / "shots")
     port = free_port()
-    settings = _config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    data = smpp_console_config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
+    settings = settings_of(data, tmp_path)
     run_daemon(settings)
     base = f"http://127.0.0.1:{port}"
-    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
-    page = await context.new_page()
-    errors = _watch_errors(page)
-    await wait_for(lambda: _up(page, base), 20, "the API listening")
-    await page.goto(f"{base}/console/events")
-    assert page.url.startswith(f"{base}/console/login")
-    await page.fill("input[name=token]", ADMIN)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{base}/console/events")
+    page, errors = await new_page(browser)
+    await wait_until_up(page, base)
+    await sign_in_to(page, base, "/console/events")
     await page.wait_for_selector("#feed-state:has-text('Live: connected')", timeout=10_000)
 
     # A message through the API while the live events page is open.
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{base}/v1/messages",
-            json={"to": TO, "text": "console browser test"},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        ) as answer,
-    ):
-        assert answer.status == 202, await answer.text()
-        job_id = (await answer.json())["id"]
+    job_id = await _send(base, "console browser test")
     row = page.locator("#events tbody tr", has_text=job_id)
     await row.locator(".state-delivered").wait_for(timeout=20_000)
     for kind in ("queued", "sending", "sent"):
@@ -75,14 +69,8 @@ async def test_send_find_by_recipient_see_delivered_and_the_live_events(
     await page.check("input[name=status][value=delivered]")
     await page.wait_for_selector("#feed-state:has-text('Live: connected')", timeout=10_000)
     await page.click("#clear")
-    async with aiohttp.ClientSession() as http:
-        for text in ("second", "third"):
-            async with http.post(
-                f"{base}/v1/messages",
-                json={"to": TO, "text": text},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ) as answer:
-                assert answer.status == 202
+    for text in ("second", "third"):
+        await _send(base, text)
     await page.locator("#events tbody tr").nth(1).wait_for(timeout=20_000)
     kinds = await page.locator("#events tbody tr").evaluate_all(
         "rows => rows.map(r => r.getAttribute('data-kind'))"
@@ -111,14 +99,14 @@ async def test_send_find_by_recipient_see_delivered_and_the_live_events(
     # At a phone's width: nothing wider than the screen but the tables' own scrollers.
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await page.reload()
-    await _fits_a_phone(page)
+    await fits_a_phone(page)
     await screenshot(page, "message-390", shots)
     await page.goto(f"{base}/console/messages?to={TO.replace('+', '%2B')}")
-    await _fits_a_phone(page)
+    await fits_a_phone(page)
     await screenshot(page, "messages-390", shots)
     await page.goto(f"{base}/console/events")
     await page.wait_for_selector("#feed-state:has-text('Live: connected')", timeout=10_000)
-    await _fits_a_phone(page)
+    await fits_a_phone(page)
     await screenshot(page, "events-390", shots)
     assert errors == []
-    await context.close()
+    await page.context.close()

@@ -14,10 +14,12 @@ import re
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from router.config import Profile
@@ -25,12 +27,26 @@ from router.daemon.daemon import Daemon
 
 from ..conftest import Provider, wait_for
 from ..daemon.test_process import write_config
-from ..daemon.test_reload import daemon_from  # noqa: F401 - the daemon-on-a-file fixture
-from .site import ADMIN, READER, console_config, console_site, cookie, csrf_of, settings_of, sign_in
+from .site import (
+    ADMIN,
+    READER,
+    admin_session,
+    console_config,
+    console_site,
+    csrf_of,
+    each_on_a_new_connection,
+    get,
+    post,
+    settings_of,
+    sign_in,
+    workers_base,
+)
 
 MOVED = "+14082223333"  # one of alerts' numbers (conftest NUMBERS)
 PAUSED = "+14155552671"  # alerts' number with sms_enabled = false
 UK = "+447911123456"  # bulk's
+PREVIEW = "/console/numbers/preview"
+APPLY = "/console/numbers/apply"
 
 
 def numbers_config(redis_url: str, provider: Provider, tmp: Path) -> Path:
@@ -47,23 +63,42 @@ def console_of(daemon: Daemon) -> None:
     assert found is not None and found.path == daemon.config_path
 
 
-@asynccontextmanager
-async def numbers_site(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client of the daemon's API listener (no redirects followed, no cookies kept)."""
+async def api_base(daemon: Daemon) -> str:
+    """The base URL of the daemon's API listener, once it listens (with the console's
+    access to the daemon's file)."""
     await wait_for(lambda: daemon.api is not None and daemon.api.port, 20, "the API listening")
     console_of(daemon)
     assert daemon.api is not None
+    return f"http://127.0.0.1:{daemon.api.port}"
+
+
+@asynccontextmanager
+async def numbers_site(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the daemon's API listener (no redirects followed, no cookies kept)."""
     async with aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{daemon.api.port}", cookie_jar=aiohttp.DummyCookieJar()
+        base_url=await api_base(daemon), cookie_jar=aiohttp.DummyCookieJar()
     ) as http:
         yield http
 
 
-async def post(
-    http: aiohttp.ClientSession, path: str, session: str, form: dict[str, str]
-) -> tuple[int, str]:
-    async with http.post(path, data=form, headers=cookie(session), allow_redirects=False) as r:
-        return r.status, await r.text()
+@dataclass
+class OnFile:
+    """A daemon started from its configuration file, and a client of its API."""
+
+    path: Path
+    daemon: Daemon
+    http: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def on_file(
+    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path, daemon_from: Any
+) -> AsyncIterator[OnFile]:
+    """The daemon on `numbers_config`'s file, its API's client."""
+    path = numbers_config(redis_url, provider, tmp_path)
+    daemon = daemon_from(path)
+    async with numbers_site(daemon) as http:
+        yield OnFile(path, daemon, http)
 
 
 def digest_of(page: str) -> str:
@@ -80,108 +115,87 @@ def row_of(page: str, number: str) -> str:
 
 
 async def test_the_page_lists_every_sender_and_a_reader_cannot_change_anything(
-    redis: Redis,
-    redis_url: str,
-    provider: Provider,
-    tmp_path: Path,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    on_file: OnFile,
 ) -> None:
-    path = numbers_config(redis_url, provider, tmp_path)
-    daemon = daemon_from(path)
+    path, daemon, http = on_file.path, on_file.daemon, on_file.http
     before = path.read_bytes()
-    async with numbers_site(daemon) as http:
-        async with http.get("/console/numbers", allow_redirects=False) as response:
-            assert response.status == 303
-            assert response.headers["Location"] == "/console/login?next=%2Fconsole%2Fnumbers"
-        reader = await sign_in(http, READER)
-        async with http.get("/console/numbers", headers=cookie(reader)) as response:
-            assert response.status == 200
-            page = await response.text()
-        for number in ("+16501112345", MOVED, PAUSED):
-            assert 'data-profile="alerts"' in row_of(page, number)
-        assert 'data-profile="bulk"' in row_of(page, UK)
-        assert 'data-can-send="yes"' in row_of(page, MOVED)
-        paused = row_of(page, PAUSED)
-        assert 'data-can-send="no"' in paused and "(SMS disabled)" in paused
-        assert "sms_enabled" in html.unescape(paused)  # why it may not send
-        assert "test<br><small>Confirmed, StandardVolume</small>" in row_of(page, MOVED)
-        assert "0 / " in row_of(page, MOVED)  # today's count against the cap
-        # A reader sees no change forms, and is refused the changes themselves.
-        assert "/console/numbers/preview" not in page and "Settings of" not in page
-        csrf = await csrf_of(http, reader)
-        move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
-        status, text = await post(http, "/console/numbers/preview", reader, move)
-        assert status == 403 and "lacks the 'admin' scope" in html.unescape(text)
-        status, _ = await post(http, "/console/numbers/apply", reader, {**move, "digest": "0" * 64})
-        assert status == 403
+    async with http.get("/console/numbers", allow_redirects=False) as response:
+        assert response.status == 303
+        assert response.headers["Location"] == "/console/login?next=%2Fconsole%2Fnumbers"
+    reader = await sign_in(http, READER)
+    status, page = await get(http, reader, "/console/numbers")
+    assert status == 200
+    for number in ("+16501112345", MOVED, PAUSED):
+        assert 'data-profile="alerts"' in row_of(page, number)
+    assert 'data-profile="bulk"' in row_of(page, UK)
+    assert 'data-can-send="yes"' in row_of(page, MOVED)
+    paused = row_of(page, PAUSED)
+    assert 'data-can-send="no"' in paused and "(SMS disabled)" in paused
+    assert "sms_enabled" in html.unescape(paused)  # why it may not send
+    assert "test<br><small>Confirmed, StandardVolume</small>" in row_of(page, MOVED)
+    assert "0 / " in row_of(page, MOVED)  # today's count against the cap
+    # A reader sees no change forms, and is refused the changes themselves.
+    assert PREVIEW not in page and "Settings of" not in page
+    csrf = await csrf_of(http, reader)
+    move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
+    status, _, text = await post(http, reader, PREVIEW, move)
+    assert status == 403 and "lacks the 'admin' scope" in html.unescape(text)
+    status, _, _ = await post(http, reader, APPLY, {**move, "digest": "0" * 64})
+    assert status == 403
 
-        admin = await sign_in(http, ADMIN)
-        async with http.get("/console/numbers", headers=cookie(admin)) as response:
-            page = await response.text()
-        assert "/console/numbers/preview" in page and "Settings of bulk" in page
-        # Without the CSRF token (or with another session's), nothing is planned or written.
-        good = {**move, "csrf": await csrf_of(http, admin)}
-        status, text = await post(http, "/console/numbers/preview", admin, good)
-        assert status == 200
-        confirm = {**good, "digest": digest_of(text)}
-        for form in ({k: v for k, v in confirm.items() if k != "csrf"}, {**confirm, "csrf": csrf}):
-            status, text = await post(http, "/console/numbers/apply", admin, form)
-            assert status == 403 and "CSRF token" in text
+    admin = await sign_in(http, ADMIN)
+    _, page = await get(http, admin, "/console/numbers")
+    assert PREVIEW in page and "Settings of bulk" in page
+    # Without the CSRF token (or with another session's), nothing is planned or written.
+    good = {**move, "csrf": await csrf_of(http, admin)}
+    status, _, text = await post(http, admin, PREVIEW, good)
+    assert status == 200
+    confirm = {**good, "digest": digest_of(text)}
+    for form in ({k: v for k, v in confirm.items() if k != "csrf"}, {**confirm, "csrf": csrf}):
+        status, _, text = await post(http, admin, APPLY, form)
+        assert status == 403 and "CSRF token" in text
     assert path.read_bytes() == before
     assert daemon.settings.profile_of_number(MOVED) == "alerts"
 
 
 async def test_a_preview_shows_the_diff_or_the_problems_and_a_refusal_writes_nothing(
-    redis: Redis,
-    redis_url: str,
-    provider: Provider,
-    tmp_path: Path,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    on_file: OnFile,
 ) -> None:
-    path = numbers_config(redis_url, provider, tmp_path)
-    daemon = daemon_from(path)
+    path, http = on_file.path, on_file.http
     before = path.read_bytes()
-    async with numbers_site(daemon) as http:
-        admin = await sign_in(http, ADMIN)
-        csrf = await csrf_of(http, admin)
+    admin, csrf = await admin_session(http)
 
-        # A setting the loader accepts: the diff, and a confirmation form with its digest.
-        window = {"csrf": csrf, "action": "setting", "profile": "bulk", "key": "window"}
-        status, text = await post(
-            http, "/console/numbers/preview", admin, {**window, "value": "12"}
-        )
-        assert status == 200, text
-        assert '<span class="add">+window = 12</span>' in text
-        assert 'action="/console/numbers/apply"' in text and digest_of(text)
+    # A setting the loader accepts: the diff, and a confirmation form with its digest.
+    window = {"csrf": csrf, "action": "setting", "profile": "bulk", "key": "window"}
+    status, _, text = await post(http, admin, PREVIEW, {**window, "value": "12"})
+    assert status == 200, text
+    assert '<span class="add">+window = 12</span>' in text
+    assert f'action="{APPLY}"' in text and digest_of(text)
 
-        # A value the loader refuses: its problem, no confirmation form.
-        bad = {"csrf": csrf, "action": "setting", "profile": "alerts", "key": "sender"}
-        bad["value"] = "fastest"
-        status, text = await post(http, "/console/numbers/preview", admin, bad)
-        assert status == 422, text
-        assert 'id="problems"' in text and "profiles.alerts.sender" in html.unescape(text)
-        assert '+sender = "fastest"' in html.unescape(text)  # the diff it refused
-        assert 'action="/console/numbers/apply"' not in text
-        # Confirming it anyway (a forged form) is refused the same way.
-        status, text = await post(
-            http, "/console/numbers/apply", admin, {**bad, "digest": digest_of_file(path)}
-        )
-        assert status == 422 and 'id="problems"' in text
+    # A value the loader refuses: its problem, no confirmation form.
+    bad = {"csrf": csrf, "action": "setting", "profile": "alerts", "key": "sender"}
+    bad["value"] = "fastest"
+    status, _, text = await post(http, admin, PREVIEW, bad)
+    assert status == 422, text
+    assert 'id="problems"' in text and "profiles.alerts.sender" in html.unescape(text)
+    assert '+sender = "fastest"' in html.unescape(text)  # the diff it refused
+    assert f'action="{APPLY}"' not in text
+    # Confirming it anyway (a forged form) is refused the same way.
+    status, _, text = await post(http, admin, APPLY, {**bad, "digest": digest_of_file(path)})
+    assert status == 422 and 'id="problems"' in text
 
-        # Changes that cannot be made name the field.
-        for form, field in (
-            ({"action": "move", "sender": "+19999999999", "profile": "bulk"}, "sender"),
-            ({"action": "move", "sender": MOVED, "profile": "nope"}, "profile"),
-            ({"action": "setting", "profile": "bulk", "key": "numbers", "value": "x"}, "key"),
-            ({"action": "setting", "profile": "bulk", "key": "window", "value": "many"}, "window"),
-            ({"action": "sms", "sender": MOVED, "enabled": "maybe"}, "enabled"),
-            ({"action": "drop"}, "action"),
-        ):
-            status, text = await post(
-                http, "/console/numbers/preview", admin, {"csrf": csrf, **form}
-            )
-            assert status == 400, (form, text)
-            assert re.search(rf"<li class=\"error\">[^<]*{field}[^<]*:", text), (form, text)
+    # Changes that cannot be made name the field.
+    for form, field in (
+        ({"action": "move", "sender": "+19999999999", "profile": "bulk"}, "sender"),
+        ({"action": "move", "sender": MOVED, "profile": "nope"}, "profile"),
+        ({"action": "setting", "profile": "bulk", "key": "numbers", "value": "x"}, "key"),
+        ({"action": "setting", "profile": "bulk", "key": "window", "value": "many"}, "window"),
+        ({"action": "sms", "sender": MOVED, "enabled": "maybe"}, "enabled"),
+        ({"action": "drop"}, "action"),
+    ):
+        status, _, text = await post(http, admin, PREVIEW, {"csrf": csrf, **form})
+        assert status == 400, (form, text)
+        assert re.search(rf"<li class=\"error\">[^<]*{field}[^<]*:", text), (form, text)
     assert path.read_bytes() == before
 
 
@@ -190,70 +204,59 @@ def digest_of_file(path: Path) -> str:
 
 
 async def test_a_confirmed_move_is_written_and_reloaded_and_a_stale_one_is_refused(
-    redis: Redis,
-    redis_url: str,
-    provider: Provider,
-    tmp_path: Path,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    on_file: OnFile,
 ) -> None:
-    path = numbers_config(redis_url, provider, tmp_path)
-    daemon = daemon_from(path)
-    async with numbers_site(daemon) as http:
-        admin = await sign_in(http, ADMIN)
-        csrf = await csrf_of(http, admin)
-        move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
-        status, text = await post(http, "/console/numbers/preview", admin, move)
+    path, daemon, http = on_file.path, on_file.daemon, on_file.http
+    admin, csrf = await admin_session(http)
+    move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
+    status, _, text = await post(http, admin, PREVIEW, move)
+    assert status == 200, text
+    assert path.read_text().count(MOVED) == 2  # nothing written by a preview
+    confirm = {**move, "digest": digest_of(text)}
+
+    # Someone edits the file between the diff and the confirmation: refused, and
+    # the change shown again against the file as it is now.
+    edited = path.read_text() + "# edited by hand\n"
+    path.write_text(edited)
+    status, _, text = await post(http, admin, APPLY, confirm)
+    assert status == 409 and "changed since the diff was shown" in text
+    assert path.read_text() == edited
+    confirm["digest"] = digest_of(text)
+
+    status, _, text = await post(http, admin, APPLY, confirm)
+    assert status == 200, text
+    assert 'data-applied="yes"' in text and 'data-reloaded="yes"' in text
+    assert "Applied and reloaded" in text
+    assert 'data-profile="bulk"' in row_of(text, MOVED)  # the page after the reload
+    assert daemon.settings.profile_of_number(MOVED) == "bulk"
+    assert daemon.reloads == 1
+    assert path.read_text().endswith("# edited by hand\n")  # the rest kept
+
+    # The same confirmation again (a browser's resubmission): stale, nothing written.
+    after = path.read_bytes()
+    status, _, text = await post(http, admin, APPLY, confirm)
+    assert status in (400, 409), text
+    assert path.read_bytes() == after and daemon.reloads == 1
+
+    # SMS off on a number, confirmed: the page shows it disabled after the reload.
+    sms = {"csrf": csrf, "action": "sms", "sender": UK, "enabled": "false"}
+    status, _, text = await post(http, admin, PREVIEW, sms)
+    assert status == 200, text
+    status, _, text = await post(http, admin, APPLY, {**sms, "digest": digest_of(text)})
+    assert status == 200 and 'data-reloaded="yes"' in text, text
+    assert 'data-can-send="no"' in row_of(text, UK)
+    assert daemon.settings.number(UK).sms_enabled is False
+
+    # A profile setting set, then removed (back to its default), each reloaded.
+    window = {"csrf": csrf, "action": "setting", "profile": "bulk", "key": "window"}
+    for form, expected in (({**window, "value": "12"}, 12), ({**window, "remove": "1"}, None)):
+        status, _, text = await post(http, admin, PREVIEW, form)
         assert status == 200, text
-        assert path.read_text().count(MOVED) == 2  # nothing written by a preview
-        confirm = {**move, "digest": digest_of(text)}
-
-        # Someone edits the file between the diff and the confirmation: refused, and
-        # the change shown again against the file as it is now.
-        edited = path.read_text() + "# edited by hand\n"
-        path.write_text(edited)
-        status, text = await post(http, "/console/numbers/apply", admin, confirm)
-        assert status == 409 and "changed since the diff was shown" in text
-        assert path.read_text() == edited
-        confirm["digest"] = digest_of(text)
-
-        status, text = await post(http, "/console/numbers/apply", admin, confirm)
-        assert status == 200, text
-        assert 'data-applied="yes"' in text and 'data-reloaded="yes"' in text
-        assert "Applied and reloaded" in text
-        assert 'data-profile="bulk"' in row_of(text, MOVED)  # the page after the reload
-        assert daemon.settings.profile_of_number(MOVED) == "bulk"
-        assert daemon.reloads == 1
-        assert path.read_text().endswith("# edited by hand\n")  # the rest kept
-
-        # The same confirmation again (a browser's resubmission): stale, nothing written.
-        after = path.read_bytes()
-        status, text = await post(http, "/console/numbers/apply", admin, confirm)
-        assert status in (400, 409), text
-        assert path.read_bytes() == after and daemon.reloads == 1
-
-        # SMS off on a number, confirmed: the page shows it disabled after the reload.
-        sms = {"csrf": csrf, "action": "sms", "sender": UK, "enabled": "false"}
-        status, text = await post(http, "/console/numbers/preview", admin, sms)
-        assert status == 200, text
-        status, text = await post(
-            http, "/console/numbers/apply", admin, {**sms, "digest": digest_of(text)}
-        )
+        status, _, text = await post(http, admin, APPLY, {**form, "digest": digest_of(text)})
         assert status == 200 and 'data-reloaded="yes"' in text, text
-        assert 'data-can-send="no"' in row_of(text, UK)
-        assert daemon.settings.number(UK).sms_enabled is False
-
-        # A profile setting set, then removed (back to its default), each reloaded.
-        window = {"csrf": csrf, "action": "setting", "profile": "bulk", "key": "window"}
-        for form, expected in (({**window, "value": "12"}, 12), ({**window, "remove": "1"}, None)):
-            status, text = await post(http, "/console/numbers/preview", admin, form)
-            assert status == 200, text
-            status, text = await post(
-                http, "/console/numbers/apply", admin, {**form, "digest": digest_of(text)}
-            )
-            assert status == 200 and 'data-reloaded="yes"' in text, text
-            assert tomllib.loads(path.read_text())["profiles"]["bulk"].get("window") == expected
-        assert daemon.settings.profiles["bulk"].window == Profile.model_fields["window"].default
-        assert daemon.reloads == 4
+        assert tomllib.loads(path.read_text())["profiles"]["bulk"].get("window") == expected
+    assert daemon.settings.profiles["bulk"].window == Profile.model_fields["window"].default
+    assert daemon.reloads == 4
 
 
 async def test_a_callback_url_password_is_not_shown(
@@ -261,15 +264,13 @@ async def test_a_callback_url_password_is_not_shown(
     redis_url: str,
     provider: Provider,
     tmp_path: Path,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    daemon_from: Any,
 ) -> None:
     data = console_config(redis_url, provider.url, tmp_path)
     data["profiles"]["bulk"]["status_callback_url"] = "https://hook:s3cret-pw@example.com/status"
     daemon = daemon_from(write_config(tmp_path / "router.toml", data))
     async with numbers_site(daemon) as http:
-        admin = await sign_in(http, ADMIN)
-        async with http.get("/console/numbers", headers=cookie(admin)) as response:
-            page = await response.text()
+        _, page = await get(http, await sign_in(http, ADMIN), "/console/numbers")
     assert "https://hook:**********@example.com/status" in page
     assert "s3cret-pw" not in page
 
@@ -279,7 +280,7 @@ async def test_api_workers_pass_the_changes_to_the_daemon(
     redis_url: str,
     provider: Provider,
     tmp_path: Path,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    daemon_from: Any,
 ) -> None:
     """With ``[api] workers`` every connection is a worker's: the page is the worker's
     own, the preview and the apply go on to the daemon (its file, its reload), and the
@@ -288,32 +289,21 @@ async def test_api_workers_pass_the_changes_to_the_daemon(
     data["api"]["workers"] = 2
     path = write_config(tmp_path / "router.toml", data)
     daemon = daemon_from(path)
-    await wait_for(lambda: daemon.api_workers is not None, 30, "workers started")
-    workers = daemon.api_workers
-    assert workers is not None
-    await wait_for(lambda: len(workers.pids) == 2, 30, "two workers")
+    base = await workers_base(daemon)
     console_of(daemon)
-    async with aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{workers.port}",
-        cookie_jar=aiohttp.DummyCookieJar(),
-        connector=aiohttp.TCPConnector(force_close=True),  # each request may reach either
-    ) as http:
-        admin = await sign_in(http, ADMIN)
-        csrf = await csrf_of(http, admin)
+    async with each_on_a_new_connection(base) as http:
+        admin, csrf = await admin_session(http)
         move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
-        status, text = await post(http, "/console/numbers/preview", admin, move)
+        status, _, text = await post(http, admin, PREVIEW, move)
         assert status == 200, text
-        status, text = await post(
-            http, "/console/numbers/apply", admin, {**move, "digest": digest_of(text)}
-        )
+        status, _, text = await post(http, admin, APPLY, {**move, "digest": digest_of(text)})
         assert status == 200 and 'data-reloaded="yes"' in text, text
         assert daemon.settings.profile_of_number(MOVED) == "bulk"
 
         async def shown_in_bulk() -> bool:
             pages = []
             for _ in range(6):
-                async with http.get("/console/numbers", headers=cookie(admin)) as response:
-                    pages.append(await response.text())
+                pages.append((await get(http, admin, "/console/numbers"))[1])
             return all('data-profile="bulk"' in row_of(page, MOVED) for page in pages)
 
         await wait_for(shown_in_bulk, 20, "the workers showing the move")
@@ -327,11 +317,8 @@ async def test_without_the_daemons_file_a_change_is_refused(
     settings = settings_of(console_config(redis_url, provider.url, tmp_path), tmp_path)
     async with console_site(settings, redis) as http:
         admin = await sign_in(http, ADMIN)
-        async with http.get("/console/numbers", headers=cookie(admin)) as response:
-            assert response.status == 200
-            assert 'data-profile="bulk"' in row_of(await response.text(), UK)
+        status, page = await get(http, admin, "/console/numbers")
+        assert status == 200 and 'data-profile="bulk"' in row_of(page, UK)
         move = {"csrf": await csrf_of(http, admin), "action": "move", "sender": MOVED}
-        status, text = await post(
-            http, "/console/numbers/preview", admin, {**move, "profile": "bulk"}
-        )
+        status, _, text = await post(http, admin, PREVIEW, {**move, "profile": "bulk"})
         assert status == 409 and "not started from a configuration file" in text

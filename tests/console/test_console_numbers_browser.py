@@ -11,20 +11,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from router import Client
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
-from ..binds.test_smpp_flow import smpp_config
 from ..conftest import NUMBERS, number_tables, wait_for
 from ..daemon.test_process import write_config
-from ..daemon.test_reload import daemon_from  # noqa: F401 - the daemon-on-a-file fixture
-from .browser import DESKTOP, PHONE, browser, screenshot, shots_dir  # noqa: F401 - the fixture
-from .site import ADMIN
-from .test_console_numbers import console_of
+from .browser import PHONE, fits_a_phone, new_page, screenshot, shots_dir, sign_in_to
+from .site import smpp_console_config
+from .test_console_numbers import api_base
 
 MOVED = NUMBERS[1]
 UK = "+447911123456"
@@ -34,7 +32,7 @@ TO = "+447700900123"
 def _config(redis_url: str, tmp: Path, smsc_port: int) -> Path:
     """Profile `sms` (global, the US numbers) and `uk` (a UK number), both over SMPP to
     the simulator; the console's admin key; written with a comment at the top."""
-    data = smpp_config(redis_url, tmp, smsc_port)
+    data = smpp_console_config(redis_url, tmp, smsc_port)
     uk: dict[str, Any] = {
         "protocol": "smpp",
         "window": 10,
@@ -43,34 +41,23 @@ def _config(redis_url: str, tmp: Path, smsc_port: int) -> Path:
     }
     data["profiles"]["uk"] = uk
     data.update(number_tables([*NUMBERS, UK]))
-    data["api"] = {"listen": "127.0.0.1:0", "keys": {"ops": {"token": ADMIN, "scopes": ["admin"]}}}
     path = write_config(tmp / "router.toml", data)
     path.write_text("# sms-router for the console's Numbers test\n" + path.read_text())
     return path
 
 
-def _watch_errors(page: Page) -> list[str]:
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return errors
-
-
 async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
-    browser: Browser,  # noqa: F811 - the fixture imported above
+    browser: Browser,
     redis: Redis,
     redis_url: str,
     tmp_path: Path,
     smsc: SmscSimulator,
-    daemon_from: Any,  # noqa: F811 - the fixture imported above
+    daemon_from: Any,
 ) -> None:
     shots = shots_dir(tmp_path / "shots")
     path = _config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
     daemon = daemon_from(path)
-    await wait_for(lambda: daemon.api is not None and daemon.api.port, 20, "the API listening")
-    console_of(daemon)
-    assert daemon.api is not None
-    base = f"http://127.0.0.1:{daemon.api.port}"
+    base = await api_base(daemon)
     # Some traffic, so the page has delivery ratios and today's counts to show.
     ids = await Client(redis).send_many(
         [
@@ -85,14 +72,8 @@ async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
 
     await wait_for(delivered, 30, "the messages delivered")
 
-    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
-    page = await context.new_page()
-    errors = _watch_errors(page)
-    await page.goto(f"{base}/console/numbers")
-    assert page.url == f"{base}/console/login?next=%2Fconsole%2Fnumbers"
-    await page.fill("input[name=token]", ADMIN)
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{base}/console/numbers")
+    page, errors = await new_page(browser)
+    await sign_in_to(page, base, "/console/numbers")
 
     row = page.locator(f'tr[data-number="{MOVED}"]')
     assert await row.get_attribute("data-profile") == "sms"
@@ -132,14 +113,12 @@ async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
     # At a phone's width: nothing wider than the screen but the tables' own scrollers.
     await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await page.reload()
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], width
+    await fits_a_phone(page)
     await screenshot(page, "numbers-390", shots)
     # A profile's settings and their form fit too.
     await page.click("text=Settings of uk")
     await page.locator('#profile-uk tr[data-setting="window"]').wait_for()
     assert "10" in await page.inner_text('#profile-uk tr[data-setting="window"]')
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], width
+    await fits_a_phone(page)
     assert errors == []
-    await context.close()
+    await page.context.close()
