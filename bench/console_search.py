@@ -7,11 +7,12 @@ A private Redis is filled with N delivered message records of profile ``bench`` 
 router's compact shape (lua/common.lua: `created_at`, `owner`, `status`, `n`, the
 four history steps queued, sending (+0.1 s), sent over connector ``smsc`` (+0.2 s),
 delivered with its report note (+0.3 s), `to`, `from`, `text`, `pmid`), each with its
-recipient index entry (``sms:{bench}:to:<E164>``, as enqueue.lua writes it, TTL the
-retention) and its `delivered` event on the profile's event stream (trimmed to
-`queue.events_maxlen`, 1,000,000 by default) — by a Lua script, 1000 records a call,
-created a millisecond apart. The recipients get N / `recipients` messages each (5 by
-default); one more recipient has 1,000 messages (paging through a long index).
+recipient index member (``<to>|<time>|<id>`` in ``sms:{bench}:to:<YYYYMMDD>``, its
+UTC day's set, as enqueue.lua writes it) and its `delivered` event on the profile's
+event stream (trimmed to `queue.events_maxlen`, 1,000,000 by default) — by a Lua
+script, 1000 records a call, created a millisecond apart. The recipients get N /
+`recipients` messages each (5 by default); one more recipient has 1,000 messages
+(paging through a long index).
 
 Then the daemon's real HTTP application (`router.api.app.build_app`, aiohttp on a free
 port, signed in with an admin key) is asked `tries` times each (after one warm-up):
@@ -44,6 +45,7 @@ from router.api.app import build_app
 from router.api.common import ApiContext
 from router.client import Client
 from router.config import Settings, parse_settings
+from router.store import keys
 from router.store.ledger import Ledger
 
 ADMIN = "a" * 32
@@ -53,10 +55,21 @@ BATCH = 1000
 
 # One call writes ARGV[1] records: ids `m-<first + k>`, created ARGV[3] + k ms, to the
 # recipient (first + k) % ARGV[4] (ARGV[5]: the heavy recipient's, for every record when
-# not ''), each with its index entry and its `delivered` event.
+# not ''), each with its index member (in ARGV[8], the day's set, or ARGV[10], the next
+# day's, from ARGV[9], the next day's first microsecond) and its `delivered` event.
 FILL = """
 local count, first, start = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local recipients, heavy = tonumber(ARGV[4]), ARGV[5]
+local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function stamp(us)  -- keys.recipient_stamp: 11 base-36 digits of microseconds
+  local out = ''
+  while us > 0 do
+    local d = us % 36
+    out = string.sub(digits, d + 1, d + 1) .. out
+    us = (us - d) / 36
+  end
+  return string.rep('0', 11 - #out) .. out
+end
 for k = 0, count - 1 do
   local i = first + k
   local id = 'm-' .. i
@@ -69,9 +82,11 @@ for k = 0, count - 1 do
     '4', 'd6fhc||stat DELIVRD err 000', 'to', to, 'from', '+16501112345',
     'text', 'Hello from the bench', 'pmid', string.format('%016x', i))
   redis.call('EXPIRE', rec, ARGV[6])
-  local index = 'sms:{bench}:to:' .. to
-  redis.call('ZADD', index, created, id)
-  redis.call('EXPIRE', index, ARGV[6])
+  local us = math.floor(tonumber(created) * 1000000 + 0.5)
+  local index = ARGV[8]
+  if us >= tonumber(ARGV[9]) then index = ARGV[10] end
+  redis.call('ZADD', index, 0, to .. '|' .. stamp(us) .. '|' .. id)
+  redis.call('EXPIREAT', index, ARGV[11])
   -- (the event's time is the delivered step's to the microsecond: the log lists a
   -- record at its latest change)
   local at = math.floor(tonumber(created) * 1000000 + 0.5) + 300000
@@ -92,6 +107,18 @@ def settings_for(url: str, scratch: Path) -> Settings:
     return parse_settings(data, env={}, base_dir=scratch)
 
 
+def days_of(start: float) -> list[str | int]:
+    """FILL's ARGV[8:12] for records created from `start` on (within a day): the day's
+    index, the next day's first microsecond, the next day's index, when they expire."""
+    day = int(start // 86_400) * 86_400
+    return [
+        keys.recipient_index(PROFILE, keys.recipient_day(start)),
+        (day + 86_400) * 1_000_000,
+        keys.recipient_index(PROFILE, keys.recipient_day(day + 86_400)),
+        day + 2 * 86_400 + RETENTION,
+    ]
+
+
 async def fill(redis: Redis, n: int, recipients: int, maxlen: int) -> float:
     """N records (and 1,000 to the heavy recipient after them); seconds taken."""
     script = redis.register_script(FILL)
@@ -107,6 +134,7 @@ async def fill(redis: Redis, n: int, recipients: int, maxlen: int) -> float:
             "",
             RETENTION,
             maxlen,
+            *days_of(start + first / 1000),
         ]
         await script(keys=[], args=args)
     heavy: list[str | int] = [
@@ -117,6 +145,7 @@ async def fill(redis: Redis, n: int, recipients: int, maxlen: int) -> float:
         "+447912000000",
         RETENTION,
         maxlen,
+        *days_of(start + n / 1000),
     ]
     await script(keys=[], args=heavy)
     return time.perf_counter() - began

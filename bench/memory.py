@@ -73,6 +73,9 @@ CLASSES: list[tuple[str, str]] = [
     ("early_reports", keys.early_reports(PROFILE)),
     ("events", keys.events(PROFILE)),
     ("work_stream", keys.queue(PROFILE)),
+    # The recipient index (keys.recipient_index: a set per day; before 0b6d142, a set
+    # per recipient). Spelled out: an older tree's keys.py has no such function.
+    ("recipient_index", f"sms:{{{PROFILE}}}:to:"),
 ]
 FIXED = {"events"}  # bounded by length: not a per-message cost
 
