@@ -16,7 +16,7 @@ from router.store.connections import open_redis
 
 from ..cluster import cluster_running, cluster_unsupported
 from ..conftest import Provider
-from .site import ADMIN, console_config, console_site, cookie, settings_of, sign_in
+from .site import ADMIN, console_config, console_site, get, settings_of, sign_in
 
 pytestmark = [
     pytest.mark.cluster,
@@ -38,9 +38,8 @@ async def test_the_console_on_a_cluster(tmp_path: Path, provider: Provider) -> N
                 async with http.post("/console/login", data={"token": "x" * 32}) as response:
                     assert response.status == 401
                 session = await sign_in(http, ADMIN)
-                async with http.get("/console/overview/live", headers=cookie(session)) as r:
-                    assert r.status == 200
-                    page = await r.text()
+                status, page = await get(http, session, "/console/overview/live")
+                assert status == 200
     # INFO of one node (a node the client picks): a version, not "?".
     assert "<dt>version</dt><dd>?</dd>" not in page and "<dt>version</dt><dd>" in page
     assert all(f'data-instance="{name}"' in page for name in ("edge-1", "edge-2", "edge-3"))

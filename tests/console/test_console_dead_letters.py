@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,24 @@ from router.config import Settings
 from router.console.dead_letters import PAGE_SIZE, TEXT_SHOWN
 from router.store import keys
 from router.store.connections import as_text
-from router.store.ledger import Ledger
 from router.store.queue import WorkQueue
 
 from ..conftest import Provider, RunningDaemon, wait_for
-from .site import ADMIN, READER, console_config, console_site, cookie, csrf_of, settings_of, sign_in
+from .site import (
+    READER,
+    admin_session,
+    console_config,
+    each_on_a_new_connection,
+    get,
+    outcome,
+    post,
+    refused_to_readers_and_without_csrf,
+    settings_of,
+    sign_in,
+    status_of,
+    workers_base,
+)
+from .site import done as done_at
 
 UK = "+447911123456"
 PAGE = "/console/dead-letters"
@@ -40,17 +53,6 @@ def data(redis_url: str, provider: Provider, tmp_path: Path) -> dict[str, Any]:
     return found
 
 
-@pytest.fixture
-def settings(data: dict[str, Any], tmp_path: Path) -> Settings:
-    return settings_of(data, tmp_path)
-
-
-@pytest.fixture
-async def http(settings: Settings, redis: Redis) -> AsyncIterator[aiohttp.ClientSession]:
-    async with console_site(settings, redis) as client:
-        yield client
-
-
 async def dead_letter(redis: Redis, profile: str, reason: str, job: Any = None) -> str:
     """XADD a dead letter as the worker writes one; a dict `job` is packed as a job."""
     fields: dict[Any, Any] = {"reason": reason, "at": "1700000000.5"}
@@ -61,35 +63,9 @@ async def dead_letter(redis: Redis, profile: str, reason: str, job: Any = None) 
     return as_text(await redis.xadd(keys.dead_letters(profile), fields))
 
 
-async def get(http: aiohttp.ClientSession, session: str, path: str) -> tuple[int, str]:
-    async with http.get(path, headers=cookie(session), allow_redirects=False) as response:
-        return response.status, await response.text()
-
-
-async def post(
-    http: aiohttp.ClientSession, session: str, path: str, form: dict[str, str]
-) -> tuple[int, str, str]:
-    """POST `form`; the status, the Location (or "") and the body."""
-    async with http.post(
-        path, data=form, headers=cookie(session), allow_redirects=False
-    ) as response:
-        return response.status, response.headers.get("Location", ""), await response.text()
-
-
 async def done(http: aiohttp.ClientSession, session: str, path: str, form: dict[str, str]) -> str:
-    """POST a change that succeeds (303 back to the list); the list it shows then."""
-    status, location, body = await post(http, session, path, form)
-    assert status == 303, body
-    assert location.startswith(f"{PAGE}?")
-    status, page = await get(http, session, location)
-    assert status == 200
-    return page
-
-
-def outcome(page: str) -> str:
-    found = re.search(r"<p [^>]*data-outcome>([^<]*)</p>", page)
-    assert found is not None, page
-    return found.group(1)
+    """POST a change that succeeds; the dead letters it shows then."""
+    return await done_at(http, session, path, form, PAGE)
 
 
 def rows(page: str) -> list[str]:
@@ -146,22 +122,15 @@ async def test_a_read_session_or_a_change_without_csrf_changes_nothing(
     http: aiohttp.ClientSession, redis: Redis
 ) -> None:
     entry = await dead_letter(redis, "alerts", "job.to: required", {"text": "hi"})
-    reader = await sign_in(http, READER)
-    admin = await sign_in(http, ADMIN)
-    reader_csrf = await csrf_of(http, reader)
     changes = {
         f"{PAGE}/replay": {"profile": "alerts", "entry": entry},
         f"{PAGE}/drop": {"profile": "alerts", "entry": entry},
         f"{PAGE}/replay-all": {"profile": "alerts", "upto": entry},
         f"{PAGE}/drop-all": {"profile": "alerts", "upto": entry},
     }
-    for path, form in changes.items():
-        status, _, body = await post(http, reader, path, {**form, "csrf": reader_csrf})
-        assert status == 403 and "lacks the &#39;admin&#39; scope" in body, path
-        for csrf in [{}, {"csrf": "x" * 43}, {"csrf": reader_csrf}]:
-            status, _, body = await post(http, admin, path, {**form, **csrf})
-            assert status == 403 and "CSRF token is missing or wrong" in body, (path, csrf)
+    await refused_to_readers_and_without_csrf(http, changes)
     # The confirmation is an admin's page too.
+    reader = await sign_in(http, READER)
     status, _ = await get(http, reader, f"{PAGE}/all?profile=alerts&action=drop")
     assert status == 403
     assert await redis.xlen(keys.dead_letters("alerts")) == 1
@@ -180,11 +149,6 @@ async def _two_real_dead_letters(redis: Redis, settings: Settings) -> list[str]:
     return ids
 
 
-async def _status(redis: Redis, job_id: str) -> str | None:
-    record = await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
-    return None if record is None else str(record["status"])
-
-
 async def test_replay_one_is_sent_and_all_is_confirmed_first(
     http: aiohttp.ClientSession,
     redis: Redis,
@@ -195,13 +159,12 @@ async def test_replay_one_is_sent_and_all_is_confirmed_first(
     first, second = await _two_real_dead_letters(redis, settings)
     run_daemon(settings)
     await wait_for(lambda: _len_is(redis, keys.dead_letters("alerts"), 2), 20, "two dead letters")
-    admin = await sign_in(http, ADMIN)
-    csrf = await csrf_of(http, admin)
+    admin, csrf = await admin_session(http)
     status, page = await get(http, admin, f"{PAGE}?profile=alerts")
     assert status == 200 and page.count("delivered 2 times") == 2
     entries = rows(page)
     assert "dead-1" in page and "dead-2" in page and len(entries) == 2
-    assert await _status(redis, first) == "rejected"
+    assert await status_of(redis, first) == "rejected"
 
     # Replay the first: back on the work stream, sent to the provider, gone from here.
     shown = await done(
@@ -239,7 +202,7 @@ async def test_replay_one_is_sent_and_all_is_confirmed_first(
     )
     assert outcome(shown) == "Dropped 2 for good."
     assert rows(shown) == [later]
-    assert await _status(redis, second) == "rejected"  # dropped, never sent
+    assert await status_of(redis, second) == "rejected"  # dropped, never sent
     assert provider.refs == {first: 1}
 
     # Replay all: the one left goes back onto the work stream.
@@ -276,7 +239,7 @@ async def _len_is(redis: Redis, key: str, n: int) -> bool:
 
 
 async def _is_sent(redis: Redis, job_id: str) -> bool:
-    return await _status(redis, job_id) in {"sent", "delivered"}
+    return await status_of(redis, job_id) in {"sent", "delivered"}
 
 
 async def test_api_workers_serve_both_pages(
@@ -289,36 +252,23 @@ async def test_api_workers_serve_both_pages(
     """With ``[api] workers = 2`` each page is a worker process's (they read Redis and
     the configuration only): a dead letter listed and replayed, a number opted out."""
     data["api"]["workers"] = 2
-    running = run_daemon(settings_of(data, tmp_path))
-    await wait_for(lambda: running.daemon.api_workers is not None, 30, "workers started")
-    workers = running.daemon.api_workers
-    assert workers is not None
-    await wait_for(lambda: len(workers.pids) == 2, 30, "two workers")
+    base = await workers_base(run_daemon(settings_of(data, tmp_path)).daemon)
     entry = await dead_letter(
         redis, "alerts", "fixed since", {"id": "w-1", "to": UK, "text": "from a worker"}
     )
-    # A new connection for each request, so the kernel hands them to either worker.
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(
-        f"http://127.0.0.1:{workers.port}", connector=connector, cookie_jar=aiohttp.DummyCookieJar()
-    ) as http:
-        admin = await sign_in(http, ADMIN)
+    async with each_on_a_new_connection(base) as http:
+        admin, csrf = await admin_session(http)
         for _ in range(6):
             status, page = await get(http, admin, f"{PAGE}?profile=alerts")
             assert status == 200 and rows(page) == [entry] and "fixed since" in page
             status, page = await get(http, admin, "/console/opt-outs?profile=alerts")
             assert status == 200 and "Opted out" in page
-        csrf = await csrf_of(http, admin)
         shown = await done(
             http, admin, f"{PAGE}/replay", {"csrf": csrf, "profile": "alerts", "entry": entry}
         )
         assert outcome(shown).startswith("Replayed 1")
         await wait_for(lambda: _is_sent(redis, "w-1"), 20, "the replayed job sent")
-        async with http.post(
-            "/console/opt-outs/add",
-            data={"csrf": csrf, "profile": "alerts", "number": UK},
-            headers=cookie(admin),
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 303
+        form = {"csrf": csrf, "profile": "alerts", "number": UK}
+        status, _, _ = await post(http, admin, "/console/opt-outs/add", form)
+        assert status == 303
     assert await redis.sismember(keys.opt_outs("alerts"), UK)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,28 +19,7 @@ from router.config import Settings
 from router.console import events as console_events
 from router.policy.accounts import Caller
 
-from ..conftest import Provider
-from .site import (
-    ACCOUNT,
-    ADMIN,
-    console_config,
-    console_site,
-    cookie,
-    csrf_of,
-    settings_of,
-    sign_in,
-)
-
-
-@pytest.fixture
-def settings(redis_url: str, provider: Provider, tmp_path: Path) -> Settings:
-    return settings_of(console_config(redis_url, provider.url, tmp_path), tmp_path)
-
-
-@pytest.fixture
-async def http(settings: Settings, redis: Redis) -> AsyncIterator[aiohttp.ClientSession]:
-    async with console_site(settings, redis) as client:
-        yield client
+from .site import ACCOUNT, ADMIN, cookie, csrf_of, post, sign_in
 
 
 async def _next_status(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
@@ -126,10 +103,8 @@ async def test_signing_out_ends_the_socket(
         await ws.send_json({"heartbeat": 1})
         assert (await _next_status(ws))["type"] == "subscribed"
         csrf = await csrf_of(http, session)
-        async with http.post(
-            "/console/logout", data={"csrf": csrf}, headers=cookie(session), allow_redirects=False
-        ) as answer:
-            assert answer.status == 303
+        status, _, _ = await post(http, session, "/console/logout", {"csrf": csrf})
+        assert status == 303
         while True:
             message = await asyncio.wait_for(ws.receive(), 5)
             if message.type != aiohttp.WSMsgType.TEXT:

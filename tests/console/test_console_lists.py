@@ -8,7 +8,7 @@ bad number is refused naming the field."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,19 @@ from router.store import keys
 from router.store.ledger import Ledger
 
 from ..conftest import Provider, RunningDaemon, wait_for
-from .site import ADMIN, READER, console_config, console_site, cookie, csrf_of, settings_of, sign_in
+from .site import (
+    READER,
+    admin_session,
+    console_config,
+    done,
+    error,
+    get,
+    outcome,
+    post,
+    refused_to_readers_and_without_csrf,
+    sign_in,
+    status_of,
+)
 
 UK = "+447911123456"
 PAGE = "/console/opt-outs"
@@ -37,57 +49,19 @@ def data(redis_url: str, provider: Provider, tmp_path: Path) -> dict[str, Any]:
     return found
 
 
-@pytest.fixture
-def settings(data: dict[str, Any], tmp_path: Path) -> Settings:
-    return settings_of(data, tmp_path)
-
-
-@pytest.fixture
-async def http(settings: Settings, redis: Redis) -> AsyncIterator[aiohttp.ClientSession]:
-    async with console_site(settings, redis) as client:
-        yield client
-
-
-async def get(http: aiohttp.ClientSession, session: str, path: str) -> tuple[int, str]:
-    async with http.get(path, headers=cookie(session), allow_redirects=False) as response:
-        return response.status, await response.text()
-
-
-async def post(
+async def changed(
     http: aiohttp.ClientSession, session: str, path: str, form: dict[str, str]
-) -> tuple[int, str, str]:
-    """POST `form`; the status, the Location (or "") and the body."""
-    async with http.post(
-        path, data=form, headers=cookie(session), allow_redirects=False
-    ) as response:
-        return response.status, response.headers.get("Location", ""), await response.text()
+) -> str:
+    """POST a change that succeeds (303 back to the page); what the page says it did."""
+    return outcome(await done(http, session, path, form, PAGE))
 
 
-async def done(http: aiohttp.ClientSession, session: str, path: str, form: dict[str, str]) -> str:
-    """POST a change that succeeds (303 back to the page); what the page says then."""
-    status, location, body = await post(http, session, path, form)
-    assert status == 303, body
-    assert location.startswith(f"{PAGE}?")
-    status, page = await get(http, session, location)
-    assert status == 200
-    found = re.search(r"<p [^>]*data-outcome>([^<]*)</p>", page)
-    assert found is not None, page
-    return found.group(1)
-
-
-def error(page: str) -> str:
-    found = re.search(r"<p [^>]*data-error>([^<]*)</p>", page)
-    assert found is not None, page
-    return found.group(1)
-
-
-async def _status(redis: Redis, job_id: str) -> dict[str, Any] | None:
+async def _record(redis: Redis, job_id: str) -> dict[str, Any] | None:
     return await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
 
 
 async def _settled(redis: Redis, job_id: str) -> bool:
-    record = await _status(redis, job_id)
-    return record is not None and record["status"] in {"sent", "delivered", "rejected"}
+    return await status_of(redis, job_id) in {"sent", "delivered", "rejected"}
 
 
 async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
@@ -99,9 +73,8 @@ async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
 ) -> None:
     run_daemon(settings)
     client = Client.from_settings(redis, settings)
-    admin = await sign_in(http, ADMIN)
-    csrf = await csrf_of(http, admin)
-    said = await done(
+    admin, csrf = await admin_session(http)
+    said = await changed(
         http,
         admin,
         f"{PAGE}/add",
@@ -109,12 +82,14 @@ async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
     )
     assert said == f"{UK} opted out of profile alerts."  # normalised to E.164
     assert await redis.sismember(keys.opt_outs("alerts"), UK)
-    said = await done(http, admin, f"{PAGE}/add", {"csrf": csrf, "profile": "alerts", "number": UK})
+    said = await changed(
+        http, admin, f"{PAGE}/add", {"csrf": csrf, "profile": "alerts", "number": UK}
+    )
     assert said == f"{UK} was already opted out of profile alerts."
 
     out = await client.send(UK, "hello")
     await wait_for(lambda: _settled(redis, out), 20, "the send settled")
-    record = await _status(redis, out)
+    record = await _record(redis, out)
     assert record is not None and (record["status"], record["error_code"]) == (
         "rejected",
         "opted_out",
@@ -125,41 +100,40 @@ async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
     assert f"rejected opted_out</span> {UK} opted out of profile alerts" in page
     assert f'<tr data-opted-out="{UK}">' in page
 
-    said = await done(
+    said = await changed(
         http, admin, f"{PAGE}/remove", {"csrf": csrf, "profile": "alerts", "number": UK}
     )
     assert said == f"{UK} opted back in to profile alerts."
     back = await client.send(UK, "welcome back")
     await wait_for(lambda: _settled(redis, back), 20, "the send settled")
-    record = await _status(redis, back)
+    record = await _record(redis, back)
     assert record is not None and record["status"] == "sent"
     assert provider.refs == {back: 1}
     status, page = await get(http, admin, f"{PAGE}?profile=alerts&number=%2B447911123456")
     assert 'data-opted-out="false"' in page and "may receive" in page
-    said = await done(
+    said = await changed(
         http, admin, f"{PAGE}/remove", {"csrf": csrf, "profile": "alerts", "number": UK}
     )
     assert said == f"{UK} was not opted out of profile alerts."
 
 
 async def test_block_and_allow_lists(http: aiohttp.ClientSession, redis: Redis) -> None:
-    admin = await sign_in(http, ADMIN)
-    csrf = await csrf_of(http, admin)
+    admin, csrf = await admin_session(http)
     status, page = await get(http, admin, PAGE)  # the global profile, alerts
     assert status == 200 and '<tr data-block="+1900"><td>+1900</td><td>router.toml</td>' in page
     form = {"csrf": csrf, "profile": "alerts", "list": "block"}
-    said = await done(http, admin, "/console/lists/add", {**form, "entry": "+4479"})
+    said = await changed(http, admin, "/console/lists/add", {**form, "entry": "+4479"})
     assert said == "+4479 added to profile alerts&#39;s blocklist."
     assert await audience.show_lists(redis, "alerts") == {"block": ["+4479"], "allow": []}
     status, page = await get(http, admin, f"{PAGE}?number=%2B447911123456")
     assert f"rejected blocked</span> {UK} is on profile alerts&#39;s blocklist (+4479)" in page
-    said = await done(http, admin, "/console/lists/remove", {**form, "entry": "+4479"})
+    said = await changed(http, admin, "/console/lists/remove", {**form, "entry": "+4479"})
     assert said == "+4479 removed from profile alerts&#39;s blocklist."
-    said = await done(http, admin, "/console/lists/remove", {**form, "entry": "+1900"})
+    said = await changed(http, admin, "/console/lists/remove", {**form, "entry": "+1900"})
     assert said == "+1900 is on profile alerts&#39;s blocklist in router.toml: change it there."
     # A whole number written with spaces is normalised; the allowlist then rules.
     allow = {**form, "list": "allow", "profile": "bulk"}
-    said = await done(http, admin, "/console/lists/add", {**allow, "entry": "+1 415 555 2671"})
+    said = await changed(http, admin, "/console/lists/add", {**allow, "entry": "+1 415 555 2671"})
     assert said == "+14155552671 added to profile bulk&#39;s allowlist."
     status, page = await get(http, admin, f"{PAGE}?profile=bulk&number=%2B447911123456")
     assert f"{UK} is not on profile bulk&#39;s allowlist" in page
@@ -179,8 +153,7 @@ async def test_block_and_allow_lists(http: aiohttp.ClientSession, redis: Redis) 
 async def test_bad_input_is_refused_naming_the_field(
     http: aiohttp.ClientSession, redis: Redis
 ) -> None:
-    admin = await sign_in(http, ADMIN)
-    csrf = await csrf_of(http, admin)
+    admin, csrf = await admin_session(http)
     for path, form, said in [
         (
             f"{PAGE}/add",
@@ -224,23 +197,16 @@ async def test_a_read_session_or_a_change_without_csrf_changes_nothing(
     await audience.add_opt_out(redis, "alerts", UK)
     await audience.add_list_entry(redis, "alerts", "block", "+4420")
     reader = await sign_in(http, READER)
-    admin = await sign_in(http, ADMIN)
     status, page = await get(http, reader, PAGE)
     assert status == 200 and f'<tr data-opted-out="{UK}">' in page and "+4420" in page
     assert 'method="post" action="/console/opt-outs' not in page  # no forms it cannot use
     assert 'action="/console/lists' not in page
-    reader_csrf = await csrf_of(http, reader)
     changes = {
         f"{PAGE}/add": {"profile": "alerts", "number": "+14155552671"},
         f"{PAGE}/remove": {"profile": "alerts", "number": UK},
         "/console/lists/add": {"profile": "alerts", "list": "allow", "entry": "+1"},
         "/console/lists/remove": {"profile": "alerts", "list": "block", "entry": "+4420"},
     }
-    for path, form in changes.items():
-        status, _, body = await post(http, reader, path, {**form, "csrf": reader_csrf})
-        assert status == 403 and "lacks the &#39;admin&#39; scope" in body, path
-        for csrf in [{}, {"csrf": "x" * 43}, {"csrf": reader_csrf}]:
-            status, _, body = await post(http, admin, path, {**form, **csrf})
-            assert status == 403 and "CSRF token is missing or wrong" in body, (path, csrf)
+    await refused_to_readers_and_without_csrf(http, changes)
     assert await audience.list_opt_outs(redis, "alerts") == [UK]
     assert await audience.show_lists(redis, "alerts") == {"block": ["+4420"], "allow": []}

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,17 +19,14 @@ from router.store import keys
 from router.summary import today
 
 from ..conftest import Provider
-from .site import READER, console_config, console_site, cookie, settings_of, sign_in
+from .site import READER, console_config, get, sign_in
 
 
 @pytest.fixture
-async def http(
-    redis_url: str, provider: Provider, tmp_path: Path, redis: Redis
-) -> AsyncIterator[aiohttp.ClientSession]:
-    data = console_config(redis_url, provider.url, tmp_path)
-    data["campaigns"]["test"]["daily_cap"] = 200
-    async with console_site(settings_of(data, tmp_path), redis) as client:
-        yield client
+def data(redis_url: str, provider: Provider, tmp_path: Path) -> dict[str, Any]:
+    found = console_config(redis_url, provider.url, tmp_path)
+    found["campaigns"]["test"]["daily_cap"] = 200
+    return found
 
 
 def _row(page: str, attribute: str, name: str) -> str:
@@ -83,9 +80,8 @@ async def test_the_overview_shows_what_redis_holds(
     await redis.hset(keys.spend("alerts", keys.utc_day()), "total", 1_250_000)
 
     session = await sign_in(http, READER)
-    async with http.get("/console/overview/live", headers=cookie(session)) as response:
-        assert response.status == 200
-        page = await response.text()
+    status, page = await get(http, session, "/console/overview/live")
+    assert status == 200
     assert "<html" not in page  # the fragment alone
     assert "edge-1" in page and "pid 4242" in page and "up 1 h 1 min" in page
     assert _row(page, "data-bind", "smsc-a#1") == "smsc-a#1 bound - - -"
@@ -102,15 +98,12 @@ async def test_the_overview_shows_what_redis_holds(
     assert 'value="0.25"' in page
     assert re.search(r"<dt>role</dt><dd>master</dd>", page)
     # The page holds the same, and polls for the fragment every 2 s.
-    async with http.get("/console", headers=cookie(session)) as response:
-        page = await response.text()
+    _, page = await get(http, session, "/console")
     assert 'hx-get="/console/overview/live" hx-trigger="every 2s"' in page
     assert "edge-1" in page and 'data-profile="alerts"' in page
 
 
 async def test_no_instance_running_is_said(http: aiohttp.ClientSession) -> None:
-    session = await sign_in(http, READER)
-    async with http.get("/console/overview/live", headers=cookie(session)) as response:
-        page = await response.text()
+    _, page = await get(http, await sign_in(http, READER), "/console/overview/live")
     assert "No router instance is running" in page
     assert "No events in the last 10 s." in page

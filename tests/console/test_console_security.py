@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,15 @@ from router.config import ApiSettings, Settings
 from router.console.auth import COOKIE, FAILURES_ALLOWED
 from router.store import keys
 
-from ..conftest import Provider, free_port
+from ..conftest import free_port
 from .site import (
     ACCOUNT,
     ADMIN,
     READER,
-    console_config,
     console_site,
     cookie,
     csrf_of,
+    post,
     set_cookie,
     settings_of,
     sign_in,
@@ -37,24 +36,17 @@ from .site import (
 _TTL = ApiSettings.model_fields["console_session_ttl"].default  # 8 h
 
 
-@pytest.fixture
-def data(redis_url: str, provider: Provider, tmp_path: Path) -> dict[str, Any]:
-    return console_config(redis_url, provider.url, tmp_path)
-
-
-@pytest.fixture
-def settings(data: dict[str, Any], tmp_path: Path) -> Settings:
-    return settings_of(data, tmp_path)
-
-
-@pytest.fixture
-async def http(settings: Settings, redis: Redis) -> AsyncIterator[aiohttp.ClientSession]:
-    async with console_site(settings, redis) as client:
-        yield client
-
-
 async def _sessions(redis: Redis) -> list[bytes]:
     return [k async for k in redis.scan_iter(match=keys.console_sessions_pattern())]
+
+
+async def _ended(http: aiohttp.ClientSession, session: str, path: str, csrf: str) -> None:
+    """POST sign-out (or ending every session): back to sign-in, the cookie cleared."""
+    async with http.post(
+        path, data={"csrf": csrf}, headers=cookie(session), allow_redirects=False
+    ) as response:
+        assert response.status == 303 and response.headers["Location"] == "/console/login"
+        assert set_cookie(response)[COOKIE].value == ""
 
 
 async def test_without_a_session_every_page_goes_to_sign_in(http: aiohttp.ClientSession) -> None:
@@ -137,14 +129,8 @@ async def test_a_read_session_looks_but_cannot_change(
         assert "Overview" in page and "watch (read)" in page
         assert "revoke-all" not in page  # no button it could not use
     csrf = await csrf_of(http, reader)
-    async with http.post(
-        "/console/sessions/revoke-all",
-        data={"csrf": csrf},
-        headers=cookie(reader),
-        allow_redirects=False,
-    ) as response:
-        assert response.status == 403
-        assert "lacks the &#39;admin&#39; scope" in await response.text()
+    status, _, body = await post(http, reader, "/console/sessions/revoke-all", {"csrf": csrf})
+    assert status == 403 and "lacks the &#39;admin&#39; scope" in body
     assert len(await _sessions(redis)) == 2
     async with http.get("/console", headers=cookie(admin)) as response:
         assert response.status == 200 and "revoke-all" in await response.text()
@@ -163,22 +149,12 @@ async def test_a_change_without_the_csrf_token_is_refused(
     assert csrf != await csrf_of(http, other)
     for form in [{}, {"csrf": ""}, {"csrf": "x" * len(csrf)}, {"csrf": await csrf_of(http, other)}]:
         for path in ["/console/sessions/revoke-all", "/console/logout"]:
-            async with http.post(
-                path, data=form, headers=cookie(admin), allow_redirects=False
-            ) as response:
-                assert response.status == 403, (path, form)
-                assert "CSRF token is missing or wrong" in await response.text()
+            status, _, body = await post(http, admin, path, form)
+            assert status == 403 and "CSRF token is missing or wrong" in body, (path, form)
     assert len(await _sessions(redis)) == 2  # nothing ended
     async with http.get("/console", headers=cookie(admin), allow_redirects=False) as response:
         assert response.status == 200
-    async with http.post(
-        "/console/sessions/revoke-all",
-        data={"csrf": csrf},
-        headers=cookie(admin),
-        allow_redirects=False,
-    ) as response:
-        assert response.status == 303 and response.headers["Location"] == "/console/login"
-        assert set_cookie(response)[COOKIE].value == ""
+    await _ended(http, admin, "/console/sessions/revoke-all", csrf)
     assert await _sessions(redis) == []
     for gone in (admin, other):
         async with http.get("/console", headers=cookie(gone), allow_redirects=False) as r:
@@ -201,15 +177,7 @@ async def test_sessions_are_shared_and_end_at_sign_out(
         async with console_site(settings, second_redis) as second:
             async with second.get("/console", headers=cookie(session)) as response:
                 assert response.status == 200 and "ops (admin)" in await response.text()
-            csrf = await csrf_of(second, session)
-            async with second.post(
-                "/console/logout",
-                data={"csrf": csrf},
-                headers=cookie(session),
-                allow_redirects=False,
-            ) as response:
-                assert response.status == 303 and response.headers["Location"] == "/console/login"
-                assert set_cookie(response)[COOKIE].value == ""
+            await _ended(second, session, "/console/logout", await csrf_of(second, session))
     finally:
         await second_redis.aclose()
     # Signed out on the second: the first refuses the old cookie.
