@@ -127,6 +127,8 @@ class Client:
         start, and again when the daemon reloads its configuration, so the doors judge
         jobs by the configuration the workers run)."""
         self._settings = settings
+        # The recipient index ([queue] recipient_index) the doors' records go into.
+        self._ledger.recipient_index = settings.queue.recipient_index
         self.default_profile = settings.global_profile
         self.profiles = set(settings.profiles)
         self.store_text = {name for name, p in settings.profiles.items() if p.store_text}

@@ -240,6 +240,7 @@ class Daemon:
             events_maxlen=queue.events_maxlen,
             replicas_ack=router.replicas_ack,
             replicas_ack_timeout_ms=router.replicas_ack_timeout_ms,
+            recipient_index=queue.recipient_index,
         )
         self.posters.append(
             StatusPoster(
@@ -481,6 +482,8 @@ class Daemon:
         assert self._shared is not None
         self.notify_reloading()
         reloader = Reloader(self.settings, new, self.runtimes, self._shared, build_binds)
+        # The workers' records ([queue] changes give every profile a new worker).
+        self._shared.ledger.recipient_index = new.queue.recipient_index
         try:
             await reloader.apply()
         finally:

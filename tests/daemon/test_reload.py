@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from router import Client
 from router.daemon.daemon import Daemon
 from router.daemon.reload import read_verdict
+from router.policy.jobs import encode_job
 from router.store.ledger import Ledger
 from sims.smscsim import SmscSimulator
 
@@ -269,3 +270,48 @@ async def test_a_profile_added_by_reload_gets_its_reports_on_a_shared_connector(
         return found["delivered"] == len(ids)
 
     await wait_for(delivered, 30, "the late profile's messages delivered")
+
+
+async def test_the_recipient_index_follows_queue_recipient_index_on_reload(
+    redis: Redis,
+    redis_url: str,
+    tmp_path: Path,
+    smsc: SmscSimulator,
+    provider: Provider,
+    daemon_from: Any,
+) -> None:
+    """Off by reload: neither the doors nor the workers index new records; on again:
+    both do."""
+    data = two_profiles(redis_url, tmp_path, smsc, provider)
+    path = write_config(tmp_path / "router.toml", data)
+    daemon = daemon_from(path)
+    await wait_for(lambda: daemon.runtimes and daemon.runtimes["sms"].binds[0].ready, 20)
+
+    async def indexed() -> set[str]:
+        found: set[str] = set()
+        async for key in redis.scan_iter(match="sms:{sms}:to:*"):
+            found |= {m.decode().rpartition("|")[2] for m in await redis.zrange(key, 0, -1)}
+        return found
+
+    async def send(tag: str) -> list[str]:
+        client = Client.from_settings(redis, daemon.settings)
+        [job] = await client.send_many([{"to": "+447700900123", "text": tag, "id": f"{tag}-d"}])
+        plain = f"{tag}-x"
+        await redis.xadd("sms:{sms}:q", {"job": encode_job({"id": plain, "to": "+447700900124",
+                                                           "text": tag})})  # fmt: skip
+        for one in (job, plain):
+            await wait_for(lambda one=one: _final(redis, one), 20, f"{one} sent")  # type: ignore[misc]
+        return [job, plain]
+
+    first = await send("on")
+    assert set(first) <= await indexed()
+    data["queue"]["recipient_index"] = False
+    write_config(path, data)
+    assert await daemon.reload() is True
+    off = await send("off")
+    assert not set(off) & await indexed()
+    data["queue"]["recipient_index"] = True
+    write_config(path, data)
+    assert await daemon.reload() is True
+    again = await send("again")
+    assert set(again) <= await indexed()
