@@ -15,13 +15,15 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import pytest
 
-from ..conftest import wait_for
-from .site import ADMIN
+from sims.smscsim import SmscSimulator
+
+from ..conftest import free_port, wait_for
+from .site import ADMIN, smpp_console_config
 
 CHROMIUM: Final = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 DESKTOP: Final = {"width": 1280, "height": 800}
@@ -61,6 +63,24 @@ async def browser() -> AsyncIterator[Browser]:
             yield found
         finally:
             await found.close()
+
+
+@pytest.fixture
+def smpp_data(redis_url: str, tmp_path: Path, smsc: SmscSimulator) -> dict[str, Any]:
+    """The configuration of a daemon sending over SMPP to the SMSC simulator, its API
+    (with the console's admin key) on a free port: `base_of` it."""
+    return smpp_console_config(redis_url, tmp_path, smsc.port, free_port())  # type: ignore[attr-defined]
+
+
+def base_of(data: dict[str, Any]) -> str:
+    """The base URL of the API that `data` configures."""
+    return f"http://{data['api']['listen']}"
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where the test's screenshots go (`shots_dir`)."""
+    return shots_dir(tmp_path / "shots")
 
 
 def shots_dir(tmp: Path) -> Path:

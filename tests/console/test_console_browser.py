@@ -9,17 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from router import Client
 from router.config import Settings
-from sims.smscsim import SmscSimulator
 
-from ..conftest import RunningDaemon, free_port
-from .browser import DESKTOP, PHONE, fits_a_phone, new_page, screenshot, shots_dir, wait_until_up
-from .site import ADMIN, settings_of, smpp_console_config
+from ..conftest import RunningDaemon
+from .browser import (
+    DESKTOP,
+    PHONE,
+    base_of,
+    fits_a_phone,
+    new_page,
+    screenshot,
+    wait_until_up,
+)
+from .site import ADMIN, settings_of
 
 TO = "+447911123456"
 
@@ -27,17 +35,14 @@ TO = "+447911123456"
 async def test_sign_in_see_the_bound_connector_sign_out(
     browser: Browser,
     redis: Redis,
-    redis_url: str,
     tmp_path: Path,
-    smsc: SmscSimulator,
+    smpp_data: dict[str, Any],
+    shots: Path,
     run_daemon: Callable[[Settings], RunningDaemon],
 ) -> None:
-    shots = shots_dir(tmp_path / "shots")
-    port = free_port()
-    data = smpp_console_config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
-    settings = settings_of(data, tmp_path)
+    settings = settings_of(smpp_data, tmp_path)
     run_daemon(settings)
-    base = f"http://127.0.0.1:{port}"
+    base = base_of(smpp_data)
     client = Client.from_settings(redis, settings)
     await client.send_many([{"to": TO, "text": f"console test {i}"} for i in range(12)])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from playwright.async_api import Browser
@@ -23,18 +24,18 @@ from router.store import keys
 from router.store.queue import WorkQueue, list_dead_letters
 from sims.smscsim import SmscSimulator
 
-from ..conftest import RunningDaemon, free_port, wait_for
+from ..conftest import RunningDaemon, wait_for
 from .browser import (
     DESKTOP,
     PHONE,
+    base_of,
     fits_a_phone,
     new_page,
     screenshot,
-    shots_dir,
     sign_in_to,
     wait_until_up,
 )
-from .site import settings_of, smpp_console_config, status_of
+from .site import settings_of, status_of
 
 TO = "+447911123456"
 
@@ -42,17 +43,15 @@ TO = "+447911123456"
 async def test_replay_a_dead_letter_and_opt_a_number_out(
     browser: Browser,
     redis: Redis,
-    redis_url: str,
     tmp_path: Path,
     smsc: SmscSimulator,
+    smpp_data: dict[str, Any],
+    shots: Path,
     run_daemon: Callable[[Settings], RunningDaemon],
 ) -> None:
-    shots = shots_dir(tmp_path / "shots")
-    port = free_port()
-    data = smpp_console_config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
     # A job taken by a consumer that dies is dead-lettered at its second delivery.
-    data["queue"].update(claim_idle=0.2, max_deliveries=1)
-    settings = settings_of(data, tmp_path)
+    smpp_data["queue"].update(claim_idle=0.2, max_deliveries=1)
+    settings = settings_of(smpp_data, tmp_path)
     client = Client.from_settings(redis, settings)
     job_id = await client.send(TO, "Your code is 4711", id="code-4711")
     crashed = WorkQueue(redis, "sms", "crashed")
@@ -69,7 +68,7 @@ async def test_replay_a_dead_letter_and_opt_a_number_out(
     assert letters["raw-1"].reason.startswith("job.to")
     assert await status_of(redis, job_id) == "rejected"
 
-    base = f"http://127.0.0.1:{port}"
+    base = base_of(smpp_data)
     page, errors = await new_page(browser)
     await wait_until_up(page, base)
     await sign_in_to(page, base, "/console/dead-letters")

@@ -19,7 +19,7 @@ from router.config import Settings
 from router.console import events as console_events
 from router.policy.accounts import Caller
 
-from .site import ACCOUNT, ADMIN, cookie, csrf_of, post, sign_in
+from .site import ACCOUNT, ADMIN, cookie, csrf_of, get, post, sign_in
 
 
 async def _next_status(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
@@ -34,11 +34,10 @@ async def test_the_page_and_a_socket_of_the_session(
     http: aiohttp.ClientSession, redis: Redis, settings: Settings
 ) -> None:
     session = await sign_in(http, ADMIN)
-    async with http.get("/console/events", headers=cookie(session)) as page:
-        assert page.status == 200
-        text = await page.text()
-        assert 'data-ws="/console/events/ws"' in text and "/console/static/events.js" in text
-        assert "<script>" not in text  # the CSP allows no inline script
+    status, text = await get(http, session, "/console/events")
+    assert status == 200
+    assert 'data-ws="/console/events/ws"' in text and "/console/static/events.js" in text
+    assert "<script>" not in text  # the CSP allows no inline script
     async with http.ws_connect("/console/events/ws", headers=cookie(session)) as ws:
         await ws.send_json({"status": ["queued"], "heartbeat": 1})
         assert (await _next_status(ws))["type"] == "subscribed"

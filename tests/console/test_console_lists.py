@@ -56,12 +56,16 @@ async def changed(
     return outcome(await done(http, session, path, form, PAGE))
 
 
-async def _record(redis: Redis, job_id: str) -> dict[str, Any] | None:
-    return await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
+async def _judged(redis: Redis, job_id: str) -> dict[str, Any]:
+    """The record of a message once it is sent or rejected (20 s at most)."""
 
+    async def settled() -> bool:
+        return await status_of(redis, job_id) in {"sent", "delivered", "rejected"}
 
-async def _settled(redis: Redis, job_id: str) -> bool:
-    return await status_of(redis, job_id) in {"sent", "delivered", "rejected"}
+    await wait_for(settled, 20, "the send settled")
+    record = await Ledger(redis, retention=60, events_maxlen=10).get(job_id)
+    assert record is not None
+    return record
 
 
 async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
@@ -87,13 +91,8 @@ async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
     )
     assert said == f"{UK} was already opted out of profile alerts."
 
-    out = await client.send(UK, "hello")
-    await wait_for(lambda: _settled(redis, out), 20, "the send settled")
-    record = await _record(redis, out)
-    assert record is not None and (record["status"], record["error_code"]) == (
-        "rejected",
-        "opted_out",
-    )
+    record = await _judged(redis, await client.send(UK, "hello"))
+    assert (record["status"], record["error_code"]) == ("rejected", "opted_out")
     # The search says so, with the reason the worker gives.
     status, page = await get(http, admin, f"{PAGE}?profile=alerts&number=%2B447911123456")
     assert status == 200 and f'data-found="{UK}" data-opted-out="true"' in page
@@ -105,9 +104,7 @@ async def test_an_opt_out_made_here_is_rejected_until_opted_back_in(
     )
     assert said == f"{UK} opted back in to profile alerts."
     back = await client.send(UK, "welcome back")
-    await wait_for(lambda: _settled(redis, back), 20, "the send settled")
-    record = await _record(redis, back)
-    assert record is not None and record["status"] == "sent"
+    assert (await _judged(redis, back))["status"] == "sent"
     assert provider.refs == {back: 1}
     status, page = await get(http, admin, f"{PAGE}?profile=alerts&number=%2B447911123456")
     assert 'data-opted-out="false"' in page and "may receive" in page

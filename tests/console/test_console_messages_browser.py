@@ -10,17 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from playwright.async_api import Browser
 from redis.asyncio import Redis
 
 from router.config import Settings
-from sims.smscsim import SmscSimulator
 
-from ..conftest import RunningDaemon, free_port
-from .browser import PHONE, fits_a_phone, new_page, screenshot, shots_dir, sign_in_to, wait_until_up
-from .site import ADMIN, settings_of, smpp_console_config
+from ..conftest import RunningDaemon
+from .browser import (
+    PHONE,
+    base_of,
+    fits_a_phone,
+    new_page,
+    screenshot,
+    sign_in_to,
+    wait_until_up,
+)
+from .site import ADMIN, settings_of
 
 TO = "+447911123456"
 
@@ -42,17 +50,14 @@ async def _send(base: str, text: str) -> str:
 async def test_send_find_by_recipient_see_delivered_and_the_live_events(
     browser: Browser,
     redis: Redis,
-    redis_url: str,
     tmp_path: Path,
-    smsc: SmscSimulator,
+    smpp_data: dict[str, Any],
+    shots: Path,
     run_daemon: Callable[[Settings], RunningDaemon],
 ) -> None:
-    shots = shots_dir(tmp_path / "shots")
-    port = free_port()
-    data = smpp_console_config(redis_url, tmp_path, smsc.port, port)  # type: ignore[attr-defined]
-    settings = settings_of(data, tmp_path)
+    settings = settings_of(smpp_data, tmp_path)
     run_daemon(settings)
-    base = f"http://127.0.0.1:{port}"
+    base = base_of(smpp_data)
     page, errors = await new_page(browser)
     await wait_until_up(page, base)
     await sign_in_to(page, base, "/console/events")

@@ -20,7 +20,7 @@ from sims.smscsim import SmscSimulator
 
 from ..conftest import NUMBERS, number_tables, wait_for
 from ..daemon.test_process import write_config
-from .browser import PHONE, fits_a_phone, new_page, screenshot, shots_dir, sign_in_to
+from .browser import PHONE, fits_a_phone, new_page, screenshot, sign_in_to
 from .site import smpp_console_config
 from .test_console_numbers import api_base
 
@@ -53,8 +53,8 @@ async def test_move_a_number_to_another_profile_and_see_the_reload_take_it(
     tmp_path: Path,
     smsc: SmscSimulator,
     daemon_from: Any,
+    shots: Path,
 ) -> None:
-    shots = shots_dir(tmp_path / "shots")
     path = _config(redis_url, tmp_path, smsc.port)  # type: ignore[attr-defined]
     daemon = daemon_from(path)
     base = await api_base(daemon)

@@ -27,6 +27,7 @@ from .site import (
     console_site,
     cookie,
     csrf_of,
+    get,
     post,
     set_cookie,
     settings_of,
@@ -123,21 +124,18 @@ async def test_a_read_session_looks_but_cannot_change(
 ) -> None:
     admin = await sign_in(http, ADMIN)
     reader = await sign_in(http, READER)
-    async with http.get("/console", headers=cookie(reader)) as response:
-        assert response.status == 200
-        page = await response.text()
-        assert "Overview" in page and "watch (read)" in page
-        assert "revoke-all" not in page  # no button it could not use
+    status, page = await get(http, reader, "/console")
+    assert status == 200 and "Overview" in page and "watch (read)" in page
+    assert "revoke-all" not in page  # no button it could not use
     csrf = await csrf_of(http, reader)
     status, _, body = await post(http, reader, "/console/sessions/revoke-all", {"csrf": csrf})
     assert status == 403 and "lacks the &#39;admin&#39; scope" in body
     assert len(await _sessions(redis)) == 2
-    async with http.get("/console", headers=cookie(admin)) as response:
-        assert response.status == 200 and "revoke-all" in await response.text()
+    status, page = await get(http, admin, "/console")
+    assert status == 200 and "revoke-all" in page
     # An account's token signs in too, with the account's scopes.
     shop = await sign_in(http, ACCOUNT)
-    async with http.get("/console", headers=cookie(shop)) as response:
-        assert "shop (send, read)" in await response.text()
+    assert "shop (send, read)" in (await get(http, shop, "/console"))[1]
 
 
 async def test_a_change_without_the_csrf_token_is_refused(
