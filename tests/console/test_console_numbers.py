@@ -32,12 +32,10 @@ from .site import (
     READER,
     admin_session,
     console_config,
-    console_site,
     csrf_of,
     each_on_a_new_connection,
     get,
     post,
-    settings_of,
     sign_in,
     workers_base,
 )
@@ -49,11 +47,12 @@ PREVIEW = "/console/numbers/preview"
 APPLY = "/console/numbers/apply"
 
 
-def numbers_config(redis_url: str, provider: Provider, tmp: Path) -> Path:
-    """The console tests' configuration, with one number paused, written to a file."""
-    data = console_config(redis_url, provider.url, tmp)
-    data["numbers"][PAUSED]["sms_enabled"] = False
-    return write_config(tmp / "router.toml", data)
+@pytest.fixture
+def data(redis_url: str, provider: Provider, tmp_path: Path) -> dict[str, Any]:
+    """The console tests' configuration, with one number paused."""
+    found = console_config(redis_url, provider.url, tmp_path)
+    found["numbers"][PAUSED]["sms_enabled"] = False
+    return found
 
 
 def console_of(daemon: Daemon) -> None:
@@ -92,10 +91,10 @@ class OnFile:
 
 @pytest.fixture
 async def on_file(
-    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path, daemon_from: Any
+    redis: Redis, data: dict[str, Any], tmp_path: Path, daemon_from: Any
 ) -> AsyncIterator[OnFile]:
-    """The daemon on `numbers_config`'s file, its API's client."""
-    path = numbers_config(redis_url, provider, tmp_path)
+    """The daemon on `data` written to a file, its API's client."""
+    path = write_config(tmp_path / "router.toml", data)
     daemon = daemon_from(path)
     async with numbers_site(daemon) as http:
         yield OnFile(path, daemon, http)
@@ -260,13 +259,8 @@ async def test_a_confirmed_move_is_written_and_reloaded_and_a_stale_one_is_refus
 
 
 async def test_a_callback_url_password_is_not_shown(
-    redis: Redis,
-    redis_url: str,
-    provider: Provider,
-    tmp_path: Path,
-    daemon_from: Any,
+    redis: Redis, data: dict[str, Any], tmp_path: Path, daemon_from: Any
 ) -> None:
-    data = console_config(redis_url, provider.url, tmp_path)
     data["profiles"]["bulk"]["status_callback_url"] = "https://hook:s3cret-pw@example.com/status"
     daemon = daemon_from(write_config(tmp_path / "router.toml", data))
     async with numbers_site(daemon) as http:
@@ -276,16 +270,11 @@ async def test_a_callback_url_password_is_not_shown(
 
 
 async def test_api_workers_pass_the_changes_to_the_daemon(
-    redis: Redis,
-    redis_url: str,
-    provider: Provider,
-    tmp_path: Path,
-    daemon_from: Any,
+    redis: Redis, data: dict[str, Any], tmp_path: Path, daemon_from: Any
 ) -> None:
     """With ``[api] workers`` every connection is a worker's: the page is the worker's
     own, the preview and the apply go on to the daemon (its file, its reload), and the
     workers' page shows the move once the daemon has handed them the new settings."""
-    data = console_config(redis_url, provider.url, tmp_path)
     data["api"]["workers"] = 2
     path = write_config(tmp_path / "router.toml", data)
     daemon = daemon_from(path)
@@ -310,15 +299,13 @@ async def test_api_workers_pass_the_changes_to_the_daemon(
 
 
 async def test_without_the_daemons_file_a_change_is_refused(
-    redis: Redis, redis_url: str, provider: Provider, tmp_path: Path
+    http: aiohttp.ClientSession,
 ) -> None:
     """An application the daemon gave no configuration file (started from settings, not
     a file): the page works, a change says why it cannot be made."""
-    settings = settings_of(console_config(redis_url, provider.url, tmp_path), tmp_path)
-    async with console_site(settings, redis) as http:
-        admin = await sign_in(http, ADMIN)
-        status, page = await get(http, admin, "/console/numbers")
-        assert status == 200 and 'data-profile="bulk"' in row_of(page, UK)
-        move = {"csrf": await csrf_of(http, admin), "action": "move", "sender": MOVED}
-        status, _, text = await post(http, admin, PREVIEW, {**move, "profile": "bulk"})
-        assert status == 409 and "not started from a configuration file" in text
+    admin, csrf = await admin_session(http)
+    status, page = await get(http, admin, "/console/numbers")
+    assert status == 200 and 'data-profile="bulk"' in row_of(page, UK)
+    move = {"csrf": csrf, "action": "move", "sender": MOVED, "profile": "bulk"}
+    status, _, text = await post(http, admin, PREVIEW, move)
+    assert status == 409 and "not started from a configuration file" in text
