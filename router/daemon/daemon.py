@@ -92,6 +92,8 @@ class Daemon:
         # One reload at a time: the web console reloads from a request, SIGHUP from
         # the serving loop.
         self._reloading = asyncio.Lock()
+        # (when, messages handed to each bind) at the last health record: bind rates.
+        self._handed_before: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self._shared: Shared | None = None
         self._api_context: ApiContext | None = None
         self._signals = 0
@@ -561,6 +563,17 @@ class Daemon:
             if row
         }
 
+    def _bind_rates(self) -> dict[str, float]:
+        """Messages handed to each bind per second since the last health record."""
+        now = time.monotonic()
+        handed = {n: v for c in self.connectors for n, v in c.handed.items()}
+        then, before = self._handed_before
+        self._handed_before = (now, handed)
+        span = now - then
+        if span <= 0 or not before:
+            return {}
+        return {n: round(max(0, v - before.get(n, 0)) / span, 1) for n, v in handed.items()}
+
     async def _beat(self, redis: Redis) -> None:
         if self.lease is not None:
             renewed = await self.lease.renew()
@@ -577,6 +590,7 @@ class Daemon:
                 return
             if renewed == 2:
                 log.warning("instance lease had lapsed (Redis outage); taken again")
+        rates = self._bind_rates()
         body = {
             "instance": self.instance,
             "host": socket.gethostname(),
@@ -601,6 +615,7 @@ class Daemon:
                     "window": b.window,
                     "in_flight": b.in_flight,
                     "throttles": getattr(b, "throttles", 0),
+                    "rate": rates.get(b.name, 0.0),
                 }
                 for c in self.connectors
                 for b in c.binds

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Final, Literal
 
@@ -64,6 +64,8 @@ class ConnectorRuntime:
         self.name = name
         self.settings = settings
         self.binds = list(binds)
+        # Messages handed to each bind (by name) since start: the health record's rate.
+        self.handed: Counter[str] = Counter()
         self.route_codes = frozenset(settings.route_codes)
         self._breaker = settings.breaker
         # Outcomes per second: [second, ok, failed], oldest first.
@@ -131,8 +133,11 @@ class ConnectorRuntime:
         """The bind a message goes to: the least busy ready one (any, if none is)."""
         binds = self.binds
         if len(binds) == 1:
-            return binds[0]
-        return min([b for b in binds if b.ready] or binds, key=lambda b: b.in_flight)
+            found = binds[0]
+        else:
+            found = min([b for b in binds if b.ready] or binds, key=lambda b: b.in_flight)
+        self.handed[found.name] += 1
+        return found
 
     def took(self) -> None:
         """A message was handed to a bind (in half-open, it is the probe)."""

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from router.store import keys
 from router.summary import today
 
-from ..conftest import Provider
+from ..conftest import Provider, wait_for
 from .site import READER, console_config, get, sign_in
 
 
@@ -107,3 +107,30 @@ async def test_no_instance_running_is_said(http: aiohttp.ClientSession) -> None:
     _, page = await get(http, await sign_in(http, READER), "/console/overview/live")
     assert "No router instance is running" in page
     assert "No events in the last 10 s." in page
+
+
+async def test_a_running_daemon_reports_each_binds_rate(
+    redis: Redis,
+    make_settings: Any,
+    provider: Any,
+    run_daemon: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The health record's bind rate: messages handed to the bind per second between
+    two records (what the overview's Binds table shows)."""
+    import router.daemon.daemon as daemon_module
+    from router import Client
+
+    monkeypatch.setattr(daemon_module, "HEALTH_EVERY", 0.5)
+    settings = make_settings()
+    run_daemon(settings)
+    provider.latency = 0.01
+    client = Client.from_settings(redis, settings)
+    await client.send_many([{"to": "+447911123456", "text": f"m{i}"} for i in range(400)])
+
+    async def rated() -> bool:
+        raw = await redis.get(keys.health("test"))
+        binds = json.loads(raw)["binds"] if raw else {}
+        return any(b.get("rate", 0) > 0 for b in binds.values())
+
+    await wait_for(rated, 20, "a bind with a rate")
