@@ -325,3 +325,15 @@ local function apply_report(rec, job, part, outcome, stat, err, now, parts, info
   post(callbacks, info.url, ev)
   return final
 end
+
+-- The recipient index (keys.py's `recipient_index`): a call's members
+-- (`<to>|<stamp>|<id>`, score 0) into its day's set, a ZADD per 1000, and the set
+-- kept until the retention after the day's end (its last record's).
+local function index_recipients(index, members, now, ttl)
+  if #members == 0 then return end
+  for first = 1, #members, 1000 do
+    redis.call('ZADD', index, unpack(members, first, math.min(#members, first + 999)))
+  end
+  local day_end = (math.floor(tonumber(now) / 86400) + 1) * 86400
+  redis.call('EXPIREAT', index, string.format('%d', day_end + ttl))
+end

@@ -86,13 +86,5 @@ for i, it in ipairs(items) do
     out[#out + 1] = 'ok'; out[#out + 1] = st or ''; out[#out + 1] = n
   end
 end
-if #indexed > 0 then
-  local index = KEYS[4 + #items]
-  for first = 1, #indexed, 1000 do
-    redis.call('ZADD', index, unpack(indexed, first, math.min(#indexed, first + 999)))
-  end
-  -- The day's set lives until the retention after the day's end (its last record's).
-  local day_end = (math.floor(tonumber(now) / 86400) + 1) * 86400
-  redis.call('EXPIREAT', index, string.format('%d', day_end + ttl))
-end
+if #indexed > 0 then index_recipients(KEYS[4 + #items], indexed, now, ttl) end
 return out
