@@ -30,6 +30,7 @@ from router.console.auth import (
 )
 from router.console.overview import RATE_WINDOW, read_overview
 from router.console.render import SECURITY_HEADERS, page, static_file
+from router.errors import RouterError
 from router.store.outages import REDIS_ERRORS
 
 __all__ = ["FormError", "add_routes", "profile_field", "see_other"]
@@ -40,7 +41,7 @@ POLL_EVERY: Final = 2  # seconds between the overview's live updates
 _MAX_TOKEN: Final = 1024  # longer is no token of ours: refused before comparing
 
 
-class FormError(ValueError):
+class FormError(RouterError, ValueError):
     """A form or query field a page cannot use: the message names the field."""
 
 

@@ -149,7 +149,13 @@ async def test_health_shows_backlog_and_counters_per_profile(
     config = str(write_config(tmp_path / "router.toml", data))
     await redis.hset(keys.stats("bulk"), "reports_missing", 3)
     running = run_daemon(parse_settings(data, env={}, base_dir=tmp_path))
-    await wait_for(lambda: redis.exists("sms:health:test"), 20, "the first health beat")
+
+    async def both_workers() -> bool:
+        # The first beat may come while the second profile's worker is being started.
+        raw = await redis.get("sms:health:test")
+        return bool(raw) and {"alerts", "bulk"} <= set(json.loads(raw).get("backlog", {}))
+
+    await wait_for(both_workers, 20, "a health beat with both profiles")
     code, out, err = await cli("health", "-c", config)
     await running.stop()
     assert code == 0, err
