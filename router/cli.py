@@ -32,7 +32,7 @@ from router.config import (
 )
 from router.numbers import normalise_e164
 from router.policy import audience
-from router.store import keys
+from router.store import instances, keys
 from router.store.connections import RedisUnavailable, as_text, open_redis
 from router.store.ledger import STATUSES, Ledger
 from router.store.migrate import MigrationReport, migrate_keys
@@ -929,15 +929,13 @@ def health(config_path: str | None, as_json: bool) -> None:
     Exit codes, for monitoring checks: 0 ready; 1 no daemon running (or Redis not
     reachable from here); 2 degraded: a bind down, Redis unreachable from a daemon,
     or a profile without a ready bind."""
-    from router.daemon.daemon import health_key
 
     settings = load_or_exit(config_path, secrets=False)
 
     async def work(
         redis: Redis,
     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]], dict[str, int]]:
-        found = [as_text(k) async for k in redis.scan_iter(match=health_key("*"))]
-        values = [await redis.get(k) for k in found]
+        records = await instances.read_records(redis, scan_fallback=True)
         stats = {
             name: {
                 as_text(k): as_text(v) for k, v in (await redis.hgetall(keys.stats(name))).items()
@@ -945,15 +943,15 @@ def health(config_path: str | None, as_json: bool) -> None:
             for name in settings.profiles
         }
         depth = {name: int(await redis.xlen(keys.dead_letters(name))) for name in settings.profiles}
-        return [json.loads(v) for v in values if v], stats, depth
+        return records, stats, depth
 
-    instances, stats, depth = _with_redis(settings, work)
-    instances.sort(key=lambda item: str(item.get("instance")))
-    for item in instances:
+    running, stats, depth = _with_redis(settings, work)
+    running.sort(key=lambda item: str(item.get("instance")))
+    for item in running:
         item["problems"] = _instance_problems(item)
     if as_json:
-        out.print(json.dumps(instances, indent=2), markup=False)
-    for item in [] if as_json else instances:
+        out.print(json.dumps(running, indent=2), markup=False)
+    for item in [] if as_json else running:
         load = ", ".join(
             f"{name} {p['in_flight']}/{p['capacity']}" for name, p in item["profiles"].items()
         )
@@ -970,8 +968,8 @@ def health(config_path: str | None, as_json: bool) -> None:
             out.print(f"  bind {name}: {bind['state']}{problem}", markup=False)
         for name, connector in item.get("connectors", {}).items():
             out.print(f"  connector {name}: {connector['state']}", markup=False)
-    if not as_json and instances:
-        backlog = instances[0].get("backlog", {})
+    if not as_json and running:
+        backlog = running[0].get("backlog", {})
         for name in sorted(settings.profiles):
             waiting = backlog.get(name, {})
             parts = [
@@ -980,7 +978,7 @@ def health(config_path: str | None, as_json: bool) -> None:
             # The stream's depth now, apart from the running total of the counters.
             parts.append(f"dead-letter stream {depth.get(name, 0)}")
             out.print(f"profile {name}: " + ", ".join(parts), markup=False)
-            spent = instances[0].get("spend", {}).get(name)
+            spent = running[0].get("spend", {}).get(name)
             if spent:
                 per = ", ".join(f"{k} {v:.4f}" for k, v in sorted(spent.items()) if k != "total")
                 out.print(
@@ -992,10 +990,10 @@ def health(config_path: str | None, as_json: bool) -> None:
             if counted:
                 totals = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counted.items()))
                 out.print(f"  running totals: {totals}", markup=False)
-    if not instances:
+    if not running:
         err.print("no router instance is running", markup=False)
         sys.exit(HEALTH_NONE)
-    problems = [f"{i['instance']}: {p}" for i in instances for p in i["problems"]]
+    problems = [f"{i['instance']}: {p}" for i in running for p in i["problems"]]
     if not as_json:
         verdict = "degraded" if problems else "ready"
         out.print(f"status: {verdict}", markup=False)

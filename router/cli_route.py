@@ -26,7 +26,8 @@ from router.cli_common import config_option, err, load_or_exit, out
 from router.cli_tables import Column, fit_table, hidden_hint
 from router.config import Settings
 from router.policy.explain import ExplainError, Explanation, explain, health_from_records
-from router.store.connections import RedisUnavailable, as_text, open_redis
+from router.store import instances
+from router.store.connections import RedisUnavailable, open_redis
 
 __all__ = ["ROUTE_REJECTED", "ROUTE_SENDS", "route"]
 
@@ -98,19 +99,9 @@ def route(
 def _health(settings: Settings) -> tuple[dict[str, str], str]:
     """Each connector's state from the instances' health records, and where it came
     from (for the output)."""
-    from router.daemon.daemon import health_key
 
     async def read(redis: Redis) -> list[dict[str, Any]]:
-        found = [as_text(k) async for k in redis.scan_iter(match=health_key("*"))]
-        records = []
-        for key in found:
-            raw = await redis.get(key)
-            if raw:  # expired between the scan and the read: gone
-                try:
-                    records.append(json.loads(raw))
-                except ValueError:
-                    continue
-        return [r for r in records if isinstance(r, dict)]
+        return await instances.read_records(redis, scan_fallback=True)
 
     async def main() -> list[dict[str, Any]]:
         async with open_redis(settings) as redis:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -28,7 +27,7 @@ from redis.asyncio import Redis
 
 from router.config import Settings
 from router.policy.rules import daily_cap
-from router.store import keys
+from router.store import instances, keys
 from router.store.connections import as_text
 from router.store.queue import QUEUE_READS, no_group, queue_counts, queue_reads
 from router.summary import today
@@ -117,26 +116,12 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
 
 
 async def _instances(redis: Redis, now: float) -> list[dict[str, Any]]:
-    found = sorted([as_text(k) async for k in redis.scan_iter(match=keys.health("*"), count=500)])
-    # One GET each in a pipeline, not MGET: on Redis Cluster the records live in
-    # different slots.
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in found:
-            pipe.get(key)
-        values = await pipe.execute() if found else []
     out = []
-    for raw in values:
-        if not raw:
-            continue  # expired between SCAN and MGET: that instance stopped
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            record["age"] = max(0.0, now - float(record.get("at", now)))
-            record["uptime"] = max(0.0, now - float(record.get("started_at", now)))
-            out.append(record)
-    return out
+    for record in await instances.read_records(redis):
+        record["age"] = max(0.0, now - float(record.get("at", now)))
+        record["uptime"] = max(0.0, now - float(record.get("started_at", now)))
+        out.append(record)
+    return sorted(out, key=lambda r: str(r.get("instance", "")))
 
 
 def _rates(instances: list[dict[str, Any]]) -> dict[str, float]:

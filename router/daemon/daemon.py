@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import signal
 import socket
@@ -52,7 +51,7 @@ from router.metrics import Metrics
 from router.policy.routes import RouteTable
 from router.policy.spend import today
 from router.smpp_server import SmppServer
-from router.store import keys
+from router.store import instances, keys
 from router.store.connections import as_text, open_redis
 from router.store.health import QualityBoard
 from router.store.ledger import Ledger
@@ -638,4 +637,4 @@ class Daemon:
             # Messages this instance recorded per second by status since the last record.
             "rates": status_rates,
         }
-        await redis.set(health_key(self.instance), json.dumps(body), ex=int(HEALTH_EVERY * 3))
+        await instances.publish(redis, self.instance, body, int(HEALTH_EVERY * 3))

@@ -258,6 +258,13 @@ def recipient_member(to: str, stamp: str, job_id: str) -> str:
     return f"{to}|{stamp}|{job_id}"
 
 
+def health_index() -> str:
+    """Sorted set: the instances that publish health records, scored by the time of
+    their latest one (router/store/instances.py): readers find the records without
+    a SCAN of the keyspace."""
+    return "sms:instances"  # not under sms:health:*, which names the records
+
+
 def health(instance: str) -> str:
     """Where a running instance publishes its health record (JSON, short TTL; written
     by the daemon, read by `sms-router health` and the web console)."""

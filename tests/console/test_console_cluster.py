@@ -4,14 +4,13 @@ profile's keys under its own hash tag)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.store import keys
+from router.store import instances, keys
 from router.store.connections import open_redis
 
 from ..cluster import cluster_running, cluster_unsupported
@@ -30,9 +29,13 @@ async def test_the_console_on_a_cluster(tmp_path: Path, provider: Provider) -> N
         async with open_redis(settings) as redis:
             now = time.time()
             for name in ("edge-1", "edge-2", "edge-3"):
-                record: dict[str, Any] = {"instance": name, "at": now, "started_at": now}
-                await redis.set(keys.health(name), json.dumps(record), ex=15)
-            await redis.xadd(keys.events("alerts"), {"id": "j1", "status": "delivered"})
+                record: dict[str, Any] = {
+                    "instance": name,
+                    "at": now,
+                    "started_at": now,
+                    "rates": {"delivered": 1.0},
+                }
+                await instances.publish(redis, name, record, 15)
             await redis.xadd(keys.queue("bulk"), {"job": b"x"})
             async with console_site(settings, redis) as http:
                 async with http.post("/console/login", data={"token": "x" * 32}) as response:
@@ -43,5 +46,5 @@ async def test_the_console_on_a_cluster(tmp_path: Path, provider: Provider) -> N
     # INFO of one node (a node the client picks): a version, not "?".
     assert "<dt>version</dt><dd>?</dd>" not in page and "<dt>version</dt><dd>" in page
     assert all(f'data-instance="{name}"' in page for name in ("edge-1", "edge-2", "edge-3"))
-    assert 'data-status="delivered"' in page
+    assert 'data-status="delivered"' in page  # summed over the three records
     assert '<tr data-profile="bulk">' in page and "<td>bulk</td><td>1</td>" in page

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from router.store import keys
+from router.store import instances, keys
 from router.summary import today
 
 from ..conftest import Provider, wait_for
@@ -65,9 +65,9 @@ async def test_the_overview_shows_what_redis_holds(
         # Messages it recorded per second since its previous record, by status.
         "rates": {"delivered": 1.5, "failed": 1.0, "sent": 0},
     }
-    await redis.set(keys.health("edge-1"), json.dumps(record), ex=15)
+    await instances.publish(redis, "edge-1", record, 15)
     other = {"instance": "edge-2", "at": now, "started_at": now, "rates": {"delivered": 0.5}}
-    await redis.set(keys.health("edge-2"), json.dumps(other), ex=15)
+    await instances.publish(redis, "edge-2", other, 15)
     # Three jobs waiting on alerts' stream, the first 90 s old; one dead letter on bulk.
     await redis.xadd(keys.queue("alerts"), {"job": b"x"}, id=f"{int((now - 90) * 1000)}-0")
     for _ in range(2):
