@@ -7,11 +7,12 @@
 - Profiles: the work stream's depth, entries in progress, the oldest waiting entry's
   age (the first entry of the stream: acknowledged entries are deleted, so the stream
   holds only waiting work), scheduled sends and retries, dead letters, spend today.
-- Messages per second by status: what the running instances recorded since their
-  previous health record (`RATE_WINDOW` seconds apart), summed. Counting the event
-  streams instead cost each poll ~35 ms of CPU during a 10,000 msg/s drain (5,000
-  events read and decoded per profile): ten open consoles took a fifth of the drain
-  (bench/console_overhead.py); the records cost nothing per poll.
+- Messages per second by status (and inbound, click) over the last `RATE_WINDOW`
+  seconds, from the profiles' event streams: at most `RATE_SAMPLE` of the newest
+  events per profile, so a busy stream's rate is the sample's count over the time it
+  spans. Reading every event of the window (up to 5,000 per profile) cost each poll
+  ~35 ms of CPU during a 10,000 msg/s drain: ten open consoles took a fifth of the
+  drain (bench/console_overhead.py).
 - Campaigns: today's count against each daily cap (the counts the senders' cap
   script keeps).
 - Redis: version, role, memory, clients, uptime (INFO).
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,8 +36,8 @@ from router.summary import today
 
 __all__ = ["RATE_WINDOW", "Overview", "ProfileRow", "read_overview"]
 
-# Seconds between an instance's health records, over which its rates are counted.
-RATE_WINDOW: Final = 5
+RATE_WINDOW: Final = 10  # seconds of events counted for messages per second
+RATE_SAMPLE: Final = 250  # at most this many of a profile's newest events read for it
 
 
 @dataclass
@@ -76,6 +78,9 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
         for name in names:
             queue_reads(pipe, name)
             pipe.hget(keys.spend(name, spend_day), "total")
+        low = f"{int((now - RATE_WINDOW) * 1000)}-0"
+        for name in names:
+            pipe.xrevrange(keys.events(name), "+", low, count=RATE_SAMPLE)
         pipe.hgetall(keys.campaign_counts(day))
         replies = await pipe.execute(raise_on_error=False)
     info = await redis.info()  # alone: a cluster pipeline routes by key, INFO has none
@@ -103,8 +108,9 @@ async def read_overview(redis: Redis, settings: Settings) -> Overview:
                 spend_limit=settings.profiles[name].daily_spend_limit,
             )
         )
-    rates = _rates(instances)
-    counts = replies[len(names) * each]
+    at = len(names) * each
+    rates = _rates(replies[at : at + len(names)], now)
+    counts = replies[at + len(names)]
     return Overview(
         at=now,
         instances=instances,
@@ -124,16 +130,24 @@ async def _instances(redis: Redis, now: float) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: str(r.get("instance", "")))
 
 
-def _rates(instances: list[dict[str, Any]]) -> dict[str, float]:
-    """Messages per second by status, summed over the instances' health records."""
+def _rates(streams: list[Any], now: float) -> dict[str, float]:
+    """Events per second by status (or type: inbound, click), summed over the
+    profiles: a profile's events of the window, or, when it had more than
+    `RATE_SAMPLE`, its newest ones over the time they span."""
     rates: dict[str, float] = {}
-    for record in instances:
-        given = record.get("rates")
-        if not isinstance(given, dict):
-            continue  # an older daemon's record
-        for status, rate in given.items():
-            if isinstance(rate, int | float) and rate > 0:
-                rates[str(status)] = rates.get(str(status), 0.0) + float(rate)
+    for rows in streams:
+        if not isinstance(rows, list) or not rows:
+            continue
+        span = float(RATE_WINDOW)
+        if len(rows) >= RATE_SAMPLE:
+            oldest = int(as_text(rows[-1][0]).split("-", 1)[0]) / 1000
+            span = max(0.001, now - oldest)
+        seen: Counter[str] = Counter()
+        for _eid, fields in rows:
+            status = fields.get(b"status") or fields.get(b"type") or b"other"
+            seen[as_text(status)] += 1
+        for status, count in seen.items():
+            rates[status] = rates.get(status, 0.0) + count / span
     return dict(sorted(rates.items()))
 
 

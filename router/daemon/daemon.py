@@ -91,13 +91,8 @@ class Daemon:
         # One reload at a time: the web console reloads from a request, SIGHUP from
         # the serving loop.
         self._reloading = asyncio.Lock()
-        # At the last health record: when, messages handed to each bind, messages
-        # recorded in each status (the record's rates).
-        self._counted_before: tuple[float, dict[str, int], dict[str, int]] = (
-            time.monotonic(),
-            {},
-            {},
-        )
+        # (when, messages handed to each bind) at the last health record: bind rates.
+        self._handed_before: tuple[float, dict[str, int]] = (time.monotonic(), {})
         self._shared: Shared | None = None
         self._api_context: ApiContext | None = None
         self._signals = 0
@@ -567,25 +562,16 @@ class Daemon:
             if row
         }
 
-    def _rates(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Per second since the last health record: messages handed to each bind, and
-        messages this instance recorded in each status (all profiles)."""
+    def _bind_rates(self) -> dict[str, float]:
+        """Messages handed to each bind per second since the last health record."""
         now = time.monotonic()
         handed = {n: v for c in self.connectors for n, v in c.handed.items()}
-        statuses: dict[str, int] = {}
-        for profile in self.metrics.profiles.values():
-            for status, count in profile.statuses.items():
-                statuses[status] = statuses.get(status, 0) + count
-        then, before, counted = self._counted_before
-        self._counted_before = (now, handed, statuses)
+        then, before = self._handed_before
+        self._handed_before = (now, handed)
         span = now - then
         if span <= 0:
-            return {}, {}
-
-        def per_second(now_: dict[str, int], was: dict[str, int]) -> dict[str, float]:
-            return {k: round(max(0, v - was.get(k, 0)) / span, 1) for k, v in now_.items()}
-
-        return per_second(handed, before), per_second(statuses, counted)
+            return {}
+        return {n: round(max(0, v - before.get(n, 0)) / span, 1) for n, v in handed.items()}
 
     async def _beat(self, redis: Redis) -> None:
         if self.lease is not None:
@@ -603,7 +589,7 @@ class Daemon:
                 return
             if renewed == 2:
                 log.warning("instance lease had lapsed (Redis outage); taken again")
-        rates, status_rates = self._rates()
+        rates = self._bind_rates()
         body = {
             "instance": self.instance,
             "host": socket.gethostname(),
@@ -634,7 +620,5 @@ class Daemon:
                 for b in c.binds
             },
             "connectors": {c.name: {"state": c.state} for c in self.connectors},
-            # Messages this instance recorded per second by status since the last record.
-            "rates": status_rates,
         }
         await instances.publish(redis, self.instance, body, int(HEALTH_EVERY * 3))
