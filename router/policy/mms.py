@@ -51,19 +51,19 @@ class MmsStage:
         self.profile: Profile = settings.profiles[name]
         self.rules = rules
         self.table = table
-        router = settings.router
-        self._checker_args = {
-            "allow_private": router.media_allow_private,
-            "allow_networks": [str(n) for n in router.media_allow_networks],
-            "timeout": router.media_timeout,
-        }
+        self._router = settings.router
         self._checker: MediaChecker | None = None  # made at the first MMS
 
     @property
     def checker(self) -> MediaChecker:
         """The media checker (its HTTP session is opened at the first MMS)."""
         if self._checker is None:
-            self._checker = MediaChecker(**self._checker_args)  # type: ignore[arg-type]
+            router = self._router
+            self._checker = MediaChecker(
+                allow_private=router.media_allow_private,
+                allow_networks=[str(n) for n in router.media_allow_networks],
+                timeout=router.media_timeout,
+            )
         return self._checker
 
     async def close(self) -> None:
