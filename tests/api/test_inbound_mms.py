@@ -29,6 +29,7 @@ from router.store.connections import as_text
 from ..binds.test_smpp_flow import Inbox
 from ..conftest import Provider, RunningDaemon, wait_for
 from .test_api import TOKENS
+from .test_api_twilio import started
 from .test_events import _next_event, _subscribe
 from .test_providers import (
     ENV,
@@ -41,6 +42,7 @@ from .test_providers import (
     inbox,
     providers_config,
     twilio,
+    with_hooks,
 )
 from .test_shared_providers import FIRST, SECOND, shared_config
 
@@ -104,10 +106,7 @@ async def base(
     """The running daemon's API URL, once its provider hooks are registered."""
     data = mms_config(redis_url, provider.url, twilio.url, inbox.url, tmp_path)
     running = run_daemon(parse_settings(data, env=ENV, base_dir=tmp_path))
-    await wait_for(lambda: running.daemon.api is not None and running.daemon.api.port, 10, "api")
-    assert running.daemon.api is not None
-    await wait_for(lambda: len(running.daemon.providers) == 3, 10, "provider hooks")
-    return f"http://127.0.0.1:{running.daemon.api.port}"
+    return await with_hooks(running, 3)
 
 
 def twilio_mms(body: str, *media: tuple[str, str], **extra: str) -> dict[str, str]:
@@ -350,9 +349,7 @@ async def test_mms_over_a_shared_connector_reaches_the_profile_owning_the_number
         "secret": "env:WEBHOOK_SECRET",
     }
     running = run_daemon(parse_settings(data, env=ENV, base_dir=tmp_path))
-    await wait_for(lambda: running.daemon.api is not None and running.daemon.api.port, 10, "api")
-    assert running.daemon.api is not None
-    base = f"http://127.0.0.1:{running.daemon.api.port}"
+    base = await started(running)
     await wait_for(lambda: {"tw", "web"} <= set(running.daemon.providers), 10, "hooks")
     media = [{"url": PHOTO, "content_type": "image/gif"}]
     async with aiohttp.ClientSession() as http:

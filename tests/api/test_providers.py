@@ -50,6 +50,7 @@ from router.store.ledger import Ledger
 from ..binds import test_smpp_flow
 from ..binds.test_smpp_flow import Inbox
 from ..conftest import Provider, RunningDaemon, config_dict, serve_app, wait_for
+from .test_api_twilio import started
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "twilio-auth-token-0123456789"
@@ -222,15 +223,20 @@ async def router(
     data = providers_config(redis_url, provider.url, twilio.url, inbox.url, tmp_path)
     settings = parse_settings(data, env=ENV, base_dir=tmp_path)
     running = run_daemon(settings)
-    await wait_for(lambda: running.daemon.api is not None and running.daemon.api.port, 10, "api")
-    assert running.daemon.api is not None
-    await wait_for(lambda: len(running.daemon.providers) == 3, 10, "provider hooks")
     return Router(
         running,
-        f"http://127.0.0.1:{running.daemon.api.port}",
+        await with_hooks(running, 3),
         Client.from_settings(redis, settings),
         Ledger(redis, retention=60, events_maxlen=1000),
     )
+
+
+async def with_hooks(running: RunningDaemon, hooks: int) -> str:
+    """The running daemon's API URL, once it listens and has registered `hooks`
+    provider hooks."""
+    base = await started(running)
+    await wait_for(lambda: len(running.daemon.providers) == hooks, 10, "provider hooks")
+    return base
 
 
 def _history(record: dict[str, Any]) -> list[str]:
