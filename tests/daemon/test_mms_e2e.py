@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from binds.smpp.codec import decode_text
@@ -115,19 +117,18 @@ async def _final(ledger: Ledger, ids: list[str]) -> list[dict[str, Any]]:
     return [r for r in await ledger.find(ids) if r is not None]
 
 
-async def _setup(
-    redis: Redis, redis_url: str, tmp_path: Path, smsc: SmscSimulator, provider: Provider,
-    site: Site, run_daemon: Callable[[Settings], RunningDaemon],
-) -> tuple[Settings, Client, int]:  # fmt: skip
-    port = free_port()
-    host = site.base.split("//")[1].split(":")[0]
-    data = mms_config(redis_url, tmp_path, smsc.port, provider.url, port, f"{host}/32")  # type: ignore[attr-defined]
-    settings = parse_settings(data, env={})
-    run_daemon(settings)
-    return settings, Client.from_settings(redis, settings), port
+@dataclass
+class Running:
+    """The daemon of `mms_config`, its media server (127.0.0.2, allowed) and a client."""
+
+    settings: Settings
+    client: Client
+    port: int  # the API's
+    site: Site
 
 
-async def test_mms_goes_with_its_media_or_as_a_short_link_that_is_clicked(
+@pytest.fixture
+async def running(
     redis: Redis,
     redis_url: str,
     tmp_path: Path,
@@ -135,12 +136,20 @@ async def test_mms_goes_with_its_media_or_as_a_short_link_that_is_clicked(
     provider: Provider,
     serve: Serve,
     run_daemon: Callable[[Settings], RunningDaemon],
-) -> None:
+) -> Running:
     site = await serve("127.0.0.2")
+    port = free_port()
+    data = mms_config(redis_url, tmp_path, smsc.port, provider.url, port, "127.0.0.2/32")  # type: ignore[attr-defined]
+    settings = parse_settings(data, env={})
+    run_daemon(settings)
+    return Running(settings, Client.from_settings(redis, settings), port, site)
+
+
+async def test_mms_goes_with_its_media_or_as_a_short_link_that_is_clicked(
+    redis: Redis, smsc: SmscSimulator, provider: Provider, running: Running
+) -> None:
+    site, settings, client, port = running.site, running.settings, running.client, running.port
     media = [f"{site.base}/a.png", f"{site.base}/card.vcf"]
-    settings, client, port = await _setup(
-        redis, redis_url, tmp_path, smsc, provider, site, run_daemon
-    )
     mms_id, link_id, sms_id = await client.send_many(
         [
             {"to": TO, "text": "Your photo", "media": media, "profile": "shop"},
@@ -194,20 +203,11 @@ async def test_mms_goes_with_its_media_or_as_a_short_link_that_is_clicked(
 
 
 async def test_mms_refused_with_its_reason(
-    redis: Redis,
-    redis_url: str,
-    tmp_path: Path,
-    smsc: SmscSimulator,
-    provider: Provider,
-    serve: Serve,
-    run_daemon: Callable[[Settings], RunningDaemon],
+    redis: Redis, smsc: SmscSimulator, provider: Provider, serve: Serve, running: Running
 ) -> None:
-    site = await serve("127.0.0.2")
+    site, client = running.site, running.client
     elsewhere = await serve("127.0.0.1")  # not in media_allow_networks
     good = [f"{site.base}/a.png"]
-    _settings, client, _port = await _setup(
-        redis, redis_url, tmp_path, smsc, provider, site, run_daemon
-    )
     cases: dict[str, tuple[dict[str, Any], str, str]] = {
         "no_mms_sender": ({"from": STRICT, "media": good}, "mms_not_supported",
                           f"{STRICT} has no MmsSender feature"),
