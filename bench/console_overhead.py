@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import statistics
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from drain_row import drain_row
-from harness import Rig, ensure_tools, free_port, round_ratio, save
+from drain_row import drain_row, interleaved
+from harness import Rig, ensure_tools, free_port, save
 from links_cost import preload
 
 TOKEN = "console-bench-" + "k" * 24
@@ -121,27 +120,19 @@ def main() -> None:
     ensure_tools(kannel=False)
     scratch = Path(tempfile.mkdtemp(prefix="sms-console-"))
     names = {"none": 0, "consoles": args.consoles}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for r in range(args.rounds):
-        for name in list(names) if r % 2 == 0 else list(names)[::-1]:
-            row = drain(args.n, scratch, f"{name}{r}", names[name], args.page)
-            runs[name].append(row)
-            print(
-                f"round {r + 1}: {name:8} {row['rate']:8,.0f} msg/s router "
-                f"{row['router_us_per_msg']} us/msg (complete {row['complete']}, cpu "
-                f"{row['cpu_pct']}, other load {row['foreign_cpu_pct']}, console reads "
-                f"{row['console_reads']})",
-                flush=True,
-            )
-    rates = {name: statistics.median(x["rate"] for x in rows) for name, rows in runs.items()}
-    cpu = {n: statistics.median(x["router_us_per_msg"] for x in rows) for n, rows in runs.items()}
-    ratio = round_ratio(runs["none"], runs["consoles"])
-    cpu_ratio = round_ratio(runs["consoles"], runs["none"], key="router_us_per_msg")
+    found = interleaved(
+        args.rounds,
+        "none",
+        "consoles",
+        lambda name, r: drain(args.n, scratch, f"{name}{r}", names[name], args.page),
+        lambda row: f"console reads {row['console_reads']}",
+    )
+    rates, cpu = found.rates, found.cpu
     print(
         f"\nno console {rates['none']:,.0f} msg/s ({cpu['none']} us router CPU/msg), "
         f"{args.consoles} consoles on {args.page} {rates['consoles']:,.0f} msg/s "
-        f"({cpu['consoles']} us/msg): ratio {ratio}; router CPU per message "
-        f"without/with {cpu_ratio}"
+        f"({cpu['consoles']} us/msg): ratio {found.ratio}; router CPU per message "
+        f"without/with {found.cpu_ratio}"
     )
     path = save(
         f"console_overhead_{args.page}",
@@ -151,11 +142,11 @@ def main() -> None:
             "consoles": args.consoles,
             "page": args.page,
             "rates": rates,
-            "ratio": ratio,
-            "cpu_ratio": cpu_ratio,
+            "ratio": found.ratio,
+            "cpu_ratio": found.cpu_ratio,
             "router_us_per_msg": cpu,
-            "complete": all(x["complete"] for rows in runs.values() for x in rows),
-            "runs": runs,
+            "complete": found.complete,
+            "runs": found.runs,
         },
     )
     print(f"written {path}")

@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import Rig, cpu_seconds, peak_rss_mb
+from harness import Rig, cpu_seconds, peak_rss_mb, round_ratio
 from versus_kannel import read_records, waited, waiter
 
 
@@ -90,3 +92,50 @@ def drain_row(
     finally:
         rig.close()
     return row
+
+
+@dataclass
+class Compared:
+    """Interleaved rounds of a base and a variant: each one's rows, median rate and
+    router CPU per message; the variant's rate over the base's (median of the per-round
+    ratios) and the router CPU per message base/variant (what the rate would be on a
+    core of its own: less swayed by the machine's other load than the rate)."""
+
+    runs: dict[str, list[dict[str, Any]]]
+    rates: dict[str, float]
+    cpu: dict[str, float]
+    ratio: float
+    cpu_ratio: float
+
+    @property
+    def complete(self) -> bool:
+        return all(row["complete"] for rows in self.runs.values() for row in rows)
+
+
+def interleaved(
+    rounds: int,
+    base: str,
+    variant: str,
+    run: Callable[[str, int], dict[str, Any]],
+    shown: Callable[[dict[str, Any]], str],
+) -> Compared:
+    """`rounds` of `run(name, round)` for `base` and `variant`, the order turning each
+    round; each row printed with `shown(row)` beside its rate and router CPU."""
+    runs: dict[str, list[dict[str, Any]]] = {base: [], variant: []}
+    for r in range(rounds):
+        for name in (base, variant) if r % 2 == 0 else (variant, base):
+            row = run(name, r)
+            runs[name].append(row)
+            print(
+                f"round {r + 1}: {name:8} {row['rate']:8,.0f} msg/s router "
+                f"{row['router_us_per_msg']} us/msg (complete {row['complete']}, cpu "
+                f"{row['cpu_pct']}, other load {row['foreign_cpu_pct']}, {shown(row)})",
+                flush=True,
+            )
+    return Compared(
+        runs,
+        {n: statistics.median(x["rate"] for x in rows) for n, rows in runs.items()},
+        {n: statistics.median(x["router_us_per_msg"] for x in rows) for n, rows in runs.items()},
+        round_ratio(runs[base], runs[variant]),
+        round_ratio(runs[variant], runs[base], key="router_us_per_msg"),
+    )

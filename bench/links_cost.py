@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from drain_row import drain_row
-from harness import RedisServer, ensure_tools, round_ratio, save
+from drain_row import drain_row, interleaved
+from harness import RedisServer, ensure_tools, save
 from profile_drain import summarise
 from redis.asyncio import Redis
 
@@ -151,30 +150,18 @@ def main() -> None:
                 mine += int(count)
         print(f"samples in router/links.py or router/engine/shorten.py: {mine / max(total, 1):.1%}")
         return
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for r in range(args.rounds):
-        for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
-            row = drain(args.n, scratch, f"{name}{r}", name == "on")
-            runs[name].append(row)
-            print(
-                f"round {r + 1}: links {name:3} {row['rate']:8,.0f} msg/s "
-                f"router {row['router_us_per_msg']} us/msg (complete {row['complete']}, "
-                f"cpu {row['cpu_pct']}, other load {row['foreign_cpu_pct']}, "
-                f"links {row['links']}, {row['sample_statuses']})",
-                flush=True,
-            )
-    rates = {name: statistics.median(x["rate"] for x in rows) for name, rows in runs.items()}
-    cpu = {
-        name: statistics.median(x["router_us_per_msg"] for x in rows) for name, rows in runs.items()
-    }
-    ratio = round_ratio(runs["off"], runs["on"])
-    # The router's CPU per message, off/on per round: what the rate would be on a core
-    # of its own (less swayed by the machine's other load than the rate itself).
-    cpu_ratio = round_ratio(runs["on"], runs["off"], key="router_us_per_msg")
+    found = interleaved(
+        args.rounds,
+        "off",
+        "on",
+        lambda name, r: drain(args.n, scratch, f"{name}{r}", name == "on"),
+        lambda row: f"links {row['links']}, {row['sample_statuses']}",
+    )
+    rates, cpu, runs = found.rates, found.cpu, found.runs
     print(
         f"\nlinks off {rates['off']:,.0f} msg/s ({cpu['off']} us router CPU/msg), "
-        f"on {rates['on']:,.0f} msg/s ({cpu['on']} us/msg), on/off {ratio}; "
-        f"router CPU per message off/on {cpu_ratio}"
+        f"on {rates['on']:,.0f} msg/s ({cpu['on']} us/msg), on/off {found.ratio}; "
+        f"router CPU per message off/on {found.cpu_ratio}"
     )
     print(f"sample text (on): {runs['on'][-1]['sample_text']}")
     path = save(
@@ -184,10 +171,10 @@ def main() -> None:
             "rounds": args.rounds,
             "off_rate": rates["off"],
             "on_rate": rates["on"],
-            "ratio": ratio,
-            "cpu_ratio": cpu_ratio,
+            "ratio": found.ratio,
+            "cpu_ratio": found.cpu_ratio,
             "router_us_per_msg": cpu,
-            "complete": all(x["complete"] for rows in runs.values() for x in rows),
+            "complete": found.complete,
             "runs": runs,
         },
     )
